@@ -1,0 +1,1 @@
+//! Parsers for Slurm's configuration files and hostlists, shared by every sgpu component.
