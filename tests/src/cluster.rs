@@ -1,0 +1,342 @@
+//! The real Slurm test cluster (`tests/cluster/up`), driven from Rust tests.
+//!
+//! [`Cluster::up`] runs the idempotent `up` script, then every command built by
+//! [`Cluster::command`] talks to that cluster through `SLURM_CONF`. Tests that change node
+//! state take [`Cluster::lock_exclusive`]; tests that only run jobs take
+//! [`Cluster::lock_shared`], so test processes running in parallel (cargo test binaries,
+//! nextest) never see each other's drains.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// What can go wrong while driving the test cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A command could not be started at all.
+    #[error("could not run {cmd}: {source} (is slurm-wlm installed? tests/cluster/up installs it)")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A command ran and failed.
+    #[error("{cmd} exited with {status}: {stderr}")]
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// Output that does not have the expected shape.
+    #[error("unexpected output from {cmd}: {detail}")]
+    Parse {
+        /// The command line.
+        cmd: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Waited too long for a state.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    /// A local file problem (lock file, job output).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The cluster needs root.
+    #[error("the test cluster needs root (slurmd runs jobs as their users); run the tests as root")]
+    NotRoot,
+}
+
+/// A running test cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    dir: PathBuf,
+    slurm_conf: PathBuf,
+}
+
+/// A held lock on the cluster; released when dropped.
+#[derive(Debug)]
+pub struct ClusterLock {
+    _lock: Flock<File>,
+}
+
+/// One record of `scontrol show -o`: `Key=Value` fields.
+#[derive(Debug, Clone, Default)]
+pub struct Record(pub BTreeMap<String, String>);
+
+impl Record {
+    /// The value of a field, or "" when absent.
+    pub fn get(&self, key: &str) -> &str {
+        self.0.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// Parses one line of `scontrol show -o` output. Values may contain spaces (a node's
+    /// `Reason=`), so a token only starts a new field when it looks like `Key=`.
+    pub fn parse(line: &str) -> Record {
+        let mut map = BTreeMap::new();
+        let mut key: Option<String> = None;
+        for tok in line.split_whitespace() {
+            let starts_field = tok.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty()
+                    && k.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '/' || c == ':')
+            });
+            if starts_field {
+                let (k, v) = tok.split_once('=').unwrap_or((tok, ""));
+                map.insert(k.to_string(), v.to_string());
+                key = Some(k.to_string());
+            } else if let Some(k) = &key {
+                if let Some(v) = map.get_mut(k) {
+                    v.push(' ');
+                    v.push_str(tok);
+                }
+            }
+        }
+        Record(map)
+    }
+}
+
+/// Job states after which a job will not run again by itself.
+pub const TERMINAL_JOB_STATES: &[&str] = &[
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+];
+
+fn run(mut cmd: Command) -> Result<Output, ClusterError> {
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ClusterError::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ClusterError::Failed {
+            cmd: line,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The repository root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+impl Cluster {
+    /// Brings the cluster up (or finds it up) with the default size, 2 nodes x 4 GPUs, in
+    /// `$SGPU_CLUSTER_DIR` (default `/tmp/sgpu-cluster`).
+    pub fn up() -> Result<Cluster, ClusterError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(ClusterError::NotRoot);
+        }
+        let dir = PathBuf::from(
+            std::env::var_os("SGPU_CLUSTER_DIR").unwrap_or_else(|| "/tmp/sgpu-cluster".into()),
+        );
+        let mut cmd = Command::new(repo_root().join("tests/cluster/up"));
+        cmd.env("SGPU_CLUSTER_DIR", &dir);
+        // `up` serialises itself only through this lock: parallel test processes call it too.
+        let _guard = Self::flock(&dir, FlockArg::LockExclusive)?;
+        run(cmd)?;
+        Ok(Cluster {
+            slurm_conf: dir.join("etc/slurm.conf"),
+            dir,
+        })
+    }
+
+    fn flock(dir: &Path, arg: FlockArg) -> Result<ClusterLock, ClusterError> {
+        let run_dir = dir.join("run");
+        std::fs::create_dir_all(&run_dir).map_err(|source| ClusterError::Io {
+            path: run_dir.clone(),
+            source,
+        })?;
+        let path = run_dir.join("tests.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ClusterError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let lock = Flock::lock(file, arg).map_err(|(_, e)| ClusterError::Io {
+            path,
+            source: std::io::Error::from(e),
+        })?;
+        Ok(ClusterLock { _lock: lock })
+    }
+
+    /// Takes the cluster for a test that only runs jobs (many may hold it at once).
+    pub fn lock_shared(&self) -> Result<ClusterLock, ClusterError> {
+        Self::flock(&self.dir, FlockArg::LockShared)
+    }
+
+    /// Takes the cluster for a test that changes node state (drain, resume, reconfigure).
+    pub fn lock_exclusive(&self) -> Result<ClusterLock, ClusterError> {
+        Self::flock(&self.dir, FlockArg::LockExclusive)
+    }
+
+    /// The cluster's directory (configuration, logs, device files).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cluster's slurm.conf.
+    pub fn slurm_conf(&self) -> &Path {
+        &self.slurm_conf
+    }
+
+    /// A command for a Slurm client (`sbatch`, `scontrol`, ...) aimed at this cluster.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("SLURM_CONF", &self.slurm_conf);
+        cmd
+    }
+
+    /// Runs a Slurm client and returns its stdout.
+    pub fn output(&self, program: &str, args: &[&str]) -> Result<String, ClusterError> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        let out = run(cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Submits a batch job (`sbatch --parsable ARGS --wrap SCRIPT`) and returns its id.
+    pub fn sbatch(&self, args: &[&str], script: &str) -> Result<u32, ClusterError> {
+        let mut all = vec!["--parsable"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--wrap", script]);
+        let out = self.output("sbatch", &all)?;
+        let id = out.trim().split(';').next().unwrap_or("");
+        id.parse().map_err(|_| ClusterError::Parse {
+            cmd: "sbatch --parsable".into(),
+            detail: format!("expected a job id, got {out:?}"),
+        })
+    }
+
+    /// The job's `scontrol show job -o` record.
+    pub fn job(&self, id: u32) -> Result<Record, ClusterError> {
+        let out = self.output("scontrol", &["show", "job", "-o", &id.to_string()])?;
+        Ok(Record::parse(out.lines().next().unwrap_or("")))
+    }
+
+    /// Waits until the job reaches a terminal state and returns its record.
+    pub fn wait_job(&self, id: u32, timeout: Duration) -> Result<Record, ClusterError> {
+        let start = Instant::now();
+        loop {
+            let rec = self.job(id)?;
+            if TERMINAL_JOB_STATES.contains(&rec.get("JobState")) {
+                return Ok(rec);
+            }
+            if start.elapsed() > timeout {
+                return Err(ClusterError::Timeout(
+                    timeout,
+                    format!("job {id} to end (last state {})", rec.get("JobState")),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The node's `scontrol show node -o` record.
+    pub fn node(&self, name: &str) -> Result<Record, ClusterError> {
+        let out = self.output("scontrol", &["show", "node", "-o", name])?;
+        Ok(Record::parse(out.lines().next().unwrap_or("")))
+    }
+
+    /// Waits until `pred` holds for the node's record.
+    pub fn wait_node(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Record) -> bool,
+    ) -> Result<Record, ClusterError> {
+        let start = Instant::now();
+        loop {
+            let rec = self.node(name)?;
+            if pred(&rec) {
+                return Ok(rec);
+            }
+            if start.elapsed() > timeout {
+                return Err(ClusterError::Timeout(
+                    timeout,
+                    format!(
+                        "{name} to be {what} (State={} Reason={})",
+                        rec.get("State"),
+                        rec.get("Reason")
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Names of the cluster's nodes, as `sinfo` lists them.
+    pub fn nodes(&self) -> Result<Vec<String>, ClusterError> {
+        let out = self.output("sinfo", &["-h", "-N", "-o", "%N"])?;
+        let mut v: Vec<String> = out
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        v.dedup();
+        Ok(v)
+    }
+}
+
+/// The base of Slurm's node state (`IDLE+DRAIN` -> `IDLE`), and whether a drain flag is set.
+pub fn node_state(rec: &Record) -> (String, bool) {
+    let state = rec.get("State");
+    let base = state.split('+').next().unwrap_or("").to_string();
+    (base, state.split('+').any(|f| f == "DRAIN"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keeps_spaces_in_reason() {
+        let r = Record::parse(
+            "NodeName=node1 Arch=x86_64 State=IDLE+DRAIN Reason=sgpu: gpu.xid gpu2: xid 79 [root@2026-11-23T09:00:00] Comment=(null)",
+        );
+        assert_eq!(r.get("NodeName"), "node1");
+        assert_eq!(
+            r.get("Reason"),
+            "sgpu: gpu.xid gpu2: xid 79 [root@2026-11-23T09:00:00]"
+        );
+        assert_eq!(r.get("Comment"), "(null)");
+        assert_eq!(node_state(&r), ("IDLE".to_string(), true));
+    }
+
+    #[test]
+    fn record_of_empty_line_is_empty() {
+        assert_eq!(Record::parse("").get("State"), "");
+    }
+}
