@@ -1,1 +1,10 @@
-//! Parsers for Slurm's configuration files and hostlists, shared by every sgpu component.
+//! Parsers every sgpu component shares for Slurm's own files and syntax:
+//! prolog/epilog learn from `slurm.conf` and `gres.conf` which GPUs a node
+//! should have, healthd and the cli expand and compress hostlists for
+//! drain/resume, and the cli's `conf check` reports what these parsers find
+//! wrong in `slurm.conf`, `gres.conf` and `plugstack.conf`. Parsers never
+//! panic; errors name the file and line and say what was expected.
+
+pub mod hostlist;
+
+pub use hostlist::{Hostlist, HostlistError, compress, expand};

@@ -1,0 +1,216 @@
+//! Unit tests; the expected values were taken from `scontrol` 22.05.8.
+
+use super::*;
+
+fn ex(e: &str) -> Vec<String> {
+    expand(e).unwrap_or_else(|err| panic!("{e}: {err}"))
+}
+
+fn cx(e: &str) -> String {
+    compress_expr(e).unwrap_or_else(|err| panic!("{e}: {err}"))
+}
+
+#[test]
+fn simple_ranges() {
+    assert_eq!(ex("node[01-04,07]"), ["node01", "node02", "node03", "node04", "node07"]);
+    assert_eq!(ex("n1,n2 n3"), ["n1", "n2", "n3"]);
+    assert_eq!(ex(" n1 , n2"), ["n1", "n2"]);
+    assert_eq!(ex("n[1-2]  ,  m"), ["n1", "n2", "m"]);
+    assert_eq!(ex("n[1-3],"), ["n1", "n2", "n3"]);
+    assert_eq!(ex(",n1"), ["n1"]);
+    assert!(ex("").is_empty());
+    assert!(ex("  ").is_empty());
+    assert_eq!(ex("a\tb"), ["a", "b"]);
+    assert_eq!(ex("a\nb"), ["a\nb"]);
+}
+
+#[test]
+fn zero_padding_follows_first_number() {
+    assert_eq!(ex("n[1-010]").len(), 10);
+    assert_eq!(ex("n[1-010]")[9], "n10");
+    assert_eq!(ex("n[08-12]"), ["n08", "n09", "n10", "n11", "n12"]);
+    assert_eq!(ex("n[9-10]"), ["n9", "n10"]);
+    assert_eq!(ex("n[001-3]"), ["n001", "n002", "n003"]);
+    assert_eq!(ex("n[00-00]"), ["n00"]);
+}
+
+#[test]
+fn strtoul_quirks() {
+    assert_eq!(ex("n[ 1]"), ["n01"]);
+    assert_eq!(ex("n[1 -2]"), ["n01", "n02"]);
+    assert_eq!(ex("n[+1-2]"), ["n01", "n02"]);
+    assert_eq!(ex("n[1-+2]"), ["n1", "n2"]);
+    assert_eq!(ex("n[1-]"), ["n1"]);
+    assert_eq!(ex("n[1a-2]"), ["n01", "n02"]);
+    assert_eq!(ex("n[0- -0]"), ["n0"]);
+}
+
+#[test]
+fn several_bracket_groups_in_slurm_order() {
+    assert_eq!(
+        ex("rack[1-2]-gpu[01-03]"),
+        ["rack1-gpu01", "rack1-gpu02", "rack1-gpu03", "rack2-gpu01", "rack2-gpu02", "rack2-gpu03"]
+    );
+    assert_eq!(
+        ex("a[1-2]b[1-2]c[1-2]"),
+        ["a1b1c1", "a1b1c2", "a2b1c1", "a2b1c2", "a1b2c1", "a1b2c2", "a2b2c1", "a2b2c2"]
+    );
+    let four = ex("a[1-2]b[1-2]c[1-2]d[1-2]");
+    assert_eq!(&four[..4], ["a1b1c1d1", "a1b1c1d2", "a2b1c1d1", "a2b1c1d2"]);
+    assert_eq!(four[8], "a1b1c2d1");
+    assert_eq!(ex("a[1-2][3-4]"), ["a13", "a14", "a23", "a24"]);
+    assert_eq!(ex("n[1-3]a[1-2],b"), ["n1a1", "n1a2", "n2a1", "n2a2", "n3a1", "n3a2", "b"]);
+    assert_eq!(ex("a1-[1-2]"), ["a1-1", "a1-2"]);
+}
+
+#[test]
+fn unbalanced_brackets_like_slurm() {
+    assert_eq!(ex("n[1-3"), ["n]"]);
+    assert_eq!(ex("ab[12"), ["ab]"]);
+    assert_eq!(ex("[12"), ["12"]);
+    assert_eq!(ex("a["), ["a]"]);
+    assert_eq!(ex("a]"), ["a]"]);
+    assert_eq!(ex("a]1"), ["a]1"]);
+    assert_eq!(ex("a[1]b[2"), ["a[1]b]"]);
+    assert_eq!(ex("a[1-2],b[3"), ["a1", "a2", "b]"]);
+    assert_eq!(ex("x[1-2] y[3"), ["x1", "x2", "y]"]);
+}
+
+#[test]
+fn malformed_expressions_are_errors() {
+    for e in [
+        "n[5-1]",
+        "n[a-b]",
+        "n[1,3-4]x",
+        "n[1-3]x",
+        "a[1]]",
+        "a[[1]]",
+        "a[1-2]b[3-4]c",
+        "n[,1]",
+        "n[1,]",
+        "n[]",
+        "n[1--2]",
+        "n[-1]",
+        "n[0x1]",
+        "n[1a]",
+        "n[1-65537]",
+        "a[x]b[1-2]c[1]",
+        "n[99999999999999999999]",
+        "n[1-2 ]",
+    ] {
+        assert!(expand(e).is_err(), "{e} should be rejected");
+    }
+}
+
+#[test]
+fn error_messages_say_what_is_wrong() {
+    let e = expand("n[5-1]").unwrap_err().to_string();
+    assert!(e.contains("reversed"), "{e}");
+    assert!(e.contains("n[5-1]"), "{e}");
+    let e = expand("n[1-3]x").unwrap_err().to_string();
+    assert!(e.contains("after `]`"), "{e}");
+}
+
+#[test]
+fn limits_are_checked_before_allocating() {
+    let huge = "a[0-65535]b[0-65535]c[0-65535]d[0-65535]";
+    let err = expand(huge).unwrap_err();
+    assert!(matches!(err, HostlistError::TooLarge { .. }), "{err}");
+    let small = Limits {
+        max_names: 10,
+        ..Limits::default()
+    };
+    assert!(expand_with_limits("n[1-10]", small).is_ok());
+    assert!(expand_with_limits("n[1-11]", small).is_err());
+    assert!(expand_with_limits("n[1-5],m[1-6]", small).is_err());
+    assert_eq!(expand("n[1-65536]").map(|v| v.len()), Ok(65536));
+    // Many groups: the product saturates instead of overflowing.
+    let many = "a[1-2]".repeat(200) + "[1-2]";
+    assert!(expand(&many).is_err());
+    let bytes = Limits {
+        max_bytes: 100,
+        ..Limits::default()
+    };
+    assert!(expand_with_limits("averyveryverylongprefix[1-10]", bytes).is_err());
+}
+
+#[test]
+fn nul_is_rejected() {
+    assert!(expand("a\0b").is_err());
+}
+
+#[test]
+fn compress_matches_scontrol() {
+    assert_eq!(compress(&["n3", "n1", "n2"]), "n[3,1-2]");
+    assert_eq!(compress(&["n1", "n1", "n2"]), "n[1,1-2]");
+    assert_eq!(compress(&["a1", "b1", "a2"]), "a1,b1,a2");
+    assert_eq!(compress(&["n01", "n1", "n001", "n02", "n2"]), "n[01,1,001,02,2]");
+    assert_eq!(compress(&["n9", "n10", "n08"]), "n[9-10,08]");
+    assert_eq!(compress(&["x", "y", "x"]), "x,y,x");
+    assert_eq!(compress(&["a1b2", "a1b3", "a2b2", "a2b3"]), "a1b[2-3],a2b[2-3]");
+    assert_eq!(compress(&["n-1", "n-2"]), "n-[1-2]");
+    assert_eq!(compress(&["a", "a1", "a2"]), "a,a[1-2]");
+    assert_eq!(compress(&["a1", "a", "a2"]), "a1,a,a2");
+    assert_eq!(compress(&["a1", "a2", "a"]), "a[1-2],a");
+    assert_eq!(compress(&["1", "2", "3", "a"]), "[1-3],a");
+    assert_eq!(compress::<&str>(&[]), "");
+}
+
+#[test]
+fn compress_expr_matches_scontrol() {
+    assert_eq!(cx("n[1-3],n2"), "n[1-3,2]");
+    assert_eq!(cx("n[1-2]-[3-4]"), "n1-[3-4],n2-[3-4]");
+    assert_eq!(cx("n[01-3,5]"), "n[01-03,5]");
+    assert_eq!(cx("n[1-3],n[2-5]"), "n[1-3,2-5]");
+    assert_eq!(cx("a1,a2,a[3-4],a5"), "a[1-5]");
+    assert_eq!(cx("a[1-2]b[1-2]c[1-2]"), "a1b1c[1-2],a2b1c[1-2],a1b2c[1-2],a2b2c[1-2]");
+    assert_eq!(cx("n1,n 2,n3"), "n1,n,2,n3");
+    assert_eq!(cx("[1-3]"), "[1-3]");
+    assert_eq!(cx("nx"), "nx");
+    assert_eq!(cx(""), "");
+}
+
+#[test]
+fn huge_suffix_is_kept_verbatim() {
+    assert_eq!(compress(&["n99999999999999999999"]), "n99999999999999999999");
+    assert_eq!(ex("n99999999999999999999"), ["n99999999999999999999"]);
+}
+
+#[test]
+fn contains_without_expanding() {
+    assert_eq!(contains("node[0001-9999]", "node0042"), Ok(true));
+    assert_eq!(contains("node[0001-9999]", "node42"), Ok(false));
+    assert_eq!(contains("node[0001-9999]", "node10000"), Ok(false));
+    assert_eq!(contains("node[1-10]", "node10"), Ok(true));
+    assert_eq!(contains("gpu,cpu[1-2]", "gpu"), Ok(true));
+    assert_eq!(contains("a[0-65535]b[0-63]", "a65535b63"), Ok(true));
+    assert!(contains("n[5-1]", "n1").is_err());
+}
+
+#[test]
+fn uniq_sorts_and_dedups() {
+    let mut hl = Hostlist::parse("n3,n1,n2,n1,b,a[1-4],a2").unwrap();
+    hl.uniq();
+    assert_eq!(hl.to_ranged_string(), "a[1-4],b,n[1-3]");
+    assert_eq!(hl.len(), 8);
+    assert_eq!(hl.to_vec(), ["a1", "a2", "a3", "a4", "b", "n1", "n2", "n3"]);
+    let mut hl = Hostlist::parse("n10,n9,n2").unwrap();
+    hl.uniq();
+    assert_eq!(hl.to_vec(), ["n2", "n9", "n10"]);
+}
+
+#[test]
+fn display_and_from_str() {
+    let hl: Hostlist = "n[1-3]".parse().unwrap();
+    assert_eq!(hl.to_string(), "n[1-3]");
+    assert_eq!(hl.len(), 3);
+    assert!(!hl.is_empty());
+    assert_eq!((&hl).into_iter().count(), 3);
+}
+
+#[test]
+fn tokenizer_keeps_bracket_content_together() {
+    assert_eq!(tokenize("a[1,2],b c\td"), ["a[1,2]", "b", "c", "d"]);
+    assert_eq!(tokenize("x[1 2] y"), ["x[1 2]", "y"]);
+    assert_eq!(tokenize(",,, "), Vec::<&str>::new());
+}
