@@ -44,7 +44,9 @@ impl Rng {
 
 fn find_scontrol() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")]) {
+    for dir in std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+    {
         let cand = dir.join("scontrol");
         if cand.is_file() {
             return cand;
@@ -70,7 +72,8 @@ impl Oracle {
         let scontrol = find_scontrol();
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("slurm.conf");
-        std::fs::write(&conf, "ClusterName=oracle\nSlurmctldHost=localhost\n").expect("write slurm.conf");
+        std::fs::write(&conf, "ClusterName=oracle\nSlurmctldHost=localhost\n")
+            .expect("write slurm.conf");
         let o = Oracle {
             scontrol,
             conf,
@@ -109,9 +112,15 @@ impl Oracle {
 // ---------------------------------------------------------------------------
 
 fn gen_prefix(rng: &mut Rng, allow_empty: bool) -> String {
-    let parts = ["n", "node", "gpu", "a", "b", "rack1-", "c2n", "x_", "z.", "r", "-", "q0"];
+    let parts = [
+        "n", "node", "gpu", "a", "b", "rack1-", "c2n", "x_", "z.", "r", "-", "q0",
+    ];
     let mut s = String::new();
-    let k = if allow_empty { rng.below(3) } else { 1 + rng.below(2) };
+    let k = if allow_empty {
+        rng.below(3)
+    } else {
+        1 + rng.below(2)
+    };
     for _ in 0..k {
         s.push_str(rng.pick(&parts));
     }
@@ -119,15 +128,26 @@ fn gen_prefix(rng: &mut Rng, allow_empty: bool) -> String {
 }
 
 fn gen_num(rng: &mut Rng) -> (u64, String) {
-    let v = if rng.pct(85) { rng.below(25) } else { rng.below(1200) };
-    let pad = if rng.pct(60) { 0 } else { rng.below(4) as usize };
+    let v = if rng.pct(85) {
+        rng.below(25)
+    } else {
+        rng.below(1200)
+    };
+    let pad = if rng.pct(60) {
+        0
+    } else {
+        rng.below(4) as usize
+    };
     (v, format!("{}{v}", "0".repeat(pad)))
 }
 
 fn gen_range(rng: &mut Rng, bad: bool) -> String {
     if bad && rng.pct(8) {
         return rng
-            .pick(&["5-1", "", "a", "1-", "-1", "1--2", "1-2x", " 1", "+1", "1a-2", "1-a", "0x3", "2- 3", "1-2-3", "3-03"])
+            .pick(&[
+                "5-1", "", "a", "1-", "-1", "1--2", "1-2x", " 1", "+1", "1a-2", "1-a", "0x3",
+                "2- 3", "1-2-3", "3-03",
+            ])
             .to_string();
     }
     let (lo, lo_s) = gen_num(rng);
@@ -251,7 +271,10 @@ fn par_check<T: Sync>(cases: &[T], f: impl Fn(&T) -> Option<String> + Sync) -> V
             .chunks(chunk)
             .map(|c| s.spawn(|| c.iter().filter_map(&f).collect::<Vec<_>>()))
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker panicked")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker panicked"))
+            .collect()
     })
 }
 
@@ -265,7 +288,9 @@ fn check_expr(o: &Oracle, e: &str) -> Option<String> {
     match (o.run("hostlist", e), compress_expr(e)) {
         (Ok(out), Ok(ours)) if out.trim_end_matches('\n') == ours => {}
         (Err(_), Err(_)) => {}
-        (theirs, ours) => fails.push(format!("compress_expr({e:?}): scontrol {theirs:?}, ours {ours:?}")),
+        (theirs, ours) => fails.push(format!(
+            "compress_expr({e:?}): scontrol {theirs:?}, ours {ours:?}"
+        )),
     }
     (!fails.is_empty()).then(|| fails.join("\n"))
 }
@@ -285,12 +310,16 @@ fn hostlists_match_scontrol() {
         let ours = compress(names);
         let theirs = o.run("hostlist", &joined);
         if theirs.as_deref().map(|s| s.trim_end_matches('\n')) != Ok(ours.as_str()) {
-            return Some(format!("compress({names:?}): scontrol {theirs:?}, ours {ours:?}"));
+            return Some(format!(
+                "compress({names:?}): scontrol {theirs:?}, ours {ours:?}"
+            ));
         }
         // Slurm reads back what we print as the same names, in the same order.
         match o.run("hostnames", &ours) {
             Ok(out) if lines(&out) == *names => None,
-            other => Some(format!("scontrol show hostnames {ours:?} gave {other:?}, expected {names:?}")),
+            other => Some(format!(
+                "scontrol show hostnames {ours:?} gave {other:?}, expected {names:?}"
+            )),
         }
     }));
 
@@ -303,7 +332,12 @@ fn hostlists_match_scontrol() {
         rejected > EXPR_CASES / 20 && rejected < EXPR_CASES / 2,
         "generator balance is off: {rejected} rejected"
     );
-    assert!(fails.is_empty(), "{} mismatches with scontrol:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} mismatches with scontrol:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }
 
 #[test]
@@ -388,7 +422,6 @@ fn uniq_is_a_sorted_set() {
         assert_eq!(hl.len(), got.len());
     }
 }
-
 
 #[test]
 #[ignore = "prints generator samples"]

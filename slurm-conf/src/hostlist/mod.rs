@@ -422,12 +422,26 @@ impl Hostlist {
         self.ranges.iter().any(|r| r.contains(name))
     }
 
-    /// Sorts and removes duplicates exactly like Slurm's `hostlist_uniq`
-    /// (natural order of prefixes, then numbers).
+    /// Sorts and removes duplicates like Slurm's `hostlist_uniq` (natural
+    /// order of prefixes, then numbers). Unlike Slurm, a name that two ranges
+    /// of different zero padding both hold (`a[5-10]` and `a[08-13]` both
+    /// hold `a10`) is also kept only once, so the result is a true set.
     pub fn uniq(&mut self) {
         if self.ranges.len() <= 1 {
             return;
         }
+        self.slurm_uniq();
+        let mut seen = std::collections::HashSet::with_capacity(self.len);
+        if self.iter().all(|n| seen.insert(n)) {
+            return;
+        }
+        seen.clear();
+        let names: Vec<String> = self.iter().filter(|n| seen.insert(n.clone())).collect();
+        *self = Hostlist::from_names(names);
+    }
+
+    /// Slurm's `hostlist_uniq`: sort, then join overlapping ranges.
+    fn slurm_uniq(&mut self) {
         let mut idx: Vec<usize> = (0..self.ranges.len()).collect();
         let mut tmp = Vec::with_capacity(idx.len());
         glibc_msort(&mut self.ranges, &mut idx, &mut tmp);
@@ -606,7 +620,10 @@ enum Plan<'a> {
     /// A literal name (pushed like `hostlist_push_host`).
     Name(std::borrow::Cow<'a, str>),
     /// `segs` followed by the final bracket group `last`.
-    Bracketed { segs: Vec<Seg<'a>>, last: Vec<Range> },
+    Bracketed {
+        segs: Vec<Seg<'a>>,
+        last: Vec<Range>,
+    },
 }
 
 impl Plan<'_> {
@@ -686,7 +703,11 @@ fn tokenize(s: &str) -> Vec<&str> {
     let b = s.as_bytes();
     let n = b.len();
     let is_sep = |c: u8| c == b'\t' || c == b',' || c == b' ';
-    let find = |from: usize, c: u8| b.get(from..).and_then(|t| t.iter().position(|&x| x == c)).map(|p| p + from);
+    let find = |from: usize, c: u8| {
+        b.get(from..)
+            .and_then(|t| t.iter().position(|&x| x == c))
+            .map(|p| p + from)
+    };
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
@@ -748,7 +769,10 @@ fn strtoul(s: &str) -> Result<Option<(u64, usize)>, ()> {
     let mut v: u64 = 0;
     let mut overflow = false;
     while i < b.len() && b[i].is_ascii_digit() {
-        match v.checked_mul(10).and_then(|x| x.checked_add(u64::from(b[i] - b'0'))) {
+        match v
+            .checked_mul(10)
+            .and_then(|x| x.checked_add(u64::from(b[i] - b'0')))
+        {
             Some(x) => v = x,
             None => overflow = true,
         }

@@ -12,7 +12,10 @@ fn cx(e: &str) -> String {
 
 #[test]
 fn simple_ranges() {
-    assert_eq!(ex("node[01-04,07]"), ["node01", "node02", "node03", "node04", "node07"]);
+    assert_eq!(
+        ex("node[01-04,07]"),
+        ["node01", "node02", "node03", "node04", "node07"]
+    );
     assert_eq!(ex("n1,n2 n3"), ["n1", "n2", "n3"]);
     assert_eq!(ex(" n1 , n2"), ["n1", "n2"]);
     assert_eq!(ex("n[1-2]  ,  m"), ["n1", "n2", "m"]);
@@ -49,17 +52,29 @@ fn strtoul_quirks() {
 fn several_bracket_groups_in_slurm_order() {
     assert_eq!(
         ex("rack[1-2]-gpu[01-03]"),
-        ["rack1-gpu01", "rack1-gpu02", "rack1-gpu03", "rack2-gpu01", "rack2-gpu02", "rack2-gpu03"]
+        [
+            "rack1-gpu01",
+            "rack1-gpu02",
+            "rack1-gpu03",
+            "rack2-gpu01",
+            "rack2-gpu02",
+            "rack2-gpu03"
+        ]
     );
     assert_eq!(
         ex("a[1-2]b[1-2]c[1-2]"),
-        ["a1b1c1", "a1b1c2", "a2b1c1", "a2b1c2", "a1b2c1", "a1b2c2", "a2b2c1", "a2b2c2"]
+        [
+            "a1b1c1", "a1b1c2", "a2b1c1", "a2b1c2", "a1b2c1", "a1b2c2", "a2b2c1", "a2b2c2"
+        ]
     );
     let four = ex("a[1-2]b[1-2]c[1-2]d[1-2]");
     assert_eq!(&four[..4], ["a1b1c1d1", "a1b1c1d2", "a2b1c1d1", "a2b1c1d2"]);
     assert_eq!(four[8], "a1b1c2d1");
     assert_eq!(ex("a[1-2][3-4]"), ["a13", "a14", "a23", "a24"]);
-    assert_eq!(ex("n[1-3]a[1-2],b"), ["n1a1", "n1a2", "n2a1", "n2a2", "n3a1", "n3a2", "b"]);
+    assert_eq!(
+        ex("n[1-3]a[1-2],b"),
+        ["n1a1", "n1a2", "n2a1", "n2a2", "n3a1", "n3a2", "b"]
+    );
     assert_eq!(ex("a1-[1-2]"), ["a1-1", "a1-2"]);
 }
 
@@ -144,10 +159,16 @@ fn compress_matches_scontrol() {
     assert_eq!(compress(&["n3", "n1", "n2"]), "n[3,1-2]");
     assert_eq!(compress(&["n1", "n1", "n2"]), "n[1,1-2]");
     assert_eq!(compress(&["a1", "b1", "a2"]), "a1,b1,a2");
-    assert_eq!(compress(&["n01", "n1", "n001", "n02", "n2"]), "n[01,1,001,02,2]");
+    assert_eq!(
+        compress(&["n01", "n1", "n001", "n02", "n2"]),
+        "n[01,1,001,02,2]"
+    );
     assert_eq!(compress(&["n9", "n10", "n08"]), "n[9-10,08]");
     assert_eq!(compress(&["x", "y", "x"]), "x,y,x");
-    assert_eq!(compress(&["a1b2", "a1b3", "a2b2", "a2b3"]), "a1b[2-3],a2b[2-3]");
+    assert_eq!(
+        compress(&["a1b2", "a1b3", "a2b2", "a2b3"]),
+        "a1b[2-3],a2b[2-3]"
+    );
     assert_eq!(compress(&["n-1", "n-2"]), "n-[1-2]");
     assert_eq!(compress(&["a", "a1", "a2"]), "a,a[1-2]");
     assert_eq!(compress(&["a1", "a", "a2"]), "a1,a,a2");
@@ -163,7 +184,10 @@ fn compress_expr_matches_scontrol() {
     assert_eq!(cx("n[01-3,5]"), "n[01-03,5]");
     assert_eq!(cx("n[1-3],n[2-5]"), "n[1-3,2-5]");
     assert_eq!(cx("a1,a2,a[3-4],a5"), "a[1-5]");
-    assert_eq!(cx("a[1-2]b[1-2]c[1-2]"), "a1b1c[1-2],a2b1c[1-2],a1b2c[1-2],a2b2c[1-2]");
+    assert_eq!(
+        cx("a[1-2]b[1-2]c[1-2]"),
+        "a1b1c[1-2],a2b1c[1-2],a1b2c[1-2],a2b2c[1-2]"
+    );
     assert_eq!(cx("n1,n 2,n3"), "n1,n,2,n3");
     assert_eq!(cx("[1-3]"), "[1-3]");
     assert_eq!(cx("nx"), "nx");
@@ -172,7 +196,10 @@ fn compress_expr_matches_scontrol() {
 
 #[test]
 fn huge_suffix_is_kept_verbatim() {
-    assert_eq!(compress(&["n99999999999999999999"]), "n99999999999999999999");
+    assert_eq!(
+        compress(&["n99999999999999999999"]),
+        "n99999999999999999999"
+    );
     assert_eq!(ex("n99999999999999999999"), ["n99999999999999999999"]);
 }
 
