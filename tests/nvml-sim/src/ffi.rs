@@ -112,11 +112,6 @@ pub(crate) const SUPPORTED_EVENTS: u64 = (sys::nvmlEventTypeSingleBitEccError
     | sys::nvmlEventTypeXidCriticalError
     | sys::nvmlEventTypeClock) as u64;
 
-/// The name of a return code, as in `nvml.h`.
-pub(crate) fn error_name(code: Ret) -> &'static str {
-    error_cstr(code).to_str().unwrap_or("Unknown Error")
-}
-
 fn error_cstr(code: Ret) -> &'static CStr {
     match code {
         sys::nvmlReturn_enum_NVML_SUCCESS => c"Success",

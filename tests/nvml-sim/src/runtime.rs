@@ -134,7 +134,11 @@ fn global() -> MutexGuard<'static, Global> {
 }
 
 fn log(msg: &str) {
-    eprintln!("nvml-sim: {msg}");
+    if msg.starts_with("nvml-sim") {
+        eprintln!("{msg}");
+    } else {
+        eprintln!("nvml-sim: {msg}");
+    }
 }
 
 impl Global {
@@ -217,15 +221,12 @@ pub(crate) fn init() -> Result<(), Ret> {
             g.sig = None;
             g.current = None;
             if let Err(e) = g.refresh() {
-                let code = if std::fs::metadata(&path).is_err() {
-                    DRIVER_NOT_LOADED
+                let (code, name) = if std::fs::metadata(&path).is_err() {
+                    (DRIVER_NOT_LOADED, "NVML_ERROR_DRIVER_NOT_LOADED")
                 } else {
-                    UNKNOWN
+                    (UNKNOWN, "NVML_ERROR_UNKNOWN")
                 };
-                log(&format!(
-                    "nvmlInit fails: {e} (returning {})",
-                    crate::ffi::error_name(code)
-                ));
+                log(&format!("nvmlInit fails ({name}): {e}"));
                 return Err(code);
             }
         } else {

@@ -19,7 +19,7 @@ pub const STATE_ENV: &str = "SGPU_NVML_SIM_STATE";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The file could not be read or written.
-    #[error("nvml-sim state file {path}: {source}")]
+    #[error("state file {path}: {source}")]
     Io {
         /// The state file.
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema (this includes unknown keys).
-    #[error("nvml-sim state file {path}: {message}")]
+    #[error("state file {path}: {message}")]
     Parse {
         /// The state file.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum StateError {
         message: String,
     },
     /// The file parses but is inconsistent (duplicate UUIDs, bad PCI bus id, ...).
-    #[error("nvml-sim state file {path}: invalid state: {message}")]
+    #[error("state file {path}: invalid state: {message}")]
     Invalid {
         /// The state file.
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum StateError {
     },
     /// The state could not be serialised (a value out of TOML's range, such as a `u64` above
     /// `i64::MAX`).
-    #[error("nvml-sim state: cannot serialise: {0}")]
+    #[error("state: cannot serialise: {0}")]
     Serialize(String),
 }
 
