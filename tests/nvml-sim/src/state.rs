@@ -507,8 +507,9 @@ impl Gpu {
             uuid,
             serial: Some(serial),
             pci_bus_id,
-            pci_device_id: Some(DEFAULT_PCI_DEVICE_ID),
-            pci_subsystem_id: Some(DEFAULT_PCI_SUBSYSTEM_ID),
+            // The defaults (H100 SXM) apply.
+            pci_device_id: None,
+            pci_subsystem_id: None,
             minor_number: Some(index),
             memory_total_mib: Some(81_559),
             memory_used_mib: 0,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{Sim, lock, open, set_state_env};
@@ -453,50 +453,71 @@ fn lost_gpu_returns_gpu_lost() {
     assert_eq!(d1.uuid().unwrap(), uuid1);
 }
 
+/// Runs `f` on a detached thread and returns its result channel: if the call under test
+/// never returns, the test fails on a timeout instead of hanging (the thread is leaked).
+fn detached<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
 #[test]
 fn hang_blocks_until_cleared() {
     let sim = Sim::start(&State::healthy(2));
-    let nvml = sim.nvml();
-    let d0 = nvml.device_by_index(0).unwrap();
+    let nvml = Arc::new(sim.nvml());
     let d1 = nvml.device_by_index(1).unwrap();
 
     // A hung GPU blocks its own calls only.
     sim.update(|s| s.gpus[0].hang = true);
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel();
-        scope.spawn(move || {
-            let t = Instant::now();
-            let r = d0.temperature(TemperatureSensor::Gpu);
-            tx.send((r, t.elapsed())).unwrap();
-        });
-        assert!(
-            rx.recv_timeout(Duration::from_millis(400)).is_err(),
-            "a call on a hung GPU returned"
-        );
-        assert!(d1.temperature(TemperatureSensor::Gpu).is_ok());
-        sim.update(|s| s.gpus[0].hang = false);
-        let (r, took) = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("the call stayed blocked after the hang was cleared");
-        assert!(r.is_ok());
-        assert!(took >= Duration::from_millis(400));
+    let n = Arc::clone(&nvml);
+    let rx = detached(move || {
+        let t = Instant::now();
+        let r = n
+            .device_by_index(0)
+            .and_then(|d| d.temperature(TemperatureSensor::Gpu));
+        (r, t.elapsed())
     });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(400)).is_err(),
+        "a call on a hung GPU returned"
+    );
+    assert!(d1.temperature(TemperatureSensor::Gpu).is_ok());
+    sim.update(|s| s.gpus[0].hang = false);
+    let (r, took) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the call stayed blocked after the hang was cleared");
+    assert_eq!(r.unwrap(), 31);
+    assert!(took >= Duration::from_millis(400));
 
     // A hung driver blocks everything.
     sim.update(|s| s.hang = true);
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel();
-        let nvml = &nvml;
-        scope.spawn(move || {
-            tx.send(nvml.device_count()).unwrap();
-        });
-        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
-        sim.update(|s| s.hang = false);
-        let r = rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("still blocked");
-        assert_eq!(r.unwrap(), 2);
-    });
+    let n = Arc::clone(&nvml);
+    let rx = detached(move || n.device_count());
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    sim.update(|s| s.hang = false);
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("still blocked");
+    assert_eq!(r.unwrap(), 2);
+}
+
+#[test]
+fn hung_driver_blocks_init_until_cleared() {
+    let mut state = State::healthy(1);
+    state.hang = true;
+    let sim = Sim::start(&state);
+    let rx = detached(|| open().map(|nvml| nvml.device_count()));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "nvmlInit returned on a hung driver"
+    );
+    sim.update(|s| s.hang = false);
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("init stayed blocked");
+    assert_eq!(r.unwrap().unwrap(), 1);
 }
 
 #[test]
