@@ -5,6 +5,10 @@
 //! wrong in `slurm.conf`, `gres.conf` and `plugstack.conf`. Parsers never
 //! panic; errors name the file and line and say what was expected.
 
+mod conf;
 pub mod hostlist;
+pub mod slurm_conf;
 
+pub use conf::{ConfError, Location};
 pub use hostlist::{Hostlist, HostlistError, compress, expand};
+pub use slurm_conf::{GresSpec, Node, Partition, SlurmConf};
