@@ -508,6 +508,29 @@ impl Loader {
     }
 }
 
+/// Orders errors by file (in reading order), then line; I/O errors first.
+pub(crate) fn sort_errors(errors: &mut [ConfError], files: &[PathBuf]) {
+    let key = |e: &ConfError| {
+        e.location().map(|l| {
+            let f = files
+                .iter()
+                .position(|f| *f == l.file)
+                .unwrap_or(usize::MAX);
+            (f, l.line)
+        })
+    };
+    errors.sort_by_key(key);
+}
+
+/// The value, or the first error.
+pub(crate) fn first_error<T>((v, mut errors): (T, Vec<ConfError>)) -> Result<T, ConfError> {
+    if errors.is_empty() {
+        Ok(v)
+    } else {
+        Err(errors.swap_remove(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

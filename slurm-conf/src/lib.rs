@@ -6,9 +6,11 @@
 //! panic; errors name the file and line and say what was expected.
 
 mod conf;
+pub mod gres_conf;
 pub mod hostlist;
 pub mod slurm_conf;
 
 pub use conf::{ConfError, Location};
+pub use gres_conf::{AutoDetect, GpuDevice, GpuIssue, GresConf, NodeGpus};
 pub use hostlist::{Hostlist, HostlistError, compress, expand};
 pub use slurm_conf::{GresSpec, Node, Partition, SlurmConf};

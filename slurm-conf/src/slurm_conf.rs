@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::conf::{ConfError, Loader, Location, Pair, Stmt, dir_of};
+use crate::conf::{ConfError, Loader, Location, Pair, Stmt, dir_of, first_error, sort_errors};
 use crate::hostlist;
 
 /// One top-level `Key=Value` setting.
@@ -881,29 +881,6 @@ impl SlurmConf {
     /// The programs in `Epilog`, split on commas.
     pub fn epilog_paths(&self) -> Vec<String> {
         self.epilog.as_deref().map(comma_list).unwrap_or_default()
-    }
-}
-
-/// Orders errors by file (in reading order), then line; I/O errors first.
-pub(crate) fn sort_errors(errors: &mut [ConfError], files: &[PathBuf]) {
-    let key = |e: &ConfError| {
-        e.location().map(|l| {
-            let f = files
-                .iter()
-                .position(|f| *f == l.file)
-                .unwrap_or(usize::MAX);
-            (f, l.line)
-        })
-    };
-    errors.sort_by_key(key);
-}
-
-/// The value, or the first error.
-fn first_error<T>((v, mut errors): (T, Vec<ConfError>)) -> Result<T, ConfError> {
-    if errors.is_empty() {
-        Ok(v)
-    } else {
-        Err(errors.swap_remove(0))
     }
 }
 

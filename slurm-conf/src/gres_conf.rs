@@ -1,0 +1,679 @@
+//! `gres.conf`: which generic resources (above all GPUs) each node has, and
+//! the one question sgpu asks of it: [`GresConf::expected_gpus`].
+//!
+//! Same syntax as `slurm.conf` (comments, continuations, quoting, `Include`).
+//! Lines are `Name=gpu ...` (for every node), `NodeName=<hostlist> Name=gpu
+//! ...` (for those nodes), `AutoDetect=nvml|rsmi|oneapi|off` alone (global)
+//! or `NodeName=<hostlist> AutoDetect=...` (per node). Checks follow Slurm
+//! 22.05's `slurmd`: `File=` is a hostlist with one device per file, `Count=`
+//! (with K/M/G/T/P suffixes) must match the number of files for GPUs, `File`
+//! and `MultipleFiles` exclude each other, `Links=` must be numbers with
+//! exactly one `-1`, and `AutoDetect` on a `Name=` line without `NodeName=`
+//! has no effect.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::conf::{ConfError, Loader, Location, Stmt, first_error, sort_errors};
+use crate::hostlist;
+use crate::slurm_conf::{SlurmConf, parse_gres_count};
+
+/// Most per-device entries [`GresConf::expected_gpus`] lists for one node.
+const MAX_DEVICES: u64 = 1024;
+/// Highest value Slurm accepts in `Links=` (`GRES_MAX_LINK`).
+const GRES_MAX_LINK: i64 = 1023;
+
+/// How `slurmd` discovers GPUs (`AutoDetect=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum AutoDetect {
+    /// NVIDIA's NVML.
+    Nvml,
+    /// AMD's ROCm SMI.
+    Rsmi,
+    /// Intel's oneAPI.
+    OneApi,
+    /// No autodetection: only what gres.conf lists.
+    Off,
+}
+
+impl AutoDetect {
+    /// Parses a value the way Slurm does (`nvml`, `rsmi` and `oneapi` may be
+    /// part of a longer word; `off` must be exact; case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        let l = s.to_ascii_lowercase();
+        if l.contains("nvml") {
+            Some(AutoDetect::Nvml)
+        } else if l.contains("rsmi") {
+            Some(AutoDetect::Rsmi)
+        } else if l.contains("oneapi") {
+            Some(AutoDetect::OneApi)
+        } else if l == "off" {
+            Some(AutoDetect::Off)
+        } else {
+            None
+        }
+    }
+
+    /// Whether GPUs are detected by a library rather than listed.
+    pub fn is_on(&self) -> bool {
+        *self != AutoDetect::Off
+    }
+}
+
+impl fmt::Display for AutoDetect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AutoDetect::Nvml => "nvml",
+            AutoDetect::Rsmi => "rsmi",
+            AutoDetect::OneApi => "oneapi",
+            AutoDetect::Off => "off",
+        })
+    }
+}
+
+/// One `Name=` record of gres.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GresRecord {
+    /// GRES name, e.g. `gpu`.
+    pub name: String,
+    /// `Type=`, e.g. `a100`.
+    #[cfg_attr(feature = "serde", serde(rename = "type"))]
+    pub type_: Option<String>,
+    /// Number of resources (from `Count=`, or the number of files, or 1).
+    pub count: u64,
+    /// Device files from `File=`/`Files=` (or `MultipleFiles=`), expanded.
+    pub files: Vec<PathBuf>,
+    /// Whether the files came from `MultipleFiles=` (all files are one device).
+    pub multiple_files: bool,
+    /// `Cores=` (or the deprecated `CPUs=`).
+    pub cores: Option<String>,
+    /// `Links=`.
+    pub links: Option<String>,
+    /// `Flags=`, split on commas.
+    pub flags: Vec<String>,
+    /// `NodeName=` as written; `None` means every node.
+    pub nodes_expr: Option<String>,
+    /// `NodeName=` expanded.
+    pub nodes: Option<Vec<String>>,
+    /// Every option of the line, keys lower-cased.
+    pub params: BTreeMap<String, String>,
+    /// Where the record is.
+    pub at: Location,
+}
+
+impl GresRecord {
+    /// Whether the record applies to node `name`.
+    pub fn applies_to(&self, name: &str) -> bool {
+        self.nodes
+            .as_ref()
+            .is_none_or(|n| n.iter().any(|x| x == name))
+    }
+
+    /// Whether this is a GPU record.
+    pub fn is_gpu(&self) -> bool {
+        self.name.eq_ignore_ascii_case("gpu")
+    }
+}
+
+/// A `NodeName=... AutoDetect=...` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct NodeAutoDetect {
+    /// Node names it applies to.
+    pub nodes: Vec<String>,
+    /// The setting.
+    pub value: AutoDetect,
+    /// Where.
+    pub at: Location,
+}
+
+/// A parsed `gres.conf`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GresConf {
+    /// The file it was read from (or the origin given to `parse_str`).
+    pub path: PathBuf,
+    /// Every file read (with includes).
+    pub files: Vec<PathBuf>,
+    /// Global `AutoDetect=`.
+    pub autodetect: Option<AutoDetect>,
+    /// Per-node `AutoDetect=`.
+    pub node_autodetect: Vec<NodeAutoDetect>,
+    /// Every `Name=` record, in order.
+    pub records: Vec<GresRecord>,
+}
+
+/// One GPU a node should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GpuDevice {
+    /// Position among the node's GPUs in gres.conf order (0-based).
+    pub index: u32,
+    /// Device minor number taken from the file name (`/dev/nvidia3` is 3).
+    pub minor: Option<u32>,
+    /// GPU type, e.g. `a100`.
+    #[cfg_attr(feature = "serde", serde(rename = "type"))]
+    pub type_: Option<String>,
+    /// Device file, when gres.conf lists one.
+    pub file: Option<PathBuf>,
+    /// Further files of a `MultipleFiles=` device.
+    pub extra_files: Vec<PathBuf>,
+    /// `Cores=` of the record.
+    pub cores: Option<String>,
+    /// `Links=` of the record.
+    pub links: Option<String>,
+    /// The gres.conf record it comes from.
+    pub at: Location,
+}
+
+/// A disagreement between gres.conf and slurm.conf about a node's GPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum GpuIssue {
+    /// The GPU totals differ.
+    CountMismatch {
+        /// GPUs in the node's `Gres=` in slurm.conf.
+        slurm_conf: u64,
+        /// GPUs listed in gres.conf for the node.
+        gres_conf: u64,
+    },
+    /// The count of one GPU type differs.
+    TypeCountMismatch {
+        /// The type (as in slurm.conf).
+        type_: String,
+        /// GPUs of that type in slurm.conf.
+        slurm_conf: u64,
+        /// GPUs of that type in gres.conf.
+        gres_conf: u64,
+    },
+    /// slurm.conf has no `NodeName=` line for the node.
+    NodeNotInSlurmConf,
+    /// The node has GPUs but slurm.conf's `GresTypes` lacks `gpu`.
+    GpuNotInGresTypes,
+    /// slurm.conf gives the node typed and untyped GPUs (slurmd refuses that).
+    MixedTypedAndUntyped,
+    /// gres.conf lists GPUs without `File=` and autodetection is off, so the
+    /// devices cannot be checked.
+    NoDeviceFiles,
+}
+
+impl fmt::Display for GpuIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuIssue::CountMismatch {
+                slurm_conf,
+                gres_conf,
+            } => write!(
+                f,
+                "slurm.conf gives the node {slurm_conf} GPU(s) but gres.conf lists {gres_conf}; make Gres=gpu:N and the gres.conf records agree"
+            ),
+            GpuIssue::TypeCountMismatch {
+                type_,
+                slurm_conf,
+                gres_conf,
+            } => write!(
+                f,
+                "slurm.conf gives the node {slurm_conf} GPU(s) of type {type_} but gres.conf lists {gres_conf} with Type={type_}"
+            ),
+            GpuIssue::NodeNotInSlurmConf => f.write_str("slurm.conf has no NodeName line for this node"),
+            GpuIssue::GpuNotInGresTypes => f.write_str("the node has GPUs but slurm.conf's GresTypes does not include gpu"),
+            GpuIssue::MixedTypedAndUntyped => f.write_str(
+                "slurm.conf gives the node both typed and untyped GPUs (e.g. gpu:a100:2,gpu:2); slurmd refuses this",
+            ),
+            GpuIssue::NoDeviceFiles => f.write_str(
+                "gres.conf lists GPUs without File= and AutoDetect is off, so their device files are unknown",
+            ),
+        }
+    }
+}
+
+/// What GPUs a node should have, according to gres.conf and slurm.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct NodeGpus {
+    /// The node.
+    pub node: String,
+    /// GPUs the node should have: slurm.conf's count when known (it is what
+    /// Slurm allocates), otherwise gres.conf's.
+    pub count: u64,
+    /// The GPUs gres.conf describes (empty when they are autodetected).
+    pub devices: Vec<GpuDevice>,
+    /// Effective `AutoDetect` for the node (per-node setting, else global).
+    pub autodetect: Option<AutoDetect>,
+    /// GPUs in slurm.conf's `Gres=` for the node (`None` without slurm.conf
+    /// or when the node is not in it).
+    pub slurm_conf_count: Option<u64>,
+    /// GPUs gres.conf lists for the node.
+    pub gres_conf_count: u64,
+    /// Disagreements to report (empty when all is consistent).
+    pub issues: Vec<GpuIssue>,
+}
+
+/// The trailing number of a device file name (`/dev/nvidia12` is 12).
+fn file_minor(p: &Path) -> Option<u32> {
+    let name = p.file_name()?.to_str()?;
+    let digits = name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    name.get(name.len() - digits..)?.parse().ok()
+}
+
+/// Validates a `Cores=`/`CPUs=` list such as `0-7,16-23`.
+fn valid_cpu_list(s: &str) -> bool {
+    !s.is_empty()
+        && s.split(',').all(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            match (a.parse::<u32>(), b.parse::<u32>()) {
+                (Ok(x), Ok(y)) => x <= y,
+                _ => false,
+            }
+        })
+}
+
+/// Slurm's `gres_links_validate`: numbers in `[-2, 1023]`, exactly one `-1`.
+fn links_error(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("Links is empty".to_string());
+    }
+    let mut selves = 0;
+    for tok in s.split(',').filter(|t| !t.is_empty()) {
+        match tok.parse::<i64>() {
+            Ok(v) if (-2..=GRES_MAX_LINK).contains(&v) => selves += usize::from(v == -1),
+            _ => {
+                return Some(format!(
+                    "Links value `{tok}` is not a number between -2 and {GRES_MAX_LINK}"
+                ));
+            }
+        }
+    }
+    match selves {
+        1 => None,
+        0 => Some(format!(
+            "Links={s} has no -1 (the entry for the GPU itself)"
+        )),
+        _ => Some(format!("Links={s} has more than one -1")),
+    }
+}
+
+/// Parsing state.
+#[derive(Default)]
+struct Builder {
+    conf: GresConf,
+    errors: Vec<ConfError>,
+}
+
+impl Builder {
+    fn err(&mut self, at: &Location, msg: impl Into<String>) {
+        self.errors.push(ConfError::at(at, msg));
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        let Some(first) = s.pairs.first() else {
+            if let Some(left) = &s.leftover {
+                self.err(&s.at, format!("expected Key=Value, found `{left}`"));
+            }
+            return;
+        };
+        if let Some(left) = &s.leftover {
+            self.err(
+                &s.at,
+                format!("cannot parse `{left}`: expected Key=Value pairs"),
+            );
+        }
+        if first.is("NodeName") || first.is("Name") {
+            self.record(s);
+        } else if first.is("AutoDetect") {
+            if s.pairs.len() > 1 {
+                self.err(
+                    &s.at,
+                    "a global AutoDetect= line takes no other keys (use NodeName=... AutoDetect=... for some nodes)",
+                );
+            }
+            match AutoDetect::parse(&first.value) {
+                Some(a) => self.conf.autodetect = Some(a),
+                None => self.err(
+                    &s.at,
+                    format!(
+                        "unknown AutoDetect value `{}` (expected nvml, rsmi, oneapi or off)",
+                        first.value
+                    ),
+                ),
+            }
+        } else {
+            self.err(
+                &s.at,
+                format!(
+                    "{}= outside a Name= or NodeName= line has no effect; lines start with Name=, NodeName= or AutoDetect=",
+                    first.key
+                ),
+            );
+        }
+    }
+
+    fn record(&mut self, s: &Stmt) {
+        let at = &s.at;
+        let params: BTreeMap<String, String> = s
+            .pairs
+            .iter()
+            .map(|p| (p.key.to_ascii_lowercase(), p.value.clone()))
+            .collect();
+        let get = |k: &str| params.get(k).cloned();
+        let nodes_expr = get("nodename");
+        let nodes = match &nodes_expr {
+            Some(e) => match hostlist::expand(e) {
+                Ok(v) => Some(v),
+                Err(err) => {
+                    self.err(at, format!("NodeName: {err}"));
+                    return;
+                }
+            },
+            None => None,
+        };
+        if let Some(a) = get("autodetect") {
+            match (AutoDetect::parse(&a), &nodes) {
+                (None, _) => self.err(
+                    at,
+                    format!("unknown AutoDetect value `{a}` (expected nvml, rsmi, oneapi or off)"),
+                ),
+                (Some(_), None) => self.err(
+                    at,
+                    "AutoDetect on a Name= line has no effect (Slurm ignores it): put it on its own line or on a NodeName= line",
+                ),
+                (Some(v), Some(n)) => {
+                    for other in &self.conf.node_autodetect {
+                        if other.value != v {
+                            if let Some(node) = n.iter().find(|x| other.nodes.contains(x)) {
+                                let prev = other.at.clone();
+                                self.errors.push(ConfError::at(
+                                    at,
+                                    format!(
+                                        "AutoDetect={v} for node {node} contradicts AutoDetect={} at {prev}",
+                                        other.value
+                                    ),
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    self.conf.node_autodetect.push(NodeAutoDetect {
+                        nodes: n.clone(),
+                        value: v,
+                        at: at.clone(),
+                    });
+                }
+            }
+        }
+        let Some(name) = get("name") else {
+            if get("autodetect").is_none() {
+                self.err(
+                    at,
+                    "expected Name=<gres> (e.g. Name=gpu) on this NodeName= line",
+                );
+            }
+            return;
+        };
+        let mut files = Vec::new();
+        let mut multiple_files = false;
+        let file_expr = get("file").or_else(|| get("files"));
+        if let Some(f) = &file_expr {
+            match hostlist::expand(f) {
+                Ok(v) => files = v.into_iter().map(PathBuf::from).collect(),
+                Err(e) => self.err(at, format!("File: {e}")),
+            }
+        }
+        if let Some(m) = get("multiplefiles") {
+            if file_expr.is_some() {
+                self.err(at, "File= and MultipleFiles= exclude each other: use one");
+            } else {
+                match hostlist::expand(&m) {
+                    Ok(v) if v.len() >= 2 => {
+                        files = v.into_iter().map(PathBuf::from).collect();
+                        multiple_files = true;
+                    }
+                    Ok(_) => self.err(
+                        at,
+                        "MultipleFiles= lists fewer than two files: use File= instead",
+                    ),
+                    Err(e) => self.err(at, format!("MultipleFiles: {e}")),
+                }
+            }
+        }
+        let shared = name.eq_ignore_ascii_case("mps") || name.eq_ignore_ascii_case("shard");
+        let from_files = match (multiple_files, files.len()) {
+            (true, _) => 1,
+            (false, n) => n as u64,
+        };
+        let count = match get("count") {
+            Some(c) => match parse_gres_count(&c) {
+                Some(n) => {
+                    if from_files > 0 && n != from_files && !shared {
+                        let what = file_expr
+                            .clone()
+                            .or_else(|| get("multiplefiles"))
+                            .unwrap_or_default();
+                        self.err(
+                            at,
+                            format!(
+                                "Count={c} does not match File={what}, which names {from_files} device(s): \
+                                 one {name} per file (drop Count= or fix it)"
+                            ),
+                        );
+                    }
+                    n
+                }
+                None => {
+                    self.err(
+                        at,
+                        format!("Count `{c}` is not a number (optionally with a K/M/G/T/P suffix)"),
+                    );
+                    from_files.max(1)
+                }
+            },
+            None => from_files.max(1),
+        };
+        let cores = get("cores").or_else(|| get("cpus"));
+        if let Some(c) = &cores {
+            if !valid_cpu_list(c) {
+                self.err(
+                    at,
+                    format!("Cores={c}: expected core numbers and ranges, e.g. Cores=0-7,16-23"),
+                );
+            }
+        }
+        let links = get("links").or_else(|| get("link"));
+        if let Some(l) = &links {
+            if let Some(e) = links_error(l) {
+                self.err(at, e);
+            }
+        }
+        let flags = get("flags")
+            .map(|f| {
+                f.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.conf.records.push(GresRecord {
+            name,
+            type_: get("type"),
+            count,
+            files,
+            multiple_files,
+            cores,
+            links,
+            flags,
+            nodes_expr,
+            nodes,
+            params,
+            at: at.clone(),
+        });
+    }
+}
+
+impl GresConf {
+    /// Reads and parses `path` (with its includes); fails on the first error.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
+        first_error(Self::load_lenient(path))
+    }
+
+    /// Parses `text` as the content of `origin`; fails on the first error.
+    pub fn parse_str(text: &str, origin: impl AsRef<Path>) -> Result<Self, ConfError> {
+        first_error(Self::parse_str_lenient(text, origin))
+    }
+
+    /// Reads `path`, keeping what could be parsed, plus every error found.
+    pub fn load_lenient(path: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
+        let path = path.as_ref();
+        let mut loader = Loader::default();
+        loader.load_file(path);
+        Self::build(loader, path)
+    }
+
+    /// Parses `text` as the content of `origin`, keeping what could be
+    /// parsed, plus every error found.
+    pub fn parse_str_lenient(text: &str, origin: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
+        let origin = origin.as_ref();
+        let mut loader = Loader::default();
+        loader.load_str(text, origin);
+        Self::build(loader, origin)
+    }
+
+    fn build(loader: Loader, path: &Path) -> (Self, Vec<ConfError>) {
+        let mut b = Builder {
+            errors: loader.errors,
+            ..Builder::default()
+        };
+        b.conf.path = path.to_path_buf();
+        b.conf.files = loader.files;
+        for s in &loader.stmts {
+            b.stmt(s);
+        }
+        sort_errors(&mut b.errors, &b.conf.files);
+        (b.conf, b.errors)
+    }
+
+    /// The records that apply to node `name`, in order.
+    pub fn records_for<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a GresRecord> + 'a {
+        self.records.iter().filter(move |r| r.applies_to(name))
+    }
+
+    /// The effective `AutoDetect` for node `name`: its own, else the global one.
+    pub fn autodetect_for(&self, name: &str) -> Option<AutoDetect> {
+        self.node_autodetect
+            .iter()
+            .find(|a| a.nodes.iter().any(|n| n == name))
+            .map(|a| a.value.clone())
+            .or_else(|| self.autodetect.clone())
+    }
+
+    /// What GPUs node `name` should have: count, types and device files from
+    /// gres.conf, reconciled with the node's `Gres=` in `slurm_conf` when
+    /// given. Disagreements are listed in [`NodeGpus::issues`].
+    pub fn expected_gpus(&self, name: &str, slurm_conf: Option<&SlurmConf>) -> NodeGpus {
+        let autodetect = self.autodetect_for(name);
+        let mut devices = Vec::new();
+        let mut gres_count: u64 = 0;
+        let mut per_type: BTreeMap<Option<String>, u64> = BTreeMap::new();
+        let mut without_files = false;
+        for r in self.records_for(name).filter(|r| r.is_gpu()) {
+            gres_count = gres_count.saturating_add(r.count);
+            let t = r.type_.as_ref().map(|t| t.to_ascii_lowercase());
+            let e = per_type.entry(t).or_insert(0);
+            *e = e.saturating_add(r.count);
+            let push =
+                |file: Option<PathBuf>, extra: Vec<PathBuf>, devices: &mut Vec<GpuDevice>| {
+                    if (devices.len() as u64) < MAX_DEVICES {
+                        devices.push(GpuDevice {
+                            index: devices.len() as u32,
+                            minor: file.as_deref().and_then(file_minor),
+                            type_: r.type_.clone(),
+                            file,
+                            extra_files: extra,
+                            cores: r.cores.clone(),
+                            links: r.links.clone(),
+                            at: r.at.clone(),
+                        });
+                    }
+                };
+            if r.multiple_files {
+                let mut files = r.files.clone();
+                let first = (!files.is_empty()).then(|| files.remove(0));
+                push(first, files, &mut devices);
+            } else if !r.files.is_empty() {
+                for f in &r.files {
+                    push(Some(f.clone()), Vec::new(), &mut devices);
+                }
+            } else {
+                without_files = true;
+                for _ in 0..r.count.min(MAX_DEVICES) {
+                    push(None, Vec::new(), &mut devices);
+                }
+            }
+        }
+        let mut issues = Vec::new();
+        let mut slurm_conf_count = None;
+        if let Some(sc) = slurm_conf {
+            match sc.node(name) {
+                None => issues.push(GpuIssue::NodeNotInSlurmConf),
+                Some(node) => {
+                    let sc_count = node.gpu_count();
+                    slurm_conf_count = Some(sc_count);
+                    let typed = node.gpus().filter(|g| g.type_.is_some()).count();
+                    let untyped = node.gpus().count() - typed;
+                    if typed > 0 && untyped > 0 {
+                        issues.push(GpuIssue::MixedTypedAndUntyped);
+                    }
+                    if sc_count > 0 && !sc.gres_types.iter().any(|t| t.eq_ignore_ascii_case("gpu"))
+                    {
+                        issues.push(GpuIssue::GpuNotInGresTypes);
+                    }
+                    let listed = gres_count > 0 || autodetect.as_ref().is_none_or(|a| !a.is_on());
+                    if listed && sc_count != gres_count {
+                        issues.push(GpuIssue::CountMismatch {
+                            slurm_conf: sc_count,
+                            gres_conf: gres_count,
+                        });
+                    } else if listed && typed > 0 {
+                        let mut sc_types: BTreeMap<String, (String, u64)> = BTreeMap::new();
+                        for g in node.gpus() {
+                            if let Some(t) = &g.type_ {
+                                let e = sc_types
+                                    .entry(t.to_ascii_lowercase())
+                                    .or_insert((t.clone(), 0));
+                                e.1 = e.1.saturating_add(g.count);
+                            }
+                        }
+                        for (lower, (t, n)) in sc_types {
+                            let have = per_type.get(&Some(lower)).copied().unwrap_or(0);
+                            if have != n {
+                                issues.push(GpuIssue::TypeCountMismatch {
+                                    type_: t,
+                                    slurm_conf: n,
+                                    gres_conf: have,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if without_files && autodetect.as_ref().is_none_or(|a| !a.is_on()) {
+            issues.push(GpuIssue::NoDeviceFiles);
+        }
+        NodeGpus {
+            node: name.to_string(),
+            count: slurm_conf_count.unwrap_or(gres_count),
+            devices,
+            autodetect,
+            slurm_conf_count,
+            gres_conf_count: gres_count,
+            issues,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
