@@ -8,9 +8,11 @@
 mod conf;
 pub mod gres_conf;
 pub mod hostlist;
+pub mod plugstack;
 pub mod slurm_conf;
 
 pub use conf::{ConfError, Location};
 pub use gres_conf::{AutoDetect, GpuDevice, GpuIssue, GresConf, NodeGpus};
 pub use hostlist::{Hostlist, HostlistError, compress, expand};
+pub use plugstack::{PlugstackConf, SpankEntry};
 pub use slurm_conf::{GresSpec, Node, Partition, SlurmConf};

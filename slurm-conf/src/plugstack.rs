@@ -1,0 +1,310 @@
+//! `plugstack.conf`: the SPANK plugins slurmstepd loads (sgpu's own
+//! `spank_sgpu.so` among them).
+//!
+//! Syntax as in Slurm's `spank.c`: each line is `required|optional PATH
+//! [ARGS...]` or `include GLOB`, words separated by spaces or tabs, `#`
+//! starts a comment anywhere. A relative `include` is relative to the
+//! directory of the file that contains it; a relative plugin PATH is looked
+//! up in `PluginDir` when the plugin is loaded (see
+//! [`SpankEntry::resolve`]). Slurm skips invalid lines with an error; here
+//! they are reported as errors. Unlike Slurm, include loops are detected.
+//! A missing `plugstack.conf` is not an error for Slurm; [`PlugstackConf::load`]
+//! reports it as [`ConfError::Io`] and the caller decides.
+
+use std::path::{Path, PathBuf};
+
+use crate::conf::{
+    ConfError, Location, dir_of, first_error, read_text, resolve_include, sort_errors,
+};
+
+/// Deepest nesting of `include`.
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// One `required`/`optional` plugin line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SpankEntry {
+    /// `required` (a load failure aborts the job step) or `optional`.
+    pub required: bool,
+    /// The plugin path as written.
+    pub path: PathBuf,
+    /// Arguments passed to the plugin.
+    pub args: Vec<String>,
+    /// Where the line is.
+    pub at: Location,
+}
+
+impl SpankEntry {
+    /// The file slurmstepd would load: an absolute path as is, a relative one
+    /// from the first directory of the colon-separated `plugin_dir`
+    /// (Slurm's `PluginDir`) where it exists.
+    pub fn resolve(&self, plugin_dir: &str) -> Option<PathBuf> {
+        if self.path.is_absolute() {
+            return self.path.exists().then(|| self.path.clone());
+        }
+        plugin_dir
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(&self.path))
+            .find(|p| p.exists())
+    }
+}
+
+/// A parsed `plugstack.conf` (with its includes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PlugstackConf {
+    /// The file it was read from (or the origin given to `parse_str`).
+    pub path: PathBuf,
+    /// Every file read, in order.
+    pub files: Vec<PathBuf>,
+    /// The plugins in load order.
+    pub entries: Vec<SpankEntry>,
+}
+
+/// Parsing state.
+#[derive(Default)]
+struct Builder {
+    conf: PlugstackConf,
+    errors: Vec<ConfError>,
+    stack: Vec<PathBuf>,
+}
+
+impl Builder {
+    fn file(&mut self, text: &str, origin: &Path) {
+        self.conf.files.push(origin.to_path_buf());
+        self.stack
+            .push(std::fs::canonicalize(origin).unwrap_or_else(|_| origin.to_path_buf()));
+        for (i, raw) in text.split('\n').enumerate() {
+            self.line(raw, Location::new(origin, i + 1), origin);
+        }
+        self.stack.pop();
+    }
+
+    fn line(&mut self, raw: &str, at: Location, origin: &Path) {
+        let text = raw.split('#').next().unwrap_or("");
+        let mut words = text.split([' ', '\t']).filter(|w| !w.is_empty());
+        let Some(kind) = words.next() else { return };
+        if text.contains('\r') {
+            self.errors.push(ConfError::at(
+                &at,
+                "carriage return in line (DOS line endings?): Slurm would read it as part of a word",
+            ));
+            return;
+        }
+        let required = match kind {
+            "required" => true,
+            "optional" => false,
+            "include" => {
+                match words.next() {
+                    Some(pattern) => self.include(pattern, &at, origin),
+                    None => self.errors.push(ConfError::at(
+                        &at,
+                        "include needs a file or glob: expected `include <glob>`",
+                    )),
+                }
+                return;
+            }
+            other => {
+                self.errors.push(ConfError::at(
+                    &at,
+                    format!("invalid option `{other}`: expected required, optional or include (lower case)"),
+                ));
+                return;
+            }
+        };
+        let Some(path) = words.next() else {
+            self.errors.push(ConfError::at(
+                &at,
+                format!(
+                    "{kind} needs a plugin path: expected `{kind} /path/to/plugin.so [args...]`"
+                ),
+            ));
+            return;
+        };
+        self.conf.entries.push(SpankEntry {
+            required,
+            path: PathBuf::from(path),
+            args: words.map(String::from).collect(),
+            at,
+        });
+    }
+
+    fn include(&mut self, pattern: &str, at: &Location, origin: &Path) {
+        let paths = match resolve_include(pattern, &dir_of(origin)) {
+            Ok(p) => p,
+            Err(msg) => {
+                self.errors.push(ConfError::at(at, msg));
+                return;
+            }
+        };
+        for p in paths {
+            let canon = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+            if self.stack.contains(&canon) {
+                self.errors.push(ConfError::at(
+                    at,
+                    format!("include loop: {} is already being read", p.display()),
+                ));
+                continue;
+            }
+            if self.stack.len() >= MAX_INCLUDE_DEPTH {
+                self.errors.push(ConfError::at(
+                    at,
+                    format!(
+                        "include nested more than {MAX_INCLUDE_DEPTH} levels deep at {}",
+                        p.display()
+                    ),
+                ));
+                continue;
+            }
+            match read_text(&p) {
+                Ok(text) => self.file(&text, &p),
+                // A literal path that does not exist: Slurm's glob() finds no
+                // match and silently skips it; report it, it is surely a typo.
+                Err(e) => self.errors.push(ConfError::at(
+                    at,
+                    format!("cannot read included file {}: {e}", p.display()),
+                )),
+            }
+        }
+    }
+}
+
+impl PlugstackConf {
+    /// Reads and parses `path` (with its includes); fails on the first error.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
+        first_error(Self::load_lenient(path))
+    }
+
+    /// Parses `text` as the content of `origin`; fails on the first error.
+    pub fn parse_str(text: &str, origin: impl AsRef<Path>) -> Result<Self, ConfError> {
+        first_error(Self::parse_str_lenient(text, origin))
+    }
+
+    /// Reads `path`, keeping what could be parsed, plus every error found.
+    pub fn load_lenient(path: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
+        let path = path.as_ref();
+        match read_text(path) {
+            Ok(text) => Self::parse_str_lenient(&text, path),
+            Err(source) => (
+                PlugstackConf {
+                    path: path.to_path_buf(),
+                    ..PlugstackConf::default()
+                },
+                vec![ConfError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }],
+            ),
+        }
+    }
+
+    /// Parses `text` as the content of `origin`, keeping what could be
+    /// parsed, plus every error found.
+    pub fn parse_str_lenient(text: &str, origin: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
+        let origin = origin.as_ref();
+        let mut b = Builder::default();
+        b.conf.path = origin.to_path_buf();
+        b.file(text, origin);
+        sort_errors(&mut b.errors, &b.conf.files);
+        (b.conf, b.errors)
+    }
+
+    /// The entry whose plugin file name is `file_name` (e.g. `spank_sgpu.so`).
+    pub fn find(&self, file_name: &str) -> Option<&SpankEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.path.file_name().is_some_and(|f| f == file_name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_args_and_comments() {
+        let p = PlugstackConf::parse_str(
+            "# SPANK plugins\n\
+             required /usr/lib/slurm/spank_sgpu.so spool=/var/spool/sgpu\tverbose # sgpu\n\
+             \n\
+             optional  x11.so\n",
+            "/etc/slurm/plugstack.conf",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.entries.len(), 2);
+        let e = &p.entries[0];
+        assert!(e.required);
+        assert_eq!(e.path, PathBuf::from("/usr/lib/slurm/spank_sgpu.so"));
+        assert_eq!(e.args, ["spool=/var/spool/sgpu", "verbose"]);
+        assert_eq!(e.at.to_string(), "/etc/slurm/plugstack.conf:2");
+        assert!(!p.entries[1].required);
+        assert_eq!(p.entries[1].at.line, 4);
+        assert!(p.find("spank_sgpu.so").is_some());
+        assert!(p.find("nope.so").is_none());
+    }
+
+    #[test]
+    fn errors_name_file_line() {
+        let cases = [
+            ("Required x.so\n", ":1: invalid option `Required`"),
+            ("\n\nrequired\n", ":3: required needs a plugin path"),
+            ("include\n", ":1: include needs a file or glob"),
+            ("optional x.so\r\n", ":1: carriage return"),
+        ];
+        for (text, want) in cases {
+            let err = PlugstackConf::parse_str(text, "/p.conf")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("/p.conf:") && err.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn include_relative_glob_and_loops() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir(root.join("plugstack.conf.d")).unwrap();
+        std::fs::write(
+            root.join("plugstack.conf"),
+            "required /a.so\ninclude plugstack.conf.d/*.conf\ninclude nothing-matches-*.conf\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("plugstack.conf.d/1.conf"), "optional /b.so x\n").unwrap();
+        std::fs::write(
+            root.join("plugstack.conf.d/2.conf"),
+            "include ../plugstack.conf\n",
+        )
+        .unwrap();
+        let (p, errs) = PlugstackConf::load_lenient(root.join("plugstack.conf"));
+        let paths: Vec<&Path> = p.entries.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(paths, [Path::new("/a.so"), Path::new("/b.so")]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let msg = errs[0].to_string();
+        assert!(msg.contains("2.conf:1: include loop"), "{msg}");
+        assert_eq!(p.files.len(), 3);
+    }
+
+    #[test]
+    fn resolve_in_plugin_dir() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x.so"), "").unwrap();
+        let p = PlugstackConf::parse_str(
+            "optional x.so\nrequired /definitely/not/here.so\n",
+            "/p.conf",
+        )
+        .unwrap();
+        let dirs = format!("/nonexistent:{}", d.path().display());
+        assert_eq!(p.entries[0].resolve(&dirs), Some(d.path().join("x.so")));
+        assert_eq!(p.entries[1].resolve(&dirs), None);
+    }
+
+    #[test]
+    fn missing_file_is_io_error() {
+        let err = PlugstackConf::load("/nonexistent/plugstack.conf").unwrap_err();
+        assert!(matches!(err, ConfError::Io { .. }));
+    }
+}
