@@ -1,8 +1,37 @@
-//! sgpu-healthd: the per-node host daemon.
+//! sgpu-healthd: GPU health checks, and (later) the per-node host daemon built on them.
 //!
-//! It runs on every GPU node. It owns NVML access (through `nvml-wrapper`, with a
-//! configurable library path), runs the periodic `full` health checks and watches NVML XID
-//! events, drains the node through slurmctld when a check fails (and resumes only nodes it
-//! drained itself), samples per-GPU usage mapped to jobs, serves Prometheus metrics and
-//! forwards usage records from the node spool to `sgpu-acctd`. Configuration files are read
-//! with `sgpu-slurm-conf`. This crate is filled in by the health-check and daemon issues.
+//! It runs on every GPU node. It owns NVML access ([`gpu`], through `nvml-wrapper` with a
+//! configurable library path, every call under a watchdog deadline), holds the check
+//! catalogue ([`catalogue`]: checks are data, tunable in `sgpu.toml` via [`config`]), the
+//! XID classification and the node's XID record ([`xid`]), and evaluates checks into
+//! results, drain reasons and a verdict ([`checks`]). The prolog/epilog gates and
+//! `sgpu check` call this library; the daemon (periodic `full` checks, XID watch,
+//! drain/resume, per-job sampling, Prometheus metrics, record forwarding) is built on it by
+//! the daemon issue.
+//!
+//! A run, as the prolog does it:
+//!
+//! ```no_run
+//! use sgpu_healthd::{checks, config::Config, gpu, catalogue::Profile};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::discover(None)?;
+//! let catalogue = config.catalogue();
+//! let mut ctx = checks::CheckContext::new(Profile::Quick);
+//! ctx.nvml_timeout = config.nvml_timeout;
+//! ctx.pinned_driver_version = config.pinned_driver_version.clone();
+//! let results = match gpu::collect(&gpu::NvmlOptions::from_config(&config), true) {
+//!     Ok(c) => checks::evaluate(&c.snapshot, &ctx, &catalogue),
+//!     Err(failure) => checks::evaluate_failure(&failure, &ctx, &catalogue),
+//! };
+//! if let Some(reason) = checks::drain_reason(&results) {
+//!     eprintln!("would drain: {reason}");
+//! }
+//! std::process::exit(checks::Verdict::of(&results).exit_code());
+//! # }
+//! ```
+
+pub mod catalogue;
+pub mod checks;
+pub mod config;
+pub mod gpu;
+pub mod xid;

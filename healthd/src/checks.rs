@@ -1,0 +1,912 @@
+//! Evaluating the catalogue against what NVML reported.
+//!
+//! [`evaluate`] turns a [`NodeSnapshot`] (or, through [`evaluate_failure`], the reason there
+//! is none) into [`CheckResult`]s; [`Verdict::of`] rolls them up; [`CheckResult::drain_reason`]
+//! formats the reason given to `scontrol update ... State=DRAIN Reason=...`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::catalogue::{self as cat, Catalogue, EffectiveCheck, Profile, Severity};
+use crate::gpu::{GpuSnapshot, HW_THROTTLE_REASONS, NodeSnapshot, NvmlFailure, Reading};
+use crate::xid::{XidClass, XidEvent, classify};
+
+/// The longest drain reason sgpu writes, in bytes.
+///
+/// Slurm itself stores a node's reason as an unbounded string, but slurmdbd records node
+/// events (drains) in `event_table.reason`, a `tinytext` column (255 bytes), and `sinfo -R`
+/// shows only the first 20 characters by default. Half the column keeps well clear of it,
+/// and a reason must still fit on one `sinfo -R -o '%100E'` line.
+pub const MAX_REASON_BYTES: usize = 127;
+
+/// What the evaluator knows besides the snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckContext {
+    /// Which checks run.
+    pub profile: Profile,
+    /// GPUs gres.conf declares for this node (`None`: unknown, `gpu.count` is not judged).
+    pub expected_gpu_count: Option<u32>,
+    /// The job's GPU indices (`None`: no job, e.g. the daemon or `sgpu check`).
+    pub job_gpus: Option<Vec<u32>>,
+    /// XIDs not yet reported (see [`crate::xid`]).
+    pub xids: Vec<XidEvent>,
+    /// `pinned_driver_version` from the config.
+    pub pinned_driver_version: Option<String>,
+    /// The NVML deadline (shown as `nvml.responsive`'s threshold).
+    pub nvml_timeout: Duration,
+}
+
+impl CheckContext {
+    /// A context for `profile` with nothing else known.
+    pub fn new(profile: Profile) -> CheckContext {
+        CheckContext {
+            profile,
+            expected_gpu_count: None,
+            job_gpus: None,
+            xids: Vec::new(),
+            pinned_driver_version: None,
+            nvml_timeout: Duration::from_millis(crate::config::DEFAULT_NVML_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Outcome of one check on one GPU (or the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Healthy.
+    Pass,
+    /// The condition was found; [`CheckResult::severity`] says what it costs.
+    Fail,
+    /// Could not be judged (value unsupported or unreadable): neither pass nor fail.
+    Unknown,
+}
+
+impl Status {
+    /// `pass`, `fail`, `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckResult {
+    /// Check id, e.g. `gpu.xid`.
+    pub check: &'static str,
+    /// GPU index (`None`: a node-level result).
+    pub gpu: Option<u32>,
+    /// GPU UUID, when known.
+    pub uuid: Option<String>,
+    /// What was observed, e.g. `92 C`.
+    pub observed: String,
+    /// What it was compared against, e.g. `>= 90 C`.
+    pub threshold: String,
+    /// What a failure costs (for `gpu.xid`, depends on the XID's class).
+    pub severity: Severity,
+    /// Pass, fail or unknown.
+    pub status: Status,
+    /// Human-readable detail (the rendered reason template on failure).
+    pub message: String,
+}
+
+impl CheckResult {
+    /// Whether this is a failure at `drain` severity.
+    pub fn drains(&self) -> bool {
+        self.status == Status::Fail && self.severity == Severity::Drain
+    }
+
+    /// The Slurm drain reason: `sgpu: <check> gpu<i>: <detail>` (or `sgpu: <check>:
+    /// <detail>` for node-level results), without quotes or control characters, cut on a
+    /// character boundary to at most [`MAX_REASON_BYTES`] bytes.
+    pub fn drain_reason(&self) -> String {
+        let head = match self.gpu {
+            Some(i) => format!("sgpu: {} gpu{i}: ", self.check),
+            None => format!("sgpu: {}: ", self.check),
+        };
+        fit_reason(&(head + &self.message))
+    }
+}
+
+/// Sanitises and truncates a reason to [`MAX_REASON_BYTES`] (on a char boundary).
+pub fn fit_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_REASON_BYTES));
+    for c in reason.chars() {
+        let c = if c.is_control() || c == '"' || c == '\'' || c == '\\' {
+            ' '
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > MAX_REASON_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out.trim_end().to_string()
+}
+
+/// The rolled-up outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// No failure above `info`.
+    Healthy,
+    /// A `warn` failure, no `drain` failure.
+    Warn,
+    /// At least one `drain` failure.
+    Drain,
+}
+
+impl Verdict {
+    /// The worst failure among `results`.
+    pub fn of(results: &[CheckResult]) -> Verdict {
+        results
+            .iter()
+            .filter(|r| r.status == Status::Fail)
+            .map(|r| match r.severity {
+                Severity::Drain => Verdict::Drain,
+                Severity::Warn => Verdict::Warn,
+                Severity::Info | Severity::Off => Verdict::Healthy,
+            })
+            .max()
+            .unwrap_or(Verdict::Healthy)
+    }
+
+    /// Exit code for commands: 0 healthy, 1 warn, 2 drain.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Healthy => 0,
+            Verdict::Warn => 1,
+            Verdict::Drain => 2,
+        }
+    }
+
+    /// `healthy`, `warn`, `drain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Warn => "warn",
+            Verdict::Drain => "drain",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The reason to drain with: the first `drain` failure's, if any.
+pub fn drain_reason(results: &[CheckResult]) -> Option<String> {
+    results
+        .iter()
+        .find(|r| r.drains())
+        .map(CheckResult::drain_reason)
+}
+
+/// Builds results for one check, applying its effective severity and reason template.
+struct Emitter<'a> {
+    out: Vec<CheckResult>,
+    catalogue: &'a Catalogue,
+    profile: Profile,
+}
+
+impl Emitter<'_> {
+    fn check(&self, id: &str) -> Option<&EffectiveCheck> {
+        self.catalogue.get(id).filter(|c| c.runs_in(self.profile))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        id: &'static str,
+        gpu: Option<&GpuSnapshot>,
+        status: Status,
+        observed: String,
+        threshold: String,
+        severity: Option<Severity>,
+        note: Option<String>,
+    ) {
+        let Some(check) = self.catalogue.get(id) else {
+            return;
+        };
+        let message = match (status, note) {
+            (_, Some(n)) => n,
+            (Status::Fail, None) => check
+                .spec
+                .reason_template
+                .replace("{observed}", &observed)
+                .replace("{threshold}", &threshold),
+            (Status::Pass, None) => "ok".into(),
+            (Status::Unknown, None) => "not reported by this GPU/driver".into(),
+        };
+        self.out.push(CheckResult {
+            check: check.spec.id,
+            gpu: gpu.map(|g| g.index),
+            uuid: gpu.and_then(|g| g.uuid().map(str::to_string)),
+            observed,
+            threshold,
+            severity: severity.unwrap_or(check.severity),
+            status,
+            message,
+        });
+    }
+
+    /// A pass/fail/unknown result from a reading and a predicate that says "fails".
+    #[allow(clippy::too_many_arguments)]
+    fn judge<T>(
+        &mut self,
+        id: &'static str,
+        g: &GpuSnapshot,
+        reading: &Reading<T>,
+        fails: impl Fn(&T) -> bool,
+        observed: impl Fn(&T) -> String,
+        threshold: String,
+    ) {
+        match reading {
+            Reading::Value(v) => {
+                let status = if fails(v) { Status::Fail } else { Status::Pass };
+                self.push(id, Some(g), status, observed(v), threshold, None, None);
+            }
+            Reading::Unsupported => self.push(
+                id,
+                Some(g),
+                Status::Unknown,
+                "n/a".into(),
+                threshold,
+                None,
+                None,
+            ),
+            Reading::Error(e) => self.push(
+                id,
+                Some(g),
+                Status::Unknown,
+                "error".into(),
+                threshold,
+                None,
+                Some(format!("query failed: {e}")),
+            ),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Runs every check of `ctx.profile` that `catalogue` enables against `snapshot`.
+pub fn evaluate(
+    snapshot: &NodeSnapshot,
+    ctx: &CheckContext,
+    catalogue: &Catalogue,
+) -> Vec<CheckResult> {
+    let mut e = Emitter {
+        out: Vec::new(),
+        catalogue,
+        profile: ctx.profile,
+    };
+    let deadline = format!("{} ms", ctx.nvml_timeout.as_millis());
+    if e.check(cat::NVML_INIT).is_some() {
+        e.push(
+            cat::NVML_INIT,
+            None,
+            Status::Pass,
+            "ok".into(),
+            String::new(),
+            None,
+            None,
+        );
+    }
+    if e.check(cat::NVML_RESPONSIVE).is_some() {
+        e.push(
+            cat::NVML_RESPONSIVE,
+            None,
+            Status::Pass,
+            "answered".into(),
+            deadline,
+            None,
+            None,
+        );
+    }
+
+    let count = snapshot.gpus.len() as u32;
+    if e.check(cat::GPU_COUNT).is_some() {
+        match ctx.expected_gpu_count {
+            Some(want) => {
+                let status = if count == want {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                };
+                e.push(
+                    cat::GPU_COUNT,
+                    None,
+                    status,
+                    count.to_string(),
+                    want.to_string(),
+                    None,
+                    None,
+                );
+            }
+            None => e.push(
+                cat::GPU_COUNT,
+                None,
+                Status::Unknown,
+                count.to_string(),
+                "?".into(),
+                None,
+                Some("no expected count (gres.conf) given".into()),
+            ),
+        }
+    }
+
+    if let (Some(job), Some(_)) = (&ctx.job_gpus, e.check(cat::GPU_JOB_GPUS_EXIST)) {
+        let missing: Vec<u32> = job.iter().copied().filter(|i| *i >= count).collect();
+        if missing.is_empty() {
+            e.push(
+                cat::GPU_JOB_GPUS_EXIST,
+                None,
+                Status::Pass,
+                format!("{job:?}"),
+                count.to_string(),
+                None,
+                None,
+            );
+        }
+        for i in missing {
+            // Node-level: a missing GPU has no UUID; the index is in the message.
+            e.push(
+                cat::GPU_JOB_GPUS_EXIST,
+                None,
+                Status::Fail,
+                format!("gpu{i}"),
+                count.to_string(),
+                None,
+                None,
+            );
+        }
+    }
+
+    if let (Some(pinned), Some(_)) = (&ctx.pinned_driver_version, e.check(cat::DRIVER_VERSION)) {
+        match &snapshot.driver_version {
+            Reading::Value(v) => {
+                let status = if v.trim() == pinned {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                };
+                e.push(
+                    cat::DRIVER_VERSION,
+                    None,
+                    status,
+                    v.clone(),
+                    pinned.clone(),
+                    None,
+                    None,
+                );
+            }
+            _ => e.push(
+                cat::DRIVER_VERSION,
+                None,
+                Status::Unknown,
+                "n/a".into(),
+                pinned.clone(),
+                None,
+                None,
+            ),
+        }
+    }
+
+    if e.check(cat::GPU_XID).is_some() {
+        xid_results(&mut e, snapshot, &ctx.xids);
+    }
+
+    for g in &snapshot.gpus {
+        if e.check(cat::GPU_LOST).is_some() {
+            let status = if g.lost { Status::Fail } else { Status::Pass };
+            let observed = if g.lost {
+                "fallen off the bus"
+            } else {
+                "present"
+            };
+            e.push(
+                cat::GPU_LOST,
+                Some(g),
+                status,
+                observed.into(),
+                String::new(),
+                None,
+                None,
+            );
+        }
+        if g.lost {
+            // Every other reading of a lost GPU is an error; gpu.lost says it all.
+            continue;
+        }
+        gpu_results(&mut e, g, ctx);
+    }
+    e.out
+}
+
+fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
+    if let Some(c) = e.check(cat::GPU_ECC_UNCORRECTABLE) {
+        let max = c.threshold("max_errors");
+        e.judge(
+            cat::GPU_ECC_UNCORRECTABLE,
+            g,
+            &g.ecc_volatile_uncorrected,
+            |v| *v as f64 > max,
+            |v| v.to_string(),
+            fmt_num(max),
+        );
+    }
+    if e.check(cat::GPU_RETIRED_PAGES_PENDING).is_some() {
+        e.judge(
+            cat::GPU_RETIRED_PAGES_PENDING,
+            g,
+            &g.retired_pages_pending,
+            |v| *v,
+            yes_no,
+            "no".into(),
+        );
+    }
+    if e.check(cat::GPU_ROW_REMAP_PENDING).is_some() {
+        e.judge(
+            cat::GPU_ROW_REMAP_PENDING,
+            g,
+            &g.remapped_rows,
+            |r| r.pending,
+            |r| yes_no(&r.pending),
+            "no".into(),
+        );
+    }
+    if e.check(cat::GPU_ROW_REMAP_FAILURE).is_some() {
+        e.judge(
+            cat::GPU_ROW_REMAP_FAILURE,
+            g,
+            &g.remapped_rows,
+            |r| r.failure,
+            |r| yes_no(&r.failure),
+            "no".into(),
+        );
+    }
+    if let Some(c) = e.check(cat::GPU_TEMPERATURE) {
+        let margin = c.threshold("margin_c");
+        match (&g.temperature_c, &g.slowdown_threshold_c) {
+            (Reading::Value(t), Reading::Value(slow)) => {
+                let limit = f64::from(*slow) - margin;
+                let status = if f64::from(*t) >= limit {
+                    Status::Fail
+                } else {
+                    Status::Pass
+                };
+                e.push(
+                    cat::GPU_TEMPERATURE,
+                    Some(g),
+                    status,
+                    format!("{t} C"),
+                    format!("{} C", fmt_num(limit)),
+                    None,
+                    None,
+                );
+            }
+            (t, _) => {
+                let observed = t
+                    .value()
+                    .map_or_else(|| "n/a".to_string(), |t| format!("{t} C"));
+                e.push(
+                    cat::GPU_TEMPERATURE,
+                    Some(g),
+                    Status::Unknown,
+                    observed,
+                    "slowdown n/a".into(),
+                    None,
+                    None,
+                );
+            }
+        }
+    }
+    if e.check(cat::GPU_THROTTLE).is_some() {
+        let names = |bits: &u64| -> Vec<&'static str> {
+            HW_THROTTLE_REASONS
+                .iter()
+                .filter(|(b, _)| bits & b != 0)
+                .map(|(_, n)| *n)
+                .collect()
+        };
+        e.judge(
+            cat::GPU_THROTTLE,
+            g,
+            &g.throttle_reasons,
+            |bits| !names(bits).is_empty(),
+            |bits| {
+                let n = names(bits);
+                if n.is_empty() {
+                    "none".into()
+                } else {
+                    n.join(",")
+                }
+            },
+            "no hw throttle".into(),
+        );
+    }
+    if let Some(c) = e.check(cat::GPU_PCIE_LINK) {
+        let (gen_slack, width_slack) = (
+            c.threshold("max_gen_deficit"),
+            c.threshold("max_width_deficit"),
+        );
+        let p = &g.pcie;
+        let pair =
+            |cur: &Reading<u32>, max: &Reading<u32>, slack: f64| match (cur.value(), max.value()) {
+                (Some(c), Some(m)) => Some(f64::from(m.saturating_sub(*c)) > slack),
+                _ => None,
+            };
+        let gen_bad = pair(&p.gen_current, &p.gen_max, gen_slack);
+        let width_bad = pair(&p.width_current, &p.width_max, width_slack);
+        let show = |r: &Reading<u32>| r.value().map_or_else(|| "?".to_string(), u32::to_string);
+        let observed = format!("gen{} x{}", show(&p.gen_current), show(&p.width_current));
+        let threshold = format!("gen{} x{}", show(&p.gen_max), show(&p.width_max));
+        let status = match (gen_bad, width_bad) {
+            (Some(true), _) | (_, Some(true)) => Status::Fail,
+            (Some(false), Some(false)) => Status::Pass,
+            _ => Status::Unknown,
+        };
+        e.push(
+            cat::GPU_PCIE_LINK,
+            Some(g),
+            status,
+            observed,
+            threshold,
+            None,
+            None,
+        );
+    }
+    if let Some(c) = e.check(cat::GPU_LEFTOVER_PROCESSES) {
+        let mine = ctx.job_gpus.as_ref().is_none_or(|j| j.contains(&g.index));
+        if mine {
+            let (max_procs, max_mib) = (
+                c.threshold("max_processes"),
+                c.threshold("max_memory_used_mib"),
+            );
+            let threshold = format!("{} procs, {} MiB", fmt_num(max_procs), fmt_num(max_mib));
+            match (&g.compute_processes, &g.memory) {
+                (Reading::Value(procs), mem) => {
+                    let used_mib = mem.value().map(|m| m.used / MIB);
+                    let too_many = procs.len() as f64 > max_procs;
+                    let too_much = used_mib.is_some_and(|u| u as f64 > max_mib);
+                    let pids: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
+                    let mut observed = format!("{} procs", procs.len());
+                    if !pids.is_empty() {
+                        observed.push_str(&format!(" (pid {})", pids.join(",")));
+                    }
+                    if let Some(u) = used_mib {
+                        observed.push_str(&format!(", {u} MiB"));
+                    }
+                    let status = if too_many || too_much {
+                        Status::Fail
+                    } else {
+                        Status::Pass
+                    };
+                    e.push(
+                        cat::GPU_LEFTOVER_PROCESSES,
+                        Some(g),
+                        status,
+                        observed,
+                        threshold,
+                        None,
+                        None,
+                    );
+                }
+                _ => e.push(
+                    cat::GPU_LEFTOVER_PROCESSES,
+                    Some(g),
+                    Status::Unknown,
+                    "n/a".into(),
+                    threshold,
+                    None,
+                    None,
+                ),
+            }
+        }
+    }
+    if e.check(cat::GPU_PERSISTENCE_MODE).is_some() {
+        e.judge(
+            cat::GPU_PERSISTENCE_MODE,
+            g,
+            &g.persistence_mode,
+            |on| !on,
+            |on| if *on { "on".into() } else { "off".into() },
+            "on".into(),
+        );
+    }
+}
+
+fn xid_results(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, xids: &[XidEvent]) {
+    if xids.is_empty() {
+        e.push(
+            cat::GPU_XID,
+            None,
+            Status::Pass,
+            "none".into(),
+            "no hardware XID".into(),
+            None,
+            None,
+        );
+        return;
+    }
+    let Some(check_sev) = e.check(cat::GPU_XID).map(|c| c.severity) else {
+        return;
+    };
+    // Group by GPU (resolving a UUID-only event to its index), keeping first-seen order.
+    let mut groups: BTreeMap<Option<u32>, Vec<&XidEvent>> = BTreeMap::new();
+    for x in xids {
+        let index = x.gpu_index.or_else(|| {
+            let uuid = x.gpu_uuid.as_deref()?;
+            snapshot
+                .gpus
+                .iter()
+                .find(|g| g.uuid() == Some(uuid))
+                .map(|g| g.index)
+        });
+        groups.entry(index).or_default().push(x);
+    }
+    for (index, events) in groups {
+        let rank = |c: XidClass| match c {
+            XidClass::Hardware => 3,
+            XidClass::Driver | XidClass::Unknown => 2,
+            XidClass::Application => 1,
+        };
+        let mut infos: Vec<_> = events.iter().map(|x| classify(x.code)).collect();
+        infos.sort_by_key(|i| std::cmp::Reverse(rank(i.class)));
+        let mut codes: Vec<String> = Vec::new();
+        for i in &infos {
+            let c = i.code.to_string();
+            if !codes.contains(&c) {
+                codes.push(c);
+            }
+        }
+        let worst = infos[0];
+        let severity = match worst.class {
+            XidClass::Hardware => check_sev,
+            XidClass::Driver | XidClass::Unknown => check_sev.min(Severity::Warn),
+            XidClass::Application => Severity::Info,
+        };
+        let mut detail = format!("xid {} {}", worst.code, worst.name);
+        if codes.len() > 1 {
+            detail.push_str(&format!(" (xids {})", codes.join(",")));
+        }
+        let gpu = index.and_then(|i| snapshot.gpus.iter().find(|g| g.index == i));
+        let uuid = events.iter().find_map(|x| x.gpu_uuid.clone());
+        e.push(
+            cat::GPU_XID,
+            gpu,
+            Status::Fail,
+            format!("xid {}", codes.join(",")),
+            format!("{} class", worst.class.as_str()),
+            Some(severity),
+            Some(detail),
+        );
+        if let Some(last) = e.out.last_mut() {
+            last.gpu = index;
+            if last.uuid.is_none() {
+                last.uuid = uuid;
+            }
+        }
+    }
+}
+
+/// The results for a run in which NVML gave no snapshot: `nvml.init` or `nvml.responsive`
+/// fails (whichever applies; the other checks cannot be judged and are left out).
+pub fn evaluate_failure(
+    failure: &NvmlFailure,
+    ctx: &CheckContext,
+    catalogue: &Catalogue,
+) -> Vec<CheckResult> {
+    let mut e = Emitter {
+        out: Vec::new(),
+        catalogue,
+        profile: ctx.profile,
+    };
+    let deadline = format!("{} ms", ctx.nvml_timeout.as_millis());
+    match failure {
+        NvmlFailure::Init { kind, message } => {
+            if e.check(cat::NVML_INIT).is_some() {
+                e.push(
+                    cat::NVML_INIT,
+                    None,
+                    Status::Fail,
+                    format!("{kind}: {message}"),
+                    String::new(),
+                    None,
+                    None,
+                );
+            }
+        }
+        NvmlFailure::Hung { waited, during } => {
+            if e.check(cat::NVML_RESPONSIVE).is_some() {
+                e.push(
+                    cat::NVML_RESPONSIVE,
+                    None,
+                    Status::Fail,
+                    format!("hung after {} ms ({during})", waited.as_millis()),
+                    deadline,
+                    None,
+                    None,
+                );
+            }
+        }
+        NvmlFailure::Query(m) => {
+            if e.check(cat::NVML_RESPONSIVE).is_some() {
+                e.push(
+                    cat::NVML_RESPONSIVE,
+                    None,
+                    Status::Fail,
+                    format!("query failed: {m}"),
+                    deadline,
+                    None,
+                    None,
+                );
+            }
+        }
+    }
+    e.out
+}
+
+fn yes_no(b: &bool) -> String {
+    if *b { "yes".into() } else { "no".into() }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(
+        check: &'static str,
+        gpu: Option<u32>,
+        severity: Severity,
+        status: Status,
+        message: &str,
+    ) -> CheckResult {
+        CheckResult {
+            check,
+            gpu,
+            uuid: None,
+            observed: String::new(),
+            threshold: String::new(),
+            severity,
+            status,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn reason_format() {
+        let r = result(
+            cat::GPU_XID,
+            Some(2),
+            Severity::Drain,
+            Status::Fail,
+            "xid 79 GPU has fallen off the bus",
+        );
+        assert_eq!(
+            r.drain_reason(),
+            "sgpu: gpu.xid gpu2: xid 79 GPU has fallen off the bus"
+        );
+        let r = result(
+            cat::NVML_RESPONSIVE,
+            None,
+            Severity::Drain,
+            Status::Fail,
+            "nvml hung after 5001 ms (init)",
+        );
+        assert_eq!(
+            r.drain_reason(),
+            "sgpu: nvml.responsive: nvml hung after 5001 ms (init)"
+        );
+    }
+
+    #[test]
+    fn reason_is_sanitised_and_truncated_on_a_char_boundary() {
+        let long = format!("say \"hi\"\nthen {}", "é".repeat(200));
+        let r = result(cat::GPU_LOST, Some(7), Severity::Drain, Status::Fail, &long);
+        let reason = r.drain_reason();
+        assert!(reason.len() <= MAX_REASON_BYTES, "{}", reason.len());
+        assert!(
+            reason.starts_with("sgpu: gpu.lost gpu7: say  hi  then é"),
+            "{reason}"
+        );
+        assert!(!reason.contains('"') && !reason.contains('\n'));
+        // 'é' is two bytes: the cut never splits it.
+        assert!(reason.is_char_boundary(reason.len()));
+        assert_eq!(fit_reason(&"x".repeat(500)).len(), MAX_REASON_BYTES);
+    }
+
+    #[test]
+    fn verdict_rollup_and_exit_codes() {
+        let pass = result(cat::GPU_LOST, Some(0), Severity::Drain, Status::Pass, "ok");
+        let info = result(
+            cat::GPU_XID,
+            Some(0),
+            Severity::Info,
+            Status::Fail,
+            "xid 13",
+        );
+        let warn = result(
+            cat::GPU_PERSISTENCE_MODE,
+            Some(0),
+            Severity::Warn,
+            Status::Fail,
+            "off",
+        );
+        let unknown = result(
+            cat::GPU_TEMPERATURE,
+            Some(0),
+            Severity::Drain,
+            Status::Unknown,
+            "n/a",
+        );
+        let drain = result(
+            cat::GPU_LOST,
+            Some(1),
+            Severity::Drain,
+            Status::Fail,
+            "lost",
+        );
+        assert_eq!(Verdict::of(&[]), Verdict::Healthy);
+        assert_eq!(
+            Verdict::of(&[pass.clone(), info.clone(), unknown.clone()]),
+            Verdict::Healthy
+        );
+        assert_eq!(Verdict::of(&[pass.clone(), warn.clone()]), Verdict::Warn);
+        assert_eq!(Verdict::of(&[warn, drain.clone(), info]), Verdict::Drain);
+        assert_eq!(
+            [Verdict::Healthy, Verdict::Warn, Verdict::Drain].map(Verdict::exit_code),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            drain_reason(&[pass, unknown, drain]).as_deref(),
+            Some("sgpu: gpu.lost gpu1: lost")
+        );
+    }
+
+    #[test]
+    fn nvml_failures_map_to_their_checks() {
+        let cat = Catalogue::default();
+        let ctx = CheckContext::new(Profile::Quick);
+        let hung = NvmlFailure::Hung {
+            waited: Duration::from_millis(5003),
+            during: "reading gpu3".into(),
+        };
+        let r = evaluate_failure(&hung, &ctx, &cat);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0].drain_reason(),
+            "sgpu: nvml.responsive: nvml hung after 5003 ms (reading gpu3)"
+        );
+        let init = NvmlFailure::Init {
+            kind: crate::gpu::InitFailure::DriverNotLoaded,
+            message: "libnvidia-ml.so.1: NVIDIA driver is not loaded".into(),
+        };
+        let r = evaluate_failure(&init, &ctx, &cat);
+        assert_eq!(r[0].check, cat::NVML_INIT);
+        assert!(r[0].drains());
+        assert!(
+            r[0].drain_reason()
+                .starts_with("sgpu: nvml.init: nvml init failed: driver not loaded")
+        );
+    }
+}

@@ -1,0 +1,446 @@
+//! `sgpu.toml`: where it is, what it holds, and errors that name file, line and key.
+//!
+//! ```toml
+//! nvml_library = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"  # default: the system's
+//! nvml_timeout_ms = 5000           # watchdog deadline for all NVML work of one run
+//! pinned_driver_version = "550.54.15"
+//! fail_closed = false              # true: an sgpu error (not a GPU fault) fails the gate
+//! state_dir = "/var/lib/sgpu"      # XID cursor and other small state
+//!
+//! [checks."gpu.temperature"]
+//! severity = "warn"                # drain | warn | info | off
+//! margin_c = 5                     # thresholds: see the check catalogue
+//!
+//! [checks."gpu.persistence_mode"]
+//! enabled = false
+//! ```
+//!
+//! Unknown keys are errors (a typo must not silently keep a default), and so are unknown
+//! check ids and threshold names; the message lists the valid ones.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
+
+/// The configuration file read when neither `--config` nor `$SGPU_CONFIG` names one.
+pub const DEFAULT_PATH: &str = "/etc/sgpu/sgpu.toml";
+
+/// The environment variable that names the configuration file.
+pub const CONFIG_ENV: &str = "SGPU_CONFIG";
+
+/// Default NVML watchdog deadline, milliseconds.
+///
+/// With persistence mode on, a whole quick run takes milliseconds; without it the first NVML
+/// init on a node can take a second or more per GPU while the driver brings the GPUs up.
+/// Five seconds tolerates that slow start and still bounds the prolog well below Slurm's
+/// usual `PrologEpilogTimeout`.
+pub const DEFAULT_NVML_TIMEOUT_MS: u64 = 5000;
+
+/// Default directory for small persistent state (the XID cursor).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sgpu";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("{}:{}: {message}", path.display(), line.map_or_else(|| "?".to_string(), |l| l.to_string()))]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// What is wrong, as `toml` reports it (naming the key).
+        message: String,
+    },
+    /// A value parses but is not acceptable.
+    #[error("{}:{line}: {key}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The offending key, e.g. `checks."gpu.temp"` or `checks."gpu.temperature".margin`.
+        key: String,
+        /// What is wrong, listing valid values where there is a list.
+        message: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`None`: built-in defaults, no file).
+    pub source: Option<PathBuf>,
+    /// NVML library to load; `None`: the system's `libnvidia-ml.so.1`.
+    pub nvml_library: Option<PathBuf>,
+    /// Deadline for all NVML work of one run.
+    pub nvml_timeout: Duration,
+    /// Driver version the node must run, when pinned.
+    pub pinned_driver_version: Option<String>,
+    /// Whether an sgpu error (as opposed to a GPU fault) fails the gate.
+    pub fail_closed: bool,
+    /// Directory for small persistent state.
+    pub state_dir: PathBuf,
+    /// Per-check overrides, keyed by check id (ids and threshold names validated).
+    pub checks: BTreeMap<String, CheckOverride>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            nvml_library: None,
+            nvml_timeout: Duration::from_millis(DEFAULT_NVML_TIMEOUT_MS),
+            pinned_driver_version: None,
+            fail_closed: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            checks: BTreeMap::new(),
+        }
+    }
+}
+
+type RawChecks =
+    BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    nvml_library: Option<PathBuf>,
+    nvml_timeout_ms: Option<Spanned<u64>>,
+    pinned_driver_version: Option<Spanned<String>>,
+    fail_closed: Option<bool>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    checks: RawChecks,
+}
+
+/// The 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    /// The file to read: `explicit` (`--config`), else `$SGPU_CONFIG`, else
+    /// [`DEFAULT_PATH`]. The flag says whether the file must exist (it may be absent only
+    /// when nobody named it).
+    pub fn locate(explicit: Option<&Path>) -> (PathBuf, bool) {
+        if let Some(p) = explicit {
+            return (p.to_path_buf(), true);
+        }
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => (PathBuf::from(p), true),
+            _ => (PathBuf::from(DEFAULT_PATH), false),
+        }
+    }
+
+    /// Locates and loads the configuration; a missing default file means built-in defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = Config::locate(explicit);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Io { path, source }),
+        }
+    }
+
+    /// Reads and validates one file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().trim_end().to_string(),
+        })?;
+        let invalid = |offset: usize, key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, offset),
+            key,
+            message,
+        };
+
+        let mut config = Config {
+            source: Some(path.to_path_buf()),
+            nvml_library: raw.nvml_library,
+            fail_closed: raw.fail_closed.unwrap_or(false),
+            ..Config::default()
+        };
+        if let Some(dir) = raw.state_dir {
+            config.state_dir = dir;
+        }
+        if let Some(ms) = raw.nvml_timeout_ms {
+            let v = *ms.get_ref();
+            if !(1..=600_000).contains(&v) {
+                return Err(invalid(
+                    ms.span().start,
+                    "nvml_timeout_ms".into(),
+                    format!("{v} is out of range (1 to 600000 ms)"),
+                ));
+            }
+            config.nvml_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = raw.pinned_driver_version {
+            let s = v.get_ref().trim();
+            if s.is_empty() {
+                return Err(invalid(
+                    v.span().start,
+                    "pinned_driver_version".into(),
+                    "empty (omit the key to leave the driver unpinned)".into(),
+                ));
+            }
+            config.pinned_driver_version = Some(s.to_string());
+        }
+
+        for (id, table) in raw.checks {
+            let id_span = id.span();
+            let id = id.into_inner();
+            let Some(spec) = catalogue::spec(&id) else {
+                return Err(invalid(
+                    id_span.start,
+                    format!("checks.\"{id}\""),
+                    format!(
+                        "unknown check id; valid ids: {}",
+                        catalogue::ids().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            let mut o = CheckOverride::default();
+            for (key, value) in table.into_inner() {
+                let key_span = key.span();
+                let key = key.into_inner();
+                let full_key = format!("checks.\"{id}\".{key}");
+                let value_span = value.span();
+                let value = value.into_inner();
+                match key.as_str() {
+                    "severity" => {
+                        let sev = value.as_str().and_then(Severity::parse).ok_or_else(|| {
+                            invalid(
+                                value_span.start,
+                                full_key.clone(),
+                                format!(
+                                    "{value} is not one of \"drain\", \"warn\", \"info\", \"off\""
+                                ),
+                            )
+                        })?;
+                        o.severity = Some(sev);
+                    }
+                    "enabled" => {
+                        let b = value.as_bool().ok_or_else(|| {
+                            invalid(
+                                value_span.start,
+                                full_key.clone(),
+                                format!("{value} is not a boolean"),
+                            )
+                        })?;
+                        o.enabled = Some(b);
+                    }
+                    name => {
+                        if !spec.thresholds.iter().any(|t| t.name == name) {
+                            let mut valid = vec!["severity", "enabled"];
+                            valid.extend(spec.thresholds.iter().map(|t| t.name));
+                            return Err(invalid(
+                                key_span.start,
+                                full_key,
+                                format!(
+                                    "unknown key for this check; valid keys: {}",
+                                    valid.join(", ")
+                                ),
+                            ));
+                        }
+                        let n = match value {
+                            toml::Value::Integer(i) => i as f64,
+                            toml::Value::Float(f) if f.is_finite() => f,
+                            other => {
+                                return Err(invalid(
+                                    value_span.start,
+                                    full_key,
+                                    format!("{other} is not a number"),
+                                ));
+                            }
+                        };
+                        if n < 0.0 {
+                            return Err(invalid(
+                                value_span.start,
+                                full_key,
+                                format!("{n} is negative"),
+                            ));
+                        }
+                        o.thresholds.insert(name.to_string(), n);
+                    }
+                }
+            }
+            config.checks.insert(id, o);
+        }
+        Ok(config)
+    }
+
+    /// The effective check catalogue: built-in defaults merged with this file's overrides.
+    pub fn catalogue(&self) -> Catalogue {
+        Catalogue::effective(&self.checks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/sgpu/sgpu.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.nvml_timeout,
+            Duration::from_millis(DEFAULT_NVML_TIMEOUT_MS)
+        );
+        assert!(!c.fail_closed && c.nvml_library.is_none() && c.pinned_driver_version.is_none());
+        assert_eq!(c.catalogue(), Catalogue::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+nvml_library = "/opt/nvidia/libnvidia-ml.so.1"
+nvml_timeout_ms = 1500
+pinned_driver_version = "550.54.15"
+fail_closed = true
+state_dir = "/tmp/sgpu-state"
+
+[checks."gpu.temperature"]
+severity = "warn"
+margin_c = 5
+
+[checks."gpu.leftover_processes"]
+max_memory_used_mib = 2048.5
+
+[checks."gpu.persistence_mode"]
+enabled = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.nvml_library.as_deref(),
+            Some(Path::new("/opt/nvidia/libnvidia-ml.so.1"))
+        );
+        assert_eq!(c.nvml_timeout, Duration::from_millis(1500));
+        assert_eq!(c.pinned_driver_version.as_deref(), Some("550.54.15"));
+        assert!(c.fail_closed);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/sgpu-state"));
+        let cat = c.catalogue();
+        let t = cat.get("gpu.temperature").unwrap();
+        assert_eq!((t.severity, t.threshold("margin_c")), (Severity::Warn, 5.0));
+        assert_eq!(
+            cat.get("gpu.leftover_processes")
+                .unwrap()
+                .threshold("max_memory_used_mib"),
+            2048.5
+        );
+        assert!(!cat.get("gpu.persistence_mode").unwrap().enabled);
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_file_line_and_key() {
+        let e = err("fail_closed = true\nnvml_timeout = 3\n");
+        assert!(e.starts_with("/etc/sgpu/sgpu.toml:2: "), "{e}");
+        assert!(e.contains("nvml_timeout"), "{e}");
+    }
+
+    #[test]
+    fn unknown_check_id_lists_valid_ids() {
+        let e = err("\n[checks.\"gpu.temp\"]\nseverity = \"warn\"\n");
+        assert!(
+            e.starts_with("/etc/sgpu/sgpu.toml:2: checks.\"gpu.temp\": unknown check id"),
+            "{e}"
+        );
+        assert!(
+            e.contains("gpu.temperature") && e.contains("gpu.xid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_threshold_lists_valid_keys() {
+        let e = err("[checks.\"gpu.temperature\"]\nmargin = 5\n");
+        assert!(
+            e.starts_with("/etc/sgpu/sgpu.toml:2: checks.\"gpu.temperature\".margin"),
+            "{e}"
+        );
+        assert!(e.contains("severity, enabled, margin_c"), "{e}");
+    }
+
+    #[test]
+    fn bad_values() {
+        let e = err("[checks.\"gpu.xid\"]\n\nseverity = \"panic\"\n");
+        assert!(
+            e.starts_with("/etc/sgpu/sgpu.toml:3: checks.\"gpu.xid\".severity"),
+            "{e}"
+        );
+        assert!(e.contains("\"drain\", \"warn\", \"info\", \"off\""), "{e}");
+        let e = err("[checks.\"gpu.xid\"]\nenabled = \"yes\"\n");
+        assert!(e.contains(":2: ") && e.contains("not a boolean"), "{e}");
+        let e = err("[checks.\"gpu.temperature\"]\nmargin_c = \"5\"\n");
+        assert!(e.contains(":2: ") && e.contains("not a number"), "{e}");
+        let e = err("[checks.\"gpu.temperature\"]\nmargin_c = -1\n");
+        assert!(e.contains("negative"), "{e}");
+        let e = err("nvml_timeout_ms = 0\n");
+        assert!(e.contains(":1: nvml_timeout_ms: 0 is out of range"), "{e}");
+        let e = err("fail_closed = 1\n");
+        assert!(e.contains(":1: ") && e.contains("bool"), "{e}");
+        let e = err("pinned_driver_version = \" \"\n");
+        assert!(e.contains("pinned_driver_version: empty"), "{e}");
+        let e = err("[checks\n");
+        assert!(e.starts_with("/etc/sgpu/sgpu.toml:1: "), "{e}");
+    }
+
+    #[test]
+    fn locate_prefers_explicit_then_env_then_default() {
+        let (p, required) = Config::locate(Some(Path::new("/x.toml")));
+        assert_eq!((p, required), (PathBuf::from("/x.toml"), true));
+        // The environment is not touched here (tests run in parallel); with it unset the
+        // default applies and may be absent.
+        if std::env::var_os(CONFIG_ENV).is_none() {
+            assert_eq!(Config::locate(None), (PathBuf::from(DEFAULT_PATH), false));
+        }
+    }
+
+    #[test]
+    fn discover_missing_explicit_file_is_an_error() {
+        let e = Config::discover(Some(Path::new("/nonexistent/sgpu.toml"))).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/sgpu.toml: "), "{e}");
+    }
+}

@@ -1,0 +1,793 @@
+//! The one module that talks to NVML (through `nvml-wrapper`).
+//!
+//! All NVML work runs on a dedicated worker thread ([`NvmlWorker`]); the caller waits for
+//! each answer on a channel with a deadline. A driver call that never returns therefore
+//! costs the caller the deadline, never more: it gets [`NvmlFailure::Hung`] and goes on
+//! (typically to drain the node with "nvml hung").
+//!
+//! # The abandoned thread
+//!
+//! A thread blocked inside the driver cannot be cancelled or killed on its own. On a hang the
+//! worker is abandoned: its channel is dropped, and every later request on that
+//! [`NvmlWorker`] fails at once with the same `Hung` (no second thread piles up behind it).
+//! - In a short-lived process (prolog, epilog, `sgpu check`) this is harmless: the process
+//!   reports, drains and exits, and the exit takes the stuck thread with it (a thread in an
+//!   uninterruptible driver sleep delays only the final reaping, which Slurm does not wait
+//!   on once the prolog has exited).
+//! - The daemon must not spawn a fresh worker every cycle while the old one is stuck (each
+//!   would block too, leaking a thread per cycle). It keeps its one hung worker, reports
+//!   `nvml.responsive` failing, and starts a new worker only after the old thread has come
+//!   back ([`NvmlWorker::is_hung`] turns false once the stuck call returns).
+//!
+//! Values a board does not support (`NVML_ERROR_NOT_SUPPORTED`, or a symbol the installed
+//! library lacks) are [`Reading::Unsupported`]: unknown, not failed.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enum_wrappers::device::{
+    EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold,
+};
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, EventSet, Nvml};
+use nvml_wrapper_sys::bindings as sys;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::xid::XidEvent;
+
+/// The most events one drain of the XID event set takes (a storm cannot stall a run).
+const MAX_XIDS_PER_DRAIN: usize = 1024;
+
+/// Where and how patiently to reach NVML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvmlOptions {
+    /// Library to load; `None`: the system's `libnvidia-ml.so.1`.
+    pub library: Option<PathBuf>,
+    /// Deadline for each request (for [`collect`]: for the whole run).
+    pub timeout: Duration,
+}
+
+impl NvmlOptions {
+    /// The options `sgpu.toml` sets (`nvml_library`, `nvml_timeout_ms`).
+    pub fn from_config(config: &Config) -> NvmlOptions {
+        NvmlOptions {
+            library: config.nvml_library.clone(),
+            timeout: config.nvml_timeout,
+        }
+    }
+}
+
+/// One value read from NVML.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reading<T> {
+    /// The value.
+    Value(T),
+    /// The board or driver does not support the query: unknown, not a failure.
+    Unsupported,
+    /// The query failed (the message says how).
+    Error(String),
+}
+
+impl<T> Reading<T> {
+    /// The value, if there is one.
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Reading::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn from_result(r: Result<T, NvmlError>, lost: &mut bool) -> Reading<T> {
+        match r {
+            Ok(v) => Reading::Value(v),
+            Err(NvmlError::NotSupported)
+            | Err(NvmlError::FunctionNotFound)
+            | Err(NvmlError::FailedToLoadSymbol(_)) => Reading::Unsupported,
+            Err(NvmlError::GpuLost) => {
+                *lost = true;
+                Reading::Error(NvmlError::GpuLost.to_string())
+            }
+            Err(e) => Reading::Error(e.to_string()),
+        }
+    }
+}
+
+/// Used and total framebuffer memory, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryUsage {
+    /// Allocated bytes.
+    pub used: u64,
+    /// Installed bytes.
+    pub total: u64,
+}
+
+/// Row remapping state (`nvmlDeviceGetRemappedRows`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RemappedRows {
+    /// Rows remapped for correctable errors.
+    pub correctable: u32,
+    /// Rows remapped for uncorrectable errors.
+    pub uncorrectable: u32,
+    /// A remap waits for a GPU reset.
+    pub pending: bool,
+    /// A remap has failed.
+    pub failure: bool,
+}
+
+/// The PCIe link now and at best.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PcieLink {
+    /// Current generation.
+    pub gen_current: Reading<u32>,
+    /// Maximum generation of the device.
+    pub gen_max: Reading<u32>,
+    /// Current width (lanes).
+    pub width_current: Reading<u32>,
+    /// Maximum width.
+    pub width_max: Reading<u32>,
+}
+
+/// A compute process on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuProcess {
+    /// Process id.
+    pub pid: u32,
+    /// GPU memory it uses, bytes, when NVML can tell.
+    pub used_memory: Option<u64>,
+}
+
+/// Clock throttle reason bits that mean hardware trouble, with their names.
+pub const HW_THROTTLE_REASONS: &[(u64, &str)] = &[
+    (
+        sys::nvmlClocksThrottleReasonHwSlowdown as u64,
+        "hw_slowdown",
+    ),
+    (
+        sys::nvmlClocksThrottleReasonHwThermalSlowdown as u64,
+        "hw_thermal_slowdown",
+    ),
+    (
+        sys::nvmlClocksThrottleReasonHwPowerBrakeSlowdown as u64,
+        "hw_power_brake",
+    ),
+];
+
+/// Everything one run reads about one GPU.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuSnapshot {
+    /// NVML index.
+    pub index: u32,
+    /// The GPU has fallen off the bus (a query answered `GPU_IS_LOST`).
+    pub lost: bool,
+    /// `GPU-...` UUID.
+    pub uuid: Reading<String>,
+    /// Product name.
+    pub name: Reading<String>,
+    /// PCI bus id, `00000000:18:00.0`.
+    pub pci_bus_id: Reading<String>,
+    /// GPU temperature, °C.
+    pub temperature_c: Reading<u32>,
+    /// Slowdown temperature threshold, °C.
+    pub slowdown_threshold_c: Reading<u32>,
+    /// Power draw, milliwatts.
+    pub power_mw: Reading<u32>,
+    /// Energy counter since driver load, millijoules.
+    pub energy_mj: Reading<u64>,
+    /// GPU utilization, percent.
+    pub utilization_gpu_pct: Reading<u32>,
+    /// Memory utilization, percent.
+    pub utilization_memory_pct: Reading<u32>,
+    /// Framebuffer memory.
+    pub memory: Reading<MemoryUsage>,
+    /// Volatile uncorrectable ECC errors (since driver load).
+    pub ecc_volatile_uncorrected: Reading<u64>,
+    /// Retired pages waiting for a reload.
+    pub retired_pages_pending: Reading<bool>,
+    /// Row remapping state.
+    pub remapped_rows: Reading<RemappedRows>,
+    /// Current clocks throttle reasons, NVML bitmask.
+    pub throttle_reasons: Reading<u64>,
+    /// PCIe link.
+    pub pcie: PcieLink,
+    /// Persistence mode.
+    pub persistence_mode: Reading<bool>,
+    /// Running compute processes.
+    pub compute_processes: Reading<Vec<GpuProcess>>,
+}
+
+impl GpuSnapshot {
+    fn lost(index: u32, message: String) -> GpuSnapshot {
+        fn err<T>(m: &str) -> Reading<T> {
+            Reading::Error(m.to_string())
+        }
+        let m = message.as_str();
+        GpuSnapshot {
+            index,
+            lost: true,
+            uuid: err(m),
+            name: err(m),
+            pci_bus_id: err(m),
+            temperature_c: err(m),
+            slowdown_threshold_c: err(m),
+            power_mw: err(m),
+            energy_mj: err(m),
+            utilization_gpu_pct: err(m),
+            utilization_memory_pct: err(m),
+            memory: err(m),
+            ecc_volatile_uncorrected: err(m),
+            retired_pages_pending: err(m),
+            remapped_rows: err(m),
+            throttle_reasons: err(m),
+            pcie: PcieLink {
+                gen_current: err(m),
+                gen_max: err(m),
+                width_current: err(m),
+                width_max: err(m),
+            },
+            persistence_mode: err(m),
+            compute_processes: err(m),
+        }
+    }
+
+    /// The UUID, if it was read.
+    pub fn uuid(&self) -> Option<&str> {
+        self.uuid.value().map(String::as_str)
+    }
+}
+
+/// Everything one run reads about the node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeSnapshot {
+    /// Driver version, e.g. `550.54.15`.
+    pub driver_version: Reading<String>,
+    /// The GPUs NVML reports, by index.
+    pub gpus: Vec<GpuSnapshot>,
+}
+
+/// Why NVML gave no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NvmlFailure {
+    /// NVML could not be initialised.
+    #[error("nvml init failed ({kind}): {message}")]
+    Init {
+        /// What kind of failure.
+        kind: InitFailure,
+        /// The details.
+        message: String,
+    },
+    /// NVML did not answer within the deadline.
+    #[error("nvml hung: no answer after {} ms while {during}", waited.as_millis())]
+    Hung {
+        /// How long the caller waited.
+        waited: Duration,
+        /// What the worker was doing, e.g. `init` or `reading gpu3`.
+        during: String,
+    },
+    /// A node-level query failed (device count), or the worker died.
+    #[error("nvml query failed: {0}")]
+    Query(String),
+}
+
+/// The kinds of NVML init failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitFailure {
+    /// The library could not be loaded (missing, wrong path).
+    LibraryNotFound,
+    /// The library loaded but the kernel driver is not.
+    DriverNotLoaded,
+    /// Anything else.
+    Other,
+}
+
+impl std::fmt::Display for InitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InitFailure::LibraryNotFound => "library not loadable",
+            InitFailure::DriverNotLoaded => "driver not loaded",
+            InitFailure::Other => "error",
+        })
+    }
+}
+
+fn init_failure(library: &str, e: NvmlError) -> NvmlFailure {
+    let kind = match e {
+        NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound => InitFailure::LibraryNotFound,
+        NvmlError::DriverNotLoaded => InitFailure::DriverNotLoaded,
+        _ => InitFailure::Other,
+    };
+    NvmlFailure::Init {
+        kind,
+        message: format!("{library}: {e}"),
+    }
+}
+
+/// What the node's XID event set delivered in one drain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XidDrain {
+    /// The events, in delivery order (ids 0: not yet recorded).
+    pub events: Vec<XidEvent>,
+    /// GPUs that could not be registered for XID events (lost, unsupported).
+    pub unregistered: Vec<u32>,
+}
+
+enum Request {
+    Snapshot,
+    WatchXids,
+    DrainXids { wait_ms: u32 },
+}
+
+enum Reply {
+    Snapshot(Result<NodeSnapshot, NvmlFailure>),
+    Watch(Result<Vec<u32>, NvmlFailure>),
+    Xids(Result<Vec<XidEvent>, NvmlFailure>),
+}
+
+type Job = (Request, Sender<Reply>);
+
+/// What the worker is doing now, for the hang message.
+type Progress = Arc<Mutex<String>>;
+
+fn set_progress(p: &Progress, what: impl Into<String>) {
+    if let Ok(mut g) = p.lock() {
+        *g = what.into();
+    }
+}
+
+/// A thread that owns an NVML session; every request is answered within the deadline or
+/// reported as [`NvmlFailure::Hung`].
+#[derive(Debug)]
+pub struct NvmlWorker {
+    jobs: Option<Sender<Job>>,
+    timeout: Duration,
+    progress: Progress,
+    busy: Arc<AtomicBool>,
+    hung: Option<NvmlFailure>,
+}
+
+impl NvmlWorker {
+    /// Starts the worker and initialises NVML on it, waiting at most `opts.timeout`.
+    pub fn start(opts: &NvmlOptions) -> Result<NvmlWorker, NvmlFailure> {
+        NvmlWorker::start_by(opts, Instant::now() + opts.timeout)
+    }
+
+    fn start_by(opts: &NvmlOptions, deadline: Instant) -> Result<NvmlWorker, NvmlFailure> {
+        let started = Instant::now();
+        let progress: Progress = Arc::new(Mutex::new("init".to_string()));
+        let busy = Arc::new(AtomicBool::new(true));
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (init_tx, init_rx) = mpsc::channel::<Result<(), NvmlFailure>>();
+        let library: Option<OsString> = opts.library.as_ref().map(|p| p.clone().into_os_string());
+        let (p, b) = (progress.clone(), busy.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sgpu-nvml".into())
+            .spawn(move || worker_main(library, jobs_rx, init_tx, p, b));
+        if let Err(e) = spawned {
+            return Err(NvmlFailure::Query(format!(
+                "cannot start the NVML thread: {e}"
+            )));
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match init_rx.recv_timeout(wait) {
+            Ok(Ok(())) => Ok(NvmlWorker {
+                jobs: Some(jobs_tx),
+                timeout: opts.timeout,
+                progress,
+                busy,
+                hung: None,
+            }),
+            Ok(Err(f)) => Err(f),
+            Err(RecvTimeoutError::Timeout) => Err(NvmlFailure::Hung {
+                waited: started.elapsed(),
+                during: "init".into(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(NvmlFailure::Query(
+                "the NVML thread died during init".into(),
+            )),
+        }
+    }
+
+    /// Whether a request hung (and the thread is still stuck in it).
+    pub fn is_hung(&self) -> bool {
+        self.hung.is_some() && self.busy.load(Ordering::SeqCst)
+    }
+
+    fn call(&mut self, req: Request, deadline: Instant) -> Result<Reply, NvmlFailure> {
+        if let Some(h) = &self.hung {
+            return Err(h.clone());
+        }
+        let Some(jobs) = &self.jobs else {
+            return Err(NvmlFailure::Query("the NVML thread has stopped".into()));
+        };
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        if jobs.send((req, tx)).is_err() {
+            return Err(NvmlFailure::Query("the NVML thread has stopped".into()));
+        }
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(reply) => Ok(reply),
+            Err(RecvTimeoutError::Timeout) => {
+                let during = self
+                    .progress
+                    .lock()
+                    .map(|g| g.clone())
+                    .unwrap_or_else(|_| "unknown".into());
+                let failure = NvmlFailure::Hung {
+                    waited: started.elapsed(),
+                    during,
+                };
+                // Abandon the thread: dropping the sender ends its loop if it ever returns.
+                self.jobs = None;
+                self.hung = Some(failure.clone());
+                Err(failure)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.jobs = None;
+                Err(NvmlFailure::Query("the NVML thread died".into()))
+            }
+        }
+    }
+
+    /// Reads a [`NodeSnapshot`], waiting at most the configured timeout.
+    pub fn snapshot(&mut self) -> Result<NodeSnapshot, NvmlFailure> {
+        let deadline = Instant::now() + self.timeout;
+        self.snapshot_by(deadline)
+    }
+
+    fn snapshot_by(&mut self, deadline: Instant) -> Result<NodeSnapshot, NvmlFailure> {
+        match self.call(Request::Snapshot, deadline)? {
+            Reply::Snapshot(r) => r,
+            _ => Err(NvmlFailure::Query("unexpected reply".into())),
+        }
+    }
+
+    /// Registers every GPU for XID events on the worker's event set (creating it), so later
+    /// [`NvmlWorker::drain_xids`] calls see XIDs raised from now on. Returns the GPUs that
+    /// could not be registered.
+    pub fn watch_xids(&mut self) -> Result<Vec<u32>, NvmlFailure> {
+        let deadline = Instant::now() + self.timeout;
+        self.watch_xids_by(deadline)
+    }
+
+    fn watch_xids_by(&mut self, deadline: Instant) -> Result<Vec<u32>, NvmlFailure> {
+        match self.call(Request::WatchXids, deadline)? {
+            Reply::Watch(r) => r,
+            _ => Err(NvmlFailure::Query("unexpected reply".into())),
+        }
+    }
+
+    /// Takes the XIDs the event set holds, waiting up to `wait` for the first one (bounded
+    /// by the timeout). Without [`NvmlWorker::watch_xids`] first, there are none.
+    pub fn drain_xids(&mut self, wait: Duration) -> Result<Vec<XidEvent>, NvmlFailure> {
+        let deadline = Instant::now() + self.timeout.max(wait + self.timeout / 2);
+        self.drain_xids_by(wait, deadline)
+    }
+
+    fn drain_xids_by(
+        &mut self,
+        wait: Duration,
+        deadline: Instant,
+    ) -> Result<Vec<XidEvent>, NvmlFailure> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        match self.call(Request::DrainXids { wait_ms }, deadline)? {
+            Reply::Xids(r) => r,
+            _ => Err(NvmlFailure::Query("unexpected reply".into())),
+        }
+    }
+}
+
+/// The result of one [`collect`] run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected {
+    /// The node's state.
+    pub snapshot: NodeSnapshot,
+    /// XIDs the run's own event set saw while it ran.
+    pub xids: XidDrain,
+}
+
+/// One run for a short-lived process (prolog, epilog, `sgpu check`): init, snapshot and
+/// (with `watch_xids`) a non-blocking XID drain, all within one `opts.timeout` deadline.
+pub fn collect(opts: &NvmlOptions, watch_xids: bool) -> Result<Collected, NvmlFailure> {
+    let deadline = Instant::now() + opts.timeout;
+    let mut worker = NvmlWorker::start_by(opts, deadline)?;
+    let unregistered = if watch_xids {
+        worker.watch_xids_by(deadline)?
+    } else {
+        Vec::new()
+    };
+    let snapshot = worker.snapshot_by(deadline)?;
+    let events = if watch_xids {
+        worker.drain_xids_by(Duration::ZERO, deadline)?
+    } else {
+        Vec::new()
+    };
+    Ok(Collected {
+        snapshot,
+        xids: XidDrain {
+            events,
+            unregistered,
+        },
+    })
+}
+
+fn worker_main(
+    library: Option<OsString>,
+    jobs: Receiver<Job>,
+    init: Sender<Result<(), NvmlFailure>>,
+    progress: Progress,
+    busy: Arc<AtomicBool>,
+) {
+    let mut builder = Nvml::builder();
+    if let Some(lib) = &library {
+        builder.lib_path(lib);
+    }
+    let name = library
+        .as_ref()
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "libnvidia-ml.so.1".into());
+    let nvml = match builder.init() {
+        Ok(n) => n,
+        Err(e) => {
+            busy.store(false, Ordering::SeqCst);
+            let _ = init.send(Err(init_failure(&name, e)));
+            return;
+        }
+    };
+    busy.store(false, Ordering::SeqCst);
+    if init.send(Ok(())).is_err() {
+        return;
+    }
+    let mut set: Option<EventSet<'_>> = None;
+    let mut registered: Vec<u32> = Vec::new();
+    while let Ok((req, reply)) = jobs.recv() {
+        busy.store(true, Ordering::SeqCst);
+        let answer = match req {
+            Request::Snapshot => Reply::Snapshot(read_snapshot(&nvml, &progress)),
+            Request::WatchXids => {
+                set_progress(&progress, "registering XID events");
+                Reply::Watch(register_xids(&nvml, &mut set, &mut registered))
+            }
+            Request::DrainXids { wait_ms } => {
+                set_progress(&progress, "waiting for XID events");
+                Reply::Xids(Ok(match &set {
+                    Some(s) => drain(s, wait_ms),
+                    None => Vec::new(),
+                }))
+            }
+        };
+        set_progress(&progress, "idle");
+        busy.store(false, Ordering::SeqCst);
+        if reply.send(answer).is_err() {
+            // The caller gave up on us (hang): stop serving.
+            break;
+        }
+    }
+}
+
+fn read_snapshot(nvml: &Nvml, progress: &Progress) -> Result<NodeSnapshot, NvmlFailure> {
+    set_progress(progress, "reading the driver version");
+    let mut ignore = false;
+    let driver_version = Reading::from_result(nvml.sys_driver_version(), &mut ignore);
+    set_progress(progress, "counting GPUs");
+    let count = nvml
+        .device_count()
+        .map_err(|e| NvmlFailure::Query(format!("device count: {e}")))?;
+    let mut gpus = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        set_progress(progress, format!("reading gpu{index}"));
+        gpus.push(match nvml.device_by_index(index) {
+            Ok(d) => read_gpu(nvml, index, &d),
+            Err(NvmlError::GpuLost) => GpuSnapshot::lost(index, NvmlError::GpuLost.to_string()),
+            Err(e) => {
+                let mut g = GpuSnapshot::lost(index, e.to_string());
+                g.lost = false;
+                g
+            }
+        });
+    }
+    Ok(NodeSnapshot {
+        driver_version,
+        gpus,
+    })
+}
+
+fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
+    let mut lost = false;
+    let l = &mut lost;
+    let uuid = Reading::from_result(d.uuid(), l);
+    let name = Reading::from_result(d.name(), l);
+    let pci_bus_id = Reading::from_result(d.pci_info().map(|p| p.bus_id), l);
+    let temperature_c = Reading::from_result(d.temperature(TemperatureSensor::Gpu), l);
+    let slowdown_threshold_c =
+        Reading::from_result(d.temperature_threshold(TemperatureThreshold::Slowdown), l);
+    let power_mw = Reading::from_result(d.power_usage(), l);
+    let energy_mj = Reading::from_result(d.total_energy_consumption(), l);
+    let util = d.utilization_rates();
+    let (utilization_gpu_pct, utilization_memory_pct) = match util {
+        Ok(u) => (Reading::Value(u.gpu), Reading::Value(u.memory)),
+        Err(e) => {
+            let r: Reading<u32> = Reading::from_result(Err(e), l);
+            (r.clone(), r)
+        }
+    };
+    let memory = Reading::from_result(
+        d.memory_info().map(|m| MemoryUsage {
+            used: m.used,
+            total: m.total,
+        }),
+        l,
+    );
+    let ecc_volatile_uncorrected = Reading::from_result(
+        d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
+        l,
+    );
+    let retired_pages_pending = Reading::from_result(d.are_pages_pending_retired(), l);
+    let remapped_rows = Reading::from_result(remapped_rows(nvml, d), l);
+    let throttle_reasons = Reading::from_result(d.current_throttle_reasons().map(|r| r.bits()), l);
+    let pcie = PcieLink {
+        gen_current: Reading::from_result(d.current_pcie_link_gen(), l),
+        gen_max: Reading::from_result(d.max_pcie_link_gen(), l),
+        width_current: Reading::from_result(d.current_pcie_link_width(), l),
+        width_max: Reading::from_result(d.max_pcie_link_width(), l),
+    };
+    let persistence_mode = Reading::from_result(d.is_in_persistent_mode(), l);
+    let compute_processes = Reading::from_result(
+        d.running_compute_processes().map(|ps| {
+            ps.into_iter()
+                .map(|p| GpuProcess {
+                    pid: p.pid,
+                    used_memory: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                })
+                .collect()
+        }),
+        l,
+    );
+    GpuSnapshot {
+        index,
+        lost,
+        uuid,
+        name,
+        pci_bus_id,
+        temperature_c,
+        slowdown_threshold_c,
+        power_mw,
+        energy_mj,
+        utilization_gpu_pct,
+        utilization_memory_pct,
+        memory,
+        ecc_volatile_uncorrected,
+        retired_pages_pending,
+        remapped_rows,
+        throttle_reasons,
+        pcie,
+        persistence_mode,
+        compute_processes,
+    }
+}
+
+/// Maps an NVML return code to the wrapper's error (only the codes that matter here).
+fn nvml_return(rc: sys::nvmlReturn_t) -> Result<(), NvmlError> {
+    match rc {
+        sys::nvmlReturn_enum_NVML_SUCCESS => Ok(()),
+        sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED => Err(NvmlError::NotSupported),
+        sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST => Err(NvmlError::GpuLost),
+        sys::nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT => Err(NvmlError::InvalidArg),
+        sys::nvmlReturn_enum_NVML_ERROR_UNINITIALIZED => Err(NvmlError::Uninitialized),
+        sys::nvmlReturn_enum_NVML_ERROR_NO_PERMISSION => Err(NvmlError::NoPermission),
+        _ => Err(NvmlError::Unknown),
+    }
+}
+
+/// `nvmlDeviceGetRemappedRows`, which `nvml-wrapper` does not wrap; a library without the
+/// symbol (drivers before R450) reads as unsupported.
+fn remapped_rows(nvml: &Nvml, d: &Device<'_>) -> Result<RemappedRows, NvmlError> {
+    let sym = match nvml.lib().nvmlDeviceGetRemappedRows.as_ref() {
+        Ok(s) => s,
+        Err(e) => return Err(NvmlError::FailedToLoadSymbol(e.to_string())),
+    };
+    let (mut corr, mut unc, mut pending, mut failure) = (0u32, 0u32, 0u32, 0u32);
+    // SAFETY: the handle comes from the wrapper and stays valid while `nvml` lives; the four
+    // output pointers are valid, distinct locals.
+    let rc = unsafe { sym(d.handle(), &mut corr, &mut unc, &mut pending, &mut failure) };
+    nvml_return(rc)?;
+    Ok(RemappedRows {
+        correctable: corr,
+        uncorrectable: unc,
+        pending: pending != 0,
+        failure: failure != 0,
+    })
+}
+
+fn register_xids<'n>(
+    nvml: &'n Nvml,
+    set: &mut Option<EventSet<'n>>,
+    registered: &mut Vec<u32>,
+) -> Result<Vec<u32>, NvmlFailure> {
+    if set.is_none() {
+        *set = Some(
+            nvml.create_event_set()
+                .map_err(|e| NvmlFailure::Query(format!("event set: {e}")))?,
+        );
+    }
+    let Some(s) = set.as_ref() else {
+        return Err(NvmlFailure::Query("event set missing".into()));
+    };
+    let sym = nvml
+        .lib()
+        .nvmlDeviceRegisterEvents
+        .as_ref()
+        .map_err(|e| NvmlFailure::Query(format!("nvmlDeviceRegisterEvents: {e}")))?;
+    let count = nvml
+        .device_count()
+        .map_err(|e| NvmlFailure::Query(format!("device count: {e}")))?;
+    let mut failed = Vec::new();
+    for index in 0..count {
+        if registered.contains(&index) {
+            continue;
+        }
+        let ok = match nvml.device_by_index(index) {
+            // The raw call (rather than `Device::register_events`, which frees the whole set
+            // when one GPU fails) keeps the other GPUs' registrations when one is lost.
+            // SAFETY: valid device and event set handles from the wrapper, both alive here.
+            Ok(d) => unsafe {
+                nvml_return(sym(
+                    d.handle(),
+                    EventTypes::CRITICAL_XID_ERROR.bits(),
+                    s.handle(),
+                ))
+                .is_ok()
+            },
+            Err(_) => false,
+        };
+        if ok {
+            registered.push(index);
+        } else {
+            failed.push(index);
+        }
+    }
+    Ok(failed)
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn drain(set: &EventSet<'_>, wait_ms: u32) -> Vec<XidEvent> {
+    let mut out = Vec::new();
+    let mut wait = wait_ms;
+    while out.len() < MAX_XIDS_PER_DRAIN {
+        match set.wait(wait) {
+            Ok(ev) => {
+                wait = 0;
+                let Some(XidError::Value(code)) = ev.event_data else {
+                    continue;
+                };
+                out.push(XidEvent {
+                    id: 0,
+                    gpu_index: ev.device.index().ok(),
+                    gpu_uuid: ev.device.uuid().ok(),
+                    code,
+                    time: unix_now(),
+                });
+            }
+            // Timeout: nothing (more) pending. GpuLost: a registered GPU is gone and nothing
+            // is pending (gpu.lost reports it). Anything else: stop, keep what we have.
+            Err(_) => break,
+        }
+    }
+    out
+}
