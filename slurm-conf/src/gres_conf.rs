@@ -11,7 +11,7 @@
 //! exactly one `-1`, and `AutoDetect` on a `Name=` line without `NodeName=`
 //! has no effect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -301,6 +301,8 @@ fn links_error(s: &str) -> Option<String> {
 struct Builder {
     conf: GresConf,
     errors: Vec<ConfError>,
+    /// First per-node AutoDetect seen for each node.
+    node_ad: HashMap<String, (AutoDetect, Location)>,
 }
 
 impl Builder {
@@ -381,20 +383,22 @@ impl Builder {
                     "AutoDetect on a Name= line has no effect (Slurm ignores it): put it on its own line or on a NodeName= line",
                 ),
                 (Some(v), Some(n)) => {
-                    for other in &self.conf.node_autodetect {
-                        if other.value != v {
-                            if let Some(node) = n.iter().find(|x| other.nodes.contains(x)) {
-                                let prev = other.at.clone();
-                                self.errors.push(ConfError::at(
-                                    at,
-                                    format!(
-                                        "AutoDetect={v} for node {node} contradicts AutoDetect={} at {prev}",
-                                        other.value
-                                    ),
+                    let mut conflict = None;
+                    for node in n {
+                        match self.node_ad.get(node) {
+                            Some((prev, prev_at)) if *prev != v && conflict.is_none() => {
+                                conflict = Some(format!(
+                                    "AutoDetect={v} for node {node} contradicts AutoDetect={prev} at {prev_at}"
                                 ));
-                                break;
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.node_ad.insert(node.clone(), (v.clone(), at.clone()));
                             }
                         }
+                    }
+                    if let Some(msg) = conflict {
+                        self.errors.push(ConfError::at(at, msg));
                     }
                     self.conf.node_autodetect.push(NodeAutoDetect {
                         nodes: n.clone(),

@@ -14,7 +14,7 @@
 //! line's `params`) rather than rejected, so a newer Slurm's options do not
 //! break sgpu. Numeric node options and booleans are validated like Slurm.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::conf::{ConfError, Loader, Location, Pair, Stmt, dir_of, first_error, sort_errors};
@@ -409,6 +409,7 @@ struct Builder {
     node_defaults: BTreeMap<String, String>,
     part_defaults: BTreeMap<String, String>,
     node_index: HashMap<String, usize>,
+    part_index: HashMap<String, usize>,
     /// NodeSet `Feature=` filters to resolve after all nodes are known.
     nodeset_features: Vec<(usize, String)>,
 }
@@ -657,14 +658,16 @@ impl Builder {
             self.part_defaults.extend(params);
             return;
         }
-        if let Some(p) = self.conf.partitions.iter().find(|p| p.name == name) {
-            let first = p.at.clone();
+        if let Some(&i) = self.part_index.get(&name) {
+            let first = self.conf.partitions[i].at.clone();
             self.err(
                 &s.at,
                 format!("partition {name} is defined again (first defined at {first})"),
             );
             return;
         }
+        self.part_index
+            .insert(name.clone(), self.conf.partitions.len());
         let mut merged = self.part_defaults.clone();
         merged.extend(params);
         let default = merged
@@ -716,13 +719,22 @@ impl Builder {
                 .map(|n| n.name.clone())
                 .collect();
             if let Some(set) = self.conf.node_sets.get_mut(idx) {
+                let mut have: HashSet<String> = set.nodes.iter().cloned().collect();
                 for m in members {
-                    if !set.nodes.contains(&m) {
+                    if have.insert(m.clone()) {
                         set.nodes.push(m);
                     }
                 }
             }
         }
+        let sets: HashMap<String, usize> = self
+            .conf
+            .node_sets
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         for i in 0..self.conf.partitions.len() {
             let (expr, at, pname) = {
                 let p = &self.conf.partitions[i];
@@ -736,7 +748,7 @@ impl Builder {
             } else if let Some(names) = self.expand(&format!("partition {pname} Nodes"), &expr, &at)
             {
                 for n in names {
-                    if let Some(set) = self.conf.node_sets.iter().find(|s| s.name == n) {
+                    if let Some(set) = sets.get(&n).and_then(|&i| self.conf.node_sets.get(i)) {
                         nodes.extend(set.nodes.iter().cloned());
                     } else if self.node_index.contains_key(&n) {
                         nodes.push(n);

@@ -163,7 +163,9 @@ impl HostRange {
     }
 
     fn name(&self, n: u64) -> String {
-        format!("{}{:0width$}", self.prefix, n, width = self.width)
+        let mut s = self.prefix.clone();
+        push_padded(&mut s, n, self.width);
+        s
     }
 
     /// Whether `name` is one of the names of this range.
@@ -178,10 +180,27 @@ impl HostRange {
             return false;
         }
         match rest.parse::<u64>() {
-            Ok(n) => n >= self.lo && n <= self.hi && format!("{n:0w$}", w = self.width) == rest,
+            Ok(n) => n >= self.lo && n <= self.hi && padded(n, self.width) == rest,
             Err(_) => false,
         }
     }
+}
+
+/// Appends `n` zero-padded to `width` digits (C's `%0*lu`; Rust's `{:0w$}`
+/// panics for widths over 65535, which an expression can ask for).
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let digits = n.to_string();
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(&digits);
+}
+
+/// `n` zero-padded to `width` digits.
+fn padded(n: u64, width: usize) -> String {
+    let mut s = String::new();
+    push_padded(&mut s, n, width);
+    s
 }
 
 /// Number of zeros needed to pad `num` to `width` (Slurm's `_zero_padded`).
@@ -487,9 +506,10 @@ impl Hostlist {
                 }
                 let h = &r[i];
                 if !h.single {
-                    out.push_str(&format!("{:0w$}", h.lo, w = h.width));
+                    push_padded(&mut out, h.lo, h.width);
                     if h.lo < h.hi {
-                        out.push_str(&format!("-{:0w$}", h.hi, w = h.width));
+                        out.push('-');
+                        push_padded(&mut out, h.hi, h.width);
                     }
                 }
                 i += 1;
@@ -656,7 +676,7 @@ impl Plan<'_> {
                             Seg::Group(g) => {
                                 let (ri, v) = pos[gi];
                                 let w = g.get(ri).map_or(0, |r| r.width);
-                                prefix.push_str(&format!("{v:0w$}"));
+                                push_padded(&mut prefix, v, w);
                                 gi += 1;
                             }
                         }
@@ -699,15 +719,19 @@ impl Plan<'_> {
 
 /// Splits the expression into tokens like Slurm's `_next_tok` with the
 /// separators `\t`, `,` and space; brackets keep their content in one token.
+///
+/// Slurm searches for the next `[` and `]` with `strchr()` from the current
+/// position to the end of the whole string, which is quadratic on long
+/// inputs; the positions are looked up in sorted tables here instead.
 fn tokenize(s: &str) -> Vec<&str> {
     let b = s.as_bytes();
     let n = b.len();
     let is_sep = |c: u8| c == b'\t' || c == b',' || c == b' ';
-    let find = |from: usize, c: u8| {
-        b.get(from..)
-            .and_then(|t| t.iter().position(|&x| x == c))
-            .map(|p| p + from)
-    };
+    let opens: Vec<usize> = (0..n).filter(|&i| b[i] == b'[').collect();
+    let closes: Vec<usize> = (0..n).filter(|&i| b[i] == b']').collect();
+    // First position >= `from` in a sorted table.
+    let first_from =
+        |table: &[usize], from: usize| table.get(table.partition_point(|&p| p < from)).copied();
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
@@ -725,13 +749,13 @@ fn tokenize(s: &str) -> Vec<&str> {
                 end += 1;
             }
             loop {
-                let Some(open) = find(parse, b'[') else {
+                let Some(open) = first_from(&opens, parse) else {
                     break 'token;
                 };
                 if open > end {
                     break 'token;
                 }
-                let Some(close) = find(parse, b']') else {
+                let Some(close) = first_from(&closes, parse) else {
                     break 'token;
                 };
                 if close < open {
@@ -890,13 +914,9 @@ impl Ctx<'_> {
             }
             rev.push(Seg::Lit(&cur[q + 1..]));
             rev.push(Seg::Group(ranges));
-            let head = &cur[..p];
-            if head.contains('[') {
-                cur = head;
-            } else {
-                rev.push(Seg::Lit(head));
-                break;
-            }
+            // Slurm recurses only when the head still holds a `[`; when it
+            // does not, the next round finds no group and keeps it literal.
+            cur = &cur[..p];
         }
         rev.reverse();
         Ok(rev)

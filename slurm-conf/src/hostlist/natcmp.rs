@@ -86,6 +86,13 @@ pub(crate) fn strnatcmp(a: &[u8], b: &[u8]) -> Ordering {
             if result != Ordering::Equal {
                 return result;
             }
+            // Equal runs are identical (same length, same digits): Slurm
+            // would compare every suffix of them again, which is quadratic
+            // in the run length; skipping them gives the same answer.
+            let run = ra.iter().take_while(|c| c.is_ascii_digit()).count();
+            ai += run;
+            bi += run;
+            continue;
         }
         if ca == 0 && cb == 0 {
             return Ordering::Equal;
@@ -123,6 +130,16 @@ mod tests {
         assert_eq!(cmp("a\nb", "ab"), Ordering::Equal);
         // ...but not inside a digit run.
         assert_ne!(cmp("1 2", "12"), Ordering::Equal);
+    }
+
+    #[test]
+    fn long_digit_runs_are_fast() {
+        let a = format!("a{}b", "7".repeat(200_000));
+        assert_eq!(cmp(&a, &a), Ordering::Equal);
+        let b = format!("a{}c", "7".repeat(200_000));
+        assert_eq!(cmp(&a, &b), Ordering::Less);
+        assert_eq!(cmp("a01b", "a01c"), Ordering::Less);
+        assert_eq!(cmp("x10y2", "x10y10"), Ordering::Less);
     }
 
     #[test]

@@ -241,3 +241,24 @@ fn tokenizer_keeps_bracket_content_together() {
     assert_eq!(tokenize("x[1 2] y"), ["x[1 2]", "y"]);
     assert_eq!(tokenize(",,, "), Vec::<&str>::new());
 }
+
+#[test]
+fn pathological_inputs_stay_fast() {
+    // Each of these was quadratic in a straight port of Slurm's code; at
+    // these sizes quadratic would take minutes, linear takes milliseconds.
+    let start = std::time::Instant::now();
+    let many: Vec<String> = (0..200_000).map(|i| format!("a{i}")).collect();
+    let expr = many.join(",") + ",x[1]";
+    assert_eq!(expand(&expr).map(|v| v.len()), Ok(200_001));
+    let opens = "[,".repeat(200_000);
+    assert!(expand(&opens).is_ok());
+    let groups = "a".repeat(200_000) + &"[1]x".repeat(20_000) + "[1]";
+    assert_eq!(expand(&groups).map(|v| v.len()), Ok(1));
+    let digits = format!("a[{}1]b[1-2]", "0".repeat(100_000));
+    assert_eq!(compress_expr(&digits).map(|s| s.len() > 100_000), Ok(true));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
