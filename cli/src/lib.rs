@@ -2,4 +2,39 @@
 //!
 //! Subcommands (`drain`, `resume`, `status`, `check`, `report`, `conf check`) are thin layers
 //! over the library crates: hostlists and configuration come from `sgpu-slurm-conf`, checks
-//! from `sgpu-healthd`, reports from `sgpu-accounting`.
+//! from `sgpu-healthd`, reports from `sgpu-accounting`. Implemented so far: `check`.
+
+pub mod check;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when sgpu itself could not do its job (bad config, bad usage); distinct from
+/// `check`'s 0 healthy / 1 warn / 2 drain.
+pub const EXIT_SGPU_ERROR: i32 = 3;
+
+/// Command line of `sgpu`.
+#[derive(Debug, Parser)]
+#[command(name = "sgpu", version, about = "Slurm GPU health and accounting")]
+pub struct Cli {
+    /// Configuration file (default: $SGPU_CONFIG, else /etc/sgpu/sgpu.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the health checks on this node and print the results (exit 0 healthy, 1 warn,
+    /// 2 drain-worthy).
+    Check(check::CheckArgs),
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Check(args) => check::run(cli.config.as_deref(), &args),
+    }
+}

@@ -1,0 +1,315 @@
+//! `sgpu check`: run the health checks on this node and print a table or JSON.
+//!
+//! It only looks: it never drains, and it does not advance the XID cursor (new XIDs its own
+//! event set catches are recorded in the store, so the gate still sees them).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use sgpu_healthd::catalogue::Profile;
+use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
+use sgpu_healthd::config::Config;
+use sgpu_healthd::gpu::{self, NvmlOptions};
+use sgpu_healthd::xid::XidStore;
+use sgpu_slurm_conf::{GresConf, SlurmConf};
+
+/// Options of `sgpu check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Which checks to run.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Full)]
+    pub profile: ProfileArg,
+    /// GPUs this node should have (default: from gres.conf/slurm.conf for --node).
+    #[arg(long, value_name = "N")]
+    pub expected_gpus: Option<u32>,
+    /// Slurm node name for the gres.conf lookup (default: the short host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Judge as if a job held these GPU indices (e.g. `0,1`).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub gpus: Option<Vec<u32>>,
+}
+
+/// `--profile` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// The prolog's quick gate.
+    Quick,
+    /// Everything.
+    Full,
+}
+
+/// Runs `sgpu check`; returns the exit code (0 healthy, 1 warn, 2 drain).
+pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> {
+    let config = Config::discover(config_path)?;
+    let catalogue = config.catalogue();
+    let mut notes: Vec<String> = Vec::new();
+    let mut ctx = CheckContext::new(match args.profile {
+        ProfileArg::Quick => Profile::Quick,
+        ProfileArg::Full => Profile::Full,
+    });
+    ctx.nvml_timeout = config.nvml_timeout;
+    ctx.pinned_driver_version = config.pinned_driver_version.clone();
+    ctx.job_gpus = args.gpus.clone();
+    ctx.expected_gpu_count = match args.expected_gpus {
+        Some(n) => Some(n),
+        None => expected_from_slurm(args.node.as_deref(), &mut notes),
+    };
+
+    let results = match gpu::collect(&NvmlOptions::from_config(&config), true) {
+        Ok(collected) => {
+            match XidStore::open(&config.state_dir) {
+                Ok(mut store) => {
+                    store.record(collected.xids.events);
+                    if let Err(e) = store.save() {
+                        notes.push(format!("XIDs not saved: {e}"));
+                    }
+                    ctx.xids = store.unreported();
+                }
+                Err(e) => {
+                    notes.push(format!(
+                        "XID store unavailable ({e}); showing only XIDs seen now"
+                    ));
+                    ctx.xids = collected.xids.events;
+                }
+            }
+            checks::evaluate(&collected.snapshot, &ctx, &catalogue)
+        }
+        Err(failure) => checks::evaluate_failure(&failure, &ctx, &catalogue),
+    };
+    let verdict = Verdict::of(&results);
+    let out = if args.json {
+        render_json(&results, verdict, &notes)
+    } else {
+        let mut t = render_table(&results, verdict);
+        for n in &notes {
+            let _ = writeln!(t, "note: {n}");
+        }
+        t
+    };
+    print!("{out}");
+    Ok(verdict.exit_code())
+}
+
+/// The node's expected GPU count from slurm.conf (`$SLURM_CONF` or /etc/slurm/slurm.conf)
+/// and its gres.conf; `None` (with a note) when they cannot tell.
+fn expected_from_slurm(node: Option<&str>, notes: &mut Vec<String>) -> Option<u32> {
+    let conf = std::env::var_os("SLURM_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/slurm/slurm.conf"));
+    if !conf.is_file() {
+        notes.push(format!(
+            "{} not found: GPU count not checked (use --expected-gpus)",
+            conf.display()
+        ));
+        return None;
+    }
+    let node = match node.map(str::to_string).or_else(short_hostname) {
+        Some(n) => n,
+        None => {
+            notes.push("no host name: GPU count not checked (use --node)".into());
+            return None;
+        }
+    };
+    let (slurm, _) = SlurmConf::load_lenient(&conf);
+    let (gres, _) = GresConf::load_lenient(slurm.gres_conf_path());
+    let want = gres.expected_gpus(&node, Some(&slurm));
+    if want.slurm_conf_count.is_none() && want.gres_conf_count == 0 {
+        notes.push(format!("node {node} has no GPUs in slurm.conf/gres.conf"));
+        return None;
+    }
+    u32::try_from(want.count).ok()
+}
+
+fn short_hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim().split('.').next()?.to_string();
+    (!h.is_empty()).then_some(h)
+}
+
+fn gpu_cell(r: &CheckResult) -> String {
+    r.gpu.map_or_else(|| "-".to_string(), |g| g.to_string())
+}
+
+/// The results as an aligned text table, then the verdict (and drain reason).
+pub fn render_table(results: &[CheckResult], verdict: Verdict) -> String {
+    let header = [
+        "CHECK",
+        "GPU",
+        "STATUS",
+        "SEVERITY",
+        "OBSERVED",
+        "THRESHOLD",
+    ];
+    let rows: Vec<[String; 6]> = results
+        .iter()
+        .map(|r| {
+            [
+                r.check.to_string(),
+                gpu_cell(r),
+                r.status.as_str().to_string(),
+                r.severity.as_str().to_string(),
+                r.observed.clone(),
+                r.threshold.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    let _ = writeln!(out, "verdict: {verdict}");
+    if let Some(reason) = checks::drain_reason(results) {
+        let _ = writeln!(out, "drain reason: {reason}");
+    }
+    out
+}
+
+/// JSON string literal for `s`.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt_str(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
+/// The results as one JSON object: verdict, exit code, drain reason, notes, results.
+pub fn render_json(results: &[CheckResult], verdict: Verdict, notes: &[String]) -> String {
+    let mut out = String::from("{");
+    let _ = write!(
+        out,
+        "\"verdict\":{},\"exit_code\":{},\"drain_reason\":{},\"notes\":[{}],\"results\":[",
+        json_str(verdict.as_str()),
+        verdict.exit_code(),
+        json_opt_str(checks::drain_reason(results).as_deref()),
+        notes
+            .iter()
+            .map(|n| json_str(n))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"check\":{},\"gpu\":{},\"uuid\":{},\"status\":{},\"severity\":{},\"observed\":{},\"threshold\":{},\"message\":{}}}",
+            json_str(r.check),
+            r.gpu.map_or_else(|| "null".to_string(), |g| g.to_string()),
+            json_opt_str(r.uuid.as_deref()),
+            json_str(r.status.as_str()),
+            json_str(r.severity.as_str()),
+            json_str(&r.observed),
+            json_str(&r.threshold),
+            json_str(&r.message),
+        );
+    }
+    out.push_str("]}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sgpu_healthd::catalogue::Severity;
+    use sgpu_healthd::checks::Status;
+
+    fn sample() -> Vec<CheckResult> {
+        vec![
+            CheckResult {
+                check: "gpu.temperature",
+                gpu: Some(1),
+                uuid: Some("GPU-1".into()),
+                observed: "91 C".into(),
+                threshold: "90 C".into(),
+                severity: Severity::Drain,
+                status: Status::Fail,
+                message: "temperature 91 C >= 90 C".into(),
+            },
+            CheckResult {
+                check: "gpu.count",
+                gpu: None,
+                uuid: None,
+                observed: "8".into(),
+                threshold: "8".into(),
+                severity: Severity::Drain,
+                status: Status::Pass,
+                message: "ok \"quoted\"\n".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn table_is_aligned_and_ends_with_the_verdict() {
+        let t = render_table(&sample(), Verdict::Drain);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "CHECK            GPU  STATUS  SEVERITY  OBSERVED  THRESHOLD"
+        );
+        assert_eq!(
+            lines[1],
+            "gpu.temperature  1    fail    drain     91 C      90 C"
+        );
+        assert_eq!(
+            lines[2],
+            "gpu.count        -    pass    drain     8         8"
+        );
+        assert_eq!(lines[3], "verdict: drain");
+        assert_eq!(
+            lines[4],
+            "drain reason: sgpu: gpu.temperature gpu1: temperature 91 C >= 90 C"
+        );
+    }
+
+    #[test]
+    fn json_escapes_and_nulls() {
+        let j = render_json(&sample(), Verdict::Drain, &["a \"note\"".into()]);
+        assert!(j.starts_with("{\"verdict\":\"drain\",\"exit_code\":2,\"drain_reason\":\"sgpu: gpu.temperature gpu1: temperature 91 C >= 90 C\",\"notes\":[\"a \\\"note\\\"\"],\"results\":[{\"check\":\"gpu.temperature\",\"gpu\":1,\"uuid\":\"GPU-1\""), "{j}");
+        assert!(j.contains("\"gpu\":null,\"uuid\":null"), "{j}");
+        assert!(j.contains("\"message\":\"ok \\\"quoted\\\"\\n\""), "{j}");
+        assert!(j.ends_with("]}\n"));
+    }
+}
