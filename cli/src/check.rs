@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use serde::Serialize;
 use sgpu_healthd::catalogue::Profile;
 use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
 use sgpu_healthd::config::Config;
@@ -189,64 +190,31 @@ pub fn render_table(results: &[CheckResult], verdict: Verdict) -> String {
     out
 }
 
-/// JSON string literal for `s`.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_opt_str(s: Option<&str>) -> String {
-    s.map_or_else(|| "null".to_string(), json_str)
+/// The `--json` document: verdict, exit code, drain reason, notes, results.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    verdict: Verdict,
+    exit_code: i32,
+    drain_reason: Option<String>,
+    notes: &'a [String],
+    results: &'a [CheckResult],
 }
 
 /// The results as one JSON object: verdict, exit code, drain reason, notes, results.
 pub fn render_json(results: &[CheckResult], verdict: Verdict, notes: &[String]) -> String {
-    let mut out = String::from("{");
-    let _ = write!(
-        out,
-        "\"verdict\":{},\"exit_code\":{},\"drain_reason\":{},\"notes\":[{}],\"results\":[",
-        json_str(verdict.as_str()),
-        verdict.exit_code(),
-        json_opt_str(checks::drain_reason(results).as_deref()),
-        notes
-            .iter()
-            .map(|n| json_str(n))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    for (i, r) in results.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(
-            out,
-            "{{\"check\":{},\"gpu\":{},\"uuid\":{},\"status\":{},\"severity\":{},\"observed\":{},\"threshold\":{},\"message\":{}}}",
-            json_str(r.check),
-            r.gpu.map_or_else(|| "null".to_string(), |g| g.to_string()),
-            json_opt_str(r.uuid.as_deref()),
-            json_str(r.status.as_str()),
-            json_str(r.severity.as_str()),
-            json_str(&r.observed),
-            json_str(&r.threshold),
-            json_str(&r.message),
-        );
-    }
-    out.push_str("]}\n");
+    let report = JsonReport {
+        verdict,
+        exit_code: verdict.exit_code(),
+        drain_reason: checks::drain_reason(results),
+        notes,
+        results,
+    };
+    // Serialising plain strings, numbers and enums cannot fail; fall back to an error
+    // object rather than panicking if it ever does.
+    let mut out = serde_json::to_string(&report).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("could not encode the results: {e}") }).to_string()
+    });
+    out.push('\n');
     out
 }
 
@@ -307,9 +275,20 @@ mod tests {
     #[test]
     fn json_escapes_and_nulls() {
         let j = render_json(&sample(), Verdict::Drain, &["a \"note\"".into()]);
-        assert!(j.starts_with("{\"verdict\":\"drain\",\"exit_code\":2,\"drain_reason\":\"sgpu: gpu.temperature gpu1: temperature 91 C >= 90 C\",\"notes\":[\"a \\\"note\\\"\"],\"results\":[{\"check\":\"gpu.temperature\",\"gpu\":1,\"uuid\":\"GPU-1\""), "{j}");
-        assert!(j.contains("\"gpu\":null,\"uuid\":null"), "{j}");
-        assert!(j.contains("\"message\":\"ok \\\"quoted\\\"\\n\""), "{j}");
-        assert!(j.ends_with("]}\n"));
+        assert!(j.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+        assert_eq!(v["verdict"], "drain");
+        assert_eq!(v["exit_code"], 2);
+        assert_eq!(
+            v["drain_reason"],
+            "sgpu: gpu.temperature gpu1: temperature 91 C >= 90 C"
+        );
+        assert_eq!(v["notes"][0], "a \"note\"");
+        assert_eq!(v["results"][0]["check"], "gpu.temperature");
+        assert_eq!(v["results"][0]["gpu"], 1);
+        assert_eq!(v["results"][0]["uuid"], "GPU-1");
+        assert!(v["results"][1]["gpu"].is_null());
+        assert!(v["results"][1]["uuid"].is_null());
+        assert_eq!(v["results"][1]["message"], "ok \"quoted\"\n");
     }
 }
