@@ -4,7 +4,7 @@
 //! event set catches are recorded in the store, so the gate still sees them).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -12,8 +12,8 @@ use sgpu_healthd::catalogue::Profile;
 use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
 use sgpu_healthd::config::Config;
 use sgpu_healthd::gpu::{self, NvmlOptions};
+use sgpu_healthd::nodeconf::{self, NodeLayout};
 use sgpu_healthd::xid::XidStore;
-use sgpu_slurm_conf::{GresConf, SlurmConf};
 
 /// Options of `sgpu check`.
 #[derive(Debug, Args)]
@@ -99,37 +99,27 @@ pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> 
 /// The node's expected GPU count from slurm.conf (`$SLURM_CONF` or /etc/slurm/slurm.conf)
 /// and its gres.conf; `None` (with a note) when they cannot tell.
 fn expected_from_slurm(node: Option<&str>, notes: &mut Vec<String>) -> Option<u32> {
-    let conf = std::env::var_os("SLURM_CONF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/slurm/slurm.conf"));
-    if !conf.is_file() {
-        notes.push(format!(
-            "{} not found: GPU count not checked (use --expected-gpus)",
-            conf.display()
-        ));
-        return None;
-    }
-    let node = match node.map(str::to_string).or_else(short_hostname) {
+    let node = match node.map(str::to_string).or_else(nodeconf::short_hostname) {
         Some(n) => n,
         None => {
             notes.push("no host name: GPU count not checked (use --node)".into());
             return None;
         }
     };
-    let (slurm, _) = SlurmConf::load_lenient(&conf);
-    let (gres, _) = GresConf::load_lenient(slurm.gres_conf_path());
-    let want = gres.expected_gpus(&node, Some(&slurm));
-    if want.slurm_conf_count.is_none() && want.gres_conf_count == 0 {
-        notes.push(format!("node {node} has no GPUs in slurm.conf/gres.conf"));
-        return None;
+    match NodeLayout::load(&nodeconf::slurm_conf_path(), &node) {
+        Ok(layout) => {
+            notes.extend(layout.notes.iter().cloned());
+            let count = layout.expected_count();
+            if count.is_none() {
+                notes.push(format!("node {node} has no GPUs in slurm.conf/gres.conf"));
+            }
+            count
+        }
+        Err(e) => {
+            notes.push(format!("{e} (or use --expected-gpus)"));
+            None
+        }
     }
-    u32::try_from(want.count).ok()
-}
-
-fn short_hostname() -> Option<String> {
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let h = h.trim().split('.').next()?.to_string();
-    (!h.is_empty()).then_some(h)
 }
 
 fn gpu_cell(r: &CheckResult) -> String {

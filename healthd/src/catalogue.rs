@@ -60,6 +60,8 @@ pub enum Profile {
     Quick,
     /// The daemon's periodic run and `sgpu check`: everything.
     Full,
+    /// The epilog: damage a job may have left (XIDs, ECC, lost GPUs, leaked processes).
+    Post,
 }
 
 impl Profile {
@@ -68,6 +70,7 @@ impl Profile {
         match self {
             Profile::Quick => "quick",
             Profile::Full => "full",
+            Profile::Post => "post",
         }
     }
 }
@@ -105,7 +108,8 @@ pub struct CheckSpec {
 
 const BOTH: &[Profile] = &[Profile::Quick, Profile::Full];
 const FULL: &[Profile] = &[Profile::Full];
-const QUICK: &[Profile] = &[Profile::Quick];
+const QUICK_POST: &[Profile] = &[Profile::Quick, Profile::Post];
+const ALL: &[Profile] = &[Profile::Quick, Profile::Full, Profile::Post];
 
 /// Check id: NVML initialises (library present, driver loaded).
 pub const NVML_INIT: &str = "nvml.init";
@@ -146,7 +150,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: NVML_INIT,
         description: "NVML initialises: the library loads and the NVIDIA driver is present",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "nvml init failed: {observed}",
         thresholds: &[],
         auto_recoverable: false,
@@ -155,7 +159,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: NVML_RESPONSIVE,
         description: "NVML answers every query within nvml_timeout_ms (a hung driver call fails)",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "nvml {observed}",
         thresholds: &[],
         auto_recoverable: false,
@@ -164,7 +168,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: GPU_COUNT,
         description: "the number of GPUs NVML sees equals the count gres.conf declares for the node",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "{observed} GPUs visible, gres.conf expects {threshold}",
         thresholds: &[],
         auto_recoverable: false,
@@ -182,7 +186,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: GPU_LOST,
         description: "the GPU answers NVML (not lost / fallen off the bus)",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "GPU lost ({observed})",
         thresholds: &[],
         auto_recoverable: false,
@@ -192,7 +196,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         description: "XID errors since the last check, classified from NVIDIA's XID catalogue \
                       (hardware: fail at this severity; driver/unknown: warn; application: info)",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "{observed}",
         thresholds: &[],
         auto_recoverable: false,
@@ -201,7 +205,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: GPU_ECC_UNCORRECTABLE,
         description: "volatile (since driver load) uncorrectable ECC error count",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "{observed} uncorrectable ECC errors (max {threshold})",
         thresholds: &[ThresholdSpec {
             name: "max_errors",
@@ -214,7 +218,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: GPU_RETIRED_PAGES_PENDING,
         description: "pages waiting for a driver reload to be retired (pre-Ampere GPUs)",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "retired pages pending, reset GPU",
         thresholds: &[],
         auto_recoverable: false,
@@ -223,7 +227,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: GPU_ROW_REMAP_PENDING,
         description: "a memory row remapping waits for a GPU reset (Ampere and newer)",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "row remap pending, reset GPU",
         thresholds: &[],
         auto_recoverable: false,
@@ -232,7 +236,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         id: GPU_ROW_REMAP_FAILURE,
         description: "a memory row remapping failed (no spare rows): the board needs service",
         default_severity: Severity::Drain,
-        profiles: BOTH,
+        profiles: ALL,
         reason_template: "row remap failure, RMA",
         thresholds: &[],
         auto_recoverable: false,
@@ -285,7 +289,7 @@ pub static CATALOGUE: &[CheckSpec] = &[
         description: "compute processes or used memory left on the job's GPUs at job start \
                       (quick only: on a busy node, running jobs' processes are expected)",
         default_severity: Severity::Drain,
-        profiles: QUICK,
+        profiles: QUICK_POST,
         reason_template: "leftover {observed} (max {threshold})",
         thresholds: &[
             ThresholdSpec {

@@ -44,6 +44,9 @@ pub const DEFAULT_NVML_TIMEOUT_MS: u64 = 5000;
 /// Default directory for small persistent state (the XID cursor).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sgpu";
 
+/// Default node spool: usage records waiting to be forwarded to accounting.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/spool/sgpu";
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -94,6 +97,10 @@ pub struct Config {
     pub fail_closed: bool,
     /// Directory for small persistent state.
     pub state_dir: PathBuf,
+    /// The node spool (usage records waiting to be forwarded).
+    pub spool_dir: PathBuf,
+    /// The `scontrol` binary; `None`: found on `PATH` or in the usual places.
+    pub scontrol: Option<PathBuf>,
     /// Per-check overrides, keyed by check id (ids and threshold names validated).
     pub checks: BTreeMap<String, CheckOverride>,
 }
@@ -107,6 +114,8 @@ impl Default for Config {
             pinned_driver_version: None,
             fail_closed: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
+            scontrol: None,
             checks: BTreeMap::new(),
         }
     }
@@ -123,6 +132,8 @@ struct RawConfig {
     pinned_driver_version: Option<Spanned<String>>,
     fail_closed: Option<bool>,
     state_dir: Option<PathBuf>,
+    spool_dir: Option<PathBuf>,
+    scontrol: Option<PathBuf>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -191,8 +202,12 @@ impl Config {
             source: Some(path.to_path_buf()),
             nvml_library: raw.nvml_library,
             fail_closed: raw.fail_closed.unwrap_or(false),
+            scontrol: raw.scontrol,
             ..Config::default()
         };
+        if let Some(dir) = raw.spool_dir {
+            config.spool_dir = dir;
+        }
         if let Some(dir) = raw.state_dir {
             config.state_dir = dir;
         }

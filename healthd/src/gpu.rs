@@ -174,6 +174,8 @@ pub struct GpuSnapshot {
     pub name: Reading<String>,
     /// PCI bus id, `00000000:18:00.0`.
     pub pci_bus_id: Reading<String>,
+    /// Device minor number (`/dev/nvidia<minor>`): how Slurm's gres indices map to NVML's.
+    pub minor_number: Reading<u32>,
     /// GPU temperature, °C.
     pub temperature_c: Reading<u32>,
     /// Slowdown temperature threshold, °C.
@@ -216,6 +218,7 @@ impl GpuSnapshot {
             uuid: err(m),
             name: err(m),
             pci_bus_id: err(m),
+            minor_number: err(m),
             temperature_c: err(m),
             slowdown_threshold_c: err(m),
             power_mw: err(m),
@@ -605,6 +608,7 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
     let uuid = Reading::from_result(d.uuid(), l);
     let name = Reading::from_result(d.name(), l);
     let pci_bus_id = Reading::from_result(d.pci_info().map(|p| p.bus_id), l);
+    let minor_number = Reading::from_result(d.minor_number(), l);
     let temperature_c = Reading::from_result(d.temperature(TemperatureSensor::Gpu), l);
     let slowdown_threshold_c =
         Reading::from_result(d.temperature_threshold(TemperatureThreshold::Slowdown), l);
@@ -659,6 +663,7 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
         uuid,
         name,
         pci_bus_id,
+        minor_number,
         temperature_c,
         slowdown_threshold_c,
         power_mw,

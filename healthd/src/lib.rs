@@ -34,4 +34,6 @@ pub mod catalogue;
 pub mod checks;
 pub mod config;
 pub mod gpu;
+pub mod nodeconf;
+pub mod slurmctl;
 pub mod xid;
