@@ -1,0 +1,498 @@
+//! The usage-record model: [`Record`], its kind-specific [`RecordBody`], validation and JSON.
+//!
+//! Units, everywhere: times are Unix epoch milliseconds (`u64`), energy is millijoules (the
+//! unit of NVML's total-energy counter), GPU time is GPU-milliseconds (GPUs × ms), memory is
+//! MiB, utilization is percent (0–100).
+//!
+//! On the wire a record is
+//! `{"version":1,"id":{..,"kind":"job_end"},"written_at":..,"body":{..}}`: the body carries
+//! no tag of its own, its shape is chosen by `id.kind`, so a body whose kind disagrees with
+//! its id cannot be written down. Every object rejects unknown fields.
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{RecordId, RecordKind};
+
+/// The record schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a record is malformed or inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A field's value is wrong; `field` is a path such as `body.gpus[1].energy_end_mj`.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The text is not a record: bad JSON, a missing or unknown field (named in the message).
+    #[error("malformed record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl RecordError {
+    /// Builds a [`RecordError::Invalid`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        RecordError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The offending field's path, for [`RecordError::Invalid`].
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            RecordError::Invalid { field, .. } => Some(field),
+            RecordError::Json(_) => None,
+        }
+    }
+}
+
+/// A GPU held by a job at its start, with the energy counter read then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuRef {
+    /// NVML device index on the node.
+    pub index: u32,
+    /// NVML UUID (`GPU-...`); must not be empty.
+    pub uuid: String,
+    /// Product name (`NVIDIA H100 80GB HBM3`), if read.
+    pub name: Option<String>,
+    /// Total energy counter at job start, mJ, if the GPU supports it.
+    pub energy_mj: Option<u64>,
+}
+
+/// Body of a [`RecordKind::JobStart`] record (sgpu-prolog).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobStart {
+    /// Job owner's user name.
+    pub user: String,
+    /// Job owner's uid.
+    pub uid: u32,
+    /// Slurm account, where set.
+    pub account: Option<String>,
+    /// Slurm partition, where set.
+    pub partition: Option<String>,
+    /// Job start on this node, ms.
+    pub start_time: u64,
+    /// GPUs allocated to the job on this node.
+    pub gpus: Vec<GpuRef>,
+}
+
+/// A GPU held by a job, with its energy accounting at job end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuEnd {
+    /// NVML device index on the node.
+    pub index: u32,
+    /// NVML UUID; must not be empty.
+    pub uuid: String,
+    /// Product name, if read.
+    pub name: Option<String>,
+    /// Energy counter at job start, mJ (from the job-start record), if known.
+    pub energy_start_mj: Option<u64>,
+    /// Energy counter at job end, mJ, if read.
+    pub energy_end_mj: Option<u64>,
+    /// Energy used over the job, mJ; equals end − start when both are known.
+    pub energy_delta_mj: Option<u64>,
+}
+
+/// How the job ended, as Slurm reports it (`SLURM_JOB_EXIT_CODE2` = `code:signal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitStatus {
+    /// Exit code of the job's batch script or first task.
+    pub code: u32,
+    /// Signal that ended it, 0 if none.
+    pub signal: u32,
+}
+
+/// Body of a [`RecordKind::JobEnd`] record (sgpu-epilog).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEnd {
+    /// Job owner's user name.
+    pub user: String,
+    /// Job owner's uid.
+    pub uid: u32,
+    /// Slurm account, where set.
+    pub account: Option<String>,
+    /// Slurm partition, where set.
+    pub partition: Option<String>,
+    /// Job start on this node, ms.
+    pub start_time: u64,
+    /// Job end on this node, ms; not before `start_time`.
+    pub end_time: u64,
+    /// GPUs allocated to the job on this node.
+    pub gpus: Vec<GpuEnd>,
+    /// Allocated GPU time, GPU-ms: exactly `gpus.len() × (end_time − start_time)`.
+    pub allocated_gpu_ms: u64,
+    /// Exit status, if known.
+    pub exit: Option<ExitStatus>,
+}
+
+/// Sampled usage of one GPU over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuUsage {
+    /// NVML device index on the node.
+    pub index: u32,
+    /// NVML UUID; must not be empty.
+    pub uuid: String,
+    /// Product name, if read.
+    pub name: Option<String>,
+    /// Number of samples taken.
+    pub samples: u64,
+    /// Mean GPU utilization over the samples, percent (0–100, ≤ `util_max_pct`).
+    pub util_mean_pct: f64,
+    /// Highest sampled GPU utilization, percent (0–100).
+    pub util_max_pct: u32,
+    /// Highest sampled memory use, MiB.
+    pub mem_peak_mib: u64,
+    /// Energy used over the window, mJ, if measured.
+    pub energy_mj: Option<u64>,
+    /// Used GPU time, GPU-ms (window × utilization); at most the window's length.
+    pub used_gpu_ms: u64,
+}
+
+/// Body of [`RecordKind::StepUsage`] (SPANK) and [`RecordKind::JobUsage`] (healthd) records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    /// Job owner's user name.
+    pub user: String,
+    /// Job owner's uid.
+    pub uid: u32,
+    /// Slurm account, where set.
+    pub account: Option<String>,
+    /// Slurm partition, where set.
+    pub partition: Option<String>,
+    /// Start of the measured window (step or job start), ms.
+    pub window_start: u64,
+    /// End of the measured window, ms; not before `window_start`.
+    pub window_end: u64,
+    /// Per-GPU usage.
+    pub gpus: Vec<GpuUsage>,
+    /// Allocated GPU time, GPU-ms: exactly `gpus.len() × (window_end − window_start)`.
+    pub allocated_gpu_ms: u64,
+    /// Used GPU time, GPU-ms: exactly the sum of the GPUs' `used_gpu_ms`.
+    pub used_gpu_ms: u64,
+}
+
+/// A record's kind-specific content; its variant must match `id.kind`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RecordBody {
+    /// Job start (prolog).
+    JobStart(JobStart),
+    /// Job end (epilog).
+    JobEnd(JobEnd),
+    /// Per-step usage (SPANK plugin).
+    StepUsage(Usage),
+    /// Per-job sampled usage (healthd).
+    JobUsage(Usage),
+}
+
+impl RecordBody {
+    /// The kind this body belongs to.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            RecordBody::JobStart(_) => RecordKind::JobStart,
+            RecordBody::JobEnd(_) => RecordKind::JobEnd,
+            RecordBody::StepUsage(_) => RecordKind::StepUsage,
+            RecordBody::JobUsage(_) => RecordKind::JobUsage,
+        }
+    }
+
+    fn from_value(kind: RecordKind, v: serde_json::Value) -> Result<Self, RecordError> {
+        let bad = |e: serde_json::Error| RecordError::invalid("body", e.to_string());
+        Ok(match kind {
+            RecordKind::JobStart => RecordBody::JobStart(serde_json::from_value(v).map_err(bad)?),
+            RecordKind::JobEnd => RecordBody::JobEnd(serde_json::from_value(v).map_err(bad)?),
+            RecordKind::StepUsage => RecordBody::StepUsage(serde_json::from_value(v).map_err(bad)?),
+            RecordKind::JobUsage => RecordBody::JobUsage(serde_json::from_value(v).map_err(bad)?),
+        })
+    }
+}
+
+/// One usage record; always valid (checked by [`Record::new`] and when read).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawRecord")]
+pub struct Record {
+    version: u32,
+    id: RecordId,
+    written_at: u64,
+    body: RecordBody,
+}
+
+/// The unchecked wire form of [`Record`]; the body is interpreted by `id.kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    version: u32,
+    id: RecordId,
+    written_at: u64,
+    body: serde_json::Value,
+}
+
+impl TryFrom<RawRecord> for Record {
+    type Error = RecordError;
+
+    fn try_from(raw: RawRecord) -> Result<Self, Self::Error> {
+        // The version first: a newer schema's body would otherwise fail confusingly.
+        check_version(raw.version)?;
+        let body = RecordBody::from_value(raw.id.kind(), raw.body)?;
+        let r = Record {
+            version: raw.version,
+            id: raw.id,
+            written_at: raw.written_at,
+            body,
+        };
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Record", 4)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("written_at", &self.written_at)?;
+        st.serialize_field("body", &self.body)?;
+        st.end()
+    }
+}
+
+impl Record {
+    /// Builds a record of the current [`SCHEMA_VERSION`]; fails if it would not validate.
+    pub fn new(id: RecordId, written_at: u64, body: RecordBody) -> Result<Self, RecordError> {
+        let r = Record {
+            version: SCHEMA_VERSION,
+            id,
+            written_at,
+            body,
+        };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Like [`Record::new`], stamped with the current time.
+    pub fn new_now(id: RecordId, body: RecordBody) -> Result<Self, RecordError> {
+        Record::new(id, now_ms(), body)
+    }
+
+    /// Schema version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Identity.
+    pub fn id(&self) -> &RecordId {
+        &self.id
+    }
+
+    /// When the producer wrote it, ms.
+    pub fn written_at(&self) -> u64 {
+        self.written_at
+    }
+
+    /// Kind-specific content.
+    pub fn body(&self) -> &RecordBody {
+        &self.body
+    }
+
+    /// Takes the record apart into identity, write time and body.
+    pub fn into_parts(self) -> (RecordId, u64, RecordBody) {
+        (self.id, self.written_at, self.body)
+    }
+
+    /// Checks internal consistency; the error names the first offending field.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        check_version(self.version)?;
+        if self.body.kind() != self.id.kind() {
+            return Err(RecordError::invalid(
+                "body",
+                format!(
+                    "is a {} body but id.kind is {}",
+                    self.body.kind(),
+                    self.id.kind()
+                ),
+            ));
+        }
+        match &self.body {
+            RecordBody::JobStart(b) => validate_start(b),
+            RecordBody::JobEnd(b) => validate_end(b),
+            RecordBody::StepUsage(b) | RecordBody::JobUsage(b) => validate_usage(b),
+        }
+    }
+
+    /// Serialises to one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> Result<Vec<u8>, RecordError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+
+    /// Parses and validates a record; unknown fields and unsupported versions are errors.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
+        let raw: RawRecord = serde_json::from_slice(bytes)?;
+        Record::try_from(raw)
+    }
+}
+
+/// The current time as Unix epoch milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn check_version(v: u32) -> Result<(), RecordError> {
+    if v == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(RecordError::invalid(
+            "version",
+            format!("unsupported schema version {v} (this build reads {SCHEMA_VERSION})"),
+        ))
+    }
+}
+
+fn check_user(user: &str) -> Result<(), RecordError> {
+    if user.is_empty() {
+        return Err(RecordError::invalid("body.user", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Checks the GPUs' uuids are non-empty and distinct, naming the first bad one.
+fn check_uuids<'a>(uuids: impl Iterator<Item = &'a str>) -> Result<(), RecordError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, uuid) in uuids.enumerate() {
+        let field = format!("body.gpus[{i}].uuid");
+        if uuid.trim().is_empty() {
+            return Err(RecordError::invalid(field, "must not be empty"));
+        }
+        if !seen.insert(uuid) {
+            return Err(RecordError::invalid(field, format!("duplicate GPU {uuid}")));
+        }
+    }
+    Ok(())
+}
+
+fn check_span(
+    start_field: &str,
+    start: u64,
+    end_field: &str,
+    end: u64,
+) -> Result<u64, RecordError> {
+    end.checked_sub(start).ok_or_else(|| {
+        RecordError::invalid(end_field, format!("{end} is before {start_field} {start}"))
+    })
+}
+
+fn check_allocated(gpus: usize, span: u64, allocated: u64) -> Result<(), RecordError> {
+    let expected = u64::try_from(gpus)
+        .ok()
+        .and_then(|n| n.checked_mul(span))
+        .ok_or_else(|| RecordError::invalid("body.allocated_gpu_ms", "overflows u64"))?;
+    if allocated != expected {
+        return Err(RecordError::invalid(
+            "body.allocated_gpu_ms",
+            format!("{allocated} but {gpus} GPUs x {span} ms = {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_start(b: &JobStart) -> Result<(), RecordError> {
+    check_user(&b.user)?;
+    check_uuids(b.gpus.iter().map(|g| g.uuid.as_str()))
+}
+
+fn validate_end(b: &JobEnd) -> Result<(), RecordError> {
+    check_user(&b.user)?;
+    let span = check_span("start_time", b.start_time, "body.end_time", b.end_time)?;
+    check_uuids(b.gpus.iter().map(|g| g.uuid.as_str()))?;
+    for (i, g) in b.gpus.iter().enumerate() {
+        if let (Some(start), Some(end)) = (g.energy_start_mj, g.energy_end_mj) {
+            let delta = check_span(
+                "energy_start_mj",
+                start,
+                &format!("body.gpus[{i}].energy_end_mj"),
+                end,
+            )?;
+            if let Some(d) = g.energy_delta_mj {
+                if d != delta {
+                    return Err(RecordError::invalid(
+                        format!("body.gpus[{i}].energy_delta_mj"),
+                        format!("{d} but energy_end_mj - energy_start_mj = {delta}"),
+                    ));
+                }
+            }
+        }
+    }
+    check_allocated(b.gpus.len(), span, b.allocated_gpu_ms)
+}
+
+fn validate_usage(b: &Usage) -> Result<(), RecordError> {
+    check_user(&b.user)?;
+    let span = check_span(
+        "window_start",
+        b.window_start,
+        "body.window_end",
+        b.window_end,
+    )?;
+    check_uuids(b.gpus.iter().map(|g| g.uuid.as_str()))?;
+    let mut used_sum: u64 = 0;
+    for (i, g) in b.gpus.iter().enumerate() {
+        let f = |name: &str| format!("body.gpus[{i}].{name}");
+        if !(g.util_mean_pct.is_finite() && (0.0..=100.0).contains(&g.util_mean_pct)) {
+            return Err(RecordError::invalid(
+                f("util_mean_pct"),
+                format!("{} is not a percentage in 0..=100", g.util_mean_pct),
+            ));
+        }
+        if g.util_max_pct > 100 {
+            return Err(RecordError::invalid(
+                f("util_max_pct"),
+                format!("{} is over 100", g.util_max_pct),
+            ));
+        }
+        if g.util_mean_pct > f64::from(g.util_max_pct) {
+            return Err(RecordError::invalid(
+                f("util_mean_pct"),
+                format!(
+                    "{} is above util_max_pct {}",
+                    g.util_mean_pct, g.util_max_pct
+                ),
+            ));
+        }
+        if g.used_gpu_ms > span {
+            return Err(RecordError::invalid(
+                f("used_gpu_ms"),
+                format!("{} is longer than the {span} ms window", g.used_gpu_ms),
+            ));
+        }
+        // Cannot overflow: each term is at most `span`, and allocated = n * span is checked.
+        used_sum = used_sum.saturating_add(g.used_gpu_ms);
+    }
+    check_allocated(b.gpus.len(), span, b.allocated_gpu_ms)?;
+    if b.used_gpu_ms != used_sum {
+        return Err(RecordError::invalid(
+            "body.used_gpu_ms",
+            format!(
+                "{} but the GPUs' used_gpu_ms add up to {used_sum}",
+                b.used_gpu_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,521 @@
+use super::*;
+use proptest::prelude::*;
+
+pub(crate) fn start_id(job: u32) -> RecordId {
+    RecordId::new("alpha", job, None, "node1", RecordKind::JobStart).unwrap()
+}
+
+pub(crate) fn example_start(job: u32) -> Record {
+    Record::new(
+        start_id(job),
+        1_700_000_000_250,
+        RecordBody::JobStart(JobStart {
+            user: "alice".into(),
+            uid: 1001,
+            account: Some("physics".into()),
+            partition: Some("gpu".into()),
+            start_time: 1_700_000_000_000,
+            gpus: vec![
+                GpuRef {
+                    index: 0,
+                    uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000000".into(),
+                    name: Some("NVIDIA H100 80GB HBM3".into()),
+                    energy_mj: Some(5_000_000),
+                },
+                GpuRef {
+                    index: 1,
+                    uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000001".into(),
+                    name: Some("NVIDIA H100 80GB HBM3".into()),
+                    energy_mj: Some(7_000_000),
+                },
+            ],
+        }),
+    )
+    .unwrap()
+}
+
+pub(crate) fn example_end() -> Record {
+    Record::new(
+        RecordId::new("alpha", 42, None, "node1", RecordKind::JobEnd).unwrap(),
+        1_700_003_600_300,
+        RecordBody::JobEnd(JobEnd {
+            user: "alice".into(),
+            uid: 1001,
+            account: Some("physics".into()),
+            partition: Some("gpu".into()),
+            start_time: 1_700_000_000_000,
+            end_time: 1_700_003_600_000,
+            gpus: vec![
+                GpuEnd {
+                    index: 0,
+                    uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000000".into(),
+                    name: Some("NVIDIA H100 80GB HBM3".into()),
+                    energy_start_mj: Some(5_000_000),
+                    energy_end_mj: Some(1_445_000_000),
+                    energy_delta_mj: Some(1_440_000_000),
+                },
+                GpuEnd {
+                    index: 1,
+                    uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000001".into(),
+                    name: Some("NVIDIA H100 80GB HBM3".into()),
+                    energy_start_mj: Some(7_000_000),
+                    energy_end_mj: Some(727_000_000),
+                    energy_delta_mj: Some(720_000_000),
+                },
+            ],
+            allocated_gpu_ms: 7_200_000,
+            exit: Some(ExitStatus { code: 0, signal: 0 }),
+        }),
+    )
+    .unwrap()
+}
+
+pub(crate) fn example_usage(kind: RecordKind) -> Record {
+    let step = (kind == RecordKind::StepUsage).then(|| "0".to_string());
+    let usage = Usage {
+        user: "alice".into(),
+        uid: 1001,
+        account: Some("physics".into()),
+        partition: Some("gpu".into()),
+        window_start: 1_700_000_000_000,
+        window_end: 1_700_003_600_000,
+        gpus: vec![GpuUsage {
+            index: 0,
+            uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000000".into(),
+            name: Some("NVIDIA H100 80GB HBM3".into()),
+            samples: 360,
+            util_mean_pct: 87.5,
+            util_max_pct: 100,
+            mem_peak_mib: 61_440,
+            energy_mj: Some(1_440_000_000),
+            used_gpu_ms: 3_150_000,
+        }],
+        allocated_gpu_ms: 3_600_000,
+        used_gpu_ms: 3_150_000,
+    };
+    let body = match kind {
+        RecordKind::StepUsage => RecordBody::StepUsage(usage),
+        _ => RecordBody::JobUsage(usage),
+    };
+    Record::new(
+        RecordId::new("alpha", 42, step, "node1", kind).unwrap(),
+        1_700_003_600_900,
+        body,
+    )
+    .unwrap()
+}
+
+pub(crate) fn examples() -> Vec<Record> {
+    vec![
+        example_start(42),
+        example_end(),
+        example_usage(RecordKind::StepUsage),
+        example_usage(RecordKind::JobUsage),
+    ]
+}
+
+#[test]
+fn print_examples() {
+    // `cargo test -p sgpu-spool print_examples -- --nocapture` shows one record of each kind.
+    for r in examples() {
+        println!("{}", String::from_utf8(r.to_json().unwrap()).unwrap());
+    }
+}
+
+#[test]
+fn examples_round_trip_and_body_has_no_tag() {
+    for r in examples() {
+        let json = r.to_json().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v["body"].get("kind").is_none());
+        assert_eq!(v["id"]["kind"], r.id().kind().as_str());
+        assert_eq!(Record::from_json(&json).unwrap(), r);
+        // Through plain serde too (as acctd would, inside a batch).
+        let via_serde: Record = serde_json::from_slice(&json).unwrap();
+        assert_eq!(via_serde, r);
+    }
+}
+
+fn json_of(r: &Record) -> serde_json::Value {
+    serde_json::from_slice(&r.to_json().unwrap()).unwrap()
+}
+
+fn from_value(v: &serde_json::Value) -> Result<Record, RecordError> {
+    Record::from_json(&serde_json::to_vec(v).unwrap())
+}
+
+#[test]
+fn unknown_fields_are_rejected_naming_them() {
+    let base = json_of(&example_end());
+    let mut cases = Vec::new();
+    let mut v = base.clone();
+    v["colour"] = 1.into();
+    cases.push(v);
+    let mut v = base.clone();
+    v["id"]["colour"] = 1.into();
+    cases.push(v);
+    let mut v = base.clone();
+    v["body"]["colour"] = 1.into();
+    cases.push(v);
+    let mut v = base.clone();
+    v["body"]["gpus"][1]["colour"] = 1.into();
+    cases.push(v);
+    let mut v = base.clone();
+    v["body"]["exit"]["colour"] = 1.into();
+    cases.push(v);
+    for v in cases {
+        let e = from_value(&v).unwrap_err();
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+}
+
+#[test]
+fn body_of_another_kind_is_rejected() {
+    // A job_end body under a job_start id: the job_start shape rejects job_end's fields.
+    let mut v = json_of(&example_end());
+    v["id"]["kind"] = "job_start".into();
+    let e = from_value(&v).unwrap_err();
+    assert_eq!(e.field(), Some("body"), "{e}");
+    // And in Rust, a mismatched body cannot be built into a record.
+    let (_, at, body) = example_end().into_parts();
+    let e = Record::new(start_id(42), at, body).unwrap_err();
+    assert_eq!(e.field(), Some("body"));
+    assert!(
+        e.to_string()
+            .contains("job_end body but id.kind is job_start"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_version_is_named() {
+    let mut v = json_of(&example_start(1));
+    v["version"] = 2.into();
+    v["body"]["new_field_of_v2"] = 1.into();
+    let e = from_value(&v).unwrap_err();
+    assert_eq!(e.field(), Some("version"), "{e}");
+}
+
+#[test]
+fn missing_field_is_named() {
+    let mut v = json_of(&example_end());
+    v["body"].as_object_mut().unwrap().remove("end_time");
+    let e = from_value(&v).unwrap_err();
+    assert!(e.to_string().contains("end_time"), "{e}");
+}
+
+fn end_body() -> JobEnd {
+    match example_end().into_parts().2 {
+        RecordBody::JobEnd(b) => b,
+        _ => unreachable!(),
+    }
+}
+
+fn usage_body() -> Usage {
+    match example_usage(RecordKind::JobUsage).into_parts().2 {
+        RecordBody::JobUsage(b) => b,
+        _ => unreachable!(),
+    }
+}
+
+fn end_err(f: impl FnOnce(&mut JobEnd)) -> RecordError {
+    let mut b = end_body();
+    f(&mut b);
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobEnd).unwrap();
+    Record::new(id, 1, RecordBody::JobEnd(b)).unwrap_err()
+}
+
+fn usage_err(f: impl FnOnce(&mut Usage)) -> RecordError {
+    let mut b = usage_body();
+    f(&mut b);
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobUsage).unwrap();
+    Record::new(id, 1, RecordBody::JobUsage(b)).unwrap_err()
+}
+
+#[test]
+fn validation_errors_name_the_field() {
+    let cases: Vec<(RecordError, &str)> = vec![
+        (end_err(|b| b.end_time = b.start_time - 1), "body.end_time"),
+        (
+            end_err(|b| b.gpus[1].energy_end_mj = Some(1)),
+            "body.gpus[1].energy_end_mj",
+        ),
+        (
+            end_err(|b| b.gpus[0].energy_delta_mj = Some(3)),
+            "body.gpus[0].energy_delta_mj",
+        ),
+        (
+            end_err(|b| b.gpus[1].uuid = String::new()),
+            "body.gpus[1].uuid",
+        ),
+        (
+            end_err(|b| b.gpus[1].uuid = b.gpus[0].uuid.clone()),
+            "body.gpus[1].uuid",
+        ),
+        (
+            end_err(|b| b.allocated_gpu_ms += 1),
+            "body.allocated_gpu_ms",
+        ),
+        (end_err(|b| b.user = String::new()), "body.user"),
+        (
+            usage_err(|b| b.gpus[0].util_max_pct = 101),
+            "body.gpus[0].util_max_pct",
+        ),
+        (
+            usage_err(|b| b.gpus[0].util_mean_pct = 100.5),
+            "body.gpus[0].util_mean_pct",
+        ),
+        (
+            usage_err(|b| b.gpus[0].util_mean_pct = f64::NAN),
+            "body.gpus[0].util_mean_pct",
+        ),
+        (
+            usage_err(|b| {
+                b.gpus[0].util_max_pct = 50;
+                b.gpus[0].util_mean_pct = 60.0;
+            }),
+            "body.gpus[0].util_mean_pct",
+        ),
+        (
+            usage_err(|b| {
+                b.gpus[0].used_gpu_ms = 3_600_001;
+                b.used_gpu_ms = 3_600_001;
+            }),
+            "body.gpus[0].used_gpu_ms",
+        ),
+        (usage_err(|b| b.used_gpu_ms += 1), "body.used_gpu_ms"),
+        (usage_err(|b| b.window_end = 0), "body.window_end"),
+        (
+            usage_err(|b| b.allocated_gpu_ms = 0),
+            "body.allocated_gpu_ms",
+        ),
+    ];
+    for (e, field) in cases {
+        assert_eq!(e.field(), Some(field), "{e}");
+        assert!(e.to_string().starts_with(field), "{e}");
+    }
+}
+
+#[test]
+fn invalid_json_on_disk_is_rejected_with_the_field() {
+    let mut v = json_of(&example_end());
+    v["body"]["end_time"] = 5.into();
+    let e = from_value(&v).unwrap_err();
+    assert_eq!(e.field(), Some("body.end_time"), "{e}");
+}
+
+#[test]
+fn energy_delta_alone_is_accepted() {
+    // Fallback accounting (integrated power) has a delta but no counters.
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobEnd).unwrap();
+    let mut b = end_body();
+    for g in &mut b.gpus {
+        g.energy_start_mj = None;
+        g.energy_end_mj = None;
+    }
+    Record::new(id, 1, RecordBody::JobEnd(b)).unwrap();
+}
+
+// ---- property tests -------------------------------------------------------------------
+
+fn name() -> impl Strategy<Value = String> {
+    // Odd but legal names, escaping included.
+    "[a-zA-Z0-9._+,% é-]{1,6}".prop_filter("not . or ..", |s| s != "." && s != "..")
+}
+
+fn opt_name() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of("[a-z0-9 _-]{0,12}")
+}
+
+fn uuids(n: usize) -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::hash_set("GPU-[0-9a-f]{8}", n).prop_map(|s| s.into_iter().collect())
+}
+
+fn start_body() -> impl Strategy<Value = RecordBody> {
+    (
+        name(),
+        any::<u32>(),
+        opt_name(),
+        opt_name(),
+        any::<u64>(),
+        (0usize..5).prop_flat_map(|n| {
+            (
+                uuids(n),
+                proptest::collection::vec((any::<u32>(), opt_name(), any::<Option<u64>>()), n),
+            )
+        }),
+    )
+        .prop_map(|(user, uid, account, partition, start_time, (uuids, gs))| {
+            RecordBody::JobStart(JobStart {
+                user,
+                uid,
+                account,
+                partition,
+                start_time,
+                gpus: uuids
+                    .into_iter()
+                    .zip(gs)
+                    .map(|(uuid, (index, name, energy_mj))| GpuRef {
+                        index,
+                        uuid,
+                        name,
+                        energy_mj,
+                    })
+                    .collect(),
+            })
+        })
+}
+
+fn end_body_strategy() -> impl Strategy<Value = RecordBody> {
+    (
+        name(),
+        any::<u32>(),
+        opt_name(),
+        opt_name(),
+        0u64..1 << 45,
+        0u64..1 << 40,
+        (0usize..5).prop_flat_map(|n| {
+            (
+                uuids(n),
+                proptest::collection::vec(
+                    (
+                        any::<u32>(),
+                        opt_name(),
+                        0u64..1 << 50,
+                        0u64..1 << 40,
+                        0u8..4,
+                    ),
+                    n,
+                ),
+            )
+        }),
+        any::<Option<(u32, u32)>>(),
+    )
+        .prop_map(
+            |(user, uid, account, partition, start_time, span, (uuids, gs), exit)| {
+                let gpus: Vec<GpuEnd> = uuids
+                    .into_iter()
+                    .zip(gs)
+                    .map(|(uuid, (index, name, s, d, shape))| GpuEnd {
+                        index,
+                        uuid,
+                        name,
+                        energy_start_mj: (shape & 1 == 0).then_some(s),
+                        energy_end_mj: (shape & 1 == 0).then_some(s + d),
+                        energy_delta_mj: (shape != 3).then_some(d),
+                    })
+                    .collect();
+                RecordBody::JobEnd(JobEnd {
+                    user,
+                    uid,
+                    account,
+                    partition,
+                    start_time,
+                    end_time: start_time + span,
+                    allocated_gpu_ms: gpus.len() as u64 * span,
+                    gpus,
+                    exit: exit.map(|(code, signal)| ExitStatus { code, signal }),
+                })
+            },
+        )
+}
+
+fn usage_strategy() -> impl Strategy<Value = Usage> {
+    (
+        name(),
+        any::<u32>(),
+        opt_name(),
+        opt_name(),
+        0u64..1 << 45,
+        0u64..1 << 40,
+        (0usize..5).prop_flat_map(|n| {
+            (
+                uuids(n),
+                proptest::collection::vec(
+                    (
+                        any::<u32>(),
+                        opt_name(),
+                        any::<u64>(),
+                        0u32..=100,
+                        0.0f64..=1.0,
+                        any::<u64>(),
+                        any::<Option<u64>>(),
+                        0.0f64..=1.0,
+                    ),
+                    n,
+                ),
+            )
+        }),
+    )
+        .prop_map(
+            |(user, uid, account, partition, window_start, span, (uuids, gs))| {
+                let gpus: Vec<GpuUsage> = uuids
+                    .into_iter()
+                    .zip(gs)
+                    .map(
+                        |(uuid, (index, name, samples, max, frac, mem, energy_mj, used))| {
+                            GpuUsage {
+                                index,
+                                uuid,
+                                name,
+                                samples,
+                                util_mean_pct: f64::from(max) * frac,
+                                util_max_pct: max,
+                                mem_peak_mib: mem,
+                                energy_mj,
+                                used_gpu_ms: (span as f64 * used) as u64,
+                            }
+                        },
+                    )
+                    .collect();
+                Usage {
+                    user,
+                    uid,
+                    account,
+                    partition,
+                    window_start,
+                    window_end: window_start + span,
+                    allocated_gpu_ms: gpus.len() as u64 * span,
+                    used_gpu_ms: gpus.iter().map(|g| g.used_gpu_ms).sum(),
+                    gpus,
+                }
+            },
+        )
+}
+
+pub(crate) fn any_record() -> impl Strategy<Value = Record> {
+    (
+        name(),
+        1u32..,
+        name(),
+        name(),
+        any::<u64>(),
+        prop_oneof![
+            start_body(),
+            end_body_strategy(),
+            usage_strategy().prop_map(RecordBody::StepUsage),
+            usage_strategy().prop_map(RecordBody::JobUsage),
+        ],
+    )
+        .prop_map(|(cluster, job, step, node, at, body)| {
+            let kind = body.kind();
+            let step = kind.is_per_step().then_some(step);
+            let id = RecordId::new(cluster, job, step, node, kind).unwrap();
+            Record::new(id, at, body).unwrap()
+        })
+}
+
+proptest! {
+    #[test]
+    fn any_valid_record_round_trips(r in any_record()) {
+        let json = r.to_json().unwrap();
+        let back = Record::from_json(&json).unwrap();
+        prop_assert_eq!(&back, &r);
+        prop_assert_eq!(back.id().key(), r.id().key());
+    }
+
+    #[test]
+    fn from_json_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Record::from_json(&bytes);
+    }
+}
