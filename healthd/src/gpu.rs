@@ -207,6 +207,37 @@ pub struct GpuSnapshot {
 }
 
 impl GpuSnapshot {
+    /// A GPU about which nothing is known yet: every reading unsupported (a starting point
+    /// for building snapshots in tests and tools).
+    pub fn unknown(index: u32) -> GpuSnapshot {
+        let mut g = GpuSnapshot::lost(index, String::new());
+        g.lost = false;
+        g.uuid = Reading::Unsupported;
+        g.name = Reading::Unsupported;
+        g.pci_bus_id = Reading::Unsupported;
+        g.minor_number = Reading::Unsupported;
+        g.temperature_c = Reading::Unsupported;
+        g.slowdown_threshold_c = Reading::Unsupported;
+        g.power_mw = Reading::Unsupported;
+        g.energy_mj = Reading::Unsupported;
+        g.utilization_gpu_pct = Reading::Unsupported;
+        g.utilization_memory_pct = Reading::Unsupported;
+        g.memory = Reading::Unsupported;
+        g.ecc_volatile_uncorrected = Reading::Unsupported;
+        g.retired_pages_pending = Reading::Unsupported;
+        g.remapped_rows = Reading::Unsupported;
+        g.throttle_reasons = Reading::Unsupported;
+        g.pcie = PcieLink {
+            gen_current: Reading::Unsupported,
+            gen_max: Reading::Unsupported,
+            width_current: Reading::Unsupported,
+            width_max: Reading::Unsupported,
+        };
+        g.persistence_mode = Reading::Unsupported;
+        g.compute_processes = Reading::Unsupported;
+        g
+    }
+
     fn lost(index: u32, message: String) -> GpuSnapshot {
         fn err<T>(m: &str) -> Reading<T> {
             Reading::Error(m.to_string())

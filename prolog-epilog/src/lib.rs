@@ -1,7 +1,82 @@
 //! sgpu-prolog and sgpu-epilog: the quick health gates Slurm runs around every job.
 //!
 //! slurmd runs `sgpu-prolog` (Slurm `Prolog=`) before a job starts on a node: it checks the
-//! job's GPUs with the `quick` profile of the health-check catalogue, drains the node and
-//! fails (so Slurm requeues the job) when a GPU is bad, and writes a job-start record to the
-//! node spool. `sgpu-epilog` (Slurm `Epilog=`) writes the job-end record and looks for damage
-//! the job left. Records flow from the spool to `sgpu-acctd` via healthd's forwarder.
+//! node and the job's GPUs with the `quick` profile of the health-check catalogue (in
+//! `sgpu-healthd`), and on a drain-worthy finding drains the node through slurmctld with a
+//! precise reason and exits non-zero, so Slurm requeues the job elsewhere. On success it
+//! leaves the epilog a note (start time, energy counters) and writes a job-start record to
+//! the node spool. `sgpu-epilog` (Slurm `Epilog=`) writes the job-end record (energy deltas,
+//! allocated GPU time) and runs the `post` profile for damage the job left (XIDs, ECC, lost
+//! GPUs, leaked processes). healthd's forwarder carries spool records to `sgpu-acctd`.
+//!
+//! The gates never fail a healthy node because sgpu itself erred: such errors are logged and
+//! the exit is 0, unless `fail_closed = true` is configured.
+
+pub mod env;
+pub mod gate;
+pub mod handoff;
+pub mod log;
+pub mod records;
+
+pub use env::{HealthMode, JobEnv};
+pub use gate::GateReport;
+
+/// Which gate a binary is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// `sgpu-prolog`.
+    Prolog,
+    /// `sgpu-epilog`.
+    Epilog,
+}
+
+impl Gate {
+    /// The program name, used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::Prolog => "sgpu-prolog",
+            Gate::Epilog => "sgpu-epilog",
+        }
+    }
+}
+
+/// Runs a gate as slurmd would: reads the job from the environment and the configuration
+/// from `$SGPU_CONFIG` (or `/etc/sgpu/sgpu.toml`), logs, and returns the exit status.
+pub fn main_for(gate: Gate) -> i32 {
+    let logger = log::Logger::open(gate.name());
+    let job = match JobEnv::from_process() {
+        Ok(j) => j,
+        Err(e) => {
+            // not started by slurmd (or slurmd changed): nothing to check against
+            logger.error(&format!("{e}"));
+            return 0;
+        }
+    };
+    let config = match gate::load_config(None) {
+        Ok(c) => c,
+        Err(e) => {
+            logger.error(&format!("job {}: configuration: {e}", job.job_id));
+            // fail_closed cannot be read from a broken file: fail open, loudly
+            return 0;
+        }
+    };
+    let report = match gate {
+        Gate::Prolog => gate::prolog(&config, &job),
+        Gate::Epilog => gate::epilog(&config, &job),
+    };
+    for line in &report.log {
+        if report.sgpu_error || report.drain_reason.is_some() {
+            logger.error(&format!("job {}: {line}", job.job_id));
+        } else {
+            logger.info(&format!("job {}: {line}", job.job_id));
+        }
+    }
+    logger.info(&format!(
+        "job {} on {}: verdict {}, exit {}",
+        job.job_id,
+        job.node,
+        report.verdict.map_or("not checked", |v| v.as_str()),
+        report.exit_code
+    ));
+    report.exit_code
+}

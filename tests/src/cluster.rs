@@ -162,10 +162,12 @@ impl Cluster {
         // `up` serialises itself only through this lock: parallel test processes call it too.
         let _guard = Self::flock(&dir, FlockArg::LockExclusive)?;
         run(cmd)?;
-        Ok(Cluster {
+        let cluster = Cluster {
             slurm_conf: dir.join("etc/slurm.conf"),
             dir,
-        })
+        };
+        crate::sgpu::install(&cluster)?;
+        Ok(cluster)
     }
 
     fn flock(dir: &Path, arg: FlockArg) -> Result<ClusterLock, ClusterError> {

@@ -7,5 +7,6 @@
 //! `scontrol` records.
 
 pub mod cluster;
+pub mod sgpu;
 
 pub use cluster::{Cluster, ClusterError, Record, node_state};

@@ -1,0 +1,293 @@
+//! The gates themselves: what `sgpu-prolog` and `sgpu-epilog` do, as library functions.
+//!
+//! One NVML session per run (under the healthd watchdog), the XID store shared with the
+//! daemon, the check catalogue's `quick` (prolog) or `post` (epilog) profile, a drain through
+//! `scontrol` on a drain-worthy finding, and the job's records. The only process started is
+//! `scontrol`, and only to drain.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sgpu_healthd::catalogue::Profile;
+use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
+use sgpu_healthd::config::Config;
+use sgpu_healthd::gpu::{self, Collected, NodeSnapshot, NvmlOptions};
+use sgpu_healthd::nodeconf::{self, NodeLayout};
+use sgpu_healthd::slurmctl::Scontrol;
+use sgpu_healthd::xid::{XidEvent, XidStore};
+
+use crate::env::{HealthMode, JobEnv};
+use crate::handoff::{JobStartState, StartGpu};
+use crate::records;
+
+/// What a gate run found and did.
+#[derive(Debug, Clone, Default)]
+pub struct GateReport {
+    /// Every check result.
+    pub results: Vec<CheckResult>,
+    /// The rolled-up verdict (`None`: checks were off for this job).
+    pub verdict: Option<Verdict>,
+    /// The drain reason, when the node was (or should have been) drained.
+    pub drain_reason: Option<String>,
+    /// Whether `scontrol` drained the node.
+    pub drained: bool,
+    /// Log lines: what was done and every sgpu-side problem met on the way.
+    pub log: Vec<String>,
+    /// Whether sgpu itself erred (configuration, state, spool), as opposed to a GPU fault.
+    pub sgpu_error: bool,
+    /// The exit status for slurmd: non-zero fails the prolog, so Slurm requeues the job.
+    pub exit_code: i32,
+}
+
+impl GateReport {
+    fn note(&mut self, line: impl Into<String>) {
+        self.log.push(line.into());
+    }
+
+    fn error(&mut self, line: impl Into<String>) {
+        self.sgpu_error = true;
+        self.log.push(line.into());
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Checks run against one NVML snapshot (or NVML's failure), with the XID store consulted.
+struct Checked {
+    results: Vec<CheckResult>,
+    snapshot: Option<NodeSnapshot>,
+    job_nvml: Vec<u32>,
+    xids: Vec<XidEvent>,
+}
+
+fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut GateReport) -> Checked {
+    let layout = match NodeLayout::load(&nodeconf::slurm_conf_path(), &job.node) {
+        Ok(l) => {
+            for n in &l.notes {
+                report.note(format!("slurm configuration: {n}"));
+            }
+            Some(l)
+        }
+        Err(e) => {
+            report.note(e);
+            None
+        }
+    };
+    let collected: Result<Collected, _> = gpu::collect(&NvmlOptions::from_config(config), true);
+    let catalogue = config.catalogue();
+    let mut ctx = CheckContext::new(profile);
+    ctx.nvml_timeout = config.nvml_timeout;
+    ctx.pinned_driver_version = config.pinned_driver_version.clone();
+    ctx.expected_gpu_count = layout.as_ref().and_then(NodeLayout::expected_count);
+
+    match collected {
+        Err(failure) => {
+            ctx.job_gpus = Some(job.gpus.clone());
+            Checked {
+                results: checks::evaluate_failure(&failure, &ctx, &catalogue),
+                snapshot: None,
+                job_nvml: job.gpus.clone(),
+                xids: Vec::new(),
+            }
+        }
+        Ok(c) => {
+            let job_nvml = match &layout {
+                Some(l) => l.nvml_indices(&job.gpus, &c.snapshot),
+                None => job.gpus.clone(),
+            };
+            ctx.job_gpus = Some(job_nvml.clone());
+            // the XID store: what this run's event set caught plus what the daemon recorded
+            // and nobody has acted on yet
+            ctx.xids = match XidStore::open(&config.state_dir) {
+                Ok(mut store) => {
+                    store.record(c.xids.events.clone());
+                    if let Err(e) = store.save() {
+                        report.error(format!("XID store: {e}"));
+                    }
+                    store.unreported()
+                }
+                Err(e) => {
+                    report.error(format!("XID store: {e}; using this run's XIDs only"));
+                    c.xids.events.clone()
+                }
+            };
+            Checked {
+                results: checks::evaluate(&c.snapshot, &ctx, &catalogue),
+                snapshot: Some(c.snapshot),
+                job_nvml,
+                xids: ctx.xids,
+            }
+        }
+    }
+}
+
+/// Marks the XIDs the checks just judged as reported, so they are not judged again.
+fn acknowledge_xids(config: &Config, xids: &[XidEvent], report: &mut GateReport) {
+    let Some(last) = xids.iter().map(|x| x.id).max() else {
+        return;
+    };
+    match XidStore::open(&config.state_dir) {
+        Ok(mut store) => {
+            store.mark_reported(last);
+            if let Err(e) = store.save() {
+                report.error(format!("XID store: {e}"));
+            }
+        }
+        Err(e) => report.error(format!("XID store: {e}")),
+    }
+}
+
+/// Drains the node for `reason` through slurmctld; records the outcome in `report`.
+fn drain(config: &Config, node: &str, reason: &str, report: &mut GateReport) {
+    report.drain_reason = Some(reason.to_string());
+    match Scontrol::locate(config.scontrol.as_deref()).and_then(|s| s.drain(node, reason)) {
+        Ok(()) => {
+            report.drained = true;
+            report.note(format!("drained {node}: {reason}"));
+        }
+        Err(e) => report.error(format!("could not drain {node} ({reason}): {e}")),
+    }
+}
+
+fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
+    job.gpus
+        .iter()
+        .zip(&checked.job_nvml)
+        .map(|(&slurm_index, &nvml_index)| {
+            let g = checked
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.gpus.iter().find(|g| g.index == nvml_index));
+            StartGpu {
+                slurm_index,
+                nvml_index,
+                uuid: g.and_then(|g| g.uuid().map(str::to_string)),
+                name: g.and_then(|g| g.name.value().cloned()),
+                energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
+            }
+        })
+        .collect()
+}
+
+/// The prolog: check the job's GPUs, drain and fail on a drain-worthy finding, else leave the
+/// epilog its note and spool the job-start record.
+pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
+    let mut report = GateReport::default();
+    let checked = run_checks(config, job, Profile::Quick, &mut report);
+    let verdict = Verdict::of(&checked.results);
+    if job.health_mode == HealthMode::Off {
+        report.note(format!(
+            "job {} asked for --gpu-health=off: verdict {} not acted on",
+            job.job_id,
+            verdict.as_str()
+        ));
+    } else {
+        report.verdict = Some(verdict);
+        if let Some(reason) = checks::drain_reason(&checked.results) {
+            drain(config, &job.node, &reason, &mut report);
+            if job.health_mode == HealthMode::Strict {
+                // Slurm requeues the job; a prolog failure also drains the node, with our
+                // reason kept when we drained first
+                report.exit_code = 1;
+            } else {
+                report.note(format!(
+                    "job {} runs anyway: it asked for --gpu-health={}",
+                    job.job_id, job.health_mode
+                ));
+            }
+        }
+        for r in checked
+            .results
+            .iter()
+            .filter(|r| r.status == checks::Status::Fail)
+        {
+            report.note(format!(
+                "{} gpu{}: {} ({})",
+                r.check,
+                r.gpu.map_or_else(|| "-".to_string(), |g| g.to_string()),
+                r.message,
+                r.severity
+            ));
+        }
+        acknowledge_xids(config, &checked.xids, &mut report);
+    }
+    report.results = checked.results.clone();
+    if report.exit_code != 0 {
+        return report;
+    }
+
+    let note = JobStartState {
+        job_id: job.job_id,
+        node: job.node.clone(),
+        start_ms: now_ms(),
+        gpus: start_gpus(job, &checked),
+    };
+    if let Err(e) = note.save(&config.state_dir) {
+        report.error(format!("job start note: {e}"));
+    }
+    if let Err(e) = records::spool_start(config, job, &note) {
+        report.error(format!("job-start record: {e}"));
+    }
+    if report.sgpu_error && config.fail_closed {
+        report.exit_code = 1;
+    }
+    report
+}
+
+/// The epilog: spool the job-end record, look for damage the job left, drain on it.
+pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
+    let mut report = GateReport::default();
+    let end_ms = now_ms();
+    let checked = run_checks(config, job, Profile::Post, &mut report);
+    let start = match JobStartState::load(&config.state_dir, job.job_id) {
+        Ok(s) => s,
+        Err(e) => {
+            report.error(format!("job start note: {e}"));
+            None
+        }
+    };
+    if start.is_none() {
+        report.note(format!(
+            "job {}: no start note from sgpu-prolog; the end record has no energy deltas",
+            job.job_id
+        ));
+    }
+    if let Err(e) = records::spool_end(
+        config,
+        job,
+        start.as_ref(),
+        checked.snapshot.as_ref(),
+        end_ms,
+    ) {
+        report.error(format!("job-end record: {e}"));
+    } else if let Err(e) = JobStartState::remove(&config.state_dir, job.job_id) {
+        report.error(format!("job start note: {e}"));
+    }
+
+    let verdict = Verdict::of(&checked.results);
+    report.verdict = Some(verdict);
+    if let Some(reason) = checks::drain_reason(&checked.results) {
+        drain(config, &job.node, &reason, &mut report);
+        if !report.drained {
+            // we could not drain: fail, so slurmd drains the node ("Epilog error")
+            report.exit_code = 1;
+        }
+    }
+    acknowledge_xids(config, &checked.xids, &mut report);
+    report.results = checked.results;
+    if report.sgpu_error && config.fail_closed {
+        report.exit_code = 1;
+    }
+    report
+}
+
+/// Loads the configuration the gates use (`$SGPU_CONFIG`, else `/etc/sgpu/sgpu.toml`).
+pub fn load_config(explicit: Option<&Path>) -> Result<Config, sgpu_healthd::config::ConfigError> {
+    Config::discover(explicit)
+}

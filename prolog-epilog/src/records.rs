@@ -1,0 +1,288 @@
+//! The job-start and job-end records the gates put in the node spool for accounting.
+//!
+//! Energy is the NVML total-energy counter's delta per GPU between prolog and epilog;
+//! allocated GPU time is GPUs x wall time between them, in milliseconds (the accounting
+//! model's allocated GPU-seconds, to the millisecond).
+
+use sgpu_healthd::config::Config;
+use sgpu_healthd::gpu::NodeSnapshot;
+use sgpu_spool::{
+    GpuEnd, GpuRef, JobEnd, JobStart, Record, RecordBody, RecordId, RecordKind, Spool,
+};
+
+use crate::env::JobEnv;
+use crate::handoff::JobStartState;
+
+/// Why a record could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// The job's environment lacks what a record needs.
+    #[error("{0} is not set; slurmd sets it for every Prolog/Epilog")]
+    Missing(&'static str),
+    /// The record is invalid (the message names the field).
+    #[error("{0}")]
+    Record(#[from] sgpu_spool::RecordError),
+    /// The spool could not take it.
+    #[error("{0}")]
+    Spool(#[from] sgpu_spool::SpoolError),
+}
+
+fn id(job: &JobEnv, kind: RecordKind) -> Result<RecordId, RecordsError> {
+    let cluster = job
+        .cluster
+        .clone()
+        .ok_or(RecordsError::Missing("SLURM_CLUSTER_NAME"))?;
+    Ok(RecordId::new(
+        cluster,
+        job.job_id,
+        None,
+        job.node.clone(),
+        kind,
+    )?)
+}
+
+fn user(job: &JobEnv) -> Result<(String, u32), RecordsError> {
+    let user = job
+        .user
+        .clone()
+        .ok_or(RecordsError::Missing("SLURM_JOB_USER"))?;
+    let uid = job.uid.ok_or(RecordsError::Missing("SLURM_JOB_UID"))?;
+    Ok((user, uid))
+}
+
+/// The job-start record for a job whose prolog passed.
+pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, RecordsError> {
+    let (user, uid) = user(job)?;
+    let body = JobStart {
+        user,
+        uid,
+        account: job.account.clone(),
+        partition: job.partition.clone(),
+        start_time: start.start_ms,
+        gpus: start
+            .gpus
+            .iter()
+            .map(|g| GpuRef {
+                index: g.slurm_index,
+                uuid: g
+                    .uuid
+                    .clone()
+                    .unwrap_or_else(|| format!("unknown:gpu{}", g.slurm_index)),
+                name: g.name.clone(),
+                energy_mj: g.energy_mj,
+            })
+            .collect(),
+    };
+    Ok(Record::new(
+        id(job, RecordKind::JobStart)?,
+        start.start_ms,
+        RecordBody::JobStart(body),
+    )?)
+}
+
+/// The job-end record: energy deltas from the prolog's counters to `snapshot`'s, allocated
+/// GPU time from the prolog's start to `end_ms`. Without the prolog's note the job's start
+/// is unknown: start = end, no energy, no allocated time (the record still says the job ran
+/// here and ended).
+pub fn end_record(
+    job: &JobEnv,
+    start: Option<&JobStartState>,
+    snapshot: Option<&NodeSnapshot>,
+    end_ms: u64,
+) -> Result<Record, RecordsError> {
+    let (user, uid) = user(job)?;
+    let start_ms = start.map_or(end_ms, |s| s.start_ms.min(end_ms));
+    let gpus: Vec<GpuEnd> = match start {
+        Some(s) => s
+            .gpus
+            .iter()
+            .map(|g| {
+                let now = snapshot.and_then(|snap| {
+                    snap.gpus.iter().find(|n| match (&g.uuid, n.uuid()) {
+                        // follow the GPU by UUID; its NVML index may change across a reload
+                        (Some(u), Some(nu)) => u == nu,
+                        _ => n.index == g.nvml_index,
+                    })
+                });
+                let energy_end_mj = now.and_then(|n| n.energy_mj.value().copied());
+                // a counter that went backwards (driver reload resets it) gives no delta
+                let energy_delta_mj = match (g.energy_mj, energy_end_mj) {
+                    (Some(a), Some(b)) if b >= a => Some(b - a),
+                    _ => None,
+                };
+                let (energy_start_mj, energy_end_mj) = if energy_delta_mj.is_some() {
+                    (g.energy_mj, energy_end_mj)
+                } else {
+                    (g.energy_mj, None)
+                };
+                GpuEnd {
+                    index: g.slurm_index,
+                    uuid: g
+                        .uuid
+                        .clone()
+                        .unwrap_or_else(|| format!("unknown:gpu{}", g.slurm_index)),
+                    name: g.name.clone(),
+                    energy_start_mj,
+                    energy_end_mj,
+                    energy_delta_mj,
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let wall_ms = end_ms - start_ms;
+    let allocated_gpu_ms = wall_ms.saturating_mul(gpus.len() as u64);
+    let body = JobEnd {
+        user,
+        uid,
+        account: job.account.clone(),
+        partition: job.partition.clone(),
+        start_time: start_ms,
+        end_time: end_ms,
+        gpus,
+        allocated_gpu_ms,
+        exit: None,
+    };
+    Ok(Record::new(
+        id(job, RecordKind::JobEnd)?,
+        end_ms,
+        RecordBody::JobEnd(body),
+    )?)
+}
+
+/// Puts the job-start record in the spool.
+pub fn spool_start(
+    config: &Config,
+    job: &JobEnv,
+    start: &JobStartState,
+) -> Result<(), RecordsError> {
+    let record = start_record(job, start)?;
+    Spool::open(&config.spool_dir)?.write(&record)?;
+    Ok(())
+}
+
+/// Puts the job-end record in the spool.
+pub fn spool_end(
+    config: &Config,
+    job: &JobEnv,
+    start: Option<&JobStartState>,
+    snapshot: Option<&NodeSnapshot>,
+    end_ms: u64,
+) -> Result<(), RecordsError> {
+    let record = end_record(job, start, snapshot, end_ms)?;
+    Spool::open(&config.spool_dir)?.write(&record)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::StartGpu;
+    use sgpu_healthd::gpu::{GpuSnapshot, Reading};
+
+    fn job() -> JobEnv {
+        JobEnv::from_vars(|k| {
+            match k {
+                "SLURM_JOB_ID" => Some("42"),
+                "SLURMD_NODENAME" => Some("node1"),
+                "SLURM_CLUSTER_NAME" => Some("alpha"),
+                "SLURM_JOB_USER" => Some("alice"),
+                "SLURM_JOB_UID" => Some("1001"),
+                "SLURM_JOB_PARTITION" => Some("gpu"),
+                "SLURM_JOB_GPUS" => Some("0,1"),
+                _ => None,
+            }
+            .map(str::to_string)
+        })
+        .unwrap()
+    }
+
+    fn start() -> JobStartState {
+        JobStartState {
+            job_id: 42,
+            node: "node1".into(),
+            start_ms: 1_000_000,
+            gpus: (0..2)
+                .map(|i| StartGpu {
+                    slurm_index: i,
+                    nvml_index: 3 - i,
+                    uuid: Some(format!("GPU-{i}")),
+                    name: Some("H100".into()),
+                    energy_mj: Some(1_000 * u64::from(i + 1)),
+                })
+                .collect(),
+        }
+    }
+
+    fn snapshot(energies: &[(u32, &str, Option<u64>)]) -> NodeSnapshot {
+        NodeSnapshot {
+            driver_version: Reading::Value("550".into()),
+            gpus: energies
+                .iter()
+                .map(|(index, uuid, e)| {
+                    let mut g = GpuSnapshot::unknown(*index);
+                    g.uuid = Reading::Value(uuid.to_string());
+                    g.energy_mj = e.map_or(Reading::Unsupported, Reading::Value);
+                    g
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn end_record_has_deltas_by_uuid_and_allocated_time() {
+        // NVML indices 3 and 2 hold GPU-0 and GPU-1
+        let snap = snapshot(&[(2, "GPU-1", Some(52_000)), (3, "GPU-0", Some(31_000))]);
+        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_010_000).unwrap();
+        let RecordBody::JobEnd(end) = rec.body() else {
+            panic!("not a job end: {rec:?}")
+        };
+        assert_eq!(end.start_time, 1_000_000);
+        assert_eq!(end.end_time, 1_010_000);
+        assert_eq!(end.allocated_gpu_ms, 2 * 10_000);
+        assert_eq!(end.gpus[0].uuid, "GPU-0");
+        assert_eq!(end.gpus[0].energy_delta_mj, Some(30_000));
+        assert_eq!(end.gpus[1].energy_delta_mj, Some(50_000));
+        assert_eq!(rec.id().kind(), RecordKind::JobEnd);
+        assert_eq!(rec.id().cluster(), "alpha");
+    }
+
+    #[test]
+    fn counter_reset_or_unsupported_gives_no_delta() {
+        let snap = snapshot(&[(2, "GPU-1", None), (3, "GPU-0", Some(10))]);
+        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_001_000).unwrap();
+        let RecordBody::JobEnd(end) = rec.body() else {
+            panic!()
+        };
+        assert!(end.gpus.iter().all(|g| g.energy_delta_mj.is_none()));
+        assert!(end.gpus.iter().all(|g| g.energy_end_mj.is_none()));
+    }
+
+    #[test]
+    fn without_the_prolog_note_the_record_says_so() {
+        let rec = end_record(&job(), None, None, 5_000).unwrap();
+        let RecordBody::JobEnd(end) = rec.body() else {
+            panic!()
+        };
+        assert_eq!((end.start_time, end.end_time), (5_000, 5_000));
+        assert!(end.gpus.is_empty());
+        assert_eq!(end.allocated_gpu_ms, 0);
+    }
+
+    #[test]
+    fn start_record_and_missing_fields() {
+        let rec = start_record(&job(), &start()).unwrap();
+        let RecordBody::JobStart(s) = rec.body() else {
+            panic!()
+        };
+        assert_eq!(s.user, "alice");
+        assert_eq!(s.gpus.len(), 2);
+        assert_eq!(s.gpus[1].energy_mj, Some(2_000));
+        let mut j = job();
+        j.cluster = None;
+        assert!(matches!(
+            start_record(&j, &start()),
+            Err(RecordsError::Missing("SLURM_CLUSTER_NAME"))
+        ));
+    }
+}

@@ -1,0 +1,162 @@
+//! sgpu-prolog and sgpu-epilog on the real test cluster with simulated GPUs: healthy jobs
+//! leave start and end records with honest energy; a bad GPU drains the node with a precise
+//! reason and the job is requeued onto a healthy node.
+
+use std::time::Duration;
+
+use nvml_sim::State;
+use sgpu_spool::{Record, RecordBody, Spool};
+use sgpu_tests::sgpu::{self, node_files};
+use sgpu_tests::{Cluster, node_state};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The spool records of `job` on `node`.
+fn records_of(
+    cluster: &Cluster,
+    node: &str,
+    job: u32,
+) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
+    let spool = Spool::open(node_files(cluster, node).spool_dir)?;
+    let mut out = Vec::new();
+    for e in spool.list()? {
+        let r = spool.read(&e)?;
+        if r.id().job_id() == job {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Puts a node back in service and its GPUs back to health, whatever the test did.
+struct Restore<'a> {
+    cluster: &'a Cluster,
+    node: &'a str,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let _ = sgpu::reset_gpus(self.cluster, self.node);
+        let _ = self.cluster.output(
+            "scontrol",
+            &["update", &format!("NodeName={}", self.node), "State=RESUME"],
+        );
+    }
+}
+
+#[test]
+fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    let node = "node2";
+    let state = State::load(node_files(&cluster, node).nvml_state)?;
+    let id = cluster.sbatch(&["-w", node, "--gres=gpu:2", "-o", "/dev/null"], "sleep 3")?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+
+    let recs = records_of(&cluster, node, id)?;
+    let start = recs
+        .iter()
+        .find_map(|r| match r.body() {
+            RecordBody::JobStart(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no job_start record for job {id}: {recs:?}"))?;
+    let end = recs
+        .iter()
+        .find_map(|r| match r.body() {
+            RecordBody::JobEnd(e) => Some(e),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no job_end record for job {id}: {recs:?}"))?;
+    assert_eq!(start.user, "root");
+    assert_eq!(start.partition.as_deref(), Some("gpu"));
+    assert_eq!(start.gpus.len(), 2);
+    assert_eq!(end.gpus.len(), 2);
+    assert_eq!(end.start_time, start.start_time);
+    let wall_ms = end.end_time - end.start_time;
+    assert!(wall_ms >= 3_000, "the job slept 3 s, wall {wall_ms} ms");
+    assert_eq!(end.allocated_gpu_ms, 2 * wall_ms);
+    for g in &end.gpus {
+        // the simulated GPU with this UUID draws a constant power: energy = power x time
+        let sim = state
+            .gpus
+            .iter()
+            .find(|s| s.uuid == g.uuid)
+            .ok_or_else(|| format!("record names GPU {} the node does not have", g.uuid))?;
+        let power_mw = f64::from(sim.power_usage_mw.unwrap_or(0));
+        let delta = g.energy_delta_mj.ok_or("no energy delta")? as f64;
+        let expected = power_mw * wall_ms as f64 / 1000.0;
+        // the counters are read a few milliseconds from the timestamps: allow 250 ms of power
+        let slack = power_mw * 0.25;
+        assert!(
+            (delta - expected).abs() <= slack,
+            "gpu {}: energy delta {delta} mJ, power x time {expected} mJ",
+            g.uuid
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_gpu_drains_node_and_job_runs_elsewhere() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let _restore = Restore {
+        cluster: &cluster,
+        node: "node1",
+    };
+    // an uncorrectable ECC error on node1's gpu2: node1 must not take jobs
+    sgpu::update_gpus(&cluster, "node1", |s| {
+        if let Some(g) = s.gpu_mut(2) {
+            g.ecc.volatile_uncorrected = 3;
+        }
+    })?;
+    // node1 has the lower weight: Slurm places the job there first
+    let id = cluster.sbatch(&["--gres=gpu:1", "-o", "/dev/null"], "true")?;
+    let rec = cluster.wait_node("node1", JOB_TIMEOUT, "drained by sgpu", |r| {
+        node_state(r).1 && r.get("Reason").starts_with("sgpu:")
+    })?;
+    let reason = rec.get("Reason");
+    assert!(
+        reason.starts_with("sgpu: gpu.ecc_uncorrectable gpu2:"),
+        "reason names the check and the GPU: {reason}"
+    );
+    // the failed prolog sent the job back to the queue (not held: nohold_on_prolog_fail)
+    let start = std::time::Instant::now();
+    loop {
+        let job = cluster.job(id)?;
+        if job.get("JobState") == "PENDING" && job.get("Restarts") != "0" {
+            break;
+        }
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "job {id} was not requeued: {job:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Slurm makes a requeued batch job wait two minutes before it is eligible again; an
+    // admin (here the test) may release it at once
+    cluster.output(
+        "scontrol",
+        &["update", &format!("JobId={id}"), "StartTime=now"],
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert_eq!(
+        job.get("NodeList"),
+        "node2",
+        "requeued onto the healthy node: {job:?}"
+    );
+    // node1 is still drained, with sgpu's reason
+    let rec = cluster.node("node1")?;
+    assert!(node_state(&rec).1, "{rec:?}");
+    assert!(
+        rec.get("Reason")
+            .starts_with("sgpu: gpu.ecc_uncorrectable gpu2:"),
+        "{rec:?}"
+    );
+    Ok(())
+}
