@@ -160,3 +160,141 @@ fn bad_gpu_drains_node_and_job_runs_elsewhere() -> TestResult {
     );
     Ok(())
 }
+
+/// Submits a job pinned to `node`, waits until sgpu drained the node, cancels the job and
+/// returns the drain reason.
+fn drain_reason_for_job_on(
+    cluster: &Cluster,
+    node: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let id = cluster.sbatch(&["-w", node, "--gres=gpu:4", "-o", "/dev/null"], "true")?;
+    let waited = cluster.wait_node(node, JOB_TIMEOUT, "drained by sgpu", |r| {
+        node_state(r).1 && r.get("Reason").starts_with("sgpu:")
+    });
+    let _ = cluster.output("scancel", &[&id.to_string()]);
+    let rec = waited?;
+    let job = cluster.job(id)?;
+    assert_ne!(
+        job.get("JobState"),
+        "COMPLETED",
+        "job {id} ran on a bad node: {job:?}"
+    );
+    Ok(rec.get("Reason").to_string())
+}
+
+#[test]
+fn each_drain_worthy_fault_gives_its_reason() -> TestResult {
+    use nvml_sim::{Process, ProcessKind, RemappedRows, RetiredPages, ThrottleReason};
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node1";
+    let _restore = Restore {
+        cluster: &cluster,
+        node,
+    };
+    type Inject = Box<dyn Fn(&mut nvml_sim::Gpu)>;
+    let faults: Vec<(&str, Inject)> = vec![
+        ("sgpu: gpu.lost gpu1:", Box::new(|g| g.lost = true)),
+        (
+            "sgpu: gpu.ecc_uncorrectable gpu1:",
+            Box::new(|g| g.ecc.volatile_uncorrected = 1),
+        ),
+        (
+            "sgpu: gpu.retired_pages_pending gpu1:",
+            Box::new(|g| {
+                g.retired_pages = Some(RetiredPages {
+                    pending: true,
+                    ..RetiredPages::default()
+                })
+            }),
+        ),
+        (
+            "sgpu: gpu.row_remap_pending gpu1:",
+            Box::new(|g| {
+                g.remapped_rows = Some(RemappedRows {
+                    uncorrectable: 1,
+                    pending: true,
+                    ..RemappedRows::default()
+                })
+            }),
+        ),
+        (
+            "sgpu: gpu.row_remap_failure gpu1:",
+            Box::new(|g| {
+                g.remapped_rows = Some(RemappedRows {
+                    failure: true,
+                    ..RemappedRows::default()
+                })
+            }),
+        ),
+        (
+            "sgpu: gpu.temperature gpu1:",
+            Box::new(|g| g.temperature_c = g.temp_slowdown_c.map(|t| t + 2)),
+        ),
+        (
+            "sgpu: gpu.throttle gpu1:",
+            Box::new(|g| g.throttle_reasons = Some(vec![ThrottleReason::HwSlowdown])),
+        ),
+        (
+            "sgpu: gpu.throttle gpu1:",
+            Box::new(|g| g.throttle_reasons = Some(vec![ThrottleReason::HwPowerBrake])),
+        ),
+        (
+            "sgpu: gpu.pcie_link gpu1:",
+            Box::new(|g| g.pcie_width_current = Some(8)),
+        ),
+        (
+            "sgpu: gpu.leftover_processes gpu1:",
+            Box::new(|g| {
+                g.processes.push(Process {
+                    pid: 4242,
+                    used_memory_mib: Some(20_000),
+                    kind: ProcessKind::Compute,
+                })
+            }),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (want, inject) in &faults {
+        sgpu::reset_gpus(&cluster, node)?;
+        sgpu::update_gpus(&cluster, node, |s| {
+            if let Some(g) = s.gpu_mut(1) {
+                inject(g);
+            }
+        })?;
+        let reason = drain_reason_for_job_on(&cluster, node)?;
+        if !reason.starts_with(want) {
+            wrong.push(format!("expected {want:?}, got {reason:?}"));
+        }
+        cluster.output(
+            "scontrol",
+            &["update", &format!("NodeName={node}"), "State=RESUME"],
+        )?;
+    }
+    assert!(
+        wrong.is_empty(),
+        "wrong drain reasons:\n{}",
+        wrong.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn hung_driver_drains_within_the_deadline() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node1";
+    let _restore = Restore {
+        cluster: &cluster,
+        node,
+    };
+    sgpu::update_gpus(&cluster, node, |s| s.hang = true)?;
+    // the prolog can only write this reason if it gave up on the hung driver (after the node
+    // config's nvml_timeout_ms, 2000) instead of hanging with it
+    let reason = drain_reason_for_job_on(&cluster, node)?;
+    assert!(
+        reason.starts_with("sgpu: nvml.responsive: nvml hung after 2000 ms"),
+        "reason: {reason}"
+    );
+    Ok(())
+}
