@@ -9,9 +9,9 @@
 
 use std::fmt;
 
-/// Environment variable the SPANK plugin's `--gpu-health` option reaches the prolog by
-/// (Slurm passes a SPANK option to Prolog/Epilog as `SPANK_<PLUGIN>_<OPTION>`-style variables;
-/// the plugin issue fixes the exact spelling and keeps this constant in step).
+/// Environment variable the user's `--gpu-health` choice reaches Prolog/Epilog by: the SPANK
+/// plugin sets `SGPU_GPU_HEALTH` with `spank_job_control_setenv` (in `sbatch`/`srun`), and
+/// Slurm exports job-control variables to Prolog/Epilog prefixed with `SPANK_` (spank(7)).
 pub const GPU_HEALTH_ENV: &str = "SPANK_SGPU_GPU_HEALTH";
 
 /// Why the environment does not describe a job.

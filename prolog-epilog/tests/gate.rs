@@ -1,0 +1,306 @@
+//! The gates in-process against the simulated NVML library, with every outcome checked:
+//! health modes, XIDs from the node's XID store, the epilog's records and leak check,
+//! fail_closed. `scontrol` is a recording script here (a test double: the real drains are
+//! tested on the Slurm test cluster in `tests/tests/gates.rs`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use nvml_sim::{Process, ProcessKind, State};
+use sgpu_healthd::config::Config;
+use sgpu_healthd::xid::{XidEvent, XidStore};
+use sgpu_prolog_epilog::gate::{epilog, prolog};
+use sgpu_prolog_epilog::handoff::JobStartState;
+use sgpu_prolog_epilog::{HealthMode, JobEnv};
+use sgpu_spool::{RecordBody, Spool};
+
+/// The simulated library reads its state file from a process-wide variable.
+static ENV: Mutex<()> = Mutex::new(());
+
+struct Node {
+    _guard: MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    config: Config,
+}
+
+impl Node {
+    /// A node `n1` with 4 healthy simulated GPUs, its slurm.conf/gres.conf, and a recording
+    /// scontrol.
+    fn new() -> Node {
+        let guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let lib = nvml_sim::install_library(d).unwrap();
+        let state = d.join("nvml.toml");
+        State::healthy_seeded(4, 7).save(&state).unwrap();
+        std::fs::write(
+            d.join("slurm.conf"),
+            "ClusterName=c1\nSlurmctldHost=h\nGresTypes=gpu\n\
+             NodeName=n1 Gres=gpu:h100:4 CPUs=2\nPartitionName=p Nodes=n1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("gres.conf"),
+            format!(
+                "NodeName=n1 Name=gpu Type=h100 File={}/nvidia[0-3]\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let scontrol = d.join("scontrol");
+        std::fs::write(
+            &scontrol,
+            format!("#!/bin/sh\necho \"$@\" >> {}/scontrol.log\n", d.display()),
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&scontrol).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&scontrol, perm).unwrap();
+        // SAFETY (edition 2024 marks these unsafe): the ENV mutex serialises every test of
+        // this binary that reads or writes process environment variables.
+        unsafe {
+            std::env::set_var(nvml_sim::STATE_ENV, &state);
+            std::env::set_var("SLURM_CONF", d.join("slurm.conf"));
+        }
+        let config = Config::parse(
+            &format!(
+                "nvml_library = \"{}\"\nnvml_timeout_ms = 2000\nstate_dir = \"{}\"\n\
+                 spool_dir = \"{}\"\nscontrol = \"{}\"\n",
+                lib.display(),
+                d.join("state").display(),
+                d.join("spool").display(),
+                scontrol.display()
+            ),
+            Path::new("sgpu.toml"),
+        )
+        .unwrap();
+        Node {
+            _guard: guard,
+            state,
+            config,
+            dir,
+        }
+    }
+
+    fn job(&self, id: u32, gpus: &str, mode: HealthMode) -> JobEnv {
+        let mut j = JobEnv::from_vars(|k| match k {
+            "SLURM_JOB_ID" => Some(id.to_string()),
+            "SLURMD_NODENAME" => Some("n1".into()),
+            "SLURM_CLUSTER_NAME" => Some("c1".into()),
+            "SLURM_JOB_USER" => Some("alice".into()),
+            "SLURM_JOB_UID" => Some("1001".into()),
+            "SLURM_JOB_PARTITION" => Some("p".into()),
+            "SLURM_JOB_GPUS" => Some(gpus.into()),
+            _ => None,
+        })
+        .unwrap();
+        j.health_mode = mode;
+        j
+    }
+
+    fn scontrol_calls(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scontrol.log")).unwrap_or_default()
+    }
+
+    fn fault(&self, gpu: u32, edit: impl FnOnce(&mut nvml_sim::Gpu)) {
+        State::update(&self.state, |s| edit(s.gpu_mut(gpu).unwrap())).unwrap();
+    }
+
+    fn spool(&self) -> Spool {
+        Spool::open(&self.config.spool_dir).unwrap()
+    }
+}
+
+#[test]
+fn healthy_prolog_passes_and_leaves_note_and_record() {
+    let node = Node::new();
+    let job = node.job(10, "1,2", HealthMode::Strict);
+    let r = prolog(&node.config, &job);
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(!r.sgpu_error, "{r:?}");
+    assert_eq!(node.scontrol_calls(), "");
+    let note = JobStartState::load(&node.config.state_dir, 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(note.gpus.len(), 2);
+    assert!(
+        note.gpus
+            .iter()
+            .all(|g| g.energy_mj.is_some() && g.uuid.is_some())
+    );
+    let spool = node.spool();
+    let entries = spool.list().unwrap();
+    assert_eq!(entries.len(), 1);
+    let rec = spool.read(&entries[0]).unwrap();
+    assert!(
+        matches!(rec.body(), RecordBody::JobStart(s) if s.gpus.len() == 2 && s.user == "alice")
+    );
+}
+
+#[test]
+fn health_modes_decide_whether_the_job_runs() {
+    let node = Node::new();
+    node.fault(2, |g| g.ecc.volatile_uncorrected = 2);
+
+    let strict = prolog(&node.config, &node.job(11, "0", HealthMode::Strict));
+    assert_eq!(strict.exit_code, 1, "{strict:?}");
+    assert!(strict.drained);
+    let calls = node.scontrol_calls();
+    assert!(
+        calls
+            .starts_with("update NodeName=n1 State=DRAIN Reason=sgpu: gpu.ecc_uncorrectable gpu2:"),
+        "{calls}"
+    );
+    // a failed prolog leaves no note and no record: the job did not start here
+    assert!(
+        JobStartState::load(&node.config.state_dir, 11)
+            .unwrap()
+            .is_none()
+    );
+    assert!(node.spool().list().unwrap().is_empty());
+
+    let warn = prolog(&node.config, &node.job(12, "0", HealthMode::Warn));
+    assert_eq!(warn.exit_code, 0, "{warn:?}");
+    assert!(
+        warn.drained,
+        "warn still drains the node for the next jobs: {warn:?}"
+    );
+
+    let off = prolog(&node.config, &node.job(13, "0", HealthMode::Off));
+    assert_eq!(off.exit_code, 0, "{off:?}");
+    assert!(!off.drained && off.verdict.is_none(), "{off:?}");
+    assert_eq!(
+        node.scontrol_calls().lines().count(),
+        2,
+        "off does not drain"
+    );
+    assert!(
+        JobStartState::load(&node.config.state_dir, 13)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn xids_in_the_store_are_judged_once_by_class() {
+    let node = Node::new();
+    let record = |code: u64| {
+        let mut store = XidStore::open(&node.config.state_dir).unwrap();
+        store.record([XidEvent {
+            id: 0,
+            gpu_index: Some(2),
+            gpu_uuid: None,
+            code,
+            time: nvml_sim::unix_now(),
+        }]);
+        store.save().unwrap();
+    };
+    // an application fault (XID 13) never drains
+    record(13);
+    let r = prolog(&node.config, &node.job(20, "0", HealthMode::Strict));
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(node.scontrol_calls(), "");
+
+    // a GPU fallen off the bus (XID 79), seen by the daemon's watch between jobs, drains
+    record(79);
+    let r = prolog(&node.config, &node.job(21, "0", HealthMode::Strict));
+    assert_eq!(r.exit_code, 1, "{r:?}");
+    let calls = node.scontrol_calls();
+    assert!(
+        calls.contains("Reason=sgpu: gpu.xid gpu2: xid 79"),
+        "{calls}"
+    );
+
+    // reported once: after the admin resumes the node, the old XID does not drain it again
+    let r = prolog(&node.config, &node.job(22, "0", HealthMode::Strict));
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(node.scontrol_calls().lines().count(), 1);
+}
+
+#[test]
+fn epilog_records_energy_and_drains_on_leaked_processes() {
+    let node = Node::new();
+    let job = node.job(30, "0,3", HealthMode::Strict);
+    assert_eq!(prolog(&node.config, &job).exit_code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // the job left a process on its GPU 3
+    node.fault(3, |g| {
+        g.processes.push(Process {
+            pid: 777,
+            used_memory_mib: Some(4096),
+            kind: ProcessKind::Compute,
+        })
+    });
+    let r = epilog(&node.config, &job);
+    assert_eq!(
+        r.exit_code, 0,
+        "drained, so the epilog itself succeeds: {r:?}"
+    );
+    assert!(r.drained, "{r:?}");
+    let calls = node.scontrol_calls();
+    assert!(
+        calls.contains("Reason=sgpu: gpu.leftover_processes gpu3:"),
+        "{calls}"
+    );
+    assert!(
+        JobStartState::load(&node.config.state_dir, 30)
+            .unwrap()
+            .is_none()
+    );
+
+    let spool = node.spool();
+    let end = spool
+        .list()
+        .unwrap()
+        .iter()
+        .map(|e| spool.read(e).unwrap())
+        .find_map(|r| match r.body() {
+            RecordBody::JobEnd(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("a job_end record");
+    assert_eq!(end.gpus.len(), 2);
+    let wall = end.end_time - end.start_time;
+    assert!(wall >= 300);
+    assert_eq!(end.allocated_gpu_ms, 2 * wall);
+    let state = State::load(&node.state).unwrap();
+    for g in &end.gpus {
+        let power = state
+            .gpus
+            .iter()
+            .find(|s| s.uuid == g.uuid)
+            .and_then(|s| s.power_usage_mw)
+            .unwrap() as f64;
+        let delta = g.energy_delta_mj.unwrap() as f64;
+        let expected = power * wall as f64 / 1000.0;
+        assert!(
+            (delta - expected).abs() <= power * 0.1,
+            "energy {delta} mJ vs power x time {expected} mJ"
+        );
+    }
+}
+
+#[test]
+fn sgpu_errors_fail_the_gate_only_when_fail_closed() {
+    let mut node = Node::new();
+    // a spool sgpu refuses to use (world-writable): an sgpu error, not a GPU fault
+    let spool = node.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mut perm = std::fs::metadata(&spool).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o777);
+    std::fs::set_permissions(&spool, perm).unwrap();
+
+    let open = prolog(&node.config, &node.job(40, "0", HealthMode::Strict));
+    assert!(open.sgpu_error, "{open:?}");
+    assert_eq!(open.exit_code, 0, "fail open by default: {open:?}");
+    assert!(
+        open.log.iter().any(|l| l.contains("job-start record")),
+        "{open:?}"
+    );
+
+    node.config.fail_closed = true;
+    let closed = prolog(&node.config, &node.job(41, "0", HealthMode::Strict));
+    assert_eq!(closed.exit_code, 1, "{closed:?}");
+    assert!(!closed.drained, "an sgpu error never drains: {closed:?}");
+}
