@@ -17,11 +17,15 @@ fuzz_target!(|data: &[u8]| {
         for n in names.iter().take(8) {
             assert!(hl.contains(n), "{n:?} not in {s:?}");
         }
-        // The compressed form of names without separators or brackets must
-        // expand back to the same names.
-        let clean = names
-            .iter()
-            .all(|n| !n.is_empty() && !n.contains([',', ' ', '\t', '[', ']', '\0']));
+        // The compressed form of names without separators, brackets or C
+        // whitespace must expand back to the same names. (Slurm compares
+        // prefixes with strnatcmp, which ignores whitespace, so `\n4,0`
+        // compresses to `\n[4,0]`; scontrol does exactly the same.)
+        let clean = names.iter().all(|n| {
+            !n.is_empty()
+                && !n.contains([',', '[', ']', '\0'])
+                && !n.bytes().any(|c| c.is_ascii_whitespace() || c == 0x0b)
+        });
         if clean {
             let c = hostlist::compress(&names);
             assert_eq!(hostlist::expand_with_limits(&c, limits).ok(), Some(names));

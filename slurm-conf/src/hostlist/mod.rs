@@ -950,6 +950,17 @@ impl Ctx<'_> {
     }
 }
 
+/// Longest number (zero padding included) a bracket group can print.
+fn max_number_len(g: &[Range]) -> u128 {
+    g.iter()
+        .map(|r| {
+            r.width
+                .max(r.hi.checked_ilog10().map_or(1, |d| d as usize + 1)) as u128
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Parses every token and checks the limits before anything is built.
 fn plan(expr: &str, limits: Limits) -> Result<Vec<Plan<'_>>, HostlistError> {
     if expr.contains('\0') {
@@ -962,30 +973,32 @@ fn plan(expr: &str, limits: Limits) -> Result<Vec<Plan<'_>>, HostlistError> {
     let (mut names, mut bytes, mut built): (u128, u128, u128) = (0, 0, 0);
     for tok in tokenize(expr) {
         let p = ctx.token(tok)?;
-        let (n, ranges, groups) = match &p {
-            Plan::Name(_) => (1u128, 1u128, 0u128),
+        // Names, internal ranges, and the longest name the token can produce.
+        let (n, ranges, per_name) = match &p {
+            Plan::Name(name) => (1u128, 1u128, name.len() as u128),
             Plan::Bracketed { segs, last } => {
                 let mut combos: u128 = 1;
-                let mut groups = 1u128;
+                let mut longest = max_number_len(last);
                 for s in segs {
-                    if let Seg::Group(g) = s {
-                        let c: u128 = g.iter().map(Range::count).sum();
-                        combos = combos.saturating_mul(c);
-                        groups += 1;
+                    match s {
+                        Seg::Group(g) => {
+                            let c: u128 = g.iter().map(Range::count).sum();
+                            combos = combos.saturating_mul(c);
+                            longest = longest.saturating_add(max_number_len(g));
+                        }
+                        Seg::Lit(l) => longest = longest.saturating_add(l.len() as u128),
                     }
                 }
                 let per: u128 = last.iter().map(Range::count).sum();
                 (
                     combos.saturating_mul(per),
                     combos.saturating_mul(last.len() as u128),
-                    groups,
+                    longest,
                 )
             }
         };
         names = names.saturating_add(n);
         built = built.saturating_add(ranges);
-        // Every name is at most the token plus 20 digits per bracket group.
-        let per_name = tok.len() as u128 + 20 * groups;
         bytes = bytes.saturating_add(n.saturating_mul(per_name));
         if names > limits.max_names as u128 {
             return Err(HostlistError::TooLarge {

@@ -262,3 +262,16 @@ fn pathological_inputs_stay_fast() {
         start.elapsed()
     );
 }
+
+#[test]
+fn byte_limit_counts_name_lengths_not_expression_length() {
+    // One bracket with many entries: each name is short even though the
+    // expression is long.
+    let names: Vec<String> = (0..20_000).map(|i| format!("n{}", i * 2)).collect();
+    let c = compress(&names);
+    let limits = Limits {
+        max_names: 1 << 16,
+        max_bytes: 1 << 20,
+    };
+    assert_eq!(expand_with_limits(&c, limits).map(|v| v.len()), Ok(20_000));
+}
