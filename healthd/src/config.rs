@@ -47,6 +47,43 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/sgpu";
 /// Default node spool: usage records waiting to be forwarded to accounting.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/spool/sgpu";
 
+/// Default seconds between the daemon's periodic `full` runs.
+pub const DEFAULT_CHECK_INTERVAL_S: u64 = 30;
+
+/// Default consecutive healthy `full` runs before the daemon resumes a node it drained.
+pub const DEFAULT_RESUME_AFTER: u32 = 3;
+
+/// Default circuit-breaker share: at most this fraction of a partition (or the cluster)
+/// drained by sgpu within the window.
+pub const DEFAULT_BREAKER_MAX_FRACTION: f64 = 0.10;
+
+/// Default circuit-breaker floor: this many nodes may always be drained by sgpu.
+pub const DEFAULT_BREAKER_MIN_NODES: u32 = 1;
+
+/// Default circuit-breaker window, seconds: sgpu drains older than this do not count.
+pub const DEFAULT_BREAKER_WINDOW_S: u64 = 3600;
+
+/// The daemon's circuit breaker (see [`crate::breaker`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Largest share of a partition or of the cluster that sgpu may hold drained.
+    pub max_fraction: f64,
+    /// Nodes sgpu may always hold drained, whatever the share.
+    pub min_nodes: u32,
+    /// Only sgpu drains this recent count.
+    pub window: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            max_fraction: DEFAULT_BREAKER_MAX_FRACTION,
+            min_nodes: DEFAULT_BREAKER_MIN_NODES,
+            window: Duration::from_secs(DEFAULT_BREAKER_WINDOW_S),
+        }
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -103,6 +140,14 @@ pub struct Config {
     pub scontrol: Option<PathBuf>,
     /// Per-check overrides, keyed by check id (ids and threshold names validated).
     pub checks: BTreeMap<String, CheckOverride>,
+    /// The Slurm node name the daemon acts on; `None`: the short hostname.
+    pub node_name: Option<String>,
+    /// Time between the daemon's periodic `full` runs.
+    pub check_interval: Duration,
+    /// Consecutive healthy `full` runs before the daemon resumes a node it drained (0: never).
+    pub resume_after: u32,
+    /// The daemon's circuit breaker.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for Config {
@@ -117,6 +162,10 @@ impl Default for Config {
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             scontrol: None,
             checks: BTreeMap::new(),
+            node_name: None,
+            check_interval: Duration::from_secs(DEFAULT_CHECK_INTERVAL_S),
+            resume_after: DEFAULT_RESUME_AFTER,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -134,6 +183,12 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     spool_dir: Option<PathBuf>,
     scontrol: Option<PathBuf>,
+    node_name: Option<Spanned<String>>,
+    check_interval_s: Option<Spanned<u64>>,
+    resume_after: Option<u32>,
+    breaker_max_fraction: Option<Spanned<f64>>,
+    breaker_min_nodes: Option<u32>,
+    breaker_window_s: Option<Spanned<u64>>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -232,6 +287,57 @@ impl Config {
                 ));
             }
             config.pinned_driver_version = Some(s.to_string());
+        }
+
+        if let Some(name) = raw.node_name {
+            let n = name.get_ref().trim();
+            if !crate::slurmctl::valid_node_name(n) {
+                return Err(invalid(
+                    name.span().start,
+                    "node_name".into(),
+                    format!("{n:?} is not a Slurm node name (letters, digits, - _ .)"),
+                ));
+            }
+            config.node_name = Some(n.to_string());
+        }
+        if let Some(s) = raw.check_interval_s {
+            let v = *s.get_ref();
+            if !(1..=86_400).contains(&v) {
+                return Err(invalid(
+                    s.span().start,
+                    "check_interval_s".into(),
+                    format!("{v} is out of range (1 to 86400 s)"),
+                ));
+            }
+            config.check_interval = Duration::from_secs(v);
+        }
+        if let Some(n) = raw.resume_after {
+            config.resume_after = n;
+        }
+        if let Some(f) = raw.breaker_max_fraction {
+            let v = *f.get_ref();
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(
+                    f.span().start,
+                    "breaker_max_fraction".into(),
+                    format!("{v} is out of range (0.0 to 1.0)"),
+                ));
+            }
+            config.breaker.max_fraction = v;
+        }
+        if let Some(n) = raw.breaker_min_nodes {
+            config.breaker.min_nodes = n;
+        }
+        if let Some(w) = raw.breaker_window_s {
+            let v = *w.get_ref();
+            if v == 0 {
+                return Err(invalid(
+                    w.span().start,
+                    "breaker_window_s".into(),
+                    "0 is out of range (at least 1 s)".into(),
+                ));
+            }
+            config.breaker.window = Duration::from_secs(v);
         }
 
         for (id, table) in raw.checks {
@@ -382,6 +488,57 @@ enabled = false
             2048.5
         );
         assert!(!cat.get("gpu.persistence_mode").unwrap().enabled);
+    }
+
+    #[test]
+    fn daemon_keys() {
+        let c = parse("").unwrap();
+        assert_eq!(c.node_name, None);
+        assert_eq!(c.check_interval, Duration::from_secs(30));
+        assert_eq!(c.resume_after, 3);
+        assert_eq!(c.breaker, BreakerConfig::default());
+        assert_eq!(
+            (
+                c.breaker.max_fraction,
+                c.breaker.min_nodes,
+                c.breaker.window
+            ),
+            (0.10, 1, Duration::from_secs(3600))
+        );
+        let c = parse(
+            "node_name = \"gpu-07\"\ncheck_interval_s = 2\nresume_after = 0\n\
+             breaker_max_fraction = 0.25\nbreaker_min_nodes = 2\nbreaker_window_s = 600\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_name.as_deref(), Some("gpu-07"));
+        assert_eq!(c.check_interval, Duration::from_secs(2));
+        assert_eq!(c.resume_after, 0);
+        assert_eq!(
+            c.breaker,
+            BreakerConfig {
+                max_fraction: 0.25,
+                min_nodes: 2,
+                window: Duration::from_secs(600)
+            }
+        );
+        let e = err("check_interval_s = 0\n");
+        assert!(e.contains(":1: check_interval_s: 0 is out of range"), "{e}");
+        let e = err("\nbreaker_max_fraction = 1.5\n");
+        assert!(
+            e.contains(":2: breaker_max_fraction: 1.5 is out of range"),
+            "{e}"
+        );
+        let e = err("breaker_window_s = 0\n");
+        assert!(e.contains("breaker_window_s: 0 is out of range"), "{e}");
+        let e = err("node_name = \"a b\"\n");
+        assert!(
+            e.contains("node_name: \"a b\" is not a Slurm node name"),
+            "{e}"
+        );
+        let e = err("resume_after = -1\n");
+        assert!(e.contains(":1: "), "{e}");
+        let e = err("breaker_fraction = 0.1\n");
+        assert!(e.contains("breaker_fraction"), "{e}");
     }
 
     fn err(text: &str) -> String {

@@ -393,7 +393,23 @@ impl NvmlWorker {
         NvmlWorker::start_by(opts, Instant::now() + opts.timeout)
     }
 
+    /// Like [`NvmlWorker::start`], but when init hangs the abandoned worker comes back with
+    /// the failure, so a long-lived caller can wait for [`NvmlWorker::is_hung`] to turn false
+    /// before it starts another (never piling up stuck threads).
+    pub fn start_or_abandoned(
+        opts: &NvmlOptions,
+    ) -> Result<NvmlWorker, (NvmlFailure, Option<Box<NvmlWorker>>)> {
+        NvmlWorker::start_inner(opts, Instant::now() + opts.timeout)
+    }
+
     fn start_by(opts: &NvmlOptions, deadline: Instant) -> Result<NvmlWorker, NvmlFailure> {
+        NvmlWorker::start_inner(opts, deadline).map_err(|(f, _)| f)
+    }
+
+    fn start_inner(
+        opts: &NvmlOptions,
+        deadline: Instant,
+    ) -> Result<NvmlWorker, (NvmlFailure, Option<Box<NvmlWorker>>)> {
         let started = Instant::now();
         let progress: Progress = Arc::new(Mutex::new("init".to_string()));
         let busy = Arc::new(AtomicBool::new(true));
@@ -405,9 +421,10 @@ impl NvmlWorker {
             .name("sgpu-nvml".into())
             .spawn(move || worker_main(library, jobs_rx, init_tx, p, b));
         if let Err(e) = spawned {
-            return Err(NvmlFailure::Query(format!(
-                "cannot start the NVML thread: {e}"
-            )));
+            return Err((
+                NvmlFailure::Query(format!("cannot start the NVML thread: {e}")),
+                None,
+            ));
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         match init_rx.recv_timeout(wait) {
@@ -418,15 +435,32 @@ impl NvmlWorker {
                 busy,
                 hung: None,
             }),
-            Ok(Err(f)) => Err(f),
-            Err(RecvTimeoutError::Timeout) => Err(NvmlFailure::Hung {
-                waited: started.elapsed(),
-                during: "init".into(),
-            }),
-            Err(RecvTimeoutError::Disconnected) => Err(NvmlFailure::Query(
-                "the NVML thread died during init".into(),
+            Ok(Err(f)) => Err((f, None)),
+            Err(RecvTimeoutError::Timeout) => {
+                let failure = NvmlFailure::Hung {
+                    waited: started.elapsed(),
+                    during: "init".into(),
+                };
+                let abandoned = NvmlWorker {
+                    jobs: None,
+                    timeout: opts.timeout,
+                    progress,
+                    busy,
+                    hung: Some(failure.clone()),
+                };
+                Err((failure, Some(Box::new(abandoned))))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err((
+                NvmlFailure::Query("the NVML thread died during init".into()),
+                None,
             )),
         }
+    }
+
+    /// Whether this worker can serve no more requests (a request or init hung, or its
+    /// thread stopped): replace it, but only once [`NvmlWorker::is_hung`] is false.
+    pub fn is_abandoned(&self) -> bool {
+        self.hung.is_some() || self.jobs.is_none()
     }
 
     /// Whether a request hung (and the thread is still stuck in it).

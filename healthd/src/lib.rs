@@ -30,10 +30,13 @@
 //! # }
 //! ```
 
+pub mod breaker;
 pub mod catalogue;
 pub mod checks;
 pub mod config;
+pub mod daemon;
 pub mod gpu;
 pub mod nodeconf;
+pub mod policy;
 pub mod slurmctl;
 pub mod xid;

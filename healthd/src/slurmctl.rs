@@ -102,7 +102,8 @@ impl NodeState {
     }
 }
 
-fn valid_node_name(node: &str) -> bool {
+/// Whether `node` is safe to pass to scontrol as a node name.
+pub fn valid_node_name(node: &str) -> bool {
     !node.is_empty()
         && node.len() <= 255
         && node
@@ -243,6 +244,12 @@ impl Scontrol {
         .map(|_| ())
     }
 
+    /// Every node of the cluster, from `scontrol show node -o`.
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>, SlurmctlError> {
+        let out = self.run(&["show".into(), "node".into(), "-o".into()])?;
+        Ok(out.lines().filter_map(parse_node_info).collect())
+    }
+
     /// The node's state and reason, from `scontrol show node -o`.
     pub fn node_state(&self, node: &str) -> Result<NodeState, SlurmctlError> {
         if !valid_node_name(node) {
@@ -253,41 +260,122 @@ impl Scontrol {
     }
 }
 
-/// Reads `State=` and `Reason=` from one line of `scontrol show node -o`.
-pub fn parse_node_line(line: &str) -> NodeState {
+/// One node as `scontrol show node -o` lists it: what the circuit breaker needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `NodeName=`.
+    pub name: String,
+    /// `Partitions=` (empty when the node is in none).
+    pub partitions: Vec<String>,
+    /// State and reason.
+    pub state: NodeState,
+    /// When the reason was set (Unix seconds), from Slurm's `[user@time]` suffix.
+    pub reason_time: Option<i64>,
+}
+
+/// The `Key=value` fields of one `scontrol show -o` line; a value runs on (spaces included)
+/// until the next token that looks like `Key=`.
+fn fields(line: &str) -> Vec<(&str, String)> {
     let field_start = |tok: &str| {
         tok.split_once('=').is_some_and(|(k, _)| {
             k.chars().next().is_some_and(|c| c.is_ascii_uppercase())
                 && k.chars().all(|c| c.is_ascii_alphanumeric())
         })
     };
-    let mut state = String::new();
-    let mut reason: Option<String> = None;
-    let mut in_reason = false;
+    let mut out: Vec<(&str, String)> = Vec::new();
     for tok in line.split_whitespace() {
         if field_start(tok) {
-            in_reason = false;
-            if let Some(v) = tok.strip_prefix("State=") {
-                state = v.to_string();
-            } else if let Some(v) = tok.strip_prefix("Reason=") {
-                reason = Some(v.to_string());
-                in_reason = true;
+            if let Some((k, v)) = tok.split_once('=') {
+                out.push((k, v.to_string()));
             }
-        } else if in_reason {
-            if let Some(r) = reason.as_mut() {
-                r.push(' ');
-                r.push_str(tok);
-            }
+        } else if let Some((_, v)) = out.last_mut() {
+            v.push(' ');
+            v.push_str(tok);
         }
     }
-    // Slurm appends " [user@2026-11-23T09:45:10]" to the reason it shows
-    let reason = reason
-        .map(|r| match r.rfind(" [") {
-            Some(i) if r.ends_with(']') => r[..i].to_string(),
-            _ => r,
-        })
-        .filter(|r| !r.is_empty() && r != "(null)");
+    out
+}
+
+/// Splits Slurm's `reason [user@2026-11-23T09:45:10]` into the reason and the suffix's time.
+fn split_reason(raw: &str) -> (String, Option<&str>) {
+    match raw.rfind(" [") {
+        Some(i) if raw.ends_with(']') => {
+            let suffix = &raw[i + 2..raw.len() - 1];
+            let time = suffix.rsplit_once('@').map(|(_, t)| t);
+            (raw[..i].to_string(), time)
+        }
+        _ => (raw.to_string(), None),
+    }
+}
+
+/// Parses Slurm's `YYYY-MM-DDTHH:MM:SS` (local time, as slurmctld prints it) to Unix seconds.
+pub fn parse_slurm_time(s: &str) -> Option<i64> {
+    let (date, time) = s.split_once('T')?;
+    let d: Vec<i32> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<i32> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([y, mo, da], [h, mi, se]) = (d.as_slice(), t.as_slice()) else {
+        return None;
+    };
+    // SAFETY: an all-zero `tm` is a valid value (integers and, where present, a null pointer).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = *da;
+    tm.tm_hour = *h;
+    tm.tm_min = *mi;
+    tm.tm_sec = *se;
+    tm.tm_isdst = -1;
+    // SAFETY: mktime reads and normalises the valid `tm` we own.
+    let t = unsafe { libc::mktime(&mut tm) };
+    // time_t is i64 on 64-bit Linux, narrower elsewhere
+    #[allow(clippy::useless_conversion)]
+    (t != -1).then_some(i64::from(t))
+}
+
+/// Reads `State=` and `Reason=` from one line of `scontrol show node -o`.
+pub fn parse_node_line(line: &str) -> NodeState {
+    let mut state = String::new();
+    let mut reason: Option<String> = None;
+    for (k, v) in fields(line) {
+        match k {
+            "State" => state = v,
+            "Reason" => reason = Some(split_reason(&v).0),
+            _ => {}
+        }
+    }
+    let reason = reason.filter(|r| !r.is_empty() && r != "(null)");
     NodeState { state, reason }
+}
+
+/// Reads one line of `scontrol show node -o` into a [`NodeInfo`] (`None`: no `NodeName=`).
+pub fn parse_node_info(line: &str) -> Option<NodeInfo> {
+    let f = fields(line);
+    let get = |key: &str| f.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+    let name = get("NodeName")?.to_string();
+    let partitions = get("Partitions")
+        .filter(|p| *p != "(null)")
+        .map(|p| {
+            p.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let reason_time = get("Reason")
+        .and_then(|r| split_reason(r).1)
+        .and_then(parse_slurm_time);
+    Some(NodeInfo {
+        name,
+        partitions,
+        state: parse_node_line(line),
+        reason_time,
+    })
 }
 
 #[cfg(test)]
@@ -312,6 +400,27 @@ mod tests {
         let idle = parse_node_line("NodeName=n State=IDLE");
         assert_eq!(idle.reason, None);
         assert!(!idle.drained());
+    }
+
+    #[test]
+    fn parses_node_info_for_the_breaker() {
+        let n = parse_node_info(
+            "NodeName=node1 Arch=x86_64 State=IDLE+DRAIN Partitions=gpu,debug Reason=sgpu: gpu.xid gpu2: xid 79 [root@2026-11-23T09:45:10] Comment=(null)",
+        )
+        .unwrap();
+        assert_eq!(n.name, "node1");
+        assert_eq!(n.partitions, vec!["gpu", "debug"]);
+        assert!(n.state.drained_by_sgpu());
+        assert_eq!(n.reason_time, parse_slurm_time("2026-11-23T09:45:10"));
+        assert!(n.reason_time.is_some());
+        let up = parse_node_info("NodeName=node2 State=IDLE Partitions=gpu").unwrap();
+        assert_eq!((up.reason_time, up.state.drained()), (None, false));
+        assert_eq!(parse_node_info("garbage"), None);
+        let a = parse_slurm_time("2026-11-23T09:45:10").unwrap();
+        let b = parse_slurm_time("2026-11-23T10:45:10").unwrap();
+        assert_eq!(b - a, 3600);
+        assert_eq!(parse_slurm_time("2026-11-23 09:45"), None);
+        assert_eq!(parse_slurm_time("yesterday"), None);
     }
 
     #[test]

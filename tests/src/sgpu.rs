@@ -5,6 +5,10 @@
 //! `sgpu/nodes/<node>/sgpu.toml` and simulated GPUs (`nvml.toml`, read by the simulated
 //! `libnvidia-ml.so.1` in `sgpu/lib`). [`install`] builds and copies the binaries and writes
 //! those files; every node starts with healthy GPUs.
+//!
+//! Each node also runs `sgpu-healthd` with that node's environment (started by [`install`],
+//! pid in `sgpu/nodes/<node>/healthd.pid`, log in `healthd.log` beside it); it is restarted
+//! when its binary or configuration changed and stopped by `tests/cluster/down`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +21,13 @@ use crate::cluster::{Cluster, ClusterError};
 pub const GPUS_PER_NODE: u32 = 4;
 
 /// The binaries installed into the cluster.
-pub const BINARIES: &[&str] = &["sgpu-prolog", "sgpu-epilog"];
+pub const BINARIES: &[&str] = &["sgpu-prolog", "sgpu-epilog", "sgpu-healthd"];
+
+/// The test cluster's `check_interval_s` for `sgpu-healthd`.
+pub const HEALTHD_INTERVAL_S: u64 = 2;
+
+/// The test cluster's `resume_after` for `sgpu-healthd`.
+pub const HEALTHD_RESUME_AFTER: u32 = 2;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
     move |source| ClusterError::Io {
@@ -60,6 +70,8 @@ fn build_binaries() -> Result<PathBuf, ClusterError> {
         "--quiet",
         "-p",
         "sgpu-prolog-epilog",
+        "-p",
+        "sgpu-healthd",
         "--bins",
     ]);
     match profile.as_str() {
@@ -86,11 +98,28 @@ fn build_binaries() -> Result<PathBuf, ClusterError> {
     Ok(dir)
 }
 
-/// Copies `src` to `dst` so that a process executing the old `dst` is never disturbed.
-fn replace_file(src: &Path, dst: &Path) -> Result<(), ClusterError> {
+/// Copies `src` to `dst` so that a process executing the old `dst` is never disturbed; a
+/// `dst` with the same content is left alone. Returns whether it was replaced.
+fn replace_file(src: &Path, dst: &Path) -> Result<bool, ClusterError> {
+    let new = std::fs::read(src).map_err(io(src))?;
+    if std::fs::read(dst).is_ok_and(|old| old == new) {
+        return Ok(false);
+    }
     let tmp = dst.with_extension("new");
-    std::fs::copy(src, &tmp).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dst).map_err(io(dst))
+    std::fs::write(&tmp, &new).map_err(io(&tmp))?;
+    let perm = std::fs::metadata(src).map_err(io(src))?.permissions();
+    std::fs::set_permissions(&tmp, perm).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dst).map_err(io(dst))?;
+    Ok(true)
+}
+
+/// Writes `text` to `path` unless it already holds it; returns whether it wrote.
+fn write_if_changed(path: &Path, text: &str) -> Result<bool, ClusterError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    std::fs::write(path, text).map_err(io(path))?;
+    Ok(true)
 }
 
 /// Where sgpu lives in the cluster.
@@ -111,6 +140,10 @@ pub struct NodeFiles {
     pub state_dir: PathBuf,
     /// Its spool.
     pub spool_dir: PathBuf,
+    /// `sgpu-healthd`'s pid file.
+    pub healthd_pid: PathBuf,
+    /// `sgpu-healthd`'s log (stderr).
+    pub healthd_log: PathBuf,
 }
 
 /// The files of `node`.
@@ -121,6 +154,8 @@ pub fn node_files(cluster: &Cluster, node: &str) -> NodeFiles {
         nvml_state: dir.join("nvml.toml"),
         state_dir: dir.join("state"),
         spool_dir: dir.join("spool"),
+        healthd_pid: dir.join("healthd.pid"),
+        healthd_log: dir.join("healthd.log"),
         dir,
     }
 }
@@ -142,8 +177,10 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
     for d in [&bin, &lib] {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
+    let mut healthd_changed = false;
     for b in BINARIES {
-        replace_file(&built.join(b), &bin.join(b))?;
+        let replaced = replace_file(&built.join(b), &bin.join(b))?;
+        healthd_changed |= replaced && *b == "sgpu-healthd";
     }
     // stage the library, then rename it into place: a process that has the old file mapped
     // keeps its copy intact
@@ -154,7 +191,7 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
         detail: e.to_string(),
     })?;
     let library = lib.join(nvml_sim::LIBRARY_NAME);
-    replace_file(&staged, &library)?;
+    healthd_changed |= replace_file(&staged, &library)?;
 
     for node in cluster.nodes()? {
         let f = node_files(cluster, &node);
@@ -166,14 +203,96 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
              nvml_library = \"{}\"\n\
              nvml_timeout_ms = 2000\n\
              state_dir = \"{}\"\n\
-             spool_dir = \"{}\"\n",
+             spool_dir = \"{}\"\n\
+             node_name = \"{node}\"\n\
+             check_interval_s = {HEALTHD_INTERVAL_S}\n\
+             resume_after = {HEALTHD_RESUME_AFTER}\n\
+             # one node of the two may be drained by sgpu at a time\n\
+             breaker_max_fraction = 0.10\n\
+             breaker_min_nodes = 1\n\
+             breaker_window_s = 3600\n",
             library.display(),
             f.state_dir.display(),
             f.spool_dir.display(),
         );
-        std::fs::write(&f.config, config).map_err(io(&f.config))?;
-        reset_gpus(cluster, &node)?;
+        let config_changed = write_if_changed(&f.config, &config)?;
+        let running = healthd_pid(cluster, &node);
+        if running.is_some() && (healthd_changed || config_changed) {
+            stop_healthd(cluster, &node)?;
+        }
+        if running.is_none() || healthd_changed || config_changed {
+            reset_gpus(cluster, &node)?;
+            start_healthd(cluster, &node)?;
+        }
     }
+    Ok(())
+}
+
+/// The pid of `node`'s running `sgpu-healthd`, if it runs.
+pub fn healthd_pid(cluster: &Cluster, node: &str) -> Option<i32> {
+    let f = node_files(cluster, node);
+    let pid: i32 = std::fs::read_to_string(&f.healthd_pid)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    // a zombie has an empty command line; a recycled pid another one
+    String::from_utf8_lossy(&cmdline)
+        .contains("sgpu-healthd")
+        .then_some(pid)
+}
+
+/// Starts `node`'s `sgpu-healthd` with the node's environment (as a unit file would).
+pub fn start_healthd(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
+    use std::os::unix::process::CommandExt;
+    let f = node_files(cluster, node);
+    let bin = sgpu_dir(cluster).join("bin/sgpu-healthd");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f.healthd_log)
+        .map_err(io(&f.healthd_log))?;
+    let log2 = log.try_clone().map_err(io(&f.healthd_log))?;
+    let mut cmd = Command::new(&bin);
+    cmd.env("SGPU_CONFIG", &f.config)
+        .env("SGPU_NVML_SIM_STATE", &f.nvml_state)
+        .env("SLURM_CONF", cluster.slurm_conf())
+        .env("SGPU_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // its own process group: a test interrupted with ^C does not take it along
+        .process_group(0);
+    let child = cmd.spawn().map_err(|source| ClusterError::Spawn {
+        cmd: format!("{cmd:?}"),
+        source,
+    })?;
+    std::fs::write(&f.healthd_pid, format!("{}\n", child.id())).map_err(io(&f.healthd_pid))
+}
+
+/// Stops `node`'s `sgpu-healthd` (SIGTERM, then SIGKILL after 5 s), if it runs.
+pub fn stop_healthd(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
+    let Some(pid) = healthd_pid(cluster, node) else {
+        return Ok(());
+    };
+    let kill = |sig: &str| {
+        let _ = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    kill("-TERM");
+    let start = std::time::Instant::now();
+    while healthd_pid(cluster, node).is_some() {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            kill("-KILL");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let f = node_files(cluster, node);
+    let _ = std::fs::remove_file(&f.healthd_pid);
     Ok(())
 }
 

@@ -1,0 +1,508 @@
+//! `sgpu-healthd`: the node daemon's moving parts.
+//!
+//! - **XID watch** (one OS thread, [`spawn_xid_watch`]): its own [`NvmlWorker`] with an event
+//!   set registered for XIDs on every GPU, waited on 500 ms at a time. Every XID goes into
+//!   the node's [`XidStore`] at once; a hardware-class XID also wakes the main loop for an
+//!   immediate evaluation, so the drain does not wait for the next interval.
+//! - **Main loop** ([`run`], tokio): a `full` run every `check_interval_s`, or at once when
+//!   the watch reports a hardware XID. Runs never overlap: each runs on the blocking pool and
+//!   the loop waits for it (SIGTERM/SIGINT still stop the daemon mid-run).
+//! - **A run** ([`Daemon::run_once`]): snapshot through a second long-lived worker, the
+//!   store's unreported XIDs, the catalogue's `full` profile, then the drain/resume
+//!   [`Policy`] acting through `scontrol` and the circuit breaker.
+//!
+//! A hung driver: a worker whose call hung is kept (not replaced) until its stuck thread
+//! comes back; until then every run reports `nvml.responsive` failing (which drains, subject
+//! to the breaker) and the watch waits. Logs go to stderr through `tracing` (journald keeps
+//! them when systemd runs the daemon); a decision is logged when it changes, not every run.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tracing::{debug, error, info, warn};
+
+use crate::breaker::{self, Trip};
+use crate::catalogue::{self as cat, Catalogue, Profile, Severity};
+use crate::checks::{self, CheckContext, CheckResult, Status, Verdict};
+use crate::config::Config;
+use crate::gpu::{NodeSnapshot, NvmlFailure, NvmlOptions, NvmlWorker};
+use crate::nodeconf::{self, NodeLayout};
+use crate::policy::{Decision, Failure, Memory, NodeControl, Policy};
+use crate::slurmctl::{NodeState, Scontrol, SlurmctlError};
+use crate::xid::{XidClass, XidEvent, XidStore, classify};
+
+/// How long the watch waits on the event set per call.
+pub const XID_WAIT: Duration = Duration::from_millis(500);
+
+/// Why the daemon could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// No node name configured and the hostname is unreadable.
+    #[error("no node_name in the configuration and the hostname cannot be read")]
+    NoNodeName,
+    /// scontrol cannot be found.
+    #[error(transparent)]
+    Slurm(#[from] SlurmctlError),
+    /// The runtime, a thread or a signal handler could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The node name the daemon acts on: `node_name` from the config, else the short hostname.
+pub fn node_name(config: &Config) -> Result<String, DaemonError> {
+    config
+        .node_name
+        .clone()
+        .or_else(nodeconf::short_hostname)
+        .ok_or(DaemonError::NoNodeName)
+}
+
+/// A long-lived NVML worker that follows the hung-driver policy: a worker that hung is kept
+/// until its thread comes back, and only then replaced.
+#[derive(Debug)]
+struct Session {
+    opts: NvmlOptions,
+    worker: Option<NvmlWorker>,
+    last_failure: Option<NvmlFailure>,
+}
+
+impl Session {
+    fn new(opts: NvmlOptions) -> Session {
+        Session {
+            opts,
+            worker: None,
+            last_failure: None,
+        }
+    }
+
+    /// A worker ready for requests (`Ok(true)`: freshly started), or why there is none.
+    fn ready(&mut self) -> Result<(&mut NvmlWorker, bool), NvmlFailure> {
+        if let Some(w) = &self.worker {
+            if w.is_abandoned() {
+                if w.is_hung() {
+                    return Err(self.last_failure.clone().unwrap_or(NvmlFailure::Hung {
+                        waited: self.opts.timeout,
+                        during: "an earlier call".into(),
+                    }));
+                }
+                info!("the NVML thread that hung has come back; starting a new NVML session");
+                self.worker = None;
+            }
+        }
+        let fresh = self.worker.is_none();
+        if fresh {
+            match NvmlWorker::start_or_abandoned(&self.opts) {
+                Ok(w) => self.worker = Some(w),
+                Err((f, abandoned)) => {
+                    self.worker = abandoned.map(|w| *w);
+                    self.last_failure = Some(f.clone());
+                    return Err(f);
+                }
+            }
+        }
+        match self.worker.as_mut() {
+            Some(w) => Ok((w, fresh)),
+            None => Err(NvmlFailure::Query("no NVML session".into())),
+        }
+    }
+
+    fn note(&mut self, r: Result<(), &NvmlFailure>) {
+        if let Err(f) = r {
+            self.last_failure = Some(f.clone());
+            if !matches!(f, NvmlFailure::Hung { .. }) {
+                // not hung: the session is unusable (thread gone); start over next time
+                if self.worker.as_ref().is_some_and(NvmlWorker::is_abandoned) {
+                    self.worker = None;
+                }
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<NodeSnapshot, NvmlFailure> {
+        let r = self.ready().and_then(|(w, _)| w.snapshot());
+        self.note(r.as_ref().map(|_| ()));
+        r
+    }
+}
+
+/// Slurm as the policy sees it: this node through `scontrol`, the breaker over all nodes.
+struct SlurmControl<'a> {
+    scontrol: &'a Scontrol,
+    node: &'a str,
+    config: &'a Config,
+}
+
+impl NodeControl for SlurmControl<'_> {
+    fn node_state(&mut self) -> Result<NodeState, String> {
+        self.scontrol
+            .node_state(self.node)
+            .map_err(|e| e.to_string())
+    }
+
+    fn breaker(&mut self) -> Result<Option<Trip>, String> {
+        let nodes = self.scontrol.nodes().map_err(|e| e.to_string())?;
+        Ok(breaker::judge(&nodes, self.node, &self.config.breaker, unix_now()).err())
+    }
+
+    fn drain(&mut self, reason: &str) -> Result<(), String> {
+        self.scontrol
+            .drain(self.node, reason)
+            .map_err(|e| e.to_string())
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        self.scontrol.resume(self.node).map_err(|e| e.to_string())
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The periodic interval (or startup).
+    Periodic,
+    /// The XID watch saw a hardware XID.
+    Xid,
+}
+
+/// What one run found and decided.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Every check result.
+    pub results: Vec<CheckResult>,
+    /// The rolled-up verdict.
+    pub verdict: Verdict,
+    /// What the policy decided.
+    pub decision: Decision,
+}
+
+/// The daemon's evaluation side: its NVML session, the policy and what it last said.
+#[derive(Debug)]
+pub struct Daemon {
+    config: Config,
+    node: String,
+    catalogue: Catalogue,
+    scontrol: Scontrol,
+    session: Session,
+    policy: Policy,
+    last_decision: Option<Decision>,
+    last_failing: BTreeSet<String>,
+}
+
+impl Daemon {
+    /// Sets the daemon up for `node` (nothing is run yet); loads what it remembers.
+    pub fn new(config: Config, node: String) -> Result<Daemon, DaemonError> {
+        let scontrol = Scontrol::locate(config.scontrol.as_deref())?;
+        let catalogue = config.catalogue();
+        let memory = match Memory::load(&config.state_dir) {
+            Ok(m) => m,
+            Err(e) => {
+                error!("{e}; starting with nothing remembered");
+                Memory::default()
+            }
+        };
+        if let Some(d) = &memory.drained {
+            info!(reason = %d.reason, "remembered: this node was drained by sgpu-healthd");
+        }
+        let policy = Policy::new(&catalogue, config.resume_after, memory);
+        Ok(Daemon {
+            session: Session::new(NvmlOptions::from_config(&config)),
+            catalogue,
+            scontrol,
+            policy,
+            node,
+            config,
+            last_decision: None,
+            last_failing: BTreeSet::new(),
+        })
+    }
+
+    /// The node acted on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// One `full` run: check, decide, act, remember.
+    pub fn run_once(&mut self, trigger: Trigger) -> RunReport {
+        let mut ctx = CheckContext::new(Profile::Full);
+        ctx.nvml_timeout = self.config.nvml_timeout;
+        ctx.pinned_driver_version = self.config.pinned_driver_version.clone();
+        ctx.expected_gpu_count = match NodeLayout::load(&nodeconf::slurm_conf_path(), &self.node) {
+            Ok(l) => {
+                for n in &l.notes {
+                    debug!("slurm configuration: {n}");
+                }
+                l.expected_count()
+            }
+            Err(e) => {
+                debug!("{e}");
+                None
+            }
+        };
+        let mut judged_xids: Vec<XidEvent> = Vec::new();
+        let results = match self.session.snapshot() {
+            Ok(snapshot) => {
+                match XidStore::open(&self.config.state_dir) {
+                    Ok(store) => judged_xids = store.unreported(),
+                    Err(e) => warn!("XID store: {e}; this run judges no XIDs"),
+                }
+                ctx.xids = judged_xids.clone();
+                checks::evaluate(&snapshot, &ctx, &self.catalogue)
+            }
+            Err(failure) => checks::evaluate_failure(&failure, &ctx, &self.catalogue),
+        };
+        let verdict = Verdict::of(&results);
+        self.log_failures(&results);
+        let failures: Vec<Failure> = results
+            .iter()
+            .filter(|r| r.drains())
+            .map(|r| Failure {
+                check: r.check.to_string(),
+                gpu: r.gpu,
+                reason: r.drain_reason(),
+            })
+            .collect();
+
+        let before = self.policy.memory().clone();
+        let mut ctl = SlurmControl {
+            scontrol: &self.scontrol,
+            node: &self.node,
+            config: &self.config,
+        };
+        let outcome = self.policy.step(&failures, &mut ctl, unix_now());
+        if outcome.mark_xids_reported {
+            if let Some(last) = judged_xids.iter().map(|x| x.id).max() {
+                match XidStore::open(&self.config.state_dir) {
+                    Ok(mut store) => {
+                        store.mark_reported(last);
+                        if let Err(e) = store.save() {
+                            error!("XID store: {e}");
+                        }
+                    }
+                    Err(e) => error!("XID store: {e}"),
+                }
+            }
+        }
+        if self.policy.memory() != &before {
+            if let Err(e) = self.policy.memory().save(&self.config.state_dir) {
+                error!("cannot save what healthd remembers: {e}");
+            }
+        }
+        self.log_decision(&outcome.decision, trigger);
+        RunReport {
+            results,
+            verdict,
+            decision: outcome.decision,
+        }
+    }
+
+    fn log_failures(&mut self, results: &[CheckResult]) {
+        let mut failing = BTreeSet::new();
+        for r in results.iter().filter(|r| r.status == Status::Fail) {
+            let gpu = r.gpu.map_or_else(|| "-".to_string(), |g| format!("gpu{g}"));
+            let line = format!("{} {gpu}: {} ({})", r.check, r.message, r.severity);
+            if !self.last_failing.contains(&line) {
+                match r.severity {
+                    Severity::Drain => warn!(check = r.check, "failing: {line}"),
+                    Severity::Warn => warn!(check = r.check, "{line}"),
+                    _ => info!(check = r.check, "{line}"),
+                }
+            }
+            failing.insert(line);
+        }
+        for gone in self.last_failing.difference(&failing) {
+            info!("cleared: {gone}");
+        }
+        self.last_failing = failing;
+    }
+
+    fn log_decision(&mut self, d: &Decision, trigger: Trigger) {
+        let same = self.last_decision.as_ref() == Some(d);
+        self.last_decision = Some(d.clone());
+        let node = self.node.as_str();
+        match d {
+            Decision::Drained { reason } => {
+                warn!(node, ?trigger, "drained {node}: {reason}")
+            }
+            Decision::Resumed { reason } => info!(
+                node,
+                "resumed {node} after {} healthy runs (was: {reason})", self.config.resume_after
+            ),
+            _ if same => debug!(node, "unchanged: {d:?}"),
+            Decision::BreakerOpen { trip, reason } => {
+                error!(node, "{trip}: NOT draining {node} ({reason})")
+            }
+            d if d.is_error() => error!(node, "{d:?}"),
+            Decision::Healthy => info!(node, "healthy"),
+            Decision::WaitingToResume { .. } => debug!(node, "{d:?}"),
+            d => info!(node, "{d:?}"),
+        }
+    }
+}
+
+/// Records XIDs in the store; those that could not be stored stay in `pending`.
+fn record_xids(state_dir: &std::path::Path, pending: &mut Vec<XidEvent>) {
+    if pending.is_empty() {
+        return;
+    }
+    match XidStore::open(state_dir) {
+        Ok(mut store) => {
+            store.record(pending.drain(..));
+            if let Err(e) = store.save() {
+                error!("XID store: {e}");
+            }
+        }
+        Err(e) => warn!(
+            "XID store: {e}; keeping {} XIDs to record later",
+            pending.len()
+        ),
+    }
+}
+
+/// Starts the XID watch thread: every XID is recorded in the store, and a hardware XID
+/// sends a [`Trigger::Xid`] on `wake`. It stops when `stop` is set (within [`XID_WAIT`]).
+pub fn spawn_xid_watch(
+    config: &Config,
+    wake: UnboundedSender<Trigger>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    let opts = NvmlOptions::from_config(config);
+    let state_dir: PathBuf = config.state_dir.clone();
+    let xid_drains = config
+        .catalogue()
+        .get(cat::GPU_XID)
+        .is_some_and(|c| c.runs_in(Profile::Full) && c.severity == Severity::Drain);
+    std::thread::Builder::new()
+        .name("sgpu-xid-watch".into())
+        .spawn(move || {
+            let mut session = Session::new(opts);
+            let mut pending: Vec<XidEvent> = Vec::new();
+            let mut failing = false;
+            while !stop.load(Ordering::SeqCst) {
+                let r = session.ready().and_then(|(w, fresh)| {
+                    if fresh {
+                        let unregistered = w.watch_xids()?;
+                        if unregistered.is_empty() {
+                            info!("XID watch: event set registered on every GPU");
+                        } else {
+                            warn!(?unregistered, "XID watch: GPUs not registered for XIDs");
+                        }
+                    }
+                    w.drain_xids(XID_WAIT)
+                });
+                session.note(r.as_ref().map(|_| ()));
+                match r {
+                    Ok(events) => {
+                        failing = false;
+                        let mut hardware = false;
+                        for e in &events {
+                            let info = classify(e.code);
+                            hardware |= info.class == XidClass::Hardware;
+                            warn!(
+                                gpu = ?e.gpu_index,
+                                xid = e.code,
+                                class = info.class.as_str(),
+                                "XID {} on gpu{}: {}",
+                                e.code,
+                                e.gpu_index.map_or_else(|| "?".into(), |i| i.to_string()),
+                                info.name
+                            );
+                        }
+                        pending.extend(events);
+                        record_xids(&state_dir, &mut pending);
+                        if hardware && xid_drains && wake.send(Trigger::Xid).is_err() {
+                            break;
+                        }
+                    }
+                    Err(f) => {
+                        if !failing {
+                            error!("XID watch: {f}; retrying every second");
+                            failing = true;
+                        }
+                        record_xids(&state_dir, &mut pending);
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        })
+        .map_err(|source| DaemonError::Io {
+            what: "starting the XID watch thread",
+            source,
+        })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (wake_tx, mut wake_rx): (UnboundedSender<Trigger>, UnboundedReceiver<Trigger>) =
+        unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = spawn_xid_watch(config, wake_tx, stop.clone())?;
+    let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Io { what, source });
+    let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
+    let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
+    let mut interval = tokio::time::interval(config.check_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(
+        node = daemon.node(),
+        interval_s = config.check_interval.as_secs(),
+        resume_after = config.resume_after,
+        "sgpu-healthd started"
+    );
+    let mut daemon = Some(daemon);
+    loop {
+        let trigger = tokio::select! {
+            _ = interval.tick() => Trigger::Periodic,
+            Some(t) = wake_rx.recv() => {
+                // one run answers every XID that arrived meanwhile
+                while wake_rx.try_recv().is_ok() {}
+                t
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let Some(mut d) = daemon.take() else { break };
+        let job = tokio::task::spawn_blocking(move || {
+            d.run_once(trigger);
+            d
+        });
+        tokio::select! {
+            joined = job => match joined {
+                Ok(d) => daemon = Some(d),
+                Err(e) => {
+                    error!("a run failed: {e}");
+                    break;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        if trigger == Trigger::Xid {
+            // the full run just happened: the next periodic one is an interval away
+            interval.reset();
+        }
+    }
+    info!("sgpu-healthd stopping");
+    stop.store(true, Ordering::SeqCst);
+    // the watch leaves within one wait unless the driver holds it; never wait on a hang
+    let deadline = std::time::Instant::now() + XID_WAIT * 3;
+    while !watch.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,1019 @@
+//! The daemon's drain/resume policy: a state machine fed one `full` run at a time.
+//!
+//! [`Policy::step`] takes what a run found (the drain-severity failures) and reaches Slurm
+//! only through [`NodeControl`] (node state, the circuit breaker, drain, resume), so the
+//! whole policy is tested against a fake cluster. The rules:
+//!
+//! - **Drain** when a run finds a drain-severity failure and the node is not drained: only if
+//!   the circuit breaker allows it ([`crate::breaker`]); the reason is the first failure's
+//!   (`sgpu: <check> gpu<i>: <detail>`). The drain is remembered ([`Memory`], saved in
+//!   `state_dir`), so a restarted daemon knows what it drained for.
+//! - **No re-drain, no spam**: a node already drained (by sgpu or anyone) is left as it is.
+//!   An admin drain (a reason without `sgpu:`) is never touched: not re-drained over, never
+//!   resumed. If an admin resumes a node sgpu drained while the same check still fails,
+//!   sgpu does not drain it again for that check until the check has passed once (the admin
+//!   has overridden it); a different failure drains as usual.
+//! - **Resume** after `resume_after` consecutive runs without a drain-severity failure, only
+//!   if the node's current reason starts with `sgpu:` and every check behind the drain (what
+//!   the daemon remembers, plus the check named in the current reason) is auto-recoverable
+//!   (catalogue field), enabled and part of the `full` profile (so a passing run means
+//!   something). `resume_after = 0` never resumes.
+//! - **XIDs** are marked reported once acted on (drained, or the node was already out of
+//!   service, or they did not call for a drain); not when the breaker or a failed `scontrol`
+//!   kept the node up, so the next run tries again.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::Trip;
+use crate::catalogue::{Catalogue, Profile, Severity};
+use crate::slurmctl::{NodeState, SGPU_REASON_PREFIX};
+
+/// A drain-severity failure found by a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Check id.
+    pub check: String,
+    /// GPU index, when the failure is about one GPU.
+    pub gpu: Option<u32>,
+    /// The drain reason it gives.
+    pub reason: String,
+}
+
+impl Failure {
+    /// `<check>` or `<check> gpu<i>`: what an admin override is remembered by.
+    pub fn key(&self) -> String {
+        match self.gpu {
+            Some(i) => format!("{} gpu{i}", self.check),
+            None => self.check.clone(),
+        }
+    }
+}
+
+/// How the policy reaches Slurm.
+pub trait NodeControl {
+    /// The node's current state and reason.
+    fn node_state(&mut self) -> Result<NodeState, String>;
+    /// The circuit breaker's verdict on draining the node now: `Ok(None)` allows it.
+    fn breaker(&mut self) -> Result<Option<Trip>, String>;
+    /// Drains the node.
+    fn drain(&mut self, reason: &str) -> Result<(), String>;
+    /// Resumes the node.
+    fn resume(&mut self) -> Result<(), String>;
+}
+
+/// A drain the daemon holds the node in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRecord {
+    /// The reason sgpu gave.
+    pub reason: String,
+    /// Check ids behind the drain.
+    pub checks: BTreeSet<String>,
+    /// When, Unix seconds.
+    pub since: i64,
+}
+
+/// What the daemon remembers across restarts (`<state_dir>/healthd-state.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// The sgpu drain the node is in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<DrainRecord>,
+    /// Failures (keys, see [`Failure::key`]) an admin resumed the node despite.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub overridden: BTreeSet<String>,
+    /// The circuit breaker refused the last drain, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_open: Option<Trip>,
+}
+
+/// The state file's name inside `state_dir`.
+pub const MEMORY_FILE: &str = "healthd-state.toml";
+
+/// Why the daemon's state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Reading or writing failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Memory {
+    /// Loads `<dir>/healthd-state.toml` (missing: nothing remembered).
+    pub fn load(dir: &Path) -> Result<Memory, MemoryError> {
+        let path = dir.join(MEMORY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| MemoryError::Parse {
+                path,
+                message: e.to_string().trim_end().to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Memory::default()),
+            Err(source) => Err(MemoryError::Io { path, source }),
+        }
+    }
+
+    /// Writes `<dir>/healthd-state.toml` atomically (temporary file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<(), MemoryError> {
+        let path = dir.join(MEMORY_FILE);
+        let text = toml::to_string(self).map_err(|e| MemoryError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let tmp = dir.join(format!(".{MEMORY_FILE}.tmp.{}", std::process::id()));
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| MemoryError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            MemoryError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// What one step decided (and did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No drain-worthy failure, node in service.
+    Healthy,
+    /// Drained the node.
+    Drained {
+        /// The reason given.
+        reason: String,
+    },
+    /// The drain failed (scontrol); tried again next run.
+    DrainFailed {
+        /// The reason it would have given.
+        reason: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The circuit breaker refused the drain.
+    BreakerOpen {
+        /// Why.
+        trip: Trip,
+        /// The reason it would have given.
+        reason: String,
+    },
+    /// The breaker could not be judged (node list unreadable): not drained, to be safe.
+    BreakerUnknown {
+        /// What went wrong.
+        error: String,
+    },
+    /// Still failing; the node is already drained by sgpu.
+    AlreadyDrained {
+        /// The node's reason.
+        reason: String,
+    },
+    /// The node is drained by an admin (reason without `sgpu:`): hands off.
+    AdminDrained {
+        /// The admin's reason.
+        reason: String,
+    },
+    /// Failing, but an admin resumed the node despite these failures.
+    Overridden {
+        /// The failure keys.
+        keys: Vec<String>,
+    },
+    /// Healthy, but the drain is for checks that do not clear by themselves.
+    Holding {
+        /// The checks that keep it drained.
+        checks: Vec<String>,
+    },
+    /// Healthy; resumes after more healthy runs.
+    WaitingToResume {
+        /// Consecutive healthy runs so far.
+        healthy_runs: u32,
+        /// Runs needed.
+        needed: u32,
+    },
+    /// Resumed the node.
+    Resumed {
+        /// The reason it was drained with.
+        reason: String,
+    },
+    /// The resume failed (scontrol); tried again next run.
+    ResumeFailed {
+        /// What went wrong.
+        error: String,
+    },
+    /// slurmctld could not be asked for the node's state: nothing done.
+    SlurmUnreachable {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl Decision {
+    /// Whether this is an error an admin must hear about.
+    pub fn is_error(&self) -> bool {
+        matches!(
+            self,
+            Decision::DrainFailed { .. }
+                | Decision::BreakerOpen { .. }
+                | Decision::BreakerUnknown { .. }
+                | Decision::ResumeFailed { .. }
+                | Decision::SlurmUnreachable { .. }
+        )
+    }
+}
+
+/// What a step returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What was decided.
+    pub decision: Decision,
+    /// Whether the run's XIDs count as reported (advance the store's cursor).
+    pub mark_xids_reported: bool,
+}
+
+/// The policy's state: what it remembers and the healthy-run streak.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    memory: Memory,
+    healthy_runs: u32,
+    resume_after: u32,
+    recoverable: BTreeSet<String>,
+}
+
+/// The check id a reason names (`sgpu: <check> gpu<i>: ...` or `sgpu: <check>: ...`).
+pub fn check_of_reason(reason: &str) -> Option<&str> {
+    let rest = reason.strip_prefix(SGPU_REASON_PREFIX)?.trim_start();
+    let word = rest.split([' ', ':']).next()?;
+    (!word.is_empty()).then_some(word)
+}
+
+impl Policy {
+    /// A policy that resumes after `resume_after` healthy runs, for drains whose checks are
+    /// all auto-recoverable, enabled and in the `full` profile of `catalogue`.
+    pub fn new(catalogue: &Catalogue, resume_after: u32, memory: Memory) -> Policy {
+        let recoverable = catalogue
+            .checks()
+            .iter()
+            .filter(|c| {
+                c.spec.auto_recoverable
+                    && c.enabled
+                    && c.severity != Severity::Off
+                    && c.runs_in(Profile::Full)
+            })
+            .map(|c| c.spec.id.to_string())
+            .collect();
+        Policy {
+            memory,
+            healthy_runs: 0,
+            resume_after,
+            recoverable,
+        }
+    }
+
+    /// What the policy remembers (to be saved when it changed).
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    /// Consecutive runs without a drain-severity failure.
+    pub fn healthy_runs(&self) -> u32 {
+        self.healthy_runs
+    }
+
+    fn outcome(decision: Decision, mark: bool) -> Outcome {
+        Outcome {
+            decision,
+            mark_xids_reported: mark,
+        }
+    }
+
+    /// Feeds one run's drain-severity failures (`now`: Unix seconds) and acts through `ctl`.
+    pub fn step(&mut self, failures: &[Failure], ctl: &mut dyn NodeControl, now: i64) -> Outcome {
+        let node = match ctl.node_state() {
+            Ok(n) => n,
+            Err(error) => return Self::outcome(Decision::SlurmUnreachable { error }, false),
+        };
+        if failures.is_empty() {
+            self.healthy_runs = self.healthy_runs.saturating_add(1);
+        } else {
+            self.healthy_runs = 0;
+        }
+        let failing: BTreeSet<String> = failures.iter().map(Failure::key).collect();
+
+        // what happened to our drain since the last run
+        if let Some(d) = &self.memory.drained {
+            if !node.drained() {
+                // someone resumed it: what still fails of what we drained for is overridden
+                let overridden: Vec<String> = failures
+                    .iter()
+                    .filter(|f| d.checks.contains(&f.check))
+                    .map(Failure::key)
+                    .collect();
+                self.memory.overridden.extend(overridden);
+                self.memory.drained = None;
+            } else if !node.drained_by_sgpu() {
+                // an admin took the drain over: theirs now
+                self.memory.drained = None;
+            }
+        }
+        // an override lasts until its check passes once
+        self.memory.overridden.retain(|k| failing.contains(k));
+
+        if failures.is_empty() {
+            self.memory.breaker_open = None;
+            return self.healthy(node, ctl);
+        }
+
+        let effective: Vec<&Failure> = failures
+            .iter()
+            .filter(|f| !self.memory.overridden.contains(&f.key()))
+            .collect();
+        if effective.is_empty() {
+            self.memory.breaker_open = None;
+            let keys = failures.iter().map(Failure::key).collect();
+            return Self::outcome(Decision::Overridden { keys }, true);
+        }
+        if node.drained() {
+            self.memory.breaker_open = None;
+            let reason = node.reason.clone().unwrap_or_default();
+            if node.drained_by_sgpu() {
+                let record = self.memory.drained.get_or_insert_with(|| DrainRecord {
+                    reason: reason.clone(),
+                    checks: check_of_reason(&reason)
+                        .map(String::from)
+                        .into_iter()
+                        .collect(),
+                    since: now,
+                });
+                record
+                    .checks
+                    .extend(effective.iter().map(|f| f.check.clone()));
+                return Self::outcome(Decision::AlreadyDrained { reason }, true);
+            }
+            return Self::outcome(Decision::AdminDrained { reason }, true);
+        }
+
+        let reason = effective[0].reason.clone();
+        match ctl.breaker() {
+            Err(error) => Self::outcome(Decision::BreakerUnknown { error }, false),
+            Ok(Some(trip)) => {
+                self.memory.breaker_open = Some(trip.clone());
+                Self::outcome(Decision::BreakerOpen { trip, reason }, false)
+            }
+            Ok(None) => {
+                self.memory.breaker_open = None;
+                match ctl.drain(&reason) {
+                    Ok(()) => {
+                        self.memory.drained = Some(DrainRecord {
+                            reason: reason.clone(),
+                            checks: effective.iter().map(|f| f.check.clone()).collect(),
+                            since: now,
+                        });
+                        Self::outcome(Decision::Drained { reason }, true)
+                    }
+                    Err(error) => Self::outcome(Decision::DrainFailed { reason, error }, false),
+                }
+            }
+        }
+    }
+
+    fn healthy(&mut self, node: NodeState, ctl: &mut dyn NodeControl) -> Outcome {
+        if !node.drained() {
+            return Self::outcome(Decision::Healthy, true);
+        }
+        let reason = node.reason.clone().unwrap_or_default();
+        if !node.drained_by_sgpu() {
+            return Self::outcome(Decision::AdminDrained { reason }, true);
+        }
+        // the checks behind the drain: what we remember, and what the reason names
+        let mut checks: BTreeSet<String> = self
+            .memory
+            .drained
+            .as_ref()
+            .map(|d| d.checks.clone())
+            .unwrap_or_default();
+        match check_of_reason(&reason) {
+            Some(c) => {
+                checks.insert(c.to_string());
+            }
+            None => {
+                checks.insert(reason.clone());
+            }
+        }
+        let blocking: Vec<String> = checks
+            .iter()
+            .filter(|c| !self.recoverable.contains(*c))
+            .cloned()
+            .collect();
+        if !blocking.is_empty() || self.resume_after == 0 {
+            let checks = if blocking.is_empty() {
+                checks.into_iter().collect()
+            } else {
+                blocking
+            };
+            return Self::outcome(Decision::Holding { checks }, true);
+        }
+        if self.healthy_runs < self.resume_after {
+            return Self::outcome(
+                Decision::WaitingToResume {
+                    healthy_runs: self.healthy_runs,
+                    needed: self.resume_after,
+                },
+                true,
+            );
+        }
+        // look again right before acting: an admin may have just taken the drain over
+        match ctl.node_state() {
+            Ok(again) if again.drained_by_sgpu() && again.reason == node.reason => {}
+            Ok(again) => {
+                return Self::outcome(
+                    Decision::AdminDrained {
+                        reason: again.reason.unwrap_or_default(),
+                    },
+                    true,
+                );
+            }
+            Err(error) => return Self::outcome(Decision::SlurmUnreachable { error }, true),
+        }
+        match ctl.resume() {
+            Ok(()) => {
+                self.memory.drained = None;
+                Self::outcome(Decision::Resumed { reason }, true)
+            }
+            Err(error) => Self::outcome(Decision::ResumeFailed { error }, true),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-node cluster in memory that records what the policy did.
+    #[derive(Debug, Default)]
+    struct Fake {
+        state: String,
+        reason: Option<String>,
+        trip: Option<Trip>,
+        unreachable: bool,
+        breaker_error: bool,
+        fail_drain: bool,
+        fail_resume: bool,
+        /// Changes the reason between the policy's two looks (an admin racing it).
+        admin_races: Option<String>,
+        looks: u32,
+        drains: Vec<String>,
+        resumes: u32,
+    }
+
+    impl Fake {
+        fn idle() -> Fake {
+            Fake {
+                state: "IDLE".into(),
+                ..Fake::default()
+            }
+        }
+
+        fn drained(reason: &str) -> Fake {
+            Fake {
+                state: "IDLE+DRAIN".into(),
+                reason: Some(reason.into()),
+                ..Fake::default()
+            }
+        }
+
+        fn admin_drain(&mut self, reason: &str) {
+            self.state = "IDLE+DRAIN".into();
+            self.reason = Some(reason.into());
+        }
+
+        fn admin_resume(&mut self) {
+            self.state = "IDLE".into();
+            self.reason = None;
+        }
+    }
+
+    impl NodeControl for Fake {
+        fn node_state(&mut self) -> Result<NodeState, String> {
+            if self.unreachable {
+                return Err("slurmctld down".into());
+            }
+            self.looks += 1;
+            if self.looks > 1 {
+                if let Some(r) = self.admin_races.take() {
+                    self.admin_drain(&r);
+                }
+            }
+            Ok(NodeState {
+                state: self.state.clone(),
+                reason: self.reason.clone(),
+            })
+        }
+
+        fn breaker(&mut self) -> Result<Option<Trip>, String> {
+            if self.breaker_error {
+                return Err("scontrol show node failed".into());
+            }
+            Ok(self.trip.clone())
+        }
+
+        fn drain(&mut self, reason: &str) -> Result<(), String> {
+            if self.fail_drain {
+                return Err("scontrol: timeout".into());
+            }
+            self.drains.push(reason.into());
+            self.admin_drain(reason);
+            Ok(())
+        }
+
+        fn resume(&mut self) -> Result<(), String> {
+            if self.fail_resume {
+                return Err("scontrol: timeout".into());
+            }
+            self.resumes += 1;
+            self.admin_resume();
+            Ok(())
+        }
+    }
+
+    fn fail(check: &str, gpu: u32, detail: &str) -> Failure {
+        Failure {
+            check: check.into(),
+            gpu: Some(gpu),
+            reason: format!("sgpu: {check} gpu{gpu}: {detail}"),
+        }
+    }
+
+    fn temp() -> Failure {
+        fail("gpu.temperature", 1, "temperature 92 C >= 90 C")
+    }
+
+    fn xid79() -> Failure {
+        fail("gpu.xid", 2, "xid 79 GPU has fallen off the bus")
+    }
+
+    fn policy(resume_after: u32) -> Policy {
+        Policy::new(&Catalogue::default(), resume_after, Memory::default())
+    }
+
+    /// Runs `n` steps with the same failures; returns the decisions.
+    fn run(p: &mut Policy, ctl: &mut Fake, failures: &[Failure], n: usize) -> Vec<Decision> {
+        (0..n)
+            .map(|i| p.step(failures, ctl, 1000 + i as i64).decision)
+            .collect()
+    }
+
+    fn trip() -> Trip {
+        Trip {
+            scope: "cluster".into(),
+            drained: 1,
+            total: 2,
+            limit: 1,
+            window_s: 3600,
+        }
+    }
+
+    #[test]
+    fn reason_names_its_check() {
+        assert_eq!(
+            check_of_reason("sgpu: gpu.xid gpu2: xid 79"),
+            Some("gpu.xid")
+        );
+        assert_eq!(
+            check_of_reason("sgpu: nvml.responsive: hung"),
+            Some("nvml.responsive")
+        );
+        assert_eq!(check_of_reason("bad dimm"), None);
+        assert_eq!(check_of_reason("sgpu:"), None);
+    }
+
+    #[test]
+    fn healthy_node_is_left_alone() {
+        let mut p = policy(3);
+        let mut c = Fake::idle();
+        let d = run(&mut p, &mut c, &[], 5);
+        assert!(d.iter().all(|d| *d == Decision::Healthy), "{d:?}");
+        assert!(c.drains.is_empty() && c.resumes == 0);
+        assert_eq!(p.memory(), &Memory::default());
+    }
+
+    #[test]
+    fn failure_drains_once_and_is_remembered() {
+        let mut p = policy(3);
+        let mut c = Fake::idle();
+        let o = p.step(&[xid79(), temp()], &mut c, 1000);
+        assert_eq!(
+            o,
+            Outcome {
+                decision: Decision::Drained {
+                    reason: xid79().reason
+                },
+                mark_xids_reported: true
+            }
+        );
+        assert_eq!(c.drains, vec![xid79().reason]);
+        let rec = p.memory().drained.clone().unwrap();
+        assert_eq!(rec.reason, xid79().reason);
+        assert_eq!(rec.since, 1000);
+        assert_eq!(
+            rec.checks,
+            ["gpu.temperature", "gpu.xid"].map(String::from).into()
+        );
+        // consecutive failures: no re-drain
+        let d = run(&mut p, &mut c, &[temp()], 3);
+        assert!(
+            d.iter()
+                .all(|d| matches!(d, Decision::AlreadyDrained { .. })),
+            "{d:?}"
+        );
+        assert_eq!(c.drains.len(), 1);
+    }
+
+    #[test]
+    fn recoverable_fault_resumes_after_n_healthy_runs() {
+        let mut p = policy(3);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        assert_eq!(c.drains.len(), 1);
+        let d = run(&mut p, &mut c, &[], 3);
+        assert_eq!(
+            d,
+            vec![
+                Decision::WaitingToResume {
+                    healthy_runs: 1,
+                    needed: 3
+                },
+                Decision::WaitingToResume {
+                    healthy_runs: 2,
+                    needed: 3
+                },
+                Decision::Resumed {
+                    reason: temp().reason
+                },
+            ]
+        );
+        assert_eq!(c.resumes, 1);
+        assert_eq!(c.state, "IDLE");
+        assert_eq!(p.memory().drained, None);
+        // and it stays resumed
+        assert_eq!(run(&mut p, &mut c, &[], 2), vec![Decision::Healthy; 2]);
+    }
+
+    #[test]
+    fn a_failure_in_between_restarts_the_count() {
+        let mut p = policy(2);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        p.step(&[], &mut c, 2);
+        p.step(&[temp()], &mut c, 3);
+        assert_eq!(p.healthy_runs(), 0);
+        let d = p.step(&[], &mut c, 4).decision;
+        assert!(
+            matches!(
+                d,
+                Decision::WaitingToResume {
+                    healthy_runs: 1,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert!(matches!(
+            p.step(&[], &mut c, 5).decision,
+            Decision::Resumed { .. }
+        ));
+        assert_eq!(c.drains.len(), 1, "never drained twice");
+    }
+
+    #[test]
+    fn non_recoverable_drain_is_held() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[xid79()], &mut c, 1);
+        let d = run(&mut p, &mut c, &[], 5);
+        assert!(
+            d.iter().all(|d| *d
+                == Decision::Holding {
+                    checks: vec!["gpu.xid".into()]
+                }),
+            "{d:?}"
+        );
+        assert_eq!(c.resumes, 0);
+        // a drain for a recoverable check and a non-recoverable one together: held too
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp(), xid79()], &mut c, 1);
+        assert!(matches!(
+            p.step(&[], &mut c, 2).decision,
+            Decision::Holding { .. }
+        ));
+        assert_eq!(c.resumes, 0);
+    }
+
+    #[test]
+    fn a_new_failure_while_drained_keeps_it_drained() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        // while drained for temperature, an ECC error shows up, then everything clears
+        p.step(&[fail("gpu.ecc_uncorrectable", 0, "1 errors")], &mut c, 2);
+        let d = p.step(&[], &mut c, 3).decision;
+        assert_eq!(
+            d,
+            Decision::Holding {
+                checks: vec!["gpu.ecc_uncorrectable".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn resume_after_zero_never_resumes() {
+        let mut p = policy(0);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        let d = run(&mut p, &mut c, &[], 4);
+        assert!(
+            d.iter().all(|d| matches!(d, Decision::Holding { .. })),
+            "{d:?}"
+        );
+        assert_eq!(c.resumes, 0);
+    }
+
+    #[test]
+    fn admin_drain_is_never_touched() {
+        let mut p = policy(1);
+        let mut c = Fake::drained("bad dimm, ticket 42");
+        let d = run(&mut p, &mut c, &[], 4);
+        assert!(
+            d.iter().all(|d| *d
+                == Decision::AdminDrained {
+                    reason: "bad dimm, ticket 42".into()
+                }),
+            "{d:?}"
+        );
+        // a failure on an admin-drained node: not drained over (that would replace the reason)
+        let d = p.step(&[temp()], &mut c, 9).decision;
+        assert!(matches!(d, Decision::AdminDrained { .. }), "{d:?}");
+        assert!(c.drains.is_empty() && c.resumes == 0);
+        assert_eq!(c.reason.as_deref(), Some("bad dimm, ticket 42"));
+    }
+
+    #[test]
+    fn admin_taking_over_an_sgpu_drain_is_never_resumed() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.admin_drain("investigating, do not resume");
+        let d = run(&mut p, &mut c, &[], 3);
+        assert!(
+            d.iter().all(|d| matches!(d, Decision::AdminDrained { .. })),
+            "{d:?}"
+        );
+        assert_eq!(c.resumes, 0);
+        assert_eq!(p.memory().drained, None, "the drain is the admin's now");
+    }
+
+    #[test]
+    fn admin_changing_the_reason_during_the_step_is_respected() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.looks = 0;
+        c.admin_races = Some("admin: keep out".into());
+        let d = p.step(&[], &mut c, 2).decision;
+        assert!(matches!(d, Decision::AdminDrained { .. }), "{d:?}");
+        assert_eq!(c.resumes, 0);
+    }
+
+    #[test]
+    fn admin_resume_overrides_the_same_failure_but_not_a_new_one() {
+        let mut p = policy(3);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.admin_resume();
+        // still too hot: the admin chose to run it anyway
+        let d = run(&mut p, &mut c, &[temp()], 3);
+        assert!(
+            d.iter().all(|d| *d
+                == Decision::Overridden {
+                    keys: vec!["gpu.temperature gpu1".into()]
+                }),
+            "{d:?}"
+        );
+        assert_eq!(c.drains.len(), 1);
+        // a different failure drains
+        let d = p.step(&[temp(), xid79()], &mut c, 5).decision;
+        assert_eq!(
+            d,
+            Decision::Drained {
+                reason: xid79().reason
+            }
+        );
+        // once the overridden check has passed, it drains again next time
+        let mut p = policy(3);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.admin_resume();
+        p.step(&[temp()], &mut c, 2);
+        assert!(!p.memory().overridden.is_empty());
+        assert_eq!(p.step(&[], &mut c, 3).decision, Decision::Healthy);
+        assert!(p.memory().overridden.is_empty());
+        assert!(matches!(
+            p.step(&[temp()], &mut c, 4).decision,
+            Decision::Drained { .. }
+        ));
+        assert_eq!(c.drains.len(), 2);
+    }
+
+    #[test]
+    fn breaker_open_keeps_the_node_up_and_retries() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        c.trip = Some(trip());
+        let o = p.step(&[xid79()], &mut c, 1);
+        assert_eq!(
+            o,
+            Outcome {
+                decision: Decision::BreakerOpen {
+                    trip: trip(),
+                    reason: xid79().reason
+                },
+                mark_xids_reported: false
+            }
+        );
+        assert!(o.decision.is_error());
+        assert!(c.drains.is_empty());
+        assert_eq!(p.memory().breaker_open, Some(trip()));
+        // still open next run: still no drain
+        assert!(matches!(
+            p.step(&[xid79()], &mut c, 2).decision,
+            Decision::BreakerOpen { .. }
+        ));
+        // the breaker closes: the pending failure drains
+        c.trip = None;
+        assert!(matches!(
+            p.step(&[xid79()], &mut c, 3).decision,
+            Decision::Drained { .. }
+        ));
+        assert_eq!(p.memory().breaker_open, None);
+        assert_eq!(c.drains.len(), 1);
+    }
+
+    #[test]
+    fn breaker_clears_when_the_fault_does() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        c.trip = Some(trip());
+        p.step(&[temp()], &mut c, 1);
+        assert!(p.memory().breaker_open.is_some());
+        assert_eq!(p.step(&[], &mut c, 2).decision, Decision::Healthy);
+        assert_eq!(p.memory().breaker_open, None);
+    }
+
+    #[test]
+    fn unknown_breaker_refuses_to_drain() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        c.breaker_error = true;
+        let o = p.step(&[temp()], &mut c, 1);
+        assert!(matches!(o.decision, Decision::BreakerUnknown { .. }));
+        assert!(!o.mark_xids_reported);
+        assert!(c.drains.is_empty());
+    }
+
+    #[test]
+    fn failed_scontrol_is_retried_and_xids_kept() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        c.fail_drain = true;
+        let o = p.step(&[xid79()], &mut c, 1);
+        assert!(matches!(o.decision, Decision::DrainFailed { .. }));
+        assert!(!o.mark_xids_reported);
+        assert_eq!(p.memory().drained, None);
+        c.fail_drain = false;
+        assert!(matches!(
+            p.step(&[xid79()], &mut c, 2).decision,
+            Decision::Drained { .. }
+        ));
+        // resume failures are retried too
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.fail_resume = true;
+        assert!(matches!(
+            p.step(&[], &mut c, 2).decision,
+            Decision::ResumeFailed { .. }
+        ));
+        c.fail_resume = false;
+        assert!(matches!(
+            p.step(&[], &mut c, 3).decision,
+            Decision::Resumed { .. }
+        ));
+    }
+
+    #[test]
+    fn unreachable_slurm_does_nothing() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        c.unreachable = true;
+        let o = p.step(&[xid79()], &mut c, 1);
+        assert!(matches!(o.decision, Decision::SlurmUnreachable { .. }));
+        assert!(!o.mark_xids_reported && c.drains.is_empty());
+        assert_eq!(p.healthy_runs(), 0, "an unjudged run does not count");
+    }
+
+    #[test]
+    fn restart_remembers_the_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp(), xid79()], &mut c, 1);
+        p.memory().save(dir.path()).unwrap();
+        let memory = Memory::load(dir.path()).unwrap();
+        assert_eq!(&memory, p.memory());
+        // a new daemon: the reason names only gpu.xid... but memory says temperature too;
+        // either way it holds (gpu.xid is not recoverable)
+        let mut p = Policy::new(&Catalogue::default(), 1, memory);
+        assert!(matches!(
+            p.step(&[], &mut c, 2).decision,
+            Decision::Holding { .. }
+        ));
+        assert_eq!(
+            Memory::load(&dir.path().join("none")).unwrap(),
+            Memory::default()
+        );
+        std::fs::write(dir.path().join(MEMORY_FILE), "what = 1\n").unwrap();
+        assert!(Memory::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn prolog_drain_is_adopted_and_resumed_when_recoverable() {
+        // the prolog drained for temperature; the daemon never saw it happen
+        let mut p = policy(2);
+        let mut c = Fake::drained("sgpu: gpu.temperature gpu1: temperature 92 C >= 90 C");
+        let d = run(&mut p, &mut c, &[temp()], 1);
+        assert!(matches!(d[0], Decision::AlreadyDrained { .. }));
+        let d = run(&mut p, &mut c, &[], 2);
+        assert!(matches!(d[1], Decision::Resumed { .. }), "{d:?}");
+        // a prolog-only check (not in the full profile) cannot be confirmed: held
+        let mut p = policy(1);
+        let mut c = Fake::drained("sgpu: gpu.leftover_processes gpu0: 1 procs");
+        assert!(matches!(
+            p.step(&[], &mut c, 1).decision,
+            Decision::Holding { .. }
+        ));
+        // an sgpu reason that names no check: held
+        let mut p = policy(1);
+        let mut c = Fake::drained("sgpu:");
+        assert!(matches!(
+            p.step(&[], &mut c, 1).decision,
+            Decision::Holding { .. }
+        ));
+    }
+
+    #[test]
+    fn admin_can_make_a_check_non_recoverable_by_turning_it_off() {
+        let mut overrides = std::collections::BTreeMap::new();
+        overrides.insert(
+            "gpu.temperature".to_string(),
+            crate::catalogue::CheckOverride {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        );
+        let cat = Catalogue::effective(&overrides);
+        let mut p = Policy::new(&cat, 1, Memory::default());
+        let mut c = Fake::drained("sgpu: gpu.temperature gpu1: hot");
+        assert!(matches!(
+            p.step(&[], &mut c, 1).decision,
+            Decision::Holding { .. }
+        ));
+    }
+}
