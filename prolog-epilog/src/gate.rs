@@ -106,9 +106,11 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
             // and nobody has acted on yet
             ctx.xids = match XidStore::open(&config.state_dir) {
                 Ok(mut store) => {
-                    store.record(c.xids.events.clone());
-                    if let Err(e) = store.save() {
-                        report.error(format!("XID store: {e}"));
+                    // rewrite (and fsync) the store only when this run saw something new
+                    if !store.record(c.xids.events.clone()).is_empty() {
+                        if let Err(e) = store.save() {
+                            report.error(format!("XID store: {e}"));
+                        }
                     }
                     store.unreported()
                 }
