@@ -326,3 +326,30 @@ pub fn update_gpus(
             detail: e.to_string(),
         })
 }
+
+/// `node`'s `sgpu-healthd`, stopped until this guard drops (then started again).
+#[derive(Debug)]
+pub struct HealthdPaused<'a> {
+    cluster: &'a Cluster,
+    node: String,
+}
+
+/// Stops `node`'s `sgpu-healthd` for a test that must see what the gates alone do.
+pub fn pause_healthd<'a>(
+    cluster: &'a Cluster,
+    node: &str,
+) -> Result<HealthdPaused<'a>, ClusterError> {
+    stop_healthd(cluster, node)?;
+    Ok(HealthdPaused {
+        cluster,
+        node: node.to_string(),
+    })
+}
+
+impl Drop for HealthdPaused<'_> {
+    fn drop(&mut self) {
+        if healthd_pid(self.cluster, &self.node).is_none() {
+            let _ = start_healthd(self.cluster, &self.node);
+        }
+    }
+}

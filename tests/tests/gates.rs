@@ -104,6 +104,10 @@ fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
 fn bad_gpu_drains_node_and_job_runs_elsewhere() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
+    // sgpu-healthd would drain node1 within its check interval, often before Slurm places
+    // the job there; this test is about the prolog, so node1 runs without the daemon (its
+    // guard drops last: the node is restored before the daemon starts again)
+    let _paused = sgpu::pause_healthd(&cluster, "node1")?;
     let _restore = Restore {
         cluster: &cluster,
         node: "node1",
