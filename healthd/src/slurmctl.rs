@@ -273,9 +273,9 @@ pub struct NodeInfo {
     pub reason_time: Option<i64>,
 }
 
-/// The `Key=value` fields of one `scontrol show -o` line; a value runs on (spaces included)
-/// until the next token that looks like `Key=`.
-fn fields(line: &str) -> Vec<(&str, String)> {
+/// The `Key=value` fields of one `scontrol show -o` line, in order; a value runs on (spaces
+/// included, as in a node's `Reason=`) until the next token that looks like `Key=`.
+pub fn fields(line: &str) -> Vec<(&str, String)> {
     let field_start = |tok: &str| {
         tok.split_once('=').is_some_and(|(k, _)| {
             k.chars().next().is_some_and(|c| c.is_ascii_uppercase())

@@ -82,30 +82,14 @@ impl Record {
         self.0.get(key).map(String::as_str).unwrap_or("")
     }
 
-    /// Parses one line of `scontrol show -o` output. Values may contain spaces (a node's
-    /// `Reason=`), so a token only starts a new field when it looks like `Key=`.
+    /// Parses one line of `scontrol show -o` output (with sgpu's own parser).
     pub fn parse(line: &str) -> Record {
-        let mut map = BTreeMap::new();
-        let mut key: Option<String> = None;
-        for tok in line.split_whitespace() {
-            let starts_field = tok.split_once('=').is_some_and(|(k, _)| {
-                !k.is_empty()
-                    && k.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '/' || c == ':')
-            });
-            if starts_field {
-                let (k, v) = tok.split_once('=').unwrap_or((tok, ""));
-                map.insert(k.to_string(), v.to_string());
-                key = Some(k.to_string());
-            } else if let Some(k) = &key {
-                if let Some(v) = map.get_mut(k) {
-                    v.push(' ');
-                    v.push_str(tok);
-                }
-            }
-        }
-        Record(map)
+        Record(
+            sgpu_healthd::slurmctl::fields(line)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
     }
 }
 
