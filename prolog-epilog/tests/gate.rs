@@ -4,7 +4,7 @@
 //! tested on the Slurm test cluster in `tests/tests/gates.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 use nvml_sim::{Process, ProcessKind, State};
 use sgpu_healthd::config::Config;
@@ -13,9 +13,6 @@ use sgpu_prolog_epilog::gate::{epilog, prolog};
 use sgpu_prolog_epilog::handoff::JobStartState;
 use sgpu_prolog_epilog::{HealthMode, JobEnv};
 use sgpu_spool::{RecordBody, Spool};
-
-/// The simulated library reads its state file from a process-wide variable.
-static ENV: Mutex<()> = Mutex::new(());
 
 struct Node {
     _guard: MutexGuard<'static, ()>,
@@ -28,10 +25,11 @@ impl Node {
     /// A node `n1` with 4 healthy simulated GPUs, its slurm.conf/gres.conf, and a recording
     /// scontrol.
     fn new() -> Node {
-        let guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        // the simulated library reads its state file from a process-wide variable
+        let guard = nvml_sim::testing::lock();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let lib = nvml_sim::install_library(d).unwrap();
+        let lib = nvml_sim::testing::library();
         let state = d.join("nvml.toml");
         State::healthy_seeded(4, 7).save(&state).unwrap();
         std::fs::write(
@@ -57,12 +55,10 @@ impl Node {
         let mut perm = std::fs::metadata(&scontrol).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&scontrol, perm).unwrap();
-        // SAFETY (edition 2024 marks these unsafe): the ENV mutex serialises every test of
-        // this binary that reads or writes process environment variables.
-        unsafe {
-            std::env::set_var(nvml_sim::STATE_ENV, &state);
-            std::env::set_var("SLURM_CONF", d.join("slurm.conf"));
-        }
+        nvml_sim::testing::set_state_env(Some(&state));
+        // SAFETY (edition 2024 marks set_var unsafe): the testing lock serialises every test
+        // of this binary that reads or writes process environment variables.
+        unsafe { std::env::set_var("SLURM_CONF", d.join("slurm.conf")) };
         let config = Config::parse(
             &format!(
                 "nvml_library = \"{}\"\nnvml_timeout_ms = 2000\nstate_dir = \"{}\"\n\

@@ -159,6 +159,7 @@
 mod ffi;
 mod runtime;
 pub mod state;
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 

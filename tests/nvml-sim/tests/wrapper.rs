@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Sim, lock, open, set_state_env};
+use common::{Sim, SimNvml, lock, open, set_state_env};
 use nvml_sim::{
     EccCounters, Process, ProcessKind, RemappedRows, RetiredPage, RetiredPages, State,
     ThrottleReason,
