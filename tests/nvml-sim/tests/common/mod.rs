@@ -25,4 +25,3 @@ impl SimNvml for Sim {
 pub fn open() -> Result<Nvml, nvml_wrapper::error::NvmlError> {
     Nvml::builder().lib_path(library().as_os_str()).init()
 }
-
