@@ -1,6 +1,369 @@
 //! spank_sgpu.so: the SPANK plugin slurmstepd loads from `plugstack.conf`.
 //!
-//! It registers user options on `sbatch`/`srun` (such as `--gpu-health=strict|warn|off`),
-//! captures per-job and per-step GPU usage inside slurmstepd and prints an end-of-job GPU
-//! efficiency summary. It is built with bindgen against the installed `slurm/spank.h` so its
-//! `plugin_version` matches the running Slurm, and it must never crash or hang slurmstepd.
+//! It registers user options on `sbatch`/`srun`/`salloc`, captures per-step GPU usage inside
+//! slurmstepd and prints an end-of-job GPU summary. It is built with bindgen against the
+//! installed `slurm/spank.h` so its `plugin_version` matches the running Slurm, and it never
+//! crashes or stalls slurmstepd: every entry point catches panics, every error is logged and
+//! turned into success (only a bad option value is refused), and NVML is read on a worker
+//! thread under a deadline (`nvml_timeout_ms`, default 500 ms).
+//!
+//! ```text
+//! # plugstack.conf
+//! optional /usr/lib/x86_64-linux-gnu/slurm-wlm/spank_sgpu.so config=/etc/sgpu/sgpu.toml default_health=strict
+//! ```
+//!
+//! # Why not the `slurm-spank` crate
+//! `slurm-spank` 0.4 is a reasonable binding, but it links the SPANK symbols (so unit tests
+//! need Slurm at link time), runs its own bindgen over a vendored-or-installed header, and
+//! its shared option callback runs user code without `catch_unwind` (a panic there would
+//! abort srun or slurmstepd). The plugin needs eight functions; a small wrapper over bindgen
+//! output of the *installed* headers ([`ffi`]) is less code to trust than closing that gap.
+//!
+//! # Hooks and contexts
+//! - `slurm_spank_init` (all contexts): parses the plugstack.conf arguments ([`args`]) and
+//!   registers `--gpu-health=strict|warn|off` and `--gpu-report`. Option callbacks validate:
+//!   a bad `--gpu-health` makes sbatch/srun/salloc fail with `error: sgpu: invalid
+//!   --gpu-health value ...`.
+//! - `slurm_spank_init_post_opt`, local (srun) and allocator (sbatch/salloc) contexts: sets
+//!   the job-control variable `SGPU_GPU_HEALTH` (the option, else `default_health=`), which
+//!   Slurm hands to the job's Prolog/Epilog as `SPANK_SGPU_GPU_HEALTH` (read by sgpu-prolog).
+//! - `slurm_spank_init_post_opt`, remote context (slurmstepd, once per step, as root, after
+//!   the options were replayed and before privileges are dropped and tasks forked; the job's
+//!   environment is complete by then): the step's GPUs from `SLURM_STEP_GPUS`/`SLURM_JOB_GPUS` (Slurm's indices, mapped
+//!   to NVML through gres.conf minor numbers, never `CUDA_VISIBLE_DEVICES`) and their energy
+//!   counters. Steps without GPUs cost nothing (NVML is not touched).
+//! - `slurm_spank_exit`, remote (once per step, after its tasks ended): reads the counters
+//!   again and writes a `step_usage` record (step `batch`, `extern`, `interactive` or the
+//!   number) to the node spool; at the end of the batch step (the end of the job on this
+//!   node), with `--gpu-report`, appends the summary ([`report`]) to the job's stderr file.
+//!   It runs as root in slurmstepd, which is why the spool write happens here and not in a
+//!   task hook (tasks run as the user).
+//!
+//! # Configuration
+//! The node's `sgpu.toml` (for `nvml_library` and `spool_dir`) is `config=` (where `%n` is
+//! replaced by the Slurm node name), else `$SGPU_CONFIG` in slurmstepd's environment (which
+//! it inherits from slurmd), else `/etc/sgpu/sgpu.toml`.
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, MutexGuard};
+
+pub mod args;
+pub mod capture;
+pub mod ffi;
+pub mod report;
+
+use args::PluginArgs;
+use capture::StepStart;
+use ffi::{Context, OptionSpec, Spank, sys};
+
+/// `plugin_name`: how Slurm names the plugin in its logs.
+#[unsafe(no_mangle)]
+pub static plugin_name: [u8; 5] = *b"sgpu\0";
+
+/// `plugin_type`: must be `spank`.
+#[unsafe(no_mangle)]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+
+/// `plugin_version`: `SLURM_VERSION_NUMBER` of the headers the plugin was built against;
+/// Slurm 22.05 refuses a plugin whose major.minor differs from its own.
+#[unsafe(no_mangle)]
+pub static plugin_version: u32 = sys::SLURM_VERSION_NUMBER;
+
+/// The job-control variable `--gpu-health` travels in (`SPANK_` is prefixed by Slurm).
+pub const HEALTH_CONTROL_VAR: &str = "SGPU_GPU_HEALTH";
+
+const OPT_HEALTH: c_int = 1;
+const OPT_REPORT: c_int = 2;
+
+#[derive(Debug, Default)]
+struct Options {
+    health: Option<String>,
+    report: bool,
+}
+
+#[derive(Debug)]
+struct Step {
+    start: StepStart,
+    spool_dir: std::path::PathBuf,
+    nvml: sgpu_healthd::gpu::NvmlOptions,
+    report: bool,
+}
+
+static ARGS: Mutex<Option<PluginArgs>> = Mutex::new(None);
+static OPTIONS: Mutex<Options> = Mutex::new(Options {
+    health: None,
+    report: false,
+});
+static STEP: Mutex<Option<Step>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn plugin_args() -> PluginArgs {
+    lock(&ARGS).clone().unwrap_or_default()
+}
+
+/// Runs a hook body: a panic or an error is logged and the hook succeeds, so sgpu never
+/// fails or kills a job step.
+fn guard(hook: &str, f: impl FnOnce() -> Result<(), String>) -> c_int {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            ffi::log_error(&format!("sgpu: {hook}: {e}"));
+            0
+        }
+        Err(_) => {
+            ffi::log_error(&format!(
+                "sgpu: {hook}: internal error (panic); step continues"
+            ));
+            0
+        }
+    }
+}
+
+/// The option callback (sbatch/srun/salloc parse the command line, slurmstepd replays it).
+unsafe extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
+    // SAFETY: Slurm passes NULL or the option's argument string.
+    let arg = unsafe { ffi::opt_str(optarg) };
+    std::panic::catch_unwind(AssertUnwindSafe(|| match val {
+        OPT_HEALTH => match args::parse_health(arg.as_deref().unwrap_or("")) {
+            Ok(h) => {
+                lock(&OPTIONS).health = Some(h);
+                0
+            }
+            Err(e) => {
+                ffi::log_error(&format!("sgpu: {e}"));
+                -1
+            }
+        },
+        OPT_REPORT => {
+            lock(&OPTIONS).report = true;
+            0
+        }
+        _ => 0,
+    }))
+    .unwrap_or(-1)
+}
+
+fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), String> {
+    let (parsed, errors) = PluginArgs::parse(&argv);
+    for e in &errors {
+        ffi::log_error(&format!("sgpu: {e}; ignoring it"));
+    }
+    *lock(&ARGS) = Some(parsed);
+    if !matches!(
+        ffi::context(),
+        Context::Local | Context::Remote | Context::Allocator
+    ) {
+        return Ok(());
+    }
+    sp.register_option(
+        OptionSpec {
+            name: c"gpu-health",
+            arginfo: Some(c"strict|warn|off"),
+            usage: c"How sgpu's prolog treats this job's GPUs: strict (default: a bad GPU \
+                     requeues the job), warn (log, run anyway), off (no per-job checks)",
+            val: OPT_HEALTH,
+        },
+        option_cb,
+    )?;
+    sp.register_option(
+        OptionSpec {
+            name: c"gpu-report",
+            arginfo: None,
+            usage: c"At the end of the job, write a GPU summary (GPUs, energy, GPU-hours) to \
+                     the job's stderr",
+            val: OPT_REPORT,
+        },
+        option_cb,
+    )
+}
+
+fn hook_init_post_opt(sp: &Spank) -> Result<(), String> {
+    match ffi::context() {
+        Context::Remote => return step_start(sp),
+        Context::Local | Context::Allocator => {}
+        _ => return Ok(()),
+    }
+    let health = lock(&OPTIONS)
+        .health
+        .clone()
+        .or_else(|| plugin_args().default_health);
+    if let Some(h) = health {
+        sp.job_control_setenv(HEALTH_CONTROL_VAR, &h)
+            .map_err(|e| format!("cannot pass --gpu-health={h} to the prolog: {e}"))?;
+    }
+    Ok(())
+}
+
+fn step_start(sp: &Spank) -> Result<(), String> {
+    let args = plugin_args();
+    if !args.capture {
+        return Ok(());
+    }
+    let getenv = |k: &str| sp.getenv(k).filter(|v| !v.is_empty());
+    let slurm_gpus = capture::slurm_gpus(getenv);
+    if slurm_gpus.is_empty() {
+        // a step without GPUs: nothing to capture, NVML is not touched
+        return Ok(());
+    }
+    let start_ms = sgpu_spool::now_ms();
+    let job_id = sp
+        .get_u32(sys::spank_item_S_JOB_ID)
+        .map_err(|e| format!("job id: {e}"))?;
+    let step_id = sp
+        .get_u32(sys::spank_item_S_JOB_STEPID)
+        .map_err(|e| format!("step id: {e}"))?;
+    let uid = sp.get_uid().map_err(|e| format!("uid: {e}"))?;
+    let env_node = getenv("SLURMD_NODENAME").or_else(|| std::env::var("SLURMD_NODENAME").ok());
+    let config_path = args.config_path(env_node.as_deref(), std::env::var("SGPU_CONFIG").ok());
+    let config = sgpu_healthd::config::Config::discover(config_path.as_deref())
+        .map_err(|e| format!("configuration: {e}; no GPU capture for this step"))?;
+    let node = env_node
+        .or_else(|| config.node_name.clone())
+        .or_else(sgpu_healthd::nodeconf::short_hostname)
+        .ok_or("cannot tell this node's Slurm name")?;
+    let slurm_conf = getenv("SLURM_CONF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
+    let cluster = getenv("SLURM_CLUSTER_NAME")
+        .or_else(|| {
+            let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&slurm_conf);
+            conf.cluster_name.map(|c| c.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let user = getenv("SLURM_JOB_USER")
+        .or_else(|| user_name(uid))
+        .unwrap_or_else(|| uid.to_string());
+    let mut nvml = sgpu_healthd::gpu::NvmlOptions::from_config(&config);
+    nvml.timeout = nvml.timeout.min(args.nvml_timeout);
+    let snap = capture::snapshot(&nvml)?;
+    let mut notes = Vec::new();
+    let gpus = capture::gpus_at_start(&slurm_gpus, &snap, &slurm_conf, &node, &mut notes);
+    for n in notes {
+        ffi::log_info(&format!("sgpu: job {job_id}: {n}"));
+    }
+    let report = lock(&OPTIONS).report || args.report_always;
+    *lock(&STEP) = Some(Step {
+        start: StepStart {
+            cluster,
+            job_id,
+            step: capture::step_name(step_id),
+            node,
+            user,
+            uid,
+            account: getenv("SLURM_JOB_ACCOUNT"),
+            partition: getenv("SLURM_JOB_PARTITION"),
+            start_ms,
+            gpus,
+        },
+        spool_dir: config.spool_dir.clone(),
+        nvml,
+        report,
+    });
+    Ok(())
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as c_char; 4096];
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers are valid for their lengths; the result points into them.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn hook_exit(_sp: &Spank) -> Result<(), String> {
+    if ffi::context() != Context::Remote {
+        return Ok(());
+    }
+    let Some(step) = lock(&STEP).take() else {
+        return Ok(());
+    };
+    let end_ms = sgpu_spool::now_ms();
+    let end = match capture::snapshot(&step.nvml) {
+        Ok(s) => capture::readings_at_end(&s),
+        Err(e) => {
+            ffi::log_error(&format!(
+                "sgpu: job {} step {}: end counters: {e}",
+                step.start.job_id, step.start.step
+            ));
+            BTreeMap::new()
+        }
+    };
+    let mut result = Ok(());
+    match capture::step_record(&step.start, end_ms, &end) {
+        Ok(rec) => {
+            if let Err(e) = sgpu_spool::Spool::open(&step.spool_dir).and_then(|s| s.write(&rec)) {
+                result = Err(format!(
+                    "job {} step {}: spool: {e}",
+                    step.start.job_id, step.start.step
+                ));
+            }
+        }
+        Err(e) => result = Err(format!("job {}: record: {e}", step.start.job_id)),
+    }
+    if step.report && step.start.step == "batch" {
+        let text = report::summary(&step.start, end_ms, &end);
+        if let Err(e) = deliver_report(step.start.uid, &text) {
+            ffi::log_error(&format!(
+                "sgpu: job {}: --gpu-report: {e}; the summary:\n{text}",
+                step.start.job_id
+            ));
+        }
+    }
+    result
+}
+
+/// Appends the summary to the job's stderr file. slurmstepd of a batch step has the job's
+/// stderr file as its own fd 2 (Slurm 22.05, measured on the test cluster: it is also the
+/// file the batch script's fd 2 points to); it is reopened with `O_APPEND` (never writing at
+/// a stale offset) and used only when it is a regular file owned by the job's user, so
+/// slurmd's log or a pipe is never written to.
+fn deliver_report(uid: u32, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/proc/self/fd/2")
+        .map_err(|e| format!("cannot open the job's stderr: {e}"))?;
+    let md = f
+        .metadata()
+        .map_err(|e| format!("cannot stat the job's stderr: {e}"))?;
+    if !md.file_type().is_file() || md.uid() != uid {
+        return Err("slurmstepd's stderr is not the job's output file".into());
+    }
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write to the job's stderr: {e}"))
+}
+
+macro_rules! hook {
+    ($name:ident, $label:literal, $body:expr) => {
+        #[doc = concat!("SPANK hook `", stringify!($name), "`.")]
+        ///
+        /// # Safety
+        /// Called by Slurm with its handle and the plugstack.conf arguments.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(sp: sys::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+            // SAFETY: Slurm's handle for this call, and its argv of ac strings.
+            let (sp, argv) = unsafe { (Spank::from_raw(sp), ffi::args(ac, av)) };
+            let f: fn(&Spank, Vec<String>) -> Result<(), String> = $body;
+            guard($label, || f(&sp, argv))
+        }
+    };
+}
+
+hook!(slurm_spank_init, "init", |sp, argv| hook_init(sp, argv));
+hook!(slurm_spank_init_post_opt, "init_post_opt", |sp, _| {
+    hook_init_post_opt(sp)
+});
+hook!(slurm_spank_exit, "exit", |sp, _| hook_exit(sp));

@@ -6,6 +6,9 @@
 //! `libnvidia-ml.so.1` in `sgpu/lib`). [`install`] builds and copies the binaries and writes
 //! those files; every node starts with healthy GPUs.
 //!
+//! The SPANK plugin `spank_sgpu.so` is installed in `sgpu/lib` and listed in the cluster's
+//! `etc/plugstack.conf`.
+//!
 //! Each node also runs `sgpu-healthd` with that node's environment (started by [`install`],
 //! pid in `sgpu/nodes/<node>/healthd.pid`, log in `healthd.log` beside it); it is restarted
 //! when its binary or configuration changed and stopped by `tests/cluster/down`.
@@ -72,7 +75,10 @@ fn build_binaries() -> Result<PathBuf, ClusterError> {
         "sgpu-prolog-epilog",
         "-p",
         "sgpu-healthd",
+        "-p",
+        "sgpu-spank",
         "--bins",
+        "--lib",
     ]);
     match profile.as_str() {
         "debug" => {}
@@ -192,6 +198,7 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
     })?;
     let library = lib.join(nvml_sim::LIBRARY_NAME);
     healthd_changed |= replace_file(&staged, &library)?;
+    install_spank_plugin(cluster, &built, &lib)?;
 
     for node in cluster.nodes()? {
         let f = node_files(cluster, &node);
@@ -225,6 +232,31 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
             start_healthd(cluster, &node)?;
         }
     }
+    Ok(())
+}
+
+/// Where the SPANK plugin is installed in the cluster (Cargo builds `libspank_sgpu.so`;
+/// plugstack.conf names it `spank_sgpu.so`).
+pub fn spank_plugin_path(cluster: &Cluster) -> PathBuf {
+    sgpu_dir(cluster).join("lib").join("spank_sgpu.so")
+}
+
+/// The plugstack.conf line that loads sgpu's SPANK plugin in the test cluster.
+pub fn plugstack_line(cluster: &Cluster) -> String {
+    format!("optional {}", spank_plugin_path(cluster).display())
+}
+
+/// Installs `spank_sgpu.so` and lists it in the cluster's plugstack.conf. slurmstepd (per
+/// step), srun and sbatch read plugstack.conf each time: no restart needed. Each node's
+/// slurmd (hence slurmstepd) runs with that node's `SGPU_CONFIG`, see `tests/cluster/up`.
+fn install_spank_plugin(cluster: &Cluster, built: &Path, lib: &Path) -> Result<(), ClusterError> {
+    replace_file(&built.join("libspank_sgpu.so"), &lib.join("spank_sgpu.so"))?;
+    let conf = cluster.dir().join("etc/plugstack.conf");
+    let text = format!(
+        "# sgpu test cluster: SPANK plugins (written by sgpu_tests::sgpu::install)\n{}\n",
+        plugstack_line(cluster)
+    );
+    write_if_changed(&conf, &text)?;
     Ok(())
 }
 

@@ -1,0 +1,300 @@
+//! Per-step GPU capture: which GPUs a step holds, their energy counters at its start and end,
+//! and the `step_usage` record written to the node spool.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sgpu_healthd::gpu::{self, NodeSnapshot, NvmlOptions};
+use sgpu_healthd::nodeconf::NodeLayout;
+use sgpu_spool::{GpuUsage, Record, RecordBody, RecordId, RecordKind, Usage};
+
+use crate::ffi::sys;
+
+/// The spool's name of a step: `batch`, `extern`, `interactive` or the step number
+/// (`SLURM_BATCH_SCRIPT` etc. as `slurm/slurm.h` defines them).
+pub fn step_name(step_id: u32) -> String {
+    match step_id {
+        sys::SLURM_BATCH_SCRIPT => "batch".into(),
+        sys::SLURM_EXTERN_CONT => "extern".into(),
+        sys::SLURM_INTERACTIVE_STEP => "interactive".into(),
+        sys::SLURM_PENDING_STEP => "pending".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Parses a Slurm GPU index list (`0,1,3` or `0-3`); `None` for anything else (such as
+/// `NoDevFiles` or UUIDs).
+pub fn parse_gpu_list(s: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                if b < a || b - a > 1024 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// The step's GPUs as Slurm numbers them on this node, from the step's environment:
+/// `SLURM_STEP_GPUS` (srun steps), else `SLURM_JOB_GPUS` (batch step, whole job). Not
+/// `CUDA_VISIBLE_DEVICES`: under device cgroups it is renumbered from 0.
+pub fn slurm_gpus(getenv: impl Fn(&str) -> Option<String>) -> Vec<u32> {
+    ["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"]
+        .iter()
+        .find_map(|v| getenv(v).and_then(|s| parse_gpu_list(&s)))
+        .unwrap_or_default()
+}
+
+/// One GPU at step start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuStart {
+    /// NVML index.
+    pub index: u32,
+    /// NVML UUID.
+    pub uuid: String,
+    /// Product name.
+    pub name: Option<String>,
+    /// Energy counter, mJ.
+    pub energy_mj: Option<u64>,
+}
+
+/// What the plugin knows about a step from its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepStart {
+    /// Cluster name.
+    pub cluster: String,
+    /// Job id.
+    pub job_id: u32,
+    /// Step name ([`step_name`]).
+    pub step: String,
+    /// Slurm node name.
+    pub node: String,
+    /// Job owner.
+    pub user: String,
+    /// Job owner's uid.
+    pub uid: u32,
+    /// Account, if known.
+    pub account: Option<String>,
+    /// Partition, if known.
+    pub partition: Option<String>,
+    /// Step start, Unix ms.
+    pub start_ms: u64,
+    /// The step's GPUs.
+    pub gpus: Vec<GpuStart>,
+}
+
+/// One GPU at step end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuEndReading {
+    /// Energy counter at step end, mJ.
+    pub energy_mj: Option<u64>,
+}
+
+/// Energy over the step: `end - start` when both are known and the counter did not go
+/// backwards (driver reload).
+pub fn energy_delta(start: Option<u64>, end: Option<u64>) -> Option<u64> {
+    end?.checked_sub(start?)
+}
+
+/// Builds the `step_usage` record. Utilization is not sampled by the plugin: 0 samples,
+/// utilization 0 and used GPU time 0 mean "not measured" (healthd's `job_usage` records
+/// carry sampled utilization).
+pub fn step_record(
+    start: &StepStart,
+    end_ms: u64,
+    end: &BTreeMap<String, GpuEndReading>,
+) -> Result<Record, sgpu_spool::RecordError> {
+    let end_ms = end_ms.max(start.start_ms);
+    let span = end_ms - start.start_ms;
+    let gpus: Vec<GpuUsage> = start
+        .gpus
+        .iter()
+        .map(|g| GpuUsage {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            name: g.name.clone(),
+            samples: 0,
+            util_mean_pct: 0.0,
+            util_max_pct: 0,
+            mem_peak_mib: 0,
+            energy_mj: energy_delta(g.energy_mj, end.get(&g.uuid).and_then(|e| e.energy_mj)),
+            used_gpu_ms: 0,
+        })
+        .collect();
+    let n = u64::try_from(gpus.len()).unwrap_or(u64::MAX);
+    let body = Usage {
+        user: start.user.clone(),
+        uid: start.uid,
+        account: start.account.clone(),
+        partition: start.partition.clone(),
+        window_start: start.start_ms,
+        window_end: end_ms,
+        allocated_gpu_ms: n.saturating_mul(span),
+        used_gpu_ms: 0,
+        gpus,
+    };
+    let id = RecordId::new(
+        start.cluster.clone(),
+        start.job_id,
+        Some(start.step.clone()),
+        start.node.clone(),
+        RecordKind::StepUsage,
+    )?;
+    Record::new(id, end_ms, RecordBody::StepUsage(body))
+}
+
+/// Reads the node's GPUs once, under `opts.timeout` (worker thread with a deadline: a hung
+/// driver costs the step the deadline, never more).
+pub fn snapshot(opts: &NvmlOptions) -> Result<NodeSnapshot, String> {
+    gpu::collect(opts, false)
+        .map(|c| c.snapshot)
+        .map_err(|e| e.to_string())
+}
+
+/// The step's GPUs (Slurm indices) as read from `snap`, mapped to NVML through the node's
+/// gres.conf (device minor numbers). GPUs without a UUID are left out (noted).
+pub fn gpus_at_start(
+    slurm_indices: &[u32],
+    snap: &NodeSnapshot,
+    slurm_conf: &Path,
+    node: &str,
+    notes: &mut Vec<String>,
+) -> Vec<GpuStart> {
+    let nvml: Vec<u32> = match NodeLayout::load(slurm_conf, node) {
+        Ok(l) => l.nvml_indices(slurm_indices, snap),
+        Err(e) => {
+            notes.push(e);
+            slurm_indices.to_vec()
+        }
+    };
+    let mut out = Vec::new();
+    for i in nvml {
+        let Some(g) = snap.gpus.iter().find(|g| g.index == i) else {
+            notes.push(format!("GPU {i} not found by NVML"));
+            continue;
+        };
+        let Some(uuid) = g.uuid().filter(|u| !u.is_empty()) else {
+            notes.push(format!("gpu{i}: no UUID"));
+            continue;
+        };
+        if out.iter().any(|o: &GpuStart| o.uuid == uuid) {
+            continue;
+        }
+        out.push(GpuStart {
+            index: i,
+            uuid: uuid.to_string(),
+            name: g.name.value().cloned(),
+            energy_mj: g.energy_mj.value().copied(),
+        });
+    }
+    out
+}
+
+/// The end readings of `snap`, by UUID.
+pub fn readings_at_end(snap: &NodeSnapshot) -> BTreeMap<String, GpuEndReading> {
+    snap.gpus
+        .iter()
+        .filter_map(|g| {
+            Some((
+                g.uuid()?.to_string(),
+                GpuEndReading {
+                    energy_mj: g.energy_mj.value().copied(),
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> StepStart {
+        StepStart {
+            cluster: "c".into(),
+            job_id: 7,
+            step: "batch".into(),
+            node: "node1".into(),
+            user: "alice".into(),
+            uid: 1000,
+            account: None,
+            partition: Some("gpu".into()),
+            start_ms: 1_000,
+            gpus: vec![
+                GpuStart {
+                    index: 0,
+                    uuid: "GPU-a".into(),
+                    name: Some("H100".into()),
+                    energy_mj: Some(100),
+                },
+                GpuStart {
+                    index: 2,
+                    uuid: "GPU-b".into(),
+                    name: None,
+                    energy_mj: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn step_names_follow_slurm_h() {
+        assert_eq!(step_name(0xffff_fffb), "batch");
+        assert_eq!(step_name(0xffff_fffc), "extern");
+        assert_eq!(step_name(0xffff_fffa), "interactive");
+        assert_eq!(step_name(3), "3");
+    }
+
+    #[test]
+    fn gpu_lists() {
+        assert_eq!(parse_gpu_list("0,2-3"), Some(vec![0, 2, 3]));
+        assert_eq!(parse_gpu_list("NoDevFiles"), None);
+        assert_eq!(parse_gpu_list(""), Some(vec![]));
+        let env = |k: &str| match k {
+            "SLURM_STEP_GPUS" => Some("1".to_string()),
+            "SLURM_JOB_GPUS" => Some("0,1".to_string()),
+            _ => None,
+        };
+        assert_eq!(slurm_gpus(env), vec![1]);
+        assert_eq!(
+            slurm_gpus(|k| (k == "SLURM_JOB_GPUS").then(|| "0,1".to_string())),
+            vec![0, 1]
+        );
+        assert!(slurm_gpus(|_| None).is_empty());
+    }
+
+    #[test]
+    fn record_has_energy_deltas_and_consistent_times() {
+        let mut end = BTreeMap::new();
+        end.insert(
+            "GPU-a".to_string(),
+            GpuEndReading {
+                energy_mj: Some(600),
+            },
+        );
+        let r = match step_record(&start(), 3_000, &end) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(r.id().step(), Some("batch"));
+        let RecordBody::StepUsage(u) = r.body() else {
+            panic!("not a step record")
+        };
+        assert_eq!(u.allocated_gpu_ms, 4_000);
+        assert_eq!(u.used_gpu_ms, 0);
+        assert_eq!(u.gpus[0].energy_mj, Some(500));
+        assert_eq!(u.gpus[1].energy_mj, None);
+        // a clock that went backwards gives an empty window, not an invalid record
+        assert!(step_record(&start(), 10, &end).is_ok());
+        // a counter that went backwards (driver reload) gives no delta
+        assert_eq!(energy_delta(Some(5), Some(3)), None);
+    }
+}
