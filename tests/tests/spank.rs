@@ -1,0 +1,303 @@
+//! sgpu's SPANK plugin (`spank_sgpu.so`) loaded by the real sbatch/srun/slurmstepd of the
+//! test cluster: user options, per-step records, the end-of-job GPU report, and jobs that
+//! run whatever the plugin meets.
+
+use std::time::Duration;
+
+use nvml_sim::State;
+use sgpu_spool::{Record, RecordBody, Spool, Usage};
+use sgpu_tests::sgpu::{self, node_files};
+use sgpu_tests::{Cluster, node_state};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The spool records of `job` on `node`.
+fn records_of(
+    cluster: &Cluster,
+    node: &str,
+    job: u32,
+) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
+    let spool = Spool::open(node_files(cluster, node).spool_dir)?;
+    let mut out = Vec::new();
+    for e in spool.list()? {
+        let r = spool.read(&e)?;
+        if r.id().job_id() == job {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// The `step_usage` records of `job` on `node`, by step name.
+fn step_records(
+    cluster: &Cluster,
+    node: &str,
+    job: u32,
+) -> Result<Vec<(String, Usage)>, Box<dyn std::error::Error>> {
+    let mut v: Vec<(String, Usage)> = records_of(cluster, node, job)?
+        .into_iter()
+        .filter_map(|r| {
+            let step = r.id().step()?.to_string();
+            match r.into_parts().2 {
+                RecordBody::StepUsage(u) => Some((step, u)),
+                _ => None,
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// A scratch directory for job output, readable by slurmstepd (jobs run as root here).
+fn out_dir() -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+    Ok(tempfile::Builder::new()
+        .prefix("sgpu-spank-test")
+        .tempdir_in("/tmp")?)
+}
+
+#[test]
+fn plugin_is_listed_and_its_options_are_offered() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    let conf = std::fs::read_to_string(cluster.dir().join("etc/plugstack.conf"))?;
+    assert!(conf.contains(&sgpu::plugstack_line(&cluster)), "{conf}");
+    let help = cluster.output("sbatch", &["--help"])?;
+    assert!(help.contains("--gpu-health=strict|warn|off"), "{help}");
+    assert!(help.contains("--gpu-report"), "{help}");
+    Ok(())
+}
+
+#[test]
+fn bogus_gpu_health_is_refused_at_submission() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    for prog in ["sbatch", "srun"] {
+        let mut cmd = cluster.command(prog);
+        cmd.arg("--gpu-health=bogus");
+        if prog == "sbatch" {
+            cmd.args(["--wrap", "true"]);
+        } else {
+            cmd.args(["-N1", "true"]);
+        }
+        let out = cmd.output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{prog} accepted --gpu-health=bogus");
+        assert!(
+            stderr.contains(&format!(
+                "{prog}: error: sgpu: invalid --gpu-health value \"bogus\": expected one of \
+                 strict, warn, off"
+            )),
+            "{prog}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_report_names_the_gpus_and_their_energy() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    let node = "node2";
+    let state = State::load(node_files(&cluster, node).nvml_state)?;
+    let dir = out_dir()?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let id = cluster.sbatch(
+        &[
+            "-w",
+            node,
+            "--gres=gpu:2",
+            "--gpu-report",
+            "-o",
+            &out.to_string_lossy(),
+            "-e",
+            &err.to_string_lossy(),
+        ],
+        "echo hello; sleep 3",
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert_eq!(std::fs::read_to_string(&out)?, "hello\n");
+    let report = std::fs::read_to_string(&err)?;
+    assert!(
+        report.contains(&format!("sgpu: GPU report for job {id} on {node} (2 GPUs")),
+        "{report}"
+    );
+    assert!(
+        report.contains("utilization unavailable (healthd not reachable)"),
+        "{report}"
+    );
+
+    let steps = step_records(&cluster, node, id)?;
+    let (_, batch) = steps
+        .iter()
+        .find(|(s, _)| s == "batch")
+        .ok_or_else(|| format!("no batch step record for job {id}: {steps:?}"))?;
+    assert_eq!(batch.gpus.len(), 2);
+    let wall_ms = batch.window_end - batch.window_start;
+    assert!(wall_ms >= 3_000, "the job slept 3 s, window {wall_ms} ms");
+    assert_eq!(batch.allocated_gpu_ms, 2 * wall_ms);
+    let mut expected_total = 0.0;
+    for g in &batch.gpus {
+        // the report names each GPU of the job by its simulated UUID
+        assert!(report.contains(&g.uuid), "{} not in {report}", g.uuid);
+        let sim = state
+            .gpus
+            .iter()
+            .find(|s| s.uuid == g.uuid)
+            .ok_or_else(|| format!("record names GPU {} the node does not have", g.uuid))?;
+        let power_mw = f64::from(sim.power_usage_mw.unwrap_or(0));
+        let expected = power_mw * wall_ms as f64 / 1000.0;
+        let delta = g.energy_mj.ok_or("no energy")? as f64;
+        assert!(
+            (delta - expected).abs() <= expected * 0.03,
+            "gpu {}: energy {delta} mJ, power x time {expected} mJ",
+            g.uuid
+        );
+        expected_total += expected;
+    }
+    // the summary's total, "energy 417.3 J (0.000116 kWh)"
+    let total_j: f64 = report
+        .lines()
+        .find(|l| l.contains("GPU-hours; energy"))
+        .and_then(|l| l.split("; energy ").nth(1))
+        .and_then(|t| t.split(" J").next())
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| format!("no energy total in {report}"))?;
+    let expected_j = expected_total / 1000.0;
+    assert!(
+        (total_j - expected_j).abs() <= expected_j * 0.03,
+        "report says {total_j} J, power x time is {expected_j} J:\n{report}"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_srun_steps_give_two_step_records_and_the_batch_step() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    let node = "node2";
+    let id = cluster.sbatch(
+        &["-w", node, "--gres=gpu:2", "-o", "/dev/null"],
+        "srun --gres=gpu:1 sleep 0.5; srun --gres=gpu:2 true",
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let steps = step_records(&cluster, node, id)?;
+    let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["0", "1", "batch"], "{steps:?}");
+    assert_eq!(steps[0].1.gpus.len(), 1, "step 0 asked for one GPU");
+    assert_eq!(steps[1].1.gpus.len(), 2, "step 1 asked for two GPUs");
+    let batch = &steps[2].1;
+    for (name, u) in &steps[..2] {
+        assert!(
+            u.window_start >= batch.window_start && u.window_end <= batch.window_end,
+            "step {name} lies within the batch step: {u:?} vs {batch:?}"
+        );
+        assert!(u.gpus.iter().all(|g| g.energy_mj.is_some()), "{u:?}");
+    }
+    assert!(steps[0].1.window_end - steps[0].1.window_start >= 500);
+    Ok(())
+}
+
+/// Puts a node back in service and its GPUs back to health, whatever the test did.
+struct Restore<'a> {
+    cluster: &'a Cluster,
+    node: &'a str,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let _ = sgpu::reset_gpus(self.cluster, self.node);
+        let _ = self.cluster.output(
+            "scontrol",
+            &["update", &format!("NodeName={}", self.node), "State=RESUME"],
+        );
+    }
+}
+
+#[test]
+fn gpu_health_warn_reaches_the_prolog_the_job_runs_and_the_node_drains() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node1";
+    // healthd would drain node1 before the job lands there; this test is about the prolog
+    let _paused = sgpu::pause_healthd(&cluster, node)?;
+    let _restore = Restore {
+        cluster: &cluster,
+        node,
+    };
+    sgpu::update_gpus(&cluster, node, |s| {
+        if let Some(g) = s.gpu_mut(2) {
+            g.ecc.volatile_uncorrected = 3;
+        }
+    })?;
+    let id = cluster.sbatch(
+        &[
+            "-w",
+            node,
+            "--gres=gpu:1",
+            "--gpu-health=warn",
+            "-o",
+            "/dev/null",
+        ],
+        "true",
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    // strict would have failed the prolog and requeued the job: warn reached sgpu-prolog
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert_eq!(job.get("Restarts"), "0", "{job:?}");
+    let rec = cluster.node(node)?;
+    assert!(
+        node_state(&rec).1
+            && rec
+                .get("Reason")
+                .starts_with("sgpu: gpu.ecc_uncorrectable gpu2:"),
+        "node-level policy: the node is drained even though the job ran: {rec:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn jobs_run_when_the_spool_is_unusable() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node2";
+    let spool = node_files(&cluster, node).spool_dir;
+    // the spool refuses a world-writable directory: every write fails (root ignores mode bits)
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777))?;
+    struct Back(std::path::PathBuf);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    let _back = Back(spool.clone());
+    let dir = out_dir()?;
+    let out = dir.path().join("out");
+    let id = cluster.sbatch(
+        &[
+            "-w",
+            node,
+            "--gres=gpu:1",
+            "--gpu-report",
+            "-o",
+            &out.to_string_lossy(),
+        ],
+        "srun true; echo done",
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let text = std::fs::read_to_string(&out)?;
+    assert!(text.contains("done"), "{text}");
+    // the report does not depend on the spool
+    assert!(text.contains("sgpu: GPU report for job"), "{text}");
+    let log = std::fs::read_to_string(cluster.dir().join(format!("log/slurmd-{node}.log")))?;
+    assert!(
+        log.contains(&format!("sgpu: exit: job {id} step batch: spool:")),
+        "the plugin logs why it wrote no record"
+    );
+    Ok(())
+}
