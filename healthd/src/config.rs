@@ -63,6 +63,12 @@ pub const DEFAULT_BREAKER_MIN_NODES: u32 = 1;
 /// Default circuit-breaker window, seconds: sgpu drains older than this do not count.
 pub const DEFAULT_BREAKER_WINDOW_S: u64 = 3600;
 
+/// Default seconds between per-job usage samples.
+pub const DEFAULT_SAMPLE_INTERVAL_S: u64 = 10;
+
+/// Default address of the daemon's local HTTP endpoint (`/status`, `/metrics`).
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:9411";
+
 /// The daemon's circuit breaker (see [`crate::breaker`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
@@ -148,6 +154,10 @@ pub struct Config {
     pub resume_after: u32,
     /// The daemon's circuit breaker.
     pub breaker: BreakerConfig,
+    /// Time between per-job usage samples.
+    pub sample_interval: Duration,
+    /// Where the daemon serves `/status` and `/metrics` (`None`: `status_listen = "off"`).
+    pub status_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -166,6 +176,8 @@ impl Default for Config {
             check_interval: Duration::from_secs(DEFAULT_CHECK_INTERVAL_S),
             resume_after: DEFAULT_RESUME_AFTER,
             breaker: BreakerConfig::default(),
+            sample_interval: Duration::from_secs(DEFAULT_SAMPLE_INTERVAL_S),
+            status_listen: DEFAULT_STATUS_LISTEN.parse().ok(),
         }
     }
 }
@@ -189,6 +201,8 @@ struct RawConfig {
     breaker_max_fraction: Option<Spanned<f64>>,
     breaker_min_nodes: Option<u32>,
     breaker_window_s: Option<Spanned<u64>>,
+    sample_interval_s: Option<Spanned<u64>>,
+    status_listen: Option<Spanned<String>>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -338,6 +352,34 @@ impl Config {
                 ));
             }
             config.breaker.window = Duration::from_secs(v);
+        }
+
+        if let Some(s) = raw.sample_interval_s {
+            let v = *s.get_ref();
+            if !(1..=86_400).contains(&v) {
+                return Err(invalid(
+                    s.span().start,
+                    "sample_interval_s".into(),
+                    format!("{v} is out of range (1 to 86400 s)"),
+                ));
+            }
+            config.sample_interval = Duration::from_secs(v);
+        }
+        if let Some(l) = raw.status_listen {
+            let v = l.get_ref().trim();
+            config.status_listen = if v == "off" {
+                None
+            } else {
+                Some(v.parse().map_err(|_| {
+                    invalid(
+                        l.span().start,
+                        "status_listen".into(),
+                        format!(
+                            "{v:?} is not an address:port (e.g. \"127.0.0.1:9411\") or \"off\""
+                        ),
+                    )
+                })?)
+            };
         }
 
         for (id, table) in raw.checks {
@@ -520,6 +562,25 @@ enabled = false
                 min_nodes: 2,
                 window: Duration::from_secs(600)
             }
+        );
+        assert_eq!(c.sample_interval, Duration::from_secs(10));
+        assert_eq!(c.status_listen, "127.0.0.1:9411".parse().ok());
+        let c = parse("sample_interval_s = 1\nstatus_listen = \"127.0.0.1:19411\"\n").unwrap();
+        assert_eq!(c.sample_interval, Duration::from_secs(1));
+        assert_eq!(c.status_listen, "127.0.0.1:19411".parse().ok());
+        assert_eq!(
+            parse("status_listen = \"off\"").unwrap().status_listen,
+            None
+        );
+        let e = err("\nsample_interval_s = 0\n");
+        assert!(
+            e.contains(":2: sample_interval_s: 0 is out of range"),
+            "{e}"
+        );
+        let e = err("status_listen = \"localhost\"\n");
+        assert!(
+            e.contains(":1: status_listen: \"localhost\" is not an address"),
+            "{e}"
         );
         let e = err("check_interval_s = 0\n");
         assert!(e.contains(":1: check_interval_s: 0 is out of range"), "{e}");

@@ -29,10 +29,14 @@ use crate::breaker::{self, Trip};
 use crate::catalogue::{self as cat, Catalogue, Profile, Severity};
 use crate::checks::{self, CheckContext, CheckResult, Status, Verdict};
 use crate::config::Config;
-use crate::gpu::{NodeSnapshot, NvmlFailure, NvmlOptions, NvmlWorker};
+use crate::gpu::{GpuSample, NodeSnapshot, NvmlFailure, NvmlOptions, NvmlWorker};
+use crate::http;
 use crate::nodeconf::{self, NodeLayout};
 use crate::policy::{Decision, Failure, Memory, NodeControl, Policy};
+use crate::sampler::{self, Sampler};
 use crate::slurmctl::{NodeState, Scontrol, SlurmctlError};
+use crate::status::Shared;
+use crate::store::{JobStore, MemStore, SledStore};
 use crate::xid::{XidClass, XidEvent, XidStore, classify};
 
 /// How long the watch waits on the event set per call.
@@ -76,14 +80,14 @@ pub fn node_name(config: &Config) -> Result<String, DaemonError> {
 /// A long-lived NVML worker that follows the hung-driver policy: a worker that hung is kept
 /// until its thread comes back, and only then replaced.
 #[derive(Debug)]
-struct Session {
+pub(crate) struct Session {
     opts: NvmlOptions,
     worker: Option<NvmlWorker>,
     last_failure: Option<NvmlFailure>,
 }
 
 impl Session {
-    fn new(opts: NvmlOptions) -> Session {
+    pub(crate) fn new(opts: NvmlOptions) -> Session {
         Session {
             opts,
             worker: None,
@@ -136,6 +140,13 @@ impl Session {
 
     fn snapshot(&mut self) -> Result<NodeSnapshot, NvmlFailure> {
         let r = self.ready().and_then(|(w, _)| w.snapshot());
+        self.note(r.as_ref().map(|_| ()));
+        r
+    }
+
+    /// Every GPU's sample (see [`NvmlWorker::sample`]).
+    pub(crate) fn sample(&mut self) -> Result<Vec<GpuSample>, NvmlFailure> {
+        let r = self.ready().and_then(|(w, _)| w.sample());
         self.note(r.as_ref().map(|_| ()));
         r
     }
@@ -235,6 +246,11 @@ impl Daemon {
     /// The node acted on.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// What the policy remembers (its drain, the open breaker).
+    pub fn memory(&self) -> &Memory {
+        self.policy.memory()
     }
 
     /// One `full` run: check, decide, act, remember.
@@ -374,12 +390,13 @@ fn record_xids(state_dir: &std::path::Path, pending: &mut Vec<XidEvent>) {
     }
 }
 
-/// Starts the XID watch thread: every XID is recorded in the store, and a hardware XID
-/// sends a [`Trigger::Xid`] on `wake`. It stops when `stop` is set (within [`XID_WAIT`]).
+/// Starts the XID watch thread: every XID is recorded in the store (and counted in
+/// `shared`), and a hardware XID sends a [`Trigger::Xid`] on `wake`. It stops when `stop` is set (within [`XID_WAIT`]).
 pub fn spawn_xid_watch(
     config: &Config,
     wake: UnboundedSender<Trigger>,
     stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 ) -> Result<std::thread::JoinHandle<()>, DaemonError> {
     let opts = NvmlOptions::from_config(config);
     let state_dir: PathBuf = config.state_dir.clone();
@@ -413,6 +430,7 @@ pub fn spawn_xid_watch(
                         for e in &events {
                             let info = classify(e.code);
                             hardware |= info.class == XidClass::Hardware;
+                            shared.record_xid(e.gpu_index, e.gpu_uuid.as_deref(), e.code);
                             warn!(
                                 gpu = ?e.gpu_index,
                                 xid = e.code,
@@ -446,22 +464,60 @@ pub fn spawn_xid_watch(
         })
 }
 
+/// Starts per-job sampling: the job database (`<state_dir>/healthd.sled`; in memory only,
+/// loudly, if it cannot be opened) and the sampler task.
+fn spawn_sampler(config: &Config, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    let store: Box<dyn JobStore> = match SledStore::open(&config.state_dir) {
+        Ok(s) => Box::new(s),
+        Err(e) => {
+            error!("{e}; per-job usage is kept in memory only (a restart loses it)");
+            Box::new(MemStore::default())
+        }
+    };
+    let sampler = Sampler::new(config, store, shared);
+    tokio::spawn(sampler::run(sampler, config.sample_interval))
+}
+
+/// Starts the `/status` and `/metrics` endpoint, if configured; a taken address is logged
+/// and the daemon runs on without it (its checks matter more).
+async fn spawn_http(config: &Config, shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = config.status_listen?;
+    match http::bind(addr, shared).await {
+        Ok(server) => {
+            info!(%addr, "serving /status and /metrics");
+            Some(tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    error!("status endpoint: {e}");
+                }
+            }))
+        }
+        Err(e) => {
+            error!(%addr, "cannot serve /status and /metrics on {addr}: {e}");
+            None
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let (wake_tx, mut wake_rx): (UnboundedSender<Trigger>, UnboundedReceiver<Trigger>) =
         unbounded_channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let watch = spawn_xid_watch(config, wake_tx, stop.clone())?;
+    let shared = Shared::new(daemon.node(), config.sample_interval);
+    let watch = spawn_xid_watch(config, wake_tx, stop.clone(), shared.clone())?;
     let sig = |kind, what| signal(kind).map_err(|source| DaemonError::Io { what, source });
     let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
+    let http = spawn_http(config, shared.clone()).await;
+    let sampling = spawn_sampler(config, shared.clone());
     let mut interval = tokio::time::interval(config.check_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
         node = daemon.node(),
         interval_s = config.check_interval.as_secs(),
         resume_after = config.resume_after,
+        sample_interval_s = config.sample_interval.as_secs(),
         "sgpu-healthd started"
     );
     let mut daemon = Some(daemon);
@@ -478,12 +534,15 @@ pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
         };
         let Some(mut d) = daemon.take() else { break };
         let job = tokio::task::spawn_blocking(move || {
-            d.run_once(trigger);
-            d
+            let report = d.run_once(trigger);
+            (d, report)
         });
         tokio::select! {
             joined = job => match joined {
-                Ok(d) => daemon = Some(d),
+                Ok((d, report)) => {
+                    shared.record_run(&report, d.memory(), trigger);
+                    daemon = Some(d);
+                }
                 Err(e) => {
                     error!("a run failed: {e}");
                     break;
@@ -499,6 +558,10 @@ pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
     }
     info!("sgpu-healthd stopping");
     stop.store(true, Ordering::SeqCst);
+    sampling.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     // the watch leaves within one wait unless the driver holds it; never wait on a hang
     let deadline = std::time::Instant::now() + XID_WAIT * 3;
     while !watch.is_finished() && std::time::Instant::now() < deadline {

@@ -353,14 +353,41 @@ pub struct XidDrain {
     pub unregistered: Vec<u32>,
 }
 
+/// One GPU's readings for per-job sampling and metrics (a cheap subset of [`GpuSnapshot`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuSample {
+    /// NVML index.
+    pub index: u32,
+    /// The GPU has fallen off the bus.
+    pub lost: bool,
+    /// `GPU-...` UUID, if read.
+    pub uuid: Option<String>,
+    /// Product name, if read.
+    pub name: Option<String>,
+    /// GPU utilization, percent.
+    pub utilization_gpu_pct: Option<u32>,
+    /// Framebuffer memory in use, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Power draw, milliwatts.
+    pub power_mw: Option<u32>,
+    /// Energy counter since driver load, millijoules.
+    pub energy_mj: Option<u64>,
+    /// GPU temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Volatile uncorrectable ECC errors.
+    pub ecc_volatile_uncorrected: Option<u64>,
+}
+
 enum Request {
     Snapshot,
+    Sample,
     WatchXids,
     DrainXids { wait_ms: u32 },
 }
 
 enum Reply {
     Snapshot(Result<NodeSnapshot, NvmlFailure>),
+    Sample(Result<Vec<GpuSample>, NvmlFailure>),
     Watch(Result<Vec<u32>, NvmlFailure>),
     Xids(Result<Vec<XidEvent>, NvmlFailure>),
 }
@@ -517,6 +544,15 @@ impl NvmlWorker {
         }
     }
 
+    /// Reads every GPU's [`GpuSample`], waiting at most the configured timeout.
+    pub fn sample(&mut self) -> Result<Vec<GpuSample>, NvmlFailure> {
+        let deadline = Instant::now() + self.timeout;
+        match self.call(Request::Sample, deadline)? {
+            Reply::Sample(r) => r,
+            _ => Err(NvmlFailure::Query("unexpected reply".into())),
+        }
+    }
+
     /// Registers every GPU for XID events on the worker's event set (creating it), so later
     /// [`NvmlWorker::drain_xids`] calls see XIDs raised from now on. Returns the GPUs that
     /// could not be registered.
@@ -619,6 +655,7 @@ fn worker_main(
         busy.store(true, Ordering::SeqCst);
         let answer = match req {
             Request::Snapshot => Reply::Snapshot(read_snapshot(&nvml, &progress)),
+            Request::Sample => Reply::Sample(read_samples(&nvml, &progress)),
             Request::WatchXids => {
                 set_progress(&progress, "registering XID events");
                 Reply::Watch(register_xids(&nvml, &mut set, &mut registered))
@@ -665,6 +702,59 @@ fn read_snapshot(nvml: &Nvml, progress: &Progress) -> Result<NodeSnapshot, NvmlF
         driver_version,
         gpus,
     })
+}
+
+fn read_samples(nvml: &Nvml, progress: &Progress) -> Result<Vec<GpuSample>, NvmlFailure> {
+    set_progress(progress, "counting GPUs");
+    let count = nvml
+        .device_count()
+        .map_err(|e| NvmlFailure::Query(format!("device count: {e}")))?;
+    let mut out = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        set_progress(progress, format!("sampling gpu{index}"));
+        let mut s = GpuSample {
+            index,
+            lost: false,
+            uuid: None,
+            name: None,
+            utilization_gpu_pct: None,
+            memory_used_bytes: None,
+            power_mw: None,
+            energy_mj: None,
+            temperature_c: None,
+            ecc_volatile_uncorrected: None,
+        };
+        match nvml.device_by_index(index) {
+            Ok(d) => {
+                let mut lost = false;
+                let l = &mut lost;
+                s.uuid = opt(d.uuid(), l);
+                s.name = opt(d.name(), l);
+                s.utilization_gpu_pct = opt(d.utilization_rates().map(|u| u.gpu), l);
+                s.memory_used_bytes = opt(d.memory_info().map(|m| m.used), l);
+                s.power_mw = opt(d.power_usage(), l);
+                s.energy_mj = opt(d.total_energy_consumption(), l);
+                s.temperature_c = opt(d.temperature(TemperatureSensor::Gpu), l);
+                s.ecc_volatile_uncorrected = opt(
+                    d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
+                    l,
+                );
+                s.lost = lost;
+            }
+            Err(NvmlError::GpuLost) => s.lost = true,
+            Err(_) => {}
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A value, or `None` when unsupported or failed (marking a lost GPU).
+fn opt<T>(r: Result<T, NvmlError>, lost: &mut bool) -> Option<T> {
+    match Reading::from_result(r, lost) {
+        Reading::Value(v) => Some(v),
+        _ => None,
+    }
 }
 
 fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {

@@ -32,6 +32,13 @@ pub const HEALTHD_INTERVAL_S: u64 = 2;
 /// The test cluster's `resume_after` for `sgpu-healthd`.
 pub const HEALTHD_RESUME_AFTER: u32 = 2;
 
+/// The test cluster's `sample_interval_s` for `sgpu-healthd`.
+pub const HEALTHD_SAMPLE_INTERVAL_S: u64 = 1;
+
+/// `sgpu-healthd`'s `/status` and `/metrics` port on the `i`-th node (1-based) is the
+/// cluster's slurmctld port plus this plus `i` (node1 and node2 share one machine).
+pub const HEALTHD_STATUS_PORT_OFFSET: u16 = 1000;
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
     move |source| ClusterError::Io {
         path: path.to_path_buf(),
@@ -217,10 +224,13 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
              # one node of the two may be drained by sgpu at a time\n\
              breaker_max_fraction = 0.10\n\
              breaker_min_nodes = 1\n\
-             breaker_window_s = 3600\n",
+             breaker_window_s = 3600\n\
+             sample_interval_s = {HEALTHD_SAMPLE_INTERVAL_S}\n\
+             status_listen = \"{}\"\n",
             library.display(),
             f.state_dir.display(),
             f.spool_dir.display(),
+            healthd_status_addr(cluster, &node)?,
         );
         let config_changed = write_if_changed(&f.config, &config)?;
         let running = healthd_pid(cluster, &node);
@@ -258,6 +268,121 @@ fn install_spank_plugin(cluster: &Cluster, built: &Path, lib: &Path) -> Result<(
     );
     write_if_changed(&conf, &text)?;
     Ok(())
+}
+
+/// The address of `node`'s `sgpu-healthd` `/status` and `/metrics` endpoint.
+pub fn healthd_status_addr(
+    cluster: &Cluster,
+    node: &str,
+) -> Result<std::net::SocketAddr, ClusterError> {
+    let conf = cluster.slurm_conf();
+    let text = std::fs::read_to_string(conf).map_err(io(conf))?;
+    let ctld_port: u16 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SlurmctldPort="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(16817);
+    let nodes = cluster.nodes()?;
+    let i = nodes
+        .iter()
+        .position(|n| n == node)
+        .ok_or_else(|| ClusterError::Parse {
+            cmd: "healthd_status_addr".into(),
+            detail: format!("{node} is not a node of the test cluster ({nodes:?})"),
+        })?;
+    let port = u16::try_from(i + 1)
+        .ok()
+        .and_then(|i| {
+            ctld_port
+                .checked_add(HEALTHD_STATUS_PORT_OFFSET)?
+                .checked_add(i)
+        })
+        .ok_or_else(|| ClusterError::Parse {
+            cmd: "healthd_status_addr".into(),
+            detail: format!("no status port for {node} above slurmctld's {ctld_port}"),
+        })?;
+    Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// `GET <path>` from `node`'s `sgpu-healthd` endpoint: (HTTP status, body).
+pub fn healthd_get(
+    cluster: &Cluster,
+    node: &str,
+    path: &str,
+) -> Result<(u16, String), ClusterError> {
+    use std::io::{Read, Write};
+    let addr = healthd_status_addr(cluster, node)?;
+    let fail = |detail: String| ClusterError::Parse {
+        cmd: format!("GET http://{addr}{path}"),
+        detail,
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| fail(e.to_string()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| fail(format!("no HTTP header in {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fail(format!("bad status line in {head:?}")))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| fail("bad chunked body".into()))?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..n)?);
+        body = rest.get(n..)?.strip_prefix("\r\n")?;
+    }
+}
+
+/// Kills `node`'s `sgpu-healthd` with SIGKILL (no chance to clean up), waits until it is
+/// gone, and starts it again.
+pub fn kill9_and_restart_healthd(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
+    if let Some(pid) = healthd_pid(cluster, node) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let start = std::time::Instant::now();
+        while healthd_pid(cluster, node).is_some() {
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                return Err(ClusterError::Parse {
+                    cmd: format!("kill -KILL {pid}"),
+                    detail: format!("{node}'s sgpu-healthd is still there after 5 s"),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    start_healthd(cluster, node)
 }
 
 /// The pid of `node`'s running `sgpu-healthd`, if it runs.

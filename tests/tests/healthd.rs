@@ -301,3 +301,197 @@ fn breaker_keeps_the_second_node_up() -> TestResult {
     assert!(sgpu_drained(&rec), "node1 stays drained: {rec:?}");
     Ok(())
 }
+
+/// `GET path` from the node's healthd, as JSON.
+fn status_json(
+    cluster: &Cluster,
+    node: &str,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (code, body) = sgpu::healthd_get(cluster, node, "/status")?;
+    assert_eq!(code, 200, "GET /status: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// The running job `job` in a `/status` document.
+fn status_job(status: &serde_json::Value, job: u32) -> Option<serde_json::Value> {
+    status["jobs"]
+        .as_array()?
+        .iter()
+        .find(|j| j["job_id"].as_u64() == Some(u64::from(job)))
+        .cloned()
+}
+
+/// The `job_usage` record of `job` in the node's spool.
+fn usage_record(
+    cluster: &Cluster,
+    node: &str,
+    job: u32,
+) -> Result<Option<(sgpu_spool::Usage, sgpu_spool::JobEnd)>, Box<dyn std::error::Error>> {
+    let spool = sgpu_spool::Spool::open(node_files(cluster, node).spool_dir)?;
+    let (mut usage, mut end) = (None, None);
+    for e in spool.list()? {
+        let r = spool.read(&e)?;
+        if r.id().job_id() != job {
+            continue;
+        }
+        match r.body() {
+            sgpu_spool::RecordBody::JobUsage(u) => usage = Some(u.clone()),
+            sgpu_spool::RecordBody::JobEnd(x) => end = Some(x.clone()),
+            _ => {}
+        }
+    }
+    Ok(usage.zip(end))
+}
+
+#[test]
+fn a_gpu_job_is_sampled_and_its_usage_survives_a_healthd_kill9() -> TestResult {
+    let cluster = Cluster::up()?;
+    // exclusive: the test kills node1's healthd and changes its GPUs
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node1";
+    let _restore = Restore {
+        cluster: &cluster,
+        nodes: &[node],
+    };
+    ready(&cluster, node)?;
+    // the simulator runs every GPU of the node at 60 %
+    sgpu::update_gpus(&cluster, node, |s| {
+        for g in &mut s.gpus {
+            g.utilization_gpu = Some(60);
+        }
+    })?;
+    let state = nvml_sim::State::load(node_files(&cluster, node).nvml_state)?;
+    let id = cluster.sbatch(&["-w", node, "--gres=gpu:2", "-o", "/dev/null"], "sleep 14")?;
+
+    // healthd follows the job: its accumulators show in /status and grow
+    let first = poll(
+        Duration::from_secs(20),
+        "the job in /status with 2 samples",
+        || {
+            let s = status_json(&cluster, node)?;
+            Ok(status_job(&s, id).filter(|j| j["samples"].as_u64() >= Some(2)))
+        },
+    )?;
+    eprintln!("/status job entry: {first}");
+    assert_eq!(first["gpus"].as_array().map(Vec::len), Some(2), "{first}");
+    assert_eq!(first["user"], "root");
+    assert_eq!(first["util_mean_pct"].as_f64(), Some(60.0), "{first}");
+    assert_eq!(first["util_max_pct"].as_u64(), Some(60), "{first}");
+    assert!(
+        first["energy_mj"].as_u64().is_some_and(|e| e > 0),
+        "{first}"
+    );
+    let status = status_json(&cluster, node)?;
+    let held: Vec<&serde_json::Value> = status["gpus"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter(|g| g["job_id"].as_u64() == Some(u64::from(id)))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(held.len(), 2, "two GPUs are held by the job: {status}");
+    assert!(status["health"]["verdict"].is_string(), "{status}");
+    assert_eq!(status["breaker"]["open"], false, "{status}");
+
+    // /metrics has job-labelled per-GPU series
+    let (code, metrics) = sgpu::healthd_get(&cluster, node, "/metrics")?;
+    assert_eq!(code, 200);
+    let job_label = format!("job_id=\"{id}\"");
+    let util_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sgpu_gpu_utilization_ratio{") && l.contains(&job_label))
+        .collect();
+    assert_eq!(util_lines.len(), 2, "{metrics}");
+    assert!(
+        util_lines
+            .iter()
+            .all(|l| l.contains("user=\"root\"") && l.ends_with(" 0.6")),
+        "{util_lines:?}"
+    );
+    assert!(
+        metrics.contains("sgpu_healthd_sample_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sgpu_check_failing{"), "{metrics}");
+    assert!(
+        metrics.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    // kill -9 mid-job and restart: the samples before the kill are kept and it goes on
+    let before_kill = status_job(&status_json(&cluster, node)?, id)
+        .and_then(|j| j["samples"].as_u64())
+        .ok_or("the job left /status")?;
+    sgpu::kill9_and_restart_healthd(&cluster, node)?;
+    let resumed = poll(
+        Duration::from_secs(20),
+        "the job back in /status, sampled on",
+        || {
+            let Ok(s) = status_json(&cluster, node) else {
+                return Ok(None); // not listening yet
+            };
+            Ok(status_job(&s, id).filter(|j| j["samples"].as_u64() > Some(before_kill)))
+        },
+    )?;
+    eprintln!("samples before the kill: {before_kill}; after the restart: {resumed}");
+
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let (usage, end) = poll(Duration::from_secs(10), "the job's usage record", || {
+        usage_record(&cluster, node, id)
+    })?;
+    eprintln!("job_usage: {usage:?}");
+    assert_eq!(
+        (usage.window_start, usage.window_end),
+        (end.start_time, end.end_time)
+    );
+    assert_eq!(usage.allocated_gpu_ms, end.allocated_gpu_ms);
+    let wall_ms = end.end_time - end.start_time;
+    assert!(wall_ms >= 14_000, "{wall_ms}");
+    assert_eq!(usage.gpus.len(), 2);
+    for g in &usage.gpus {
+        assert!(
+            (g.util_mean_pct - 60.0).abs() < 1e-9 && g.util_max_pct == 60,
+            "GPU {}: mean {} max {} (the simulator ran it at 60 %)",
+            g.uuid,
+            g.util_mean_pct,
+            g.util_max_pct
+        );
+        assert!(
+            g.samples > before_kill,
+            "GPU {}: {} samples, {before_kill} were taken before the kill",
+            g.uuid,
+            g.samples
+        );
+        // one sample a second, minus the restart's gap and the edges
+        assert!(
+            g.samples + 6 >= wall_ms / 1000,
+            "{} samples in {wall_ms} ms",
+            g.samples
+        );
+        let expected_used = wall_ms * 6 / 10;
+        assert!(g.used_gpu_ms.abs_diff(expected_used) <= 1, "{g:?}");
+        let sim = state
+            .gpus
+            .iter()
+            .find(|s| s.uuid == g.uuid)
+            .ok_or_else(|| format!("usage names GPU {} the node does not have", g.uuid))?;
+        let power_mw = f64::from(sim.power_usage_mw.unwrap_or(0));
+        let expected = power_mw * wall_ms as f64 / 1000.0;
+        let energy = g.energy_mj.ok_or("no energy")? as f64;
+        assert!(
+            (energy - expected).abs() <= power_mw * 0.25,
+            "GPU {}: energy {energy} mJ, power x time {expected} mJ",
+            g.uuid
+        );
+    }
+    assert_eq!(
+        usage.used_gpu_ms,
+        usage.gpus.iter().map(|g| g.used_gpu_ms).sum::<u64>()
+    );
+    // the job is no longer followed
+    let s = status_json(&cluster, node)?;
+    assert!(status_job(&s, id).is_none(), "{s}");
+    Ok(())
+}

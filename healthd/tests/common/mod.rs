@@ -11,6 +11,7 @@ use sgpu_healthd::catalogue::{Catalogue, Profile};
 use sgpu_healthd::checks::{self, CheckContext, CheckResult, Status};
 use sgpu_healthd::gpu::{self, NvmlOptions};
 
+#[allow(unused_imports)]
 pub use nvml_sim::testing::{Sim, library, lock, set_state_env};
 
 /// Deadline used by the tests: short, but generous for a loaded 2-core machine.

@@ -1,0 +1,326 @@
+//! `GET /metrics`: OpenMetrics text (`prometheus-client`), built at scrape time from the
+//! daemon's [`Shared`] state.
+//!
+//! Per GPU (labels `gpu`, `uuid`, `model`, and `job_id`, `user`, `account` while a job
+//! holds the GPU — empty otherwise):
+//! `sgpu_gpu_utilization_ratio`, `sgpu_gpu_memory_used_bytes`, `sgpu_gpu_power_watts`,
+//! `sgpu_gpu_temperature_celsius` (gauges), `sgpu_gpu_energy_joules_total` (the NVML counter
+//! since driver load), `sgpu_gpu_ecc_uncorrectable_errors_total` (volatile count),
+//! `sgpu_gpu_xid_errors_total` (also label `xid`; counted since healthd started, per holding
+//! job). Node: `sgpu_check_failing` (`check`, `gpu`, `severity`; 1 failing, 0 passing,
+//! absent when unknown), `sgpu_node_verdict` (0 healthy, 1 warn, 2 drain),
+//! `sgpu_node_drained_by_sgpu`, `sgpu_drains_total`, `sgpu_resumes_total`,
+//! `sgpu_breaker_open`, `sgpu_breaker_refusals_total`, `sgpu_jobs_running`,
+//! `sgpu_job_usage_records_total`, `sgpu_healthd_samples_total`,
+//! `sgpu_healthd_sample_errors_total`, `sgpu_healthd_sample_duration_seconds` (histogram).
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::checks::{Status, Verdict};
+use crate::status::{JobLabels, Shared};
+
+/// The content type of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct DaemonCollector {
+    shared: Arc<Shared>,
+}
+
+fn gauges<V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: &[(Labels, V)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            m.encode_gauge(v)?;
+        } else {
+            m.encode_family(labels)?.encode_gauge(v)?;
+        }
+    }
+    Ok(())
+}
+
+fn counters<V: EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: &[(Labels, V)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        } else {
+            m.encode_family(labels)?
+                .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn job_labels(labels: &mut Labels, job: Option<&JobLabels>) {
+    labels.push((
+        "job_id",
+        job.map(|j| j.job_id.to_string()).unwrap_or_default(),
+    ));
+    labels.push(("user", job.map(|j| j.user.clone()).unwrap_or_default()));
+    labels.push((
+        "account",
+        job.map(|j| j.account.clone()).unwrap_or_default(),
+    ));
+}
+
+impl Collector for DaemonCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let live = self.shared.lock().clone();
+        let mut util = Vec::new();
+        let mut mem = Vec::new();
+        let mut power = Vec::new();
+        let mut temp = Vec::new();
+        let mut energy = Vec::new();
+        let mut ecc = Vec::new();
+        for g in &live.gpus {
+            let mut labels: Labels = vec![
+                ("gpu", g.index.to_string()),
+                ("uuid", g.uuid.clone().unwrap_or_default()),
+                ("model", g.name.clone().unwrap_or_default()),
+            ];
+            job_labels(
+                &mut labels,
+                g.uuid.as_ref().and_then(|u| live.holders.get(u)),
+            );
+            if let Some(v) = g.utilization_gpu_pct {
+                util.push((labels.clone(), f64::from(v.min(100)) / 100.0));
+            }
+            if let Some(v) = g.memory_used_bytes {
+                mem.push((labels.clone(), v));
+            }
+            if let Some(v) = g.power_mw {
+                power.push((labels.clone(), f64::from(v) / 1000.0));
+            }
+            if let Some(v) = g.temperature_c {
+                temp.push((labels.clone(), v));
+            }
+            if let Some(v) = g.energy_mj {
+                energy.push((labels.clone(), v as f64 / 1000.0));
+            }
+            if let Some(v) = g.ecc_volatile_uncorrected {
+                ecc.push((labels, v));
+            }
+        }
+        gauges(
+            &mut enc,
+            "sgpu_gpu_utilization",
+            "GPU utilization (0 to 1) at the last sample",
+            Some(&Unit::Other("ratio".into())),
+            &util,
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_gpu_memory_used",
+            "GPU memory in use at the last sample",
+            Some(&Unit::Bytes),
+            &mem,
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_gpu_power",
+            "GPU power draw at the last sample",
+            Some(&Unit::Other("watts".into())),
+            &power,
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_gpu_temperature",
+            "GPU temperature at the last sample",
+            Some(&Unit::Celsius),
+            &temp,
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_gpu_energy",
+            "GPU energy counter since the driver loaded",
+            Some(&Unit::Joules),
+            &energy,
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_gpu_ecc_uncorrectable_errors",
+            "volatile uncorrectable ECC errors since the driver loaded",
+            None,
+            &ecc,
+        )?;
+
+        let mut xids = Vec::new();
+        for ((gpu, uuid, code, job), n) in &live.xids {
+            let model = live
+                .gpus
+                .iter()
+                .find(|g| g.index == *gpu)
+                .and_then(|g| g.name.clone())
+                .unwrap_or_default();
+            let mut labels: Labels = vec![
+                (
+                    "gpu",
+                    if *gpu == u32::MAX {
+                        String::new()
+                    } else {
+                        gpu.to_string()
+                    },
+                ),
+                ("uuid", uuid.clone()),
+                ("model", model),
+                ("xid", code.to_string()),
+            ];
+            job_labels(&mut labels, job.as_ref());
+            xids.push((labels, *n));
+        }
+        counters(
+            &mut enc,
+            "sgpu_gpu_xid_errors",
+            "XIDs seen since healthd started, by GPU, XID and the job holding the GPU",
+            None,
+            &xids,
+        )?;
+
+        let mut checks = Vec::new();
+        let mut verdict = Vec::new();
+        if let Some(run) = &live.last_run {
+            for r in &run.report.results {
+                let v: i64 = match r.status {
+                    Status::Fail => 1,
+                    Status::Pass => 0,
+                    Status::Unknown => continue,
+                };
+                let labels: Labels = vec![
+                    ("check", r.check.to_string()),
+                    ("gpu", r.gpu.map(|g| g.to_string()).unwrap_or_default()),
+                    ("severity", r.severity.to_string()),
+                ];
+                checks.push((labels, v));
+            }
+            let v: i64 = match run.report.verdict {
+                Verdict::Healthy => 0,
+                Verdict::Warn => 1,
+                Verdict::Drain => 2,
+            };
+            verdict.push((Labels::new(), v));
+        }
+        gauges(
+            &mut enc,
+            "sgpu_check_failing",
+            "1 if the check failed at the last full run, 0 if it passed",
+            None,
+            &checks,
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_node_verdict",
+            "last full run: 0 healthy, 1 warn, 2 drain",
+            None,
+            &verdict,
+        )?;
+        let one = |b: bool| vec![(Labels::new(), i64::from(b))];
+        gauges(
+            &mut enc,
+            "sgpu_node_drained_by_sgpu",
+            "1 while healthd holds this node drained",
+            None,
+            &one(live.memory.drained.is_some()),
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_breaker_open",
+            "1 while the circuit breaker refuses this node's drain",
+            None,
+            &one(live.memory.breaker_open.is_some()),
+        )?;
+        let count = |n: u64| vec![(Labels::new(), n)];
+        counters(
+            &mut enc,
+            "sgpu_drains",
+            "drains done by healthd since it started",
+            None,
+            &count(live.drains_total),
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_resumes",
+            "resumes done by healthd since it started",
+            None,
+            &count(live.resumes_total),
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_breaker_refusals",
+            "drains the circuit breaker refused since healthd started",
+            None,
+            &count(live.breaker_refusals_total),
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_jobs_running",
+            "jobs healthd is sampling",
+            None,
+            &[(Labels::new(), live.jobs.len() as i64)],
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_job_usage_records",
+            "job usage records written to the spool since healthd started",
+            None,
+            &count(live.jobs_finalised_total),
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_healthd_samples",
+            "sample batches read since healthd started",
+            None,
+            &count(live.samples_total),
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_healthd_sample_errors",
+            "sampling cycles that could not read the GPUs",
+            None,
+            &count(live.sample_errors_total),
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry `/metrics` encodes: the daemon's collector and the sampling histogram.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut r = Registry::default();
+    r.register_with_unit(
+        "sgpu_healthd_sample_duration",
+        "time one sampling cycle takes (GPU readings, spool scan, database flush)",
+        Unit::Seconds,
+        shared.sample_duration.clone(),
+    );
+    r.register_collector(Box::new(DaemonCollector { shared }));
+    r
+}
+
+/// The registry's OpenMetrics text.
+pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}

@@ -1,0 +1,502 @@
+//! What the daemon knows right now, shared between its parts and served on its local HTTP
+//! endpoint: `GET /status` (JSON, [`StatusDoc`]) and `GET /metrics` (see [`crate::metrics`]).
+//!
+//! The check loop records each run ([`Shared::record_run`]), the XID watch each XID
+//! ([`Shared::record_xid`]), the sampler each sample batch and the running jobs
+//! ([`Shared::record_sample`]). Readers take a consistent copy under one lock.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
+use serde::Serialize;
+
+use crate::breaker::Trip;
+use crate::checks::{CheckResult, Verdict};
+use crate::daemon::{RunReport, Trigger};
+use crate::gpu::GpuSample;
+use crate::policy::{Decision, Memory};
+use crate::usage::JobAccumulator;
+
+/// The job labels a GPU carries in metrics while a job holds it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JobLabels {
+    /// The job run's key ([`crate::usage::job_key`]).
+    pub key: String,
+    /// Slurm job id.
+    pub job_id: u32,
+    /// Job owner.
+    pub user: String,
+    /// Slurm account (empty when unset).
+    pub account: String,
+}
+
+impl JobLabels {
+    /// The labels of `acc`'s job.
+    pub fn of(acc: &JobAccumulator) -> JobLabels {
+        JobLabels {
+            key: acc.key(),
+            job_id: acc.job_id,
+            user: acc.user.clone(),
+            account: acc.account.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The last check run.
+#[derive(Debug, Clone)]
+pub struct LastRun {
+    /// When it finished, Unix ms.
+    pub at_ms: u64,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Its results and decision.
+    pub report: RunReport,
+}
+
+/// The live state behind `/status` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// The Slurm node name.
+    pub node: String,
+    /// When the daemon started, Unix ms.
+    pub started_at_ms: u64,
+    /// The configured sample interval.
+    pub sample_interval: Duration,
+    /// The last check run, once there was one.
+    pub last_run: Option<LastRun>,
+    /// What healthd remembers (its drain, the open breaker).
+    pub memory: Memory,
+    /// Drains done since start.
+    pub drains_total: u64,
+    /// Resumes done since start.
+    pub resumes_total: u64,
+    /// Drains the circuit breaker refused since start.
+    pub breaker_refusals_total: u64,
+    /// The latest sample batch (empty until the first one).
+    pub gpus: Vec<GpuSample>,
+    /// When it was taken, Unix ms.
+    pub last_sample_ms: Option<u64>,
+    /// How long the last sampling cycle took.
+    pub last_sample_duration: Option<Duration>,
+    /// Why the last sampling cycle could not read the GPUs, if it could not.
+    pub sample_error: Option<String>,
+    /// Sample batches taken since start.
+    pub samples_total: u64,
+    /// Sampling cycles that could not read the GPUs.
+    pub sample_errors_total: u64,
+    /// Job usage records written since start.
+    pub jobs_finalised_total: u64,
+    /// Which job holds each GPU (by UUID).
+    pub holders: BTreeMap<String, JobLabels>,
+    /// The running jobs' accumulators.
+    pub jobs: Vec<JobAccumulator>,
+    /// XIDs since start by (GPU index, UUID, XID, holding job if any).
+    pub xids: BTreeMap<(u32, String, u64, Option<JobLabels>), u64>,
+}
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Shared {
+    live: Mutex<Live>,
+    /// Duration of each sampling cycle (NVML read, spool scan, database flush), seconds.
+    pub sample_duration: Histogram,
+}
+
+/// The sampling-latency histogram's buckets, seconds.
+pub const SAMPLE_BUCKETS: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+impl Shared {
+    /// Fresh state for `node`.
+    pub fn new(node: &str, sample_interval: Duration) -> Arc<Shared> {
+        Arc::new(Shared {
+            live: Mutex::new(Live {
+                node: node.to_string(),
+                started_at_ms: sgpu_spool::now_ms(),
+                sample_interval,
+                ..Live::default()
+            }),
+            sample_duration: Histogram::new(SAMPLE_BUCKETS),
+        })
+    }
+
+    /// The live state, locked (a panic elsewhere while holding it does not poison readers).
+    pub fn lock(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a finished check run and what healthd remembers after it.
+    pub fn record_run(&self, report: &RunReport, memory: &Memory, trigger: Trigger) {
+        let mut l = self.lock();
+        match &report.decision {
+            Decision::Drained { .. } => l.drains_total += 1,
+            Decision::Resumed { .. } => l.resumes_total += 1,
+            Decision::BreakerOpen { .. } => l.breaker_refusals_total += 1,
+            _ => {}
+        }
+        l.memory = memory.clone();
+        l.last_run = Some(LastRun {
+            at_ms: sgpu_spool::now_ms(),
+            trigger,
+            report: report.clone(),
+        });
+    }
+
+    /// Counts one XID on a GPU, against the job holding it now.
+    pub fn record_xid(&self, gpu: Option<u32>, uuid: Option<&str>, code: u64) {
+        let mut l = self.lock();
+        let uuid = uuid.map(str::to_string).or_else(|| {
+            let g = gpu?;
+            l.gpus
+                .iter()
+                .find(|s| s.index == g)
+                .and_then(|s| s.uuid.clone())
+        });
+        let index = gpu.or_else(|| {
+            let u = uuid.as_deref()?;
+            l.gpus
+                .iter()
+                .find(|s| s.uuid.as_deref() == Some(u))
+                .map(|s| s.index)
+        });
+        let job = uuid.as_ref().and_then(|u| l.holders.get(u)).cloned();
+        let key = (
+            index.unwrap_or(u32::MAX),
+            uuid.unwrap_or_default(),
+            code,
+            job,
+        );
+        *l.xids.entry(key).or_insert(0) += 1;
+    }
+
+    /// Records a sampling cycle: the GPUs' readings (or why there are none), the running
+    /// jobs and their GPUs, and how long it took.
+    pub fn record_sample(
+        &self,
+        samples: Result<&[GpuSample], String>,
+        at_ms: u64,
+        jobs: Vec<JobAccumulator>,
+        holders: BTreeMap<String, JobLabels>,
+        took: Duration,
+    ) {
+        self.sample_duration.observe(took.as_secs_f64());
+        let mut l = self.lock();
+        match samples {
+            Ok(s) => {
+                l.gpus = s.to_vec();
+                l.last_sample_ms = Some(at_ms);
+                l.samples_total += 1;
+                l.sample_error = None;
+            }
+            Err(e) => {
+                l.sample_errors_total += 1;
+                l.sample_error = Some(e);
+            }
+        }
+        l.last_sample_duration = Some(took);
+        // XID series of jobs that ended go with them
+        let running: std::collections::BTreeSet<String> =
+            jobs.iter().map(JobAccumulator::key).collect();
+        l.xids
+            .retain(|(_, _, _, job), _| job.as_ref().is_none_or(|j| running.contains(&j.key)));
+        l.jobs = jobs;
+        l.holders = holders;
+    }
+
+    /// Counts a finalised job.
+    pub fn record_finalised(&self) {
+        self.lock().jobs_finalised_total += 1;
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> StatusDoc {
+        StatusDoc::of(&self.lock(), sgpu_spool::now_ms())
+    }
+}
+
+/// `GET /status`: the node's health, breaker, GPUs and running jobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusDoc {
+    /// Document version (1).
+    pub version: u32,
+    /// The Slurm node name.
+    pub node: String,
+    /// sgpu-healthd's version.
+    pub healthd_version: &'static str,
+    /// Now, Unix ms.
+    pub now_ms: u64,
+    /// When the daemon started, Unix ms.
+    pub started_at_ms: u64,
+    /// The last check run (`null` before the first).
+    pub health: Option<HealthDoc>,
+    /// The node's sgpu drain, if healthd drained it.
+    pub drained: Option<DrainDoc>,
+    /// The circuit breaker.
+    pub breaker: BreakerDoc,
+    /// Per-job sampling.
+    pub sampling: SamplingDoc,
+    /// The GPUs at the last sample.
+    pub gpus: Vec<GpuDoc>,
+    /// The running jobs' usage so far.
+    pub jobs: Vec<JobDoc>,
+}
+
+/// The last check run.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthDoc {
+    /// When it finished, Unix ms.
+    pub checked_at_ms: u64,
+    /// `periodic` or `xid`.
+    pub trigger: &'static str,
+    /// `healthy`, `warn` or `drain`.
+    pub verdict: Verdict,
+    /// What the policy decided ([`decision_kind`]).
+    pub decision: &'static str,
+    /// The decision's reason or error, if it has one.
+    pub decision_detail: Option<String>,
+    /// Every check result.
+    pub results: Vec<CheckResult>,
+}
+
+/// healthd's drain of this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainDoc {
+    /// The reason given to Slurm.
+    pub reason: String,
+    /// The checks behind it.
+    pub checks: Vec<String>,
+    /// When, Unix seconds.
+    pub since: i64,
+}
+
+/// The circuit breaker.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerDoc {
+    /// Whether it refused the last drain (and no drain or healthy run has closed it).
+    pub open: bool,
+    /// Why, when open.
+    pub trip: Option<Trip>,
+    /// Drains it refused since the daemon started.
+    pub refusals_total: u64,
+}
+
+/// Per-job sampling.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplingDoc {
+    /// Seconds between samples.
+    pub interval_s: u64,
+    /// When the last batch was read, Unix ms.
+    pub last_sample_ms: Option<u64>,
+    /// How long the last cycle took, ms.
+    pub last_duration_ms: Option<f64>,
+    /// Why the last cycle could not read the GPUs.
+    pub error: Option<String>,
+    /// Batches read since start.
+    pub samples_total: u64,
+    /// Job usage records written since start.
+    pub jobs_finalised_total: u64,
+}
+
+/// One GPU at the last sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuDoc {
+    /// NVML index.
+    pub index: u32,
+    /// UUID.
+    pub uuid: Option<String>,
+    /// Product name.
+    pub name: Option<String>,
+    /// Fallen off the bus.
+    pub lost: bool,
+    /// Utilization, percent.
+    pub utilization_pct: Option<u32>,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Power, mW.
+    pub power_mw: Option<u32>,
+    /// Energy counter, mJ.
+    pub energy_mj: Option<u64>,
+    /// Temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Volatile uncorrectable ECC errors.
+    pub ecc_uncorrectable: Option<u64>,
+    /// The job holding it.
+    pub job_id: Option<u32>,
+}
+
+/// One running job's usage so far.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDoc {
+    /// Cluster.
+    pub cluster: String,
+    /// Slurm job id.
+    pub job_id: u32,
+    /// Owner.
+    pub user: String,
+    /// Account.
+    pub account: Option<String>,
+    /// Partition.
+    pub partition: Option<String>,
+    /// Start on this node, Unix ms.
+    pub start_time_ms: u64,
+    /// Samples (of its best-sampled GPU).
+    pub samples: u64,
+    /// Mean utilization over its GPUs, percent.
+    pub util_mean_pct: f64,
+    /// Highest utilization of any of its GPUs, percent.
+    pub util_max_pct: u32,
+    /// Energy so far, mJ.
+    pub energy_mj: Option<u64>,
+    /// Per GPU.
+    pub gpus: Vec<JobGpuDoc>,
+}
+
+/// One GPU of a running job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobGpuDoc {
+    /// Index as the job-start record gives it (Slurm's).
+    pub index: u32,
+    /// UUID.
+    pub uuid: String,
+    /// Samples.
+    pub samples: u64,
+    /// Mean utilization, percent.
+    pub util_mean_pct: f64,
+    /// Highest utilization, percent.
+    pub util_max_pct: u32,
+    /// Peak memory, MiB.
+    pub mem_peak_mib: u64,
+    /// Energy so far, mJ.
+    pub energy_mj: Option<u64>,
+}
+
+/// A decision's kind: `healthy`, `drained`, `drain_failed`, `breaker_open`,
+/// `breaker_unknown`, `already_drained`, `admin_drained`, `overridden`, `holding`,
+/// `waiting_to_resume`, `resumed`, `resume_failed`, `slurm_unreachable`.
+pub fn decision_kind(d: &Decision) -> (&'static str, Option<String>) {
+    match d {
+        Decision::Healthy => ("healthy", None),
+        Decision::Drained { reason } => ("drained", Some(reason.clone())),
+        Decision::DrainFailed { reason, error } => {
+            ("drain_failed", Some(format!("{reason}: {error}")))
+        }
+        Decision::BreakerOpen { trip, reason } => {
+            ("breaker_open", Some(format!("{trip}: {reason}")))
+        }
+        Decision::BreakerUnknown { error } => ("breaker_unknown", Some(error.clone())),
+        Decision::AlreadyDrained { reason } => ("already_drained", Some(reason.clone())),
+        Decision::AdminDrained { reason } => ("admin_drained", Some(reason.clone())),
+        Decision::Overridden { keys } => ("overridden", Some(keys.join(", "))),
+        Decision::Holding { checks } => ("holding", Some(checks.join(", "))),
+        Decision::WaitingToResume {
+            healthy_runs,
+            needed,
+        } => (
+            "waiting_to_resume",
+            Some(format!("{healthy_runs} of {needed} healthy runs")),
+        ),
+        Decision::Resumed { reason } => ("resumed", Some(reason.clone())),
+        Decision::ResumeFailed { error } => ("resume_failed", Some(error.clone())),
+        Decision::SlurmUnreachable { error } => ("slurm_unreachable", Some(error.clone())),
+    }
+}
+
+impl StatusDoc {
+    /// The document for `live` at `now_ms`.
+    pub fn of(live: &Live, now_ms: u64) -> StatusDoc {
+        let health = live.last_run.as_ref().map(|r| {
+            let (decision, decision_detail) = decision_kind(&r.report.decision);
+            HealthDoc {
+                checked_at_ms: r.at_ms,
+                trigger: match r.trigger {
+                    Trigger::Periodic => "periodic",
+                    Trigger::Xid => "xid",
+                },
+                verdict: r.report.verdict,
+                decision,
+                decision_detail,
+                results: r.report.results.clone(),
+            }
+        });
+        let gpus = live
+            .gpus
+            .iter()
+            .map(|g| GpuDoc {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                name: g.name.clone(),
+                lost: g.lost,
+                utilization_pct: g.utilization_gpu_pct,
+                memory_used_bytes: g.memory_used_bytes,
+                power_mw: g.power_mw,
+                energy_mj: g.energy_mj,
+                temperature_c: g.temperature_c,
+                ecc_uncorrectable: g.ecc_volatile_uncorrected,
+                job_id: g
+                    .uuid
+                    .as_ref()
+                    .and_then(|u| live.holders.get(u))
+                    .map(|j| j.job_id),
+            })
+            .collect();
+        let jobs = live
+            .jobs
+            .iter()
+            .map(|j| JobDoc {
+                cluster: j.cluster.clone(),
+                job_id: j.job_id,
+                user: j.user.clone(),
+                account: j.account.clone(),
+                partition: j.partition.clone(),
+                start_time_ms: j.start_time,
+                samples: j.samples(),
+                util_mean_pct: j.util_mean(),
+                util_max_pct: j.util_max(),
+                energy_mj: j.energy(),
+                gpus: j
+                    .gpus
+                    .iter()
+                    .map(|g| JobGpuDoc {
+                        index: g.index,
+                        uuid: g.uuid.clone(),
+                        samples: g.samples,
+                        util_mean_pct: g.util_mean(),
+                        util_max_pct: g.util_max,
+                        mem_peak_mib: g.mem_peak_mib(),
+                        energy_mj: g.energy(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        StatusDoc {
+            version: 1,
+            node: live.node.clone(),
+            healthd_version: env!("CARGO_PKG_VERSION"),
+            now_ms,
+            started_at_ms: live.started_at_ms,
+            health,
+            drained: live.memory.drained.as_ref().map(|d| DrainDoc {
+                reason: d.reason.clone(),
+                checks: d.checks.iter().cloned().collect(),
+                since: d.since,
+            }),
+            breaker: BreakerDoc {
+                open: live.memory.breaker_open.is_some(),
+                trip: live.memory.breaker_open.clone(),
+                refusals_total: live.breaker_refusals_total,
+            },
+            sampling: SamplingDoc {
+                interval_s: live.sample_interval.as_secs(),
+                last_sample_ms: live.last_sample_ms,
+                last_duration_ms: live.last_sample_duration.map(|d| d.as_secs_f64() * 1000.0),
+                error: live.sample_error.clone(),
+                samples_total: live.samples_total,
+                jobs_finalised_total: live.jobs_finalised_total,
+            },
+            gpus,
+            jobs,
+        }
+    }
+}
