@@ -11,6 +11,11 @@
 //!   store's unreported XIDs, the catalogue's `full` profile, then the drain/resume
 //!   [`Policy`] acting through `scontrol` and the circuit breaker.
 //!
+//! - **Sampler** ([`crate::sampler`], a tokio task running each cycle on the blocking pool,
+//!   with its own NVML session): per-job usage every `sample_interval_s`.
+//! - **Endpoint** ([`crate::http`]): `/status` and `/metrics` on `status_listen`, from the
+//!   [`Shared`] state every part above records into.
+//!
 //! A hung driver: a worker whose call hung is kept (not replaced) until its stuck thread
 //! comes back; until then every run reports `nvml.responsive` failing (which drains, subject
 //! to the breaker) and the watch waits. Logs go to stderr through `tracing` (journald keeps

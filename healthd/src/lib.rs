@@ -1,13 +1,13 @@
-//! sgpu-healthd: GPU health checks, and (later) the per-node host daemon built on them.
+//! sgpu-healthd: GPU health checks, and the per-node host daemon built on them.
 //!
 //! It runs on every GPU node. It owns NVML access ([`gpu`], through `nvml-wrapper` with a
 //! configurable library path, every call under a watchdog deadline), holds the check
 //! catalogue ([`catalogue`]: checks are data, tunable in `sgpu.toml` via [`config`]), the
 //! XID classification and the node's XID record ([`xid`]), and evaluates checks into
 //! results, drain reasons and a verdict ([`checks`]). The prolog/epilog gates and
-//! `sgpu check` call this library; the daemon (periodic `full` checks, XID watch,
-//! drain/resume, per-job sampling, Prometheus metrics, record forwarding) is built on it by
-//! the daemon issue.
+//! `sgpu check` call this library; the daemon ([`daemon`]: periodic `full` checks, XID
+//! watch, drain/resume, per-job sampling in [`sampler`]/[`usage`]/[`store`], `/status` and
+//! Prometheus `/metrics` in [`status`]/[`metrics`]/[`http`]) is built on it.
 //!
 //! A run, as the prolog does it:
 //!
