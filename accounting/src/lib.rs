@@ -1,6 +1,26 @@
-//! sgpu accounting: the usage record model and `sgpu-acctd`, the head-node store.
+//! sgpu accounting: `sgpu-acctd`, the head-node service that stores usage records and keeps
+//! the GPU-hour and energy rollups that `sgpu report` reads.
 //!
-//! Nodes (prolog, epilog, SPANK plugin, healthd) write usage records to their spool; healthd
-//! forwards them here. acctd deduplicates by record identity, acknowledges only durable
-//! batches, keeps rollups per account/user/partition/GPU model/day and answers the
-//! sacct-style `sgpu report` queries, authenticated with MUNGE.
+//! Nodes (prolog, epilog, SPANK plugin, healthd) write usage records ([`sgpu_spool::Record`])
+//! to their spool; healthd's forwarder sends them here in batches (`POST /v1/records`,
+//! [`ingest`]). acctd validates each record with the spool crate's strict parser, stores it
+//! once per identity ([`sgpu_spool::RecordId::key`]: a resend never counts twice), updates
+//! the per-(cluster, account, user, partition, GPU model, UTC day) rollups ([`rollup`]) in
+//! the same atomic step, and acknowledges only after the store is flushed to disk. The
+//! store is behind a small trait ([`store::Store`]) implemented on sled 0.34
+//! ([`sled_store::SledStore`]). Reports read the rollups (`GET /v1/rollups`) and per-job
+//! records (`GET /v1/jobs/{cluster}/{id}`) over HTTP ([`http`]). Authentication (MUNGE) is
+//! an extension point ([`auth::Authenticator`]) not yet filled: until it is, acctd listens
+//! on loopback only.
+
+pub mod auth;
+pub mod day;
+pub mod http;
+pub mod ingest;
+pub mod query;
+pub mod rollup;
+pub mod sled_store;
+pub mod store;
+
+#[cfg(test)]
+mod test_records;

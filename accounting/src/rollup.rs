@@ -1,0 +1,242 @@
+//! Rollup rows: what each record adds to the per-(cluster, account, user, partition, GPU
+//! model, day) totals.
+//!
+//! Rules (the same at ingest and when [`crate::store::verify`] recomputes them):
+//! - `job_end` adds allocated GPU-ms (per GPU, exactly its overlap with each UTC day) and
+//!   energy (per GPU, `energy_delta_mj`, else end − start counter; split over the days in
+//!   proportion to the overlap, see [`crate::day`]).
+//! - `job_usage` (healthd) adds used GPU-ms, per GPU, split over its window's days the same
+//!   way. It never touches allocated time or energy, so it may arrive before or after the
+//!   job's `job_end`.
+//! - `job_start` and `step_usage` are stored for job queries but add nothing: step usage
+//!   overlaps the job's own usage and would count twice.
+//! - `jobs` counts a job once, on the UTC day of its end, in the group of the first stored
+//!   `job_end` of that job (on any node) that has at least one GPU (its first GPU's model).
+//!
+//! Account or partition not set is the empty string; a GPU without a name is `unknown`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sgpu_spool::{Record, RecordBody};
+
+use crate::day::{day_of, split_amount, split_span};
+
+/// GPU model used when the record does not name one.
+pub const UNKNOWN_GPU_MODEL: &str = "unknown";
+
+/// The identity of one rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct RollupKey {
+    /// UTC day, days since 1970-01-01.
+    pub day: u32,
+    /// Slurm cluster.
+    pub cluster: String,
+    /// Slurm account; empty when not set.
+    pub account: String,
+    /// User name.
+    pub user: String,
+    /// Slurm partition; empty when not set.
+    pub partition: String,
+    /// GPU product name.
+    pub gpu_model: String,
+}
+
+/// The totals of one rollup row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RollupValue {
+    /// Allocated GPU time, GPU-ms.
+    pub allocated_gpu_ms: u64,
+    /// Used GPU time (sampled), GPU-ms.
+    pub used_gpu_ms: u64,
+    /// Energy, mJ.
+    pub energy_mj: u64,
+    /// Jobs counted in this row.
+    pub jobs: u64,
+}
+
+impl RollupValue {
+    /// Adds `other` field by field (saturating).
+    pub fn add(&mut self, other: &RollupValue) {
+        self.allocated_gpu_ms = self.allocated_gpu_ms.saturating_add(other.allocated_gpu_ms);
+        self.used_gpu_ms = self.used_gpu_ms.saturating_add(other.used_gpu_ms);
+        self.energy_mj = self.energy_mj.saturating_add(other.energy_mj);
+        self.jobs = self.jobs.saturating_add(other.jobs);
+    }
+
+    /// The 32-byte stored form (four big-endian u64).
+    pub fn encode(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0..8].copy_from_slice(&self.allocated_gpu_ms.to_be_bytes());
+        b[8..16].copy_from_slice(&self.used_gpu_ms.to_be_bytes());
+        b[16..24].copy_from_slice(&self.energy_mj.to_be_bytes());
+        b[24..32].copy_from_slice(&self.jobs.to_be_bytes());
+        b
+    }
+
+    /// Reads the stored form; `None` if it is not 32 bytes.
+    pub fn decode(b: &[u8]) -> Option<RollupValue> {
+        let b: &[u8; 32] = b.try_into().ok()?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        };
+        Some(RollupValue {
+            allocated_gpu_ms: word(0),
+            used_gpu_ms: word(1),
+            energy_mj: word(2),
+            jobs: word(3),
+        })
+    }
+}
+
+impl RollupKey {
+    /// The stored form: the day (4 bytes, big-endian, so keys sort by day), then each
+    /// string as a 4-byte big-endian length and its bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&self.day.to_be_bytes());
+        for s in [
+            &self.cluster,
+            &self.account,
+            &self.user,
+            &self.partition,
+            &self.gpu_model,
+        ] {
+            let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out
+    }
+
+    /// Reads the stored form; `None` if it is malformed.
+    pub fn decode(b: &[u8]) -> Option<RollupKey> {
+        let (day, mut rest) = b.split_first_chunk::<4>()?;
+        let mut next = || -> Option<String> {
+            let (len, r) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+            if r.len() < len {
+                return None;
+            }
+            let (s, r) = r.split_at(len);
+            rest = r;
+            String::from_utf8(s.to_vec()).ok()
+        };
+        let key = RollupKey {
+            day: u32::from_be_bytes(*day),
+            cluster: next()?,
+            account: next()?,
+            user: next()?,
+            partition: next()?,
+            gpu_model: next()?,
+        };
+        rest.is_empty().then_some(key)
+    }
+}
+
+fn gpu_model(name: &Option<String>) -> String {
+    match name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => UNKNOWN_GPU_MODEL.to_string(),
+    }
+}
+
+struct Group<'a> {
+    cluster: &'a str,
+    account: &'a Option<String>,
+    user: &'a str,
+    partition: &'a Option<String>,
+}
+
+impl Group<'_> {
+    fn key(&self, day: u32, model: String) -> RollupKey {
+        RollupKey {
+            day,
+            cluster: self.cluster.to_string(),
+            account: self.account.clone().unwrap_or_default(),
+            user: self.user.to_string(),
+            partition: self.partition.clone().unwrap_or_default(),
+            gpu_model: model,
+        }
+    }
+}
+
+/// What `record` adds to the rollups, without the job count (see [`job_count_key`]).
+pub fn contributions(record: &Record) -> BTreeMap<RollupKey, RollupValue> {
+    let mut out: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+    let cluster = record.id().cluster();
+    match record.body() {
+        RecordBody::JobEnd(b) => {
+            let g = Group {
+                cluster,
+                account: &b.account,
+                user: &b.user,
+                partition: &b.partition,
+            };
+            let days = split_span(b.start_time, b.end_time);
+            for gpu in &b.gpus {
+                let model = gpu_model(&gpu.name);
+                for &(day, overlap) in &days {
+                    out.entry(g.key(day, model.clone()))
+                        .or_default()
+                        .allocated_gpu_ms += overlap;
+                }
+                let energy = gpu.energy_delta_mj.or_else(|| {
+                    gpu.energy_end_mj
+                        .zip(gpu.energy_start_mj)
+                        .and_then(|(e, s)| e.checked_sub(s))
+                });
+                if let Some(energy) = energy {
+                    for (day, part) in split_amount(energy, &days) {
+                        let v = out.entry(g.key(day, model.clone())).or_default();
+                        v.energy_mj = v.energy_mj.saturating_add(part);
+                    }
+                }
+            }
+        }
+        RecordBody::JobUsage(b) => {
+            let g = Group {
+                cluster,
+                account: &b.account,
+                user: &b.user,
+                partition: &b.partition,
+            };
+            let days = split_span(b.window_start, b.window_end);
+            for gpu in &b.gpus {
+                let model = gpu_model(&gpu.name);
+                for (day, part) in split_amount(gpu.used_gpu_ms, &days) {
+                    let v = out.entry(g.key(day, model.clone())).or_default();
+                    v.used_gpu_ms = v.used_gpu_ms.saturating_add(part);
+                }
+            }
+        }
+        RecordBody::JobStart(_) | RecordBody::StepUsage(_) => {}
+    }
+    out
+}
+
+/// The row a `job_end` record counts its job in, if it can count it (it has a GPU).
+pub fn job_count_key(record: &Record) -> Option<RollupKey> {
+    let RecordBody::JobEnd(b) = record.body() else {
+        return None;
+    };
+    let first = b.gpus.first()?;
+    Some(RollupKey {
+        day: day_of(b.end_time),
+        cluster: record.id().cluster().to_string(),
+        account: b.account.clone().unwrap_or_default(),
+        user: b.user.clone(),
+        partition: b.partition.clone().unwrap_or_default(),
+        gpu_model: gpu_model(&first.name),
+    })
+}
+
+/// The key of the "job already counted" marker for a record's job: `cluster,job_id`.
+pub fn job_marker(record: &Record) -> Vec<u8> {
+    format!("{},{}", record.id().cluster(), record.id().job_id()).into_bytes()
+}
+
+#[cfg(test)]
+mod tests;

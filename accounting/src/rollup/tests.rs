@@ -1,0 +1,103 @@
+use super::*;
+use crate::day::DAY_MS;
+use crate::test_records::{H100, job_end, job_usage};
+
+const HOUR: u64 = 3_600_000;
+
+fn key(day: u32) -> RollupKey {
+    RollupKey {
+        day,
+        cluster: "alpha".into(),
+        account: "physics".into(),
+        user: "alice".into(),
+        partition: "gpu".into(),
+        gpu_model: H100.into(),
+    }
+}
+
+#[test]
+fn job_end_within_a_day() {
+    let r = job_end(
+        7,
+        "n1",
+        100 * DAY_MS + HOUR,
+        100 * DAY_MS + 3 * HOUR,
+        &[500, 700],
+    );
+    let c = contributions(&r);
+    assert_eq!(c.len(), 1);
+    let v = c[&key(100)];
+    assert_eq!(v.allocated_gpu_ms, 2 * 2 * HOUR);
+    assert_eq!(v.energy_mj, 1_200);
+    assert_eq!(v.used_gpu_ms, 0);
+    assert_eq!(v.jobs, 0, "jobs are counted separately");
+    assert_eq!(job_count_key(&r), Some(key(100)));
+}
+
+#[test]
+fn job_end_straddling_midnight_is_split_by_day() {
+    // 22:00 to 01:00: 2 h on day 100, 1 h on day 101; 2 GPUs; energy 3000 + 301 mJ.
+    let r = job_end(
+        7,
+        "n1",
+        100 * DAY_MS + 22 * HOUR,
+        101 * DAY_MS + HOUR,
+        &[3_000, 301],
+    );
+    let c = contributions(&r);
+    assert_eq!(c[&key(100)].allocated_gpu_ms, 2 * 2 * HOUR);
+    assert_eq!(c[&key(101)].allocated_gpu_ms, 2 * HOUR);
+    // 2/3 and 1/3 of each GPU's energy; remainders on the last day.
+    assert_eq!(c[&key(100)].energy_mj, 2_000 + 200);
+    assert_eq!(c[&key(101)].energy_mj, 1_000 + 101);
+    let total: u64 = c.values().map(|v| v.allocated_gpu_ms).sum();
+    assert_eq!(total, 2 * 3 * HOUR);
+    // Counted on the day it ended.
+    assert_eq!(job_count_key(&r), Some(key(101)));
+}
+
+#[test]
+fn job_usage_adds_only_used_time() {
+    let r = job_usage(
+        7,
+        "n1",
+        100 * DAY_MS + 23 * HOUR,
+        101 * DAY_MS + HOUR,
+        &[HOUR, 2 * HOUR],
+    );
+    let c = contributions(&r);
+    assert_eq!(c[&key(100)].used_gpu_ms, HOUR / 2 + HOUR);
+    assert_eq!(c[&key(101)].used_gpu_ms, HOUR / 2 + HOUR);
+    assert!(
+        c.values()
+            .all(|v| v.allocated_gpu_ms == 0 && v.energy_mj == 0)
+    );
+    assert_eq!(job_count_key(&r), None);
+}
+
+#[test]
+fn zero_gpu_job_end_adds_nothing_and_is_not_counted() {
+    let r = job_end(7, "n1", 0, HOUR, &[]);
+    assert!(contributions(&r).is_empty());
+    assert_eq!(job_count_key(&r), None);
+}
+
+#[test]
+fn keys_and_values_round_trip() {
+    let mut k = key(19_000);
+    k.account = String::new();
+    k.user = "ü,\0x".into();
+    assert_eq!(RollupKey::decode(&k.encode()), Some(k.clone()));
+    assert_eq!(RollupKey::decode(&k.encode()[..10]), None);
+    let v = RollupValue {
+        allocated_gpu_ms: 1,
+        used_gpu_ms: u64::MAX,
+        energy_mj: 3,
+        jobs: 4,
+    };
+    assert_eq!(RollupValue::decode(&v.encode()), Some(v));
+    assert_eq!(RollupValue::decode(&[0; 31]), None);
+    // Keys sort by day first.
+    assert!(key(1).encode() < key(2).encode());
+    assert!(key(255).encode() < key(256).encode());
+}

@@ -1,0 +1,130 @@
+use super::*;
+use crate::day::DAY_MS;
+use crate::store::verify;
+use crate::test_records::{job_end, job_usage};
+
+const HOUR: u64 = 3_600_000;
+
+fn totals(s: &SledStore) -> RollupValue {
+    let mut t = RollupValue::default();
+    s.for_each_rollup(0, u32::MAX, &mut |_, v| t.add(&v))
+        .unwrap();
+    t
+}
+
+#[test]
+fn resend_never_double_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let a = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100, 200]);
+    let b = job_end(1, "n2", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[50]);
+    assert_eq!(
+        s.put_batch(&[a.clone(), b.clone(), a.clone()]).unwrap(),
+        vec![
+            PutOutcome::Accepted,
+            PutOutcome::Accepted,
+            PutOutcome::Duplicate { differs: false }
+        ]
+    );
+    let once = totals(&s);
+    assert_eq!(once.allocated_gpu_ms, 3 * HOUR);
+    assert_eq!(once.energy_mj, 350);
+    assert_eq!(once.jobs, 1, "two nodes, one job");
+    assert_eq!(
+        s.put_batch(&[b, a]).unwrap(),
+        vec![PutOutcome::Duplicate { differs: false }; 2]
+    );
+    assert_eq!(totals(&s), once);
+    // Same identity, different content: still a duplicate, flagged.
+    let changed = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[999, 200]);
+    assert_eq!(
+        s.put_batch(&[changed]).unwrap(),
+        vec![PutOutcome::Duplicate { differs: true }]
+    );
+    assert_eq!(totals(&s), once);
+    assert!(verify(&s).unwrap().mismatches.is_empty());
+}
+
+#[test]
+fn job_usage_after_job_end_updates_only_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let end = job_end(2, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
+    s.put_batch(&[end]).unwrap();
+    let before = totals(&s);
+    let usage = job_usage(2, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[HOUR / 4]);
+    s.put_batch(std::slice::from_ref(&usage)).unwrap();
+    let after = totals(&s);
+    assert_eq!(after.allocated_gpu_ms, before.allocated_gpu_ms);
+    assert_eq!(after.energy_mj, before.energy_mj);
+    assert_eq!(after.jobs, 1);
+    assert_eq!(after.used_gpu_ms, HOUR / 4);
+    s.put_batch(&[usage]).unwrap();
+    assert_eq!(totals(&s), after);
+    // Job query: both records.
+    let job = s.job("alpha", 2).unwrap();
+    assert_eq!(job.len(), 2);
+    assert!(s.job("alpha", 20).unwrap().is_empty());
+    assert!(s.job("beta", 2).unwrap().is_empty());
+    assert!(s.job("", 2).unwrap().is_empty());
+}
+
+#[test]
+fn acknowledged_batches_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(&path).unwrap();
+        let batch: Vec<Record> = (1..=50)
+            .map(|j| job_end(j, "n1", DAY_MS, DAY_MS + u64::from(j) * 1000, &[j.into()]))
+            .collect();
+        s.put_batch(&batch).unwrap();
+    }
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(s.record_count(), 50);
+    let v = verify(&s).unwrap();
+    assert_eq!((v.records, v.jobs), (50, 50));
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+}
+
+#[test]
+fn rollup_day_range_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    // Days 10, 11 (straddling 11..12), 20.
+    s.put_batch(&[
+        job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]),
+        job_end(2, "n1", 12 * DAY_MS - HOUR, 12 * DAY_MS + HOUR, &[2]),
+        job_end(3, "n1", 20 * DAY_MS, 20 * DAY_MS + HOUR, &[3]),
+    ])
+    .unwrap();
+    let mut days = Vec::new();
+    s.for_each_rollup(11, 12, &mut |k, _| days.push(k.day))
+        .unwrap();
+    assert_eq!(days, vec![11, 12]);
+
+    // Records ending before day 12 go (job 1); job 2 ends on day 12 and stays.
+    let stats = s.purge(Some(12), None).unwrap();
+    assert_eq!(
+        stats,
+        PurgeStats {
+            records: 1,
+            rollups: 0
+        }
+    );
+    assert!(s.job("alpha", 1).unwrap().is_empty());
+    assert_eq!(s.job("alpha", 2).unwrap().len(), 1);
+    let stats = s.purge(None, Some(12)).unwrap();
+    assert_eq!(
+        stats,
+        PurgeStats {
+            records: 0,
+            rollups: 2
+        }
+    );
+    let mut days = Vec::new();
+    s.for_each_rollup(0, u32::MAX, &mut |k, _| days.push(k.day))
+        .unwrap();
+    assert_eq!(days, vec![12, 20]);
+    assert_eq!(s.purge(Some(12), Some(12)).unwrap(), PurgeStats::default());
+}

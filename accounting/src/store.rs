@@ -1,0 +1,148 @@
+//! The store behind acctd: a small trait ([`Store`]) so the engine (sled today) can be
+//! replaced without touching ingest or the HTTP API, and [`verify`], the consistency check
+//! the crash-loop test runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sgpu_spool::{Record, RecordBody};
+
+use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
+
+/// Why the store failed; nothing in the failed call was acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (I/O, corruption).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A stored value could not be read back.
+    #[error("corrupt stored value under key {key:?}: {message}")]
+    Corrupt {
+        /// The offending key, lossily as text.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What happened to one record of a batch given to [`Store::put_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored now, and counted in the rollups.
+    Accepted,
+    /// A record with this identity was already stored (earlier, or earlier in this batch);
+    /// nothing was changed. `differs` says whether the stored content is different.
+    Duplicate {
+        /// The stored record's JSON differs from this one's.
+        differs: bool,
+    },
+}
+
+/// What [`Store::purge`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    /// Per-job records removed.
+    pub records: u64,
+    /// Rollup rows removed.
+    pub rollups: u64,
+}
+
+/// acctd's storage: per-job records keyed by identity, and the rollups kept at ingest.
+pub trait Store: Send + Sync {
+    /// Stores a batch of valid records, idempotently by [`sgpu_spool::RecordId::key`], and
+    /// updates the rollups in the same atomic step. Returns only once the batch is durable;
+    /// an `Ok` is the acknowledgement. Outcomes are in batch order.
+    fn put_batch(&self, records: &[Record]) -> Result<Vec<PutOutcome>, StoreError>;
+
+    /// Every stored record of a job (all nodes, steps and kinds), in key order.
+    fn job(&self, cluster: &str, job_id: u32) -> Result<Vec<Record>, StoreError>;
+
+    /// Calls `f` for every rollup row with `first_day <= day <= last_day`, in key order.
+    fn for_each_rollup(
+        &self,
+        first_day: u32,
+        last_day: u32,
+        f: &mut dyn FnMut(RollupKey, RollupValue),
+    ) -> Result<(), StoreError>;
+
+    /// Calls `f` for every stored record, in key order.
+    fn for_each_record(&self, f: &mut dyn FnMut(Record)) -> Result<(), StoreError>;
+
+    /// Retention: removes records whose last instant falls on a UTC day before
+    /// `records_before_day`, and rollup rows of days before `rollups_before_day`; `None`
+    /// keeps that kind. Durable when it returns.
+    fn purge(
+        &self,
+        records_before_day: Option<u32>,
+        rollups_before_day: Option<u32>,
+    ) -> Result<PurgeStats, StoreError>;
+}
+
+/// The last instant a record describes, ms (end of job or window, else its start).
+pub fn record_last_ms(record: &Record) -> u64 {
+    match record.body() {
+        RecordBody::JobStart(b) => b.start_time,
+        RecordBody::JobEnd(b) => b.end_time,
+        RecordBody::StepUsage(b) | RecordBody::JobUsage(b) => b.window_end,
+    }
+}
+
+/// Result of [`verify`].
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// Records stored.
+    pub records: u64,
+    /// Distinct jobs with a `job_end` that has a GPU.
+    pub jobs: u64,
+    /// Differences between the stored rollups and those recomputed from the records.
+    pub mismatches: Vec<String>,
+}
+
+/// Recomputes every rollup from the stored records and compares it with the stored rollups.
+///
+/// Allocated, used and energy must match per row exactly; the job count, whose row
+/// depends on which `job_end` arrived first, must match in total (one per distinct job).
+/// Only meaningful for a store that has not been purged.
+pub fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
+    let mut expected: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+    let mut jobs: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut records = 0u64;
+    store.for_each_record(&mut |r| {
+        records += 1;
+        for (k, v) in contributions(&r) {
+            expected.entry(k).or_default().add(&v);
+        }
+        if job_count_key(&r).is_some() {
+            jobs.insert((r.id().cluster().to_string(), r.id().job_id()));
+        }
+    })?;
+    let mut stored: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+    store.for_each_rollup(0, u32::MAX, &mut |k, v| {
+        stored.insert(k, v);
+    })?;
+    let mut mismatches = Vec::new();
+    let mut stored_jobs = 0u64;
+    for (k, v) in &stored {
+        stored_jobs += v.jobs;
+        let e = expected.get(k).copied().unwrap_or_default();
+        let sums = |v: &RollupValue| (v.allocated_gpu_ms, v.used_gpu_ms, v.energy_mj);
+        if sums(v) != sums(&e) {
+            mismatches.push(format!("{k:?}: stored {v:?}, recomputed {e:?}"));
+        }
+    }
+    for (k, e) in &expected {
+        if !stored.contains_key(k) {
+            mismatches.push(format!("{k:?}: missing, recomputed {e:?}"));
+        }
+    }
+    let n_jobs = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
+    if stored_jobs != n_jobs {
+        mismatches.push(format!(
+            "jobs: rollups count {stored_jobs}, records have {n_jobs}"
+        ));
+    }
+    Ok(Verification {
+        records,
+        jobs: n_jobs,
+        mismatches,
+    })
+}

@@ -1,0 +1,64 @@
+//! Record builders for unit tests.
+
+use sgpu_spool::{GpuEnd, GpuUsage, JobEnd, Record, RecordBody, RecordId, RecordKind, Usage};
+
+pub const H100: &str = "NVIDIA H100 80GB HBM3";
+
+pub fn job_end(job: u32, node: &str, start: u64, end: u64, energies: &[u64]) -> Record {
+    let gpus: Vec<GpuEnd> = energies
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| GpuEnd {
+            index: i as u32,
+            uuid: format!("GPU-{node}-{i}"),
+            name: Some(H100.into()),
+            energy_start_mj: Some(1_000),
+            energy_end_mj: Some(1_000 + e),
+            energy_delta_mj: Some(e),
+        })
+        .collect();
+    let body = JobEnd {
+        user: "alice".into(),
+        uid: 1001,
+        account: Some("physics".into()),
+        partition: Some("gpu".into()),
+        start_time: start,
+        end_time: end,
+        allocated_gpu_ms: gpus.len() as u64 * (end - start),
+        gpus,
+        exit: None,
+    };
+    let id = RecordId::new("alpha", job, None, node, RecordKind::JobEnd).unwrap();
+    Record::new(id, end, RecordBody::JobEnd(body)).unwrap()
+}
+
+pub fn job_usage(job: u32, node: &str, start: u64, end: u64, used: &[u64]) -> Record {
+    let gpus: Vec<GpuUsage> = used
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| GpuUsage {
+            index: i as u32,
+            uuid: format!("GPU-{node}-{i}"),
+            name: Some(H100.into()),
+            samples: 10,
+            util_mean_pct: 50.0,
+            util_max_pct: 100,
+            mem_peak_mib: 1,
+            energy_mj: None,
+            used_gpu_ms: u,
+        })
+        .collect();
+    let body = Usage {
+        user: "alice".into(),
+        uid: 1001,
+        account: Some("physics".into()),
+        partition: Some("gpu".into()),
+        window_start: start,
+        window_end: end,
+        allocated_gpu_ms: gpus.len() as u64 * (end - start),
+        used_gpu_ms: used.iter().sum(),
+        gpus,
+    };
+    let id = RecordId::new("alpha", job, None, node, RecordKind::JobUsage).unwrap();
+    Record::new(id, end, RecordBody::JobUsage(body)).unwrap()
+}

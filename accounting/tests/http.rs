@@ -1,0 +1,160 @@
+//! The HTTP API on a loopback port, in process.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use serde_json::{Value, json};
+use sgpu_accounting::auth::NoAuthentication;
+use sgpu_accounting::http::{AppState, router};
+use sgpu_accounting::sled_store::SledStore;
+
+fn serve(dir: &std::path::Path, max_body: usize) -> SocketAddr {
+    let store = Arc::new(SledStore::open(&dir.join("db")).unwrap());
+    let state = AppState {
+        store,
+        auth: Arc::new(NoAuthentication),
+    };
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            axum::serve(listener, router(state, max_body))
+                .await
+                .unwrap();
+        });
+    });
+    addr
+}
+
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
+}
+
+#[test]
+fn ingest_query_and_errors_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = serve(dir.path(), 64 * 1024);
+    let d = 19_783 * DAY; // 2024-03-01
+    let a = job_end(
+        "alpha",
+        1,
+        "n1",
+        "physics",
+        "alice",
+        d + HOUR,
+        d + 3 * HOUR,
+        &[100, 100],
+    );
+    let b = job_end(
+        "alpha",
+        2,
+        "n1",
+        "chem",
+        "bob",
+        d + 23 * HOUR,
+        d + 25 * HOUR,
+        &[60],
+    );
+    let u = job_usage(
+        "alpha",
+        1,
+        "n1",
+        "physics",
+        "alice",
+        d + HOUR,
+        d + 3 * HOUR,
+        &[HOUR, HOUR / 2],
+    );
+
+    let (st, body) = request(addr, "POST", "/v1/records", &batch(&[a.clone(), b.clone()])).unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let r = json_of(&body);
+    assert_eq!(
+        (r["accepted"].as_u64(), r["duplicate"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // Resend with one new and one bad record: 422, good ones stored, bad one named.
+    let mut bad: Value = serde_json::from_slice(&a.to_json().unwrap()).unwrap();
+    bad["id"]["job_id"] = json!(3);
+    bad["body"]["end_time"] = json!(0);
+    let mixed = json!([a, u, bad]);
+    let (st, body) = request(
+        addr,
+        "POST",
+        "/v1/records",
+        &serde_json::to_vec(&mixed).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st, 422);
+    let r = json_of(&body);
+    assert_eq!(r["results"][0]["status"], "duplicate");
+    assert_eq!(r["results"][1]["status"], "accepted");
+    assert_eq!(r["results"][2]["status"], "rejected");
+    assert_eq!(r["results"][2]["key"], "alpha,3,,n1,job_end");
+    assert_eq!(r["results"][2]["field"], "body.end_time");
+
+    // Malformed JSON: 400 with a message.
+    let (st, body) = request(addr, "POST", "/v1/records", b"[{").unwrap();
+    assert_eq!(st, 400);
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("JSON array")
+    );
+
+    // Oversized: 413.
+    let big = vec![b' '; 128 * 1024];
+    let (st, _) = request(addr, "POST", "/v1/records", &big).unwrap();
+    assert_eq!(st, 413);
+
+    // Job query.
+    let (st, body) = request(addr, "GET", "/v1/jobs/alpha/1", b"").unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(json_of(&body)["records"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        request(addr, "GET", "/v1/jobs/alpha/9", b"").unwrap().0,
+        404
+    );
+    assert_eq!(
+        request(addr, "GET", "/v1/jobs/alpha/x", b"").unwrap().0,
+        400
+    );
+
+    // Rollups per account and day: job 2 straddles midnight (1 h each side).
+    let (st, body) = request(
+        addr,
+        "GET",
+        "/v1/rollups?start=2024-03-01&end=2024-03-02&group_by=account,day",
+        b"",
+    )
+    .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let rows = json_of(&body)["rows"].clone();
+    assert_eq!(
+        rows,
+        json!([
+            {"account": "chem", "day": "2024-03-01", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 0},
+            {"account": "chem", "day": "2024-03-02", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 1},
+            {"account": "physics", "day": "2024-03-01", "allocated_gpu_ms": 4 * HOUR, "used_gpu_ms": HOUR + HOUR / 2, "energy_mj": 200, "jobs": 1},
+        ])
+    );
+    // Filter and window.
+    let (_, body) = request(addr, "GET", "/v1/rollups?start=2024-03-02&user=bob", b"").unwrap();
+    assert_eq!(json_of(&body)["rows"][0]["allocated_gpu_ms"], HOUR);
+    let (st, body) = request(addr, "GET", "/v1/rollups?start=March", b"").unwrap();
+    assert_eq!(st, 400);
+    assert!(
+        json_of(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("start:")
+    );
+}
