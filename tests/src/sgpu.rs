@@ -510,3 +510,53 @@ impl Drop for HealthdPaused<'_> {
         }
     }
 }
+
+/// Puts nodes back in service and their simulated GPUs back to health when dropped,
+/// whatever the test did (so a failing test leaves the cluster as it found it).
+pub struct Restore<'a> {
+    cluster: &'a Cluster,
+    nodes: Vec<String>,
+}
+
+impl<'a> Restore<'a> {
+    /// Restores `nodes` of `cluster` when dropped.
+    pub fn new(cluster: &'a Cluster, nodes: &[&str]) -> Restore<'a> {
+        Restore {
+            cluster,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = reset_gpus(self.cluster, node);
+            let _ = self.cluster.output(
+                "scontrol",
+                &["update", &format!("NodeName={node}"), "State=RESUME"],
+            );
+        }
+    }
+}
+
+/// The records of `job` in `node`'s spool, oldest first.
+pub fn spool_records(
+    cluster: &Cluster,
+    node: &str,
+    job: u32,
+) -> Result<Vec<sgpu_spool::Record>, ClusterError> {
+    let spool_err = |e: sgpu_spool::SpoolError| ClusterError::Parse {
+        cmd: format!("reading {node}'s spool"),
+        detail: e.to_string(),
+    };
+    let spool = sgpu_spool::Spool::open(node_files(cluster, node).spool_dir).map_err(spool_err)?;
+    let mut out = Vec::new();
+    for e in spool.list().map_err(spool_err)? {
+        let r = spool.read(&e).map_err(spool_err)?;
+        if r.id().job_id() == job {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

@@ -5,46 +5,13 @@
 use std::time::Duration;
 
 use nvml_sim::State;
-use sgpu_spool::{Record, RecordBody, Spool};
+use sgpu_spool::RecordBody;
 use sgpu_tests::sgpu::{self, node_files};
 use sgpu_tests::{Cluster, node_state};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// The spool records of `job` on `node`.
-fn records_of(
-    cluster: &Cluster,
-    node: &str,
-    job: u32,
-) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
-    let spool = Spool::open(node_files(cluster, node).spool_dir)?;
-    let mut out = Vec::new();
-    for e in spool.list()? {
-        let r = spool.read(&e)?;
-        if r.id().job_id() == job {
-            out.push(r);
-        }
-    }
-    Ok(out)
-}
-
-/// Puts a node back in service and its GPUs back to health, whatever the test did.
-struct Restore<'a> {
-    cluster: &'a Cluster,
-    node: &'a str,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        let _ = sgpu::reset_gpus(self.cluster, self.node);
-        let _ = self.cluster.output(
-            "scontrol",
-            &["update", &format!("NodeName={}", self.node), "State=RESUME"],
-        );
-    }
-}
 
 #[test]
 fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
@@ -56,7 +23,7 @@ fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
     let job = cluster.wait_job(id, JOB_TIMEOUT)?;
     assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
 
-    let recs = records_of(&cluster, node, id)?;
+    let recs = sgpu::spool_records(&cluster, node, id)?;
     let start = recs
         .iter()
         .find_map(|r| match r.body() {
@@ -108,10 +75,7 @@ fn bad_gpu_drains_node_and_job_runs_elsewhere() -> TestResult {
     // the job there; this test is about the prolog, so node1 runs without the daemon (its
     // guard drops last: the node is restored before the daemon starts again)
     let _paused = sgpu::pause_healthd(&cluster, "node1")?;
-    let _restore = Restore {
-        cluster: &cluster,
-        node: "node1",
-    };
+    let _restore = sgpu::Restore::new(&cluster, &["node1"]);
     // an uncorrectable ECC error on node1's gpu2: node1 must not take jobs
     sgpu::update_gpus(&cluster, "node1", |s| {
         if let Some(g) = s.gpu_mut(2) {
@@ -192,10 +156,7 @@ fn each_drain_worthy_fault_gives_its_reason() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
     let node = "node1";
-    let _restore = Restore {
-        cluster: &cluster,
-        node,
-    };
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
     type Inject = Box<dyn Fn(&mut nvml_sim::Gpu)>;
     let faults: Vec<(&str, Inject)> = vec![
         ("sgpu: gpu.lost gpu1:", Box::new(|g| g.lost = true)),
@@ -288,10 +249,7 @@ fn hung_driver_drains_within_the_deadline() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
     let node = "node1";
-    let _restore = Restore {
-        cluster: &cluster,
-        node,
-    };
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
     sgpu::update_gpus(&cluster, node, |s| s.hang = true)?;
     // the prolog can only write this reason if it gave up on the hung driver (after the node
     // config's nvml_timeout_ms, 2000) instead of hanging with it

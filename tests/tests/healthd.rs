@@ -16,24 +16,6 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const INTERVAL: Duration = Duration::from_secs(HEALTHD_INTERVAL_S);
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Puts nodes back in service and their GPUs back to health, whatever the test did.
-struct Restore<'a> {
-    cluster: &'a Cluster,
-    nodes: &'a [&'a str],
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        for node in self.nodes {
-            let _ = sgpu::reset_gpus(self.cluster, node);
-            let _ = self.cluster.output(
-                "scontrol",
-                &["update", &format!("NodeName={node}"), "State=RESUME"],
-            );
-        }
-    }
-}
-
 fn sgpu_drained(r: &Record) -> bool {
     node_state(r).1 && r.get("Reason").starts_with("sgpu:")
 }
@@ -102,10 +84,7 @@ fn healthd_state(cluster: &Cluster, node: &str) -> String {
 fn xid79_on_an_idle_node_drains_it_at_once() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
-    let _restore = Restore {
-        cluster: &cluster,
-        nodes: &["node1"],
-    };
+    let _restore = sgpu::Restore::new(&cluster, &["node1"]);
     ready(&cluster, "node1")?;
     ready(&cluster, "node2")?;
 
@@ -158,10 +137,7 @@ fn xid79_on_an_idle_node_drains_it_at_once() -> TestResult {
 fn xid13_is_recorded_but_does_not_drain() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
-    let _restore = Restore {
-        cluster: &cluster,
-        nodes: &["node1"],
-    };
+    let _restore = sgpu::Restore::new(&cluster, &["node1"]);
     ready(&cluster, "node1")?;
     sgpu::update_gpus(&cluster, "node1", |s| {
         s.inject_xid(0, 13);
@@ -204,10 +180,7 @@ fn recoverable_fault_is_resumed_and_admin_drain_is_not() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
     let node = "node1";
-    let _restore = Restore {
-        cluster: &cluster,
-        nodes: &[node],
-    };
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
     ready(&cluster, node)?;
     let too_hot = |s: &mut nvml_sim::State| {
         if let Some(g) = s.gpu_mut(1) {
@@ -261,10 +234,7 @@ fn recoverable_fault_is_resumed_and_admin_drain_is_not() -> TestResult {
 fn breaker_keeps_the_second_node_up() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
-    let _restore = Restore {
-        cluster: &cluster,
-        nodes: &["node1", "node2"],
-    };
+    let _restore = sgpu::Restore::new(&cluster, &["node1", "node2"]);
     ready(&cluster, "node1")?;
     ready(&cluster, "node2")?;
     let ecc = |s: &mut nvml_sim::State| {
@@ -349,10 +319,7 @@ fn a_gpu_job_is_sampled_and_its_usage_survives_a_healthd_kill9() -> TestResult {
     // exclusive: the test kills node1's healthd and changes its GPUs
     let _lock = cluster.lock_exclusive()?;
     let node = "node1";
-    let _restore = Restore {
-        cluster: &cluster,
-        nodes: &[node],
-    };
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
     ready(&cluster, node)?;
     // the simulator runs every GPU of the node at 60 %
     sgpu::update_gpus(&cluster, node, |s| {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use nvml_sim::State;
-use sgpu_spool::{Record, RecordBody, Spool, Usage};
+use sgpu_spool::{RecordBody, Usage};
 use sgpu_tests::sgpu::{self, node_files};
 use sgpu_tests::{Cluster, node_state};
 
@@ -13,30 +13,13 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The spool records of `job` on `node`.
-fn records_of(
-    cluster: &Cluster,
-    node: &str,
-    job: u32,
-) -> Result<Vec<Record>, Box<dyn std::error::Error>> {
-    let spool = Spool::open(node_files(cluster, node).spool_dir)?;
-    let mut out = Vec::new();
-    for e in spool.list()? {
-        let r = spool.read(&e)?;
-        if r.id().job_id() == job {
-            out.push(r);
-        }
-    }
-    Ok(out)
-}
-
 /// The `step_usage` records of `job` on `node`, by step name.
 fn step_records(
     cluster: &Cluster,
     node: &str,
     job: u32,
 ) -> Result<Vec<(String, Usage)>, Box<dyn std::error::Error>> {
-    let mut v: Vec<(String, Usage)> = records_of(cluster, node, job)?
+    let mut v: Vec<(String, Usage)> = sgpu::spool_records(cluster, node, job)?
         .into_iter()
         .filter_map(|r| {
             let step = r.id().step()?.to_string();
@@ -201,22 +184,6 @@ fn two_srun_steps_give_two_step_records_and_the_batch_step() -> TestResult {
     Ok(())
 }
 
-/// Puts a node back in service and its GPUs back to health, whatever the test did.
-struct Restore<'a> {
-    cluster: &'a Cluster,
-    node: &'a str,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        let _ = sgpu::reset_gpus(self.cluster, self.node);
-        let _ = self.cluster.output(
-            "scontrol",
-            &["update", &format!("NodeName={}", self.node), "State=RESUME"],
-        );
-    }
-}
-
 #[test]
 fn gpu_health_warn_reaches_the_prolog_the_job_runs_and_the_node_drains() -> TestResult {
     let cluster = Cluster::up()?;
@@ -224,10 +191,7 @@ fn gpu_health_warn_reaches_the_prolog_the_job_runs_and_the_node_drains() -> Test
     let node = "node1";
     // healthd would drain node1 before the job lands there; this test is about the prolog
     let _paused = sgpu::pause_healthd(&cluster, node)?;
-    let _restore = Restore {
-        cluster: &cluster,
-        node,
-    };
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
     sgpu::update_gpus(&cluster, node, |s| {
         if let Some(g) = s.gpu_mut(2) {
             g.ecc.volatile_uncorrected = 3;
