@@ -1,14 +1,14 @@
-//! `healthd-bench`: what the real `sgpu-healthd` costs a node while it idles along: its CPU
-//! use (% of one core) and peak RSS over a window, next to an idle baseline process (`sleep`)
+//! `healthd-bench`: what the real `sgpu-healthd` costs a node while it runs: its CPU use
+//! (% of one core) and peak RSS over a window, next to an idle baseline process (`sleep`)
 //! started the same way and measured over the same window.
 //!
 //! Everything lives in a temporary directory: the simulated NVML library, a healthy GPU state
 //! file, a slurm.conf and gres.conf for node `bench1`, an `sgpu.toml` (state and spool
 //! directories inside, a `scontrol` stub that records every call so nothing reaches a real
 //! slurmctld, `/status` on a free loopback port or off), and unless `--no-job` a job that the
-//! real `sgpu-prolog` starts on every GPU, so healthd samples into it. Figures are printed, never judged:
-//! the exit status is non-zero only when healthd exited early or (with `/status` on) never
-//! reported a sample, which would make the figures meaningless.
+//! real `sgpu-prolog` starts on every GPU, so healthd samples into it. Figures are printed,
+//! never judged: the exit status is non-zero only when healthd exited early or (with `/status`
+//! on) never reported a sample, which would make the figures meaningless.
 
 use std::ffi::OsString;
 use std::fs::File;
