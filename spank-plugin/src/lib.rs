@@ -36,6 +36,9 @@
 //!   again and writes a `step_usage` record (step `batch`, `extern`, `interactive` or the
 //!   number) to the node spool; at the end of the batch step (the end of the job on this
 //!   node), with `--gpu-report`, appends the summary ([`report`]) to the job's stderr file.
+//!   Utilization comes from one `GET /status` to the node's healthd (`status_listen`,
+//!   loopback only, 100 ms for the whole exchange, [`status`]); without an answer the
+//!   summary still has energy and time and says utilization is unavailable.
 //!   It runs as root in slurmstepd, which is why the spool write happens here and not in a
 //!   task hook (tasks run as the user).
 //!
@@ -53,6 +56,7 @@ pub mod args;
 pub mod capture;
 pub mod ffi;
 pub mod report;
+pub mod status;
 
 use args::PluginArgs;
 use capture::StepStart;
@@ -89,6 +93,8 @@ struct Step {
     spool_dir: std::path::PathBuf,
     nvml: sgpu_healthd::gpu::NvmlOptions,
     report: bool,
+    /// healthd's `/status` (`status_listen`; `None`: off).
+    status_listen: Option<std::net::SocketAddr>,
 }
 
 static ARGS: Mutex<Option<PluginArgs>> = Mutex::new(None);
@@ -263,6 +269,7 @@ fn step_start(sp: &Spank) -> Result<(), String> {
         spool_dir: config.spool_dir.clone(),
         nvml,
         report,
+        status_listen: config.status_listen,
     });
     Ok(())
 }
@@ -312,7 +319,13 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
         Err(e) => result = Err(format!("job {}: record: {e}", step.start.job_id)),
     }
     if step.report && step.start.step == "batch" {
-        let text = report::summary(&step.start, end_ms, &end);
+        let usage = job_usage(&step);
+        let text = report::summary(
+            &step.start,
+            end_ms,
+            &end,
+            usage.as_ref().map(|u| u.as_ref()),
+        );
         if let Err(e) = deliver_report(step.start.uid, &text) {
             ffi::log_error(&format!(
                 "sgpu: job {}: --gpu-report: {e}; the summary:\n{text}",
@@ -321,6 +334,30 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
         }
     }
     result
+}
+
+/// healthd's record of this job's run (`None`: healthd not reachable; `Some(None)`: it has
+/// none). One loopback request under [`status::FETCH_BUDGET`].
+fn job_usage(step: &Step) -> Option<Option<status::JobUsage>> {
+    let listen = step.status_listen?;
+    match status::fetch(listen, status::FETCH_BUDGET) {
+        Ok(doc) => Some(
+            status::find_job(
+                &doc,
+                &step.start.cluster,
+                step.start.job_id,
+                step.start.start_ms,
+            )
+            .cloned(),
+        ),
+        Err(e) => {
+            ffi::log_info(&format!(
+                "sgpu: job {}: --gpu-report: no utilization from healthd: {e}",
+                step.start.job_id
+            ));
+            None
+        }
+    }
 }
 
 /// Appends the summary to the job's stderr file. slurmstepd of a batch step has the job's

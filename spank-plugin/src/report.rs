@@ -4,12 +4,22 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::capture::{GpuEndReading, StepStart, energy_delta};
+use crate::status::{GpuUsage, JobUsage};
 
 /// What the summary says about utilization when no sampler answered.
 pub const UTILIZATION_UNAVAILABLE: &str = "unavailable (healthd not reachable)";
 
-/// Formats the summary of a job's GPUs on this node over `start.start_ms..end_ms`.
-pub fn summary(start: &StepStart, end_ms: u64, end: &BTreeMap<String, GpuEndReading>) -> String {
+/// What the summary says about a GPU healthd has no samples of for this job.
+pub const UTILIZATION_NO_SAMPLES: &str = "unavailable (no healthd samples for this job)";
+
+/// Formats the summary of a job's GPUs on this node over `start.start_ms..end_ms`;
+/// `usage` is healthd's record of the job (`None`: healthd was not reachable).
+pub fn summary(
+    start: &StepStart,
+    end_ms: u64,
+    end: &BTreeMap<String, GpuEndReading>,
+    usage: Option<Option<&JobUsage>>,
+) -> String {
     let wall_ms = end_ms.saturating_sub(start.start_ms);
     let n = start.gpus.len();
     let mut s = String::new();
@@ -23,6 +33,8 @@ pub fn summary(start: &StepStart, end_ms: u64, end: &BTreeMap<String, GpuEndRead
     );
     let mut total_mj: u64 = 0;
     let mut all_known = true;
+    // (samples x mean utilization, samples) over the GPUs healthd sampled
+    let (mut weighted, mut weight) = (0.0f64, 0u64);
     for g in &start.gpus {
         let delta = energy_delta(g.energy_mj, end.get(&g.uuid).and_then(|e| e.energy_mj));
         let energy = match delta {
@@ -35,9 +47,28 @@ pub fn summary(start: &StepStart, end_ms: u64, end: &BTreeMap<String, GpuEndRead
                 "unavailable".to_string()
             }
         };
+        let sampled: Option<&GpuUsage> = usage.flatten().and_then(|j| {
+            j.gpus
+                .iter()
+                .find(|u| u.uuid == g.uuid)
+                .or_else(|| j.gpus.iter().find(|u| u.index == g.index))
+                .filter(|u| u.samples > 0)
+        });
+        let util = match (usage, sampled) {
+            (None, _) => format!("utilization {UTILIZATION_UNAVAILABLE}"),
+            (Some(_), None) => format!("utilization {UTILIZATION_NO_SAMPLES}"),
+            (Some(_), Some(u)) => {
+                weighted += u.util_mean_pct * u.samples as f64;
+                weight += u.samples;
+                format!(
+                    "utilization mean {:.1}% max {}%, memory peak {} MiB ({} samples)",
+                    u.util_mean_pct, u.util_max_pct, u.mem_peak_mib, u.samples
+                )
+            }
+        };
         let _ = writeln!(
             s,
-            "sgpu:   gpu{} {} {}: energy {energy}, utilization {UTILIZATION_UNAVAILABLE}",
+            "sgpu:   gpu{} {} {}: energy {energy}, {util}",
             g.index,
             g.name.as_deref().unwrap_or("(unknown model)"),
             g.uuid,
@@ -51,6 +82,16 @@ pub fn summary(start: &StepStart, end_ms: u64, end: &BTreeMap<String, GpuEndRead
         joules(total_mj),
         kwh(total_mj)
     );
+    if weight > 0 {
+        let mean = (weighted / weight as f64).clamp(0.0, 100.0);
+        let _ = writeln!(
+            s,
+            "sgpu:   GPUs were idle {:.0}% of the time (mean utilization {mean:.1}%)",
+            100.0 - mean
+        );
+    } else if usage.is_none() {
+        let _ = writeln!(s, "sgpu:   utilization {UTILIZATION_UNAVAILABLE}");
+    }
     s
 }
 
@@ -112,7 +153,7 @@ mod tests {
                 energy_mj: Some(3_600_000),
             },
         );
-        let s = summary(&start, 3_600_000, &end);
+        let s = summary(&start, 3_600_000, &end, None);
         assert!(
             s.contains("job 9 on node1 (2 GPUs, wall time 1:00:00.000)"),
             "{s}"
@@ -130,5 +171,43 @@ mod tests {
             "{s}"
         );
         assert!(s.contains(UTILIZATION_UNAVAILABLE));
+        assert!(!s.contains("idle"), "{s}");
+
+        let job = JobUsage {
+            cluster: "c".into(),
+            job_id: 9,
+            start_time_ms: 0,
+            gpus: vec![
+                GpuUsage {
+                    index: 0,
+                    uuid: "GPU-a".into(),
+                    samples: 10,
+                    util_mean_pct: 40.0,
+                    util_max_pct: 45,
+                    mem_peak_mib: 1024,
+                },
+                GpuUsage {
+                    index: 1,
+                    uuid: "GPU-b".into(),
+                    samples: 10,
+                    util_mean_pct: 20.0,
+                    util_max_pct: 20,
+                    mem_peak_mib: 0,
+                },
+            ],
+        };
+        let s = summary(&start, 3_600_000, &end, Some(Some(&job)));
+        assert!(
+            s.contains("utilization mean 40.0% max 45%, memory peak 1024 MiB (10 samples)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("GPUs were idle 70% of the time (mean utilization 30.0%)"),
+            "{s}"
+        );
+        assert!(!s.contains(UTILIZATION_UNAVAILABLE), "{s}");
+        let s = summary(&start, 3_600_000, &end, Some(None));
+        assert!(s.contains(UTILIZATION_NO_SAMPLES), "{s}");
+        assert!(!s.contains("idle"), "{s}");
     }
 }

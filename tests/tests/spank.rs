@@ -81,8 +81,10 @@ fn bogus_gpu_health_is_refused_at_submission() -> TestResult {
 #[test]
 fn gpu_report_names_the_gpus_and_their_energy() -> TestResult {
     let cluster = Cluster::up()?;
-    let _lock = cluster.lock_shared()?;
+    let _lock = cluster.lock_exclusive()?;
     let node = "node2";
+    // without healthd the report still has energy and time, and says utilization is unknown
+    let _paused = sgpu::pause_healthd(&cluster, node)?;
     let state = State::load(node_files(&cluster, node).nvml_state)?;
     let dir = out_dir()?;
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
@@ -153,6 +155,82 @@ fn gpu_report_names_the_gpus_and_their_energy() -> TestResult {
         (total_j - expected_j).abs() <= expected_j * 0.03,
         "report says {total_j} J, power x time is {expected_j} J:\n{report}"
     );
+    Ok(())
+}
+
+/// The `(mean, max, memory peak)` utilization the report gives `uuid`.
+fn reported_utilization(report: &str, uuid: &str) -> Option<(f64, u32, u64)> {
+    let line = report.lines().find(|l| l.contains(uuid))?;
+    let rest = line.split("utilization mean ").nth(1)?;
+    let (mean, rest) = rest.split_once("% max ")?;
+    let (max, rest) = rest.split_once("%, memory peak ")?;
+    let (peak, _) = rest.split_once(" MiB")?;
+    Some((mean.parse().ok()?, max.parse().ok()?, peak.parse().ok()?))
+}
+
+#[test]
+fn gpu_report_shows_healthd_utilization_and_idle_share() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node2";
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
+    cluster.wait_node(node, Duration::from_secs(10), "in service", |r| {
+        !node_state(r).1
+    })?;
+    sgpu::update_gpus(&cluster, node, |s| {
+        for g in &mut s.gpus {
+            // (memory use on an idle GPU would make healthd drain the node: leftover memory)
+            g.utilization_gpu = Some(40);
+        }
+    })?;
+    let dir = out_dir()?;
+    let err = dir.path().join("err");
+    let id = cluster.sbatch(
+        &[
+            "-w",
+            node,
+            "--gres=gpu:2",
+            "--gpu-report",
+            "-o",
+            "/dev/null",
+            "-e",
+            &err.to_string_lossy(),
+        ],
+        "sleep 4",
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let report = std::fs::read_to_string(&err)?;
+    assert!(
+        report.contains(&format!("sgpu: GPU report for job {id} on {node} (2 GPUs")),
+        "{report}"
+    );
+    assert!(!report.contains("unavailable"), "{report}");
+    let steps = step_records(&cluster, node, id)?;
+    let (_, batch) = steps
+        .iter()
+        .find(|(s, _)| s == "batch")
+        .ok_or_else(|| format!("no batch step record for job {id}: {steps:?}"))?;
+    assert_eq!(batch.gpus.len(), 2);
+    for g in &batch.gpus {
+        let (mean, max, peak) = reported_utilization(&report, &g.uuid)
+            .ok_or_else(|| format!("no utilization for {} in {report}", g.uuid))?;
+        // a sample taken before the update or after the job may differ
+        assert!(
+            (35.0..=41.0).contains(&mean),
+            "{} mean {mean}:\n{report}",
+            g.uuid
+        );
+        assert_eq!(max, 40, "{report}");
+        assert_eq!(peak, 0, "the simulated GPUs use no memory: {report}");
+    }
+    let idle: f64 = report
+        .lines()
+        .find_map(|l| l.split("GPUs were idle ").nth(1))
+        .and_then(|t| t.split('%').next())
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("no idle verdict in {report}"))?;
+    assert!((59.0..=65.0).contains(&idle), "idle {idle}%:\n{report}");
     Ok(())
 }
 
