@@ -70,8 +70,9 @@ impl NodeLayout {
 
     /// Maps Slurm GPU indices (`SLURM_JOB_GPUS`) to NVML indices through device minor
     /// numbers. An index whose device file or minor number is unknown maps to itself (the
-    /// usual identity when gres.conf lists `/dev/nvidia0..N` in order); one whose minor number
-    /// NVML does not show maps to an index past the last GPU, so `gpu.job_gpus_exist` fails.
+    /// usual identity when gres.conf lists `/dev/nvidia0..N` in order), and so does one whose
+    /// minor number may belong to a GPU that cannot be read (lost); one whose minor number no
+    /// readable GPU shows maps past the last GPU, so `gpu.job_gpus_exist` fails.
     pub fn nvml_indices(&self, slurm_indices: &[u32], snapshot: &NodeSnapshot) -> Vec<u32> {
         slurm_indices
             .iter()
@@ -82,21 +83,78 @@ impl NodeLayout {
                     .iter()
                     .find(|d| d.index == i)
                     .and_then(|d| d.minor);
+                let all_minors_known = snapshot
+                    .gpus
+                    .iter()
+                    .all(|g| g.minor_number.value().is_some());
                 match minor {
                     None => i,
-                    Some(m) => snapshot
+                    Some(m) => match snapshot
                         .gpus
                         .iter()
                         .find(|g| g.minor_number.value() == Some(&m))
-                        .map(|g| g.index)
-                        .unwrap_or_else(|| {
-                            // past the end: reported as missing, never another GPU
-                            u32::try_from(snapshot.gpus.len())
-                                .unwrap_or(u32::MAX)
-                                .saturating_add(i)
-                        }),
+                    {
+                        Some(g) => g.index,
+                        // a GPU whose minor number cannot be read (lost, driver error) may be
+                        // this one: keep the index, and let gpu.lost report the real fault
+                        None if !all_minors_known => i,
+                        // every GPU answered and none is this device: past the end, so
+                        // gpu.job_gpus_exist reports it missing, never another GPU
+                        None => u32::try_from(snapshot.gpus.len())
+                            .unwrap_or(u32::MAX)
+                            .saturating_add(i),
+                    },
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{GpuSnapshot, Reading};
+    use sgpu_slurm_conf::GresConf;
+
+    fn layout() -> NodeLayout {
+        let gres = GresConf::parse_str(
+            "NodeName=n1 Name=gpu File=/dev/nvidia[0-3]\n",
+            "/etc/slurm/gres.conf",
+        )
+        .unwrap();
+        NodeLayout {
+            gpus: gres.expected_gpus("n1", None),
+            notes: Vec::new(),
+        }
+    }
+
+    fn snapshot(minors: &[Option<u32>]) -> NodeSnapshot {
+        NodeSnapshot {
+            driver_version: Reading::Unsupported,
+            gpus: minors
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let mut g = GpuSnapshot::unknown(i as u32);
+                    g.minor_number = m.map_or(Reading::Error("lost".into()), Reading::Value);
+                    g
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn slurm_indices_follow_minor_numbers() {
+        // NVML (PCI order) lists the devices /dev/nvidia2, 0, 3, 1
+        let snap = snapshot(&[Some(2), Some(0), Some(3), Some(1)]);
+        assert_eq!(layout().nvml_indices(&[0, 1, 2, 3], &snap), vec![1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn a_missing_device_maps_past_the_end_but_an_unreadable_one_keeps_its_index() {
+        let three = snapshot(&[Some(0), Some(1), Some(2)]);
+        assert_eq!(layout().nvml_indices(&[3], &three), vec![6]);
+        let lost = snapshot(&[Some(0), None, Some(2), Some(3)]);
+        assert_eq!(layout().nvml_indices(&[1, 2], &lost), vec![1, 2]);
     }
 }

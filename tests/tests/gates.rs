@@ -139,9 +139,22 @@ fn drain_reason_for_job_on(
     let waited = cluster.wait_node(node, JOB_TIMEOUT, "drained by sgpu", |r| {
         node_state(r).1 && r.get("Reason").starts_with("sgpu:")
     });
-    let _ = cluster.output("scancel", &[&id.to_string()]);
     let rec = waited?;
-    let job = cluster.job(id)?;
+    // cancel until it sticks: a cancel that lands while the prolog still runs is undone by
+    // Slurm's requeue when the prolog fails
+    let start = std::time::Instant::now();
+    let job = loop {
+        let _ = cluster.output("scancel", &[&id.to_string()]);
+        std::thread::sleep(Duration::from_millis(300));
+        let job = cluster.job(id)?;
+        if sgpu_tests::cluster::TERMINAL_JOB_STATES.contains(&job.get("JobState")) {
+            break job;
+        }
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "job {id} cannot be cancelled: {job:?}"
+        );
+    };
     assert_ne!(
         job.get("JobState"),
         "COMPLETED",
@@ -231,10 +244,14 @@ fn each_drain_worthy_fault_gives_its_reason() -> TestResult {
         if !reason.starts_with(want) {
             wrong.push(format!("expected {want:?}, got {reason:?}"));
         }
+        // heal the GPUs before resuming: the cancelled job's epilog (post profile) may still
+        // run, and must not find the fault and drain the node again under the next fault
+        sgpu::reset_gpus(&cluster, node)?;
         cluster.output(
             "scontrol",
             &["update", &format!("NodeName={node}"), "State=RESUME"],
         )?;
+        cluster.wait_node(node, JOB_TIMEOUT, "back in service", |r| !node_state(r).1)?;
     }
     assert!(
         wrong.is_empty(),
