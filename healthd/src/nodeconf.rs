@@ -147,7 +147,10 @@ mod tests {
     fn slurm_indices_follow_minor_numbers() {
         // NVML (PCI order) lists the devices /dev/nvidia2, 0, 3, 1
         let snap = snapshot(&[Some(2), Some(0), Some(3), Some(1)]);
-        assert_eq!(layout().nvml_indices(&[0, 1, 2, 3], &snap), vec![1, 3, 0, 2]);
+        assert_eq!(
+            layout().nvml_indices(&[0, 1, 2, 3], &snap),
+            vec![1, 3, 0, 2]
+        );
     }
 
     #[test]
