@@ -231,6 +231,29 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// Test-only: the value, or a panic naming what went wrong.
+    trait Must<T> {
+        fn must(self) -> T;
+    }
+
+    impl<T, E: std::fmt::Debug> Must<T> for Result<T, E> {
+        fn must(self) -> T {
+            match self {
+                Ok(v) => v,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+
+    impl<T> Must<T> for Option<T> {
+        fn must(self) -> T {
+            match self {
+                Some(v) => v,
+                None => panic!("expected a value"),
+            }
+        }
+    }
+
     const DOC: &str = r#"{"version":1,"node":"node2","jobs":[
       {"cluster":"sgpu-test","job_id":7,"user":"root","account":null,"partition":"gpu",
        "start_time_ms":1000,"samples":3,"util_mean_pct":40.0,"util_max_pct":40,"energy_mj":5,
@@ -242,13 +265,13 @@ mod tests {
 
     #[test]
     fn parses_status_and_finds_the_run() {
-        let doc = parse(DOC.as_bytes()).unwrap();
-        let j = find_job(&doc, "sgpu-test", 7, 2000).unwrap();
+        let doc = parse(DOC.as_bytes()).must();
+        let j = find_job(&doc, "sgpu-test", 7, 2000).must();
         assert_eq!(j.start_time_ms, 1000);
         assert_eq!(j.gpus[0].mem_peak_mib, 512);
         assert_eq!(
             find_job(&doc, "sgpu-test", 7, 10_000_000)
-                .unwrap()
+                .must()
                 .start_time_ms,
             900000
         );
@@ -259,7 +282,7 @@ mod tests {
 
     #[test]
     fn loopback_only() {
-        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let a = |s: &str| s.parse::<SocketAddr>().must();
         assert_eq!(
             loopback_target(a("0.0.0.0:9411")),
             Some(a("127.0.0.1:9411"))
@@ -269,8 +292,8 @@ mod tests {
     }
 
     fn serve_once(answer: Vec<u8>, delay: Duration) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").must();
+        let addr = l.local_addr().must();
         std::thread::spawn(move || {
             if let Ok((mut s, _)) = l.accept() {
                 let mut req = [0u8; 1024];
@@ -291,7 +314,7 @@ mod tests {
         )
         .into_bytes();
         a.extend_from_slice(body);
-        let doc = fetch(serve_once(a, Duration::ZERO), FETCH_BUDGET).unwrap();
+        let doc = fetch(serve_once(a, Duration::ZERO), FETCH_BUDGET).must();
         assert_eq!(doc.jobs.len(), 2);
 
         let (x, y) = body.split_at(10);
@@ -302,15 +325,15 @@ mod tests {
             c.extend_from_slice(b"\r\n");
         }
         c.extend_from_slice(b"0\r\n\r\n");
-        let doc = fetch(serve_once(c, Duration::ZERO), FETCH_BUDGET).unwrap();
+        let doc = fetch(serve_once(c, Duration::ZERO), FETCH_BUDGET).must();
         assert_eq!(doc.jobs.len(), 2);
     }
 
     #[test]
     fn failures_are_errors_within_the_budget() {
         // nobody listening
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").must();
+        let addr = l.local_addr().must();
         drop(l);
         assert!(fetch(addr, FETCH_BUDGET).is_err());
         // a server that answers too late
