@@ -372,7 +372,10 @@ pub fn kill9_and_restart_healthd(cluster: &Cluster, node: &str) -> Result<(), Cl
             .stderr(std::process::Stdio::null())
             .status();
         let start = std::time::Instant::now();
-        while healthd_pid(cluster, node).is_some() {
+        // wait until the process has fully exited (a zombie, or reaped): its command line
+        // empties earlier, while its files (the listening socket, the sled lock) may still
+        // be open, and a new healthd started then finds them taken
+        while !exited(pid) {
             if start.elapsed() > std::time::Duration::from_secs(5) {
                 return Err(ClusterError::Parse {
                     cmd: format!("kill -KILL {pid}"),
@@ -383,6 +386,19 @@ pub fn kill9_and_restart_healthd(cluster: &Cluster, node: &str) -> Result<(), Cl
         }
     }
     start_healthd(cluster, node)
+}
+
+/// Whether process `pid` has finished exiting: gone, or a zombie (state `Z` comes only after
+/// the kernel closed its files).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // the state follows the parenthesised command name
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
 }
 
 /// The pid of `node`'s running `sgpu-healthd`, if it runs.
@@ -441,9 +457,14 @@ pub fn stop_healthd(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
     };
     kill("-TERM");
     let start = std::time::Instant::now();
-    while healthd_pid(cluster, node).is_some() {
-        if start.elapsed() > std::time::Duration::from_secs(5) {
+    let mut killed = false;
+    // wait for the exit to complete (see `exited`), escalating to SIGKILL after 5 s
+    while !exited(pid) {
+        if !killed && start.elapsed() > std::time::Duration::from_secs(5) {
             kill("-KILL");
+            killed = true;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
