@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Caller, Policy};
 use crate::ingest::{ParsedBatch, parse_batch};
 use crate::query::{RollupQuery, run};
 use crate::store::{PutOutcome, Store};
@@ -27,6 +27,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The authenticator every request goes through.
     pub auth: Arc<dyn Authenticator>,
+    /// Who may ingest and read what.
+    pub policy: Arc<Policy>,
 }
 
 /// The router, with a request body limit (larger bodies get 413).
@@ -39,7 +41,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+/// A JSON error response `{"error": message}`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -76,21 +79,21 @@ pub struct IngestResponse {
     pub results: Vec<RecordResult>,
 }
 
-/// Authenticates a request; `Some(response)` (401) when it must be refused.
+/// Authenticates a request: the [`Caller`], or the 401 response to send back.
 ///
-/// The caller is not used for authorisation yet: that comes with MUNGE (see [`crate::auth`]).
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+/// Handlers then ask [`AppState::policy`] what that caller may do (403 when nothing).
+pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
     state
         .auth
         .authenticate(headers)
-        .err()
-        .map(|e| error(StatusCode::UNAUTHORIZED, e.to_string()))
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.to_string()))
 }
 
 async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = authenticate(&state, &headers) {
-        return r;
-    }
+    let _caller = match caller(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let ParsedBatch { valid, rejected } = match parse_batch(&body) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -168,9 +171,10 @@ async fn job(
     headers: HeaderMap,
     Path((cluster, job_id)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = authenticate(&state, &headers) {
-        return r;
-    }
+    let _caller = match caller(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let Ok(job_id) = job_id.parse::<u32>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -196,9 +200,10 @@ async fn job(
 }
 
 async fn rollups(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Some(r) = authenticate(&state, &headers) {
-        return r;
-    }
+    let _caller = match caller(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let q = match RollupQuery::parse(uri.query().unwrap_or("")) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),

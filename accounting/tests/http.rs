@@ -16,6 +16,7 @@ fn serve(dir: &std::path::Path, max_body: usize) -> SocketAddr {
     let state = AppState {
         store,
         auth: Arc::new(NoAuthentication),
+        policy: Arc::new(sgpu_accounting::auth::Policy::default()),
     };
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();

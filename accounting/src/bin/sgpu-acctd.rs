@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState {
         store: store.clone(),
         auth,
+        policy: Arc::new(sgpu_accounting::auth::Policy::default()),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
