@@ -35,7 +35,11 @@ fn every_check_is_in_the_runbook_with_its_auto_resume_flag() {
             .get(spec.id)
             .unwrap_or_else(|| panic!("docs/operations.md has no row for check {}", spec.id));
         let expected = if spec.auto_recoverable { "yes" } else { "no" };
-        assert_eq!(row[2], expected, "auto-resume of {} in the runbook", spec.id);
+        assert_eq!(
+            row[2], expected,
+            "auto-resume of {} in the runbook",
+            spec.id
+        );
     }
 }
 
