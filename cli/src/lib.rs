@@ -2,9 +2,10 @@
 //!
 //! Subcommands (`drain`, `resume`, `status`, `check`, `report`, `conf check`) are thin layers
 //! over the library crates: hostlists and configuration come from `sgpu-slurm-conf`, checks
-//! from `sgpu-healthd`, reports from `sgpu-accounting`. Implemented so far: `check`.
+//! from `sgpu-healthd`, reports from `sgpu-accounting`.
 
 pub mod check;
+pub mod conf;
 
 use clap::{Parser, Subcommand};
 
@@ -30,11 +31,14 @@ pub enum Command {
     /// Run the health checks on this node and print the results (exit 0 healthy, 1 warn,
     /// 2 drain-worthy).
     Check(check::CheckArgs),
+    /// Check slurm.conf, gres.conf, plugstack.conf and sgpu.toml (`sgpu conf check`).
+    Conf(conf::ConfArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), &args),
+        Command::Conf(args) => conf::run(cli.config.as_deref(), &args),
     }
 }

@@ -1,0 +1,697 @@
+//! `sgpu conf check`: reads the live slurm.conf, gres.conf, plugstack.conf and sgpu.toml of
+//! this node and reports what is missing or inconsistent, each finding with where it is and
+//! the line that fixes it.
+//!
+//! It only reads (and, unless `--no-nvml`, asks NVML how many GPUs it sees). Exit code: 0
+//! nothing found, 1 warnings only, 2 at least one error.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use sgpu_healthd::config::Config;
+use sgpu_healthd::gpu::{self, NvmlOptions};
+use sgpu_healthd::nodeconf;
+use sgpu_slurm_conf::{GresConf, Location, PlugstackConf, SlurmConf};
+
+/// File name of the SPANK plugin in plugstack.conf.
+pub const PLUGIN_FILE: &str = "spank_sgpu.so";
+
+/// Options of `sgpu conf`.
+#[derive(Debug, Args)]
+pub struct ConfArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ConfCommand,
+}
+
+/// Subcommands of `sgpu conf`.
+#[derive(Debug, Subcommand)]
+pub enum ConfCommand {
+    /// Check slurm.conf, gres.conf, plugstack.conf and sgpu.toml for what sgpu needs
+    /// (exit 0 clean, 1 warnings, 2 errors).
+    Check(ConfCheckArgs),
+}
+
+/// Options of `sgpu conf check`.
+#[derive(Debug, Args)]
+pub struct ConfCheckArgs {
+    /// slurm.conf to read (default: $SLURM_CONF, else /etc/slurm/slurm.conf).
+    #[arg(long, value_name = "PATH")]
+    pub slurm_conf: Option<PathBuf>,
+    /// Slurm node name whose GPUs are checked (default: the short host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Do not ask NVML how many GPUs it sees.
+    #[arg(long)]
+    pub no_nvml: bool,
+    /// The running Slurm's version, e.g. 22.05.8 (default: from `scontrol --version`).
+    #[arg(long, value_name = "VERSION")]
+    pub slurm_version: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Worth knowing; nothing breaks.
+    Note,
+    /// sgpu works, but not as well as it should.
+    Warn,
+    /// sgpu (or Slurm) will not work as intended.
+    Error,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Note => "note",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// One thing `conf check` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How bad it is.
+    pub level: Level,
+    /// A short stable id (for scripts and tests), e.g. `prolog.missing`.
+    pub id: &'static str,
+    /// `file:line` (or just the file) the finding is about.
+    pub at: Option<String>,
+    /// What is wrong.
+    pub problem: String,
+    /// What to write or do to fix it.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn new(level: Level, id: &'static str, at: Option<String>, problem: impl Into<String>) -> Self {
+        Finding {
+            level,
+            id,
+            at,
+            problem: problem.into(),
+            fix: None,
+        }
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+fn loc(l: &Location) -> Option<String> {
+    Some(l.to_string())
+}
+
+fn file(p: &Path) -> Option<String> {
+    Some(p.display().to_string())
+}
+
+/// What `conf check` looks at.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// slurm.conf.
+    pub slurm_conf: PathBuf,
+    /// sgpu.toml named explicitly (`--config`), else discovered.
+    pub sgpu_config: Option<PathBuf>,
+    /// The node whose GPUs are checked.
+    pub node: Option<String>,
+    /// Whether to ask NVML for the GPU count.
+    pub nvml: bool,
+    /// The running Slurm's version (`major.minor[.micro]`), when known.
+    pub slurm_version: Option<String>,
+}
+
+/// Runs every check; findings in the order they were found.
+pub fn check(inputs: &Inputs) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let config = check_sgpu_config(inputs.sgpu_config.as_deref(), &mut out);
+    if let Some(c) = &config {
+        check_dirs(c, &mut out);
+    }
+    let (slurm, errors) = SlurmConf::load_lenient(&inputs.slurm_conf);
+    if !inputs.slurm_conf.exists() {
+        out.push(
+            Finding::new(
+                Level::Error,
+                "slurm_conf.missing",
+                file(&inputs.slurm_conf),
+                "slurm.conf not found",
+            )
+            .fix("pass --slurm-conf PATH or set SLURM_CONF"),
+        );
+        return out;
+    }
+    for e in errors {
+        out.push(Finding::new(
+            Level::Error,
+            "slurm_conf.syntax",
+            e.location().and_then(loc),
+            e.to_string(),
+        ));
+    }
+    check_hooks(&slurm, &mut out);
+    check_gres(&slurm, inputs, config.as_ref(), &mut out);
+    check_plugstack(&slurm, inputs, &mut out);
+    out
+}
+
+fn check_sgpu_config(explicit: Option<&Path>, out: &mut Vec<Finding>) -> Option<Config> {
+    let (path, exists) = Config::locate(explicit);
+    if !exists {
+        out.push(Finding::new(
+            Level::Note,
+            "sgpu_toml.defaults",
+            file(&path),
+            "no sgpu.toml: built-in defaults apply",
+        ));
+        return Some(Config::default());
+    }
+    match Config::load(&path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            out.push(Finding::new(
+                Level::Error,
+                "sgpu_toml.invalid",
+                None,
+                e.to_string(),
+            ));
+            None
+        }
+    }
+}
+
+/// The spool and state directories: root-owned, not writable by others.
+fn check_dirs(config: &Config, out: &mut Vec<Finding>) {
+    for (what, dir, private) in [
+        ("state_dir", &config.state_dir, false),
+        ("spool_dir", &config.spool_dir, true),
+    ] {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            out.push(Finding::new(
+                Level::Note,
+                "dir.absent",
+                file(dir),
+                format!("{what} does not exist yet; sgpu-prolog creates it at the first job"),
+            ));
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    "dir.world_writable",
+                    file(dir),
+                    format!("{what} is writable by everyone (mode {mode:04o}): any user can forge records"),
+                )
+                .fix(format!("chmod 0700 {}", dir.display())),
+            );
+        } else if private && mode & 0o077 != 0 {
+            out.push(
+                Finding::new(
+                    Level::Warn,
+                    "dir.not_private",
+                    file(dir),
+                    format!("{what} is readable by others (mode {mode:04o}); records name users and jobs"),
+                )
+                .fix(format!("chmod 0700 {}", dir.display())),
+            );
+        }
+        if meta.uid() != 0 {
+            out.push(
+                Finding::new(
+                    Level::Warn,
+                    "dir.owner",
+                    file(dir),
+                    format!("{what} is owned by uid {}, not root", meta.uid()),
+                )
+                .fix(format!("chown root: {}", dir.display())),
+            );
+        }
+    }
+}
+
+/// Whether the program at `path` is, or runs, `program` (a wrapper script naming it).
+fn runs(path: &str, program: &str) -> Result<bool, String> {
+    let p = Path::new(path);
+    let meta = std::fs::metadata(p).map_err(|e| format!("{path}: {e}"))?;
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{path} is not executable"));
+    }
+    if p.file_name().is_some_and(|n| n == program) {
+        return Ok(true);
+    }
+    // A wrapper script: small text that names the program.
+    if meta.len() <= 1 << 20 {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            return Ok(text.contains(program));
+        }
+    }
+    Ok(false)
+}
+
+/// `Prolog=`, `Epilog=` and what Slurm does after a failed prolog.
+fn check_hooks(slurm: &SlurmConf, out: &mut Vec<Finding>) {
+    let at_key = |key: &str| {
+        slurm
+            .settings
+            .get(key)
+            .and_then(|s| loc(&s.at))
+            .or_else(|| file(&slurm.path))
+    };
+    for (key, name, program, paths) in [
+        ("prolog", "Prolog", "sgpu-prolog", slurm.prolog_paths()),
+        ("epilog", "Epilog", "sgpu-epilog", slurm.epilog_paths()),
+    ] {
+        let fix = format!("{name}=/usr/local/sbin/{program}");
+        if paths.is_empty() {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    if key == "prolog" {
+                        "prolog.missing"
+                    } else {
+                        "epilog.missing"
+                    },
+                    at_key(key),
+                    format!("{name} is not set: slurmd never runs {program}"),
+                )
+                .fix(fix),
+            );
+            continue;
+        }
+        let mut found = false;
+        for p in &paths {
+            match runs(p, program) {
+                Ok(true) => found = true,
+                Ok(false) => {}
+                Err(e) => out.push(
+                    Finding::new(
+                        Level::Error,
+                        "hook.unusable",
+                        at_key(key),
+                        format!("{name} program unusable: {e}"),
+                    )
+                    .fix(format!("install it, or chmod 0755 {p}")),
+                ),
+            }
+        }
+        if !found {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    if key == "prolog" {
+                        "prolog.not_sgpu"
+                    } else {
+                        "epilog.not_sgpu"
+                    },
+                    at_key(key),
+                    format!("{name}={} does not run {program}", paths.join(",")),
+                )
+                .fix(format!("{fix} (or call it from your own {name} script)")),
+            );
+        }
+    }
+    let sched = slurm.get("SchedulerParameters").unwrap_or("");
+    if !sched
+        .split(',')
+        .any(|p| p.trim() == "nohold_on_prolog_fail")
+    {
+        let at = slurm
+            .settings
+            .get("schedulerparameters")
+            .and_then(|s| loc(&s.at))
+            .or_else(|| file(&slurm.path));
+        let fix = if sched.is_empty() {
+            "SchedulerParameters=nohold_on_prolog_fail".to_string()
+        } else {
+            format!("SchedulerParameters={sched},nohold_on_prolog_fail")
+        };
+        out.push(
+            Finding::new(
+                Level::Warn,
+                "scheduler.hold_on_prolog_fail",
+                at,
+                "a job whose prolog fails (bad GPU) is requeued held and waits for an admin",
+            )
+            .fix(fix),
+        );
+    }
+}
+
+/// The node's GPUs: slurm.conf against gres.conf, and both against what NVML sees.
+fn check_gres(slurm: &SlurmConf, inputs: &Inputs, config: Option<&Config>, out: &mut Vec<Finding>) {
+    let Some(node) = inputs.node.clone().or_else(nodeconf::short_hostname) else {
+        out.push(
+            Finding::new(
+                Level::Warn,
+                "node.unknown",
+                None,
+                "no host name: the node's GPUs were not checked",
+            )
+            .fix("pass --node NAME"),
+        );
+        return;
+    };
+    let Some(def) = slurm.node(&node) else {
+        out.push(
+            Finding::new(
+                Level::Error,
+                "node.not_in_slurm_conf",
+                file(&slurm.path),
+                format!("slurm.conf has no NodeName line for {node}"),
+            )
+            .fix(format!(
+                "NodeName={node} Gres=gpu:N ... (or pass --node NAME)"
+            )),
+        );
+        return;
+    };
+    let gres_path = slurm.gres_conf_path();
+    let (gres, errors) = if gres_path.exists() {
+        GresConf::load_lenient(&gres_path)
+    } else {
+        (GresConf::default(), Vec::new())
+    };
+    for e in errors {
+        out.push(Finding::new(
+            Level::Error,
+            "gres_conf.syntax",
+            e.location().and_then(loc),
+            e.to_string(),
+        ));
+    }
+    let expected = gres.expected_gpus(&node, Some(slurm));
+    for issue in &expected.issues {
+        let at = if matches!(issue, sgpu_slurm_conf::GpuIssue::GpuNotInGresTypes) {
+            slurm
+                .settings
+                .get("grestypes")
+                .and_then(|s| loc(&s.at))
+                .or_else(|| loc(&def.at))
+        } else if gres_path.exists() {
+            file(&gres_path)
+        } else {
+            loc(&def.at)
+        };
+        let fix = match issue {
+            sgpu_slurm_conf::GpuIssue::GpuNotInGresTypes => Some("GresTypes=gpu".to_string()),
+            sgpu_slurm_conf::GpuIssue::CountMismatch { slurm_conf, .. } => Some(format!(
+                "list {slurm_conf} GPU(s) for {node} in {} (Name=gpu File=/dev/nvidia[0-{}])",
+                gres_path.display(),
+                slurm_conf.saturating_sub(1)
+            )),
+            _ => None,
+        };
+        let mut f = Finding::new(Level::Error, "gres.inconsistent", at, issue.to_string());
+        f.fix = fix;
+        out.push(f);
+    }
+    if def.gpu_count() == 0 {
+        out.push(Finding::new(
+            Level::Note,
+            "node.no_gpus",
+            loc(&def.at),
+            format!("{node} has no GPUs in slurm.conf; sgpu has nothing to check there"),
+        ));
+        return;
+    }
+    if !inputs.nvml {
+        return;
+    }
+    let Some(config) = config else { return };
+    match gpu::collect(&NvmlOptions::from_config(config), false) {
+        Ok(c) => {
+            let seen = c.snapshot.gpus.len() as u64;
+            if seen != expected.count {
+                out.push(
+                    Finding::new(
+                        Level::Error,
+                        "gpu.count",
+                        if gres_path.exists() {
+                            file(&gres_path)
+                        } else {
+                            loc(&def.at)
+                        },
+                        format!(
+                            "NVML sees {seen} GPU(s) but slurm.conf/gres.conf give {node} {}",
+                            expected.count
+                        ),
+                    )
+                    .fix(format!(
+                        "find the missing GPU (nvidia-smi -L, lspci), or set Gres=gpu:{seen} for \
+                         {node} and list {seen} in gres.conf"
+                    )),
+                );
+            }
+        }
+        Err(e) => out.push(
+            Finding::new(
+                Level::Error,
+                "nvml.failed",
+                None,
+                format!("NVML: {e}; the GPU count was not compared"),
+            )
+            .fix("check the driver (nvidia-smi) and nvml_library in sgpu.toml"),
+        ),
+    }
+}
+
+/// Slurm's version as (major, minor), from `--slurm-version` or `scontrol --version`.
+fn slurm_version(given: Option<&str>, slurm_conf: &Path) -> Option<(u32, u32)> {
+    let text = match given {
+        Some(v) => v.to_string(),
+        None => {
+            // scontrol wants a configuration even for --version.
+            let out = Command::new("scontrol")
+                .arg("--version")
+                .env("SLURM_CONF", slurm_conf)
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let v = text.rsplit(' ').next()?;
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The `plugin_version` a Slurm plugin was built with, read by loading it.
+fn plugin_version(path: &Path) -> Result<u32, String> {
+    // SAFETY: the library is sgpu's own plugin (or claims to be); loading runs no code of
+    // ours, and the symbol is read as the `uint32_t` Slurm's plugin ABI defines it to be.
+    unsafe {
+        let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let sym: libloading::Symbol<'_, *const u32> = lib
+            .get(b"plugin_version\0")
+            .map_err(|e| format!("no plugin_version symbol: {e}"))?;
+        let p = *sym;
+        if p.is_null() {
+            return Err("plugin_version is null".into());
+        }
+        Ok(*p)
+    }
+}
+
+/// plugstack.conf: the plugin is listed, exists, matches this Slurm, and its config parses.
+fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
+    let path = slurm.plugstack_path();
+    let line = format!("optional /usr/local/lib/slurm/{PLUGIN_FILE}");
+    if !path.exists() {
+        out.push(
+            Finding::new(
+                Level::Warn,
+                "plugstack.missing",
+                file(&path),
+                "no plugstack.conf: users get no --gpu-health/--gpu-report and no per-step capture",
+            )
+            .fix(line),
+        );
+        return;
+    }
+    let (stack, errors) = PlugstackConf::load_lenient(&path);
+    for e in errors {
+        out.push(Finding::new(
+            Level::Error,
+            "plugstack.syntax",
+            e.location().and_then(loc),
+            e.to_string(),
+        ));
+    }
+    let Some(entry) = stack.find(PLUGIN_FILE) else {
+        out.push(
+            Finding::new(
+                Level::Warn,
+                "plugstack.no_plugin",
+                file(&path),
+                format!(
+                    "{PLUGIN_FILE} is not listed: no --gpu-health/--gpu-report, no per-step capture"
+                ),
+            )
+            .fix(line),
+        );
+        return;
+    };
+    let plugin_dir = slurm
+        .get("PluginDir")
+        .unwrap_or("/usr/lib/x86_64-linux-gnu/slurm-wlm");
+    let Some(so) = entry.resolve(plugin_dir) else {
+        out.push(
+            Finding::new(
+                Level::Error,
+                "plugin.missing",
+                loc(&entry.at),
+                format!("{} does not exist", entry.path.display()),
+            )
+            .fix("install spank_sgpu.so there, or fix the path"),
+        );
+        return;
+    };
+    match (plugin_version(&so), slurm_version(inputs.slurm_version.as_deref(), &slurm.path)) {
+        (Err(e), _) => out.push(Finding::new(
+            Level::Error,
+            "plugin.unloadable",
+            loc(&entry.at),
+            format!("{}: {e}", so.display()),
+        )),
+        (Ok(v), Some((major, minor))) => {
+            let (pm, pn) = (v >> 16, (v >> 8) & 0xff);
+            if (pm, pn) != (major, minor) {
+                out.push(
+                    Finding::new(
+                        Level::Error,
+                        "plugin.version",
+                        loc(&entry.at),
+                        format!(
+                            "{} was built for Slurm {pm}.{pn:02} but Slurm {major}.{minor:02} runs \
+                             here: slurmstepd refuses to load it",
+                            so.display()
+                        ),
+                    )
+                    .fix("rebuild sgpu against this Slurm's libslurm-dev headers and reinstall it"),
+                );
+            }
+        }
+        (Ok(_), None) => out.push(Finding::new(
+            Level::Warn,
+            "slurm.version_unknown",
+            None,
+            "could not tell the running Slurm's version (scontrol --version); the plugin's was not compared",
+        )),
+    }
+    for arg in &entry.args {
+        if let Some(cfg) = arg.strip_prefix("config=") {
+            // `%n` is the node name, expanded by the plugin.
+            let node = inputs.node.clone().or_else(nodeconf::short_hostname);
+            let cfg = cfg.replace("%n", node.as_deref().unwrap_or("%n"));
+            let p = Path::new(&cfg);
+            if !p.exists() {
+                out.push(
+                    Finding::new(
+                        Level::Error,
+                        "plugin.config_missing",
+                        loc(&entry.at),
+                        format!("the plugin's config={cfg} does not exist"),
+                    )
+                    .fix("create it, or drop config= to use /etc/sgpu/sgpu.toml"),
+                );
+            } else if let Err(e) = Config::load(p) {
+                out.push(Finding::new(
+                    Level::Error,
+                    "plugin.config_invalid",
+                    loc(&entry.at),
+                    format!("the plugin's config={cfg}: {e}"),
+                ));
+            }
+        } else if let Some(v) = arg.strip_prefix("default_health=") {
+            if !["strict", "warn", "off"].contains(&v) {
+                out.push(
+                    Finding::new(
+                        Level::Error,
+                        "plugin.default_health",
+                        loc(&entry.at),
+                        format!("default_health={v} is not one of strict, warn, off"),
+                    )
+                    .fix("default_health=strict"),
+                );
+            }
+        }
+    }
+}
+
+/// The findings as text: one block per finding, then a summary line.
+pub fn render_text(findings: &[Finding]) -> String {
+    let mut s = String::new();
+    for f in findings {
+        let _ = write!(s, "{:<5} ", f.level.as_str());
+        if let Some(at) = &f.at {
+            let _ = write!(s, "{at}: ");
+        }
+        let _ = writeln!(s, "{} [{}]", f.problem, f.id);
+        if let Some(fix) = &f.fix {
+            let _ = writeln!(s, "      fix: {fix}");
+        }
+    }
+    let count = |l| findings.iter().filter(|f| f.level == l).count();
+    let _ = writeln!(
+        s,
+        "{} error(s), {} warning(s), {} note(s)",
+        count(Level::Error),
+        count(Level::Warn),
+        count(Level::Note)
+    );
+    s
+}
+
+/// The exit code for these findings: 2 errors, 1 warnings, 0 otherwise.
+pub fn exit_code(findings: &[Finding]) -> i32 {
+    match findings.iter().map(|f| f.level).max() {
+        Some(Level::Error) => 2,
+        Some(Level::Warn) => 1,
+        _ => 0,
+    }
+}
+
+/// Runs `sgpu conf ...`; returns the exit code.
+pub fn run(config_path: Option<&Path>, args: &ConfArgs) -> anyhow::Result<i32> {
+    match &args.command {
+        ConfCommand::Check(a) => {
+            let inputs = Inputs {
+                slurm_conf: a
+                    .slurm_conf
+                    .clone()
+                    .unwrap_or_else(nodeconf::slurm_conf_path),
+                sgpu_config: config_path.map(Path::to_path_buf),
+                node: a.node.clone(),
+                nvml: !a.no_nvml,
+                slurm_version: a.slurm_version.clone(),
+            };
+            let findings = check(&inputs);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "exit_code": exit_code(&findings), "findings": findings })
+                    )?
+                );
+            } else {
+                print!("{}", render_text(&findings));
+            }
+            Ok(exit_code(&findings))
+        }
+    }
+}
