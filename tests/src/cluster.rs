@@ -154,6 +154,25 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The cluster `up` brought up earlier in `$SGPU_CLUSTER_DIR`, without touching it (for
+    /// tools that change simulated GPUs or daemons of a running cluster).
+    pub fn existing() -> Result<Cluster, ClusterError> {
+        let dir = PathBuf::from(
+            std::env::var_os("SGPU_CLUSTER_DIR").unwrap_or_else(|| "/tmp/sgpu-cluster".into()),
+        );
+        let slurm_conf = dir.join("etc/slurm.conf");
+        if !slurm_conf.exists() {
+            return Err(ClusterError::Io {
+                path: slurm_conf,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no test cluster here: run `sgpu-testcluster up` first",
+                ),
+            });
+        }
+        Ok(Cluster { slurm_conf, dir })
+    }
+
     fn flock(dir: &Path, arg: FlockArg) -> Result<ClusterLock, ClusterError> {
         let run_dir = dir.join("run");
         std::fs::create_dir_all(&run_dir).map_err(|source| ClusterError::Io {

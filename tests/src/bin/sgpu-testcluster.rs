@@ -1,39 +1,98 @@
-//! `sgpu-testcluster up`: brings up the test cluster (`tests/cluster/up`) and installs sgpu
-//! into it with healthy simulated GPUs, exactly as the Rust tests do; for the quick start
-//! and for trying things by hand.
+//! `sgpu-testcluster`: brings up the test cluster (`tests/cluster/up`) and installs sgpu
+//! into it with healthy simulated GPUs, exactly as the Rust tests do; and changes the
+//! simulated GPUs and the nodes' healthd by hand, for the demo and for trying things.
 
 use std::process::ExitCode;
 
+use sgpu_tests::{Cluster, ClusterError, sgpu};
+
+const USAGE: &str = "usage (as root; stop the cluster with tests/cluster/down):
+  sgpu-testcluster up                          bring the cluster up with sgpu installed
+  sgpu-testcluster gpu NODE xid GPU CODE       inject an XID into NODE's simulated GPU
+  sgpu-testcluster gpu NODE ecc GPU COUNT      set GPU's volatile uncorrectable ECC errors
+  sgpu-testcluster gpu NODE util PERCENT       set every GPU's utilization
+  sgpu-testcluster gpu NODE heal               healthy GPUs again, XID history cleared
+  sgpu-testcluster healthd start|stop NODE     start or stop NODE's sgpu-healthd";
+
+fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{what} must be a number, got {s:?}"))
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let err = |e: ClusterError| e.to_string();
+    match args {
+        ["up"] => {
+            let cluster = Cluster::up().map_err(err)?;
+            let dir = sgpu::sgpu_dir(&cluster);
+            println!("test cluster up with sgpu installed in {}", dir.display());
+            println!("  talk to it:       source {}/env", cluster.dir().display());
+            println!(
+                "  simulated GPUs:   {}/nodes/<node>/nvml.toml",
+                dir.display()
+            );
+            println!(
+                "  job records:      {}/nodes/<node>/spool/new/",
+                dir.display()
+            );
+            Ok(())
+        }
+        ["gpu", node, change @ ..] => {
+            let cluster = Cluster::existing().map_err(err)?;
+            match change {
+                ["xid", gpu, code] => {
+                    let (gpu, code) = (number("GPU", gpu)?, number("XID", code)?);
+                    sgpu::update_gpus(&cluster, node, |s| {
+                        s.inject_xid(gpu, code);
+                    })
+                    .map_err(err)
+                }
+                ["ecc", gpu, count] => {
+                    let (gpu, count): (u32, u64) = (number("GPU", gpu)?, number("COUNT", count)?);
+                    let mut found = false;
+                    sgpu::update_gpus(&cluster, node, |s| {
+                        for g in s.gpus.iter_mut().filter(|g| g.index == gpu) {
+                            g.ecc.volatile_uncorrected = count;
+                            found = true;
+                        }
+                    })
+                    .map_err(err)?;
+                    found
+                        .then_some(())
+                        .ok_or(format!("{node} has no GPU {gpu}"))
+                }
+                ["util", pct] => {
+                    let pct: u32 = number("PERCENT", pct)?;
+                    sgpu::update_gpus(&cluster, node, |s| {
+                        for g in &mut s.gpus {
+                            g.utilization_gpu = Some(pct.min(100));
+                        }
+                    })
+                    .map_err(err)
+                }
+                ["heal"] => sgpu::reset_gpus(&cluster, node).map_err(err),
+                _ => Err(USAGE.into()),
+            }
+        }
+        ["healthd", "start", node] => {
+            let cluster = Cluster::existing().map_err(err)?;
+            sgpu::start_healthd(&cluster, node).map_err(err)
+        }
+        ["healthd", "stop", node] => {
+            let cluster = Cluster::existing().map_err(err)?;
+            sgpu::stop_healthd(&cluster, node).map_err(err)
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["up"] => match sgpu_tests::Cluster::up() {
-            Ok(cluster) => {
-                let dir = sgpu_tests::sgpu::sgpu_dir(&cluster);
-                println!("test cluster up with sgpu installed in {}", dir.display());
-                println!("  talk to it:       source {}/env", cluster.dir().display());
-                println!(
-                    "  simulated GPUs:   {}/nodes/<node>/nvml.toml",
-                    dir.display()
-                );
-                println!(
-                    "  job records:      {}/nodes/<node>/spool/new/",
-                    dir.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sgpu-testcluster: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        _ => {
-            eprintln!("usage: sgpu-testcluster up   (as root; stop it with tests/cluster/down)");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sgpu-testcluster: {e}");
             ExitCode::from(2)
         }
     }
