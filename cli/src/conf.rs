@@ -618,7 +618,7 @@ fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
                 ));
             }
         } else if let Some(v) = arg.strip_prefix("default_health=") {
-            if !["strict", "warn", "off"].contains(&v) {
+            if !["strict", "warn", "off"].contains(&v.to_ascii_lowercase().as_str()) {
                 out.push(
                     Finding::new(
                         Level::Error,
@@ -629,9 +629,34 @@ fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
                     .fix("default_health=strict"),
                 );
             }
+        } else {
+            let key = arg.split_once('=').map_or(arg.as_str(), |(k, _)| k);
+            if !PLUGIN_KEYS.contains(&key) {
+                out.push(
+                    Finding::new(
+                        Level::Error,
+                        "plugin.argument",
+                        loc(&entry.at),
+                        format!(
+                            "unknown plugin argument {arg:?} (known: {})",
+                            PLUGIN_KEYS.join(", ")
+                        ),
+                    )
+                    .fix("remove it, or fix its spelling"),
+                );
+            }
         }
     }
 }
+
+/// The plugin's `plugstack.conf` argument keys (`key=value`).
+const PLUGIN_KEYS: &[&str] = &[
+    "config",
+    "default_health",
+    "nvml_timeout_ms",
+    "report",
+    "capture",
+];
 
 /// The findings as text: one block per finding, then a summary line.
 pub fn render_text(findings: &[Finding]) -> String {

@@ -43,7 +43,7 @@ impl Site {
             ],
             gres: format!("NodeName=n1 Name=gpu File={d}/dev/nvidia[0-1]\n"),
             plugstack: Some(format!(
-                "optional {d}/lib/spank_sgpu.so default_health=strict config={d}/sgpu.toml\n"
+                "optional {d}/lib/spank_sgpu.so default_health=WARN config={d}/sgpu.toml report=always\n"
             )),
             sgpu_toml_extra: String::new(),
             nvml_gpus: 2,
@@ -318,11 +318,15 @@ fn plugin_not_listed_or_missing_or_misconfigured() {
     assert_eq!(ids(&site.check().1), set(&["plugin.missing"]));
 
     site.plugstack = Some(format!(
-        "optional {d}/lib/spank_sgpu.so default_health=bogus config={d}/missing.toml\n"
+        "optional {d}/lib/spank_sgpu.so default_health=bogus config={d}/missing.toml reprot=always\n"
     ));
     assert_eq!(
         ids(&site.check().1),
-        set(&["plugin.config_missing", "plugin.default_health"])
+        set(&[
+            "plugin.config_missing",
+            "plugin.default_health",
+            "plugin.argument"
+        ])
     );
 }
 
