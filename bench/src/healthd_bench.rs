@@ -14,17 +14,15 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-/// The Slurm node name the benchmark pretends to be.
-const NODE: &str = "bench1";
-/// The cluster name in slurm.conf.
-const CLUSTER: &str = "bench";
+mod node;
+use node::{CLUSTER, NODE, SimNode, write};
+
 /// The job the prolog starts on every GPU (unless `--no-job`).
 const JOB: u32 = 1000;
 /// The issue's targets.
@@ -69,13 +67,9 @@ struct Args {
     keep: bool,
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 /// The simulated node: its files, and the environment healthd is started with.
 struct Node {
-    dir: tempfile::TempDir,
+    sim: SimNode,
     log: PathBuf,
     calls: PathBuf,
     state_dir: PathBuf,
@@ -84,58 +78,19 @@ struct Node {
 
 impl Node {
     fn new(args: &Args, status: Option<SocketAddr>) -> Result<Node, String> {
-        if args.gpus == 0 {
-            return Err("--gpus must be at least 1".into());
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("sgpu-healthd-bench.")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        let d = dir.path();
-        let lib = nvml_sim::install_library(d).map_err(|e| e.to_string())?;
-        let state = d.join("nvml.toml");
-        nvml_sim::State::healthy(args.gpus)
-            .save(&state)
-            .map_err(|e| e.to_string())?;
-        // gres.conf names device files; plain files are enough for the parsers
-        let dev = d.join("dev");
-        std::fs::create_dir(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
-        for i in 0..args.gpus {
-            write(&dev.join(format!("nvidia{i}")), "")?;
-        }
-        let (gpus, last) = (args.gpus, args.gpus - 1);
-        let slurm_conf = d.join("slurm.conf");
-        write(
-            &slurm_conf,
-            &format!(
-                "ClusterName={CLUSTER}\nSlurmctldHost=head\nGresTypes=gpu\n\
-                 NodeName={NODE} Gres=gpu:h100:{gpus} CPUs=2 State=UNKNOWN\n\
-                 PartitionName=gpu Nodes={NODE} Default=YES\n"
-            ),
-        )?;
-        write(
-            &d.join("gres.conf"),
-            &format!(
-                "NodeName={NODE} Name=gpu Type=h100 File={}/nvidia[0-{last}]\n",
-                dev.display()
-            ),
-        )?;
+        let sim = SimNode::new("sgpu-healthd-bench.", args.gpus)?;
+        let d = sim.path();
+        let gpus = args.gpus;
         // records every call; answers `show node` with an idle node, so nothing reaches a
         // real slurmctld and healthd sees a plausible cluster
         let calls = d.join("scontrol-calls.log");
-        let scontrol = d.join("scontrol");
-        write(
-            &scontrol,
-            &format!(
-                "#!/bin/sh\necho \"$@\" >> '{}'\n\
-                 if [ \"$1\" = show ]; then\n  \
-                 echo 'NodeName={NODE} Arch=x86_64 CPUTot=2 Gres=gpu:h100:{gpus} \
-                 State=IDLE Partitions=gpu'\nfi\n",
-                calls.display()
-            ),
-        )?;
-        std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: {e}", scontrol.display()))?;
+        let scontrol = sim.scontrol(&format!(
+            "echo \"$@\" >> '{}'\n\
+             if [ \"$1\" = show ]; then\n  \
+             echo 'NodeName={NODE} Arch=x86_64 CPUTot=2 Gres=gpu:h100:{gpus} \
+             State=IDLE Partitions=gpu'\nfi\n",
+            calls.display()
+        ))?;
         let state_dir = d.join("state");
         let listen = status.map_or_else(|| "off".to_string(), |a| a.to_string());
         let config = d.join("sgpu.toml");
@@ -145,7 +100,7 @@ impl Node {
                 "nvml_library = \"{}\"\nstate_dir = \"{}\"\nspool_dir = \"{}\"\n\
                  scontrol = \"{}\"\nnode_name = \"{NODE}\"\ncheck_interval_s = {}\n\
                  sample_interval_s = {}\nstatus_listen = \"{listen}\"\n",
-                lib.display(),
+                sim.lib.display(),
                 state_dir.display(),
                 d.join("spool").display(),
                 scontrol.display(),
@@ -157,17 +112,17 @@ impl Node {
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("SLURMD_NODENAME".into(), NODE.into()),
             ("SLURM_CLUSTER_NAME".into(), CLUSTER.into()),
-            ("SLURM_CONF".into(), slurm_conf.into()),
+            ("SLURM_CONF".into(), sim.slurm_conf.clone().into()),
             ("SGPU_CONFIG".into(), config.into()),
             ("SGPU_LOG".into(), "info".into()),
-            (nvml_sim::STATE_ENV.into(), state.into()),
+            (nvml_sim::STATE_ENV.into(), sim.state.clone().into()),
         ];
         Ok(Node {
             log: d.join("healthd.log"),
             calls,
             state_dir,
             env,
-            dir,
+            sim,
         })
     }
 
@@ -183,7 +138,7 @@ impl Node {
             .args(args)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.dir.path())
+            .current_dir(self.sim.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -214,7 +169,7 @@ fn start_job(node: &Node, bin_dir: &Path, gpus: u32) -> Result<(), String> {
         .env("SLURM_JOB_PARTITION", "gpu")
         .env("SLURM_JOB_GPUS", &gpus)
         .env("CUDA_VISIBLE_DEVICES", &gpus)
-        .current_dir(node.dir.path())
+        .current_dir(node.sim.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -471,7 +426,7 @@ fn bench(args: &Args) -> Result<bool, String> {
             )
         }
     );
-    println!("node:     {}", node.dir.path().display());
+    println!("node:     {}", node.sim.path().display());
     println!("machine:  {nproc} CPUs, {}", cpu_model());
     println!("load average before: {}", loadavg());
 
@@ -502,7 +457,7 @@ fn bench(args: &Args) -> Result<bool, String> {
         );
     }
     if args.keep || !problems.is_empty() {
-        let kept = node.dir.keep();
+        let kept = node.sim.dir.keep();
         println!("kept {}", kept.display());
     }
     Ok(problems.is_empty())

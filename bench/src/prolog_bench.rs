@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +20,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use sgpu_spool::{RecordKind, Spool};
 
-/// The Slurm node name the benchmark pretends to be.
-const NODE: &str = "bench1";
-/// The cluster name in slurm.conf and the job environment.
-const CLUSTER: &str = "bench";
+mod node;
+use node::{CLUSTER, NODE, SimNode, write};
+
 /// First job id; each run uses the next one.
 const FIRST_JOB: u32 = 1000;
 /// The issue's targets for the prolog's added time.
@@ -63,7 +61,7 @@ struct Args {
 
 /// The simulated node: its files, and the environment every program is started with.
 struct Node {
-    dir: tempfile::TempDir,
+    sim: SimNode,
     /// Where the programs' stderr goes (one file, appended by every run).
     log: PathBuf,
     spool: PathBuf,
@@ -72,66 +70,21 @@ struct Node {
     env: Vec<(String, OsString)>,
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 impl Node {
     fn new(gpus: u32) -> Result<Node, String> {
-        if gpus == 0 {
-            return Err("--gpus must be at least 1".into());
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("sgpu-prolog-bench.")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        let d = dir.path();
-        let lib = nvml_sim::install_library(d).map_err(|e| e.to_string())?;
-        let state = d.join("nvml.toml");
-        nvml_sim::State::healthy(gpus)
-            .save(&state)
-            .map_err(|e| e.to_string())?;
-        // gres.conf names device files; plain files are enough for the parsers (the minor
-        // number comes from the name)
-        let dev = d.join("dev");
-        std::fs::create_dir(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
-        for i in 0..gpus {
-            write(&dev.join(format!("nvidia{i}")), "")?;
-        }
-        let last = gpus - 1;
-        let slurm_conf = d.join("slurm.conf");
-        write(
-            &slurm_conf,
-            &format!(
-                "ClusterName={CLUSTER}\nSlurmctldHost=head\nGresTypes=gpu\n\
-                 NodeName={NODE} Gres=gpu:h100:{gpus} CPUs=2 State=UNKNOWN\n\
-                 PartitionName=gpu Nodes={NODE} Default=YES\n"
-            ),
-        )?;
-        write(
-            &d.join("gres.conf"),
-            &format!(
-                "NodeName={NODE} Name=gpu Type=h100 File={}/nvidia[0-{last}]\n",
-                dev.display()
-            ),
-        )?;
+        let sim = SimNode::new("sgpu-prolog-bench.", gpus)?;
+        let d = sim.path();
         // a drain would mean the simulated node is not healthy: record it, never reach a
         // real slurmctld
         let drains = d.join("drains.log");
-        let scontrol = d.join("scontrol");
-        write(
-            &scontrol,
-            &format!("#!/bin/sh\necho \"$@\" >> '{}'\n", drains.display()),
-        )?;
-        std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: {e}", scontrol.display()))?;
+        let scontrol = sim.scontrol(&format!("echo \"$@\" >> '{}'\n", drains.display()))?;
         let spool = d.join("spool");
         let config = d.join("sgpu.toml");
         write(
             &config,
             &format!(
                 "nvml_library = \"{}\"\nstate_dir = \"{}\"\nspool_dir = \"{}\"\nscontrol = \"{}\"\n",
-                lib.display(),
+                sim.lib.display(),
                 d.join("state").display(),
                 spool.display(),
                 scontrol.display()
@@ -151,16 +104,16 @@ impl Node {
             ("SLURM_JOB_PARTITION".into(), "gpu".into()),
             ("SLURM_JOB_GPUS".into(), job_gpus.clone().into()),
             ("CUDA_VISIBLE_DEVICES".into(), job_gpus.into()),
-            ("SLURM_CONF".into(), slurm_conf.into()),
+            ("SLURM_CONF".into(), sim.slurm_conf.clone().into()),
             ("SGPU_CONFIG".into(), config.into()),
-            (nvml_sim::STATE_ENV.into(), state.into()),
+            (nvml_sim::STATE_ENV.into(), sim.state.clone().into()),
         ];
         Ok(Node {
             log: d.join("stderr.log"),
             spool,
             drains,
             env,
-            dir,
+            sim,
         })
     }
 }
@@ -203,7 +156,7 @@ impl Program {
         cmd.env_clear()
             .envs(node.env.iter().map(|(k, v)| (k, v)))
             .env("SLURM_JOB_ID", job.to_string())
-            .current_dir(node.dir.path())
+            .current_dir(node.sim.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -480,8 +433,8 @@ fn bench(args: &Args) -> Result<bool, String> {
     println!("gates:   {}", bin_dir.display());
     println!(
         "node:    {} ({}; set TMPDIR to move it)",
-        node.dir.path().display(),
-        fs_type(node.dir.path())
+        node.sim.path().display(),
+        fs_type(node.sim.path())
     );
     println!("machine: {nproc} CPUs, {}", cpu_model());
     println!("load average before: {}", loadavg());
@@ -561,7 +514,7 @@ fn bench(args: &Args) -> Result<bool, String> {
         );
     }
     if args.keep || !problems.is_empty() {
-        let kept = node.dir.keep();
+        let kept = node.sim.dir.keep();
         println!("kept {}", kept.display());
     }
     Ok(problems.is_empty())

@@ -1,0 +1,92 @@
+//! The simulated GPU node the benchmarks run sgpu on: a temporary directory with the
+//! simulated NVML library and its state file, GPU device files, a one-node slurm.conf and
+//! gres.conf, and a stand-in `scontrol` that never reaches a real slurmctld.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The Slurm node name the benchmarks pretend to be.
+pub const NODE: &str = "bench1";
+/// The cluster name in slurm.conf and the job environment.
+pub const CLUSTER: &str = "bench";
+
+/// Writes `text` to `path`, with the path in the error.
+pub fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The node's files.
+pub struct SimNode {
+    /// The temporary directory holding everything (deleted on drop unless kept).
+    pub dir: tempfile::TempDir,
+    /// The simulated `libnvidia-ml.so.1`.
+    pub lib: PathBuf,
+    /// The simulator's state file (healthy GPUs).
+    pub state: PathBuf,
+    /// The node's slurm.conf (gres.conf is next to it).
+    pub slurm_conf: PathBuf,
+}
+
+impl SimNode {
+    /// A node with `gpus` healthy simulated H100s, in a new directory named `prefix...`.
+    pub fn new(prefix: &str, gpus: u32) -> Result<SimNode, String> {
+        if gpus == 0 {
+            return Err("--gpus must be at least 1".into());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let d = dir.path();
+        let lib = nvml_sim::install_library(d).map_err(|e| e.to_string())?;
+        let state = d.join("nvml.toml");
+        nvml_sim::State::healthy(gpus)
+            .save(&state)
+            .map_err(|e| e.to_string())?;
+        // gres.conf names device files; plain files are enough for the parsers (the minor
+        // number comes from the name)
+        let dev = d.join("dev");
+        std::fs::create_dir(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+        for i in 0..gpus {
+            write(&dev.join(format!("nvidia{i}")), "")?;
+        }
+        let last = gpus - 1;
+        let slurm_conf = d.join("slurm.conf");
+        write(
+            &slurm_conf,
+            &format!(
+                "ClusterName={CLUSTER}\nSlurmctldHost=head\nGresTypes=gpu\n\
+                 NodeName={NODE} Gres=gpu:h100:{gpus} CPUs=2 State=UNKNOWN\n\
+                 PartitionName=gpu Nodes={NODE} Default=YES\n"
+            ),
+        )?;
+        write(
+            &d.join("gres.conf"),
+            &format!(
+                "NodeName={NODE} Name=gpu Type=h100 File={}/nvidia[0-{last}]\n",
+                dev.display()
+            ),
+        )?;
+        Ok(SimNode {
+            dir,
+            lib,
+            state,
+            slurm_conf,
+        })
+    }
+
+    /// The node's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the stand-in `scontrol` (a shell script with `body` after the `#!/bin/sh`
+    /// line) and returns its path.
+    pub fn scontrol(&self, body: &str) -> Result<PathBuf, String> {
+        let scontrol = self.path().join("scontrol");
+        write(&scontrol, &format!("#!/bin/sh\n{body}"))?;
+        std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", scontrol.display()))?;
+        Ok(scontrol)
+    }
+}
