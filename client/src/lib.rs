@@ -1,0 +1,311 @@
+//! A small blocking HTTP client for sgpu-acctd, the head-node accounting service.
+//!
+//! Everything that talks to acctd goes through [`Client`]: healthd's spool forwarder sends
+//! usage record batches ([`Client::post_records`], `POST /v1/records`), and the `sgpu` CLI
+//! reads reports and sends admin commands ([`Client::get_json`], [`Client::post_json`]).
+//! acctd speaks plain HTTP (no TLS); callers are identified by a MUNGE credential carried in
+//! every request (`Authorization: MUNGE <credential>`, [`ClientAuth::Munge`]) whose payload
+//! is `"<METHOD> <path-and-query>"` of that request, which acctd checks, so a credential
+//! cannot be reused for another request. Errors say whether to retry
+//! ([`ClientError::Transport`]) or not.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Largest response body read, bytes (reports over many jobs can be large).
+pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No credential (acctd started with `--auth none`, loopback only).
+    None,
+    /// A fresh MUNGE credential per request, from munged at `socket` (default: libmunge's).
+    Munge {
+        /// munged's socket; `None` uses libmunge's default.
+        socket: Option<PathBuf>,
+    },
+}
+
+/// A blocking acctd client; cheap to clone, usable from several threads.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    auth: ClientAuth,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// acctd's answer to a batch of records (`POST /v1/records`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IngestReply {
+    /// Records stored now.
+    pub accepted: usize,
+    /// Records that were already stored (a resend): acknowledged, not counted twice.
+    pub duplicate: usize,
+    /// Records refused (see their [`RecordReply::field`] and [`RecordReply::error`]).
+    pub rejected: usize,
+    /// One result per record, in batch order.
+    pub results: Vec<RecordReply>,
+}
+
+/// One record's result in an [`IngestReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordReply {
+    /// Position of the record in the batch.
+    pub index: usize,
+    /// The record's identity key, when it could be read.
+    pub key: Option<String>,
+    /// `accepted`, `duplicate` or `rejected`.
+    pub status: String,
+    /// For a rejection: the offending field, when known.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// For a rejection: what is wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// acctd could not be reached or did not answer in time: retry later.
+    #[error("cannot reach sgpu-acctd: {0}")]
+    Transport(String),
+    /// acctd answered with an error status; `message` is its explanation.
+    #[error("sgpu-acctd answered {status}: {message}")]
+    Http {
+        /// HTTP status code.
+        status: u16,
+        /// acctd's `{"error": ...}` text, or the raw body.
+        message: String,
+    },
+    /// No MUNGE credential could be made (is munged running?).
+    #[error("cannot make a MUNGE credential: {0}")]
+    Credential(String),
+    /// acctd's answer was not the JSON expected.
+    #[error("cannot read sgpu-acctd's answer: {0}")]
+    Decode(String),
+}
+
+impl Client {
+    /// A client for the acctd at `base_url` (`http://host:port`, optionally with a path
+    /// prefix); every request times out after `timeout`.
+    pub fn new(base_url: &str, auth: ClientAuth, timeout: Duration) -> Result<Client, ClientError> {
+        let base = base_url.trim().trim_end_matches('/');
+        let rest = base.strip_prefix("http://").ok_or_else(|| {
+            ClientError::Transport(format!(
+                "acctd URL {base_url:?} must start with http:// (acctd speaks plain HTTP; \
+                 requests are authenticated by MUNGE): fix --acctd or [accounting] url"
+            ))
+        })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(ClientError::Transport(format!(
+                "acctd URL {base_url:?} has no host: fix --acctd or [accounting] url"
+            )));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Client {
+            base: base.to_owned(),
+            auth,
+            agent,
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a batch of records (the spool's JSON batch format) to `POST /v1/records`.
+    ///
+    /// `Ok` means acctd stored the batch durably: every record is accepted, duplicate or
+    /// rejected as the reply says (a batch with rejections is answered 422 but is still
+    /// `Ok`, so the caller can act per record). Any other failure is an `Err` and nothing
+    /// may be assumed stored.
+    pub fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError> {
+        let (status, body) = self.send("POST", "/v1/records", Some(batch_json))?;
+        if status == 200 || status == 422 {
+            serde_json::from_slice(&body)
+                .map_err(|e| ClientError::Decode(format!("ingest reply: {e}: {}", excerpt(&body))))
+        } else {
+            Err(http_error(status, &body))
+        }
+    }
+
+    /// `GET path_and_query` (e.g. `/v1/rollups?from=...`), the answer as JSON.
+    pub fn get_json(&self, path_and_query: &str) -> Result<serde_json::Value, ClientError> {
+        let (status, body) = self.send("GET", path_and_query, None)?;
+        json_answer(status, &body)
+    }
+
+    /// `POST path` with a JSON body, the answer as JSON.
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Decode(format!("encoding the request body: {e}")))?;
+        let (status, answer) = self.send("POST", path, Some(&bytes))?;
+        json_answer(status, &answer)
+    }
+
+    /// The `Authorization` header value for `method path_and_query`, if any.
+    fn authorization(
+        &self,
+        method: &str,
+        path_and_query: &str,
+    ) -> Result<Option<String>, ClientError> {
+        match &self.auth {
+            ClientAuth::None => Ok(None),
+            ClientAuth::Munge { .. } => {
+                let _ = (method, path_and_query);
+                Err(ClientError::Credential(
+                    "MUNGE support is not built into this client yet".into(),
+                ))
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        if !path_and_query.starts_with('/') {
+            return Err(ClientError::Transport(format!(
+                "request path {path_and_query:?} must start with '/'"
+            )));
+        }
+        let url = format!("{}{path_and_query}", self.base);
+        let authz = self.authorization(method, path_and_query)?;
+        let result = match (method, body) {
+            ("GET", _) => {
+                let mut req = self.agent.get(&url).header("Accept", "application/json");
+                if let Some(a) = &authz {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            (_, body) => {
+                let mut req = self
+                    .agent
+                    .post(&url)
+                    .header("Accept", "application/json")
+                    .header("Content-Type", "application/json");
+                if let Some(a) = &authz {
+                    req = req.header("Authorization", a);
+                }
+                req.send(body.unwrap_or(&[]))
+            }
+        };
+        let mut resp =
+            result.map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .map_err(|e| {
+                ClientError::Transport(format!("reading the answer to {method} {url}: {e}"))
+            })?;
+        Ok((status, bytes))
+    }
+}
+
+fn json_answer(status: u16, body: &[u8]) -> Result<serde_json::Value, ClientError> {
+    if !(200..300).contains(&status) {
+        return Err(http_error(status, body));
+    }
+    serde_json::from_slice(body).map_err(|e| ClientError::Decode(format!("{e}: {}", excerpt(body))))
+}
+
+/// acctd's `{"error": ...}` message, or the body itself.
+fn http_error(status: u16, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| excerpt(body));
+    ClientError::Http { status, message }
+}
+
+/// The start of a body, for error messages.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut s: String = text.chars().take(300).collect();
+    if s.len() < text.len() {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_plain_http_with_a_host() {
+        let t = Duration::from_secs(1);
+        assert!(Client::new("https://acct:6830", ClientAuth::None, t).is_err());
+        assert!(Client::new("http://", ClientAuth::None, t).is_err());
+        assert!(Client::new("acct:6830", ClientAuth::None, t).is_err());
+        let c = Client::new("http://acct:6830/", ClientAuth::None, t).unwrap();
+        assert_eq!(c.base_url(), "http://acct:6830");
+    }
+
+    #[test]
+    fn error_messages_come_from_acctd_json() {
+        match http_error(403, br#"{"error":"not allowed: uid 5"}"#) {
+            ClientError::Http { status, message } => {
+                assert_eq!(status, 403);
+                assert_eq!(message, "not allowed: uid 5");
+            }
+            e => panic!("{e:?}"),
+        }
+        match http_error(502, b"bad gateway") {
+            ClientError::Http { message, .. } => assert_eq!(message, "bad gateway"),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn unreachable_acctd_is_a_transport_error() {
+        // A port nothing listens on: bind, note the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Client::new(
+            &format!("http://127.0.0.1:{port}"),
+            ClientAuth::None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.get_json("/v1/rollups"),
+            Err(ClientError::Transport(_))
+        ));
+        assert!(matches!(
+            c.get_json("v1/rollups"),
+            Err(ClientError::Transport(_))
+        ));
+    }
+}
