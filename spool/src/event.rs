@@ -1,0 +1,234 @@
+//! Node events: every drain and resume sgpu performs or is asked to perform (healthd, the
+//! prolog, `sgpu drain`/`sgpu resume`), kept by acctd as the node history `sgpu history`
+//! shows.
+//!
+//! A node event is not a usage record: it has no job, it never enters the rollups, and acctd
+//! keeps it apart from the per-job records (`POST /v1/history`, `GET /v1/history`). Its
+//! identity is [`NodeEvent::id`], chosen by the producer (node, time and a per-process
+//! nonce), so a resend is stored once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::RecordError;
+
+/// Longest accepted reason, in bytes (Slurm's reasons are short; this bounds the store).
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// What happened to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAction {
+    /// Drained (`scontrol update State=DRAIN`).
+    Drain,
+    /// Returned to service (`scontrol update State=RESUME`).
+    Resume,
+}
+
+impl NodeAction {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Drain => "drain",
+            NodeAction::Resume => "resume",
+        }
+    }
+}
+
+/// One drain or resume of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEvent {
+    /// Unique identity chosen by the producer ([`NodeEvent::new_id`]); acctd deduplicates
+    /// by it.
+    pub id: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Slurm node name.
+    pub node: String,
+    /// When, Unix ms.
+    pub time_ms: u64,
+    /// Drain or resume.
+    pub action: NodeAction,
+    /// Who acted: `sgpu-admin` (the `sgpu` command), `healthd` or `prolog`.
+    pub source: String,
+    /// The uid of the person or daemon that acted (acctd overwrites it with the
+    /// authenticated caller's uid unless the caller is an ingest identity).
+    pub uid: u32,
+    /// That uid's user name.
+    pub user: String,
+    /// The reason given (drain), or why it was resumed.
+    pub reason: String,
+    /// The node's Slurm reason before this event, when it had one (`Reason [user@time]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_reason: Option<String>,
+    /// Whether a resume overrode a refusal (`sgpu resume --force`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+}
+
+fn check_name(field: &str, v: &str) -> Result<(), RecordError> {
+    if v.is_empty() {
+        return Err(RecordError::invalid(field, "must not be empty"));
+    }
+    if v.len() > crate::MAX_COMPONENT_BYTES {
+        return Err(RecordError::invalid(
+            field,
+            format!("longer than {} bytes", crate::MAX_COMPONENT_BYTES),
+        ));
+    }
+    if v.chars().any(|c| c.is_control() || c == '/' || c == ',') {
+        return Err(RecordError::invalid(
+            field,
+            "must not contain '/', ',' or control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl NodeEvent {
+    /// A fresh identity for an event on `node` at `time_ms`: unique per process and call.
+    pub fn new_id(node: &str, time_ms: u64) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{node}-{time_ms}-{}-{nanos}-{seq}", std::process::id())
+    }
+
+    /// Checks every field; the error names the offending one.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        check_name("id", &self.id)?;
+        if self.id.len() > crate::MAX_KEY_BYTES {
+            return Err(RecordError::invalid(
+                "id",
+                format!("longer than {} bytes", crate::MAX_KEY_BYTES),
+            ));
+        }
+        check_name("cluster", &self.cluster)?;
+        check_name("node", &self.node)?;
+        check_name("source", &self.source)?;
+        check_name("user", &self.user)?;
+        if self.time_ms == 0 {
+            return Err(RecordError::invalid("time_ms", "must be > 0"));
+        }
+        for (field, v) in [
+            ("reason", Some(&self.reason)),
+            ("previous_reason", self.previous_reason.as_ref()),
+        ] {
+            if let Some(v) = v {
+                if v.len() > MAX_REASON_BYTES {
+                    return Err(RecordError::invalid(
+                        field,
+                        format!("longer than {MAX_REASON_BYTES} bytes"),
+                    ));
+                }
+                if v.chars().any(char::is_control) {
+                    return Err(RecordError::invalid(
+                        field,
+                        "must not contain control characters",
+                    ));
+                }
+            }
+        }
+        if self.action == NodeAction::Drain && self.reason.trim().is_empty() {
+            return Err(RecordError::invalid("reason", "a drain needs a reason"));
+        }
+        Ok(())
+    }
+
+    /// The store key: node, zero-padded time and id, so a node's events sort by time.
+    pub fn key(&self) -> String {
+        format!(
+            "{},{},{:020},{}",
+            self.cluster, self.node, self.time_ms, self.id
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> NodeEvent {
+        NodeEvent {
+            id: NodeEvent::new_id("node1", 5),
+            cluster: "c".into(),
+            node: "node1".into(),
+            time_ms: 5,
+            action: NodeAction::Drain,
+            source: "sgpu-admin".into(),
+            uid: 0,
+            user: "root".into(),
+            reason: "fan".into(),
+            previous_reason: None,
+            forced: false,
+        }
+    }
+
+    #[test]
+    fn valid_event_round_trips_and_ids_differ() -> Result<(), Box<dyn std::error::Error>> {
+        let e = event();
+        e.validate()?;
+        let back: NodeEvent = serde_json::from_str(&serde_json::to_string(&e)?)?;
+        assert_eq!(back, e);
+        assert_ne!(NodeEvent::new_id("n", 1), NodeEvent::new_id("n", 1));
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let field = |e: NodeEvent| match e.validate() {
+            Err(RecordError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(
+            field(NodeEvent {
+                node: "a/b".into(),
+                ..event()
+            }),
+            "node"
+        );
+        assert_eq!(
+            field(NodeEvent {
+                reason: " ".into(),
+                ..event()
+            }),
+            "reason"
+        );
+        assert_eq!(
+            field(NodeEvent {
+                time_ms: 0,
+                ..event()
+            }),
+            "time_ms"
+        );
+        assert_eq!(
+            field(NodeEvent {
+                reason: "a\nb".into(),
+                action: NodeAction::Resume,
+                ..event()
+            }),
+            "reason"
+        );
+        assert!(
+            serde_json::from_str::<NodeEvent>(r#"{"id":"x","bogus":1}"#).is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
+    fn keys_sort_by_node_then_time() {
+        let a = NodeEvent {
+            time_ms: 9,
+            ..event()
+        };
+        let b = NodeEvent {
+            time_ms: 10,
+            ..event()
+        };
+        assert!(a.key() < b.key());
+    }
+}
