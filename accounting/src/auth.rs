@@ -1,13 +1,19 @@
-//! The authentication extension point.
+//! Authentication and authorisation of acctd's callers.
 //!
-//! Every request goes through an [`Authenticator`] before it is handled. MUNGE (issue 6 §2)
-//! is not implemented yet: the only authenticator here, [`NoAuthentication`], authenticates
-//! nobody and says so ([`Caller::Unauthenticated`]); the daemon therefore refuses to listen
-//! on anything but loopback. The MUNGE implementation will decode the credential carried
-//! by each request into a uid/gid ([`Caller::Uid`]), and authorisation (ingest only from
-//! root/SlurmUser, users see their own jobs, admins everything) will be decided from it.
+//! Every request goes through an [`Authenticator`] before it is handled. In production it
+//! is [`MungeAuthenticator`]: each request carries `Authorization: MUNGE <credential>`, a
+//! MUNGE credential (the service Slurm itself uses) whose payload is that request's
+//! `"<METHOD> <path-and-query>"`; the local munged decodes it into the caller's uid/gid
+//! ([`Caller::Uid`]) and refuses forged, expired and replayed credentials. Binding the
+//! payload to the request means a credential cannot be used for any other request.
+//! [`NoAuthentication`] identifies nobody ([`Caller::Unauthenticated`]) and is allowed on
+//! loopback only. The [`Policy`] then decides what a caller may do: ingest only from root
+//! and the SlurmUser, users read their own jobs and totals, admins everything.
+
+use std::path::PathBuf;
 
 use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
 
 /// Who made a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +29,22 @@ pub enum Caller {
     },
 }
 
-/// Why a request was not authenticated (answered 401).
+/// Why a request was not authenticated.
 #[derive(Debug, thiserror::Error)]
-#[error("authentication failed: {0}")]
-pub struct AuthError(pub String);
+pub enum AuthError {
+    /// The credential is missing, invalid, forged, expired, replayed or for another
+    /// request (answered 401).
+    #[error("authentication failed: {0}")]
+    Refused(String),
+    /// acctd could not check the credential (its munged is down; answered 503).
+    #[error("cannot check credentials: {0}")]
+    Unavailable(String),
+}
 
-/// Turns a request's credential into a [`Caller`]; the MUNGE extension point.
+/// Turns a request's credential into a [`Caller`].
 pub trait Authenticator: Send + Sync + 'static {
-    /// Authenticates one request from its headers.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError>;
+    /// Authenticates one request from its target (`"<METHOD> <path-and-query>"`) and headers.
+    fn authenticate(&self, request_target: &str, headers: &HeaderMap) -> Result<Caller, AuthError>;
 
     /// Whether callers are really identified; `false` restricts acctd to loopback.
     fn is_real(&self) -> bool;
@@ -42,12 +55,79 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct NoAuthentication;
 
 impl Authenticator for NoAuthentication {
-    fn authenticate(&self, _headers: &HeaderMap) -> Result<Caller, AuthError> {
+    fn authenticate(
+        &self,
+        _request_target: &str,
+        _headers: &HeaderMap,
+    ) -> Result<Caller, AuthError> {
         Ok(Caller::Unauthenticated)
     }
 
     fn is_real(&self) -> bool {
         false
+    }
+}
+
+/// Authenticates with MUNGE: `Authorization: MUNGE <credential>`, decoded by the local
+/// munged, whose payload must be this request's `"<METHOD> <path-and-query>"`.
+#[derive(Debug, Clone, Default)]
+pub struct MungeAuthenticator {
+    socket: Option<PathBuf>,
+}
+
+impl MungeAuthenticator {
+    /// Decodes with the munged at `socket` (`None`: libmunge's default socket).
+    pub fn new(socket: Option<PathBuf>) -> MungeAuthenticator {
+        MungeAuthenticator { socket }
+    }
+}
+
+impl Authenticator for MungeAuthenticator {
+    fn authenticate(&self, request_target: &str, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let value = headers.get(AUTHORIZATION).ok_or_else(|| {
+            AuthError::Refused(
+                "no credential: acctd requires MUNGE; send `Authorization: MUNGE <credential>` \
+                 (sgpu and healthd do with [accounting] auth = \"munge\"; check that munged \
+                 runs on the client host)"
+                    .into(),
+            )
+        })?;
+        let value = value
+            .to_str()
+            .map_err(|_| AuthError::Refused("the Authorization header is not ASCII".into()))?;
+        let cred = match value.split_once(' ') {
+            Some((scheme, cred)) if scheme.eq_ignore_ascii_case("munge") => cred.trim(),
+            _ => {
+                return Err(AuthError::Refused(
+                    "the Authorization header must be `MUNGE <credential>`".into(),
+                ));
+            }
+        };
+        let decoded = sgpu_munge::decode(
+            cred,
+            &sgpu_munge::Options::with_socket(self.socket.as_deref()),
+        )
+        .map_err(|e| match e {
+            sgpu_munge::MungeError::Daemon { .. } | sgpu_munge::MungeError::Other { .. } => {
+                AuthError::Unavailable(e.to_string())
+            }
+            e => AuthError::Refused(e.to_string()),
+        })?;
+        if decoded.payload != request_target.as_bytes() {
+            return Err(AuthError::Refused(format!(
+                "the MUNGE credential was made for {:?}, not for this request {request_target:?}; \
+                 make one credential per request with that request's method and path",
+                String::from_utf8_lossy(&decoded.payload)
+            )));
+        }
+        Ok(Caller::Uid {
+            uid: decoded.uid,
+            gid: decoded.gid,
+        })
+    }
+
+    fn is_real(&self) -> bool {
+        true
     }
 }
 
@@ -58,6 +138,16 @@ pub enum ReadScope {
     All,
     /// Only records and rollups whose user is this name.
     User(String),
+}
+
+impl ReadScope {
+    /// Whether jobs and totals of `user` may be shown under this scope.
+    pub fn allows(&self, user: &str) -> bool {
+        match self {
+            ReadScope::All => true,
+            ReadScope::User(me) => me == user,
+        }
+    }
 }
 
 /// Why an authenticated caller is refused (answered 403).
@@ -72,7 +162,8 @@ pub struct Policy {
     pub ingest_uids: Vec<u32>,
     /// Uids that see everything and may run admin commands (root always may).
     pub admin_uids: Vec<u32>,
-    /// Gids whose members (primary group) see everything and may run admin commands.
+    /// Gids whose members (primary or supplementary group, as the acctd host's group
+    /// database says) see everything and may run admin commands.
     pub admin_gids: Vec<u32>,
 }
 
@@ -82,7 +173,13 @@ impl Policy {
         match *caller {
             Caller::Unauthenticated => true,
             Caller::Uid { uid, gid } => {
-                uid == 0 || self.admin_uids.contains(&uid) || self.admin_gids.contains(&gid)
+                uid == 0
+                    || self.admin_uids.contains(&uid)
+                    || self.admin_gids.contains(&gid)
+                    || (!self.admin_gids.is_empty()
+                        && user_groups(uid, gid)
+                            .iter()
+                            .any(|g| self.admin_gids.contains(g)))
             }
         }
     }
@@ -142,6 +239,28 @@ pub fn user_name(uid: u32) -> Option<String> {
         // SAFETY: getpwuid_r succeeded, pw_name points into buf and is NUL-terminated.
         let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
         return name.to_str().ok().map(str::to_owned);
+    }
+}
+
+/// The groups of `uid` (primary `gid` and its supplementary groups) on this host.
+pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let Some(name) = user_name(uid).and_then(|n| std::ffi::CString::new(n).ok()) else {
+        return vec![gid];
+    };
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = libc::c_int::try_from(groups.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: name is NUL-terminated; groups has room for n entries.
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let n = usize::try_from(n).unwrap_or(0);
+        if rc >= 0 {
+            groups.truncate(n);
+            return groups;
+        }
+        if n <= groups.len() || groups.len() >= 1 << 16 {
+            return vec![gid];
+        }
+        groups.resize(n, 0);
     }
 }
 

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::{Authenticator, Caller, Policy};
+use crate::auth::{AuthError, Authenticator, Caller, Policy, ReadScope};
 use crate::ingest::{ParsedBatch, parse_batch};
 use crate::query::{RollupQuery, run};
 use crate::store::{PutOutcome, Store};
@@ -32,13 +33,42 @@ pub struct AppState {
 }
 
 /// The router, with a request body limit (larger bodies get 413).
+///
+/// Endpoint modules are merged here, above the layers: [`caller`] refuses requests that did
+/// not pass through [`record_request_target`].
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/records", post(ingest))
         .route("/v1/jobs/{cluster}/{job_id}", get(job))
         .route("/v1/rollups", get(rollups))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(record_request_target))
         .with_state(state)
+}
+
+/// Internal header carrying `"<METHOD> <path-and-query>"` of the request, set by
+/// [`record_request_target`] (any copy sent by a client is dropped first).
+pub const REQUEST_TARGET: HeaderName = HeaderName::from_static("x-sgpu-request-target");
+
+/// Middleware: records the request's method and target for [`caller`], which checks that
+/// the caller's credential was made for exactly this request.
+pub async fn record_request_target(mut req: Request, next: Next) -> Response {
+    let target = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    req.headers_mut().remove(&REQUEST_TARGET);
+    match HeaderValue::from_str(&target) {
+        Ok(v) => {
+            req.headers_mut().insert(REQUEST_TARGET, v);
+            next.run(req).await
+        }
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "the request target contains characters not allowed in HTTP",
+        ),
+    }
 }
 
 /// A JSON error response `{"error": message}`.
@@ -79,21 +109,64 @@ pub struct IngestResponse {
     pub results: Vec<RecordResult>,
 }
 
-/// Authenticates a request: the [`Caller`], or the 401 response to send back.
+/// Authenticates a request: the [`Caller`], or the 401 response to send back (503 when the
+/// credential cannot be checked). Call it once per request: a MUNGE credential decodes once.
 ///
 /// Handlers then ask [`AppState::policy`] what that caller may do (403 when nothing).
+// A Response is large, but it is what handlers return; boxing it would only move the cost.
+#[allow(clippy::result_large_err)]
 pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let Some(target) = headers.get(&REQUEST_TARGET).and_then(|v| v.to_str().ok()) else {
+        tracing::error!("a route is not behind record_request_target: merge it above the layers");
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "acctd cannot authenticate this endpoint (route registered outside the router's \
+             authentication layer); report this as a bug",
+        ));
+    };
     state
         .auth
-        .authenticate(headers)
-        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.to_string()))
+        .authenticate(target, headers)
+        .map_err(|e| match e {
+            AuthError::Refused(_) => error(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        })
+}
+
+/// What `caller` may read, or the 403 response to send back.
+#[allow(clippy::result_large_err)]
+pub fn read_scope(state: &AppState, caller: &Caller) -> Result<ReadScope, Response> {
+    state
+        .policy
+        .read_scope(caller)
+        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))
+}
+
+/// Authenticates a reading request and returns what its caller may read ([`caller`] then
+/// [`read_scope`]): the 401/403 response otherwise. Every read endpoint filters by it.
+#[allow(clippy::result_large_err)]
+pub fn reader_scope(state: &AppState, headers: &HeaderMap) -> Result<ReadScope, Response> {
+    let who = caller(state, headers)?;
+    read_scope(state, &who)
+}
+
+/// The user a stored record belongs to.
+fn record_user(r: &sgpu_spool::Record) -> &str {
+    match r.body() {
+        sgpu_spool::RecordBody::JobStart(b) => &b.user,
+        sgpu_spool::RecordBody::JobEnd(b) => &b.user,
+        sgpu_spool::RecordBody::StepUsage(b) | sgpu_spool::RecordBody::JobUsage(b) => &b.user,
+    }
 }
 
 async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let _caller = match caller(&state, &headers) {
+    let who = match caller(&state, &headers) {
         Ok(c) => c,
         Err(r) => return r,
     };
+    if let Err(e) = state.policy.may_ingest(&who) {
+        return error(StatusCode::FORBIDDEN, e.to_string());
+    }
     let ParsedBatch { valid, rejected } = match parse_batch(&body) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -171,8 +244,8 @@ async fn job(
     headers: HeaderMap,
     Path((cluster, job_id)): Path<(String, String)>,
 ) -> Response {
-    let _caller = match caller(&state, &headers) {
-        Ok(c) => c,
+    let scope = match reader_scope(&state, &headers) {
+        Ok(s) => s,
         Err(r) => return r,
     };
     let Ok(job_id) = job_id.parse::<u32>() else {
@@ -183,7 +256,14 @@ async fn job(
     };
     let store = state.store.clone();
     let c = cluster.clone();
-    match tokio::task::spawn_blocking(move || store.job(&c, job_id)).await {
+    let visible = move |records: Vec<sgpu_spool::Record>| -> Vec<sgpu_spool::Record> {
+        // Another user's job looks exactly like a missing one: no 403 that would confirm it.
+        records
+            .into_iter()
+            .filter(|r| scope.allows(record_user(r)))
+            .collect()
+    };
+    match tokio::task::spawn_blocking(move || store.job(&c, job_id).map(visible)).await {
         Ok(Ok(records)) if records.is_empty() => error(
             StatusCode::NOT_FOUND,
             format!("no records of job {job_id} on cluster {cluster}"),
@@ -200,14 +280,26 @@ async fn job(
 }
 
 async fn rollups(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let _caller = match caller(&state, &headers) {
-        Ok(c) => c,
+    let scope = match reader_scope(&state, &headers) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    let q = match RollupQuery::parse(uri.query().unwrap_or("")) {
+    let mut q = match RollupQuery::parse(uri.query().unwrap_or("")) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if let ReadScope::User(me) = scope {
+        match &q.user {
+            Some(u) if *u != me => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!("not allowed: user {me} may read only their own totals, not {u}'s"),
+                );
+            }
+            // A user's report is their own rows only.
+            _ => q.user = Some(me),
+        }
+    }
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || run(store.as_ref(), &q)).await {
         Ok(Ok(rows)) => axum::Json(json!({ "rows": rows })).into_response(),

@@ -9,9 +9,10 @@
 //! the same atomic step, and acknowledges only after the store is flushed to disk. The
 //! store is behind a small trait ([`store::Store`]) implemented on sled 0.34
 //! ([`sled_store::SledStore`]). Reports read the rollups (`GET /v1/rollups`) and per-job
-//! records (`GET /v1/jobs/{cluster}/{id}`) over HTTP ([`http`]). Authentication (MUNGE) is
-//! an extension point ([`auth::Authenticator`]) not yet filled: until it is, acctd listens
-//! on loopback only.
+//! records (`GET /v1/jobs/{cluster}/{id}`) over HTTP ([`http`]). Every request carries a
+//! MUNGE credential bound to that request ([`auth::MungeAuthenticator`]); the
+//! [`auth::Policy`] lets only root and the SlurmUser ingest, users read their own jobs and
+//! totals, and admins everything.
 
 pub mod auth;
 pub mod day;

@@ -33,6 +33,8 @@ pub enum ClientAuth {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// The path part of the base URL (`""` or `/prefix`), part of each credential's payload.
+    prefix: String,
     auth: ClientAuth,
     agent: ureq::Agent,
 }
@@ -119,8 +121,10 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
+        let prefix = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
         Ok(Client {
             base: base.to_owned(),
+            prefix: prefix.to_owned(),
             auth,
             agent,
         })
@@ -173,11 +177,15 @@ impl Client {
     ) -> Result<Option<String>, ClientError> {
         match &self.auth {
             ClientAuth::None => Ok(None),
-            ClientAuth::Munge { .. } => {
-                let _ = (method, path_and_query);
-                Err(ClientError::Credential(
-                    "MUNGE support is not built into this client yet".into(),
-                ))
+            ClientAuth::Munge { socket } => {
+                // What acctd sees as the request target, base path prefix included.
+                let payload = format!("{method} {}{path_and_query}", self.prefix);
+                let cred = sgpu_munge::encode(
+                    payload.as_bytes(),
+                    &sgpu_munge::Options::with_socket(socket.as_deref()),
+                )
+                .map_err(|e| ClientError::Credential(e.to_string()))?;
+                Ok(Some(format!("MUNGE {cred}")))
             }
         }
     }
