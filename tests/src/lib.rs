@@ -6,6 +6,7 @@
 //! bringing the cluster up, locking it against parallel tests, submitting jobs and reading
 //! `scontrol` records.
 
+pub mod acctd;
 pub mod cluster;
 pub mod sgpu;
 

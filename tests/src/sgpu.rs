@@ -48,7 +48,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 
 /// The cargo target directory and profile this test binary was built in
 /// (`target/<profile>/deps/<test>` -> (`target/<profile>`, `<profile>`)).
-fn target_profile_dir() -> Result<(PathBuf, String), ClusterError> {
+pub(crate) fn target_profile_dir() -> Result<(PathBuf, String), ClusterError> {
     let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
     let dir = exe
         .parent()
