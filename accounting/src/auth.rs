@@ -242,6 +242,62 @@ pub fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+/// The uid of user `name`, or `name` itself when it is a number.
+pub fn user_id(name: &str) -> Option<u32> {
+    if let Ok(uid) = name.parse() {
+        return Some(uid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    loop {
+        // SAFETY: all pointers are valid for the call; buf outlives pwd's use below.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(pwd.pw_uid);
+    }
+}
+
+/// The gid of group `name`, or `name` itself when it is a number.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    loop {
+        // SAFETY: all pointers are valid for the call; buf outlives grp's use below.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
+    }
+}
+
 /// The groups of `uid` (primary `gid` and its supplementary groups) on this host.
 pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
     let Some(name) = user_name(uid).and_then(|n| std::ffi::CString::new(n).ok()) else {
@@ -301,6 +357,11 @@ mod tests {
         );
         // uid 0's name exists everywhere; a plain user maps to its own name.
         assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(user_id("root"), Some(0));
+        assert_eq!(user_id("64030"), Some(64030));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-sgpu"), None);
+        assert!(user_groups(0, 0).contains(&0));
         assert!(
             p.read_scope(&Caller::Uid {
                 uid: 4_000_000_000,

@@ -55,7 +55,7 @@ fn start(db: &Path, log: &Path) -> (Child, SocketAddr) {
         .open(log)
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sgpu-acctd"))
-        .args(["--listen", "127.0.0.1:0", "--db"])
+        .args(["--auth", "none", "--listen", "127.0.0.1:0", "--db"])
         .arg(db)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

@@ -7,19 +7,52 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sgpu_accounting::auth::{Authenticator, NoAuthentication};
+use sgpu_accounting::auth::{
+    Authenticator, MungeAuthenticator, NoAuthentication, Policy, group_id, user_id,
+};
 use sgpu_accounting::day::day_of;
 use sgpu_accounting::http::{AppState, DEFAULT_MAX_BODY_BYTES, router};
 use sgpu_accounting::sled_store::SledStore;
 use sgpu_accounting::store::Store;
 
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthMode {
+    /// Every request carries a MUNGE credential made for it (`Authorization: MUNGE ...`).
+    Munge,
+    /// No authentication: everyone may do everything; loopback addresses only.
+    None,
+}
+
 /// sgpu accounting service: stores usage records, keeps GPU-hour and energy rollups.
+///
+/// Who may do what (with --auth munge): root and the --ingest-uid users (the SlurmUser) send
+/// records; root, --admin-uid users and members of --admin-group groups read everything;
+/// any other user reads only their own jobs and totals.
 #[derive(Debug, Parser)]
 #[command(name = "sgpu-acctd", version)]
 struct Args {
-    /// Address to listen on (loopback only until MUNGE authentication exists).
+    /// Address to listen on (with --auth none: loopback addresses only).
     #[arg(long, default_value = "127.0.0.1:6830")]
     listen: SocketAddr,
+    /// Authentication: `munge` (every request carries a MUNGE credential) or `none`
+    /// (loopback only; every caller may do everything).
+    #[arg(long, value_enum, default_value_t = AuthMode::Munge)]
+    auth: AuthMode,
+    /// munged's socket (default: libmunge's, /run/munge/munge.socket.2).
+    #[arg(long)]
+    munge_socket: Option<PathBuf>,
+    /// A user (uid or name) allowed to send records besides root: the SlurmUser.
+    /// Repeatable.
+    #[arg(long = "ingest-uid", value_name = "UID|NAME")]
+    ingest_uids: Vec<String>,
+    /// A user (uid or name) who reads everything and may run admin commands. Repeatable.
+    #[arg(long = "admin-uid", value_name = "UID|NAME")]
+    admin_uids: Vec<String>,
+    /// A group (gid or name) whose members (primary or supplementary) are admins.
+    /// Repeatable.
+    #[arg(long = "admin-group", value_name = "NAME|GID")]
+    admin_groups: Vec<String>,
     /// Database directory.
     #[arg(long, default_value = "/var/lib/sgpu/acctd.sled")]
     db: PathBuf,
@@ -47,11 +80,21 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let auth: Arc<dyn Authenticator> = Arc::new(NoAuthentication);
+    let policy = policy(&args)?;
+    let auth: Arc<dyn Authenticator> = match args.auth {
+        AuthMode::None => Arc::new(NoAuthentication),
+        AuthMode::Munge => {
+            // Fail now rather than answer every request 503.
+            let opts = sgpu_munge::Options::with_socket(args.munge_socket.as_deref());
+            sgpu_munge::encode(b"sgpu-acctd start", &opts)
+                .context("checking munged at startup (acctd --auth munge needs it)")?;
+            Arc::new(MungeAuthenticator::new(args.munge_socket.clone()))
+        }
+    };
     if !auth.is_real() && !args.listen.ip().is_loopback() {
         bail!(
-            "refusing to listen on {}: MUNGE authentication is not implemented yet, so acctd \
-             listens on loopback addresses only",
+            "refusing to listen on {} with --auth none: without authentication acctd listens \
+             on loopback addresses only; use --auth munge",
             args.listen
         );
     }
@@ -90,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState {
         store: store.clone(),
         auth,
-        policy: Arc::new(sgpu_accounting::auth::Policy::default()),
+        policy: Arc::new(policy),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -98,13 +141,44 @@ async fn main() -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the bound address")?;
     // Tests and scripts read this line to find a port chosen by the OS (`--listen ...:0`).
     println!("sgpu-acctd listening on {local}");
-    tracing::warn!("no authentication (MUNGE not implemented yet): loopback only");
+    match args.auth {
+        AuthMode::None => tracing::warn!("--auth none: no authentication, loopback only"),
+        AuthMode::Munge => tracing::info!("authenticating requests with MUNGE"),
+    }
     axum::serve(listener, router(state, args.max_body_bytes))
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving HTTP")?;
     store.flush().context("flushing the store at shutdown")?;
     Ok(())
+}
+
+/// The authorisation policy from the command line, names resolved to ids.
+fn policy(args: &Args) -> anyhow::Result<Policy> {
+    let users = |flag: &str, names: &[String]| -> anyhow::Result<Vec<u32>> {
+        names
+            .iter()
+            .map(|n| {
+                user_id(n).with_context(|| {
+                    format!("{flag} {n}: no such user on this host; give a uid or a user name")
+                })
+            })
+            .collect()
+    };
+    let groups = args
+        .admin_groups
+        .iter()
+        .map(|n| {
+            group_id(n).with_context(|| {
+                format!("--admin-group {n}: no such group on this host; give a gid or a group name")
+            })
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()?;
+    Ok(Policy {
+        ingest_uids: users("--ingest-uid", &args.ingest_uids)?,
+        admin_uids: users("--admin-uid", &args.admin_uids)?,
+        admin_gids: groups,
+    })
 }
 
 async fn shutdown() {
