@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod day;
+pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod query;

@@ -78,7 +78,7 @@ fn qerr(param: &str, message: impl Into<String>) -> QueryError {
 }
 
 /// Decodes `%XX` and `+` in a query-string component.
-fn decode_component(s: &str) -> Option<String> {
+pub(crate) fn decode_component(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use sgpu_spool::{Record, RecordId, RecordKind};
+use sgpu_spool::{NodeEvent, Record, RecordId, RecordKind};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -22,6 +22,8 @@ pub struct SledStore {
     records: sled::Tree,
     rollups: sled::Tree,
     counted: sled::Tree,
+    /// Node events (drain/resume history), key [`NodeEvent::key`], value its JSON.
+    events: sled::Tree,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -43,6 +45,7 @@ impl SledStore {
             records: db.open_tree("records").map_err(engine)?,
             rollups: db.open_tree("rollups").map_err(engine)?,
             counted: db.open_tree("counted").map_err(engine)?,
+            events: db.open_tree("node_events").map_err(engine)?,
             db,
         })
     }
@@ -194,6 +197,41 @@ impl Store for SledStore {
         }
         self.flush()?;
         Ok(stats)
+    }
+
+    fn put_events(&self, events: &[NodeEvent]) -> Result<Vec<PutOutcome>, StoreError> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let value = serde_json::to_vec(e).map_err(|err| StoreError::Engine(err.to_string()))?;
+            let key = e.key();
+            // same key = same event resent: keep the first copy
+            let prev = self
+                .events
+                .compare_and_swap(
+                    key.as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(value.as_slice()),
+                )
+                .map_err(engine)?;
+            out.push(match prev {
+                Ok(()) => PutOutcome::Accepted,
+                Err(cas) => PutOutcome::Duplicate {
+                    differs: cas.current.as_deref() != Some(value.as_slice()),
+                },
+            });
+        }
+        self.flush()?;
+        Ok(out)
+    }
+
+    fn for_each_event(&self, f: &mut dyn FnMut(NodeEvent)) -> Result<(), StoreError> {
+        for kv in self.events.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let e: NodeEvent =
+                serde_json::from_slice(&v).map_err(|err| corrupt(&k, err.to_string()))?;
+            f(e);
+        }
+        Ok(())
     }
 }
 

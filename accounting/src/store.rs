@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sgpu_spool::{Record, RecordBody};
+use sgpu_spool::{NodeEvent, Record, RecordBody};
 
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
 
@@ -75,6 +75,22 @@ pub trait Store: Send + Sync {
         records_before_day: Option<u32>,
         rollups_before_day: Option<u32>,
     ) -> Result<PurgeStats, StoreError>;
+
+    /// Stores node events ([`NodeEvent`]: drains and resumes) idempotently by
+    /// [`NodeEvent::key`], apart from the records and outside the rollups. Returns only once
+    /// they are durable. Outcomes are in input order.
+    fn put_events(&self, events: &[NodeEvent]) -> Result<Vec<PutOutcome>, StoreError> {
+        let _ = events;
+        Err(StoreError::Engine(
+            "this store keeps no node history; run acctd with the sled store".into(),
+        ))
+    }
+
+    /// Calls `f` for every stored node event, by cluster, node and time.
+    fn for_each_event(&self, f: &mut dyn FnMut(NodeEvent)) -> Result<(), StoreError> {
+        let _ = f;
+        Ok(())
+    }
 }
 
 /// The last instant a record describes, ms (end of job or window, else its start).
