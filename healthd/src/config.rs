@@ -27,6 +27,12 @@ use toml::Spanned;
 
 use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
 
+mod accounting;
+pub use accounting::{
+    AccountingConfig, AcctAuth, DEFAULT_FORWARD_BACKOFF_MAX_S, DEFAULT_FORWARD_BATCH,
+    DEFAULT_FORWARD_INTERVAL_S, DEFAULT_FORWARD_TIMEOUT_S,
+};
+
 /// The configuration file read when neither `--config` nor `$SGPU_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "/etc/sgpu/sgpu.toml";
 
@@ -158,6 +164,8 @@ pub struct Config {
     pub sample_interval: Duration,
     /// Where the daemon serves `/status` and `/metrics` (`None`: `status_listen = "off"`).
     pub status_listen: Option<std::net::SocketAddr>,
+    /// The `[accounting]` table: acctd and the spool forwarder.
+    pub accounting: AccountingConfig,
 }
 
 impl Default for Config {
@@ -178,6 +186,7 @@ impl Default for Config {
             breaker: BreakerConfig::default(),
             sample_interval: Duration::from_secs(DEFAULT_SAMPLE_INTERVAL_S),
             status_listen: DEFAULT_STATUS_LISTEN.parse().ok(),
+            accounting: AccountingConfig::default(),
         }
     }
 }
@@ -203,6 +212,7 @@ struct RawConfig {
     breaker_window_s: Option<Spanned<u64>>,
     sample_interval_s: Option<Spanned<u64>>,
     status_listen: Option<Spanned<String>>,
+    accounting: Option<accounting::RawAccounting>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -380,6 +390,12 @@ impl Config {
                     )
                 })?)
             };
+        }
+
+        if let Some(a) = raw.accounting {
+            config.accounting = a
+                .validate()
+                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
         }
 
         for (id, table) in raw.checks {
