@@ -4,6 +4,7 @@
 //! over the library crates: hostlists and configuration come from `sgpu-slurm-conf`, checks
 //! from `sgpu-healthd`, reports from `sgpu-accounting`.
 
+pub mod admin;
 pub mod check;
 pub mod conf;
 
@@ -20,6 +21,10 @@ pub struct Cli {
     /// Configuration file (default: $SGPU_CONFIG, else /etc/sgpu/sgpu.toml).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<std::path::PathBuf>,
+    /// sgpu-acctd's URL (default: [accounting] url in sgpu.toml, else $SGPU_ACCTD_URL, else
+    /// http://127.0.0.1:6830).
+    #[arg(long, global = true, value_name = "URL")]
+    pub acctd: Option<String>,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -33,6 +38,14 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Check slurm.conf, gres.conf, plugstack.conf and sgpu.toml (`sgpu conf check`).
     Conf(conf::ConfArgs),
+    /// Drain nodes with a reason (kept in acctd's node history).
+    Drain(admin::DrainArgs),
+    /// Resume drained nodes whose sgpu checks pass (--force for any).
+    Resume(admin::ResumeArgs),
+    /// Per node: Slurm state and reason, who drained it, sgpu health, breaker.
+    Status(admin::StatusArgs),
+    /// Drains and resumes of nodes, from acctd's node history.
+    History(admin::HistoryArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -40,5 +53,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), &args),
         Command::Conf(args) => conf::run(cli.config.as_deref(), &args),
+        Command::Drain(a) => admin::drain(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Resume(a) => admin::resume(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Status(a) => admin::status(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::History(a) => admin::history(cli.config.as_deref(), cli.acctd.as_deref(), &a),
     }
 }

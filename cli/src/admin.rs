@@ -1,0 +1,532 @@
+//! `sgpu drain`, `sgpu resume`, `sgpu status` and `sgpu history`: the admin's view of nodes.
+//!
+//! - `sgpu drain <hostlist> --reason TEXT` drains through `scontrol` with the reason
+//!   `sgpu-admin(<user>): TEXT` (`<user>` is `$SUDO_USER` under sudo, else the caller). It
+//!   deliberately does not start with `sgpu:`: healthd resumes only its own `sgpu:` drains,
+//!   never an admin's.
+//! - `sgpu resume <hostlist> [--force]` resumes a drained node only when its drain is sgpu's
+//!   own (`sgpu:`) and its healthd says the checks pass now ([`nodes::resume_decision`]);
+//!   any other reason (an admin's, `sgpu drain`'s included) or a failing or unknown check is
+//!   refused with the reason, unless `--force`.
+//! - `sgpu status [<hostlist>]`: per node Slurm's state, reason and who set it
+//!   (`[user@time]`), healthd's verdict and failing checks, and its circuit breaker.
+//! - `sgpu history [<hostlist>]`: acctd's node history (every drain/resume made through
+//!   `sgpu`; healthd and the prolog report theirs to the same endpoint).
+//!
+//! Every drain and resume is recorded in acctd ([`acctd::record`]) after Slurm accepted it;
+//! if acctd cannot be reached the action stands, the command says so and exits 1.
+//!
+//! Exit codes: 0 done, 1 some node refused or failed (or the history was not recorded),
+//! 3 ([`crate::EXIT_SGPU_ERROR`]) bad usage or configuration.
+
+pub mod acctd;
+pub mod healthd;
+pub mod nodes;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use sgpu_healthd::slurmctl::Scontrol;
+use sgpu_spool::{NodeAction, NodeEvent};
+
+use nodes::{Health, ResumeDecision, SlurmNode};
+
+/// Options every admin command shares.
+#[derive(Debug, Clone, Args)]
+pub struct AdminOpts {
+    /// scontrol to use (default: on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub scontrol: Option<PathBuf>,
+    /// Where a node's healthd answers: NODE=URL (repeatable) or a template with %n
+    /// (default http://%n:<status_listen port of this host's sgpu.toml>).
+    #[arg(long = "healthd", value_name = "NODE=URL|TEMPLATE")]
+    pub healthd: Vec<String>,
+}
+
+/// `sgpu drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Nodes, as a Slurm hostlist (`node[1-4,7]`).
+    pub hostlist: String,
+    /// Why (shown by `sinfo -R` as `sgpu-admin(<user>): TEXT`).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Shared options.
+    #[command(flatten)]
+    pub opts: AdminOpts,
+}
+
+/// `sgpu resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Nodes, as a Slurm hostlist.
+    pub hostlist: String,
+    /// Resume even nodes drained for another reason or whose sgpu checks fail.
+    #[arg(long)]
+    pub force: bool,
+    /// Why (kept in the history).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Shared options.
+    #[command(flatten)]
+    pub opts: AdminOpts,
+}
+
+/// `sgpu status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Nodes, as a Slurm hostlist (default: all).
+    pub hostlist: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Shared options.
+    #[command(flatten)]
+    pub opts: AdminOpts,
+}
+
+/// `sgpu history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Nodes, as a Slurm hostlist (default: every node Slurm knows).
+    pub hostlist: Option<String>,
+    /// At most this many events (the newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Shared options.
+    #[command(flatten)]
+    pub opts: AdminOpts,
+}
+
+/// What the admin commands need from the environment.
+struct Env {
+    scontrol: Scontrol,
+    cluster: String,
+    healthd: healthd::HealthdUrls,
+    acctd_url: String,
+    acctd_auth: sgpu_acct_client::ClientAuth,
+}
+
+fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyhow::Result<Env> {
+    let scontrol = Scontrol::locate(opts.scontrol.as_deref())
+        .context("cannot find scontrol; pass --scontrol PATH")?;
+    let (path, _) = sgpu_healthd::config::Config::locate(config);
+    let conf = if config.is_some() || path.exists() {
+        sgpu_healthd::config::Config::load(&path)
+            .with_context(|| format!("{}: fix it or pass --config", path.display()))?
+    } else {
+        sgpu_healthd::config::Config::default()
+    };
+    let port = conf
+        .status_listen
+        .map(|a| a.port())
+        .or_else(|| {
+            sgpu_healthd::config::DEFAULT_STATUS_LISTEN
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.port())
+        })
+        .unwrap_or(9411);
+    let healthd = healthd::HealthdUrls::new(&opts.healthd, port).map_err(anyhow::Error::msg)?;
+    let slurm_conf = std::env::var_os("SLURM_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
+    let (sc, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&slurm_conf);
+    let cluster = sc
+        .cluster_name
+        .map(|c| c.to_ascii_lowercase())
+        .unwrap_or_else(|| "unknown".into());
+    let (acctd_url, acctd_auth) =
+        acctd::resolve(acctd_url, &acctd_settings(&conf), |k| std::env::var(k).ok());
+    Ok(Env {
+        scontrol,
+        cluster,
+        healthd,
+        acctd_url,
+        acctd_auth,
+    })
+}
+
+/// sgpu.toml's `[accounting]` settings for acctd.
+fn acctd_settings(_conf: &sgpu_healthd::config::Config) -> acctd::AcctdSettings {
+    acctd::AcctdSettings::default()
+}
+
+fn expand(hostlist: &str) -> anyhow::Result<Vec<String>> {
+    let nodes = sgpu_slurm_conf::expand(hostlist)
+        .with_context(|| format!("hostlist {hostlist:?}: expected e.g. node[1-4,7]"))?;
+    if nodes.is_empty() {
+        bail!("hostlist {hostlist:?} names no node");
+    }
+    Ok(nodes)
+}
+
+/// Who is acting: (uid, user name), `$SUDO_USER` under sudo.
+fn actor() -> (u32, String) {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let sudo = std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty());
+    let name = match sudo {
+        Some(u) if uid == 0 => u,
+        _ => user_name(uid).unwrap_or_else(|| uid.to_string()),
+    };
+    (uid, name)
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: zeroed passwd is a valid out-parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers are valid for their lengths; the result points into them.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn event(env: &Env, node: &SlurmNode, action: NodeAction, reason: String) -> NodeEvent {
+    let (uid, user) = actor();
+    let time_ms = sgpu_spool::now_ms();
+    NodeEvent {
+        id: NodeEvent::new_id(&node.name, time_ms),
+        cluster: env.cluster.clone(),
+        node: node.name.clone(),
+        time_ms,
+        action,
+        source: "sgpu-admin".into(),
+        uid,
+        user,
+        reason,
+        previous_reason: node.full_reason(),
+        forced: false,
+    }
+}
+
+/// Looks the nodes up in Slurm; every name must exist.
+fn slurm_nodes(env: &Env, names: &[String]) -> anyhow::Result<Vec<SlurmNode>> {
+    let found = nodes::show_nodes(env.scontrol.path(), Some(names)).map_err(anyhow::Error::msg)?;
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !found.iter().any(|f| &f.name == *n))
+        .collect();
+    if !missing.is_empty() {
+        bail!("Slurm does not know {missing:?}; check the hostlist against `sinfo -N`");
+    }
+    Ok(found)
+}
+
+/// Sends the events to acctd; returns the exit code contribution.
+fn record_history(env: &Env, events: &[NodeEvent]) -> i32 {
+    if events.is_empty() {
+        return 0;
+    }
+    let r = acctd::client(&env.acctd_url, env.acctd_auth.clone())
+        .and_then(|c| acctd::record(&c, events));
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!(
+                "sgpu: warning: the Slurm change stands but is NOT in acctd's history: {e}; \
+                 check acctd (--acctd URL)"
+            );
+            1
+        }
+    }
+}
+
+/// `sgpu drain`.
+pub fn drain(config: Option<&Path>, acctd_url: Option<&str>, a: &DrainArgs) -> anyhow::Result<i32> {
+    if a.reason.trim().is_empty() {
+        bail!("--reason must say why the nodes are drained");
+    }
+    let names = expand(&a.hostlist)?;
+    let env = env(config, acctd_url, &a.opts)?;
+    let (_, user) = actor();
+    let reason = nodes::admin_reason(&user, &a.reason);
+    let mut code = 0;
+    let mut events = Vec::new();
+    for node in slurm_nodes(&env, &names)? {
+        match env.scontrol.drain(&node.name, &reason) {
+            Ok(()) => {
+                println!("{}: drained ({reason})", node.name);
+                events.push(event(&env, &node, NodeAction::Drain, reason.clone()));
+            }
+            Err(e) => {
+                eprintln!("{}: not drained: {e}", node.name);
+                code = 1;
+            }
+        }
+    }
+    Ok(code.max(record_history(&env, &events)))
+}
+
+/// `sgpu resume`.
+pub fn resume(
+    config: Option<&Path>,
+    acctd_url: Option<&str>,
+    a: &ResumeArgs,
+) -> anyhow::Result<i32> {
+    let names = expand(&a.hostlist)?;
+    let env = env(config, acctd_url, &a.opts)?;
+    let mut code = 0;
+    let mut events = Vec::new();
+    for node in slurm_nodes(&env, &names)? {
+        let health = if node.drained() {
+            node_health(&env, &node.name).0
+        } else {
+            Health::NotChecked
+        };
+        match nodes::resume_decision(&node, &health, a.force) {
+            ResumeDecision::NotDrained => {
+                println!("{}: not drained ({}), nothing to do", node.name, node.state);
+            }
+            ResumeDecision::Refuse(why) => {
+                eprintln!("{}: not resumed: {why}", node.name);
+                code = 1;
+            }
+            ResumeDecision::Resume => match env.scontrol.resume(&node.name) {
+                Ok(()) => {
+                    let forced = a.force
+                        && nodes::resume_decision(&node, &health, false) != ResumeDecision::Resume;
+                    println!(
+                        "{}: resumed{} (was: {})",
+                        node.name,
+                        if forced { " with --force" } else { "" },
+                        node.full_reason().unwrap_or_default()
+                    );
+                    let why = a.reason.clone().unwrap_or_else(|| {
+                        if forced {
+                            "resumed with --force".into()
+                        } else {
+                            "resumed: sgpu checks pass".into()
+                        }
+                    });
+                    let mut e = event(&env, &node, NodeAction::Resume, why);
+                    e.forced = forced;
+                    events.push(e);
+                }
+                Err(e) => {
+                    eprintln!("{}: not resumed: {e}", node.name);
+                    code = 1;
+                }
+            },
+        }
+    }
+    Ok(code.max(record_history(&env, &events)))
+}
+
+/// healthd's verdict and breaker for `node`.
+fn node_health(env: &Env, node: &str) -> (Health, Option<String>) {
+    match healthd::fetch(&env.healthd, node) {
+        Ok(doc) => (healthd::health(&doc), Some(healthd::breaker(&doc))),
+        Err(e) => (Health::Unknown(e), None),
+    }
+}
+
+fn health_text(h: &Health) -> String {
+    match h {
+        Health::Passing { verdict } => verdict.clone(),
+        Health::Failing(why) => format!("FAILING: {}", why.join("; ")),
+        Health::NotChecked => "not checked yet".into(),
+        Health::Unknown(e) => format!("unknown ({e})"),
+    }
+}
+
+/// `sgpu status`.
+pub fn status(
+    config: Option<&Path>,
+    acctd_url: Option<&str>,
+    a: &StatusArgs,
+) -> anyhow::Result<i32> {
+    let env = env(config, acctd_url, &a.opts)?;
+    let list = match &a.hostlist {
+        Some(h) => slurm_nodes(&env, &expand(h)?)?,
+        None => nodes::show_nodes(env.scontrol.path(), None).map_err(anyhow::Error::msg)?,
+    };
+    // one thread per node (bounded by the node count of one command line): a dead node
+    // costs its timeout once, not once per node
+    let healths: Vec<(Health, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = list
+            .iter()
+            .map(|n| s.spawn(|| node_health(&env, &n.name)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| (Health::Unknown("internal error".into()), None))
+            })
+            .collect()
+    });
+    if a.json {
+        let rows: Vec<Value> = list
+            .iter()
+            .zip(&healths)
+            .map(|(n, (h, b))| {
+                json!({
+                    "node": n.name, "state": n.state, "reason": n.reason,
+                    "reason_user": n.reason_user, "reason_time": n.reason_time,
+                    "health": health_text(h), "breaker": b,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    let mut rows = vec![
+        ["NODE", "STATE", "REASON", "BY", "HEALTH", "BREAKER"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (n, (h, b)) in list.iter().zip(&healths) {
+        let by = match (&n.reason_user, &n.reason_time) {
+            (Some(u), Some(t)) => format!("{u}@{t}"),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            n.name.clone(),
+            n.state.clone(),
+            n.reason.clone().unwrap_or_else(|| "-".into()),
+            by,
+            health_text(h),
+            b.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+/// `sgpu history`.
+pub fn history(
+    config: Option<&Path>,
+    acctd_url: Option<&str>,
+    a: &HistoryArgs,
+) -> anyhow::Result<i32> {
+    let env = env(config, acctd_url, &a.opts)?;
+    let names = match &a.hostlist {
+        Some(h) => expand(h)?,
+        None => nodes::show_nodes(env.scontrol.path(), None)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|n| n.name)
+            .collect(),
+    };
+    let client =
+        acctd::client(&env.acctd_url, env.acctd_auth.clone()).map_err(anyhow::Error::msg)?;
+    let events = acctd::history(&client, &names, a.limit).map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(0);
+    }
+    let mut rows = vec![
+        [
+            "TIME (UTC)",
+            "NODE",
+            "ACTION",
+            "USER",
+            "SOURCE",
+            "REASON",
+            "BEFORE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in &events {
+        rows.push(vec![
+            utc(e.time_ms),
+            e.node.clone(),
+            format!(
+                "{}{}",
+                e.action.as_str(),
+                if e.forced { " (forced)" } else { "" }
+            ),
+            format!("{}({})", e.user, e.uid),
+            e.source.clone(),
+            e.reason.clone(),
+            e.previous_reason.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+/// Left-aligned columns separated by two spaces (the last column unpadded).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Unix ms as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil from days (H. Hinnant), days since 1970-01-01
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_435_201_000), "2026-11-23T12:00:01Z");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[
+            vec!["A".into(), "BB".into(), "C".into()],
+            vec!["xxx".into(), "y".into(), "z".into()],
+        ]);
+        assert_eq!(t, "A    BB  C\nxxx  y   z\n");
+    }
+}

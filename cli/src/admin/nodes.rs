@@ -1,0 +1,244 @@
+//! What Slurm says about nodes (`scontrol show node -o`), who drained them, and the rule
+//! `sgpu resume` follows.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use sgpu_healthd::slurmctl::{self, SGPU_REASON_PREFIX};
+
+/// Prefix of the reason `sgpu drain` gives Slurm: `sgpu-admin(<user>): <text>`. It does not
+/// start with [`SGPU_REASON_PREFIX`] (`sgpu:`), so healthd never resumes an admin's drain.
+pub const ADMIN_REASON_PREFIX: &str = "sgpu-admin";
+
+/// One node as `scontrol show node -o` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmNode {
+    /// `NodeName=`.
+    pub name: String,
+    /// `State=`, e.g. `IDLE+DRAIN`.
+    pub state: String,
+    /// The reason without Slurm's `[user@time]` suffix.
+    pub reason: Option<String>,
+    /// Who set the reason (the suffix's user).
+    pub reason_user: Option<String>,
+    /// When (the suffix's time, as Slurm prints it).
+    pub reason_time: Option<String>,
+}
+
+impl SlurmNode {
+    /// Whether the node is drained or draining.
+    pub fn drained(&self) -> bool {
+        self.state
+            .split('+')
+            .any(|f| matches!(f, "DRAIN" | "DRAINED" | "DRAINING"))
+    }
+
+    /// The reason as Slurm shows it, with `[user@time]`.
+    pub fn full_reason(&self) -> Option<String> {
+        let r = self.reason.clone()?;
+        Some(match (&self.reason_user, &self.reason_time) {
+            (Some(u), Some(t)) => format!("{r} [{u}@{t}]"),
+            _ => r,
+        })
+    }
+}
+
+/// Parses one line of `scontrol show node -o` (`None`: no `NodeName=`).
+pub fn parse_node(line: &str) -> Option<SlurmNode> {
+    let f = slurmctl::fields(line);
+    let get = |key: &str| f.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    let name = get("NodeName")?;
+    let (mut reason, mut reason_user, mut reason_time) = (None, None, None);
+    if let Some(raw) = get("Reason").filter(|r| !r.is_empty() && r != "(null)") {
+        match raw.rfind(" [") {
+            Some(i) if raw.ends_with(']') => {
+                let suffix = &raw[i + 2..raw.len() - 1];
+                if let Some((u, t)) = suffix.rsplit_once('@') {
+                    reason_user = Some(u.to_string());
+                    reason_time = Some(t.to_string());
+                }
+                reason = Some(raw[..i].to_string());
+            }
+            _ => reason = Some(raw),
+        }
+    }
+    Some(SlurmNode {
+        name,
+        state: get("State").unwrap_or_default(),
+        reason,
+        reason_user,
+        reason_time,
+    })
+}
+
+/// Every node Slurm knows, in its order (`nodes`: only these, when given).
+pub fn show_nodes(scontrol: &Path, nodes: Option<&[String]>) -> Result<Vec<SlurmNode>, String> {
+    let mut cmd = Command::new(scontrol);
+    cmd.args(["show", "node", "-o"]);
+    if let Some(n) = nodes {
+        cmd.arg(n.join(","));
+    }
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {line}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{line} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(parse_node)
+        .collect())
+}
+
+/// What the node's sgpu-healthd says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The last check run drained nothing (`healthy` or `warn`).
+    Passing {
+        /// `healthy` or `warn`.
+        verdict: String,
+    },
+    /// The last check run found drain-worthy failures (the checks' reasons).
+    Failing(Vec<String>),
+    /// healthd has not run its checks yet.
+    NotChecked,
+    /// healthd could not be asked (why).
+    Unknown(String),
+}
+
+/// Whether `sgpu resume` may resume a node, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeDecision {
+    /// Resume it.
+    Resume,
+    /// Nothing to do: not drained.
+    NotDrained,
+    /// Refused without `--force` (the message says why and what to do).
+    Refuse(String),
+}
+
+/// The rule: a node is resumed only if it is drained, its drain was sgpu's own (reason
+/// starting `sgpu:`, set by healthd or the prolog; any other reason, `sgpu drain`'s
+/// included, belongs to an admin who may be working on the node) and its healthd says its
+/// checks pass now. `--force` overrides both refusals, never the state check.
+pub fn resume_decision(node: &SlurmNode, health: &Health, force: bool) -> ResumeDecision {
+    if !node.drained() {
+        return ResumeDecision::NotDrained;
+    }
+    if force {
+        return ResumeDecision::Resume;
+    }
+    let reason = node.reason.as_deref().unwrap_or("");
+    if !reason.starts_with(SGPU_REASON_PREFIX) {
+        let by = node
+            .reason_user
+            .as_deref()
+            .map(|u| format!(" by {u}"))
+            .unwrap_or_default();
+        return ResumeDecision::Refuse(format!(
+            "drained{by} for another reason ({reason:?}), not by sgpu's checks; resume with \
+             --force once that reason no longer holds"
+        ));
+    }
+    match health {
+        Health::Passing { .. } => ResumeDecision::Resume,
+        Health::Failing(why) => ResumeDecision::Refuse(format!(
+            "sgpu checks still fail on this node: {}; fix the GPU (or wait for healthd's next \
+             check) and retry, or resume with --force",
+            why.join("; ")
+        )),
+        Health::NotChecked => ResumeDecision::Refuse(
+            "healthd has not checked this node's GPUs yet; retry in a moment, or resume with \
+             --force"
+                .into(),
+        ),
+        Health::Unknown(e) => ResumeDecision::Refuse(format!(
+            "cannot tell whether sgpu checks pass: {e}; start sgpu-healthd on the node (or \
+             pass --healthd), or resume with --force"
+        )),
+    }
+}
+
+/// The reason `sgpu drain` gives Slurm.
+pub fn admin_reason(user: &str, text: &str) -> String {
+    format!("{ADMIN_REASON_PREFIX}({user}): {}", text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(line: &str) -> SlurmNode {
+        match parse_node(line) {
+            Some(n) => n,
+            None => panic!("no node in {line:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_reason_user_and_time() {
+        let n = node(
+            "NodeName=node1 Arch=x86_64 State=IDLE+DRAIN ThreadsPerCore=1 \
+             Reason=sgpu-admin(ann): fan swap [root@2026-11-23T12:00:01] Comment=(null)",
+        );
+        assert_eq!(n.name, "node1");
+        assert!(n.drained());
+        assert_eq!(n.reason.as_deref(), Some("sgpu-admin(ann): fan swap"));
+        assert_eq!(n.reason_user.as_deref(), Some("root"));
+        assert_eq!(n.reason_time.as_deref(), Some("2026-11-23T12:00:01"));
+        assert_eq!(
+            n.full_reason().as_deref(),
+            Some("sgpu-admin(ann): fan swap [root@2026-11-23T12:00:01]")
+        );
+        let idle = node("NodeName=node2 State=IDLE Reason=(null)");
+        assert!(!idle.drained());
+        assert_eq!(idle.reason, None);
+        assert!(parse_node("garbage").is_none());
+    }
+
+    #[test]
+    fn resume_rule() {
+        let pass = Health::Passing {
+            verdict: "healthy".into(),
+        };
+        let fail = Health::Failing(vec!["gpu0 xid 79".into()]);
+        let sgpu =
+            node("NodeName=n State=IDLE+DRAIN Reason=sgpu: xid 79 [slurm@2026-11-23T12:00:01]");
+        let admin = node("NodeName=n State=IDLE+DRAIN Reason=bad fan [bob@2026-11-23T12:00:01]");
+        let mine = node(
+            "NodeName=n State=IDLE+DRAIN Reason=sgpu-admin(ann): x [root@2026-11-23T12:00:01]",
+        );
+        let idle = node("NodeName=n State=IDLE");
+        assert_eq!(resume_decision(&sgpu, &pass, false), ResumeDecision::Resume);
+        assert_eq!(
+            resume_decision(&idle, &pass, true),
+            ResumeDecision::NotDrained
+        );
+        let refused = |d| matches!(d, ResumeDecision::Refuse(_));
+        assert!(refused(resume_decision(&admin, &pass, false)));
+        assert!(refused(resume_decision(&mine, &pass, false)));
+        assert!(refused(resume_decision(&sgpu, &fail, false)));
+        assert!(refused(resume_decision(&sgpu, &Health::NotChecked, false)));
+        assert!(refused(resume_decision(
+            &sgpu,
+            &Health::Unknown("down".into()),
+            false
+        )));
+        match resume_decision(&admin, &pass, false) {
+            ResumeDecision::Refuse(m) => assert!(m.contains("by bob"), "{m}"),
+            d => panic!("{d:?}"),
+        }
+        match resume_decision(&sgpu, &fail, false) {
+            ResumeDecision::Refuse(m) => assert!(m.contains("gpu0 xid 79"), "{m}"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(resume_decision(&admin, &fail, true), ResumeDecision::Resume);
+        assert!(!admin_reason("ann", "x").starts_with(SGPU_REASON_PREFIX));
+    }
+}
