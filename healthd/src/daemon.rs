@@ -13,6 +13,9 @@
 //!
 //! - **Sampler** ([`crate::sampler`], a tokio task running each cycle on the blocking pool,
 //!   with its own NVML session): per-job usage every `sample_interval_s`.
+//! - **Forwarder** ([`crate::forward`], a tokio task running each round on the blocking
+//!   pool): sends the node spool to acctd every `forward_interval_s` when `[accounting] url`
+//!   is set, after the sampler released what it reads.
 //! - **Endpoint** ([`crate::http`]): `/status` and `/metrics` on `status_listen`, from the
 //!   [`Shared`] state every part above records into.
 //!
@@ -34,6 +37,7 @@ use crate::breaker::{self, Trip};
 use crate::catalogue::{self as cat, Catalogue, Profile, Severity};
 use crate::checks::{self, CheckContext, CheckResult, Status, Verdict};
 use crate::config::Config;
+use crate::forward::{self, Forwarder, Gate};
 use crate::gpu::{GpuSample, NodeSnapshot, NvmlFailure, NvmlOptions, NvmlWorker};
 use crate::http;
 use crate::nodeconf::{self, NodeLayout};
@@ -483,6 +487,42 @@ fn spawn_sampler(config: &Config, shared: Arc<Shared>) -> tokio::task::JoinHandl
     tokio::spawn(sampler::run(sampler, config.sample_interval))
 }
 
+/// Starts the spool forwarder when `[accounting] url` is set (and `forward` not false);
+/// returns its task and its stop flag.
+fn spawn_forwarder(
+    config: &Config,
+    shared: Arc<Shared>,
+) -> Option<(tokio::task::JoinHandle<()>, Arc<AtomicBool>)> {
+    let a = &config.accounting;
+    let client = match forward::client(a)? {
+        Ok(c) => c,
+        Err(e) => {
+            error!("[accounting]: {e}; usage records stay in the spool");
+            return None;
+        }
+    };
+    info!(
+        url = client.base_url(),
+        interval_s = a.forward_interval.as_secs(),
+        batch = a.forward_batch,
+        "forwarding the spool to sgpu-acctd"
+    );
+    let forwarder = Forwarder::new(
+        config.spool_dir.clone(),
+        Box::new(client),
+        a.forward_batch,
+        Gate::Sampler(shared.clone()),
+    );
+    let stop = forwarder.stop_flag();
+    let task = tokio::spawn(forward::run(
+        forwarder,
+        a.forward_interval,
+        a.forward_backoff_max,
+        shared,
+    ));
+    Some((task, stop))
+}
+
 /// Starts the `/status` and `/metrics` endpoint, if configured; a taken address is logged
 /// and the daemon runs on without it (its checks matter more).
 async fn spawn_http(config: &Config, shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
@@ -516,6 +556,10 @@ pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
     let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
     let http = spawn_http(config, shared.clone()).await;
     let sampling = spawn_sampler(config, shared.clone());
+    let forwarding = spawn_forwarder(config, shared.clone());
+    if forwarding.is_none() {
+        info!("no [accounting] url (or forward = false): usage records stay in the spool");
+    }
     let mut interval = tokio::time::interval(config.check_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
@@ -564,6 +608,10 @@ pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
     info!("sgpu-healthd stopping");
     stop.store(true, Ordering::SeqCst);
     sampling.abort();
+    if let Some((task, stop)) = forwarding {
+        stop.store(true, Ordering::SeqCst);
+        task.abort();
+    }
     if let Some(h) = http {
         h.abort();
     }

@@ -7,7 +7,8 @@
 //! results, drain reasons and a verdict ([`checks`]). The prolog/epilog gates and
 //! `sgpu check` call this library; the daemon ([`daemon`]: periodic `full` checks, XID
 //! watch, drain/resume, per-job sampling in [`sampler`]/[`usage`]/[`store`], `/status` and
-//! Prometheus `/metrics` in [`status`]/[`metrics`]/[`http`]) is built on it.
+//! Prometheus `/metrics` in [`status`]/[`metrics`]/[`http`], the spool forwarder to acctd in
+//! [`forward`]) is built on it.
 //!
 //! A run, as the prolog does it:
 //!
@@ -35,6 +36,7 @@ pub mod catalogue;
 pub mod checks;
 pub mod config;
 pub mod daemon;
+pub mod forward;
 pub mod gpu;
 pub mod http;
 pub mod metrics;

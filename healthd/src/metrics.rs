@@ -13,6 +13,10 @@
 //! `sgpu_breaker_open`, `sgpu_breaker_refusals_total`, `sgpu_jobs_running`,
 //! `sgpu_job_usage_records_total`, `sgpu_healthd_samples_total`,
 //! `sgpu_healthd_sample_errors_total`, `sgpu_healthd_sample_duration_seconds` (histogram).
+//! Spool forwarder (only while it runs, see [`crate::forward`]):
+//! `sgpu_forward_records_total` (label `result`: `accepted`, `duplicate`, `rejected`),
+//! `sgpu_forward_failures_total`, `sgpu_forward_backlog_records`,
+//! `sgpu_forward_held_records`, `sgpu_forward_last_success_timestamp_seconds`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -301,6 +305,57 @@ impl Collector for DaemonCollector {
             None,
             &count(live.sample_errors_total),
         )?;
+        let f = &live.forward;
+        if f.enabled {
+            let rows: Vec<(Labels, u64)> = [
+                ("accepted", f.accepted_total),
+                ("duplicate", f.duplicate_total),
+                ("rejected", f.rejected_total),
+            ]
+            .into_iter()
+            .map(|(r, n)| (vec![("result", r.to_string())], n))
+            .collect();
+            counters(
+                &mut enc,
+                "sgpu_forward_records",
+                "spool records acctd acknowledged (accepted, duplicate) or refused (rejected: moved to bad/)",
+                None,
+                &rows,
+            )?;
+            counters(
+                &mut enc,
+                "sgpu_forward_failures",
+                "forwarding rounds that ended in an error (acctd unreachable, 5xx, credential)",
+                None,
+                &count(f.failures_total),
+            )?;
+            gauges(
+                &mut enc,
+                "sgpu_forward_backlog_records",
+                "records in the spool after the last forwarding round",
+                None,
+                &[(Labels::new(), f.backlog as i64)],
+            )?;
+            gauges(
+                &mut enc,
+                "sgpu_forward_held_records",
+                "job_start/job_end records held back until the sampler released them",
+                None,
+                &[(Labels::new(), f.held as i64)],
+            )?;
+            let last: Vec<(Labels, f64)> = f
+                .last_success_ms
+                .map(|ms| (Labels::new(), ms as f64 / 1000.0))
+                .into_iter()
+                .collect();
+            gauges(
+                &mut enc,
+                "sgpu_forward_last_success_timestamp",
+                "when a forwarding round last ended without an error, Unix time",
+                Some(&Unit::Seconds),
+                &last,
+            )?;
+        }
         Ok(())
     }
 }

@@ -8,7 +8,9 @@
 //! 4. store the changed accumulators and flush the database;
 //! 5. finalise each ended job: a `job_usage` record into the spool, then drop its
 //!    accumulator (and flush). A crash between the two writes the record again after the
-//!    restart (same identity; the receiver deduplicates).
+//!    restart (same identity; the receiver deduplicates);
+//! 6. publish which spool files it no longer needs ([`Sampler::released`]): the forwarder
+//!    ([`crate::forward`]) sends and removes a `job_start`/`job_end` only then.
 //!
 //! The accumulators live in healthd's own database ([`JobStore`]), so a restart mid-job
 //! continues the job's usage where the last flushed batch left it.
@@ -279,6 +281,7 @@ impl Sampler {
             }
         }
 
+        self.shared.record_spool_released(self.released());
         let holders: BTreeMap<String, JobLabels> = owners
             .iter()
             .filter_map(|(uuid, key)| Some((uuid.clone(), JobLabels::of(self.jobs.get(key)?))))
@@ -291,6 +294,20 @@ impl Sampler {
             began.elapsed(),
         );
         report
+    }
+
+    /// The spool files scanned so far that the sampler no longer needs: all of them but the
+    /// `job_end` of a job it follows and has not finalised. A start is no longer needed once
+    /// scanned: the cycle that scanned it took the job in (and stored it) or left it.
+    pub fn released(&self) -> BTreeSet<OsString> {
+        self.seen
+            .iter()
+            .filter(|(_, s)| match s {
+                Seen::End(id, end) => !self.jobs.values().any(|acc| acc.ended_by(id, end)),
+                _ => true,
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn persist(&mut self, dirty: &BTreeSet<String>) {

@@ -94,6 +94,10 @@ pub struct Live {
     pub jobs: Vec<JobAccumulator>,
     /// XIDs since start by (GPU index, UUID, XID, holding job if any).
     pub xids: BTreeMap<(u32, String, u64, Option<JobLabels>), u64>,
+    /// Spool files the sampler no longer needs (see [`crate::forward`]).
+    pub spool_released: std::collections::BTreeSet<std::ffi::OsString>,
+    /// The spool forwarder's counters.
+    pub forward: crate::forward::ForwardStats,
 }
 
 /// The daemon's shared state.
@@ -203,6 +207,11 @@ impl Shared {
             .retain(|(_, _, _, job), _| job.as_ref().is_none_or(|j| running.contains(&j.key)));
         l.jobs = jobs;
         l.holders = holders;
+    }
+
+    /// Publishes the spool files the sampler no longer needs (the forwarder may send them).
+    pub fn record_spool_released(&self, names: std::collections::BTreeSet<std::ffi::OsString>) {
+        self.lock().spool_released = names;
     }
 
     /// Counts a finalised job.

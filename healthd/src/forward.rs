@@ -1,0 +1,543 @@
+//! The spool forwarder: moves the node spool's usage records to `sgpu-acctd`.
+//!
+//! Every `forward_interval_s` ([`run`]) one round ([`Forwarder::round`]) lists the spool
+//! (oldest first), reads up to `forward_batch` records, sends them as one
+//! `POST /v1/records` and acts on acctd's per-record answer:
+//!
+//! - `accepted` or `duplicate`: acctd holds the record durably; it is removed from the spool;
+//! - `rejected`: moved to the spool's `bad/` with acctd's reason (logged at error level and
+//!   written beside it), never retried and never dropped silently;
+//! - no answer for a record (or an error answer for the whole request): left in place and
+//!   sent again later (acctd deduplicates by record identity, so delivery is at-least-once
+//!   and counting exactly-once).
+//!
+//! A file that can never be read is quarantined the same way. Rounds repeat batches until
+//! nothing eligible is left. A transport error, a 5xx, a missing MUNGE credential or an
+//! authorisation refusal ends the round, and the next one waits an exponentially growing,
+//! jittered delay (capped by `forward_backoff_max_s`) instead of the interval.
+//!
+//! **Ordering with the sampler.** The sampler ([`crate::sampler`]) reads `job_start` and
+//! `job_end` records from the same spool. After each cycle it publishes the names of the
+//! files it no longer needs ([`crate::status::Shared::record_spool_released`]): every file it
+//! has scanned, except the `job_end` of a job it follows and has not finalised yet. The
+//! forwarder sends a `job_start`/`job_end` file only once it is in that set, so a start is
+//! forwarded once the sampler took the job in (persisted in its database) and an end once
+//! the job's `job_usage` record is written. Other kinds (`job_usage`, per-step records) go
+//! at once. Within a batch records are removed in spool order and the first failing
+//! removal stops the rest, so a job's start never outlives its end in the spool (the
+//! sampler would take a lone start for a running job).
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sgpu_acct_client::{Client, ClientAuth, ClientError, IngestReply};
+use sgpu_spool::{Entry, Spool};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{AccountingConfig, AcctAuth};
+use crate::status::Shared;
+
+/// The most bytes one request carries (acctd's default body limit is 16 MiB).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where record batches go: acctd's `POST /v1/records` ([`Client`]), or a test double.
+pub trait Sink: Send {
+    /// Sends one batch (a JSON array of records); see [`Client::post_records`].
+    fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError>;
+}
+
+impl Sink for Client {
+    fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError> {
+        Client::post_records(self, batch_json)
+    }
+}
+
+/// Which `job_start`/`job_end` files may be forwarded.
+#[derive(Debug, Clone)]
+pub enum Gate {
+    /// All of them (no sampler runs on this node).
+    Open,
+    /// Those the sampler released (none before its first cycle).
+    Sampler(Arc<Shared>),
+}
+
+impl Gate {
+    fn released(&self) -> Option<BTreeSet<OsString>> {
+        match self {
+            Gate::Open => None,
+            Gate::Sampler(shared) => Some(shared.lock().spool_released.clone()),
+        }
+    }
+}
+
+/// Whether a spool file holds a record the sampler reads (by its name's key).
+fn sampler_reads(entry: &Entry) -> bool {
+    entry
+        .key()
+        .is_some_and(|k| k.ends_with(",job_start") || k.ends_with(",job_end"))
+}
+
+/// The forwarder's counters, shown in `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForwardStats {
+    /// Whether a forwarder runs.
+    pub enabled: bool,
+    /// Records acctd stored new since healthd started.
+    pub accepted_total: u64,
+    /// Records acctd already had (resends) since healthd started.
+    pub duplicate_total: u64,
+    /// Records moved to `bad/` (refused by acctd or unreadable) since healthd started.
+    pub rejected_total: u64,
+    /// Rounds that ended in an error since healthd started.
+    pub failures_total: u64,
+    /// Records in the spool at the end of the last round.
+    pub backlog: u64,
+    /// Of those, `job_start`/`job_end` records the sampler still holds back.
+    pub held: u64,
+    /// When a round last ended without an error, Unix ms.
+    pub last_success_ms: Option<u64>,
+    /// Why the last round failed, while the failure lasts.
+    pub last_error: Option<String>,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Requests sent.
+    pub batches: u64,
+    /// Records acctd stored new.
+    pub accepted: u64,
+    /// Records acctd already had.
+    pub duplicate: u64,
+    /// Records moved to `bad/`.
+    pub rejected: u64,
+    /// Records left in the spool.
+    pub backlog: u64,
+    /// Of those, held back for the sampler.
+    pub held: u64,
+    /// Why the round stopped early, if it did (retry after a backoff).
+    pub error: Option<String>,
+}
+
+/// Whether a failed request is worth retrying unchanged later. Everything but a 413 is:
+/// an authorisation refusal is a configuration problem an admin fixes, not a reason to
+/// drop records.
+fn too_large(e: &ClientError) -> bool {
+    matches!(e, ClientError::Http { status: 413, .. })
+}
+
+/// The spool forwarder's state.
+pub struct Forwarder {
+    spool_dir: std::path::PathBuf,
+    spool: Option<Spool>,
+    sink: Box<dyn Sink>,
+    batch: usize,
+    gate: Gate,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("spool_dir", &self.spool_dir)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read record ready to send.
+struct Pending {
+    entry: Entry,
+    json: Vec<u8>,
+}
+
+impl Forwarder {
+    /// A forwarder of the spool at `spool_dir` to `sink`, `batch` records per request.
+    pub fn new(
+        spool_dir: impl Into<std::path::PathBuf>,
+        sink: Box<dyn Sink>,
+        batch: usize,
+        gate: Gate,
+    ) -> Forwarder {
+        Forwarder {
+            spool_dir: spool_dir.into(),
+            spool: None,
+            sink,
+            batch: batch.max(1),
+            gate,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set it to end the current round after its request in flight (daemon shutdown).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    fn spool(&mut self) -> Result<Spool, String> {
+        if let Some(s) = &self.spool {
+            return Ok(s.clone());
+        }
+        let s = Spool::open(&self.spool_dir).map_err(|e| format!("spool: {e}"))?;
+        self.spool = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Sends everything eligible, batch after batch, until nothing is left or a request
+    /// fails (see the module documentation).
+    pub fn round(&mut self) -> RoundReport {
+        let mut report = RoundReport::default();
+        let spool = match self.spool() {
+            Ok(s) => s,
+            Err(e) => {
+                report.error = Some(e);
+                return report;
+            }
+        };
+        // files to leave alone for the rest of this round (transient read errors)
+        let mut skip: BTreeSet<OsString> = BTreeSet::new();
+        let mut limit = self.batch;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                report.error = Some("healthd is stopping".into());
+                return report;
+            }
+            let released = self.gate.released();
+            let entries = match spool.list() {
+                Ok(e) => e,
+                Err(e) => {
+                    report.error = Some(format!("spool: {e}"));
+                    return report;
+                }
+            };
+            let mut held = 0u64;
+            let mut batch: Vec<Pending> = Vec::new();
+            let mut bytes = 2usize;
+            for entry in &entries {
+                if batch.len() >= limit || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                if skip.contains(entry.file_name()) {
+                    continue;
+                }
+                if let Some(r) = &released {
+                    if sampler_reads(entry) && !r.contains(entry.file_name()) {
+                        held += 1;
+                        continue;
+                    }
+                }
+                match spool.read(entry) {
+                    Ok(record) => match record.to_json() {
+                        Ok(json) => {
+                            bytes += json.len() + 1;
+                            batch.push(Pending {
+                                entry: entry.clone(),
+                                json,
+                            });
+                        }
+                        Err(e) => {
+                            if self.quarantine(&spool, entry, &format!("cannot encode: {e}")) {
+                                report.rejected += 1;
+                            } else {
+                                skip.insert(entry.file_name().to_os_string());
+                            }
+                        }
+                    },
+                    Err(e) if e.is_corrupt() => {
+                        if self.quarantine(&spool, entry, &e.to_string()) {
+                            report.rejected += 1;
+                        } else {
+                            skip.insert(entry.file_name().to_os_string());
+                        }
+                    }
+                    Err(e) => {
+                        debug!("spool: {e}; trying again next round");
+                        skip.insert(entry.file_name().to_os_string());
+                    }
+                }
+            }
+            if batch.is_empty() {
+                report.held = held;
+                report.backlog = count_left(&spool).unwrap_or(entries.len() as u64);
+                return report;
+            }
+            let mut body = Vec::with_capacity(bytes);
+            body.push(b'[');
+            for (i, p) in batch.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&p.json);
+            }
+            body.push(b']');
+            report.batches += 1;
+            match self.sink.post_records(&body) {
+                Ok(reply) => {
+                    limit = self.batch;
+                    if let Err(e) = self.settle(&spool, &batch, &reply, &mut report) {
+                        report.error = Some(e);
+                        report.backlog = count_left(&spool).unwrap_or(0);
+                        return report;
+                    }
+                }
+                Err(e) if too_large(&e) && batch.len() > 1 => {
+                    limit = (batch.len() / 2).max(1);
+                    warn!(
+                        "acctd refused a batch of {} records as too large; sending {limit} at a time",
+                        batch.len()
+                    );
+                }
+                Err(e) if too_large(&e) => {
+                    let p = &batch[0];
+                    let why = format!("acctd refused the record as too large: {e}");
+                    if self.quarantine(&spool, &p.entry, &why) {
+                        report.rejected += 1;
+                    } else {
+                        skip.insert(p.entry.file_name().to_os_string());
+                    }
+                }
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    report.held = held;
+                    report.backlog = count_left(&spool).unwrap_or(entries.len() as u64);
+                    return report;
+                }
+            }
+        }
+    }
+
+    /// Acts on acctd's answer for `batch`, in spool order; stops at the first removal that
+    /// fails (the rest is sent again and comes back `duplicate`).
+    fn settle(
+        &self,
+        spool: &Spool,
+        batch: &[Pending],
+        reply: &IngestReply,
+        report: &mut RoundReport,
+    ) -> Result<(), String> {
+        let mut answers: Vec<Option<&sgpu_acct_client::RecordReply>> = vec![None; batch.len()];
+        for r in &reply.results {
+            if let Some(slot) = answers.get_mut(r.index) {
+                *slot = Some(r);
+            }
+        }
+        let mut unanswered = 0usize;
+        for (p, answer) in batch.iter().zip(answers) {
+            let Some(a) = answer else {
+                unanswered += 1;
+                continue;
+            };
+            match a.status.as_str() {
+                "accepted" | "duplicate" => {
+                    spool.remove(&p.entry).map_err(|e| {
+                        format!("{e}; acknowledged records are sent again (acctd keeps one copy)")
+                    })?;
+                    if a.status == "accepted" {
+                        report.accepted += 1;
+                    } else {
+                        report.duplicate += 1;
+                    }
+                }
+                "rejected" => {
+                    let why = format!(
+                        "acctd rejected it: {}{}",
+                        a.field
+                            .as_deref()
+                            .map(|f| format!("field {f}: "))
+                            .unwrap_or_default(),
+                        a.error.as_deref().unwrap_or("no reason given")
+                    );
+                    if !self.quarantine(spool, &p.entry, &why) {
+                        return Err(format!("cannot move {} to bad/", p.entry.path().display()));
+                    }
+                    report.rejected += 1;
+                }
+                other => {
+                    unanswered += 1;
+                    warn!(
+                        "acctd answered {other:?} for {}; sending it again later",
+                        p.entry.path().display()
+                    );
+                }
+            }
+        }
+        if unanswered > 0 {
+            return Err(format!(
+                "acctd's answer covered {} of {} records; the rest is sent again",
+                batch.len() - unanswered,
+                batch.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves `entry` to `bad/`, logging why; whether it moved.
+    fn quarantine(&self, spool: &Spool, entry: &Entry, why: &str) -> bool {
+        match spool.quarantine(entry, why) {
+            Ok(to) => {
+                error!(
+                    file = %entry.path().display(),
+                    moved_to = %to.display(),
+                    "usage record not forwarded: {why}"
+                );
+                true
+            }
+            Err(e) => {
+                error!(
+                    file = %entry.path().display(),
+                    "usage record not forwarded ({why}) and cannot be moved to bad/: {e}"
+                );
+                false
+            }
+        }
+    }
+}
+
+fn count_left(spool: &Spool) -> Option<u64> {
+    spool.list().ok().map(|e| e.len() as u64)
+}
+
+/// Exponential backoff with jitter: the n-th consecutive failure waits a random time
+/// between half and all of `min(max, base * 2^n)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    /// Waits start at `base` and never exceed `max`.
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        let seed = sgpu_spool::now_ms() ^ (u64::from(std::process::id()) << 32);
+        Backoff {
+            base,
+            max: max.max(base),
+            failures: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// The wait after one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let full = self
+            .base
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let frac = 0.5 + (r >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+        full.mul_f64(frac)
+    }
+
+    /// Forgets the failures (after a success).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// The client for `config`'s acctd, if forwarding is configured.
+pub fn client(config: &AccountingConfig) -> Option<Result<Client, ClientError>> {
+    let url = config.forward_url()?;
+    let auth = match config.auth {
+        AcctAuth::None => ClientAuth::None,
+        AcctAuth::Munge => ClientAuth::Munge {
+            socket: config.munge_socket.clone(),
+        },
+    };
+    Some(Client::new(url, auth, config.forward_timeout))
+}
+
+/// Runs rounds forever: every `interval` while they succeed, after a backoff while they
+/// fail; records what they do in `shared`.
+pub async fn run(
+    mut forwarder: Forwarder,
+    interval: Duration,
+    backoff_max: Duration,
+    shared: Arc<Shared>,
+) {
+    shared.lock().forward.enabled = true;
+    let mut backoff = Backoff::new(interval.min(Duration::from_secs(1)), backoff_max);
+    let mut failing = false;
+    loop {
+        let job = tokio::task::spawn_blocking(move || {
+            let report = forwarder.round();
+            (forwarder, report)
+        });
+        let report = match job.await {
+            Ok((f, report)) => {
+                forwarder = f;
+                report
+            }
+            Err(e) => {
+                error!(
+                    "the spool forwarder failed: {e}; records stay in the spool until healthd restarts"
+                );
+                return;
+            }
+        };
+        {
+            let mut l = shared.lock();
+            let s = &mut l.forward;
+            s.accepted_total += report.accepted;
+            s.duplicate_total += report.duplicate;
+            s.rejected_total += report.rejected;
+            s.backlog = report.backlog;
+            s.held = report.held;
+            match &report.error {
+                None => {
+                    s.last_success_ms = Some(sgpu_spool::now_ms());
+                    s.last_error = None;
+                }
+                Some(e) => {
+                    s.failures_total += 1;
+                    s.last_error = Some(e.clone());
+                }
+            }
+        }
+        if report.accepted + report.duplicate + report.rejected > 0 {
+            info!(
+                accepted = report.accepted,
+                duplicate = report.duplicate,
+                rejected = report.rejected,
+                backlog = report.backlog,
+                "forwarded usage records to acctd"
+            );
+        }
+        let wait = match &report.error {
+            None => {
+                if failing {
+                    info!("forwarding to acctd works again");
+                    failing = false;
+                }
+                backoff.reset();
+                interval
+            }
+            Some(e) => {
+                let wait = backoff.next_delay();
+                if failing {
+                    debug!("forwarding: {e}; retrying in {wait:?}");
+                } else {
+                    warn!(
+                        backlog = report.backlog,
+                        "forwarding to acctd failed: {e}; retrying in {wait:?}, with growing waits while it fails"
+                    );
+                    failing = true;
+                }
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
