@@ -111,6 +111,37 @@ fn build_binaries() -> Result<PathBuf, ClusterError> {
     Ok(dir)
 }
 
+/// Builds binary `bin` of `package` with the cargo and profile of this test (a no-op when
+/// fresh) and returns its path, for tests that run a command such as `sgpu` themselves.
+pub fn cargo_bin(package: &str, bin: &str) -> Result<PathBuf, ClusterError> {
+    let (dir, profile) = target_profile_dir()?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(crate::cluster::repo_root())
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let line = format!("{cmd:?}");
+    let out = cmd.output().map_err(|source| ClusterError::Spawn {
+        cmd: line.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(ClusterError::Failed {
+            cmd: line,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(dir.join(bin))
+}
+
 /// Copies `src` to `dst` so that a process executing the old `dst` is never disturbed; a
 /// `dst` with the same content is left alone. Returns whether it was replaced.
 fn replace_file(src: &Path, dst: &Path) -> Result<bool, ClusterError> {
