@@ -35,27 +35,59 @@ pub fn split_span(start: u64, end: u64) -> Vec<(u32, u64)> {
 
 /// Splits `amount` over `parts` (day, overlap ms) in proportion to the overlaps.
 ///
-/// Each day but the last gets `floor(amount × overlap / span)`, the last gets the rest, so
-/// the parts add up to `amount` exactly. A zero-length span puts everything on its day.
+/// With `C(i)` the overlap of the first `i` parts and `S` the whole span, part `i` gets
+/// `floor(amount × C(i+1) / S) − floor(amount × C(i) / S)`, so the parts add up to `amount`
+/// exactly, and [`share_of`] over any sub-span gives the same figure as these parts do for
+/// whole days (reports that clip a window to part of a day agree with the rollups). A
+/// zero-length span puts everything on its day.
 pub fn split_amount(amount: u64, parts: &[(u32, u64)]) -> Vec<(u32, u64)> {
-    let span: u128 = parts.iter().map(|&(_, o)| u128::from(o)).sum();
-    let Some(((last_day, _), init)) = parts.split_last() else {
+    let span: u64 = parts.iter().map(|&(_, o)| o).fold(0, u64::saturating_add);
+    let Some(&(first_day, _)) = parts.first() else {
         return Vec::new();
     };
     if span == 0 {
-        return vec![(parts[0].0, amount)];
+        return vec![(first_day, amount)];
     }
     let mut out = Vec::with_capacity(parts.len());
-    let mut given: u64 = 0;
-    for &(day, overlap) in init {
-        let share = u128::from(amount) * u128::from(overlap) / span;
-        // share <= amount, so it fits in u64.
-        let share = u64::try_from(share).unwrap_or(amount);
-        given = given.saturating_add(share);
-        out.push((day, share));
+    let mut covered: u64 = 0;
+    for &(day, overlap) in parts {
+        let before = cumulative(amount, covered, span);
+        covered = covered.saturating_add(overlap);
+        out.push((day, cumulative(amount, covered, span) - before));
     }
-    out.push((*last_day, amount.saturating_sub(given)));
     out
+}
+
+/// `floor(amount × done / span)` for `done <= span`, `span > 0`.
+fn cumulative(amount: u64, done: u64, span: u64) -> u64 {
+    let v = u128::from(amount) * u128::from(done.min(span)) / u128::from(span);
+    // v <= amount, so it fits.
+    u64::try_from(v).unwrap_or(amount)
+}
+
+/// The part of `amount`, measured over `[start, end)`, that falls in `[from, to)`: the same
+/// proportional rule as [`split_amount`] (so whole days agree exactly with the rollups).
+/// A zero-length span counts entirely at `start`.
+pub fn share_of(amount: u64, start: u64, end: u64, from: u64, to: u64) -> u64 {
+    if end <= start {
+        return if (from..to).contains(&start) {
+            amount
+        } else {
+            0
+        };
+    }
+    let a = from.clamp(start, end);
+    let b = to.clamp(start, end);
+    if b <= a {
+        return 0;
+    }
+    let span = end - start;
+    cumulative(amount, b - start, span) - cumulative(amount, a - start, span)
+}
+
+/// The overlap of `[start, end)` with `[from, to)`, ms.
+pub fn overlap(start: u64, end: u64, from: u64, to: u64) -> u64 {
+    end.min(to).saturating_sub(start.max(from))
 }
 
 /// Days since the epoch of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -166,5 +198,29 @@ mod tests {
         );
         assert_eq!(split_amount(5, &[(3, 0)]), vec![(3, 5)]);
         assert_eq!(split_amount(5, &[]), vec![]);
+    }
+
+    #[test]
+    fn share_of_whole_days_equals_the_day_split() {
+        let start = 10 * DAY_MS + 23 * 3_600_000 + 17;
+        let end = 13 * DAY_MS + 5 * 3_600_000 + 3;
+        let days = split_span(start, end);
+        for amount in [0, 1, 7, 999_983, u64::MAX / 3] {
+            let parts = split_amount(amount, &days);
+            for (day, part) in &parts {
+                let d = u64::from(*day) * DAY_MS;
+                assert_eq!(share_of(amount, start, end, d, d + DAY_MS), *part);
+            }
+            // Any cut point splits the amount exactly.
+            let cut = 11 * DAY_MS + 12_345;
+            assert_eq!(
+                share_of(amount, start, end, 0, cut) + share_of(amount, start, end, cut, u64::MAX),
+                amount
+            );
+        }
+        assert_eq!(share_of(9, 5, 5, 0, 10), 9);
+        assert_eq!(share_of(9, 5, 5, 6, 10), 0);
+        assert_eq!(overlap(10, 20, 15, 30), 5);
+        assert_eq!(overlap(10, 20, 25, 30), 0);
     }
 }

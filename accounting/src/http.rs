@@ -42,6 +42,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/jobs/{cluster}/{job_id}", get(job))
         .route("/v1/rollups", get(rollups))
         .merge(crate::history::routes())
+        .merge(crate::report::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(record_request_target))
         .with_state(state)

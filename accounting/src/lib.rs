@@ -20,6 +20,7 @@ pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod query;
+pub mod report;
 pub mod rollup;
 pub mod sled_store;
 pub mod store;

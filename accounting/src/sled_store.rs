@@ -4,7 +4,9 @@
 //! `rollups` (key: [`RollupKey::encode`], day first so a date range is a key range; value:
 //! [`RollupValue::encode`]) and `counted` (`cluster,job_id` of every job already counted in
 //! `jobs`). A batch is one sled transaction over the three trees, so a record and its
-//! rollup contribution are written together or not at all, then `Db::flush` makes it
+//! rollup contribution are written together or not at all (with `by_day`, the index of
+//! records by every UTC day their span touches: key day (4 bytes, big-endian) then the
+//! record key, empty value; rebuilt at open when a database predates it), then `Db::flush` makes it
 //! durable before [`Store::put_batch`] returns: that return is the acknowledgement.
 
 use std::path::Path;
@@ -14,7 +16,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key, job_marker};
-use crate::store::{PurgeStats, PutOutcome, Store, StoreError, record_last_ms};
+use crate::store::{PurgeStats, PutOutcome, Store, StoreError, record_days, record_last_ms};
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -22,6 +24,8 @@ pub struct SledStore {
     records: sled::Tree,
     rollups: sled::Tree,
     counted: sled::Tree,
+    /// Index: day (4 bytes, big-endian) + record key, for reports over partial days.
+    by_day: sled::Tree,
     /// Node events (drain/resume history), key [`NodeEvent::key`], value its JSON.
     events: sled::Tree,
 }
@@ -41,13 +45,31 @@ impl SledStore {
     /// Opens (creating if needed) the database directory at `path`.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(path).open().map_err(engine)?;
-        Ok(SledStore {
+        let store = SledStore {
             records: db.open_tree("records").map_err(engine)?,
             rollups: db.open_tree("rollups").map_err(engine)?,
             counted: db.open_tree("counted").map_err(engine)?,
+            by_day: db.open_tree("by_day").map_err(engine)?,
             events: db.open_tree("node_events").map_err(engine)?,
             db,
-        })
+        };
+        if store.by_day.is_empty() && !store.records.is_empty() {
+            store.rebuild_day_index()?;
+        }
+        Ok(store)
+    }
+
+    /// Rebuilds the `by_day` index from the records (a database from before the index).
+    fn rebuild_day_index(&self) -> Result<(), StoreError> {
+        tracing::info!("building the by-day record index");
+        for kv in self.records.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let r = decode_record(&k, &v)?;
+            for ik in day_index_keys(&r, &k) {
+                self.by_day.insert(ik, &[][..]).map_err(engine)?;
+            }
+        }
+        self.flush()
     }
 
     /// Makes everything written so far durable.
@@ -63,6 +85,18 @@ impl SledStore {
 
 fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, StoreError> {
     Record::from_json(value).map_err(|e| corrupt(key, e.to_string()))
+}
+
+/// The `by_day` index keys of a record stored under `key`.
+fn day_index_keys(r: &Record, key: &[u8]) -> Vec<Vec<u8>> {
+    record_days(r)
+        .map(|day| {
+            let mut k = Vec::with_capacity(4 + key.len());
+            k.extend_from_slice(&day.to_be_bytes());
+            k.extend_from_slice(key);
+            k
+        })
+        .collect()
 }
 
 /// The key prefix `cluster,job_id,` shared by every record of a job.
@@ -85,43 +119,46 @@ impl Store for SledStore {
                 Ok((r.id().key().into_bytes(), json))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let result =
-            (&self.records, &self.rollups, &self.counted).transaction(|(rec, roll, counted)| {
-                let mut outcomes = Vec::with_capacity(records.len());
-                for (r, (key, json)) in records.iter().zip(&encoded) {
-                    if let Some(old) = rec.get(key)? {
-                        outcomes.push(PutOutcome::Duplicate {
-                            differs: old.as_ref() != json.as_slice(),
-                        });
-                        continue;
-                    }
-                    rec.insert(key.as_slice(), json.as_slice())?;
-                    let mut adds = contributions(r);
-                    if let Some(k) = job_count_key(r) {
-                        let marker = job_marker(r);
-                        if counted.get(&marker)?.is_none() {
-                            counted.insert(marker, k.encode())?;
-                            adds.entry(k).or_default().jobs += 1;
-                        }
-                    }
-                    for (k, add) in adds {
-                        let kb = k.encode();
-                        let mut v = match roll.get(&kb)? {
-                            Some(old) => RollupValue::decode(&old).ok_or_else(|| {
-                                ConflictableTransactionError::Abort(corrupt(
-                                    &kb,
-                                    "rollup value is not 32 bytes",
-                                ))
-                            })?,
-                            None => RollupValue::default(),
-                        };
-                        v.add(&add);
-                        roll.insert(kb, &v.encode()[..])?;
-                    }
-                    outcomes.push(PutOutcome::Accepted);
+        let trees = (&self.records, &self.rollups, &self.counted, &self.by_day);
+        let result = trees.transaction(|(rec, roll, counted, by_day)| {
+            let mut outcomes = Vec::with_capacity(records.len());
+            for (r, (key, json)) in records.iter().zip(&encoded) {
+                if let Some(old) = rec.get(key)? {
+                    outcomes.push(PutOutcome::Duplicate {
+                        differs: old.as_ref() != json.as_slice(),
+                    });
+                    continue;
                 }
-                Ok(outcomes)
-            });
+                rec.insert(key.as_slice(), json.as_slice())?;
+                for ik in day_index_keys(r, key) {
+                    by_day.insert(ik, &[][..])?;
+                }
+                let mut adds = contributions(r);
+                if let Some(k) = job_count_key(r) {
+                    let marker = job_marker(r);
+                    if counted.get(&marker)?.is_none() {
+                        counted.insert(marker, k.encode())?;
+                        adds.entry(k).or_default().jobs += 1;
+                    }
+                }
+                for (k, add) in adds {
+                    let kb = k.encode();
+                    let mut v = match roll.get(&kb)? {
+                        Some(old) => RollupValue::decode(&old).ok_or_else(|| {
+                            ConflictableTransactionError::Abort(corrupt(
+                                &kb,
+                                "rollup value is not 32 bytes",
+                            ))
+                        })?,
+                        None => RollupValue::default(),
+                    };
+                    v.add(&add);
+                    roll.insert(kb, &v.encode()[..])?;
+                }
+                outcomes.push(PutOutcome::Accepted);
+            }
+            Ok(outcomes)
+        });
         let outcomes = match result {
             Ok(o) => o,
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -142,6 +179,32 @@ impl Store for SledStore {
                 decode_record(&k, &v)
             })
             .collect()
+    }
+
+    fn for_each_record_on_day(
+        &self,
+        day: u32,
+        f: &mut dyn FnMut(Record),
+    ) -> Result<(), StoreError> {
+        for kv in self.by_day.scan_prefix(day.to_be_bytes()) {
+            let (ik, _) = kv.map_err(engine)?;
+            let key = &ik[4..];
+            // Purged records leave no index entry behind, but be lenient if one does.
+            if let Some(v) = self.records.get(key).map_err(engine)? {
+                f(decode_record(key, &v)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn counted_in(&self, cluster: &str, job_id: u32) -> Result<Option<RollupKey>, StoreError> {
+        let marker = format!("{cluster},{job_id}");
+        match self.counted.get(marker.as_bytes()).map_err(engine)? {
+            Some(v) => RollupKey::decode(&v)
+                .map(Some)
+                .ok_or_else(|| corrupt(marker.as_bytes(), "bad counted marker")),
+            None => Ok(None),
+        }
     }
 
     fn for_each_rollup(
@@ -184,6 +247,9 @@ impl Store for SledStore {
                 let r = decode_record(&k, &v)?;
                 if crate::day::day_of(record_last_ms(&r)) < cutoff {
                     self.records.remove(&k).map_err(engine)?;
+                    for ik in day_index_keys(&r, &k) {
+                        self.by_day.remove(ik).map_err(engine)?;
+                    }
                     stats.records += 1;
                 }
             }

@@ -86,6 +86,35 @@ pub trait Store: Send + Sync {
         ))
     }
 
+    /// Calls `f` for every stored record whose span ([`record_first_ms`] to
+    /// [`record_last_ms`]) touches the UTC day `day`, in key order. Reports use it for the
+    /// partial days at a window's edges and job lists for the days of their window.
+    ///
+    /// The default scans every record; a store should keep an index by day.
+    fn for_each_record_on_day(
+        &self,
+        day: u32,
+        f: &mut dyn FnMut(Record),
+    ) -> Result<(), StoreError> {
+        self.for_each_record(&mut |r| {
+            if record_days(&r).contains(&day) {
+                f(r);
+            }
+        })
+    }
+
+    /// The rollup row a job's `jobs` count went to (see [`crate::rollup::job_count_key`]),
+    /// if the job has been counted.
+    ///
+    /// The default answers from the job's first stored `job_end` with a GPU in key order;
+    /// a store that counts in arrival order should answer from what it recorded.
+    fn counted_in(&self, cluster: &str, job_id: u32) -> Result<Option<RollupKey>, StoreError> {
+        Ok(self
+            .job(cluster, job_id)?
+            .iter()
+            .find_map(crate::rollup::job_count_key))
+    }
+
     /// Calls `f` for every stored node event, by cluster, node and time.
     fn for_each_event(&self, f: &mut dyn FnMut(NodeEvent)) -> Result<(), StoreError> {
         let _ = f;
@@ -100,6 +129,28 @@ pub fn record_last_ms(record: &Record) -> u64 {
         RecordBody::JobEnd(b) => b.end_time,
         RecordBody::StepUsage(b) | RecordBody::JobUsage(b) => b.window_end,
     }
+}
+
+/// The first instant a record describes, ms (start of job or window).
+pub fn record_first_ms(record: &Record) -> u64 {
+    match record.body() {
+        RecordBody::JobStart(b) => b.start_time,
+        RecordBody::JobEnd(b) => b.start_time,
+        RecordBody::StepUsage(b) | RecordBody::JobUsage(b) => b.window_start,
+    }
+}
+
+/// The UTC days a record's span touches: `[first, last)`, or the day of `first` when the
+/// span is empty (a span ending exactly at midnight does not touch the next day).
+pub fn record_days(record: &Record) -> std::ops::RangeInclusive<u32> {
+    let first = record_first_ms(record);
+    let last = record_last_ms(record);
+    let last_day = if last > first {
+        crate::day::day_of(last - 1)
+    } else {
+        crate::day::day_of(first)
+    };
+    crate::day::day_of(first)..=last_day
 }
 
 /// Result of [`verify`].

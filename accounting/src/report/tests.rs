@@ -1,0 +1,297 @@
+use super::*;
+use crate::day::parse_day;
+use crate::sled_store::SledStore;
+use crate::test_records::{job_end, job_usage};
+use sgpu_spool::RecordBody;
+
+const HOUR: u64 = 3_600_000;
+
+fn with_owner(mut r: Record, user: &str, account: &str) -> Record {
+    let id = r.id().clone();
+    let written = r.written_at();
+    let mut body = r.body().clone();
+    match &mut body {
+        RecordBody::JobEnd(b) => {
+            b.user = user.into();
+            b.account = Some(account.into());
+        }
+        RecordBody::JobUsage(b) => {
+            b.user = user.into();
+            b.account = Some(account.into());
+        }
+        _ => {}
+    }
+    r = Record::new(id, written, body).unwrap();
+    r
+}
+
+fn store() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    (dir, s)
+}
+
+fn q(s: &str) -> ReportQuery {
+    ReportQuery::parse(s).unwrap()
+}
+
+fn total(rows: &[ReportRow]) -> (u64, u64, u64, u64) {
+    rows.iter().fold((0, 0, 0, 0), |a, r| {
+        (
+            a.0 + r.allocated_gpu_ms,
+            a.1 + r.used_gpu_ms,
+            a.2 + r.energy_mj,
+            a.3 + r.jobs,
+        )
+    })
+}
+
+fn window(s: &SledStore, start_ms: u64, end_ms: u64) -> (u64, u64, u64, u64) {
+    let query = ReportQuery {
+        start_ms,
+        end_ms,
+        filters: Filters::default(),
+        group_by: vec![],
+        limit: MAX_JOBS,
+    };
+    total(&report(s, &query).unwrap())
+}
+
+#[test]
+fn straddling_job_counts_only_the_part_inside_the_window() {
+    let (_d, s) = store();
+    // 22:00 on day 10 to 04:00 on day 11, 2 GPUs, 6 000 mJ each; used 3 h per GPU.
+    let (start, end) = (10 * DAY_MS + 22 * HOUR, 11 * DAY_MS + 4 * HOUR);
+    s.put_batch(&[
+        job_end(7, "n1", start, end, &[6_000, 6_000]),
+        job_usage(7, "n1", start, end, &[3 * HOUR, 3 * HOUR]),
+    ])
+    .unwrap();
+    // 23:00 to 02:00: half the job.
+    let (alloc, used, energy, jobs) = window(&s, 10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + 2 * HOUR);
+    assert_eq!(alloc, 2 * 3 * HOUR);
+    assert_eq!(used, 2 * 3 * HOUR / 2);
+    assert_eq!(energy, 6_000);
+    assert_eq!(jobs, 0, "the job ended after the window");
+    // Within one day, both edges in it.
+    assert_eq!(
+        window(&s, 11 * DAY_MS + HOUR, 11 * DAY_MS + 2 * HOUR).0,
+        2 * HOUR
+    );
+    // The whole job, window on day boundaries (rollups only) and cut anywhere around it.
+    let whole = (2 * 6 * HOUR, 6 * HOUR, 12_000, 1);
+    assert_eq!(window(&s, 10 * DAY_MS, 12 * DAY_MS), whole);
+    assert_eq!(window(&s, start, end + 1), whole);
+    assert_eq!(window(&s, start - 5, end + HOUR), whole);
+    // Ending exactly at the job's end excludes it from `jobs` ([start, end) window).
+    assert_eq!(window(&s, start, end).3, 0);
+}
+
+#[test]
+fn windows_add_up_at_any_cut_and_agree_with_rollups() {
+    let (_d, s) = store();
+    let mut batch = Vec::new();
+    for j in 1..=40u32 {
+        let start = 5 * DAY_MS + u64::from(j) * 7 * HOUR + u64::from(j) * 1_234;
+        let end = start + (1 + u64::from(j % 9)) * 5 * HOUR + 17;
+        let e = 1_000_003 * u64::from(j + 1);
+        batch.push(job_end(j, "n1", start, end, &[e, e / 3]));
+        batch.push(job_usage(j, "n1", start, end, &[(end - start) / 2, 11]));
+    }
+    s.put_batch(&batch).unwrap();
+    let all = window(&s, 0, 40 * DAY_MS);
+    // Rollup totals over all days are the same as the report.
+    let mut t = RollupValue::default();
+    s.for_each_rollup(0, u32::MAX, &mut |_, v| t.add(&v))
+        .unwrap();
+    assert_eq!(
+        all,
+        (t.allocated_gpu_ms, t.used_gpu_ms, t.energy_mj, t.jobs)
+    );
+    assert_eq!(all.3, 40);
+    for cut in [
+        5 * DAY_MS + 1,
+        6 * DAY_MS,
+        7 * DAY_MS + 13 * HOUR + 999,
+        9 * DAY_MS + 23 * HOUR,
+    ] {
+        let a = window(&s, 0, cut);
+        let b = window(&s, cut, 40 * DAY_MS);
+        assert_eq!(
+            (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3),
+            all,
+            "cut at {cut}"
+        );
+    }
+    // A whole day computed from the records equals its rollup row sum.
+    for day in 5..12u32 {
+        let mut r = RollupValue::default();
+        s.for_each_rollup(day, day, &mut |_, v| r.add(&v)).unwrap();
+        let mut p = RollupValue::default();
+        let from = u64::from(day) * DAY_MS;
+        for v in partial_day(&s, day, from, from + DAY_MS).unwrap().values() {
+            p.add(v);
+        }
+        assert_eq!(p, r, "day {day}");
+    }
+}
+
+#[test]
+fn groups_by_owner_and_period_and_filters_sets() {
+    let (_d, s) = store();
+    let d = u64::from(parse_day("2026-01-30").unwrap()) * DAY_MS;
+    s.put_batch(&[
+        with_owner(job_end(1, "n1", d, d + HOUR, &[10]), "alice", "physics"),
+        with_owner(
+            job_end(2, "n1", d + DAY_MS * 3, d + DAY_MS * 3 + 2 * HOUR, &[20]),
+            "bob",
+            "chem",
+        ),
+        with_owner(
+            job_end(3, "n2", d, d + 4 * HOUR, &[30, 30]),
+            "bob",
+            "physics",
+        ),
+    ])
+    .unwrap();
+    let rows = report(
+        &s,
+        &q("start=2026-01-01&end=2026-03-01&group_by=account,month"),
+    )
+    .unwrap();
+    let got: Vec<(Option<String>, Option<String>, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.period.clone(),
+                r.account.clone(),
+                r.allocated_gpu_ms / HOUR,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("2026-01".into()), Some("physics".into()), 9),
+            (Some("2026-02".into()), Some("chem".into()), 2),
+        ]
+    );
+    let rows = report(
+        &s,
+        &q("start=2026-01-01&end=2026-03-01&user=bob&group_by=user,account"),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.user.as_deref() == Some("bob")));
+    let rows = report(
+        &s,
+        &q("start=2026-01-01&end=2026-03-01&account=physics,chem"),
+    )
+    .unwrap();
+    assert_eq!(total(&rows), (11 * HOUR, 0, 90, 3));
+    let rows = report(&s, &q("start=2026-01-01&end=2026-03-01&account=nope")).unwrap();
+    assert!(rows.is_empty());
+}
+
+#[test]
+fn periods_are_utc_iso_weeks_and_calendar_months() {
+    let day = |s: &str| parse_day(s).unwrap();
+    assert_eq!(Period::Week.label(day("2026-01-01")), "2026-W01");
+    assert_eq!(Period::Week.label(day("2027-01-01")), "2026-W53");
+    assert_eq!(Period::Week.label(day("2024-12-30")), "2025-W01");
+    assert_eq!(Period::Week.label(day("2026-11-23")), "2026-W48");
+    assert_eq!(Period::Week.label(day("2026-11-22")), "2026-W47");
+    assert_eq!(Period::Month.label(day("2024-02-29")), "2024-02");
+    assert_eq!(Period::Day.label(day("2024-02-29")), "2024-02-29");
+}
+
+#[test]
+fn queries_are_checked_and_name_the_parameter() {
+    let p = |s: &str| ReportQuery::parse(s).unwrap_err().param;
+    assert_eq!(p("end=100"), "start");
+    assert_eq!(p("start=100"), "end");
+    assert_eq!(p("start=100&end=100"), "end");
+    assert_eq!(p("start=yesterday&end=100"), "start");
+    assert_eq!(p("start=1&end=2&group_by=day,month"), "group_by");
+    assert_eq!(p("start=1&end=2&group_by=colour"), "group_by");
+    assert_eq!(p("start=1&end=2&jobs=12,x"), "jobs");
+    assert_eq!(p("start=1&end=2&colour=red"), "colour");
+    let ok = q("start=1&end=2&user=a%2Cb&jobs=5.batch,6&group_by=GPU,week&limit=3");
+    assert_eq!((ok.start_ms, ok.end_ms), (1000, 2000));
+    assert_eq!(ok.filters.users.len(), 2);
+    assert_eq!(ok.filters.jobs, BTreeSet::from([5, 6]));
+    assert_eq!(
+        ok.group_by,
+        vec![GroupBy::Gpu, GroupBy::Period(Period::Week)]
+    );
+    assert_eq!(ok.limit, 3);
+}
+
+#[test]
+fn a_user_scope_sees_only_their_own() {
+    let mut f = Filters::default();
+    f.scope(&ReadScope::User("alice".into())).unwrap();
+    assert_eq!(f.users, BTreeSet::from(["alice".to_string()]));
+    let mut f = Filters {
+        users: BTreeSet::from(["bob".to_string()]),
+        ..Filters::default()
+    };
+    assert!(
+        f.scope(&ReadScope::User("alice".into()))
+            .unwrap_err()
+            .contains("bob")
+    );
+    f.scope(&ReadScope::All).unwrap();
+    assert_eq!(f.users.len(), 1);
+}
+
+#[test]
+fn job_lists_cover_the_window_and_whole_jobs() {
+    let (_d, s) = store();
+    let d = 20 * DAY_MS;
+    s.put_batch(&[
+        with_owner(
+            job_end(1, "n1", d + HOUR, d + 3 * HOUR, &[10, 20]),
+            "alice",
+            "physics",
+        ),
+        with_owner(
+            job_end(1, "n2", d + HOUR, d + 3 * HOUR, &[5]),
+            "alice",
+            "physics",
+        ),
+        with_owner(
+            job_usage(1, "n1", d + HOUR, d + 3 * HOUR, &[HOUR, HOUR]),
+            "alice",
+            "physics",
+        ),
+        with_owner(
+            job_end(2, "n1", d + DAY_MS, d + DAY_MS + HOUR, &[1]),
+            "bob",
+            "chem",
+        ),
+    ])
+    .unwrap();
+    let (jobs, more) = jobs(
+        &s,
+        &q(&format!("start={}&end={}", d / 1000, (d + DAY_MS) / 1000)),
+    )
+    .unwrap();
+    assert!(!more);
+    assert_eq!(jobs.len(), 1);
+    let j = &jobs[0];
+    assert_eq!((j.job_id, j.user.as_str(), j.gpus), (1, "alice", 3));
+    assert_eq!(j.nodes, vec!["n1", "n2"]);
+    assert_eq!(j.allocated_gpu_ms, 3 * 2 * HOUR);
+    assert_eq!(j.used_gpu_ms, 2 * HOUR);
+    assert_eq!(j.energy_mj, 35);
+    assert_eq!(j.end_ms, Some(d + 3 * HOUR));
+    let all = format!("start={}&end={}", d / 1000, (d + 2 * DAY_MS) / 1000);
+    assert_eq!(super::jobs(&s, &q(&all)).unwrap().0.len(), 2);
+    let (only, _) = super::jobs(&s, &q(&format!("{all}&account=chem"))).unwrap();
+    assert_eq!(only[0].job_id, 2);
+    let (only, _) = super::jobs(&s, &q(&format!("{all}&jobs=2"))).unwrap();
+    assert_eq!(only.len(), 1);
+    let (one, more) = super::jobs(&s, &q(&format!("{all}&limit=1"))).unwrap();
+    assert_eq!((one.len(), more), (1, true));
+}
