@@ -219,3 +219,61 @@ impl Drop for Acctd {
         self.stop();
     }
 }
+
+/// Nodes whose `sgpu-healthd` forwards its spool to an acctd, until dropped: then their
+/// configuration is put back and healthd restarted without forwarding.
+///
+/// The test cluster's healthd does not forward by default (other tests read the records
+/// it leaves in the spool), so a test that wants forwarding takes
+/// [`Cluster::lock_exclusive`](crate::Cluster::lock_exclusive) and this guard.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    cluster: &'a crate::Cluster,
+    saved: Vec<(String, PathBuf, String)>,
+}
+
+/// The `[accounting]` table the test cluster's nodes get: `url`, MUNGE authentication
+/// through the system munged (healthd runs as root, which acctd lets ingest), a 1 s
+/// interval and short backoffs, plus `extra` lines (e.g. `auth = "none"`).
+pub fn accounting_table(url: &str, extra: &str) -> String {
+    format!(
+        "\n# added by sgpu_tests::acctd::forward_to\n[accounting]\nurl = \"{url}\"\n\
+         forward_interval_s = 1\nforward_backoff_max_s = 2\n{extra}"
+    )
+}
+
+/// Makes `nodes`' healthd forward to `url` (see [`accounting_table`] for `extra`) and
+/// restarts them; hold the cluster's exclusive lock meanwhile.
+pub fn forward_to<'a>(
+    cluster: &'a crate::Cluster,
+    nodes: &[&str],
+    url: &str,
+    extra: &str,
+) -> Result<Forwarding<'a>, ClusterError> {
+    let mut guard = Forwarding {
+        cluster,
+        saved: Vec::new(),
+    };
+    for node in nodes {
+        let f = crate::sgpu::node_files(cluster, node);
+        let original = std::fs::read_to_string(&f.config).map_err(io(&f.config))?;
+        let text = format!("{original}{}", accounting_table(url, extra));
+        guard
+            .saved
+            .push((node.to_string(), f.config.clone(), original));
+        std::fs::write(&f.config, text).map_err(io(&f.config))?;
+        crate::sgpu::stop_healthd(cluster, node)?;
+        crate::sgpu::start_healthd(cluster, node)?;
+    }
+    Ok(guard)
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        for (node, path, original) in &self.saved {
+            let _ = std::fs::write(path, original);
+            let _ = crate::sgpu::stop_healthd(self.cluster, node);
+            let _ = crate::sgpu::start_healthd(self.cluster, node);
+        }
+    }
+}
