@@ -28,10 +28,12 @@ use toml::Spanned;
 use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
 
 mod accounting;
+mod prices;
 pub use accounting::{
     AccountingConfig, AcctAuth, DEFAULT_FORWARD_BACKOFF_MAX_S, DEFAULT_FORWARD_BATCH,
     DEFAULT_FORWARD_INTERVAL_S, DEFAULT_FORWARD_TIMEOUT_S,
 };
+pub use prices::PricesConfig;
 
 /// The configuration file read when neither `--config` nor `$SGPU_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "/etc/sgpu/sgpu.toml";
@@ -166,6 +168,8 @@ pub struct Config {
     pub status_listen: Option<std::net::SocketAddr>,
     /// The `[accounting]` table: acctd and the spool forwarder.
     pub accounting: AccountingConfig,
+    /// The `[prices]` table: costs in `sgpu report`.
+    pub prices: PricesConfig,
 }
 
 impl Default for Config {
@@ -187,6 +191,7 @@ impl Default for Config {
             sample_interval: Duration::from_secs(DEFAULT_SAMPLE_INTERVAL_S),
             status_listen: DEFAULT_STATUS_LISTEN.parse().ok(),
             accounting: AccountingConfig::default(),
+            prices: PricesConfig::default(),
         }
     }
 }
@@ -213,6 +218,7 @@ struct RawConfig {
     sample_interval_s: Option<Spanned<u64>>,
     status_listen: Option<Spanned<String>>,
     accounting: Option<accounting::RawAccounting>,
+    prices: Option<prices::RawPrices>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -394,6 +400,12 @@ impl Config {
 
         if let Some(a) = raw.accounting {
             config.accounting = a
+                .validate()
+                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+        }
+
+        if let Some(p) = raw.prices {
+            config.prices = p
                 .validate()
                 .map_err(|(offset, key, message)| invalid(offset, key, message))?;
         }
