@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod check;
 pub mod conf;
+pub mod report;
+pub mod timespec;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +48,12 @@ pub enum Command {
     Status(admin::StatusArgs),
     /// Drains and resumes of nodes, from acctd's node history.
     History(admin::HistoryArgs),
+    /// GPU-hours (allocated, used), energy and cost per account/user/... over a window.
+    Report(report::ReportArgs),
+    /// Jobs that ran in a window, with their GPU figures.
+    Jobs(report::JobsArgs),
+    /// One job per node and per GPU.
+    Job(report::JobArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -57,5 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => admin::resume(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Status(a) => admin::status(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::History(a) => admin::history(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Report(a) => report::report(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Jobs(a) => report::jobs(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Job(a) => report::job(cli.config.as_deref(), cli.acctd.as_deref(), &a),
     }
 }

@@ -1,0 +1,850 @@
+//! `sgpu report`, `sgpu jobs` and `sgpu job <id>`: GPU-hours (allocated and used), energy
+//! and cost from sgpu-acctd, with sacct's flags and output styles.
+//!
+//! - `sgpu report` sums per group (`--group-by`, default `account,user`) over the window
+//!   `[-S, -E)` (default, like sreport: yesterday 00:00 to today 00:00). acctd counts only
+//!   the part of a job inside the window. Cost is computed here from `[prices]`
+//!   ([`sgpu_healthd::config::PricesConfig`]): the report is always asked per partition and
+//!   GPU model as well, priced row by row, then summed to the requested groups.
+//! - `sgpu jobs` lists jobs that ran in the window (default, like sacct: today 00:00 to now)
+//!   with whole-job GPU figures.
+//! - `sgpu job <id>` shows one job per node and per GPU.
+//!
+//! Times are UTC ([`crate::timespec`]). acctd answers only with what the caller may read (a
+//! user sees their own jobs and totals).
+
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use sgpu_acct_client::Client;
+use sgpu_healthd::config::{Config, PricesConfig};
+use sgpu_spool::{Record, RecordBody};
+
+use crate::admin::acctd;
+use crate::timespec::{format_elapsed, format_time, parse_time};
+use table::{Column, Field, Style, parse_format, render};
+
+const DAY_S: i64 = 86_400;
+
+/// Flags shared by `sgpu report` and `sgpu jobs` (sacct's names).
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Window start (Slurm time formats, UTC; default: report yesterday 00:00, jobs today
+    /// 00:00).
+    #[arg(
+        short = 'S',
+        long = "starttime",
+        value_name = "TIME",
+        allow_hyphen_values = true
+    )]
+    pub start: Option<String>,
+    /// Window end, exclusive (default: report today 00:00, jobs now).
+    #[arg(
+        short = 'E',
+        long = "endtime",
+        value_name = "TIME",
+        allow_hyphen_values = true
+    )]
+    pub end: Option<String>,
+    /// Only these accounts (comma-separated).
+    #[arg(short = 'A', long = "accounts", value_name = "LIST")]
+    pub accounts: Option<String>,
+    /// Only these users (comma-separated).
+    #[arg(short = 'u', long = "user", value_name = "LIST")]
+    pub users: Option<String>,
+    /// Only these job ids (comma-separated; `sgpu jobs`).
+    #[arg(short = 'j', long = "jobs", value_name = "LIST")]
+    pub jobs: Option<String>,
+    /// Only these partitions (comma-separated).
+    #[arg(short = 'r', long = "partition", value_name = "LIST")]
+    pub partitions: Option<String>,
+    /// Only these clusters (comma-separated).
+    #[arg(short = 'M', long = "clusters", value_name = "LIST")]
+    pub clusters: Option<String>,
+    /// Fields to print, e.g. `Account,User,GPUHours%12` (case-insensitive, `%N` width,
+    /// `%-N` left-justified).
+    #[arg(short = 'o', long = "format", value_name = "FIELDS")]
+    pub format: Option<String>,
+    /// Output `|` after every field.
+    #[arg(short = 'p', long = "parsable")]
+    pub parsable: bool,
+    /// Output `|` between fields.
+    #[arg(short = 'P', long = "parsable2")]
+    pub parsable2: bool,
+    /// No header.
+    #[arg(short = 'n', long = "noheader")]
+    pub noheader: bool,
+    /// JSON (every field, numbers as numbers) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sgpu report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// What to select and how to print it.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Group by these: account,user,partition,gpu,cluster and one of day|week|month (UTC).
+    #[arg(long = "group-by", value_name = "LIST")]
+    pub group_by: Option<String>,
+}
+
+/// `sgpu jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// What to select and how to print it.
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// `sgpu job <id>`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job id.
+    pub job_id: u32,
+    /// Cluster (default: ClusterName in slurm.conf).
+    #[arg(short = 'M', long = "cluster", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Output `|` after every field.
+    #[arg(short = 'p', long = "parsable")]
+    pub parsable: bool,
+    /// Output `|` between fields.
+    #[arg(short = 'P', long = "parsable2")]
+    pub parsable2: bool,
+    /// No header.
+    #[arg(short = 'n', long = "noheader")]
+    pub noheader: bool,
+    /// The job's records as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const REPORT_FIELDS: &[Field] = &[
+    Field::Cluster,
+    Field::Account,
+    Field::User,
+    Field::Partition,
+    Field::GpuModel,
+    Field::Period,
+    Field::Jobs,
+    Field::GpuHours,
+    Field::UsedGpuHours,
+    Field::GpuUtil,
+    Field::EnergyKwh,
+    Field::AvgPowerW,
+    Field::Cost,
+];
+
+const JOBS_FIELDS: &[Field] = &[
+    Field::JobId,
+    Field::Cluster,
+    Field::User,
+    Field::Account,
+    Field::Partition,
+    Field::Start,
+    Field::End,
+    Field::Elapsed,
+    Field::State,
+    Field::NodeList,
+    Field::Gpus,
+    Field::GpuModel,
+    Field::GpuHours,
+    Field::UsedGpuHours,
+    Field::GpuUtil,
+    Field::EnergyKwh,
+    Field::AvgPowerW,
+    Field::Cost,
+];
+
+/// Percent-encodes a query-string value.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~,".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The window `[start, end)` in seconds: the flags, else the given defaults.
+pub fn window(
+    a: &SelectArgs,
+    now: i64,
+    default_start: i64,
+    default_end: i64,
+) -> anyhow::Result<(i64, i64)> {
+    let start = match &a.start {
+        Some(s) => parse_time(s, now).context("-S/--starttime")?,
+        None => default_start,
+    };
+    let end = match &a.end {
+        Some(s) => parse_time(s, now).context("-E/--endtime")?,
+        None => default_end,
+    };
+    if start < 0 {
+        bail!("-S/--starttime {} is before 1970", format_time(start));
+    }
+    if end <= start {
+        bail!(
+            "the window is empty: -E/--endtime {} is not after -S/--starttime {}",
+            format_time(end),
+            format_time(start)
+        );
+    }
+    Ok((start, end))
+}
+
+/// The query string for acctd: window, filters (and `group_by` when given).
+pub fn query(a: &SelectArgs, start: i64, end: i64, group_by: Option<&str>) -> String {
+    let mut q = format!("start={start}&end={end}");
+    for (k, v) in [
+        ("account", &a.accounts),
+        ("user", &a.users),
+        ("jobs", &a.jobs),
+        ("partition", &a.partitions),
+        ("cluster", &a.clusters),
+    ] {
+        if let Some(v) = v {
+            q.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
+    if let Some(g) = group_by {
+        q.push_str(&format!("&group_by={}", enc(g)));
+    }
+    q
+}
+
+fn style(parsable: bool, parsable2: bool) -> Style {
+    if parsable2 {
+        Style::Parsable2
+    } else if parsable {
+        Style::Parsable
+    } else {
+        Style::Table
+    }
+}
+
+/// The group-by fields of a report: `--group-by`, else the group fields of `--format`, else
+/// `account,user`. Returns (acctd names, the Fields).
+pub fn group_fields(
+    group_by: Option<&str>,
+    columns: Option<&[Column]>,
+) -> anyhow::Result<(Vec<String>, Vec<Field>)> {
+    let as_field = |g: &str| -> Option<(String, Field)> {
+        Some(match g.to_ascii_lowercase().as_str() {
+            "account" => ("account".into(), Field::Account),
+            "user" => ("user".into(), Field::User),
+            "partition" => ("partition".into(), Field::Partition),
+            "gpu" | "gpumodel" | "gpu_model" | "model" => ("gpu".into(), Field::GpuModel),
+            "cluster" => ("cluster".into(), Field::Cluster),
+            p @ ("day" | "week" | "month") => (p.to_string(), Field::Period),
+            _ => return None,
+        })
+    };
+    let mut out: Vec<(String, Field)> = Vec::new();
+    match (group_by, columns) {
+        (Some(g), _) => {
+            for item in g.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let f = as_field(item).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--group-by: unknown field {item:?}; valid: account, user, partition, \
+                         gpu, cluster, day, week, month"
+                    )
+                })?;
+                if f.1 == Field::Period && out.iter().any(|o| o.1 == Field::Period) {
+                    bail!("--group-by: only one of day, week and month");
+                }
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+        (None, Some(cols)) => {
+            for c in cols {
+                let name = match c.field {
+                    Field::Account => "account",
+                    Field::User => "user",
+                    Field::Partition => "partition",
+                    Field::GpuModel => "gpu",
+                    Field::Cluster => "cluster",
+                    Field::Period => {
+                        bail!("--format Period needs --group-by with day, week or month")
+                    }
+                    _ => continue,
+                };
+                if let Some(f) = as_field(name).filter(|f| !out.contains(f)) {
+                    out.push(f);
+                }
+            }
+        }
+        (None, None) => {
+            out.push(("account".into(), Field::Account));
+            out.push(("user".into(), Field::User));
+        }
+    }
+    if let Some(cols) = columns {
+        for c in cols {
+            let grouping = matches!(
+                c.field,
+                Field::Account
+                    | Field::User
+                    | Field::Partition
+                    | Field::GpuModel
+                    | Field::Cluster
+                    | Field::Period
+            );
+            if grouping && !out.iter().any(|o| o.1 == c.field) {
+                bail!(
+                    "--format {} is not grouped by; add it to --group-by",
+                    c.field.name()
+                );
+            }
+        }
+    }
+    Ok(out.into_iter().unzip())
+}
+
+/// One summed report row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sums {
+    /// Allocated GPU-ms.
+    pub allocated_gpu_ms: u64,
+    /// Used GPU-ms.
+    pub used_gpu_ms: u64,
+    /// Energy, mJ.
+    pub energy_mj: u64,
+    /// Jobs.
+    pub jobs: u64,
+    /// Cost.
+    pub cost: f64,
+}
+
+fn hours(ms: u64) -> f64 {
+    ms as f64 / 3_600_000.0
+}
+
+fn kwh(mj: u64) -> f64 {
+    mj as f64 / 3_600_000_000.0
+}
+
+impl Sums {
+    fn util(&self) -> Option<f64> {
+        (self.allocated_gpu_ms > 0)
+            .then(|| 100.0 * self.used_gpu_ms as f64 / self.allocated_gpu_ms as f64)
+    }
+
+    fn power(&self) -> Option<f64> {
+        // mJ / ms = W.
+        (self.allocated_gpu_ms > 0).then(|| self.energy_mj as f64 / self.allocated_gpu_ms as f64)
+    }
+
+    fn cell(&self, f: Field) -> Option<String> {
+        Some(match f {
+            Field::Jobs => self.jobs.to_string(),
+            Field::GpuHours => format!("{:.2}", hours(self.allocated_gpu_ms)),
+            Field::UsedGpuHours => format!("{:.2}", hours(self.used_gpu_ms)),
+            Field::GpuUtil => self.util().map_or(String::new(), |u| format!("{u:.1}")),
+            Field::EnergyKwh => format!("{:.3}", kwh(self.energy_mj)),
+            Field::AvgPowerW => self.power().map_or(String::new(), |p| format!("{p:.1}")),
+            Field::Cost => format!("{:.2}", self.cost),
+            _ => return None,
+        })
+    }
+
+    fn json(&self, v: &mut serde_json::Map<String, Value>) {
+        v.insert("jobs".into(), json!(self.jobs));
+        v.insert("allocated_gpu_ms".into(), json!(self.allocated_gpu_ms));
+        v.insert("used_gpu_ms".into(), json!(self.used_gpu_ms));
+        v.insert("energy_mj".into(), json!(self.energy_mj));
+        v.insert("gpu_hours".into(), json!(hours(self.allocated_gpu_ms)));
+        v.insert("used_gpu_hours".into(), json!(hours(self.used_gpu_ms)));
+        v.insert("gpu_util_pct".into(), json!(self.util()));
+        v.insert("energy_kwh".into(), json!(kwh(self.energy_mj)));
+        v.insert("avg_power_w".into(), json!(self.power()));
+        v.insert("cost".into(), json!(self.cost));
+    }
+}
+
+fn row_field(row: &Value, f: Field) -> String {
+    let key = match f {
+        Field::Cluster => "cluster",
+        Field::Account => "account",
+        Field::User => "user",
+        Field::Partition => "partition",
+        Field::GpuModel => "gpu_model",
+        Field::Period => "period",
+        _ => return String::new(),
+    };
+    row.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn num(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Sums acctd's rows (asked per partition and GPU model too) into the requested groups,
+/// pricing each row; keys are the values of `groups` in order.
+pub fn aggregate(
+    rows: &[Value],
+    groups: &[Field],
+    prices: &PricesConfig,
+) -> BTreeMap<Vec<String>, Sums> {
+    let mut out: BTreeMap<Vec<String>, Sums> = BTreeMap::new();
+    for r in rows {
+        let key: Vec<String> = groups.iter().map(|&f| row_field(r, f)).collect();
+        let s = out.entry(key).or_default();
+        let (alloc, used, energy) = (
+            num(r, "allocated_gpu_ms"),
+            num(r, "used_gpu_ms"),
+            num(r, "energy_mj"),
+        );
+        s.allocated_gpu_ms += alloc;
+        s.used_gpu_ms += used;
+        s.energy_mj += energy;
+        s.jobs += num(r, "jobs");
+        s.cost += prices.cost(
+            &row_field(r, Field::Partition),
+            &row_field(r, Field::GpuModel),
+            hours(alloc),
+            kwh(energy),
+        );
+    }
+    out
+}
+
+struct Env {
+    conf: Config,
+    client: Client,
+}
+
+fn env(config: Option<&Path>, acctd_url: Option<&str>) -> anyhow::Result<Env> {
+    let (path, must_exist) = Config::locate(config);
+    let conf = if must_exist || path.exists() {
+        Config::load(&path)
+            .with_context(|| format!("{}: fix it or pass --config", path.display()))?
+    } else {
+        Config::default()
+    };
+    let settings = acctd::AcctdSettings {
+        url: conf.accounting.url.clone(),
+        no_auth: conf.accounting.auth == sgpu_healthd::config::AcctAuth::None,
+        munge_socket: conf.accounting.munge_socket.clone(),
+    };
+    let (url, auth) = acctd::resolve(acctd_url, &settings, |k| std::env::var(k).ok());
+    let client = acctd::client(&url, auth).map_err(anyhow::Error::msg)?;
+    Ok(Env { conf, client })
+}
+
+fn get(client: &Client, path: &str) -> anyhow::Result<Value> {
+    client
+        .get_json(path)
+        .map_err(|e| anyhow::anyhow!("acctd at {}: {e}", client.base_url()))
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn check_cost(columns: &[Column], prices: &PricesConfig) -> anyhow::Result<()> {
+    if columns.iter().any(|c| c.field == Field::Cost) && !prices.configured {
+        bail!(
+            "--format Cost needs prices: add a [prices] table to sgpu.toml (gpu_hour, kwh, \
+             [prices.partition], [prices.gpu_model]); see docs/install.md"
+        );
+    }
+    Ok(())
+}
+
+/// Renders a report from acctd's answer (`rows`).
+pub fn render_report(
+    rows: &[Value],
+    columns: &[Column],
+    groups: &[Field],
+    prices: &PricesConfig,
+    style: Style,
+    header: bool,
+) -> String {
+    let sums = aggregate(rows, groups, prices);
+    let lines: Vec<Vec<String>> = sums
+        .iter()
+        .map(|(key, s)| {
+            columns
+                .iter()
+                .map(|c| match groups.iter().position(|g| *g == c.field) {
+                    Some(i) => key[i].clone(),
+                    None => s.cell(c.field).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .collect();
+    render(columns, &lines, style, header)
+}
+
+/// `sgpu report`.
+pub fn report(
+    config: Option<&Path>,
+    acctd_url: Option<&str>,
+    a: &ReportArgs,
+) -> anyhow::Result<i32> {
+    let now = now_s();
+    let today = now.div_euclid(DAY_S) * DAY_S;
+    let (start, end) = window(&a.select, now, today - DAY_S, today)?;
+    let columns = match &a.select.format {
+        Some(f) => Some(parse_format(f, REPORT_FIELDS).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let (names, groups) = group_fields(a.group_by.as_deref(), columns.as_deref())?;
+    let env = env(config, acctd_url)?;
+    let prices = &env.conf.prices;
+    let columns = match columns {
+        Some(c) => c,
+        None => {
+            let mut spec: Vec<&str> = groups.iter().map(|g| g.name()).collect();
+            spec.extend([
+                "Jobs",
+                "GPUHours",
+                "UsedGPUHours",
+                "GPUUtil",
+                "EnergyKWh",
+                "AvgPowerW",
+            ]);
+            if prices.configured {
+                spec.push("Cost");
+            }
+            parse_format(&spec.join(","), REPORT_FIELDS).map_err(anyhow::Error::msg)?
+        }
+    };
+    check_cost(&columns, prices)?;
+    // Always per partition and model too: prices depend on them.
+    let mut ask = names.clone();
+    for extra in ["partition", "gpu"] {
+        if !ask.iter().any(|n| n == extra) {
+            ask.push(extra.into());
+        }
+    }
+    let q = query(&a.select, start, end, Some(&ask.join(",")));
+    let answer = get(&env.client, &format!("/v1/report?{q}"))?;
+    let rows = answer
+        .get("rows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if a.select.json {
+        let out: Vec<Value> = aggregate(&rows, &groups, prices)
+            .into_iter()
+            .map(|(key, s)| {
+                let mut m = serde_json::Map::new();
+                for (name, v) in names.iter().zip(key) {
+                    let name = if matches!(name.as_str(), "day" | "week" | "month") {
+                        "period"
+                    } else {
+                        name
+                    };
+                    m.insert(name.to_string(), json!(v));
+                }
+                s.json(&mut m);
+                Value::Object(m)
+            })
+            .collect();
+        print_json(&json!({
+            "start": format_time(start),
+            "end": format_time(end),
+            "group_by": names,
+            "currency": prices.currency,
+            "rows": out,
+        }))?;
+        return Ok(0);
+    }
+    let st = style(a.select.parsable, a.select.parsable2);
+    if st == Style::Table && !a.select.noheader {
+        println!(
+            "GPU usage {} - {} (UTC){}",
+            format_time(start),
+            format_time(end),
+            prices
+                .currency
+                .as_ref()
+                .map(|c| format!(", cost in {c}"))
+                .unwrap_or_default()
+        );
+    }
+    print!(
+        "{}",
+        render_report(&rows, &columns, &groups, prices, st, !a.select.noheader)
+    );
+    Ok(0)
+}
+
+fn job_sums(j: &Value, prices: &PricesConfig) -> Sums {
+    let alloc = num(j, "allocated_gpu_ms");
+    let energy = num(j, "energy_mj");
+    let model = j
+        .get("gpu_models")
+        .and_then(|m| m.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let partition = j.get("partition").and_then(Value::as_str).unwrap_or("");
+    Sums {
+        allocated_gpu_ms: alloc,
+        used_gpu_ms: num(j, "used_gpu_ms"),
+        energy_mj: energy,
+        jobs: 1,
+        cost: prices.cost(partition, model, hours(alloc), kwh(energy)),
+    }
+}
+
+/// One `sgpu jobs` line from acctd's job summary.
+pub fn job_cells(j: &Value, columns: &[Column], prices: &PricesConfig) -> Vec<String> {
+    let s = job_sums(j, prices);
+    let text = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let ms = |k: &str| j.get(k).and_then(Value::as_u64);
+    let secs = |ms: u64| i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    let list = |k: &str| {
+        j.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    columns
+        .iter()
+        .map(|c| match c.field {
+            Field::JobId => num(j, "job_id").to_string(),
+            Field::Cluster => text("cluster"),
+            Field::User => text("user"),
+            Field::Account => text("account"),
+            Field::Partition => text("partition"),
+            Field::Start => ms("start_ms").map_or(String::new(), |t| format_time(secs(t))),
+            Field::End => ms("end_ms").map_or("Unknown".into(), |t| format_time(secs(t))),
+            Field::Elapsed => match (ms("start_ms"), ms("end_ms")) {
+                (Some(s), Some(e)) => format_elapsed(e.saturating_sub(s) / 1000),
+                _ => String::new(),
+            },
+            Field::State => {
+                if ms("end_ms").is_some() {
+                    "COMPLETED".into()
+                } else {
+                    "RUNNING".into()
+                }
+            }
+            Field::NodeList => list("nodes"),
+            Field::Gpus => num(j, "gpus").to_string(),
+            Field::GpuModel => list("gpu_models"),
+            f => s.cell(f).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// `sgpu jobs`.
+pub fn jobs(config: Option<&Path>, acctd_url: Option<&str>, a: &JobsArgs) -> anyhow::Result<i32> {
+    let now = now_s();
+    let today = now.div_euclid(DAY_S) * DAY_S;
+    // sacct: with -j and no -S, any time (acctd still needs a window: from 1970).
+    let default_start = if a.select.jobs.is_some() { 0 } else { today };
+    let (start, end) = window(&a.select, now, default_start, now + 1)?;
+    let spec = a.select.format.clone().unwrap_or_else(|| {
+        "JobID,User,Account,Partition,Start,Elapsed,State,GPUs,GPUHours,UsedGPUHours,GPUUtil,\
+         EnergyKWh"
+            .into()
+    });
+    let columns = parse_format(&spec, JOBS_FIELDS).map_err(anyhow::Error::msg)?;
+    let env = env(config, acctd_url)?;
+    check_cost(&columns, &env.conf.prices)?;
+    let answer = get(
+        &env.client,
+        &format!("/v1/jobs?{}", query(&a.select, start, end, None)),
+    )?;
+    let jobs = answer
+        .get("jobs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
+        eprintln!("sgpu: warning: more jobs matched than acctd returns; narrow -S/-E or filter");
+    }
+    if a.select.json {
+        print_json(&json!({
+            "start": format_time(start),
+            "end": format_time(end),
+            "jobs": jobs,
+        }))?;
+        return Ok(0);
+    }
+    let lines: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| job_cells(j, &columns, &env.conf.prices))
+        .collect();
+    let st = style(a.select.parsable, a.select.parsable2);
+    print!("{}", render(&columns, &lines, st, !a.select.noheader));
+    Ok(0)
+}
+
+/// Per node and GPU figures of one job, from its records.
+pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
+    #[derive(Default)]
+    struct G {
+        model: String,
+        uuid: String,
+        alloc: u64,
+        used: u64,
+        energy: u64,
+        util_sum: f64,
+        util_n: u64,
+        mem: u64,
+    }
+    let mut gpus: BTreeMap<(String, u32), G> = BTreeMap::new();
+    for r in records {
+        let node = r.id().node().to_string();
+        match r.body() {
+            RecordBody::JobEnd(b) => {
+                for g in &b.gpus {
+                    let e = gpus.entry((node.clone(), g.index)).or_default();
+                    e.model = g.name.clone().unwrap_or_default();
+                    e.uuid = g.uuid.clone();
+                    e.alloc += b.end_time.saturating_sub(b.start_time);
+                    e.energy += g
+                        .energy_delta_mj
+                        .or_else(|| g.energy_end_mj?.checked_sub(g.energy_start_mj?))
+                        .unwrap_or(0);
+                }
+            }
+            RecordBody::JobUsage(b) => {
+                for g in &b.gpus {
+                    let e = gpus.entry((node.clone(), g.index)).or_default();
+                    if e.model.is_empty() {
+                        e.model = g.name.clone().unwrap_or_default();
+                        e.uuid = g.uuid.clone();
+                    }
+                    e.used += g.used_gpu_ms;
+                    e.util_sum += g.util_mean_pct * g.samples as f64;
+                    e.util_n += g.samples;
+                    e.mem = e.mem.max(g.mem_peak_mib);
+                }
+            }
+            RecordBody::JobStart(b) => {
+                for g in &b.gpus {
+                    let e = gpus.entry((node.clone(), g.index)).or_default();
+                    if e.model.is_empty() {
+                        e.model = g.name.clone().unwrap_or_default();
+                        e.uuid = g.uuid.clone();
+                    }
+                }
+            }
+            RecordBody::StepUsage(_) => {}
+        }
+    }
+    gpus.into_iter()
+        .map(|((node, index), g)| {
+            let s = Sums {
+                allocated_gpu_ms: g.alloc,
+                used_gpu_ms: g.used,
+                energy_mj: g.energy,
+                ..Sums::default()
+            };
+            vec![
+                node,
+                index.to_string(),
+                g.model,
+                g.uuid,
+                s.cell(Field::GpuHours).unwrap_or_default(),
+                s.cell(Field::UsedGpuHours).unwrap_or_default(),
+                if g.util_n > 0 {
+                    format!("{:.1}", g.util_sum / g.util_n as f64)
+                } else {
+                    String::new()
+                },
+                s.cell(Field::EnergyKwh).unwrap_or_default(),
+                s.cell(Field::AvgPowerW).unwrap_or_default(),
+                g.mem.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn slurm_cluster() -> Option<String> {
+    let path = std::env::var_os("SLURM_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
+    let (sc, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&path);
+    sc.cluster_name.map(|c| c.to_ascii_lowercase())
+}
+
+/// `sgpu job <id>`.
+pub fn job(config: Option<&Path>, acctd_url: Option<&str>, a: &JobArgs) -> anyhow::Result<i32> {
+    let cluster = match a.cluster.clone().or_else(slurm_cluster) {
+        Some(c) => c,
+        None => bail!("which cluster? pass -M NAME (slurm.conf has no ClusterName)"),
+    };
+    let env = env(config, acctd_url)?;
+    let answer = get(
+        &env.client,
+        &format!("/v1/jobs/{}/{}", enc(&cluster), a.job_id),
+    )?;
+    let raw = answer
+        .get("records")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if a.json {
+        print_json(&answer)?;
+        return Ok(0);
+    }
+    let records = raw
+        .iter()
+        .map(|v| {
+            let bytes = serde_json::to_vec(v)?;
+            Record::from_json(&bytes).map_err(|e| anyhow::anyhow!("acctd sent a bad record: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<Record>>>()?;
+    let columns = parse_format(
+        "Node,GPU,GPUModel,UUID%40,GPUHours,UsedGPUHours,GPUUtil,EnergyKWh,AvgPowerW,MemPeakMiB",
+        &[
+            Field::Node,
+            Field::GpuIndex,
+            Field::GpuModel,
+            Field::Uuid,
+            Field::GpuHours,
+            Field::UsedGpuHours,
+            Field::GpuUtil,
+            Field::EnergyKwh,
+            Field::AvgPowerW,
+            Field::MemPeakMib,
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let st = style(a.parsable, a.parsable2);
+    if st == Style::Table && !a.noheader {
+        println!("Job {} on cluster {cluster}", a.job_id);
+    }
+    print!(
+        "{}",
+        render(&columns, &per_gpu_lines(&records), st, !a.noheader)
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests;

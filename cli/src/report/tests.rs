@@ -1,0 +1,187 @@
+use super::*;
+use clap::Parser as _;
+
+fn prices() -> PricesConfig {
+    PricesConfig {
+        configured: true,
+        currency: Some("EUR".into()),
+        gpu_hour: Some(1.0),
+        kwh: Some(0.5),
+        partition: BTreeMap::from([("gpu".to_string(), 2.0)]),
+        gpu_model: BTreeMap::new(),
+    }
+}
+
+fn rows() -> Vec<Value> {
+    // acctd's answer grouped by account,user,partition,gpu.
+    vec![
+        json!({"account": "physics", "user": "alice", "partition": "gpu", "gpu_model": "H100",
+               "allocated_gpu_ms": 7_200_000u64, "used_gpu_ms": 3_600_000u64,
+               "energy_mj": 3_600_000_000u64, "jobs": 2}),
+        json!({"account": "physics", "user": "alice", "partition": "debug", "gpu_model": "H100",
+               "allocated_gpu_ms": 1_800_000u64, "used_gpu_ms": 0u64,
+               "energy_mj": 0u64, "jobs": 1}),
+        json!({"account": "chem", "user": "bob", "partition": "gpu", "gpu_model": "A100",
+               "allocated_gpu_ms": 36_000_000u64, "used_gpu_ms": 36_000_000u64,
+               "energy_mj": 9_000_000_000u64, "jobs": 1}),
+    ]
+}
+
+#[test]
+fn report_sums_priced_rows_into_the_requested_groups() {
+    let p = prices();
+    let agg = aggregate(&rows(), &[Field::Account], &p);
+    let physics = &agg[&vec!["physics".to_string()]];
+    assert_eq!(physics.allocated_gpu_ms, 9_000_000);
+    assert_eq!(physics.jobs, 3);
+    // 2 h in gpu at 2.0 + 1 kWh at 0.5 + 0.5 h in debug at the default 1.0.
+    assert!((physics.cost - 5.0).abs() < 1e-9, "{}", physics.cost);
+    let cols = parse_format(
+        "Account,Jobs,GPUHours,UsedGPUHours,GPUUtil,EnergyKWh,AvgPowerW,Cost",
+        REPORT_FIELDS,
+    )
+    .unwrap();
+    assert_eq!(
+        render_report(&rows(), &cols, &[Field::Account], &p, Style::Table, true),
+        "   Account   Jobs   GPUHours UsedGPUHours GPUUtil  EnergyKWh AvgPowerW       Cost\n\
+         ---------- ------ ---------- ------------ ------- ---------- --------- ----------\n      \
+               chem      1      10.00        10.00   100.0      2.500     250.0      21.25\n   \
+            physics      3       2.50         1.00    40.0      1.000     400.0       5.00\n"
+    );
+    assert_eq!(
+        render_report(
+            &rows(),
+            &cols,
+            &[Field::Account],
+            &p,
+            Style::Parsable2,
+            false
+        ),
+        "chem|1|10.00|10.00|100.0|2.500|250.0|21.25\nphysics|3|2.50|1.00|40.0|1.000|400.0|5.00\n"
+    );
+}
+
+#[test]
+fn group_by_comes_from_the_flag_else_the_format_else_account_user() {
+    let cols = parse_format("User,GPUHours", REPORT_FIELDS).unwrap();
+    assert_eq!(
+        group_fields(None, Some(&cols)).unwrap().1,
+        vec![Field::User]
+    );
+    assert_eq!(group_fields(None, None).unwrap().0, vec!["account", "user"]);
+    let (names, fields) = group_fields(Some("gpu,Month"), None).unwrap();
+    assert_eq!(names, vec!["gpu", "month"]);
+    assert_eq!(fields, vec![Field::GpuModel, Field::Period]);
+    assert!(group_fields(Some("user"), Some(&cols[..])).is_ok());
+    let e = group_fields(Some("account"), Some(&cols))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("User") && e.contains("--group-by"), "{e}");
+    assert!(group_fields(Some("day,week"), None).is_err());
+    assert!(
+        group_fields(Some("colour"), None)
+            .unwrap_err()
+            .to_string()
+            .contains("valid")
+    );
+    let period = parse_format("Period,GPUHours", REPORT_FIELDS).unwrap();
+    assert!(group_fields(None, Some(&period)).is_err());
+}
+
+#[derive(clap::Parser)]
+struct T {
+    #[command(flatten)]
+    s: SelectArgs,
+}
+
+#[test]
+fn sacct_flags_make_the_query() {
+    let t = T::parse_from([
+        "t",
+        "-S",
+        "2026-11-01",
+        "-E",
+        "now-1days",
+        "-A",
+        "phys ics,chem",
+        "-u",
+        "alice",
+        "-r",
+        "gpu",
+        "-M",
+        "alpha",
+        "-j",
+        "12,13",
+        "-P",
+        "-n",
+    ]);
+    let now = 1_795_437_296;
+    let (s, e) = window(&t.s, now, 0, 1).unwrap();
+    assert_eq!(format_time(s), "2026-11-01T00:00:00");
+    assert_eq!(e, now - DAY_S);
+    assert_eq!(
+        query(&t.s, s, e, Some("account,gpu")),
+        format!(
+            "start={s}&end={e}&account=phys%20ics,chem&user=alice&jobs=12,13&partition=gpu\
+             &cluster=alpha&group_by=account,gpu"
+        )
+    );
+    assert!(t.s.parsable2 && t.s.noheader);
+    let t = T::parse_from(["t", "-S", "now", "-E", "now-1hours"]);
+    assert!(
+        window(&t.s, now, 0, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("empty")
+    );
+    let t = T::parse_from(["t", "-S", "yesterday"]);
+    let e = format!("{:#}", window(&t.s, now, 0, 1).unwrap_err());
+    assert!(e.contains("-S/--starttime") && e.contains("valid"), "{e}");
+    let t = T::parse_from(["t"]);
+    assert_eq!(window(&t.s, now, 5, 9).unwrap(), (5, 9));
+}
+
+#[test]
+fn job_lines_show_whole_jobs() {
+    let j = json!({"cluster": "alpha", "job_id": 42, "user": "alice", "account": "physics",
+        "partition": "gpu", "start_ms": 1_795_392_000_000u64, "end_ms": 1_795_399_200_000u64,
+        "nodes": ["n1", "n2"], "gpus": 2, "gpu_models": ["H100"],
+        "allocated_gpu_ms": 14_400_000u64, "used_gpu_ms": 7_200_000u64,
+        "energy_mj": 1_800_000_000u64});
+    let cols = parse_format(
+        "JobID,User,Start,End,Elapsed,State,NodeList,GPUs,GPUHours,GPUUtil,EnergyKWh,Cost",
+        JOBS_FIELDS,
+    )
+    .unwrap();
+    assert_eq!(
+        job_cells(&j, &cols, &prices()),
+        vec![
+            "42",
+            "alice",
+            "2026-11-23T00:00:00",
+            "2026-11-23T02:00:00",
+            "02:00:00",
+            "COMPLETED",
+            "n1,n2",
+            "2",
+            "4.00",
+            "50.0",
+            "0.500",
+            "8.25"
+        ]
+    );
+    let running = json!({"job_id": 43, "start_ms": 0u64, "gpus": 1});
+    let cells = job_cells(&running, &cols, &prices());
+    assert_eq!(cells[3], "Unknown");
+    assert_eq!(cells[5], "RUNNING");
+}
+
+#[test]
+fn cost_without_prices_is_a_clear_error() {
+    let cols = parse_format("Account,Cost", REPORT_FIELDS).unwrap();
+    let e = check_cost(&cols, &PricesConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[prices]"), "{e}");
+    assert!(check_cost(&cols, &prices()).is_ok());
+}
