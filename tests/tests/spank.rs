@@ -343,3 +343,176 @@ fn jobs_run_when_the_spool_is_unusable() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn gpu_health_off_runs_the_job_on_a_node_with_an_xid_and_the_epilog_still_drains() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let _restore = sgpu::Restore::new(&cluster, &["node1", "node2"]);
+    let node = "node1";
+    let healthd_state = |n: &str| {
+        std::fs::read_to_string(node_files(&cluster, n).state_dir.join("healthd-state.toml"))
+            .unwrap_or_default()
+    };
+    // node2 drained by sgpu (an ECC fault): the circuit breaker (one sgpu-drained node of
+    // two) then keeps node1 up when its healthd records an XID, so a job can land there
+    sgpu::update_gpus(&cluster, "node2", |s| {
+        if let Some(g) = s.gpu_mut(0) {
+            g.ecc.volatile_uncorrected = 2;
+        }
+    })?;
+    cluster.wait_node("node2", Duration::from_secs(15), "drained by sgpu", |r| {
+        node_state(r).1 && r.get("Reason").starts_with("sgpu:")
+    })?;
+    sgpu::update_gpus(&cluster, node, |s| {
+        s.inject_xid(2, 79);
+    })?;
+    let start = std::time::Instant::now();
+    while !healthd_state(node).contains("[breaker_open]") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "node1's healthd did not record the XID behind an open breaker: {}",
+            healthd_state(node)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !node_state(&cluster.node(node)?).1,
+        "the breaker keeps node1 up"
+    );
+
+    let id = cluster.sbatch(
+        &[
+            "-w",
+            node,
+            "--gres=gpu:1",
+            "--gpu-health=off",
+            "-o",
+            "/dev/null",
+        ],
+        "true",
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    // the prolog found the XID (healthd's XID store) but --gpu-health=off skipped acting on
+    // it for this job: strict would have drained the node and requeued the job
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert_eq!(job.get("Restarts"), "0", "{job:?}");
+    let kinds: Vec<String> = sgpu::spool_records(&cluster, node, id)?
+        .iter()
+        .map(|r| r.id().kind().to_string())
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k == "job_start") && kinds.iter().any(|k| k == "job_end"),
+        "the gates ran and recorded the job: {kinds:?}"
+    );
+    // node-level policy: --gpu-health=off spares the job, not the node; the epilog judges
+    // the node after the job and drains it for the XID
+    let rec = cluster.wait_node(node, Duration::from_secs(10), "drained by sgpu", |r| {
+        node_state(r).1 && r.get("Reason").starts_with("sgpu: gpu.xid gpu2:")
+    })?;
+    assert!(rec.get("Reason").contains("79"), "{rec:?}");
+    Ok(())
+}
+
+#[test]
+fn salloc_with_srun_records_its_step() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    let node = "node2";
+    let out = cluster
+        .command("salloc")
+        .args([
+            "-w",
+            node,
+            "--gres=gpu:1",
+            "srun",
+            "--gres=gpu:1",
+            "sleep",
+            "0.3",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "salloc failed: {stderr}");
+    // "salloc: Granted job allocation 123"
+    let id: u32 = stderr
+        .lines()
+        .find_map(|l| l.split("Granted job allocation ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no job id in {stderr}"))?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let steps = step_records(&cluster, node, id)?;
+    let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    // an allocation without a batch script: the srun step only (no batch step)
+    assert_eq!(names, ["0"], "{steps:?}");
+    let step = &steps[0].1;
+    assert_eq!(step.gpus.len(), 1, "{step:?}");
+    assert!(step.gpus[0].energy_mj.is_some_and(|e| e > 0), "{step:?}");
+    assert!(step.window_end - step.window_start >= 300, "{step:?}");
+    Ok(())
+}
+
+#[test]
+fn a_job_of_a_plain_user_is_captured_and_gets_its_report() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_shared()?;
+    let node = "node2";
+    let user = "sgpu-test-a";
+    let uid: u32 =
+        String::from_utf8_lossy(&cluster.command("id").args(["-u", user]).output()?.stdout)
+            .trim()
+            .parse()?;
+    let dir = out_dir()?;
+    // the job writes its output as the user
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let out = dir.path().join("out");
+    let sub = cluster
+        .command("runuser")
+        .args([
+            "-u",
+            user,
+            "--",
+            "sbatch",
+            "--parsable",
+            "-w",
+            node,
+            "--gres=gpu:1",
+        ])
+        .args([
+            "--gpu-report",
+            "-o",
+            &out.to_string_lossy(),
+            "--wrap",
+            "srun true; echo done",
+        ])
+        .output()?;
+    assert!(
+        sub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    let id: u32 = String::from_utf8_lossy(&sub.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .parse()?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert!(job.get("UserId").starts_with(user), "{job:?}");
+    let text = std::fs::read_to_string(&out)?;
+    assert!(text.contains("done"), "{text}");
+    // slurmstepd (root) appends the report to the user's own output file
+    assert!(
+        text.contains(&format!("sgpu: GPU report for job {id} on {node} (1 GPU")),
+        "{text}"
+    );
+    let steps = step_records(&cluster, node, id)?;
+    let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["0", "batch"], "{steps:?}");
+    for (name, u) in &steps {
+        assert_eq!((u.user.as_str(), u.uid), (user, uid), "step {name}: {u:?}");
+    }
+    Ok(())
+}
