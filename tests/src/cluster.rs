@@ -135,14 +135,23 @@ impl Cluster {
     /// Brings the cluster up (or finds it up) with the default size, 2 nodes x 4 GPUs, in
     /// `$SGPU_CLUSTER_DIR` (default `/tmp/sgpu-cluster`).
     pub fn up() -> Result<Cluster, ClusterError> {
-        if !nix::unistd::Uid::effective().is_root() {
-            return Err(ClusterError::NotRoot);
-        }
         let dir = PathBuf::from(
             std::env::var_os("SGPU_CLUSTER_DIR").unwrap_or_else(|| "/tmp/sgpu-cluster".into()),
         );
+        Self::up_in(&dir, &[])
+    }
+
+    /// Brings up (or finds up) a cluster of its own in `dir`, with `up`'s environment
+    /// settings `env` (e.g. `SGPU_CLUSTER_PORT`, `SGPU_CLUSTER_SLURMDBD`); see
+    /// `tests/cluster/up`. Give it ports apart from the default cluster's.
+    pub fn up_in(dir: &Path, env: &[(&str, &str)]) -> Result<Cluster, ClusterError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(ClusterError::NotRoot);
+        }
+        let dir = dir.to_path_buf();
         let mut cmd = Command::new(repo_root().join("tests/cluster/up"));
         cmd.env("SGPU_CLUSTER_DIR", &dir);
+        cmd.envs(env.iter().copied());
         // `up` serialises itself only through this lock: parallel test processes call it too.
         let _guard = Self::flock(&dir, FlockArg::LockExclusive)?;
         run(cmd)?;
