@@ -70,11 +70,17 @@ fn sacct_gpu_seconds(
     Ok(Some((gpus, f[2].parse()?)))
 }
 
-/// acctd's `job_end` record of `job`: (GPUs, allocated GPU-ms, start ms, end ms).
-fn acctd_job_end(
-    c: &Client,
-    job: u32,
-) -> Result<Option<(u64, u64, u64, u64)>, Box<dyn std::error::Error>> {
+/// What acctd's `job_end` record of a job says.
+#[derive(Debug, Clone, Copy)]
+struct SgpuJob {
+    gpus: u64,
+    allocated_ms: u64,
+    start_ms: u64,
+    end_ms: u64,
+}
+
+/// acctd's `job_end` record of `job`, once it is there.
+fn acctd_job_end(c: &Client, job: u32) -> Result<Option<SgpuJob>, Box<dyn std::error::Error>> {
     let v = match c.get_json(&format!("/v1/jobs/{CLUSTER}/{job}")) {
         Ok(v) => v,
         Err(ClientError::Http { status: 404, .. }) => return Ok(None),
@@ -92,12 +98,12 @@ fn acctd_job_end(
             .ok_or_else(|| format!("job_end without {k}: {end}"))
     };
     let gpus = b["gpus"].as_array().map_or(0, Vec::len) as u64;
-    Ok(Some((
+    Ok(Some(SgpuJob {
         gpus,
-        n("allocated_gpu_ms")?,
-        n("start_time")?,
-        n("end_time")?,
-    )))
+        allocated_ms: n("allocated_gpu_ms")?,
+        start_ms: n("start_time")?,
+        end_ms: n("end_time")?,
+    }))
 }
 
 #[test]
@@ -147,7 +153,12 @@ fn compare(exact: bool) -> TestResult {
             std::thread::sleep(Duration::from_millis(200));
         };
         let (gpus, elapsed) = sacct;
-        let (sgpu_gpus, allocated_ms, start_ms, end_ms) = sgpu;
+        let SgpuJob {
+            gpus: sgpu_gpus,
+            allocated_ms,
+            start_ms,
+            end_ms,
+        } = sgpu;
         eprintln!(
             "job {id}: sacct gres/gpu={gpus} ElapsedRaw={elapsed} s -> {} GPU-s; sgpu {sgpu_gpus} \
              GPUs, window {start_ms}..{end_ms} ms -> allocated {allocated_ms} GPU-ms",
