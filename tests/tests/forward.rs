@@ -197,6 +197,12 @@ fn gpu_jobs_are_forwarded_once_and_leave_the_spool() -> TestResult {
         let want = if *node == "node1" { 2 } else { 1 };
         assert_eq!(gpus, Some(want), "{usage}");
     }
+    let (_, scrape) = sgpu::healthd_get(&cluster, "node1", "/metrics")?;
+    let forward: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.contains("sgpu_forward_"))
+        .collect();
+    eprintln!("node1's forwarder metrics:\n{}", forward.join("\n"));
     assert!(
         metric(
             &cluster,
