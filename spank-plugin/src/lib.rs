@@ -29,9 +29,15 @@
 //!   Slurm hands to the job's Prolog/Epilog as `SPANK_SGPU_GPU_HEALTH` (read by sgpu-prolog).
 //! - `slurm_spank_init_post_opt`, remote context (slurmstepd, once per step, as root, after
 //!   the options were replayed and before privileges are dropped and tasks forked; the job's
-//!   environment is complete by then): the step's GPUs from `SLURM_STEP_GPUS`/`SLURM_JOB_GPUS` (Slurm's indices, mapped
-//!   to NVML through gres.conf minor numbers, never `CUDA_VISIBLE_DEVICES`) and their energy
-//!   counters. Steps without GPUs cost nothing (NVML is not touched).
+//!   environment is complete by then): the step's GPUs from `SLURM_STEP_GPUS`/`SLURM_JOB_GPUS`
+//!   (Slurm's indices, mapped to NVML through gres.conf minor numbers, never
+//!   `CUDA_VISIBLE_DEVICES`), its job, user and start time. Steps without GPUs cost nothing
+//!   (NVML is never touched).
+//! - `slurm_spank_task_post_fork`, remote (after Slurm forked every task of the step): the
+//!   GPUs' start counters are read on a short-lived thread, so NVML's initialisation (the
+//!   plugin's main cost, measured with bench/spank-launch) overlaps the tasks' start instead
+//!   of delaying it; no task is forked while that thread runs, and `exit` joins it (it ends
+//!   within `nvml_timeout_ms`).
 //! - `slurm_spank_exit`, remote (once per step, after its tasks ended): reads the counters
 //!   again and writes a `step_usage` record (step `batch`, `extern`, `interactive` or the
 //!   number) to the node spool; at the end of the batch step (the end of the job on this
@@ -89,12 +95,42 @@ struct Options {
 
 #[derive(Debug)]
 struct Step {
+    /// The step; its `gpus` are filled in when the start reading ([`StartRead`]) is joined.
     start: StepStart,
     spool_dir: std::path::PathBuf,
     nvml: sgpu_healthd::gpu::NvmlOptions,
     report: bool,
     /// healthd's `/status` (`status_listen`; `None`: off).
     status_listen: Option<std::net::SocketAddr>,
+    /// The step's GPUs as Slurm numbers them.
+    slurm_gpus: Vec<u32>,
+    /// slurm.conf, for the gres.conf mapping of Slurm indices to NVML.
+    slurm_conf: std::path::PathBuf,
+    /// The start counters being read, off the launch path ([`hook_task_post_fork`]).
+    reading: Option<Reading>,
+}
+
+/// The start reading: on its thread, or already done (no thread could be started).
+#[derive(Debug)]
+enum Reading {
+    Thread(std::thread::JoinHandle<StartRead>),
+    Done(StartRead),
+}
+
+/// The start reading: the step's GPUs with their counters, and notes to log.
+type StartRead = Result<(Vec<capture::GpuStart>, Vec<String>), String>;
+
+/// Reads the step's GPUs and their counters (one NVML session under `nvml.timeout`).
+fn read_start(
+    nvml: &sgpu_healthd::gpu::NvmlOptions,
+    slurm_gpus: &[u32],
+    slurm_conf: &std::path::Path,
+    node: &str,
+) -> StartRead {
+    let snap = capture::snapshot(nvml)?;
+    let mut notes = Vec::new();
+    let gpus = capture::gpus_at_start(slurm_gpus, &snap, slurm_conf, node, &mut notes);
+    Ok((gpus, notes))
 }
 
 static ARGS: Mutex<Option<PluginArgs>> = Mutex::new(None);
@@ -246,12 +282,6 @@ fn step_start(sp: &Spank) -> Result<(), String> {
         .unwrap_or_else(|| uid.to_string());
     let mut nvml = sgpu_healthd::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(args.nvml_timeout);
-    let snap = capture::snapshot(&nvml)?;
-    let mut notes = Vec::new();
-    let gpus = capture::gpus_at_start(&slurm_gpus, &snap, &slurm_conf, &node, &mut notes);
-    for n in notes {
-        ffi::log_info(&format!("sgpu: job {job_id}: {n}"));
-    }
     let report = lock(&OPTIONS).report || args.report_always;
     *lock(&STEP) = Some(Step {
         start: StepStart {
@@ -264,12 +294,53 @@ fn step_start(sp: &Spank) -> Result<(), String> {
             account: getenv("SLURM_JOB_ACCOUNT"),
             partition: getenv("SLURM_JOB_PARTITION"),
             start_ms,
-            gpus,
+            gpus: Vec::new(),
         },
         spool_dir: config.spool_dir.clone(),
         nvml,
         report,
         status_listen: config.status_listen,
+        slurm_gpus,
+        slurm_conf,
+        reading: None,
+    });
+    Ok(())
+}
+
+/// After the step's tasks were forked (remote context, once per task): starts the start
+/// reading on a short-lived thread, so NVML's initialisation overlaps the tasks' start
+/// instead of delaying it. Started once per step, after every task of the step was forked
+/// (Slurm forks all tasks before the first `task_post_fork`), so no task is forked while
+/// it runs; [`hook_exit`] joins it.
+fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
+    if ffi::context() != Context::Remote {
+        return Ok(());
+    }
+    let mut guard = lock(&STEP);
+    let Some(step) = guard.as_mut() else {
+        return Ok(());
+    };
+    if step.reading.is_some() {
+        return Ok(());
+    }
+    let (nvml, gpus, conf, node) = (
+        step.nvml.clone(),
+        step.slurm_gpus.clone(),
+        step.slurm_conf.clone(),
+        step.start.node.clone(),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("sgpu-start".into())
+        .spawn(move || read_start(&nvml, &gpus, &conf, &node));
+    step.reading = Some(match spawned {
+        Ok(h) => Reading::Thread(h),
+        // no thread: read now (the launch waits, the record stays exact)
+        Err(_) => Reading::Done(read_start(
+            &step.nvml,
+            &step.slurm_gpus,
+            &step.slurm_conf,
+            &step.start.node,
+        )),
     });
     Ok(())
 }
@@ -292,10 +363,48 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
     if ffi::context() != Context::Remote {
         return Ok(());
     }
-    let Some(step) = lock(&STEP).take() else {
+    let Some(mut step) = lock(&STEP).take() else {
         return Ok(());
     };
     let end_ms = sgpu_spool::now_ms();
+    // the start reading (bounded by its own NVML deadline); without one (no task was
+    // forked) the step's GPUs are read at the end and have no start counters
+    let started = match step.reading.take() {
+        Some(Reading::Thread(h)) => h
+            .join()
+            .unwrap_or_else(|_| Err("start reading: internal error (panic)".into())),
+        Some(Reading::Done(r)) => r,
+        None => read_start(
+            &step.nvml,
+            &step.slurm_gpus,
+            &step.slurm_conf,
+            &step.start.node,
+        )
+        .map(|(gpus, notes)| {
+            let gpus = gpus
+                .into_iter()
+                .map(|g| capture::GpuStart {
+                    energy_mj: None,
+                    ..g
+                })
+                .collect();
+            (gpus, notes)
+        }),
+    };
+    match started {
+        Ok((gpus, notes)) => {
+            for n in notes {
+                ffi::log_info(&format!("sgpu: job {}: {n}", step.start.job_id));
+            }
+            step.start.gpus = gpus;
+        }
+        Err(e) => {
+            return Err(format!(
+                "job {} step {}: start counters: {e}; no record for this step",
+                step.start.job_id, step.start.step
+            ));
+        }
+    }
     let end = match capture::snapshot(&step.nvml) {
         Ok(s) => capture::readings_at_end(&s),
         Err(e) => {
@@ -402,5 +511,8 @@ macro_rules! hook {
 hook!(slurm_spank_init, "init", |sp, argv| hook_init(sp, argv));
 hook!(slurm_spank_init_post_opt, "init_post_opt", |sp, _| {
     hook_init_post_opt(sp)
+});
+hook!(slurm_spank_task_post_fork, "task_post_fork", |sp, _| {
+    hook_task_post_fork(sp)
 });
 hook!(slurm_spank_exit, "exit", |sp, _| hook_exit(sp));
