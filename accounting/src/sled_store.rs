@@ -9,6 +9,7 @@
 //! record key, empty value; rebuilt at open when a database predates it), then `Db::flush` makes it
 //! durable before [`Store::put_batch`] returns: that return is the acknowledgement.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use sgpu_spool::{NodeEvent, Record, RecordId, RecordKind};
@@ -26,6 +27,8 @@ pub struct SledStore {
     counted: sled::Tree,
     /// Index: day (4 bytes, big-endian) + record key, for reports over partial days.
     by_day: sled::Tree,
+    /// Serialises [`Store::put_batch`]'s transactions.
+    writer: std::sync::Mutex<()>,
     /// Node events (drain/resume history), key [`NodeEvent::key`], value its JSON.
     events: sled::Tree,
 }
@@ -51,6 +54,7 @@ impl SledStore {
             counted: db.open_tree("counted").map_err(engine)?,
             by_day: db.open_tree("by_day").map_err(engine)?,
             events: db.open_tree("node_events").map_err(engine)?,
+            writer: std::sync::Mutex::new(()),
             db,
         };
         if store.by_day.is_empty() && !store.records.is_empty() {
@@ -120,8 +124,16 @@ impl Store for SledStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let trees = (&self.records, &self.rollups, &self.counted, &self.by_day);
+        // One writer at a time: concurrent transactions over the same rollup rows would
+        // conflict and redo their work; flushes still overlap (below, outside the lock).
+        let writer_guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = trees.transaction(|(rec, roll, counted, by_day)| {
             let mut outcomes = Vec::with_capacity(records.len());
+            // The batch's rollup additions, summed first: one read-modify-write per row.
+            let mut batch_adds: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
             for (r, (key, json)) in records.iter().zip(&encoded) {
                 if let Some(old) = rec.get(key)? {
                     outcomes.push(PutOutcome::Duplicate {
@@ -142,23 +154,27 @@ impl Store for SledStore {
                     }
                 }
                 for (k, add) in adds {
-                    let kb = k.encode();
-                    let mut v = match roll.get(&kb)? {
-                        Some(old) => RollupValue::decode(&old).ok_or_else(|| {
-                            ConflictableTransactionError::Abort(corrupt(
-                                &kb,
-                                "rollup value is not 32 bytes",
-                            ))
-                        })?,
-                        None => RollupValue::default(),
-                    };
-                    v.add(&add);
-                    roll.insert(kb, &v.encode()[..])?;
+                    batch_adds.entry(k).or_default().add(&add);
                 }
                 outcomes.push(PutOutcome::Accepted);
             }
+            for (k, add) in &batch_adds {
+                let kb = k.encode();
+                let mut v = match roll.get(&kb)? {
+                    Some(old) => RollupValue::decode(&old).ok_or_else(|| {
+                        ConflictableTransactionError::Abort(corrupt(
+                            &kb,
+                            "rollup value is not 32 bytes",
+                        ))
+                    })?,
+                    None => RollupValue::default(),
+                };
+                v.add(add);
+                roll.insert(kb, &v.encode()[..])?;
+            }
             Ok(outcomes)
         });
+        drop(writer_guard);
         let outcomes = match result {
             Ok(o) => o,
             Err(TransactionError::Abort(e)) => return Err(e),

@@ -1,0 +1,361 @@
+//! `acct-bench`: sgpu-acctd's ingest throughput and report latency over many synthetic jobs.
+//!
+//! Starts the real `sgpu-acctd` (`--auth none` on a free loopback port, its database in a
+//! temporary directory), sends `--jobs` synthetic jobs ([`synth`]) over HTTP in batches of
+//! `--batch` records from `--clients` concurrent clients (each batch acknowledged only once
+//! acctd flushed it to disk, as in production), then times reports through HTTP: the query
+//! `sgpu report -S <month> -E <next month> --group-by account` sends (a calendar month, per
+//! account; the CLI always asks per partition and GPU model as well, to price rows), the
+//! same per user, a month with mid-day edges (partial days from per-job records) and a
+//! year per account by month. With `--sgpu PATH` it also times the `sgpu report` command end
+//! to end. Timings are printed, never judged; the exit status is non-zero only when
+//! something did not work (a batch refused, a report whose totals disagree with what was
+//! sent).
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sgpu_acct_client::{Client, ClientAuth};
+
+mod synth;
+
+/// Times sgpu-acctd's ingest and reports over synthetic jobs.
+#[derive(Parser, Debug)]
+#[command(name = "acct-bench")]
+struct Args {
+    /// Jobs to generate and ingest (one job_end record each; with --usage also a
+    /// job_usage).
+    #[arg(long, default_value_t = 1_000_000)]
+    jobs: u32,
+    /// Also send each job's job_usage record (two records per job).
+    #[arg(long)]
+    usage: bool,
+    /// Records per request.
+    #[arg(long, default_value_t = 5_000)]
+    batch: u32,
+    /// Concurrent clients sending batches.
+    #[arg(long, default_value_t = 2)]
+    clients: u32,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Timed repetitions of each report.
+    #[arg(long, default_value_t = 20)]
+    reps: u32,
+    /// Directory holding sgpu-acctd [default: this program's directory].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The sgpu command, to time `sgpu report` end to end as well.
+    #[arg(long)]
+    sgpu: Option<PathBuf>,
+    /// Where the database goes (a temporary directory inside it) [default: $TMPDIR].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+struct Acctd {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Acctd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_acctd(bin: &std::path::Path, db: &std::path::Path) -> Result<Acctd, String> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Command::new(bin)
+        .args(["--auth", "none", "--listen", &addr.to_string(), "--db"])
+        .arg(db)
+        .env("SGPU_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let acctd = Acctd {
+        child,
+        url: format!("http://{addr}"),
+    };
+    let t0 = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err("sgpu-acctd did not listen within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(acctd)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn du(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += du(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Times `reps` GET requests; returns the sorted latencies (ms) and the last answer.
+fn time_get(
+    client: &Client,
+    path: &str,
+    reps: u32,
+) -> Result<(Vec<f64>, serde_json::Value), String> {
+    let mut times = Vec::new();
+    let mut last = serde_json::Value::Null;
+    // one untimed warm-up
+    client.get_json(path).map_err(|e| format!("{path}: {e}"))?;
+    for _ in 0..reps {
+        let t = Instant::now();
+        last = client.get_json(path).map_err(|e| format!("{path}: {e}"))?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, last))
+}
+
+fn sum_rows(v: &serde_json::Value, key: &str) -> u64 {
+    v.get("rows")
+        .and_then(|r| r.as_array())
+        .map(|rows| rows.iter().filter_map(|r| r.get(key)?.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .ok_or("cannot find this program's directory; pass --bin-dir")?,
+    };
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("acct-bench")
+        .tempdir_in(&base)
+        .map_err(|e| format!("{}: {e}", base.display()))?;
+    let db = tmp.path().join("acctd.sled");
+    let acctd = start_acctd(&bin_dir.join("sgpu-acctd"), &db)?;
+    let client = Client::new(&acctd.url, ClientAuth::None, Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "acct-bench: {} jobs ({} record(s) each), batches of {} records, {} client(s), seed {}",
+        a.jobs,
+        if a.usage { 2 } else { 1 },
+        a.batch,
+        a.clients,
+        a.seed
+    );
+    let per_batch_jobs = if a.usage {
+        (a.batch / 2).max(1)
+    } else {
+        a.batch.max(1)
+    };
+
+    // Ingest: a generator thread per client builds batches ahead; clients post them.
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    let (done_tx, done_rx) = mpsc::channel::<Result<(usize, f64), String>>();
+    for c in 0..a.clients.max(1) {
+        let client = client.clone();
+        let done = done_tx.clone();
+        let (jobs, seed, usage, clients) = (a.jobs, a.seed, a.usage, a.clients.max(1));
+        handles.push(std::thread::spawn(move || {
+            let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+            let gen_thread = std::thread::spawn(move || {
+                let mut first = 1 + c * per_batch_jobs;
+                while first <= jobs {
+                    let n = per_batch_jobs.min(jobs - first + 1);
+                    if tx.send(synth::batch(seed, first, n, jobs, usage)).is_err() {
+                        return;
+                    }
+                    first = first.saturating_add(per_batch_jobs * clients);
+                }
+            });
+            let mut sent = 0usize;
+            let mut post_s = 0.0;
+            for (body, n) in rx {
+                let t = Instant::now();
+                match client.post_records(&body) {
+                    Ok(r) if r.accepted + r.duplicate == n => {}
+                    Ok(r) => {
+                        let _ = done.send(Err(format!(
+                            "a batch of {n}: {} accepted, {} rejected (first: {:?})",
+                            r.accepted,
+                            r.rejected,
+                            r.results.iter().find(|x| x.status == "rejected")
+                        )));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(format!("posting a batch: {e}")));
+                        return;
+                    }
+                }
+                post_s += t.elapsed().as_secs_f64();
+                sent += n;
+            }
+            let _ = gen_thread.join();
+            let _ = done.send(Ok((sent, post_s)));
+        }));
+    }
+    drop(done_tx);
+    let mut records = 0usize;
+    for r in done_rx {
+        records += r?.0;
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let ingest_s = t0.elapsed().as_secs_f64();
+    let rate = records as f64 / ingest_s;
+    println!(
+        "ingest: {records} records in {ingest_s:.1} s = {rate:.0} records/s (durable: each \
+         batch acknowledged after sled flush; generation included, same 2 cores)  target >= \
+         50000: {}",
+        if rate >= 50_000.0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "database: {:.0} MiB on disk ({:.0} bytes/record)",
+        du(&db) as f64 / 1_048_576.0,
+        du(&db) as f64 / records.max(1) as f64
+    );
+
+    // Reports.
+    let month = "start=2025-06-01&end=2025-07-01";
+    let cases = [
+        (
+            "monthly per-account (sgpu report -S 2025-06-01 -E 2025-07-01 --group-by account)",
+            format!("/v1/report?{month}&group_by=account,partition,gpu"),
+        ),
+        (
+            "monthly per-account, rollup rows only (group_by=account)",
+            format!("/v1/report?{month}&group_by=account"),
+        ),
+        (
+            "monthly per-user",
+            format!("/v1/report?{month}&group_by=user,partition,gpu"),
+        ),
+        (
+            "month with mid-day edges (2025-06-01T12:00 to 2025-07-01T12:00)",
+            format!(
+                "/v1/report?start={}&end={}&group_by=account,partition,gpu",
+                1_748_779_200u64, 1_751_371_200u64
+            ),
+        ),
+        (
+            "year per account by month",
+            "/v1/report?start=2025-01-01&end=2026-01-01&group_by=account,month".to_string(),
+        ),
+    ];
+    println!("report latency over HTTP, {} reps (ms):", a.reps);
+    println!(
+        "  {:<80} {:>8} {:>8} {:>8}",
+        "report", "median", "p90", "max"
+    );
+    let mut monthly_median = f64::NAN;
+    for (i, (name, path)) in cases.iter().enumerate() {
+        let (t, last) = time_get(&client, path, a.reps)?;
+        if i == 0 {
+            monthly_median = pct(&t, 50.0);
+        }
+        println!(
+            "  {name:<80} {:>8.1} {:>8.1} {:>8.1}  ({} rows)",
+            pct(&t, 50.0),
+            pct(&t, 90.0),
+            t.last().copied().unwrap_or(f64::NAN),
+            last.get("rows")
+                .and_then(|r| r.as_array())
+                .map_or(0, Vec::len)
+        );
+        if i == 4 {
+            // The year holds every job that ended in it (jobs end by 2026-01-03 at most).
+            let jobs = sum_rows(&last, "jobs");
+            if jobs > u64::from(a.jobs) || jobs + u64::from(a.jobs) / 50 < u64::from(a.jobs) {
+                return Err(format!("year report counts {jobs} jobs of {} sent", a.jobs));
+            }
+        }
+    }
+    println!(
+        "monthly per-account report median {monthly_median:.1} ms  target < 200 ms: {}",
+        if monthly_median < 200.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    if let Some(sgpu) = &a.sgpu {
+        let mut t = Vec::new();
+        for _ in 0..a.reps.clamp(1, 10) {
+            let s = Instant::now();
+            let out = Command::new(sgpu)
+                .args([
+                    "--acctd",
+                    &acctd.url,
+                    "report",
+                    "-S",
+                    "2025-06-01",
+                    "-E",
+                    "2025-07-01",
+                    "--group-by",
+                    "account",
+                    "-P",
+                ])
+                .env("SGPU_ACCTD_AUTH", "none")
+                .env("SGPU_CONFIG", "/dev/null")
+                .output()
+                .map_err(|e| format!("{}: {e}", sgpu.display()))?;
+            t.push(s.elapsed().as_secs_f64() * 1000.0);
+            if !out.status.success() {
+                return Err(format!(
+                    "sgpu report failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        t.sort_by(f64::total_cmp);
+        println!(
+            "sgpu report (whole command, monthly per-account): median {:.1} ms, max {:.1} ms",
+            pct(&t, 50.0),
+            t.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    let _ = std::io::stdout().flush();
+    drop(acctd);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    match run(&a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("acct-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
