@@ -154,8 +154,13 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyh
 }
 
 /// sgpu.toml's `[accounting]` settings for acctd.
-fn acctd_settings(_conf: &sgpu_healthd::config::Config) -> acctd::AcctdSettings {
-    acctd::AcctdSettings::default()
+fn acctd_settings(conf: &sgpu_healthd::config::Config) -> acctd::AcctdSettings {
+    let a = &conf.accounting;
+    acctd::AcctdSettings {
+        url: a.url.clone(),
+        no_auth: a.auth == sgpu_healthd::config::AcctAuth::None,
+        munge_socket: a.munge_socket.clone(),
+    }
 }
 
 fn expand(hostlist: &str) -> anyhow::Result<Vec<String>> {
