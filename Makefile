@@ -57,6 +57,11 @@ define install_unit
 	mv '$(DESTDIR)$(UNITDIR)/$(2).tmp' '$(DESTDIR)$(UNITDIR)/$(2)'
 endef
 
+# installs file $(2) as $(3) with mode $(1): copied beside it, then renamed over it, so a
+# running daemon, a prolog slurmd starts meanwhile or a plugin slurmstepd has mapped never
+# sees a half-written file
+install_file = $(INSTALL) -m $(1) '$(2)' '$(3).new'; mv -f '$(3).new' '$(3)';
+
 # fails with what to do when a built file $(1) is missing
 define need_built
 	@for f in $(1); do \
@@ -85,7 +90,7 @@ install-head: install-common install-head-only
 install-common:
 	$(call need_built,sgpu)
 	$(INSTALL) -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(SYSCONFDIR)/sgpu'
-	$(INSTALL) -m 0755 '$(BUILD_DIR)/sgpu' '$(DESTDIR)$(BINDIR)/sgpu'
+	$(call install_file,0755,$(BUILD_DIR)/sgpu,$(DESTDIR)$(BINDIR)/sgpu)
 	@if [ -e '$(DESTDIR)$(SYSCONFDIR)/sgpu/sgpu.toml' ]; then \
 	  echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/sgpu/sgpu.toml (the example is packaging/sgpu.toml)"; \
 	else \
@@ -96,15 +101,15 @@ install-common:
 install-node-only:
 	$(call need_built,$(NODE_SBIN) $(PLUGIN))
 	$(INSTALL) -d -m 0755 '$(DESTDIR)$(SBINDIR)' '$(DESTDIR)$(SLURM_PLUGIN_DIR)'
-	$(INSTALL) -m 0755 $(addprefix '$(BUILD_DIR)'/,$(NODE_SBIN)) '$(DESTDIR)$(SBINDIR)/'
-	$(INSTALL) -m 0644 '$(BUILD_DIR)/$(PLUGIN)' '$(DESTDIR)$(SLURM_PLUGIN_DIR)/spank_sgpu.so'
+	$(foreach b,$(NODE_SBIN),$(call install_file,0755,$(BUILD_DIR)/$(b),$(DESTDIR)$(SBINDIR)/$(b)))
+	$(call install_file,0644,$(BUILD_DIR)/$(PLUGIN),$(DESTDIR)$(SLURM_PLUGIN_DIR)/spank_sgpu.so)
 	$(call install_unit,healthd/sgpu-healthd.service,sgpu-healthd.service)
 	$(INSTALL) -d -m 0700 '$(DESTDIR)/var/lib/sgpu' '$(DESTDIR)/var/spool/sgpu'
 
 install-head-only:
 	$(call need_built,$(HEAD_SBIN))
 	$(INSTALL) -d -m 0755 '$(DESTDIR)$(SBINDIR)'
-	$(INSTALL) -m 0755 $(addprefix '$(BUILD_DIR)'/,$(HEAD_SBIN)) '$(DESTDIR)$(SBINDIR)/'
+	$(foreach b,$(HEAD_SBIN),$(call install_file,0755,$(BUILD_DIR)/$(b),$(DESTDIR)$(SBINDIR)/$(b)))
 	$(call install_unit,accounting/sgpu-acctd.service,sgpu-acctd.service)
 	$(INSTALL) -d -m 0700 '$(DESTDIR)/var/lib/sgpu'
 

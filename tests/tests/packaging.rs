@@ -365,6 +365,38 @@ fn make_install_keeps_an_existing_config_and_says_what_to_build() {
     );
     assert!(out.contains("kept the existing"), "says so: {out}");
 
+    // a reinstall replaces files by renaming new ones over them (a new inode): a running
+    // healthd, a prolog being started or a plugin slurmstepd has mapped keep the old file
+    // intact instead of seeing it truncated and rewritten
+    use std::os::unix::fs::MetadataExt;
+    let watched = [
+        "usr/local/sbin/sgpu-healthd",
+        "usr/local/sbin/sgpu-prolog",
+        "usr/local/lib/slurm/spank_sgpu.so",
+    ];
+    let inodes = || -> Vec<u64> {
+        watched
+            .iter()
+            .map(|f| std::fs::metadata(root.join(f)).unwrap().ino())
+            .collect()
+    };
+    let before = inodes();
+    ok(&mut make(&[
+        "install-node",
+        "PROFILE=debug",
+        &format!("DESTDIR={}", root.display()),
+    ]));
+    let after = inodes();
+    for (f, (b, a)) in watched.iter().zip(before.iter().zip(&after)) {
+        assert_ne!(b, a, "{f} was rewritten in place");
+    }
+    assert!(
+        files(root)
+            .keys()
+            .all(|f| !f.ends_with(".new") && !f.ends_with(".tmp")),
+        "no temporary files left"
+    );
+
     // nothing built there: no half-done install, and the message says what to run
     let empty = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
