@@ -7,9 +7,15 @@
 //! identity is [`NodeEvent::id`], chosen by the producer (node, time and a per-process
 //! nonce), so a resend is stored once.
 
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
-use crate::RecordError;
+use crate::spool::{check_dir, io_err, sync_dir};
+use crate::{RecordError, SpoolError};
 
 /// Longest accepted reason, in bytes (Slurm's reasons are short; this bounds the store).
 pub const MAX_REASON_BYTES: usize = 1024;
@@ -148,9 +154,138 @@ impl NodeEvent {
     }
 }
 
+/// The node's pending node events, beside the usage records: `<spool>/events/new/<id>.json`
+/// (written through `events/tmp/`, fsynced, renamed: a file in `new/` is complete and
+/// durable). healthd sends them to acctd's `POST /v1/history` and removes each only after
+/// acctd acknowledged it.
+#[derive(Debug, Clone)]
+pub struct EventSpool {
+    tmp: PathBuf,
+    new: PathBuf,
+}
+
+impl EventSpool {
+    /// Opens (creating, mode 0700) `<spool_dir>/events/` and its `tmp/` and `new/`.
+    pub fn open(spool_dir: impl AsRef<Path>) -> Result<EventSpool, SpoolError> {
+        let root = spool_dir.as_ref().join("events");
+        let s = EventSpool {
+            tmp: root.join("tmp"),
+            new: root.join("new"),
+        };
+        for d in [&root, &s.tmp, &s.new] {
+            match DirBuilder::new().recursive(true).mode(0o700).create(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create spool directory", d)(e)),
+            }
+            check_dir(d, fs::symlink_metadata(d).map_err(io_err("stat", d))?)?;
+        }
+        Ok(s)
+    }
+
+    /// Validates and durably spools `event`; returns its path.
+    pub fn write(&self, event: &NodeEvent) -> Result<PathBuf, SpoolError> {
+        event.validate().map_err(SpoolError::Invalid)?;
+        let mut bytes =
+            serde_json::to_vec(event).map_err(|e| SpoolError::Invalid(RecordError::Json(e)))?;
+        bytes.push(b'\n');
+        let name = format!("{}.json", event.id);
+        let tmp = self.tmp.join(&name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        let written = f
+            .write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("write", &tmp));
+        drop(f);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let new = self.new.join(&name);
+        fs::rename(&tmp, &new).map_err(io_err("rename into new/", &new))?;
+        sync_dir(&self.new)?;
+        Ok(new)
+    }
+
+    /// The pending events, oldest first, each with its file; a file that cannot be read
+    /// comes as an error naming it (left in place for the admin).
+    pub fn pending(&self) -> Result<Vec<(PathBuf, Result<NodeEvent, SpoolError>)>, SpoolError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.new).map_err(io_err("list", &self.new))? {
+            let path = entry.map_err(io_err("list", &self.new))?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let read = fs::read(&path)
+                .map_err(io_err("read", &path))
+                .and_then(|b| {
+                    serde_json::from_slice::<NodeEvent>(&b).map_err(|e| SpoolError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+                });
+            out.push((path, read));
+        }
+        out.sort_by_key(|(p, r)| (r.as_ref().map(|e| e.time_ms).unwrap_or(0), p.clone()));
+        Ok(out)
+    }
+
+    /// Removes an acknowledged event durably; a missing file is not an error.
+    pub fn remove(&self, path: &Path) -> Result<(), SpoolError> {
+        match fs::remove_file(path) {
+            Ok(()) => sync_dir(&self.new),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", path)(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_spool_writes_lists_and_removes() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let records = crate::Spool::open(dir.path())?;
+        let events = EventSpool::open(dir.path())?;
+        let (a, b) = (
+            NodeEvent {
+                time_ms: 9,
+                ..event()
+            },
+            NodeEvent {
+                id: NodeEvent::new_id("node1", 3),
+                time_ms: 3,
+                ..event()
+            },
+        );
+        events.write(&a)?;
+        events.write(&b)?;
+        let pending = events.pending()?;
+        let got: Vec<NodeEvent> = pending
+            .iter()
+            .map(|(_, r)| r.as_ref().map(Clone::clone).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(got, vec![b, a], "oldest first");
+        // the usage-record spool does not see them
+        assert!(records.list()?.is_empty());
+        events.remove(&pending[0].0)?;
+        events.remove(&pending[0].0)?;
+        assert_eq!(events.pending()?.len(), 1);
+        let bad = NodeEvent {
+            reason: String::new(),
+            ..event()
+        };
+        assert!(events.write(&bad).is_err(), "invalid events are refused");
+        Ok(())
+    }
 
     fn event() -> NodeEvent {
         NodeEvent {

@@ -49,7 +49,7 @@ mod id;
 mod record;
 mod spool;
 
-pub use event::{NodeAction, NodeEvent};
+pub use event::{EventSpool, NodeAction, NodeEvent};
 pub use id::{MAX_COMPONENT_BYTES, MAX_KEY_BYTES, RecordId, RecordKind};
 pub use record::{
     ExitStatus, GpuEnd, GpuRef, GpuUsage, JobEnd, JobStart, Record, RecordBody, RecordError,

@@ -94,7 +94,7 @@ impl SpoolError {
     }
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
     move |source| SpoolError::Io {
         op,
         path: path.to_path_buf(),
@@ -387,7 +387,7 @@ impl Spool {
     }
 }
 
-fn check_dir(path: &Path, md: fs::Metadata) -> Result<(), SpoolError> {
+pub(crate) fn check_dir(path: &Path, md: fs::Metadata) -> Result<(), SpoolError> {
     if !md.is_dir() {
         return Err(SpoolError::NotADirectory {
             path: path.to_path_buf(),
@@ -403,7 +403,7 @@ fn check_dir(path: &Path, md: fs::Metadata) -> Result<(), SpoolError> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync", dir))
