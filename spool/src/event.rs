@@ -154,6 +154,9 @@ impl NodeEvent {
     }
 }
 
+/// A pending event file and what it holds (or why it cannot be read).
+pub type PendingEvent = (PathBuf, Result<NodeEvent, SpoolError>);
+
 /// The node's pending node events, beside the usage records: `<spool>/events/new/<id>.json`
 /// (written through `events/tmp/`, fsynced, renamed: a file in `new/` is complete and
 /// durable). healthd sends them to acctd's `POST /v1/history` and removes each only after
@@ -215,7 +218,7 @@ impl EventSpool {
 
     /// The pending events, oldest first, each with its file; a file that cannot be read
     /// comes as an error naming it (left in place for the admin).
-    pub fn pending(&self) -> Result<Vec<(PathBuf, Result<NodeEvent, SpoolError>)>, SpoolError> {
+    pub fn pending(&self) -> Result<Vec<PendingEvent>, SpoolError> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.new).map_err(io_err("list", &self.new))? {
             let path = entry.map_err(io_err("list", &self.new))?.path();
@@ -269,10 +272,13 @@ mod tests {
         events.write(&a)?;
         events.write(&b)?;
         let pending = events.pending()?;
-        let got: Vec<NodeEvent> = pending
-            .iter()
-            .map(|(_, r)| r.as_ref().map(Clone::clone).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
+        let mut got: Vec<NodeEvent> = Vec::new();
+        for (_, r) in &pending {
+            match r {
+                Ok(e) => got.push(e.clone()),
+                Err(e) => return Err(e.to_string().into()),
+            }
+        }
         assert_eq!(got, vec![b, a], "oldest first");
         // the usage-record spool does not see them
         assert!(records.list()?.is_empty());
