@@ -310,13 +310,34 @@ impl Forwarder {
     }
 
     /// Acts on acctd's answer for `batch`, in spool order; stops at the first removal that
-    /// fails (the rest is sent again and comes back `duplicate`).
+    /// fails (the rest is sent again and comes back `duplicate`). Acknowledged files are
+    /// unlinked one by one and their directory fsynced once at the end (one fsync per
+    /// record made removal the bottleneck); a removal lost to a crash before that fsync
+    /// only means a resend, which acctd answers `duplicate`.
     fn settle(
         &self,
         spool: &Spool,
         batch: &[Pending],
         reply: &IngestReply,
         report: &mut RoundReport,
+    ) -> Result<(), String> {
+        let mut removed_from: Option<std::path::PathBuf> = None;
+        let outcome = self.settle_unsynced(spool, batch, reply, report, &mut removed_from);
+        if let Some(dir) = removed_from {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+        }
+        outcome
+    }
+
+    fn settle_unsynced(
+        &self,
+        spool: &Spool,
+        batch: &[Pending],
+        reply: &IngestReply,
+        report: &mut RoundReport,
+        removed_from: &mut Option<std::path::PathBuf>,
     ) -> Result<(), String> {
         let mut answers: Vec<Option<&sgpu_acct_client::RecordReply>> = vec![None; batch.len()];
         for r in &reply.results {
@@ -332,9 +353,21 @@ impl Forwarder {
             };
             match a.status.as_str() {
                 "accepted" | "duplicate" => {
-                    spool.remove(&p.entry).map_err(|e| {
-                        format!("{e}; acknowledged records are sent again (acctd keeps one copy)")
-                    })?;
+                    let path = p.entry.path();
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(format!(
+                                "cannot remove {}: {e}; acknowledged records are sent again \
+                                 (acctd keeps one copy)",
+                                path.display()
+                            ));
+                        }
+                    }
+                    if removed_from.is_none() {
+                        *removed_from = path.parent().map(std::path::Path::to_path_buf);
+                    }
                     if a.status == "accepted" {
                         report.accepted += 1;
                     } else {

@@ -316,7 +316,25 @@ fn kill9_of_acctd_during_a_large_ingest_keeps_every_acknowledged_record_once() -
     // kill -9 acctd twice while the forwarder works through the backlog
     for left in [RECORDS * 3 / 4, RECORDS / 3] {
         let began = Instant::now();
-        while spooled(&cluster, node, None)? > left as usize {
+        // the first record that left the spool: (when, how many were left), for a rate
+        let mut first_drop: Option<(Instant, usize)> = None;
+        loop {
+            let n = spooled(&cluster, node, None)?;
+            if first_drop.is_none() && n < RECORDS as usize {
+                first_drop = Some((Instant::now(), n));
+            }
+            if n <= left as usize {
+                if let Some((t, n0)) = first_drop.filter(|_| left == RECORDS * 3 / 4) {
+                    let secs = t.elapsed().as_secs_f64();
+                    eprintln!(
+                        "forwarding rate (debug build, 50 per batch): {} \
+                         records in {secs:.2} s = {:.0} records/s",
+                        n0 - n,
+                        (n0 - n) as f64 / secs
+                    );
+                }
+                break;
+            }
             assert!(
                 began.elapsed() < Duration::from_secs(120),
                 "the backlog did not fall to {left} in 120 s"
