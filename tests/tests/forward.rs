@@ -384,3 +384,57 @@ fn kill9_of_acctd_during_a_large_ingest_keeps_every_acknowledged_record_once() -
     assert!(acc + dup >= f64::from(RECORDS));
     Ok(())
 }
+
+#[test]
+fn a_refused_credential_keeps_every_record_in_the_spool() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node2";
+    let acctd = Acctd::start(&[])?;
+    // no credential: acctd (MUNGE) answers 401; nothing may be dropped or moved to bad/
+    let fwd = forward_to(&cluster, &[node], &acctd.url(), "auth = \"none\"\n")?;
+    let id = cluster.sbatch(&["-w", node, "--gres=gpu:1", "-o", "/dev/null"], "sleep 1")?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    poll(
+        Duration::from_secs(20),
+        &format!("job {id}'s usage record in {node}'s spool"),
+        || Ok(spool_has_usage(&cluster, node, id)?.then_some(())),
+    )?;
+    let failures = poll(
+        Duration::from_secs(10),
+        "a refused forwarding round",
+        || {
+            let n = metric(&cluster, node, "sgpu_forward_failures_total")?;
+            Ok((n >= 2.0).then_some(n))
+        },
+    )?;
+    let log = std::fs::read_to_string(node_files(&cluster, node).healthd_log)?;
+    assert!(
+        log.lines().rev().take(200).any(|l| l.contains("401")),
+        "healthd logs acctd's refusal"
+    );
+    assert_eq!(
+        metric(
+            &cluster,
+            node,
+            "sgpu_forward_records_total{result=\"rejected\"}"
+        )?,
+        0.0
+    );
+    let kept = spooled(&cluster, node, Some(id))?;
+    assert!(kept >= 3, "start, end and usage stay: {kept}");
+    assert!(stored(&client(&acctd), id)?.is_empty());
+    eprintln!("{failures} refused rounds, job {id}: {kept} records kept");
+    // with the credential back, they arrive
+    drop(fwd);
+    let _fwd = forward_to(&cluster, &[node], &acctd.url(), "")?;
+    let c = client(&acctd);
+    poll(
+        Duration::from_secs(30),
+        &format!("job {id}'s records in acctd"),
+        || Ok(complete(&stored(&c, id)?, node).then_some(())),
+    )?;
+    each_once(id, &stored(&c, id)?);
+    Ok(())
+}
