@@ -183,11 +183,34 @@ impl NodeControl for SlurmControl<'_> {
     fn drain(&mut self, reason: &str) -> Result<(), String> {
         self.scontrol
             .drain(self.node, reason)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.history(sgpu_spool::NodeAction::Drain, reason);
+        Ok(())
     }
 
     fn resume(&mut self) -> Result<(), String> {
-        self.scontrol.resume(self.node).map_err(|e| e.to_string())
+        self.scontrol.resume(self.node).map_err(|e| e.to_string())?;
+        self.history(
+            sgpu_spool::NodeAction::Resume,
+            "sgpu: checks pass again (resume_after healthy runs)",
+        );
+        Ok(())
+    }
+}
+
+impl SlurmControl<'_> {
+    /// Keeps a drain or resume in the node history (spooled, forwarded to acctd).
+    fn history(&self, action: sgpu_spool::NodeAction, reason: &str) {
+        let r = crate::node_events::record(
+            &self.config.spool_dir,
+            self.node,
+            action,
+            "healthd",
+            reason,
+        );
+        if let Err(e) = r {
+            warn!("{e}");
+        }
     }
 }
 
@@ -507,6 +530,12 @@ fn spawn_forwarder(
         batch = a.forward_batch,
         "forwarding the spool to sgpu-acctd"
     );
+    // node history events (drains, resumes) go to POST /v1/history beside the records
+    tokio::spawn(crate::node_events::run(
+        config.spool_dir.clone(),
+        client.clone(),
+        a.forward_interval,
+    ));
     let forwarder = Forwarder::new(
         config.spool_dir.clone(),
         Box::new(client),

@@ -40,6 +40,7 @@ pub mod forward;
 pub mod gpu;
 pub mod http;
 pub mod metrics;
+pub mod node_events;
 pub mod nodeconf;
 pub mod policy;
 pub mod sampler;

@@ -146,12 +146,22 @@ fn acknowledge_xids(config: &Config, xids: &[XidEvent], report: &mut GateReport)
 }
 
 /// Drains the node for `reason` through slurmctld; records the outcome in `report`.
-fn drain(config: &Config, node: &str, reason: &str, report: &mut GateReport) {
+fn drain(config: &Config, node: &str, reason: &str, source: &str, report: &mut GateReport) {
     report.drain_reason = Some(reason.to_string());
     match Scontrol::locate(config.scontrol.as_deref()).and_then(|s| s.drain(node, reason)) {
         Ok(()) => {
             report.drained = true;
             report.note(format!("drained {node}: {reason}"));
+            // the node history (forwarded to acctd by healthd); the drain stands without it
+            if let Err(e) = sgpu_healthd::node_events::record(
+                &config.spool_dir,
+                node,
+                sgpu_spool::NodeAction::Drain,
+                source,
+                reason,
+            ) {
+                report.note(e);
+            }
         }
         Err(e) => report.error(format!("could not drain {node} ({reason}): {e}")),
     }
@@ -192,7 +202,7 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     } else {
         report.verdict = Some(verdict);
         if let Some(reason) = checks::drain_reason(&checked.results) {
-            drain(config, &job.node, &reason, &mut report);
+            drain(config, &job.node, &reason, "prolog", &mut report);
             if job.health_mode == HealthMode::Strict {
                 // Slurm requeues the job; a prolog failure also drains the node, with our
                 // reason kept when we drained first
@@ -275,7 +285,7 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
     let verdict = Verdict::of(&checked.results);
     report.verdict = Some(verdict);
     if let Some(reason) = checks::drain_reason(&checked.results) {
-        drain(config, &job.node, &reason, &mut report);
+        drain(config, &job.node, &reason, "epilog", &mut report);
         if !report.drained {
             // we could not drain: fail, so slurmd drains the node ("Epilog error")
             report.exit_code = 1;

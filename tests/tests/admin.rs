@@ -293,6 +293,16 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
     ready(&cluster, &[node])?;
     let acctd = Acctd::start(&[])?;
     let sgpu = Sgpu::new(&cluster, &acctd)?;
+    // node1's healthd sends its records and node history events to this acctd
+    let _fwd = sgpu_tests::acctd::forward_to(&cluster, &[node], &acctd.url(), "")?;
+    // the restarted healthd watches XIDs once it has run its first check
+    let start = std::time::Instant::now();
+    while !sgpu::healthd_get(&cluster, node, "/status")
+        .is_ok_and(|(code, body)| code == 200 && !body.contains("\"health\":null"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "healthd not up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // XID 79 (fallen off the bus): healthd drains the node with an sgpu reason
     sgpu::update_gpus(&cluster, node, |s| {
@@ -320,8 +330,28 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
         node_state(&cluster.node(node)?).1,
         "resumed with a failing GPU"
     );
-    let out = sgpu.run(&cluster, &["history", node, "--json"])?;
-    let events: Vec<sgpu_spool::NodeEvent> = serde_json::from_slice(&out.stdout)?;
-    assert!(events.is_empty(), "a refusal is not an event: {events:?}");
+    // healthd's own drain reaches the history (spooled, forwarded); the refusal is no event
+    let start = std::time::Instant::now();
+    let events = loop {
+        let out = sgpu.run(&cluster, &["history", node, "--json"])?;
+        let events: Vec<sgpu_spool::NodeEvent> = serde_json::from_slice(&out.stdout)?;
+        if !events.is_empty() || start.elapsed() > Duration::from_secs(20) {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (e.action.as_str(), e.source.as_str(), e.uid, e.user.as_str()),
+        ("drain", "healthd", 0, "root"),
+        "{e:?}"
+    );
+    assert!(e.reason.starts_with("sgpu: gpu.xid gpu2:"), "{e:?}");
+    let left = sgpu_spool::EventSpool::open(sgpu::node_files(&cluster, node).spool_dir)?;
+    assert!(
+        left.pending()?.is_empty(),
+        "forwarded events leave the spool"
+    );
     Ok(())
 }

@@ -1,0 +1,148 @@
+//! Node history from the node: every drain and resume healthd or the prolog makes is written
+//! as a [`NodeEvent`] to the spool's `events/` area ([`record`]), and healthd sends the
+//! pending ones to acctd's `POST /v1/history` ([`forward`], [`run`]) next to the usage-record
+//! forwarder, removing each only after acctd acknowledged it. `sgpu history` shows them with
+//! the drains and resumes made through `sgpu drain`/`sgpu resume`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sgpu_acct_client::Client;
+use sgpu_spool::{EventSpool, NodeAction, NodeEvent};
+use tracing::{info, warn};
+
+/// The most events one request carries.
+pub const MAX_EVENTS_PER_REQUEST: usize = 500;
+
+/// The cluster's name as records carry it (slurm.conf `ClusterName`, lower-case).
+pub fn cluster_name() -> String {
+    let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(crate::nodeconf::slurm_conf_path());
+    conf.cluster_name
+        .map(|c| c.to_ascii_lowercase())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: a zeroed passwd is a valid out-parameter.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers are valid for their lengths; the result points into them.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Writes a drain or resume of `node` by `source` (`healthd`, `prolog`) to the spool's
+/// `events/`, as this process's user. Errors say what failed; callers log them (the drain
+/// itself stands).
+pub fn record(
+    spool_dir: &Path,
+    node: &str,
+    action: NodeAction,
+    source: &str,
+    reason: &str,
+) -> Result<(), String> {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let time_ms = sgpu_spool::now_ms();
+    let event = NodeEvent {
+        id: NodeEvent::new_id(node, time_ms),
+        cluster: cluster_name(),
+        node: node.to_string(),
+        time_ms,
+        action,
+        source: source.to_string(),
+        uid,
+        user: user_name(uid).unwrap_or_else(|| uid.to_string()),
+        reason: reason.to_string(),
+        previous_reason: None,
+        forced: false,
+    };
+    EventSpool::open(spool_dir)
+        .and_then(|s| s.write(&event))
+        .map(|_| ())
+        .map_err(|e| format!("node history event not spooled: {e}"))
+}
+
+/// Sends the pending events (up to [`MAX_EVENTS_PER_REQUEST`] per request) and removes
+/// each acknowledged one; returns how many were sent. An unreadable file is left in place
+/// and reported.
+pub fn forward(spool_dir: &Path, client: &Client) -> Result<usize, String> {
+    let spool = EventSpool::open(spool_dir).map_err(|e| e.to_string())?;
+    let mut sent = 0;
+    let pending = spool.pending().map_err(|e| e.to_string())?;
+    let mut good: Vec<(PathBuf, NodeEvent)> = Vec::new();
+    for (path, read) in pending {
+        match read {
+            Ok(e) => good.push((path, e)),
+            Err(e) => warn!("node history event {} skipped: {e}", path.display()),
+        }
+    }
+    for chunk in good.chunks(MAX_EVENTS_PER_REQUEST) {
+        let events: Vec<&NodeEvent> = chunk.iter().map(|(_, e)| e).collect();
+        client
+            .post_json("/v1/history", &serde_json::json!({ "events": events }))
+            .map_err(|e| format!("POST /v1/history: {e}"))?;
+        for (path, _) in chunk {
+            spool.remove(path).map_err(|e| e.to_string())?;
+        }
+        sent += chunk.len();
+    }
+    Ok(sent)
+}
+
+/// Forwards node events every `interval`, for ever (a failure is logged and retried).
+pub async fn run(spool_dir: PathBuf, client: Client, interval: Duration) {
+    let mut failing = false;
+    loop {
+        let (dir, c) = (spool_dir.clone(), client.clone());
+        match tokio::task::spawn_blocking(move || forward(&dir, &c)).await {
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    info!(events = n, "forwarded node history events to acctd");
+                }
+                failing = false;
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    warn!("{e}; node history events stay in the spool and are retried");
+                }
+                failing = true;
+            }
+            Err(e) => warn!("node history forwarder: {e}"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_events_land_in_the_event_spool() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        record(dir.path(), "node7", NodeAction::Drain, "healthd", "sgpu: x")?;
+        let pending = EventSpool::open(dir.path())?.pending()?;
+        assert_eq!(pending.len(), 1);
+        let e = match &pending[0].1 {
+            Ok(e) => e,
+            Err(err) => return Err(err.to_string().into()),
+        };
+        assert_eq!(
+            (
+                e.node.as_str(),
+                e.action,
+                e.source.as_str(),
+                e.reason.as_str()
+            ),
+            ("node7", NodeAction::Drain, "healthd", "sgpu: x")
+        );
+        Ok(())
+    }
+}
