@@ -85,13 +85,37 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `make -C <repo> <args>` with the built binaries of this profile.
-fn make(args: &[&str]) -> Command {
+/// The files `make install`/`make deb` take from the build directory.
+const BUILT_FILES: &[&str] = &[
+    "sgpu",
+    "sgpu-prolog",
+    "sgpu-epilog",
+    "sgpu-healthd",
+    "sgpu-acctd",
+    "libspank_sgpu.so",
+];
+
+/// A private build directory for one test: hard links to the built files, so that another
+/// cargo build replacing them meanwhile (other tests run in parallel) cannot change what this
+/// test installs and compares. Removed on drop.
+fn snapshot() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(built()).unwrap();
+    for f in BUILT_FILES {
+        let (src, dst) = (built().join(f), dir.path().join(f));
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+    dir
+}
+
+/// `make -C <repo> BUILD_DIR=<build> <args>`.
+fn make(build: &tempfile::TempDir, args: &[&str]) -> Command {
     let mut cmd = Command::new("make");
     cmd.arg("-C")
         .arg(repo_root())
         .arg("--no-print-directory")
-        .arg(format!("BUILD_DIR={}", built().display()))
+        .arg(format!("BUILD_DIR={}", build.path().display()))
         .args(args);
     cmd
 }
@@ -205,13 +229,17 @@ fn version() -> String {
 
 #[test]
 fn make_install_lays_out_node_and_head_parts_with_units_pointing_at_prefix() {
+    let build = snapshot();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    ok(&mut make(&[
-        "install",
-        "PROFILE=debug",
-        &format!("DESTDIR={}", root.display()),
-    ]));
+    ok(&mut make(
+        &build,
+        &[
+            "install",
+            "PROFILE=debug",
+            &format!("DESTDIR={}", root.display()),
+        ],
+    ));
 
     let got = files(root);
     let want: BTreeMap<String, u32> = [
@@ -246,7 +274,7 @@ fn make_install_lays_out_node_and_head_parts_with_units_pointing_at_prefix() {
         ("libspank_sgpu.so", "usr/local/lib/slurm/spank_sgpu.so"),
     ] {
         assert_eq!(
-            std::fs::read(built().join(built_name)).unwrap(),
+            std::fs::read(build.path().join(built_name)).unwrap(),
             std::fs::read(root.join(installed)).unwrap(),
             "{installed} differs from the built {built_name}"
         );
@@ -286,14 +314,18 @@ fn make_install_lays_out_node_and_head_parts_with_units_pointing_at_prefix() {
 
 #[test]
 fn make_install_node_and_head_with_another_prefix() {
+    let build = snapshot();
     let tmp = tempfile::tempdir().unwrap();
     let node = tmp.path().join("node");
-    ok(&mut make(&[
-        "install-node",
-        "PROFILE=debug",
-        "PREFIX=/opt/sgpu",
-        &format!("DESTDIR={}", node.display()),
-    ]));
+    ok(&mut make(
+        &build,
+        &[
+            "install-node",
+            "PROFILE=debug",
+            "PREFIX=/opt/sgpu",
+            &format!("DESTDIR={}", node.display()),
+        ],
+    ));
     let got: Vec<String> = files(&node).into_keys().collect();
     assert_eq!(
         got,
@@ -315,12 +347,15 @@ fn make_install_node_and_head_with_another_prefix() {
     );
 
     let head = tmp.path().join("head");
-    ok(&mut make(&[
-        "install-head",
-        "PROFILE=debug",
-        "PREFIX=/opt/sgpu",
-        &format!("DESTDIR={}", head.display()),
-    ]));
+    ok(&mut make(
+        &build,
+        &[
+            "install-head",
+            "PROFILE=debug",
+            "PREFIX=/opt/sgpu",
+            &format!("DESTDIR={}", head.display()),
+        ],
+    ));
     let got: Vec<String> = files(&head).into_keys().collect();
     assert_eq!(
         got,
@@ -348,16 +383,20 @@ fn make_install_node_and_head_with_another_prefix() {
 
 #[test]
 fn make_install_keeps_an_existing_config_and_says_what_to_build() {
+    let build = snapshot();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let conf = root.join("etc/sgpu/sgpu.toml");
     std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
     std::fs::write(&conf, "nvml_timeout_ms = 1234\n").unwrap();
-    let out = ok(&mut make(&[
-        "install-node",
-        "PROFILE=debug",
-        &format!("DESTDIR={}", root.display()),
-    ]));
+    let out = ok(&mut make(
+        &build,
+        &[
+            "install-node",
+            "PROFILE=debug",
+            &format!("DESTDIR={}", root.display()),
+        ],
+    ));
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),
         "nvml_timeout_ms = 1234\n",
@@ -381,11 +420,14 @@ fn make_install_keeps_an_existing_config_and_says_what_to_build() {
             .collect()
     };
     let before = inodes();
-    ok(&mut make(&[
-        "install-node",
-        "PROFILE=debug",
-        &format!("DESTDIR={}", root.display()),
-    ]));
+    ok(&mut make(
+        &build,
+        &[
+            "install-node",
+            "PROFILE=debug",
+            &format!("DESTDIR={}", root.display()),
+        ],
+    ));
     let after = inodes();
     for (f, (b, a)) in watched.iter().zip(before.iter().zip(&after)) {
         assert_ne!(b, a, "{f} was rewritten in place");
@@ -495,7 +537,10 @@ fn fake_dpkg_root(root: &Path, edit: impl Fn(String) -> String) {
 /// machine with `DPKG_ROOT` set (ours touch only `$DPKG_ROOT` then).
 fn dpkg(root: &Path) -> Command {
     let mut cmd = Command::new("dpkg");
-    cmd.arg(format!("--root={}", root.display()))
+    // dpkg wants ldconfig and start-stop-daemon in PATH, which a user's PATH may lack
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{path}:/usr/sbin:/sbin:/usr/bin:/bin"))
+        .arg(format!("--root={}", root.display()))
         .arg(format!("--log={}", root.join("var/log/dpkg.log").display()))
         .args(["--force-script-chrootless", "--force-confold"]);
     cmd
@@ -503,13 +548,17 @@ fn dpkg(root: &Path) -> Command {
 
 #[test]
 fn deb_packages_declare_contents_and_install_with_dpkg() {
+    let build = snapshot();
     let out_dir = tempfile::tempdir().unwrap();
-    ok(&mut make(&[
-        "deb",
-        "PROFILE=debug",
-        "DEB_COMPRESS=none",
-        &format!("DEB_OUT={}", out_dir.path().display()),
-    ]));
+    ok(&mut make(
+        &build,
+        &[
+            "deb",
+            "PROFILE=debug",
+            "DEB_COMPRESS=none",
+            &format!("DEB_OUT={}", out_dir.path().display()),
+        ],
+    ));
     let ver = version();
     let arch = ok(Command::new("dpkg").arg("--print-architecture"))
         .trim()
