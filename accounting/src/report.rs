@@ -636,6 +636,12 @@ async fn get_report(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
         Ok(q) => q,
         Err(r) => return r,
     };
+    if !q.filters.jobs.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "jobs: reports sum rollups, which have no job ids; ask /v1/jobs for jobs",
+        );
+    }
     let store = state.store.clone();
     let (start, end) = (q.start_ms, q.end_ms);
     match tokio::task::spawn_blocking(move || report(store.as_ref(), &q)).await {

@@ -505,6 +505,9 @@ pub fn report(
     acctd_url: Option<&str>,
     a: &ReportArgs,
 ) -> anyhow::Result<i32> {
+    if a.select.jobs.is_some() {
+        bail!("-j/--jobs selects jobs in `sgpu jobs`; reports sum over accounts and users");
+    }
     let now = now_s();
     let today = now.div_euclid(DAY_S) * DAY_S;
     let (start, end) = window(&a.select, now, today - DAY_S, today)?;
