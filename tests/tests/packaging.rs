@@ -4,7 +4,9 @@
 //! into a temporary root (`dpkg --root`, scripts run with `DPKG_ROOT`, its own log): nothing
 //! outside the temporary directories changes. The units are checked with the real
 //! `systemd-analyze verify` against the installed tree, the example `sgpu.toml` with healthd's
-//! own configuration parser. No Slurm cluster is needed.
+//! own configuration parser, `sgpu-acctd` inside the sandbox its unit asks for (read-only file
+//! system but its state directory, no capabilities) with the system munged. Only that test
+//! needs the test cluster (for munged).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -768,5 +770,164 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
             minor + 1
         )),
         "{stderr}"
+    );
+}
+
+/// Kills the sandboxed acctd when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn acctd_works_inside_its_units_sandbox() {
+    // munged (the system's, which the test cluster uses) must answer and stay up
+    let cluster = sgpu_tests::Cluster::up().unwrap();
+    let _lock = cluster.lock_shared().unwrap();
+    let build = snapshot();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    ok(&mut make(
+        &build,
+        &[
+            "install-head",
+            "PROFILE=debug",
+            &format!("DESTDIR={}", root.display()),
+        ],
+    ));
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/sgpu-acctd.service")).unwrap();
+    // the sandbox this test recreates is the one the unit asks for
+    for (key, want) in [
+        ("ProtectSystem", "strict"),
+        ("StateDirectory", "sgpu"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(unit_values(&unit, key), [want], "{key}= in the unit");
+    }
+
+    // the unit's command line, expanded as systemd would, on a free port and a private
+    // state directory standing in for /var/lib/sgpu
+    let mut exec = unit_values(&unit, "ExecStart").remove(0);
+    for env in unit_values(&unit, "Environment") {
+        let (k, v) = env.trim_matches('"').split_once('=').unwrap();
+        exec = exec
+            .replace(&format!("${{{k}}}"), v)
+            .replace(&format!("${k}"), v);
+    }
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut words = exec.split_whitespace().map(str::to_owned);
+    let program = root.join(&words.next().unwrap()[1..]);
+    let mut args: Vec<String> = words.collect();
+    for (flag, value) in [
+        ("--listen", format!("127.0.0.1:{port}")),
+        ("--db", state.join("acctd.sled").display().to_string()),
+    ] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value;
+    }
+
+    // ProtectSystem=strict + the state directory: everything read-only but the state
+    // directory; CapabilityBoundingSet= and NoNewPrivileges=yes: no capabilities at all
+    let script = r#"
+        set -e
+        mount --bind "$1" "$1"
+        mount -o remount,bind,ro /
+        if touch /usr/.sgpu-sandbox-probe 2>/dev/null; then
+            rm -f /usr/.sgpu-sandbox-probe; echo "/usr is writable: no sandbox" >&2; exit 97
+        fi
+        shift
+        exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all --ambient-caps=-all "$@"
+    "#;
+    let log = tmp.path().join("acctd.log");
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&state)
+        .arg(&program)
+        .args(&args)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("acctd.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!(
+                "sgpu-acctd in the sandbox exited ({status}): {}",
+                std::fs::read_to_string(tmp.path().join("acctd.err")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+    for line in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(status.contains(line), "acctd runs with {line}: {status}");
+    }
+
+    // root sends a record with a MUNGE credential (munged's socket reachable from the
+    // read-only /run) and acctd stores it (its database writable)
+    let client = sgpu_acct_client::Client::new(
+        &format!("http://{addr}"),
+        sgpu_acct_client::ClientAuth::Munge { socket: None },
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let (start_ms, end_ms) = (1_709_254_800_000u64, 1_709_262_000_000u64);
+    let body = sgpu_spool::JobEnd {
+        user: "root".into(),
+        uid: 0,
+        account: Some("physics".into()),
+        partition: Some("gpu".into()),
+        start_time: start_ms,
+        end_time: end_ms,
+        gpus: vec![sgpu_spool::GpuEnd {
+            index: 0,
+            uuid: "GPU-node1-0".into(),
+            name: Some("NVIDIA H100 80GB HBM3".into()),
+            energy_start_mj: Some(0),
+            energy_end_mj: Some(1000),
+            energy_delta_mj: Some(1000),
+        }],
+        allocated_gpu_ms: end_ms - start_ms,
+        exit: None,
+    };
+    let id =
+        sgpu_spool::RecordId::new("sgpu-pkg", 7, None, "node1", sgpu_spool::RecordKind::JobEnd)
+            .unwrap();
+    let record = sgpu_spool::Record::new(id, end_ms, sgpu_spool::RecordBody::JobEnd(body)).unwrap();
+    let reply = client
+        .post_records(&serde_json::to_vec(&[record]).unwrap())
+        .unwrap();
+    assert_eq!(reply.accepted, 1, "{:?}", reply.results);
+    let job = client.get_json("/v1/jobs/sgpu-pkg/7").unwrap();
+    assert!(job.to_string().contains("physics"), "{job}");
+    assert!(
+        std::fs::read_dir(state.join("acctd.sled")).unwrap().count() > 0,
+        "the database is in the state directory"
     );
 }
