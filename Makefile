@@ -81,6 +81,9 @@ build:
 install: install-node install-head
 
 install-node: install-common install-node-only
+	@echo "slurm.conf:      Prolog=$(SBINDIR)/sgpu-prolog"
+	@echo "                 Epilog=$(SBINDIR)/sgpu-epilog"
+	@echo "plugstack.conf:  optional $(SLURM_PLUGIN_DIR)/spank_sgpu.so config=$(SYSCONFDIR)/sgpu/sgpu.toml"
 	@[ -n '$(DESTDIR)' ] || echo "installed; enable the daemon yourself: systemctl daemon-reload && systemctl enable --now sgpu-healthd"
 
 install-head: install-common install-head-only

@@ -319,7 +319,7 @@ fn make_install_node_and_head_with_another_prefix() {
     let build = snapshot();
     let tmp = tempfile::tempdir().unwrap();
     let node = tmp.path().join("node");
-    ok(&mut make(
+    let out = ok(&mut make(
         &build,
         &[
             "install-node",
@@ -328,6 +328,14 @@ fn make_install_node_and_head_with_another_prefix() {
             &format!("DESTDIR={}", node.display()),
         ],
     ));
+    // it tells the admin the lines for this PREFIX
+    for line in [
+        "Prolog=/opt/sgpu/sbin/sgpu-prolog",
+        "Epilog=/opt/sgpu/sbin/sgpu-epilog",
+        "optional /opt/sgpu/lib/slurm/spank_sgpu.so",
+    ] {
+        assert!(out.contains(line), "{line} in {out}");
+    }
     let got: Vec<String> = files(&node).into_keys().collect();
     assert_eq!(
         got,
