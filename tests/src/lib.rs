@@ -8,6 +8,7 @@
 
 pub mod acctd;
 pub mod cluster;
+pub mod cluster_acctd;
 pub mod sgpu;
 
 pub use cluster::{Cluster, ClusterError, Record, node_state};

@@ -12,7 +12,9 @@ const USAGE: &str = "usage (as root; stop the cluster with tests/cluster/down):
   sgpu-testcluster gpu NODE ecc GPU COUNT      set GPU's volatile uncorrectable ECC errors
   sgpu-testcluster gpu NODE util PERCENT       set every GPU's utilization
   sgpu-testcluster gpu NODE heal               healthy GPUs again, XID history cleared
-  sgpu-testcluster healthd start|stop NODE     start or stop NODE's sgpu-healthd";
+  sgpu-testcluster healthd start|stop NODE     start or stop NODE's sgpu-healthd
+  sgpu-testcluster acctd start|stop            the cluster's sgpu-acctd (MUNGE, 127.0.0.1:16830),
+                                               with every node's healthd forwarding to it";
 
 fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
     s.parse()
@@ -81,6 +83,20 @@ fn run(args: &[&str]) -> Result<(), String> {
         ["healthd", "stop", node] => {
             let cluster = Cluster::existing().map_err(err)?;
             sgpu::stop_healthd(&cluster, node).map_err(err)
+        }
+        ["acctd", "start"] => {
+            let cluster = Cluster::existing().map_err(err)?;
+            sgpu_tests::cluster_acctd::start(&cluster).map_err(err)?;
+            println!(
+                "sgpu-acctd listening on {} (log: {}/log/sgpu-acctd.log); nodes forward to it",
+                sgpu_tests::cluster_acctd::url(),
+                cluster.dir().display()
+            );
+            Ok(())
+        }
+        ["acctd", "stop"] => {
+            let cluster = Cluster::existing().map_err(err)?;
+            sgpu_tests::cluster_acctd::stop(&cluster).map_err(err)
         }
         _ => Err(USAGE.into()),
     }
