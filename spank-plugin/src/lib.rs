@@ -33,11 +33,13 @@
 //!   (Slurm's indices, mapped to NVML through gres.conf minor numbers, never
 //!   `CUDA_VISIBLE_DEVICES`), its job, user and start time. Steps without GPUs cost nothing
 //!   (NVML is never touched).
-//! - `slurm_spank_task_post_fork`, remote (after Slurm forked every task of the step): the
-//!   GPUs' start counters are read on a short-lived thread, so NVML's initialisation (the
-//!   plugin's main cost, measured with bench/spank-launch) overlaps the tasks' start instead
-//!   of delaying it; no task is forked while that thread runs, and `exit` joins it (it ends
-//!   within `nvml_timeout_ms`).
+//! - `slurm_spank_task_post_fork`, remote (after Slurm forked every task of the step): on a
+//!   short-lived thread, sgpu.toml and slurm.conf are read, the user's name looked up and
+//!   the GPUs' start counters read, so files, NSS and NVML's initialisation (the plugin's
+//!   main cost, measured with bench/spank-launch) overlap the tasks' start instead of
+//!   delaying it; no task is forked while that thread runs, and `exit` joins it (its NVML
+//!   part ends within `nvml_timeout_ms`). `init_post_opt` itself only reads SPANK items and
+//!   the step's environment.
 //! - `slurm_spank_exit`, remote (once per step, after its tasks ended): reads the counters
 //!   again and writes a `step_usage` record (step `batch`, `extern`, `interactive` or the
 //!   number) to the node spool; at the end of the batch step (the end of the job on this
@@ -93,44 +95,110 @@ struct Options {
     report: bool,
 }
 
+/// What the step's hook read from Slurm in `init_post_opt` (cheap: SPANK items and the
+/// step's environment); everything else is worked out later ([`prepare`]).
+#[derive(Debug, Clone)]
+struct StepEnv {
+    job_id: u32,
+    step: String,
+    uid: u32,
+    start_ms: u64,
+    /// The step's GPUs as Slurm numbers them.
+    slurm_gpus: Vec<u32>,
+    env_node: Option<String>,
+    env_cluster: Option<String>,
+    env_user: Option<String>,
+    account: Option<String>,
+    partition: Option<String>,
+    /// slurm.conf, for the cluster name and gres.conf.
+    slurm_conf: std::path::PathBuf,
+    /// sgpu.toml to read (`None`: the default search).
+    config_path: Option<std::path::PathBuf>,
+    nvml_timeout: std::time::Duration,
+    report: bool,
+}
+
+/// The step once prepared: its identity and GPUs (with start counters), and where its
+/// record goes.
 #[derive(Debug)]
-struct Step {
-    /// The step; its `gpus` are filled in when the start reading ([`StartRead`]) is joined.
+struct Prepared {
     start: StepStart,
     spool_dir: std::path::PathBuf,
     nvml: sgpu_healthd::gpu::NvmlOptions,
-    report: bool,
     /// healthd's `/status` (`status_listen`; `None`: off).
     status_listen: Option<std::net::SocketAddr>,
-    /// The step's GPUs as Slurm numbers them.
-    slurm_gpus: Vec<u32>,
-    /// slurm.conf, for the gres.conf mapping of Slurm indices to NVML.
-    slurm_conf: std::path::PathBuf,
-    /// The start counters being read, off the launch path ([`hook_task_post_fork`]).
+    /// Things to log (GPU mapping notes).
+    notes: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Step {
+    env: StepEnv,
+    /// The preparation, off the launch path ([`hook_task_post_fork`]).
     reading: Option<Reading>,
 }
 
-/// The start reading: on its thread, or already done (no thread could be started).
+/// The preparation: on its thread, or already done (no thread could be started).
 #[derive(Debug)]
 enum Reading {
-    Thread(std::thread::JoinHandle<StartRead>),
-    Done(StartRead),
+    Thread(std::thread::JoinHandle<Result<Prepared, String>>),
+    Done(Box<Result<Prepared, String>>),
 }
 
-/// The start reading: the step's GPUs with their counters, and notes to log.
-type StartRead = Result<(Vec<capture::GpuStart>, Vec<String>), String>;
-
-/// Reads the step's GPUs and their counters (one NVML session under `nvml.timeout`).
-fn read_start(
-    nvml: &sgpu_healthd::gpu::NvmlOptions,
-    slurm_gpus: &[u32],
-    slurm_conf: &std::path::Path,
-    node: &str,
-) -> StartRead {
-    let snap = capture::snapshot(nvml)?;
+/// Reads the configuration, the cluster name, the user name and, when `counters`, the
+/// step's GPUs and their start counters (one NVML session under the NVML deadline). All
+/// of it waits on files, NSS or the driver, so it runs after the tasks were forked.
+fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
+    let config = sgpu_healthd::config::Config::discover(env.config_path.as_deref())
+        .map_err(|e| format!("configuration: {e}; no GPU capture for this step"))?;
+    let node = env
+        .env_node
+        .clone()
+        .or_else(|| config.node_name.clone())
+        .or_else(sgpu_healthd::nodeconf::short_hostname)
+        .ok_or("cannot tell this node's Slurm name")?;
+    let cluster = env
+        .env_cluster
+        .clone()
+        .or_else(|| {
+            let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&env.slurm_conf);
+            conf.cluster_name.map(|c| c.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let user = env
+        .env_user
+        .clone()
+        .or_else(|| user_name(env.uid))
+        .unwrap_or_else(|| env.uid.to_string());
+    let mut nvml = sgpu_healthd::gpu::NvmlOptions::from_config(&config);
+    nvml.timeout = nvml.timeout.min(env.nvml_timeout);
+    let snap = capture::snapshot(&nvml)?;
     let mut notes = Vec::new();
-    let gpus = capture::gpus_at_start(slurm_gpus, &snap, slurm_conf, node, &mut notes);
-    Ok((gpus, notes))
+    let mut gpus =
+        capture::gpus_at_start(&env.slurm_gpus, &snap, &env.slurm_conf, &node, &mut notes);
+    if !counters {
+        for g in &mut gpus {
+            g.energy_mj = None;
+        }
+    }
+    Ok(Prepared {
+        start: StepStart {
+            cluster,
+            job_id: env.job_id,
+            step: env.step.clone(),
+            node,
+            user,
+            uid: env.uid,
+            account: env.account.clone(),
+            partition: env.partition.clone(),
+            start_ms: env.start_ms,
+            gpus,
+        },
+        spool_dir: config.spool_dir.clone(),
+        nvml,
+        status_listen: config.status_listen,
+        notes,
+    })
 }
 
 static ARGS: Mutex<Option<PluginArgs>> = Mutex::new(None);
@@ -262,56 +330,38 @@ fn step_start(sp: &Spank) -> Result<(), String> {
     let uid = sp.get_uid().map_err(|e| format!("uid: {e}"))?;
     let env_node = getenv("SLURMD_NODENAME").or_else(|| std::env::var("SLURMD_NODENAME").ok());
     let config_path = args.config_path(env_node.as_deref(), std::env::var("SGPU_CONFIG").ok());
-    let config = sgpu_healthd::config::Config::discover(config_path.as_deref())
-        .map_err(|e| format!("configuration: {e}; no GPU capture for this step"))?;
-    let node = env_node
-        .or_else(|| config.node_name.clone())
-        .or_else(sgpu_healthd::nodeconf::short_hostname)
-        .ok_or("cannot tell this node's Slurm name")?;
     let slurm_conf = getenv("SLURM_CONF")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
-    let cluster = getenv("SLURM_CLUSTER_NAME")
-        .or_else(|| {
-            let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&slurm_conf);
-            conf.cluster_name.map(|c| c.to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let user = getenv("SLURM_JOB_USER")
-        .or_else(|| user_name(uid))
-        .unwrap_or_else(|| uid.to_string());
-    let mut nvml = sgpu_healthd::gpu::NvmlOptions::from_config(&config);
-    nvml.timeout = nvml.timeout.min(args.nvml_timeout);
     let report = lock(&OPTIONS).report || args.report_always;
     *lock(&STEP) = Some(Step {
-        start: StepStart {
-            cluster,
+        env: StepEnv {
             job_id,
             step: capture::step_name(step_id),
-            node,
-            user,
             uid,
+            start_ms,
+            slurm_gpus,
+            env_cluster: getenv("SLURM_CLUSTER_NAME"),
+            env_user: getenv("SLURM_JOB_USER"),
             account: getenv("SLURM_JOB_ACCOUNT"),
             partition: getenv("SLURM_JOB_PARTITION"),
-            start_ms,
-            gpus: Vec::new(),
+            env_node,
+            slurm_conf,
+            config_path,
+            nvml_timeout: args.nvml_timeout,
+            report,
         },
-        spool_dir: config.spool_dir.clone(),
-        nvml,
-        report,
-        status_listen: config.status_listen,
-        slurm_gpus,
-        slurm_conf,
         reading: None,
     });
     Ok(())
 }
 
-/// After the step's tasks were forked (remote context, once per task): starts the start
-/// reading on a short-lived thread, so NVML's initialisation overlaps the tasks' start
-/// instead of delaying it. Started once per step, after every task of the step was forked
-/// (Slurm forks all tasks before the first `task_post_fork`), so no task is forked while
-/// it runs; [`hook_exit`] joins it.
+/// After the step's tasks were forked (remote context, once per task): prepares the step
+/// ([`prepare`]: configuration, names, the GPUs' start counters) on a short-lived thread,
+/// so reading files, NSS and NVML's initialisation overlap the tasks' start instead of
+/// delaying it. Started once per step, after every task of the step was forked (Slurm
+/// forks all tasks before the first `task_post_fork`), so no task is forked while it runs;
+/// [`hook_exit`] joins it (NVML's part is bounded by `nvml_timeout_ms`).
 fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
     if ffi::context() != Context::Remote {
         return Ok(());
@@ -323,24 +373,14 @@ fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
     if step.reading.is_some() {
         return Ok(());
     }
-    let (nvml, gpus, conf, node) = (
-        step.nvml.clone(),
-        step.slurm_gpus.clone(),
-        step.slurm_conf.clone(),
-        step.start.node.clone(),
-    );
+    let env = step.env.clone();
     let spawned = std::thread::Builder::new()
         .name("sgpu-start".into())
-        .spawn(move || read_start(&nvml, &gpus, &conf, &node));
+        .spawn(move || prepare(&env, true));
     step.reading = Some(match spawned {
         Ok(h) => Reading::Thread(h),
-        // no thread: read now (the launch waits, the record stays exact)
-        Err(_) => Reading::Done(read_start(
-            &step.nvml,
-            &step.slurm_gpus,
-            &step.slurm_conf,
-            &step.start.node,
-        )),
+        // no thread: prepare now (the launch waits, the record stays exact)
+        Err(_) => Reading::Done(Box::new(prepare(&step.env, true))),
     });
     Ok(())
 }
@@ -363,48 +403,29 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
     if ffi::context() != Context::Remote {
         return Ok(());
     }
-    let Some(mut step) = lock(&STEP).take() else {
+    let Some(mut taken) = lock(&STEP).take() else {
         return Ok(());
     };
     let end_ms = sgpu_spool::now_ms();
-    // the start reading (bounded by its own NVML deadline); without one (no task was
-    // forked) the step's GPUs are read at the end and have no start counters
-    let started = match step.reading.take() {
+    // the preparation (its NVML part bounded by its own deadline); without one (no task was
+    // forked) the step is prepared now and its GPUs have no start counters
+    let prepared = match taken.reading.take() {
         Some(Reading::Thread(h)) => h
             .join()
             .unwrap_or_else(|_| Err("start reading: internal error (panic)".into())),
-        Some(Reading::Done(r)) => r,
-        None => read_start(
-            &step.nvml,
-            &step.slurm_gpus,
-            &step.slurm_conf,
-            &step.start.node,
-        )
-        .map(|(gpus, notes)| {
-            let gpus = gpus
-                .into_iter()
-                .map(|g| capture::GpuStart {
-                    energy_mj: None,
-                    ..g
-                })
-                .collect();
-            (gpus, notes)
-        }),
+        Some(Reading::Done(r)) => *r,
+        None => prepare(&taken.env, false),
     };
-    match started {
-        Ok((gpus, notes)) => {
-            for n in notes {
-                ffi::log_info(&format!("sgpu: job {}: {n}", step.start.job_id));
-            }
-            step.start.gpus = gpus;
-        }
-        Err(e) => {
-            return Err(format!(
-                "job {} step {}: start counters: {e}; no record for this step",
-                step.start.job_id, step.start.step
-            ));
-        }
+    let step = prepared.map_err(|e| {
+        format!(
+            "job {} step {}: {e}; no record for this step",
+            taken.env.job_id, taken.env.step
+        )
+    })?;
+    for n in &step.notes {
+        ffi::log_info(&format!("sgpu: job {}: {n}", step.start.job_id));
     }
+    let report_wanted = taken.env.report;
     let end = match capture::snapshot(&step.nvml) {
         Ok(s) => capture::readings_at_end(&s),
         Err(e) => {
@@ -427,7 +448,7 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
         }
         Err(e) => result = Err(format!("job {}: record: {e}", step.start.job_id)),
     }
-    if step.report && step.start.step == "batch" {
+    if report_wanted && step.start.step == "batch" {
         let usage = job_usage(&step);
         let text = report::summary(
             &step.start,
@@ -447,7 +468,7 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
 
 /// healthd's record of this job's run (`None`: healthd not reachable; `Some(None)`: it has
 /// none). One loopback request under [`status::FETCH_BUDGET`].
-fn job_usage(step: &Step) -> Option<Option<status::JobUsage>> {
+fn job_usage(step: &Prepared) -> Option<Option<status::JobUsage>> {
     let listen = step.status_listen?;
     match status::fetch(listen, status::FETCH_BUDGET) {
         Ok(doc) => Some(
