@@ -27,6 +27,7 @@ pub fn job_end(job: u32, node: &str, start: u64, end: u64, energies: &[u64]) -> 
         allocated_gpu_ms: gpus.len() as u64 * (end - start),
         gpus,
         exit: None,
+        slurm_window: None,
     };
     let id = RecordId::new("alpha", job, None, node, RecordKind::JobEnd).unwrap();
     Record::new(id, end, RecordBody::JobEnd(body)).unwrap()

@@ -151,6 +151,7 @@ pub fn job_records(seed: u64, job_id: u32, total: u32, usage: bool) -> Vec<Recor
         allocated_gpu_ms: u64::from(gpus) * (end - start),
         gpus: ends,
         exit: None,
+        slurm_window: None,
     };
     if let Ok(id) = RecordId::new(CLUSTER, job_id, None, node.clone(), RecordKind::JobEnd)
         && let Ok(r) = Record::new(id, end, RecordBody::JobEnd(body))

@@ -55,6 +55,7 @@ fn job_end(job: u32, user: &str, start: u64, end: u64) -> Record {
         allocated_gpu_ms: end - start,
         gpus,
         exit: None,
+        slurm_window: None,
     };
     let id = RecordId::new("alpha", job, None, "n1", RecordKind::JobEnd).unwrap();
     Record::new(id, end, RecordBody::JobEnd(body)).unwrap()

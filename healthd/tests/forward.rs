@@ -168,6 +168,7 @@ fn start_and_end_wait_for_the_sampler_and_arrive_once() {
         }],
         allocated_gpu_ms: t1 - t0,
         exit: None,
+        slurm_window: None,
     };
     spool
         .write(&Record::new(id(RecordKind::JobEnd), t1, RecordBody::JobEnd(end)).unwrap())

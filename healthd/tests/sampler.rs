@@ -75,6 +75,7 @@ fn a_job_is_sampled_survives_a_restart_and_is_finalised() {
         gpus: vec![],
         allocated_gpu_ms: 0,
         exit: None,
+        slurm_window: None,
     };
     spool
         .write(&Record::new(old(RecordKind::JobEnd), 2_000, RecordBody::JobEnd(end0)).unwrap())
@@ -167,6 +168,7 @@ fn a_job_is_sampled_survives_a_restart_and_is_finalised() {
             .collect(),
         allocated_gpu_ms: 2 * (t1 - t0),
         exit: None,
+        slurm_window: None,
     };
     spool
         .write(&Record::new(id(RecordKind::JobEnd), t1, RecordBody::JobEnd(end)).unwrap())

@@ -142,6 +142,7 @@ pub fn end_record(
         gpus,
         allocated_gpu_ms,
         exit: None,
+        slurm_window: None,
     };
     Ok(Record::new(
         id(job, RecordKind::JobEnd)?,

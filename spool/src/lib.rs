@@ -53,6 +53,6 @@ pub use event::{EventSpool, NodeAction, NodeEvent};
 pub use id::{MAX_COMPONENT_BYTES, MAX_KEY_BYTES, RecordId, RecordKind};
 pub use record::{
     ExitStatus, GpuEnd, GpuRef, GpuUsage, JobEnd, JobStart, Record, RecordBody, RecordError,
-    SCHEMA_VERSION, Usage, now_ms,
+    SCHEMA_VERSION, SlurmWindow, Usage, now_ms,
 };
 pub use spool::{DEFAULT_SPOOL_DIR, Entry, MAX_RECORD_BYTES, Spool, SpoolError};

@@ -111,6 +111,27 @@ pub struct ExitStatus {
     pub signal: u32,
 }
 
+/// The job's allocation window as slurmctld recorded it (`StartTime`, `EndTime`), in whole
+/// Unix seconds: the window `sacct`'s `Elapsed` is taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmWindow {
+    /// Slurm's `StartTime`, Unix seconds.
+    pub start_s: u64,
+    /// Slurm's `EndTime`, Unix seconds; not before `start_s`.
+    pub end_s: u64,
+}
+
+impl SlurmWindow {
+    /// The window in milliseconds, `(start, end)` (saturating).
+    pub fn ms(&self) -> (u64, u64) {
+        (
+            self.start_s.saturating_mul(1000),
+            self.end_s.saturating_mul(1000),
+        )
+    }
+}
+
 /// Body of a [`RecordKind::JobEnd`] record (sgpu-epilog).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,10 +150,32 @@ pub struct JobEnd {
     pub end_time: u64,
     /// GPUs allocated to the job on this node.
     pub gpus: Vec<GpuEnd>,
-    /// Allocated GPU time, GPU-ms: exactly `gpus.len() × (end_time − start_time)`.
+    /// Allocated GPU time, GPU-ms: exactly `gpus.len() × (end_s − start_s) × 1000` over
+    /// `slurm_window` when it is present, else `gpus.len() × (end_time − start_time)`.
     pub allocated_gpu_ms: u64,
     /// Exit status, if known.
     pub exit: Option<ExitStatus>,
+    /// The job's window as slurmctld has it, when the epilog could ask (absent in records
+    /// written before it existed, or when slurmctld did not answer): allocated time is
+    /// counted over it, so it equals Slurm's accounting. Energy stays measured over
+    /// `start_time..end_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_window: Option<SlurmWindow>,
+}
+
+impl JobEnd {
+    /// The window allocated GPU time is counted over, ms: [`JobEnd::slurm_window`] when
+    /// present, else `start_time..end_time`.
+    pub fn allocated_window(&self) -> (u64, u64) {
+        self.slurm_window
+            .map_or((self.start_time, self.end_time), |w| w.ms())
+    }
+
+    /// Every instant the record describes, ms: the gates' window joined with Slurm's.
+    pub fn covered_window(&self) -> (u64, u64) {
+        let (s, e) = self.allocated_window();
+        (s.min(self.start_time), e.max(self.end_time))
+    }
 }
 
 /// Sampled usage of one GPU over a window.
@@ -436,7 +479,21 @@ fn validate_end(b: &JobEnd) -> Result<(), RecordError> {
             }
         }
     }
-    check_allocated(b.gpus.len(), span, b.allocated_gpu_ms)
+    match b.slurm_window {
+        None => check_allocated(b.gpus.len(), span, b.allocated_gpu_ms),
+        Some(w) => {
+            let secs = check_span(
+                "slurm_window.start_s",
+                w.start_s,
+                "body.slurm_window.end_s",
+                w.end_s,
+            )?;
+            let span_ms = secs
+                .checked_mul(1000)
+                .ok_or_else(|| RecordError::invalid("body.slurm_window", "overflows u64"))?;
+            check_allocated(b.gpus.len(), span_ms, b.allocated_gpu_ms)
+        }
+    }
 }
 
 fn validate_usage(b: &Usage) -> Result<(), RecordError> {

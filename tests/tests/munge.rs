@@ -102,6 +102,7 @@ fn job_end(job: u32, user: &str, hours: u64) -> Record {
         }],
         allocated_gpu_ms: hours * HOUR,
         exit: None,
+        slurm_window: None,
     };
     let id = RecordId::new("sgpu-test", job, None, "node1", RecordKind::JobEnd).unwrap();
     Record::new(id, D + HOUR + hours * HOUR, RecordBody::JobEnd(body)).unwrap()

@@ -923,6 +923,7 @@ fn acctd_works_inside_its_units_sandbox() {
         }],
         allocated_gpu_ms: end_ms - start_ms,
         exit: None,
+        slurm_window: None,
     };
     let id =
         sgpu_spool::RecordId::new("sgpu-pkg", 7, None, "node1", sgpu_spool::RecordKind::JobEnd)

@@ -97,6 +97,7 @@ pub fn job_end(
         allocated_gpu_ms: gpus.len() as u64 * (end - start),
         gpus,
         exit: None,
+        slurm_window: None,
     };
     let id = RecordId::new(cluster, job, None, node, RecordKind::JobEnd).unwrap();
     Record::new(id, end, RecordBody::JobEnd(body)).unwrap()

@@ -66,6 +66,7 @@ fn end_body(start: u64, end: u64, gpus: &[(&str, Option<u64>)]) -> JobEnd {
             .collect(),
         allocated_gpu_ms: gpus.len() as u64 * (end - start),
         exit: None,
+        slurm_window: None,
     }
 }
 

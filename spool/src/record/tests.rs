@@ -65,6 +65,7 @@ pub(crate) fn example_end() -> Record {
             ],
             allocated_gpu_ms: 7_200_000,
             exit: Some(ExitStatus { code: 0, signal: 0 }),
+            slurm_window: None,
         }),
     )
     .unwrap()
@@ -305,6 +306,56 @@ fn invalid_json_on_disk_is_rejected_with_the_field() {
 }
 
 #[test]
+fn slurm_window_sets_the_allocated_time() {
+    // 2 GPUs; gate window 3_600_000 ms; Slurm's 1_700_000_000..1_700_003_601 s
+    let window = SlurmWindow {
+        start_s: 1_700_000_000,
+        end_s: 1_700_003_601,
+    };
+    let mut b = end_body();
+    b.slurm_window = Some(window);
+    b.allocated_gpu_ms = 2 * 3_601_000;
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobEnd).unwrap();
+    let r = Record::new(id.clone(), 1, RecordBody::JobEnd(b.clone())).unwrap();
+    assert_eq!(b.allocated_window(), (1_700_000_000_000, 1_700_003_601_000));
+    assert_eq!(b.covered_window(), (1_700_000_000_000, 1_700_003_601_000));
+    let json = String::from_utf8(r.to_json().unwrap()).unwrap();
+    assert!(
+        json.contains(r#""slurm_window":{"start_s":1700000000,"end_s":1700003601}"#),
+        "{json}"
+    );
+    assert_eq!(Record::from_json(json.as_bytes()).unwrap(), r);
+
+    // with the window, the gate window's figure is wrong
+    let e = end_err(|b| b.slurm_window = Some(window));
+    assert_eq!(e.field(), Some("body.allocated_gpu_ms"), "{e}");
+    assert!(e.to_string().contains("3601000 ms"), "{e}");
+    // a window that ends before it starts names its end
+    let e = end_err(|b| {
+        b.slurm_window = Some(SlurmWindow {
+            start_s: 10,
+            end_s: 9,
+        });
+        b.allocated_gpu_ms = 0;
+    });
+    assert_eq!(e.field(), Some("body.slurm_window.end_s"), "{e}");
+    // unknown fields inside it are refused
+    let mut v = json_of(&r);
+    v["body"]["slurm_window"]["elapsed_s"] = 3601.into();
+    let e = from_value(&v).unwrap_err();
+    assert!(e.to_string().contains("elapsed_s"), "{e}");
+
+    // a record without it (as written before it existed) has no such key and stays valid
+    let old = example_end();
+    let json = String::from_utf8(old.to_json().unwrap()).unwrap();
+    assert!(!json.contains("slurm_window"), "{json}");
+    let RecordBody::JobEnd(b) = Record::from_json(json.as_bytes()).unwrap().into_parts().2 else {
+        unreachable!()
+    };
+    assert_eq!(b.allocated_window(), (b.start_time, b.end_time));
+}
+
+#[test]
 fn energy_delta_alone_is_accepted() {
     // Fallback accounting (integrated power) has a delta but no counters.
     let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobEnd).unwrap();
@@ -390,9 +441,10 @@ fn end_body_strategy() -> impl Strategy<Value = RecordBody> {
             )
         }),
         any::<Option<(u32, u32)>>(),
+        any::<Option<(u32, u16)>>(),
     )
         .prop_map(
-            |(user, uid, account, partition, start_time, span, (uuids, gs), exit)| {
+            |(user, uid, account, partition, start_time, span, (uuids, gs), exit, window)| {
                 let gpus: Vec<GpuEnd> = uuids
                     .into_iter()
                     .zip(gs)
@@ -412,9 +464,16 @@ fn end_body_strategy() -> impl Strategy<Value = RecordBody> {
                     partition,
                     start_time,
                     end_time: start_time + span,
-                    allocated_gpu_ms: gpus.len() as u64 * span,
+                    allocated_gpu_ms: match window {
+                        Some((_, secs)) => gpus.len() as u64 * u64::from(secs) * 1000,
+                        None => gpus.len() as u64 * span,
+                    },
                     gpus,
                     exit: exit.map(|(code, signal)| ExitStatus { code, signal }),
+                    slurm_window: window.map(|(start, secs)| SlurmWindow {
+                        start_s: u64::from(start),
+                        end_s: u64::from(start) + u64::from(secs),
+                    }),
                 })
             },
         )
