@@ -262,8 +262,19 @@ fn runs(path: &str, program: &str) -> Result<bool, String> {
     Ok(false)
 }
 
+/// Where sgpu is installed: the prefix of this `sgpu` (`<prefix>/bin/sgpu`) when its
+/// `sbin/sgpu-prolog` is there (`make install`, the Debian packages), else `/usr/local`.
+fn install_prefix() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+        .filter(|p| p.join("sbin/sgpu-prolog").exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/local"))
+}
+
 /// `Prolog=`, `Epilog=` and what Slurm does after a failed prolog.
 fn check_hooks(slurm: &SlurmConf, out: &mut Vec<Finding>) {
+    let prefix = install_prefix();
     let at_key = |key: &str| {
         slurm
             .settings
@@ -275,7 +286,7 @@ fn check_hooks(slurm: &SlurmConf, out: &mut Vec<Finding>) {
         ("prolog", "Prolog", "sgpu-prolog", slurm.prolog_paths()),
         ("epilog", "Epilog", "sgpu-epilog", slurm.epilog_paths()),
     ] {
-        let fix = format!("{name}=/usr/local/sbin/{program}");
+        let fix = format!("{name}={}", prefix.join("sbin").join(program).display());
         if paths.is_empty() {
             out.push(
                 Finding::new(
@@ -510,7 +521,13 @@ fn plugin_version(path: &Path) -> Result<u32, String> {
 /// plugstack.conf: the plugin is listed, exists, matches this Slurm, and its config parses.
 fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
     let path = slurm.plugstack_path();
-    let line = format!("optional /usr/local/lib/slurm/{PLUGIN_FILE}");
+    let line = format!(
+        "optional {}",
+        install_prefix()
+            .join("lib/slurm")
+            .join(PLUGIN_FILE)
+            .display()
+    );
     if !path.exists() {
         out.push(
             Finding::new(
