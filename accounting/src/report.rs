@@ -13,7 +13,7 @@
 //! start on Monday) and `month` (`YYYY-MM`). Every endpoint filters by the caller's
 //! [`ReadScope`]: a user sees only their own rows and jobs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Router;
 use axum::extract::State;
@@ -293,7 +293,7 @@ impl ReportQuery {
 }
 
 /// One report row: the grouped fields (others absent) and the sums.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ReportRow {
     /// The period label, when grouped by day, week or month.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -323,16 +323,43 @@ pub struct ReportRow {
     pub jobs: u64,
 }
 
-fn row_of(k: &RollupKey, group_by: &[GroupBy]) -> ReportRow {
+/// The report row a rollup key belongs to; moves the key's strings (no copies) and keeps
+/// the last period label (rows come in day order).
+fn row_of(k: RollupKey, group_by: &[GroupBy], label: &mut Option<(u32, String)>) -> ReportRow {
     let mut row = ReportRow::default();
+    let RollupKey {
+        day,
+        cluster,
+        account,
+        user,
+        partition,
+        gpu_model,
+    } = k;
+    let (mut cluster, mut account, mut user, mut partition, mut gpu_model) = (
+        Some(cluster),
+        Some(account),
+        Some(user),
+        Some(partition),
+        Some(gpu_model),
+    );
     for g in group_by {
         match g {
-            GroupBy::Cluster => row.cluster = Some(k.cluster.clone()),
-            GroupBy::Account => row.account = Some(k.account.clone()),
-            GroupBy::User => row.user = Some(k.user.clone()),
-            GroupBy::Partition => row.partition = Some(k.partition.clone()),
-            GroupBy::Gpu => row.gpu_model = Some(k.gpu_model.clone()),
-            GroupBy::Period(p) => row.period = Some(p.label(k.day)),
+            GroupBy::Cluster => row.cluster = cluster.take(),
+            GroupBy::Account => row.account = account.take(),
+            GroupBy::User => row.user = user.take(),
+            GroupBy::Partition => row.partition = partition.take(),
+            GroupBy::Gpu => row.gpu_model = gpu_model.take(),
+            GroupBy::Period(p) => {
+                let text = match label {
+                    Some((d, text)) if *d == day => text.clone(),
+                    _ => {
+                        let text = p.label(day);
+                        *label = Some((day, text.clone()));
+                        text
+                    }
+                };
+                row.period = Some(text);
+            }
         }
     }
     row
@@ -432,10 +459,14 @@ pub fn partial_day(
 
 /// Runs a report: whole days from the rollups, partial edge days from the records.
 pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
-    let mut groups: BTreeMap<ReportRow, RollupValue> = BTreeMap::new();
-    let mut add = |k: &RollupKey, v: &RollupValue| {
-        if q.filters.matches(k) {
-            groups.entry(row_of(k, &q.group_by)).or_default().add(v);
+    let mut groups: HashMap<ReportRow, RollupValue> = HashMap::new();
+    let mut label = None;
+    let mut add = |k: RollupKey, v: &RollupValue| {
+        if q.filters.matches(&k) {
+            groups
+                .entry(row_of(k, &q.group_by, &mut label))
+                .or_default()
+                .add(v);
         }
     };
     let (start, end) = (q.start_ms, q.end_ms);
@@ -444,7 +475,7 @@ pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, Stor
     if first_full < end_full {
         let first = u32::try_from(first_full).unwrap_or(u32::MAX);
         let last = u32::try_from(end_full - 1).unwrap_or(u32::MAX);
-        store.for_each_rollup(first, last, &mut |k, v| add(&k, &v))?;
+        store.for_each_rollup(first, last, &mut |k, v| add(k, &v))?;
     }
     let mut edges: Vec<(u32, u64, u64)> = Vec::new();
     if start % DAY_MS != 0 {
@@ -457,10 +488,10 @@ pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, Stor
     }
     for (day, from, to) in edges {
         for (k, v) in partial_day(store, day, from, to)? {
-            add(&k, &v);
+            add(k, &v);
         }
     }
-    Ok(groups
+    let mut rows: Vec<ReportRow> = groups
         .into_iter()
         .map(|(mut row, v)| {
             row.allocated_gpu_ms = v.allocated_gpu_ms;
@@ -469,7 +500,9 @@ pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, Stor
             row.jobs = v.jobs;
             row
         })
-        .collect())
+        .collect();
+    rows.sort_unstable();
+    Ok(rows)
 }
 
 /// One GPU model's share of a job.
