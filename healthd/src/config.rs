@@ -5,6 +5,7 @@
 //! nvml_timeout_ms = 5000           # watchdog deadline for all NVML work of one run
 //! pinned_driver_version = "550.54.15"
 //! fail_closed = false              # true: an sgpu error (not a GPU fault) fails the gate
+//! slurm_job_times = true           # epilog asks slurmctld for the job's Start/EndTime
 //! state_dir = "/var/lib/sgpu"      # XID cursor and other small state
 //!
 //! [checks."gpu.temperature"]
@@ -146,6 +147,9 @@ pub struct Config {
     pub pinned_driver_version: Option<String>,
     /// Whether an sgpu error (as opposed to a GPU fault) fails the gate.
     pub fail_closed: bool,
+    /// Whether the epilog asks slurmctld (`scontrol show job`) for the job's StartTime and
+    /// EndTime, so allocated GPU time equals Slurm's accounting (one RPC per GPU job per node).
+    pub slurm_job_times: bool,
     /// Directory for small persistent state.
     pub state_dir: PathBuf,
     /// The node spool (usage records waiting to be forwarded).
@@ -180,6 +184,7 @@ impl Default for Config {
             nvml_timeout: Duration::from_millis(DEFAULT_NVML_TIMEOUT_MS),
             pinned_driver_version: None,
             fail_closed: false,
+            slurm_job_times: true,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             scontrol: None,
@@ -206,6 +211,7 @@ struct RawConfig {
     nvml_timeout_ms: Option<Spanned<u64>>,
     pinned_driver_version: Option<Spanned<String>>,
     fail_closed: Option<bool>,
+    slurm_job_times: Option<bool>,
     state_dir: Option<PathBuf>,
     spool_dir: Option<PathBuf>,
     scontrol: Option<PathBuf>,
@@ -287,6 +293,7 @@ impl Config {
             source: Some(path.to_path_buf()),
             nvml_library: raw.nvml_library,
             fail_closed: raw.fail_closed.unwrap_or(false),
+            slurm_job_times: raw.slurm_job_times.unwrap_or(true),
             scontrol: raw.scontrol,
             ..Config::default()
         };
@@ -515,6 +522,7 @@ mod tests {
             Duration::from_millis(DEFAULT_NVML_TIMEOUT_MS)
         );
         assert!(!c.fail_closed && c.nvml_library.is_none() && c.pinned_driver_version.is_none());
+        assert!(c.slurm_job_times);
         assert_eq!(c.catalogue(), Catalogue::default());
     }
 
@@ -526,6 +534,7 @@ nvml_library = "/opt/nvidia/libnvidia-ml.so.1"
 nvml_timeout_ms = 1500
 pinned_driver_version = "550.54.15"
 fail_closed = true
+slurm_job_times = false
 state_dir = "/tmp/sgpu-state"
 
 [checks."gpu.temperature"]
@@ -547,6 +556,7 @@ enabled = false
         assert_eq!(c.nvml_timeout, Duration::from_millis(1500));
         assert_eq!(c.pinned_driver_version.as_deref(), Some("550.54.15"));
         assert!(c.fail_closed);
+        assert!(!c.slurm_job_times);
         assert_eq!(c.state_dir, PathBuf::from("/tmp/sgpu-state"));
         let cat = c.catalogue();
         let t = cat.get("gpu.temperature").unwrap();

@@ -150,10 +150,16 @@ impl Scontrol {
     }
 
     fn run(&self, args: &[String]) -> Result<String, SlurmctlError> {
+        self.run_env(args, &[])
+    }
+
+    /// Runs `scontrol ARGS` with `env` added to its environment, under the timeout.
+    fn run_env(&self, args: &[String], env: &[(&str, &str)]) -> Result<String, SlurmctlError> {
         let command = format!("{} {}", self.path.display(), args.join(" "));
         let spawn = || {
             Command::new(&self.path)
                 .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -242,6 +248,15 @@ impl Scontrol {
             "State=RESUME".into(),
         ])
         .map(|_| ())
+    }
+
+    /// `SLURM_TIME_FORMAT=%s scontrol show job -o JOB`: the job's one line, times in Unix
+    /// seconds (parse it with [`fields`]).
+    pub fn show_job_epoch(&self, job_id: u32) -> Result<String, SlurmctlError> {
+        self.run_env(
+            &["show".into(), "job".into(), "-o".into(), job_id.to_string()],
+            &[("SLURM_TIME_FORMAT", "%s")],
+        )
     }
 
     /// Every node of the cluster, from `scontrol show node -o`.
@@ -464,5 +479,32 @@ mod tests {
             missing.resume("node1"),
             Err(SlurmctlError::Spawn { .. })
         ));
+    }
+
+    #[test]
+    fn show_job_epoch_asks_for_epoch_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("scontrol");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"JobId=$4 TimeFormat=$SLURM_TIME_FORMAT Args=$1,$2,$3\"\n",
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&fake).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&fake, perm).unwrap();
+        let out = Scontrol::locate(Some(&fake))
+            .unwrap()
+            .show_job_epoch(42)
+            .unwrap();
+        let f = fields(out.trim());
+        assert_eq!(
+            f,
+            vec![
+                ("JobId", "42".to_string()),
+                ("TimeFormat", "%s".to_string()),
+                ("Args", "show,job,-o".to_string())
+            ]
+        );
     }
 }

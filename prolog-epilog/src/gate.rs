@@ -3,7 +3,8 @@
 //! One NVML session per run (under the healthd watchdog), the XID store shared with the
 //! daemon, the check catalogue's `quick` (prolog) or `post` (epilog) profile, a drain through
 //! `scontrol` on a drain-worthy finding, and the job's records. The only process started is
-//! `scontrol`, and only to drain.
+//! `scontrol`: to drain, and once in the epilog of a GPU job to read its Slurm start and end
+//! (`slurm_job_times`, see [`crate::slurm_times`]).
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +20,7 @@ use sgpu_healthd::xid::{XidEvent, XidStore};
 use crate::env::{HealthMode, JobEnv};
 use crate::handoff::{JobStartState, StartGpu};
 use crate::records;
+use crate::slurm_times;
 
 /// What a gate run found and did.
 #[derive(Debug, Clone, Default)]
@@ -270,12 +272,30 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
             job.job_id
         ));
     }
+    // Slurm's own window, so allocated GPU time equals sacct's; only for a job with GPUs here
+    let window = match start.as_ref().filter(|s| !s.gpus.is_empty()) {
+        Some(_) => match slurm_times::for_epilog(config, job.job_id) {
+            Ok(w) => w,
+            Err(e) => {
+                // the record still goes out, with the gates' window; no error: the job's
+                // accounting is whole, only not to Slurm's second
+                report.note(format!(
+                    "warning: job {}: Slurm's start/end not read ({e}); allocated GPU time \
+                     is counted over the prolog-to-epilog window",
+                    job.job_id
+                ));
+                None
+            }
+        },
+        None => None,
+    };
     if let Err(e) = records::spool_end(
         config,
         job,
         start.as_ref(),
         checked.snapshot.as_ref(),
         end_ms,
+        window,
     ) {
         report.error(format!("job-end record: {e}"));
     } else if let Err(e) = JobStartState::remove(&config.state_dir, job.job_id) {

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod handoff;
 pub mod log;
 pub mod records;
+pub mod slurm_times;
 
 pub use env::{HealthMode, JobEnv};
 pub use gate::GateReport;

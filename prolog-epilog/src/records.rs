@@ -1,13 +1,14 @@
 //! The job-start and job-end records the gates put in the node spool for accounting.
 //!
-//! Energy is the NVML total-energy counter's delta per GPU between prolog and epilog;
-//! allocated GPU time is GPUs x wall time between them, in milliseconds (the accounting
-//! model's allocated GPU-seconds, to the millisecond).
+//! Energy is the NVML total-energy counter's delta per GPU between prolog and epilog.
+//! Allocated GPU time is GPUs x the job's window as slurmctld has it (`StartTime` to
+//! `EndTime`, whole seconds: exactly what `sacct` accounts) when the epilog could ask for it
+//! (see [`crate::slurm_times`]), else GPUs x the wall time between prolog and epilog, in ms.
 
 use sgpu_healthd::config::Config;
 use sgpu_healthd::gpu::NodeSnapshot;
 use sgpu_spool::{
-    GpuEnd, GpuRef, JobEnd, JobStart, Record, RecordBody, RecordId, RecordKind, Spool,
+    GpuEnd, GpuRef, JobEnd, JobStart, Record, RecordBody, RecordId, RecordKind, SlurmWindow, Spool,
 };
 
 use crate::env::JobEnv;
@@ -81,14 +82,15 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
 }
 
 /// The job-end record: energy deltas from the prolog's counters to `snapshot`'s, allocated
-/// GPU time from the prolog's start to `end_ms`. Without the prolog's note the job's start
-/// is unknown: start = end, no energy, no allocated time (the record still says the job ran
-/// here and ended).
+/// GPU time over Slurm's `window` when known, else from the prolog's start to `end_ms`.
+/// Without the prolog's note the job's start is unknown: start = end, no energy, no
+/// allocated time (the record still says the job ran here and ended).
 pub fn end_record(
     job: &JobEnv,
     start: Option<&JobStartState>,
     snapshot: Option<&NodeSnapshot>,
     end_ms: u64,
+    window: Option<SlurmWindow>,
 ) -> Result<Record, RecordsError> {
     let (user, uid) = user(job)?;
     let start_ms = start.map_or(end_ms, |s| s.start_ms.min(end_ms));
@@ -130,8 +132,11 @@ pub fn end_record(
             .collect(),
         None => Vec::new(),
     };
-    let wall_ms = end_ms - start_ms;
-    let allocated_gpu_ms = wall_ms.saturating_mul(gpus.len() as u64);
+    let span_ms = match window {
+        Some(w) => w.end_s.saturating_sub(w.start_s).saturating_mul(1000),
+        None => end_ms - start_ms,
+    };
+    let allocated_gpu_ms = span_ms.saturating_mul(gpus.len() as u64);
     let body = JobEnd {
         user,
         uid,
@@ -142,7 +147,7 @@ pub fn end_record(
         gpus,
         allocated_gpu_ms,
         exit: None,
-        slurm_window: None,
+        slurm_window: window,
     };
     Ok(Record::new(
         id(job, RecordKind::JobEnd)?,
@@ -169,8 +174,9 @@ pub fn spool_end(
     start: Option<&JobStartState>,
     snapshot: Option<&NodeSnapshot>,
     end_ms: u64,
+    window: Option<SlurmWindow>,
 ) -> Result<(), RecordsError> {
-    let record = end_record(job, start, snapshot, end_ms)?;
+    let record = end_record(job, start, snapshot, end_ms, window)?;
     Spool::open(&config.spool_dir)?.write(&record)?;
     Ok(())
 }
@@ -234,7 +240,7 @@ mod tests {
     fn end_record_has_deltas_by_uuid_and_allocated_time() {
         // NVML indices 3 and 2 hold GPU-0 and GPU-1
         let snap = snapshot(&[(2, "GPU-1", Some(52_000)), (3, "GPU-0", Some(31_000))]);
-        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_010_000).unwrap();
+        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_010_000, None).unwrap();
         let RecordBody::JobEnd(end) = rec.body() else {
             panic!("not a job end: {rec:?}")
         };
@@ -249,9 +255,33 @@ mod tests {
     }
 
     #[test]
+    fn slurm_window_gives_the_allocated_time_energy_stays_measured() {
+        let snap = snapshot(&[(2, "GPU-1", Some(52_000)), (3, "GPU-0", Some(31_000))]);
+        // the gates saw 10.2 s (1_000_000..1_010_200 ms); slurmctld's window is 10 s
+        let w = SlurmWindow {
+            start_s: 999,
+            end_s: 1_009,
+        };
+        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_010_200, Some(w)).unwrap();
+        let RecordBody::JobEnd(end) = rec.body() else {
+            panic!("not a job end: {rec:?}")
+        };
+        assert_eq!(end.slurm_window, Some(w));
+        assert_eq!(end.allocated_gpu_ms, 2 * 10_000);
+        assert_eq!((end.start_time, end.end_time), (1_000_000, 1_010_200));
+        assert_eq!(end.gpus[0].energy_delta_mj, Some(30_000));
+        // without the prolog's note there are no GPUs: nothing allocated, window or not
+        let rec = end_record(&job(), None, None, 5_000, Some(w)).unwrap();
+        let RecordBody::JobEnd(end) = rec.body() else {
+            panic!()
+        };
+        assert_eq!(end.allocated_gpu_ms, 0);
+    }
+
+    #[test]
     fn counter_reset_or_unsupported_gives_no_delta() {
         let snap = snapshot(&[(2, "GPU-1", None), (3, "GPU-0", Some(10))]);
-        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_001_000).unwrap();
+        let rec = end_record(&job(), Some(&start()), Some(&snap), 1_001_000, None).unwrap();
         let RecordBody::JobEnd(end) = rec.body() else {
             panic!()
         };
@@ -261,7 +291,7 @@ mod tests {
 
     #[test]
     fn without_the_prolog_note_the_record_says_so() {
-        let rec = end_record(&job(), None, None, 5_000).unwrap();
+        let rec = end_record(&job(), None, None, 5_000, None).unwrap();
         let RecordBody::JobEnd(end) = rec.body() else {
             panic!()
         };
