@@ -404,7 +404,9 @@ pub fn partial_day(
         let cluster = r.id().cluster();
         match r.body() {
             RecordBody::JobEnd(b) => {
-                let alloc = overlap(b.start_time, b.end_time, from, to);
+                // allocated over Slurm's window when the record has it (as the rollups)
+                let (alloc_start, alloc_end) = b.allocated_window();
+                let alloc = overlap(alloc_start, alloc_end, from, to);
                 for gpu in &b.gpus {
                     let k = key(
                         day,
@@ -567,7 +569,8 @@ fn merge_job(jobs: &mut BTreeMap<(String, u32), JobSummary>, r: &Record) {
             j.start_ms = j.start_ms.min(b.start_time);
             j.end_ms = Some(j.end_ms.unwrap_or(0).max(b.end_time));
             j.gpus += u32::try_from(b.gpus.len()).unwrap_or(u32::MAX);
-            let span = b.end_time.saturating_sub(b.start_time);
+            let (alloc_start, alloc_end) = b.allocated_window();
+            let span = alloc_end.saturating_sub(alloc_start);
             for g in &b.gpus {
                 j.allocated_gpu_ms += span;
                 let energy = g.energy_delta_mj.or_else(|| {

@@ -2,9 +2,11 @@
 //! model, day) totals.
 //!
 //! Rules (the same at ingest and when [`crate::store::verify`] recomputes them):
-//! - `job_end` adds allocated GPU-ms (per GPU, exactly its overlap with each UTC day) and
-//!   energy (per GPU, `energy_delta_mj`, else end − start counter; split over the days in
-//!   proportion to the overlap, see [`crate::day`]).
+//! - `job_end` adds allocated GPU-ms (per GPU, exactly the overlap of its allocation window
+//!   with each UTC day: Slurm's `slurm_window` when the record has it, so the figures equal
+//!   `sacct`'s, else the gates' `start_time..end_time`) and energy (per GPU,
+//!   `energy_delta_mj`, else end − start counter; measured over the gates' window, so split
+//!   over that window's days in proportion to the overlap, see [`crate::day`]).
 //! - `job_usage` (healthd) adds used GPU-ms, per GPU, split over its window's days the same
 //!   way. It never touches allocated time or energy, so it may arrive before or after the
 //!   job's `job_end`.
@@ -175,10 +177,12 @@ pub fn contributions(record: &Record) -> BTreeMap<RollupKey, RollupValue> {
                 user: &b.user,
                 partition: &b.partition,
             };
+            let (alloc_start, alloc_end) = b.allocated_window();
+            let alloc_days = split_span(alloc_start, alloc_end);
             let days = split_span(b.start_time, b.end_time);
             for gpu in &b.gpus {
                 let model = gpu_model(&gpu.name);
-                for &(day, overlap) in &days {
+                for &(day, overlap) in &alloc_days {
                     out.entry(g.key(day, model.clone()))
                         .or_default()
                         .allocated_gpu_ms += overlap;

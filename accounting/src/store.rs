@@ -122,20 +122,22 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// The last instant a record describes, ms (end of job or window, else its start).
+/// The last instant a record describes, ms (end of job or window, else its start; a
+/// `job_end`'s gate window joined with its Slurm window).
 pub fn record_last_ms(record: &Record) -> u64 {
     match record.body() {
         RecordBody::JobStart(b) => b.start_time,
-        RecordBody::JobEnd(b) => b.end_time,
+        RecordBody::JobEnd(b) => b.covered_window().1,
         RecordBody::StepUsage(b) | RecordBody::JobUsage(b) => b.window_end,
     }
 }
 
-/// The first instant a record describes, ms (start of job or window).
+/// The first instant a record describes, ms (start of job or window; a `job_end`'s gate
+/// window joined with its Slurm window).
 pub fn record_first_ms(record: &Record) -> u64 {
     match record.body() {
         RecordBody::JobStart(b) => b.start_time,
-        RecordBody::JobEnd(b) => b.start_time,
+        RecordBody::JobEnd(b) => b.covered_window().0,
         RecordBody::StepUsage(b) | RecordBody::JobUsage(b) => b.window_start,
     }
 }

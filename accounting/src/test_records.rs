@@ -33,6 +33,17 @@ pub fn job_end(job: u32, node: &str, start: u64, end: u64, energies: &[u64]) -> 
     Record::new(id, end, RecordBody::JobEnd(body)).unwrap()
 }
 
+/// `r` (a `job_end`) with Slurm's window `start_s..end_s`, allocated time set to match.
+pub fn with_slurm_window(r: Record, start_s: u64, end_s: u64) -> Record {
+    let (id, written, body) = r.into_parts();
+    let RecordBody::JobEnd(mut b) = body else {
+        panic!("not a job_end: {body:?}")
+    };
+    b.slurm_window = Some(sgpu_spool::SlurmWindow { start_s, end_s });
+    b.allocated_gpu_ms = b.gpus.len() as u64 * (end_s - start_s) * 1000;
+    Record::new(id, written, RecordBody::JobEnd(b)).unwrap()
+}
+
 pub fn job_usage(job: u32, node: &str, start: u64, end: u64, used: &[u64]) -> Record {
     let gpus: Vec<GpuUsage> = used
         .iter()

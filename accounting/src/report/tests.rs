@@ -295,3 +295,50 @@ fn job_lists_cover_the_window_and_whole_jobs() {
     let (one, more) = super::jobs(&s, &q(&format!("{all}&limit=1"))).unwrap();
     assert_eq!((one.len(), more), (1, true));
 }
+
+#[test]
+fn slurm_window_sets_allocated_time_in_reports_and_jobs() {
+    let (_d, s) = store();
+    // the gates saw 00:00:00.300 to 01:00:00.500 of day 11; slurmctld's window starts 2 s
+    // before midnight (day 10) and ends at 01:00:00; 2 GPUs, 5 000 mJ each
+    let gate = job_end(
+        7,
+        "n1",
+        11 * DAY_MS + 300,
+        11 * DAY_MS + HOUR + 500,
+        &[5_000, 5_000],
+    );
+    let r = crate::test_records::with_slurm_window(gate, 11 * 86_400 - 2, 11 * 86_400 + 3_600);
+    s.put_batch(&[r]).unwrap();
+    // whole days (rollups) and windows cut anywhere agree with Slurm's window
+    let whole = (2 * (HOUR + 2_000), 0, 10_000, 1);
+    assert_eq!(window(&s, 10 * DAY_MS, 12 * DAY_MS), whole);
+    assert_eq!(
+        window(&s, 11 * DAY_MS - 5_000, 11 * DAY_MS + 2 * HOUR),
+        whole
+    );
+    // the 2 s before midnight: allocated there, but no energy (measured from 00:00:00.300)
+    assert_eq!(
+        window(&s, 11 * DAY_MS - 2_000, 11 * DAY_MS),
+        (2 * 2_000, 0, 0, 0)
+    );
+    assert_eq!(window(&s, 10 * DAY_MS, 11 * DAY_MS).0, 2 * 2_000);
+    let mut day10 = RollupValue::default();
+    s.for_each_rollup(10, 10, &mut |_, v| day10.add(&v))
+        .unwrap();
+    assert_eq!(day10.allocated_gpu_ms, 2 * 2_000);
+    // the job list's whole-job figure is the record's
+    let (jobs, _) = jobs(
+        &s,
+        &ReportQuery {
+            start_ms: 11 * DAY_MS - 1_000,
+            end_ms: 11 * DAY_MS,
+            filters: Filters::default(),
+            group_by: vec![],
+            limit: MAX_JOBS,
+        },
+    )
+    .unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].allocated_gpu_ms, 2 * (HOUR + 2_000));
+}

@@ -1,6 +1,6 @@
 use super::*;
 use crate::day::DAY_MS;
-use crate::test_records::{H100, job_end, job_usage};
+use crate::test_records::{H100, job_end, job_usage, with_slurm_window};
 
 const HOUR: u64 = 3_600_000;
 
@@ -100,4 +100,35 @@ fn keys_and_values_round_trip() {
     // Keys sort by day first.
     assert!(key(1).encode() < key(2).encode());
     assert!(key(255).encode() < key(256).encode());
+}
+
+#[test]
+fn slurm_window_sets_allocated_days_energy_stays_on_the_gate_window() {
+    // the gates saw 00:00:00.300 to 01:00:00.500 of day 101; slurmctld's window starts 2 s
+    // before midnight (day 100) and ends at 01:00:00
+    let gate = job_end(
+        7,
+        "n1",
+        101 * DAY_MS + 300,
+        101 * DAY_MS + HOUR + 500,
+        &[3_000, 301],
+    );
+    let r = with_slurm_window(gate, 101 * 86_400 - 2, 101 * 86_400 + 3_600);
+    let c = contributions(&r);
+    assert_eq!(c[&key(100)].allocated_gpu_ms, 2 * 2_000);
+    assert_eq!(c[&key(101)].allocated_gpu_ms, 2 * HOUR);
+    let total: u64 = c.values().map(|v| v.allocated_gpu_ms).sum();
+    let RecordBody::JobEnd(b) = r.body() else {
+        unreachable!()
+    };
+    assert_eq!(
+        total, b.allocated_gpu_ms,
+        "the rollups add up to the record"
+    );
+    // energy was measured over the gates' window: all of it on day 101
+    assert_eq!(c[&key(100)].energy_mj, 0);
+    assert_eq!(c[&key(101)].energy_mj, 3_301);
+    assert_eq!(job_count_key(&r), Some(key(101)));
+    // the record is found on both days it touches (reports of day 100 see it)
+    assert_eq!(crate::store::record_days(&r), 100..=101);
 }
