@@ -304,6 +304,8 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // events of earlier tests still in node1's spool are forwarded too: look at ours only
+    let t0 = sgpu_spool::now_ms();
     // XID 79 (fallen off the bus): healthd drains the node with an sgpu reason
     sgpu::update_gpus(&cluster, node, |s| {
         s.inject_xid(2, 79);
@@ -332,9 +334,13 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
     );
     // healthd's own drain reaches the history (spooled, forwarded); the refusal is no event
     let start = std::time::Instant::now();
-    let events = loop {
+    let history = |sgpu: &Sgpu| -> Result<Vec<sgpu_spool::NodeEvent>, Box<dyn std::error::Error>> {
         let out = sgpu.run(&cluster, &["history", node, "--json"])?;
-        let events: Vec<sgpu_spool::NodeEvent> = serde_json::from_slice(&out.stdout)?;
+        let all: Vec<sgpu_spool::NodeEvent> = serde_json::from_slice(&out.stdout)?;
+        Ok(all.into_iter().filter(|e| e.time_ms >= t0).collect())
+    };
+    let events = loop {
+        let events = history(&sgpu)?;
         if !events.is_empty() || start.elapsed() > Duration::from_secs(20) {
             break events;
         }
@@ -352,6 +358,44 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
     assert!(
         left.pending()?.is_empty(),
         "forwarded events leave the spool"
+    );
+
+    // the GPU replaced: once healthd's checks pass, a plain `sgpu resume` returns the node
+    sgpu::reset_gpus(&cluster, node)?;
+    let start = std::time::Instant::now();
+    loop {
+        let out = sgpu.run(&cluster, &["status", node])?;
+        if String::from_utf8_lossy(&out.stdout).contains(" healthy ") {
+            break;
+        }
+        assert!(
+            start.elapsed() < INTERVAL * 10,
+            "healthd never passed its checks again: {}",
+            text(&out)
+        );
+        std::thread::sleep(INTERVAL / 2);
+    }
+    // (healthd does not resume an XID drain by itself: gpu.xid is not a recoverable check)
+    assert!(
+        node_state(&cluster.node(node)?).1,
+        "still drained before sgpu resume"
+    );
+    let out = sgpu.run(&cluster, &["resume", node])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!node_state(&cluster.node(node)?).1, "node1 not resumed");
+    let events = history(&sgpu)?;
+    let last = events.last().ok_or("no events")?;
+    assert_eq!(
+        (last.action.as_str(), last.source.as_str(), last.forced),
+        ("resume", "sgpu-admin", false),
+        "{events:?}"
+    );
+    assert_eq!(last.reason, "resumed: sgpu checks pass");
+    assert!(
+        last.previous_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("sgpu: gpu.xid gpu2:")),
+        "{last:?}"
     );
     Ok(())
 }
