@@ -300,3 +300,77 @@ fn sgpu_errors_fail_the_gate_only_when_fail_closed() {
     assert_eq!(closed.exit_code, 1, "{closed:?}");
     assert!(!closed.drained, "an sgpu error never drains: {closed:?}");
 }
+
+/// The job_end records in the node's spool, by job id.
+fn job_end(node: &Node, job: u32) -> sgpu_spool::JobEnd {
+    let spool = node.spool();
+    spool
+        .list()
+        .unwrap()
+        .iter()
+        .map(|e| spool.read(e).unwrap())
+        .filter(|r| r.id().job_id() == job)
+        .find_map(|r| match r.body() {
+            RecordBody::JobEnd(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("a job_end record")
+}
+
+#[test]
+fn epilog_takes_the_job_window_from_slurmctld_or_goes_without() {
+    let node = Node::new();
+    // slurmctld (the recording scontrol) knows job 50 ended, with a 7 s window
+    let d = node.dir.path();
+    std::fs::write(
+        d.join("scontrol"),
+        format!(
+            "#!/bin/sh\necho \"$@ $SLURM_TIME_FORMAT\" >> {}/scontrol.log\n\
+             [ \"$4\" = 50 ] && echo 'JobId=50 JobState=COMPLETING StartTime=1700000000 \
+             EndTime=1700000007 NodeList=n1'\nexit 0\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let job = node.job(50, "0,3", HealthMode::Strict);
+    assert_eq!(prolog(&node.config, &job).exit_code, 0);
+    assert_eq!(
+        node.scontrol_calls(),
+        "",
+        "the prolog asks slurmctld nothing"
+    );
+    let r = epilog(&node.config, &job);
+    assert_eq!((r.exit_code, r.sgpu_error), (0, false), "{r:?}");
+    assert_eq!(node.scontrol_calls(), "show job -o 50 %s\n");
+    let end = job_end(&node, 50);
+    let w = end.slurm_window.expect("Slurm's window in the record");
+    assert_eq!((w.start_s, w.end_s), (1_700_000_000, 1_700_000_007));
+    assert_eq!(end.allocated_gpu_ms, 2 * 7_000);
+    assert!(end.end_time > end.start_time, "the gates' own window stays");
+
+    // slurmctld does not know job 51: the record keeps the gates' window, with a warning
+    let job = node.job(51, "1", HealthMode::Strict);
+    assert_eq!(prolog(&node.config, &job).exit_code, 0);
+    let r = epilog(&node.config, &job);
+    assert_eq!((r.exit_code, r.sgpu_error), (0, false), "{r:?}");
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l.starts_with("warning: job 51: Slurm's start/end not read")),
+        "{:?}",
+        r.log
+    );
+    let end = job_end(&node, 51);
+    assert_eq!(end.slurm_window, None);
+    assert_eq!(end.allocated_gpu_ms, end.end_time - end.start_time);
+
+    // slurm_job_times = false: no RPC at all
+    let mut config = node.config.clone();
+    config.slurm_job_times = false;
+    let job = node.job(52, "2", HealthMode::Strict);
+    std::fs::remove_file(d.join("scontrol.log")).unwrap();
+    assert_eq!(prolog(&config, &job).exit_code, 0);
+    assert_eq!(epilog(&config, &job).exit_code, 0);
+    assert_eq!(node.scontrol_calls(), "");
+    assert_eq!(job_end(&node, 52).slurm_window, None);
+}

@@ -45,7 +45,31 @@ fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
     assert_eq!(end.start_time, start.start_time);
     let wall_ms = end.end_time - end.start_time;
     assert!(wall_ms >= 3_000, "the job slept 3 s, wall {wall_ms} ms");
-    assert_eq!(end.allocated_gpu_ms, 2 * wall_ms);
+    // allocated time is over slurmctld's StartTime..EndTime (whole seconds), which the
+    // gates' window follows by their lag
+    let slurm = end
+        .slurm_window
+        .ok_or("the epilog did not read Slurm's window")?;
+    let (slurm_start, slurm_end) = slurm.ms();
+    assert_eq!(
+        (slurm_start, slurm_end),
+        (
+            1000 * epoch_s(job.get("StartTime"))?,
+            1000 * epoch_s(job.get("EndTime"))?
+        ),
+        "the record's window is the job's StartTime/EndTime: {job:?}"
+    );
+    assert_eq!(end.allocated_gpu_ms, 2 * (slurm_end - slurm_start));
+    assert!(
+        slurm_start <= end.start_time + 1_000 && end.start_time < slurm_start + 2_000,
+        "Slurm start {slurm_start} ms, prolog {} ms",
+        end.start_time
+    );
+    assert!(
+        slurm_end <= end.end_time + 1_000 && end.end_time < slurm_end + 2_000,
+        "Slurm end {slurm_end} ms, epilog {} ms",
+        end.end_time
+    );
     for g in &end.gpus {
         // the simulated GPU with this UUID draws a constant power: energy = power x time
         let sim = state
@@ -65,6 +89,13 @@ fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
         );
     }
     Ok(())
+}
+
+/// Unix seconds of a time as `scontrol show job` prints it (local `YYYY-MM-DDTHH:MM:SS`).
+fn epoch_s(t: &str) -> Result<u64, String> {
+    sgpu_healthd::slurmctl::parse_slurm_time(t)
+        .and_then(|s| u64::try_from(s).ok())
+        .ok_or_else(|| format!("{t:?} is not a Slurm time"))
 }
 
 #[test]
