@@ -723,11 +723,13 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
         let node = r.id().node().to_string();
         match r.body() {
             RecordBody::JobEnd(b) => {
+                // Slurm's window when the epilog read it, as acctd counts it
+                let (alloc_start, alloc_end) = b.allocated_window();
                 for g in &b.gpus {
                     let e = gpus.entry((node.clone(), g.index)).or_default();
                     e.model = g.name.clone().unwrap_or_default();
                     e.uuid = g.uuid.clone();
-                    e.alloc += b.end_time.saturating_sub(b.start_time);
+                    e.alloc += alloc_end.saturating_sub(alloc_start);
                     e.energy += g
                         .energy_delta_mj
                         .or_else(|| g.energy_end_mj?.checked_sub(g.energy_start_mj?))

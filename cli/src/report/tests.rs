@@ -185,3 +185,39 @@ fn cost_without_prices_is_a_clear_error() {
     assert!(e.contains("[prices]"), "{e}");
     assert!(check_cost(&cols, &prices()).is_ok());
 }
+
+#[test]
+fn per_gpu_lines_count_allocated_time_over_slurms_window() {
+    use sgpu_spool::{GpuEnd, JobEnd, RecordId, RecordKind, SlurmWindow};
+    let end = |window: Option<SlurmWindow>| {
+        let body = JobEnd {
+            user: "alice".into(),
+            uid: 1001,
+            account: None,
+            partition: None,
+            start_time: 1_700_000_000_000,
+            end_time: 1_700_003_600_000,
+            gpus: vec![GpuEnd {
+                index: 0,
+                uuid: "GPU-0".into(),
+                name: Some("H100".into()),
+                energy_start_mj: None,
+                energy_end_mj: None,
+                energy_delta_mj: Some(3_600_000),
+            }],
+            allocated_gpu_ms: window.map_or(3_600_000, |w| (w.end_s - w.start_s) * 1000),
+            exit: None,
+            slurm_window: window,
+        };
+        let id = RecordId::new("c", 7, None, "n1", RecordKind::JobEnd).unwrap();
+        Record::new(id, 1, RecordBody::JobEnd(body)).unwrap()
+    };
+    // the gates' window: 1 h
+    assert_eq!(per_gpu_lines(&[end(None)])[0][4], "1.00");
+    // Slurm's (made 2 h long here to tell them apart)
+    let w = SlurmWindow {
+        start_s: 1_700_000_000,
+        end_s: 1_700_007_200,
+    };
+    assert_eq!(per_gpu_lines(&[end(Some(w))])[0][4], "2.00");
+}
