@@ -134,8 +134,9 @@ fn expected(
         for r in &j.records {
             if let RecordBody::JobEnd(b) = r.body() {
                 let span = b.end_time - b.start_time;
+                let (alloc_start, alloc_end) = b.allocated_window();
                 for g in &b.gpus {
-                    e.0 += span;
+                    e.0 += alloc_end - alloc_start;
                     e.1 += g.energy_delta_mj.unwrap_or(0);
                     let sim = states[&j.node]
                         .gpus
@@ -213,25 +214,30 @@ fn report_shows_gpu_hours_and_energy_per_account_and_user() -> TestResult {
     assert_eq!(reply.rejected, 0, "{:?}", reply.results);
 
     let want = expected(&jobs, &states);
-    // GPU time is GPUs x elapsed: the records' spans to the millisecond, Slurm's RunTime to
-    // its second (prolog and epilog run just inside the job's start and end).
+    // GPU time is GPUs x elapsed: the epilog took the job's window from slurmctld, so the
+    // records' allocated time is Slurm's RunTime exactly
     for j in &jobs {
         let key = (j.account.to_string(), j.user.clone());
         let per_job: u64 = j
             .records
             .iter()
             .filter_map(|r| match r.body() {
-                RecordBody::JobEnd(b) => Some(b.gpus.len() as u64 * (b.end_time - b.start_time)),
+                RecordBody::JobEnd(b) => {
+                    assert!(
+                        b.slurm_window.is_some(),
+                        "job {}: no Slurm window: {b:?}",
+                        j.id
+                    );
+                    Some(b.allocated_gpu_ms)
+                }
                 _ => None,
             })
             .sum();
         let slurm_ms = j.gpus * j.elapsed_s * 1000;
-        assert!(
-            per_job.abs_diff(slurm_ms) <= j.gpus * 2_000,
+        assert_eq!(
+            per_job, slurm_ms,
             "job {}: records {per_job} GPU-ms, Slurm {} GPUs x {} s",
-            j.id,
-            j.gpus,
-            j.elapsed_s
+            j.id, j.gpus, j.elapsed_s
         );
         assert!(want.contains_key(&key));
     }
