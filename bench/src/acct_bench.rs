@@ -56,6 +56,13 @@ struct Args {
     /// Where the database goes (a temporary directory inside it) [default: $TMPDIR].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Use (and keep) this database instead of a temporary one.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Send nothing: time the reports over what --db already holds (--jobs: how many jobs
+    /// it holds, for the check).
+    #[arg(long, requires = "db")]
+    no_ingest: bool,
 }
 
 struct Acctd {
@@ -89,8 +96,8 @@ fn start_acctd(bin: &std::path::Path, db: &std::path::Path) -> Result<Acctd, Str
     };
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
-        if t0.elapsed() > Duration::from_secs(30) {
-            return Err("sgpu-acctd did not listen within 30 s".into());
+        if t0.elapsed() > Duration::from_secs(900) {
+            return Err("sgpu-acctd did not listen within 900 s".into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -158,8 +165,15 @@ fn run(a: &Args) -> Result<(), String> {
         .prefix("acct-bench")
         .tempdir_in(&base)
         .map_err(|e| format!("{}: {e}", base.display()))?;
-    let db = tmp.path().join("acctd.sled");
+    let db =
+        a.db.clone()
+            .unwrap_or_else(|| tmp.path().join("acctd.sled"));
+    let t_open = Instant::now();
     let acctd = start_acctd(&bin_dir.join("sgpu-acctd"), &db)?;
+    println!(
+        "sgpu-acctd listening after {:.1} s (opening the database)",
+        t_open.elapsed().as_secs_f64()
+    );
     let client = Client::new(&acctd.url, ClientAuth::None, Duration::from_secs(600))
         .map_err(|e| e.to_string())?;
     println!(
@@ -170,12 +184,20 @@ fn run(a: &Args) -> Result<(), String> {
         a.clients,
         a.seed
     );
+    if !a.no_ingest {
+        ingest(a, &client, &db)?;
+    }
+    reports(a, &client, &acctd.url)?;
+    drop(acctd);
+    Ok(())
+}
+
+fn ingest(a: &Args, client: &Client, db: &std::path::Path) -> Result<(), String> {
     let per_batch_jobs = if a.usage {
         (a.batch / 2).max(1)
     } else {
         a.batch.max(1)
     };
-
     // Ingest: a generator thread per client builds batches ahead; clients post them.
     let t0 = Instant::now();
     let mut handles = Vec::new();
@@ -241,10 +263,13 @@ fn run(a: &Args) -> Result<(), String> {
     );
     println!(
         "database: {:.0} MiB on disk ({:.0} bytes/record)",
-        du(&db) as f64 / 1_048_576.0,
-        du(&db) as f64 / records.max(1) as f64
+        du(db) as f64 / 1_048_576.0,
+        du(db) as f64 / records.max(1) as f64
     );
+    Ok(())
+}
 
+fn reports(a: &Args, client: &Client, url: &str) -> Result<(), String> {
     // Reports.
     let month = "start=2025-06-01&end=2025-07-01";
     let cases = [
@@ -279,7 +304,7 @@ fn run(a: &Args) -> Result<(), String> {
     );
     let mut monthly_median = f64::NAN;
     for (i, (name, path)) in cases.iter().enumerate() {
-        let (t, last) = time_get(&client, path, a.reps)?;
+        let (t, last) = time_get(client, path, a.reps)?;
         if i == 0 {
             monthly_median = pct(&t, 50.0);
         }
@@ -315,7 +340,7 @@ fn run(a: &Args) -> Result<(), String> {
             let out = Command::new(sgpu)
                 .args([
                     "--acctd",
-                    &acctd.url,
+                    url,
                     "report",
                     "-S",
                     "2025-06-01",
@@ -345,7 +370,6 @@ fn run(a: &Args) -> Result<(), String> {
         );
     }
     let _ = std::io::stdout().flush();
-    drop(acctd);
     Ok(())
 }
 
