@@ -13,6 +13,7 @@
 //! Times are UTC ([`crate::timespec`]). acctd answers only with what the caller may read (a
 //! user sees their own jobs and totals).
 
+pub mod chart;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,9 @@ pub struct ReportArgs {
     /// Group by these: account,user,partition,gpu,cluster and one of day|week|month (UTC).
     #[arg(long = "group-by", value_name = "LIST")]
     pub group_by: Option<String>,
+    /// Draw GPU-hours per group as a bar chart (used solid, idle shaded) instead of a table.
+    #[arg(long, conflicts_with_all = ["json", "parsable", "parsable2"])]
+    pub chart: bool,
 }
 
 /// `sgpu jobs`.
@@ -575,6 +579,18 @@ pub fn report(
             "currency": prices.currency,
             "rows": out,
         }))?;
+        return Ok(0);
+    }
+    if a.chart {
+        println!(
+            "GPU-hours {} - {} (UTC)",
+            format_time(start),
+            format_time(end)
+        );
+        print!(
+            "{}",
+            chart::render_chart(&aggregate(&rows, &groups, prices), 50)
+        );
         return Ok(0);
     }
     let st = style(a.select.parsable, a.select.parsable2);
