@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{ClusterError, repo_root};
+use crate::cluster::ClusterError;
 
 /// A running (or killed, until restarted) `sgpu-acctd`.
 #[derive(Debug)]
@@ -32,38 +32,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 
 /// Builds `sgpu-acctd` with the cargo and profile of this test binary; returns its path.
 fn build_acctd() -> Result<PathBuf, ClusterError> {
-    let (dir, profile) = crate::sgpu::target_profile_dir()?;
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(repo_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "sgpu-accounting",
-        "--bin",
-        "sgpu-acctd",
-    ]);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let line = format!("{cmd:?}");
-    let out = cmd.output().map_err(|source| ClusterError::Spawn {
-        cmd: line.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(ClusterError::Failed {
-            cmd: line,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(dir.join("sgpu-acctd"))
+    crate::sgpu::cargo_bin("sgpu-accounting", "sgpu-acctd")
 }
 
 /// A loopback port nobody listens on now (the OS picks it).

@@ -70,23 +70,14 @@ pub(crate) fn target_profile_dir() -> Result<(PathBuf, String), ClusterError> {
     Ok((dir.to_path_buf(), profile))
 }
 
-/// Builds the sgpu binaries with the same cargo and profile as this test (a no-op when they
-/// are fresh) and returns the directory holding them.
-fn build_binaries() -> Result<PathBuf, ClusterError> {
+/// Runs `cargo build --quiet ARGS` with the same cargo and profile as this test (a no-op
+/// when the outputs are fresh) and returns the directory holding them.
+pub fn cargo_build(args: &[&str]) -> Result<PathBuf, ClusterError> {
     let (dir, profile) = target_profile_dir()?;
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(crate::cluster::repo_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "sgpu-prolog-epilog",
-        "-p",
-        "sgpu-healthd",
-        "-p",
-        "sgpu-spank",
-        "--bins",
-        "--lib",
-    ]);
+    cmd.current_dir(crate::cluster::repo_root())
+        .args(["build", "--quiet"])
+        .args(args);
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -111,35 +102,23 @@ fn build_binaries() -> Result<PathBuf, ClusterError> {
     Ok(dir)
 }
 
-/// Builds binary `bin` of `package` with the cargo and profile of this test (a no-op when
-/// fresh) and returns its path, for tests that run a command such as `sgpu` themselves.
+/// Builds the node's sgpu binaries and the plugin; returns the directory holding them.
+fn build_binaries() -> Result<PathBuf, ClusterError> {
+    cargo_build(&[
+        "-p",
+        "sgpu-prolog-epilog",
+        "-p",
+        "sgpu-healthd",
+        "-p",
+        "sgpu-spank",
+        "--bins",
+        "--lib",
+    ])
+}
+
+/// Builds one binary of a workspace package; returns its path.
 pub fn cargo_bin(package: &str, bin: &str) -> Result<PathBuf, ClusterError> {
-    let (dir, profile) = target_profile_dir()?;
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(crate::cluster::repo_root())
-        .args(["build", "--quiet", "-p", package, "--bin", bin]);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let line = format!("{cmd:?}");
-    let out = cmd.output().map_err(|source| ClusterError::Spawn {
-        cmd: line.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(ClusterError::Failed {
-            cmd: line,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(dir.join(bin))
+    Ok(cargo_build(&["-p", package, "--bin", bin])?.join(bin))
 }
 
 /// Copies `src` to `dst` so that a process executing the old `dst` is never disturbed; a
