@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 
 /// Who made a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,31 +216,10 @@ impl Policy {
 
 /// The login name of `uid` on this host, if it has one.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    loop {
-        // SAFETY: all pointers are valid for the call; buf outlives pwd's use below.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: getpwuid_r succeeded, pw_name points into buf and is NUL-terminated.
-        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-        return name.to_str().ok().map(str::to_owned);
-    }
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 /// The uid of user `name`, or `name` itself when it is a number.
@@ -247,27 +227,7 @@ pub fn user_id(name: &str) -> Option<u32> {
     if let Ok(uid) = name.parse() {
         return Some(uid);
     }
-    let c = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    loop {
-        // SAFETY: all pointers are valid for the call; buf outlives pwd's use below.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                c.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(pwd.pw_uid);
-    }
+    User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
 }
 
 /// The gid of group `name`, or `name` itself when it is a number.
@@ -275,27 +235,10 @@ pub fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {
         return Some(gid);
     }
-    let c = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    loop {
-        // SAFETY: all pointers are valid for the call; buf outlives grp's use below.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                c.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
-    }
+    Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 /// The groups of `uid` (primary `gid` and its supplementary groups) on this host.
@@ -303,20 +246,9 @@ pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
     let Some(name) = user_name(uid).and_then(|n| std::ffi::CString::new(n).ok()) else {
         return vec![gid];
     };
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut n = libc::c_int::try_from(groups.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: name is NUL-terminated; groups has room for n entries.
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        let n = usize::try_from(n).unwrap_or(0);
-        if rc >= 0 {
-            groups.truncate(n);
-            return groups;
-        }
-        if n <= groups.len() || groups.len() >= 1 << 16 {
-            return vec![gid];
-        }
-        groups.resize(n, 0);
+    match getgrouplist(&name, Gid::from_raw(gid)) {
+        Ok(groups) => groups.into_iter().map(Gid::as_raw).collect(),
+        Err(_) => vec![gid],
     }
 }
 
