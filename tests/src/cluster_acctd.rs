@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::{Cluster, ClusterError};
 
+/// The line that opens the `[accounting]` table `start` appends to a node's sgpu.toml.
+const MARKER: &str = "\n# the cluster's acctd (sgpu-testcluster acctd start)\n";
+
 /// Where the cluster's acctd listens.
 pub const ADDR: &str = "127.0.0.1:16830";
 
@@ -31,15 +34,7 @@ pub fn url() -> String {
 }
 
 fn running(cluster: &Cluster) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file(cluster))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains("sgpu-acctd")
-        .then_some(pid)
+    crate::sgpu::live_pid(&pid_file(cluster), "sgpu-acctd")
 }
 
 /// Starts the cluster's acctd (if it is not running) and makes every node's healthd
@@ -92,7 +87,7 @@ pub fn start(cluster: &Cluster) -> Result<(), ClusterError> {
             continue;
         }
         let text = format!(
-            "{text}\n# the cluster's acctd (sgpu-testcluster acctd start)\n[accounting]\n\
+            "{text}{MARKER}[accounting]\n\
              url = \"{}\"\nforward_interval_s = 2\nforward_backoff_max_s = 10\n",
             url()
         );
@@ -103,8 +98,18 @@ pub fn start(cluster: &Cluster) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// Stops the cluster's acctd, if it runs (its database stays).
+/// Stops the cluster's acctd, if it runs (its database stays), and takes the nodes'
+/// forwarding back out of their sgpu.toml (restarting their healthd).
 pub fn stop(cluster: &Cluster) -> Result<(), ClusterError> {
+    for node in cluster.nodes()? {
+        let f = crate::sgpu::node_files(cluster, &node);
+        let text = std::fs::read_to_string(&f.config).map_err(io(&f.config))?;
+        if let Some(i) = text.find(MARKER) {
+            std::fs::write(&f.config, &text[..i]).map_err(io(&f.config))?;
+            crate::sgpu::stop_healthd(cluster, &node)?;
+            crate::sgpu::start_healthd(cluster, &node)?;
+        }
+    }
     if let Some(pid) = running(cluster) {
         let _ = Command::new("kill").arg(pid.to_string()).status();
         let start = Instant::now();

@@ -12,3 +12,22 @@ pub mod cluster_acctd;
 pub mod sgpu;
 
 pub use cluster::{Cluster, ClusterError, Record, node_state};
+
+/// Calls `f` every 20 ms until it returns `Some`, for at most `timeout`; the error names
+/// `what` was waited for.
+pub fn poll<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>, Box<dyn std::error::Error>>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

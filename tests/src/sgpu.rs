@@ -411,19 +411,23 @@ fn exited(pid: i32) -> bool {
     }
 }
 
-/// The pid of `node`'s running `sgpu-healthd`, if it runs.
-pub fn healthd_pid(cluster: &Cluster, node: &str) -> Option<i32> {
-    let f = node_files(cluster, node);
-    let pid: i32 = std::fs::read_to_string(&f.healthd_pid)
+/// The pid in `pid_file` when that process runs and its command line names `program` (a
+/// zombie has an empty command line; a recycled pid another one).
+pub fn live_pid(pid_file: &Path, program: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
         .ok()?
         .trim()
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    // a zombie has an empty command line; a recycled pid another one
     String::from_utf8_lossy(&cmdline)
-        .contains("sgpu-healthd")
+        .contains(program)
         .then_some(pid)
+}
+
+/// The pid of `node`'s running `sgpu-healthd`, if it runs.
+pub fn healthd_pid(cluster: &Cluster, node: &str) -> Option<i32> {
+    live_pid(&node_files(cluster, node).healthd_pid, "sgpu-healthd")
 }
 
 /// Starts `node`'s `sgpu-healthd` with the node's environment (as a unit file would).

@@ -14,33 +14,15 @@ use std::time::{Duration, Instant};
 
 use sgpu_acct_client::{Client, ClientAuth, ClientError};
 use sgpu_spool::{GpuUsage, Record, RecordBody, RecordId, RecordKind, Spool, Usage};
-use sgpu_tests::Cluster;
 use sgpu_tests::acctd::{Acctd, forward_to};
 use sgpu_tests::sgpu::{self, node_files};
+use sgpu_tests::{Cluster, poll};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// `ClusterName` in the test cluster's slurm.conf.
 const CLUSTER: &str = "sgpu-test";
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
-fn poll<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<Option<T>, Box<dyn std::error::Error>>,
-) -> Result<T, Box<dyn std::error::Error>> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn client(acctd: &Acctd) -> Client {
     Client::new(

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use sgpu_tests::sgpu::{self, HEALTHD_INTERVAL_S, HEALTHD_RESUME_AFTER, node_files};
-use sgpu_tests::{Cluster, Record, node_state};
+use sgpu_tests::{Cluster, Record, node_state, poll};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -18,24 +18,6 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn sgpu_drained(r: &Record) -> bool {
     node_state(r).1 && r.get("Reason").starts_with("sgpu:")
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
-fn poll<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<Option<T>, Box<dyn std::error::Error>>,
-) -> Result<T, Box<dyn std::error::Error>> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Asserts `pred` holds for the node's record throughout `period`.
