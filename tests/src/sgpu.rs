@@ -572,6 +572,20 @@ impl Drop for Restore<'_> {
                 &["update", &format!("NodeName={node}"), "State=RESUME"],
             );
         }
+        // a job cancelled by the test may still be completing (its epilog running): the
+        // next test must find the node schedulable, or Slurm places its job elsewhere
+        for node in &self.nodes {
+            let _ = self.cluster.wait_node(
+                node,
+                std::time::Duration::from_secs(30),
+                "done completing and not drained",
+                |r| {
+                    !r.get("State")
+                        .split('+')
+                        .any(|f| f == "COMPLETING" || f == "DRAIN")
+                },
+            );
+        }
     }
 }
 

@@ -113,7 +113,9 @@ fn bad_gpu_drains_node_and_job_runs_elsewhere() -> TestResult {
             g.ecc.volatile_uncorrected = 3;
         }
     })?;
-    // node1 has the lower weight: Slurm places the job there first
+    // node1 has the lower weight: Slurm places the job there first, once it is idle (a job
+    // cancelled by an earlier test may still be completing there)
+    cluster.wait_node("node1", JOB_TIMEOUT, "idle", |r| r.get("State") == "IDLE")?;
     let id = cluster.sbatch(&["--gres=gpu:1", "-o", "/dev/null"], "true")?;
     let rec = cluster.wait_node("node1", JOB_TIMEOUT, "drained by sgpu", |r| {
         node_state(r).1 && r.get("Reason").starts_with("sgpu:")
