@@ -173,10 +173,18 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let (indices, records): (Vec<usize>, Vec<_>) = valid.into_iter().unzip();
+    let mut indices = Vec::with_capacity(valid.len());
+    let mut records = Vec::with_capacity(valid.len());
+    let mut received = Vec::with_capacity(valid.len());
+    for (i, r, json) in valid {
+        indices.push(i);
+        records.push(r);
+        received.push(json);
+    }
     let store = state.store.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        let outcomes = store.put_batch(&records)?;
+        let json: Vec<&[u8]> = received.iter().map(|j| j.get().as_bytes()).collect();
+        let outcomes = store.put_received(&records, &json)?;
         Ok::<_, crate::store::StoreError>((records, outcomes))
     })
     .await;

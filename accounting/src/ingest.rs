@@ -38,8 +38,8 @@ pub struct Rejection {
 /// A batch after parsing: valid records with their positions, and rejections.
 #[derive(Debug, Default)]
 pub struct ParsedBatch {
-    /// Valid records and their positions in the batch.
-    pub valid: Vec<(usize, Record)>,
+    /// Valid records, their positions in the batch and their JSON as received.
+    pub valid: Vec<(usize, Record, Box<RawValue>)>,
     /// Refused records.
     pub rejected: Vec<Rejection>,
 }
@@ -48,10 +48,10 @@ pub struct ParsedBatch {
 pub fn parse_batch(body: &[u8]) -> Result<ParsedBatch, BatchError> {
     let items: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(BatchError::NotAnArray)?;
     let mut out = ParsedBatch::default();
-    for (index, raw) in items.iter().enumerate() {
+    for (index, raw) in items.into_iter().enumerate() {
         match Record::from_json(raw.get().as_bytes()) {
-            Ok(r) => out.valid.push((index, r)),
-            Err(e) => out.rejected.push(rejection(index, raw, &e)),
+            Ok(r) => out.valid.push((index, r, raw)),
+            Err(e) => out.rejected.push(rejection(index, &raw, &e)),
         }
     }
     Ok(out)

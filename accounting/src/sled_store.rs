@@ -1,36 +1,76 @@
 //! [`Store`] on sled 0.34.
 //!
-//! Three trees: `records` (key: [`sgpu_spool::RecordId::key`], value: the record's JSON),
-//! `rollups` (key: [`RollupKey::encode`], day first so a date range is a key range; value:
-//! [`RollupValue::encode`]) and `counted` (`cluster,job_id` of every job already counted in
-//! `jobs`). A batch is one sled transaction over the three trees, so a record and its
-//! rollup contribution are written together or not at all (with `by_day`, the index of
-//! records by every UTC day their span touches: key day (4 bytes, big-endian) then the
-//! record key, empty value; rebuilt at open when a database predates it), then `Db::flush` makes it
-//! durable before [`Store::put_batch`] returns: that return is the acknowledgement.
+//! Layout (format 2). Everything the ingest path writes lives in one tree, `acct`, under a
+//! one-byte prefix, so a batch is one [`sled::Tree::apply_batch`]: atomic, also across a
+//! crash, and without the cost of a multi-tree transaction:
+//! - `j` + job key (`cluster,job_id,`, the prefix of every [`sgpu_spool::RecordId::key`] of
+//!   the job): the job's entry ([`JobEntry`]): its records' keys, in key order, each with
+//!   where its JSON is in the record log ([`vlog`]), and which `job_end` its `jobs` count went
+//!   to. One small entry per job, not one row per record: sled costs several microseconds
+//!   per written key, more the bigger its nodes, and a job's records mostly arrive together.
+//! - `r` + day (4 bytes, big-endian, so a date range is a key range) + cluster + account
+//!   (each a 4-byte length and its bytes): that day's rollup rows of that account
+//!   ([`RollupGroup`]: per user, partition and GPU model, a [`RollupValue`]). One row per
+//!   account and day rather than per rollup row: a batch of jobs touches a handful of days
+//!   but thousands of (user, partition, model, day) rows, each of which would be a sled
+//!   write.
+//! - `d` + day (4 bytes, big-endian) + batch number (8 bytes, big-endian): the job keys of
+//!   that batch with a record whose span touches that day (each as a 4-byte length and its
+//!   bytes). One row per day a batch touches, not one per record.
+//! - `m` + name: metadata (`format`, and `seq`, the last batch number).
+//!
+//! [`Store::put_batch`] appends the records' JSON to the record log and syncs it, then reads
+//! what it needs (the batch's job entries and rollup rows) under the writer lock, so nothing
+//! changes them in between, writes the batch, then [`sled::Db::flush`] makes it durable
+//! before it returns: that return is the acknowledgement. A crash before the flush leaves
+//! log bytes nothing refers to (a resend appends them again). Node events live in their own
+//! tree, `node_events`.
+//!
+//! A database written by format 1 (trees `records`, `rollups`, `counted`, `by_day`: one
+//! row per record, per index entry and per counted job, written in a sled transaction) is
+//! converted when opened, then its trees are dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use sgpu_spool::{NodeEvent, Record, RecordId, RecordKind};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sgpu_spool::{NodeEvent, Record};
 
-use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key, job_marker};
+use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
 use crate::store::{PurgeStats, PutOutcome, Store, StoreError, record_days, record_last_ms};
+
+mod vlog;
+use vlog::{Loc, ValueLog};
+
+/// The layout version this code writes.
+const FORMAT: &[u8] = b"2";
+/// Prefixes in the `acct` tree.
+const JOB: u8 = b'j';
+const ROLLUP: u8 = b'r';
+const DAY: u8 = b'd';
+const META: u8 = b'm';
+/// The entry encoding's version byte.
+const ENTRY_V1: u8 = 1;
 
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
-    records: sled::Tree,
-    rollups: sled::Tree,
-    counted: sled::Tree,
-    /// Index: day (4 bytes, big-endian) + record key, for reports over partial days.
-    by_day: sled::Tree,
-    /// Serialises [`Store::put_batch`]'s transactions.
-    writer: std::sync::Mutex<()>,
+    /// Jobs, rollups, the by-day index and metadata (see the module documentation).
+    acct: sled::Tree,
+    /// Serialises writers of `acct`: the ingest path reads, then writes.
+    writer: std::sync::Mutex<Writer>,
     /// Node events (drain/resume history), key [`NodeEvent::key`], value its JSON.
     events: sled::Tree,
+    /// The records' JSON.
+    vlog: ValueLog,
+    /// Held (shared) by a batch from its log append until sled refers to what it appended,
+    /// and (exclusive) by purge, so purge never deletes a segment a batch is about to use.
+    appending: std::sync::RwLock<()>,
+}
+
+/// What the writer lock guards besides the right to write.
+struct Writer {
+    /// The last batch number written.
+    seq: u64,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -44,34 +84,347 @@ fn corrupt(key: &[u8], message: impl Into<String>) -> StoreError {
     }
 }
 
+fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn day_key(day: u32, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(DAY);
+    k.extend_from_slice(&day.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn put_len(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Splits `b` into length-prefixed parts (see [`put_len`]); `None` if malformed.
+fn split_lens(mut b: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (len, rest) = b.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if rest.len() < len {
+            return None;
+        }
+        out.push(&rest[..len]);
+        b = &rest[len..];
+    }
+    Some(out)
+}
+
+/// The job key (`cluster,job_id,`) of a record key: everything up to its second comma
+/// (the cluster is percent-encoded in keys, so it has no raw comma).
+fn job_key_of(record_key: &[u8]) -> Option<&[u8]> {
+    let first = record_key.iter().position(|&c| c == b',')?;
+    let second = first + 1 + record_key[first + 1..].iter().position(|&c| c == b',')?;
+    Some(&record_key[..=second])
+}
+
+/// The job key of `cluster`'s job `job_id`, as [`job_key_of`] cuts it from a record key.
+fn job_key(cluster: &str, job_id: u32) -> Option<Vec<u8>> {
+    let key =
+        sgpu_spool::RecordId::new(cluster, job_id, None, "x", sgpu_spool::RecordKind::JobStart)
+            .ok()?
+            .key();
+    job_key_of(key.as_bytes()).map(<[u8]>::to_vec)
+}
+
+/// A job's stored records and the one its `jobs` count went to.
+#[derive(Debug, Default)]
+struct JobEntry {
+    /// The record key of the `job_end` counted in `jobs`, if one was.
+    counted: Option<Vec<u8>>,
+    /// Record key to where its JSON is.
+    records: BTreeMap<Vec<u8>, Loc>,
+}
+
+impl JobEntry {
+    /// Stored form: version byte, then length-prefixed parts: the counted key (empty when
+    /// none), then key and location (16 bytes) of each record in key order.
+    fn encode(&self) -> Vec<u8> {
+        let size: usize = self.records.keys().map(|k| 24 + k.len()).sum();
+        let mut out = Vec::with_capacity(5 + size + self.counted.as_ref().map_or(0, Vec::len));
+        out.push(ENTRY_V1);
+        put_len(&mut out, self.counted.as_deref().unwrap_or(&[]));
+        let mut loc = Vec::with_capacity(16);
+        for (k, v) in &self.records {
+            put_len(&mut out, k);
+            loc.clear();
+            v.encode(&mut loc);
+            put_len(&mut out, &loc);
+        }
+        out
+    }
+
+    fn decode(key: &[u8], b: &[u8]) -> Result<JobEntry, StoreError> {
+        let bad = || corrupt(key, "job entry is malformed");
+        let (&version, rest) = b.split_first().ok_or_else(bad)?;
+        if version != ENTRY_V1 {
+            return Err(corrupt(
+                key,
+                format!("job entry version {version} is unknown to this acctd: upgrade it"),
+            ));
+        }
+        let parts = split_lens(rest).ok_or_else(bad)?;
+        let (counted, pairs) = parts.split_first().ok_or_else(bad)?;
+        if pairs.len() % 2 != 0 {
+            return Err(bad());
+        }
+        let records = pairs
+            .chunks_exact(2)
+            .map(|kv| Some((kv[0].to_vec(), Loc::decode(kv[1])?)))
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
+        Ok(JobEntry {
+            counted: (!counted.is_empty()).then(|| counted.to_vec()),
+            records,
+        })
+    }
+
+    /// The records, read from `log` and decoded, in key order.
+    fn decoded<'a>(
+        &'a self,
+        log: &'a ValueLog,
+    ) -> impl Iterator<Item = Result<Record, StoreError>> + 'a {
+        self.records
+            .iter()
+            .map(|(k, loc)| decode_record(k, &log.read(*loc)?))
+    }
+}
+
+fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, StoreError> {
+    Record::from_json(value).map_err(|e| corrupt(key, e.to_string()))
+}
+
+/// The stored key of the group holding rollup row `k`: `r`, day, cluster, account.
+fn group_key(k: &RollupKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13 + k.cluster.len() + k.account.len());
+    out.push(ROLLUP);
+    out.extend_from_slice(&k.day.to_be_bytes());
+    put_len(&mut out, k.cluster.as_bytes());
+    put_len(&mut out, k.account.as_bytes());
+    out
+}
+
+/// One account's rollup rows of one day: (user, partition, GPU model) to totals.
+#[derive(Debug, Default)]
+struct RollupGroup {
+    rows: BTreeMap<(String, String, String), RollupValue>,
+}
+
+impl RollupGroup {
+    /// Stored form: version byte, then per row user, partition and model (each a 4-byte
+    /// length and its bytes) and the 32-byte [`RollupValue::encode`].
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.rows.len() * 64);
+        out.push(ENTRY_V1);
+        for ((user, partition, model), v) in &self.rows {
+            put_len(&mut out, user.as_bytes());
+            put_len(&mut out, partition.as_bytes());
+            put_len(&mut out, model.as_bytes());
+            out.extend_from_slice(&v.encode());
+        }
+        out
+    }
+
+    fn decode(key: &[u8], b: &[u8]) -> Result<RollupGroup, StoreError> {
+        let bad = || corrupt(key, "rollup row is malformed");
+        let (&version, mut rest) = b.split_first().ok_or_else(bad)?;
+        if version != ENTRY_V1 {
+            return Err(corrupt(
+                key,
+                format!("rollup row version {version} is unknown to this acctd: upgrade it"),
+            ));
+        }
+        let mut rows = BTreeMap::new();
+        let text = |rest: &mut &[u8]| -> Option<String> {
+            let (len, r) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+            let (s, r) = (r.get(..len)?, r.get(len..)?);
+            *rest = r;
+            String::from_utf8(s.to_vec()).ok()
+        };
+        while !rest.is_empty() {
+            let user = text(&mut rest).ok_or_else(bad)?;
+            let partition = text(&mut rest).ok_or_else(bad)?;
+            let model = text(&mut rest).ok_or_else(bad)?;
+            let (v, r) = rest.split_first_chunk::<32>().ok_or_else(bad)?;
+            rest = r;
+            let v = RollupValue::decode(v).ok_or_else(bad)?;
+            rows.insert((user, partition, model), v);
+        }
+        Ok(RollupGroup { rows })
+    }
+
+    fn add(&mut self, k: &RollupKey, v: &RollupValue) {
+        self.rows
+            .entry((k.user.clone(), k.partition.clone(), k.gpu_model.clone()))
+            .or_default()
+            .add(v);
+    }
+}
+
+/// The day, cluster and account of a stored group key.
+fn decode_group_key(k: &[u8]) -> Option<(u32, String, String)> {
+    let rest = k.strip_prefix(&[ROLLUP])?;
+    let (day, rest) = rest.split_first_chunk::<4>()?;
+    let parts = split_lens(rest)?;
+    let [cluster, account] = parts.as_slice() else {
+        return None;
+    };
+    Some((
+        u32::from_be_bytes(*day),
+        String::from_utf8(cluster.to_vec()).ok()?,
+        String::from_utf8(account.to_vec()).ok()?,
+    ))
+}
+
+/// Adds `adds` (rollup rows) to the stored groups: one read and one write per group.
+fn add_rollups(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    adds: &BTreeMap<RollupKey, RollupValue>,
+) -> Result<(), StoreError> {
+    let mut groups: BTreeMap<Vec<u8>, RollupGroup> = BTreeMap::new();
+    for (k, add) in adds {
+        let gk = group_key(k);
+        let group = match groups.entry(gk) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let stored = match tree.get(e.key()).map_err(engine)? {
+                    Some(v) => RollupGroup::decode(e.key(), &v)?,
+                    None => RollupGroup::default(),
+                };
+                e.insert(stored)
+            }
+        };
+        group.add(k, add);
+    }
+    for (gk, group) in groups {
+        batch.insert(gk, group.encode());
+    }
+    Ok(())
+}
+
 impl SledStore {
-    /// Opens (creating if needed) the database directory at `path`.
+    /// Opens (creating if needed) the database directory at `path`, converting a format 1
+    /// database.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(path).open().map_err(engine)?;
+        let acct = db.open_tree("acct").map_err(engine)?;
+        let seq = match acct.get([META, b's']).map_err(engine)? {
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(b"ms", "batch number is not 8 bytes"))?;
+                u64::from_be_bytes(b)
+            }
+            None => 0,
+        };
         let store = SledStore {
-            records: db.open_tree("records").map_err(engine)?,
-            rollups: db.open_tree("rollups").map_err(engine)?,
-            counted: db.open_tree("counted").map_err(engine)?,
-            by_day: db.open_tree("by_day").map_err(engine)?,
             events: db.open_tree("node_events").map_err(engine)?,
-            writer: std::sync::Mutex::new(()),
+            writer: std::sync::Mutex::new(Writer { seq }),
+            vlog: ValueLog::open(&path.join("records"))?,
+            appending: std::sync::RwLock::new(()),
+            acct,
             db,
         };
-        if store.by_day.is_empty() && !store.records.is_empty() {
-            store.rebuild_day_index()?;
+        match store.acct.get([META, b'f']).map_err(engine)? {
+            Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) => {
+                return Err(corrupt(
+                    b"mf",
+                    format!(
+                        "database format {} is unknown to this acctd (it writes {}): run the \
+                         acctd that wrote it, or restore a backup",
+                        String::from_utf8_lossy(&f),
+                        String::from_utf8_lossy(FORMAT)
+                    ),
+                ));
+            }
+            None => store.convert_format1()?,
         }
         Ok(store)
     }
 
-    /// Rebuilds the `by_day` index from the records (a database from before the index).
-    fn rebuild_day_index(&self) -> Result<(), StoreError> {
-        tracing::info!("building the by-day record index");
-        for kv in self.records.iter() {
-            let (k, v) = kv.map_err(engine)?;
-            let r = decode_record(&k, &v)?;
-            for ik in day_index_keys(&r, &k) {
-                self.by_day.insert(ik, &[][..]).map_err(engine)?;
+    /// Converts a format 1 database (if any) and marks the database format 2.
+    fn convert_format1(&self) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        let has = |n: &str| names.iter().any(|t| t.as_ref() == n.as_bytes());
+        if has("records") {
+            tracing::info!("converting the database from format 1 (one row per record)");
+            let records = self.db.open_tree("records").map_err(engine)?;
+            let counted = self.db.open_tree("counted").map_err(engine)?;
+            let rollups = self.db.open_tree("rollups").map_err(engine)?;
+            let mut jobs: BTreeMap<Vec<u8>, JobEntry> = BTreeMap::new();
+            let mut days: BTreeMap<u32, BTreeSet<Vec<u8>>> = BTreeMap::new();
+            let mut synced = Vec::new();
+            for kv in records.iter() {
+                let (k, v) = kv.map_err(engine)?;
+                let r = decode_record(&k, &v)?;
+                let (locs, file) = self.vlog.append(&[&v])?;
+                if !synced.iter().any(|f| std::sync::Arc::ptr_eq(f, &file)) {
+                    synced.push(file);
+                }
+                let jk = job_key_of(&k).ok_or_else(|| corrupt(&k, "not a record key"))?;
+                let entry = jobs.entry(jk.to_vec()).or_default();
+                // format 1 kept the counted row's key per job: the first job_end (in key
+                // order) that counts into that row is the one counted
+                if entry.counted.is_none() {
+                    if let Some(ck) = job_count_key(&r) {
+                        let marker = format!("{},{}", r.id().cluster(), r.id().job_id());
+                        let was = counted.get(marker.as_bytes()).map_err(engine)?;
+                        if was.as_deref() == Some(ck.encode().as_slice()) {
+                            entry.counted = Some(k.to_vec());
+                        }
+                    }
+                }
+                for loc in locs {
+                    entry.records.insert(k.to_vec(), loc);
+                }
+                for day in record_days(&r) {
+                    days.entry(day).or_default().insert(jk.to_vec());
+                }
             }
+            for f in &synced {
+                ValueLog::sync(f)?;
+            }
+            let mut batch = sled::Batch::default();
+            for (jk, entry) in &jobs {
+                batch.insert(prefixed(JOB, jk), entry.encode());
+            }
+            let mut adds = BTreeMap::new();
+            for kv in rollups.iter() {
+                let (k, v) = kv.map_err(engine)?;
+                let key = RollupKey::decode(&k).ok_or_else(|| corrupt(&k, "bad rollup key"))?;
+                let value =
+                    RollupValue::decode(&v).ok_or_else(|| corrupt(&k, "bad rollup value"))?;
+                adds.insert(key, value);
+            }
+            add_rollups(&self.acct, &mut batch, &adds)?;
+            for (day, keys) in &days {
+                batch.insert(day_key(*day, 0), encode_job_list(keys.iter()));
+            }
+            batch.insert(&[META, b'f'][..], FORMAT);
+            self.acct.apply_batch(batch).map_err(engine)?;
+            self.flush()?;
+            for t in ["records", "rollups", "counted", "by_day"] {
+                if has(t) {
+                    self.db.drop_tree(t).map_err(engine)?;
+                }
+            }
+            tracing::info!(jobs = jobs.len(), "database converted to format 2");
+        } else {
+            self.acct.insert([META, b'f'], FORMAT).map_err(engine)?;
         }
         self.flush()
     }
@@ -82,119 +435,161 @@ impl SledStore {
     }
 
     /// Number of stored records.
-    pub fn record_count(&self) -> usize {
-        self.records.len()
+    pub fn record_count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.acct.scan_prefix([JOB]) {
+            let (k, v) = kv.map_err(engine)?;
+            n += JobEntry::decode(&k, &v)?.records.len();
+        }
+        Ok(n)
     }
-}
 
-fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, StoreError> {
-    Record::from_json(value).map_err(|e| corrupt(key, e.to_string()))
-}
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 
-/// The `by_day` index keys of a record stored under `key`.
-fn day_index_keys(r: &Record, key: &[u8]) -> Vec<Vec<u8>> {
-    record_days(r)
-        .map(|day| {
-            let mut k = Vec::with_capacity(4 + key.len());
-            k.extend_from_slice(&day.to_be_bytes());
-            k.extend_from_slice(key);
-            k
-        })
-        .collect()
-}
+    fn for_each_in(&self, entry: &JobEntry, f: &mut dyn FnMut(Record)) -> Result<(), StoreError> {
+        for r in entry.decoded(&self.vlog) {
+            f(r?);
+        }
+        Ok(())
+    }
 
-/// The key prefix `cluster,job_id,` shared by every record of a job.
-fn job_prefix(cluster: &str, job_id: u32) -> Option<String> {
-    let key = RecordId::new(cluster, job_id, None, "x", RecordKind::JobStart)
-        .ok()?
-        .key();
-    // The cluster is percent-encoded, so its key part has no raw comma.
-    let first = key.find(',')?;
-    let second = first + 1 + key[first + 1..].find(',')?;
-    Some(key[..=second].to_string())
-}
-
-impl Store for SledStore {
-    fn put_batch(&self, records: &[Record]) -> Result<Vec<PutOutcome>, StoreError> {
+    /// [`Store::put_batch`], keeping the JSON as received where there is one on a single
+    /// line (the record log is one record per line), else serialising the record.
+    fn put(
+        &self,
+        records: &[Record],
+        received: Option<&[&[u8]]>,
+    ) -> Result<Vec<PutOutcome>, StoreError> {
         let encoded = records
             .iter()
-            .map(|r| {
-                let json = r.to_json().map_err(|e| StoreError::Engine(e.to_string()))?;
+            .enumerate()
+            .map(|(i, r)| {
+                let json = match received.and_then(|j| j.get(i)) {
+                    Some(j) if !j.contains(&b'\n') => std::borrow::Cow::Borrowed(*j),
+                    _ => std::borrow::Cow::Owned(
+                        r.to_json().map_err(|e| StoreError::Engine(e.to_string()))?,
+                    ),
+                };
                 Ok((r.id().key().into_bytes(), json))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let trees = (&self.records, &self.rollups, &self.counted, &self.by_day);
-        // One writer at a time: concurrent transactions over the same rollup rows would
-        // conflict and redo their work; flushes still overlap (below, outside the lock).
-        let writer_guard = self
-            .writer
-            .lock()
+        let appending = self
+            .appending
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let result = trees.transaction(|(rec, roll, counted, by_day)| {
-            let mut outcomes = Vec::with_capacity(records.len());
-            // The batch's rollup additions, summed first: one read-modify-write per row.
-            let mut batch_adds: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
-            for (r, (key, json)) in records.iter().zip(&encoded) {
-                if let Some(old) = rec.get(key)? {
-                    outcomes.push(PutOutcome::Duplicate {
-                        differs: old.as_ref() != json.as_slice(),
-                    });
-                    continue;
+        let items: Vec<&[u8]> = encoded.iter().map(|(_, j)| j.as_ref()).collect();
+        let (locs, file) = self.vlog.append(&items)?;
+        ValueLog::sync(&file)?;
+        let mut writer = self.writer();
+        let mut outcomes = Vec::with_capacity(records.len());
+        // The batch's job entries (loaded once, written once), rollup additions (summed
+        // first: one read-modify-write per row) and by-day index.
+        let mut jobs: HashMap<&[u8], (JobEntry, bool)> = HashMap::new();
+        let mut batch_adds: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+        let mut days: BTreeMap<u32, BTreeSet<&[u8]>> = BTreeMap::new();
+        for ((r, (key, json)), loc) in records.iter().zip(&encoded).zip(locs) {
+            let jk = job_key_of(key).ok_or_else(|| corrupt(key, "not a record key"))?;
+            let (entry, dirty) = match jobs.entry(jk) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((self.load_job(jk)?.unwrap_or_default(), false))
                 }
-                rec.insert(key.as_slice(), json.as_slice())?;
-                for ik in day_index_keys(r, key) {
-                    by_day.insert(ik, &[][..])?;
-                }
-                let mut adds = contributions(r);
+            };
+            if let Some(old) = entry.records.get(key) {
+                // the same text, or (sent with other spacing) the same record
+                let stored = self.vlog.read(*old)?;
+                let differs = stored != json.as_ref() && decode_record(key, &stored)? != *r;
+                outcomes.push(PutOutcome::Duplicate { differs });
+                continue;
+            }
+            entry.records.insert(key.clone(), loc);
+            *dirty = true;
+            let mut adds = contributions(r);
+            if entry.counted.is_none() {
                 if let Some(k) = job_count_key(r) {
-                    let marker = job_marker(r);
-                    if counted.get(&marker)?.is_none() {
-                        counted.insert(marker, k.encode())?;
-                        adds.entry(k).or_default().jobs += 1;
-                    }
+                    entry.counted = Some(key.clone());
+                    adds.entry(k).or_default().jobs += 1;
                 }
-                for (k, add) in adds {
-                    batch_adds.entry(k).or_default().add(&add);
+            }
+            for (k, add) in adds {
+                batch_adds.entry(k).or_default().add(&add);
+            }
+            for day in record_days(r) {
+                days.entry(day).or_default().insert(jk);
+            }
+            outcomes.push(PutOutcome::Accepted);
+        }
+        let mut batch = sled::Batch::default();
+        for (jk, (entry, dirty)) in &jobs {
+            if *dirty {
+                batch.insert(prefixed(JOB, jk), entry.encode());
+            }
+        }
+        add_rollups(&self.acct, &mut batch, &batch_adds)?;
+        // every accepted record touches at least one day: no day, nothing to write
+        if !days.is_empty() {
+            let seq = writer.seq + 1;
+            for (day, keys) in &days {
+                let mut list = Vec::new();
+                for k in keys {
+                    put_len(&mut list, k);
                 }
-                outcomes.push(PutOutcome::Accepted);
+                batch.insert(day_key(*day, seq), list);
             }
-            for (k, add) in &batch_adds {
-                let kb = k.encode();
-                let mut v = match roll.get(&kb)? {
-                    Some(old) => RollupValue::decode(&old).ok_or_else(|| {
-                        ConflictableTransactionError::Abort(corrupt(
-                            &kb,
-                            "rollup value is not 32 bytes",
-                        ))
-                    })?,
-                    None => RollupValue::default(),
-                };
-                v.add(add);
-                roll.insert(kb, &v.encode()[..])?;
-            }
-            Ok(outcomes)
-        });
-        drop(writer_guard);
-        let outcomes = match result {
-            Ok(o) => o,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(engine(e)),
-        };
+            batch.insert(&[META, b's'][..], &seq.to_be_bytes()[..]);
+            self.acct.apply_batch(batch).map_err(engine)?;
+            writer.seq = seq;
+        }
+        // Flushes overlap (outside the lock): a flush makes durable everything written
+        // before it, this batch included.
+        drop(writer);
+        drop(appending);
         self.flush()?;
         Ok(outcomes)
     }
 
+    fn load_job(&self, jk: &[u8]) -> Result<Option<JobEntry>, StoreError> {
+        let key = prefixed(JOB, jk);
+        match self.acct.get(&key).map_err(engine)? {
+            Some(v) => JobEntry::decode(&key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn encode_job_list<'a>(keys: impl Iterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in keys {
+        put_len(&mut out, k);
+    }
+    out
+}
+
+impl Store for SledStore {
+    fn put_batch(&self, records: &[Record]) -> Result<Vec<PutOutcome>, StoreError> {
+        self.put(records, None)
+    }
+
+    fn put_received(
+        &self,
+        records: &[Record],
+        json: &[&[u8]],
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        self.put(records, Some(json))
+    }
+
     fn job(&self, cluster: &str, job_id: u32) -> Result<Vec<Record>, StoreError> {
-        let Some(prefix) = job_prefix(cluster, job_id) else {
+        let Some(jk) = job_key(cluster, job_id) else {
             return Ok(Vec::new());
         };
-        self.records
-            .scan_prefix(prefix.as_bytes())
-            .map(|kv| {
-                let (k, v) = kv.map_err(engine)?;
-                decode_record(&k, &v)
-            })
-            .collect()
+        match self.load_job(&jk)? {
+            Some(entry) => entry.decoded(&self.vlog).collect(),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn for_each_record_on_day(
@@ -202,24 +597,41 @@ impl Store for SledStore {
         day: u32,
         f: &mut dyn FnMut(Record),
     ) -> Result<(), StoreError> {
-        for kv in self.by_day.scan_prefix(day.to_be_bytes()) {
-            let (ik, _) = kv.map_err(engine)?;
-            let key = &ik[4..];
-            // Purged records leave no index entry behind, but be lenient if one does.
-            if let Some(v) = self.records.get(key).map_err(engine)? {
-                f(decode_record(key, &v)?);
-            }
+        let mut prefix = vec![DAY];
+        prefix.extend_from_slice(&day.to_be_bytes());
+        let mut jobs: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for kv in self.acct.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(engine)?;
+            let list = split_lens(&v).ok_or_else(|| corrupt(&k, "bad day index row"))?;
+            jobs.extend(list.into_iter().map(<[u8]>::to_vec));
+        }
+        for jk in &jobs {
+            // purged jobs may leave index entries behind: skip them
+            let Some(entry) = self.load_job(jk)? else {
+                continue;
+            };
+            self.for_each_in(&entry, &mut |r| {
+                if record_days(&r).contains(&day) {
+                    f(r);
+                }
+            })?;
         }
         Ok(())
     }
 
     fn counted_in(&self, cluster: &str, job_id: u32) -> Result<Option<RollupKey>, StoreError> {
-        let marker = format!("{cluster},{job_id}");
-        match self.counted.get(marker.as_bytes()).map_err(engine)? {
-            Some(v) => RollupKey::decode(&v)
-                .map(Some)
-                .ok_or_else(|| corrupt(marker.as_bytes(), "bad counted marker")),
-            None => Ok(None),
+        let Some(jk) = job_key(cluster, job_id) else {
+            return Ok(None);
+        };
+        let Some(entry) = self.load_job(&jk)? else {
+            return Ok(None);
+        };
+        let Some(ck) = &entry.counted else {
+            return Ok(None);
+        };
+        match entry.records.get(ck) {
+            Some(loc) => Ok(job_count_key(&decode_record(ck, &self.vlog.read(*loc)?)?)),
+            None => Err(corrupt(ck, "the counted record is not in its job's entry")),
         }
     }
 
@@ -229,24 +641,34 @@ impl Store for SledStore {
         last_day: u32,
         f: &mut dyn FnMut(RollupKey, RollupValue),
     ) -> Result<(), StoreError> {
-        let start = first_day.to_be_bytes();
+        let start = prefixed(ROLLUP, &first_day.to_be_bytes());
         let iter = match last_day.checked_add(1) {
-            Some(end) => self.rollups.range(start..end.to_be_bytes()),
-            None => self.rollups.range(start..),
+            Some(end) => self.acct.range(start..prefixed(ROLLUP, &end.to_be_bytes())),
+            None => self.acct.range(start..vec![ROLLUP + 1]),
         };
         for kv in iter {
             let (k, v) = kv.map_err(engine)?;
-            let key = RollupKey::decode(&k).ok_or_else(|| corrupt(&k, "bad rollup key"))?;
-            let value = RollupValue::decode(&v).ok_or_else(|| corrupt(&k, "bad rollup value"))?;
-            f(key, value);
+            let (day, cluster, account) =
+                decode_group_key(&k).ok_or_else(|| corrupt(&k, "bad rollup key"))?;
+            for ((user, partition, gpu_model), value) in RollupGroup::decode(&k, &v)?.rows {
+                let key = RollupKey {
+                    day,
+                    cluster: cluster.clone(),
+                    account: account.clone(),
+                    user,
+                    partition,
+                    gpu_model,
+                };
+                f(key, value);
+            }
         }
         Ok(())
     }
 
     fn for_each_record(&self, f: &mut dyn FnMut(Record)) -> Result<(), StoreError> {
-        for kv in self.records.iter() {
+        for kv in self.acct.scan_prefix([JOB]) {
             let (k, v) = kv.map_err(engine)?;
-            f(decode_record(&k, &v)?);
+            self.for_each_in(&JobEntry::decode(&k, &v)?, f)?;
         }
         Ok(())
     }
@@ -256,28 +678,73 @@ impl Store for SledStore {
         records_before_day: Option<u32>,
         rollups_before_day: Option<u32>,
     ) -> Result<PurgeStats, StoreError> {
+        let _appending = self
+            .appending
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _writer = self.writer();
         let mut stats = PurgeStats::default();
+        let mut batch = sled::Batch::default();
+        // segments that kept records refer to
+        let mut live: BTreeSet<u32> = BTreeSet::new();
         if let Some(cutoff) = records_before_day {
-            for kv in self.records.iter() {
+            let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
+            for kv in self.acct.scan_prefix([JOB]) {
                 let (k, v) = kv.map_err(engine)?;
-                let r = decode_record(&k, &v)?;
-                if crate::day::day_of(record_last_ms(&r)) < cutoff {
-                    self.records.remove(&k).map_err(engine)?;
-                    for ik in day_index_keys(&r, &k) {
-                        self.by_day.remove(ik).map_err(engine)?;
+                let mut entry = JobEntry::decode(&k, &v)?;
+                let before = entry.records.len();
+                let mut keep = BTreeMap::new();
+                for (rk, loc) in std::mem::take(&mut entry.records) {
+                    let r = decode_record(&rk, &self.vlog.read(loc)?)?;
+                    if crate::day::day_of(record_last_ms(&r)) >= cutoff {
+                        live.insert(loc.segment);
+                        keep.insert(rk, loc);
                     }
-                    stats.records += 1;
+                }
+                stats.records += u64::try_from(before - keep.len()).unwrap_or(u64::MAX);
+                if keep.is_empty() {
+                    // the counted marker goes with the job's last record
+                    batch.remove(k.as_ref());
+                    gone.insert(k[1..].to_vec());
+                } else if keep.len() < before {
+                    entry.records = keep;
+                    batch.insert(k.as_ref(), entry.encode());
+                }
+            }
+            // day index rows before the cutoff: drop the purged jobs
+            let end = prefixed(DAY, &cutoff.to_be_bytes());
+            for kv in self.acct.range(vec![DAY]..end) {
+                let (k, v) = kv.map_err(engine)?;
+                let list = split_lens(&v).ok_or_else(|| corrupt(&k, "bad day index row"))?;
+                let kept: Vec<Vec<u8>> = list
+                    .iter()
+                    .filter(|jk| !gone.contains(**jk))
+                    .map(|jk| jk.to_vec())
+                    .collect();
+                if kept.is_empty() {
+                    batch.remove(k.as_ref());
+                } else if kept.len() < list.len() {
+                    batch.insert(k.as_ref(), encode_job_list(kept.iter()));
                 }
             }
         }
         if let Some(cutoff) = rollups_before_day {
-            for kv in self.rollups.range(..cutoff.to_be_bytes()) {
-                let (k, _) = kv.map_err(engine)?;
-                self.rollups.remove(&k).map_err(engine)?;
-                stats.rollups += 1;
+            let end = prefixed(ROLLUP, &cutoff.to_be_bytes());
+            for kv in self.acct.range(vec![ROLLUP]..end) {
+                let (k, v) = kv.map_err(engine)?;
+                batch.remove(k.as_ref());
+                let rows = RollupGroup::decode(&k, &v)?.rows.len();
+                stats.rollups += u64::try_from(rows).unwrap_or(u64::MAX);
             }
         }
+        self.acct.apply_batch(batch).map_err(engine)?;
         self.flush()?;
+        if records_before_day.is_some() {
+            let removed = self.vlog.remove_unreferenced(&|s| live.contains(&s))?;
+            if removed > 0 {
+                tracing::info!(segments = removed, "record log segments removed");
+            }
+        }
         Ok(stats)
     }
 

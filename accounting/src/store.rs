@@ -53,6 +53,18 @@ pub trait Store: Send + Sync {
     /// an `Ok` is the acknowledgement. Outcomes are in batch order.
     fn put_batch(&self, records: &[Record]) -> Result<Vec<PutOutcome>, StoreError>;
 
+    /// [`Store::put_batch`] for records that arrived as JSON: `json[i]` is the text
+    /// `records[i]` was parsed from, which a store may keep as it is instead of serialising
+    /// the record again. The default ignores it.
+    fn put_received(
+        &self,
+        records: &[Record],
+        json: &[&[u8]],
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let _ = json;
+        self.put_batch(records)
+    }
+
     /// Every stored record of a job (all nodes, steps and kinds), in key order.
     fn job(&self, cluster: &str, job_id: u32) -> Result<Vec<Record>, StoreError>;
 

@@ -24,6 +24,11 @@ fn valid_and_invalid_records_are_told_apart() {
     let parsed = parse_batch(&serde_json::to_vec(&batch).unwrap()).unwrap();
     assert_eq!(parsed.valid.len(), 1);
     assert_eq!(parsed.valid[0].0, 0);
+    assert_eq!(
+        Record::from_json(parsed.valid[0].2.get().as_bytes()).unwrap(),
+        parsed.valid[0].1,
+        "the JSON as received comes with the record"
+    );
     let r = &parsed.rejected;
     assert_eq!(r.len(), 5);
 

@@ -81,7 +81,7 @@ fn acknowledged_batches_survive_reopen() {
         s.put_batch(&batch).unwrap();
     }
     let s = SledStore::open(&path).unwrap();
-    assert_eq!(s.record_count(), 50);
+    assert_eq!(s.record_count().unwrap(), 50);
     let v = verify(&s).unwrap();
     assert_eq!((v.records, v.jobs), (50, 50));
     assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
@@ -127,4 +127,83 @@ fn rollup_day_range_and_purge() {
         .unwrap();
     assert_eq!(days, vec![12, 20]);
     assert_eq!(s.purge(Some(12), Some(12)).unwrap(), PurgeStats::default());
+}
+
+#[test]
+fn format1_database_is_converted_when_opened() {
+    use crate::rollup::job_marker;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    // job 1 on two nodes (counted once, in n2's row: it arrived first), job 2 on one node
+    // over two days, job 3's usage only
+    let a = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
+    let b = job_end(1, "n2", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[50]);
+    let c = job_end(2, "n1", 11 * DAY_MS - HOUR, 11 * DAY_MS + HOUR, &[7]);
+    let u = job_usage(3, "n1", 12 * DAY_MS, 12 * DAY_MS + HOUR, &[HOUR / 2]);
+    {
+        let db = sled::open(&path).unwrap();
+        let records = db.open_tree("records").unwrap();
+        let rollups = db.open_tree("rollups").unwrap();
+        let counted = db.open_tree("counted").unwrap();
+        let by_day = db.open_tree("by_day").unwrap();
+        let mut sums: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+        for r in [&b, &a, &c, &u] {
+            let key = r.id().key();
+            records
+                .insert(key.as_bytes(), r.to_json().unwrap())
+                .unwrap();
+            for day in record_days(r) {
+                let mut ik = day.to_be_bytes().to_vec();
+                ik.extend_from_slice(key.as_bytes());
+                by_day.insert(ik, &[][..]).unwrap();
+            }
+            let mut adds = contributions(r);
+            if let Some(k) = job_count_key(r) {
+                if counted.get(job_marker(r)).unwrap().is_none() {
+                    counted.insert(job_marker(r), k.encode()).unwrap();
+                    adds.entry(k).or_default().jobs += 1;
+                }
+            }
+            for (k, v) in adds {
+                sums.entry(k).or_default().add(&v);
+            }
+        }
+        for (k, v) in &sums {
+            rollups.insert(k.encode(), &v.encode()[..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let before = {
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.record_count().unwrap(), 4);
+        let v = verify(&s).unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!((v.records, v.jobs), (4, 2));
+        assert_eq!(s.job("alpha", 1).unwrap().len(), 2);
+        assert_eq!(
+            s.counted_in("alpha", 1).unwrap(),
+            job_count_key(&b),
+            "the job stays counted where format 1 counted it"
+        );
+        let mut on_day_10 = Vec::new();
+        s.for_each_record_on_day(10, &mut |r| on_day_10.push(r.id().key()))
+            .unwrap();
+        assert_eq!(on_day_10, vec![a.id().key(), b.id().key(), c.id().key()]);
+        let mut on_day_11 = Vec::new();
+        s.for_each_record_on_day(11, &mut |r| on_day_11.push(r.id().key()))
+            .unwrap();
+        assert_eq!(on_day_11, vec![c.id().key()]);
+        // a resend after the conversion is still a duplicate
+        assert_eq!(
+            s.put_batch(std::slice::from_ref(&a)).unwrap(),
+            vec![PutOutcome::Duplicate { differs: false }]
+        );
+        totals(&s)
+    };
+    assert_eq!(before.jobs, 2);
+    // the old trees are gone and a reopen converts nothing again
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(totals(&s), before);
+    let names = s.db.tree_names();
+    assert!(!names.iter().any(|n| n.as_ref() == b"records"), "{names:?}");
 }
