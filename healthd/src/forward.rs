@@ -197,32 +197,33 @@ impl Forwarder {
                 return report;
             }
         };
-        // files to leave alone for the rest of this round (transient read errors)
-        let mut skip: BTreeSet<OsString> = BTreeSet::new();
+        // The spool is listed once per round and walked in order (listing it again for every
+        // batch made a large backlog quadratic); records written meanwhile wait for the
+        // next round.
+        let released = self.gate.released();
+        let entries = match spool.list() {
+            Ok(e) => e,
+            Err(e) => {
+                report.error = Some(format!("spool: {e}"));
+                return report;
+            }
+        };
+        let mut next = 0usize;
+        let mut held = 0u64;
         let mut limit = self.batch;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 report.error = Some("healthd is stopping".into());
                 return report;
             }
-            let released = self.gate.released();
-            let entries = match spool.list() {
-                Ok(e) => e,
-                Err(e) => {
-                    report.error = Some(format!("spool: {e}"));
-                    return report;
-                }
-            };
-            let mut held = 0u64;
+            let (batch_start, held_before) = (next, held);
             let mut batch: Vec<Pending> = Vec::new();
             let mut bytes = 2usize;
-            for entry in &entries {
+            while let Some(entry) = entries.get(next) {
                 if batch.len() >= limit || bytes >= MAX_BATCH_BYTES {
                     break;
                 }
-                if skip.contains(entry.file_name()) {
-                    continue;
-                }
+                next += 1;
                 if let Some(r) = &released {
                     if sampler_reads(entry) && !r.contains(entry.file_name()) {
                         held += 1;
@@ -241,21 +242,16 @@ impl Forwarder {
                         Err(e) => {
                             if self.quarantine(&spool, entry, &format!("cannot encode: {e}")) {
                                 report.rejected += 1;
-                            } else {
-                                skip.insert(entry.file_name().to_os_string());
                             }
                         }
                     },
                     Err(e) if e.is_corrupt() => {
                         if self.quarantine(&spool, entry, &e.to_string()) {
                             report.rejected += 1;
-                        } else {
-                            skip.insert(entry.file_name().to_os_string());
                         }
                     }
                     Err(e) => {
                         debug!("spool: {e}; trying again next round");
-                        skip.insert(entry.file_name().to_os_string());
                     }
                 }
             }
@@ -284,6 +280,8 @@ impl Forwarder {
                     }
                 }
                 Err(e) if too_large(&e) && batch.len() > 1 => {
+                    // the same records again, fewer at a time
+                    (next, held) = (batch_start, held_before);
                     limit = (batch.len() / 2).max(1);
                     warn!(
                         "acctd refused a batch of {} records as too large; sending {limit} at a time",
@@ -295,8 +293,6 @@ impl Forwarder {
                     let why = format!("acctd refused the record as too large: {e}");
                     if self.quarantine(&spool, &p.entry, &why) {
                         report.rejected += 1;
-                    } else {
-                        skip.insert(p.entry.file_name().to_os_string());
                     }
                 }
                 Err(e) => {
