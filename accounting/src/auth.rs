@@ -260,17 +260,17 @@ mod tests {
     fn munge_refuses_missing_and_non_munge_authorization_before_decoding() {
         let auth = MungeAuthenticator::new(Some("/nonexistent/munge.socket".into()));
         let mut h = HeaderMap::new();
-        let e = auth.authenticate("GET /v1/rollups", &h).unwrap_err();
+        let e = auth.authenticate("GET /v1/report", &h).unwrap_err();
         assert!(
             matches!(&e, AuthError::Refused(m) if m.contains("MUNGE")),
             "{e}"
         );
         h.insert(AUTHORIZATION, "Bearer abc".parse().unwrap());
-        let e = auth.authenticate("GET /v1/rollups", &h).unwrap_err();
+        let e = auth.authenticate("GET /v1/report", &h).unwrap_err();
         assert!(matches!(e, AuthError::Refused(_)), "{e}");
         // A well-formed header reaches munged; none at that socket: unavailable, not refused.
         h.insert(AUTHORIZATION, "munge MUNGE:abc:".parse().unwrap());
-        let e = auth.authenticate("GET /v1/rollups", &h).unwrap_err();
+        let e = auth.authenticate("GET /v1/report", &h).unwrap_err();
         assert!(
             matches!(&e, AuthError::Unavailable(m) if m.contains("munged")),
             "{e}"

@@ -1,12 +1,13 @@
-//! The HTTP API (axum): `POST /v1/records`, `GET /v1/jobs/{cluster}/{job_id}`,
-//! `GET /v1/rollups`. Errors are JSON `{"error": "..."}`.
+//! The HTTP API (axum): `POST /v1/records` and `GET /v1/jobs/{cluster}/{job_id}` here, the
+//! report, job-list and history endpoints merged in from [`crate::report`] and
+//! [`crate::history`]. Errors are JSON `{"error": "..."}`.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +16,6 @@ use serde_json::json;
 
 use crate::auth::{AuthError, Authenticator, Caller, Policy, ReadScope};
 use crate::ingest::{ParsedBatch, parse_batch};
-use crate::query::{RollupQuery, run};
 use crate::store::{PutOutcome, Store};
 
 /// Default request body limit, bytes.
@@ -40,7 +40,6 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/records", post(ingest))
         .route("/v1/jobs/{cluster}/{job_id}", get(job))
-        .route("/v1/rollups", get(rollups))
         .merge(crate::history::routes())
         .merge(crate::report::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -284,35 +283,6 @@ async fn job(
             "records": records,
         }))
         .into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn rollups(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let scope = match reader_scope(&state, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let mut q = match RollupQuery::parse(uri.query().unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    if let ReadScope::User(me) = scope {
-        match &q.user {
-            Some(u) if *u != me => {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    format!("not allowed: user {me} may read only their own totals, not {u}'s"),
-                );
-            }
-            // A user's report is their own rows only.
-            _ => q.user = Some(me),
-        }
-    }
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || run(store.as_ref(), &q)).await {
-        Ok(Ok(rows)) => axum::Json(json!({ "rows": rows })).into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -8,9 +8,9 @@
 //! the per-(cluster, account, user, partition, GPU model, UTC day) rollups ([`rollup`]) in
 //! the same atomic step, and acknowledges only after the store is flushed to disk. The
 //! store is behind a small trait ([`store::Store`]) implemented on sled 0.34 plus an
-//! append-only log of the records' JSON ([`sled_store::SledStore`]). Reports read the rollups (`GET /v1/rollups`), reports over
-//! any window (`GET /v1/report`: whole days from rollups, partial edge days from per-job
-//! records, [`report`]), job lists (`GET /v1/jobs`) and per-job records
+//! append-only log of the records' JSON ([`sled_store::SledStore`]). acctd serves reports
+//! over any window (`GET /v1/report`: whole days from rollups, partial edge days from
+//! per-job records, [`report`]), job lists (`GET /v1/jobs`) and per-job records
 //! (`GET /v1/jobs/{cluster}/{id}`) over HTTP ([`http`]). Every request carries a
 //! MUNGE credential bound to that request ([`auth::MungeAuthenticator`]); the
 //! [`auth::Policy`] lets only root and the SlurmUser ingest, users read their own jobs and

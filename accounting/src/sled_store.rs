@@ -4,13 +4,13 @@
 //! one-byte prefix, so a batch is one [`sled::Tree::apply_batch`]: atomic, also across a
 //! crash, and without the cost of a multi-tree transaction:
 //! - `j` + job key (`cluster,job_id,`, the prefix of every [`sgpu_spool::RecordId::key`] of
-//!   the job): the job's entry ([`JobEntry`]): its records' keys, in key order, each with
-//!   where its JSON is in the record log ([`vlog`]), and which `job_end` its `jobs` count went
+//!   the job): the job's entry (`JobEntry`): its records' keys, in key order, each with
+//!   where its JSON is in the record log (module `vlog`), and which `job_end` its `jobs` count went
 //!   to. One small entry per job, not one row per record: sled costs several microseconds
 //!   per written key, more the bigger its nodes, and a job's records mostly arrive together.
 //! - `r` + day (4 bytes, big-endian, so a date range is a key range) + cluster + account
 //!   (each a 4-byte length and its bytes): that day's rollup rows of that account
-//!   ([`RollupGroup`]: per user, partition and GPU model, a [`RollupValue`]). One row per
+//!   (`RollupGroup`: per user, partition and GPU model, a [`RollupValue`]). One row per
 //!   account and day rather than per rollup row: a batch of jobs touches a handful of days
 //!   but thousands of (user, partition, model, day) rows, each of which would be a sled
 //!   write.
@@ -21,7 +21,7 @@
 //!
 //! [`Store::put_batch`] appends the records' JSON to the record log and syncs it, then reads
 //! what it needs (the batch's job entries and rollup rows) under the writer lock, so nothing
-//! changes them in between, writes the batch, then [`sled::Db::flush`] makes it durable
+//! changes them in between, writes the batch, then `Db::flush` makes it durable
 //! before it returns: that return is the acknowledgement. A crash before the flush leaves
 //! log bytes nothing refers to (a resend appends them again). Node events live in their own
 //! tree, `node_events`.

@@ -171,6 +171,9 @@ fn error_of(v: &Value) -> String {
 
 const D: u64 = 19_783 * DAY; // 2024-03-01
 
+/// `GET /v1/report` over the whole UTC day 2024-03-01 (both users' jobs), ungrouped.
+const REPORT: &str = "/v1/report?start=2024-03-01&end=2024-03-02";
+
 /// Job 1 of user A and job 2 of user B on cluster "alpha", both on 2024-03-01.
 fn two_users_batch() -> Vec<u8> {
     batch(&[
@@ -245,21 +248,21 @@ fn users_see_only_their_own_jobs_and_totals_admins_everything() {
     assert_eq!(st, 200);
 
     // A's totals are A's rows only, whatever the grouping; asking for B's is refused.
-    let q = "/v1/rollups?start=2024-03-01&end=2024-03-01&group_by=user";
+    let q = &format!("{REPORT}&group_by=user");
     let (st, v) = call_as(s.addr, a, "GET", q, b"");
     assert_eq!(st, 200, "{v}");
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{v}");
     assert_eq!(rows[0]["user"], A);
     assert_eq!(rows[0]["allocated_gpu_ms"], 2 * HOUR);
-    let (st, v) = call_as(s.addr, a, "GET", "/v1/rollups", b"");
+    let (st, v) = call_as(s.addr, a, "GET", REPORT, b"");
     assert_eq!(st, 200, "{v}");
     assert_eq!(
         v["rows"][0]["allocated_gpu_ms"],
         2 * HOUR,
         "ungrouped: A's total only"
     );
-    let (st, v) = call_as(s.addr, a, "GET", &format!("/v1/rollups?user={B}"), b"");
+    let (st, v) = call_as(s.addr, a, "GET", &format!("{REPORT}&user={B}"), b"");
     assert_eq!(st, 403, "{v}");
 
     // An admin (primary group in admin_gids) and root see both users.
@@ -278,7 +281,7 @@ fn users_see_only_their_own_jobs_and_totals_admins_everything() {
 fn bad_credentials_are_refused_with_401() {
     let a = ensure_user(A);
     let s = serve(Policy::default(), None);
-    let path = "/v1/rollups";
+    let path = REPORT;
 
     // Missing header: 401 that says to use MUNGE.
     let (st, v) = call(s.addr, "GET", path, None, b"");
@@ -307,9 +310,10 @@ fn bad_credentials_are_refused_with_401() {
     assert!(error_of(&v).contains("replayed"), "{v}");
 
     // A credential made for another request (path, query or method) is refused unused.
+    let (made_for_path, other_query) = (format!("GET {path}"), format!("{path}&user=x"));
     for (made_for, method, used_on) in [
         ("GET /v1/jobs/alpha/1", "GET", path),
-        ("GET /v1/rollups", "GET", "/v1/rollups?user=x"),
+        (made_for_path.as_str(), "GET", other_query.as_str()),
         ("GET /v1/records", "POST", "/v1/records"),
     ] {
         let c = cred_as(a.0, a.1, made_for, None);
@@ -333,8 +337,8 @@ fn munged_unreachable_is_503_saying_to_check_munged() {
         Policy::default(),
         Some(PathBuf::from("/nonexistent/munge.socket.2")),
     );
-    let authz = format!("MUNGE {}", cred_root("GET /v1/rollups"));
-    let (st, v) = call(s.addr, "GET", "/v1/rollups", Some(&authz), b"");
+    let authz = format!("MUNGE {}", cred_root(&format!("GET {REPORT}")));
+    let (st, v) = call(s.addr, "GET", REPORT, Some(&authz), b"");
     assert_eq!(st, 503, "{v}");
     assert!(error_of(&v).contains("munged"), "{v}");
 }
@@ -353,9 +357,7 @@ fn the_client_crate_authenticates_with_munge_end_to_end() {
     assert_eq!(r.accepted, 2);
     // Each request gets its own credential: repeated calls are not replays.
     for _ in 0..3 {
-        let v = c
-            .get_json("/v1/rollups?start=2024-03-01&end=2024-03-01&group_by=user")
-            .unwrap();
+        let v = c.get_json(&format!("{REPORT}&group_by=user")).unwrap();
         assert_eq!(v["rows"].as_array().unwrap().len(), 2, "{v}");
     }
     let job = c.get_json("/v1/jobs/alpha/2").unwrap();
@@ -368,7 +370,7 @@ fn the_client_crate_authenticates_with_munge_end_to_end() {
         Duration::from_secs(30),
     )
     .unwrap();
-    match none.get_json("/v1/rollups") {
+    match none.get_json(REPORT) {
         Err(ClientError::Http {
             status: 401,
             message,
@@ -384,7 +386,7 @@ fn the_client_crate_authenticates_with_munge_end_to_end() {
         Duration::from_secs(30),
     )
     .unwrap();
-    match bad.get_json("/v1/rollups") {
+    match bad.get_json(REPORT) {
         Err(ClientError::Credential(m)) => assert!(m.contains("munged"), "{m}"),
         other => panic!("{other:?}"),
     }

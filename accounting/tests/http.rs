@@ -129,11 +129,11 @@ fn ingest_query_and_errors_over_http() {
         400
     );
 
-    // Rollups per account and day: job 2 straddles midnight (1 h each side).
+    // Report per account and day: job 2 straddles midnight (1 h each side).
     let (st, body) = request(
         addr,
         "GET",
-        "/v1/rollups?start=2024-03-01&end=2024-03-02&group_by=account,day",
+        "/v1/report?start=2024-03-01&end=2024-03-03&group_by=account,day",
         b"",
     )
     .unwrap();
@@ -142,20 +142,34 @@ fn ingest_query_and_errors_over_http() {
     assert_eq!(
         rows,
         json!([
-            {"account": "chem", "day": "2024-03-01", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 0},
-            {"account": "chem", "day": "2024-03-02", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 1},
-            {"account": "physics", "day": "2024-03-01", "allocated_gpu_ms": 4 * HOUR, "used_gpu_ms": HOUR + HOUR / 2, "energy_mj": 200, "jobs": 1},
+            {"period": "2024-03-01", "account": "chem", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 0},
+            {"period": "2024-03-01", "account": "physics", "allocated_gpu_ms": 4 * HOUR, "used_gpu_ms": HOUR + HOUR / 2, "energy_mj": 200, "jobs": 1},
+            {"period": "2024-03-02", "account": "chem", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 1},
         ])
     );
     // Filter and window.
-    let (_, body) = request(addr, "GET", "/v1/rollups?start=2024-03-02&user=bob", b"").unwrap();
+    let (_, body) = request(
+        addr,
+        "GET",
+        "/v1/report?start=2024-03-02&end=2024-03-03&user=bob",
+        b"",
+    )
+    .unwrap();
     assert_eq!(json_of(&body)["rows"][0]["allocated_gpu_ms"], HOUR);
-    let (st, body) = request(addr, "GET", "/v1/rollups?start=March", b"").unwrap();
+    let (st, body) = request(addr, "GET", "/v1/report?start=March&end=2024-03-03", b"").unwrap();
     assert_eq!(st, 400);
     assert!(
         json_of(&body)["error"]
             .as_str()
             .unwrap()
             .starts_with("start:")
+    );
+
+    // The retired whole-day endpoint is gone: axum's 404.
+    assert_eq!(
+        request(addr, "GET", "/v1/rollups?start=2024-03-01", b"")
+            .unwrap()
+            .0,
+        404
     );
 }

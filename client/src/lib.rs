@@ -151,7 +151,7 @@ impl Client {
         }
     }
 
-    /// `GET path_and_query` (e.g. `/v1/rollups?from=...`), the answer as JSON.
+    /// `GET path_and_query` (e.g. `/v1/report?start=...&end=...`), the answer as JSON.
     pub fn get_json(&self, path_and_query: &str) -> Result<serde_json::Value, ClientError> {
         let (status, body) = self.send("GET", path_and_query, None)?;
         json_answer(status, &body)
@@ -308,11 +308,11 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            c.get_json("/v1/rollups"),
+            c.get_json("/v1/report?start=2024-03-01&end=2024-03-02"),
             Err(ClientError::Transport(_))
         ));
         assert!(matches!(
-            c.get_json("v1/rollups"),
+            c.get_json("v1/report?start=2024-03-01&end=2024-03-02"),
             Err(ClientError::Transport(_))
         ));
     }

@@ -100,7 +100,7 @@ fn ingest_resend_read_and_errors() {
     assert!(rejected.error.is_some(), "{rejected:?}");
 
     let rows = c
-        .get_json("/v1/rollups?start=2024-03-01&end=2024-03-01&group_by=user")
+        .get_json("/v1/report?start=2024-03-01&end=2024-03-02&group_by=user")
         .unwrap();
     let rows = rows["rows"].as_array().unwrap();
     let alice = rows.iter().find(|r| r["user"] == "alice").unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 fn main() {
     let opts = sgpu_munge::Options::default();
     let n = 2000;
-    let payload = b"GET /v1/rollups?start=2024-03-01&end=2024-03-31&group_by=account";
+    let payload = b"GET /v1/report?start=2024-03-01&end=2024-04-01&group_by=account";
     let mut creds = Vec::with_capacity(n);
     let t = Instant::now();
     for _ in 0..n {

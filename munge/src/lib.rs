@@ -301,13 +301,17 @@ mod tests {
     #[test]
     fn round_trip_names_this_process_and_refuses_replay() {
         assert!(munged_up(), "these tests need the system munged");
-        let cred = encode(b"GET /v1/rollups?x=1", &Options::default()).unwrap();
+        let cred = encode(
+            b"GET /v1/report?start=2024-03-01&end=2024-03-02",
+            &Options::default(),
+        )
+        .unwrap();
         assert!(cred.starts_with("MUNGE:"), "{cred}");
         let d = decode(&cred, &Options::default()).unwrap();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         assert_eq!((d.uid, d.gid), (uid, gid));
-        assert_eq!(d.payload, b"GET /v1/rollups?x=1");
+        assert_eq!(d.payload, b"GET /v1/report?start=2024-03-01&end=2024-03-02");
         assert!(d.ttl > 0);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -136,7 +136,7 @@ fn acctd_with_munge_lets_each_caller_do_only_what_it_may() {
     assert_eq!(st, 403, "{v}");
 
     // A sees A's job and totals only; B's job does not exist for A.
-    let q = "/v1/rollups?start=2024-03-01&end=2024-03-01&group_by=user";
+    let q = "/v1/report?start=2024-03-01&end=2024-03-02&group_by=user";
     let (st, v) = send_as(&acctd, A, "GET", q, b"");
     assert_eq!(st, 200, "{v}");
     let rows = v["rows"].as_array().unwrap();
