@@ -160,6 +160,14 @@ fn record_user(r: &sgpu_spool::Record) -> &str {
     }
 }
 
+/// Why a batch was not stored.
+enum Ingest {
+    /// The body is not a JSON array (400).
+    Malformed(crate::ingest::BatchError),
+    /// The store failed (503).
+    Store(crate::store::StoreError),
+}
+
 async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let who = match caller(&state, &headers) {
         Ok(c) => c,
@@ -168,28 +176,28 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     if let Err(e) = state.policy.may_ingest(&who) {
         return error(StatusCode::FORBIDDEN, e.to_string());
     }
-    let ParsedBatch { valid, rejected } = match parse_batch(&body) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let mut indices = Vec::with_capacity(valid.len());
-    let mut records = Vec::with_capacity(valid.len());
-    let mut received = Vec::with_capacity(valid.len());
-    for (i, r, json) in valid {
-        indices.push(i);
-        records.push(r);
-        received.push(json);
-    }
+    // Parsing a batch (up to the body limit) and storing it both block: off the runtime.
     let store = state.store.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        let json: Vec<&[u8]> = received.iter().map(|j| j.get().as_bytes()).collect();
-        let outcomes = store.put_received(&records, &json)?;
-        Ok::<_, crate::store::StoreError>((records, outcomes))
+        let ParsedBatch { valid, rejected } = parse_batch(&body).map_err(Ingest::Malformed)?;
+        let mut indices = Vec::with_capacity(valid.len());
+        let mut records = Vec::with_capacity(valid.len());
+        let mut received = Vec::with_capacity(valid.len());
+        for (i, r, json) in valid {
+            indices.push(i);
+            records.push(r);
+            received.push(json.get().as_bytes());
+        }
+        let outcomes = store
+            .put_received(&records, &received)
+            .map_err(Ingest::Store)?;
+        Ok::<_, Ingest>((indices, records, outcomes, rejected))
     })
     .await;
-    let (records, outcomes) = match stored {
+    let (indices, records, outcomes, rejected) = match stored {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
+        Ok(Err(Ingest::Malformed(e))) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Err(Ingest::Store(e))) => {
             tracing::error!("store failed, batch not acknowledged: {e}");
             return error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"));
         }

@@ -37,21 +37,22 @@ pub struct Rejection {
 
 /// A batch after parsing: valid records with their positions, and rejections.
 #[derive(Debug, Default)]
-pub struct ParsedBatch {
-    /// Valid records, their positions in the batch and their JSON as received.
-    pub valid: Vec<(usize, Record, Box<RawValue>)>,
+pub struct ParsedBatch<'a> {
+    /// Valid records, their positions in the batch and their JSON as received (borrowed
+    /// from the body: not copied).
+    pub valid: Vec<(usize, Record, &'a RawValue)>,
     /// Refused records.
     pub rejected: Vec<Rejection>,
 }
 
 /// Parses a batch body; see the module documentation for the rule.
-pub fn parse_batch(body: &[u8]) -> Result<ParsedBatch, BatchError> {
-    let items: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(BatchError::NotAnArray)?;
+pub fn parse_batch(body: &[u8]) -> Result<ParsedBatch<'_>, BatchError> {
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(BatchError::NotAnArray)?;
     let mut out = ParsedBatch::default();
     for (index, raw) in items.into_iter().enumerate() {
         match Record::from_json(raw.get().as_bytes()) {
             Ok(r) => out.valid.push((index, r, raw)),
-            Err(e) => out.rejected.push(rejection(index, &raw, &e)),
+            Err(e) => out.rejected.push(rejection(index, raw, &e)),
         }
     }
     Ok(out)

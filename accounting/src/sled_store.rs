@@ -30,7 +30,7 @@
 //! row per record, per index entry and per counted job, written in a sled transaction) is
 //! converted when opened, then its trees are dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use sgpu_spool::{NodeEvent, Record};
@@ -488,14 +488,14 @@ impl SledStore {
         let mut outcomes = Vec::with_capacity(records.len());
         // The batch's job entries (loaded once, written once), rollup additions (summed
         // first: one read-modify-write per row) and by-day index.
-        let mut jobs: HashMap<&[u8], (JobEntry, bool)> = HashMap::new();
+        let mut jobs: BTreeMap<&[u8], (JobEntry, bool)> = BTreeMap::new();
         let mut batch_adds: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
         let mut days: BTreeMap<u32, BTreeSet<&[u8]>> = BTreeMap::new();
         for ((r, (key, json)), loc) in records.iter().zip(&encoded).zip(locs) {
             let jk = job_key_of(key).ok_or_else(|| corrupt(key, "not a record key"))?;
             let (entry, dirty) = match jobs.entry(jk) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert((self.load_job(jk)?.unwrap_or_default(), false))
                 }
             };

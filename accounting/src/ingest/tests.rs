@@ -21,7 +21,8 @@ fn valid_and_invalid_records_are_told_apart() {
     let mut bad_id = good.clone();
     bad_id["id"]["cluster"] = json!("a/b");
     let batch = json!([good, end_before_start, negative_energy, unknown, bad_id, 17]);
-    let parsed = parse_batch(&serde_json::to_vec(&batch).unwrap()).unwrap();
+    let body = serde_json::to_vec(&batch).unwrap();
+    let parsed = parse_batch(&body).unwrap();
     assert_eq!(parsed.valid.len(), 1);
     assert_eq!(parsed.valid[0].0, 0);
     assert_eq!(
