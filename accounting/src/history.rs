@@ -9,9 +9,10 @@
 //!   action in someone else's name. The batch rule: all or nothing; the first invalid event
 //!   gets a 422 naming its index and field. Stored idempotently by [`NodeEvent::key`] and
 //!   durable before the answer.
-//! - `GET /v1/history?nodes=<names>[&cluster=C][&limit=N]`: the events of those nodes (a
-//!   comma-separated list of node names; the `sgpu` command expands Slurm hostlists before
-//!   asking), oldest first, the newest `limit` (default 1000). Any authenticated user may
+//! - `GET /v1/history?nodes=<names>[&cluster=C][&start=S][&end=E][&limit=N]`: the events of
+//!   those nodes (a comma-separated list of node names; the `sgpu` command expands Slurm
+//!   hostlists before asking) at or after `start` and before `end` (Unix seconds), oldest
+//!   first, the newest `limit` (default 1000). Any authenticated user may
 //!   read it: a node's drain history is operational data that Slurm itself shows every user
 //!   (`sinfo -R`), and it names no job or usage.
 
@@ -53,10 +54,14 @@ pub struct HistoryQuery {
     pub cluster: Option<String>,
     /// At most this many (the newest), up to [`MAX_EVENTS`].
     pub limit: Option<usize>,
+    /// Only events at or after this time, Unix seconds.
+    pub start: Option<u64>,
+    /// Only events before this time, Unix seconds.
+    pub end: Option<u64>,
 }
 
 impl HistoryQuery {
-    /// Parses `nodes=a,b&cluster=c&limit=n`; unknown parameters are refused.
+    /// Parses `nodes=a,b&cluster=c&start=s&end=e&limit=n`; unknown parameters are refused.
     pub fn parse(query: &str) -> Result<HistoryQuery, String> {
         let mut q = HistoryQuery::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -72,10 +77,20 @@ impl HistoryQuery {
                             .map_err(|_| format!("limit: {v:?} is not a number"))?,
                     )
                 }
+                "start" | "end" => {
+                    let t = v
+                        .parse()
+                        .map_err(|_| format!("{k}: {v:?} is not a time in Unix seconds"))?;
+                    if k == "start" {
+                        q.start = Some(t);
+                    } else {
+                        q.end = Some(t);
+                    }
+                }
                 _ => {
                     return Err(format!(
                         "{k}: unknown parameter; expected nodes=<name,...>, cluster=<name>, \
-                         limit=<n>"
+                         start=<unix s>, end=<unix s>, limit=<n>"
                     ));
                 }
             }
@@ -151,8 +166,11 @@ async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: By
 
 /// Whether `e` matches the query.
 pub fn selects(q: &HistoryQuery, nodes: Option<&[&str]>, e: &NodeEvent) -> bool {
+    let ms = |s: u64| s.saturating_mul(1000);
     q.cluster.as_deref().is_none_or(|c| c == e.cluster)
         && nodes.is_none_or(|n| n.contains(&e.node.as_str()))
+        && q.start.is_none_or(|s| e.time_ms >= ms(s))
+        && q.end.is_none_or(|t| e.time_ms < ms(t))
 }
 
 async fn get_events(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -265,6 +283,23 @@ mod tests {
             ..q
         };
         assert!(!selects(&other, None, &event("n2", 1)));
+    }
+
+    #[test]
+    fn selection_by_time_is_start_inclusive_end_exclusive() {
+        let q = match HistoryQuery::parse("start=100&end=200") {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!((q.start, q.end), (Some(100), Some(200)));
+        assert!(!selects(&q, None, &event("n1", 99_999)));
+        assert!(selects(&q, None, &event("n1", 100_000)));
+        assert!(selects(&q, None, &event("n1", 199_999)));
+        assert!(!selects(&q, None, &event("n1", 200_000)));
+        let e = HistoryQuery::parse("start=yesterday")
+            .err()
+            .unwrap_or_default();
+        assert!(e.starts_with("start:"), "{e}");
     }
 
     #[test]

@@ -236,6 +236,16 @@ fn drain_two_nodes_refuse_an_admin_drain_then_force_and_show_the_history() -> Te
         "the resume keeps what it overrode: {:?}",
         events[2]
     );
+    // a time window: all four are before an hour from now, none after it
+    let window = |flags: &[&str]| -> Result<usize, Box<dyn std::error::Error>> {
+        let mut args = vec!["history", "node[1-2]", "--json"];
+        args.extend_from_slice(flags);
+        let out = sgpu.run(&cluster, &args)?;
+        assert!(out.status.success(), "{}", text(&out));
+        Ok(serde_json::from_slice::<Vec<sgpu_spool::NodeEvent>>(&out.stdout)?.len())
+    };
+    assert_eq!(window(&["-S", "now-1hours", "-E", "now+1hours"])?, 4);
+    assert_eq!(window(&["-S", "now+1hours"])?, 0);
     // the table form, and a plain user may read the history but not write it
     let out = sgpu.run_as(&cluster, Some("sgpu-test-a"), &["history", "node1"])?;
     assert!(out.status.success(), "{}", text(&out));

@@ -71,9 +71,21 @@ pub fn record(client: &Client, events: &[NodeEvent]) -> Result<(), String> {
         .map_err(|e| format!("acctd at {}: {e}", client.base_url()))
 }
 
-/// The history of `nodes` (the newest `limit`), oldest first.
-pub fn history(client: &Client, nodes: &[String], limit: usize) -> Result<Vec<NodeEvent>, String> {
-    let path = format!("/v1/history?nodes={}&limit={limit}", nodes.join("%2C"));
+/// The history of `nodes` in `[start, end)` (Unix seconds, either open), the newest
+/// `limit`, oldest first.
+pub fn history(
+    client: &Client,
+    nodes: &[String],
+    limit: usize,
+    (start, end): (Option<i64>, Option<i64>),
+) -> Result<Vec<NodeEvent>, String> {
+    let mut path = format!("/v1/history?nodes={}&limit={limit}", nodes.join("%2C"));
+    if let Some(s) = start {
+        path.push_str(&format!("&start={}", s.max(0)));
+    }
+    if let Some(e) = end {
+        path.push_str(&format!("&end={}", e.max(0)));
+    }
     let v = client
         .get_json(&path)
         .map_err(|e| format!("acctd at {}: {e}", client.base_url()))?;
