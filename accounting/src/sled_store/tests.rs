@@ -207,3 +207,40 @@ fn format1_database_is_converted_when_opened() {
     let names = s.db.tree_names();
     assert!(!names.iter().any(|n| n.as_ref() == b"records"), "{names:?}");
 }
+
+#[test]
+fn purge_deletes_a_log_segment_once_nothing_in_it_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let segments = || {
+        let mut v: Vec<String> = std::fs::read_dir(path.join("records"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    {
+        let s = SledStore::open(&path).unwrap();
+        s.put_batch(&[job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1])])
+            .unwrap();
+    }
+    // a second life writes to a second segment: one old job and one recent one
+    let s = SledStore::open(&path).unwrap();
+    s.put_batch(&[
+        job_end(2, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[2]),
+        job_end(3, "n1", 30 * DAY_MS, 30 * DAY_MS + HOUR, &[3]),
+    ])
+    .unwrap();
+    assert_eq!(segments(), vec!["00000001.jsonl", "00000002.jsonl"]);
+    let stats = s.purge(Some(20), None).unwrap();
+    assert_eq!(stats.records, 2);
+    // segment 1 held only job 1; segment 2 still holds job 3 (and is being appended to)
+    assert_eq!(segments(), vec!["00000002.jsonl"]);
+    assert_eq!(s.job("alpha", 3).unwrap().len(), 1);
+    assert!(s.job("alpha", 1).unwrap().is_empty());
+    let mut on_day_10 = 0;
+    s.for_each_record_on_day(10, &mut |_| on_day_10 += 1)
+        .unwrap();
+    assert_eq!(on_day_10, 0, "purged jobs leave no index entry to follow");
+}
