@@ -96,22 +96,9 @@ pub struct HistoryArgs {
     /// At most this many events (the newest).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
-    /// Only events at or after this time (Slurm time formats, UTC, as for `sgpu report`).
-    #[arg(
-        short = 'S',
-        long = "starttime",
-        value_name = "TIME",
-        allow_hyphen_values = true
-    )]
-    pub start: Option<String>,
-    /// Only events before this time.
-    #[arg(
-        short = 'E',
-        long = "endtime",
-        value_name = "TIME",
-        allow_hyphen_values = true
-    )]
-    pub end: Option<String>,
+    /// `-S` and `-E`: only events in that window.
+    #[command(flatten)]
+    pub window: crate::timespec::WindowArgs,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -444,20 +431,10 @@ pub fn history(
     };
     let client =
         acctd::client(&env.acctd_url, env.acctd_auth.clone()).map_err(anyhow::Error::msg)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<i64>> {
-        v.as_deref()
-            .map(|t| {
-                crate::timespec::parse_time(t, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-            })
-            .transpose()
-    };
-    let window = (
-        time("-S/--starttime", &a.start)?,
-        time("-E/--endtime", &a.end)?,
-    );
+    let window = a
+        .window
+        .read(crate::timespec::now_s())
+        .map_err(anyhow::Error::msg)?;
     let events = acctd::history(&client, &names, a.limit, window).map_err(anyhow::Error::msg)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&events)?);

@@ -27,7 +27,7 @@ use sgpu_healthd::config::{Config, PricesConfig};
 use sgpu_spool::{Record, RecordBody};
 
 use crate::admin::acctd;
-use crate::timespec::{format_elapsed, format_time, parse_time};
+use crate::timespec::{WindowArgs, format_elapsed, format_time, now_s};
 use table::{Column, Field, Style, parse_format, render};
 
 const DAY_S: i64 = 86_400;
@@ -35,23 +35,9 @@ const DAY_S: i64 = 86_400;
 /// Flags shared by `sgpu report` and `sgpu jobs` (sacct's names).
 #[derive(Debug, Clone, Args)]
 pub struct SelectArgs {
-    /// Window start (Slurm time formats, UTC; default: report yesterday 00:00, jobs today
-    /// 00:00).
-    #[arg(
-        short = 'S',
-        long = "starttime",
-        value_name = "TIME",
-        allow_hyphen_values = true
-    )]
-    pub start: Option<String>,
-    /// Window end, exclusive (default: report today 00:00, jobs now).
-    #[arg(
-        short = 'E',
-        long = "endtime",
-        value_name = "TIME",
-        allow_hyphen_values = true
-    )]
-    pub end: Option<String>,
+    /// `-S` and `-E`.
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Only these accounts (comma-separated).
     #[arg(short = 'A', long = "accounts", value_name = "LIST")]
     pub accounts: Option<String>,
@@ -179,12 +165,6 @@ fn enc(s: &str) -> String {
     out
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// The window `[start, end)` in seconds: the flags, else the given defaults.
 pub fn window(
     a: &SelectArgs,
@@ -192,14 +172,8 @@ pub fn window(
     default_start: i64,
     default_end: i64,
 ) -> anyhow::Result<(i64, i64)> {
-    let start = match &a.start {
-        Some(s) => parse_time(s, now).context("-S/--starttime")?,
-        None => default_start,
-    };
-    let end = match &a.end {
-        Some(s) => parse_time(s, now).context("-E/--endtime")?,
-        None => default_end,
-    };
+    let (start, end) = a.window.read(now).map_err(anyhow::Error::msg)?;
+    let (start, end) = (start.unwrap_or(default_start), end.unwrap_or(default_end));
     if start < 0 {
         bail!("-S/--starttime {} is before 1970", format_time(start));
     }

@@ -15,6 +15,52 @@ use std::fmt;
 
 const DAY_S: i64 = 86_400;
 
+/// `-S/--starttime` and `-E/--endtime` (sacct's names), shared by `sgpu report`, `sgpu jobs`
+/// and `sgpu history`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WindowArgs {
+    /// Window start (Slurm time formats, UTC; default: report yesterday 00:00, jobs today
+    /// 00:00, history the oldest event).
+    #[arg(
+        short = 'S',
+        long = "starttime",
+        value_name = "TIME",
+        allow_hyphen_values = true
+    )]
+    pub start: Option<String>,
+    /// Window end, exclusive (default: report today 00:00, jobs and history now).
+    #[arg(
+        short = 'E',
+        long = "endtime",
+        value_name = "TIME",
+        allow_hyphen_values = true
+    )]
+    pub end: Option<String>,
+}
+
+impl WindowArgs {
+    /// The flags read as Unix seconds (relative forms against `now`), `None` where not given;
+    /// an error names the flag.
+    pub fn read(&self, now: i64) -> Result<(Option<i64>, Option<i64>), String> {
+        let one = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| parse_time(t, now).map_err(|e| format!("{flag}: {e}")))
+                .transpose()
+        };
+        Ok((
+            one("-S/--starttime", &self.start)?,
+            one("-E/--endtime", &self.end)?,
+        ))
+    }
+}
+
+/// The current time, Unix seconds.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// A time that could not be read; says which formats are valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimeError {
