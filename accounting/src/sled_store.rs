@@ -5,8 +5,9 @@
 //! crash, and without the cost of a multi-tree transaction:
 //! - `j` + job key (`cluster,job_id,`, the prefix of every [`sgpu_spool::RecordId::key`] of
 //!   the job): the job's entry (`JobEntry`): its records' keys, in key order, each with
-//!   where its JSON is in the record log (module `vlog`), and which `job_end` its `jobs` count went
-//!   to. One small entry per job, not one row per record: sled costs several microseconds
+//!   where its JSON is in the record log (module `vlog`) and the first and last UTC day its
+//!   span touches (so the by-day reads and retention need not read the log), and which
+//!   `job_end` its `jobs` count went to. One small entry per job, not one row per record: sled costs several microseconds
 //!   per written key, more the bigger its nodes, and a job's records mostly arrive together.
 //! - `r` + day (4 bytes, big-endian, so a date range is a key range) + cluster + account
 //!   (each a 4-byte length and its bytes): that day's rollup rows of that account
@@ -36,7 +37,7 @@ use std::path::Path;
 use sgpu_spool::{NodeEvent, Record};
 
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
-use crate::store::{PurgeStats, PutOutcome, Store, StoreError, record_days, record_last_ms};
+use crate::store::{PurgeStats, PutOutcome, Store, StoreError, record_days};
 
 mod vlog;
 use vlog::{Loc, ValueLog};
@@ -48,6 +49,8 @@ const JOB: u8 = b'j';
 const ROLLUP: u8 = b'r';
 const DAY: u8 = b'd';
 const META: u8 = b'm';
+/// Records per chunk when converting a format 1 database.
+const CONVERT_CHUNK: usize = if cfg!(test) { 2 } else { 50_000 };
 /// The entry encoding's version byte.
 const ENTRY_V1: u8 = 1;
 
@@ -62,9 +65,20 @@ pub struct SledStore {
     events: sled::Tree,
     /// The records' JSON.
     vlog: ValueLog,
-    /// Held (shared) by a batch from its log append until sled refers to what it appended,
-    /// and (exclusive) by purge, so purge never deletes a segment a batch is about to use.
+    /// Held (shared) by a batch from its log append until sled refers to what it appended;
+    /// purge takes it (exclusive) for a moment to learn the first segment no batch in flight
+    /// can be using, and deletes only segments before it.
     appending: std::sync::RwLock<()>,
+    /// One purge at a time.
+    purging: std::sync::Mutex<()>,
+}
+
+/// Records of a format 1 database on their way to format 2: key, JSON, record, whether
+/// its job was counted through it; and the last job key seen.
+#[derive(Default)]
+struct Format1Chunk {
+    records: Vec<(Vec<u8>, Vec<u8>, Record, bool)>,
+    last_job: Option<Vec<u8>>,
 }
 
 /// What the writer lock guards besides the right to write.
@@ -137,29 +151,55 @@ fn job_key(cluster: &str, job_id: u32) -> Option<Vec<u8>> {
     job_key_of(key.as_bytes()).map(<[u8]>::to_vec)
 }
 
+/// Where one record is, and the UTC days its span touches ([`record_days`]).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    loc: Loc,
+    first_day: u32,
+    last_day: u32,
+}
+
+impl Slot {
+    fn of(loc: Loc, r: &Record) -> Slot {
+        let days = record_days(r);
+        Slot {
+            loc,
+            first_day: *days.start(),
+            last_day: *days.end(),
+        }
+    }
+
+    fn touches(&self, day: u32) -> bool {
+        (self.first_day..=self.last_day).contains(&day)
+    }
+}
+
 /// A job's stored records and the one its `jobs` count went to.
 #[derive(Debug, Default)]
 struct JobEntry {
     /// The record key of the `job_end` counted in `jobs`, if one was.
     counted: Option<Vec<u8>>,
     /// Record key to where its JSON is.
-    records: BTreeMap<Vec<u8>, Loc>,
+    records: BTreeMap<Vec<u8>, Slot>,
 }
 
 impl JobEntry {
     /// Stored form: version byte, then length-prefixed parts: the counted key (empty when
-    /// none), then key and location (16 bytes) of each record in key order.
+    /// none), then per record in key order its key and 24 bytes: location (16), first and
+    /// last day (4 each, big-endian).
     fn encode(&self) -> Vec<u8> {
-        let size: usize = self.records.keys().map(|k| 24 + k.len()).sum();
+        let size: usize = self.records.keys().map(|k| 32 + k.len()).sum();
         let mut out = Vec::with_capacity(5 + size + self.counted.as_ref().map_or(0, Vec::len));
         out.push(ENTRY_V1);
         put_len(&mut out, self.counted.as_deref().unwrap_or(&[]));
-        let mut loc = Vec::with_capacity(16);
+        let mut slot = Vec::with_capacity(24);
         for (k, v) in &self.records {
             put_len(&mut out, k);
-            loc.clear();
-            v.encode(&mut loc);
-            put_len(&mut out, &loc);
+            slot.clear();
+            v.loc.encode(&mut slot);
+            slot.extend_from_slice(&v.first_day.to_be_bytes());
+            slot.extend_from_slice(&v.last_day.to_be_bytes());
+            put_len(&mut out, &slot);
         }
         out
     }
@@ -180,7 +220,17 @@ impl JobEntry {
         }
         let records = pairs
             .chunks_exact(2)
-            .map(|kv| Some((kv[0].to_vec(), Loc::decode(kv[1])?)))
+            .map(|kv| {
+                let (loc, days) = kv[1].split_at_checked(16)?;
+                let (first, last) = days.split_first_chunk::<4>()?;
+                let last: &[u8; 4] = last.try_into().ok()?;
+                let slot = Slot {
+                    loc: Loc::decode(loc)?,
+                    first_day: u32::from_be_bytes(*first),
+                    last_day: u32::from_be_bytes(*last),
+                };
+                Some((kv[0].to_vec(), slot))
+            })
             .collect::<Option<_>>()
             .ok_or_else(bad)?;
         Ok(JobEntry {
@@ -196,7 +246,7 @@ impl JobEntry {
     ) -> impl Iterator<Item = Result<Record, StoreError>> + 'a {
         self.records
             .iter()
-            .map(|(k, loc)| decode_record(k, &log.read(*loc)?))
+            .map(|(k, slot)| decode_record(k, &log.read(slot.loc)?))
     }
 }
 
@@ -320,21 +370,12 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         let db = sled::Config::new().path(path).open().map_err(engine)?;
         let acct = db.open_tree("acct").map_err(engine)?;
-        let seq = match acct.get([META, b's']).map_err(engine)? {
-            Some(v) => {
-                let b: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt(b"ms", "batch number is not 8 bytes"))?;
-                u64::from_be_bytes(b)
-            }
-            None => 0,
-        };
         let store = SledStore {
             events: db.open_tree("node_events").map_err(engine)?,
-            writer: std::sync::Mutex::new(Writer { seq }),
+            writer: std::sync::Mutex::new(Writer { seq: 0 }),
             vlog: ValueLog::open(&path.join("records"))?,
             appending: std::sync::RwLock::new(()),
+            purging: std::sync::Mutex::new(()),
             acct,
             db,
         };
@@ -353,79 +394,124 @@ impl SledStore {
             }
             None => store.convert_format1()?,
         }
+        if let Some(v) = store.acct.get([META, b's']).map_err(engine)? {
+            let b: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt(b"ms", "batch number is not 8 bytes"))?;
+            store.writer().seq = u64::from_be_bytes(b);
+        }
         Ok(store)
     }
 
     /// Converts a format 1 database (if any) and marks the database format 2.
+    ///
+    /// Jobs are converted in chunks of about [`CONVERT_CHUNK`] records (a job's records
+    /// are adjacent in key order), each written with its own day index rows (numbered by
+    /// chunk); the rollups and the format mark come last, written whole (not added). A
+    /// conversion cut short is therefore done again from the start and writes the same rows;
+    /// it only leaves the first attempt's copies of the records in the log, unreferenced.
     fn convert_format1(&self) -> Result<(), StoreError> {
         let names = self.db.tree_names();
         let has = |n: &str| names.iter().any(|t| t.as_ref() == n.as_bytes());
-        if has("records") {
-            tracing::info!("converting the database from format 1 (one row per record)");
-            let records = self.db.open_tree("records").map_err(engine)?;
-            let counted = self.db.open_tree("counted").map_err(engine)?;
-            let rollups = self.db.open_tree("rollups").map_err(engine)?;
-            let mut jobs: BTreeMap<Vec<u8>, JobEntry> = BTreeMap::new();
-            let mut days: BTreeMap<u32, BTreeSet<Vec<u8>>> = BTreeMap::new();
-            let mut synced = Vec::new();
-            for kv in records.iter() {
-                let (k, v) = kv.map_err(engine)?;
-                let r = decode_record(&k, &v)?;
-                let (locs, file) = self.vlog.append(&[&v])?;
-                if !synced.iter().any(|f| std::sync::Arc::ptr_eq(f, &file)) {
-                    synced.push(file);
-                }
-                let jk = job_key_of(&k).ok_or_else(|| corrupt(&k, "not a record key"))?;
-                let entry = jobs.entry(jk.to_vec()).or_default();
-                // format 1 kept the counted row's key per job: the first job_end (in key
-                // order) that counts into that row is the one counted
-                if entry.counted.is_none() {
-                    if let Some(ck) = job_count_key(&r) {
-                        let marker = format!("{},{}", r.id().cluster(), r.id().job_id());
-                        let was = counted.get(marker.as_bytes()).map_err(engine)?;
-                        if was.as_deref() == Some(ck.encode().as_slice()) {
-                            entry.counted = Some(k.to_vec());
-                        }
-                    }
-                }
-                for loc in locs {
-                    entry.records.insert(k.to_vec(), loc);
-                }
-                for day in record_days(&r) {
-                    days.entry(day).or_default().insert(jk.to_vec());
-                }
-            }
-            for f in &synced {
-                ValueLog::sync(f)?;
-            }
-            let mut batch = sled::Batch::default();
-            for (jk, entry) in &jobs {
-                batch.insert(prefixed(JOB, jk), entry.encode());
-            }
-            let mut adds = BTreeMap::new();
-            for kv in rollups.iter() {
-                let (k, v) = kv.map_err(engine)?;
-                let key = RollupKey::decode(&k).ok_or_else(|| corrupt(&k, "bad rollup key"))?;
-                let value =
-                    RollupValue::decode(&v).ok_or_else(|| corrupt(&k, "bad rollup value"))?;
-                adds.insert(key, value);
-            }
-            add_rollups(&self.acct, &mut batch, &adds)?;
-            for (day, keys) in &days {
-                batch.insert(day_key(*day, 0), encode_job_list(keys.iter()));
-            }
-            batch.insert(&[META, b'f'][..], FORMAT);
-            self.acct.apply_batch(batch).map_err(engine)?;
-            self.flush()?;
-            for t in ["records", "rollups", "counted", "by_day"] {
-                if has(t) {
-                    self.db.drop_tree(t).map_err(engine)?;
-                }
-            }
-            tracing::info!(jobs = jobs.len(), "database converted to format 2");
-        } else {
+        if !has("records") {
             self.acct.insert([META, b'f'], FORMAT).map_err(engine)?;
+            return self.flush();
         }
+        tracing::info!("converting the database from format 1 (one row per record)");
+        let records = self.db.open_tree("records").map_err(engine)?;
+        let counted = self.db.open_tree("counted").map_err(engine)?;
+        let rollups = self.db.open_tree("rollups").map_err(engine)?;
+        let mut chunk = Format1Chunk::default();
+        let (mut chunk_no, mut converted) = (0u64, 0usize);
+        for kv in records.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let r = decode_record(&k, &v)?;
+            let jk = job_key_of(&k).ok_or_else(|| corrupt(&k, "not a record key"))?;
+            if chunk.records.len() >= CONVERT_CHUNK && chunk.last_job.as_deref() != Some(jk) {
+                converted += chunk.records.len();
+                self.write_format1_chunk(std::mem::take(&mut chunk), chunk_no)?;
+                chunk_no += 1;
+            }
+            // format 1 kept the counted row's key per job: the first job_end (in key order)
+            // that counts into that row is the one counted
+            let counts = match job_count_key(&r) {
+                Some(ck) => {
+                    let marker = format!("{},{}", r.id().cluster(), r.id().job_id());
+                    let was = counted.get(marker.as_bytes()).map_err(engine)?;
+                    was.as_deref() == Some(ck.encode().as_slice())
+                }
+                None => false,
+            };
+            chunk.last_job = Some(jk.to_vec());
+            chunk.records.push((k.to_vec(), v.to_vec(), r, counts));
+        }
+        converted += chunk.records.len();
+        self.write_format1_chunk(chunk, chunk_no)?;
+        let mut groups: BTreeMap<Vec<u8>, RollupGroup> = BTreeMap::new();
+        for kv in rollups.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let key = RollupKey::decode(&k).ok_or_else(|| corrupt(&k, "bad rollup key"))?;
+            let value = RollupValue::decode(&v).ok_or_else(|| corrupt(&k, "bad rollup value"))?;
+            groups.entry(group_key(&key)).or_default().add(&key, &value);
+        }
+        let mut batch = sled::Batch::default();
+        for (gk, group) in groups {
+            batch.insert(gk, group.encode());
+        }
+        // batches are numbered after the chunks (their day index rows must not collide)
+        batch.insert(&[META, b's'][..], &(chunk_no + 1).to_be_bytes()[..]);
+        batch.insert(&[META, b'f'][..], FORMAT);
+        self.acct.apply_batch(batch).map_err(engine)?;
+        self.flush()?;
+        for t in ["records", "rollups", "counted", "by_day"] {
+            if has(t) {
+                self.db.drop_tree(t).map_err(engine)?;
+            }
+        }
+        tracing::info!(records = converted, "database converted to format 2");
+        self.flush()
+    }
+
+    /// Writes one chunk of a format 1 conversion: the records to the log (synced), then
+    /// their jobs' entries and day index rows.
+    fn write_format1_chunk(&self, chunk: Format1Chunk, chunk_no: u64) -> Result<(), StoreError> {
+        if chunk.records.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<&[u8]> = chunk
+            .records
+            .iter()
+            .map(|(_, v, _, _)| v.as_slice())
+            .collect();
+        let (locs, file) = self.vlog.append(&items)?;
+        ValueLog::sync(&file)?;
+        let mut jobs: BTreeMap<&[u8], JobEntry> = BTreeMap::new();
+        let mut days: BTreeMap<u32, BTreeSet<&[u8]>> = BTreeMap::new();
+        for ((k, _, r, counts), loc) in chunk.records.iter().zip(locs) {
+            let jk = job_key_of(k).ok_or_else(|| corrupt(k, "not a record key"))?;
+            let entry = jobs.entry(jk).or_default();
+            if *counts && entry.counted.is_none() {
+                entry.counted = Some(k.clone());
+            }
+            entry.records.insert(k.clone(), Slot::of(loc, r));
+            for day in record_days(r) {
+                days.entry(day).or_default().insert(jk);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (jk, entry) in &jobs {
+            batch.insert(prefixed(JOB, jk), entry.encode());
+        }
+        for (day, keys) in &days {
+            let mut list = Vec::new();
+            for k in keys {
+                put_len(&mut list, k);
+            }
+            // batch numbers start above the chunks' (see convert_format1)
+            batch.insert(day_key(*day, chunk_no), list);
+        }
+        self.acct.apply_batch(batch).map_err(engine)?;
         self.flush()
     }
 
@@ -501,12 +587,12 @@ impl SledStore {
             };
             if let Some(old) = entry.records.get(key) {
                 // the same text, or (sent with other spacing) the same record
-                let stored = self.vlog.read(*old)?;
+                let stored = self.vlog.read(old.loc)?;
                 let differs = stored != json.as_ref() && decode_record(key, &stored)? != *r;
                 outcomes.push(PutOutcome::Duplicate { differs });
                 continue;
             }
-            entry.records.insert(key.clone(), loc);
+            entry.records.insert(key.clone(), Slot::of(loc, r));
             *dirty = true;
             let mut adds = contributions(r);
             if entry.counted.is_none() {
@@ -610,11 +696,11 @@ impl Store for SledStore {
             let Some(entry) = self.load_job(jk)? else {
                 continue;
             };
-            self.for_each_in(&entry, &mut |r| {
-                if record_days(&r).contains(&day) {
-                    f(r);
+            for (k, slot) in &entry.records {
+                if slot.touches(day) {
+                    f(decode_record(k, &self.vlog.read(slot.loc)?)?);
                 }
-            })?;
+            }
         }
         Ok(())
     }
@@ -630,7 +716,10 @@ impl Store for SledStore {
             return Ok(None);
         };
         match entry.records.get(ck) {
-            Some(loc) => Ok(job_count_key(&decode_record(ck, &self.vlog.read(*loc)?)?)),
+            Some(slot) => Ok(job_count_key(&decode_record(
+                ck,
+                &self.vlog.read(slot.loc)?,
+            )?)),
             None => Err(corrupt(ck, "the counted record is not in its job's entry")),
         }
     }
@@ -678,37 +767,61 @@ impl Store for SledStore {
         records_before_day: Option<u32>,
         rollups_before_day: Option<u32>,
     ) -> Result<PurgeStats, StoreError> {
-        let _appending = self
-            .appending
-            .write()
+        let _purging = self
+            .purging
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _writer = self.writer();
+        // Batches in flight finish first; every later one appends to this segment or a newer
+        // one, so segments before it gain no new references while purge runs.
+        let first_unsafe = {
+            let _appending = self
+                .appending
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.vlog.current_segment()
+        };
         let mut stats = PurgeStats::default();
-        let mut batch = sled::Batch::default();
-        // segments that kept records refer to
+        // Without a lock (ingest goes on): the jobs with a record to drop, and the segments
+        // that kept records are in. Batches only add records, in segments >= first_unsafe.
+        let mut candidates: Vec<Vec<u8>> = Vec::new();
         let mut live: BTreeSet<u32> = BTreeSet::new();
         if let Some(cutoff) = records_before_day {
-            let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
             for kv in self.acct.scan_prefix([JOB]) {
                 let (k, v) = kv.map_err(engine)?;
-                let mut entry = JobEntry::decode(&k, &v)?;
-                let before = entry.records.len();
-                let mut keep = BTreeMap::new();
-                for (rk, loc) in std::mem::take(&mut entry.records) {
-                    let r = decode_record(&rk, &self.vlog.read(loc)?)?;
-                    if crate::day::day_of(record_last_ms(&r)) >= cutoff {
-                        live.insert(loc.segment);
-                        keep.insert(rk, loc);
+                let entry = JobEntry::decode(&k, &v)?;
+                let mut drops = false;
+                for slot in entry.records.values() {
+                    if slot.last_day < cutoff {
+                        drops = true;
+                    } else {
+                        live.insert(slot.loc.segment);
                     }
                 }
-                stats.records += u64::try_from(before - keep.len()).unwrap_or(u64::MAX);
-                if keep.is_empty() {
+                if drops {
+                    candidates.push(k[1..].to_vec());
+                }
+            }
+        }
+        // Under the writer lock: the candidates again (a batch may have added to them), the
+        // day index, the rollups.
+        let writer = self.writer();
+        let mut batch = sled::Batch::default();
+        if let Some(cutoff) = records_before_day {
+            let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
+            for jk in &candidates {
+                let Some(mut entry) = self.load_job(jk)? else {
+                    continue;
+                };
+                let before = entry.records.len();
+                entry.records.retain(|_, slot| slot.last_day >= cutoff);
+                stats.records += u64::try_from(before - entry.records.len()).unwrap_or(u64::MAX);
+                if entry.records.is_empty() {
                     // the counted marker goes with the job's last record
-                    batch.remove(k.as_ref());
-                    gone.insert(k[1..].to_vec());
-                } else if keep.len() < before {
-                    entry.records = keep;
-                    batch.insert(k.as_ref(), entry.encode());
+                    batch.remove(prefixed(JOB, jk));
+                    gone.insert(jk.clone());
+                } else {
+                    live.extend(entry.records.values().map(|s| s.loc.segment));
+                    batch.insert(prefixed(JOB, jk), entry.encode());
                 }
             }
             // day index rows before the cutoff: drop the purged jobs
@@ -738,9 +851,12 @@ impl Store for SledStore {
             }
         }
         self.acct.apply_batch(batch).map_err(engine)?;
+        drop(writer);
         self.flush()?;
         if records_before_day.is_some() {
-            let removed = self.vlog.remove_unreferenced(&|s| live.contains(&s))?;
+            let removed = self
+                .vlog
+                .remove_unreferenced(&|s| s >= first_unsafe || live.contains(&s))?;
             if removed > 0 {
                 tracing::info!(segments = removed, "record log segments removed");
             }

@@ -79,7 +79,7 @@ pub trait Store: Send + Sync {
     /// Calls `f` for every stored record, in key order.
     fn for_each_record(&self, f: &mut dyn FnMut(Record)) -> Result<(), StoreError>;
 
-    /// Retention: removes records whose last instant falls on a UTC day before
+    /// Retention: removes records whose span ([`record_days`]) ends on a UTC day before
     /// `records_before_day`, and rollup rows of days before `rollups_before_day`; `None`
     /// keeps that kind. Durable when it returns.
     fn purge(

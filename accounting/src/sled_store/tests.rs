@@ -198,9 +198,20 @@ fn format1_database_is_converted_when_opened() {
             s.put_batch(std::slice::from_ref(&a)).unwrap(),
             vec![PutOutcome::Duplicate { differs: false }]
         );
+        // (the test build converts two records per chunk: three chunks here) a new batch's
+        // day index row does not replace a converted chunk's
+        let d = job_end(4, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]);
+        s.put_batch(std::slice::from_ref(&d)).unwrap();
+        let mut on_day_10 = Vec::new();
+        s.for_each_record_on_day(10, &mut |r| on_day_10.push(r.id().key()))
+            .unwrap();
+        assert_eq!(
+            on_day_10,
+            vec![a.id().key(), b.id().key(), c.id().key(), d.id().key()]
+        );
         totals(&s)
     };
-    assert_eq!(before.jobs, 2);
+    assert_eq!(before.jobs, 3);
     // the old trees are gone and a reopen converts nothing again
     let s = SledStore::open(&path).unwrap();
     assert_eq!(totals(&s), before);

@@ -196,6 +196,14 @@ impl ValueLog {
         Ok(f)
     }
 
+    /// The segment being appended to.
+    pub fn current_segment(&self) -> u32 {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .id
+    }
+
     /// Deletes the segments (other than the one being appended to) that `live` says
     /// nothing refers to; returns how many.
     pub fn remove_unreferenced(&self, live: &dyn Fn(u32) -> bool) -> Result<usize, StoreError> {
