@@ -14,8 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use sgpu_accounting::auth::{MungeAuthenticator, Policy};
-use sgpu_accounting::http::{AppState, router};
-use sgpu_accounting::sled_store::SledStore;
 use sgpu_acct_client::{Client, ClientAuth, ClientError};
 
 const A: &str = "sgpu-test-a";
@@ -89,22 +87,12 @@ struct Server {
 
 fn serve(policy: Policy, socket: Option<PathBuf>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
-    let state = AppState {
-        store,
-        auth: Arc::new(MungeAuthenticator::new(socket)),
-        policy: Arc::new(policy),
-    };
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            axum::serve(listener, router(state, 1 << 20)).await.unwrap();
-        });
-    });
+    let addr = serve_in(
+        dir.path(),
+        Arc::new(MungeAuthenticator::new(socket)),
+        policy,
+        1 << 20,
+    );
     Server { addr, _dir: dir }
 }
 

@@ -2,36 +2,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::*;
 use serde_json::{Value, json};
-use sgpu_accounting::auth::NoAuthentication;
-use sgpu_accounting::http::{AppState, router};
-use sgpu_accounting::sled_store::SledStore;
-
-fn serve(dir: &std::path::Path, max_body: usize) -> SocketAddr {
-    let store = Arc::new(SledStore::open(&dir.join("db")).unwrap());
-    let state = AppState {
-        store,
-        auth: Arc::new(NoAuthentication),
-        policy: Arc::new(sgpu_accounting::auth::Policy::default()),
-    };
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            axum::serve(listener, router(state, max_body))
-                .await
-                .unwrap();
-        });
-    });
-    addr
-}
+use sgpu_accounting::auth::{NoAuthentication, Policy};
 
 fn json_of(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
@@ -40,7 +15,12 @@ fn json_of(b: &[u8]) -> Value {
 #[test]
 fn ingest_query_and_errors_over_http() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = serve(dir.path(), 64 * 1024);
+    let addr = serve_in(
+        dir.path(),
+        Arc::new(NoAuthentication),
+        Policy::default(),
+        64 * 1024,
+    );
     let d = 19_783 * DAY; // 2024-03-01
     let a = job_end(
         "alpha",

@@ -8,29 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::Value;
-use sgpu_accounting::auth::NoAuthentication;
-use sgpu_accounting::http::{AppState, router};
-use sgpu_accounting::sled_store::SledStore;
-
-fn serve(dir: &std::path::Path) -> SocketAddr {
-    let store = Arc::new(SledStore::open(&dir.join("db")).unwrap());
-    let state = AppState {
-        store,
-        auth: Arc::new(NoAuthentication),
-        policy: Arc::new(sgpu_accounting::auth::Policy::default()),
-    };
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            axum::serve(listener, router(state, 1 << 20)).await.unwrap();
-        });
-    });
-    addr
-}
+use sgpu_accounting::auth::{NoAuthentication, Policy};
 
 fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     let (st, body) = request(addr, "GET", path, b"").unwrap();
@@ -42,7 +20,12 @@ fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
 #[test]
 fn reports_and_job_lists_over_http() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = serve(dir.path());
+    let addr = serve_in(
+        dir.path(),
+        Arc::new(NoAuthentication),
+        Policy::default(),
+        1 << 20,
+    );
     let d = 19_783 * DAY; // 2024-03-01
     // physics: 22:00 on 03-01 to 02:00 on 03-02, 2 GPUs, 4 000 mJ each.
     let a = job_end(

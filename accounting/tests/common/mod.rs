@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a tiny blocking HTTP/1.1 client and records.
+//! Helpers shared by the integration tests: acctd's router served in process, a tiny
+//! blocking HTTP/1.1 client, and records.
 
 #![allow(dead_code, clippy::too_many_arguments)]
 
@@ -7,6 +8,37 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use sgpu_spool::{GpuEnd, GpuUsage, JobEnd, Record, RecordBody, RecordId, RecordKind, Usage};
+
+/// Serves acctd's router over a sled store in `dir` on a free loopback port (a thread with
+/// its own runtime), with `auth` and `policy` and a body limit of `max_body` bytes.
+pub fn serve_in(
+    dir: &std::path::Path,
+    auth: std::sync::Arc<dyn sgpu_accounting::auth::Authenticator>,
+    policy: sgpu_accounting::auth::Policy,
+    max_body: usize,
+) -> SocketAddr {
+    use sgpu_accounting::http::{AppState, router};
+    let store =
+        std::sync::Arc::new(sgpu_accounting::sled_store::SledStore::open(&dir.join("db")).unwrap());
+    let state = AppState {
+        store,
+        auth,
+        policy: std::sync::Arc::new(policy),
+    };
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            axum::serve(listener, router(state, max_body))
+                .await
+                .unwrap();
+        });
+    });
+    addr
+}
 
 pub const HOUR: u64 = 3_600_000;
 pub const DAY: u64 = 86_400_000;
