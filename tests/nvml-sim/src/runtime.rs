@@ -201,8 +201,9 @@ impl Global {
     }
 }
 
-/// `nvmlInit*`: first init reads `SGPU_NVML_SIM_STATE` and loads the file; later ones only
-/// count. Blocks while the state says `hang = true`.
+/// `nvmlInit*`: first init reads `SGPU_NVML_SIM_STATE` and loads the file; later ones count
+/// (and switch to another file if the variable now names one). Blocks while the state says
+/// `hang = true`.
 pub(crate) fn init() -> Result<(), Ret> {
     {
         let mut g = global();
@@ -230,6 +231,16 @@ pub(crate) fn init() -> Result<(), Ret> {
                 return Err(code);
             }
         } else {
+            // A session of an earlier test in this process may not have shut down yet (its
+            // worker thread ends on its own time): a new init that names another state file
+            // switches to it, or it would read the old test's GPUs.
+            if let Some(path) = std::env::var_os(STATE_ENV).map(PathBuf::from) {
+                if g.path.as_ref() != Some(&path) {
+                    g.first_seen.clear();
+                    g.path = Some(path);
+                    g.sig = None;
+                }
+            }
             let _ = g.refresh();
         }
         g.init_count += 1;
