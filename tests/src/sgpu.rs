@@ -398,16 +398,24 @@ pub fn kill9_and_restart_healthd(cluster: &Cluster, node: &str) -> Result<(), Cl
     start_healthd(cluster, node)
 }
 
-/// Whether process `pid` has finished exiting: gone, or a zombie (state `Z` comes only after
-/// the kernel closed its files).
+/// Whether process `pid` has finished exiting and closed its files: gone, or a zombie whose
+/// other threads are gone too. The main thread turns zombie (`Z`) as soon as it exits, while the
+/// other threads of the process may still be exiting and holding its files (the listening
+/// socket, the sled lock): seen under load, a healthd started then found its port taken.
 fn exited(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // the state follows the parenthesised command name
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
+        Ok(stat) => {
+            let zombie = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X");
+            // every other thread gone: only the (zombie) main thread is left in task/
+            zombie
+                && std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map_or(true, |tasks| tasks.count() <= 1)
+        }
     }
 }
 
