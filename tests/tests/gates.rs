@@ -304,8 +304,13 @@ fn hung_driver_drains_within_the_deadline() -> TestResult {
     // the prolog can only write this reason if it gave up on the hung driver (after the node
     // config's nvml_timeout_ms, 2000) instead of hanging with it
     let reason = drain_reason_for_job_on(&cluster, node)?;
+    // the reason gives the time it waited: the deadline, plus what a loaded machine adds
+    let waited_ms = reason
+        .strip_prefix("sgpu: nvml.responsive: nvml hung after ")
+        .and_then(|r| r.split_once(" ms"))
+        .and_then(|(ms, _)| ms.parse::<u64>().ok());
     assert!(
-        reason.starts_with("sgpu: nvml.responsive: nvml hung after 2000 ms"),
+        waited_ms.is_some_and(|ms| (2000..3000).contains(&ms)),
         "reason: {reason}"
     );
     Ok(())
