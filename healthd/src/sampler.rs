@@ -345,7 +345,9 @@ impl Sampler {
             None,
             acc.node.clone(),
             RecordKind::JobUsage,
-        ) {
+        )
+        .and_then(|id| id.with_run(acc.run))
+        {
             Ok(id) => id,
             Err(e) => {
                 error!(job = acc.job_id, "job usage record: {e}; dropping the job");

@@ -142,6 +142,10 @@ pub struct JobAccumulator {
     pub cluster: String,
     /// Slurm job id.
     pub job_id: u32,
+    /// The job's run (from the start record's identity; absent in accumulators stored
+    /// before runs existed: run 0).
+    #[serde(default)]
+    pub run: u32,
     /// Node name (from the start record's identity).
     pub node: String,
     /// Job owner.
@@ -164,6 +168,7 @@ impl JobAccumulator {
         JobAccumulator {
             cluster: id.cluster().to_string(),
             job_id: id.job_id(),
+            run: id.run(),
             node: id.node().to_string(),
             user: start.user.clone(),
             uid: start.uid,
@@ -183,11 +188,13 @@ impl JobAccumulator {
         job_key(&self.cluster, self.job_id, self.start_time)
     }
 
-    /// Whether `end` is this job run's end record: same cluster and job, the same start
-    /// (or none known: the epilog lacked the prolog's note), ending after this start.
+    /// Whether `end` is this job run's end record: same cluster, job and run, the same
+    /// start (or none known: the epilog lacked the prolog's note, and with it the run),
+    /// ending after this start.
     pub fn ended_by(&self, id: &RecordId, end: &JobEnd) -> bool {
         id.cluster() == self.cluster
             && id.job_id() == self.job_id
+            && (id.run() == self.run || end.gpus.is_empty())
             && end.end_time >= self.start_time
             && (end.start_time == self.start_time || end.gpus.is_empty())
     }

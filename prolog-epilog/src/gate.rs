@@ -233,12 +233,26 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     }
     report.results = checked.results.clone();
     if report.exit_code != 0 {
+        // The run ends here (Slurm requeues the job): the note, without GPUs, still tells
+        // this run's epilog which run it ends (its own environment may already count the
+        // requeue), so its empty job_end never takes a later run's identity on this node.
+        let note = JobStartState {
+            job_id: job.job_id,
+            node: job.node.clone(),
+            run: job.restart_count,
+            start_ms: now_ms(),
+            gpus: Vec::new(),
+        };
+        if let Err(e) = note.save(&config.state_dir) {
+            report.error(format!("job start note: {e}"));
+        }
         return report;
     }
 
     let note = JobStartState {
         job_id: job.job_id,
         node: job.node.clone(),
+        run: job.restart_count,
         start_ms: now_ms(),
         gpus: start_gpus(job, &checked),
     };

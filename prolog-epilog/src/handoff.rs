@@ -35,6 +35,10 @@ pub struct JobStartState {
     pub job_id: u32,
     /// The node (Slurm name).
     pub node: String,
+    /// The job's run ([`sgpu_spool::RecordId::run`]): `SLURM_JOB_RESTART_COUNT` in the
+    /// prolog's environment. Absent in notes written before runs existed (run 0).
+    #[serde(default)]
+    pub run: u32,
     /// When the prolog finished its checks, Unix milliseconds.
     pub start_ms: u64,
     /// The job's GPUs.
@@ -71,9 +75,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HandoffError + '_ {
     }
 }
 
-/// The note's path for `job_id` under `state_dir`.
+/// The note's path for `job_id` under `state_dir` ([`sgpu_spool::job_note::path`]).
 pub fn path_for(state_dir: &Path, job_id: u32) -> PathBuf {
-    state_dir.join("jobs").join(format!("{job_id}.json"))
+    sgpu_spool::job_note::path(state_dir, job_id)
 }
 
 impl JobStartState {
@@ -141,6 +145,7 @@ mod tests {
         let note = JobStartState {
             job_id: 42,
             node: "node1".into(),
+            run: 3,
             start_ms: 1_700_000_000_123,
             gpus: vec![StartGpu {
                 slurm_index: 1,
@@ -151,6 +156,11 @@ mod tests {
             }],
         };
         note.save(dir.path()).unwrap();
+        // the SPANK plugin reads the run through the spool crate's reader
+        assert_eq!(
+            sgpu_spool::job_note::read_run(dir.path(), 42).unwrap(),
+            Some(3)
+        );
         assert_eq!(JobStartState::load(dir.path(), 42).unwrap(), Some(note));
         assert_eq!(JobStartState::load(dir.path(), 43).unwrap(), None);
         JobStartState::remove(dir.path(), 42).unwrap();

@@ -28,18 +28,14 @@ pub enum RecordsError {
     Spool(#[from] sgpu_spool::SpoolError),
 }
 
-fn id(job: &JobEnv, kind: RecordKind) -> Result<RecordId, RecordsError> {
+/// The identity of `job`'s `kind` record for run `run` (the prolog's note's, see
+/// [`sgpu_spool::job_note`]).
+fn id(job: &JobEnv, run: u32, kind: RecordKind) -> Result<RecordId, RecordsError> {
     let cluster = job
         .cluster
         .clone()
         .ok_or(RecordsError::Missing("SLURM_CLUSTER_NAME"))?;
-    Ok(RecordId::new(
-        cluster,
-        job.job_id,
-        None,
-        job.node.clone(),
-        kind,
-    )?)
+    Ok(RecordId::new(cluster, job.job_id, None, job.node.clone(), kind)?.with_run(run)?)
 }
 
 fn user(job: &JobEnv) -> Result<(String, u32), RecordsError> {
@@ -75,7 +71,7 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
             .collect(),
     };
     Ok(Record::new(
-        id(job, RecordKind::JobStart)?,
+        id(job, start.run, RecordKind::JobStart)?,
         start.start_ms,
         RecordBody::JobStart(body),
     )?)
@@ -84,7 +80,8 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
 /// The job-end record: energy deltas from the prolog's counters to `snapshot`'s, allocated
 /// GPU time over Slurm's `window` when known, else from the prolog's start to `end_ms`.
 /// Without the prolog's note the job's start is unknown: start = end, no energy, no
-/// allocated time (the record still says the job ran here and ended).
+/// allocated time (the record still says the job ran here and ended). The record's run is
+/// the note's ([`JobStartState::run`]).
 pub fn end_record(
     job: &JobEnv,
     start: Option<&JobStartState>,
@@ -150,7 +147,13 @@ pub fn end_record(
         slurm_window: window,
     };
     Ok(Record::new(
-        id(job, RecordKind::JobEnd)?,
+        // the run the prolog noted; without a note, the environment's count (which an
+        // admin's requeue has already advanced: the record then carries no GPUs anyway)
+        id(
+            job,
+            start.map_or(job.restart_count, |s| s.run),
+            RecordKind::JobEnd,
+        )?,
         end_ms,
         RecordBody::JobEnd(body),
     )?)
@@ -208,6 +211,7 @@ mod tests {
         JobStartState {
             job_id: 42,
             node: "node1".into(),
+            run: 0,
             start_ms: 1_000_000,
             gpus: (0..2)
                 .map(|i| StartGpu {
@@ -287,6 +291,22 @@ mod tests {
         };
         assert!(end.gpus.iter().all(|g| g.energy_delta_mj.is_none()));
         assert!(end.gpus.iter().all(|g| g.energy_end_mj.is_none()));
+    }
+
+    #[test]
+    fn records_carry_the_notes_run_not_the_environments() {
+        // an admin's requeue: the killed run's epilog already sees the next restart count
+        let mut j = job();
+        j.restart_count = 2;
+        let mut s = start();
+        s.run = 1;
+        let begun = start_record(&j, &s).unwrap();
+        let ended = end_record(&j, Some(&s), None, 1_005_000, None).unwrap();
+        assert_eq!((begun.id().run(), ended.id().run()), (1, 1));
+        assert_eq!(ended.id().key(), "alpha,42,,node1,r1,job_end");
+        // no note at all: the environment's count is all there is
+        let lone = end_record(&j, None, None, 5_000, None).unwrap();
+        assert_eq!(lone.id().run(), 2);
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct StepStart {
     pub cluster: String,
     /// Job id.
     pub job_id: u32,
+    /// The job's run, from the prolog's note ([`sgpu_spool::job_note`]).
+    pub run: u32,
     /// Step name ([`step_name`]).
     pub step: String,
     /// Slurm node name.
@@ -147,7 +149,8 @@ pub fn step_record(
         Some(start.step.clone()),
         start.node.clone(),
         RecordKind::StepUsage,
-    )?;
+    )?
+    .with_run(start.run)?;
     Record::new(id, end_ms, RecordBody::StepUsage(body))
 }
 
@@ -221,6 +224,7 @@ mod tests {
         StepStart {
             cluster: "c".into(),
             job_id: 7,
+            run: 0,
             step: "batch".into(),
             node: "node1".into(),
             user: "alice".into(),
@@ -296,5 +300,10 @@ mod tests {
         assert!(step_record(&start(), 10, &end).is_ok());
         // a counter that went backwards (driver reload) gives no delta
         assert_eq!(energy_delta(Some(5), Some(3)), None);
+        // a requeued job's step carries its run
+        let mut s = start();
+        s.run = 2;
+        let r = step_record(&s, 3_000, &end).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.id().key(), "c,7,batch,node1,r2,step_usage");
     }
 }

@@ -181,10 +181,20 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
             g.energy_mj = None;
         }
     }
+    // The run this step belongs to: the prolog's note (root's state_dir, never the job's
+    // environment, which is the user's); a job whose prolog ran no sgpu counts as run 0.
+    let run = match sgpu_spool::job_note::read_run(&config.state_dir, env.job_id) {
+        Ok(r) => r.unwrap_or(0),
+        Err(e) => {
+            notes.push(format!("{e}; the step is recorded as run 0"));
+            0
+        }
+    };
     Ok(Prepared {
         start: StepStart {
             cluster,
             job_id: env.job_id,
+            run,
             step: env.step.clone(),
             node,
             user,

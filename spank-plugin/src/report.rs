@@ -124,6 +124,7 @@ mod tests {
         let start = StepStart {
             cluster: "c".into(),
             job_id: 9,
+            run: 0,
             step: "batch".into(),
             node: "node1".into(),
             user: "u".into(),

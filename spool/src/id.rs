@@ -1,4 +1,10 @@
-//! Record identity: (cluster, job id, step, node, kind) and its stable string key.
+//! Record identity: (cluster, job id, run, step, node, kind) and its stable string key.
+//!
+//! A job's *run* is how often Slurm had requeued it when this execution started
+//! (`SLURM_JOB_RESTART_COUNT` in the prolog's environment, set by slurmd): a requeued job
+//! runs again under the same job id, and each run is its own set of records, billed once.
+//! Run 0 is left out of the JSON and of the key, so records written before runs existed
+//! read as run 0 and keep their keys.
 //!
 //! The key names spool files and is what the receiver deduplicates by, so it must be
 //! unambiguous and safe as part of a file name. Components are validated when an id is
@@ -83,9 +89,15 @@ impl FromStr for RecordKind {
 pub struct RecordId {
     cluster: String,
     job_id: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    run: u32,
     step: Option<String>,
     node: String,
     kind: RecordKind,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The unchecked wire form of [`RecordId`].
@@ -94,6 +106,8 @@ pub struct RecordId {
 struct RawRecordId {
     cluster: String,
     job_id: u32,
+    #[serde(default)]
+    run: u32,
     #[serde(default)]
     step: Option<String>,
     node: String,
@@ -104,7 +118,7 @@ impl TryFrom<RawRecordId> for RecordId {
     type Error = RecordError;
 
     fn try_from(r: RawRecordId) -> Result<Self, Self::Error> {
-        RecordId::new(r.cluster, r.job_id, r.step, r.node, r.kind)
+        RecordId::new(r.cluster, r.job_id, r.step, r.node, r.kind)?.with_run(r.run)
     }
 }
 
@@ -123,6 +137,7 @@ impl RecordId {
         let id = RecordId {
             cluster: cluster.into(),
             job_id,
+            run: 0,
             step,
             node: node.into(),
             kind,
@@ -148,7 +163,20 @@ impl RecordId {
             }
             (None, false) => {}
         }
-        let key = id.key();
+        id.check_key_length()?;
+        Ok(id)
+    }
+
+    /// The same identity for run `run` of the job (0: its first execution; see the module
+    /// documentation).
+    pub fn with_run(mut self, run: u32) -> Result<Self, RecordError> {
+        self.run = run;
+        self.check_key_length()?;
+        Ok(self)
+    }
+
+    fn check_key_length(&self) -> Result<(), RecordError> {
+        let key = self.key();
         if key.len() > MAX_KEY_BYTES {
             return Err(RecordError::invalid(
                 "id",
@@ -158,7 +186,13 @@ impl RecordId {
                 ),
             ));
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// The job's run this record belongs to: how often Slurm had requeued the job when
+    /// this execution started (0 for its first).
+    pub fn run(&self) -> u32 {
+        self.run
     }
 
     /// The Slurm cluster name.
@@ -186,8 +220,10 @@ impl RecordId {
         self.kind
     }
 
-    /// The stable dedup key `cluster,job_id,step,node,kind` (step empty when `None`),
-    /// components percent-encoded; safe inside a file name and unique per identity.
+    /// The stable dedup key `cluster,job_id,step,node,kind` (step empty when `None`), with
+    /// `r<run>` before the kind for runs after the first (`cluster,job_id,step,node,r1,kind`),
+    /// components percent-encoded; safe inside a file name and unique per identity. Every
+    /// key of a job starts with `cluster,job_id,` and ends with `,kind`.
     pub fn key(&self) -> String {
         let mut k = String::with_capacity(64);
         escape_into(&mut k, &self.cluster);
@@ -200,6 +236,11 @@ impl RecordId {
         k.push(',');
         escape_into(&mut k, &self.node);
         k.push(',');
+        if self.run > 0 {
+            k.push('r');
+            k.push_str(&self.run.to_string());
+            k.push(',');
+        }
         k.push_str(self.kind.as_str());
         k
     }
@@ -324,6 +365,29 @@ mod tests {
         let odd = " ".repeat(MAX_COMPONENT_BYTES);
         let e = RecordId::new(odd, 1, None, "n", RecordKind::JobStart).unwrap_err();
         assert_eq!(e.field(), Some("id"));
+    }
+
+    #[test]
+    fn runs_are_part_of_the_identity() {
+        let first = id("alpha", None, "node1", RecordKind::JobEnd);
+        assert_eq!(first.run(), 0);
+        let second = first.clone().with_run(1).unwrap();
+        assert_eq!(second.key(), "alpha,42,,node1,r1,job_end");
+        assert_ne!(first, second);
+        assert_ne!(first.key(), second.key());
+        // run 0 keeps the key and JSON of records written before runs existed
+        assert_eq!(first.key(), "alpha,42,,node1,job_end");
+        let old = r#"{"cluster":"alpha","job_id":42,"step":null,"node":"node1","kind":"job_end"}"#;
+        assert_eq!(serde_json::from_str::<RecordId>(old).unwrap(), first);
+        assert_eq!(serde_json::to_string(&first).unwrap(), old);
+        let json = serde_json::to_string(&second).unwrap();
+        assert!(json.contains(r#""run":1"#), "{json}");
+        assert_eq!(serde_json::from_str::<RecordId>(&json).unwrap(), second);
+        // a step's run goes before the kind too: the job prefix and the kind suffix stay
+        let step = id("alpha", Some("batch"), "node1", RecordKind::StepUsage)
+            .with_run(u32::MAX)
+            .unwrap();
+        assert_eq!(step.key(), "alpha,42,batch,node1,r4294967295,step_usage");
     }
 
     #[test]

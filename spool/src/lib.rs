@@ -8,7 +8,8 @@
 //! healthd's forwarder reads the spool, sends the records to `sgpu-acctd` on the head node,
 //! and removes each only after acctd acknowledged it durably; a record that cannot be read
 //! is moved aside to `bad/`, never dropped. Delivery is therefore at-least-once: a record's
-//! identity ([`RecordId`]: cluster, job id, step, node, kind) is what acctd deduplicates by.
+//! identity ([`RecordId`]: cluster, job id, run, step, node, kind) is what acctd deduplicates by;
+//! a requeued job's runs are told apart by the run ([`job_note`]).
 //!
 //! The same [`Record`] type (JSON, schema [`SCHEMA_VERSION`], unknown fields rejected,
 //! consistency checked by [`Record::validate`]) is what acctd parses on ingest.
@@ -46,6 +47,7 @@
 
 pub mod event;
 mod id;
+pub mod job_note;
 mod record;
 mod spool;
 

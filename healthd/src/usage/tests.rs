@@ -305,3 +305,21 @@ fn a_requeued_job_is_not_ended_by_its_earlier_run() {
     assert_eq!(p.follow[0].start_time, 5_000);
     assert!(p.finalise.is_empty());
 }
+
+#[test]
+fn a_run_is_ended_only_by_its_own_runs_end_and_its_usage_carries_the_run() {
+    let (id, s) = start_record(9, 5_000, &["GPU-a"]);
+    let id1 = id.with_run(1).unwrap();
+    let acc = JobAccumulator::from_start(&id1, &s);
+    assert_eq!(acc.run, 1);
+    let (eid0, end) = end_record(9, 5_000, 6_000, "GPU-a");
+    // the same start but run 0's identity: another execution's record
+    assert!(!acc.ended_by(&eid0, &end));
+    let eid1 = eid0.with_run(1).unwrap();
+    assert!(acc.ended_by(&eid1, &end));
+    // an accumulator stored before runs existed reads as run 0
+    let mut json = serde_json::to_value(&acc).unwrap();
+    json.as_object_mut().unwrap().remove("run");
+    let old: JobAccumulator = serde_json::from_value(json).unwrap();
+    assert_eq!(old.run, 0);
+}
