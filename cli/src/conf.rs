@@ -8,7 +8,6 @@
 use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -486,12 +485,12 @@ fn slurm_version(given: Option<&str>, slurm_conf: &Path) -> Option<(u32, u32)> {
         Some(v) => v.to_string(),
         None => {
             // scontrol wants a configuration even for --version.
-            let out = Command::new("scontrol")
-                .arg("--version")
-                .env("SLURM_CONF", slurm_conf)
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
+            let sc = sgpu_healthd::slurmctl::Scontrol::locate(None).ok()?;
+            let conf = slurm_conf.to_string_lossy();
+            sc.run_program(sc.path(), &["--version".into()], &[("SLURM_CONF", &conf)])
+                .ok()?
+                .trim()
+                .to_string()
         }
     };
     let v = text.rsplit(' ').next()?;

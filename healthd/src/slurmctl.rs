@@ -8,10 +8,9 @@
 //! slurmd starts Prolog/Epilog with an environment of its own and no `PATH`, so the binary is
 //! looked up in the usual places when no path is configured.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::checks::fit_reason;
 
@@ -27,6 +26,29 @@ pub const SCONTROL_CANDIDATES: &[&str] = &[
 
 /// How long one `scontrol` call may take before sgpu gives up on it.
 pub const DEFAULT_SCONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most output one Slurm command may print before sgpu gives up on it: 64 MiB, about ten
+/// times `scontrol show node -o` of a 10,000-node cluster (~600 bytes a node).
+pub const MAX_OUTPUT: usize = sgpu_proc::DEFAULT_MAX_STDOUT;
+
+/// The `squeue --Format` sgpu reads a job with: only fields slurmctld writes (numbers and
+/// state names), never one a user can set (name, comment, work dir, ...), so no user text can
+/// stand in for them. One line: `JOBID|STATE|START|END|RESTARTS|`, times in Unix seconds
+/// (`SLURM_TIME_FORMAT=%s`).
+pub const JOB_FORMAT: &str = "JobID:|,State:|,StartTime:|,EndTime:|,RestartCnt:|";
+
+/// Environment variables that change what Slurm's client commands print (`SQUEUE_FORMAT`,
+/// `SLURM_TIME_FORMAT`, `SLURM_CLUSTERS`, ...): removed from every child sgpu runs, so its
+/// output has the form sgpu parses.
+fn output_changing_var(name: &str) -> bool {
+    ["SQUEUE_", "SINFO_", "SCONTROL_", "SACCT_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || matches!(
+            name,
+            "SLURM_TIME_FORMAT" | "SLURM_CLUSTERS" | "SLURM_FEDERATION_VIEW"
+        )
+}
 
 /// Why a node's state could not be changed or read.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +85,17 @@ pub enum SlurmctlError {
         /// The limit.
         timeout: Duration,
     },
+    /// The command printed more than sgpu reads, or its output could not be read.
+    #[error("{0}")]
+    Output(sgpu_proc::ProcError),
+    /// The output has a form sgpu does not accept (names the command and what is wrong).
+    #[error("`{command}` printed {what}")]
+    Parse {
+        /// The command line.
+        command: String,
+        /// What is wrong with its output.
+        what: String,
+    },
     /// A node name that cannot be passed to scontrol safely.
     #[error("invalid node name {0:?}")]
     BadNodeName(String),
@@ -73,6 +106,7 @@ pub enum SlurmctlError {
 pub struct Scontrol {
     path: PathBuf,
     timeout: Duration,
+    max_output: usize,
 }
 
 /// What sgpu needs to know of a node's state.
@@ -100,6 +134,7 @@ impl NodeState {
                 .as_deref()
                 .is_some_and(|r| r.starts_with(SGPU_REASON_PREFIX))
     }
+
 }
 
 /// Whether `node` is safe to pass to scontrol as a node name.
@@ -135,6 +170,7 @@ impl Scontrol {
         Ok(Scontrol {
             path,
             timeout: DEFAULT_SCONTROL_TIMEOUT,
+            max_output: MAX_OUTPUT,
         })
     }
 
@@ -144,9 +180,20 @@ impl Scontrol {
         self
     }
 
+    /// Sets the most output one call may print (default [`MAX_OUTPUT`]).
+    pub fn with_max_output(mut self, bytes: usize) -> Scontrol {
+        self.max_output = bytes;
+        self
+    }
+
     /// The binary in use.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `squeue`, from the directory `scontrol` is in (Slurm installs its clients together).
+    pub fn squeue_path(&self) -> PathBuf {
+        self.path.with_file_name("squeue")
     }
 
     fn run(&self, args: &[String]) -> Result<String, SlurmctlError> {
@@ -155,72 +202,44 @@ impl Scontrol {
 
     /// Runs `scontrol ARGS` with `env` added to its environment, under the timeout.
     fn run_env(&self, args: &[String], env: &[(&str, &str)]) -> Result<String, SlurmctlError> {
-        let command = format!("{} {}", self.path.display(), args.join(" "));
-        let spawn = || {
-            Command::new(&self.path)
-                .args(args)
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-        };
-        // ETXTBSY: the binary was just replaced and another thread's fork still holds it
-        // open for writing; it clears within milliseconds
-        let mut attempt = spawn();
-        for _ in 0..20 {
-            match &attempt {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                    attempt = spawn();
-                }
-                _ => break,
+        self.run_program(&self.path, args, env)
+    }
+
+    /// Runs `program ARGS` (a Slurm client) with `env` added to its environment: stdout and
+    /// stderr read while it runs, under the timeout and the output cap ([`sgpu_proc::run`]).
+    pub fn run_program(
+        &self,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<String, SlurmctlError> {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(output_changing_var) {
+                cmd.env_remove(k);
             }
         }
-        let mut child = attempt.map_err(|source| SlurmctlError::Spawn {
-            path: self.path.clone(),
-            source,
+        cmd.envs(env.iter().copied());
+        let limits = sgpu_proc::Limits::new(self.timeout).max_stdout(self.max_output);
+        let out = sgpu_proc::run(&mut cmd, &limits).map_err(|e| match e {
+            sgpu_proc::ProcError::Spawn { source, .. } => SlurmctlError::Spawn {
+                path: program.to_path_buf(),
+                source,
+            },
+            sgpu_proc::ProcError::Timeout { command, timeout } => {
+                SlurmctlError::Timeout { command, timeout }
+            }
+            other => SlurmctlError::Output(other),
         })?;
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if start.elapsed() < self.timeout => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(SlurmctlError::Timeout {
-                        command,
-                        timeout: self.timeout,
-                    });
-                }
-                Err(source) => {
-                    return Err(SlurmctlError::Spawn {
-                        path: self.path.clone(),
-                        source,
-                    });
-                }
-            }
-        };
-        // scontrol's output is small: reading after exit cannot block on a full pipe
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut s) = child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(mut s) = child.stderr.take() {
-            let _ = s.read_to_string(&mut err);
-        }
-        if !status.success() {
+        if !out.status.success() {
             return Err(SlurmctlError::Failed {
-                command,
-                status: status.to_string(),
-                stderr: err.trim().to_string(),
+                command: sgpu_proc::describe(&cmd),
+                status: out.status.to_string(),
+                stderr: out.stderr_text(),
             });
         }
-        Ok(out)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Drains `node` with `reason` (cut to fit Slurm; should start with [`SGPU_REASON_PREFIX`]).
@@ -250,19 +269,30 @@ impl Scontrol {
         .map(|_| ())
     }
 
-    /// `SLURM_TIME_FORMAT=%s scontrol show job -o JOB`: the job's one line, times in Unix
-    /// seconds (parse it with [`fields`]).
-    pub fn show_job_epoch(&self, job_id: u32) -> Result<String, SlurmctlError> {
-        self.run_env(
-            &["show".into(), "job".into(), "-o".into(), job_id.to_string()],
+    /// `SLURM_TIME_FORMAT=%s squeue -h -t all -j JOB -O` [`JOB_FORMAT`]: the job's id, state,
+    /// start, end and restart count, from fields no user can write into.
+    pub fn show_job_trusted(&self, job_id: u32) -> Result<String, SlurmctlError> {
+        self.run_program(
+            &self.squeue_path(),
+            &[
+                "--noheader".into(),
+                "--states=all".into(),
+                format!("--jobs={job_id}"),
+                format!("--Format={JOB_FORMAT}"),
+            ],
             &[("SLURM_TIME_FORMAT", "%s")],
         )
     }
 
     /// Every node of the cluster, from `scontrol show node -o`.
     pub fn nodes(&self) -> Result<Vec<NodeInfo>, SlurmctlError> {
-        let out = self.run(&["show".into(), "node".into(), "-o".into()])?;
-        Ok(out.lines().filter_map(parse_node_info).collect())
+        let args = ["show".into(), "node".into(), "-o".into()];
+        let out = self.run(&args)?;
+        let records = node_records(&out).map_err(|what| SlurmctlError::Parse {
+            command: format!("{} {}", self.path.display(), args.join(" ")),
+            what,
+        })?;
+        Ok(records.iter().filter_map(|r| parse_node_info(r)).collect())
     }
 
     /// The node's state and reason, from `scontrol show node -o`.
@@ -270,8 +300,16 @@ impl Scontrol {
         if !valid_node_name(node) {
             return Err(SlurmctlError::BadNodeName(node.to_string()));
         }
-        let out = self.run(&["show".into(), "node".into(), "-o".into(), node.into()])?;
-        Ok(parse_node_line(out.lines().next().unwrap_or("")))
+        let args = ["show".into(), "node".into(), "-o".into(), node.into()];
+        let out = self.run(&args)?;
+        let records = node_records(&out).map_err(|what| SlurmctlError::Parse {
+            command: format!("{} {}", self.path.display(), args.join(" ")),
+            what,
+        })?;
+        let mine = records
+            .iter()
+            .find(|r| node_fields(r).first().is_some_and(|(_, v)| v == node));
+        Ok(parse_node_line(mine.map(String::as_str).unwrap_or("")))
     }
 }
 
@@ -289,7 +327,10 @@ pub struct NodeInfo {
 }
 
 /// The `Key=value` fields of one `scontrol show -o` line, in order; a value runs on (spaces
-/// included, as in a node's `Reason=`) until the next token that looks like `Key=`.
+/// included) until the next token that looks like `Key=`. Only for text no one but Slurm and
+/// admins writes: node records go through [`node_fields`], and jobs are never read from
+/// `scontrol show job` (a job name like `x JobState=COMPLETED` forges fields there) but
+/// from `squeue` with [`JOB_FORMAT`].
 pub fn fields(line: &str) -> Vec<(&str, String)> {
     let field_start = |tok: &str| {
         tok.split_once('=').is_some_and(|(k, _)| {
@@ -309,6 +350,84 @@ pub fn fields(line: &str) -> Vec<(&str, String)> {
         }
     }
     out
+}
+
+/// The free-text fields that end a `scontrol show node -o` line, in Slurm's order: set by
+/// admins (`scontrol update`), never by users, and the only node fields with spaces in them
+/// besides `OS=`.
+const NODE_TEXT_TAIL: [&str; 3] = ["Reason", "Comment", "Extra"];
+
+/// The fields of one `scontrol show node -o` record (see [`node_records`]), read so that text
+/// in the free-text tail (`Reason=`, `Comment=`, `Extra=`) can never stand in for a field
+/// Slurm prints before it: each key's first occurrence counts, and the tail is cut only at
+/// its own keys (a `Reason` runs to the last ` Comment=`/` Extra=` on the line).
+pub fn node_fields(record: &str) -> Vec<(&str, String)> {
+    let tail_at = NODE_TEXT_TAIL
+        .iter()
+        .filter_map(|k| {
+            let needle = format!(" {k}=");
+            record.find(&needle).map(|i| i + 1)
+        })
+        .min();
+    let (head, tail) = match tail_at {
+        Some(i) => record.split_at(i),
+        None => (record, ""),
+    };
+    let mut out: Vec<(&str, String)> = Vec::new();
+    for (k, v) in fields(head) {
+        if !out.iter().any(|(seen, _)| *seen == k) {
+            out.push((k, v));
+        }
+    }
+    // the tail: each of its keys at its last occurrence, in Slurm's order
+    let tail = tail.trim_end();
+    let padded = format!(" {tail}");
+    let mut cuts: Vec<(usize, &str)> = Vec::new();
+    let mut end = padded.len();
+    for k in NODE_TEXT_TAIL.iter().rev() {
+        // `i` in `padded` is where the key starts in `tail`
+        if let Some(i) = padded[..end].rfind(&format!(" {k}=")) {
+            cuts.push((i, k));
+            end = i;
+        }
+    }
+    cuts.reverse();
+    for (n, (i, k)) in cuts.iter().enumerate() {
+        let stop = cuts.get(n + 1).map(|(j, _)| *j).unwrap_or(tail.len());
+        let value = tail[i + k.len() + 1..stop].trim_end();
+        out.push((k, value.to_string()));
+    }
+    out
+}
+
+/// Splits `scontrol show node -o` output into one record per node. A line that does not
+/// start with `NodeName=` continues the record before it (a line break inside an admin's
+/// `Reason=`); a node listed twice is an error (such a line break imitating a record).
+pub fn node_records(output: &str) -> Result<Vec<String>, String> {
+    let mut records: Vec<String> = Vec::new();
+    for line in output.lines() {
+        if line.starts_with("NodeName=") {
+            records.push(line.to_string());
+        } else if let Some(last) = records.last_mut() {
+            last.push('\n');
+            last.push_str(line);
+        } else if !line.trim().is_empty() {
+            return Err(format!("a first line that is not a node record: {line:?}"));
+        }
+    }
+    let mut names: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "{} twice: a node's Reason, Comment or Extra holds a line break followed by \
+             `NodeName=`; replace that text with `scontrol update NodeName=... Reason=...`",
+            w[0]
+        ));
+    }
+    Ok(records)
 }
 
 /// Splits Slurm's `reason [user@2026-11-23T09:45:10]` into the reason and the suffix's time.
@@ -357,7 +476,7 @@ pub fn parse_slurm_time(s: &str) -> Option<i64> {
 pub fn parse_node_line(line: &str) -> NodeState {
     let mut state = String::new();
     let mut reason: Option<String> = None;
-    for (k, v) in fields(line) {
+    for (k, v) in node_fields(line) {
         match k {
             "State" => state = v,
             "Reason" => reason = Some(split_reason(&v).0),
@@ -370,7 +489,7 @@ pub fn parse_node_line(line: &str) -> NodeState {
 
 /// Reads one line of `scontrol show node -o` into a [`NodeInfo`] (`None`: no `NodeName=`).
 pub fn parse_node_info(line: &str) -> Option<NodeInfo> {
-    let f = fields(line);
+    let f = node_fields(line);
     let get = |key: &str| f.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
     let name = get("NodeName")?.to_string();
     let partitions = get("Partitions")
@@ -396,6 +515,7 @@ pub fn parse_node_info(line: &str) -> Option<NodeInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn parses_state_and_reason() {
@@ -443,6 +563,7 @@ mod tests {
         let sc = Scontrol {
             path: "/bin/false".into(),
             timeout: Duration::from_secs(1),
+            max_output: MAX_OUTPUT,
         };
         for bad in ["", "a b", "n1 State=DOWN", "x;rm", "n\n"] {
             assert!(matches!(
@@ -481,30 +602,111 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn show_job_epoch_asks_for_epoch_seconds() {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("scontrol");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\necho \"JobId=$4 TimeFormat=$SLURM_TIME_FORMAT Args=$1,$2,$3\"\n",
-        )
-        .unwrap();
-        let mut perm = std::fs::metadata(&fake).unwrap().permissions();
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut perm = std::fs::metadata(&path).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&fake, perm).unwrap();
-        let out = Scontrol::locate(Some(&fake))
-            .unwrap()
-            .show_job_epoch(42)
-            .unwrap();
-        let f = fields(out.trim());
-        assert_eq!(
-            f,
-            vec![
-                ("JobId", "42".to_string()),
-                ("TimeFormat", "%s".to_string()),
-                ("Args", "show,job,-o".to_string())
-            ]
+        std::fs::set_permissions(&path, perm).unwrap();
+        path
+    }
+
+    #[test]
+    fn jobs_are_read_with_squeue_and_trusted_fields_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let scontrol = script(dir.path(), "scontrol", "exit 1");
+        script(
+            dir.path(),
+            "squeue",
+            "echo \"TimeFormat=$SLURM_TIME_FORMAT Queue=$SQUEUE_FORMAT2 Args=$*\"",
         );
+        // a caller's SQUEUE_*/SLURM_TIME_FORMAT never reach the child
+        // SAFETY: tests in this module do not read these variables concurrently.
+        unsafe { std::env::set_var("SQUEUE_FORMAT2", "name") };
+        let out = Scontrol::locate(Some(&scontrol))
+            .unwrap()
+            .show_job_trusted(42)
+            .unwrap();
+        assert_eq!(
+            out.trim(),
+            format!(
+                "TimeFormat=%s Queue= Args=--noheader --states=all --jobs=42 --Format={JOB_FORMAT}"
+            )
+        );
+    }
+
+    #[test]
+    fn node_list_of_a_large_cluster_is_read_while_scontrol_runs() {
+        // 10,000 nodes of ~600 bytes: 6 MB through a 64 KiB pipe
+        let dir = tempfile::tempdir().unwrap();
+        let line = format!("State=IDLE Partitions=gpu {}", "X=y ".repeat(140));
+        let fake = script(
+            dir.path(),
+            "scontrol",
+            &format!(
+                "i=0; while [ $i -lt 10000 ]; do i=$((i+1)); echo \"NodeName=n$i {line}\"; done"
+            ),
+        );
+        let nodes = Scontrol::locate(Some(&fake)).unwrap().nodes().unwrap();
+        assert_eq!(nodes.len(), 10_000);
+        assert_eq!(nodes[9999].name, "n10000");
+        // past the cap: an error naming the command, not a truncated list
+        let e = Scontrol::locate(Some(&fake))
+            .unwrap()
+            .with_max_output(1 << 20)
+            .nodes()
+            .unwrap_err();
+        assert!(matches!(e, SlurmctlError::Output(_)), "{e}");
+        assert!(e.to_string().contains("show node -o"), "{e}");
+    }
+
+    #[test]
+    fn admin_text_cannot_stand_in_for_node_fields() {
+        // captured from Slurm 22.05 (`scontrol show node -o`), with an admin's hostile reason
+        let real = "NodeName=node1 Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=2 CPUTot=2 \
+            CPULoad=0.79 AvailableFeatures=(null) ActiveFeatures=(null) Gres=gpu:h100:2 \
+            NodeAddr=127.0.0.1 NodeHostName=vm Port=17118 Version=22.05.8 OS=Linux \
+            6.18.44-fc-v1252 #1 SMP PREEMPT_DYNAMIC @0  RealMemory=1000 AllocMem=0 FreeMem=21210 \
+            Sockets=2 Boards=1 State=IDLE+DRAIN ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A \
+            MCS_label=N/A Partitions=gpu  BootTime=2026-12-03T21:19:17 \
+            SlurmdStartTime=2026-12-03T21:26:55 LastBusyTime=2026-12-03T21:26:59 \
+            CfgTRES=cpu=2,mem=1000M,billing=2 AllocTRES= CapWatts=n/a CurrentWatts=0 AveWatts=0 \
+            ExtSensorsJoules=n/s ExtSensorsWatts=0 ExtSensorsTemp=n/s \
+            Reason=fans State=IDLE Partitions=x NodeName=evil [root@2026-12-03T21:30:00] \
+            Comment=Reason=sgpu: fake Extra=none";
+        let f = node_fields(real);
+        let get = |k: &str| f.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("NodeName"), Some("node1"));
+        assert_eq!(get("State"), Some("IDLE+DRAIN"));
+        assert_eq!(
+            get("OS"),
+            Some("Linux 6.18.44-fc-v1252 #1 SMP PREEMPT_DYNAMIC @0")
+        );
+        assert_eq!(
+            get("Reason"),
+            Some("fans State=IDLE Partitions=x NodeName=evil [root@2026-12-03T21:30:00]")
+        );
+        assert_eq!(get("Comment"), Some("Reason=sgpu: fake"));
+        assert_eq!(get("Extra"), Some("none"));
+        let n = parse_node_info(real).unwrap();
+        assert_eq!(
+            (n.name.as_str(), n.partitions.clone()),
+            ("node1", vec!["gpu".to_string()])
+        );
+        assert!(n.state.drained() && !n.state.drained_by_sgpu());
+        assert_eq!(n.reason_time, parse_slurm_time("2026-12-03T21:30:00"));
+
+        // a line break in a reason continues its record; one imitating a record is refused
+        let out = "NodeName=a State=IDLE+DRAIN Reason=two\nlines [root@2026-12-03T21:30:00]\n\
+                   NodeName=b State=IDLE\n";
+        let r = node_records(out).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(parse_node_line(&r[0]).reason.as_deref(), Some("two\nlines"));
+        let forged =
+            "NodeName=a State=IDLE+DRAIN Reason=x\nNodeName=b State=IDLE\nNodeName=b State=DOWN\n";
+        let e = node_records(forged).unwrap_err();
+        assert!(e.contains("NodeName=b twice"), "{e}");
+        assert!(node_records("junk\nNodeName=a").is_err());
+        assert_eq!(node_records("").unwrap().len(), 0);
     }
 }

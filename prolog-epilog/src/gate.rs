@@ -288,8 +288,26 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
     }
     // Slurm's own window, so allocated GPU time equals sacct's; only for a job with GPUs here
     let window = match start.as_ref().filter(|s| !s.gpus.is_empty()) {
-        Some(_) => match slurm_times::for_epilog(config, job.job_id) {
+        Some(s) => match slurm_times::for_epilog(
+            config,
+            job.job_id,
+            Some(&slurm_times::NodeRun {
+                run: s.run,
+                start_ms: s.start_ms.min(end_ms),
+                end_ms,
+            }),
+        ) {
             Ok(w) => w,
+            Err(e) if e.contradicts_node() => {
+                // an error in the log, not a failed epilog: slurmd would drain the node for
+                // what is an accounting disagreement; the record keeps the node's window
+                report.note(format!(
+                    "error: job {}: {e}; allocated GPU time is counted over the node's \
+                     prolog-to-epilog window",
+                    job.job_id
+                ));
+                None
+            }
             Err(e) => {
                 // the record still goes out, with the gates' window; no error: the job's
                 // accounting is whole, only not to Slurm's second

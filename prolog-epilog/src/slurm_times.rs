@@ -3,23 +3,37 @@
 //! `sacct`'s `Elapsed` is `EndTime − StartTime`, whole seconds set by slurmctld; the gates'
 //! own window (prolog start to epilog start) is later by their lag. Slurm 22.05 puts neither
 //! time in the Prolog/Epilog environment, so the epilog asks slurmctld once per GPU job per
-//! node: `SLURM_TIME_FORMAT=%s scontrol show job -o ID`, under a short deadline. The job is
-//! completing by then, so its `EndTime` is final; while slurmctld still shows it running (its
-//! `EndTime` is then the time limit's), the epilog asks again a few times, then goes without.
-//! The prolog asks nothing: no RPC on the job's launch path.
+//! node, under a short deadline. The job is completing by then, so its `EndTime` is final;
+//! while slurmctld still shows it running (its `EndTime` is then the time limit's), the
+//! epilog asks again a few times, then goes without. The prolog asks nothing: no RPC on the
+//! job's launch path.
+//!
+//! Users write into `scontrol show job` (job name, comment, work dir, output paths, ...), and
+//! a name like `x JobState=COMPLETED StartTime=1 EndTime=2` forges fields there; Slurm 22.05's
+//! `scontrol` has no `--json`, and `squeue --json` ignores `--jobs` (it prints every job of
+//! the cluster). So the epilog asks `squeue` for exactly the fields it needs, none of which a
+//! user can set ([`sgpu_healthd::slurmctl::JOB_FORMAT`]: job id, state, start, end, restart
+//! count; numbers and state names only), and refuses any line not of that form.
+//!
+//! The answer is then checked against what the node measured: a Slurm window that does not
+//! overlap the prolog-to-epilog window, or that belongs to another run of the job, is not
+//! used (the record keeps the node's window; the epilog logs an error line).
 
 use std::time::Duration;
 
 use sgpu_healthd::config::Config;
-use sgpu_healthd::slurmctl::{Scontrol, SlurmctlError, fields};
+use sgpu_healthd::slurmctl::{JOB_FORMAT, Scontrol, SlurmctlError};
 use sgpu_spool::SlurmWindow;
 
-/// The deadline of one `scontrol show job` call from the epilog.
+/// The deadline of one `squeue` call from the epilog.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times the epilog asks while the job's end is not final yet.
 pub const ATTEMPTS: u32 = 3;
 /// The pause between those attempts.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// The most `squeue` may print for one job (a line is ~40 bytes; a heterogeneous job lists
+/// a line per component).
+pub const MAX_OUTPUT: usize = 64 << 10;
 
 /// Job states whose `EndTime` is the job's real end (`COMPLETING` and the final states).
 const ENDED_STATES: &[&str] = &[
@@ -35,32 +49,38 @@ const ENDED_STATES: &[&str] = &[
     "OUT_OF_MEMORY",
 ];
 
-/// Why the job's Slurm window is not known.
+/// Why the job's Slurm window is not known (or not used).
 #[derive(Debug, thiserror::Error)]
 pub enum TimesError {
-    /// scontrol could not be found, run, or did not answer in time.
+    /// squeue could not be found, run, or did not answer in time.
     #[error("{0}")]
     Query(#[from] SlurmctlError),
     /// The output has no line for the job.
-    #[error("`scontrol show job -o {0}` printed no line with JobId={0}")]
+    #[error("`squeue --jobs={0}` printed no line for job {0}")]
     NoJob(u32),
-    /// A field is absent from the job's line.
-    #[error("`scontrol show job` printed no {0}=")]
-    Missing(&'static str),
-    /// A time is not set yet (`Unknown`, `None`, 0).
+    /// A line is not of the form sgpu asked for.
+    #[error(
+        "`squeue --Format={format}` printed {line:?}, not `JOBID|STATE|START|END|RESTARTS|`;          is this squeue from the same Slurm as slurmctld?",
+        format = JOB_FORMAT
+    )]
+    BadLine {
+        /// The line.
+        line: String,
+    },
+    /// A time is not set yet (`Unknown`, `None`, `N/A`, 0).
     #[error("{field}={value}: not set yet")]
     Unset {
         /// `StartTime` or `EndTime`.
         field: &'static str,
-        /// What scontrol printed.
+        /// What squeue printed.
         value: String,
     },
     /// A time is not Unix seconds (`SLURM_TIME_FORMAT=%s` was not honoured).
-    #[error("{field}={value} is not Unix seconds; does this scontrol honour SLURM_TIME_FORMAT?")]
+    #[error("{field}={value} is not Unix seconds; does this squeue honour SLURM_TIME_FORMAT?")]
     Malformed {
         /// `StartTime` or `EndTime`.
         field: &'static str,
-        /// What scontrol printed.
+        /// What squeue printed.
         value: String,
     },
     /// The job has not ended as far as slurmctld knows, so `EndTime` is only projected.
@@ -73,6 +93,28 @@ pub enum TimesError {
         start: u64,
         /// EndTime, s.
         end: u64,
+    },
+    /// slurmctld's answer is about another run of the job (it was requeued meanwhile).
+    #[error("slurmctld shows run {slurm} of the job, this epilog ends run {node}")]
+    OtherRun {
+        /// Slurm's restart count.
+        slurm: u32,
+        /// The run the prolog noted.
+        node: u32,
+    },
+    /// slurmctld's window and the node's do not overlap: one of them is wrong.
+    #[error(
+        "slurmctld's window {start_s}..{end_s} s does not overlap the node's prolog-to-epilog          window {node_start_ms}..{node_end_ms} ms (clocks apart?)"
+    )]
+    NoOverlap {
+        /// Slurm's start, s.
+        start_s: u64,
+        /// Slurm's end, s.
+        end_s: u64,
+        /// The prolog's start, ms.
+        node_start_ms: u64,
+        /// The epilog's start, ms.
+        node_end_ms: u64,
     },
 }
 
@@ -88,100 +130,227 @@ impl TimesError {
                 }
         )
     }
+
+    /// Whether the answer contradicts what the node measured (logged as an error, not a
+    /// warning: Slurm's record or this node's clock is wrong).
+    pub fn contradicts_node(&self) -> bool {
+        matches!(
+            self,
+            TimesError::NoOverlap { .. } | TimesError::OtherRun { .. }
+        )
+    }
 }
 
-fn epoch(field: &'static str, value: Option<&String>) -> Result<u64, TimesError> {
-    let value = value.ok_or(TimesError::Missing(field))?;
-    match value.as_str() {
-        "Unknown" | "None" | "0" | "" => Err(TimesError::Unset {
+/// One job as `squeue --Format=`[`JOB_FORMAT`] prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmJob {
+    /// The job's state, e.g. `COMPLETING`.
+    pub state: String,
+    /// `StartTime` as printed.
+    pub start: String,
+    /// `EndTime` as printed.
+    pub end: String,
+    /// How often the job was restarted (requeued): its run.
+    pub restarts: u32,
+}
+
+/// Reads job `job_id`'s line from `squeue --noheader --Format=`[`JOB_FORMAT`] output. Every
+/// line must have exactly the five fields, each a number or a state name, else it is an error
+/// (the format holds no user text, so anything else is not the output sgpu asked for).
+pub fn parse_job_line(output: &str, job_id: u32) -> Result<SlurmJob, TimesError> {
+    let id = job_id.to_string();
+    let mut found = None;
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let bad = || TimesError::BadLine {
+            line: line.to_string(),
+        };
+        let parts: Vec<&str> = line.trim_end().split('|').collect();
+        let [jid, state, start, end, restarts, ""] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '+'))
+        };
+        if ![jid, state, start, end, restarts].iter().all(|s| plain(s)) {
+            return Err(bad());
+        }
+        let restarts: u32 = restarts.parse().map_err(|_| bad())?;
+        if *jid == id && found.is_none() {
+            found = Some(SlurmJob {
+                state: state.to_string(),
+                start: start.to_string(),
+                end: end.to_string(),
+                restarts,
+            });
+        }
+    }
+    found.ok_or(TimesError::NoJob(job_id))
+}
+
+fn epoch(field: &'static str, value: &str) -> Result<u64, TimesError> {
+    match value {
+        "Unknown" | "None" | "N/A" | "0" | "" => Err(TimesError::Unset {
             field,
-            value: value.clone(),
+            value: value.to_string(),
         }),
         v => v.parse().map_err(|_| TimesError::Malformed {
             field,
-            value: value.clone(),
+            value: value.to_string(),
         }),
     }
 }
 
-/// Reads job `job_id`'s window from `scontrol show job -o` output printed with
-/// `SLURM_TIME_FORMAT=%s`; the job must have ended (`JobState` `COMPLETING` or final).
-pub fn parse_job_times(output: &str, job_id: u32) -> Result<SlurmWindow, TimesError> {
-    let id = job_id.to_string();
-    let line = output
-        .lines()
-        .map(fields)
-        .find(|f| f.iter().any(|(k, v)| *k == "JobId" && *v == id))
-        .ok_or(TimesError::NoJob(job_id))?;
-    let get = |key: &str| line.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
-    let state = get("JobState").ok_or(TimesError::Missing("JobState"))?;
-    if !ENDED_STATES.contains(&state.as_str()) {
-        return Err(TimesError::NotEnded(state.clone()));
+/// Reads job `job_id`'s window from `squeue` output (see [`parse_job_line`]) printed with
+/// `SLURM_TIME_FORMAT=%s`; the job must have ended (`COMPLETING` or a final state).
+pub fn parse_job_times(output: &str, job_id: u32) -> Result<(SlurmWindow, u32), TimesError> {
+    let job = parse_job_line(output, job_id)?;
+    if !ENDED_STATES.contains(&job.state.as_str()) {
+        return Err(TimesError::NotEnded(job.state));
     }
-    let start_s = epoch("StartTime", get("StartTime"))?;
-    let end_s = epoch("EndTime", get("EndTime"))?;
+    let start_s = epoch("StartTime", &job.start)?;
+    let end_s = epoch("EndTime", &job.end)?;
     if end_s < start_s {
         return Err(TimesError::Reversed {
             start: start_s,
             end: end_s,
         });
     }
-    Ok(SlurmWindow { start_s, end_s })
+    Ok((SlurmWindow { start_s, end_s }, job.restarts))
+}
+
+/// What the node measured of the run: the run the prolog noted and its prolog-to-epilog
+/// window, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRun {
+    /// The run (restart count) the prolog noted.
+    pub run: u32,
+    /// The prolog's start, Unix ms.
+    pub start_ms: u64,
+    /// The epilog's start, Unix ms.
+    pub end_ms: u64,
+}
+
+/// Checks Slurm's window against the node's: same run, and overlapping (Slurm's whole
+/// seconds count to the end of their second).
+pub fn cross_check(window: SlurmWindow, restarts: u32, node: &NodeRun) -> Result<(), TimesError> {
+    if restarts != node.run {
+        return Err(TimesError::OtherRun {
+            slurm: restarts,
+            node: node.run,
+        });
+    }
+    let (s, e) = window.ms();
+    if s > node.end_ms || e.saturating_add(999) < node.start_ms {
+        return Err(TimesError::NoOverlap {
+            start_s: window.start_s,
+            end_s: window.end_s,
+            node_start_ms: node.start_ms,
+            node_end_ms: node.end_ms,
+        });
+    }
+    Ok(())
 }
 
 /// Asks slurmctld for the window of `job_id`, at most [`ATTEMPTS`] times while its end is
-/// not final, each call under [`QUERY_TIMEOUT`].
-pub fn query(scontrol: &Scontrol, job_id: u32) -> Result<SlurmWindow, TimesError> {
+/// not final, each call under [`QUERY_TIMEOUT`], and checks it against `node` when given.
+pub fn query(
+    scontrol: &Scontrol,
+    job_id: u32,
+    node: Option<&NodeRun>,
+) -> Result<SlurmWindow, TimesError> {
     let mut attempt = 1;
     loop {
-        let out = scontrol.show_job_epoch(job_id)?;
+        let out = scontrol.show_job_trusted(job_id)?;
         match parse_job_times(&out, job_id) {
             Err(e) if e.may_change() && attempt < ATTEMPTS => {
                 attempt += 1;
                 std::thread::sleep(RETRY_PAUSE);
             }
-            other => return other,
+            Err(e) => return Err(e),
+            Ok((window, restarts)) => {
+                if let Some(n) = node {
+                    cross_check(window, restarts, n)?;
+                }
+                return Ok(window);
+            }
         }
     }
 }
 
 /// The window for the job-end record when `slurm_job_times` is on: `Ok(None)` when it is off.
-pub fn for_epilog(config: &Config, job_id: u32) -> Result<Option<SlurmWindow>, TimesError> {
+pub fn for_epilog(
+    config: &Config,
+    job_id: u32,
+    node: Option<&NodeRun>,
+) -> Result<Option<SlurmWindow>, TimesError> {
     if !config.slurm_job_times {
         return Ok(None);
     }
-    let scontrol = Scontrol::locate(config.scontrol.as_deref())?.with_timeout(QUERY_TIMEOUT);
-    query(&scontrol, job_id).map(Some)
+    let scontrol = Scontrol::locate(config.scontrol.as_deref())?
+        .with_timeout(QUERY_TIMEOUT)
+        .with_max_output(MAX_OUTPUT);
+    query(&scontrol, job_id, node).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ENDED: &str = "JobId=42 JobName=x UserId=alice(1001) JobState=COMPLETING Reason=None \
-         RunTime=00:00:03 SubmitTime=1700000000 StartTime=1700000001 EndTime=1700000004 \
-         Deadline=N/A NodeList=node1 TRES=cpu=1,gres/gpu=2";
+    /// A job's line as squeue prints it while the job completes.
+    const ENDED: &str = "42|COMPLETING|1700000001|1700000004|0|\n";
+
+    fn w(start_s: u64, end_s: u64) -> SlurmWindow {
+        SlurmWindow { start_s, end_s }
+    }
 
     #[test]
-    fn reads_epoch_start_and_end() {
+    fn reads_epoch_start_end_and_run() {
+        // captured from Slurm 22.05 on the test cluster: `SLURM_TIME_FORMAT=%s squeue
+        // --noheader --states=all --jobs=1 --Format=JOB_FORMAT` for a job submitted as
+        // `sbatch -J 'x JobState=COMPLETED StartTime=1 EndTime=2' --comment 'c NodeList=z'`
+        let real = "1|COMPLETED|1796333218|1796333219|0|\n";
+        assert_eq!(
+            parse_job_times(real, 1).unwrap(),
+            (w(1_796_333_218, 1_796_333_219), 0)
+        );
         assert_eq!(
             parse_job_times(ENDED, 42).unwrap(),
-            SlurmWindow {
-                start_s: 1_700_000_001,
-                end_s: 1_700_000_004
-            }
+            (w(1_700_000_001, 1_700_000_004), 0)
         );
-        let done = ENDED.replace("COMPLETING", "CANCELLED");
-        assert!(parse_job_times(&done, 42).is_ok());
+        let done = ENDED
+            .replace("COMPLETING", "CANCELLED")
+            .replace("|0|", "|2|");
+        assert_eq!(parse_job_times(&done, 42).unwrap().1, 2);
         // the job's own line among others (a heterogeneous job lists its components)
-        let two = format!("{}\n{ENDED}\n", ENDED.replace("JobId=42", "JobId=43"));
-        assert_eq!(parse_job_times(&two, 42).unwrap().start_s, 1_700_000_001);
+        let two = format!("{}{ENDED}", ENDED.replace("42|", "43|"));
+        assert_eq!(parse_job_times(&two, 42).unwrap().0.start_s, 1_700_000_001);
+    }
+
+    #[test]
+    fn output_not_of_the_asked_form_is_refused() {
+        // what `scontrol show job -o` prints for a hostile name: never read as fields
+        for bad in [
+            "JobId=42 JobName=x JobState=COMPLETED StartTime=1 EndTime=2 JobState=RUNNING",
+            "42|COMPLETING|1700000001|1700000004|0",
+            "42|COMPLETING|1700000001|1700000004|0|x|",
+            "42|COMPLETING|1 2|1700000004|0|",
+            "42|COMPLETING|1700000001|1700000004|zero|",
+            "42|COMPLETING||1700000004|0|",
+        ] {
+            let e = parse_job_times(bad, 42).unwrap_err();
+            assert!(matches!(e, TimesError::BadLine { .. }), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("JOBID|STATE|START|END|RESTARTS|"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
     fn unknown_or_running_is_not_an_answer_yet() {
-        let e = parse_job_times(&ENDED.replace("EndTime=1700000004", "EndTime=Unknown"), 42)
-            .unwrap_err();
+        let e = parse_job_times(&ENDED.replace("1700000004", "Unknown"), 42).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -199,8 +368,7 @@ mod tests {
             "{e}"
         );
         assert!(e.may_change());
-        let e =
-            parse_job_times(&ENDED.replace("StartTime=1700000001", "StartTime=0"), 42).unwrap_err();
+        let e = parse_job_times(&ENDED.replace("1700000001", "N/A"), 42).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -223,13 +391,7 @@ mod tests {
             parse_job_times("", 42),
             Err(TimesError::NoJob(42))
         ));
-        let e = parse_job_times(&ENDED.replace("EndTime=1700000004 ", ""), 42).unwrap_err();
-        assert!(matches!(e, TimesError::Missing("EndTime")), "{e}");
-        let e = parse_job_times(
-            &ENDED.replace("StartTime=1700000001", "StartTime=2023-11-14T22:13:21"),
-            42,
-        )
-        .unwrap_err();
+        let e = parse_job_times(&ENDED.replace("1700000001", "20231114T221321"), 42).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -241,55 +403,94 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("SLURM_TIME_FORMAT"), "{e}");
-        let e = parse_job_times(
-            &ENDED.replace("EndTime=1700000004", "EndTime=1600000000"),
-            42,
-        )
-        .unwrap_err();
+        let e = parse_job_times(&ENDED.replace("1700000004", "1600000000"), 42).unwrap_err();
         assert!(matches!(e, TimesError::Reversed { .. }), "{e}");
-        let e = parse_job_times(&ENDED.replace("JobState=COMPLETING ", ""), 42).unwrap_err();
-        assert!(matches!(e, TimesError::Missing("JobState")), "{e}");
     }
 
-    /// A fake scontrol that prints `lines` one per call (the last one again after that).
-    fn fake_scontrol(dir: &std::path::Path, lines: &[&str]) -> Scontrol {
+    #[test]
+    fn slurm_window_is_checked_against_the_node() {
+        let node = NodeRun {
+            run: 0,
+            start_ms: 1_700_000_001_400,
+            end_ms: 1_700_000_004_900,
+        };
+        assert!(cross_check(w(1_700_000_001, 1_700_000_004), 0, &node).is_ok());
+        // a job shorter than a second: Slurm's end second still overlaps
+        let short = NodeRun {
+            run: 0,
+            start_ms: 1_700_000_001_400,
+            end_ms: 1_700_000_001_600,
+        };
+        assert!(cross_check(w(1_700_000_001, 1_700_000_001), 0, &short).is_ok());
+        // a forged window far away, or another run's
+        let e = cross_check(w(1, 2), 0, &node).unwrap_err();
+        assert!(
+            matches!(e, TimesError::NoOverlap { .. }) && e.contradicts_node(),
+            "{e}"
+        );
+        let e = cross_check(w(1_700_000_010, 1_700_000_020), 0, &node).unwrap_err();
+        assert!(matches!(e, TimesError::NoOverlap { .. }), "{e}");
+        let e = cross_check(w(1_700_000_001, 1_700_000_004), 1, &node).unwrap_err();
+        assert!(
+            matches!(e, TimesError::OtherRun { slurm: 1, node: 0 }) && e.contradicts_node(),
+            "{e}"
+        );
+    }
+
+    /// A fake squeue (beside a fake scontrol) that prints `lines` one per call (the last one
+    /// again after that).
+    fn fake_squeue(dir: &std::path::Path, lines: &[&str]) -> Scontrol {
         let mut script = String::from("#!/bin/sh\nn=$(cat \"$0.n\" 2>/dev/null || echo 0)\n");
         script.push_str("echo $((n + 1)) > \"$0.n\"\ncase $n in\n");
         for (i, l) in lines.iter().enumerate() {
             script.push_str(&format!("{i}) echo '{l}' ;;\n"));
         }
         script.push_str(&format!("*) echo '{}' ;;\nesac\n", lines[lines.len() - 1]));
-        let path = dir.join("scontrol");
+        let path = dir.join("squeue");
         std::fs::write(&path, script).unwrap();
         let mut perm = std::fs::metadata(&path).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&path, perm).unwrap();
-        Scontrol::locate(Some(&path)).unwrap()
+        Scontrol::locate(Some(&dir.join("scontrol"))).unwrap()
     }
 
     fn calls(dir: &std::path::Path) -> String {
-        std::fs::read_to_string(dir.join("scontrol.n")).unwrap()
+        std::fs::read_to_string(dir.join("squeue.n")).unwrap()
     }
 
     #[test]
     fn asks_again_while_the_job_is_still_running() {
+        let ended = ENDED.trim();
         let dir = tempfile::tempdir().unwrap();
-        let running = ENDED.replace("COMPLETING", "RUNNING");
-        let sc = fake_scontrol(dir.path(), &[&running, ENDED]);
-        assert_eq!(query(&sc, 42).unwrap().end_s, 1_700_000_004);
+        let running = ended.replace("COMPLETING", "RUNNING");
+        let sc = fake_squeue(dir.path(), &[&running, ended]);
+        assert_eq!(query(&sc, 42, None).unwrap().end_s, 1_700_000_004);
         assert_eq!(calls(dir.path()).trim(), "2");
 
         // never ends: gives up after ATTEMPTS calls
         let dir = tempfile::tempdir().unwrap();
-        let sc = fake_scontrol(dir.path(), &[&running]);
-        assert!(matches!(query(&sc, 42), Err(TimesError::NotEnded(_))));
+        let sc = fake_squeue(dir.path(), &[&running]);
+        assert!(matches!(query(&sc, 42, None), Err(TimesError::NotEnded(_))));
         assert_eq!(calls(dir.path()).trim(), ATTEMPTS.to_string());
 
         // an answer that cannot change is not asked again
         let dir = tempfile::tempdir().unwrap();
-        let sc = fake_scontrol(dir.path(), &["JobId=9 JobState=COMPLETED"]);
-        assert!(matches!(query(&sc, 42), Err(TimesError::NoJob(42))));
+        let sc = fake_squeue(dir.path(), &["9|COMPLETED|1|2|0|"]);
+        assert!(matches!(query(&sc, 42, None), Err(TimesError::NoJob(42))));
         assert_eq!(calls(dir.path()).trim(), "1");
+
+        // a window that contradicts the node's is not used
+        let dir = tempfile::tempdir().unwrap();
+        let sc = fake_squeue(dir.path(), &["42|COMPLETED|1|2|0|"]);
+        let node = NodeRun {
+            run: 0,
+            start_ms: 1_700_000_001_400,
+            end_ms: 1_700_000_004_900,
+        };
+        assert!(matches!(
+            query(&sc, 42, Some(&node)),
+            Err(TimesError::NoOverlap { .. })
+        ));
     }
 
     #[test]
@@ -299,13 +500,13 @@ mod tests {
             scontrol: Some("/nonexistent/scontrol".into()),
             ..Config::default()
         };
-        assert!(matches!(for_epilog(&config, 42), Ok(None)));
+        assert!(matches!(for_epilog(&config, 42, None), Ok(None)));
         let on = Config {
             slurm_job_times: true,
             ..config
         };
         assert!(matches!(
-            for_epilog(&on, 42),
+            for_epilog(&on, 42, None),
             Err(TimesError::Query(SlurmctlError::Spawn { .. }))
         ));
     }

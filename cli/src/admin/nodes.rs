@@ -2,9 +2,13 @@
 //! `sgpu resume` follows.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use sgpu_healthd::slurmctl::{self, SGPU_REASON_PREFIX};
+use sgpu_healthd::slurmctl::{self, SGPU_REASON_PREFIX, Scontrol};
+
+/// How long `sgpu status` and friends wait for `scontrol show node` (a 10,000-node cluster
+/// answers in well under a second; slurmctld busy with a storm may take longer).
+pub const SHOW_NODES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Prefix of the reason `sgpu drain` gives Slurm: `sgpu-admin(<user>): <text>`. It does not
 /// start with [`SGPU_REASON_PREFIX`] (`sgpu:`), so healthd never resumes an admin's drain.
@@ -43,9 +47,10 @@ impl SlurmNode {
     }
 }
 
-/// Parses one line of `scontrol show node -o` (`None`: no `NodeName=`).
+/// Parses one record of `scontrol show node -o` (`None`: no `NodeName=`), with
+/// [`slurmctl::node_fields`]: an admin's reason cannot stand in for the state.
 pub fn parse_node(line: &str) -> Option<SlurmNode> {
-    let f = slurmctl::fields(line);
+    let f = slurmctl::node_fields(line);
     let get = |key: &str| f.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
     let name = get("NodeName")?;
     let (mut reason, mut reason_user, mut reason_time) = (None, None, None);
@@ -71,29 +76,23 @@ pub fn parse_node(line: &str) -> Option<SlurmNode> {
     })
 }
 
-/// Every node Slurm knows, in its order (`nodes`: only these, when given).
+/// Every node Slurm knows, in its order (`nodes`: only these, when given). scontrol's
+/// output is read while it runs, under [`SHOW_NODES_TIMEOUT`] and
+/// [`slurmctl::MAX_OUTPUT`].
 pub fn show_nodes(scontrol: &Path, nodes: Option<&[String]>) -> Result<Vec<SlurmNode>, String> {
-    let mut cmd = Command::new(scontrol);
-    cmd.args(["show", "node", "-o"]);
+    let sc = Scontrol::locate(Some(scontrol))
+        .map_err(|e| e.to_string())?
+        .with_timeout(SHOW_NODES_TIMEOUT);
+    let mut args: Vec<String> = vec!["show".into(), "node".into(), "-o".into()];
     if let Some(n) = nodes {
-        cmd.arg(n.join(","));
+        args.push(n.join(","));
     }
-    let line = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {line}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{line} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(parse_node)
-        .collect())
+    let out = sc
+        .run_program(scontrol, &args, &[])
+        .map_err(|e| e.to_string())?;
+    let records = slurmctl::node_records(&out)
+        .map_err(|e| format!("{} {} printed {e}", scontrol.display(), args.join(" ")))?;
+    Ok(records.iter().filter_map(|r| parse_node(r)).collect())
 }
 
 /// What the node's sgpu-healthd says about it.
