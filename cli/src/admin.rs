@@ -10,6 +10,9 @@
 //!   refused with the reason, unless `--force`.
 //! - `sgpu status [<hostlist>]`: per node Slurm's state, reason and who set it
 //!   (`[user@time]`), healthd's verdict and failing checks, and its circuit breaker.
+//! - `sgpu breaker status|reset [--partition P]`: how many nodes sgpu holds drained per
+//!   scope against the circuit breaker's limit; `reset` hands those drains to the admins
+//!   ([`breaker`]), which closes the breaker.
 //! - `sgpu history [<hostlist>]`: acctd's node history (every drain/resume made through
 //!   `sgpu`; healthd and the prolog report theirs to the same endpoint).
 //!
@@ -20,6 +23,7 @@
 //! 3 ([`crate::EXIT_SGPU_ERROR`]) bad usage or configuration.
 
 pub mod acctd;
+pub mod breaker;
 pub mod healthd;
 pub mod nodes;
 
@@ -88,6 +92,38 @@ pub struct StatusArgs {
     pub opts: AdminOpts,
 }
 
+/// `sgpu breaker`.
+#[derive(Debug, Args)]
+pub struct BreakerArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: BreakerAction,
+}
+
+/// `sgpu breaker status|reset`.
+#[derive(Debug, clap::Subcommand)]
+pub enum BreakerAction {
+    /// Per scope (cluster, partitions): nodes held drained by sgpu, the limit, open/closed.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Shared options.
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Hand every sgpu drain to the admins (reason `sgpu-admin(<you>): breaker reset:
+    /// ...`): they stop counting, so the breaker closes; the nodes stay drained.
+    Reset {
+        /// Only the nodes of this partition.
+        #[arg(long, value_name = "NAME")]
+        partition: Option<String>,
+        /// Shared options.
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+}
+
 /// `sgpu history`.
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
@@ -110,6 +146,7 @@ pub struct HistoryArgs {
 /// What the admin commands need from the environment.
 struct Env {
     scontrol: Scontrol,
+    breaker: sgpu_healthd::config::BreakerConfig,
     cluster: String,
     healthd: healthd::HealthdUrls,
     acctd_url: String,
@@ -149,6 +186,7 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyh
         acctd::resolve(acctd_url, &acctd_settings(&conf), |k| std::env::var(k).ok());
     Ok(Env {
         scontrol,
+        breaker: conf.breaker,
         cluster,
         healthd,
         acctd_url,
@@ -331,6 +369,73 @@ pub fn resume(
         }
     }
     Ok(code.max(record_history(&env, &events)))
+}
+
+/// `sgpu breaker status|reset`.
+pub fn breaker(
+    config: Option<&Path>,
+    acctd_url: Option<&str>,
+    a: &BreakerArgs,
+) -> anyhow::Result<i32> {
+    match &a.action {
+        BreakerAction::Status { json, opts } => {
+            let env = env(config, acctd_url, opts)?;
+            let nodes = env.scontrol.nodes().context("cannot list the nodes")?;
+            let counts = sgpu_healthd::breaker::scope_counts(&nodes, &env.breaker);
+            if *json {
+                let rows: Vec<breaker::StatusRow> = counts
+                    .iter()
+                    .map(|c| breaker::StatusRow {
+                        count: c,
+                        breaker: if c.open() { "open" } else { "closed" },
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", table(&breaker::status_rows(&counts)));
+            }
+            Ok(0)
+        }
+        BreakerAction::Reset { partition, opts } => {
+            let env = env(config, acctd_url, opts)?;
+            let nodes = env.scontrol.nodes().context("cannot list the nodes")?;
+            if let Some(p) = partition {
+                if !nodes.iter().any(|n| n.partitions.contains(p)) {
+                    bail!("no node of Slurm is in partition {p:?}; check `sinfo -s`");
+                }
+            }
+            let (_, user) = actor();
+            let held = breaker::held_nodes(&nodes, partition.as_deref());
+            if held.is_empty() {
+                println!("sgpu holds no node drained: the breaker is closed");
+                return Ok(0);
+            }
+            let mut code = 0;
+            let mut events = Vec::new();
+            for n in held {
+                let old = n.state.reason.clone().unwrap_or_default();
+                let reason = breaker::reset_reason(&user, &old);
+                match env.scontrol.drain(&n.name, &reason) {
+                    Ok(()) => {
+                        println!("{}: handed to the admins ({reason})", n.name);
+                        let node = SlurmNode {
+                            name: n.name.clone(),
+                            state: n.state.state.clone(),
+                            reason: n.state.reason.clone(),
+                            reason_user: None,
+                            reason_time: None,
+                        };
+                        events.push(event(&env, &node, NodeAction::Drain, reason));
+                    }
+                    Err(e) => {
+                        eprintln!("{}: not handed over: {e}", n.name);
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code.max(record_history(&env, &events)))
+        }
+    }
 }
 
 /// healthd's verdict and breaker for `node`.

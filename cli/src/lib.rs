@@ -48,6 +48,8 @@ pub enum Command {
     Status(admin::StatusArgs),
     /// Drains and resumes of nodes, from acctd's node history.
     History(admin::HistoryArgs),
+    /// The circuit breaker: nodes held drained by sgpu per scope; `reset` closes it.
+    Breaker(admin::BreakerArgs),
     /// GPU-hours (allocated, used), energy and cost per account/user/... over a window.
     Report(report::ReportArgs),
     /// Jobs that ran in a window, with their GPU figures.
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => admin::resume(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Status(a) => admin::status(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::History(a) => admin::history(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Breaker(a) => admin::breaker(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Report(a) => report::report(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Jobs(a) => report::jobs(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Job(a) => report::job(cli.config.as_deref(), cli.acctd.as_deref(), &a),

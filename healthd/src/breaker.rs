@@ -1,29 +1,47 @@
-//! The circuit breaker: automation never drains more than a configured share of a partition
-//! or of the cluster.
+//! The circuit breaker: automation never holds more than a configured share of a partition
+//! or of the cluster drained.
 //!
-//! Before the daemon drains its node it lists every node (`scontrol show node -o`) and, for
-//! the whole cluster and for each partition the node belongs to (each a *scope*), counts
+//! For the whole cluster and for each partition the node belongs to (each a *scope*), the
+//! limit is `max(breaker_min_nodes, floor(breaker_max_fraction × total))`, `total` being
+//! the scope's nodes as `scontrol show node -o` lists them. sgpu *holds* a node when it is
+//! drained with an `sgpu:` reason (also when it went DOWN since). Every path that drains
+//! (healthd, sgpu-prolog, sgpu-epilog) goes through the same three steps, with slurmctld's
+//! node list as the only shared state:
 //!
-//! - `total`: the scope's nodes (this node included);
-//! - `drained`: the scope's *other* nodes that are drained with an `sgpu:` reason set within
-//!   the last `breaker_window_s` (the reason's time is Slurm's `[user@time]` suffix; a drain
-//!   whose time cannot be read counts, to be safe).
+//! 1. **Pre-check** ([`judge`]): the scope's other held nodes + 1 must fit the limit, else
+//!    the breaker is open and the node is not drained.
+//! 2. **Drain, then recount** ([`settle_and_recount`]): nodes that fail in the same moment
+//!    all pass the pre-check, so after its drain a node waits until the second its drain
+//!    was stamped with (Slurm's `[user@time]` reason suffix) is over, plus a margin for
+//!    clock skew ([`SETTLE_MARGIN`]), and lists the nodes again. By then every drain
+//!    stamped no later than its own is visible, and every later drain sorts after it.
+//! 3. **Give back**: the held nodes of each scope are ordered by (reason time, node name);
+//!    a node whose place is not within the scope's limit resumes itself at once (if its
+//!    reason is still its own) and reports the breaker open. Every node computes the same
+//!    order, so at most `limit` nodes stay drained however many failed together (fewer
+//!    when a node ahead gives back too: the rule errs on the side of service).
 //!
-//! The scope's limit is `max(breaker_min_nodes, floor(breaker_max_fraction × total))`, and
-//! draining is allowed only if `drained + 1 <= limit` in every scope. Otherwise the breaker
-//! is open: the node is not drained, the daemon says so at error level and keeps checking
-//! (the drain happens on a later run once the breaker closes).
+//! There is no time window: a drain counts as long as sgpu holds the node, so a slow storm
+//! is capped like a fast one. The breaker closes when held nodes leave that state: sgpu
+//! resumes a recovered node, an admin resumes one, or an admin takes the drains over with
+//! `sgpu breaker reset` (the reasons become the admin's, so they no longer count). When
+//! open, the node is not drained, the job still gets its gate verdict, and the reason is
+//! in the log, `/status`, `/metrics` and `sgpu status`.
 //!
-//! Admin drains (any other reason) never count: the breaker limits what a bug in sgpu could
-//! do, not what admins do.
+//! Admin drains (any other reason) and admin DOWN/FAIL states never count: the breaker
+//! limits what a bug in sgpu could do, not what admins do.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::BreakerConfig;
-use crate::slurmctl::NodeInfo;
+use crate::slurmctl::{NodeInfo, NodeState, Scontrol, SlurmctlError};
+
+/// How long past the second of its own drain a node waits before it recounts: allowance
+/// for the clock difference between this node and slurmctld (NTP keeps it far below).
+pub const SETTLE_MARGIN: Duration = Duration::from_millis(1000);
 
 /// The most nodes sgpu may hold drained in a scope of `total` nodes.
 ///
@@ -44,46 +62,27 @@ pub fn limit(total: usize, config: &BreakerConfig) -> usize {
 pub struct Trip {
     /// `cluster` or `partition <name>`.
     pub scope: String,
-    /// Other nodes of the scope recently drained by sgpu.
+    /// Other nodes of the scope held drained by sgpu (ahead of this one, after a recount).
     pub drained: usize,
     /// Nodes in the scope.
     pub total: usize,
     /// The scope's limit.
     pub limit: usize,
-    /// The window, seconds.
-    pub window_s: u64,
 }
 
 impl fmt::Display for Trip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "circuit breaker open: {}: {} of {} nodes already drained by sgpu within {} s, \
-             limit {}",
-            self.scope, self.drained, self.total, self.window_s, self.limit
+            "circuit breaker open: {}: {} of {} nodes already held drained by sgpu, limit {} \
+             (`sgpu breaker reset` hands them to the admins)",
+            self.scope, self.drained, self.total, self.limit
         )
     }
 }
 
-/// Whether a node counts as recently drained by sgpu.
-fn recent_sgpu_drain(n: &NodeInfo, now: i64, window: Duration) -> bool {
-    n.state.drained_by_sgpu()
-        && n.reason_time.is_none_or(|t| {
-            now.saturating_sub(t) <= i64::try_from(window.as_secs()).unwrap_or(i64::MAX)
-        })
-}
-
-/// Judges whether `node` may be drained now (`now`: Unix seconds), given every node of the
-/// cluster. `Err` names the first scope (cluster first, then partitions) that would exceed
-/// its limit.
-pub fn judge(nodes: &[NodeInfo], node: &str, config: &BreakerConfig, now: i64) -> Result<(), Trip> {
-    let counts = |members: &[&NodeInfo]| {
-        let drained = members
-            .iter()
-            .filter(|n| n.name != node && recent_sgpu_drain(n, now, config.window))
-            .count();
-        (drained, members.len().max(1))
-    };
+/// The scopes `node` belongs to: the cluster, then each of its partitions (members listed).
+fn scopes<'a>(nodes: &'a [NodeInfo], node: &str) -> Vec<(String, Vec<&'a NodeInfo>)> {
     let mut scopes: Vec<(String, Vec<&NodeInfo>)> =
         vec![("cluster".to_string(), nodes.iter().collect())];
     if let Some(me) = nodes.iter().find(|n| n.name == node) {
@@ -92,8 +91,19 @@ pub fn judge(nodes: &[NodeInfo], node: &str, config: &BreakerConfig, now: i64) -
             scopes.push((format!("partition {p}"), members));
         }
     }
-    for (scope, members) in scopes {
-        let (drained, total) = counts(&members);
+    scopes
+}
+
+/// Judges whether `node` may be drained now, given every node of the cluster: every scope's
+/// other sgpu-held nodes + 1 must fit its limit. `Err` names the first scope (cluster first,
+/// then partitions) that would exceed it.
+pub fn judge(nodes: &[NodeInfo], node: &str, config: &BreakerConfig) -> Result<(), Trip> {
+    for (scope, members) in scopes(nodes, node) {
+        let drained = members
+            .iter()
+            .filter(|n| n.name != node && n.state.drained_by_sgpu())
+            .count();
+        let total = members.len().max(1);
         let limit = limit(total, config);
         if drained + 1 > limit {
             return Err(Trip {
@@ -101,11 +111,224 @@ pub fn judge(nodes: &[NodeInfo], node: &str, config: &BreakerConfig, now: i64) -
                 drained,
                 total,
                 limit,
-                window_s: config.window.as_secs(),
             });
         }
     }
     Ok(())
+}
+
+/// After `node` was drained: whether it may stay drained, given the node list read once its
+/// drain's second is over. The held nodes of each scope are ordered by (reason time, name)
+/// (an unreadable time sorts first: it counts against the newcomer); `node` stays only if
+/// its place is within the limit of every scope. `Err`: the first scope it does not fit.
+pub fn keep_after_recount(
+    nodes: &[NodeInfo],
+    node: &str,
+    config: &BreakerConfig,
+) -> Result<(), Trip> {
+    for (scope, members) in scopes(nodes, node) {
+        let mut held: Vec<&NodeInfo> = members
+            .iter()
+            .copied()
+            .filter(|n| n.state.drained_by_sgpu())
+            .collect();
+        held.sort_by(|a, b| {
+            (a.reason_time.unwrap_or(i64::MIN), &a.name)
+                .cmp(&(b.reason_time.unwrap_or(i64::MIN), &b.name))
+        });
+        let total = members.len().max(1);
+        let limit = limit(total, config);
+        // not held (any more): nothing of ours to keep; the caller looks at the state
+        let ahead = held.iter().position(|n| n.name == node).unwrap_or(0);
+        if ahead + 1 > limit {
+            return Err(Trip {
+                scope,
+                drained: ahead,
+                total,
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One scope as `sgpu breaker status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScopeCount {
+    /// `cluster` or `partition <name>`.
+    pub scope: String,
+    /// Nodes sgpu holds drained.
+    pub held: usize,
+    /// Nodes in the scope.
+    pub total: usize,
+    /// The scope's limit.
+    pub limit: usize,
+}
+
+impl ScopeCount {
+    /// Whether the breaker refuses every further drain in this scope.
+    pub fn open(&self) -> bool {
+        self.held >= self.limit
+    }
+}
+
+/// The cluster and every partition: how many nodes sgpu holds drained against the limit.
+pub fn scope_counts(nodes: &[NodeInfo], config: &BreakerConfig) -> Vec<ScopeCount> {
+    let mut partitions: Vec<&String> = nodes.iter().flat_map(|n| &n.partitions).collect();
+    partitions.sort();
+    partitions.dedup();
+    let count = |scope: String, members: Vec<&NodeInfo>| {
+        let total = members.len().max(1);
+        ScopeCount {
+            scope,
+            held: members.iter().filter(|n| n.state.drained_by_sgpu()).count(),
+            total,
+            limit: limit(total, config),
+        }
+    };
+    let mut out = vec![count("cluster".into(), nodes.iter().collect())];
+    for p in partitions {
+        let members = nodes.iter().filter(|n| n.partitions.contains(p)).collect();
+        out.push(count(format!("partition {p}"), members));
+    }
+    out
+}
+
+/// Unix time now, seconds with a fraction.
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the second `node`'s drain was stamped with is over (plus [`SETTLE_MARGIN`])
+/// and returns the node list read after that. `drained_at`: local Unix seconds right after
+/// the drain returned (used when Slurm's stamp cannot be read).
+pub fn settle_and_recount(
+    scontrol: &Scontrol,
+    node: &str,
+    drained_at: f64,
+    margin: Duration,
+) -> Result<Vec<NodeInfo>, SlurmctlError> {
+    let mut stamp = drained_at.floor();
+    loop {
+        let wait = stamp + 1.0 + margin.as_secs_f64() - now_s();
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait.min(5.0)));
+        }
+        let nodes = scontrol.nodes()?;
+        let mine = nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| n.reason_time)
+            .map(|t| t as f64);
+        match mine {
+            // Slurm stamped the drain later than this clock says: wait for that second
+            Some(t) if t > stamp && now_s() < t + 1.0 + margin.as_secs_f64() => stamp = t,
+            _ => return Ok(nodes),
+        }
+    }
+}
+
+/// What [`guarded_drain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guarded {
+    /// Drained, and within the limit after the recount.
+    Drained,
+    /// Already drained by sgpu: left as it is.
+    AlreadyHeld(NodeState),
+    /// DOWN, FAIL or drained by someone else: not touched.
+    HeldByOthers(NodeState),
+    /// The breaker refused the drain; `gave_back`: the node was drained, then resumed
+    /// because the recount put it past the limit.
+    Open {
+        /// Why.
+        trip: Trip,
+        /// Whether the node was drained and given back.
+        gave_back: bool,
+    },
+}
+
+/// Why a guarded drain could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// scontrol failed (reading the nodes, draining, resuming).
+    #[error(transparent)]
+    Slurm(#[from] SlurmctlError),
+    /// The node was drained past the limit and could not be given back.
+    #[error("{trip}; drained {node} but could not resume it: {error}; resume it by hand")]
+    GiveBack {
+        /// The node.
+        node: String,
+        /// Why it had to be given back.
+        trip: Trip,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Gives `node` back after a recount put it past the limit: resumes it if Slurm still shows
+/// the sgpu drain of `reason` (an admin may have taken it over meanwhile).
+pub fn give_back(
+    scontrol: &Scontrol,
+    node: &str,
+    reason: &str,
+    trip: Trip,
+) -> Result<Guarded, GuardError> {
+    let now = scontrol.node_state(node)?;
+    let ours = now.drained_by_sgpu()
+        && !now.down_or_failed()
+        && now
+            .reason
+            .as_deref()
+            .is_some_and(|r| reason.starts_with(r) || r.starts_with(reason));
+    if ours {
+        scontrol.resume(node).map_err(|e| GuardError::GiveBack {
+            node: node.to_string(),
+            trip: trip.clone(),
+            error: e.to_string(),
+        })?;
+    }
+    Ok(Guarded::Open {
+        trip,
+        gave_back: true,
+    })
+}
+
+/// Drains `node` for `reason` under the breaker, as the gates do: leaves a node held by
+/// others or already held by sgpu alone, refuses when the pre-check trips, and gives the
+/// drain back when the recount puts the node past the limit.
+pub fn guarded_drain(
+    scontrol: &Scontrol,
+    node: &str,
+    reason: &str,
+    config: &BreakerConfig,
+) -> Result<Guarded, GuardError> {
+    let nodes = scontrol.nodes()?;
+    let state = match nodes.iter().find(|n| n.name == node) {
+        Some(n) => n.state.clone(),
+        None => scontrol.node_state(node)?,
+    };
+    if state.held_by_others() {
+        return Ok(Guarded::HeldByOthers(state));
+    }
+    if state.drained_by_sgpu() {
+        return Ok(Guarded::AlreadyHeld(state));
+    }
+    if let Err(trip) = judge(&nodes, node, config) {
+        return Ok(Guarded::Open {
+            trip,
+            gave_back: false,
+        });
+    }
+    scontrol.drain(node, reason)?;
+    let drained_at = now_s();
+    let nodes = settle_and_recount(scontrol, node, drained_at, SETTLE_MARGIN)?;
+    match keep_after_recount(&nodes, node, config) {
+        Ok(()) => Ok(Guarded::Drained),
+        Err(trip) => give_back(scontrol, node, reason, trip),
+    }
 }
 
 #[cfg(test)]
@@ -117,7 +340,6 @@ mod tests {
         BreakerConfig {
             max_fraction: fraction,
             min_nodes: min,
-            window: Duration::from_secs(3600),
         }
     }
 
@@ -166,7 +388,7 @@ mod tests {
         let d = BreakerConfig::default();
         let idle = |n| node(n, &["gpu"], "IDLE", None, None);
         let nodes = vec![idle("node1"), idle("node2")];
-        assert_eq!(judge(&nodes, "node1", &d, NOW), Ok(()));
+        assert_eq!(judge(&nodes, "node1", &d), Ok(()));
         let nodes = vec![
             node(
                 "node1",
@@ -177,7 +399,7 @@ mod tests {
             ),
             idle("node2"),
         ];
-        let trip = judge(&nodes, "node2", &d, NOW).unwrap_err();
+        let trip = judge(&nodes, "node2", &d).unwrap_err();
         assert_eq!(
             trip,
             Trip {
@@ -185,16 +407,15 @@ mod tests {
                 drained: 1,
                 total: 2,
                 limit: 1,
-                window_s: 3600
             }
         );
         assert!(trip.to_string().contains("1 of 2 nodes"), "{trip}");
         // the node's own drain does not count against itself
-        assert_eq!(judge(&nodes, "node1", &d, NOW), Ok(()));
+        assert_eq!(judge(&nodes, "node1", &d), Ok(()));
     }
 
     #[test]
-    fn admin_drains_and_old_drains_do_not_count() {
+    fn admin_drains_do_not_count_and_old_sgpu_drains_do() {
         let d = BreakerConfig::default();
         let nodes = vec![
             node(
@@ -204,28 +425,88 @@ mod tests {
                 Some("bad dimm"),
                 Some(NOW - 5),
             ),
-            node(
-                "n2",
-                &["gpu"],
-                "DOWN+DRAIN",
-                Some("sgpu: gpu.lost gpu0: x"),
-                Some(NOW - 7200),
-            ),
+            node("n2", &["gpu"], "DOWN", Some("psu"), Some(NOW - 5)),
             node("n3", &["gpu"], "IDLE", None, None),
         ];
-        assert_eq!(judge(&nodes, "n3", &d, NOW), Ok(()));
-        // an sgpu drain with an unreadable time counts
-        let nodes = vec![
-            node(
-                "n1",
-                &["gpu"],
-                "IDLE+DRAIN",
-                Some("sgpu: gpu.lost gpu0: x"),
-                None,
-            ),
-            node("n3", &["gpu"], "IDLE", None, None),
-        ];
-        assert!(judge(&nodes, "n3", &d, NOW).is_err());
+        assert_eq!(judge(&nodes, "n3", &d), Ok(()));
+        // an sgpu drain a week old still counts: a slow storm is capped like a fast one
+        for t in [Some(NOW - 7 * 86400), None] {
+            let nodes = vec![
+                node(
+                    "n1",
+                    &["gpu"],
+                    "DOWN+DRAIN",
+                    Some("sgpu: gpu.lost gpu0: x"),
+                    t,
+                ),
+                node("n3", &["gpu"], "IDLE", None, None),
+            ];
+            assert!(judge(&nodes, "n3", &d).is_err());
+        }
+    }
+
+    /// `count` nodes n01.. of one partition, the first `drained` of them drained by sgpu at
+    /// the given times.
+    fn storm(count: usize, drained: &[(usize, i64)]) -> Vec<NodeInfo> {
+        (1..=count)
+            .map(|i| {
+                let name = format!("n{i:02}");
+                match drained.iter().find(|(n, _)| *n == i) {
+                    Some((_, t)) => {
+                        node(&name, &["gpu"], "IDLE+DRAIN", Some("sgpu: gpu.x"), Some(*t))
+                    }
+                    None => node(&name, &["gpu"], "IDLE", None, None),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recount_keeps_the_first_in_time_then_name_order() {
+        // a dozen nodes drained in the same second, limit 3: n01, n02, n03 stay
+        let d = cfg(0.25, 1);
+        let all: Vec<(usize, i64)> = (1..=12).map(|i| (i, NOW)).collect();
+        let nodes = storm(12, &all);
+        let kept: Vec<String> = (1..=12)
+            .map(|i| format!("n{i:02}"))
+            .filter(|n| keep_after_recount(&nodes, n, &d).is_ok())
+            .collect();
+        assert_eq!(kept, ["n01", "n02", "n03"]);
+        let trip = keep_after_recount(&nodes, "n04", &d).unwrap_err();
+        assert_eq!((trip.drained, trip.total, trip.limit), (3, 12, 3));
+        // an earlier second wins over a name: n12 drained first stays, n03 goes
+        let mut times = all.clone();
+        times[11].1 = NOW - 1;
+        let nodes = storm(12, &times);
+        assert!(keep_after_recount(&nodes, "n12", &d).is_ok());
+        assert!(keep_after_recount(&nodes, "n02", &d).is_ok());
+        assert!(keep_after_recount(&nodes, "n03", &d).is_err());
+        // a node that is no longer drained keeps nothing and trips nothing
+        let nodes = storm(12, &[(1, NOW)]);
+        assert!(keep_after_recount(&nodes, "n05", &d).is_ok());
+    }
+
+    #[test]
+    fn every_order_of_views_ends_within_the_limit() {
+        // whatever order the nodes recount in, a node that saw itself within the limit is
+        // never passed by a later one: later drains are stamped later (settle rule)
+        let d = cfg(0.25, 1);
+        let mut kept = Vec::new();
+        let mut drained: Vec<(usize, i64)> = Vec::new();
+        for i in 1..=12usize {
+            // node i drains at NOW + i / 4 (four per second), recounts after its second
+            drained.push((i, NOW + (i as i64) / 4));
+        }
+        for i in 1..=12usize {
+            let t = NOW + (i as i64) / 4;
+            let visible: Vec<(usize, i64)> =
+                drained.iter().copied().filter(|(_, s)| *s <= t).collect();
+            let nodes = storm(12, &visible);
+            if keep_after_recount(&nodes, &format!("n{i:02}"), &d).is_ok() {
+                kept.push(i);
+            }
+        }
+        assert_eq!(kept, [1, 2, 3]);
     }
 
     #[test]
@@ -244,13 +525,13 @@ mod tests {
         nodes.push(node("a1", &["a", "all"], "IDLE", None, None));
         nodes.push(node("a2", &["a"], "IDLE", None, None));
         let d = BreakerConfig::default();
-        let trip = judge(&nodes, "a1", &d, NOW).unwrap_err();
+        let trip = judge(&nodes, "a1", &d).unwrap_err();
         assert_eq!(
             (trip.scope.as_str(), trip.drained, trip.total, trip.limit),
             ("partition a", 1, 3, 1)
         );
         // a node of partition b may still be drained: cluster 1 + 1 <= 2, partition b 0 + 1 <= 1
-        assert_eq!(judge(&nodes, "b3", &d, NOW), Ok(()));
+        assert_eq!(judge(&nodes, "b3", &d), Ok(()));
     }
 
     #[test]
@@ -266,7 +547,7 @@ mod tests {
             Some("sgpu: a"),
             Some(NOW - 10),
         );
-        assert_eq!(judge(&nodes, "n5", &d, NOW), Ok(()));
+        assert_eq!(judge(&nodes, "n5", &d), Ok(()));
         nodes[1] = node(
             "n1",
             &["gpu"],
@@ -274,7 +555,7 @@ mod tests {
             Some("sgpu: b"),
             Some(NOW - 10),
         );
-        let trip = judge(&nodes, "n5", &d, NOW).unwrap_err();
+        let trip = judge(&nodes, "n5", &d).unwrap_err();
         assert_eq!(
             (trip.scope.as_str(), trip.drained, trip.limit),
             ("cluster", 2, 2)
@@ -282,10 +563,26 @@ mod tests {
     }
 
     #[test]
+    fn scope_counts_for_the_admin() {
+        let d = cfg(0.25, 1);
+        let mut nodes = storm(12, &[(1, NOW), (2, NOW), (3, NOW)]);
+        nodes.push(node("x1", &["other"], "IDLE", None, None));
+        let c = scope_counts(&nodes, &d);
+        assert_eq!(c.len(), 3);
+        assert_eq!(
+            (c[0].held, c[0].total, c[0].limit, c[0].open()),
+            (3, 13, 3, true)
+        );
+        assert_eq!(c[1].scope, "partition gpu");
+        assert_eq!((c[1].held, c[1].total, c[1].open()), (3, 12, true));
+        assert_eq!((c[2].held, c[2].limit, c[2].open()), (0, 1, false));
+    }
+
+    #[test]
     fn unknown_node_is_judged_on_the_cluster_alone() {
         let d = BreakerConfig::default();
         let nodes = vec![node("n1", &["gpu"], "IDLE", None, None)];
-        assert_eq!(judge(&nodes, "elsewhere", &d, NOW), Ok(()));
-        assert_eq!(judge(&[], "elsewhere", &d, NOW), Ok(()));
+        assert_eq!(judge(&nodes, "elsewhere", &d), Ok(()));
+        assert_eq!(judge(&[], "elsewhere", &d), Ok(()));
     }
 }

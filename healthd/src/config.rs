@@ -63,14 +63,11 @@ pub const DEFAULT_CHECK_INTERVAL_S: u64 = 30;
 pub const DEFAULT_RESUME_AFTER: u32 = 3;
 
 /// Default circuit-breaker share: at most this fraction of a partition (or the cluster)
-/// drained by sgpu within the window.
+/// held drained by sgpu.
 pub const DEFAULT_BREAKER_MAX_FRACTION: f64 = 0.10;
 
 /// Default circuit-breaker floor: this many nodes may always be drained by sgpu.
 pub const DEFAULT_BREAKER_MIN_NODES: u32 = 1;
-
-/// Default circuit-breaker window, seconds: sgpu drains older than this do not count.
-pub const DEFAULT_BREAKER_WINDOW_S: u64 = 3600;
 
 /// Default seconds between per-job usage samples.
 pub const DEFAULT_SAMPLE_INTERVAL_S: u64 = 10;
@@ -85,8 +82,6 @@ pub struct BreakerConfig {
     pub max_fraction: f64,
     /// Nodes sgpu may always hold drained, whatever the share.
     pub min_nodes: u32,
-    /// Only sgpu drains this recent count.
-    pub window: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -94,7 +89,6 @@ impl Default for BreakerConfig {
         BreakerConfig {
             max_fraction: DEFAULT_BREAKER_MAX_FRACTION,
             min_nodes: DEFAULT_BREAKER_MIN_NODES,
-            window: Duration::from_secs(DEFAULT_BREAKER_WINDOW_S),
         }
     }
 }
@@ -366,15 +360,15 @@ impl Config {
             config.breaker.min_nodes = n;
         }
         if let Some(w) = raw.breaker_window_s {
-            let v = *w.get_ref();
-            if v == 0 {
-                return Err(invalid(
-                    w.span().start,
-                    "breaker_window_s".into(),
-                    "0 is out of range (at least 1 s)".into(),
-                ));
-            }
-            config.breaker.window = Duration::from_secs(v);
+            // drains that aged out of the window let a slow storm drain every node
+            return Err(invalid(
+                w.span().start,
+                "breaker_window_s".into(),
+                "is no longer read: the circuit breaker counts every node sgpu holds drained, \
+                 however old the drain (docs/architecture.md, \"Circuit breaker\"); delete \
+                 the line"
+                    .into(),
+            ));
         }
 
         if let Some(s) = raw.sample_interval_s {
@@ -577,17 +571,10 @@ enabled = false
         assert_eq!(c.check_interval, Duration::from_secs(30));
         assert_eq!(c.resume_after, 3);
         assert_eq!(c.breaker, BreakerConfig::default());
-        assert_eq!(
-            (
-                c.breaker.max_fraction,
-                c.breaker.min_nodes,
-                c.breaker.window
-            ),
-            (0.10, 1, Duration::from_secs(3600))
-        );
+        assert_eq!((c.breaker.max_fraction, c.breaker.min_nodes), (0.10, 1));
         let c = parse(
             "node_name = \"gpu-07\"\ncheck_interval_s = 2\nresume_after = 0\n\
-             breaker_max_fraction = 0.25\nbreaker_min_nodes = 2\nbreaker_window_s = 600\n",
+             breaker_max_fraction = 0.25\nbreaker_min_nodes = 2\n",
         )
         .unwrap();
         assert_eq!(c.node_name.as_deref(), Some("gpu-07"));
@@ -598,7 +585,6 @@ enabled = false
             BreakerConfig {
                 max_fraction: 0.25,
                 min_nodes: 2,
-                window: Duration::from_secs(600)
             }
         );
         assert_eq!(c.sample_interval, Duration::from_secs(10));
@@ -627,8 +613,8 @@ enabled = false
             e.contains(":2: breaker_max_fraction: 1.5 is out of range"),
             "{e}"
         );
-        let e = err("breaker_window_s = 0\n");
-        assert!(e.contains("breaker_window_s: 0 is out of range"), "{e}");
+        let e = err("breaker_window_s = 3600\n");
+        assert!(e.contains(":1: breaker_window_s: is no longer read"), "{e}");
         let e = err("node_name = \"a b\"\n");
         assert!(
             e.contains("node_name: \"a b\" is not a Slurm node name"),

@@ -177,15 +177,46 @@ impl NodeControl for SlurmControl<'_> {
 
     fn breaker(&mut self) -> Result<Option<Trip>, String> {
         let nodes = self.scontrol.nodes().map_err(|e| e.to_string())?;
-        Ok(breaker::judge(&nodes, self.node, &self.config.breaker, unix_now()).err())
+        Ok(breaker::judge(&nodes, self.node, &self.config.breaker).err())
     }
 
-    fn drain(&mut self, reason: &str) -> Result<(), String> {
+    fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String> {
         self.scontrol
             .drain(self.node, reason)
             .map_err(|e| e.to_string())?;
-        self.history(sgpu_spool::NodeAction::Drain, reason);
-        Ok(())
+        let drained_at = unix_now() as f64;
+        // nodes failing in the same moment all passed the pre-check: recount once this
+        // drain's second is over, and give the drain back if it is past the limit
+        let nodes = breaker::settle_and_recount(
+            self.scontrol,
+            self.node,
+            drained_at,
+            breaker::SETTLE_MARGIN,
+        );
+        let nodes = match nodes {
+            Ok(n) => n,
+            Err(e) => {
+                // the drain stands: a node list we cannot read must not resume it blindly
+                warn!("drained {}, but the breaker recount failed: {e}", self.node);
+                self.history(sgpu_spool::NodeAction::Drain, reason);
+                return Ok(None);
+            }
+        };
+        match breaker::keep_after_recount(&nodes, self.node, &self.config.breaker) {
+            Ok(()) => {
+                self.history(sgpu_spool::NodeAction::Drain, reason);
+                Ok(None)
+            }
+            Err(trip) => {
+                warn!(
+                    "{trip}: {} drained in the same moment as others; giving the drain back",
+                    self.node
+                );
+                breaker::give_back(self.scontrol, self.node, reason, trip.clone())
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(trip))
+            }
+        }
     }
 
     fn resume(&mut self) -> Result<(), String> {

@@ -13,6 +13,10 @@
 //!   resumed. If an admin resumes a node sgpu drained while the same check still fails,
 //!   sgpu does not drain it again for that check until the check has passed once (the admin
 //!   has overridden it); a different failure drains as usual.
+//! - **Admins' states**: a node that is DOWN or FAIL/FAILING (set by an admin, or by
+//!   slurmctld for a node that stopped answering) is neither drained (the drain would
+//!   replace the admin's reason) nor resumed (RESUME would bring a DOWN node back), whatever
+//!   its reason ([`Decision::HeldByOthers`]).
 //! - **Resume** after `resume_after` consecutive runs without a drain-severity failure, only
 //!   if the node's current reason starts with `sgpu:` and every check behind the drain (what
 //!   the daemon remembers, plus the check named in the current reason) is auto-recoverable
@@ -60,8 +64,9 @@ pub trait NodeControl {
     fn node_state(&mut self) -> Result<NodeState, String>;
     /// The circuit breaker's verdict on draining the node now: `Ok(None)` allows it.
     fn breaker(&mut self) -> Result<Option<Trip>, String>;
-    /// Drains the node.
-    fn drain(&mut self, reason: &str) -> Result<(), String>;
+    /// Drains the node, then recounts ([`crate::breaker::keep_after_recount`]):
+    /// `Ok(Some(trip))` when the recount put the node past the limit and it was given back.
+    fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String>;
     /// Resumes the node.
     fn resume(&mut self) -> Result<(), String>;
 }
@@ -201,6 +206,14 @@ pub enum Decision {
         /// The admin's reason.
         reason: String,
     },
+    /// The node is DOWN or FAIL (an admin's state, or slurmctld's for a node that stopped
+    /// answering): neither drained over nor resumed.
+    HeldByOthers {
+        /// Slurm's state, e.g. `DOWN` or `IDLE+FAIL`.
+        state: String,
+        /// Slurm's reason (empty when none).
+        reason: String,
+    },
     /// Failing, but an admin resumed the node despite these failures.
     Overridden {
         /// The failure keys.
@@ -329,7 +342,10 @@ impl Policy {
 
         // what happened to our drain since the last run
         if let Some(d) = &self.memory.drained {
-            if !node.drained() {
+            if node.down_or_failed() && !node.drained_by_sgpu() {
+                // an admin set it DOWN or FAIL with a reason of their own: theirs now
+                self.memory.drained = None;
+            } else if !node.drained() {
                 // someone resumed it: what still fails of what we drained for is overridden
                 let overridden: Vec<String> = failures
                     .iter()
@@ -349,6 +365,11 @@ impl Policy {
         if failures.is_empty() {
             self.memory.breaker_open = None;
             return self.healthy(node, ctl);
+        }
+        if node.down_or_failed() {
+            // DOWN/FAIL is an admin's (or slurmctld's) call: a drain would replace its reason
+            self.memory.breaker_open = None;
+            return Self::outcome(Self::held(&node), true);
         }
 
         let effective: Vec<&Failure> = failures
@@ -390,7 +411,11 @@ impl Policy {
             Ok(None) => {
                 self.memory.breaker_open = None;
                 match ctl.drain(&reason) {
-                    Ok(()) => {
+                    Ok(Some(trip)) => {
+                        self.memory.breaker_open = Some(trip.clone());
+                        Self::outcome(Decision::BreakerOpen { trip, reason }, false)
+                    }
+                    Ok(None) => {
                         self.memory.drained = Some(DrainRecord {
                             reason: reason.clone(),
                             checks: effective.iter().map(|f| f.check.clone()).collect(),
@@ -404,7 +429,19 @@ impl Policy {
         }
     }
 
+    fn held(node: &NodeState) -> Decision {
+        Decision::HeldByOthers {
+            state: node.state.clone(),
+            reason: node.reason.clone().unwrap_or_default(),
+        }
+    }
+
     fn healthy(&mut self, node: NodeState, ctl: &mut dyn NodeControl) -> Outcome {
+        if node.down_or_failed() {
+            // never resumed by sgpu, even when the reason is sgpu's (slurmd died after the
+            // drain): RESUME would also bring a DOWN node back
+            return Self::outcome(Self::held(&node), true);
+        }
         if !node.drained() {
             return Self::outcome(Decision::Healthy, true);
         }
@@ -451,7 +488,10 @@ impl Policy {
         }
         // look again right before acting: an admin may have just taken the drain over
         match ctl.node_state() {
-            Ok(again) if again.drained_by_sgpu() && again.reason == node.reason => {}
+            Ok(again)
+                if again.drained_by_sgpu()
+                    && !again.down_or_failed()
+                    && again.reason == node.reason => {}
             Ok(again) => {
                 return Self::outcome(
                     Decision::AdminDrained {
@@ -486,6 +526,8 @@ mod tests {
         breaker_error: bool,
         fail_drain: bool,
         fail_resume: bool,
+        /// The recount after a drain gives the node back.
+        give_back: Option<Trip>,
         /// Changes the reason between the policy's two looks (an admin racing it).
         admin_races: Option<String>,
         looks: u32,
@@ -544,13 +586,16 @@ mod tests {
             Ok(self.trip.clone())
         }
 
-        fn drain(&mut self, reason: &str) -> Result<(), String> {
+        fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String> {
             if self.fail_drain {
                 return Err("scontrol: timeout".into());
             }
             self.drains.push(reason.into());
+            if let Some(t) = self.give_back.clone() {
+                return Ok(Some(t));
+            }
             self.admin_drain(reason);
-            Ok(())
+            Ok(None)
         }
 
         fn resume(&mut self) -> Result<(), String> {
@@ -596,7 +641,6 @@ mod tests {
             drained: 1,
             total: 2,
             limit: 1,
-            window_s: 3600,
         }
     }
 
@@ -786,6 +830,53 @@ mod tests {
     }
 
     #[test]
+    fn down_and_fail_are_never_drained_over_nor_resumed() {
+        for state in ["DOWN", "IDLE+FAIL", "MIXED+FAILING", "DOWN+NOT_RESPONDING"] {
+            let mut p = policy(1);
+            let mut c = Fake {
+                state: state.into(),
+                reason: Some("x".into()),
+                ..Fake::default()
+            };
+            // a fault on an admin's DOWN/FAIL node: no drain, the admin's reason stays
+            for d in run(&mut p, &mut c, &[xid79()], 3) {
+                assert_eq!(
+                    d,
+                    Decision::HeldByOthers {
+                        state: state.into(),
+                        reason: "x".into()
+                    }
+                );
+            }
+            assert!(c.drains.is_empty(), "{state}: {:?}", c.drains);
+            // healthy again: never resumed
+            run(&mut p, &mut c, &[], 3);
+            assert_eq!((c.resumes, c.reason.as_deref()), (0, Some("x")), "{state}");
+        }
+        // sgpu drained it, then slurmd died (DOWN+DRAIN, sgpu's reason): not resumed either
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.state = "DOWN+DRAIN".into();
+        let d = run(&mut p, &mut c, &[], 3);
+        assert!(
+            d.iter().all(|d| matches!(d, Decision::HeldByOthers { .. })),
+            "{d:?}"
+        );
+        assert_eq!(c.resumes, 0);
+        // an admin sets an sgpu-drained node DOWN with a reason of their own: theirs now
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        p.step(&[temp()], &mut c, 1);
+        c.state = "DOWN".into();
+        c.reason = Some("swap the board".into());
+        p.step(&[temp()], &mut c, 2);
+        assert_eq!(p.memory().drained, None);
+        assert!(p.memory().overridden.is_empty(), "a DOWN is no resume");
+        assert_eq!(c.drains.len(), 1);
+    }
+
+    #[test]
     fn admin_taking_over_an_sgpu_drain_is_never_resumed() {
         let mut p = policy(1);
         let mut c = Fake::idle();
@@ -884,6 +975,24 @@ mod tests {
         ));
         assert_eq!(p.memory().breaker_open, None);
         assert_eq!(c.drains.len(), 1);
+    }
+
+    #[test]
+    fn given_back_after_the_recount_is_breaker_open() {
+        let mut p = policy(1);
+        let mut c = Fake::idle();
+        c.give_back = Some(trip());
+        let o = p.step(&[xid79()], &mut c, 1);
+        assert!(matches!(o.decision, Decision::BreakerOpen { .. }), "{o:?}");
+        assert!(!o.mark_xids_reported, "tried again next run");
+        assert_eq!(p.memory().breaker_open, Some(trip()));
+        assert_eq!(p.memory().drained, None);
+        c.give_back = None;
+        assert!(matches!(
+            p.step(&[xid79()], &mut c, 2).decision,
+            Decision::Drained { .. }
+        ));
+        assert_eq!(p.memory().breaker_open, None);
     }
 
     #[test]

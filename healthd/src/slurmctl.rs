@@ -135,6 +135,21 @@ impl NodeState {
                 .is_some_and(|r| r.starts_with(SGPU_REASON_PREFIX))
     }
 
+    /// Whether the node is DOWN or FAIL/FAILING (set by an admin, or by slurmctld for a node
+    /// that stopped answering), whatever its reason.
+    pub fn down_or_failed(&self) -> bool {
+        self.state
+            .split('+')
+            .map(|f| f.trim_end_matches(['*', '~', '#', '!', '%', '$', '@', '^', '-']))
+            .any(|f| matches!(f, "DOWN" | "FAIL" | "FAILING"))
+    }
+
+    /// Whether someone other than sgpu holds the node out of service: DOWN or FAIL (any
+    /// reason), or drained for a reason sgpu did not write. sgpu neither drains such a node
+    /// (its reason would replace the admin's) nor resumes it.
+    pub fn held_by_others(&self) -> bool {
+        self.down_or_failed() || (self.drained() && !self.drained_by_sgpu())
+    }
 }
 
 /// Whether `node` is safe to pass to scontrol as a node name.
@@ -535,6 +550,33 @@ mod tests {
         let idle = parse_node_line("NodeName=n State=IDLE");
         assert_eq!(idle.reason, None);
         assert!(!idle.drained());
+        assert!(!idle.held_by_others());
+    }
+
+    #[test]
+    fn admin_states_are_held_by_others() {
+        let held = |line: &str| parse_node_line(line).held_by_others();
+        // an admin's DOWN, FAIL and drain, and a node slurmctld marked DOWN
+        assert!(held(
+            "NodeName=n State=DOWN Reason=x [root@2026-11-23T09:45:10]"
+        ));
+        assert!(held(
+            "NodeName=n State=DOWN+NOT_RESPONDING Reason=Not responding"
+        ));
+        assert!(held("NodeName=n State=IDLE+FAIL Reason=psu [root@now]"));
+        assert!(held("NodeName=n State=MIXED+FAILING Reason=psu [root@now]"));
+        assert!(held(
+            "NodeName=n State=IDLE+DRAIN Reason=bad dimm [admin@now]"
+        ));
+        // DOWN wins over an sgpu reason: slurmd died on a node sgpu drained
+        let down = parse_node_line("NodeName=n State=DOWN+DRAIN Reason=sgpu: gpu.xid x [root@t]");
+        assert!(down.drained_by_sgpu() && down.held_by_others());
+        // sgpu's own drain and a node in service are not
+        assert!(!held(
+            "NodeName=n State=IDLE+DRAIN Reason=sgpu: gpu.xid gpu0: x [root@t]"
+        ));
+        assert!(!held("NodeName=n State=MIXED"));
+        assert!(!held("NodeName=n State=ALLOCATED+COMPLETING"));
     }
 
     #[test]

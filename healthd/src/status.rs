@@ -382,7 +382,7 @@ pub struct JobGpuDoc {
 }
 
 /// A decision's kind: `healthy`, `drained`, `drain_failed`, `breaker_open`,
-/// `breaker_unknown`, `already_drained`, `admin_drained`, `overridden`, `holding`,
+/// `breaker_unknown`, `already_drained`, `admin_drained`, `held_by_others`, `overridden`, `holding`,
 /// `waiting_to_resume`, `resumed`, `resume_failed`, `slurm_unreachable`.
 pub fn decision_kind(d: &Decision) -> (&'static str, Option<String>) {
     match d {
@@ -397,6 +397,9 @@ pub fn decision_kind(d: &Decision) -> (&'static str, Option<String>) {
         Decision::BreakerUnknown { error } => ("breaker_unknown", Some(error.clone())),
         Decision::AlreadyDrained { reason } => ("already_drained", Some(reason.clone())),
         Decision::AdminDrained { reason } => ("admin_drained", Some(reason.clone())),
+        Decision::HeldByOthers { state, reason } => {
+            ("held_by_others", Some(format!("{state}: {reason}")))
+        }
         Decision::Overridden { keys } => ("overridden", Some(keys.join(", "))),
         Decision::Holding { checks } => ("holding", Some(checks.join(", "))),
         Decision::WaitingToResume {

@@ -88,8 +88,10 @@ pub struct JobEnv {
     pub gpus: Vec<u32>,
     /// `SLURM_JOB_RESTART_COUNT`: how often the job was requeued.
     pub restart_count: u32,
-    /// The user's `--gpu-health` choice.
+    /// The user's `--gpu-health` choice (`strict` when the value is not one sgpu knows).
     pub health_mode: HealthMode,
+    /// What was wrong with the environment but did not stop the gate (to be logged).
+    pub warnings: Vec<String>,
 }
 
 fn parse_index_list(var: &'static str, value: &str) -> Result<Vec<u32>, EnvError> {
@@ -152,12 +154,16 @@ impl JobEnv {
         let restart_count = nonempty("SLURM_JOB_RESTART_COUNT")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
+        let mut warnings = Vec::new();
+        // an unknown value is checked strictly: skipping the gate (and the job's records)
+        // for a value sgpu does not know would reward a typo or a forged variable
         let health_mode = match nonempty(GPU_HEALTH_ENV) {
-            Some(v) => HealthMode::parse(&v).ok_or(EnvError::Invalid {
-                var: GPU_HEALTH_ENV,
-                value: v.clone(),
-                expected: "strict, warn or off",
-            })?,
+            Some(v) => HealthMode::parse(&v).unwrap_or_else(|| {
+                warnings.push(format!(
+                    "{GPU_HEALTH_ENV}={v:?} is not strict, warn or off; checking strictly"
+                ));
+                HealthMode::Strict
+            }),
             None => HealthMode::Strict,
         };
         Ok(JobEnv {
@@ -171,6 +177,7 @@ impl JobEnv {
             gpus,
             restart_count,
             health_mode,
+            warnings,
         })
     }
 
@@ -255,13 +262,18 @@ mod tests {
             EnvError::Missing("SLURMD_NODENAME")
         );
         assert!(env(&[("SLURM_JOB_ID", "x"), ("SLURMD_NODENAME", "n")]).is_err());
-        let e = env(&[
+        // an unknown --gpu-health value: strict, with a line for the log
+        let j = env(&[
             ("SLURM_JOB_ID", "1"),
             ("SLURMD_NODENAME", "n"),
             (GPU_HEALTH_ENV, "maybe"),
         ])
-        .unwrap_err();
-        assert!(e.to_string().contains("strict, warn or off"), "{e}");
+        .unwrap();
+        assert_eq!(j.health_mode, HealthMode::Strict);
+        assert_eq!(j.warnings.len(), 1);
+        assert!(j.warnings[0].contains("\"maybe\" is not strict, warn or off"));
+        let j = env(&[("SLURM_JOB_ID", "1"), ("SLURMD_NODENAME", "n")]).unwrap();
+        assert!(j.warnings.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sgpu_healthd::breaker::{self, Guarded};
 use sgpu_healthd::catalogue::Profile;
 use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
 use sgpu_healthd::config::Config;
@@ -31,8 +32,13 @@ pub struct GateReport {
     pub verdict: Option<Verdict>,
     /// The drain reason, when the node was (or should have been) drained.
     pub drain_reason: Option<String>,
-    /// Whether `scontrol` drained the node.
+    /// Whether the node is drained for the finding: drained now, or already held by sgpu.
     pub drained: bool,
+    /// Why the node was not drained although a finding called for it: the circuit breaker
+    /// was open, or the node is held by others (DOWN, FAIL, an admin's drain). The job
+    /// then runs in every `--gpu-health` mode: failing the gate would make Slurm drain the
+    /// node itself ("Prolog error"/"Epilog error").
+    pub not_drained: Option<String>,
     /// Log lines: what was done and every sgpu-side problem met on the way.
     pub log: Vec<String>,
     /// Whether sgpu itself erred (configuration, state, spool), as opposed to a GPU fault.
@@ -147,11 +153,45 @@ fn acknowledge_xids(config: &Config, xids: &[XidEvent], report: &mut GateReport)
     }
 }
 
-/// Drains the node for `reason` through slurmctld; records the outcome in `report`.
+/// Drains the node for `reason` through slurmctld, under the circuit breaker and never over
+/// an admin's state ([`breaker::guarded_drain`]); records the outcome in `report`.
 fn drain(config: &Config, node: &str, reason: &str, source: &str, report: &mut GateReport) {
     report.drain_reason = Some(reason.to_string());
-    match Scontrol::locate(config.scontrol.as_deref()).and_then(|s| s.drain(node, reason)) {
-        Ok(()) => {
+    let guarded = Scontrol::locate(config.scontrol.as_deref())
+        .map_err(breaker::GuardError::from)
+        .and_then(|s| breaker::guarded_drain(&s, node, reason, &config.breaker));
+    match guarded {
+        Ok(Guarded::AlreadyHeld(state)) => {
+            report.drained = true;
+            report.note(format!(
+                "{node} is already drained by sgpu ({}): left as it is",
+                state.reason.unwrap_or_default()
+            ));
+        }
+        Ok(Guarded::HeldByOthers(state)) => {
+            let why = format!(
+                "{node} is {} ({}), not sgpu's: not drained over",
+                state.state,
+                state.reason.unwrap_or_default()
+            );
+            report.note(why.clone());
+            report.not_drained = Some(why);
+        }
+        Ok(Guarded::Open { trip, gave_back }) => {
+            let why = format!(
+                "{trip}: NOT draining {node} ({reason}){}",
+                if gave_back {
+                    "; drained in the same moment as other nodes and given back"
+                } else {
+                    ""
+                }
+            );
+            // logged at error level (a drain reason is set), but no sgpu error: with
+            // fail_closed that would fail the gate, and Slurm would drain the node
+            report.note(why.clone());
+            report.not_drained = Some(why);
+        }
+        Ok(Guarded::Drained) => {
             report.drained = true;
             report.note(format!("drained {node}: {reason}"));
             // the node history (forwarded to acctd by healthd); the drain stands without it
@@ -205,7 +245,14 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         report.verdict = Some(verdict);
         if let Some(reason) = checks::drain_reason(&checked.results) {
             drain(config, &job.node, &reason, "prolog", &mut report);
-            if job.health_mode == HealthMode::Strict {
+            if let Some(why) = &report.not_drained {
+                // failing the prolog would make Slurm drain the node ("Prolog error"),
+                // around the breaker or over the admin's reason
+                report.note(format!(
+                    "job {} runs on a node that failed its gate (--gpu-health={}): {why}",
+                    job.job_id, job.health_mode
+                ));
+            } else if job.health_mode == HealthMode::Strict {
                 // Slurm requeues the job; a prolog failure also drains the node, with our
                 // reason kept when we drained first
                 report.exit_code = 1;
@@ -338,7 +385,7 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
     report.verdict = Some(verdict);
     if let Some(reason) = checks::drain_reason(&checked.results) {
         drain(config, &job.node, &reason, "epilog", &mut report);
-        if !report.drained {
+        if !report.drained && report.not_drained.is_none() {
             // we could not drain: fail, so slurmd drains the node ("Epilog error")
             report.exit_code = 1;
         }

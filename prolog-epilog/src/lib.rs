@@ -9,8 +9,9 @@
 //! allocated GPU time) and runs the `post` profile for damage the job left (XIDs, ECC, lost
 //! GPUs, leaked processes). healthd's forwarder carries spool records to `sgpu-acctd`.
 //!
-//! The gates never fail a healthy node because sgpu itself erred: such errors are logged and
-//! the exit is 0, unless `fail_closed = true` is configured.
+//! The gates never fail a healthy node because sgpu itself erred: such errors (a panic
+//! included) are logged and the exit is 0, unless `fail_closed = true` is configured. An
+//! unknown `--gpu-health` value is checked as `strict`, with a line in the log.
 
 pub mod env;
 pub mod gate;
@@ -61,9 +62,26 @@ pub fn main_for(gate: Gate) -> i32 {
             return 0;
         }
     };
-    let report = match gate {
+    for w in &job.warnings {
+        logger.error(&format!("job {}: {w}", job.job_id));
+    }
+    // a bug in sgpu must not take slurmd's gate down with it: a panic is an sgpu error, and
+    // fail_closed decides as for any other
+    let run = catch_panic(|| match gate {
         Gate::Prolog => gate::prolog(&config, &job),
         Gate::Epilog => gate::epilog(&config, &job),
+    });
+    let report = match run {
+        Ok(r) => r,
+        Err(what) => {
+            let code = i32::from(config.fail_closed);
+            logger.error(&format!(
+                "job {} on {}: internal error (panic: {what}); exit {code} (fail_closed = {}); \
+                 please report this",
+                job.job_id, job.node, config.fail_closed
+            ));
+            return code;
+        }
     };
     for line in &report.log {
         if report.sgpu_error || report.drain_reason.is_some() {
@@ -80,4 +98,34 @@ pub fn main_for(gate: Gate) -> i32 {
         report.exit_code
     ));
     report.exit_code
+}
+
+/// Runs `f`, turning a panic into `Err` with its message.
+pub fn catch_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    std::panic::catch_unwind(f).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_errors() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let n = 3;
+        assert_eq!(
+            catch_panic(|| -> i32 { panic!("bad index {n}") }),
+            Err("bad index 3".to_string())
+        );
+        assert_eq!(
+            catch_panic(|| -> i32 { panic!("static") }),
+            Err("static".to_string())
+        );
+    }
 }

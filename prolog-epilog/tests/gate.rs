@@ -49,7 +49,12 @@ impl Node {
         let scontrol = d.join("scontrol");
         std::fs::write(
             &scontrol,
-            format!("#!/bin/sh\necho \"$@\" >> {}/scontrol.log\n", d.display()),
+            // `show node` answers from nodes.txt (empty when the test wrote none)
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {d}/scontrol.log\n\
+                 [ \"$1 $2\" = \"show node\" ] && cat {d}/nodes.txt 2>/dev/null\nexit 0\n",
+                d = d.display()
+            ),
         )
         .unwrap();
         let mut perm = std::fs::metadata(&scontrol).unwrap().permissions();
@@ -99,6 +104,20 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("scontrol.log")).unwrap_or_default()
     }
 
+    /// The calls that changed a node's state (`update ...`), one a line.
+    fn updates(&self) -> String {
+        self.scontrol_calls()
+            .lines()
+            .filter(|l| l.starts_with("update "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// What `scontrol show node -o` answers from now on.
+    fn slurm_nodes(&self, lines: &[String]) {
+        std::fs::write(self.dir.path().join("nodes.txt"), lines.join("\n") + "\n").unwrap();
+    }
+
     fn fault(&self, gpu: u32, edit: impl FnOnce(&mut nvml_sim::Gpu)) {
         State::update(&self.state, |s| edit(s.gpu_mut(gpu).unwrap())).unwrap();
     }
@@ -142,7 +161,7 @@ fn health_modes_decide_whether_the_job_runs() {
     let strict = prolog(&node.config, &node.job(11, "0", HealthMode::Strict));
     assert_eq!(strict.exit_code, 1, "{strict:?}");
     assert!(strict.drained);
-    let calls = node.scontrol_calls();
+    let calls = node.updates();
     assert!(
         calls
             .starts_with("update NodeName=n1 State=DRAIN Reason=sgpu: gpu.ecc_uncorrectable gpu2:"),
@@ -166,11 +185,7 @@ fn health_modes_decide_whether_the_job_runs() {
     let off = prolog(&node.config, &node.job(13, "0", HealthMode::Off));
     assert_eq!(off.exit_code, 0, "{off:?}");
     assert!(!off.drained && off.verdict.is_none(), "{off:?}");
-    assert_eq!(
-        node.scontrol_calls().lines().count(),
-        2,
-        "off does not drain"
-    );
+    assert_eq!(node.updates().lines().count(), 2, "off does not drain");
     assert!(
         JobStartState::load(&node.config.state_dir, 13)
             .unwrap()
@@ -202,7 +217,7 @@ fn xids_in_the_store_are_judged_once_by_class() {
     record(79);
     let r = prolog(&node.config, &node.job(21, "0", HealthMode::Strict));
     assert_eq!(r.exit_code, 1, "{r:?}");
-    let calls = node.scontrol_calls();
+    let calls = node.updates();
     assert!(
         calls.contains("Reason=sgpu: gpu.xid gpu2: xid 79"),
         "{calls}"
@@ -211,7 +226,7 @@ fn xids_in_the_store_are_judged_once_by_class() {
     // reported once: after the admin resumes the node, the old XID does not drain it again
     let r = prolog(&node.config, &node.job(22, "0", HealthMode::Strict));
     assert_eq!(r.exit_code, 0, "{r:?}");
-    assert_eq!(node.scontrol_calls().lines().count(), 1);
+    assert_eq!(node.updates().lines().count(), 1);
 }
 
 #[test]
@@ -234,7 +249,7 @@ fn epilog_records_energy_and_drains_on_leaked_processes() {
         "drained, so the epilog itself succeeds: {r:?}"
     );
     assert!(r.drained, "{r:?}");
-    let calls = node.scontrol_calls();
+    let calls = node.updates();
     assert!(
         calls.contains("Reason=sgpu: gpu.leftover_processes gpu3:"),
         "{calls}"
@@ -373,4 +388,84 @@ fn epilog_takes_the_job_window_from_slurmctld_or_goes_without() {
     assert_eq!(epilog(&config, &job).exit_code, 0);
     assert_eq!(node.scontrol_calls(), "");
     assert_eq!(job_end(&node, 52).slurm_window, None);
+}
+
+/// `scontrol show node -o` lines: `n1` in `state` with `reason`, and `others` more nodes of
+/// partition p, the first `held` of them drained by sgpu.
+fn cluster_lines(state: &str, reason: &str, others: usize, held: usize) -> Vec<String> {
+    let mut lines = vec![format!(
+        "NodeName=n1 Arch=x86_64 State={state} Partitions=p Reason={reason}"
+    )];
+    for i in 0..others {
+        lines.push(if i < held {
+            format!(
+                "NodeName=m{i:02} State=IDLE+DRAIN Partitions=p \
+                 Reason=sgpu: gpu.xid gpu0: xid 79 [root@2026-11-23T09:45:10]"
+            )
+        } else {
+            format!("NodeName=m{i:02} State=IDLE Partitions=p Reason=(null)")
+        });
+    }
+    lines
+}
+
+#[test]
+fn admin_states_are_never_drained_over() {
+    let node = Node::new();
+    node.fault(2, |g| g.ecc.volatile_uncorrected = 2);
+    for (state, reason) in [
+        ("DOWN", "x [root@2026-11-23T09:45:10]"),
+        ("IDLE+FAIL", "psu [root@2026-11-23T09:45:10]"),
+        ("MIXED+DRAIN", "bad dimm [root@2026-11-23T09:45:10]"),
+    ] {
+        node.slurm_nodes(&cluster_lines(state, reason, 3, 0));
+        // the epilog of a job on a node an admin took out: no drain over the admin's
+        // reason, and no failing exit (Slurm would drain it with "Epilog error")
+        let job = node.job(60, "0", HealthMode::Strict);
+        let r = epilog(&node.config, &job);
+        assert_eq!((r.exit_code, r.drained), (0, false), "{state}: {r:?}");
+        assert!(
+            r.not_drained.as_deref().is_some_and(|w| w.contains(state)),
+            "{state}: {r:?}"
+        );
+        assert_eq!(node.updates(), "", "{state}");
+    }
+}
+
+#[test]
+fn open_breaker_keeps_the_node_up_and_the_job_running() {
+    let node = Node::new();
+    node.fault(2, |g| g.ecc.volatile_uncorrected = 2);
+    // 12 nodes, breaker 25% (limit 3), 3 already held by sgpu
+    let mut config = node.config.clone();
+    config.breaker.max_fraction = 0.25;
+    node.slurm_nodes(&cluster_lines("IDLE", "(null)", 11, 3));
+    for mode in [HealthMode::Strict, HealthMode::Warn] {
+        let r = prolog(&config, &node.job(70, "0", mode));
+        // the verdict stands, but the prolog does not fail: Slurm would drain the node
+        assert_eq!(
+            r.verdict,
+            Some(sgpu_healthd::checks::Verdict::Drain),
+            "{r:?}"
+        );
+        assert_eq!((r.exit_code, r.drained), (0, false), "{mode}: {r:?}");
+        let why = r.not_drained.clone().unwrap_or_default();
+        assert!(
+            why.contains("circuit breaker open: cluster: 3 of 12 nodes"),
+            "{why}"
+        );
+        assert!(
+            r.log
+                .iter()
+                .any(|l| l.contains("runs on a node that failed"))
+        );
+    }
+    let r = epilog(&config, &node.job(70, "0", HealthMode::Strict));
+    assert_eq!((r.exit_code, r.drained), (0, false), "{r:?}");
+    assert_eq!(node.updates(), "", "nothing drained");
+    // with room (2 held): drained, and the recount keeps it (the fake shows no new drain)
+    node.slurm_nodes(&cluster_lines("IDLE", "(null)", 11, 2));
+    let r = prolog(&config, &node.job(71, "0", HealthMode::Strict));
+    assert_eq!((r.exit_code, r.drained), (1, true), "{r:?}");
+    assert_eq!(node.updates().lines().count(), 1);
 }

@@ -234,7 +234,6 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
              # one node of the two may be drained by sgpu at a time\n\
              breaker_max_fraction = 0.10\n\
              breaker_min_nodes = 1\n\
-             breaker_window_s = 3600\n\
              sample_interval_s = {HEALTHD_SAMPLE_INTERVAL_S}\n\
              status_listen = \"{}\"\n",
             library.display(),

@@ -116,10 +116,9 @@ pub fn breaker(status: &Value) -> String {
                 let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
                 match t.get("scope").and_then(Value::as_str) {
                     Some(scope) => format!(
-                        " ({scope}: {} of {} nodes drained by sgpu in {} s, limit {})",
+                        " ({scope}: {} of {} nodes held drained by sgpu, limit {})",
                         n("drained"),
                         n("total"),
-                        n("window_s"),
                         n("limit")
                     ),
                     None => format!(" ({t})"),
@@ -160,14 +159,14 @@ mod tests {
         let failing = json!({"health": {"verdict": "drain", "results": [
             {"check": "gpu.xid", "gpu": 1, "status": "fail", "severity": "drain", "message": "XID 79"},
             {"check": "gpu.temp", "gpu": 0, "status": "pass", "severity": "drain", "message": "ok"},
-        ]}, "breaker": {"open": true, "trip": {"scope": "cluster", "drained": 1, "total": 2, "limit": 1, "window_s": 3600}}});
+        ]}, "breaker": {"open": true, "trip": {"scope": "cluster", "drained": 1, "total": 2, "limit": 1}}});
         assert_eq!(
             health(&failing),
             Health::Failing(vec!["gpu.xid gpu1: XID 79".into()])
         );
         assert_eq!(
             breaker(&failing),
-            "open (cluster: 1 of 2 nodes drained by sgpu in 3600 s, limit 1)"
+            "open (cluster: 1 of 2 nodes held drained by sgpu, limit 1)"
         );
         assert_eq!(breaker(&json!({"breaker": {"open": false}})), "closed");
     }

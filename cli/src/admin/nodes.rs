@@ -37,6 +37,16 @@ impl SlurmNode {
             .any(|f| matches!(f, "DRAIN" | "DRAINED" | "DRAINING"))
     }
 
+    /// Whether the node is DOWN or FAIL/FAILING (an admin's state, or slurmctld's for a node
+    /// that stopped answering).
+    pub fn down_or_failed(&self) -> bool {
+        slurmctl::NodeState {
+            state: self.state.clone(),
+            reason: None,
+        }
+        .down_or_failed()
+    }
+
     /// The reason as Slurm shows it, with `[user@time]`.
     pub fn full_reason(&self) -> Option<String> {
         let r = self.reason.clone()?;
@@ -125,13 +135,23 @@ pub enum ResumeDecision {
 /// The rule: a node is resumed only if it is drained, its drain was sgpu's own (reason
 /// starting `sgpu:`, set by healthd or the prolog; any other reason, `sgpu drain`'s
 /// included, belongs to an admin who may be working on the node) and its healthd says its
-/// checks pass now. `--force` overrides both refusals, never the state check.
+/// checks pass now. A DOWN or FAIL node is never resumed without `--force` (RESUME would
+/// bring it back, and DOWN/FAIL is an admin's or slurmctld's call). `--force` overrides the
+/// refusals, never the state check.
 pub fn resume_decision(node: &SlurmNode, health: &Health, force: bool) -> ResumeDecision {
-    if !node.drained() {
+    if !node.drained() && !node.down_or_failed() {
         return ResumeDecision::NotDrained;
     }
     if force {
         return ResumeDecision::Resume;
+    }
+    if node.down_or_failed() {
+        return ResumeDecision::Refuse(format!(
+            "the node is {} ({:?}): an admin's or slurmctld's state, not sgpu's drain; find \
+             out why, then resume with --force",
+            node.state,
+            node.reason.as_deref().unwrap_or("no reason")
+        ));
     }
     let reason = node.reason.as_deref().unwrap_or("");
     if !reason.starts_with(SGPU_REASON_PREFIX) {
@@ -238,6 +258,19 @@ mod tests {
             d => panic!("{d:?}"),
         }
         assert_eq!(resume_decision(&admin, &fail, true), ResumeDecision::Resume);
+        // DOWN and FAIL, even with sgpu's reason and passing checks: only with --force
+        for line in [
+            "NodeName=n State=DOWN Reason=x [root@2026-11-23T12:00:01]",
+            "NodeName=n State=IDLE+FAIL Reason=psu [root@2026-11-23T12:00:01]",
+            "NodeName=n State=DOWN+DRAIN Reason=sgpu: xid 79 [root@2026-11-23T12:00:01]",
+        ] {
+            let n = node(line);
+            match resume_decision(&n, &pass, false) {
+                ResumeDecision::Refuse(m) => assert!(m.contains("--force"), "{m}"),
+                d => panic!("{line}: {d:?}"),
+            }
+            assert_eq!(resume_decision(&n, &pass, true), ResumeDecision::Resume);
+        }
         assert!(!admin_reason("ann", "x").starts_with(SGPU_REASON_PREFIX));
     }
 }

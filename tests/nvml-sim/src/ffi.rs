@@ -857,6 +857,67 @@ nvml_fn! {
 }
 
 nvml_fn! {
+    /// `pcie_replay_counter`.
+    fn nvmlDeviceGetPcieReplayCounter(device: sys::nvmlDevice_t, value: *mut c_uint) {
+        with_gpu(device, |_, g, _| unsafe { put(value, supported(g.pcie_replay_counter)?) })
+    }
+}
+
+nvml_fn! {
+    /// `performance_state` (0 = P0 .. 15 = P15).
+    fn nvmlDeviceGetPerformanceState(device: sys::nvmlDevice_t, pState: *mut sys::nvmlPstates_t) {
+        with_gpu(device, |_, g, _| {
+            let p = supported(g.performance_state)?;
+            if p > 15 {
+                return Err(UNKNOWN);
+            }
+            unsafe { put(pState, p as sys::nvmlPstates_t) }
+        })
+    }
+}
+
+nvml_fn! {
+    /// `mig_mode`, current and pending (1 enabled, 0 disabled).
+    fn nvmlDeviceGetMigMode(
+        device: sys::nvmlDevice_t,
+        currentMode: *mut c_uint,
+        pendingMode: *mut c_uint,
+    ) {
+        with_gpu(device, |_, g, _| {
+            let on = c_uint::from(supported(g.mig_mode)?);
+            unsafe {
+                put(currentMode, on)?;
+                put(pendingMode, on)
+            }
+        })
+    }
+}
+
+nvml_fn! {
+    /// `[gpu.fabric]`: state, status (`"Success"` or `NVML_ERROR_UNKNOWN`), clique id.
+    fn nvmlDeviceGetGpuFabricInfo(
+        device: sys::nvmlDevice_t,
+        gpuFabricInfo: *mut sys::nvmlGpuFabricInfo_t,
+    ) {
+        with_gpu(device, |_, g, _| {
+            let f = g.fabric.as_ref().ok_or(NOT_SUPPORTED)?;
+            let status = if f.status.eq_ignore_ascii_case("success") {
+                sys::nvmlReturn_enum_NVML_SUCCESS
+            } else {
+                sys::nvmlReturn_enum_NVML_ERROR_UNKNOWN
+            };
+            let info = sys::nvmlGpuFabricInfo_t {
+                clusterUuid: [0; 16],
+                status,
+                cliqueId: f.clique_id,
+                state: f.state.raw(),
+            };
+            unsafe { put(gpuFabricInfo, info) }
+        })
+    }
+}
+
+nvml_fn! {
     /// `persistence_mode`.
     fn nvmlDeviceGetPersistenceMode(device: sys::nvmlDevice_t, mode: *mut sys::nvmlEnableState_t) {
         with_gpu(device, |_, g, _| {

@@ -156,6 +156,7 @@
 //! - **Panics** inside the library are caught in every exported function and returned as
 //!   `NVML_ERROR_UNKNOWN`; nothing read from the file or the system is unwrapped.
 
+pub mod capture;
 mod ffi;
 mod runtime;
 pub mod state;
@@ -163,9 +164,10 @@ pub mod testing;
 
 use std::path::{Path, PathBuf};
 
+pub use capture::{Capture, CaptureError, CaptureFormat};
 pub use state::{
-    EccCounters, Gpu, PciAddress, Process, ProcessKind, RemappedRows, RetiredPage, RetiredPages,
-    STATE_ENV, State, StateError, ThrottleReason, Xid, unix_now,
+    EccCounters, Fabric, FabricState, Gpu, PciAddress, Process, ProcessKind, RemappedRows,
+    RetiredPage, RetiredPages, STATE_ENV, State, StateError, ThrottleReason, Xid, unix_now,
 };
 
 /// The file name NVIDIA's library is loaded by, and the cdylib's soname.

@@ -203,6 +203,63 @@ pub struct Gpu {
     /// Running processes (`[[gpu.process]]`).
     #[serde(default, rename = "process", skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<Process>,
+    /// `nvmlDeviceGetPcieReplayCounter`: PCIe replays since the last reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_replay_counter: Option<u32>,
+    /// `nvmlDeviceGetUtilizationRates` aside, what `nvmlDeviceGetPerformanceState` returns
+    /// (0 for P0 .. 15 for P15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performance_state: Option<u32>,
+    /// `nvmlDeviceGetMigMode` (current and pending). Unset: not supported (pre-Ampere,
+    /// PCIe boards without MIG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_mode: Option<bool>,
+    /// NVSwitch fabric registration (`[gpu.fabric]`, `nvmlDeviceGetGpuFabricInfo`). Unset:
+    /// not supported (no NVSwitch fabric, or a driver before R530).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<Fabric>,
+}
+
+/// NVSwitch fabric registration of a GPU (`[gpu.fabric]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fabric {
+    /// `not_started`, `in_progress` or `completed`.
+    pub state: FabricState,
+    /// The registration's result once completed: `"Success"` is `NVML_SUCCESS`; any other
+    /// text is reported as `NVML_ERROR_UNKNOWN` (nvidia-smi prints the error's name).
+    #[serde(default = "success")]
+    pub status: String,
+    /// The NVLink clique the GPU belongs to.
+    #[serde(default)]
+    pub clique_id: u32,
+}
+
+fn success() -> String {
+    "Success".to_string()
+}
+
+/// `nvmlGpuFabricState_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FabricState {
+    /// `NVML_GPU_FABRIC_STATE_NOT_STARTED`.
+    NotStarted,
+    /// `NVML_GPU_FABRIC_STATE_IN_PROGRESS`.
+    InProgress,
+    /// `NVML_GPU_FABRIC_STATE_COMPLETED`.
+    Completed,
+}
+
+impl FabricState {
+    /// NVML's value for this state.
+    pub fn raw(self) -> u8 {
+        (match self {
+            FabricState::NotStarted => sys::NVML_GPU_FABRIC_STATE_NOT_STARTED,
+            FabricState::InProgress => sys::NVML_GPU_FABRIC_STATE_IN_PROGRESS,
+            FabricState::Completed => sys::NVML_GPU_FABRIC_STATE_COMPLETED,
+        }) as u8
+    }
 }
 
 /// ECC error counters (`[gpu.ecc]`), for `nvmlDeviceGetTotalEccErrors`.
@@ -539,6 +596,14 @@ impl Gpu {
             retired_pages: None,
             remapped_rows: Some(RemappedRows::default()),
             processes: Vec::new(),
+            pcie_replay_counter: Some(0),
+            performance_state: Some(0),
+            mig_mode: Some(false),
+            fabric: Some(Fabric {
+                state: FabricState::Completed,
+                status: success(),
+                clique_id: 0,
+            }),
         }
     }
 }
