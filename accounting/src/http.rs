@@ -1,4 +1,5 @@
-//! The HTTP API (axum): `POST /v1/records` and `GET /v1/jobs/{cluster}/{job_id}` here, the
+//! The HTTP API (axum): `POST /v1/records`, `GET /v1/jobs/{cluster}/{job_id}` and
+//! `GET /v1/conflicts` (admins: records that arrived under a stored record's identity) here, the
 //! report, job-list and history endpoints merged in from [`crate::report`] and
 //! [`crate::history`]. Errors are JSON `{"error": "..."}`.
 
@@ -40,6 +41,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/records", post(ingest))
         .route("/v1/jobs/{cluster}/{job_id}", get(job))
+        .route("/v1/conflicts", get(conflicts))
         .merge(crate::history::routes())
         .merge(crate::report::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -77,6 +79,11 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// The `error` of a `conflict` answer.
+pub const CONFLICT_MESSAGE: &str = "a different record with this identity is stored: this one \
+     is kept by acctd as a conflict for an admin (GET /v1/conflicts, sgpu admin conflicts) and \
+     not counted; the stored record stays";
+
 /// One record's result in an ingest response.
 #[derive(Debug, Serialize)]
 pub struct RecordResult {
@@ -84,15 +91,15 @@ pub struct RecordResult {
     pub index: usize,
     /// The record key, when known.
     pub key: Option<String>,
-    /// `accepted`, `duplicate` or `rejected`.
+    /// `accepted`, `duplicate`, `conflict` or `rejected`.
     pub status: &'static str,
-    /// For duplicates: the stored content differs from this one.
+    /// For conflicts: the stored content differs from this one.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub differs: bool,
     /// For rejections: the offending field, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// For rejections: what is wrong.
+    /// For rejections and conflicts: what is wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -104,6 +111,9 @@ pub struct IngestResponse {
     pub accepted: usize,
     /// Records already stored.
     pub duplicate: usize,
+    /// Records that differ from the stored record of their identity: kept apart for an
+    /// admin (`GET /v1/conflicts`), not counted.
+    pub conflict: usize,
     /// Records refused.
     pub rejected: usize,
     /// Per record, in batch order.
@@ -209,7 +219,7 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         }
     };
     let mut results: Vec<RecordResult> = Vec::with_capacity(records.len() + rejected.len());
-    let (mut accepted, mut duplicate) = (0, 0);
+    let (mut accepted, mut duplicate, mut conflict) = (0, 0, 0);
     for ((index, record), outcome) in indices.into_iter().zip(&records).zip(outcomes) {
         let (status, differs) = match outcome {
             PutOutcome::Accepted => {
@@ -220,6 +230,10 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                 duplicate += 1;
                 ("duplicate", differs)
             }
+            PutOutcome::Conflict { .. } => {
+                conflict += 1;
+                ("conflict", true)
+            }
         };
         results.push(RecordResult {
             index,
@@ -227,7 +241,7 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
             status,
             differs,
             field: None,
-            error: None,
+            error: (status == "conflict").then(|| CONFLICT_MESSAGE.to_string()),
         });
     }
     let n_rejected = rejected.len();
@@ -250,6 +264,7 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     let body = IngestResponse {
         accepted,
         duplicate,
+        conflict,
         rejected: n_rejected,
         results,
     };
@@ -291,6 +306,59 @@ async fn job(
             "records": records,
         }))
         .into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The most conflicts one `GET /v1/conflicts` lists.
+pub const MAX_CONFLICTS_LISTED: usize = 10_000;
+
+/// `GET /v1/conflicts` (admins only): every kept conflict with the stored record of its
+/// identity, oldest key first, at most [`MAX_CONFLICTS_LISTED`] (`truncated` says so).
+async fn conflicts(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let who = match caller(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !state.policy.is_admin(&who) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "not allowed: only admins may list conflicts (acctd --admin-uid/--admin-group)",
+        );
+    }
+    let store = state.store.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut truncated = false;
+        store.for_each_conflict(&mut |c| {
+            if out.len() < MAX_CONFLICTS_LISTED {
+                out.push(c);
+            } else {
+                truncated = true;
+            }
+        })?;
+        let mut rows = Vec::with_capacity(out.len());
+        for c in out {
+            let id = c.record.id();
+            let stored = store
+                .job(id.cluster(), id.job_id())?
+                .into_iter()
+                .find(|r| r.id() == id);
+            rows.push(json!({
+                "key": c.key,
+                "received_ms": c.received_ms,
+                "record": c.record,
+                "stored": stored,
+            }));
+        }
+        Ok::<_, crate::store::StoreError>((rows, truncated))
+    })
+    .await;
+    match listed {
+        Ok(Ok((rows, truncated))) => {
+            axum::Json(json!({ "conflicts": rows, "truncated": truncated })).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

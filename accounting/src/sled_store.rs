@@ -19,6 +19,15 @@
 //!   that batch with a record whose span touches that day (each as a 4-byte length and its
 //!   bytes). One row per day a batch touches, not one per record.
 //! - `m` + name: metadata (`format`, and `seq`, the last batch number).
+//! - `c` + record key (4-byte length and its bytes) + number (4 bytes, big-endian): a
+//!   [`Conflict`]: a record that arrived under the key of a different stored record (the
+//!   receive time, 8 bytes big-endian, then the record's JSON). Written in the batch's
+//!   atomic step, kept through retention, never deleted: an admin judges it.
+//!
+//! Keys carry the job's run ([`sgpu_spool::RecordId::run`]) before the kind for runs after
+//! the first, so a requeued job's runs are separate records of one job entry (its key is
+//! the `cluster,job_id,` prefix). Keys of run 0 are the keys format 2 wrote before runs
+//! existed: such a database is read as it is, its records being run 0.
 //!
 //! [`Store::put_batch`] appends the records' JSON to the record log and syncs it, then reads
 //! what it needs (the batch's job entries and rollup rows) under the writer lock, so nothing
@@ -37,7 +46,7 @@ use std::path::Path;
 use sgpu_spool::{NodeEvent, Record};
 
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
-use crate::store::{PurgeStats, PutOutcome, Store, StoreError, record_days};
+use crate::store::{Conflict, PurgeStats, PutOutcome, Store, StoreError, record_days};
 
 mod vlog;
 use vlog::{Loc, ValueLog};
@@ -49,6 +58,7 @@ const JOB: u8 = b'j';
 const ROLLUP: u8 = b'r';
 const DAY: u8 = b'd';
 const META: u8 = b'm';
+const CONFLICT: u8 = b'c';
 /// Records per chunk when converting a format 1 database.
 const CONVERT_CHUNK: usize = if cfg!(test) { 2 } else { 50_000 };
 /// The entry encoding's version byte.
@@ -364,6 +374,36 @@ fn add_rollups(
     Ok(())
 }
 
+/// The prefix of the kept conflicts of record key `key`.
+fn conflict_prefix(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.push(CONFLICT);
+    put_len(&mut k, key);
+    k
+}
+
+/// A kept conflict's stored value: receive time, then the record's JSON.
+fn encode_conflict(received_ms: u64, json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + json.len());
+    v.extend_from_slice(&received_ms.to_be_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+fn decode_conflict(k: &[u8], v: &[u8]) -> Result<Conflict, StoreError> {
+    let bad = || corrupt(k, "conflict entry is malformed");
+    let rest = k.strip_prefix(&[CONFLICT]).ok_or_else(bad)?;
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| bad())?;
+    let key = rest.get(..len).ok_or_else(bad)?;
+    let (at, json) = v.split_first_chunk::<8>().ok_or_else(bad)?;
+    Ok(Conflict {
+        key: String::from_utf8_lossy(key).into_owned(),
+        received_ms: u64::from_be_bytes(*at),
+        record: decode_record(k, json)?,
+    })
+}
+
 impl SledStore {
     /// Opens (creating if needed) the database directory at `path`, converting a format 1
     /// database.
@@ -577,6 +617,9 @@ impl SledStore {
         let mut jobs: BTreeMap<&[u8], (JobEntry, bool)> = BTreeMap::new();
         let mut batch_adds: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
         let mut days: BTreeMap<u32, BTreeSet<&[u8]>> = BTreeMap::new();
+        // conflicts kept by this batch: (key, number) -> JSON
+        let mut conflicts: BTreeMap<(&[u8], u32), &[u8]> = BTreeMap::new();
+        let received_ms = sgpu_spool::now_ms();
         for ((r, (key, json)), loc) in records.iter().zip(&encoded).zip(locs) {
             let jk = job_key_of(key).ok_or_else(|| corrupt(key, "not a record key"))?;
             let (entry, dirty) = match jobs.entry(jk) {
@@ -589,7 +632,20 @@ impl SledStore {
                 // the same text, or (sent with other spacing) the same record
                 let stored = self.vlog.read(old.loc)?;
                 let differs = stored != json.as_ref() && decode_record(key, &stored)? != *r;
-                outcomes.push(PutOutcome::Duplicate { differs });
+                if differs {
+                    let new = self.keep_conflict(key, r, json, &mut conflicts)?;
+                    if new {
+                        tracing::error!(
+                            key = %String::from_utf8_lossy(key),
+                            "a different record arrived under a stored record's identity: the \
+                             stored one stays counted, the new one is kept as a conflict for an \
+                             admin (GET /v1/conflicts)"
+                        );
+                    }
+                    outcomes.push(PutOutcome::Conflict { new });
+                } else {
+                    outcomes.push(PutOutcome::Duplicate { differs: false });
+                }
                 continue;
             }
             entry.records.insert(key.clone(), Slot::of(loc, r));
@@ -616,8 +672,15 @@ impl SledStore {
             }
         }
         add_rollups(&self.acct, &mut batch, &batch_adds)?;
-        // every accepted record touches at least one day: no day, nothing to write
-        if !days.is_empty() {
+        for ((key, n), json) in &conflicts {
+            let mut k = conflict_prefix(key);
+            k.extend_from_slice(&n.to_be_bytes());
+            batch.insert(k, encode_conflict(received_ms, json));
+        }
+        if days.is_empty() && !conflicts.is_empty() {
+            self.acct.apply_batch(batch).map_err(engine)?;
+        } else if !days.is_empty() {
+            // every accepted record touches at least one day: no day, nothing to write
             let seq = writer.seq + 1;
             for (day, keys) in &days {
                 let mut list = Vec::new();
@@ -636,6 +699,34 @@ impl SledStore {
         drop(appending);
         self.flush()?;
         Ok(outcomes)
+    }
+
+    /// Whether `r` (JSON `json`, conflicting with the stored record under `key`) is a
+    /// conflict not kept yet (stored or earlier in this batch); if so, adds it to `batch`
+    /// with the next number for its key.
+    fn keep_conflict<'a>(
+        &self,
+        key: &'a [u8],
+        r: &Record,
+        json: &'a [u8],
+        batch: &mut BTreeMap<(&'a [u8], u32), &'a [u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut count = 0u32;
+        for kv in self.acct.scan_prefix(conflict_prefix(key)) {
+            let (k, v) = kv.map_err(engine)?;
+            count = count.saturating_add(1);
+            if decode_conflict(&k, &v)?.record == *r {
+                return Ok(false);
+            }
+        }
+        for ((_, _), kept) in batch.range((key, 0)..=(key, u32::MAX)) {
+            count = count.saturating_add(1);
+            if decode_record(key, kept)? == *r {
+                return Ok(false);
+            }
+        }
+        batch.insert((key, count), json);
+        Ok(true)
     }
 
     fn load_job(&self, jk: &[u8]) -> Result<Option<JobEntry>, StoreError> {
@@ -887,6 +978,14 @@ impl Store for SledStore {
         }
         self.flush()?;
         Ok(out)
+    }
+
+    fn for_each_conflict(&self, f: &mut dyn FnMut(Conflict)) -> Result<(), StoreError> {
+        for kv in self.acct.scan_prefix([CONFLICT]) {
+            let (k, v) = kv.map_err(engine)?;
+            f(decode_conflict(&k, &v)?);
+        }
+        Ok(())
     }
 
     fn for_each_event(&self, f: &mut dyn FnMut(NodeEvent)) -> Result<(), StoreError> {

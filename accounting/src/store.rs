@@ -35,6 +35,26 @@ pub enum PutOutcome {
         /// The stored record's JSON differs from this one's.
         differs: bool,
     },
+    /// A different record under an identity already stored: not an exact resend. The
+    /// stored record stays (and stays counted); this one is kept beside it as a
+    /// [`Conflict`] for an admin, never counted and never deleted. `new` is false when the
+    /// same conflicting record was kept before (a resend of the conflict).
+    Conflict {
+        /// Whether this call kept it (false: already kept).
+        new: bool,
+    },
+}
+
+/// A record that arrived under the identity of a different stored record
+/// ([`PutOutcome::Conflict`]), kept for an admin to judge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The identity both records share ([`sgpu_spool::RecordId::key`]).
+    pub key: String,
+    /// When acctd received this record, Unix ms.
+    pub received_ms: u64,
+    /// The record that arrived and was not counted.
+    pub record: Record,
 }
 
 /// What [`Store::purge`] removed.
@@ -125,6 +145,14 @@ pub trait Store: Send + Sync {
             .job(cluster, job_id)?
             .iter()
             .find_map(crate::rollup::job_count_key))
+    }
+
+    /// Calls `f` for every kept [`Conflict`], by key and arrival.
+    ///
+    /// The default keeps none (a store that answers [`PutOutcome::Conflict`] must list them).
+    fn for_each_conflict(&self, f: &mut dyn FnMut(Conflict)) -> Result<(), StoreError> {
+        let _ = f;
+        Ok(())
     }
 
     /// Calls `f` for every stored node event, by cluster, node and time.

@@ -33,6 +33,12 @@ pub fn job_end(job: u32, node: &str, start: u64, end: u64, energies: &[u64]) -> 
     Record::new(id, end, RecordBody::JobEnd(body)).unwrap()
 }
 
+/// `r` as a record of the job's run `run`.
+pub fn in_run(r: Record, run: u32) -> Record {
+    let (id, written, body) = r.into_parts();
+    Record::new(id.with_run(run).unwrap(), written, body).unwrap()
+}
+
 /// `r` (a `job_end`) with Slurm's window `start_s..end_s`, allocated time set to match.
 pub fn with_slurm_window(r: Record, start_s: u64, end_s: u64) -> Record {
     let (id, written, body) = r.into_parts();

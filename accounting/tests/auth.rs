@@ -263,6 +263,13 @@ fn users_see_only_their_own_jobs_and_totals_admins_everything() {
     }
     let (st, _) = call_as(s.addr, admin, "GET", "/v1/jobs/alpha/2", b"");
     assert_eq!(st, 200);
+
+    // The conflicts list is for admins: it shows every user's records.
+    let (st, v) = call_as(s.addr, a, "GET", "/v1/conflicts", b"");
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = call_as(s.addr, admin, "GET", "/v1/conflicts", b"");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["conflicts"].as_array().map(Vec::len), Some(0), "{v}");
 }
 
 #[test]

@@ -81,6 +81,37 @@ fn ingest_query_and_errors_over_http() {
     assert_eq!(r["results"][2]["key"], "alpha,3,,n1,job_end");
     assert_eq!(r["results"][2]["field"], "body.end_time");
 
+    // A different record under a stored identity: a conflict, kept, not counted; the
+    // same conflict again is still a conflict (the forwarder moves it aside either way).
+    let mut changed: Value = serde_json::from_slice(&b.to_json().unwrap()).unwrap();
+    changed["body"]["user"] = json!("mallory");
+    let conflicting = serde_json::to_vec(&json!([changed])).unwrap();
+    for _ in 0..2 {
+        let (st, body) = request(addr, "POST", "/v1/records", &conflicting).unwrap();
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+        let r = json_of(&body);
+        assert_eq!(r["conflict"], 1, "{r}");
+        assert_eq!(r["results"][0]["status"], "conflict", "{r}");
+        assert_eq!(r["results"][0]["differs"], true, "{r}");
+        assert!(
+            r["results"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("/v1/conflicts"),
+            "{r}"
+        );
+    }
+    let (st, body) = request(addr, "GET", "/v1/conflicts", b"").unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let c = json_of(&body);
+    assert_eq!(c["conflicts"].as_array().map(Vec::len), Some(1), "{c}");
+    assert_eq!(c["conflicts"][0]["key"], "alpha,2,,n1,job_end", "{c}");
+    assert_eq!(
+        c["conflicts"][0]["record"]["body"]["user"], "mallory",
+        "{c}"
+    );
+    assert_eq!(c["conflicts"][0]["stored"]["body"]["user"], "bob", "{c}");
+
     // Malformed JSON: 400 with a message.
     let (st, body) = request(addr, "POST", "/v1/records", b"[{").unwrap();
     assert_eq!(st, 400);

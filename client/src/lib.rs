@@ -55,6 +55,10 @@ pub struct IngestReply {
     pub accepted: usize,
     /// Records that were already stored (a resend): acknowledged, not counted twice.
     pub duplicate: usize,
+    /// Records that differ from the stored record of their identity: acctd kept them as
+    /// conflicts for an admin and counted nothing (0 from an acctd that predates it).
+    #[serde(default)]
+    pub conflict: usize,
     /// Records refused (see their [`RecordReply::field`] and [`RecordReply::error`]).
     pub rejected: usize,
     /// One result per record, in batch order.
@@ -68,12 +72,15 @@ pub struct RecordReply {
     pub index: usize,
     /// The record's identity key, when it could be read.
     pub key: Option<String>,
-    /// `accepted`, `duplicate` or `rejected`.
+    /// `accepted`, `duplicate`, `conflict` or `rejected`.
     pub status: String,
+    /// For a duplicate or conflict: the stored record differs from the one sent.
+    #[serde(default)]
+    pub differs: bool,
     /// For a rejection: the offending field, when known.
     #[serde(default)]
     pub field: Option<String>,
-    /// For a rejection: what is wrong.
+    /// For a rejection or a conflict: what is wrong.
     #[serde(default)]
     pub error: Option<String>,
 }

@@ -5,6 +5,10 @@
 //! `POST /v1/records` and acts on acctd's per-record answer:
 //!
 //! - `accepted` or `duplicate`: acctd holds the record durably; it is removed from the spool;
+//! - `conflict` (or a `duplicate` that `differs`, from an acctd that predates conflicts): a
+//!   different record is stored under this identity. acctd keeps this one apart for an admin
+//!   (`GET /v1/conflicts`) and counts nothing; the file goes to `bad/` with that reason,
+//!   logged at error level, so the node keeps its copy too;
 //! - `rejected`: moved to the spool's `bad/` with acctd's reason (logged at error level and
 //!   written beside it), never retried and never dropped silently;
 //! - no answer for a record (or an error answer for the whole request): left in place and
@@ -91,6 +95,8 @@ pub struct ForwardStats {
     pub duplicate_total: u64,
     /// Records moved to `bad/` (refused by acctd or unreadable) since healthd started.
     pub rejected_total: u64,
+    /// Records acctd answered as conflicts (moved to `bad/` too) since healthd started.
+    pub conflict_total: u64,
     /// Rounds that ended in an error since healthd started.
     pub failures_total: u64,
     /// Records in the spool at the end of the last round.
@@ -114,6 +120,8 @@ pub struct RoundReport {
     pub duplicate: u64,
     /// Records moved to `bad/`.
     pub rejected: u64,
+    /// Records acctd answered as conflicts (moved to `bad/`).
+    pub conflict: u64,
     /// Records left in the spool.
     pub backlog: u64,
     /// Of those, held back for the sampler.
@@ -347,6 +355,22 @@ impl Forwarder {
                 unanswered += 1;
                 continue;
             };
+            let conflict = a.status == "conflict" || (a.status == "duplicate" && a.differs);
+            if conflict {
+                let why = format!(
+                    "acctd holds a different record under this identity ({}): {}",
+                    a.key.as_deref().unwrap_or("key unknown"),
+                    a.error.as_deref().unwrap_or(
+                        "this one was not counted (an acctd without a conflicts list: only \
+                         this copy is left)"
+                    )
+                );
+                if !self.quarantine(spool, &p.entry, &why) {
+                    return Err(format!("cannot move {} to bad/", p.entry.path().display()));
+                }
+                report.conflict += 1;
+                continue;
+            }
             match a.status.as_str() {
                 "accepted" | "duplicate" => {
                     let path = p.entry.path();
@@ -519,6 +543,7 @@ pub async fn run(
             s.accepted_total += report.accepted;
             s.duplicate_total += report.duplicate;
             s.rejected_total += report.rejected;
+            s.conflict_total += report.conflict;
             s.backlog = report.backlog;
             s.held = report.held;
             match &report.error {
@@ -532,11 +557,12 @@ pub async fn run(
                 }
             }
         }
-        if report.accepted + report.duplicate + report.rejected > 0 {
+        if report.accepted + report.duplicate + report.rejected + report.conflict > 0 {
             info!(
                 accepted = report.accepted,
                 duplicate = report.duplicate,
                 rejected = report.rejected,
+                conflict = report.conflict,
                 backlog = report.backlog,
                 "forwarded usage records to acctd"
             );

@@ -311,6 +311,7 @@ impl Collector for DaemonCollector {
                 ("accepted", f.accepted_total),
                 ("duplicate", f.duplicate_total),
                 ("rejected", f.rejected_total),
+                ("conflict", f.conflict_total),
             ]
             .into_iter()
             .map(|(r, n)| (vec![("result", r.to_string())], n))
@@ -318,7 +319,7 @@ impl Collector for DaemonCollector {
             counters(
                 &mut enc,
                 "sgpu_forward_records",
-                "spool records acctd acknowledged (accepted, duplicate) or refused (rejected: moved to bad/)",
+                "spool records acctd acknowledged (accepted, duplicate), refused (rejected: moved to bad/) or kept apart as conflicting with a stored record (conflict: moved to bad/)",
                 None,
                 &rows,
             )?;

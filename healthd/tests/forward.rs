@@ -33,6 +33,7 @@ impl Sink for Ledger {
         let mut reply = IngestReply {
             accepted: 0,
             duplicate: 0,
+            conflict: 0,
             rejected: 0,
             results: vec![],
         };
@@ -49,6 +50,7 @@ impl Sink for Ledger {
                 index,
                 key: Some(key),
                 status: status.into(),
+                differs: false,
                 field: None,
                 error: None,
             });

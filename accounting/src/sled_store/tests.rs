@@ -1,7 +1,7 @@
 use super::*;
 use crate::day::DAY_MS;
 use crate::store::verify;
-use crate::test_records::{job_end, job_usage};
+use crate::test_records::{in_run, job_end, job_usage};
 
 const HOUR: u64 = 3_600_000;
 
@@ -35,14 +35,123 @@ fn resend_never_double_counts() {
         vec![PutOutcome::Duplicate { differs: false }; 2]
     );
     assert_eq!(totals(&s), once);
-    // Same identity, different content: still a duplicate, flagged.
+    // Same identity, different content: not counted, kept as a conflict (once, however
+    // often it is sent again), and the stored record stays
     let changed = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[999, 200]);
     assert_eq!(
-        s.put_batch(&[changed]).unwrap(),
-        vec![PutOutcome::Duplicate { differs: true }]
+        s.put_batch(&[changed.clone(), changed.clone()]).unwrap(),
+        vec![
+            PutOutcome::Conflict { new: true },
+            PutOutcome::Conflict { new: false }
+        ]
+    );
+    assert_eq!(
+        s.put_batch(std::slice::from_ref(&changed)).unwrap(),
+        vec![PutOutcome::Conflict { new: false }]
     );
     assert_eq!(totals(&s), once);
     assert!(verify(&s).unwrap().mismatches.is_empty());
+    let mut kept = Vec::new();
+    s.for_each_conflict(&mut |c| kept.push(c)).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].key, changed.id().key());
+    assert_eq!(kept[0].record, changed);
+    // a second, different conflicting version is kept beside the first
+    let other = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[7, 200]);
+    assert_eq!(
+        s.put_batch(&[other]).unwrap(),
+        vec![PutOutcome::Conflict { new: true }]
+    );
+    let mut n = 0;
+    s.for_each_conflict(&mut |_| n += 1).unwrap();
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn each_run_of_a_requeued_job_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    // run 0 as a database from before runs existed holds it: JSON without a run
+    let first = job_end(5, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
+    let old_json = first.to_json().unwrap();
+    assert!(!String::from_utf8_lossy(&old_json).contains("run"));
+    {
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(
+            s.put_received(std::slice::from_ref(&first), &[old_json.as_slice()])
+                .unwrap(),
+            vec![PutOutcome::Accepted]
+        );
+    }
+    let s = SledStore::open(&path).unwrap();
+    // the requeued run on the same node: same job, node and kind, run 1
+    let second = in_run(
+        job_end(
+            5,
+            "n1",
+            10 * DAY_MS + 2 * HOUR,
+            10 * DAY_MS + 4 * HOUR,
+            &[300],
+        ),
+        1,
+    );
+    let usage = in_run(
+        job_usage(
+            5,
+            "n1",
+            10 * DAY_MS + 2 * HOUR,
+            10 * DAY_MS + 4 * HOUR,
+            &[HOUR],
+        ),
+        1,
+    );
+    assert_eq!(
+        s.put_batch(&[second.clone(), usage, second, first])
+            .unwrap(),
+        vec![
+            PutOutcome::Accepted,
+            PutOutcome::Accepted,
+            PutOutcome::Duplicate { differs: false },
+            PutOutcome::Duplicate { differs: false }
+        ]
+    );
+    let t = totals(&s);
+    assert_eq!(t.allocated_gpu_ms, HOUR + 2 * HOUR, "both runs billed");
+    assert_eq!(t.energy_mj, 400);
+    assert_eq!(t.used_gpu_ms, HOUR);
+    assert_eq!(t.jobs, 1, "one job, two runs");
+    let runs: Vec<u32> = s
+        .job("alpha", 5)
+        .unwrap()
+        .iter()
+        .map(|r| r.id().run())
+        .collect();
+    assert_eq!(runs, vec![0, 1, 1]);
+    assert!(verify(&s).unwrap().mismatches.is_empty());
+}
+
+#[test]
+fn conflicts_survive_reopen_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let a = job_end(3, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
+    let b = job_end(3, "n1", 10 * DAY_MS, 10 * DAY_MS + 2 * HOUR, &[100]);
+    {
+        let s = SledStore::open(&path).unwrap();
+        s.put_batch(&[a]).unwrap();
+        assert_eq!(
+            s.put_batch(std::slice::from_ref(&b)).unwrap(),
+            vec![PutOutcome::Conflict { new: true }]
+        );
+        // retention drops the job's records, not the conflict
+        s.purge(Some(20), Some(20)).unwrap();
+        assert!(s.job("alpha", 3).unwrap().is_empty());
+    }
+    let s = SledStore::open(&path).unwrap();
+    let mut kept = Vec::new();
+    s.for_each_conflict(&mut |c| kept.push(c)).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].record, b);
 }
 
 #[test]

@@ -65,6 +65,7 @@ impl Sink for Fake {
         let mut reply = IngestReply {
             accepted: 0,
             duplicate: 0,
+            conflict: 0,
             rejected: 0,
             results: vec![],
         };
@@ -75,6 +76,14 @@ impl Sink for Fake {
             let status = if r.id().job_id() >= 900 {
                 reply.rejected += 1;
                 "rejected"
+            } else if r.id().job_id() >= 800 {
+                // acctd holds another record under this identity
+                reply.conflict += 1;
+                "conflict"
+            } else if r.id().job_id() >= 700 {
+                // the same, answered by an acctd from before conflicts were kept
+                reply.duplicate += 1;
+                "duplicate"
             } else {
                 let n = stored.entry(key.clone()).or_insert(0);
                 *n += 1;
@@ -90,8 +99,13 @@ impl Sink for Fake {
                 index,
                 key: Some(key),
                 status: status.into(),
+                differs: r.id().job_id() >= 700,
                 field: (status == "rejected").then(|| "id.job_id".into()),
-                error: (status == "rejected").then(|| "job ids from 900 are refused".into()),
+                error: match status {
+                    "rejected" => Some("job ids from 900 are refused".into()),
+                    "conflict" => Some("kept by acctd as a conflict".into()),
+                    _ => None,
+                },
             });
         }
         Ok(reply)
@@ -221,6 +235,37 @@ fn rejected_and_unreadable_records_go_to_bad_with_the_reason() {
     let before = fake.requests().len();
     assert_eq!(f.round().batches, 0);
     assert_eq!(fake.requests().len(), before);
+}
+
+#[test]
+fn conflicts_go_to_bad_with_the_reason_never_silently() {
+    let fake = Fake::new(Mode::Store);
+    let (dir, spool, mut f) = setup(1, &fake, 500);
+    spool.write(&start(801)).unwrap();
+    spool.write(&start(701)).unwrap();
+    let r = f.round();
+    assert_eq!(r.error, None);
+    assert_eq!(
+        (r.accepted, r.conflict, r.duplicate, r.backlog),
+        (1, 2, 0, 0)
+    );
+    let whys: Vec<String> = std::fs::read_dir(dir.path().join("spool/bad"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "why"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(whys.len(), 2, "{whys:?}");
+    assert!(
+        whys.iter()
+            .any(|w| w.contains("alpha,801,,node1,job_start): kept by acctd as a conflict")),
+        "{whys:?}"
+    );
+    assert!(
+        whys.iter().any(|w| w.contains("only this copy is left")),
+        "{whys:?}"
+    );
+    assert_eq!(f.round().batches, 0);
 }
 
 #[test]
