@@ -538,8 +538,34 @@ pub struct JobSummary {
     pub energy_mj: u64,
 }
 
-fn merge_job(jobs: &mut BTreeMap<(String, u32), JobSummary>, r: &Record) {
+/// How far a record kind is trusted for a job's user, account and partition: `job_end` and
+/// `job_start` are written by the epilog and prolog from slurmd's environment, `job_usage`
+/// by healthd from those; `step_usage` is written inside the job's step and never sets
+/// them (its account and partition came from the job's environment, which the user's
+/// script can change). A job's identity is that of its most trusted record.
+fn identity_rank(body: &RecordBody) -> u8 {
+    match body {
+        RecordBody::JobEnd(_) => 3,
+        RecordBody::JobStart(_) => 2,
+        RecordBody::JobUsage(_) => 1,
+        RecordBody::StepUsage(_) => 0,
+    }
+}
+
+fn merge_job(
+    jobs: &mut BTreeMap<(String, u32), JobSummary>,
+    ranks: &mut BTreeMap<(String, u32), u8>,
+    r: &Record,
+) {
     let id = r.id();
+    let rank = identity_rank(r.body());
+    let best = ranks.entry((id.cluster().to_string(), id.job_id())).or_insert(0);
+    // the first record of a job also sets it when it is a step's (better than nothing for
+    // the node and times, but not its identity: that stays empty until a trusted record)
+    let take_identity = rank > 0 && rank >= *best;
+    if take_identity {
+        *best = rank;
+    }
     let j = jobs
         .entry((id.cluster().to_string(), id.job_id()))
         .or_insert_with(|| JobSummary {
@@ -553,9 +579,11 @@ fn merge_job(jobs: &mut BTreeMap<(String, u32), JobSummary>, r: &Record) {
         j.nodes.sort();
     }
     let mut who = |user: &str, account: &Option<String>, partition: &Option<String>| {
-        j.user = user.to_string();
-        j.account = account.clone().unwrap_or_default();
-        j.partition = partition.clone().unwrap_or_default();
+        if take_identity {
+            j.user = user.to_string();
+            j.account = account.clone().unwrap_or_default();
+            j.partition = partition.clone().unwrap_or_default();
+        }
     };
     let mut models = BTreeSet::new();
     match r.body() {
@@ -588,9 +616,7 @@ fn merge_job(jobs: &mut BTreeMap<(String, u32), JobSummary>, r: &Record) {
             j.used_gpu_ms += b.gpus.iter().map(|g| g.used_gpu_ms).sum::<u64>();
             models.extend(b.gpus.iter().map(|g| model(&g.name)));
         }
-        RecordBody::StepUsage(b) => {
-            who(&b.user, &b.account, &b.partition);
-        }
+        RecordBody::StepUsage(_) => {}
     }
     for m in models {
         if !j.gpu_models.contains(&m) {
@@ -603,6 +629,7 @@ fn merge_job(jobs: &mut BTreeMap<(String, u32), JobSummary>, r: &Record) {
 /// and job id. The flag says whether more matched.
 pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool), StoreError> {
     let mut found: BTreeMap<(String, u32), JobSummary> = BTreeMap::new();
+    let mut ranks: BTreeMap<(String, u32), u8> = BTreeMap::new();
     let first = day_of(q.start_ms);
     let last = day_of(q.end_ms.saturating_sub(1));
     let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
@@ -621,7 +648,7 @@ pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool
             // A running job has only its job_start: keep it while the window is after it.
             let running = matches!(r.body(), RecordBody::JobStart(_)) && s < q.end_ms;
             if (inside || running) && seen.insert(id.key().into_bytes()) {
-                merge_job(&mut found, &r);
+                merge_job(&mut found, &mut ranks, &r);
             }
         })?;
     }

@@ -114,6 +114,15 @@ pub enum ConfigError {
         /// What is wrong, as `toml` reports it (naming the key).
         message: String,
     },
+    /// The file, or the NVML library it names, could be changed by someone other than root
+    /// (see [`crate::trust`]).
+    #[error("refusing {}: {why}", path.display())]
+    Untrusted {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong, with which file.
+        why: crate::trust::Untrusted,
+    },
     /// A value parses but is not acceptable.
     #[error("{}:{line}: {key}: {message}", path.display())]
     Invalid {
@@ -260,13 +269,26 @@ impl Config {
     }
 
     /// Reads and validates one file.
+    ///
+    /// The file and the `nvml_library` it names must be owned by root (or by this process's
+    /// user) and not group/world-writable ([`crate::trust`]): root processes load them.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        let untrusted = |why| ConfigError::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        };
+        crate::trust::check_file(path).map_err(untrusted)?;
+        let config = Config::parse(&text, path)?;
+        // a library that is not there is NVML's failure to report, not a trust question
+        if let Some(lib) = config.nvml_library.as_deref().filter(|l| l.exists()) {
+            crate::trust::check_file(lib).map_err(untrusted)?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates `text`; `path` names it in errors.
@@ -693,6 +715,42 @@ enabled = false
         if std::env::var_os(CONFIG_ENV).is_none() {
             assert_eq!(Config::locate(None), (PathBuf::from(DEFAULT_PATH), false));
         }
+    }
+
+    #[test]
+    fn untrusted_config_or_library_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libnvidia-ml.so.1");
+        std::fs::write(&lib, "").unwrap();
+        let conf = dir.path().join("sgpu.toml");
+        std::fs::write(&conf, format!("nvml_library = \"{}\"\n", lib.display())).unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&conf, 0o644);
+        mode(&lib, 0o755);
+        assert!(Config::load(&conf).is_ok());
+        mode(&conf, 0o666);
+        let e = Config::load(&conf).unwrap_err().to_string();
+        assert!(
+            e.contains("sgpu.toml: the file is group- or world-writable (mode 666)"),
+            "{e}"
+        );
+        mode(&conf, 0o644);
+        mode(&lib, 0o775);
+        let e = Config::load(&conf).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("refusing {}: ", conf.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains("libnvidia-ml.so.1: the file is group- or world-writable"),
+            "{e}"
+        );
+        // a library that is not there is left to NVML's own error
+        std::fs::remove_file(&lib).unwrap();
+        assert!(Config::load(&conf).is_ok());
     }
 
     #[test]

@@ -263,6 +263,8 @@ pub struct RunReport {
     pub verdict: Verdict,
     /// What the policy decided.
     pub decision: Decision,
+    /// Whether the spool can take records ([`crate::spool_probe`]).
+    pub spool: crate::spool_probe::SpoolHealth,
 }
 
 /// The daemon's evaluation side: its NVML session, the policy and what it last said.
@@ -276,6 +278,7 @@ pub struct Daemon {
     policy: Policy,
     last_decision: Option<Decision>,
     last_failing: BTreeSet<String>,
+    spool_error: Option<String>,
 }
 
 impl Daemon {
@@ -303,6 +306,7 @@ impl Daemon {
             config,
             last_decision: None,
             last_failing: BTreeSet::new(),
+            spool_error: None,
         })
     }
 
@@ -383,10 +387,22 @@ impl Daemon {
             }
         }
         self.log_decision(&outcome.decision, trigger);
+        let spool = crate::spool_probe::probe(&self.config.spool_dir);
+        if spool.error != self.spool_error {
+            match &spool.error {
+                Some(e) => error!(
+                    "the spool cannot take records: {e}; the gates' records are lost until \
+                     it can (free space or fix its owner/mode)"
+                ),
+                None => info!("the spool takes records again"),
+            }
+            self.spool_error = spool.error.clone();
+        }
         RunReport {
             results,
             verdict,
             decision: outcome.decision,
+            spool,
         }
     }
 

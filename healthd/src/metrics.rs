@@ -12,7 +12,9 @@
 //! `sgpu_node_drained_by_sgpu`, `sgpu_drains_total`, `sgpu_resumes_total`,
 //! `sgpu_breaker_open`, `sgpu_breaker_refusals_total`, `sgpu_jobs_running`,
 //! `sgpu_job_usage_records_total`, `sgpu_healthd_samples_total`,
-//! `sgpu_healthd_sample_errors_total`, `sgpu_healthd_sample_duration_seconds` (histogram).
+//! `sgpu_healthd_sample_errors_total`, `sgpu_healthd_sample_duration_seconds` (histogram),
+//! and after the first check run `sgpu_spool_writable`, `sgpu_spool_free_bytes`
+//! ([`crate::spool_probe`]).
 //! Spool forwarder (only while it runs, see [`crate::forward`]):
 //! `sgpu_forward_records_total` (label `result`: `accepted`, `duplicate`, `rejected`),
 //! `sgpu_forward_failures_total`, `sgpu_forward_backlog_records`,
@@ -255,6 +257,27 @@ impl Collector for DaemonCollector {
             None,
             &one(live.memory.breaker_open.is_some()),
         )?;
+        if let Some(s) = &live.spool {
+            gauges(
+                &mut enc,
+                "sgpu_spool_writable",
+                "1 while the node spool takes records (owner, mode and a probe write checked)",
+                None,
+                &one(s.error.is_none()),
+            )?;
+            let free: Vec<(Labels, i64)> = s
+                .free_bytes
+                .map(|b| (Labels::new(), i64::try_from(b).unwrap_or(i64::MAX)))
+                .into_iter()
+                .collect();
+            gauges(
+                &mut enc,
+                "sgpu_spool_free",
+                "free space on the spool's filesystem",
+                Some(&Unit::Bytes),
+                &free,
+            )?;
+        }
         let count = |n: u64| vec![(Labels::new(), n)];
         counters(
             &mut enc,

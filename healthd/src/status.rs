@@ -98,6 +98,8 @@ pub struct Live {
     pub spool_released: std::collections::BTreeSet<std::ffi::OsString>,
     /// The spool forwarder's counters.
     pub forward: crate::forward::ForwardStats,
+    /// The last spool probe (`None` before the first check run).
+    pub spool: Option<crate::spool_probe::SpoolHealth>,
 }
 
 /// The daemon's shared state.
@@ -141,6 +143,7 @@ impl Shared {
             _ => {}
         }
         l.memory = memory.clone();
+        l.spool = Some(report.spool.clone());
         l.last_run = Some(LastRun {
             at_ms: sgpu_spool::now_ms(),
             trigger,

@@ -52,8 +52,21 @@
 //!
 //! # Configuration
 //! The node's `sgpu.toml` (for `nvml_library` and `spool_dir`) is `config=` (where `%n` is
-//! replaced by the Slurm node name), else `$SGPU_CONFIG` in slurmstepd's environment (which
-//! it inherits from slurmd), else `/etc/sgpu/sgpu.toml`.
+//! replaced by `SLURMD_NODENAME` of slurmstepd's own environment, else the short host
+//! name), else `$SGPU_CONFIG` in slurmstepd's environment (which it inherits from slurmd),
+//! else `/etc/sgpu/sgpu.toml`; slurm.conf is `$SLURM_CONF` of that same environment.
+//!
+//! # Trust
+//! slurmstepd runs the plugin as root, and the job's environment (`spank_getenv`) is the
+//! user's: a batch script can `export SLURMD_NODENAME=..`, `SLURM_CONF=..` or
+//! `SLURM_JOB_ACCOUNT=..` before `srun`. So no path and no identity is taken from it: paths
+//! come from plugstack.conf, slurmstepd's own environment (`std::env`, slurmd's) or compiled
+//! defaults; the job id, step and uid are SPANK items; the user name is the uid's; the
+//! cluster is slurm.conf's `ClusterName`; the node is sgpu.toml's `node_name`, else
+//! slurmstepd's `SLURMD_NODENAME`, else the host name. `step_usage` records carry no account
+//! or partition (acctd takes them from the job's `job_start`/`job_end`, written by the
+//! prolog and epilog from slurmd's environment). sgpu.toml and the NVML library it names are
+//! refused unless owned by root and not group/world-writable (`sgpu_healthd::trust`).
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int};
@@ -105,11 +118,8 @@ struct StepEnv {
     start_ms: u64,
     /// The step's GPUs as Slurm numbers them.
     slurm_gpus: Vec<u32>,
+    /// `SLURMD_NODENAME` in slurmstepd's own environment (slurmd's, never the job's).
     env_node: Option<String>,
-    env_cluster: Option<String>,
-    env_user: Option<String>,
-    account: Option<String>,
-    partition: Option<String>,
     /// slurm.conf, for the cluster name and gres.conf.
     slurm_conf: std::path::PathBuf,
     /// sgpu.toml to read (`None`: the default search).
@@ -151,25 +161,19 @@ enum Reading {
 fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
     let config = sgpu_healthd::config::Config::discover(env.config_path.as_deref())
         .map_err(|e| format!("configuration: {e}; no GPU capture for this step"))?;
-    let node = env
-        .env_node
+    let node = config
+        .node_name
         .clone()
-        .or_else(|| config.node_name.clone())
+        .or_else(|| env.env_node.clone())
         .or_else(sgpu_healthd::nodeconf::short_hostname)
         .ok_or("cannot tell this node's Slurm name")?;
-    let cluster = env
-        .env_cluster
-        .clone()
-        .or_else(|| {
-            let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&env.slurm_conf);
-            conf.cluster_name.map(|c| c.to_ascii_lowercase())
-        })
+    // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item
+    let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&env.slurm_conf);
+    let cluster = conf
+        .cluster_name
+        .map(|c| c.to_ascii_lowercase())
         .unwrap_or_else(|| "unknown".into());
-    let user = env
-        .env_user
-        .clone()
-        .or_else(|| user_name(env.uid))
-        .unwrap_or_else(|| env.uid.to_string());
+    let user = user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
     let mut nvml = sgpu_healthd::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(env.nvml_timeout);
     let snap = capture::snapshot(&nvml)?;
@@ -199,8 +203,11 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
             node,
             user,
             uid: env.uid,
-            account: env.account.clone(),
-            partition: env.partition.clone(),
+            // the job's own SLURM_JOB_ACCOUNT/PARTITION can be exported by its script; the
+            // job's account and partition come from job_start/job_end (slurmd's prolog
+            // environment) in acctd
+            account: None,
+            partition: None,
             start_ms: env.start_ms,
             gpus,
         },
@@ -338,9 +345,21 @@ fn step_start(sp: &Spank) -> Result<(), String> {
         .get_u32(sys::spank_item_S_JOB_STEPID)
         .map_err(|e| format!("step id: {e}"))?;
     let uid = sp.get_uid().map_err(|e| format!("uid: {e}"))?;
-    let env_node = getenv("SLURMD_NODENAME").or_else(|| std::env::var("SLURMD_NODENAME").ok());
-    let config_path = args.config_path(env_node.as_deref(), std::env::var("SGPU_CONFIG").ok());
-    let slurm_conf = getenv("SLURM_CONF")
+    // slurmstepd runs as root: what it opens comes from plugstack.conf, slurmd's own
+    // environment (std::env here) or compiled defaults, never from the job's environment
+    // (spank_getenv), which the user's script can set before srun
+    let env_node = std::env::var("SLURMD_NODENAME")
+        .ok()
+        .filter(|n| sgpu_healthd::slurmctl::valid_node_name(n));
+    let config_path = args.config_path(
+        env_node
+            .clone()
+            .or_else(sgpu_healthd::nodeconf::short_hostname)
+            .as_deref(),
+        std::env::var("SGPU_CONFIG").ok(),
+    );
+    let slurm_conf = std::env::var_os("SLURM_CONF")
+        .filter(|c| !c.is_empty())
         .map(std::path::PathBuf::from)
         .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
     let report = lock(&OPTIONS).report || args.report_always;
@@ -351,10 +370,6 @@ fn step_start(sp: &Spank) -> Result<(), String> {
             uid,
             start_ms,
             slurm_gpus,
-            env_cluster: getenv("SLURM_CLUSTER_NAME"),
-            env_user: getenv("SLURM_JOB_USER"),
-            account: getenv("SLURM_JOB_ACCOUNT"),
-            partition: getenv("SLURM_JOB_PARTITION"),
             env_node,
             slurm_conf,
             config_path,

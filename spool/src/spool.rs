@@ -51,9 +51,9 @@ pub enum SpoolError {
         /// The OS error.
         source: io::Error,
     },
-    /// The spool directory (or a subdirectory) is writable by everyone.
+    /// The spool directory (or a subdirectory) is writable by its group or by everyone.
     #[error(
-        "{} is world-writable (mode {mode:o}); refusing to use it as the sgpu spool (chmod o-w it, 0700 is expected)",
+        "{} is group- or world-writable (mode {mode:o}); refusing to use it as the sgpu spool (chmod go-w it, 0700 is expected)",
         path.display()
     )]
     WorldWritable {
@@ -61,6 +61,18 @@ pub enum SpoolError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The spool directory (or a subdirectory) belongs to someone other than root (or the
+    /// user this process runs as): they could replace or plant records.
+    #[error(
+        "{} is owned by uid {uid}, not root; refusing to use it as the sgpu spool (chown root it)",
+        path.display()
+    )]
+    NotOwned {
+        /// The offending directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
     },
     /// A spool path exists but is not a directory (or is a symlink, for the subdirectories).
     #[error("{} is not a directory", path.display())]
@@ -139,7 +151,8 @@ pub struct Spool {
 impl Spool {
     /// Opens the spool at `dir`, creating it and `tmp/`, `new/`, `bad/` (mode 0700) if missing.
     ///
-    /// Refuses a world-writable spool or subdirectory, and subdirectories that are symlinks.
+    /// Refuses a spool or subdirectory that is group- or world-writable or owned by anyone
+    /// but root (or this process's user), and subdirectories that are symlinks.
     pub fn open(dir: impl AsRef<Path>) -> Result<Spool, SpoolError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.exists() {
@@ -393,8 +406,16 @@ pub(crate) fn check_dir(path: &Path, md: fs::Metadata) -> Result<(), SpoolError>
             path: path.to_path_buf(),
         });
     }
+    let uid = std::os::unix::fs::MetadataExt::uid(&md);
+    // SAFETY: geteuid cannot fail.
+    if uid != 0 && uid != unsafe { libc::geteuid() } {
+        return Err(SpoolError::NotOwned {
+            path: path.to_path_buf(),
+            uid,
+        });
+    }
     let mode = md.permissions().mode() & 0o7777;
-    if mode & 0o002 != 0 {
+    if mode & 0o022 != 0 {
         return Err(SpoolError::WorldWritable {
             path: path.to_path_buf(),
             mode,

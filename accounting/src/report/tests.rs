@@ -342,3 +342,64 @@ fn slurm_window_sets_allocated_time_in_reports_and_jobs() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].allocated_gpu_ms, 2 * (HOUR + 2_000));
 }
+
+/// A `step_usage` of `job` on `node` whose account and partition the job's script set.
+fn step_with_account(job: u32, node: &str, start: u64, end: u64, account: &str) -> Record {
+    let RecordBody::JobUsage(mut b) = job_usage(job, node, start, end, &[HOUR]).body().clone()
+    else {
+        unreachable!()
+    };
+    b.user = "mallory".into();
+    b.account = Some(account.into());
+    b.partition = Some("debug".into());
+    let id = sgpu_spool::RecordId::new(
+        "alpha",
+        job,
+        Some("0".into()),
+        node,
+        sgpu_spool::RecordKind::StepUsage,
+    )
+    .unwrap();
+    Record::new(id, end, RecordBody::StepUsage(b)).unwrap()
+}
+
+#[test]
+fn job_identity_comes_from_trusted_records_only() {
+    let d = 30 * DAY_MS;
+    let end = with_owner(job_end(7, "n1", d, d + HOUR, &[1]), "alice", "physics");
+    let step = step_with_account(7, "n1", d, d + HOUR, "chemistry");
+    // whatever order the records merge in, the job is physics/alice/gpu
+    for order in [[&end, &step], [&step, &end]] {
+        let (mut jobs, mut ranks) = (BTreeMap::new(), BTreeMap::new());
+        for r in order {
+            merge_job(&mut jobs, &mut ranks, r);
+        }
+        let j = &jobs[&("alpha".to_string(), 7)];
+        assert_eq!(
+            (j.user.as_str(), j.account.as_str(), j.partition.as_str()),
+            ("alice", "physics", "gpu")
+        );
+    }
+    // a job with only a step record has no identity rather than the step's
+    let (mut jobs, mut ranks) = (BTreeMap::new(), BTreeMap::new());
+    merge_job(&mut jobs, &mut ranks, &step);
+    let j = &jobs[&("alpha".to_string(), 7)];
+    assert_eq!((j.user.as_str(), j.account.as_str()), ("", ""));
+    // and reports never count a step under its account
+    let (_d, s) = store();
+    s.put_batch(&[end.clone(), step.clone()]).unwrap();
+    let rows = report(
+        &s,
+        &q(&format!(
+            "start={}&end={}&group_by=account",
+            d / 1000,
+            (d + DAY_MS) / 1000
+        )),
+    )
+    .unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.account.as_deref() != Some("chemistry")),
+        "{rows:?}"
+    );
+}

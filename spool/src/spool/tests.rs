@@ -37,6 +37,34 @@ fn open_refuses_world_writable() {
     fs::set_permissions(s.dir().join("new"), fs::Permissions::from_mode(0o1777)).unwrap();
     let e = Spool::open(s.dir()).unwrap_err();
     assert!(matches!(e, SpoolError::WorldWritable { .. }), "{e}");
+    fs::set_permissions(s.dir().join("new"), fs::Permissions::from_mode(0o700)).unwrap();
+    // group-writable is refused too
+    fs::set_permissions(s.dir(), fs::Permissions::from_mode(0o770)).unwrap();
+    let e = Spool::open(s.dir()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("group- or world-writable (mode 770)"),
+        "{e}"
+    );
+    fs::set_permissions(s.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    Spool::open(s.dir()).unwrap();
+}
+
+#[test]
+fn open_refuses_a_spool_owned_by_someone_else() {
+    // only root can hand a directory to another user
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let (_d, s) = spool();
+    std::os::unix::fs::chown(s.dir(), Some(4242), None).unwrap();
+    let e = Spool::open(s.dir()).unwrap_err();
+    assert!(matches!(e, SpoolError::NotOwned { uid: 4242, .. }), "{e}");
+    assert!(e.to_string().contains("owned by uid 4242, not root"), "{e}");
+    std::os::unix::fs::chown(s.dir(), Some(0), None).unwrap();
+    std::os::unix::fs::chown(s.dir().join("bad"), Some(4242), None).unwrap();
+    assert!(Spool::open(s.dir()).is_err(), "subdirectories too");
 }
 
 #[test]
