@@ -311,9 +311,10 @@ impl Cluster {
         }
     }
 
-    /// Names of the cluster's nodes, as `sinfo` lists them.
+    /// Names of the cluster's nodes that run a slurmd (partition `gpu`), as `sinfo` lists
+    /// them; the ghost nodes of `SGPU_CLUSTER_GHOSTS` (partition `ghosts`) are not among them.
     pub fn nodes(&self) -> Result<Vec<String>, ClusterError> {
-        let out = self.output("sinfo", &["-h", "-N", "-o", "%N"])?;
+        let out = self.output("sinfo", &["-h", "-N", "-p", "gpu", "-o", "%N"])?;
         let mut v: Vec<String> = out
             .lines()
             .map(|l| l.trim().to_string())

@@ -498,7 +498,7 @@ pub fn stop_healthd(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
 /// Gives `node` healthy simulated GPUs again (same UUIDs as before) and forgets its XIDs.
 pub fn reset_gpus(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
     let f = node_files(cluster, node);
-    let state = State::healthy_seeded(GPUS_PER_NODE, seed_for(node));
+    let state = State::healthy_seeded(gpus_of(cluster, node), seed_for(node));
     state.save(&f.nvml_state).map_err(|e| ClusterError::Parse {
         cmd: "nvml_sim::State::save".into(),
         detail: e.to_string(),
@@ -509,6 +509,22 @@ pub fn reset_gpus(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(&store)(e)),
     }
+}
+
+/// How many GPUs `node` has in the cluster's gres.conf (`File=.../nvidia[0-N]`, as
+/// `tests/cluster/up` writes it for `SGPU_CLUSTER_GPUS`), else [`GPUS_PER_NODE`].
+pub fn gpus_of(cluster: &Cluster, node: &str) -> u32 {
+    let gres = std::fs::read_to_string(cluster.dir().join("etc/gres.conf")).unwrap_or_default();
+    let prefix = format!("NodeName={node} ");
+    gres.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .find_map(|l| {
+            let range = l.rsplit_once("nvidia[")?.1.strip_suffix(']')?;
+            let (a, b) = range.split_once('-')?;
+            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+            b.checked_sub(a).map(|d| d + 1)
+        })
+        .unwrap_or(GPUS_PER_NODE)
 }
 
 /// Changes `node`'s simulated GPUs (energy counters stay continuous).
