@@ -1,11 +1,27 @@
 //! `sgpu check`: run the health checks on this node and print a table or JSON.
 //!
 //! It only looks: it never drains, and it does not advance the XID cursor (new XIDs its own
-//! event set catches are recorded in the store, so the gate still sees them).
+//! event set catches are recorded in the store, so the gate still sees them). It reads the
+//! node's GPU history (PCIe width baseline, throttle streaks, counter rates) without adding
+//! to it.
+//!
+//! # `--capture FILE`: judging a saved `nvidia-smi` output
+//!
+//! With `--capture`, the GPUs judged are those of a file saved on any GPU node with
+//! `nvidia-smi -q -x > node.xml` (or `nvidia-smi -q > node.txt`): the capture is converted
+//! into a state of the simulated NVML library (`nvml-sim`, see its `capture` module) and
+//! the checks run through `nvml-wrapper` against it, the same code path and the same
+//! catalogue and thresholds (from `sgpu.toml`) as the gates and the daemon. There is no
+//! history for a capture: rates and the width baseline are reported `unknown`, and a HW
+//! throttle counts as its first sighting (a warning). The simulated library is found at
+//! `--nvml-sim PATH`, else `$SGPU_NVML_SIM_LIB`, else as `libnvml_sim.so` next to the
+//! `sgpu` executable (where `cargo build` leaves it), in its `deps/`, or in
+//! `../lib/sgpu/` beside it.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use sgpu_healthd::catalogue::Profile;
@@ -33,7 +49,20 @@ pub struct CheckArgs {
     /// Judge as if a job held these GPU indices (e.g. `0,1`).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub gpus: Option<Vec<u32>>,
+    /// Judge a saved `nvidia-smi -q -x` (or `nvidia-smi -q`) output instead of this node's
+    /// GPUs: a dry run of what sgpu would do on the machine it came from.
+    #[arg(long, value_name = "FILE")]
+    pub capture: Option<PathBuf>,
+    /// The simulated NVML library `--capture` loads (default: libnvml_sim.so next to sgpu,
+    /// in its deps/ or ../lib/sgpu/, or $SGPU_NVML_SIM_LIB).
+    #[arg(long, value_name = "PATH", requires = "capture")]
+    pub nvml_sim: Option<PathBuf>,
 }
+
+/// The file name of the simulated NVML library as cargo builds it.
+pub const SIM_LIBRARY_FILE: &str = "libnvml_sim.so";
+/// The environment variable naming the simulated library.
+pub const SIM_LIBRARY_ENV: &str = "SGPU_NVML_SIM_LIB";
 
 /// `--profile` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,6 +76,9 @@ pub enum ProfileArg {
 /// Runs `sgpu check`; returns the exit code (0 healthy, 1 warn, 2 drain).
 pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> {
     let config = Config::discover(config_path)?;
+    if let Some(capture) = &args.capture {
+        return run_capture(&config, args, capture);
+    }
     let catalogue = config.catalogue();
     let mut notes: Vec<String> = Vec::new();
     let mut ctx = CheckContext::new(match args.profile {
@@ -78,7 +110,15 @@ pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> 
                     ctx.xids = collected.xids.events;
                 }
             }
-            checks::evaluate(&collected.snapshot, &ctx, &catalogue)
+            let (results, note) = checks::evaluate_remembering(
+                &collected.snapshot,
+                &mut ctx,
+                &catalogue,
+                &config.state_dir,
+                false,
+            );
+            notes.extend(note);
+            results
         }
         Err(failure) => checks::evaluate_failure(&failure, &ctx, &catalogue),
     };
@@ -94,6 +134,175 @@ pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> 
     };
     print!("{out}");
     Ok(verdict.exit_code())
+}
+
+/// Where the simulated NVML library is: `explicit`, `$SGPU_NVML_SIM_LIB`, or beside the
+/// running executable (itself, `deps/`, `../lib/sgpu/`).
+pub fn find_sim_library(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        anyhow::ensure!(
+            p.is_file(),
+            "--nvml-sim {}: no such file (build it with `cargo build -p nvml-sim`: \
+             target/<profile>/{SIM_LIBRARY_FILE})",
+            p.display()
+        );
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(SIM_LIBRARY_ENV) {
+        let p = PathBuf::from(p);
+        anyhow::ensure!(
+            p.is_file(),
+            "${SIM_LIBRARY_ENV}={}: no such file",
+            p.display()
+        );
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("cannot locate the sgpu executable")?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let candidates = [
+        dir.join(SIM_LIBRARY_FILE),
+        dir.join("deps").join(SIM_LIBRARY_FILE),
+        dir.join("../lib/sgpu").join(SIM_LIBRARY_FILE),
+    ];
+    candidates
+        .iter()
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .cloned()
+        .ok_or_else(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            anyhow::anyhow!(
+                "--capture needs the simulated NVML library and none was found (looked at {}): \
+                 build it with `cargo build -p nvml-sim` and pass --nvml-sim PATH or set \
+                 ${SIM_LIBRARY_ENV}",
+                looked.join(", ")
+            )
+        })
+}
+
+/// `sgpu check --capture FILE`: the capture's GPUs judged through the simulator.
+fn run_capture(config: &Config, args: &CheckArgs, file: &Path) -> anyhow::Result<i32> {
+    let capture = nvml_sim::Capture::load(file)?;
+    let library = find_sim_library(args.nvml_sim.as_deref())?;
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let state_path = dir.path().join("state.toml");
+    let mut state = capture.state.clone();
+    state.epoch = Some(nvml_sim::unix_now());
+    state
+        .save(&state_path)
+        .with_context(|| format!("cannot write the simulator state for {}", file.display()))?;
+    // SAFETY: sgpu is single-threaded here (no NVML thread has started yet); the simulated
+    // library reads the variable at its first nvmlInit, on the thread started below.
+    unsafe { std::env::set_var(nvml_sim::STATE_ENV, &state_path) };
+    let catalogue = config.catalogue();
+    let mut ctx = CheckContext::new(match args.profile {
+        ProfileArg::Quick => Profile::Quick,
+        ProfileArg::Full => Profile::Full,
+    });
+    ctx.nvml_timeout = config.nvml_timeout;
+    ctx.pinned_driver_version = config.pinned_driver_version.clone();
+    ctx.job_gpus = args.gpus.clone();
+    ctx.expected_gpu_count = args.expected_gpus;
+    let opts = NvmlOptions {
+        library: Some(library),
+        timeout: config.nvml_timeout,
+    };
+    let mut notes: Vec<String> = vec![format!(
+        "capture {} ({:?}, driver {})",
+        file.display(),
+        capture.format,
+        capture.state.driver_version.as_deref().unwrap_or("?")
+    )];
+    notes.extend(capture.notes.iter().cloned());
+    let results = match gpu::collect(&opts, false) {
+        Ok(c) => checks::evaluate(&c.snapshot, &ctx, &catalogue),
+        Err(failure) => checks::evaluate_failure(&failure, &ctx, &catalogue),
+    };
+    let verdict = Verdict::of(&results);
+    let per_gpu = gpu_verdicts(&results, &capture);
+    let out = if args.json {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&render_json(&results, verdict, &notes))
+                .unwrap_or_else(|_| serde_json::json!({}));
+        v["gpus"] = serde_json::to_value(&per_gpu).unwrap_or_default();
+        format!("{v}\n")
+    } else {
+        let mut t = render_table(&results, verdict);
+        for g in &per_gpu {
+            let _ = writeln!(
+                t,
+                "gpu{} {} {}: {}{}",
+                g.gpu,
+                g.bus_id,
+                g.name,
+                g.verdict,
+                g.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+        for n in &notes {
+            let _ = writeln!(t, "note: {n}");
+        }
+        t
+    };
+    print!("{out}");
+    Ok(verdict.exit_code())
+}
+
+/// One GPU's verdict in a capture.
+#[derive(Debug, Serialize)]
+pub struct GpuVerdict {
+    /// NVML index.
+    pub gpu: u32,
+    /// The bus id the capture gave.
+    pub bus_id: String,
+    /// Product name.
+    pub name: String,
+    /// The worst failure's verdict.
+    pub verdict: Verdict,
+    /// `check: message` of the worst failure (none when healthy).
+    pub reason: Option<String>,
+    /// The check that decided.
+    pub check: Option<&'static str>,
+}
+
+fn gpu_verdicts(results: &[CheckResult], capture: &nvml_sim::Capture) -> Vec<GpuVerdict> {
+    capture
+        .state
+        .gpus
+        .iter()
+        .map(|g| {
+            let mine: Vec<CheckResult> = results
+                .iter()
+                .filter(|r| r.gpu == Some(g.index))
+                .cloned()
+                .collect();
+            let verdict = Verdict::of(&mine);
+            // the first failure of the highest severity (the one a drain would name)
+            let worst = mine
+                .iter()
+                .filter(|r| r.status == checks::Status::Fail)
+                .fold(None::<&CheckResult>, |best, r| match best {
+                    Some(b) if b.severity >= r.severity => Some(b),
+                    _ => Some(r),
+                });
+            let decided = worst.filter(|_| verdict != Verdict::Healthy);
+            GpuVerdict {
+                gpu: g.index,
+                bus_id: capture
+                    .bus_ids
+                    .get(g.index as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                name: g.name.clone().unwrap_or_else(|| "?".into()),
+                verdict,
+                reason: decided.map(|r| format!("{}: {}", r.check, r.message)),
+                check: decided.map(|r| r.check),
+            }
+        })
+        .collect()
 }
 
 /// The node's expected GPU count from slurm.conf (`$SLURM_CONF` or /etc/slurm/slurm.conf)

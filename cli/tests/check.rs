@@ -64,7 +64,8 @@ fn lost_gpu_exits_2_with_json() {
 fn warning_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let mut state = State::healthy(2);
-    state.gpus[0].persistence_mode = Some(false);
+    // a HW throttle seen once warns (it drains only when it persists)
+    state.gpus[0].throttle_reasons = Some(vec![nvml_sim::ThrottleReason::HwPowerBrake]);
     let out = sgpu_check(dir.path(), &state, &["--expected-gpus", "2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");

@@ -143,6 +143,14 @@ pub const GPU_LEFTOVER_PROCESSES: &str = "gpu.leftover_processes";
 pub const DRIVER_VERSION: &str = "driver.version";
 /// Check id: persistence mode off.
 pub const GPU_PERSISTENCE_MODE: &str = "gpu.persistence_mode";
+/// Check id: corrected ECC errors per hour.
+pub const GPU_ECC_CORRECTABLE_RATE: &str = "gpu.ecc_correctable_rate";
+/// Check id: pages retired (pre-Ampere).
+pub const GPU_RETIRED_PAGES: &str = "gpu.retired_pages";
+/// Check id: PCIe replays per minute.
+pub const GPU_PCIE_REPLAY_RATE: &str = "gpu.pcie_replay_rate";
+/// Check id: NVSwitch fabric registration.
+pub const GPU_FABRIC: &str = "gpu.fabric";
 
 /// The built-in catalogue, in evaluation (and display) order.
 pub static CATALOGUE: &[CheckSpec] = &[
@@ -216,19 +224,21 @@ pub static CATALOGUE: &[CheckSpec] = &[
     },
     CheckSpec {
         id: GPU_RETIRED_PAGES_PENDING,
-        description: "pages waiting for a driver reload to be retired (pre-Ampere GPUs)",
+        description: "pages waiting for a driver reload to be retired (pre-Ampere GPUs): \
+                      the GPU needs a reset; draining lets the running job finish first",
         default_severity: Severity::Drain,
         profiles: ALL,
-        reason_template: "retired pages pending, reset GPU",
+        reason_template: "page retirement pending: reset GPU after the running job",
         thresholds: &[],
         auto_recoverable: false,
     },
     CheckSpec {
         id: GPU_ROW_REMAP_PENDING,
-        description: "a memory row remapping waits for a GPU reset (Ampere and newer)",
+        description: "a memory row remapping waits for a GPU reset (Ampere and newer): \
+                      draining lets the running job finish, then reset the GPU",
         default_severity: Severity::Drain,
         profiles: ALL,
-        reason_template: "row remap pending, reset GPU",
+        reason_template: "row remap pending: reset GPU after the running job",
         thresholds: &[],
         auto_recoverable: false,
     },
@@ -256,30 +266,49 @@ pub static CATALOGUE: &[CheckSpec] = &[
     },
     CheckSpec {
         id: GPU_THROTTLE,
-        description: "clocks throttled by hw_slowdown, hw_thermal_slowdown or hw_power_brake",
+        description: "clocks throttled by hw_slowdown, hw_thermal_slowdown or hw_power_brake: \
+                      a warning when seen, this severity once seen on drain_after_checks \
+                      consecutive checks (sw_power_cap and gpu_idle are normal)",
         default_severity: Severity::Drain,
         profiles: BOTH,
         reason_template: "clocks throttled: {observed}",
-        thresholds: &[],
+        thresholds: &[ThresholdSpec {
+            name: "drain_after_checks",
+            default: 3.0,
+            description: "consecutive checks that must see a HW throttle reason before it \
+                          fails at the check's severity (before that: warn)",
+        }],
         auto_recoverable: true,
     },
     CheckSpec {
         id: GPU_PCIE_LINK,
-        description: "current PCIe link generation and width against the device's maximum \
-                      (idle GPUs may downtrain the generation: raise max_gen_deficit if so)",
+        description: "PCIe link: the generation against the board's maximum only while the \
+                      GPU is busy (idle boards lower it to save power); the width against the \
+                      widest link this GPU has reported on this node, or expected_width",
         default_severity: Severity::Drain,
         profiles: BOTH,
-        reason_template: "PCIe link {observed}, max {threshold}",
+        reason_template: "PCIe link {observed}, expected {threshold}",
         thresholds: &[
             ThresholdSpec {
                 name: "max_gen_deficit",
                 default: 0.0,
-                description: "tolerated generations below the maximum",
+                description: "tolerated generations below the maximum while busy",
             },
             ThresholdSpec {
                 name: "max_width_deficit",
                 default: 0.0,
-                description: "tolerated lanes below the maximum width",
+                description: "tolerated lanes below the expected width",
+            },
+            ThresholdSpec {
+                name: "busy_util_pct",
+                default: 50.0,
+                description: "GPU utilization (percent) from which the generation is judged",
+            },
+            ThresholdSpec {
+                name: "expected_width",
+                default: 0.0,
+                description: "the link width every GPU should have (0: the widest each GPU \
+                              has reported on this node)",
             },
         ],
         auto_recoverable: false,
@@ -316,10 +345,70 @@ pub static CATALOGUE: &[CheckSpec] = &[
     },
     CheckSpec {
         id: GPU_PERSISTENCE_MODE,
-        description: "persistence mode is on (off makes every NVML init slow)",
-        default_severity: Severity::Warn,
+        description: "persistence mode is on (off makes every NVML init slow; a setting, \
+                      not a fault: healthy A10G, T4 and V100 captures run with it off)",
+        default_severity: Severity::Info,
         profiles: FULL,
         reason_template: "persistence mode off",
+        thresholds: &[],
+        auto_recoverable: true,
+    },
+    CheckSpec {
+        id: GPU_ECC_CORRECTABLE_RATE,
+        description: "corrected ECC errors per hour since an earlier check (a lifetime count \
+                      says nothing: healthy boards accumulate thousands)",
+        default_severity: Severity::Warn,
+        profiles: FULL,
+        reason_template: "{observed} corrected ECC errors/h (max {threshold})",
+        thresholds: &[ThresholdSpec {
+            name: "max_per_hour",
+            default: 100.0,
+            description: "highest tolerated rate of corrected ECC errors, per hour",
+        }],
+        auto_recoverable: true,
+    },
+    CheckSpec {
+        id: GPU_RETIRED_PAGES,
+        description: "pages retired for ECC errors (pre-Ampere): the board's memory is \
+                      failing; a warning above max_pages, a drain from max_pages_drain",
+        default_severity: Severity::Warn,
+        profiles: FULL,
+        reason_template: "{observed} retired pages (max {threshold})",
+        thresholds: &[
+            ThresholdSpec {
+                name: "max_pages",
+                default: 0.0,
+                description: "retired pages tolerated without a warning",
+            },
+            ThresholdSpec {
+                name: "max_pages_drain",
+                default: 60.0,
+                description: "retired pages from which the check drains",
+            },
+        ],
+        auto_recoverable: false,
+    },
+    CheckSpec {
+        id: GPU_PCIE_REPLAY_RATE,
+        description: "PCIe replays per minute since an earlier check (healthy H100/H200 show \
+                      a few since reset; DCGM's health check flags more than 8 a minute)",
+        default_severity: Severity::Warn,
+        profiles: FULL,
+        reason_template: "{observed} PCIe replays/min (max {threshold})",
+        thresholds: &[ThresholdSpec {
+            name: "max_per_minute",
+            default: 8.0,
+            description: "highest tolerated PCIe replay rate, per minute",
+        }],
+        auto_recoverable: true,
+    },
+    CheckSpec {
+        id: GPU_FABRIC,
+        description: "NVSwitch fabric registration (HGX/DGX): state Completed with status \
+                      Success; anything else leaves the GPU without NVLink peers",
+        default_severity: Severity::Drain,
+        profiles: BOTH,
+        reason_template: "fabric {observed}",
         thresholds: &[],
         auto_recoverable: true,
     },
@@ -450,7 +539,7 @@ mod tests {
         assert!(t.enabled);
         assert_eq!(t.threshold("margin_c"), 0.0);
         let p = cat.get(GPU_PERSISTENCE_MODE).unwrap();
-        assert_eq!(p.severity, Severity::Warn);
+        assert_eq!(p.severity, Severity::Info);
         assert!(p.runs_in(Profile::Full) && !p.runs_in(Profile::Quick));
         assert_eq!(cat.checks().len(), CATALOGUE.len());
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::catalogue::{self as cat, Catalogue, EffectiveCheck, Profile, Severity};
 use crate::gpu::{GpuSnapshot, HW_THROTTLE_REASONS, NodeSnapshot, NvmlFailure, Reading};
+use crate::history::{GpuRecord, History, HistoryError};
 use crate::xid::{XidClass, XidEvent, classify};
 
 /// The longest drain reason sgpu writes, in bytes.
@@ -37,6 +38,11 @@ pub struct CheckContext {
     pub pinned_driver_version: Option<String>,
     /// The NVML deadline (shown as `nvml.responsive`'s threshold).
     pub nvml_timeout: Duration,
+    /// What earlier checks on this node saw (`None`: nothing known, as for a capture):
+    /// the PCIe width baseline, HW throttle streaks, counter readings for rates.
+    pub history: Option<History>,
+    /// Unix time of this check, seconds (for rates).
+    pub now: f64,
 }
 
 impl CheckContext {
@@ -49,8 +55,48 @@ impl CheckContext {
             xids: Vec::new(),
             pinned_driver_version: None,
             nvml_timeout: Duration::from_millis(crate::config::DEFAULT_NVML_TIMEOUT_MS),
+            history: None,
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
         }
     }
+
+    fn record(&self, g: &GpuSnapshot) -> Option<&GpuRecord> {
+        self.history.as_ref()?.gpu(g.uuid()?)
+    }
+}
+
+/// One check run that remembers: loads the node's [`History`] from `state_dir` into
+/// `ctx`, evaluates, folds the snapshot into the history and saves it. A history that
+/// cannot be read or written is reported in the returned note and the run goes on
+/// without it (the rules that need it answer `unknown`, and a HW throttle warns).
+pub fn evaluate_remembering(
+    snapshot: &NodeSnapshot,
+    ctx: &mut CheckContext,
+    catalogue: &Catalogue,
+    state_dir: &std::path::Path,
+    save: bool,
+) -> (Vec<CheckResult>, Option<String>) {
+    let mut note = None;
+    let mut history = match History::load(state_dir) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            note = Some(e.to_string());
+            None
+        }
+    };
+    ctx.history = history.clone();
+    let results = evaluate(snapshot, ctx, catalogue);
+    if let (true, Some(h)) = (save, history.as_mut()) {
+        h.observe(snapshot, ctx.now);
+        if let Err(e) = h.save(state_dir) {
+            let e: HistoryError = e;
+            note = Some(e.to_string());
+        }
+    }
+    (results, note)
 }
 
 /// Outcome of one check on one GPU (or the node).
@@ -512,7 +558,8 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             }
         }
     }
-    if e.check(cat::GPU_THROTTLE).is_some() {
+    if let Some(c) = e.check(cat::GPU_THROTTLE) {
+        let (check_sev, need) = (c.severity, c.threshold("drain_after_checks").max(1.0));
         let names = |bits: &u64| -> Vec<&'static str> {
             HW_THROTTLE_REASONS
                 .iter()
@@ -535,36 +582,89 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             },
             "no hw throttle".into(),
         );
+        // Warn when seen; the check's severity once seen on `need` consecutive checks.
+        let streak = ctx.record(g).map_or(0, |r| r.hw_throttle_streak) + 1;
+        if let Some(last) = e.out.last_mut()
+            && last.check == cat::GPU_THROTTLE
+            && last.status == Status::Fail
+        {
+            let n = need as u32;
+            if f64::from(streak) < need {
+                last.severity = check_sev.min(Severity::Warn);
+                last.message = format!("{} (check {streak} of {n} before drain)", last.message);
+            } else {
+                last.message = format!("{} ({streak} checks in a row)", last.message);
+            }
+            last.threshold = format!("no hw throttle on {n} checks");
+        }
     }
     if let Some(c) = e.check(cat::GPU_PCIE_LINK) {
-        let (gen_slack, width_slack) = (
-            c.threshold("max_gen_deficit"),
-            c.threshold("max_width_deficit"),
+        pcie_result(e, g, ctx, c.clone());
+    }
+    if let Some(c) = e.check(cat::GPU_ECC_CORRECTABLE_RATE) {
+        let max = c.threshold("max_per_hour");
+        let prev = ctx.record(g).and_then(|r| r.ecc_corrected);
+        rate_result(
+            e,
+            g,
+            cat::GPU_ECC_CORRECTABLE_RATE,
+            &g.ecc_volatile_corrected.clone().map(u64::from),
+            prev,
+            ctx.now,
+            1.0,
+            max,
         );
-        let p = &g.pcie;
-        let pair =
-            |cur: &Reading<u32>, max: &Reading<u32>, slack: f64| match (cur.value(), max.value()) {
-                (Some(c), Some(m)) => Some(f64::from(m.saturating_sub(*c)) > slack),
-                _ => None,
+    }
+    if let Some(c) = e.check(cat::GPU_RETIRED_PAGES) {
+        let (warn_at, drain_at) = (c.threshold("max_pages"), c.threshold("max_pages_drain"));
+        let sev = c.severity;
+        e.judge(
+            cat::GPU_RETIRED_PAGES,
+            g,
+            &g.retired_pages,
+            |n| f64::from(*n) > warn_at,
+            |n| n.to_string(),
+            fmt_num(warn_at),
+        );
+        if let (Reading::Value(n), Some(last)) = (&g.retired_pages, e.out.last_mut())
+            && last.status == Status::Fail
+        {
+            // An admin who set the check to info keeps it there.
+            last.severity = if f64::from(*n) >= drain_at && sev >= Severity::Warn {
+                Severity::Drain
+            } else {
+                sev.min(Severity::Warn)
             };
-        let gen_bad = pair(&p.gen_current, &p.gen_max, gen_slack);
-        let width_bad = pair(&p.width_current, &p.width_max, width_slack);
-        let show = |r: &Reading<u32>| r.value().map_or_else(|| "?".to_string(), u32::to_string);
-        let observed = format!("gen{} x{}", show(&p.gen_current), show(&p.width_current));
-        let threshold = format!("gen{} x{}", show(&p.gen_max), show(&p.width_max));
-        let status = match (gen_bad, width_bad) {
-            (Some(true), _) | (_, Some(true)) => Status::Fail,
-            (Some(false), Some(false)) => Status::Pass,
-            _ => Status::Unknown,
-        };
-        e.push(
-            cat::GPU_PCIE_LINK,
-            Some(g),
-            status,
-            observed,
-            threshold,
-            None,
-            None,
+        }
+    }
+    if let Some(c) = e.check(cat::GPU_PCIE_REPLAY_RATE) {
+        let max = c.threshold("max_per_minute");
+        let prev = ctx.record(g).and_then(|r| r.pcie_replays);
+        rate_result(
+            e,
+            g,
+            cat::GPU_PCIE_REPLAY_RATE,
+            &g.pcie_replays.clone().map(u64::from),
+            prev,
+            ctx.now,
+            60.0,
+            max,
+        );
+    }
+    if e.check(cat::GPU_FABRIC).is_some() {
+        e.judge(
+            cat::GPU_FABRIC,
+            g,
+            &g.fabric,
+            |f| !f.healthy(),
+            |f| {
+                if f.status == 0 {
+                    f.state_name()
+                } else {
+                    format!("{}, status {}", f.state_name(), nvml_status_name(f.status))
+                }
+            },
+            "completed, success".into(),
         );
     }
     if let Some(c) = e.check(cat::GPU_LEFTOVER_PROCESSES) {
@@ -624,6 +724,125 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             |on| if *on { "on".into() } else { "off".into() },
             "on".into(),
         );
+    }
+}
+
+/// The PCIe rule (see the catalogue): generation only while busy, width against the node's
+/// baseline or `expected_width`.
+fn pcie_result(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext, c: EffectiveCheck) {
+    let (gen_slack, width_slack, busy_pct, want_width) = (
+        c.threshold("max_gen_deficit"),
+        c.threshold("max_width_deficit"),
+        c.threshold("busy_util_pct"),
+        c.threshold("expected_width"),
+    );
+    let p = &g.pcie;
+    let show = |r: &Reading<u32>| r.value().map_or_else(|| "?".to_string(), u32::to_string);
+    let busy = g
+        .utilization_gpu_pct
+        .value()
+        .map(|u| f64::from(*u) >= busy_pct);
+    // Generation: judged only while busy (an idle board lowers it: power management).
+    let gen_bad = match (busy, p.gen_current.value(), p.gen_max.value()) {
+        (Some(true), Some(cur), Some(max)) => Some(f64::from(max.saturating_sub(*cur)) > gen_slack),
+        _ => None,
+    };
+    // Width: against expected_width, else the widest this GPU has reported here.
+    let (width_ref, width_src) = if want_width > 0.0 {
+        (Some(want_width as u32), "expected_width")
+    } else {
+        (
+            ctx.record(g).and_then(|r| r.pcie_width_best),
+            "best seen on this node",
+        )
+    };
+    let width_bad = match (p.width_current.value(), width_ref) {
+        (Some(cur), Some(want)) => Some(f64::from(want.saturating_sub(*cur)) > width_slack),
+        _ => None,
+    };
+    let observed = format!("gen{} x{}", show(&p.gen_current), show(&p.width_current));
+    let gen_part = match busy {
+        Some(true) => format!("gen{} (busy)", show(&p.gen_max)),
+        Some(false) => "any gen (idle)".to_string(),
+        None => "any gen (load n/a)".to_string(),
+    };
+    let width_part = match width_ref {
+        Some(w) => format!("x{w} ({width_src})"),
+        None => "no width baseline yet".to_string(),
+    };
+    let threshold = format!("{gen_part}, {width_part}");
+    let status = match (gen_bad, width_bad) {
+        (Some(true), _) | (_, Some(true)) => Status::Fail,
+        (None, None) => Status::Unknown,
+        _ => Status::Pass,
+    };
+    let note = (status == Status::Unknown).then(|| format!("not judged: {gen_part}, {width_part}"));
+    e.push(
+        cat::GPU_PCIE_LINK,
+        Some(g),
+        status,
+        observed,
+        threshold,
+        None,
+        note,
+    );
+}
+
+/// A counter judged by its rate against an earlier reading (per hour × `per_hours`).
+#[allow(clippy::too_many_arguments)]
+fn rate_result(
+    e: &mut Emitter<'_>,
+    g: &GpuSnapshot,
+    id: &'static str,
+    reading: &Reading<u64>,
+    prev: Option<crate::history::CounterReading>,
+    now: f64,
+    unit_per_hour: f64,
+    max: f64,
+) {
+    let unit = if unit_per_hour == 1.0 { "/h" } else { "/min" };
+    match reading {
+        Reading::Value(v) => match prev.and_then(|p| p.rate_per_hour(*v, now)) {
+            Some(per_hour) => {
+                let rate = per_hour / unit_per_hour;
+                let status = if rate > max {
+                    Status::Fail
+                } else {
+                    Status::Pass
+                };
+                e.push(
+                    id,
+                    Some(g),
+                    status,
+                    format!("{rate:.1}"),
+                    fmt_num(max),
+                    None,
+                    None,
+                );
+            }
+            None => e.push(
+                id,
+                Some(g),
+                Status::Unknown,
+                format!("count {v}"),
+                format!("{}{unit}", fmt_num(max)),
+                None,
+                Some("rate needs an earlier reading (a count alone is not judged)".into()),
+            ),
+        },
+        other => {
+            let r: Reading<u64> = other.clone();
+            e.judge(id, g, &r, |_| false, |v| v.to_string(), fmt_num(max));
+        }
+    }
+}
+
+fn nvml_status_name(code: u32) -> String {
+    match code {
+        0 => "success".into(),
+        3 => "not supported".into(),
+        999 => "unknown error".into(),
+        n => format!("nvml error {n}"),
     }
 }
 

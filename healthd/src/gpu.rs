@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
-    EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold,
+    EccCounter, MemoryError, RetirementCause, TemperatureSensor, TemperatureThreshold,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::event::XidError;
@@ -78,6 +78,15 @@ pub enum Reading<T> {
 }
 
 impl<T> Reading<T> {
+    /// The reading with its value (if any) converted.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Reading<U> {
+        match self {
+            Reading::Value(v) => Reading::Value(f(v)),
+            Reading::Unsupported => Reading::Unsupported,
+            Reading::Error(e) => Reading::Error(e),
+        }
+    }
+
     /// The value, if there is one.
     pub fn value(&self) -> Option<&T> {
         match self {
@@ -136,6 +145,36 @@ pub struct PcieLink {
     pub width_max: Reading<u32>,
 }
 
+/// NVSwitch fabric registration (`nvmlDeviceGetGpuFabricInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FabricInfo {
+    /// `NVML_GPU_FABRIC_STATE_*`: 1 not started, 2 in progress, 3 completed.
+    pub state: u8,
+    /// The registration's result (an NVML return code; 0 is success).
+    pub status: u32,
+    /// NVLink clique id.
+    pub clique_id: u32,
+}
+
+impl FabricInfo {
+    /// `not started`, `in progress`, `completed` (or the raw number).
+    pub fn state_name(&self) -> String {
+        match u32::from(self.state) {
+            sys::NVML_GPU_FABRIC_STATE_NOT_STARTED => "not started".into(),
+            sys::NVML_GPU_FABRIC_STATE_IN_PROGRESS => "in progress".into(),
+            sys::NVML_GPU_FABRIC_STATE_COMPLETED => "completed".into(),
+            sys::NVML_GPU_FABRIC_STATE_NOT_SUPPORTED => "not supported".into(),
+            n => format!("state {n}"),
+        }
+    }
+
+    /// Registered and working: state completed, status success.
+    pub fn healthy(&self) -> bool {
+        u32::from(self.state) == sys::NVML_GPU_FABRIC_STATE_COMPLETED
+            && self.status == sys::nvmlReturn_enum_NVML_SUCCESS
+    }
+}
+
 /// A compute process on a GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GpuProcess {
@@ -192,6 +231,10 @@ pub struct GpuSnapshot {
     pub memory: Reading<MemoryUsage>,
     /// Volatile uncorrectable ECC errors (since driver load).
     pub ecc_volatile_uncorrected: Reading<u64>,
+    /// Volatile corrected ECC errors (since driver load).
+    pub ecc_volatile_corrected: Reading<u64>,
+    /// Pages retired so far (single-bit and double-bit causes together; pre-Ampere).
+    pub retired_pages: Reading<u32>,
     /// Retired pages waiting for a reload.
     pub retired_pages_pending: Reading<bool>,
     /// Row remapping state.
@@ -200,6 +243,12 @@ pub struct GpuSnapshot {
     pub throttle_reasons: Reading<u64>,
     /// PCIe link.
     pub pcie: PcieLink,
+    /// PCIe replays since the last reset.
+    pub pcie_replays: Reading<u32>,
+    /// NVSwitch fabric registration (unsupported without an NVSwitch fabric).
+    pub fabric: Reading<FabricInfo>,
+    /// MIG mode (current).
+    pub mig_mode: Reading<bool>,
     /// Persistence mode.
     pub persistence_mode: Reading<bool>,
     /// Running compute processes.
@@ -224,6 +273,8 @@ impl GpuSnapshot {
         g.utilization_memory_pct = Reading::Unsupported;
         g.memory = Reading::Unsupported;
         g.ecc_volatile_uncorrected = Reading::Unsupported;
+        g.ecc_volatile_corrected = Reading::Unsupported;
+        g.retired_pages = Reading::Unsupported;
         g.retired_pages_pending = Reading::Unsupported;
         g.remapped_rows = Reading::Unsupported;
         g.throttle_reasons = Reading::Unsupported;
@@ -233,6 +284,9 @@ impl GpuSnapshot {
             width_current: Reading::Unsupported,
             width_max: Reading::Unsupported,
         };
+        g.pcie_replays = Reading::Unsupported;
+        g.fabric = Reading::Unsupported;
+        g.mig_mode = Reading::Unsupported;
         g.persistence_mode = Reading::Unsupported;
         g.compute_processes = Reading::Unsupported;
         g
@@ -258,6 +312,8 @@ impl GpuSnapshot {
             utilization_memory_pct: err(m),
             memory: err(m),
             ecc_volatile_uncorrected: err(m),
+            ecc_volatile_corrected: err(m),
+            retired_pages: err(m),
             retired_pages_pending: err(m),
             remapped_rows: err(m),
             throttle_reasons: err(m),
@@ -267,6 +323,9 @@ impl GpuSnapshot {
                 width_current: err(m),
                 width_max: err(m),
             },
+            pcie_replays: err(m),
+            fabric: err(m),
+            mig_mode: err(m),
             persistence_mode: err(m),
             compute_processes: err(m),
         }
@@ -788,6 +847,18 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
         d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
         l,
     );
+    let ecc_volatile_corrected = Reading::from_result(
+        d.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile),
+        l,
+    );
+    let retired_pages = Reading::from_result(
+        d.retired_pages(RetirementCause::MultipleSingleBitEccErrors)
+            .and_then(|sbe| {
+                d.retired_pages(RetirementCause::DoubleBitEccError)
+                    .map(|dbe| u32::try_from(sbe.len() + dbe.len()).unwrap_or(u32::MAX))
+            }),
+        l,
+    );
     let retired_pages_pending = Reading::from_result(d.are_pages_pending_retired(), l);
     let remapped_rows = Reading::from_result(remapped_rows(nvml, d), l);
     let throttle_reasons = Reading::from_result(d.current_throttle_reasons().map(|r| r.bits()), l);
@@ -797,6 +868,9 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
         width_current: Reading::from_result(d.current_pcie_link_width(), l),
         width_max: Reading::from_result(d.max_pcie_link_width(), l),
     };
+    let pcie_replays = Reading::from_result(d.pcie_replay_counter(), l);
+    let fabric = Reading::from_result(fabric_info(nvml, d), l);
+    let mig_mode = Reading::from_result(d.mig_mode().map(|m| m.current != 0), l);
     let persistence_mode = Reading::from_result(d.is_in_persistent_mode(), l);
     let compute_processes = Reading::from_result(
         d.running_compute_processes().map(|ps| {
@@ -827,10 +901,15 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
         utilization_memory_pct,
         memory,
         ecc_volatile_uncorrected,
+        ecc_volatile_corrected,
+        retired_pages,
         retired_pages_pending,
         remapped_rows,
         throttle_reasons,
         pcie,
+        pcie_replays,
+        fabric,
+        mig_mode,
         persistence_mode,
         compute_processes,
     }
@@ -866,6 +945,33 @@ fn remapped_rows(nvml: &Nvml, d: &Device<'_>) -> Result<RemappedRows, NvmlError>
         uncorrectable: unc,
         pending: pending != 0,
         failure: failure != 0,
+    })
+}
+
+/// `nvmlDeviceGetGpuFabricInfo`, which `nvml-wrapper` 0.13 does not wrap (its `sys` table
+/// has the symbol); a library without it (drivers before R530) reads as unsupported.
+fn fabric_info(nvml: &Nvml, d: &Device<'_>) -> Result<FabricInfo, NvmlError> {
+    let sym = match nvml.lib().nvmlDeviceGetGpuFabricInfo.as_ref() {
+        Ok(s) => s,
+        Err(e) => return Err(NvmlError::FailedToLoadSymbol(e.to_string())),
+    };
+    let mut info = sys::nvmlGpuFabricInfo_t {
+        clusterUuid: [0; 16],
+        status: 0,
+        cliqueId: 0,
+        state: 0,
+    };
+    // SAFETY: the handle comes from the wrapper and stays valid while `nvml` lives; `info` is
+    // a valid, writable struct of the type the function fills.
+    let rc = unsafe { sym(d.handle(), &mut info) };
+    nvml_return(rc)?;
+    if u32::from(info.state) == sys::NVML_GPU_FABRIC_STATE_NOT_SUPPORTED {
+        return Err(NvmlError::NotSupported);
+    }
+    Ok(FabricInfo {
+        state: info.state,
+        status: info.status,
+        clique_id: info.cliqueId,
     })
 }
 

@@ -38,6 +38,7 @@ pub mod config;
 pub mod daemon;
 pub mod forward;
 pub mod gpu;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod node_events;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::{Sim, context, failures, lock, options, run, set_state_env};
 use nvml_sim::{Process, RetiredPages, State, ThrottleReason};
 use sgpu_healthd::catalogue::{Catalogue, Profile, Severity};
+use sgpu_healthd::checks::CheckContext;
 use sgpu_healthd::checks::{self, Status, Verdict};
 use sgpu_healthd::gpu::{self, InitFailure, NvmlFailure, NvmlOptions, NvmlWorker};
 use sgpu_healthd::xid::XidStore;
@@ -25,7 +26,7 @@ fn healthy_node_passes_everything() {
         "gpu.lost",
         "gpu.ecc_uncorrectable",
         "gpu.temperature",
-        "gpu.pcie_link",
+        "gpu.fabric",
     ] {
         let n = results
             .iter()
@@ -33,6 +34,14 @@ fn healthy_node_passes_everything() {
             .count();
         assert_eq!(n, 8, "{id}");
     }
+    // An idle GPU's PCIe link is not judged without a baseline (see the PCIe tests).
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.check == "gpu.pcie_link")
+            .all(|r| r.status == Status::Unknown && r.message.contains("idle")),
+        "{results:#?}"
+    );
     // H100s do not report retired pages: unknown, not failed.
     let rp: Vec<_> = results
         .iter()
@@ -118,7 +127,7 @@ fn retired_pages_pending_drains() {
         "gpu.retired_pages_pending",
         2,
         Severity::Drain,
-        &["retired pages pending"],
+        &["page retirement pending: reset GPU after the running job"],
     );
 }
 
@@ -130,7 +139,7 @@ fn row_remap_pending_drains() {
         "gpu.row_remap_pending",
         3,
         Severity::Drain,
-        &["row remap pending"],
+        &["row remap pending: reset GPU after the running job"],
     );
 }
 
@@ -170,8 +179,20 @@ fn hot_gpu_drains() {
     );
 }
 
+/// One collect-and-evaluate run that reads and updates the node history in `dir`.
+fn run_remembering(ctx: &CheckContext, dir: &std::path::Path) -> Vec<checks::CheckResult> {
+    let cat = Catalogue::default();
+    let mut ctx = ctx.clone();
+    match gpu::collect(&options(common::TIMEOUT), true) {
+        Ok(c) => checks::evaluate_remembering(&c.snapshot, &mut ctx, &cat, dir, true).0,
+        Err(f) => checks::evaluate_failure(&f, &ctx, &cat),
+    }
+}
+
 #[test]
-fn hw_slowdown_drains() {
+fn hw_slowdown_warns_first_and_drains_when_it_persists() {
+    // One reading: a warning (the H100 and Dell V100 captures show HW power brake on a
+    // single reading; a BMC can assert it for a moment).
     fault(
         |s| {
             s.gpus[0].throttle_reasons =
@@ -180,20 +201,215 @@ fn hw_slowdown_drains() {
         Profile::Quick,
         "gpu.throttle",
         0,
-        Severity::Drain,
-        &["hw_slowdown"],
+        Severity::Warn,
+        &["hw_slowdown", "check 1 of 3 before drain"],
+    );
+    // Three checks in a row: drain.
+    let sim = Sim::start(&State::healthy(2));
+    let dir = tempfile::tempdir().unwrap();
+    sim.update(|s| s.gpus[1].throttle_reasons = Some(vec![ThrottleReason::HwPowerBrake]));
+    let ctx = context(Profile::Full, 2);
+    let verdicts: Vec<Verdict> = (0..3)
+        .map(|_| Verdict::of(&run_remembering(&ctx, dir.path())))
+        .collect();
+    assert_eq!(verdicts, [Verdict::Warn, Verdict::Warn, Verdict::Drain]);
+    // A check without it resets the streak.
+    sim.update(|s| s.gpus[1].throttle_reasons = Some(vec![ThrottleReason::GpuIdle]));
+    assert_eq!(
+        Verdict::of(&run_remembering(&ctx, dir.path())),
+        Verdict::Healthy
+    );
+    sim.update(|s| s.gpus[1].throttle_reasons = Some(vec![ThrottleReason::HwPowerBrake]));
+    let r = run_remembering(&ctx, dir.path());
+    assert_eq!(Verdict::of(&r), Verdict::Warn, "{:#?}", failures(&r));
+}
+
+/// The reproduction: an idle L40S-like board at PCIe gen 1 of 4 with SW power cap
+/// active was drained for `gpu.pcie_link`. Idle it is healthy, in the gate and the daemon;
+/// a lower generation while busy still drains.
+#[test]
+fn idle_board_at_gen1_is_healthy_and_a_busy_one_drains() {
+    let sim = Sim::start(&State::healthy(2));
+    let dir = tempfile::tempdir().unwrap();
+    sim.update(|s| {
+        for g in &mut s.gpus {
+            g.pcie_gen_current = Some(1);
+            g.pcie_gen_max = Some(4);
+            g.utilization_gpu = Some(0);
+            g.throttle_reasons = Some(vec![ThrottleReason::SwPowerCap]);
+        }
+    });
+    for profile in [Profile::Quick, Profile::Full] {
+        for _ in 0..2 {
+            let r = run_remembering(&context(profile, 2), dir.path());
+            assert_eq!(
+                failures(&r),
+                Vec::<&checks::CheckResult>::new(),
+                "{profile:?}"
+            );
+        }
+    }
+    sim.update(|s| s.gpus[1].utilization_gpu = Some(95));
+    let r = run_remembering(&context(Profile::Full, 2), dir.path());
+    let f = failures(&r);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!((f[0].check, f[0].gpu), ("gpu.pcie_link", Some(1)));
+    assert!(f[0].drains());
+    assert!(
+        f[0].drain_reason()
+            .contains("PCIe link gen1 x16, expected gen4 (busy)"),
+        "{}",
+        f[0].drain_reason()
     );
 }
 
 #[test]
-fn degraded_pcie_link_drains() {
+fn narrowed_pcie_link_drains_against_the_nodes_baseline() {
+    let sim = Sim::start(&State::healthy(4));
+    // No baseline (a first check, or a capture): x8 of x16 is not judged (an x8 slot
+    // looks the same as a degraded link).
+    sim.update(|s| s.gpus[3].pcie_width_current = Some(8));
+    let r = run(&context(Profile::Quick, 4));
+    assert_eq!(Verdict::of(&r), Verdict::Healthy, "{:#?}", failures(&r));
+    // The node saw x16 on this GPU: x8 now is a degraded link.
+    let dir = tempfile::tempdir().unwrap();
+    sim.update(|s| s.gpus[3].pcie_width_current = Some(16));
+    run_remembering(&context(Profile::Quick, 4), dir.path());
+    sim.update(|s| s.gpus[3].pcie_width_current = Some(8));
+    let r = run_remembering(&context(Profile::Quick, 4), dir.path());
+    let f = failures(&r);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(
+        (f[0].check, f[0].gpu, f[0].severity),
+        ("gpu.pcie_link", Some(3), Severity::Drain)
+    );
+    assert!(
+        f[0].drain_reason()
+            .contains("gen5 x8, expected any gen (idle), x16 (best seen on this node)"),
+        "{}",
+        f[0].drain_reason()
+    );
+    // ... and stays degraded: the baseline is the widest ever seen.
+    let r = run_remembering(&context(Profile::Quick, 4), dir.path());
+    assert_eq!(Verdict::of(&r), Verdict::Drain);
+    // expected_width set by the admin judges without a baseline.
+    let mut o = std::collections::BTreeMap::new();
+    o.insert(
+        "gpu.pcie_link".to_string(),
+        sgpu_healthd::catalogue::CheckOverride {
+            thresholds: [("expected_width".to_string(), 16.0)].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    let cat = Catalogue::effective(&o);
+    let c = gpu::collect(&options(common::TIMEOUT), false).unwrap();
+    let r = checks::evaluate(&c.snapshot, &context(Profile::Quick, 4), &cat);
+    assert_eq!(Verdict::of(&r), Verdict::Drain);
+}
+
+#[test]
+fn fabric_not_completed_drains() {
     fault(
-        |s| s.gpus[3].pcie_width_current = Some(8),
+        |s| {
+            s.gpus[2].fabric = Some(nvml_sim::Fabric {
+                state: nvml_sim::FabricState::InProgress,
+                status: "Success".into(),
+                clique_id: 0,
+            })
+        },
         Profile::Quick,
-        "gpu.pcie_link",
-        3,
+        "gpu.fabric",
+        2,
         Severity::Drain,
-        &["gen5 x8, max gen5 x16"],
+        &["fabric in progress"],
+    );
+    fault(
+        |s| s.gpus[1].fabric.as_mut().unwrap().status = "Insufficient Resources".into(),
+        Profile::Quick,
+        "gpu.fabric",
+        1,
+        Severity::Drain,
+        &["fabric completed, status unknown error"],
+    );
+}
+
+#[test]
+fn counters_warn_by_rate_not_by_count() {
+    let sim = Sim::start(&State::healthy(2));
+    // A large count on its own (A40: 10289 corrected, healthy H100: 120 replays) is fine.
+    sim.update(|s| {
+        s.gpus[0].ecc.volatile_corrected = 10_289;
+        s.gpus[1].pcie_replay_counter = Some(120);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = context(Profile::Full, 2);
+    let r = run_remembering(&ctx, dir.path());
+    assert_eq!(Verdict::of(&r), Verdict::Healthy, "{:#?}", failures(&r));
+    // Ten minutes later: 10 more corrected errors is 60/h (fine); 200 more replays is
+    // 20/min (a warning).
+    sim.update(|s| {
+        s.gpus[0].ecc.volatile_corrected = 10_299;
+        s.gpus[1].pcie_replay_counter = Some(320);
+    });
+    ctx.now += 600.0;
+    let r = run_remembering(&ctx, dir.path());
+    let f = failures(&r);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(
+        (f[0].check, f[0].gpu, f[0].severity),
+        ("gpu.pcie_replay_rate", Some(1), Severity::Warn)
+    );
+    assert!(
+        f[0].message.contains("20.0 PCIe replays/min (max 8)"),
+        "{}",
+        f[0].message
+    );
+    // 1000 more corrected errors within the hour: a warning.
+    sim.update(|s| s.gpus[0].ecc.volatile_corrected = 11_299);
+    ctx.now += 600.0;
+    let r = run_remembering(&ctx, dir.path());
+    assert!(
+        failures(&r)
+            .iter()
+            .any(|f| f.check == "gpu.ecc_correctable_rate"
+                && f.gpu == Some(0)
+                && f.severity == Severity::Warn),
+        "{:#?}",
+        failures(&r)
+    );
+}
+
+#[test]
+fn retired_pages_warn_and_drain_at_the_rma_count() {
+    let page = |a: u64| nvml_sim::RetiredPage {
+        address: a,
+        timestamp: 0,
+    };
+    fault(
+        |s| {
+            s.gpus[1].retired_pages = Some(RetiredPages {
+                single_bit: vec![page(0x1000)],
+                ..Default::default()
+            })
+        },
+        Profile::Full,
+        "gpu.retired_pages",
+        1,
+        Severity::Warn,
+        &["1 retired pages"],
+    );
+    fault(
+        |s| {
+            s.gpus[1].retired_pages = Some(RetiredPages {
+                double_bit: (1..=60).map(|i| page(i * 0x1000)).collect(),
+                ..Default::default()
+            })
+        },
+        Profile::Full,
+        "gpu.retired_pages",
+        1,
+        Severity::Drain,
+        &["60 retired pages"],
     );
 }
 
@@ -238,15 +454,21 @@ fn leftover_process_on_another_jobs_gpu_is_fine() {
 }
 
 #[test]
-fn persistence_off_warns() {
-    fault(
-        |s| s.gpus[2].persistence_mode = Some(false),
-        Profile::Full,
-        "gpu.persistence_mode",
-        2,
-        Severity::Warn,
-        &["persistence mode off"],
+fn persistence_off_is_reported_not_warned() {
+    // A setting, not a fault: healthy A10G, T4 and V100 captures run with it off.
+    let _sim = Sim::start(&{
+        let mut s = State::healthy(4);
+        s.gpus[2].persistence_mode = Some(false);
+        s
+    });
+    let r = run(&context(Profile::Full, 4));
+    let f = failures(&r);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(
+        (f[0].check, f[0].severity),
+        ("gpu.persistence_mode", Severity::Info)
     );
+    assert_eq!(Verdict::of(&r), Verdict::Healthy);
 }
 
 #[test]

@@ -115,6 +115,49 @@ fn xid79_on_an_idle_node_drains_it_at_once() -> TestResult {
     Ok(())
 }
 
+/// Issue 13's reproduction: node2's GPUs as an idle L40S reports them (PCIe gen 1 of 4,
+/// SW power cap active). The old rule drained the node within one check interval for
+/// `gpu.pcie_link`; an idle board lowering its link is power management.
+#[test]
+fn an_idle_board_at_pcie_gen1_is_not_drained() -> TestResult {
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node2";
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
+    ready(&cluster, node)?;
+    sgpu::update_gpus(&cluster, node, |s| {
+        for g in &mut s.gpus {
+            g.pcie_gen_current = Some(1);
+            g.pcie_gen_max = Some(4);
+            g.utilization_gpu = Some(0);
+            g.throttle_reasons = Some(vec![nvml_sim::ThrottleReason::SwPowerCap]);
+        }
+    })?;
+    let history = node_files(&cluster, node)
+        .state_dir
+        .join("gpu-history.json");
+    let before = std::fs::metadata(&history).and_then(|m| m.modified()).ok();
+    stays(
+        &cluster,
+        node,
+        INTERVAL * 2 + Duration::from_millis(500),
+        "in service",
+        |r| !node_state(r).1,
+    )?;
+    // healthd did check meanwhile (it rewrites the node's GPU history on every run)
+    let after = std::fs::metadata(&history).and_then(|m| m.modified()).ok();
+    assert!(
+        after.is_some() && after != before,
+        "healthd ran no check on {node}"
+    );
+    // and the prolog's quick gate lets a job run
+    let id = cluster.sbatch(&["-w", node, "--gres=gpu:1", "-o", "/dev/null"], "true")?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert!(!node_state(&cluster.node(node)?).1, "{node} drained");
+    Ok(())
+}
+
 #[test]
 fn xid13_is_recorded_but_does_not_drain() -> TestResult {
     let cluster = Cluster::up()?;

@@ -12,6 +12,8 @@ const USAGE: &str = "usage (as root; stop the cluster with tests/cluster/down):
   sgpu-testcluster gpu NODE ecc GPU COUNT      set GPU's volatile uncorrectable ECC errors
   sgpu-testcluster gpu NODE util PERCENT       set every GPU's utilization
   sgpu-testcluster gpu NODE heal               healthy GPUs again, XID history cleared
+  sgpu-testcluster gpu NODE capture FILE       NODE's GPUs become those of a real capture
+                                               (nvidia-smi -q -x or nvidia-smi -q output)
   sgpu-testcluster healthd start|stop NODE     start or stop NODE's sgpu-healthd
   sgpu-testcluster acctd start|stop            the cluster's sgpu-acctd (MUNGE, 127.0.0.1:16830),
                                                with every node's healthd forwarding to it";
@@ -73,6 +75,26 @@ fn run(args: &[&str]) -> Result<(), String> {
                     .map_err(err)
                 }
                 ["heal"] => sgpu::reset_gpus(&cluster, node).map_err(err),
+                ["capture", file] => {
+                    let capture = nvml_sim::Capture::load(file).map_err(|e| e.to_string())?;
+                    let mut state = capture.state;
+                    // the energy counters start now (no capture has them)
+                    state.epoch = Some(nvml_sim::unix_now());
+                    let path = sgpu::node_files(&cluster, node).nvml_state;
+                    state.save(&path).map_err(|e| e.to_string())?;
+                    for n in &capture.notes {
+                        println!("note: {n}");
+                    }
+                    let (have, want) = (state.gpus.len(), sgpu::gpus_of(&cluster, node));
+                    println!("{node}: {have} GPUs from {file} ({})", path.display());
+                    if have != want as usize {
+                        println!(
+                            "note: gres.conf declares {want} GPUs on {node}: gpu.count will fail \
+                             (bring up a cluster with SGPU_CLUSTER_GPUS={have})"
+                        );
+                    }
+                    Ok(())
+                }
                 _ => Err(USAGE.into()),
             }
         }
