@@ -345,7 +345,17 @@ impl Daemon {
                     Err(e) => warn!("XID store: {e}; this run judges no XIDs"),
                 }
                 ctx.xids = judged_xids.clone();
-                checks::evaluate(&snapshot, &ctx, &self.catalogue)
+                let (results, note) = checks::evaluate_remembering(
+                    &snapshot,
+                    &mut ctx,
+                    &self.catalogue,
+                    &self.config.state_dir,
+                    true,
+                );
+                if let Some(n) = note {
+                    warn!("{n}; rules that need earlier readings are not judged");
+                }
+                results
             }
             Err(failure) => checks::evaluate_failure(&failure, &ctx, &self.catalogue),
         };

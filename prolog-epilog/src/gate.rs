@@ -127,8 +127,20 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
                     c.xids.events.clone()
                 }
             };
+            // the node's GPU history (PCIe width baseline, HW throttle streaks) is read and
+            // updated by every gate run as by the daemon
+            let (results, note) = checks::evaluate_remembering(
+                &c.snapshot,
+                &mut ctx,
+                &catalogue,
+                &config.state_dir,
+                true,
+            );
+            if let Some(n) = note {
+                report.error(format!("GPU history: {n}"));
+            }
             Checked {
-                results: checks::evaluate(&c.snapshot, &ctx, &catalogue),
+                results,
                 snapshot: Some(c.snapshot),
                 job_nvml,
                 xids: ctx.xids,
