@@ -455,6 +455,47 @@ fn health_text(h: &Health) -> String {
     }
 }
 
+/// How many nodes' healthd `sgpu status` asks at once.
+pub const STATUS_PARALLEL: usize = 128;
+
+/// `f` over `items` on at most `workers` threads, results in the items' order (`lost` for
+/// an item whose worker panicked).
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+    lost: impl Fn() -> R,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<(usize, Option<R>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.clamp(1, items.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)));
+                        mine.push((i, r.ok()));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (i, r) in done {
+        if let Some(slot) = slots.get_mut(i) {
+            *slot = r;
+        }
+    }
+    slots.into_iter().map(|r| r.unwrap_or_else(&lost)).collect()
+}
+
 /// `sgpu status`.
 pub fn status(
     config: Option<&Path>,
@@ -466,21 +507,14 @@ pub fn status(
         Some(h) => slurm_nodes(&env, &expand(h)?)?,
         None => nodes::show_nodes(env.scontrol.path(), None).map_err(anyhow::Error::msg)?,
     };
-    // one thread per node (bounded by the node count of one command line): a dead node
-    // costs its timeout once, not once per node
-    let healths: Vec<(Health, Option<String>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = list
-            .iter()
-            .map(|n| s.spawn(|| node_health(&env, &n.name)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| (Health::Unknown("internal error".into()), None))
-            })
-            .collect()
-    });
+    // at most STATUS_PARALLEL healthd asked at once: a dead node costs its timeout once,
+    // not once per node, and 10,000 nodes are not 10,000 threads
+    let healths: Vec<(Health, Option<String>)> = parallel_map(
+        &list,
+        STATUS_PARALLEL,
+        |n| node_health(&env, &n.name),
+        || (Health::Unknown("internal error".into()), None),
+    );
     if a.json {
         let rows: Vec<Value> = list
             .iter()
@@ -630,6 +664,33 @@ pub fn utc(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_map_keeps_order_and_bounds_threads() {
+        let items: Vec<u32> = (0..1000).collect();
+        let live = std::sync::atomic::AtomicUsize::new(0);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        let out = parallel_map(
+            &items,
+            8,
+            |i| {
+                let now = live.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                if *i == 500 {
+                    panic!("one node's query panics");
+                }
+                live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                i * 2
+            },
+            || u32::MAX,
+        );
+        assert_eq!(out.len(), 1000);
+        assert_eq!(out[499], 998);
+        assert_eq!(out[500], u32::MAX);
+        assert_eq!(out[999], 1998);
+        assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 8);
+        assert!(parallel_map(&[] as &[u32], 8, |i| *i, || 0).is_empty());
+    }
 
     #[test]
     fn utc_dates() {
