@@ -291,16 +291,21 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         acknowledge_xids(config, &checked.xids, &mut report);
     }
     report.results = checked.results.clone();
+    // notes of this job's runs before the previous one: their epilogs never ran here
+    if let Err(e) = JobStartState::remove_stale(&config.state_dir, job.job_id, job.restart_count) {
+        report.note(format!("job start note: {e}"));
+    }
     if report.exit_code != 0 {
-        // The run ends here (Slurm requeues the job): the note, without GPUs, still tells
-        // this run's epilog which run it ends (its own environment may already count the
-        // requeue), so its empty job_end never takes a later run's identity on this node.
+        // The run ends here (Slurm requeues the job) but Slurm bills it (sacct counts its
+        // GPUs from allocation to requeue): the note tells this run's epilog which run it
+        // ends (its own environment already counts the requeue) and its GPUs, so its
+        // job_end bills the run as Slurm does. No job_start: nothing ran to sample.
         let note = JobStartState {
             job_id: job.job_id,
             node: job.node.clone(),
             run: job.restart_count,
             start_ms: now_ms(),
-            gpus: Vec::new(),
+            gpus: start_gpus(job, &checked),
         };
         if let Err(e) = note.save(&config.state_dir) {
             report.error(format!("job start note: {e}"));
@@ -327,18 +332,59 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     report
 }
 
+/// Slurm's window of a run a requeue ended (the environment counts more restarts than the
+/// note's run; slurmctld shows the next run by now), from slurmdbd
+/// ([`crate::run_window`]); `None` (the node's window is used) when that is off or unknown.
+fn requeued_run_window(
+    config: &Config,
+    job: &JobEnv,
+    start: &JobStartState,
+    end_ms: u64,
+    report: &mut GateReport,
+) -> Option<sgpu_spool::SlurmWindow> {
+    if start.gpus.is_empty() || !config.slurm_job_times || job.restart_count <= start.run {
+        return None;
+    }
+    let sacct = crate::run_window::locate_sacct(config.scontrol.as_deref());
+    match crate::run_window::from_slurmdbd(
+        sacct.as_deref().and_then(|p| p.to_str()),
+        job.job_id,
+        start.start_ms.min(end_ms),
+        end_ms,
+    ) {
+        Ok(w) => {
+            report.note(format!(
+                "job {} run {} was requeued: Slurm's window {}..{} from slurmdbd",
+                job.job_id, start.run, w.start_s, w.end_s
+            ));
+            Some(w)
+        }
+        Err(why) => {
+            report.note(format!(
+                "warning: job {} run {} was requeued and slurmdbd gave no window for it \
+                 ({why}); allocated GPU time is counted over the node's prolog-to-epilog window",
+                job.job_id, start.run
+            ));
+            None
+        }
+    }
+}
+
 /// The epilog: spool the job-end record, look for damage the job left, drain on it.
 pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
     let mut report = GateReport::default();
     let end_ms = now_ms();
     let checked = run_checks(config, job, Profile::Post, &mut report);
-    let start = match JobStartState::load(&config.state_dir, job.job_id) {
-        Ok(s) => s,
-        Err(e) => {
-            report.error(format!("job start note: {e}"));
-            None
-        }
-    };
+    // the run this epilog ends: the prolog's note of it (a requeue may have started the next
+    // run's prolog here already; see sgpu_spool::job_note::epilog_run)
+    let start =
+        match JobStartState::load_for_epilog(&config.state_dir, job.job_id, job.restart_count) {
+            Ok(s) => s,
+            Err(e) => {
+                report.error(format!("job start note: {e}"));
+                None
+            }
+        };
     if start.is_none() {
         report.note(format!(
             "job {}: no start note from sgpu-prolog; the end record has no energy deltas",
@@ -380,6 +426,10 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
         },
         None => None,
     };
+    let window = match start.as_ref() {
+        Some(s) if window.is_none() => requeued_run_window(config, job, s, end_ms, &mut report),
+        _ => window,
+    };
     if let Err(e) = records::spool_end(
         config,
         job,
@@ -389,7 +439,9 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
         window,
     ) {
         report.error(format!("job-end record: {e}"));
-    } else if let Err(e) = JobStartState::remove(&config.state_dir, job.job_id) {
+    } else if let Err(e) = start.as_ref().map_or(Ok(()), |s| {
+        JobStartState::remove(&config.state_dir, job.job_id, s.run)
+    }) {
         report.error(format!("job start note: {e}"));
     }
 

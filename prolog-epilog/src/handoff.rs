@@ -75,18 +75,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HandoffError + '_ {
     }
 }
 
-/// The note's path for `job_id` under `state_dir` ([`sgpu_spool::job_note::path`]).
-pub fn path_for(state_dir: &Path, job_id: u32) -> PathBuf {
-    sgpu_spool::job_note::path(state_dir, job_id)
+/// The note's path for run `run` of `job_id` under `state_dir`
+/// ([`sgpu_spool::job_note::path`]: one note per run).
+pub fn path_for(state_dir: &Path, job_id: u32, run: u32) -> PathBuf {
+    sgpu_spool::job_note::path(state_dir, job_id, run)
 }
 
 impl JobStartState {
     /// Writes the note atomically under `state_dir`.
     pub fn save(&self, state_dir: &Path) -> Result<PathBuf, HandoffError> {
-        let path = path_for(state_dir, self.job_id);
+        let path = path_for(state_dir, self.job_id, self.run);
         let dir = state_dir.join("jobs");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(".{}.{}.tmp", self.job_id, std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.{}.{}.tmp",
+            self.job_id,
+            self.run,
+            std::process::id()
+        ));
         let body = serde_json::to_vec_pretty(self).map_err(|e| HandoffError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
@@ -102,9 +108,31 @@ impl JobStartState {
         Ok(path)
     }
 
-    /// Reads the note for `job_id`; `Ok(None)` when the prolog left none.
-    pub fn load(state_dir: &Path, job_id: u32) -> Result<Option<JobStartState>, HandoffError> {
-        let path = path_for(state_dir, job_id);
+    /// Reads the note of the run an epilog ends ([`sgpu_spool::job_note::epilog_run`],
+    /// given the restart count in its environment); `Ok(None)` when the prolog left none.
+    pub fn load_for_epilog(
+        state_dir: &Path,
+        job_id: u32,
+        env_count: u32,
+    ) -> Result<Option<JobStartState>, HandoffError> {
+        let runs =
+            sgpu_spool::job_note::runs(state_dir, job_id).map_err(|e| HandoffError::Corrupt {
+                path: state_dir.join("jobs"),
+                detail: e.to_string(),
+            })?;
+        match sgpu_spool::job_note::epilog_run(env_count, &runs) {
+            Some(run) => Self::load(state_dir, job_id, run),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the note of run `run` of `job_id`; `Ok(None)` when the prolog left none.
+    pub fn load(
+        state_dir: &Path,
+        job_id: u32,
+        run: u32,
+    ) -> Result<Option<JobStartState>, HandoffError> {
+        let path = path_for(state_dir, job_id, run);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -115,23 +143,37 @@ impl JobStartState {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
-        if note.job_id != job_id {
+        if note.job_id != job_id || note.run != run {
             return Err(HandoffError::Corrupt {
                 path,
-                detail: format!("it is for job {}", note.job_id),
+                detail: format!("it is for job {} run {}", note.job_id, note.run),
             });
         }
         Ok(Some(note))
     }
 
-    /// Removes the note for `job_id` (absent is fine).
-    pub fn remove(state_dir: &Path, job_id: u32) -> Result<(), HandoffError> {
-        let path = path_for(state_dir, job_id);
+    /// Removes the note of run `run` of `job_id` (absent is fine).
+    pub fn remove(state_dir: &Path, job_id: u32, run: u32) -> Result<(), HandoffError> {
+        let path = path_for(state_dir, job_id, run);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&path)(e)),
         }
+    }
+
+    /// Removes the notes of `job_id`'s runs before `run - 1`, left by epilogs that never
+    /// ran (a node that went down): the run before this one may still be ending here.
+    pub fn remove_stale(state_dir: &Path, job_id: u32, run: u32) -> Result<(), HandoffError> {
+        let runs =
+            sgpu_spool::job_note::runs(state_dir, job_id).map_err(|e| HandoffError::Corrupt {
+                path: state_dir.join("jobs"),
+                detail: e.to_string(),
+            })?;
+        for old in runs.into_iter().filter(|r| r.saturating_add(1) < run) {
+            Self::remove(state_dir, job_id, old)?;
+        }
+        Ok(())
     }
 }
 
@@ -139,13 +181,11 @@ impl JobStartState {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let note = JobStartState {
+    fn note(run: u32) -> JobStartState {
+        JobStartState {
             job_id: 42,
             node: "node1".into(),
-            run: 3,
+            run,
             start_ms: 1_700_000_000_123,
             gpus: vec![StartGpu {
                 slurm_index: 1,
@@ -154,26 +194,59 @@ mod tests {
                 name: Some("NVIDIA H100".into()),
                 energy_mj: Some(123_456),
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn round_trip_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let note = note(3);
         note.save(dir.path()).unwrap();
         // the SPANK plugin reads the run through the spool crate's reader
         assert_eq!(
             sgpu_spool::job_note::read_run(dir.path(), 42).unwrap(),
             Some(3)
         );
-        assert_eq!(JobStartState::load(dir.path(), 42).unwrap(), Some(note));
-        assert_eq!(JobStartState::load(dir.path(), 43).unwrap(), None);
-        JobStartState::remove(dir.path(), 42).unwrap();
-        JobStartState::remove(dir.path(), 42).unwrap();
-        assert_eq!(JobStartState::load(dir.path(), 42).unwrap(), None);
+        assert_eq!(JobStartState::load(dir.path(), 42, 3).unwrap(), Some(note));
+        assert_eq!(JobStartState::load(dir.path(), 43, 3).unwrap(), None);
+        assert_eq!(JobStartState::load(dir.path(), 42, 2).unwrap(), None);
+        JobStartState::remove(dir.path(), 42, 3).unwrap();
+        JobStartState::remove(dir.path(), 42, 3).unwrap();
+        assert_eq!(JobStartState::load(dir.path(), 42, 3).unwrap(), None);
+    }
+
+    #[test]
+    fn a_requeued_runs_epilog_finds_its_note_beside_the_next_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        // run 0 was killed by a requeue; run 1's prolog already wrote its note here
+        note(0).save(dir.path()).unwrap();
+        note(1).save(dir.path()).unwrap();
+        let mine = JobStartState::load_for_epilog(dir.path(), 42, 1).unwrap();
+        assert_eq!(mine.map(|n| n.run), Some(0));
+        JobStartState::remove(dir.path(), 42, 0).unwrap();
+        // run 1's step and epilog find run 1's note
+        assert_eq!(
+            sgpu_spool::job_note::read_run(dir.path(), 42).unwrap(),
+            Some(1)
+        );
+        let next = JobStartState::load_for_epilog(dir.path(), 42, 1).unwrap();
+        assert_eq!(next.map(|n| n.run), Some(1));
+        // a prolog clears notes older than the run before its own
+        note(0).save(dir.path()).unwrap();
+        note(2).save(dir.path()).unwrap();
+        JobStartState::remove_stale(dir.path(), 42, 2).unwrap();
+        assert_eq!(
+            sgpu_spool::job_note::runs(dir.path(), 42).unwrap(),
+            vec![1, 2]
+        );
     }
 
     #[test]
     fn corrupt_note_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        std::fs::write(path_for(dir.path(), 7), b"{not json").unwrap();
-        let e = JobStartState::load(dir.path(), 7).unwrap_err();
+        std::fs::write(path_for(dir.path(), 7, 0), b"{not json").unwrap();
+        let e = JobStartState::load(dir.path(), 7, 0).unwrap_err();
         assert!(e.to_string().contains("7.json"), "{e}");
     }
 }

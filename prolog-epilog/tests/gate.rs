@@ -135,7 +135,7 @@ fn healthy_prolog_passes_and_leaves_note_and_record() {
     assert_eq!(r.exit_code, 0, "{r:?}");
     assert!(!r.sgpu_error, "{r:?}");
     assert_eq!(node.scontrol_calls(), "");
-    let note = JobStartState::load(&node.config.state_dir, 10)
+    let note = JobStartState::load(&node.config.state_dir, 10, 0)
         .unwrap()
         .unwrap();
     assert_eq!(note.gpus.len(), 2);
@@ -167,12 +167,12 @@ fn health_modes_decide_whether_the_job_runs() {
             .starts_with("update NodeName=n1 State=DRAIN Reason=sgpu: gpu.ecc_uncorrectable gpu2:"),
         "{calls}"
     );
-    // a failed prolog leaves no note and no record: the job did not start here
-    assert!(
-        JobStartState::load(&node.config.state_dir, 11)
-            .unwrap()
-            .is_none()
-    );
+    // a failed prolog leaves no record (nothing ran to sample), but a note: its epilog
+    // bills the run's GPUs as Slurm does (sacct counts them until the requeue)
+    let note = JobStartState::load(&node.config.state_dir, 11, 0)
+        .unwrap()
+        .expect("the failed run's note");
+    assert_eq!((note.run, note.gpus.len()), (0, 1), "{note:?}");
     assert!(node.spool().list().unwrap().is_empty());
 
     let warn = prolog(&node.config, &node.job(12, "0", HealthMode::Warn));
@@ -187,7 +187,7 @@ fn health_modes_decide_whether_the_job_runs() {
     assert!(!off.drained && off.verdict.is_none(), "{off:?}");
     assert_eq!(node.updates().lines().count(), 2, "off does not drain");
     assert!(
-        JobStartState::load(&node.config.state_dir, 13)
+        JobStartState::load(&node.config.state_dir, 13, 0)
             .unwrap()
             .is_some()
     );
@@ -255,7 +255,7 @@ fn epilog_records_energy_and_drains_on_leaked_processes() {
         "{calls}"
     );
     assert!(
-        JobStartState::load(&node.config.state_dir, 30)
+        JobStartState::load(&node.config.state_dir, 30, 0)
             .unwrap()
             .is_none()
     );

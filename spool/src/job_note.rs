@@ -13,9 +13,66 @@
 
 use std::path::{Path, PathBuf};
 
-/// The note of `job_id` under `state_dir`.
-pub fn path(state_dir: &Path, job_id: u32) -> PathBuf {
-    state_dir.join("jobs").join(format!("{job_id}.json"))
+/// The note of run `run` of `job_id` under `state_dir`: `jobs/<job>.json` for run 0 (the
+/// name notes had before runs existed), `jobs/<job>.r<run>.json` for later runs. One file
+/// per run: the killed run's epilog can still be running when the next run's prolog starts
+/// on the same node (seen on the test cluster after `scontrol requeue`: the job was
+/// allocated again 150 ms after the requeue), so a run's note must not replace another's.
+pub fn path(state_dir: &Path, job_id: u32, run: u32) -> PathBuf {
+    let name = if run == 0 {
+        format!("{job_id}.json")
+    } else {
+        format!("{job_id}.r{run}.json")
+    };
+    state_dir.join("jobs").join(name)
+}
+
+/// The runs of `job_id` that have a note under `state_dir`, ascending.
+pub fn runs(state_dir: &Path, job_id: u32) -> Result<Vec<u32>, NoteError> {
+    let dir = state_dir.join("jobs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(NoteError::Io { path: dir, source }),
+    };
+    let plain = format!("{job_id}.json");
+    let prefix = format!("{job_id}.r");
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|source| NoteError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == plain {
+            out.push(0);
+        } else if let Some(run) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".json"))
+            .and_then(|r| r.parse::<u32>().ok())
+        {
+            if run > 0 {
+                out.push(run);
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The run an epilog ends, given the restart count `env_count` in its environment and the
+/// runs with a note on the node (`runs`, ascending): after a requeue the environment
+/// already counts the next run, and that run's prolog may have written its note already,
+/// so the older of `env_count - 1` and `env_count` that has a note; else the newest note
+/// not after `env_count`; `None` without one.
+pub fn epilog_run(env_count: u32, runs: &[u32]) -> Option<u32> {
+    let candidates = [env_count.checked_sub(1), Some(env_count)];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|r| runs.contains(r))
+        .or_else(|| runs.iter().rev().find(|&&r| r <= env_count).copied())
 }
 
 /// Why the run could not be read from a note.
@@ -46,7 +103,9 @@ pub enum NoteError {
 /// The longest note read, bytes (a note lists a node's GPUs: a few KiB).
 const MAX_NOTE_BYTES: u64 = 1 << 20;
 
-/// The run recorded in `job_id`'s note, `Ok(None)` when there is no note (the job's prolog
+/// The run a step of `job_id` belongs to: the newest run with a note (the running run's
+/// prolog wrote it; an older one may belong to a run whose epilog is still running),
+/// checked against the note's content. `Ok(None)` when there is no note (the job's prolog
 /// did not run sgpu on this node). A note written before runs existed says run 0.
 pub fn read_run(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError> {
     #[derive(serde::Deserialize)]
@@ -56,9 +115,13 @@ pub fn read_run(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError>
         run: u32,
     }
     use std::io::Read;
-    let path = path(state_dir, job_id);
+    let Some(&run) = runs(state_dir, job_id)?.last() else {
+        return Ok(None);
+    };
+    let path = path(state_dir, job_id, run);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
+        // its epilog removed it meanwhile: the run ended
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(NoteError::Io { path, source }),
     };
@@ -75,6 +138,9 @@ pub fn read_run(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError>
     if note.job_id != job_id {
         return Err(corrupt(format!("it is for job {}", note.job_id)));
     }
+    if note.run != run {
+        return Err(corrupt(format!("it says run {}", note.run)));
+    }
     Ok(Some(note.run))
 }
 
@@ -83,19 +149,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_run_and_refuses_another_jobs_note() {
+    fn reads_the_newest_run_and_refuses_another_jobs_note() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_run(dir.path(), 7).unwrap().is_none());
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        std::fs::write(path(dir.path(), 7), r#"{"job_id":7,"run":2,"gpus":[]}"#).unwrap();
-        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(2));
+        std::fs::write(path(dir.path(), 7, 0), r#"{"job_id":7,"gpus":[]}"#).unwrap();
         // a note from before runs existed is run 0
-        std::fs::write(path(dir.path(), 8), r#"{"job_id":8,"start_ms":1}"#).unwrap();
-        assert_eq!(read_run(dir.path(), 8).unwrap(), Some(0));
-        std::fs::write(path(dir.path(), 9), r#"{"job_id":7,"run":1}"#).unwrap();
+        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(0));
+        std::fs::write(path(dir.path(), 7, 2), r#"{"job_id":7,"run":2,"gpus":[]}"#).unwrap();
+        std::fs::write(path(dir.path(), 17, 5), r#"{"job_id":17,"run":5}"#).unwrap();
+        assert_eq!(runs(dir.path(), 7).unwrap(), vec![0, 2]);
+        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(2));
+        std::fs::write(path(dir.path(), 9, 0), r#"{"job_id":7,"run":1}"#).unwrap();
         let e = read_run(dir.path(), 9).unwrap_err();
         assert!(e.to_string().contains("for job 7"), "{e}");
-        std::fs::write(path(dir.path(), 10), "not json").unwrap();
+        std::fs::write(path(dir.path(), 10, 0), "not json").unwrap();
         assert!(read_run(dir.path(), 10).is_err());
+    }
+
+    #[test]
+    fn the_epilog_ends_the_older_of_the_overlapping_runs() {
+        // a normal end: the environment's count is the run
+        assert_eq!(epilog_run(0, &[0]), Some(0));
+        assert_eq!(epilog_run(2, &[2]), Some(2));
+        // requeued: the environment counts the next run already
+        assert_eq!(epilog_run(1, &[0]), Some(0));
+        // ... whose prolog has started here too
+        assert_eq!(epilog_run(1, &[0, 1]), Some(0));
+        // the next run's prolog alone: this run's prolog left no note
+        assert_eq!(epilog_run(3, &[]), None);
+        // a stale note of an old run does not take the place of this run's
+        assert_eq!(epilog_run(3, &[0, 3]), Some(3));
+        assert_eq!(epilog_run(3, &[0]), Some(0));
+        assert_eq!(epilog_run(3, &[5]), None);
     }
 }
