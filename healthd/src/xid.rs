@@ -6,7 +6,11 @@
 //! documentation: "XID Errors", <https://docs.nvidia.com/deploy/xid-errors/> (the per-code
 //! table of possible causes, and the Xid catalogue for Ampere and newer GPUs,
 //! <https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html>, with its
-//! immediate-action buckets), and the dynamic page retirement and row remapping guides
+//! immediate-action buckets; codes 126 to 158 were added from its R565-R575 rows: the
+//! bucket RESET_GPU is [`XidClass::Hardware`], RESTART_APP [`XidClass::Application`], and
+//! IGNORE, RESTART_VM, the subcode-dependent NVLink5 workflow (144-150) and 154 "GPU
+//! recovery action changed" (whose action is in the log text, not the code NVML delivers)
+//! [`XidClass::Driver`]), and the dynamic page retirement and row remapping guides
 //! (<https://docs.nvidia.com/deploy/dynamic-page-retirement/>,
 //! <https://docs.nvidia.com/deploy/a100-gpu-mem-error-mgmt/>) for 48, 63, 64, 92, 94, 95.
 //!
@@ -88,6 +92,8 @@ const RESET: &str = "drain, reset the GPU (or reboot); RMA if it recurs";
 const RMA: &str = "drain, run diagnostics (dcgmi diag -r 3), RMA the board";
 const APP: &str = "none for the node; the job's code or data caused it";
 const WATCH: &str = "watch for recurrence; reset the GPU if it persists";
+const NVLINK5: &str =
+    "read the Xid's subcode (NVIDIA's NVLink5 workflow); reset the GPU if Xid 154 asks";
 
 macro_rules! xid {
     ($code:expr, $name:expr, $class:ident, $action:expr) => {
@@ -182,8 +188,64 @@ pub static XID_TABLE: &[XidInfo] = &[
     xid!(119, "GSP RPC timeout", Hardware, RESET),
     xid!(120, "GSP error", Hardware, RESET),
     xid!(121, "C2C link error", Hardware, RESET),
+    xid!(126, "copy engine CE10 error", Application, APP),
+    xid!(127, "copy engine CE11 error", Application, APP),
+    xid!(128, "copy engine CE12 error", Application, APP),
+    xid!(129, "copy engine CE13 error", Application, APP),
+    xid!(130, "copy engine CE14 error", Application, APP),
+    xid!(131, "copy engine CE15 error", Application, APP),
+    xid!(132, "copy engine CE16 error", Application, APP),
+    xid!(133, "copy engine CE17 error", Application, APP),
+    xid!(134, "copy engine CE18 error", Application, APP),
+    xid!(135, "copy engine CE19 error", Application, APP),
+    xid!(136, "NVLink link training failed", Hardware, RESET),
+    xid!(
+        137,
+        "NVLink privilege error (illegal peer access)",
+        Application,
+        APP
+    ),
+    xid!(139, "optical flow engine OFA1 error", Application, APP),
     xid!(140, "unrecovered ECC error", Hardware, RESET),
     xid!(143, "GPU initialization failure", Hardware, RMA),
+    xid!(144, "NVLink SAW error", Driver, NVLINK5),
+    xid!(145, "NVLink RLW error", Driver, NVLINK5),
+    xid!(146, "NVLink TLW error", Driver, NVLINK5),
+    xid!(147, "NVLink TREX error", Driver, NVLINK5),
+    xid!(148, "NVLink NVLPW_CTRL error", Driver, NVLINK5),
+    xid!(149, "NVLink NETIR error", Driver, NVLINK5),
+    xid!(150, "NVLink MSE error", Driver, NVLINK5),
+    xid!(
+        151,
+        "key rotation error (confidential computing)",
+        Driver,
+        "restart the VM (confidential computing); contact support if it recurs"
+    ),
+    xid!(
+        154,
+        "GPU recovery action changed",
+        Driver,
+        "read the kernel log: the action it names (GPU reset, node reboot) applies to the Xids before it"
+    ),
+    xid!(
+        155,
+        "NVLink software-defined error (link down)",
+        Hardware,
+        RESET
+    ),
+    xid!(
+        156,
+        "resource retirement event",
+        Hardware,
+        "drain, reset the GPU to complete the retirement"
+    ),
+    xid!(
+        157,
+        "resource retirement failure",
+        Driver,
+        "no spare resources left: plan service (dcgmi diag -r 3); the Xid may recur"
+    ),
+    xid!(158, "GPU fatal timeout", Hardware, RESET),
 ];
 
 /// The table row for `code`, or an [`XidClass::Unknown`] row (warn) for codes not in it.

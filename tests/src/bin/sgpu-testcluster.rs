@@ -80,6 +80,11 @@ fn run(args: &[&str]) -> Result<(), String> {
                     let mut state = capture.state;
                     // the energy counters start now (no capture has them)
                     state.epoch = Some(nvml_sim::unix_now());
+                    // the test node's gres.conf names /dev/nvidia0..N-1: the minor numbers
+                    // follow the capture's GPU order (the real machine's may differ)
+                    for g in &mut state.gpus {
+                        g.minor_number = Some(g.index);
+                    }
                     let path = sgpu::node_files(&cluster, node).nvml_state;
                     state.save(&path).map_err(|e| e.to_string())?;
                     for n in &capture.notes {
