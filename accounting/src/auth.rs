@@ -3,9 +3,11 @@
 //! Every request goes through an [`Authenticator`] before it is handled. In production it
 //! is [`MungeAuthenticator`]: each request carries `Authorization: MUNGE <credential>`, a
 //! MUNGE credential (the service Slurm itself uses) whose payload is that request's
-//! `"<METHOD> <path-and-query>"`; the local munged decodes it into the caller's uid/gid
-//! ([`Caller::Uid`]) and refuses forged, expired and replayed credentials. Binding the
-//! payload to the request means a credential cannot be used for any other request.
+//! `"<METHOD> <path-and-query> sha256=<body digest>"` ([`sgpu_munge::request`]); the local
+//! munged decodes it into the caller's uid/gid ([`Caller::Uid`]) and refuses forged,
+//! expired and replayed credentials. Binding the payload to the request means a credential
+//! cannot be used for any other request, nor with another body: acctd checks the method
+//! and target before it reads the body, and the digest once it has read it.
 //! [`NoAuthentication`] identifies nobody ([`Caller::Unauthenticated`]) and is allowed on
 //! loopback only. The [`Policy`] then decides what a caller may do: ingest only from root
 //! and the SlurmUser, users read their own jobs and totals, admins everything.
@@ -42,10 +44,26 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+/// A request's authenticated caller, and the body its credential was made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Who made the request.
+    pub caller: Caller,
+    /// The SHA-256 the request's body must have (`None`: not checked, without
+    /// authentication).
+    pub body_sha256: Option<[u8; 32]>,
+}
+
 /// Turns a request's credential into a [`Caller`].
 pub trait Authenticator: Send + Sync + 'static {
-    /// Authenticates one request from its target (`"<METHOD> <path-and-query>"`) and headers.
-    fn authenticate(&self, request_target: &str, headers: &HeaderMap) -> Result<Caller, AuthError>;
+    /// Authenticates one request from its target (`"<METHOD> <path-and-query>"`) and
+    /// headers, before its body is read. It may block (MUNGE asks munged): call it off the
+    /// async workers.
+    fn authenticate(
+        &self,
+        request_target: &str,
+        headers: &HeaderMap,
+    ) -> Result<Authenticated, AuthError>;
 
     /// Whether callers are really identified; `false` restricts acctd to loopback.
     fn is_real(&self) -> bool;
@@ -60,8 +78,11 @@ impl Authenticator for NoAuthentication {
         &self,
         _request_target: &str,
         _headers: &HeaderMap,
-    ) -> Result<Caller, AuthError> {
-        Ok(Caller::Unauthenticated)
+    ) -> Result<Authenticated, AuthError> {
+        Ok(Authenticated {
+            caller: Caller::Unauthenticated,
+            body_sha256: None,
+        })
     }
 
     fn is_real(&self) -> bool {
@@ -84,7 +105,11 @@ impl MungeAuthenticator {
 }
 
 impl Authenticator for MungeAuthenticator {
-    fn authenticate(&self, request_target: &str, headers: &HeaderMap) -> Result<Caller, AuthError> {
+    fn authenticate(
+        &self,
+        request_target: &str,
+        headers: &HeaderMap,
+    ) -> Result<Authenticated, AuthError> {
         let value = headers.get(AUTHORIZATION).ok_or_else(|| {
             AuthError::Refused(
                 "no credential: acctd requires MUNGE; send `Authorization: MUNGE <credential>` \
@@ -114,16 +139,22 @@ impl Authenticator for MungeAuthenticator {
             }
             e => AuthError::Refused(e.to_string()),
         })?;
-        if decoded.payload != request_target.as_bytes() {
+        let made_for = sgpu_munge::request::parse(&decoded.payload);
+        let Some((target, digest)) = made_for.filter(|(t, _)| *t == request_target) else {
             return Err(AuthError::Refused(format!(
                 "the MUNGE credential was made for {:?}, not for this request {request_target:?}; \
-                 make one credential per request with that request's method and path",
+                 make one credential per request with that request's method, path and body \
+                 digest (\"<METHOD> <path> sha256=<hex>\"; sgpu-acct-client does)",
                 String::from_utf8_lossy(&decoded.payload)
             )));
-        }
-        Ok(Caller::Uid {
-            uid: decoded.uid,
-            gid: decoded.gid,
+        };
+        debug_assert_eq!(target, request_target);
+        Ok(Authenticated {
+            caller: Caller::Uid {
+                uid: decoded.uid,
+                gid: decoded.gid,
+            },
+            body_sha256: Some(digest),
         })
     }
 

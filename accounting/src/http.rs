@@ -4,6 +4,7 @@
 //! [`crate::history`]. Errors are JSON `{"error": "..."}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -33,20 +34,174 @@ pub struct AppState {
     pub policy: Arc<Policy>,
 }
 
-/// The router, with a request body limit (larger bodies get 413).
-///
-/// Endpoint modules are merged here, above the layers: [`caller`] refuses requests that did
-/// not pass through [`record_request_target`].
+/// How much and how slowly a request may send its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, bytes (larger: 413, refused from `Content-Length` before a byte
+    /// of it is read).
+    pub max_body_bytes: usize,
+    /// Time allowed to send the whole body (else 408).
+    pub body_timeout: Duration,
+}
+
+impl Limits {
+    /// `max_body_bytes`, with the default body deadline ([`DEFAULT_BODY_TIMEOUT`]).
+    pub fn new(max_body_bytes: usize) -> Limits {
+        Limits {
+            max_body_bytes,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
+/// Default time allowed to send a request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The router, with a request body limit (larger bodies get 413); see [`router_with`].
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    router_with(state, Limits::new(max_body_bytes))
+}
+
+/// The router under `limits`.
+///
+/// Endpoint modules are merged here, above the layers: every request passes through
+/// [`record_request_target`], then [`authenticate`] (the caller is known, and allowed to
+/// send a body, before a byte of the body is read), and [`caller`] refuses requests that
+/// did not.
+pub fn router_with(state: AppState, limits: Limits) -> Router {
     Router::new()
         .route("/v1/records", post(ingest))
         .route("/v1/jobs/{cluster}/{job_id}", get(job))
         .route("/v1/conflicts", get(conflicts))
         .merge(crate::history::routes())
         .merge(crate::report::routes())
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), limits),
+            authenticate,
+        ))
         .layer(middleware::from_fn(record_request_target))
         .with_state(state)
+}
+
+/// Internal header carrying the authenticated caller (`uid:gid`, or `-` without
+/// authentication), set by [`authenticate`] (any copy sent by a client is dropped first).
+pub const CALLER: HeaderName = HeaderName::from_static("x-sgpu-caller");
+
+/// Middleware: authenticates the request from its headers alone (MUNGE decoding on a
+/// blocking thread), lets only ingesting callers send a body (`POST`), then reads the body
+/// within [`Limits`] and checks it is the one the credential was made for. Refusals never
+/// read the body: 401 (credential), 503 (munged down), 403 (not allowed to send), 413 (too
+/// large), 408 (too slow).
+pub async fn authenticate(
+    State((state, limits)): State<(AppState, Limits)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.headers_mut().remove(&CALLER);
+    let Some(target) = req
+        .headers()
+        .get(&REQUEST_TARGET)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "acctd cannot authenticate this request (no request target); report this as a bug",
+        );
+    };
+    let auth = state.auth.clone();
+    let mut auth_headers = HeaderMap::new();
+    if let Some(v) = req.headers().get(axum::http::header::AUTHORIZATION) {
+        auth_headers.insert(axum::http::header::AUTHORIZATION, v.clone());
+    }
+    let checked =
+        tokio::task::spawn_blocking(move || auth.authenticate(&target, &auth_headers)).await;
+    let who = match checked {
+        Ok(Ok(a)) => a,
+        Ok(Err(e @ AuthError::Refused(_))) => {
+            return error(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+        Ok(Err(e @ AuthError::Unavailable(_))) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let sends_body =
+        req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
+    if sends_body {
+        // every endpoint that takes a body takes records or node events: nodes only
+        if let Err(e) = state.policy.may_ingest(&who.caller) {
+            return error(StatusCode::FORBIDDEN, e.to_string());
+        }
+    }
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is over acctd's {} byte limit (--max-body-bytes); send fewer records \
+                 per request",
+                limits.max_body_bytes
+            ),
+        );
+    }
+    let (mut parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        limits.body_timeout,
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the body is over acctd's {} byte limit (--max-body-bytes)",
+                        limits.max_body_bytes
+                    ),
+                )
+            } else {
+                error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            };
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:?}; send it at once",
+                    limits.body_timeout
+                ),
+            );
+        }
+    };
+    if let Some(want) = who.body_sha256 {
+        if sgpu_munge::request::body_digest(&bytes) != want {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "authentication failed: the body is not the one the MUNGE credential was made \
+                 for (its sha256 differs); it was changed on the way, or the client hashed \
+                 another body",
+            );
+        }
+    }
+    let caller = match who.caller {
+        Caller::Unauthenticated => "-".to_string(),
+        Caller::Uid { uid, gid } => format!("{uid}:{gid}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&caller) {
+        parts.headers.insert(CALLER, v);
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Internal header carrying `"<METHOD> <path-and-query>"` of the request, set by
@@ -120,28 +275,35 @@ pub struct IngestResponse {
     pub results: Vec<RecordResult>,
 }
 
-/// Authenticates a request: the [`Caller`], or the 401 response to send back (503 when the
-/// credential cannot be checked). Call it once per request: a MUNGE credential decodes once.
+/// The request's [`Caller`], as [`authenticate`] (the router's layer) found it before the
+/// body was read; a 500 response for a route outside that layer.
 ///
 /// Handlers then ask [`AppState::policy`] what that caller may do (403 when nothing).
 // A Response is large, but it is what handlers return; boxing it would only move the cost.
 #[allow(clippy::result_large_err)]
 pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
-    let Some(target) = headers.get(&REQUEST_TARGET).and_then(|v| v.to_str().ok()) else {
-        tracing::error!("a route is not behind record_request_target: merge it above the layers");
-        return Err(error(
+    let _ = state;
+    let parsed = headers
+        .get(&CALLER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v {
+            "-" => Some(Caller::Unauthenticated),
+            v => {
+                let (uid, gid) = v.split_once(':')?;
+                Some(Caller::Uid {
+                    uid: uid.parse().ok()?,
+                    gid: gid.parse().ok()?,
+                })
+            }
+        });
+    parsed.ok_or_else(|| {
+        tracing::error!("a route is not behind authenticate: merge it above the layers");
+        error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "acctd cannot authenticate this endpoint (route registered outside the router's \
              authentication layer); report this as a bug",
-        ));
-    };
-    state
-        .auth
-        .authenticate(target, headers)
-        .map_err(|e| match e {
-            AuthError::Refused(_) => error(StatusCode::UNAUTHORIZED, e.to_string()),
-            AuthError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        })
+        )
+    })
 }
 
 /// What `caller` may read, or the 403 response to send back.

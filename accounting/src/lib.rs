@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod query;
 pub mod report;
 pub mod rollup;
+pub mod serve;
 pub mod sled_store;
 pub mod store;
 

@@ -178,13 +178,26 @@ fn qerr(param: &str, message: impl Into<String>) -> ReportQueryError {
 }
 
 /// Parses a window bound: seconds since the epoch, or a UTC `YYYY-MM-DD` (midnight).
+/// The latest instant a query may name, Unix seconds (9999-12-31T23:59:59Z).
+pub const MAX_INSTANT_S: u64 = 253_402_300_799;
+
+/// The longest window `GET /v1/jobs` lists, days (it reads the jobs of every day in it;
+/// reports over longer windows read the daily rollups and have no such limit).
+pub const MAX_JOBS_WINDOW_DAYS: u64 = 366;
+
 fn parse_instant(param: &str, v: &str) -> Result<u64, ReportQueryError> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v
             .parse::<u64>()
             .ok()
-            .and_then(|s| s.checked_mul(1000))
-            .ok_or_else(|| qerr(param, format!("{v} seconds is out of range")));
+            .filter(|s| *s <= MAX_INSTANT_S)
+            .map(|s| s * 1000)
+            .ok_or_else(|| {
+                qerr(
+                    param,
+                    format!("{v} seconds is out of range (at most {MAX_INSTANT_S}, year 9999)"),
+                )
+            });
     }
     crate::day::parse_day(v)
         .map(|d| u64::from(d) * DAY_MS)
@@ -559,7 +572,9 @@ fn merge_job(
 ) {
     let id = r.id();
     let rank = identity_rank(r.body());
-    let best = ranks.entry((id.cluster().to_string(), id.job_id())).or_insert(0);
+    let best = ranks
+        .entry((id.cluster().to_string(), id.job_id()))
+        .or_insert(0);
     // the first record of a job also sets it when it is a step's (better than nothing for
     // the node and times, but not its identity: that stays empty until a trusted record)
     let take_identity = rank > 0 && rank >= *best;
@@ -724,6 +739,16 @@ async fn get_jobs(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -
         Ok(q) => q,
         Err(r) => return r,
     };
+    let days = (q.end_ms - q.start_ms).div_ceil(DAY_MS);
+    if days > MAX_JOBS_WINDOW_DAYS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "end: the window is {days} days; /v1/jobs lists at most {MAX_JOBS_WINDOW_DAYS} \
+                 days at a time (ask for shorter windows, or a report: /v1/report has no limit)"
+            ),
+        );
+    }
     let store = state.store.clone();
     let (start, end) = (q.start_ms, q.end_ms);
     match tokio::task::spawn_blocking(move || jobs(store.as_ref(), &q)).await {

@@ -134,7 +134,10 @@ fn call(
 
 /// `method path` with a fresh credential for exactly this request made as root.
 fn call_root(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let authz = format!("MUNGE {}", cred_root(&format!("{method} {path}")));
+    let authz = format!(
+        "MUNGE {}",
+        cred_root(&sgpu_munge::request::payload(method, path, body))
+    );
     call(addr, method, path, Some(&authz), body)
 }
 
@@ -148,7 +151,12 @@ fn call_as(
 ) -> (u16, Value) {
     let authz = format!(
         "MUNGE {}",
-        cred_as(uid, gid, &format!("{method} {path}"), None)
+        cred_as(
+            uid,
+            gid,
+            &sgpu_munge::request::payload(method, path, body),
+            None
+        )
     );
     call(addr, method, path, Some(&authz), body)
 }
@@ -289,7 +297,8 @@ fn bad_credentials_are_refused_with_401() {
     let (st, v) = call(s.addr, "GET", path, Some("MUNGE not-a-credential"), b"");
     assert_eq!(st, 401, "{v}");
     assert!(error_of(&v).contains("invalid"), "{v}");
-    let good = cred_as(a.0, a.1, &format!("GET {path}"), None);
+    let get = |p: &str| sgpu_munge::request::payload("GET", p, b"");
+    let good = cred_as(a.0, a.1, &get(path), None);
     let mut forged = good.clone().into_bytes();
     let i = forged.len() / 2;
     forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
@@ -311,15 +320,33 @@ fn bad_credentials_are_refused_with_401() {
         (made_for_path.as_str(), "GET", other_query.as_str()),
         ("GET /v1/records", "POST", "/v1/records"),
     ] {
-        let c = cred_as(a.0, a.1, made_for, None);
+        let (m, p) = made_for.split_once(' ').unwrap();
+        let c = cred_as(a.0, a.1, &sgpu_munge::request::payload(m, p, b"[]"), None);
         let (st, v) = call(s.addr, method, used_on, Some(&format!("MUNGE {c}")), b"[]");
         assert_eq!(st, 401, "{made_for} used on {method} {used_on}: {v}");
         assert!(error_of(&v).contains("was made for"), "{v}");
     }
 
+    // A credential without the body digest (the form before it existed) is refused too.
+    let c = cred_as(a.0, a.1, &format!("GET {path}"), None);
+    let (st, v) = call(s.addr, "GET", path, Some(&format!("MUNGE {c}")), b"");
+    assert_eq!(st, 401, "{v}");
+
+    // A body swapped on the way: the credential names another body's digest.
+    let made = cred_root(&sgpu_munge::request::payload("POST", "/v1/records", b"[]"));
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/records",
+        Some(&format!("MUNGE {made}")),
+        &two_users_batch(),
+    );
+    assert_eq!(st, 401, "{v}");
+    assert!(error_of(&v).contains("sha256"), "{v}");
+
     // Expired: munged refuses a credential once its time-to-live has passed (munge 0.5.15
     // gives expiry no clock-skew allowance: a 1 s credential is refused 2 s later).
-    let short = cred_as(a.0, a.1, &format!("GET {path}"), Some(1));
+    let short = cred_as(a.0, a.1, &get(path), Some(1));
     std::thread::sleep(Duration::from_millis(3000));
     let (st, v) = call(s.addr, "GET", path, Some(&format!("MUNGE {short}")), b"");
     assert_eq!(st, 401, "{v}");

@@ -5,8 +5,9 @@
 //! reads reports and sends admin commands ([`Client::get_json`], [`Client::post_json`]).
 //! acctd speaks plain HTTP (no TLS); callers are identified by a MUNGE credential carried in
 //! every request (`Authorization: MUNGE <credential>`, [`ClientAuth::Munge`]) whose payload
-//! is `"<METHOD> <path-and-query>"` of that request, which acctd checks, so a credential
-//! cannot be reused for another request. Errors say whether to retry
+//! is `"<METHOD> <path-and-query> sha256=<body digest>"` of that request
+//! (`sgpu_munge::request`), which acctd checks, so a credential cannot be reused for another
+//! request nor a body swapped. Errors say whether to retry
 //! ([`ClientError::Transport`]) or not.
 
 use std::path::PathBuf;
@@ -181,12 +182,15 @@ impl Client {
         &self,
         method: &str,
         path_and_query: &str,
+        body: &[u8],
     ) -> Result<Option<String>, ClientError> {
         match &self.auth {
             ClientAuth::None => Ok(None),
             ClientAuth::Munge { socket } => {
-                // What acctd sees as the request target, base path prefix included.
-                let payload = format!("{method} {}{path_and_query}", self.prefix);
+                // What acctd sees as the request target, base path prefix included, and
+                // the body's digest (acctd refuses a body swapped on the wire).
+                let target = format!("{}{path_and_query}", self.prefix);
+                let payload = sgpu_munge::request::payload(method, &target, body);
                 let cred = sgpu_munge::encode(
                     payload.as_bytes(),
                     &sgpu_munge::Options::with_socket(socket.as_deref()),
@@ -209,7 +213,7 @@ impl Client {
             )));
         }
         let url = format!("{}{path_and_query}", self.base);
-        let authz = self.authorization(method, path_and_query)?;
+        let authz = self.authorization(method, path_and_query, body.unwrap_or_default())?;
         let result = match (method, body) {
             ("GET", _) => {
                 let mut req = self.agent.get(&url).header("Accept", "application/json");

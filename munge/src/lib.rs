@@ -6,12 +6,15 @@
 //! service asks its `munged` to [`decode`] it, which checks the credential's MAC, its
 //! time-to-live and that it was not already decoded (replay). In sgpu, the acctd client
 //! (`sgpu-acct-client`) sends one credential per request, whose payload is that request's
-//! `"<METHOD> <path-and-query>"`, and sgpu-acctd decodes it to learn who is calling.
+//! `"<METHOD> <path-and-query> sha256=<body digest>"` ([`request`]), and sgpu-acctd decodes
+//! it to learn who is calling.
 //!
 //! libmunge contexts are not thread-safe: each call here creates and destroys its own.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
+
+pub mod request;
 
 #[allow(
     non_camel_case_types,

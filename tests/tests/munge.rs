@@ -79,7 +79,7 @@ fn send(acctd: &Acctd, method: &str, path: &str, cred: &str, body: &[u8]) -> (u1
 
 /// `method path` as `user`, with a credential made for exactly this request.
 fn send_as(acctd: &Acctd, user: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let cred = cred_as(user, &format!("{method} {path}"));
+    let cred = cred_as(user, &sgpu_munge::request::payload(method, path, body));
     send(acctd, method, path, &cred, body)
 }
 
@@ -162,7 +162,7 @@ fn acctd_with_munge_lets_each_caller_do_only_what_it_may() {
     // munged keeps its replay cache: a credential used once is refused even after acctd
     // restarts.
     let path = "/v1/jobs/sgpu-test/102";
-    let cred = cred_as(B, &format!("GET {path}"));
+    let cred = cred_as(B, &sgpu_munge::request::payload("GET", path, b""));
     assert_eq!(send(&acctd, "GET", path, &cred, b"").0, 200);
     acctd.restart().unwrap();
     let (st, v) = send(&acctd, "GET", path, &cred, b"");

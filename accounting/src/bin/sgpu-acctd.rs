@@ -11,7 +11,8 @@ use sgpu_accounting::auth::{
     Authenticator, MungeAuthenticator, NoAuthentication, Policy, group_id, user_id,
 };
 use sgpu_accounting::day::day_of;
-use sgpu_accounting::http::{AppState, DEFAULT_MAX_BODY_BYTES, router};
+use sgpu_accounting::http::{AppState, DEFAULT_MAX_BODY_BYTES, Limits, router_with};
+use sgpu_accounting::serve::{ServeLimits, serve};
 use sgpu_accounting::sled_store::SledStore;
 use sgpu_accounting::store::Store;
 
@@ -64,6 +65,15 @@ struct Args {
     /// Largest accepted request body, bytes; larger gets 413.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Time a client has to send a request's body, seconds; slower gets 408.
+    #[arg(long, default_value_t = 30)]
+    body_timeout_s: u64,
+    /// Time a client has to send a request's headers, seconds; slower is disconnected.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
     /// Keep per-job records this many days after they end (default: forever).
     #[arg(long)]
     retention_days: Option<u32>,
@@ -150,8 +160,19 @@ async fn main() -> anyhow::Result<()> {
         AuthMode::None => tracing::warn!("--auth none: no authentication, loopback only"),
         AuthMode::Munge => tracing::info!("authenticating requests with MUNGE"),
     }
-    axum::serve(listener, router(state, args.max_body_bytes))
-        .with_graceful_shutdown(shutdown())
+    let app = router_with(
+        state,
+        Limits {
+            max_body_bytes: args.max_body_bytes,
+            body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
+        },
+    );
+    let limits = ServeLimits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        ..ServeLimits::default()
+    };
+    serve(listener, app, limits, shutdown())
         .await
         .context("serving HTTP")?;
     store.flush().context("flushing the store at shutdown")?;
