@@ -434,6 +434,7 @@ mod tests {
                 severity: Severity::Drain,
                 status: Status::Fail,
                 message: "temperature 91 C >= 90 C".into(),
+                enforced: true,
             },
             CheckResult {
                 check: "gpu.count",
@@ -444,6 +445,7 @@ mod tests {
                 severity: Severity::Drain,
                 status: Status::Pass,
                 message: "ok \"quoted\"\n".into(),
+                enforced: true,
             },
         ]
     }

@@ -431,6 +431,8 @@ pub struct CheckOverride {
     pub severity: Option<Severity>,
     /// `enabled = true|false`.
     pub enabled: Option<bool>,
+    /// `enforce = true|false` (false: a failure at `drain` is only a "would drain").
+    pub enforce: Option<bool>,
     /// Threshold values by name (names already checked against the spec).
     pub thresholds: BTreeMap<String, f64>,
 }
@@ -444,6 +446,9 @@ pub struct EffectiveCheck {
     pub severity: Severity,
     /// False when disabled by `enabled = false` or `severity = "off"`.
     pub enabled: bool,
+    /// False in observe-only mode (`enforce = false`, the node's or the check's own): a
+    /// drain-worthy failure is reported as "would drain" and acted on by nobody.
+    pub enforce: bool,
     /// Every threshold of the spec, with overrides applied.
     pub thresholds: BTreeMap<&'static str, f64>,
 }
@@ -477,6 +482,14 @@ impl Catalogue {
     /// Merges the built-in table with overrides keyed by check id. Unknown ids and threshold
     /// names are ignored here: [`crate::config`] rejects them with file and line.
     pub fn effective(overrides: &BTreeMap<String, CheckOverride>) -> Catalogue {
+        Catalogue::effective_enforcing(overrides, true)
+    }
+
+    /// [`Catalogue::effective`] with the node's `enforce` setting as every check's default.
+    pub fn effective_enforcing(
+        overrides: &BTreeMap<String, CheckOverride>,
+        enforce: bool,
+    ) -> Catalogue {
         let checks = CATALOGUE
             .iter()
             .map(|spec| {
@@ -498,6 +511,7 @@ impl Catalogue {
                     spec,
                     severity,
                     enabled,
+                    enforce: o.and_then(|o| o.enforce).unwrap_or(enforce),
                     thresholds,
                 }
             })
@@ -552,6 +566,7 @@ mod tests {
             CheckOverride {
                 severity: Some(Severity::Warn),
                 enabled: None,
+                enforce: None,
                 thresholds: [("margin_c".to_string(), 5.0)].into_iter().collect(),
             },
         );

@@ -141,12 +141,21 @@ pub struct CheckResult {
     pub status: Status,
     /// Human-readable detail (the rendered reason template on failure).
     pub message: String,
+    /// False in observe-only mode (`enforce = false`): a drain-worthy failure is only a
+    /// "would drain", which no gate or daemon acts on.
+    pub enforced: bool,
 }
 
 impl CheckResult {
-    /// Whether this is a failure at `drain` severity.
+    /// Whether this is a failure at `drain` severity that is enforced (acted on).
     pub fn drains(&self) -> bool {
-        self.status == Status::Fail && self.severity == Severity::Drain
+        self.status == Status::Fail && self.severity == Severity::Drain && self.enforced
+    }
+
+    /// Whether this is a failure at `drain` severity in observe-only mode: reported as
+    /// "would drain", never acted on.
+    pub fn would_drain(&self) -> bool {
+        self.status == Status::Fail && self.severity == Severity::Drain && !self.enforced
     }
 
     /// The Slurm drain reason: `sgpu: <check> gpu<i>: <detail>` (or `sgpu: <check>:
@@ -230,11 +239,20 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The reason to drain with: the first `drain` failure's, if any.
+/// The reason to drain with: the first enforced `drain` failure's, if any.
 pub fn drain_reason(results: &[CheckResult]) -> Option<String> {
     results
         .iter()
         .find(|r| r.drains())
+        .map(CheckResult::drain_reason)
+}
+
+/// The reason sgpu would drain with if it enforced (the first observe-only `drain`
+/// failure's), if any: what `enforce = false` reports instead of draining.
+pub fn would_drain_reason(results: &[CheckResult]) -> Option<String> {
+    results
+        .iter()
+        .find(|r| r.would_drain())
         .map(CheckResult::drain_reason)
 }
 
@@ -283,6 +301,7 @@ impl Emitter<'_> {
             severity: severity.unwrap_or(check.severity),
             status,
             message,
+            enforced: check.enforce,
         });
     }
 
@@ -1009,6 +1028,7 @@ mod tests {
             severity,
             status,
             message: message.into(),
+            enforced: true,
         }
     }
 
@@ -1100,6 +1120,33 @@ mod tests {
             drain_reason(&[pass, unknown, drain]).as_deref(),
             Some("sgpu: gpu.lost gpu1: lost")
         );
+    }
+
+    #[test]
+    fn observe_only_failures_would_drain_and_are_not_acted_on() {
+        let mut g = GpuSnapshot::unknown(0);
+        g.uuid = Reading::Value("GPU-x".into());
+        g.lost = true;
+        let snap = NodeSnapshot {
+            driver_version: Reading::Unsupported,
+            gpus: vec![g],
+        };
+        let ctx = CheckContext::new(Profile::Quick);
+        let observing = Catalogue::effective_enforcing(&BTreeMap::new(), false);
+        let r = evaluate(&snap, &ctx, &observing);
+        assert_eq!(
+            Verdict::of(&r),
+            Verdict::Drain,
+            "the judgement is unchanged"
+        );
+        assert_eq!(drain_reason(&r), None, "nothing to act on");
+        assert_eq!(
+            would_drain_reason(&r).as_deref(),
+            Some("sgpu: gpu.lost gpu0: GPU lost (fallen off the bus)")
+        );
+        let enforcing = Catalogue::default();
+        let r = evaluate(&snap, &ctx, &enforcing);
+        assert!(drain_reason(&r).is_some() && would_drain_reason(&r).is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! nvml_timeout_ms = 5000           # watchdog deadline for all NVML work of one run
 //! pinned_driver_version = "550.54.15"
 //! fail_closed = false              # true: an sgpu error (not a GPU fault) fails the gate
+//! enforce = true                   # false: observe only, "would drain" without draining
 //! slurm_job_times = true           # epilog asks slurmctld for the job's Start/EndTime
 //! state_dir = "/var/lib/sgpu"      # XID cursor and other small state
 //!
@@ -14,6 +15,9 @@
 //!
 //! [checks."gpu.persistence_mode"]
 //! enabled = false
+//!
+//! [checks."gpu.pcie_link"]
+//! enforce = false                  # this check only observes (overrides the node's enforce)
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently keep a default), and so are unknown
@@ -150,6 +154,10 @@ pub struct Config {
     pub pinned_driver_version: Option<String>,
     /// Whether an sgpu error (as opposed to a GPU fault) fails the gate.
     pub fail_closed: bool,
+    /// `enforce` (default true): false makes every drain-worthy finding a "would drain"
+    /// (logged, exported, shown in `sgpu status`) that neither drains nor fails a gate; a
+    /// check's own `enforce` overrides it.
+    pub enforce: bool,
     /// Whether the epilog asks slurmctld (`scontrol show job`) for the job's StartTime and
     /// EndTime, so allocated GPU time equals Slurm's accounting (one RPC per GPU job per node).
     pub slurm_job_times: bool,
@@ -187,6 +195,7 @@ impl Default for Config {
             nvml_timeout: Duration::from_millis(DEFAULT_NVML_TIMEOUT_MS),
             pinned_driver_version: None,
             fail_closed: false,
+            enforce: true,
             slurm_job_times: true,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
@@ -214,6 +223,7 @@ struct RawConfig {
     nvml_timeout_ms: Option<Spanned<u64>>,
     pinned_driver_version: Option<Spanned<String>>,
     fail_closed: Option<bool>,
+    enforce: Option<bool>,
     slurm_job_times: Option<bool>,
     state_dir: Option<PathBuf>,
     spool_dir: Option<PathBuf>,
@@ -309,6 +319,7 @@ impl Config {
             source: Some(path.to_path_buf()),
             nvml_library: raw.nvml_library,
             fail_closed: raw.fail_closed.unwrap_or(false),
+            enforce: raw.enforce.unwrap_or(true),
             slurm_job_times: raw.slurm_job_times.unwrap_or(true),
             scontrol: raw.scontrol,
             ..Config::default()
@@ -466,7 +477,7 @@ impl Config {
                         })?;
                         o.severity = Some(sev);
                     }
-                    "enabled" => {
+                    "enabled" | "enforce" => {
                         let b = value.as_bool().ok_or_else(|| {
                             invalid(
                                 value_span.start,
@@ -474,11 +485,15 @@ impl Config {
                                 format!("{value} is not a boolean"),
                             )
                         })?;
-                        o.enabled = Some(b);
+                        if key == "enabled" {
+                            o.enabled = Some(b);
+                        } else {
+                            o.enforce = Some(b);
+                        }
                     }
                     name => {
                         if !spec.thresholds.iter().any(|t| t.name == name) {
-                            let mut valid = vec!["severity", "enabled"];
+                            let mut valid = vec!["severity", "enabled", "enforce"];
                             valid.extend(spec.thresholds.iter().map(|t| t.name));
                             return Err(invalid(
                                 key_span.start,
@@ -518,7 +533,7 @@ impl Config {
 
     /// The effective check catalogue: built-in defaults merged with this file's overrides.
     pub fn catalogue(&self) -> Catalogue {
-        Catalogue::effective(&self.checks)
+        Catalogue::effective_enforcing(&self.checks, self.enforce)
     }
 }
 
@@ -562,6 +577,9 @@ max_memory_used_mib = 2048.5
 
 [checks."gpu.persistence_mode"]
 enabled = false
+
+[checks."gpu.pcie_link"]
+enforce = true
 "#,
         )
         .unwrap();
@@ -584,6 +602,16 @@ enabled = false
             2048.5
         );
         assert!(!cat.get("gpu.persistence_mode").unwrap().enabled);
+        assert!(c.enforce && cat.get("gpu.lost").unwrap().enforce);
+        // observe-only: the node's default, and one check's own setting over it
+        let c = parse("enforce = false\n[checks.\"gpu.pcie_link\"]\nenforce = true\n").unwrap();
+        let cat = c.catalogue();
+        assert!(!c.enforce && !cat.get("gpu.lost").unwrap().enforce);
+        assert!(cat.get("gpu.pcie_link").unwrap().enforce);
+        let e = parse("[checks.\"gpu.lost\"]\nenforce = \"no\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2: checks.\"gpu.lost\".enforce"), "{e}");
     }
 
     #[test]
@@ -679,7 +707,7 @@ enabled = false
             e.starts_with("/etc/sgpu/sgpu.toml:2: checks.\"gpu.temperature\".margin"),
             "{e}"
         );
-        assert!(e.contains("severity, enabled, margin_c"), "{e}");
+        assert!(e.contains("severity, enabled, enforce, margin_c"), "{e}");
     }
 
     #[test]

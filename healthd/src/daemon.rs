@@ -423,6 +423,11 @@ impl Daemon {
             let line = format!("{} {gpu}: {} ({})", r.check, r.message, r.severity);
             if !self.last_failing.contains(&line) {
                 match r.severity {
+                    Severity::Drain if r.would_drain() => warn!(
+                        check = r.check,
+                        "would drain (enforce = false): {}",
+                        r.drain_reason()
+                    ),
                     Severity::Drain => warn!(check = r.check, "failing: {line}"),
                     Severity::Warn => warn!(check = r.check, "{line}"),
                     _ => info!(check = r.check, "{line}"),

@@ -9,6 +9,7 @@
 //! `sgpu_gpu_xid_errors_total` (also label `xid`; counted since healthd started, per holding
 //! job). Node: `sgpu_check_failing` (`check`, `gpu`, `severity`; 1 failing, 0 passing,
 //! absent when unknown), `sgpu_node_verdict` (0 healthy, 1 warn, 2 drain),
+//! `sgpu_node_would_drain` (1: a drain-worthy failure of a check with `enforce = false`),
 //! `sgpu_node_drained_by_sgpu`, `sgpu_drains_total`, `sgpu_resumes_total`,
 //! `sgpu_breaker_open`, `sgpu_breaker_refusals_total`, `sgpu_jobs_running`,
 //! `sgpu_job_usage_records_total`, `sgpu_healthd_samples_total`,
@@ -243,6 +244,17 @@ impl Collector for DaemonCollector {
             &verdict,
         )?;
         let one = |b: bool| vec![(Labels::new(), i64::from(b))];
+        let would = live
+            .last_run
+            .as_ref()
+            .is_some_and(|run| run.report.results.iter().any(|r| r.would_drain()));
+        gauges(
+            &mut enc,
+            "sgpu_node_would_drain",
+            "1 if the last full run found a drain-worthy failure of a check with enforce = false",
+            None,
+            &one(would),
+        )?;
         gauges(
             &mut enc,
             "sgpu_node_drained_by_sgpu",

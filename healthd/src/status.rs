@@ -268,6 +268,8 @@ pub struct HealthDoc {
     pub decision: &'static str,
     /// The decision's reason or error, if it has one.
     pub decision_detail: Option<String>,
+    /// Observe-only mode (`enforce = false`): the reason sgpu would have drained with.
+    pub would_drain: Option<String>,
     /// Every check result.
     pub results: Vec<CheckResult>,
 }
@@ -432,6 +434,7 @@ impl StatusDoc {
                 verdict: r.report.verdict,
                 decision,
                 decision_detail,
+                would_drain: crate::checks::would_drain_reason(&r.report.results),
                 results: r.report.results.clone(),
             }
         });

@@ -32,6 +32,8 @@ pub struct GateReport {
     pub verdict: Option<Verdict>,
     /// The drain reason, when the node was (or should have been) drained.
     pub drain_reason: Option<String>,
+    /// Observe-only mode (`enforce = false`): the reason the gate would have drained with.
+    pub would_drain: Option<String>,
     /// Whether the node is drained for the finding: drained now, or already held by sgpu.
     pub drained: bool,
     /// Why the node was not drained although a finding called for it: the circuit breaker
@@ -255,6 +257,7 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         ));
     } else {
         report.verdict = Some(verdict);
+        note_would_drain(&checked.results, &mut report);
         if let Some(reason) = checks::drain_reason(&checked.results) {
             drain(config, &job.node, &reason, "prolog", &mut report);
             if let Some(why) = &report.not_drained {
@@ -447,6 +450,7 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
 
     let verdict = Verdict::of(&checked.results);
     report.verdict = Some(verdict);
+    note_would_drain(&checked.results, &mut report);
     if let Some(reason) = checks::drain_reason(&checked.results) {
         drain(config, &job.node, &reason, "epilog", &mut report);
         if !report.drained && report.not_drained.is_none() {
@@ -460,6 +464,15 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
         report.exit_code = 1;
     }
     report
+}
+
+/// Observe-only mode (`enforce = false`): what the gate would have drained for, logged
+/// and kept in the report; neither the node nor the job is touched for it.
+fn note_would_drain(results: &[checks::CheckResult], report: &mut GateReport) {
+    if let Some(reason) = checks::would_drain_reason(results) {
+        report.note(format!("would drain (enforce = false): {reason}"));
+        report.would_drain = Some(reason);
+    }
 }
 
 /// Loads the configuration the gates use (`$SGPU_CONFIG`, else `/etc/sgpu/sgpu.toml`).

@@ -469,3 +469,46 @@ fn open_breaker_keeps_the_node_up_and_the_job_running() {
     assert_eq!((r.exit_code, r.drained), (1, true), "{r:?}");
     assert_eq!(node.updates().lines().count(), 1);
 }
+
+/// Observe-only rollout (`enforce = false`): a drain-worthy fault is logged as "would
+/// drain", the prolog passes and the node is left alone; a check's own `enforce = true`
+/// still drains.
+#[test]
+fn observe_only_mode_reports_would_drain_and_touches_nothing() {
+    let mut node = Node::new();
+    node.fault(2, |g| g.ecc.volatile_uncorrected = 2);
+    let observing = |extra: &str| {
+        let mut c = node.config.clone();
+        let parsed =
+            Config::parse(&format!("enforce = false\n{extra}"), Path::new("sgpu.toml")).unwrap();
+        c.enforce = parsed.enforce;
+        c.checks = parsed.checks;
+        c
+    };
+    let config = observing("");
+    let r = prolog(&config, &node.job(21, "0", HealthMode::Strict));
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert!(!r.drained && r.drain_reason.is_none(), "{r:?}");
+    assert!(
+        r.would_drain
+            .as_deref()
+            .is_some_and(|w| w.starts_with("sgpu: gpu.ecc_uncorrectable gpu2:")),
+        "{r:?}"
+    );
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l.starts_with("would drain (enforce = false): sgpu: gpu.ecc")),
+        "{:?}",
+        r.log
+    );
+    assert_eq!(node.updates(), "", "nothing drained");
+    let e = epilog(&config, &node.job(21, "0", HealthMode::Strict));
+    assert_eq!((e.exit_code, e.drained), (0, false), "{e:?}");
+    assert_eq!(node.updates(), "", "nothing drained");
+    // the check's own enforce wins over the node's
+    node.config = observing("[checks.\"gpu.ecc_uncorrectable\"]\nenforce = true\n");
+    let r = prolog(&node.config, &node.job(22, "0", HealthMode::Strict));
+    assert_eq!(r.exit_code, 1, "{r:?}");
+    assert!(node.updates().contains("State=DRAIN"), "{}", node.updates());
+}

@@ -87,6 +87,8 @@ pub fn health(status: &Value) -> Health {
         .filter(|r| {
             r.get("status").and_then(Value::as_str) == Some("fail")
                 && r.get("severity").and_then(Value::as_str) == Some("drain")
+                // observe-only (enforce = false) failures are "would drain", not failing
+                && r.get("enforced").and_then(Value::as_bool) != Some(false)
         })
         .map(|r| {
             let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
@@ -98,6 +100,12 @@ pub fn health(status: &Value) -> Health {
             format!("{}{gpu}: {}", s("check"), s("message"))
         })
         .collect();
+    let would = h.get("would_drain").and_then(Value::as_str);
+    if let (true, Some(reason)) = (failing.is_empty(), would) {
+        return Health::Passing {
+            verdict: format!("would drain: {reason}"),
+        };
+    }
     if failing.is_empty() {
         Health::Failing(vec!["verdict drain".into()])
     } else {
@@ -150,6 +158,17 @@ mod tests {
     #[test]
     fn health_and_breaker_from_status() {
         assert_eq!(health(&json!({"health": null})), Health::NotChecked);
+        // observe-only: the verdict is drain, nothing enforced fails
+        let observing = json!({"health": {"verdict": "drain",
+            "would_drain": "sgpu: gpu.lost gpu1: GPU lost (fallen off the bus)",
+            "results": [{"check": "gpu.lost", "gpu": 1, "status": "fail", "severity": "drain",
+                         "enforced": false, "message": "GPU lost (fallen off the bus)"}]}});
+        assert_eq!(
+            health(&observing),
+            Health::Passing {
+                verdict: "would drain: sgpu: gpu.lost gpu1: GPU lost (fallen off the bus)".into()
+            }
+        );
         assert_eq!(
             health(&json!({"health": {"verdict": "warn", "results": []}})),
             Health::Passing {
