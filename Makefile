@@ -41,11 +41,16 @@ DEB_STRIP ?= strip --strip-unneeded
 DEB_MAINTAINER ?= sgpu local build <root@localhost>
 
 CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,$(if $(filter debug,$(PROFILE)),,--profile $(PROFILE)))
-PACKAGES := -p sgpu-prolog-epilog -p sgpu-healthd -p sgpu-spank -p sgpu-accounting -p sgpu-cli
+PACKAGES := -p sgpu-prolog-epilog -p sgpu-healthd -p sgpu-spank -p sgpu-accounting -p sgpu-cli \
+	-p nvml-sim
 
 NODE_SBIN := sgpu-prolog sgpu-epilog sgpu-healthd
 HEAD_SBIN := sgpu-acctd
 PLUGIN := libspank_sgpu.so
+# the simulated NVML library `sgpu check --capture` judges nvidia-smi captures through; sgpu
+# looks for it in ../lib/sgpu/ beside its own directory (never loaded by the gates or healthd)
+SIM_LIB := libnvml_sim.so
+SGPU_LIBDIR = $(PREFIX)/lib/sgpu
 
 # installs unit $(1) as $(2), its ExecStart pointing at this installation's sbin
 define install_unit
@@ -91,9 +96,10 @@ install-head: install-common install-head-only
 
 # the sgpu command and the configuration file (never overwritten)
 install-common:
-	$(call need_built,sgpu)
-	$(INSTALL) -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(SYSCONFDIR)/sgpu'
+	$(call need_built,sgpu $(SIM_LIB))
+	$(INSTALL) -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(SYSCONFDIR)/sgpu' '$(DESTDIR)$(SGPU_LIBDIR)'
 	$(call install_file,0755,$(BUILD_DIR)/sgpu,$(DESTDIR)$(BINDIR)/sgpu)
+	$(call install_file,0644,$(BUILD_DIR)/$(SIM_LIB),$(DESTDIR)$(SGPU_LIBDIR)/$(SIM_LIB))
 	@if [ -e '$(DESTDIR)$(SYSCONFDIR)/sgpu/sgpu.toml' ]; then \
 	  echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/sgpu/sgpu.toml (the example is packaging/sgpu.toml)"; \
 	else \
@@ -118,6 +124,7 @@ install-head-only:
 
 uninstall:
 	rm -f $(addprefix '$(DESTDIR)$(SBINDIR)'/,$(NODE_SBIN) $(HEAD_SBIN)) '$(DESTDIR)$(BINDIR)/sgpu' \
+	  '$(DESTDIR)$(SGPU_LIBDIR)/$(SIM_LIB)' \
 	  '$(DESTDIR)$(SLURM_PLUGIN_DIR)/spank_sgpu.so' \
 	  '$(DESTDIR)$(UNITDIR)/sgpu-healthd.service' '$(DESTDIR)$(UNITDIR)/sgpu-acctd.service'
 	@echo "kept $(SYSCONFDIR)/sgpu, /var/lib/sgpu (accounting data) and /var/spool/sgpu (records not yet forwarded)"
@@ -132,7 +139,7 @@ DEB_MAKE = $(MAKE) --no-print-directory PREFIX=/usr SYSCONFDIR=/etc \
 	UNITDIR=/lib/systemd/system SLURM_PLUGIN_DIR=/usr/lib/slurm BUILD_DIR='$(abspath $(BUILD_DIR))'
 
 deb:
-	$(call need_built,sgpu $(NODE_SBIN) $(HEAD_SBIN) $(PLUGIN))
+	$(call need_built,sgpu $(SIM_LIB) $(NODE_SBIN) $(HEAD_SBIN) $(PLUGIN))
 	@[ -n '$(VERSION)' ] || { echo "no version in Cargo.toml's [workspace.package]" >&2; exit 1; }
 	rm -rf '$(DEB_STAGE)'
 	$(INSTALL) -d '$(DEB_OUT)'

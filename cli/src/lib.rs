@@ -35,8 +35,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the health checks on this node and print the results (exit 0 healthy, 1 warn,
-    /// 2 drain-worthy).
+    /// Run the health checks on this node, or on a saved `nvidia-smi -q -x` output with
+    /// `--capture`, and print the results (exit 0 healthy, 1 warn, 2 drain-worthy).
     Check(check::CheckArgs),
     /// Check slurm.conf, gres.conf, plugstack.conf and sgpu.toml (`sgpu conf check`).
     Conf(conf::ConfArgs),

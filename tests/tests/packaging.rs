@@ -48,6 +48,8 @@ fn built() -> &'static PathBuf {
             "sgpu-accounting",
             "-p",
             "sgpu-cli",
+            "-p",
+            "nvml-sim",
         ]);
         match profile.as_str() {
             "debug" => {}
@@ -95,6 +97,7 @@ const BUILT_FILES: &[&str] = &[
     "sgpu-healthd",
     "sgpu-acctd",
     "libspank_sgpu.so",
+    "libnvml_sim.so",
 ];
 
 /// A private build directory for one test: hard links to the built files, so that another
@@ -250,6 +253,7 @@ fn make_install_lays_out_node_and_head_parts_with_units_pointing_at_prefix() {
         ("/usr/local/sbin/sgpu-healthd", 0o755),
         ("/usr/local/sbin/sgpu-acctd", 0o755),
         ("/usr/local/bin/sgpu", 0o755),
+        ("/usr/local/lib/sgpu/libnvml_sim.so", 0o644),
         ("/usr/local/lib/slurm/spank_sgpu.so", 0o644),
         ("/etc/sgpu/sgpu.toml", 0o644),
         ("/etc/systemd/system/sgpu-healthd.service", 0o644),
@@ -343,6 +347,7 @@ fn make_install_node_and_head_with_another_prefix() {
             "/etc/sgpu/sgpu.toml",
             "/etc/systemd/system/sgpu-healthd.service",
             "/opt/sgpu/bin/sgpu",
+            "/opt/sgpu/lib/sgpu/libnvml_sim.so",
             "/opt/sgpu/lib/slurm/spank_sgpu.so",
             "/opt/sgpu/sbin/sgpu-epilog",
             "/opt/sgpu/sbin/sgpu-healthd",
@@ -373,6 +378,7 @@ fn make_install_node_and_head_with_another_prefix() {
             "/etc/sgpu/sgpu.toml",
             "/etc/systemd/system/sgpu-acctd.service",
             "/opt/sgpu/bin/sgpu",
+            "/opt/sgpu/lib/sgpu/libnvml_sim.so",
             "/opt/sgpu/sbin/sgpu-acctd",
         ],
         "install-head: head files only"
@@ -637,7 +643,8 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
         contents("sgpu-common"),
         as_map(&[
             ("/etc/sgpu/sgpu.toml", "-rw-r--r--"),
-            ("/usr/bin/sgpu", "-rwxr-xr-x")
+            ("/usr/bin/sgpu", "-rwxr-xr-x"),
+            ("/usr/lib/sgpu/libnvml_sim.so", "-rw-r--r--")
         ])
     );
     assert_eq!(
