@@ -10,14 +10,32 @@ use std::time::Duration;
 use sgpu_spool::{GpuEnd, GpuUsage, JobEnd, Record, RecordBody, RecordId, RecordKind, Usage};
 
 /// Serves acctd's router over a sled store in `dir` on a free loopback port (a thread with
-/// its own runtime), with `auth` and `policy` and a body limit of `max_body` bytes.
+/// its own runtime), with `auth` and `policy` and a body limit of `max_body` bytes, through
+/// acctd's own server ([`sgpu_accounting::serve::serve`]) with its default limits.
 pub fn serve_in(
     dir: &std::path::Path,
     auth: std::sync::Arc<dyn sgpu_accounting::auth::Authenticator>,
     policy: sgpu_accounting::auth::Policy,
     max_body: usize,
 ) -> SocketAddr {
-    use sgpu_accounting::http::{AppState, router};
+    serve_limited(
+        dir,
+        auth,
+        policy,
+        sgpu_accounting::http::Limits::new(max_body),
+        sgpu_accounting::serve::ServeLimits::default(),
+    )
+}
+
+/// [`serve_in`] under the given body and connection limits.
+pub fn serve_limited(
+    dir: &std::path::Path,
+    auth: std::sync::Arc<dyn sgpu_accounting::auth::Authenticator>,
+    policy: sgpu_accounting::auth::Policy,
+    limits: sgpu_accounting::http::Limits,
+    serve_limits: sgpu_accounting::serve::ServeLimits,
+) -> SocketAddr {
+    use sgpu_accounting::http::{AppState, router_with};
     let store =
         std::sync::Arc::new(sgpu_accounting::sled_store::SledStore::open(&dir.join("db")).unwrap());
     let state = AppState {
@@ -32,9 +50,14 @@ pub fn serve_in(
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            axum::serve(listener, router(state, max_body))
-                .await
-                .unwrap();
+            sgpu_accounting::serve::serve(
+                listener,
+                router_with(state, limits),
+                serve_limits,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
         });
     });
     addr
