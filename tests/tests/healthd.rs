@@ -89,10 +89,12 @@ fn xid79_on_an_idle_node_drains_it_at_once() -> TestResult {
         reason.starts_with("sgpu: gpu.xid gpu2: xid 79"),
         "reason names the check, the GPU and the XID: {reason}"
     );
-    assert!(
-        healthd_log(&cluster, "node1").contains("drained node1: sgpu: gpu.xid gpu2: xid 79"),
-        "healthd logs the drain"
-    );
+    // healthd logs the drain once scontrol has returned: Slurm may show it a moment before
+    poll(Duration::from_secs(5), "healthd logs the drain", || {
+        Ok(healthd_log(&cluster, "node1")
+            .contains("drained node1: sgpu: gpu.xid gpu2: xid 79")
+            .then_some(()))
+    })?;
 
     // a job pinned to node1 does not start there; one that may go anywhere runs on node2
     let pinned = cluster.sbatch(&["-w", "node1", "--gres=gpu:1", "-o", "/dev/null"], "true")?;
