@@ -282,9 +282,10 @@ pub static CATALOGUE: &[CheckSpec] = &[
     },
     CheckSpec {
         id: GPU_PCIE_LINK,
-        description: "PCIe link: the generation against the board's maximum only while the \
-                      GPU is busy (idle boards lower it to save power); the width against the \
-                      widest link this GPU has reported on this node, or expected_width",
+        description: "PCIe link, while the GPU is busy (idle boards lower it to save power): \
+                      the generation against the board's maximum, the width against the \
+                      widest link this GPU has reported on this node; or, always, the width \
+                      against expected_width when set",
         default_severity: Severity::Drain,
         profiles: BOTH,
         reason_template: "PCIe link {observed}, expected {threshold}",

@@ -746,8 +746,9 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
     }
 }
 
-/// The PCIe rule (see the catalogue): generation only while busy, width against the node's
-/// baseline or `expected_width`.
+/// The PCIe rule (see the catalogue): the generation against the maximum and the width
+/// against the node's baseline only while busy (an idle board may lower its link); the
+/// width against `expected_width`, when the admin set it, always.
 fn pcie_result(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext, c: EffectiveCheck) {
     let (gen_slack, width_slack, busy_pct, want_width) = (
         c.threshold("max_gen_deficit"),
@@ -775,8 +776,9 @@ fn pcie_result(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext, c: Effe
             "best seen on this node",
         )
     };
-    let width_bad = match (p.width_current.value(), width_ref) {
-        (Some(cur), Some(want)) => Some(f64::from(want.saturating_sub(*cur)) > width_slack),
+    let width_judged = want_width > 0.0 || busy == Some(true);
+    let width_bad = match (width_judged, p.width_current.value(), width_ref) {
+        (true, Some(cur), Some(want)) => Some(f64::from(want.saturating_sub(*cur)) > width_slack),
         _ => None,
     };
     let observed = format!("gen{} x{}", show(&p.gen_current), show(&p.width_current));
@@ -785,9 +787,10 @@ fn pcie_result(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext, c: Effe
         Some(false) => "any gen (idle)".to_string(),
         None => "any gen (load n/a)".to_string(),
     };
-    let width_part = match width_ref {
-        Some(w) => format!("x{w} ({width_src})"),
-        None => "no width baseline yet".to_string(),
+    let width_part = match (width_ref, width_judged) {
+        (Some(w), true) => format!("x{w} ({width_src})"),
+        (Some(w), false) => format!("any width (idle; x{w} seen)"),
+        (None, _) => "no width baseline yet".to_string(),
     };
     let threshold = format!("{gen_part}, {width_part}");
     let status = match (gen_bad, width_bad) {
@@ -807,7 +810,8 @@ fn pcie_result(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext, c: Effe
     );
 }
 
-/// A counter judged by its rate against an earlier reading (per hour × `per_hours`).
+/// A counter judged by its rate against an earlier reading, per hour divided by
+/// `unit_per_hour` (1: per hour, 60: per minute).
 #[allow(clippy::too_many_arguments)]
 fn rate_result(
     e: &mut Emitter<'_>,

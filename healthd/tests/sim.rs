@@ -266,17 +266,36 @@ fn idle_board_at_gen1_is_healthy_and_a_busy_one_drains() {
 #[test]
 fn narrowed_pcie_link_drains_against_the_nodes_baseline() {
     let sim = Sim::start(&State::healthy(4));
-    // No baseline (a first check, or a capture): x8 of x16 is not judged (an x8 slot
-    // looks the same as a degraded link).
-    sim.update(|s| s.gpus[3].pcie_width_current = Some(8));
-    let r = run(&context(Profile::Quick, 4));
+    // No baseline (a first check, or a capture): x8 of x16 is not judged, busy or not (an
+    // x8 slot looks the same as a degraded link).
+    sim.update(|s| {
+        s.gpus[3].pcie_width_current = Some(8);
+        s.gpus[3].utilization_gpu = Some(90);
+    });
+    let r = run(&context(Profile::Full, 4));
     assert_eq!(Verdict::of(&r), Verdict::Healthy, "{:#?}", failures(&r));
-    // The node saw x16 on this GPU: x8 now is a degraded link.
+    // The node saw x16 on this GPU.
     let dir = tempfile::tempdir().unwrap();
-    sim.update(|s| s.gpus[3].pcie_width_current = Some(16));
+    sim.update(|s| {
+        s.gpus[3].pcie_width_current = Some(16);
+        s.gpus[3].utilization_gpu = Some(0);
+    });
     run_remembering(&context(Profile::Quick, 4), dir.path());
+    // x8 while idle is not judged (a board may lower its link when idle) ...
     sim.update(|s| s.gpus[3].pcie_width_current = Some(8));
     let r = run_remembering(&context(Profile::Quick, 4), dir.path());
+    assert_eq!(Verdict::of(&r), Verdict::Healthy, "{:#?}", failures(&r));
+    let pcie = r
+        .iter()
+        .find(|x| x.check == "gpu.pcie_link" && x.gpu == Some(3))
+        .unwrap();
+    assert!(
+        pcie.threshold.contains("any width (idle; x16 seen)"),
+        "{pcie:?}"
+    );
+    // ... x8 while busy is a degraded link.
+    sim.update(|s| s.gpus[3].utilization_gpu = Some(90));
+    let r = run_remembering(&context(Profile::Full, 4), dir.path());
     let f = failures(&r);
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(
@@ -285,14 +304,15 @@ fn narrowed_pcie_link_drains_against_the_nodes_baseline() {
     );
     assert!(
         f[0].drain_reason()
-            .contains("gen5 x8, expected any gen (idle), x16 (best seen on this node)"),
+            .contains("gen5 x8, expected gen5 (busy), x16 (best seen on this node)"),
         "{}",
         f[0].drain_reason()
     );
     // ... and stays degraded: the baseline is the widest ever seen.
-    let r = run_remembering(&context(Profile::Quick, 4), dir.path());
+    let r = run_remembering(&context(Profile::Full, 4), dir.path());
     assert_eq!(Verdict::of(&r), Verdict::Drain);
-    // expected_width set by the admin judges without a baseline.
+    // expected_width set by the admin judges without a baseline, idle or busy.
+    sim.update(|s| s.gpus[3].utilization_gpu = Some(0));
     let mut o = std::collections::BTreeMap::new();
     o.insert(
         "gpu.pcie_link".to_string(),

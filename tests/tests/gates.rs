@@ -243,11 +243,14 @@ fn each_drain_worthy_fault_gives_its_reason() -> TestResult {
             Box::new(|g| g.temperature_c = g.temp_slowdown_c.map(|t| t + 2)),
         ),
         // A HW throttle seen once warns; it drains when it persists (healthd/tests/sim.rs).
-        // The link narrower than the x16 this GPU showed in the cases above (the gate
+        // A busy link narrower than the x16 this GPU showed in the cases above (the gate
         // records each GPU's widest link in the node's history) is degraded.
         (
             "sgpu: gpu.pcie_link gpu1:",
-            Box::new(|g| g.pcie_width_current = Some(8)),
+            Box::new(|g| {
+                g.pcie_width_current = Some(8);
+                g.utilization_gpu = Some(90);
+            }),
         ),
         (
             "sgpu: gpu.fabric gpu1:",
