@@ -34,15 +34,17 @@ pub struct SacctRun {
     pub window: SlurmWindow,
 }
 
-/// Parses `JobIDRaw|Start|End|State|` lines for `job_id`; a line of another shape is an
+/// Parses `JobIDRaw|Start|End|State` lines (`-P`; a trailing `|`, as `-p` prints, is taken) for `job_id`; a line of another shape is an
 /// error (the output is not what was asked for), lines of other ids (steps) are skipped.
 /// Runs without an end yet (`Unknown`) are left out.
 pub fn parse(out: &str, job_id: u32) -> Result<Vec<SacctRun>, String> {
     let id = job_id.to_string();
     let mut runs = Vec::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        // `-P` separates fields without a trailing `|`; `-p` adds one
+        let line = line.strip_suffix('|').unwrap_or(line);
         let f: Vec<&str> = line.split('|').collect();
-        let [jid, start, end, state, ""] = f.as_slice() else {
+        let [jid, start, end, state] = f.as_slice() else {
             return Err(format!("unexpected sacct line {line:?}"));
         };
         let plain = |s: &str| {
@@ -187,7 +189,8 @@ mod tests {
 
     #[test]
     fn picks_the_run_the_node_measured() {
-        let out = "9|1000|1003|REQUEUED|\n9|1010|1012|COMPLETED|\n9.batch|1000|1003|CANCELLED|\n";
+        // as sacct -P prints it (seen on Slurm 22.05), and a line with -p's trailing `|`
+        let out = "9|1000|1003|REQUEUED\n9|1010|1012|COMPLETED|\n9.batch|1000|1003|CANCELLED\n";
         let runs = parse(out, 9).unwrap();
         assert_eq!(runs.len(), 2);
         // the node measured 1000.2 s .. 1003.4 s: the first run
@@ -203,7 +206,7 @@ mod tests {
         let runs = parse("9|1000|Unknown|RUNNING|\n", 9).unwrap();
         assert!(runs.is_empty());
         assert!(parse("9|1000|1003|COMPLETED|x|\n", 9).is_err());
-        assert!(parse("9|1000|1003|COMPLETED\n", 9).is_err());
+        assert!(parse("9|1000|COMPLETED\n", 9).is_err());
         assert!(parse("9|10=00|1003|COMPLETED|\n", 9).is_err());
     }
 
