@@ -518,3 +518,44 @@ impl StatusDoc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{Catalogue, Profile};
+    use crate::checks::{self, CheckContext};
+    use crate::gpu::{GpuSnapshot, NodeSnapshot, Reading};
+
+    /// Observe-only mode: the last run's drain-worthy failure shows as `would_drain` in
+    /// `/status` and as `sgpu_node_would_drain 1` in `/metrics`.
+    #[test]
+    fn observe_only_runs_report_would_drain() {
+        let mut g = GpuSnapshot::unknown(0);
+        g.lost = true;
+        let snap = NodeSnapshot {
+            driver_version: Reading::Unsupported,
+            gpus: vec![g],
+        };
+        let observing = Catalogue::effective_enforcing(&std::collections::BTreeMap::new(), false);
+        let results = checks::evaluate(&snap, &CheckContext::new(Profile::Full), &observing);
+        let report = RunReport {
+            verdict: Verdict::of(&results),
+            results,
+            decision: Decision::Healthy,
+            spool: crate::spool_probe::SpoolHealth {
+                error: None,
+                free_bytes: None,
+            },
+        };
+        let shared = Shared::new("n1", Duration::from_secs(10));
+        shared.record_run(&report, &Memory::default(), Trigger::Periodic);
+        let doc = shared.status();
+        let health = doc.health.expect("a run");
+        assert_eq!(
+            health.would_drain.as_deref(),
+            Some("sgpu: gpu.lost gpu0: GPU lost (fallen off the bus)")
+        );
+        let metrics = crate::metrics::render(&crate::metrics::registry(shared)).unwrap();
+        assert!(metrics.contains("sgpu_node_would_drain 1"), "{metrics}");
+    }
+}
