@@ -16,7 +16,8 @@
 //! throttle counts as its first sighting (a warning). The simulated library is found at
 //! `--nvml-sim PATH`, else `$SGPU_NVML_SIM_LIB`, else as `libnvml_sim.so` next to the
 //! `sgpu` executable (where `cargo build` leaves it), in its `deps/`, or in
-//! `../lib/sgpu/` beside it.
+//! `../lib/sgpu/` beside it (where `make install` puts it); like `nvml_library`, it must be
+//! owned by root or the caller and not group/world-writable.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,9 @@ pub fn find_sim_library(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 fn run_capture(config: &Config, args: &CheckArgs, file: &Path) -> anyhow::Result<i32> {
     let capture = nvml_sim::Capture::load(file)?;
     let library = find_sim_library(args.nvml_sim.as_deref())?;
+    // the library is loaded into this process: the same rule as sgpu.toml's nvml_library
+    sgpu_healthd::trust::check_file(&library)
+        .map_err(|e| anyhow::anyhow!("the simulated NVML library: {e}"))?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let state_path = dir.path().join("state.toml");
     let mut state = capture.state.clone();
