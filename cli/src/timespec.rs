@@ -225,7 +225,9 @@ pub fn parse_time(input: &str, now: i64) -> Result<i64, TimeError> {
     let (year_now, _, _) = civil_from_days(now.div_euclid(DAY_S));
     let fields: Vec<&str> = if d.contains(['.', '/']) {
         d.split(['.', '/']).collect()
-    } else if d.len() == 4 || d.len() == 6 {
+    } else if (d.len() == 4 || d.len() == 6) && d.is_ascii() {
+        // (byte slicing: ASCII only; `𝋀` is 4 bytes and panicked here, found by
+        // tests/fuzz_inputs.rs)
         vec![&d[0..2], &d[2..4]]
             .into_iter()
             .chain((d.len() == 6).then(|| &d[4..6]))
@@ -371,5 +373,13 @@ mod tests {
         assert_eq!(format_elapsed(59), "00:00:59");
         assert_eq!(format_elapsed(3_600 + 61), "01:01:01");
         assert_eq!(format_elapsed(86_400 * 2 + 5), "2-00:00:05");
+    }
+
+    #[test]
+    fn multibyte_input_is_an_error_not_a_panic() {
+        // a 4-byte character was sliced at byte 2 (found by tests/fuzz_inputs.rs)
+        for bad in ["𝋀", "é12", "12é", "1𝋀1"] {
+            assert!(parse_time(bad, NOW).is_err(), "{bad}");
+        }
     }
 }
