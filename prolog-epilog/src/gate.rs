@@ -388,12 +388,39 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
                 None
             }
         };
-    if start.is_none() {
-        report.note(format!(
-            "job {}: no start note from sgpu-prolog; the end record has no energy deltas",
-            job.job_id
-        ));
-    }
+    // No note: this run had no sgpu prolog here. slurmd does not run the prolog again for a
+    // requeued job that comes back to the same node at once (seen after preemption on the
+    // test cluster); Slurm bills that run, so the epilog does too, from what it knows: the
+    // job's GPUs (its own NVML reading) and Slurm's window, without energy.
+    let unnoted = start.is_none();
+    let start = match start {
+        Some(s) => Some(s),
+        None if !job.gpus.is_empty() && config.slurm_job_times => {
+            report.note(format!(
+                "job {} run {}: no start note from sgpu-prolog (the prolog did not run for \
+                 this run); allocated GPU time from Slurm's window, no energy",
+                job.job_id, job.restart_count
+            ));
+            let mut gpus = start_gpus(job, &checked);
+            for g in &mut gpus {
+                g.energy_mj = None;
+            }
+            Some(JobStartState {
+                job_id: job.job_id,
+                node: job.node.clone(),
+                run: job.restart_count,
+                start_ms: end_ms,
+                gpus,
+            })
+        }
+        None => {
+            report.note(format!(
+                "job {}: no start note from sgpu-prolog; the end record has no energy deltas",
+                job.job_id
+            ));
+            None
+        }
+    };
     // Slurm's own window, so allocated GPU time equals sacct's; only for a job with GPUs here
     let window = match start.as_ref().filter(|s| !s.gpus.is_empty()) {
         Some(s) => match slurm_times::for_epilog(
@@ -401,7 +428,8 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
             job.job_id,
             Some(&slurm_times::NodeRun {
                 run: s.run,
-                start_ms: s.start_ms.min(end_ms),
+                // without a note the run's start on this node is unknown
+                start_ms: if unnoted { 0 } else { s.start_ms.min(end_ms) },
                 end_ms,
             }),
         ) {

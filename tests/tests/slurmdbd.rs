@@ -7,13 +7,21 @@
 //! (`SLURM_TIME_FORMAT=%s scontrol show job -o ID`, `slurm_job_times`, on by default) into
 //! the job_end record's `slurm_window`, and acctd counts allocated time over it. Both
 //! figures are printed, with the gates' own prolog-to-epilog window beside them.
+//!
+//! Issue 11 §2: jobs have runs. The cluster has two nodes and a preempting partition
+//! (`tests/cluster/slurmdbd-extra.conf`); [`every_run_is_billed_as_sacct_bills_it`] runs a
+//! job the admin requeues, a job requeued by preemption, a job array, a job cancelled right
+//! as it starts (during or just after its prolog: the race is Slurm's), and a job whose
+//! prolog gate fails on node1 and that runs again on node2; per job and run, sgpu's
+//! allocated GPU time equals `sacct --duplicates`' `gres/gpu` x `ElapsedRaw` of that run,
+//! and the totals agree.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sgpu_acct_client::{Client, ClientAuth, ClientError};
-use sgpu_tests::Cluster;
 use sgpu_tests::acctd::{Acctd, forward_to};
+use sgpu_tests::{Cluster, sgpu};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -23,12 +31,15 @@ const DIR: &str = "/tmp/sgpu-cluster-dbd";
 const PORT: &str = "16917";
 
 fn dbd_cluster() -> Result<Cluster, sgpu_tests::ClusterError> {
+    let extra = sgpu_tests::cluster::repo_root().join("tests/cluster/slurmdbd-extra.conf");
+    let extra = extra.to_string_lossy().into_owned();
     Cluster::up_in(
         Path::new(DIR),
         &[
             ("SGPU_CLUSTER_PORT", PORT),
-            ("SGPU_CLUSTER_NODES", "1"),
+            ("SGPU_CLUSTER_NODES", "2"),
             ("SGPU_CLUSTER_SLURMDBD", "1"),
+            ("SGPU_CLUSTER_EXTRA", &extra),
         ],
     )
 }
@@ -118,7 +129,7 @@ fn allocated_gpu_seconds_equal_slurms_sacct() -> TestResult {
     let cluster = dbd_cluster()?;
     let _lock = cluster.lock_exclusive()?;
     let acctd = Acctd::start(&[])?;
-    let _fwd = forward_to(&cluster, &["node1"], &acctd.url(), "")?;
+    let _fwd = forward_to(&cluster, &["node1", "node2"], &acctd.url(), "")?;
     let c = Client::new(
         &acctd.url(),
         ClientAuth::Munge { socket: None },
@@ -197,6 +208,351 @@ fn allocated_gpu_seconds_equal_slurms_sacct() -> TestResult {
         sum_of(&report, "rows", "allocated_gpu_ms"),
         slurm_total_ms,
         "{report}"
+    );
+    Ok(())
+}
+
+/// One run of a job as `sacct --duplicates` has it.
+#[derive(Debug, Clone)]
+struct SacctRun {
+    gpus: u64,
+    elapsed_s: u64,
+    start_s: u64,
+    state: String,
+    node: String,
+}
+
+/// Every run of `id` that slurmdbd has finished, by start (`sacct --duplicates -X`, times as
+/// Unix seconds); `None` while a run is still open there.
+fn sacct_runs(
+    cluster: &Cluster,
+    id: u32,
+) -> Result<Option<Vec<SacctRun>>, Box<dyn std::error::Error>> {
+    let mut cmd = cluster.command("sacct");
+    cmd.env("SLURM_TIME_FORMAT", "%s").args([
+        "--duplicates",
+        "-X",
+        "-P",
+        "-n",
+        "-o",
+        "JobIDRaw,AllocTRES,ElapsedRaw,Start,End,State,NodeList",
+        "-j",
+        &id.to_string(),
+    ]);
+    let out = cmd.output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut runs = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        if f.len() < 7 || f[0] != id.to_string() {
+            continue;
+        }
+        let (Ok(start_s), Ok(_end_s)) = (f[3].parse::<u64>(), f[4].parse::<u64>()) else {
+            // Start or End "Unknown": a run not finished (or never started) yet
+            if f[5] == "PENDING" {
+                continue;
+            }
+            return Ok(None);
+        };
+        let gpus = f[1]
+            .split(',')
+            .find_map(|t| t.strip_prefix("gres/gpu="))
+            .map_or(Ok(0), str::parse)?;
+        runs.push(SacctRun {
+            gpus,
+            elapsed_s: f[2].parse()?,
+            start_s,
+            state: f[5].to_string(),
+            node: f[6].to_string(),
+        });
+    }
+    if runs.iter().any(|r| r.state == "RUNNING") {
+        return Ok(None);
+    }
+    runs.sort_by_key(|r| r.start_s);
+    Ok(Some(runs))
+}
+
+/// acctd's `job_end` records of `job`: run -> (node, GPUs, allocated GPU-ms).
+fn acctd_runs(
+    c: &Client,
+    job: u32,
+) -> Result<std::collections::BTreeMap<u32, Vec<(String, u64, u64)>>, Box<dyn std::error::Error>> {
+    let mut out = std::collections::BTreeMap::new();
+    let v = match c.get_json(&format!("/v1/jobs/{CLUSTER}/{job}")) {
+        Ok(v) => v,
+        Err(ClientError::Http { status: 404, .. }) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for r in v["records"].as_array().into_iter().flatten() {
+        if r["id"]["kind"] != "job_end" {
+            continue;
+        }
+        let run = r["id"]["run"].as_u64().unwrap_or(0) as u32;
+        let node = r["id"]["node"].as_str().unwrap_or("").to_string();
+        let gpus = r["body"]["gpus"].as_array().map_or(0, Vec::len) as u64;
+        let allocated = r["body"]["allocated_gpu_ms"]
+            .as_u64()
+            .ok_or_else(|| format!("job_end without allocated_gpu_ms: {r}"))?;
+        out.entry(run)
+            .or_insert_with(Vec::new)
+            .push((node, gpus, allocated));
+    }
+    Ok(out)
+}
+
+/// Waits for `pred` on job `id`'s `scontrol show job` record.
+fn wait_job_until(
+    cluster: &Cluster,
+    id: u32,
+    what: &str,
+    pred: impl Fn(&sgpu_tests::cluster::Record) -> bool,
+) -> Result<sgpu_tests::cluster::Record, Box<dyn std::error::Error>> {
+    let began = Instant::now();
+    loop {
+        let job = cluster.job(id)?;
+        if pred(&job) {
+            return Ok(job);
+        }
+        if began.elapsed() > Duration::from_secs(90) {
+            return Err(format!("job {id} not {what} after 90 s: {job:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A requeued job waits for a begin time Slurm sets minutes ahead: let it run now.
+fn release_requeued(cluster: &Cluster, id: u32, restarts: u32) -> TestResult {
+    let r = restarts.to_string();
+    wait_job_until(cluster, id, "requeued", |j| {
+        j.get("JobState") == "PENDING" && j.get("Restarts") == r
+    })?;
+    cluster.output(
+        "scontrol",
+        &["update", &format!("JobId={id}"), "StartTime=now"],
+    )?;
+    Ok(())
+}
+
+/// Compares every run of `id`: sgpu's allocated GPU-ms of run k equals sacct's k-th run's
+/// `gres/gpu` x `ElapsedRaw`; returns Slurm's total for the job.
+fn compare_runs(
+    cluster: &Cluster,
+    c: &Client,
+    what: &str,
+    id: u32,
+    runs_expected: usize,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let began = Instant::now();
+    loop {
+        let sacct = sacct_runs(cluster, id)?;
+        let sgpu = acctd_runs(c, id)?;
+        let complete = sacct.as_ref().is_some_and(|s| {
+            s.len() == runs_expected
+                && s.iter()
+                    .enumerate()
+                    .all(|(k, r)| r.gpus == 0 || sgpu.contains_key(&(k as u32)))
+        });
+        if complete {
+            let sacct = sacct.unwrap_or_default();
+            let mut total = 0;
+            for (k, run) in sacct.iter().enumerate() {
+                let slurm_ms = run.gpus * run.elapsed_s * 1000;
+                let ours: u64 = sgpu
+                    .get(&(k as u32))
+                    .map_or(0, |v| v.iter().map(|(_, _, a)| a).sum());
+                eprintln!(
+                    "{what}: job {id} run {k}: sacct {} on {} gres/gpu={} ElapsedRaw={} -> \
+                     {slurm_ms} GPU-ms; sgpu {:?} -> {ours} GPU-ms",
+                    run.state,
+                    run.node,
+                    run.gpus,
+                    run.elapsed_s,
+                    sgpu.get(&(k as u32))
+                );
+                assert_eq!(
+                    ours, slurm_ms,
+                    "{what}: job {id} run {k}: sgpu {ours} GPU-ms, sacct {run:?}"
+                );
+                total += slurm_ms;
+            }
+            let extra: Vec<&u32> = sgpu
+                .keys()
+                .filter(|k| **k as usize >= sacct.len())
+                .collect();
+            assert!(
+                extra.is_empty(),
+                "{what}: job {id}: sgpu has runs {extra:?} sacct lacks"
+            );
+            return Ok(total);
+        }
+        if began.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "{what}: job {id}: after 60 s sacct has {sacct:?}, acctd {sgpu:?} \
+                 (expected {runs_expected} runs)"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn every_run_is_billed_as_sacct_bills_it() -> TestResult {
+    let cluster = dbd_cluster()?;
+    let _lock = cluster.lock_exclusive()?;
+    let acctd = Acctd::start(&[])?;
+    let _fwd = forward_to(&cluster, &["node1", "node2"], &acctd.url(), "")?;
+    let c = Client::new(
+        &acctd.url(),
+        ClientAuth::Munge { socket: None },
+        Duration::from_secs(30),
+    )?;
+    let idle = |node: &str| -> TestResult {
+        cluster.wait_node(node, Duration::from_secs(60), "idle", |r| {
+            r.get("State") == "IDLE"
+        })?;
+        Ok(())
+    };
+    idle("node1")?;
+    idle("node2")?;
+    let mut checks: Vec<(&str, u32, usize)> = Vec::new();
+    let t0 = sgpu_spool::now_ms() / 1000 - 10;
+
+    // 1. The admin requeues a running job; it runs again and completes.
+    let requeued = cluster.sbatch(
+        &["--gres=gpu:2", "-w", "node2", "-o", "/dev/null"],
+        r#"if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then sleep 2; else sleep 60; fi"#,
+    )?;
+    wait_job_until(&cluster, requeued, "running", |j| {
+        j.get("JobState") == "RUNNING"
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.output("scontrol", &["requeue", &requeued.to_string()])?;
+    release_requeued(&cluster, requeued, 1)?;
+    checks.push(("admin requeue", requeued, 2));
+
+    // 2. Preemption: a job of the higher-priority partition takes node1's GPUs; the
+    //    preempted job goes back to the queue (PreemptMode=REQUEUE) and runs again.
+    let low = cluster.sbatch(
+        &["--gres=gpu:4", "-w", "node1", "-o", "/dev/null"],
+        r#"if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then sleep 1; else sleep 60; fi"#,
+    )?;
+    wait_job_until(&cluster, low, "running", |j| j.get("JobState") == "RUNNING")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let high = cluster.sbatch(
+        &[
+            "-p",
+            "high",
+            "--gres=gpu:4",
+            "-w",
+            "node1",
+            "-o",
+            "/dev/null",
+        ],
+        "sleep 2",
+    )?;
+    release_requeued(&cluster, low, 1)?;
+    checks.push(("preempted", low, 2));
+    checks.push(("preemptor", high, 1));
+
+    // 3. A job array: each task is a job of its own.
+    let array = cluster.sbatch(
+        &["--array=1-3", "--gres=gpu:1", "-o", "/dev/null"],
+        "sleep 1",
+    )?;
+
+    // 4. A job cancelled as it starts (while its prolog runs, or just after).
+    let cancelled = cluster.sbatch(&["--gres=gpu:1", "-o", "/dev/null"], "sleep 30")?;
+    wait_job_until(&cluster, cancelled, "started", |j| {
+        j.get("JobState") != "PENDING"
+    })?;
+    cluster.output("scancel", &[&cancelled.to_string()])?;
+    checks.push(("cancelled at start", cancelled, 1));
+
+    for (what, id, _) in &checks {
+        cluster.wait_job(*id, Duration::from_secs(120))?;
+        eprintln!("{what}: job {id} ended");
+    }
+    // the array's tasks, by their own job ids, once all three have ended
+    let began = Instant::now();
+    let task_ids: Vec<u32> = loop {
+        let out = cluster.output(
+            "sacct",
+            &[
+                "-X",
+                "-P",
+                "-n",
+                "-o",
+                "JobIDRaw,State",
+                "-j",
+                &array.to_string(),
+            ],
+        )?;
+        let mut ids: Vec<(u32, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .filter_map(|(id, st)| Some((id.trim().parse().ok()?, st.to_string())))
+            .collect();
+        ids.sort();
+        ids.dedup_by_key(|(id, _)| *id);
+        let ended = ids
+            .iter()
+            .all(|(_, st)| !matches!(st.as_str(), "PENDING" | "RUNNING" | "REQUEUED"));
+        if ids.len() == 3 && ended {
+            break ids.into_iter().map(|(id, _)| id).collect();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "array {array}: tasks {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for &t in &task_ids {
+        checks.push(("array task", t, 1));
+    }
+
+    // 5. The prolog's gate fails on node1 (a GPU with uncorrectable ECC errors): node1 is
+    //    drained, the job requeued, and it runs on node2. node1's healthd is paused (its
+    //    periodic check would drain node1 before the job lands there) until node1 is healthy
+    //    again; it then forwards the failed run's records.
+    {
+        let paused = sgpu::pause_healthd(&cluster, "node1")?;
+        let _restore = sgpu::Restore::new(&cluster, &["node1"]);
+        sgpu::update_gpus(&cluster, "node1", |s| {
+            if let Some(g) = s.gpu_mut(2) {
+                g.ecc.volatile_uncorrected = 3;
+            }
+        })?;
+        let moved = cluster.sbatch(&["--gres=gpu:1", "-o", "/dev/null"], "sleep 2")?;
+        release_requeued(&cluster, moved, 1)?;
+        let job = cluster.wait_job(moved, Duration::from_secs(120))?;
+        assert_eq!(job.get("NodeList"), "node2", "{job:?}");
+        assert_eq!(job.get("Restarts"), "1", "{job:?}");
+        checks.push(("failed gate, ran elsewhere", moved, 2));
+        drop(_restore);
+        drop(paused);
+    }
+
+    let mut slurm_total = 0;
+    for (what, id, runs) in &checks {
+        slurm_total += compare_runs(&cluster, &c, what, *id, *runs)?;
+    }
+    // the totals agree: the jobs listed by acctd add up to Slurm's
+    let ids: Vec<String> = checks.iter().map(|(_, id, _)| id.to_string()).collect();
+    let listed = c.get_json(&format!(
+        "/v1/jobs?start={t0}&end={}&jobs={}",
+        sgpu_spool::now_ms() / 1000 + 60,
+        ids.join(",")
+    ))?;
+    assert_eq!(
+        sum_of(&listed, "jobs", "allocated_gpu_ms"),
+        slurm_total,
+        "{listed}"
+    );
+    eprintln!(
+        "{} jobs, Slurm's total {slurm_total} GPU-ms, acctd's the same",
+        checks.len()
     );
     Ok(())
 }
