@@ -273,11 +273,11 @@ fn sacct_runs(
     Ok(Some(runs))
 }
 
-/// acctd's `job_end` records of `job`: run -> (node, GPUs, allocated GPU-ms).
-fn acctd_runs(
-    c: &Client,
-    job: u32,
-) -> Result<std::collections::BTreeMap<u32, Vec<(String, u64, u64)>>, Box<dyn std::error::Error>> {
+/// Per run, each node's (node, GPUs, allocated GPU-ms) from its `job_end`.
+type RunEnds = std::collections::BTreeMap<u32, Vec<(String, u64, u64)>>;
+
+/// acctd's `job_end` records of `job`, by run.
+fn acctd_runs(c: &Client, job: u32) -> Result<RunEnds, Box<dyn std::error::Error>> {
     let mut out = std::collections::BTreeMap::new();
     let v = match c.get_json(&format!("/v1/jobs/{CLUSTER}/{job}")) {
         Ok(v) => v,
