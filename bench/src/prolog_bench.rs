@@ -75,14 +75,17 @@ impl Node {
         let sim = SimNode::new("sgpu-prolog-bench.", gpus)?;
         let d = sim.path();
         // a drain would mean the simulated node is not healthy: record it, never reach a
-        // real slurmctld; the epilog's `show job` (slurm_job_times) gets an ended job's line
+        // real slurmctld; the epilog's `squeue` beside it (slurm_job_times) answers with an
+        // ended job's line
         let drains = d.join("drains.log");
-        let scontrol = sim.scontrol(&format!(
-            "if [ \"$1 $2\" = 'show job' ]; then\n  now=$(date +%s)\n  \
-             echo \"JobId=$4 JobState=COMPLETING StartTime=$((now - 1)) EndTime=$now\"\n  \
-             exit 0\nfi\necho \"$@\" >> '{}'\n",
-            drains.display()
-        ))?;
+        let scontrol = sim.scontrol(&format!("echo \"$@\" >> '{}'\n", drains.display()))?;
+        let squeue = d.join("squeue");
+        write(
+            &squeue,
+            "#!/bin/sh\nnow=$(date +%s)\necho \"${3#--jobs=}|COMPLETING|$((now - 1))|$now|0|\"\n",
+        )?;
+        std::fs::set_permissions(&squeue, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", squeue.display()))?;
         let spool = d.join("spool");
         let config = d.join("sgpu.toml");
         write(

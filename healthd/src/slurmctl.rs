@@ -374,8 +374,8 @@ const NODE_TEXT_TAIL: [&str; 3] = ["Reason", "Comment", "Extra"];
 
 /// The fields of one `scontrol show node -o` record (see [`node_records`]), read so that text
 /// in the free-text tail (`Reason=`, `Comment=`, `Extra=`) can never stand in for a field
-/// Slurm prints before it: each key's first occurrence counts, and the tail is cut only at
-/// its own keys (a `Reason` runs to the last ` Comment=`/` Extra=` on the line).
+/// Slurm prints before it: the tail is cut only at its own keys (a `Reason` runs to the last
+/// ` Comment=`/` Extra=` on the line), and readers take each key's first occurrence.
 pub fn node_fields(record: &str) -> Vec<(&str, String)> {
     let tail_at = NODE_TEXT_TAIL
         .iter()
@@ -388,12 +388,7 @@ pub fn node_fields(record: &str) -> Vec<(&str, String)> {
         Some(i) => record.split_at(i),
         None => (record, ""),
     };
-    let mut out: Vec<(&str, String)> = Vec::new();
-    for (k, v) in fields(head) {
-        if !out.iter().any(|(seen, _)| *seen == k) {
-            out.push((k, v));
-        }
-    }
+    let mut out = fields(head);
     // the tail: each of its keys at its last occurrence, in Slurm's order
     let tail = tail.trim_end();
     let padded = format!(" {tail}");
@@ -489,16 +484,16 @@ pub fn parse_slurm_time(s: &str) -> Option<i64> {
 
 /// Reads `State=` and `Reason=` from one line of `scontrol show node -o`.
 pub fn parse_node_line(line: &str) -> NodeState {
-    let mut state = String::new();
-    let mut reason: Option<String> = None;
-    for (k, v) in node_fields(line) {
-        match k {
-            "State" => state = v,
-            "Reason" => reason = Some(split_reason(&v).0),
-            _ => {}
-        }
-    }
-    let reason = reason.filter(|r| !r.is_empty() && r != "(null)");
+    node_state_of(&node_fields(line))
+}
+
+/// State and reason from a record's fields (each key's first occurrence).
+fn node_state_of(f: &[(&str, String)]) -> NodeState {
+    let get = |key: &str| f.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+    let state = get("State").unwrap_or_default().to_string();
+    let reason = get("Reason")
+        .map(|r| split_reason(r).0)
+        .filter(|r| !r.is_empty() && r != "(null)");
     NodeState { state, reason }
 }
 
@@ -522,7 +517,7 @@ pub fn parse_node_info(line: &str) -> Option<NodeInfo> {
     Some(NodeInfo {
         name,
         partitions,
-        state: parse_node_line(line),
+        state: node_state_of(&f),
         reason_time,
     })
 }

@@ -335,33 +335,65 @@ fn job_end(node: &Node, job: u32) -> sgpu_spool::JobEnd {
 #[test]
 fn epilog_takes_the_job_window_from_slurmctld_or_goes_without() {
     let node = Node::new();
-    // slurmctld (the recording scontrol) knows job 50 ended, with a 7 s window
+    // slurmctld (a recording squeue beside scontrol) knows job 50 ended 7 s after it
+    // started, just now; job 53 with a window far from the node's (as a forged one would
+    // be), job 54 as another run than the prolog noted
     let d = node.dir.path();
     std::fs::write(
-        d.join("scontrol"),
+        d.join("squeue"),
         format!(
-            "#!/bin/sh\necho \"$@ $SLURM_TIME_FORMAT\" >> {}/scontrol.log\n\
-             [ \"$4\" = 50 ] && echo 'JobId=50 JobState=COMPLETING StartTime=1700000000 \
-             EndTime=1700000007 NodeList=n1'\nexit 0\n",
+            "#!/bin/sh\necho \"$@ $SLURM_TIME_FORMAT\" >> {}/squeue.log\nnow=$(date +%s)\n\
+             case \"$3\" in\n\
+             --jobs=50) echo \"50|COMPLETING|$((now - 7))|$now|0|\" ;;\n\
+             --jobs=53) echo '53|COMPLETED|1|2|0|' ;;\n\
+             --jobs=54) echo \"54|COMPLETING|$((now - 3))|$now|1|\" ;;\n\
+             esac\nexit 0\n",
             d.display()
         ),
     )
     .unwrap();
+    let mut perm = std::fs::metadata(d.join("squeue")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(d.join("squeue"), perm).unwrap();
+    let squeue_calls = || std::fs::read_to_string(d.join("squeue.log")).unwrap_or_default();
     let job = node.job(50, "0,3", HealthMode::Strict);
     assert_eq!(prolog(&node.config, &job).exit_code, 0);
     assert_eq!(
-        node.scontrol_calls(),
-        "",
+        (node.scontrol_calls(), squeue_calls()),
+        (String::new(), String::new()),
         "the prolog asks slurmctld nothing"
     );
     let r = epilog(&node.config, &job);
     assert_eq!((r.exit_code, r.sgpu_error), (0, false), "{r:?}");
-    assert_eq!(node.scontrol_calls(), "show job -o 50 %s\n");
+    assert_eq!(
+        squeue_calls(),
+        "--noheader --states=all --jobs=50 \
+         --Format=JobID:|,State:|,StartTime:|,EndTime:|,RestartCnt:| %s\n"
+    );
     let end = job_end(&node, 50);
     let w = end.slurm_window.expect("Slurm's window in the record");
-    assert_eq!((w.start_s, w.end_s), (1_700_000_000, 1_700_000_007));
+    assert_eq!(w.end_s - w.start_s, 7);
     assert_eq!(end.allocated_gpu_ms, 2 * 7_000);
     assert!(end.end_time > end.start_time, "the gates' own window stays");
+
+    // a window that does not overlap the node's, or another run's: an error line, and the
+    // record keeps the node's window (never the shorter one), the epilog does not fail
+    for (id, why) in [(53, "does not overlap"), (54, "shows run 1 of the job")] {
+        let job = node.job(id, "1", HealthMode::Strict);
+        assert_eq!(prolog(&node.config, &job).exit_code, 0);
+        let r = epilog(&node.config, &job);
+        assert_eq!((r.exit_code, r.sgpu_error), (0, false), "{r:?}");
+        assert!(
+            r.log
+                .iter()
+                .any(|l| l.starts_with(&format!("error: job {id}: ")) && l.contains(why)),
+            "{:?}",
+            r.log
+        );
+        let end = job_end(&node, id);
+        assert_eq!(end.slurm_window, None);
+        assert_eq!(end.allocated_gpu_ms, end.end_time - end.start_time);
+    }
 
     // slurmctld does not know job 51: the record keeps the gates' window, with a warning
     let job = node.job(51, "1", HealthMode::Strict);
@@ -383,10 +415,14 @@ fn epilog_takes_the_job_window_from_slurmctld_or_goes_without() {
     let mut config = node.config.clone();
     config.slurm_job_times = false;
     let job = node.job(52, "2", HealthMode::Strict);
-    std::fs::remove_file(d.join("scontrol.log")).unwrap();
+    let _ = std::fs::remove_file(d.join("scontrol.log"));
+    std::fs::remove_file(d.join("squeue.log")).unwrap();
     assert_eq!(prolog(&config, &job).exit_code, 0);
     assert_eq!(epilog(&config, &job).exit_code, 0);
-    assert_eq!(node.scontrol_calls(), "");
+    assert_eq!(
+        (node.scontrol_calls(), squeue_calls()),
+        (String::new(), String::new())
+    );
     assert_eq!(job_end(&node, 52).slurm_window, None);
 }
 
