@@ -181,9 +181,13 @@ fn qerr(param: &str, message: impl Into<String>) -> ReportQueryError {
 /// The latest instant a query may name, Unix seconds (9999-12-31T23:59:59Z).
 pub const MAX_INSTANT_S: u64 = 253_402_300_799;
 
-/// The longest window `GET /v1/jobs` lists, days (it reads the jobs of every day in it;
-/// reports over longer windows read the daily rollups and have no such limit).
+/// The longest window `GET /v1/jobs` lists, days, unless it names its jobs (`jobs=`): it
+/// reads the records of every day in it that has any (reports over longer windows read the
+/// daily rollups and have no such limit).
 pub const MAX_JOBS_WINDOW_DAYS: u64 = 366;
+
+/// The most job ids one query names (`jobs=`).
+pub const MAX_JOB_IDS: usize = 10_000;
 
 fn parse_instant(param: &str, v: &str) -> Result<u64, ReportQueryError> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
@@ -246,6 +250,9 @@ impl ReportQuery {
                             id.parse()
                                 .map_err(|_| qerr(k, format!("{j:?} is not a job id")))?,
                         );
+                    }
+                    if f.jobs.len() > MAX_JOB_IDS {
+                        return Err(qerr(k, format!("more than {MAX_JOB_IDS} job ids")));
                     }
                 }
                 "limit" => {
@@ -648,7 +655,7 @@ pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool
     let first = day_of(q.start_ms);
     let last = day_of(q.end_ms.saturating_sub(1));
     let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for day in first..=last {
+    for day in store.days_with_records(first, last)? {
         store.for_each_record_on_day(day, &mut |r| {
             let id = r.id();
             if !q.filters.jobs.is_empty() && !q.filters.jobs.contains(&id.job_id()) {
@@ -740,12 +747,15 @@ async fn get_jobs(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -
         Err(r) => return r,
     };
     let days = (q.end_ms - q.start_ms).div_ceil(DAY_MS);
-    if days > MAX_JOBS_WINDOW_DAYS {
+    // naming the jobs (`sgpu jobs -j ID` asks from 1970) bounds what is read by the jobs'
+    // records: only days with records are visited (Store::days_with_records)
+    if days > MAX_JOBS_WINDOW_DAYS && q.filters.jobs.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
                 "end: the window is {days} days; /v1/jobs lists at most {MAX_JOBS_WINDOW_DAYS} \
-                 days at a time (ask for shorter windows, or a report: /v1/report has no limit)"
+                 days at a time unless it names its jobs (jobs=); ask for shorter windows, or \
+                 a report: /v1/report has no limit"
             ),
         );
     }

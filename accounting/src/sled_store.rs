@@ -796,6 +796,34 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn days_with_records(&self, first_day: u32, last_day: u32) -> Result<Vec<u32>, StoreError> {
+        let start = prefixed(DAY, &first_day.to_be_bytes());
+        let mut days = Vec::new();
+        let mut next = Some(start);
+        // one seek per day that has index rows: jump past each day's rows
+        while let Some(from) = next.take() {
+            let end = match last_day.checked_add(1) {
+                Some(e) => prefixed(DAY, &e.to_be_bytes()),
+                None => vec![DAY + 1],
+            };
+            let Some(kv) = self.acct.range(from..end).next() else {
+                break;
+            };
+            let (k, _) = kv.map_err(engine)?;
+            let day = k
+                .get(1..5)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| corrupt(&k, "bad day index key"))?;
+            days.push(day);
+            next = day
+                .checked_add(1)
+                .filter(|d| *d <= last_day)
+                .map(|d| prefixed(DAY, &d.to_be_bytes()));
+        }
+        Ok(days)
+    }
+
     fn counted_in(&self, cluster: &str, job_id: u32) -> Result<Option<RollupKey>, StoreError> {
         let Some(jk) = job_key(cluster, job_id) else {
             return Ok(None);

@@ -135,6 +135,15 @@ pub trait Store: Send + Sync {
         })
     }
 
+    /// The UTC days in `first_day..=last_day` that may have records
+    /// ([`Store::for_each_record_on_day`] finds nothing on the others), ascending.
+    ///
+    /// The default is every day of the range; a store with a by-day index lists only the
+    /// days it has rows for, so a window of centuries costs what its data costs.
+    fn days_with_records(&self, first_day: u32, last_day: u32) -> Result<Vec<u32>, StoreError> {
+        Ok((first_day..=last_day).collect())
+    }
+
     /// The rollup row a job's `jobs` count went to (see [`crate::rollup::job_count_key`]),
     /// if the job has been counted.
     ///

@@ -746,4 +746,54 @@ mod tests {
         assert!(node_records("junk\nNodeName=a").is_err());
         assert_eq!(node_records("").unwrap().len(), 0);
     }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Any text at all: no panic, and every record found starts with `NodeName=`.
+        #[test]
+        fn node_parsers_take_any_text(text in "(?s).{0,400}") {
+            if let Ok(records) = node_records(&text) {
+                for r in &records {
+                    proptest::prop_assert!(r.starts_with("NodeName="));
+                    let _ = parse_node_info(r);
+                    let _ = parse_node_line(r);
+                }
+            }
+        }
+
+        /// Whatever an admin writes in the free-text tail (`=`, spaces, keys, line breaks,
+        /// non-ASCII), the node's name, state and partitions are Slurm's.
+        #[test]
+        fn admin_text_never_changes_name_state_or_partitions(
+            reason in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(" State=IDLE".to_string()),
+                    proptest::strategy::Just(" Partitions=evil".to_string()),
+                    proptest::strategy::Just(" NodeName=evil".to_string()),
+                    proptest::strategy::Just("Reason=".to_string()),
+                    proptest::strategy::Just(" Comment=".to_string()),
+                    proptest::strategy::Just("\n".to_string()),
+                    proptest::strategy::Just("=".to_string()),
+                    proptest::strategy::Just(" [x@y]".to_string()),
+                    "[ -~\u{e9}\u{2603}]{0,12}",
+                ],
+                0..12,
+            ).prop_map(|v| v.concat()),
+            comment in "[ -~\u{e9}]{0,40}",
+        ) {
+            proptest::prop_assume!(!reason.contains("\nNodeName="));
+            let line = format!(
+                "NodeName=node7 Arch=x86_64 CPUTot=2 OS=Linux 6.1 #1 SMP State=MIXED+DRAIN \
+                 ThreadsPerCore=1 Partitions=gpu,debug BootTime=None \
+                 Reason={reason} [root@2026-12-03T21:30:00] Comment={comment}\n"
+            );
+            let records = node_records(&line).map_err(proptest::test_runner::TestCaseError::fail)?;
+            proptest::prop_assert_eq!(records.len(), 1);
+            let n = parse_node_info(&records[0]).ok_or_else(|| proptest::test_runner::TestCaseError::fail("no node"))?;
+            proptest::prop_assert_eq!(n.name.as_str(), "node7");
+            proptest::prop_assert_eq!(n.state.state.as_str(), "MIXED+DRAIN");
+            proptest::prop_assert_eq!(n.partitions, vec!["gpu".to_string(), "debug".to_string()]);
+        }
+    }
 }

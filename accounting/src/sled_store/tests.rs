@@ -364,3 +364,24 @@ fn purge_deletes_a_log_segment_once_nothing_in_it_is_kept() {
         .unwrap();
     assert_eq!(on_day_10, 0, "purged jobs leave no index entry to follow");
 }
+
+#[test]
+fn days_with_records_lists_only_days_that_have_some() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    assert!(s.days_with_records(0, u32::MAX).unwrap().is_empty());
+    s.put_batch(&[
+        job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]),
+        // crosses midnight: days 12 and 13
+        job_end(2, "n1", 13 * DAY_MS - HOUR, 13 * DAY_MS + HOUR, &[1]),
+    ])
+    .unwrap();
+    s.put_batch(&[job_end(3, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1])])
+        .unwrap();
+    assert_eq!(s.days_with_records(0, u32::MAX).unwrap(), vec![10, 12, 13]);
+    assert_eq!(s.days_with_records(11, 12).unwrap(), vec![12]);
+    assert_eq!(
+        s.days_with_records(14, 3_000_000).unwrap(),
+        Vec::<u32>::new()
+    );
+}
