@@ -162,7 +162,8 @@ pub fn check(inputs: &Inputs) -> Vec<Finding> {
     }
     check_hooks(&slurm, &mut out);
     check_gres(&slurm, inputs, config.as_ref(), &mut out);
-    check_plugstack(&slurm, inputs, &mut out);
+    let scontrol = config.as_ref().and_then(|c| c.scontrol.as_deref());
+    check_plugstack(&slurm, inputs, scontrol, &mut out);
     out
 }
 
@@ -479,13 +480,18 @@ fn check_gres(slurm: &SlurmConf, inputs: &Inputs, config: Option<&Config>, out: 
     }
 }
 
-/// Slurm's version as (major, minor), from `--slurm-version` or `scontrol --version`.
-fn slurm_version(given: Option<&str>, slurm_conf: &Path) -> Option<(u32, u32)> {
+/// Slurm's version as (major, minor), from `--slurm-version` or `scontrol --version` (the
+/// `scontrol` sgpu.toml names, else the one on `PATH`: the Slurm sgpu itself talks to).
+fn slurm_version(
+    given: Option<&str>,
+    scontrol: Option<&Path>,
+    slurm_conf: &Path,
+) -> Option<(u32, u32)> {
     let text = match given {
         Some(v) => v.to_string(),
         None => {
             // scontrol wants a configuration even for --version.
-            let sc = sgpu_healthd::slurmctl::Scontrol::locate(None).ok()?;
+            let sc = sgpu_healthd::slurmctl::Scontrol::locate(scontrol).ok()?;
             let conf = slurm_conf.to_string_lossy();
             sc.run_program(sc.path(), &["--version".into()], &[("SLURM_CONF", &conf)])
                 .ok()?
@@ -518,7 +524,12 @@ fn plugin_version(path: &Path) -> Result<u32, String> {
 }
 
 /// plugstack.conf: the plugin is listed, exists, matches this Slurm, and its config parses.
-fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
+fn check_plugstack(
+    slurm: &SlurmConf,
+    inputs: &Inputs,
+    scontrol: Option<&Path>,
+    out: &mut Vec<Finding>,
+) {
     let path = slurm.plugstack_path();
     let line = format!(
         "optional {}",
@@ -577,7 +588,8 @@ fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
         );
         return;
     };
-    match (plugin_version(&so), slurm_version(inputs.slurm_version.as_deref(), &slurm.path)) {
+    let running = slurm_version(inputs.slurm_version.as_deref(), scontrol, &slurm.path);
+    match (plugin_version(&so), running) {
         (Err(e), _) => out.push(Finding::new(
             Level::Error,
             "plugin.unloadable",
@@ -594,11 +606,20 @@ fn check_plugstack(slurm: &SlurmConf, inputs: &Inputs, out: &mut Vec<Finding>) {
                         loc(&entry.at),
                         format!(
                             "{} was built for Slurm {pm}.{pn:02} but Slurm {major}.{minor:02} runs \
-                             here: slurmstepd refuses to load it",
-                            so.display()
+                             here: Slurm refuses to load it ({}: {})",
+                            so.display(),
+                            if entry.required { "required" } else { "optional" },
+                            if entry.required {
+                                "srun, sbatch and slurmstepd fail"
+                            } else {
+                                "silently skipped, so --gpu-health, --gpu-report and step capture are lost"
+                            }
                         ),
                     )
-                    .fix("rebuild sgpu against this Slurm's libslurm-dev headers and reinstall it"),
+                    .fix(format!(
+                        "rebuild sgpu against this Slurm's headers (SLURM_INCLUDE_DIR=<Slurm's \
+                         prefix>/include, or Debian's libslurm-dev) and reinstall {PLUGIN_FILE}"
+                    )),
                 );
             }
         }

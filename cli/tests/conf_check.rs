@@ -304,6 +304,26 @@ fn plugin_built_for_another_slurm_is_an_error() {
         p.contains("built for Slurm 21.08 but Slurm 22.05 runs here"),
         "{p}"
     );
+    // listed `optional`: Slurm skips it without a word, and users lose its options
+    assert!(p.contains("optional: silently skipped"), "{p}");
+    assert!(p.contains("--gpu-health"), "{p}");
+    // a plugin built for a newer Slurm (26.05) under 22.05 is the same error
+    site.plugin_version = (26 << 16) | (5 << 8) | 3;
+    let (code, findings) = site.check();
+    assert_eq!(code, 2);
+    let p = find(&findings, "plugin.version")["problem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        p.contains("built for Slurm 26.05 but Slurm 22.05 runs here"),
+        "{p}"
+    );
+    let fix = find(&findings, "plugin.version")["fix"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fix.contains("SLURM_INCLUDE_DIR"), "{fix}");
 }
 
 #[test]

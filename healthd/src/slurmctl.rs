@@ -271,7 +271,10 @@ impl Scontrol {
         .map(|_| ())
     }
 
-    /// Resumes `node` (returns it to service).
+    /// Returns `node` to service from sgpu's drain: `State=UNDRAIN` (Slurm 20.11+, so 22.05
+    /// through 26.05), which clears the drain flag only. Unlike `RESUME` it never brings back
+    /// a node that is also DOWN for another reason (slurmd gone, an admin's DOWN): that node
+    /// stays DOWN until Slurm or the admin returns it.
     pub fn resume(&self, node: &str) -> Result<(), SlurmctlError> {
         if !valid_node_name(node) {
             return Err(SlurmctlError::BadNodeName(node.to_string()));
@@ -279,7 +282,7 @@ impl Scontrol {
         self.run(&[
             "update".into(),
             format!("NodeName={node}"),
-            "State=RESUME".into(),
+            "State=UNDRAIN".into(),
         ])
         .map(|_| ())
     }
@@ -646,6 +649,25 @@ mod tests {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&path, perm).unwrap();
         path
+    }
+
+    #[test]
+    fn resume_clears_the_drain_only_with_undrain() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = dir.path().join("args");
+        let fake = script(
+            dir.path(),
+            "scontrol",
+            &format!("echo \"$*\" > {}", args.display()),
+        );
+        Scontrol::locate(Some(&fake))
+            .unwrap()
+            .resume("node7")
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&args).unwrap().trim(),
+            "update NodeName=node7 State=UNDRAIN"
+        );
     }
 
     #[test]

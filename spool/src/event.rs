@@ -26,7 +26,7 @@ pub const MAX_REASON_BYTES: usize = 1024;
 pub enum NodeAction {
     /// Drained (`scontrol update State=DRAIN`).
     Drain,
-    /// Returned to service (`scontrol update State=RESUME`).
+    /// Returned to service (`scontrol update State=UNDRAIN`: the drain flag cleared).
     Resume,
 }
 
