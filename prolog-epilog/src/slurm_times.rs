@@ -510,4 +510,17 @@ mod tests {
             Err(TimesError::Query(SlurmctlError::Spawn { .. }))
         ));
     }
+
+    proptest::proptest! {
+        /// Any text: no panic; an answer, when there is one, came from a line of exactly
+        /// five plain fields for this job.
+        #[test]
+        fn job_line_parser_takes_any_text(text in "(?s).{0,200}") {
+            if let Ok(job) = parse_job_line(&text, 42) {
+                let line = format!("42|{}|{}|{}|{}|", job.state, job.start, job.end, job.restarts);
+                proptest::prop_assert!(text.lines().any(|l| l.trim_end() == line));
+            }
+            let _ = parse_job_times(&text, 42);
+        }
+    }
 }
