@@ -64,6 +64,7 @@ pub enum ClusterError {
 pub struct Cluster {
     dir: PathBuf,
     slurm_conf: PathBuf,
+    slurm_prefix: Option<PathBuf>,
 }
 
 /// A held lock on the cluster; released when dropped.
@@ -157,6 +158,7 @@ impl Cluster {
         run(cmd)?;
         let cluster = Cluster {
             slurm_conf: dir.join("etc/slurm.conf"),
+            slurm_prefix: recorded_prefix(&dir)?,
             dir,
         };
         crate::sgpu::install(&cluster)?;
@@ -179,7 +181,11 @@ impl Cluster {
                 ),
             });
         }
-        Ok(Cluster { slurm_conf, dir })
+        Ok(Cluster {
+            slurm_conf,
+            slurm_prefix: recorded_prefix(&dir)?,
+            dir,
+        })
     }
 
     fn flock(dir: &Path, arg: FlockArg) -> Result<ClusterLock, ClusterError> {
@@ -225,10 +231,45 @@ impl Cluster {
         &self.slurm_conf
     }
 
-    /// A command for a Slurm client (`sbatch`, `scontrol`, ...) aimed at this cluster.
+    /// The prefix of the Slurm this cluster runs when it is not Debian's
+    /// (`SGPU_SLURM_PREFIX` of `tests/cluster/up`, e.g. `/opt/sgpu-slurm/26.05.3`).
+    pub fn slurm_prefix(&self) -> Option<&Path> {
+        self.slurm_prefix.as_deref()
+    }
+
+    /// The path of a Slurm program of this cluster's Slurm: `PREFIX/bin/NAME` or
+    /// `PREFIX/sbin/NAME` for a built Slurm, else `NAME` (found on `PATH`: Debian's).
+    pub fn slurm_program(&self, name: &str) -> PathBuf {
+        if let Some(prefix) = &self.slurm_prefix {
+            for d in ["bin", "sbin"] {
+                let p = prefix.join(d).join(name);
+                if p.is_file() {
+                    return p;
+                }
+            }
+        }
+        PathBuf::from(name)
+    }
+
+    /// A command for a Slurm client (`sbatch`, `scontrol`, ...) aimed at this cluster: from
+    /// the cluster's Slurm prefix when it has one, which also goes first on the child's
+    /// `PATH` (so `runuser ... srun` and scripts find the same Slurm).
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
+        let mut cmd = if program.contains('/') {
+            Command::new(program)
+        } else {
+            Command::new(self.slurm_program(program))
+        };
         cmd.env("SLURM_CONF", &self.slurm_conf);
+        if let Some(prefix) = &self.slurm_prefix {
+            let mut paths = vec![prefix.join("bin"), prefix.join("sbin")];
+            if let Some(old) = std::env::var_os("PATH") {
+                paths.extend(std::env::split_paths(&old));
+            }
+            if let Ok(joined) = std::env::join_paths(paths) {
+                cmd.env("PATH", joined);
+            }
+        }
         cmd
     }
 
@@ -322,6 +363,24 @@ impl Cluster {
             .collect();
         v.dedup();
         Ok(v)
+    }
+}
+
+/// The Slurm prefix `tests/cluster/up` recorded in `dir/slurm-prefix` (`SGPU_SLURM_PREFIX`),
+/// or `None` for a cluster of Debian's Slurm.
+fn recorded_prefix(dir: &Path) -> Result<Option<PathBuf>, ClusterError> {
+    let path = dir.join("slurm-prefix");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let p = text.trim();
+            if p.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(PathBuf::from(p)))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ClusterError::Io { path, source }),
     }
 }
 

@@ -7,7 +7,10 @@
 //! those files; every node starts with healthy GPUs.
 //!
 //! The SPANK plugin `spank_sgpu.so` is installed in `sgpu/lib` and listed in the cluster's
-//! `etc/plugstack.conf`.
+//! `etc/plugstack.conf`. A cluster of a built Slurm (`SGPU_SLURM_PREFIX`, see
+//! `tests/cluster/up`) gets a plugin built against that Slurm's headers, in a target directory
+//! of its own (`target/slurm-<release>`), so the main target's plugin (Debian's 22.05) is
+//! never overwritten; its nodes' `sgpu.toml` name that Slurm's `scontrol`.
 //!
 //! Each node also runs `sgpu-healthd` with that node's environment (started by [`install`],
 //! pid in `sgpu/nodes/<node>/healthd.pid`, log in `healthd.log` beside it); it is restarted
@@ -74,11 +77,34 @@ pub(crate) fn target_profile_dir() -> Result<(PathBuf, String), ClusterError> {
 /// when the outputs are fresh) and returns the directory holding them.
 pub fn cargo_build(args: &[&str]) -> Result<PathBuf, ClusterError> {
     let (dir, profile) = target_profile_dir()?;
+    cargo_build_with(Command::new(env!("CARGO")), args, &profile)?;
+    Ok(dir)
+}
+
+/// Builds the SPANK plugin against the Slurm installed in `prefix` (its `include/`), in
+/// `<target>/slurm-<prefix's name>`, and returns the directory holding `libspank_sgpu.so`.
+fn build_spank_for(prefix: &Path) -> Result<PathBuf, ClusterError> {
+    let (dir, profile) = target_profile_dir()?;
+    let release = prefix
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "prefix".into());
+    let target = dir
+        .parent()
+        .unwrap_or(&dir)
+        .join(format!("slurm-{release}"));
     let mut cmd = Command::new(env!("CARGO"));
+    cmd.env("SLURM_INCLUDE_DIR", prefix.join("include"))
+        .env("CARGO_TARGET_DIR", &target);
+    cargo_build_with(cmd, &["-p", "sgpu-spank", "--lib"], &profile)?;
+    Ok(target.join(&profile))
+}
+
+fn cargo_build_with(mut cmd: Command, args: &[&str], profile: &str) -> Result<(), ClusterError> {
     cmd.current_dir(crate::cluster::repo_root())
         .args(["build", "--quiet"])
         .args(args);
-    match profile.as_str() {
+    match profile {
         "debug" => {}
         "release" => {
             cmd.arg("--release");
@@ -99,7 +125,7 @@ pub fn cargo_build(args: &[&str]) -> Result<PathBuf, ClusterError> {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Builds the node's sgpu binaries and the plugin; returns the directory holding them.
@@ -215,7 +241,16 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
     })?;
     let library = lib.join(nvml_sim::LIBRARY_NAME);
     healthd_changed |= replace_file(&staged, &library)?;
-    install_spank_plugin(cluster, &built, &lib)?;
+    let spank_built = match cluster.slurm_prefix() {
+        Some(prefix) => build_spank_for(prefix)?,
+        None => built.clone(),
+    };
+    install_spank_plugin(cluster, &spank_built, &lib)?;
+    // a built Slurm's nodes use its scontrol/squeue/sacct (the hooks have no PATH)
+    let scontrol_line = match cluster.slurm_prefix() {
+        Some(prefix) => format!("scontrol = \"{}\"\n", prefix.join("bin/scontrol").display()),
+        None => String::new(),
+    };
 
     for node in cluster.nodes()? {
         let f = node_files(cluster, &node);
@@ -235,7 +270,8 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
              breaker_max_fraction = 0.10\n\
              breaker_min_nodes = 1\n\
              sample_interval_s = {HEALTHD_SAMPLE_INTERVAL_S}\n\
-             status_listen = \"{}\"\n",
+             status_listen = \"{}\"\n\
+             {scontrol_line}",
             library.display(),
             f.state_dir.display(),
             f.spool_dir.display(),
