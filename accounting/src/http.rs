@@ -236,7 +236,7 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The `error` of a `conflict` answer.
 pub const CONFLICT_MESSAGE: &str = "a different record with this identity is stored: this one \
-     is kept by acctd as a conflict for an admin (GET /v1/conflicts, sgpu admin conflicts) and \
+     is kept by acctd as a conflict for an admin (GET /v1/conflicts, sgpu conflicts) and \
      not counted; the stored record stays";
 
 /// One record's result in an ingest response.

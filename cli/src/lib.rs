@@ -56,6 +56,9 @@ pub enum Command {
     Jobs(report::JobsArgs),
     /// One job per node and per GPU.
     Job(report::JobArgs),
+    /// Records acctd kept apart: a different record was stored under their identity
+    /// (admins only).
+    Conflicts(report::ConflictsArgs),
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -71,5 +74,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Report(a) => report::report(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Jobs(a) => report::jobs(cli.config.as_deref(), cli.acctd.as_deref(), &a),
         Command::Job(a) => report::job(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Conflicts(a) => report::conflicts(cli.config.as_deref(), cli.acctd.as_deref(), &a),
     }
 }

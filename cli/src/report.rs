@@ -93,6 +93,14 @@ pub struct JobsArgs {
     pub select: SelectArgs,
 }
 
+/// `sgpu conflicts`.
+#[derive(Debug, Args)]
+pub struct ConflictsArgs {
+    /// acctd's answer as JSON (every record in full).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `sgpu job <id>`.
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -843,3 +851,104 @@ pub fn job(config: Option<&Path>, acctd_url: Option<&str>, a: &JobArgs) -> anyho
 
 #[cfg(test)]
 mod tests;
+
+/// `sgpu conflicts`: records acctd kept apart because a different record was stored under
+/// their identity (admins only): per conflict its key, when it arrived, and what differs.
+pub fn conflicts(
+    config: Option<&Path>,
+    acctd_url: Option<&str>,
+    a: &ConflictsArgs,
+) -> anyhow::Result<i32> {
+    let env = env(config, acctd_url)?;
+    let answer = get(&env.client, "/v1/conflicts")?;
+    if a.json {
+        print_json(&answer)?;
+        return Ok(0);
+    }
+    let list = answer
+        .get("conflicts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if list.is_empty() {
+        println!("no conflicts");
+        return Ok(0);
+    }
+    let mut rows = vec![
+        ["RECEIVED (UTC)", "KEY", "DIFFERS IN"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for c in &list {
+        let received = c["received_ms"]
+            .as_u64()
+            .and_then(|ms| i64::try_from(ms / 1000).ok())
+            .map_or_else(|| "-".into(), format_time);
+        let mut differs = Vec::new();
+        diff_paths("", &c["stored"], &c["record"], &mut differs);
+        rows.push(vec![
+            received,
+            c["key"].as_str().unwrap_or("-").to_string(),
+            if differs.is_empty() {
+                "-".into()
+            } else {
+                differs.join(",")
+            },
+        ]);
+    }
+    print!("{}", crate::admin::table(&rows));
+    if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
+        eprintln!("sgpu: warning: acctd listed only the first conflicts; see --json");
+    }
+    Ok(0)
+}
+
+/// The paths (`body.user`, `body.gpus`) at which two JSON values differ, at most 8.
+fn diff_paths(at: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    if out.len() >= 8 || a == b {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                diff_paths(
+                    &path,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ => out.push(if at.is_empty() {
+            "record".into()
+        } else {
+            at.to_string()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_the_fields_that_differ() {
+        let a = json!({"id": {"kind": "job_end"}, "body": {"user": "bob", "gpus": [1], "uid": 1}});
+        let b = json!({"id": {"kind": "job_end"}, "body": {"user": "eve", "gpus": [2], "uid": 1}});
+        let mut out = Vec::new();
+        diff_paths("", &a, &b, &mut out);
+        assert_eq!(out, vec!["body.gpus", "body.user"]);
+        let mut none = Vec::new();
+        diff_paths("", &a, &a, &mut none);
+        assert!(none.is_empty());
+        let mut gone = Vec::new();
+        diff_paths("", &Value::Null, &a, &mut gone);
+        assert_eq!(gone, vec!["record"]);
+    }
+}
