@@ -5,7 +5,7 @@
 //!
 //! The cluster is its own (`/tmp/sgpu-cluster-big`, slurmctld on port 17117, slurmd on
 //! 17118..17129, healthd status on 18118..18129), apart from the default two-node one.
-//! Before sgpu read its children's output while they ran, healthd could not list the nodes
+//! It is stopped again at the end. Before sgpu read its children's output while they ran, healthd could not list the nodes
 //! ("scontrol show node -o did not finish within 10s") and drained nothing here.
 
 use std::path::Path;
@@ -37,6 +37,22 @@ fn big_cluster() -> Result<Cluster, Box<dyn std::error::Error>> {
     )?)
 }
 
+/// Stops the large cluster when dropped (its 12 slurmd and healthd would otherwise share the
+/// CPUs with every later test); a munged someone else relies on is left running.
+struct StopWhenDone;
+
+impl Drop for StopWhenDone {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(sgpu_tests::cluster::repo_root().join("tests/cluster/down"))
+                .arg("--keep-munge")
+                .env("SGPU_CLUSTER_DIR", DIR)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+    }
+}
+
 fn sgpu_drained(r: &Record) -> bool {
     node_state(r).1 && r.get("Reason").starts_with("sgpu:")
 }
@@ -44,6 +60,8 @@ fn sgpu_drained(r: &Record) -> bool {
 #[test]
 fn xid_drains_a_node_among_a_thousand_and_status_lists_them_all() -> TestResult {
     let t0 = Instant::now();
+    // dropped last: after the lock and the node restore below
+    let _stop = StopWhenDone;
     let cluster = big_cluster()?;
     eprintln!(
         "large cluster up (or found up) in {} ms",
