@@ -294,6 +294,8 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         acknowledge_xids(config, &checked.xids, &mut report);
     }
     report.results = checked.results.clone();
+    // end markers of runs a day old: their jobs are done with this node
+    sgpu_spool::job_note::sweep_ended(&config.state_dir, std::time::Duration::from_secs(86_400));
     // notes of this job's runs before the previous one: their epilogs never ran here
     if let Err(e) = JobStartState::remove_stale(&config.state_dir, job.job_id, job.restart_count) {
         report.note(format!("job start note: {e}"));
@@ -470,10 +472,15 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
         window,
     ) {
         report.error(format!("job-end record: {e}"));
-    } else if let Err(e) = start.as_ref().map_or(Ok(()), |s| {
-        JobStartState::remove(&config.state_dir, job.job_id, s.run)
-    }) {
-        report.error(format!("job start note: {e}"));
+    } else if let Some(s) = start.as_ref() {
+        // the run ended here: a rerun that slurmd gives no prolog (same node, at once)
+        // finds its run as the next one (sgpu_spool::job_note::read_run)
+        if let Err(e) = sgpu_spool::job_note::mark_ended(&config.state_dir, job.job_id, s.run) {
+            report.note(format!("job start note: {e}"));
+        }
+        if let Err(e) = JobStartState::remove(&config.state_dir, job.job_id, s.run) {
+            report.error(format!("job start note: {e}"));
+        }
     }
 
     let verdict = Verdict::of(&checked.results);

@@ -105,9 +105,91 @@ const MAX_NOTE_BYTES: u64 = 1 << 20;
 
 /// The run a step of `job_id` belongs to: the newest run with a note (the running run's
 /// prolog wrote it; an older one may belong to a run whose epilog is still running),
-/// checked against the note's content. `Ok(None)` when there is no note (the job's prolog
-/// did not run sgpu on this node). A note written before runs existed says run 0.
+/// checked against the note's content, or the run after the newest one that ended here
+/// ([`mark_ended`]) when that is newer: slurmd runs no prolog for a requeued job that comes
+/// back to the same node at once, so that run has no note. `Ok(None)` when there is
+/// neither (the job's prolog did not run sgpu on this node). A note written before runs
+/// existed says run 0.
 pub fn read_run(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError> {
+    let noted = read_noted_run(state_dir, job_id)?;
+    let after_ended = newest_ended(state_dir, job_id)?.map(|r| r.saturating_add(1));
+    Ok(match (noted, after_ended) {
+        (Some(n), Some(a)) => Some(n.max(a)),
+        (n, a) => n.or(a),
+    })
+}
+
+/// The marker an epilog leaves when run `run` of `job_id` ended on this node.
+pub fn ended_path(state_dir: &Path, job_id: u32, run: u32) -> PathBuf {
+    state_dir
+        .join("jobs")
+        .join(format!("{job_id}.r{run}.ended"))
+}
+
+/// Marks run `run` of `job_id` as ended on this node (an empty file; see [`read_run`]).
+pub fn mark_ended(state_dir: &Path, job_id: u32, run: u32) -> Result<(), NoteError> {
+    let dir = state_dir.join("jobs");
+    let io = |path: PathBuf| move |source| NoteError::Io { path, source };
+    std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
+    let path = ended_path(state_dir, job_id, run);
+    std::fs::write(&path, b"").map_err(io(path.clone()))
+}
+
+/// The newest run of `job_id` marked as ended here.
+fn newest_ended(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError> {
+    let dir = state_dir.join("jobs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(NoteError::Io { path: dir, source }),
+    };
+    let prefix = format!("{job_id}.r");
+    let mut newest = None;
+    for e in entries {
+        let e = e.map_err(|source| NoteError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = e.file_name();
+        let run = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".ended"))
+            .and_then(|r| r.parse::<u32>().ok());
+        if let Some(r) = run {
+            newest = newest.max(Some(r));
+        }
+    }
+    Ok(newest)
+}
+
+/// Removes end markers older than `age` (a requeued job comes back within that, or its
+/// steps' runs are only the notes'); returns how many.
+pub fn sweep_ended(state_dir: &Path, age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("jobs")) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut n = 0;
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|d| d > age);
+        let is_marker = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(".ended"));
+        if is_marker && old && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn read_noted_run(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError> {
     #[derive(serde::Deserialize)]
     struct RunOnly {
         job_id: u32,
@@ -165,6 +247,30 @@ mod tests {
         assert!(e.to_string().contains("for job 7"), "{e}");
         std::fs::write(path(dir.path(), 10, 0), "not json").unwrap();
         assert!(read_run(dir.path(), 10).is_err());
+    }
+
+    #[test]
+    fn a_run_without_a_note_after_an_ended_one_is_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        mark_ended(dir.path(), 7, 0).unwrap();
+        // run 1 came back to this node without a prolog: no note, run 0 ended here
+        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(1));
+        assert!(
+            runs(dir.path(), 7).unwrap().is_empty(),
+            "a marker is not a note"
+        );
+        // run 2's prolog ran: its note decides
+        std::fs::write(path(dir.path(), 7, 2), r#"{"job_id":7,"run":2}"#).unwrap();
+        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(2));
+        // another job's markers do not count
+        mark_ended(dir.path(), 70, 5).unwrap();
+        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(2));
+        assert_eq!(
+            sweep_ended(dir.path(), std::time::Duration::from_secs(3600)),
+            0
+        );
+        assert_eq!(sweep_ended(dir.path(), std::time::Duration::ZERO), 2);
+        assert_eq!(read_run(dir.path(), 7).unwrap(), Some(2));
     }
 
     #[test]

@@ -554,5 +554,11 @@ fn every_run_is_billed_as_sacct_bills_it() -> TestResult {
         "{} jobs, Slurm's total {slurm_total} GPU-ms, acctd's the same",
         checks.len()
     );
+    // conflicts (printed: a rerun's step that starts while the previous run's epilog still
+    // runs can carry the previous run's number; such a record is kept, not billed)
+    let conflicts = c.get_json("/v1/conflicts")?;
+    for k in conflicts["conflicts"].as_array().into_iter().flatten() {
+        eprintln!("conflict kept by acctd: {}", k["key"]);
+    }
     Ok(())
 }
