@@ -109,8 +109,7 @@ pub enum ProcError {
     /// It printed more than the stdout cap; it was killed.
     #[error(
         "`{command}` printed more than {limit} bytes on stdout and was killed: sgpu reads no \
-         more than that of one command; run it by hand to see what it prints (the limit is \
-         sized for ten times a 10,000-node cluster's node list)"
+         more than that of one command; run it by hand to see what it prints"
     )]
     TooLarge {
         /// The command line.
