@@ -4,8 +4,8 @@
 //! sockets and sending a byte a minute would hold acctd's memory and tasks. [`serve`] accepts
 //! connections itself and serves each with hyper under [`ServeLimits`]: at most
 //! `max_connections` at once (one more is answered `503` and closed at once, without reading
-//! it), request headers within `header_timeout` (else the connection is closed; hyper
-//! answers `408` where it can), and each connection closed after `max_connection_age`. The
+//! it), request headers within `header_timeout` (else the connection is closed), and each
+//! connection closed after `max_connection_age`. The
 //! body's own deadline and size cap are the router's ([`crate::http::Limits`]).
 
 use std::future::Future;
