@@ -41,6 +41,9 @@ pub struct GateReport {
     /// then runs in every `--gpu-health` mode: failing the gate would make Slurm drain the
     /// node itself ("Prolog error"/"Epilog error").
     pub not_drained: Option<String>,
+    /// Whether the circuit breaker kept the node up: the XIDs judged stay unreported, so
+    /// healthd drains for them once the breaker closes.
+    pub breaker_open: bool,
     /// Log lines: what was done and every sgpu-side problem met on the way.
     pub log: Vec<String>,
     /// Whether sgpu itself erred (configuration, state, spool), as opposed to a GPU fault.
@@ -192,6 +195,7 @@ fn drain(config: &Config, node: &str, reason: &str, source: &str, report: &mut G
             report.not_drained = Some(why);
         }
         Ok(Guarded::Open { trip, gave_back }) => {
+            report.breaker_open = true;
             let why = format!(
                 "{trip}: NOT draining {node} ({reason}){}",
                 if gave_back {
@@ -291,7 +295,9 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
                 r.severity
             ));
         }
-        acknowledge_xids(config, &checked.xids, &mut report);
+        if !report.breaker_open {
+            acknowledge_xids(config, &checked.xids, &mut report);
+        }
     }
     report.results = checked.results.clone();
     // end markers of runs a day old: their jobs are done with this node
@@ -493,7 +499,9 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
             report.exit_code = 1;
         }
     }
-    acknowledge_xids(config, &checked.xids, &mut report);
+    if !report.breaker_open {
+        acknowledge_xids(config, &checked.xids, &mut report);
+    }
     report.results = checked.results;
     if report.sgpu_error && config.fail_closed {
         report.exit_code = 1;

@@ -498,6 +498,7 @@ fn open_breaker_keeps_the_node_up_and_the_job_running() {
     }
     let r = epilog(&config, &node.job(70, "0", HealthMode::Strict));
     assert_eq!((r.exit_code, r.drained), (0, false), "{r:?}");
+    assert!(r.breaker_open, "{r:?}");
     assert_eq!(node.updates(), "", "nothing drained");
     // with room (2 held): drained, and the recount keeps it (the fake shows no new drain)
     node.slurm_nodes(&cluster_lines("IDLE", "(null)", 11, 2));
@@ -547,4 +548,43 @@ fn observe_only_mode_reports_would_drain_and_touches_nothing() {
     let r = prolog(&node.config, &node.job(22, "0", HealthMode::Strict));
     assert_eq!(r.exit_code, 1, "{r:?}");
     assert!(node.updates().contains("State=DRAIN"), "{}", node.updates());
+}
+
+#[test]
+fn xids_stay_unreported_while_the_breaker_keeps_the_node_up() {
+    let node = Node::new();
+    let mut config = node.config.clone();
+    config.breaker.max_fraction = 0.25;
+    {
+        let mut store = XidStore::open(&config.state_dir).unwrap();
+        store.record([XidEvent {
+            id: 0,
+            gpu_index: Some(2),
+            gpu_uuid: None,
+            code: 79,
+            time: nvml_sim::unix_now(),
+        }]);
+        store.save().unwrap();
+    }
+    // breaker open: not drained, the XID stays for healthd (or the next gate) to act on
+    node.slurm_nodes(&cluster_lines("IDLE", "(null)", 11, 3));
+    let r = epilog(&config, &node.job(80, "0", HealthMode::Strict));
+    assert!(r.breaker_open && !r.drained, "{r:?}");
+    assert_eq!(
+        XidStore::open(&config.state_dir)
+            .unwrap()
+            .unreported()
+            .len(),
+        1
+    );
+    // the breaker closed: the next gate drains for it and marks it reported
+    node.slurm_nodes(&cluster_lines("IDLE", "(null)", 11, 0));
+    let r = prolog(&config, &node.job(81, "0", HealthMode::Strict));
+    assert!(r.drained, "{r:?}");
+    assert!(
+        XidStore::open(&config.state_dir)
+            .unwrap()
+            .unreported()
+            .is_empty()
+    );
 }

@@ -345,7 +345,7 @@ fn jobs_run_when_the_spool_is_unusable() -> TestResult {
 }
 
 #[test]
-fn gpu_health_off_runs_the_job_on_a_node_with_an_xid_and_the_epilog_still_drains() -> TestResult {
+fn gpu_health_off_runs_the_job_on_a_node_with_an_xid_and_the_epilog_obeys_the_breaker() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
     let _restore = sgpu::Restore::new(&cluster, &["node1", "node2"]);
@@ -405,9 +405,17 @@ fn gpu_health_off_runs_the_job_on_a_node_with_an_xid_and_the_epilog_still_drains
         kinds.iter().any(|k| k == "job_start") && kinds.iter().any(|k| k == "job_end"),
         "the gates ran and recorded the job: {kinds:?}"
     );
-    // node-level policy: --gpu-health=off spares the job, not the node; the epilog judges
-    // the node after the job and drains it for the XID
-    let rec = cluster.wait_node(node, Duration::from_secs(10), "drained by sgpu", |r| {
+    // node-level policy: --gpu-health=off spares the job, not the node; but the epilog,
+    // like every path that drains, obeys the open breaker: node1 stays up after the job
+    assert!(
+        !node_state(&cluster.node(node)?).1,
+        "the epilog drained past the circuit breaker: {:?}",
+        cluster.node(node)?
+    );
+    // the breaker closes when node2 leaves sgpu's hands: then node1 is drained for the XID
+    sgpu::reset_gpus(&cluster, "node2")?;
+    cluster.output("scontrol", &["update", "NodeName=node2", "State=RESUME"])?;
+    let rec = cluster.wait_node(node, Duration::from_secs(15), "drained by sgpu", |r| {
         node_state(r).1 && r.get("Reason").starts_with("sgpu: gpu.xid gpu2:")
     })?;
     assert!(rec.get("Reason").contains("79"), "{rec:?}");
