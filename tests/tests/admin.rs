@@ -323,12 +323,12 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
     cluster.wait_node(node, INTERVAL * 5, "drained by sgpu", |r| {
         node_state(r).1 && r.get("Reason").starts_with("sgpu:")
     })?;
-    let out = sgpu.run(&cluster, &["status", node])?;
-    assert!(
-        text(&out).contains("FAILING: gpu.xid gpu2"),
-        "{}",
-        text(&out)
-    );
+    // healthd's run ends (and /status shows it) once the breaker's recount is done, a
+    // second or two after Slurm shows the drain
+    sgpu_tests::poll(INTERVAL * 2, "sgpu status to show the failing check", || {
+        let out = sgpu.run(&cluster, &["status", node])?;
+        Ok(text(&out).contains("FAILING: gpu.xid gpu2").then_some(()))
+    })?;
 
     let out = sgpu.run(&cluster, &["resume", node])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
