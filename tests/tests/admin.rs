@@ -325,10 +325,14 @@ fn resume_refuses_a_node_whose_gpu_still_fails_and_says_why() -> TestResult {
     })?;
     // healthd's run ends (and /status shows it) once the breaker's recount is done, a
     // second or two after Slurm shows the drain
-    sgpu_tests::poll(INTERVAL * 2, "sgpu status to show the failing check", || {
-        let out = sgpu.run(&cluster, &["status", node])?;
-        Ok(text(&out).contains("FAILING: gpu.xid gpu2").then_some(()))
-    })?;
+    sgpu_tests::poll(
+        INTERVAL * 2,
+        "sgpu status to show the failing check",
+        || {
+            let out = sgpu.run(&cluster, &["status", node])?;
+            Ok(text(&out).contains("FAILING: gpu.xid gpu2").then_some(()))
+        },
+    )?;
 
     let out = sgpu.run(&cluster, &["resume", node])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
