@@ -345,7 +345,8 @@ fn jobs_run_when_the_spool_is_unusable() -> TestResult {
 }
 
 #[test]
-fn gpu_health_off_runs_the_job_on_a_node_with_an_xid_and_the_epilog_obeys_the_breaker() -> TestResult {
+fn gpu_health_off_runs_the_job_on_a_node_with_an_xid_and_the_epilog_obeys_the_breaker() -> TestResult
+{
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_exclusive()?;
     let _restore = sgpu::Restore::new(&cluster, &["node1", "node2"]);
