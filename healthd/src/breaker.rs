@@ -143,7 +143,8 @@ pub fn keep_after_recount(
         if ahead + 1 > limit {
             return Err(Trip {
                 scope,
-                drained: ahead,
+                // of the nodes ahead, those past the limit give their drains back too
+                drained: ahead.min(limit),
                 total,
                 limit,
             });
@@ -474,6 +475,9 @@ mod tests {
         assert_eq!(kept, ["n01", "n02", "n03"]);
         let trip = keep_after_recount(&nodes, "n04", &d).unwrap_err();
         assert_eq!((trip.drained, trip.total, trip.limit), (3, 12, 3));
+        // the last in line counts only those that stay
+        let trip = keep_after_recount(&nodes, "n12", &d).unwrap_err();
+        assert_eq!(trip.drained, 3);
         // an earlier second wins over a name: n12 drained first stays, n03 goes
         let mut times = all.clone();
         times[11].1 = NOW - 1;

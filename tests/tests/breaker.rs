@@ -251,6 +251,19 @@ fn a_dozen_nodes_failing_together_drain_at_most_the_limit() -> TestResult {
     let (_, body) = sgpu::healthd_get(&cluster, refused, "/status")?;
     let doc: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(doc["breaker"]["open"], true, "{body}");
+    let healthd = format!(
+        "--healthd={refused}=http://{}",
+        sgpu::healthd_status_addr(&cluster, refused)?
+    );
+    let (code, status, err) =
+        sgpu_cli(&cluster, &config, &["status", refused, "--json", &healthd])?;
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&status)?;
+    let shown = rows[0]["breaker"].as_str().unwrap_or("");
+    assert!(
+        shown.starts_with("open (cluster: 3 of 12 nodes held drained by sgpu, limit 3)"),
+        "sgpu status: {status}"
+    );
 
     // the admin takes the drains over: they stop counting, the next ones drain, again capped
     let (code, out, err) = sgpu_cli(&cluster, &config, &["breaker", "reset"])?;
