@@ -218,6 +218,19 @@ fn check_dirs(config: &Config, out: &mut Vec<Finding>) {
                 )
                 .fix(format!("chmod 0700 {}", dir.display())),
             );
+        } else if private && mode & 0o020 != 0 {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    "dir.group_writable",
+                    file(dir),
+                    format!(
+                        "{what} is writable by its group (mode {mode:04o}): sgpu refuses such a \
+                         spool, so records would be lost"
+                    ),
+                )
+                .fix(format!("chmod 0700 {}", dir.display())),
+            );
         } else if private && mode & 0o077 != 0 {
             out.push(
                 Finding::new(

@@ -381,6 +381,11 @@ fn world_writable_spool_is_an_error() {
     let (code, findings) = site.run();
     assert_eq!(code, 2);
     assert_eq!(ids(&findings), set(&["dir.world_writable"]));
+    // group-writable: refused by the spool too, so an error as well
+    std::fs::set_permissions(site.path("spool"), std::fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, findings) = site.run();
+    assert_eq!(code, 2);
+    assert_eq!(ids(&findings), set(&["dir.group_writable"]));
 }
 
 #[test]
