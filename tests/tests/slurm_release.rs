@@ -5,8 +5,10 @@
 //! - `sgpu conf check` compares the installed SPANK plugin with the Slurm that runs (asking
 //!   the `scontrol` the node's sgpu.toml names): the plugin built for this cluster passes, one
 //!   built for another release is an error naming both releases.
-//! - The Epilog's `SLURM_JOB_START_TIME`/`SLURM_JOB_END_TIME` (Slurm 23.02+): recorded on a
-//!   one-node cluster of its own whose second `Epilog=` line dumps them.
+//! - The Prolog's and Epilog's `SLURM_JOB_START_TIME`/`SLURM_JOB_END_TIME` (Slurm 23.02+):
+//!   recorded on a one-node cluster of its own whose extra `Prolog=`/`Epilog=` lines dump
+//!   them. Measured on 26.05.3: the Prolog's end is projected (start + time limit), the
+//!   Epilog's is the job's real end, equal to squeue's `EndTime`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,8 +102,11 @@ fn conf_check_compares_the_plugin_with_the_running_slurm() -> TestResult {
     };
     let site = tempfile::tempdir()?;
     let conf = std::fs::read_to_string(cluster.slurm_conf())?;
+    // installed under the name plugstack.conf lists (Cargo builds libspank_sgpu.so)
+    let installed = site.path().join("spank_sgpu.so");
+    std::fs::copy(&other, &installed)?;
     let plugstack = site.path().join("plugstack.conf");
-    std::fs::write(&plugstack, format!("optional {}\n", other.display()))?;
+    std::fs::write(&plugstack, format!("optional {}\n", installed.display()))?;
     let conf: String = conf
         .lines()
         .map(|l| {
@@ -142,7 +147,7 @@ fn sgpu_tests_target() -> Result<(PathBuf, String), Box<dyn std::error::Error>> 
     Ok((dir.to_path_buf(), profile))
 }
 
-/// Brings the one-node cluster of [`epilog_environment_has_the_start_and_a_projected_end`]
+/// Brings the one-node cluster of [`hook_environment_has_the_start_and_the_end`]
 /// down when the test ends, whatever happened.
 struct Down(PathBuf);
 
@@ -177,29 +182,38 @@ fn squeue_window(cluster: &Cluster, id: u32) -> Result<(i64, i64), Box<dyn std::
 }
 
 #[test]
-fn epilog_environment_has_the_start_and_a_projected_end() -> TestResult {
-    // a one-node cluster of its own beside the suite's, whose second Epilog= line dumps the
-    // Epilog's environment (since 24.05 Epilog= lines accumulate; before, the last one wins)
+fn hook_environment_has_the_start_and_the_end() -> TestResult {
+    // a one-node cluster of its own beside the suite's, whose extra Prolog=/Epilog= lines
+    // dump the hooks' environment (since 24.05 such lines accumulate; before, the last wins)
     let base = Cluster::existing().or_else(|_| Cluster::up())?;
-    let dir = PathBuf::from(format!("{}-epilog-env", base.dir().display()));
+    let dir = PathBuf::from(format!("{}-hook-env", base.dir().display()));
     let port: u16 = std::env::var("SGPU_CLUSTER_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(16817)
         + 50;
-    let dumps = dir.join("epilog-env");
+    let dumps = dir.join("hook-env");
     std::fs::create_dir_all(&dumps)?;
-    let script = dir.join("epilog-env.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nenv > {}/$SLURM_JOB_ID.tmp && mv {0}/$SLURM_JOB_ID.tmp {0}/$SLURM_JOB_ID\n",
-            dumps.display()
-        ),
-    )?;
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut extra_conf = String::new();
+    // two Epilog= lines: the first one runs only where they accumulate
+    for (hook, key) in [
+        ("prolog", "Prolog"),
+        ("epilog-first", "Epilog"),
+        ("epilog", "Epilog"),
+    ] {
+        let script = dir.join(format!("{hook}-env.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nf={}/$SLURM_JOB_ID.{hook}\nenv > $f.tmp && mv $f.tmp $f\n",
+                dumps.display()
+            ),
+        )?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        extra_conf.push_str(&format!("{key}={}\n", script.display()));
+    }
     let extra = dir.join("extra.conf");
-    std::fs::write(&extra, format!("Epilog={}\n", script.display()))?;
+    std::fs::write(&extra, extra_conf)?;
     let _down = Down(dir.clone());
     let port = port.to_string();
     let extra_s = extra.to_string_lossy().into_owned();
@@ -228,38 +242,58 @@ fn epilog_environment_has_the_start_and_a_projected_end() -> TestResult {
     let id = cluster.sbatch(&["--time=5", "--gres=gpu:1", "-o", "/dev/null"], "sleep 1")?;
     let rec = cluster.wait_job(id, Duration::from_secs(60))?;
     assert_eq!(rec.get("JobState"), "COMPLETED");
-    let dump = dumps.join(id.to_string());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !dump.exists() {
-        if std::time::Instant::now() > deadline {
-            return Err(format!("the Epilog of job {id} left no {}", dump.display()).into());
+    let read = |hook: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let dump = dumps.join(format!("{id}.{hook}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !dump.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the {hook} of job {id} left no {}", dump.display()).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let env = std::fs::read_to_string(&dump)?;
-    let var = |name: &str| -> Option<i64> {
+        Ok(std::fs::read_to_string(&dump)?)
+    };
+    let var = |env: &str, name: &str| -> Option<i64> {
         env.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}=")))
             .and_then(|v| v.trim().parse().ok())
     };
     let (start, end) = squeue_window(&cluster, id)?;
+    let prolog = read("prolog")?;
+    let epilog = read("epilog")?;
     eprintln!(
-        "Slurm {release}: squeue StartTime={start} EndTime={end}; Epilog SLURM_JOB_START_TIME={:?} SLURM_JOB_END_TIME={:?}",
-        var("SLURM_JOB_START_TIME"),
-        var("SLURM_JOB_END_TIME")
+        "Slurm {release}: squeue StartTime={start} EndTime={end}; \
+         Prolog SLURM_JOB_START_TIME={:?} SLURM_JOB_END_TIME={:?}; \
+         Epilog SLURM_JOB_START_TIME={:?} SLURM_JOB_END_TIME={:?}",
+        var(&prolog, "SLURM_JOB_START_TIME"),
+        var(&prolog, "SLURM_JOB_END_TIME"),
+        var(&epilog, "SLURM_JOB_START_TIME"),
+        var(&epilog, "SLURM_JOB_END_TIME"),
+    );
+    assert!(
+        end < start + 5 * 60,
+        "the job ended at {end}, before its limit"
     );
     if (major, minor) >= (23, 2) {
-        // slurmd sets both from the job's launch credential: the start is slurmctld's, the
-        // end is the start plus the time limit (projected), not when the job ended
-        assert_eq!(var("SLURM_JOB_START_TIME"), Some(start));
-        assert_eq!(var("SLURM_JOB_END_TIME"), Some(start + 5 * 60));
-        assert!(
-            end < start + 5 * 60,
-            "the job ended at {end}, before its limit"
-        );
+        // the Prolog's end is projected: the start plus the time limit
+        assert_eq!(var(&prolog, "SLURM_JOB_START_TIME"), Some(start));
+        assert_eq!(var(&prolog, "SLURM_JOB_END_TIME"), Some(start + 5 * 60));
+        // the Epilog's is the job's real end, as slurmctld has it
+        assert_eq!(var(&epilog, "SLURM_JOB_START_TIME"), Some(start));
+        assert_eq!(var(&epilog, "SLURM_JOB_END_TIME"), Some(end));
     } else {
-        assert_eq!(var("SLURM_JOB_START_TIME"), None);
-        assert_eq!(var("SLURM_JOB_END_TIME"), None);
+        for env in [&prolog, &epilog] {
+            assert_eq!(var(env, "SLURM_JOB_START_TIME"), None);
+            assert_eq!(var(env, "SLURM_JOB_END_TIME"), None);
+        }
     }
+    // the Epilog= line before the last ran (and so did sgpu's own hooks) only since 24.05
+    let first = dumps.join(format!("{id}.epilog-first"));
+    assert_eq!(
+        first.exists(),
+        (major, minor) >= (24, 5),
+        "{}",
+        first.display()
+    );
     Ok(())
 }
