@@ -261,10 +261,13 @@ fn drain_two_nodes_refuse_an_admin_drain_then_force_and_show_the_history() -> Te
         "{table}"
     );
     // nor may a plain user write to the history directly (their own MUNGE credential)
+    // a well-formed credential bound to the body, so the refusal is the user's rights
+    let body = r#"{"events": []}"#;
+    let payload = sgpu_munge::request::payload("POST", "/v1/history", body.as_bytes());
     let post = format!(
-        "cred=$(munge -n -s 'POST /v1/history') && curl -s -o /dev/null -w '%{{http_code}}' \
+        "cred=$(munge -n -s '{payload}') && curl -s -o /dev/null -w '%{{http_code}}' \
          -H \"Authorization: MUNGE $cred\" -H 'Content-Type: application/json' \
-         -d '{{\"events\": []}}' {}/v1/history",
+         -d '{body}' {}/v1/history",
         acctd.url()
     );
     let out = cluster
