@@ -15,6 +15,14 @@
 //! user can set ([`sgpu_healthd::slurmctl::JOB_FORMAT`]: job id, state, start, end, restart
 //! count; numbers and state names only), and refuses any line not of that form.
 //!
+//! Since Slurm 23.02 slurmd also puts `SLURM_JOB_START_TIME`/`SLURM_JOB_END_TIME` in the
+//! Prolog/Epilog environment (from slurmctld's job record; slurmd builds the hooks'
+//! environment itself, users cannot set it). Measured on 26.05.3 (`tests/tests/
+//! slurm_release.rs`): in the Epilog the end is the job's real end (squeue's `EndTime`), in
+//! the Prolog it is the projected one (start + time limit). Where both are there and the end
+//! is not in the future, the epilog uses them and asks nothing ([`from_hook_env`]); else
+//! (22.05, a projected end) it asks squeue as above.
+//!
 //! The answer is then checked against what the node measured: a Slurm window that does not
 //! overlap the prolog-to-epilog window, or that belongs to another run of the job, is not
 //! used (the record keeps the node's window; the epilog logs an error line).
@@ -279,14 +287,60 @@ pub fn query(
     }
 }
 
+/// The job's window from the hook's environment (`get` reads a variable): Slurm 23.02+'s
+/// `SLURM_JOB_START_TIME` and `SLURM_JOB_END_TIME` (Unix seconds), with the run from
+/// `SLURM_JOB_RESTART_COUNT` when set. `None` when either is missing (Slurm 22.05), not a
+/// positive number, reversed, or the end is after `now_s` (+1 s of clock allowance): a
+/// projected end, not the job's (as in the Prolog).
+pub fn from_hook_env(
+    get: impl Fn(&str) -> Option<String>,
+    now_s: u64,
+) -> Option<(SlurmWindow, Option<u32>)> {
+    let num = |k: &str| -> Option<u64> {
+        get(k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|v| *v > 0)
+    };
+    let start_s = num("SLURM_JOB_START_TIME")?;
+    let end_s = num("SLURM_JOB_END_TIME")?;
+    if end_s < start_s || end_s > now_s.saturating_add(1) {
+        return None;
+    }
+    let restarts = get("SLURM_JOB_RESTART_COUNT").and_then(|v| v.trim().parse().ok());
+    Some((SlurmWindow { start_s, end_s }, restarts))
+}
+
 /// The window for the job-end record when `slurm_job_times` is on: `Ok(None)` when it is off.
+/// From the Epilog's environment where Slurm put a final one there ([`from_hook_env`]), else
+/// from squeue ([`query`]); checked against `node` either way.
 pub fn for_epilog(
     config: &Config,
     job_id: u32,
     node: Option<&NodeRun>,
 ) -> Result<Option<SlurmWindow>, TimesError> {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for_epilog_with(config, job_id, node, |k| std::env::var(k).ok(), now_s)
+}
+
+/// [`for_epilog`] with the environment read through `get` and the time `now_s`.
+pub fn for_epilog_with(
+    config: &Config,
+    job_id: u32,
+    node: Option<&NodeRun>,
+    get: impl Fn(&str) -> Option<String>,
+    now_s: u64,
+) -> Result<Option<SlurmWindow>, TimesError> {
     if !config.slurm_job_times {
         return Ok(None);
+    }
+    if let Some((window, restarts)) = from_hook_env(get, now_s) {
+        if let Some(n) = node {
+            cross_check(window, restarts.unwrap_or(n.run), n)?;
+        }
+        return Ok(Some(window));
     }
     let scontrol = Scontrol::locate(config.scontrol.as_deref())?
         .with_timeout(QUERY_TIMEOUT)
@@ -491,6 +545,87 @@ mod tests {
             query(&sc, 42, Some(&node)),
             Err(TimesError::NoOverlap { .. })
         ));
+    }
+
+    #[test]
+    fn the_epilogs_environment_is_used_when_its_end_is_final() {
+        let env = |start: &'static str, end: &'static str, run: Option<&'static str>| {
+            move |k: &str| match k {
+                "SLURM_JOB_START_TIME" => Some(start.to_string()),
+                "SLURM_JOB_END_TIME" => Some(end.to_string()),
+                "SLURM_JOB_RESTART_COUNT" => run.map(str::to_string),
+                _ => None,
+            }
+        };
+        let now = 1_700_000_010;
+        assert_eq!(
+            from_hook_env(env("1700000001", "1700000004", Some("2")), now),
+            Some((w(1_700_000_001, 1_700_000_004), Some(2)))
+        );
+        assert_eq!(
+            from_hook_env(env("1700000001", "1700000004", None), now),
+            Some((w(1_700_000_001, 1_700_000_004), None))
+        );
+        // a projected end (the Prolog's: start + limit) is not the job's
+        assert_eq!(
+            from_hook_env(env("1700000001", "1700000301", None), now),
+            None
+        );
+        // reversed, zero, not numbers, absent (Slurm 22.05): not used
+        for (s, e) in [
+            ("1700000004", "1700000001"),
+            ("0", "5"),
+            ("x", "5"),
+            ("1", ""),
+        ] {
+            assert_eq!(from_hook_env(env(s, e, None), now), None, "{s} {e}");
+        }
+        assert_eq!(from_hook_env(|_: &str| None, now), None);
+
+        // with the environment, squeue is never asked; without, it is
+        let dir = tempfile::tempdir().unwrap();
+        fake_squeue(dir.path(), &[ENDED.trim()]);
+        let config = Config {
+            slurm_job_times: true,
+            scontrol: Some(dir.path().join("scontrol")),
+            ..Config::default()
+        };
+        let node = NodeRun {
+            run: 0,
+            start_ms: 1_700_000_001_400,
+            end_ms: 1_700_000_004_900,
+        };
+        let got = for_epilog_with(
+            &config,
+            42,
+            Some(&node),
+            env("1700000001", "1700000004", Some("0")),
+            now,
+        );
+        assert_eq!(got.unwrap(), Some(w(1_700_000_001, 1_700_000_004)));
+        assert!(!dir.path().join("squeue.n").exists());
+        // the environment's run is checked against the prolog's note
+        let other = for_epilog_with(
+            &config,
+            42,
+            Some(&node),
+            env("1700000001", "1700000004", Some("1")),
+            now,
+        );
+        assert!(matches!(
+            other,
+            Err(TimesError::OtherRun { slurm: 1, node: 0 })
+        ));
+        // a projected end: squeue is asked
+        let asked = for_epilog_with(
+            &config,
+            42,
+            None,
+            env("1700000001", "1700000301", None),
+            now,
+        );
+        assert_eq!(asked.unwrap().map(|w| w.end_s), Some(1_700_000_004));
+        assert_eq!(calls(dir.path()).trim(), "1");
     }
 
     #[test]
