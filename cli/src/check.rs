@@ -74,6 +74,19 @@ pub enum ProfileArg {
     Full,
 }
 
+/// The check context `sgpu check` gives the catalogue: profile, NVML deadline, pinned
+/// driver and the GPUs asked for (the expected GPU count is the caller's).
+fn context(config: &Config, args: &CheckArgs) -> CheckContext {
+    let mut ctx = CheckContext::new(match args.profile {
+        ProfileArg::Quick => Profile::Quick,
+        ProfileArg::Full => Profile::Full,
+    });
+    ctx.nvml_timeout = config.nvml_timeout;
+    ctx.pinned_driver_version = config.pinned_driver_version.clone();
+    ctx.job_gpus = args.gpus.clone();
+    ctx
+}
+
 /// Runs `sgpu check`; returns the exit code (0 healthy, 1 warn, 2 drain).
 pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> {
     let config = Config::discover(config_path)?;
@@ -82,13 +95,7 @@ pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> 
     }
     let catalogue = config.catalogue();
     let mut notes: Vec<String> = Vec::new();
-    let mut ctx = CheckContext::new(match args.profile {
-        ProfileArg::Quick => Profile::Quick,
-        ProfileArg::Full => Profile::Full,
-    });
-    ctx.nvml_timeout = config.nvml_timeout;
-    ctx.pinned_driver_version = config.pinned_driver_version.clone();
-    ctx.job_gpus = args.gpus.clone();
+    let mut ctx = context(&config, args);
     ctx.expected_gpu_count = match args.expected_gpus {
         Some(n) => Some(n),
         None => expected_from_slurm(args.node.as_deref(), &mut notes),
@@ -199,13 +206,7 @@ fn run_capture(config: &Config, args: &CheckArgs, file: &Path) -> anyhow::Result
     // library reads the variable at its first nvmlInit, on the thread started below.
     unsafe { std::env::set_var(nvml_sim::STATE_ENV, &state_path) };
     let catalogue = config.catalogue();
-    let mut ctx = CheckContext::new(match args.profile {
-        ProfileArg::Quick => Profile::Quick,
-        ProfileArg::Full => Profile::Full,
-    });
-    ctx.nvml_timeout = config.nvml_timeout;
-    ctx.pinned_driver_version = config.pinned_driver_version.clone();
-    ctx.job_gpus = args.gpus.clone();
+    let mut ctx = context(config, args);
     ctx.expected_gpu_count = args.expected_gpus;
     let opts = NvmlOptions {
         library: Some(library),

@@ -306,24 +306,8 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     if let Err(e) = JobStartState::remove_stale(&config.state_dir, job.job_id, job.restart_count) {
         report.note(format!("job start note: {e}"));
     }
-    if report.exit_code != 0 {
-        // The run ends here (Slurm requeues the job) but Slurm bills it (sacct counts its
-        // GPUs from allocation to requeue): the note tells this run's epilog which run it
-        // ends (its own environment already counts the requeue) and its GPUs, so its
-        // job_end bills the run as Slurm does. No job_start: nothing ran to sample.
-        let note = JobStartState {
-            job_id: job.job_id,
-            node: job.node.clone(),
-            run: job.restart_count,
-            start_ms: now_ms(),
-            gpus: start_gpus(job, &checked),
-        };
-        if let Err(e) = note.save(&config.state_dir) {
-            report.error(format!("job start note: {e}"));
-        }
-        return report;
-    }
-
+    // The note tells this run's epilog which run it ends (its own environment already counts
+    // a requeue), when it started and its GPUs.
     let note = JobStartState {
         job_id: job.job_id,
         node: job.node.clone(),
@@ -333,6 +317,12 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     };
     if let Err(e) = note.save(&config.state_dir) {
         report.error(format!("job start note: {e}"));
+    }
+    if report.exit_code != 0 {
+        // The run ends here (Slurm requeues the job) but Slurm bills it (sacct counts its
+        // GPUs from allocation to requeue): with the note its epilog's job_end bills the run
+        // as Slurm does. No job_start: nothing ran to sample.
+        return report;
     }
     if let Err(e) = records::spool_start(config, job, &note) {
         report.error(format!("job-start record: {e}"));
