@@ -295,5 +295,28 @@ fn hook_environment_has_the_start_and_the_end() -> TestResult {
         "{}",
         first.display()
     );
+    if (major, minor) >= (24, 5) {
+        // sgpu's own epilog ran beside the dumps: its job-end record carries Slurm's window
+        // (from the Epilog's environment on 23.02+, squeue before), equal to squeue's
+        let new = sgpu::node_files(&cluster, "node1").spool_dir.join("new");
+        let name = format!(",{id},,node1,job_end.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let record = loop {
+            let found = std::fs::read_dir(&new)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with(&name));
+            if let Some(p) = found {
+                break std::fs::read_to_string(p)?;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("no job_end record of job {id} in {}", new.display()).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let v: serde_json::Value = serde_json::from_str(&record)?;
+        assert_eq!(v["body"]["slurm_window"]["start_s"], start, "{record}");
+        assert_eq!(v["body"]["slurm_window"]["end_s"], end, "{record}");
+    }
     Ok(())
 }
