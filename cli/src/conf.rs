@@ -160,10 +160,14 @@ pub fn check(inputs: &Inputs) -> Vec<Finding> {
             e.to_string(),
         ));
     }
-    check_hooks(&slurm, &mut out);
-    check_gres(&slurm, inputs, config.as_ref(), &mut out);
     let scontrol = config.as_ref().and_then(|c| c.scontrol.as_deref());
-    check_plugstack(&slurm, inputs, scontrol, &mut out);
+    let running = slurm_version(inputs.slurm_version.as_deref(), scontrol, &slurm.path);
+    // Slurm 24.05+ runs every Prolog=/Epilog= line; older ones only the last. An unknown
+    // release is taken as a current one (no error for a line a 24.05+ slurmd runs).
+    let accumulate = running.is_none_or(|v| v >= (24, 5));
+    check_hooks(&slurm, accumulate, &mut out);
+    check_gres(&slurm, inputs, config.as_ref(), &mut out);
+    check_plugstack(&slurm, inputs, running, &mut out);
     out
 }
 
@@ -286,7 +290,7 @@ fn install_prefix() -> PathBuf {
 }
 
 /// `Prolog=`, `Epilog=` and what Slurm does after a failed prolog.
-fn check_hooks(slurm: &SlurmConf, out: &mut Vec<Finding>) {
+fn check_hooks(slurm: &SlurmConf, accumulate: bool, out: &mut Vec<Finding>) {
     let prefix = install_prefix();
     let at_key = |key: &str| {
         slurm
@@ -296,8 +300,18 @@ fn check_hooks(slurm: &SlurmConf, out: &mut Vec<Finding>) {
             .or_else(|| file(&slurm.path))
     };
     for (key, name, program, paths) in [
-        ("prolog", "Prolog", "sgpu-prolog", slurm.prolog_paths()),
-        ("epilog", "Epilog", "sgpu-epilog", slurm.epilog_paths()),
+        (
+            "prolog",
+            "Prolog",
+            "sgpu-prolog",
+            slurm.prolog_paths_of(false, accumulate),
+        ),
+        (
+            "epilog",
+            "Epilog",
+            "sgpu-epilog",
+            slurm.prolog_paths_of(true, accumulate),
+        ),
     ] {
         let fix = format!("{name}={}", prefix.join("sbin").join(program).display());
         if paths.is_empty() {
@@ -540,7 +554,7 @@ fn plugin_version(path: &Path) -> Result<u32, String> {
 fn check_plugstack(
     slurm: &SlurmConf,
     inputs: &Inputs,
-    scontrol: Option<&Path>,
+    running: Option<(u32, u32)>,
     out: &mut Vec<Finding>,
 ) {
     let path = slurm.plugstack_path();
@@ -601,7 +615,6 @@ fn check_plugstack(
         );
         return;
     };
-    let running = slurm_version(inputs.slurm_version.as_deref(), scontrol, &slurm.path);
     match (plugin_version(&so), running) {
         (Err(e), _) => out.push(Finding::new(
             Level::Error,

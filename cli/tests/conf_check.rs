@@ -25,6 +25,8 @@ struct Site {
     /// GPUs the simulated NVML shows.
     nvml_gpus: u32,
     plugin_version: u32,
+    /// What `--slurm-version` says runs.
+    slurm_version: &'static str,
 }
 
 impl Site {
@@ -48,6 +50,7 @@ impl Site {
             sgpu_toml_extra: String::new(),
             nvml_gpus: 2,
             plugin_version: PLUGIN_22_05,
+            slurm_version: SLURM_VERSION,
             dir,
         }
     }
@@ -119,7 +122,7 @@ impl Site {
                 "--node",
                 "n1",
                 "--slurm-version",
-                SLURM_VERSION,
+                self.slurm_version,
             ])
             .arg("--slurm-conf")
             .arg(d.join("slurm.conf"))
@@ -324,6 +327,31 @@ fn plugin_built_for_another_slurm_is_an_error() {
         .unwrap()
         .to_string();
     assert!(fix.contains("SLURM_INCLUDE_DIR"), "{fix}");
+}
+
+#[test]
+fn several_prolog_lines_all_run_since_slurm_24_05() {
+    let _lock = nvml_sim::testing::lock();
+    let mut site = Site::good();
+    // the site's own prolog on a line after sgpu's
+    let own = site.path("hooks/site-prolog");
+    std::fs::create_dir_all(site.path("hooks")).unwrap();
+    exe(&own, "#!/bin/sh\nexit 0\n");
+    site.slurm.insert(2, format!("Prolog={}", own.display()));
+    // 22.05: the last Prolog= wins, so sgpu-prolog never runs
+    let (code, findings) = site.check();
+    assert_eq!(code, 2);
+    assert_eq!(ids(&findings), set(&["prolog.not_sgpu"]));
+    // 26.05 runs both lines: nothing to report
+    site.slurm_version = "26.05.3";
+    site.plugin_version = (26 << 16) | (5 << 8) | 3;
+    let (code, findings) = site.check();
+    assert_eq!(code, 0, "{findings:?}");
+    // and sgpu-prolog on no line is still an error there
+    site.slurm.remove(1);
+    let (code, findings) = site.check();
+    assert_eq!(code, 2);
+    assert_eq!(ids(&findings), set(&["prolog.not_sgpu"]));
 }
 
 #[test]

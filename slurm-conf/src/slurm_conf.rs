@@ -274,6 +274,11 @@ pub struct SlurmConf {
     pub prolog: Option<String>,
     /// `Epilog`.
     pub epilog: Option<String>,
+    /// Every `Prolog=` line's value, in order: Slurm 24.05+ runs them all, 22.05 only the
+    /// last ([`SlurmConf::prolog_paths_of`]).
+    pub prolog_lines: Vec<String>,
+    /// Every `Epilog=` line's value, in order (as `prolog_lines`).
+    pub epilog_lines: Vec<String>,
     /// `PlugStackConfig` as written (see [`SlurmConf::plugstack_path`]).
     pub plugstack_config: Option<String>,
     /// `GresTypes`, split on commas.
@@ -468,6 +473,12 @@ impl Builder {
         }
         if key == "slurmctldhost" {
             self.conf.slurmctld_hosts.push(first.value.clone());
+        }
+        if key == "prolog" {
+            self.conf.prolog_lines.push(first.value.clone());
+        }
+        if key == "epilog" {
+            self.conf.epilog_lines.push(first.value.clone());
         }
         self.conf.settings.insert(
             key,
@@ -893,6 +904,25 @@ impl SlurmConf {
     /// The programs in `Epilog`, split on commas.
     pub fn epilog_paths(&self) -> Vec<String> {
         self.epilog.as_deref().map(comma_list).unwrap_or_default()
+    }
+
+    /// The Prolog (`epilog` false) or Epilog (`epilog` true) programs the running Slurm
+    /// runs: every line's since 24.05 (`accumulate`), else the last line's (as
+    /// [`SlurmConf::prolog_paths`]); each line split on commas.
+    pub fn prolog_paths_of(&self, epilog: bool, accumulate: bool) -> Vec<String> {
+        let lines = if epilog {
+            &self.epilog_lines
+        } else {
+            &self.prolog_lines
+        };
+        if !accumulate {
+            return if epilog {
+                self.epilog_paths()
+            } else {
+                self.prolog_paths()
+            };
+        }
+        lines.iter().flat_map(|l| comma_list(l)).collect()
     }
 }
 
