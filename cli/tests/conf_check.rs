@@ -426,3 +426,30 @@ fn gpus_without_gres_types_gpu_is_an_error() {
     assert_eq!(ids(&findings), set(&["gres.inconsistent"]));
     assert_eq!(find(&findings, "gres.inconsistent")["fix"], "GresTypes=gpu");
 }
+
+#[test]
+fn autodetect_values_of_current_slurm_are_not_errors() {
+    let _lock = nvml_sim::testing::lock();
+    // nvidia (24.11), nrt and full (26.05): valid gres.conf, whatever the release here
+    for value in ["nvidia", "nrt", "full"] {
+        let mut site = Site::good();
+        let d = site.dir.path().display().to_string();
+        site.gres = format!("AutoDetect={value}\nNodeName=n1 Name=gpu File={d}/dev/nvidia[0-1]\n");
+        let (_, findings) = site.check();
+        let errors: Vec<&Value> = findings.iter().filter(|f| f["level"] == "error").collect();
+        assert!(errors.is_empty(), "AutoDetect={value}: {errors:?}");
+    }
+    // a value no release knows is still an error
+    let mut site = Site::good();
+    let d = site.dir.path().display().to_string();
+    site.gres = format!("AutoDetect=bogus\nNodeName=n1 Name=gpu File={d}/dev/nvidia[0-1]\n");
+    let (code, findings) = site.check();
+    assert_eq!(code, 2, "{findings:?}");
+    assert!(
+        findings.iter().any(|f| f["level"] == "error"
+            && f["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("unknown AutoDetect value `bogus`"))),
+        "{findings:?}"
+    );
+}

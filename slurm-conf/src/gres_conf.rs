@@ -3,7 +3,7 @@
 //!
 //! Same syntax as `slurm.conf` (comments, continuations, quoting, `Include`).
 //! Lines are `Name=gpu ...` (for every node), `NodeName=<hostlist> Name=gpu
-//! ...` (for those nodes), `AutoDetect=nvml|rsmi|oneapi|off` alone (global)
+//! ...` (for those nodes), `AutoDetect=nvml|rsmi|oneapi|nvidia|nrt|full|off` alone (global)
 //! or `NodeName=<hostlist> AutoDetect=...` (per node). Checks follow Slurm
 //! 22.05's `slurmd`: `File=` is a hostlist with one device per file, `Count=`
 //! (with K/M/G/T/P suffixes) must match the number of files for GPUs, `File`
@@ -34,21 +34,36 @@ pub enum AutoDetect {
     Rsmi,
     /// Intel's oneAPI.
     OneApi,
+    /// NVIDIA's device files and sysfs, without NVML (Slurm 24.11+).
+    Nvidia,
+    /// AWS Neuron (Slurm 26.05).
+    Nrt,
+    /// Everything slurmd can detect (Slurm 26.05).
+    Full,
     /// No autodetection: only what gres.conf lists.
     Off,
 }
 
 impl AutoDetect {
-    /// Parses a value the way Slurm does (`nvml`, `rsmi` and `oneapi` may be
-    /// part of a longer word; `off` must be exact; case-insensitive).
+    /// Parses a value the way Slurm 26.05 does (`_handle_autodetect_flags` in
+    /// src/interfaces/gres.c: `full`, `nvml`, `rsmi`, `oneapi`, `nrt` and `nvidia` may be part
+    /// of a longer word and are tried in that order; `off` must be exact; case-insensitive).
+    /// `nvidia` is new in 24.11, `nrt` and `full` in 26.05: an older slurmd logs them as
+    /// unknown and detects nothing.
     pub fn parse(s: &str) -> Option<Self> {
         let l = s.to_ascii_lowercase();
-        if l.contains("nvml") {
+        if l.contains("full") {
+            Some(AutoDetect::Full)
+        } else if l.contains("nvml") {
             Some(AutoDetect::Nvml)
         } else if l.contains("rsmi") {
             Some(AutoDetect::Rsmi)
         } else if l.contains("oneapi") {
             Some(AutoDetect::OneApi)
+        } else if l.contains("nrt") {
+            Some(AutoDetect::Nrt)
+        } else if l.contains("nvidia") {
+            Some(AutoDetect::Nvidia)
         } else if l == "off" {
             Some(AutoDetect::Off)
         } else {
@@ -68,6 +83,9 @@ impl fmt::Display for AutoDetect {
             AutoDetect::Nvml => "nvml",
             AutoDetect::Rsmi => "rsmi",
             AutoDetect::OneApi => "oneapi",
+            AutoDetect::Nvidia => "nvidia",
+            AutoDetect::Nrt => "nrt",
+            AutoDetect::Full => "full",
             AutoDetect::Off => "off",
         })
     }
@@ -337,7 +355,7 @@ impl Builder {
                 None => self.err(
                     &s.at,
                     format!(
-                        "unknown AutoDetect value `{}` (expected nvml, rsmi, oneapi or off)",
+                        "unknown AutoDetect value `{}` (expected nvml, rsmi, oneapi, nvidia, nrt, full or off)",
                         first.value
                     ),
                 ),
@@ -376,7 +394,7 @@ impl Builder {
             match (AutoDetect::parse(&a), &nodes) {
                 (None, _) => self.err(
                     at,
-                    format!("unknown AutoDetect value `{a}` (expected nvml, rsmi, oneapi or off)"),
+                    format!("unknown AutoDetect value `{a}` (expected nvml, rsmi, oneapi, nvidia, nrt, full or off)"),
                 ),
                 (Some(_), None) => self.err(
                     at,

@@ -114,6 +114,15 @@ fn autodetect_global_and_per_node() {
     assert_eq!(AutoDetect::parse("NVML"), Some(AutoDetect::Nvml));
     assert_eq!(AutoDetect::parse("Off"), Some(AutoDetect::Off));
     assert_eq!(AutoDetect::parse("offf"), None);
+    // new in 24.11 (nvidia) and 26.05 (nrt, full), in Slurm's order of matching
+    assert_eq!(AutoDetect::parse("nvidia"), Some(AutoDetect::Nvidia));
+    assert_eq!(AutoDetect::parse("NRT"), Some(AutoDetect::Nrt));
+    assert_eq!(AutoDetect::parse("full"), Some(AutoDetect::Full));
+    assert_eq!(AutoDetect::parse("nvidia-nvml"), Some(AutoDetect::Nvml));
+    assert_eq!(AutoDetect::parse("fullnvml"), Some(AutoDetect::Full));
+    assert!(AutoDetect::Nvidia.is_on() && AutoDetect::Full.is_on());
+    let g = GresConf::parse_str("AutoDetect=nvidia\n", "gres.conf").unwrap();
+    assert_eq!(g.autodetect, Some(AutoDetect::Nvidia));
 }
 
 #[test]
