@@ -604,7 +604,9 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
     let node_depends = field("sgpu-node", "Depends");
     assert!(
         node_depends.contains(&format!(
-            "slurmd (>= {major}.{minor:02}), slurmd (<< {major}.{:02})",
+            "slurmd (>= {major}.{minor:02}) | slurm-smd-slurmd (>= {major}.{minor:02}), \
+             slurmd (<< {major}.{:02}) | slurm-smd-slurmd (<< {major}.{:02})",
+            minor + 1,
             minor + 1
         )),
         "sgpu-node pins the Slurm release of the headers the plugin was built with: {node_depends}"
@@ -751,6 +753,19 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
     assert!(
         root.join("var/spool/sgpu/record").exists(),
         "records not yet forwarded survive even a purge"
+    );
+
+    // SchedMD's packages (slurm-smd-slurmd) of the plugin's release satisfy sgpu-node too
+    let smd_dir = tempfile::tempdir().unwrap();
+    let smd = smd_dir.path();
+    fake_dpkg_root(smd, |s| {
+        s.replace("Package: slurmd\n", "Package: slurm-smd-slurmd\n")
+    });
+    let out = run(dpkg(smd).arg("-i").args(debs.values()));
+    assert!(
+        out.status.success(),
+        "slurm-smd-slurmd {major}.{minor:02} satisfies sgpu-node: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // a machine whose slurmd is another Slurm release: sgpu-node refuses to configure
