@@ -187,7 +187,10 @@ fn run(a: &Args) -> Result<(), String> {
     if !a.no_ingest {
         ingest(a, &client, &db)?;
     }
-    reports(a, &client, &acctd.url)?;
+    // sgpu refuses a config anyone may write (/dev/null included): an empty one of our own
+    let config = tmp.path().join("sgpu.toml");
+    std::fs::write(&config, "").map_err(|e| format!("{}: {e}", config.display()))?;
+    reports(a, &client, &acctd.url, &config)?;
     drop(acctd);
     Ok(())
 }
@@ -289,7 +292,7 @@ fn ingest(a: &Args, client: &Client, db: &std::path::Path) -> Result<(), String>
     Ok(())
 }
 
-fn reports(a: &Args, client: &Client, url: &str) -> Result<(), String> {
+fn reports(a: &Args, client: &Client, url: &str, config: &std::path::Path) -> Result<(), String> {
     // Reports.
     let month = "start=2025-06-01&end=2025-07-01";
     let cases = [
@@ -371,7 +374,7 @@ fn reports(a: &Args, client: &Client, url: &str) -> Result<(), String> {
                     "-P",
                 ])
                 .env("SGPU_ACCTD_AUTH", "none")
-                .env("SGPU_CONFIG", "/dev/null")
+                .env("SGPU_CONFIG", config)
                 .output()
                 .map_err(|e| format!("{}: {e}", sgpu.display()))?;
             t.push(s.elapsed().as_secs_f64() * 1000.0);
