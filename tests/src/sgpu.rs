@@ -73,11 +73,15 @@ pub(crate) fn target_profile_dir() -> Result<(PathBuf, String), ClusterError> {
     Ok((dir.to_path_buf(), profile))
 }
 
-/// Runs `cargo build --quiet ARGS` with the same cargo and profile as this test (a no-op
-/// when the outputs are fresh) and returns the directory holding them.
+/// Runs `cargo build --quiet --workspace ARGS` with the same cargo and profile as this test (a
+/// no-op when the outputs are fresh) and returns the directory holding them. Features are
+/// always resolved over the whole workspace: builds of different package sets would each
+/// compile their own copy of tokio, axum and the rest (CI ran out of disk with four).
 pub fn cargo_build(args: &[&str]) -> Result<PathBuf, ClusterError> {
     let (dir, profile) = target_profile_dir()?;
-    cargo_build_with(Command::new(env!("CARGO")), args, &profile)?;
+    let mut all = vec!["--workspace"];
+    all.extend_from_slice(args);
+    cargo_build_with(Command::new(env!("CARGO")), &all, &profile)?;
     Ok(dir)
 }
 
@@ -130,21 +134,13 @@ fn cargo_build_with(mut cmd: Command, args: &[&str], profile: &str) -> Result<()
 
 /// Builds the node's sgpu binaries and the plugin; returns the directory holding them.
 fn build_binaries() -> Result<PathBuf, ClusterError> {
-    cargo_build(&[
-        "-p",
-        "sgpu-prolog-epilog",
-        "-p",
-        "sgpu-healthd",
-        "-p",
-        "sgpu-spank",
-        "--bins",
-        "--lib",
-    ])
+    cargo_build(&["--bins", "--lib"])
 }
 
 /// Builds one binary of a workspace package; returns its path.
 pub fn cargo_bin(package: &str, bin: &str) -> Result<PathBuf, ClusterError> {
-    Ok(cargo_build(&["-p", package, "--bin", bin])?.join(bin))
+    let _ = package; // features are resolved over the whole workspace (see `cargo_build`)
+    Ok(cargo_build(&["--bin", bin])?.join(bin))
 }
 
 /// Copies `src` to `dst` so that a process executing the old `dst` is never disturbed; a

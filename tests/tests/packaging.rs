@@ -38,18 +38,11 @@ fn built() -> &'static PathBuf {
         cmd.current_dir(repo_root()).args([
             "build",
             "--quiet",
-            "-p",
-            "sgpu-prolog-epilog",
-            "-p",
-            "sgpu-healthd",
-            "-p",
-            "sgpu-spank",
-            "-p",
-            "sgpu-accounting",
-            "-p",
-            "sgpu-cli",
-            "-p",
-            "nvml-sim",
+            // the whole workspace: the feature set of every other test's build, so the
+            // binaries are shared on disk instead of built again with other features
+            "--workspace",
+            "--bins",
+            "--lib",
         ]);
         match profile.as_str() {
             "debug" => {}
