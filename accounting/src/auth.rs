@@ -247,10 +247,7 @@ impl Policy {
 
 /// The login name of `uid` on this host, if it has one.
 pub fn user_name(uid: u32) -> Option<String> {
-    User::from_uid(Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
+    sgpu_spool::passwd::user_name(uid)
 }
 
 /// The uid of user `name`, or `name` itself when it is a number.

@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-const DAY_S: i64 = 86_400;
+use sgpu_spool::calendar::{self, DAY_S, civil_from_days, days_from_civil};
 
 /// `-S/--starttime` and `-E/--endtime` (sacct's names), shared by `sgpu report`, `sgpu jobs`
 /// and `sgpu history`.
@@ -84,40 +84,9 @@ impl fmt::Display for TimeError {
 
 impl std::error::Error for TimeError {}
 
-/// Days since the epoch of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (year, month, day) of a day number.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SS` (UTC), like sacct.
 pub fn format_time(secs: i64) -> String {
-    let (y, m, d) = civil_from_days(secs.div_euclid(DAY_S));
-    let s = secs.rem_euclid(DAY_S);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    calendar::format_datetime(secs)
 }
 
 /// Formats a duration like sacct's `Elapsed`: `[D-]HH:MM:SS`.
@@ -161,9 +130,13 @@ fn clock(s: &str, input: &str) -> Result<i64, TimeError> {
 }
 
 fn date(y: i64, m: i64, d: i64, input: &str) -> Result<i64, TimeError> {
-    let n = days_from_civil(y, m, d);
-    if !(1..=12).contains(&m) || d < 1 || civil_from_days(n) != (y, m, d) {
-        return Err(err(input, format!("{y:04}-{m:02}-{d:02} is not a date")));
+    let not_a_date = || err(input, format!("{y:04}-{m:02}-{d:02} is not a date"));
+    let (Ok(mu), Ok(du)) = (u32::try_from(m), u32::try_from(d)) else {
+        return Err(not_a_date());
+    };
+    let n = days_from_civil(y, mu, du);
+    if !(1..=12).contains(&mu) || du < 1 || civil_from_days(n) != (y, mu, du) {
+        return Err(not_a_date());
     }
     Ok(n)
 }

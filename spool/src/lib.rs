@@ -45,9 +45,11 @@
 //! # }
 //! ```
 
+pub mod calendar;
 pub mod event;
 mod id;
 pub mod job_note;
+pub mod passwd;
 mod record;
 mod spool;
 
