@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use sgpu_healthd::slurmctl::Scontrol;
+use sgpu_nodelib::slurmctl::Scontrol;
 use sgpu_spool::{NodeAction, NodeEvent};
 
 use nodes::{Health, ResumeDecision, SlurmNode};
@@ -146,7 +146,7 @@ pub struct HistoryArgs {
 /// What the admin commands need from the environment.
 struct Env {
     scontrol: Scontrol,
-    breaker: sgpu_healthd::config::BreakerConfig,
+    breaker: sgpu_nodelib::config::BreakerConfig,
     cluster: String,
     healthd: healthd::HealthdUrls,
     acctd_url: String,
@@ -156,18 +156,18 @@ struct Env {
 fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyhow::Result<Env> {
     let scontrol = Scontrol::locate(opts.scontrol.as_deref())
         .context("cannot find scontrol; pass --scontrol PATH")?;
-    let (path, _) = sgpu_healthd::config::Config::locate(config);
+    let (path, _) = sgpu_nodelib::config::Config::locate(config);
     let conf = if config.is_some() || path.exists() {
-        sgpu_healthd::config::Config::load(&path)
+        sgpu_nodelib::config::Config::load(&path)
             .with_context(|| format!("{}: fix it or pass --config", path.display()))?
     } else {
-        sgpu_healthd::config::Config::default()
+        sgpu_nodelib::config::Config::default()
     };
     let port = conf
         .status_listen
         .map(|a| a.port())
         .or_else(|| {
-            sgpu_healthd::config::DEFAULT_STATUS_LISTEN
+            sgpu_nodelib::config::DEFAULT_STATUS_LISTEN
                 .parse::<std::net::SocketAddr>()
                 .ok()
                 .map(|a| a.port())
@@ -176,7 +176,7 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyh
     let healthd = healthd::HealthdUrls::new(&opts.healthd, port).map_err(anyhow::Error::msg)?;
     let slurm_conf = std::env::var_os("SLURM_CONF")
         .map(PathBuf::from)
-        .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
+        .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
     let (sc, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&slurm_conf);
     let cluster = sc
         .cluster_name
@@ -195,11 +195,11 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyh
 }
 
 /// sgpu.toml's `[accounting]` settings for acctd.
-fn acctd_settings(conf: &sgpu_healthd::config::Config) -> acctd::AcctdSettings {
+fn acctd_settings(conf: &sgpu_nodelib::config::Config) -> acctd::AcctdSettings {
     let a = &conf.accounting;
     acctd::AcctdSettings {
         url: a.url.clone(),
-        no_auth: a.auth == sgpu_healthd::config::AcctAuth::None,
+        no_auth: a.auth == sgpu_nodelib::config::AcctAuth::None,
         munge_socket: a.munge_socket.clone(),
     }
 }
@@ -381,7 +381,7 @@ pub fn breaker(
         BreakerAction::Status { json, opts } => {
             let env = env(config, acctd_url, opts)?;
             let nodes = env.scontrol.nodes().context("cannot list the nodes")?;
-            let counts = sgpu_healthd::breaker::scope_counts(&nodes, &env.breaker);
+            let counts = sgpu_nodelib::breaker::scope_counts(&nodes, &env.breaker);
             if *json {
                 let rows: Vec<breaker::StatusRow> = counts
                     .iter()

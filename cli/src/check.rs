@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use sgpu_healthd::catalogue::Profile;
-use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
-use sgpu_healthd::config::Config;
-use sgpu_healthd::gpu::{self, NvmlOptions};
-use sgpu_healthd::nodeconf::{self, NodeLayout};
-use sgpu_healthd::xid::XidStore;
+use sgpu_nodelib::catalogue::Profile;
+use sgpu_nodelib::checks::{self, CheckContext, CheckResult, Verdict};
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::gpu::{self, NvmlOptions};
+use sgpu_nodelib::nodeconf::{self, NodeLayout};
+use sgpu_nodelib::xid::XidStore;
 
 /// Options of `sgpu check`.
 #[derive(Debug, Args)]
@@ -193,7 +193,7 @@ fn run_capture(config: &Config, args: &CheckArgs, file: &Path) -> anyhow::Result
     let capture = nvml_sim::Capture::load(file)?;
     let library = find_sim_library(args.nvml_sim.as_deref())?;
     // the library is loaded into this process: the same rule as sgpu.toml's nvml_library
-    sgpu_healthd::trust::check_file(&library)
+    sgpu_nodelib::trust::check_file(&library)
         .map_err(|e| anyhow::anyhow!("the simulated NVML library: {e}"))?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let state_path = dir.path().join("state.toml");
@@ -425,8 +425,8 @@ pub fn render_json(results: &[CheckResult], verdict: Verdict, notes: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sgpu_healthd::catalogue::Severity;
-    use sgpu_healthd::checks::Status;
+    use sgpu_nodelib::catalogue::Severity;
+    use sgpu_nodelib::checks::Status;
 
     fn sample() -> Vec<CheckResult> {
         vec![

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use sgpu_healthd::config::Config;
-use sgpu_healthd::gpu::{self, NvmlOptions};
-use sgpu_healthd::nodeconf;
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::gpu::{self, NvmlOptions};
+use sgpu_nodelib::nodeconf;
 use sgpu_slurm_conf::{GresConf, Location, PlugstackConf, SlurmConf};
 
 /// File name of the SPANK plugin in plugstack.conf.
@@ -518,7 +518,7 @@ fn slurm_version(
         Some(v) => v.to_string(),
         None => {
             // scontrol wants a configuration even for --version.
-            let sc = sgpu_healthd::slurmctl::Scontrol::locate(scontrol).ok()?;
+            let sc = sgpu_nodelib::slurmctl::Scontrol::locate(scontrol).ok()?;
             let conf = slurm_conf.to_string_lossy();
             sc.run_program(sc.path(), &["--version".into()], &[("SLURM_CONF", &conf)])
                 .ok()?

@@ -4,7 +4,7 @@
 //! - `sgpu report` sums per group (`--group-by`, default `account,user`) over the window
 //!   `[-S, -E)` (default, like sreport: yesterday 00:00 to today 00:00). acctd counts only
 //!   the part of a job inside the window. Cost is computed here from `[prices]`
-//!   ([`sgpu_healthd::config::PricesConfig`]): the report is always asked per partition and
+//!   ([`sgpu_nodelib::config::PricesConfig`]): the report is always asked per partition and
 //!   GPU model as well, priced row by row, then summed to the requested groups.
 //! - `sgpu jobs` lists jobs that ran in the window (default, like sacct: today 00:00 to now)
 //!   with whole-job GPU figures.
@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use sgpu_acct_client::Client;
-use sgpu_healthd::config::{Config, PricesConfig};
+use sgpu_nodelib::config::{Config, PricesConfig};
 use sgpu_spool::{Record, RecordBody};
 
 use crate::admin::acctd;
@@ -431,7 +431,7 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>) -> anyhow::Result<Env> {
     };
     let settings = acctd::AcctdSettings {
         url: conf.accounting.url.clone(),
-        no_auth: conf.accounting.auth == sgpu_healthd::config::AcctAuth::None,
+        no_auth: conf.accounting.auth == sgpu_nodelib::config::AcctAuth::None,
         munge_socket: conf.accounting.munge_socket.clone(),
     };
     let (url, auth) = acctd::resolve(acctd_url, &settings, |k| std::env::var(k).ok());
@@ -790,7 +790,7 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
 fn slurm_cluster() -> Option<String> {
     let path = std::env::var_os("SLURM_CONF")
         .map(PathBuf::from)
-        .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
+        .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
     let (sc, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&path);
     sc.cluster_name.map(|c| c.to_ascii_lowercase())
 }

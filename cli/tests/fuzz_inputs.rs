@@ -6,7 +6,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use sgpu_cli::timespec::{format_time, parse_time};
-use sgpu_healthd::config::Config;
+use sgpu_nodelib::config::Config;
 
 /// Lines an sgpu.toml has, and some it should not.
 fn toml_line() -> impl Strategy<Value = String> {

@@ -33,20 +33,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, error, info, warn};
 
-use crate::breaker::{self, Trip};
-use crate::catalogue::{self as cat, Catalogue, Profile, Severity};
-use crate::checks::{self, CheckContext, CheckResult, Status, Verdict};
-use crate::config::Config;
 use crate::forward::{self, Forwarder, Gate};
-use crate::gpu::{GpuSample, NodeSnapshot, NvmlFailure, NvmlOptions, NvmlWorker};
 use crate::http;
-use crate::nodeconf::{self, NodeLayout};
 use crate::policy::{Decision, Failure, Memory, NodeControl, Policy};
 use crate::sampler::{self, Sampler};
-use crate::slurmctl::{NodeState, Scontrol, SlurmctlError};
 use crate::status::Shared;
 use crate::store::{JobStore, MemStore, SledStore};
-use crate::xid::{XidClass, XidEvent, XidStore, classify};
+use sgpu_nodelib::breaker::{self, Trip};
+use sgpu_nodelib::catalogue::{self as cat, Catalogue, Profile, Severity};
+use sgpu_nodelib::checks::{self, CheckContext, CheckResult, Status, Verdict};
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::gpu::{GpuSample, NodeSnapshot, NvmlFailure, NvmlOptions, NvmlWorker};
+use sgpu_nodelib::nodeconf::{self, NodeLayout};
+use sgpu_nodelib::slurmctl::{NodeState, Scontrol, SlurmctlError};
+use sgpu_nodelib::xid::{XidClass, XidEvent, XidStore, classify};
 
 /// How long the watch waits on the event set per call.
 pub const XID_WAIT: Duration = Duration::from_millis(500);
@@ -232,7 +232,7 @@ impl NodeControl for SlurmControl<'_> {
 impl SlurmControl<'_> {
     /// Keeps a drain or resume in the node history (spooled, forwarded to acctd).
     fn history(&self, action: sgpu_spool::NodeAction, reason: &str) {
-        let r = crate::node_events::record(
+        let r = sgpu_nodelib::node_events::record(
             &self.config.spool_dir,
             self.node,
             action,
@@ -593,7 +593,7 @@ fn spawn_forwarder(
         "forwarding the spool to sgpu-acctd"
     );
     // node history events (drains, resumes) go to POST /v1/history beside the records
-    tokio::spawn(crate::node_events::run(
+    tokio::spawn(crate::event_forward::run(
         config.spool_dir.clone(),
         client.clone(),
         a.forward_interval,

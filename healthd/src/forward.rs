@@ -41,8 +41,8 @@ use sgpu_acct_client::{Client, ClientAuth, ClientError, IngestReply};
 use sgpu_spool::{Entry, Spool};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{AccountingConfig, AcctAuth};
 use crate::status::Shared;
+use sgpu_nodelib::config::{AccountingConfig, AcctAuth};
 
 /// The most bytes one request carries (acctd's default body limit is 16 MiB).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;

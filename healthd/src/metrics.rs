@@ -31,8 +31,8 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::checks::{Status, Verdict};
 use crate::status::{JobLabels, Shared};
+use sgpu_nodelib::checks::{Status, Verdict};
 
 /// The content type of `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -5,7 +5,7 @@
 //! whole policy is tested against a fake cluster. The rules:
 //!
 //! - **Drain** when a run finds a drain-severity failure and the node is not drained: only if
-//!   the circuit breaker allows it ([`crate::breaker`]); the reason is the first failure's
+//!   the circuit breaker allows it ([`sgpu_nodelib::breaker`]); the reason is the first failure's
 //!   (`sgpu: <check> gpu<i>: <detail>`). The drain is remembered ([`Memory`], saved in
 //!   `state_dir`), so a restarted daemon knows what it drained for.
 //! - **No re-drain, no spam**: a node already drained (by sgpu or anyone) is left as it is.
@@ -33,9 +33,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::breaker::Trip;
-use crate::catalogue::{Catalogue, Profile, Severity};
-use crate::slurmctl::{NodeState, SGPU_REASON_PREFIX};
+use sgpu_nodelib::breaker::Trip;
+use sgpu_nodelib::catalogue::{Catalogue, Profile, Severity};
+use sgpu_nodelib::slurmctl::{NodeState, SGPU_REASON_PREFIX};
 
 /// A drain-severity failure found by a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub trait NodeControl {
     fn node_state(&mut self) -> Result<NodeState, String>;
     /// The circuit breaker's verdict on draining the node now: `Ok(None)` allows it.
     fn breaker(&mut self) -> Result<Option<Trip>, String>;
-    /// Drains the node, then recounts ([`crate::breaker::keep_after_recount`]):
+    /// Drains the node, then recounts ([`sgpu_nodelib::breaker::keep_after_recount`]):
     /// `Ok(Some(trip))` when the recount put the node past the limit and it was given back.
     fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String>;
     /// Resumes the node.
@@ -1112,7 +1112,7 @@ mod tests {
         let mut overrides = std::collections::BTreeMap::new();
         overrides.insert(
             "gpu.temperature".to_string(),
-            crate::catalogue::CheckOverride {
+            sgpu_nodelib::catalogue::CheckOverride {
                 enabled: Some(false),
                 ..Default::default()
             },

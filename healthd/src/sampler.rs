@@ -3,7 +3,7 @@
 //! 1. scan the node spool for `job_start`/`job_end` records (only files not seen before are
 //!    read: spool files are never rewritten, so a name identifies its content);
 //! 2. decide which jobs to follow and which ended ([`usage::plan`]);
-//! 3. read every GPU once ([`crate::gpu::GpuSample`], one request on the sampler's own NVML session,
+//! 3. read every GPU once ([`sgpu_nodelib::gpu::GpuSample`], one request on the sampler's own NVML session,
 //!    under the watchdog deadline) and add each reading to the job holding the GPU;
 //! 4. store the changed accumulators and flush the database;
 //! 5. finalise each ended job: a `job_usage` record into the spool, then drop its
@@ -24,12 +24,12 @@ use std::time::Instant;
 use sgpu_spool::{Record, RecordBody, RecordId, RecordKind, Spool};
 use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
 use crate::daemon::Session;
-use crate::gpu::NvmlOptions;
 use crate::status::{JobLabels, Shared};
 use crate::store::JobStore;
 use crate::usage::{self, JobAccumulator, SpoolJobs};
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::gpu::NvmlOptions;
 
 /// A spool file as the sampler remembers it.
 #[derive(Debug, Clone)]

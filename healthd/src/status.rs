@@ -12,12 +12,12 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
-use crate::breaker::Trip;
-use crate::checks::{CheckResult, Verdict};
 use crate::daemon::{RunReport, Trigger};
-use crate::gpu::GpuSample;
 use crate::policy::{Decision, Memory};
 use crate::usage::JobAccumulator;
+use sgpu_nodelib::breaker::Trip;
+use sgpu_nodelib::checks::{CheckResult, Verdict};
+use sgpu_nodelib::gpu::GpuSample;
 
 /// The job labels a GPU carries in metrics while a job holds it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -434,7 +434,7 @@ impl StatusDoc {
                 verdict: r.report.verdict,
                 decision,
                 decision_detail,
-                would_drain: crate::checks::would_drain_reason(&r.report.results),
+                would_drain: sgpu_nodelib::checks::would_drain_reason(&r.report.results),
                 results: r.report.results.clone(),
             }
         });
@@ -522,9 +522,9 @@ impl StatusDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::{Catalogue, Profile};
-    use crate::checks::{self, CheckContext};
-    use crate::gpu::{GpuSnapshot, NodeSnapshot, Reading};
+    use sgpu_nodelib::catalogue::{Catalogue, Profile};
+    use sgpu_nodelib::checks::{self, CheckContext};
+    use sgpu_nodelib::gpu::{GpuSnapshot, NodeSnapshot, Reading};
 
     /// Observe-only mode: the last run's drain-worthy failure shows as `would_drain` in
     /// `/status` and as `sgpu_node_would_drain 1` in `/metrics`.

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sgpu_spool::{GpuUsage, JobEnd, JobStart, RecordId, Usage};
 
-use crate::gpu::GpuSample;
+use sgpu_nodelib::gpu::GpuSample;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use common::{Sim, library};
 use nvml_sim::State;
-use sgpu_healthd::config::Config;
 use sgpu_healthd::sampler::Sampler;
 use sgpu_healthd::status::Shared;
 use sgpu_healthd::store::SledStore;
+use sgpu_nodelib::config::Config;
 use sgpu_spool::{
     GpuEnd, GpuRef, JobEnd, JobStart, Record, RecordBody, RecordId, RecordKind, Spool,
 };

@@ -9,14 +9,14 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sgpu_healthd::breaker::{self, Guarded};
-use sgpu_healthd::catalogue::Profile;
-use sgpu_healthd::checks::{self, CheckContext, CheckResult, Verdict};
-use sgpu_healthd::config::Config;
-use sgpu_healthd::gpu::{self, Collected, NodeSnapshot, NvmlOptions};
-use sgpu_healthd::nodeconf::{self, NodeLayout};
-use sgpu_healthd::slurmctl::Scontrol;
-use sgpu_healthd::xid::{XidEvent, XidStore};
+use sgpu_nodelib::breaker::{self, Guarded};
+use sgpu_nodelib::catalogue::Profile;
+use sgpu_nodelib::checks::{self, CheckContext, CheckResult, Verdict};
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::gpu::{self, Collected, NodeSnapshot, NvmlOptions};
+use sgpu_nodelib::nodeconf::{self, NodeLayout};
+use sgpu_nodelib::slurmctl::Scontrol;
+use sgpu_nodelib::xid::{XidEvent, XidStore};
 
 use crate::env::{HealthMode, JobEnv};
 use crate::handoff::{JobStartState, StartGpu};
@@ -213,7 +213,7 @@ fn drain(config: &Config, node: &str, reason: &str, source: &str, report: &mut G
             report.drained = true;
             report.note(format!("drained {node}: {reason}"));
             // the node history (forwarded to acctd by healthd); the drain stands without it
-            if let Err(e) = sgpu_healthd::node_events::record(
+            if let Err(e) = sgpu_nodelib::node_events::record(
                 &config.spool_dir,
                 node,
                 sgpu_spool::NodeAction::Drain,
@@ -509,6 +509,6 @@ fn note_would_drain(results: &[checks::CheckResult], report: &mut GateReport) {
 }
 
 /// Loads the configuration the gates use (`$SGPU_CONFIG`, else `/etc/sgpu/sgpu.toml`).
-pub fn load_config(explicit: Option<&Path>) -> Result<Config, sgpu_healthd::config::ConfigError> {
+pub fn load_config(explicit: Option<&Path>) -> Result<Config, sgpu_nodelib::config::ConfigError> {
     Config::discover(explicit)
 }

@@ -5,8 +5,8 @@
 //! `EndTime`, whole seconds: exactly what `sacct` accounts) when the epilog could ask for it
 //! (see [`crate::slurm_times`]), else GPUs x the wall time between prolog and epilog, in ms.
 
-use sgpu_healthd::config::Config;
-use sgpu_healthd::gpu::NodeSnapshot;
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::gpu::NodeSnapshot;
 use sgpu_spool::{
     GpuEnd, GpuRef, JobEnd, JobStart, Record, RecordBody, RecordId, RecordKind, SlurmWindow, Spool,
 };
@@ -188,7 +188,7 @@ pub fn spool_end(
 mod tests {
     use super::*;
     use crate::handoff::StartGpu;
-    use sgpu_healthd::gpu::{GpuSnapshot, Reading};
+    use sgpu_nodelib::gpu::{GpuSnapshot, Reading};
 
     fn job() -> JobEnv {
         JobEnv::from_vars(|k| {

@@ -12,7 +12,7 @@
 //! a name like `x JobState=COMPLETED StartTime=1 EndTime=2` forges fields there; Slurm 22.05's
 //! `scontrol` has no `--json`, and `squeue --json` ignores `--jobs` (it prints every job of
 //! the cluster). So the epilog asks `squeue` for exactly the fields it needs, none of which a
-//! user can set ([`sgpu_healthd::slurmctl::JOB_FORMAT`]: job id, state, start, end, restart
+//! user can set ([`sgpu_nodelib::slurmctl::JOB_FORMAT`]: job id, state, start, end, restart
 //! count; numbers and state names only), and refuses any line not of that form.
 //!
 //! Since Slurm 23.02 slurmd also puts `SLURM_JOB_START_TIME`/`SLURM_JOB_END_TIME` in the
@@ -29,8 +29,8 @@
 
 use std::time::Duration;
 
-use sgpu_healthd::config::Config;
-use sgpu_healthd::slurmctl::{JOB_FORMAT, Scontrol, SlurmctlError};
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::slurmctl::{JOB_FORMAT, Scontrol, SlurmctlError};
 use sgpu_spool::SlurmWindow;
 
 /// The deadline of one `squeue` call from the epilog.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 
 use nvml_sim::{Process, ProcessKind, State};
-use sgpu_healthd::config::Config;
-use sgpu_healthd::xid::{XidEvent, XidStore};
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::xid::{XidEvent, XidStore};
 use sgpu_prolog_epilog::gate::{epilog, prolog};
 use sgpu_prolog_epilog::handoff::JobStartState;
 use sgpu_prolog_epilog::{HealthMode, JobEnv};
@@ -481,7 +481,7 @@ fn open_breaker_keeps_the_node_up_and_the_job_running() {
         // the verdict stands, but the prolog does not fail: Slurm would drain the node
         assert_eq!(
             r.verdict,
-            Some(sgpu_healthd::checks::Verdict::Drain),
+            Some(sgpu_nodelib::checks::Verdict::Drain),
             "{r:?}"
         );
         assert_eq!((r.exit_code, r.drained), (0, false), "{mode}: {r:?}");

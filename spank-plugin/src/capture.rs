@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sgpu_healthd::gpu::{self, NodeSnapshot, NvmlOptions};
-use sgpu_healthd::nodeconf::NodeLayout;
+use sgpu_nodelib::gpu::{self, NodeSnapshot, NvmlOptions};
+use sgpu_nodelib::nodeconf::NodeLayout;
 use sgpu_spool::{GpuUsage, Record, RecordBody, RecordId, RecordKind, Usage};
 
 use crate::ffi::sys;

@@ -66,7 +66,7 @@
 //! slurmstepd's `SLURMD_NODENAME`, else the host name. `step_usage` records carry no account
 //! or partition (acctd takes them from the job's `job_start`/`job_end`, written by the
 //! prolog and epilog from slurmd's environment). sgpu.toml and the NVML library it names are
-//! refused unless owned by root and not group/world-writable (`sgpu_healthd::trust`).
+//! refused unless owned by root and not group/world-writable (`sgpu_nodelib::trust`).
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int};
@@ -134,7 +134,7 @@ struct StepEnv {
 struct Prepared {
     start: StepStart,
     spool_dir: std::path::PathBuf,
-    nvml: sgpu_healthd::gpu::NvmlOptions,
+    nvml: sgpu_nodelib::gpu::NvmlOptions,
     /// healthd's `/status` (`status_listen`; `None`: off).
     status_listen: Option<std::net::SocketAddr>,
     /// Things to log (GPU mapping notes).
@@ -159,13 +159,13 @@ enum Reading {
 /// step's GPUs and their start counters (one NVML session under the NVML deadline). All
 /// of it waits on files, NSS or the driver, so it runs after the tasks were forked.
 fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
-    let config = sgpu_healthd::config::Config::discover(env.config_path.as_deref())
+    let config = sgpu_nodelib::config::Config::discover(env.config_path.as_deref())
         .map_err(|e| format!("configuration: {e}; no GPU capture for this step"))?;
     let node = config
         .node_name
         .clone()
         .or_else(|| env.env_node.clone())
-        .or_else(sgpu_healthd::nodeconf::short_hostname)
+        .or_else(sgpu_nodelib::nodeconf::short_hostname)
         .ok_or("cannot tell this node's Slurm name")?;
     // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item
     let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&env.slurm_conf);
@@ -174,7 +174,7 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
         .map(|c| c.to_ascii_lowercase())
         .unwrap_or_else(|| "unknown".into());
     let user = user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
-    let mut nvml = sgpu_healthd::gpu::NvmlOptions::from_config(&config);
+    let mut nvml = sgpu_nodelib::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(env.nvml_timeout);
     let snap = capture::snapshot(&nvml)?;
     let mut notes = Vec::new();
@@ -350,18 +350,18 @@ fn step_start(sp: &Spank) -> Result<(), String> {
     // (spank_getenv), which the user's script can set before srun
     let env_node = std::env::var("SLURMD_NODENAME")
         .ok()
-        .filter(|n| sgpu_healthd::slurmctl::valid_node_name(n));
+        .filter(|n| sgpu_nodelib::slurmctl::valid_node_name(n));
     let config_path = args.config_path(
         env_node
             .clone()
-            .or_else(sgpu_healthd::nodeconf::short_hostname)
+            .or_else(sgpu_nodelib::nodeconf::short_hostname)
             .as_deref(),
         std::env::var("SGPU_CONFIG").ok(),
     );
     let slurm_conf = std::env::var_os("SLURM_CONF")
         .filter(|c| !c.is_empty())
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(sgpu_healthd::nodeconf::slurm_conf_path);
+        .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
     let report = lock(&OPTIONS).report || args.report_always;
     *lock(&STEP) = Some(Step {
         env: StepEnv {

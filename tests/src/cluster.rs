@@ -86,7 +86,7 @@ impl Record {
     /// Parses one line of `scontrol show -o` output (with sgpu's own parser).
     pub fn parse(line: &str) -> Record {
         Record(
-            sgpu_healthd::slurmctl::fields(line)
+            sgpu_nodelib::slurmctl::fields(line)
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),

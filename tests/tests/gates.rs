@@ -93,7 +93,7 @@ fn healthy_job_leaves_start_and_end_records_with_energy() -> TestResult {
 
 /// Unix seconds of a time as `scontrol show job` prints it (local `YYYY-MM-DDTHH:MM:SS`).
 fn epoch_s(t: &str) -> Result<u64, String> {
-    sgpu_healthd::slurmctl::parse_slurm_time(t)
+    sgpu_nodelib::slurmctl::parse_slurm_time(t)
         .and_then(|s| u64::try_from(s).ok())
         .ok_or_else(|| format!("{t:?} is not a Slurm time"))
 }

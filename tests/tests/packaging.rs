@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use sgpu_healthd::config::Config;
+use sgpu_nodelib::config::Config;
 use sgpu_tests::cluster::repo_root;
 
 const PACKAGES: &[&str] = &["sgpu-common", "sgpu-node", "sgpu-head"];

@@ -1,5 +1,5 @@
 //! `sgpu breaker status` and `sgpu breaker reset`: the admin's side of the circuit breaker
-//! (`sgpu_healthd::breaker`).
+//! (`sgpu_nodelib::breaker`).
 //!
 //! The breaker is open in a scope (the cluster, a partition) while sgpu holds as many of its
 //! nodes drained as the limit allows. `reset` closes it by handing every sgpu drain to the
@@ -8,8 +8,8 @@
 //! resumes it. Nodes stay out of service; resume them with `sgpu resume --force` once seen to.
 
 use serde::Serialize;
-use sgpu_healthd::breaker::ScopeCount;
-use sgpu_healthd::slurmctl::NodeInfo;
+use sgpu_nodelib::breaker::ScopeCount;
+use sgpu_nodelib::slurmctl::NodeInfo;
 
 use super::nodes::admin_reason;
 
@@ -62,7 +62,7 @@ pub fn status_rows(counts: &[ScopeCount]) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sgpu_healthd::slurmctl::parse_node_info;
+    use sgpu_nodelib::slurmctl::parse_node_info;
 
     #[test]
     fn reset_hands_sgpu_drains_to_the_admin() {
@@ -83,7 +83,7 @@ mod tests {
             r,
             "sgpu-admin(ann): breaker reset: sgpu: gpu.xid gpu0: xid 79"
         );
-        assert!(!r.starts_with(sgpu_healthd::slurmctl::SGPU_REASON_PREFIX));
+        assert!(!r.starts_with(sgpu_nodelib::slurmctl::SGPU_REASON_PREFIX));
     }
 
     #[test]

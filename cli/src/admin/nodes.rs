@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sgpu_healthd::slurmctl::{self, SGPU_REASON_PREFIX, Scontrol};
+use sgpu_nodelib::slurmctl::{self, SGPU_REASON_PREFIX, Scontrol};
 
 /// How long `sgpu status` and friends wait for `scontrol show node` (a 10,000-node cluster
 /// answers in well under a second; slurmctld busy with a storm may take longer).

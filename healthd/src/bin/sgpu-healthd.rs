@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sgpu_healthd::config::Config;
 use sgpu_healthd::daemon::{self, Daemon, Trigger};
+use sgpu_nodelib::config::Config;
 
 /// sgpu's node daemon: periodic GPU checks, XID watch, drain and resume through slurmctld.
 #[derive(Parser)]

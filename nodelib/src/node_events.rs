@@ -1,18 +1,12 @@
 //! Node history from the node: every drain and resume healthd or the prolog makes is written
-//! as a [`NodeEvent`] to the spool's `events/` area ([`record`]), and healthd sends the
-//! pending ones to acctd's `POST /v1/history` ([`forward`], [`run`]) next to the usage-record
-//! forwarder, removing each only after acctd acknowledged it. `sgpu history` shows them with
-//! the drains and resumes made through `sgpu drain`/`sgpu resume`.
+//! as a [`NodeEvent`] to the spool's `events/` area ([`record`]); healthd sends the pending
+//! ones to acctd's `POST /v1/history` (`sgpu_healthd::event_forward`) next to the
+//! usage-record forwarder, removing each only after acctd acknowledged it. `sgpu history`
+//! shows them with the drains and resumes made through `sgpu drain`/`sgpu resume`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use sgpu_acct_client::Client;
 use sgpu_spool::{EventSpool, NodeAction, NodeEvent};
-use tracing::{info, warn};
-
-/// The most events one request carries.
-pub const MAX_EVENTS_PER_REQUEST: usize = 500;
 
 /// The cluster's name as records carry it (slurm.conf `ClusterName`, lower-case).
 pub fn cluster_name() -> String {
@@ -67,57 +61,6 @@ pub fn record(
         .and_then(|s| s.write(&event))
         .map(|_| ())
         .map_err(|e| format!("node history event not spooled: {e}"))
-}
-
-/// Sends the pending events (up to [`MAX_EVENTS_PER_REQUEST`] per request) and removes
-/// each acknowledged one; returns how many were sent. An unreadable file is left in place
-/// and reported.
-pub fn forward(spool_dir: &Path, client: &Client) -> Result<usize, String> {
-    let spool = EventSpool::open(spool_dir).map_err(|e| e.to_string())?;
-    let mut sent = 0;
-    let pending = spool.pending().map_err(|e| e.to_string())?;
-    let mut good: Vec<(PathBuf, NodeEvent)> = Vec::new();
-    for (path, read) in pending {
-        match read {
-            Ok(e) => good.push((path, e)),
-            Err(e) => warn!("node history event {} skipped: {e}", path.display()),
-        }
-    }
-    for chunk in good.chunks(MAX_EVENTS_PER_REQUEST) {
-        let events: Vec<&NodeEvent> = chunk.iter().map(|(_, e)| e).collect();
-        client
-            .post_json("/v1/history", &serde_json::json!({ "events": events }))
-            .map_err(|e| format!("POST /v1/history: {e}"))?;
-        for (path, _) in chunk {
-            spool.remove(path).map_err(|e| e.to_string())?;
-        }
-        sent += chunk.len();
-    }
-    Ok(sent)
-}
-
-/// Forwards node events every `interval`, for ever (a failure is logged and retried).
-pub async fn run(spool_dir: PathBuf, client: Client, interval: Duration) {
-    let mut failing = false;
-    loop {
-        let (dir, c) = (spool_dir.clone(), client.clone());
-        match tokio::task::spawn_blocking(move || forward(&dir, &c)).await {
-            Ok(Ok(n)) => {
-                if n > 0 {
-                    info!(events = n, "forwarded node history events to acctd");
-                }
-                failing = false;
-            }
-            Ok(Err(e)) => {
-                if !failing {
-                    warn!("{e}; node history events stay in the spool and are retried");
-                }
-                failing = true;
-            }
-            Err(e) => warn!("node history forwarder: {e}"),
-        }
-        tokio::time::sleep(interval).await;
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The `[accounting]` table: where `sgpu-acctd` is, how to authenticate to it, and how the
-//! node's spool forwarder (in `sgpu-healthd`, [`crate::forward`]) sends records there. The
+//! node's spool forwarder (in `sgpu-healthd`, `sgpu_healthd::forward`) sends records there. The
 //! `sgpu` CLI reads `url`, `auth` and `munge_socket` from the same table.
 //!
 //! ```toml

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use sgpu_healthd::catalogue::CATALOGUE;
-use sgpu_healthd::xid::XID_TABLE;
+use sgpu_nodelib::catalogue::CATALOGUE;
+use sgpu_nodelib::xid::XID_TABLE;
 
 fn runbook() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use common::{Sim, context, failures, lock, options, run, set_state_env};
 use nvml_sim::{Process, RetiredPages, State, ThrottleReason};
-use sgpu_healthd::catalogue::{Catalogue, Profile, Severity};
-use sgpu_healthd::checks::CheckContext;
-use sgpu_healthd::checks::{self, Status, Verdict};
-use sgpu_healthd::gpu::{self, InitFailure, NvmlFailure, NvmlOptions, NvmlWorker};
-use sgpu_healthd::xid::XidStore;
+use sgpu_nodelib::catalogue::{Catalogue, Profile, Severity};
+use sgpu_nodelib::checks::CheckContext;
+use sgpu_nodelib::checks::{self, Status, Verdict};
+use sgpu_nodelib::gpu::{self, InitFailure, NvmlFailure, NvmlOptions, NvmlWorker};
+use sgpu_nodelib::xid::XidStore;
 
 #[test]
 fn healthy_node_passes_everything() {
@@ -316,7 +316,7 @@ fn narrowed_pcie_link_drains_against_the_nodes_baseline() {
     let mut o = std::collections::BTreeMap::new();
     o.insert(
         "gpu.pcie_link".to_string(),
-        sgpu_healthd::catalogue::CheckOverride {
+        sgpu_nodelib::catalogue::CheckOverride {
             thresholds: [("expected_width".to_string(), 16.0)].into_iter().collect(),
             ..Default::default()
         },
