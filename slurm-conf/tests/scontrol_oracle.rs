@@ -2,6 +2,12 @@
 //! hostlist code) on many deterministic pseudo-random expressions and name
 //! sets, plus a list of malformed expressions.
 //!
+//! Every Slurm found is asked, each with the rules of its own release
+//! ([`Syntax::for_version`] of its `scontrol --version`): the `scontrol` in
+//! `PATH` (Debian's 22.05 in CI), the one of `SGPU_SLURM_PREFIX` (CI's second
+//! leg: 26.05.3) and every `/opt/sgpu-slurm/VERSION/bin/scontrol` that
+//! `scripts/build-slurm` left (`SGPU_SLURM_ROOT` moves that folder).
+//!
 //! `scontrol show hostnames` / `show hostlist` need no daemon when
 //! `SLURM_CONF` points to a minimal configuration, which this test writes into
 //! a temporary directory. The test fails (it does not skip) when `scontrol`
@@ -11,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use sgpu_slurm_conf::hostlist::{Hostlist, compress, compress_expr, expand};
+use sgpu_slurm_conf::hostlist::{Hostlist, Syntax, compress, compress_expr_for, expand_for};
 
 /// Number of random expressions checked with `show hostnames` and `show hostlist`.
 const EXPR_CASES: usize = 1500;
@@ -42,6 +48,37 @@ impl Rng {
     }
 }
 
+/// The `scontrol` of every Slurm here: `PATH`'s first, then the built releases.
+fn all_scontrols() -> Vec<PathBuf> {
+    let mut out = vec![find_scontrol()];
+    let mut built = Vec::new();
+    if let Some(prefix) = std::env::var_os("SGPU_SLURM_PREFIX").filter(|p| !p.is_empty()) {
+        built.push(PathBuf::from(prefix).join("bin/scontrol"));
+    }
+    let root = std::env::var_os("SGPU_SLURM_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/sgpu-slurm"));
+    if let Ok(dir) = std::fs::read_dir(&root) {
+        let mut found: Vec<PathBuf> = dir
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin/scontrol"))
+            .collect();
+        found.sort();
+        built.extend(found);
+    }
+    for sc in built {
+        let canon = std::fs::canonicalize(&sc).unwrap_or(sc.clone());
+        if sc.is_file()
+            && !out
+                .iter()
+                .any(|o| std::fs::canonicalize(o).unwrap_or(o.clone()) == canon)
+        {
+            out.push(sc);
+        }
+    }
+    out
+}
+
 fn find_scontrol() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path)
@@ -61,6 +98,10 @@ fn find_scontrol() -> PathBuf {
 struct Oracle {
     scontrol: PathBuf,
     conf: PathBuf,
+    /// What `scontrol --version` printed.
+    version: String,
+    /// The hostlist rules of that release.
+    syntax: Syntax,
     _dir: tempfile::TempDir,
 }
 
@@ -68,15 +109,37 @@ struct Oracle {
 type Outcome = Result<String, String>;
 
 impl Oracle {
-    fn new() -> Self {
-        let scontrol = find_scontrol();
+    /// One oracle per Slurm found ([`all_scontrols`]).
+    fn all() -> Vec<Self> {
+        all_scontrols().into_iter().map(Oracle::new).collect()
+    }
+
+    fn new(scontrol: PathBuf) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("slurm.conf");
         std::fs::write(&conf, "ClusterName=oracle\nSlurmctldHost=localhost\n")
             .expect("write slurm.conf");
+        let out = Command::new(&scontrol)
+            .arg("--version")
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap_or_else(|e| panic!("running {} --version: {e}", scontrol.display()));
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let syntax = Syntax::for_version(&version).unwrap_or_else(|| {
+            panic!(
+                "{} --version printed {version:?}, no release",
+                scontrol.display()
+            )
+        });
+        eprintln!(
+            "oracle: {} ({version}): hostlist rules {syntax:?}",
+            scontrol.display()
+        );
         let o = Oracle {
             scontrol,
             conf,
+            version,
+            syntax,
             _dir: dir,
         };
         let probe = o.run("hostnames", "n[1-2]");
@@ -280,16 +343,19 @@ fn par_check<T: Sync>(cases: &[T], f: impl Fn(&T) -> Option<String> + Sync) -> V
 
 fn check_expr(o: &Oracle, e: &str) -> Option<String> {
     let mut fails = Vec::new();
-    match (o.run("hostnames", e), expand(e)) {
+    let v = &o.version;
+    match (o.run("hostnames", e), expand_for(e, o.syntax)) {
         (Ok(out), Ok(ours)) if lines(&out) == ours => {}
         (Err(_), Err(_)) => {}
-        (theirs, ours) => fails.push(format!("expand({e:?}): scontrol {theirs:?}, ours {ours:?}")),
+        (theirs, ours) => fails.push(format!(
+            "expand({e:?}): scontrol ({v}) {theirs:?}, ours {ours:?}"
+        )),
     }
-    match (o.run("hostlist", e), compress_expr(e)) {
+    match (o.run("hostlist", e), compress_expr_for(e, o.syntax)) {
         (Ok(out), Ok(ours)) if out.trim_end_matches('\n') == ours => {}
         (Err(_), Err(_)) => {}
         (theirs, ours) => fails.push(format!(
-            "compress_expr({e:?}): scontrol {theirs:?}, ours {ours:?}"
+            "compress_expr({e:?}): scontrol ({v}) {theirs:?}, ours {ours:?}"
         )),
     }
     (!fails.is_empty()).then(|| fails.join("\n"))
@@ -297,12 +363,20 @@ fn check_expr(o: &Oracle, e: &str) -> Option<String> {
 
 #[test]
 fn hostlists_match_scontrol() {
+    for o in Oracle::all() {
+        hostlists_match(&o);
+    }
+}
+
+fn hostlists_match(o: &Oracle) {
     let start = Instant::now();
-    let o = Oracle::new();
     let mut rng = Rng(SEED);
     let exprs: Vec<String> = (0..EXPR_CASES).map(|_| gen_expr(&mut rng)).collect();
-    let rejected = exprs.iter().filter(|e| expand(e).is_err()).count();
-    let mut fails = par_check(&exprs, |e| check_expr(&o, e));
+    let rejected = exprs
+        .iter()
+        .filter(|e| expand_for(e, o.syntax).is_err())
+        .count();
+    let mut fails = par_check(&exprs, |e| check_expr(o, e));
 
     let sets: Vec<Vec<String>> = (0..NAME_SET_CASES).map(|_| gen_names(&mut rng)).collect();
     fails.extend(par_check(&sets, |names| {
@@ -325,7 +399,8 @@ fn hostlists_match_scontrol() {
 
     let total = EXPR_CASES * 2 + NAME_SET_CASES * 2;
     eprintln!(
-        "scontrol oracle: {total} comparisons ({rejected} of {EXPR_CASES} expressions malformed) in {:.1?}",
+        "scontrol oracle ({}): {total} comparisons ({rejected} of {EXPR_CASES} expressions malformed) in {:.1?}",
+        o.version,
         start.elapsed()
     );
     assert!(
@@ -340,17 +415,12 @@ fn hostlists_match_scontrol() {
     );
 }
 
+/// Refused by every release.
 #[test]
 fn malformed_expressions_rejected_like_scontrol() {
-    let o = Oracle::new();
     let cases = [
         "n[5-1]",
         "n[a-b]",
-        "n[1,3-4]x",
-        "n[1-3]x",
-        "a[1]]",
-        "a[[1]]",
-        "a[1-2]b[3-4]c",
         "n[,1]",
         "n[1,]",
         "n[]",
@@ -362,19 +432,63 @@ fn malformed_expressions_rejected_like_scontrol() {
         "a[x]b[1-2]c[1]",
         "n[1-2 ]",
         "n[1-a]",
-        "n[1-2]]",
-        "n[1]-x",
     ];
-    let fails = par_check(&cases, |e| match (o.run("hostnames", e), expand(e)) {
-        (Err(_), Err(_)) => None,
-        (theirs, ours) => Some(format!("{e:?}: scontrol {theirs:?}, ours {ours:?}")),
-    });
-    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    for o in Oracle::all() {
+        let fails = par_check(&cases, |e| {
+            match (o.run("hostnames", e), expand_for(e, o.syntax)) {
+                (Err(_), Err(_)) => None,
+                (theirs, ours) => Some(format!(
+                    "{e:?}: scontrol ({}) {theirs:?}, ours {ours:?}",
+                    o.version
+                )),
+            }
+        });
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+    }
 }
 
+/// What changed between releases: a missing `]` (refused since 23.02) and text after
+/// the last `]` (a shared suffix since 23.11). Each Slurm is compared with its own
+/// release's rules, and each rule is seen to be that release's.
+#[test]
+fn release_dependent_expressions_match_scontrol() {
+    let missing = ["n[1-3", "[12", "a[1]b[2", "a[1-2],b[3"];
+    let suffixed = [
+        "n[1,3-4]x",
+        "n[1-3]x",
+        "a[1]]",
+        "a[[1]]",
+        "a[1-2]b[3-4]c",
+        "n[1-2]]",
+        "n[1]-x",
+        "node[0001-0003]-int",
+        "rack[1-2]-gpu[01-02]-ib",
+        "n[1-2]x3,n3x3",
+    ];
+    for o in Oracle::all() {
+        let cases: Vec<&str> = missing.iter().chain(&suffixed).copied().collect();
+        let fails = par_check(&cases, |e| check_expr(&o, e));
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+        // the rules the release is said to have are the ones its scontrol has
+        let refused = |e: &str| o.run("hostnames", e).is_err();
+        assert_eq!(
+            missing.iter().all(|e| refused(e)),
+            o.syntax >= Syntax::Slurm23_02,
+            "{}: a missing ] refused?",
+            o.version
+        );
+        assert_eq!(
+            suffixed.iter().all(|e| refused(e)),
+            o.syntax < Syntax::Slurm23_11,
+            "{}: a suffix after ] refused?",
+            o.version
+        );
+    }
+}
+
+/// Valid on every release.
 #[test]
 fn quirky_but_valid_expressions_match_scontrol() {
-    let o = Oracle::new();
     let cases = [
         "n[1-010]",
         "n[08-12]",
@@ -386,9 +500,6 @@ fn quirky_but_valid_expressions_match_scontrol() {
         "n[1-]",
         "n[1a-2]",
         "n[0- -0]",
-        "n[1-3",
-        "[12",
-        "a[1]b[2",
         "a]1",
         "a[1-2][3-4]",
         "rack[1-2]-gpu[01-08]",
@@ -400,8 +511,10 @@ fn quirky_but_valid_expressions_match_scontrol() {
         "x[1-3],x[4-6],x[07-9]",
         "n[001-3],n4,n005",
     ];
-    let fails = par_check(&cases, |e| check_expr(&o, e));
-    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    for o in Oracle::all() {
+        let fails = par_check(&cases, |e| check_expr(&o, e));
+        assert!(fails.is_empty(), "{}", fails.join("\n"));
+    }
 }
 
 #[test]

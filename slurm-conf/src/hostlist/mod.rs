@@ -1,13 +1,32 @@
 //! Slurm hostlist expressions: `node[01-04,07]`, `rack[1-2]-gpu[01-08]`, ...
 //!
 //! [`expand`] behaves like `scontrol show hostnames` and [`compress`] /
-//! [`compress_expr`] like `scontrol show hostlist` (Slurm 22.05): same token
-//! splitting (`,`, space and tab separate names, except inside brackets), same
-//! zero padding (the width of a range is the length of its first number as
-//! written, so `n[1-010]` is `n1..n10` and `n[08-12]` is `n08..n12`), same
-//! order for several bracket groups, and the same output for compression,
-//! which keeps the input order and duplicates (`n3,n1,n2` is `n[3,1-2]`). Use
-//! [`Hostlist::uniq`] for a sorted, de-duplicated list.
+//! [`compress_expr`] like `scontrol show hostlist`: same token splitting (`,`,
+//! space and tab separate names, except inside brackets), same zero padding (the
+//! width of a range is the length of its first number as written, so `n[1-010]`
+//! is `n1..n10` and `n[08-12]` is `n08..n12`), same order for several bracket
+//! groups, and the same output for compression, which keeps the input order and
+//! duplicates (`n3,n1,n2` is `n[3,1-2]`). Use [`Hostlist::uniq`] for a sorted,
+//! de-duplicated list.
+//!
+//! The rules changed between Slurm releases; [`Syntax`] names them and
+//! [`Syntax::for_release`] picks those of a release (SchedMD's CHANGELOG and
+//! `src/common/hostlist.c`):
+//! - 22.05: a missing `]` is "fixed" (`n[1-3` is the one name `n]`), text after
+//!   the last `]` is an error, a newline is part of a name;
+//! - 23.02: a missing `]` is an error, a newline separates names;
+//! - 23.11 and later: text after the last `]` is a suffix shared by every name
+//!   (`node[01-02]-ib` is `node01-ib,node02-ib`; such names are kept whole and
+//!   never compressed back into brackets, as Slurm does).
+//!
+//! [`expand`], [`compress_expr`], [`contains`] and [`Hostlist::parse`] follow
+//! [`Syntax::default`], the rules of 23.11 and later (every current release:
+//! CI checks them against the `scontrol` of 26.05 and 25.11). On 22.05 that
+//! accepts a suffix that Slurm 22.05 refuses (its slurmctld then refuses the
+//! configuration itself) and refuses a missing `]` that 22.05 turns into a name
+//! ending in `]`; the `*_for` functions take the running release's [`Syntax`].
+//! Hostlist functions (`torus3d{...}`, 25.05+) are expanded by slurmctld for
+//! `scontrol` only; here `{` is an ordinary character, as in slurm.conf.
 //!
 //! Where Slurm rejects an expression this module rejects it too, with a
 //! message saying what is wrong. It is stricter than Slurm in a few absurd
@@ -61,6 +80,43 @@ impl Limits {
     };
 }
 
+/// The hostlist rules of a Slurm release (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Syntax {
+    /// Slurm 22.05 and before: a missing `]` is tacked on, nothing may follow the last `]`.
+    Slurm22_05,
+    /// Slurm 23.02 and 23.05: a missing `]` is an error; a newline separates names.
+    Slurm23_02,
+    /// Slurm 23.11 and later: text after the last `]` is a suffix shared by every name.
+    #[default]
+    Slurm23_11,
+}
+
+impl Syntax {
+    /// The rules of Slurm `major.minor` (e.g. `for_release(26, 5)`).
+    pub fn for_release(major: u32, minor: u32) -> Self {
+        match (major, minor) {
+            r if r >= (23, 11) => Syntax::Slurm23_11,
+            r if r >= (23, 2) => Syntax::Slurm23_02,
+            _ => Syntax::Slurm22_05,
+        }
+    }
+
+    /// The rules of a version string as `scontrol --version` prints it (`slurm 26.05.3`,
+    /// `22.05.8`); `None` when it names no `major.minor`.
+    pub fn for_version(version: &str) -> Option<Self> {
+        let v = version.trim().rsplit(' ').next()?;
+        let mut it = v.split('.');
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some(Self::for_release(major, minor))
+    }
+
+    fn newline_separates(self) -> bool {
+        self >= Syntax::Slurm23_02
+    }
+}
+
 /// Why a hostlist expression was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostlistError {
@@ -76,9 +132,9 @@ pub enum HostlistError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Text follows the last `]` of a name (Slurm allows only `,` or the end).
+    /// Text follows the last `]` of a name (before Slurm 23.11 only `,` or the end may).
     #[error(
-        "hostlist `{expr}`: unexpected `{found}` after `]` (Slurm allows nothing after the last bracket of a name; write e.g. n[1-2]x as n1x,n2x)"
+        "hostlist `{expr}`: unexpected `{found}` after `]` (Slurm before 23.11 allows nothing after the last bracket of a name; write e.g. n[1-2]x as n1x,n2x)"
     )]
     TrailingAfterBracket {
         /// The expression (possibly shortened).
@@ -111,6 +167,16 @@ pub enum HostlistError {
         what: String,
         /// The limit that was exceeded.
         limit: String,
+    },
+    /// A `[` without its `]` (an error since Slurm 23.02).
+    #[error(
+        "hostlist `{expr}`: `[` without a closing `]` in `{token}` (Slurm 23.02 and later refuse it; close the bracket, e.g. n[1-3])"
+    )]
+    MissingBracket {
+        /// The expression (possibly shortened).
+        expr: String,
+        /// The token holding the open bracket (possibly shortened).
+        token: String,
     },
     /// The expression contains a NUL byte, which no Slurm tool can receive.
     #[error("hostlist `{expr}` contains a NUL byte")]
@@ -346,7 +412,12 @@ impl Hostlist {
 
     /// Parses a hostlist expression, refusing expansions over `limits`.
     pub fn parse_with_limits(expr: &str, limits: Limits) -> Result<Self, HostlistError> {
-        let plans = plan(expr, limits)?;
+        Self::parse_with(expr, Syntax::default(), limits)
+    }
+
+    /// Parses a hostlist expression by the rules of one Slurm release.
+    pub fn parse_with(expr: &str, syntax: Syntax, limits: Limits) -> Result<Self, HostlistError> {
+        let plans = plan(expr, syntax, limits)?;
         let mut hl = Hostlist::new();
         for p in &plans {
             p.build(&mut hl);
@@ -591,6 +662,12 @@ pub fn expand_with_limits(expr: &str, limits: Limits) -> Result<Vec<String>, Hos
     Ok(Hostlist::parse_with_limits(expr, limits)?.to_vec())
 }
 
+/// Expands a hostlist expression by the rules of one Slurm release, with the
+/// default [`Limits`].
+pub fn expand_for(expr: &str, syntax: Syntax) -> Result<Vec<String>, HostlistError> {
+    Ok(Hostlist::parse_with(expr, syntax, Limits::default())?.to_vec())
+}
+
 /// Compresses literal host names into an expression, exactly as
 /// `scontrol show hostlist` does for the names joined with commas (input order
 /// and duplicates are kept: `n3,n1,n2` gives `n[3,1-2]`).
@@ -601,6 +678,11 @@ pub fn compress<S: AsRef<str>>(names: &[S]) -> String {
 /// Re-compresses a hostlist expression: `scontrol show hostlist EXPR`.
 pub fn compress_expr(expr: &str) -> Result<String, HostlistError> {
     Ok(Hostlist::parse(expr)?.to_ranged_string())
+}
+
+/// Re-compresses a hostlist expression by the rules of one Slurm release.
+pub fn compress_expr_for(expr: &str, syntax: Syntax) -> Result<String, HostlistError> {
+    Ok(Hostlist::parse_with(expr, syntax, Limits::default())?.to_ranged_string())
 }
 
 /// Whether the expression names `name`, without expanding it into names.
@@ -639,10 +721,11 @@ enum Seg<'a> {
 enum Plan<'a> {
     /// A literal name (pushed like `hostlist_push_host`).
     Name(std::borrow::Cow<'a, str>),
-    /// `segs` followed by the final bracket group `last`.
+    /// `segs` followed by the final bracket group `last`, then `suffix` (23.11+).
     Bracketed {
         segs: Vec<Seg<'a>>,
         last: Vec<Range>,
+        suffix: Option<&'a str>,
     },
 }
 
@@ -650,7 +733,7 @@ impl Plan<'_> {
     fn build(&self, hl: &mut Hostlist) {
         match self {
             Plan::Name(n) => hl.push_name(n),
-            Plan::Bracketed { segs, last } => {
+            Plan::Bracketed { segs, last, suffix } => {
                 let groups: Vec<&Vec<Range>> = segs
                     .iter()
                     .filter_map(|s| match s {
@@ -682,6 +765,16 @@ impl Plan<'_> {
                         }
                     }
                     for r in last {
+                        if let Some(suffix) = suffix {
+                            // Slurm pushes each suffixed name as a single host
+                            for n in r.lo..=r.hi {
+                                let mut name = prefix.clone();
+                                push_padded(&mut name, n, r.width);
+                                name.push_str(suffix);
+                                hl.push_range(HostRange::single(&name));
+                            }
+                            continue;
+                        }
                         hl.push_range(HostRange {
                             prefix: prefix.clone(),
                             lo: r.lo,
@@ -718,15 +811,16 @@ impl Plan<'_> {
 }
 
 /// Splits the expression into tokens like Slurm's `_next_tok` with the
-/// separators `\t`, `,` and space; brackets keep their content in one token.
+/// separators `\t`, `,` and space (and newline since 23.02); brackets keep
+/// their content in one token.
 ///
 /// Slurm searches for the next `[` and `]` with `strchr()` from the current
 /// position to the end of the whole string, which is quadratic on long
 /// inputs; the positions are looked up in sorted tables here instead.
-fn tokenize(s: &str) -> Vec<&str> {
+fn tokenize(s: &str, newline: bool) -> Vec<&str> {
     let b = s.as_bytes();
     let n = b.len();
-    let is_sep = |c: u8| c == b'\t' || c == b',' || c == b' ';
+    let is_sep = |c: u8| c == b'\t' || c == b',' || c == b' ' || (newline && c == b'\n');
     let opens: Vec<usize> = (0..n).filter(|&i| b[i] == b'[').collect();
     let closes: Vec<usize> = (0..n).filter(|&i| b[i] == b']').collect();
     // First position >= `from` in a sorted table.
@@ -814,6 +908,7 @@ fn strtoul(s: &str) -> Result<Option<(u64, usize)>, ()> {
 /// Context for range errors.
 struct Ctx<'a> {
     expr: &'a str,
+    syntax: Syntax,
 }
 
 impl Ctx<'_> {
@@ -929,8 +1024,14 @@ impl Ctx<'_> {
         };
         let (prefix, rest) = (&tok[..p], &tok[p + 1..]);
         let Some(q) = rest.find(']') else {
-            // No closing bracket: Slurm "tacks one on the end" of the prefix,
-            // or keeps the text after `[` when there is no prefix.
+            if self.syntax >= Syntax::Slurm23_02 {
+                return Err(HostlistError::MissingBracket {
+                    expr: shorten(self.expr),
+                    token: shorten(tok),
+                });
+            }
+            // No closing bracket: Slurm 22.05 "tacks one on the end" of the
+            // prefix, or keeps the text after `[` when there is no prefix.
             return Ok(if prefix.is_empty() {
                 Plan::Name(rest.into())
             } else {
@@ -938,15 +1039,19 @@ impl Ctx<'_> {
             });
         };
         let after = &rest[q + 1..];
+        let mut suffix = None;
         if !after.is_empty() && !after.starts_with(',') {
-            return Err(HostlistError::TrailingAfterBracket {
-                expr: shorten(self.expr),
-                found: shorten(after),
-            });
+            if self.syntax < Syntax::Slurm23_11 {
+                return Err(HostlistError::TrailingAfterBracket {
+                    expr: shorten(self.expr),
+                    found: shorten(after),
+                });
+            }
+            suffix = Some(after);
         }
         let last = self.range_list(&rest[..q])?;
         let segs = self.prefix_segs(prefix)?;
-        Ok(Plan::Bracketed { segs, last })
+        Ok(Plan::Bracketed { segs, last, suffix })
     }
 }
 
@@ -962,23 +1067,24 @@ fn max_number_len(g: &[Range]) -> u128 {
 }
 
 /// Parses every token and checks the limits before anything is built.
-fn plan(expr: &str, limits: Limits) -> Result<Vec<Plan<'_>>, HostlistError> {
+fn plan(expr: &str, syntax: Syntax, limits: Limits) -> Result<Vec<Plan<'_>>, HostlistError> {
     if expr.contains('\0') {
         return Err(HostlistError::NulByte {
             expr: shorten(&expr.replace('\0', "\\0")),
         });
     }
-    let ctx = Ctx { expr };
+    let ctx = Ctx { expr, syntax };
     let mut plans = Vec::new();
     let (mut names, mut bytes, mut built): (u128, u128, u128) = (0, 0, 0);
-    for tok in tokenize(expr) {
+    for tok in tokenize(expr, syntax.newline_separates()) {
         let p = ctx.token(tok)?;
         // Names, internal ranges, and the longest name the token can produce.
         let (n, ranges, per_name) = match &p {
             Plan::Name(name) => (1u128, 1u128, name.len() as u128),
-            Plan::Bracketed { segs, last } => {
+            Plan::Bracketed { segs, last, suffix } => {
                 let mut combos: u128 = 1;
-                let mut longest = max_number_len(last);
+                let mut longest =
+                    max_number_len(last).saturating_add(suffix.map_or(0, str::len) as u128);
                 for s in segs {
                     match s {
                         Seg::Group(g) => {
@@ -990,9 +1096,15 @@ fn plan(expr: &str, limits: Limits) -> Result<Vec<Plan<'_>>, HostlistError> {
                     }
                 }
                 let per: u128 = last.iter().map(Range::count).sum();
+                // a suffixed name is a range of its own
+                let per_ranges = if suffix.is_some() {
+                    per
+                } else {
+                    last.len() as u128
+                };
                 (
                     combos.saturating_mul(per),
-                    combos.saturating_mul(last.len() as u128),
+                    combos.saturating_mul(per_ranges),
                     longest,
                 )
             }

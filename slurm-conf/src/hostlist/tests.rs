@@ -1,4 +1,5 @@
-//! Unit tests; the expected values were taken from `scontrol` 22.05.8.
+//! Unit tests; the expected values were taken from `scontrol` 22.05.8, and for
+//! the rules of later releases from `scontrol` 26.05.3 and 25.11.7.
 
 use super::*;
 
@@ -24,7 +25,7 @@ fn simple_ranges() {
     assert!(ex("").is_empty());
     assert!(ex("  ").is_empty());
     assert_eq!(ex("a\tb"), ["a", "b"]);
-    assert_eq!(ex("a\nb"), ["a\nb"]);
+    assert_eq!(ex("a\nb"), ["a", "b"]);
 }
 
 #[test]
@@ -78,29 +79,101 @@ fn several_bracket_groups_in_slurm_order() {
     assert_eq!(ex("a1-[1-2]"), ["a1-1", "a1-2"]);
 }
 
+fn ex22(e: &str) -> Vec<String> {
+    expand_for(e, Syntax::Slurm22_05).unwrap_or_else(|err| panic!("{e}: {err}"))
+}
+
 #[test]
-fn unbalanced_brackets_like_slurm() {
-    assert_eq!(ex("n[1-3"), ["n]"]);
-    assert_eq!(ex("ab[12"), ["ab]"]);
-    assert_eq!(ex("[12"), ["12"]);
-    assert_eq!(ex("a["), ["a]"]);
-    assert_eq!(ex("a]"), ["a]"]);
-    assert_eq!(ex("a]1"), ["a]1"]);
-    assert_eq!(ex("a[1]b[2"), ["a[1]b]"]);
-    assert_eq!(ex("a[1-2],b[3"), ["a1", "a2", "b]"]);
-    assert_eq!(ex("x[1-2] y[3"), ["x1", "x2", "y]"]);
+fn unbalanced_brackets_like_slurm_22_05() {
+    assert_eq!(ex22("n[1-3"), ["n]"]);
+    assert_eq!(ex22("ab[12"), ["ab]"]);
+    assert_eq!(ex22("[12"), ["12"]);
+    assert_eq!(ex22("a["), ["a]"]);
+    assert_eq!(ex22("a]"), ["a]"]);
+    assert_eq!(ex22("a]1"), ["a]1"]);
+    assert_eq!(ex22("a[1]b[2"), ["a[1]b]"]);
+    assert_eq!(ex22("a[1-2],b[3"), ["a1", "a2", "b]"]);
+    assert_eq!(ex22("x[1-2] y[3"), ["x1", "x2", "y]"]);
+    // a newline is part of a name before 23.02
+    assert_eq!(ex22("a\nb"), ["a\nb"]);
+}
+
+#[test]
+fn a_missing_bracket_is_an_error_since_23_02() {
+    for syntax in [Syntax::Slurm23_02, Syntax::Slurm23_11] {
+        for e in ["n[1-3", "ab[12", "[12", "a[", "a[1]b[2", "a[1-2],b[3"] {
+            let err = expand_for(e, syntax).unwrap_err();
+            assert!(
+                matches!(err, HostlistError::MissingBracket { .. }),
+                "{e}: {err}"
+            );
+            assert!(err.to_string().contains("without a closing `]`"), "{err}");
+        }
+        // a `]` alone is an ordinary character
+        assert_eq!(expand_for("a]1", syntax).unwrap(), ["a]1"]);
+        assert_eq!(expand_for("a\nb", syntax).unwrap(), ["a", "b"]);
+    }
+    // the default follows the current releases
+    assert!(expand("n[1-3").is_err());
+}
+
+#[test]
+fn a_suffix_after_the_bracket_since_23_11() {
+    let s = Syntax::Slurm23_11;
+    assert_eq!(expand_for("n[1-2]-ib", s).unwrap(), ["n1-ib", "n2-ib"]);
+    assert_eq!(
+        expand_for("node[0001-0002,7]-int", s).unwrap(),
+        ["node0001-int", "node0002-int", "node7-int"]
+    );
+    assert_eq!(expand_for("a[1]]", s).unwrap(), ["a1]"]);
+    assert_eq!(
+        expand_for("a[1-2]b[3-4]c", s).unwrap(),
+        ["a1b3c", "a1b4c", "a2b3c", "a2b4c"]
+    );
+    // suffixed names stay whole when compressed (scontrol 26.05.3: n1x3,n2x3,n3x3)
+    assert_eq!(
+        compress_expr_for("n[1-2]x3,n3x3", s).unwrap(),
+        "n1x3,n2x3,n3x3"
+    );
+    assert_eq!(compress_expr_for("n[1-2]-ib", s).unwrap(), "n1-ib,n2-ib");
+    assert_eq!(expand("n[1-2]-ib").unwrap(), ["n1-ib", "n2-ib"]);
+    for old in [Syntax::Slurm22_05, Syntax::Slurm23_02] {
+        let err = expand_for("n[1-2]-ib", old).unwrap_err();
+        assert!(err.to_string().contains("before 23.11"), "{err}");
+    }
+    // still no box ranges or a bad range before the suffix
+    assert!(expand_for("n[5-1]-ib", s).is_err());
+}
+
+#[test]
+fn syntax_follows_the_release() {
+    assert_eq!(Syntax::for_release(22, 5), Syntax::Slurm22_05);
+    assert_eq!(Syntax::for_release(23, 2), Syntax::Slurm23_02);
+    assert_eq!(Syntax::for_release(23, 11), Syntax::Slurm23_11);
+    assert_eq!(Syntax::for_release(26, 5), Syntax::Slurm23_11);
+    assert_eq!(
+        Syntax::for_version("slurm 22.05.8"),
+        Some(Syntax::Slurm22_05)
+    );
+    assert_eq!(
+        Syntax::for_version("slurm 25.11.7\n"),
+        Some(Syntax::Slurm23_11)
+    );
+    assert_eq!(Syntax::for_version("slurm"), None);
+    assert_eq!(Syntax::default(), Syntax::Slurm23_11);
 }
 
 #[test]
 fn malformed_expressions_are_errors() {
+    for e in ["n[1,3-4]x", "n[1-3]x", "a[1]]", "a[[1]]", "a[1-2]b[3-4]c"] {
+        assert!(
+            expand_for(e, Syntax::Slurm22_05).is_err(),
+            "{e} should be rejected by 22.05's rules"
+        );
+    }
     for e in [
         "n[5-1]",
         "n[a-b]",
-        "n[1,3-4]x",
-        "n[1-3]x",
-        "a[1]]",
-        "a[[1]]",
-        "a[1-2]b[3-4]c",
         "n[,1]",
         "n[1,]",
         "n[]",
@@ -122,7 +195,9 @@ fn error_messages_say_what_is_wrong() {
     let e = expand("n[5-1]").unwrap_err().to_string();
     assert!(e.contains("reversed"), "{e}");
     assert!(e.contains("n[5-1]"), "{e}");
-    let e = expand("n[1-3]x").unwrap_err().to_string();
+    let e = expand_for("n[1-3]x", Syntax::Slurm22_05)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("after `]`"), "{e}");
 }
 
@@ -237,9 +312,9 @@ fn display_and_from_str() {
 
 #[test]
 fn tokenizer_keeps_bracket_content_together() {
-    assert_eq!(tokenize("a[1,2],b c\td"), ["a[1,2]", "b", "c", "d"]);
-    assert_eq!(tokenize("x[1 2] y"), ["x[1 2]", "y"]);
-    assert_eq!(tokenize(",,, "), Vec::<&str>::new());
+    assert_eq!(tokenize("a[1,2],b c\td", false), ["a[1,2]", "b", "c", "d"]);
+    assert_eq!(tokenize("x[1 2] y", false), ["x[1 2]", "y"]);
+    assert_eq!(tokenize(",,, ", false), Vec::<&str>::new());
 }
 
 #[test]
@@ -251,7 +326,8 @@ fn pathological_inputs_stay_fast() {
     let expr = many.join(",") + ",x[1]";
     assert_eq!(expand(&expr).map(|v| v.len()), Ok(200_001));
     let opens = "[,".repeat(200_000);
-    assert!(expand(&opens).is_ok());
+    assert!(expand_for(&opens, Syntax::Slurm22_05).is_ok());
+    assert!(expand(&opens).is_err());
     let groups = "a".repeat(200_000) + &"[1]x".repeat(20_000) + "[1]";
     assert_eq!(expand(&groups).map(|v| v.len()), Ok(1));
     let digits = format!("a[{}1]b[1-2]", "0".repeat(100_000));
