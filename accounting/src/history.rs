@@ -22,8 +22,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::{Deserialize, Serialize};
 use sgpu_spool::NodeEvent;
+use sgpu_wire::acctd::{HistoryAnswer, HistoryPostAnswer, VERSION};
 
 use crate::auth::Caller;
 use crate::http::{AppState, caller, error};
@@ -37,13 +37,8 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/history", post(post_events).get(get_events))
 }
 
-/// Body of `POST /v1/history`.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventBatch {
-    /// The events.
-    pub events: Vec<NodeEvent>,
-}
+/// Body of `POST /v1/history` (the wire type, with the spool crate's events).
+pub type EventBatch = sgpu_wire::acctd::EventBatch<NodeEvent>;
 
 /// Query of `GET /v1/history`.
 #[derive(Debug, Default)]
@@ -150,10 +145,11 @@ async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: By
                 .iter()
                 .filter(|o| matches!(o, PutOutcome::Accepted))
                 .count();
-            axum::Json(serde_json::json!({
-                "accepted": accepted,
-                "duplicate": outcomes.len() - accepted,
-            }))
+            axum::Json(HistoryPostAnswer {
+                version: Some(VERSION),
+                accepted,
+                duplicate: outcomes.len() - accepted,
+            })
             .into_response()
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")),
@@ -212,7 +208,11 @@ async fn get_events(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
     })
     .await;
     match found {
-        Ok(Ok(events)) => axum::Json(EventBatch { events }).into_response(),
+        Ok(Ok(events)) => axum::Json(HistoryAnswer {
+            version: Some(VERSION),
+            events,
+        })
+        .into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

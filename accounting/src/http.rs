@@ -13,8 +13,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
-use serde_json::json;
+use sgpu_wire::acctd::{
+    ConflictEntry, ConflictsAnswer, ErrorAnswer, IngestAnswer, JobAnswer, RecordAnswer,
+    RecordStatus, VERSION,
+};
 
 use crate::auth::{AuthError, Authenticator, Caller, Policy, ReadScope};
 use crate::ingest::{ParsedBatch, parse_batch};
@@ -231,49 +233,16 @@ pub async fn record_request_target(mut req: Request, next: Next) -> Response {
 
 /// A JSON error response `{"error": message}`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+    let body = ErrorAnswer {
+        error: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The `error` of a `conflict` answer.
 pub const CONFLICT_MESSAGE: &str = "a different record with this identity is stored: this one \
      is kept by acctd as a conflict for an admin (GET /v1/conflicts, sgpu conflicts) and \
      not counted; the stored record stays";
-
-/// One record's result in an ingest response.
-#[derive(Debug, Serialize)]
-pub struct RecordResult {
-    /// Position in the batch.
-    pub index: usize,
-    /// The record key, when known.
-    pub key: Option<String>,
-    /// `accepted`, `duplicate`, `conflict` or `rejected`.
-    pub status: &'static str,
-    /// For conflicts: the stored content differs from this one.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub differs: bool,
-    /// For rejections: the offending field, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// For rejections and conflicts: what is wrong.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The ingest response body.
-#[derive(Debug, Serialize)]
-pub struct IngestResponse {
-    /// Records stored now.
-    pub accepted: usize,
-    /// Records already stored.
-    pub duplicate: usize,
-    /// Records that differ from the stored record of their identity: kept apart for an
-    /// admin (`GET /v1/conflicts`), not counted.
-    pub conflict: usize,
-    /// Records refused.
-    pub rejected: usize,
-    /// Per record, in batch order.
-    pub results: Vec<RecordResult>,
-}
 
 /// The request's [`Caller`], as [`authenticate`] (the router's layer) found it before the
 /// body was read; a 500 response for a route outside that layer.
@@ -380,38 +349,38 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
             );
         }
     };
-    let mut results: Vec<RecordResult> = Vec::with_capacity(records.len() + rejected.len());
+    let mut results: Vec<RecordAnswer> = Vec::with_capacity(records.len() + rejected.len());
     let (mut accepted, mut duplicate, mut conflict) = (0, 0, 0);
     for ((index, record), outcome) in indices.into_iter().zip(&records).zip(outcomes) {
         let (status, differs) = match outcome {
             PutOutcome::Accepted => {
                 accepted += 1;
-                ("accepted", false)
+                (RecordStatus::Accepted, false)
             }
             PutOutcome::Duplicate { differs } => {
                 duplicate += 1;
-                ("duplicate", differs)
+                (RecordStatus::Duplicate, differs)
             }
             PutOutcome::Conflict { .. } => {
                 conflict += 1;
-                ("conflict", true)
+                (RecordStatus::Conflict, true)
             }
         };
-        results.push(RecordResult {
+        results.push(RecordAnswer {
             index,
             key: Some(record.id().key()),
             status,
             differs,
             field: None,
-            error: (status == "conflict").then(|| CONFLICT_MESSAGE.to_string()),
+            error: (status == RecordStatus::Conflict).then(|| CONFLICT_MESSAGE.to_string()),
         });
     }
     let n_rejected = rejected.len();
     for r in rejected {
-        results.push(RecordResult {
+        results.push(RecordAnswer {
             index: r.index,
             key: r.key,
-            status: "rejected",
+            status: RecordStatus::Rejected,
             differs: false,
             field: r.field,
             error: Some(r.error),
@@ -423,10 +392,11 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    let body = IngestResponse {
+    let body = IngestAnswer {
+        version: Some(VERSION),
         accepted,
         duplicate,
-        conflict,
+        conflict: Some(conflict),
         rejected: n_rejected,
         results,
     };
@@ -462,11 +432,12 @@ async fn job(
             StatusCode::NOT_FOUND,
             format!("no records of job {job_id} on cluster {cluster}"),
         ),
-        Ok(Ok(records)) => axum::Json(json!({
-            "cluster": cluster,
-            "job_id": job_id,
-            "records": records,
-        }))
+        Ok(Ok(records)) => axum::Json(JobAnswer {
+            version: Some(VERSION),
+            cluster,
+            job_id,
+            records,
+        })
         .into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -507,20 +478,23 @@ async fn conflicts(State(state): State<AppState>, headers: HeaderMap) -> Respons
                 .job(id.cluster(), id.job_id())?
                 .into_iter()
                 .find(|r| r.id() == id);
-            rows.push(json!({
-                "key": c.key,
-                "received_ms": c.received_ms,
-                "record": c.record,
-                "stored": stored,
-            }));
+            rows.push(ConflictEntry {
+                key: c.key,
+                received_ms: c.received_ms,
+                record: c.record,
+                stored,
+            });
         }
         Ok::<_, crate::store::StoreError>((rows, truncated))
     })
     .await;
     match listed {
-        Ok(Ok((rows, truncated))) => {
-            axum::Json(json!({ "conflicts": rows, "truncated": truncated })).into_response()
-        }
+        Ok(Ok((conflicts, truncated))) => axum::Json(ConflictsAnswer {
+            version: Some(VERSION),
+            conflicts,
+            truncated,
+        })
+        .into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -1,0 +1,159 @@
+//! Job lists: the jobs that ran in a window, with whole-job figures merged from their
+//! records (identity from the most trusted record kind).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sgpu_spool::{Record, RecordBody};
+
+use super::query::ReportQuery;
+use super::sums::model;
+use crate::day::day_of;
+use crate::rollup::RollupKey;
+use crate::store::{Store, StoreError, record_first_ms, record_last_ms};
+use sgpu_wire::acctd::JobSummary;
+
+/// How far a record kind is trusted for a job's user, account and partition: `job_end` and
+/// `job_start` are written by the epilog and prolog from slurmd's environment, `job_usage`
+/// by healthd from those; `step_usage` is written inside the job's step and never sets
+/// them (its account and partition came from the job's environment, which the user's
+/// script can change). A job's identity is that of its most trusted record.
+fn identity_rank(body: &RecordBody) -> u8 {
+    match body {
+        RecordBody::JobEnd(_) => 3,
+        RecordBody::JobStart(_) => 2,
+        RecordBody::JobUsage(_) => 1,
+        RecordBody::StepUsage(_) => 0,
+    }
+}
+
+pub(crate) fn merge_job(
+    jobs: &mut BTreeMap<(String, u32), JobSummary>,
+    ranks: &mut BTreeMap<(String, u32), u8>,
+    r: &Record,
+) {
+    let id = r.id();
+    let rank = identity_rank(r.body());
+    let best = ranks
+        .entry((id.cluster().to_string(), id.job_id()))
+        .or_insert(0);
+    // the first record of a job also sets it when it is a step's (better than nothing for
+    // the node and times, but not its identity: that stays empty until a trusted record)
+    let take_identity = rank > 0 && rank >= *best;
+    if take_identity {
+        *best = rank;
+    }
+    let j = jobs
+        .entry((id.cluster().to_string(), id.job_id()))
+        .or_insert_with(|| JobSummary {
+            cluster: id.cluster().to_string(),
+            job_id: id.job_id(),
+            start_ms: u64::MAX,
+            ..JobSummary::default()
+        });
+    if !j.nodes.iter().any(|n| n == id.node()) {
+        j.nodes.push(id.node().to_string());
+        j.nodes.sort();
+    }
+    let mut who = |user: &str, account: &Option<String>, partition: &Option<String>| {
+        if take_identity {
+            j.user = user.to_string();
+            j.account = account.clone().unwrap_or_default();
+            j.partition = partition.clone().unwrap_or_default();
+        }
+    };
+    let mut models = BTreeSet::new();
+    match r.body() {
+        RecordBody::JobStart(b) => {
+            who(&b.user, &b.account, &b.partition);
+            j.start_ms = j.start_ms.min(b.start_time);
+            models.extend(b.gpus.iter().map(|g| model(&g.name)));
+        }
+        RecordBody::JobEnd(b) => {
+            who(&b.user, &b.account, &b.partition);
+            j.start_ms = j.start_ms.min(b.start_time);
+            j.end_ms = Some(j.end_ms.unwrap_or(0).max(b.end_time));
+            j.gpus += u32::try_from(b.gpus.len()).unwrap_or(u32::MAX);
+            let (alloc_start, alloc_end) = b.allocated_window();
+            let span = alloc_end.saturating_sub(alloc_start);
+            for g in &b.gpus {
+                j.allocated_gpu_ms += span;
+                let energy = g.energy_delta_mj.or_else(|| {
+                    g.energy_end_mj
+                        .zip(g.energy_start_mj)
+                        .and_then(|(e, s)| e.checked_sub(s))
+                });
+                j.energy_mj += energy.unwrap_or(0);
+            }
+            models.extend(b.gpus.iter().map(|g| model(&g.name)));
+        }
+        RecordBody::JobUsage(b) => {
+            who(&b.user, &b.account, &b.partition);
+            j.start_ms = j.start_ms.min(b.window_start);
+            j.used_gpu_ms += b.gpus.iter().map(|g| g.used_gpu_ms).sum::<u64>();
+            models.extend(b.gpus.iter().map(|g| model(&g.name)));
+        }
+        RecordBody::StepUsage(_) => {}
+    }
+    for m in models {
+        if !j.gpu_models.contains(&m) {
+            j.gpu_models.push(m);
+        }
+    }
+}
+
+/// Jobs that ran in the window (whole-job figures), filtered; at most `q.limit`, by cluster
+/// and job id. The flag says whether more matched.
+pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool), StoreError> {
+    let mut found: BTreeMap<(String, u32), JobSummary> = BTreeMap::new();
+    let mut ranks: BTreeMap<(String, u32), u8> = BTreeMap::new();
+    let first = day_of(q.start_ms);
+    let last = day_of(q.end_ms.saturating_sub(1));
+    let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for day in store.days_with_records(first, last)? {
+        store.for_each_record_on_day(day, &mut |r| {
+            let id = r.id();
+            if !q.filters.jobs.is_empty() && !q.filters.jobs.contains(&id.job_id()) {
+                return;
+            }
+            let (s, e) = (record_first_ms(&r), record_last_ms(&r));
+            let inside = if e > s {
+                s < q.end_ms && e > q.start_ms
+            } else {
+                (q.start_ms..q.end_ms).contains(&s)
+            };
+            // A running job has only its job_start: keep it while the window is after it.
+            let running = matches!(r.body(), RecordBody::JobStart(_)) && s < q.end_ms;
+            if (inside || running) && seen.insert(id.key().into_bytes()) {
+                merge_job(&mut found, &mut ranks, &r);
+            }
+        })?;
+    }
+    let mut out: Vec<JobSummary> = found
+        .into_values()
+        .filter(|j| {
+            let k = RollupKey {
+                day: 0,
+                cluster: j.cluster.clone(),
+                account: j.account.clone(),
+                user: j.user.clone(),
+                partition: j.partition.clone(),
+                gpu_model: j.gpu_models.first().cloned().unwrap_or_default(),
+            };
+            let mut f = q.filters.clone();
+            // A job of several models passes when any of them does.
+            if !f.gpu_models.is_empty() && j.gpu_models.iter().any(|m| f.gpu_models.contains(m)) {
+                f.gpu_models.clear();
+            }
+            f.matches(&k)
+        })
+        .map(|mut j| {
+            if j.start_ms == u64::MAX {
+                j.start_ms = 0;
+            }
+            j
+        })
+        .collect();
+    let more = out.len() > q.limit;
+    out.truncate(q.limit);
+    Ok((out, more))
+}

@@ -1,0 +1,286 @@
+//! Query parsing for `GET /v1/report` and `GET /v1/jobs`: the window, the filters (with the
+//! caller's read scope applied), the grouping and the limit. Unknown parameters are refused
+//! with an error naming the parameter.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::auth::ReadScope;
+use crate::day::{DAY_MS, civil_from_days, format_day};
+use crate::query::decode_component;
+use crate::rollup::RollupKey;
+
+/// Most jobs one `GET /v1/jobs` returns (`limit` may ask for fewer).
+pub const MAX_JOBS: usize = 100_000;
+
+/// A time period rows can be grouped by (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// `YYYY-MM-DD`.
+    Day,
+    /// ISO week `YYYY-Www`.
+    Week,
+    /// `YYYY-MM`.
+    Month,
+}
+
+impl Period {
+    /// The label of the period holding UTC day `day`.
+    pub fn label(self, day: u32) -> String {
+        match self {
+            Period::Day => format_day(day),
+            Period::Month => {
+                let (y, m, _) = civil_from_days(i64::from(day));
+                format!("{y:04}-{m:02}")
+            }
+            Period::Week => {
+                let (y, w) = iso_week(day);
+                format!("{y:04}-W{w:02}")
+            }
+        }
+    }
+}
+
+/// ISO 8601 (year, week) of a UTC day.
+pub fn iso_week(day: u32) -> (i64, u32) {
+    let d = i64::from(day);
+    // 1970-01-01 was a Thursday; Monday = 0.
+    let weekday = (d + 3).rem_euclid(7);
+    let thursday = d - weekday + 3;
+    let (y, _, _) = civil_from_days(thursday);
+    let jan1 = crate::day::days_from_civil(y, 1, 1);
+    let week = u32::try_from((thursday - jan1) / 7 + 1).unwrap_or(1);
+    (y, week)
+}
+
+/// A field a report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// Slurm cluster.
+    Cluster,
+    /// Slurm account.
+    Account,
+    /// User name.
+    User,
+    /// Slurm partition.
+    Partition,
+    /// GPU model.
+    Gpu,
+    /// A UTC period.
+    Period(Period),
+}
+
+/// Exact-match filters, each a set (empty: no filter).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Clusters.
+    pub clusters: BTreeSet<String>,
+    /// Accounts.
+    pub accounts: BTreeSet<String>,
+    /// Users.
+    pub users: BTreeSet<String>,
+    /// Partitions.
+    pub partitions: BTreeSet<String>,
+    /// GPU models.
+    pub gpu_models: BTreeSet<String>,
+    /// Job ids (job lists only).
+    pub jobs: BTreeSet<u32>,
+}
+
+impl Filters {
+    fn allows(set: &BTreeSet<String>, v: &str) -> bool {
+        set.is_empty() || set.contains(v)
+    }
+
+    /// Whether a rollup row passes.
+    pub fn matches(&self, k: &RollupKey) -> bool {
+        Self::allows(&self.clusters, &k.cluster)
+            && Self::allows(&self.accounts, &k.account)
+            && Self::allows(&self.users, &k.user)
+            && Self::allows(&self.partitions, &k.partition)
+            && Self::allows(&self.gpu_models, &k.gpu_model)
+    }
+
+    /// Applies a read scope: a user is limited to themself; asking for someone else is an
+    /// error naming them.
+    pub fn scope(&mut self, scope: &ReadScope) -> Result<(), String> {
+        if let ReadScope::User(me) = scope {
+            if let Some(other) = self.users.iter().find(|u| *u != me) {
+                return Err(format!(
+                    "not allowed: user {me} may read only their own jobs and totals, not {other}'s"
+                ));
+            }
+            self.users = BTreeSet::from([me.clone()]);
+        }
+        Ok(())
+    }
+}
+
+/// A report or job-list query: the window `[start_ms, end_ms)`, filters and grouping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportQuery {
+    /// Window start, ms since the epoch (inclusive).
+    pub start_ms: u64,
+    /// Window end, ms since the epoch (exclusive).
+    pub end_ms: u64,
+    /// Filters.
+    pub filters: Filters,
+    /// Group-by fields, in the order given.
+    pub group_by: Vec<GroupBy>,
+    /// Job lists: most jobs to return.
+    pub limit: usize,
+}
+
+/// Why a query string is refused; names the parameter.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{param}: {message}")]
+pub struct ReportQueryError {
+    /// The offending parameter.
+    pub param: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn qerr(param: &str, message: impl Into<String>) -> ReportQueryError {
+    ReportQueryError {
+        param: param.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The latest instant a query may name, Unix seconds (9999-12-31T23:59:59Z).
+pub const MAX_INSTANT_S: u64 = 253_402_300_799;
+
+/// The longest window `GET /v1/jobs` lists, days, unless it names its jobs (`jobs=`): it
+/// reads the records of every day in it that has any (reports over longer windows read the
+/// daily rollups and have no such limit).
+pub const MAX_JOBS_WINDOW_DAYS: u64 = 366;
+
+/// The most job ids one query names (`jobs=`).
+pub const MAX_JOB_IDS: usize = 10_000;
+
+/// Parses a window bound: seconds since the epoch, or a UTC `YYYY-MM-DD` (midnight).
+fn parse_instant(param: &str, v: &str) -> Result<u64, ReportQueryError> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= MAX_INSTANT_S)
+            .map(|s| s * 1000)
+            .ok_or_else(|| {
+                qerr(
+                    param,
+                    format!("{v} seconds is out of range (at most {MAX_INSTANT_S}, year 9999)"),
+                )
+            });
+    }
+    crate::day::parse_day(v)
+        .map(|d| u64::from(d) * DAY_MS)
+        .ok_or_else(|| {
+            qerr(
+                param,
+                format!("{v:?} is neither seconds since the epoch nor a YYYY-MM-DD date"),
+            )
+        })
+}
+
+impl ReportQuery {
+    /// Parses `start=&end=` (seconds since the epoch or `YYYY-MM-DD`, UTC; required),
+    /// `cluster=&account=&user=&partition=&gpu_model=&jobs=` (comma-separated sets),
+    /// `group_by=cluster,account,user,partition,gpu,day|week|month`, `limit=`. Unknown
+    /// parameters are refused.
+    pub fn parse(query: &str) -> Result<ReportQuery, ReportQueryError> {
+        let mut start = None;
+        let mut end = None;
+        let mut f = Filters::default();
+        let mut group_by = Vec::new();
+        let mut limit = MAX_JOBS;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = decode_component(v).ok_or_else(|| qerr(k, "bad percent-encoding"))?;
+            let set = |v: &str| -> BTreeSet<String> {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            };
+            match k {
+                "start" => start = Some(parse_instant(k, &v)?),
+                "end" => end = Some(parse_instant(k, &v)?),
+                "cluster" => f.clusters.extend(set(&v)),
+                "account" => f.accounts.extend(set(&v)),
+                "user" => f.users.extend(set(&v)),
+                "partition" => f.partitions.extend(set(&v)),
+                "gpu_model" => f.gpu_models.extend(set(&v)),
+                "jobs" => {
+                    for j in set(&v) {
+                        // sacct accepts 123.batch and the like; the job id is what counts.
+                        let id = j.split(['.', '_']).next().unwrap_or(&j);
+                        f.jobs.insert(
+                            id.parse()
+                                .map_err(|_| qerr(k, format!("{j:?} is not a job id")))?,
+                        );
+                    }
+                    if f.jobs.len() > MAX_JOB_IDS {
+                        return Err(qerr(k, format!("more than {MAX_JOB_IDS} job ids")));
+                    }
+                }
+                "limit" => {
+                    limit = v
+                        .parse::<usize>()
+                        .map_err(|_| qerr(k, format!("{v:?} is not a number")))?
+                        .min(MAX_JOBS);
+                }
+                "group_by" => {
+                    for g in v.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+                        let field = match g.to_ascii_lowercase().as_str() {
+                            "cluster" => GroupBy::Cluster,
+                            "account" => GroupBy::Account,
+                            "user" => GroupBy::User,
+                            "partition" => GroupBy::Partition,
+                            "gpu" | "gpu_model" => GroupBy::Gpu,
+                            "day" => GroupBy::Period(Period::Day),
+                            "week" => GroupBy::Period(Period::Week),
+                            "month" => GroupBy::Period(Period::Month),
+                            _ => {
+                                return Err(qerr(
+                                    k,
+                                    format!(
+                                        "unknown field {g:?} (cluster, account, user, partition, \
+                                         gpu, day, week, month)"
+                                    ),
+                                ));
+                            }
+                        };
+                        if matches!(field, GroupBy::Period(_))
+                            && group_by
+                                .iter()
+                                .any(|x| matches!(x, GroupBy::Period(_)) && *x != field)
+                        {
+                            return Err(qerr(k, "only one of day, week and month"));
+                        }
+                        if !group_by.contains(&field) {
+                            group_by.push(field);
+                        }
+                    }
+                }
+                _ => return Err(qerr(k, "unknown parameter")),
+            }
+        }
+        let start_ms = start.ok_or_else(|| qerr("start", "missing (seconds since the epoch)"))?;
+        let end_ms = end.ok_or_else(|| qerr("end", "missing (seconds since the epoch)"))?;
+        if end_ms <= start_ms {
+            return Err(qerr("end", "must be after start"));
+        }
+        Ok(ReportQuery {
+            start_ms,
+            end_ms,
+            filters: f,
+            group_by,
+            limit,
+        })
+    }
+}
