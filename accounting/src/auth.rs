@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+use nix::unistd::{Gid, Group, User, getgrouplist};
 
 /// Who made a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@
 //! [`auth::Policy`] lets only root and the SlurmUser ingest, users read their own jobs and
 //! totals, and admins everything.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod day;
 pub mod history;

@@ -5,6 +5,8 @@
 //! wrong in `slurm.conf`, `gres.conf` and `plugstack.conf`. Parsers never
 //! panic; errors name the file and line and say what was expected.
 
+#![forbid(unsafe_code)]
+
 mod conf;
 pub mod gres_conf;
 pub mod hostlist;

@@ -407,8 +407,7 @@ pub(crate) fn check_dir(path: &Path, md: fs::Metadata) -> Result<(), SpoolError>
         });
     }
     let uid = std::os::unix::fs::MetadataExt::uid(&md);
-    // SAFETY: geteuid cannot fail.
-    if uid != 0 && uid != unsafe { libc::geteuid() } {
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
         return Err(SpoolError::NotOwned {
             path: path.to_path_buf(),
             uid,

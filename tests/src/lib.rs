@@ -6,6 +6,8 @@
 //! bringing the cluster up, locking it against parallel tests, submitting jobs and reading
 //! `scontrol` records.
 
+#![forbid(unsafe_code)]
+
 pub mod acctd;
 pub mod cluster;
 pub mod cluster_acctd;

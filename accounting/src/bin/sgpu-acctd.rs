@@ -1,5 +1,7 @@
 //! `sgpu-acctd`: the accounting service (see the `sgpu_accounting` crate).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -53,8 +53,7 @@ fn open_refuses_world_writable() {
 #[test]
 fn open_refuses_a_spool_owned_by_someone_else() {
     // only root can hand a directory to another user
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return;
     }
     let (_d, s) = spool();
