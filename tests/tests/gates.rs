@@ -242,7 +242,7 @@ fn each_drain_worthy_fault_gives_its_reason() -> TestResult {
             "sgpu: gpu.temperature gpu1:",
             Box::new(|g| g.temperature_c = g.temp_slowdown_c.map(|t| t + 2)),
         ),
-        // A HW throttle seen once warns; it drains when it persists (healthd/tests/sim.rs).
+        // A HW throttle seen once warns; it drains when it persists (nodelib/tests/sim.rs).
         // A busy link narrower than the x16 this GPU showed in the cases above (the gate
         // records each GPU's widest link in the node's history) is degraded.
         (
