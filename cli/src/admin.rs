@@ -177,11 +177,8 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyh
     let slurm_conf = std::env::var_os("SLURM_CONF")
         .map(PathBuf::from)
         .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
-    let (sc, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&slurm_conf);
-    let cluster = sc
-        .cluster_name
-        .map(|c| c.to_ascii_lowercase())
-        .unwrap_or_else(|| "unknown".into());
+    let cluster = sgpu_slurm_conf::cluster_name(&slurm_conf)
+        .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into());
     let (acctd_url, acctd_auth) =
         acctd::resolve(acctd_url, &acctd_settings(&conf), |k| std::env::var(k).ok());
     Ok(Env {
@@ -220,24 +217,9 @@ fn actor() -> (u32, String) {
     let sudo = std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty());
     let name = match sudo {
         Some(u) if uid == 0 => u,
-        _ => user_name(uid).unwrap_or_else(|| uid.to_string()),
+        _ => sgpu_spool::passwd::user_name(uid).unwrap_or_else(|| uid.to_string()),
     };
     (uid, name)
-}
-
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: zeroed passwd is a valid out-parameter.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: buffers are valid for their lengths; the result points into them.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name is a NUL-terminated string inside buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 fn event(env: &Env, node: &SlurmNode, action: NodeAction, reason: String) -> NodeEvent {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sgpu_nodelib::config::Config;
 use sgpu_nodelib::gpu::{self, NvmlOptions};
 use sgpu_nodelib::nodeconf;
-use sgpu_slurm_conf::{GresConf, Location, PlugstackConf, SlurmConf};
+use sgpu_slurm_conf::{ConfFile, GresConf, Location, PlugstackConf, SlurmConf};
 
 /// File name of the SPANK plugin in plugstack.conf.
 pub const PLUGIN_FILE: &str = "spank_sgpu.so";

@@ -791,8 +791,7 @@ fn slurm_cluster() -> Option<String> {
     let path = std::env::var_os("SLURM_CONF")
         .map(PathBuf::from)
         .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
-    let (sc, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&path);
-    sc.cluster_name.map(|c| c.to_ascii_lowercase())
+    sgpu_slurm_conf::cluster_name(&path)
 }
 
 /// `sgpu job <id>`.

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sgpu_slurm_conf::{GresConf, PlugstackConf, SlurmConf};
+use sgpu_slurm_conf::{ConfFile, GresConf, PlugstackConf, SlurmConf};
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);

@@ -8,27 +8,11 @@ use std::path::Path;
 
 use sgpu_spool::{EventSpool, NodeAction, NodeEvent};
 
-/// The cluster's name as records carry it (slurm.conf `ClusterName`, lower-case).
+/// The cluster's name as records carry it (slurm.conf `ClusterName`, lower-case, else
+/// [`sgpu_slurm_conf::UNKNOWN_CLUSTER`]).
 pub fn cluster_name() -> String {
-    let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(crate::nodeconf::slurm_conf_path());
-    conf.cluster_name
-        .map(|c| c.to_ascii_lowercase())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: a zeroed passwd is a valid out-parameter.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: buffers are valid for their lengths; the result points into them.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name is a NUL-terminated string inside buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    sgpu_slurm_conf::cluster_name(crate::nodeconf::slurm_conf_path())
+        .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into())
 }
 
 /// Writes a drain or resume of `node` by `source` (`healthd`, `prolog`) to the spool's
@@ -52,7 +36,7 @@ pub fn record(
         action,
         source: source.to_string(),
         uid,
-        user: user_name(uid).unwrap_or_else(|| uid.to_string()),
+        user: sgpu_spool::passwd::user_name(uid).unwrap_or_else(|| uid.to_string()),
         reason: reason.to_string(),
         previous_reason: None,
         forced: false,

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sgpu_slurm_conf::{GresConf, NodeGpus, SlurmConf};
+use sgpu_slurm_conf::{ConfFile, GresConf, NodeGpus, SlurmConf};
 
 use crate::gpu::NodeSnapshot;
 

@@ -391,6 +391,14 @@ pub(crate) fn dir_of(file: &Path) -> PathBuf {
 }
 
 impl Loader {
+    /// Reads `source` and everything it includes.
+    pub fn load(&mut self, source: Source<'_>) {
+        match source {
+            Source::File(path) => self.load_file(path),
+            Source::Text { text, origin } => self.load_str(text, origin),
+        }
+    }
+
     /// Reads `path` and everything it includes.
     pub fn load_file(&mut self, path: &Path) {
         match read_text(path) {
@@ -523,11 +531,69 @@ pub(crate) fn sort_errors(errors: &mut [ConfError], files: &[PathBuf]) {
 }
 
 /// The value, or the first error.
-pub(crate) fn first_error<T>((v, mut errors): (T, Vec<ConfError>)) -> Result<T, ConfError> {
+fn first_error<T>((v, mut errors): (T, Vec<ConfError>)) -> Result<T, ConfError> {
     if errors.is_empty() {
         Ok(v)
     } else {
         Err(errors.swap_remove(0))
+    }
+}
+
+/// Where a configuration file's text comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Read from this path, with its includes.
+    File(&'a Path),
+    /// This text, read as the content of `origin` (includes resolve against its directory).
+    Text {
+        /// The file's content.
+        text: &'a str,
+        /// The path it is read as.
+        origin: &'a Path,
+    },
+}
+
+impl Source<'_> {
+    /// The path the text is (or is read as) from.
+    pub fn origin(&self) -> &Path {
+        match self {
+            Source::File(p) => p,
+            Source::Text { origin, .. } => origin,
+        }
+    }
+}
+
+/// The one entry point of every Slurm file parser ([`crate::SlurmConf`], [`crate::GresConf`],
+/// [`crate::PlugstackConf`]): each implements [`ConfFile::read`]; strict and lenient reading of
+/// a path or a text come with it.
+pub trait ConfFile: Sized {
+    /// Parses `source`, keeping what could be parsed, plus every error found (sorted by file
+    /// and line).
+    fn read(source: Source<'_>) -> (Self, Vec<ConfError>);
+
+    /// Reads and parses `path` (with its includes); fails on the first error.
+    fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
+        first_error(Self::load_lenient(path))
+    }
+
+    /// Parses `text` as the content of `origin` (includes are resolved relative to
+    /// `origin`'s directory); fails on the first error.
+    fn parse_str(text: &str, origin: impl AsRef<Path>) -> Result<Self, ConfError> {
+        first_error(Self::parse_str_lenient(text, origin))
+    }
+
+    /// Reads `path`, keeping what could be parsed, plus every error found (for `conf check`).
+    fn load_lenient(path: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
+        Self::read(Source::File(path.as_ref()))
+    }
+
+    /// Parses `text` as the content of `origin`, keeping what could be parsed, plus every
+    /// error found.
+    fn parse_str_lenient(text: &str, origin: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
+        Self::read(Source::Text {
+            text,
+            origin: origin.as_ref(),
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::conf::{ConfError, Loader, Location, Stmt, first_error, sort_errors};
+use crate::conf::{ConfError, ConfFile, Loader, Location, Source, Stmt, sort_errors};
 use crate::hostlist;
 use crate::slurm_conf::{SlurmConf, parse_gres_count};
 
@@ -535,34 +535,15 @@ impl Builder {
     }
 }
 
+impl ConfFile for GresConf {
+    fn read(source: Source<'_>) -> (Self, Vec<ConfError>) {
+        let mut loader = Loader::default();
+        loader.load(source);
+        Self::build(loader, source.origin())
+    }
+}
+
 impl GresConf {
-    /// Reads and parses `path` (with its includes); fails on the first error.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
-        first_error(Self::load_lenient(path))
-    }
-
-    /// Parses `text` as the content of `origin`; fails on the first error.
-    pub fn parse_str(text: &str, origin: impl AsRef<Path>) -> Result<Self, ConfError> {
-        first_error(Self::parse_str_lenient(text, origin))
-    }
-
-    /// Reads `path`, keeping what could be parsed, plus every error found.
-    pub fn load_lenient(path: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
-        let path = path.as_ref();
-        let mut loader = Loader::default();
-        loader.load_file(path);
-        Self::build(loader, path)
-    }
-
-    /// Parses `text` as the content of `origin`, keeping what could be
-    /// parsed, plus every error found.
-    pub fn parse_str_lenient(text: &str, origin: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
-        let origin = origin.as_ref();
-        let mut loader = Loader::default();
-        loader.load_str(text, origin);
-        Self::build(loader, origin)
-    }
-
     fn build(loader: Loader, path: &Path) -> (Self, Vec<ConfError>) {
         let mut b = Builder {
             errors: loader.errors,

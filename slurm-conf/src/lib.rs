@@ -13,8 +13,8 @@ pub mod hostlist;
 pub mod plugstack;
 pub mod slurm_conf;
 
-pub use conf::{ConfError, Location};
+pub use conf::{ConfError, ConfFile, Location, Source};
 pub use gres_conf::{AutoDetect, GpuDevice, GpuIssue, GresConf, NodeGpus};
 pub use hostlist::{Hostlist, HostlistError, compress, expand};
 pub use plugstack::{PlugstackConf, SpankEntry};
-pub use slurm_conf::{GresSpec, Node, Partition, SlurmConf};
+pub use slurm_conf::{GresSpec, Node, Partition, SlurmConf, UNKNOWN_CLUSTER, cluster_name};

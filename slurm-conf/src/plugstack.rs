@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::conf::{
-    ConfError, Location, dir_of, first_error, read_text, resolve_include, sort_errors,
+    ConfError, ConfFile, Location, Source, dir_of, read_text, resolve_include, sort_errors,
 };
 
 /// Deepest nesting of `include`.
@@ -170,46 +170,36 @@ impl Builder {
     }
 }
 
-impl PlugstackConf {
-    /// Reads and parses `path` (with its includes); fails on the first error.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
-        first_error(Self::load_lenient(path))
-    }
-
-    /// Parses `text` as the content of `origin`; fails on the first error.
-    pub fn parse_str(text: &str, origin: impl AsRef<Path>) -> Result<Self, ConfError> {
-        first_error(Self::parse_str_lenient(text, origin))
-    }
-
-    /// Reads `path`, keeping what could be parsed, plus every error found.
-    pub fn load_lenient(path: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
-        let path = path.as_ref();
-        match read_text(path) {
-            Ok(text) => Self::parse_str_lenient(&text, path),
-            Err(source) => (
-                PlugstackConf {
-                    path: path.to_path_buf(),
-                    ..PlugstackConf::default()
-                },
-                vec![ConfError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }],
-            ),
-        }
-    }
-
-    /// Parses `text` as the content of `origin`, keeping what could be
-    /// parsed, plus every error found.
-    pub fn parse_str_lenient(text: &str, origin: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
-        let origin = origin.as_ref();
+impl ConfFile for PlugstackConf {
+    fn read(source: Source<'_>) -> (Self, Vec<ConfError>) {
+        let origin = source.origin();
+        let read;
+        let text = match source {
+            Source::Text { text, .. } => text,
+            Source::File(path) => match read_text(path) {
+                Ok(t) => {
+                    read = t;
+                    &read
+                }
+                Err(source) => {
+                    let conf = PlugstackConf {
+                        path: path.to_path_buf(),
+                        ..PlugstackConf::default()
+                    };
+                    let path = path.to_path_buf();
+                    return (conf, vec![ConfError::Io { path, source }]);
+                }
+            },
+        };
         let mut b = Builder::default();
         b.conf.path = origin.to_path_buf();
         b.file(text, origin);
         sort_errors(&mut b.errors, &b.conf.files);
         (b.conf, b.errors)
     }
+}
 
+impl PlugstackConf {
     /// The entry whose plugin file name is `file_name` (e.g. `spank_sgpu.so`).
     pub fn find(&self, file_name: &str) -> Option<&SpankEntry> {
         self.entries

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::conf::{ConfError, Loader, Location, Pair, Stmt, dir_of, first_error, sort_errors};
+use crate::conf::{ConfError, ConfFile, Loader, Location, Pair, Source, Stmt, dir_of, sort_errors};
 use crate::hostlist;
 
 /// One top-level `Key=Value` setting.
@@ -798,36 +798,26 @@ impl Builder {
     }
 }
 
+/// The cluster name records and node events carry when slurm.conf names none.
+pub const UNKNOWN_CLUSTER: &str = "unknown";
+
+/// The cluster's name as sgpu's records, node events and acctd queries carry it: the
+/// `ClusterName` of the slurm.conf at `path`, lower-cased as Slurm uses it; `None` when the
+/// file names none or cannot be read (callers use [`UNKNOWN_CLUSTER`] or ask for one).
+pub fn cluster_name(path: impl AsRef<Path>) -> Option<String> {
+    let (conf, _) = SlurmConf::load_lenient(path);
+    conf.cluster_name.map(|c| c.to_ascii_lowercase())
+}
+
+impl ConfFile for SlurmConf {
+    fn read(source: Source<'_>) -> (Self, Vec<ConfError>) {
+        let mut loader = Loader::default();
+        loader.load(source);
+        Self::build(loader, source.origin())
+    }
+}
+
 impl SlurmConf {
-    /// Reads and parses `path` (with its includes); fails on the first error.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfError> {
-        first_error(Self::load_lenient(path))
-    }
-
-    /// Parses `text` as the content of `origin` (includes are resolved
-    /// relative to `origin`'s directory); fails on the first error.
-    pub fn parse_str(text: &str, origin: impl AsRef<Path>) -> Result<Self, ConfError> {
-        first_error(Self::parse_str_lenient(text, origin))
-    }
-
-    /// Reads `path` keeping whatever could be parsed, plus every error found
-    /// (for `conf check`).
-    pub fn load_lenient(path: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
-        let path = path.as_ref();
-        let mut loader = Loader::default();
-        loader.load_file(path);
-        Self::build(loader, path)
-    }
-
-    /// Parses `text` as the content of `origin`, keeping whatever could be
-    /// parsed, plus every error found.
-    pub fn parse_str_lenient(text: &str, origin: impl AsRef<Path>) -> (Self, Vec<ConfError>) {
-        let origin = origin.as_ref();
-        let mut loader = Loader::default();
-        loader.load_str(text, origin);
-        Self::build(loader, origin)
-    }
-
     fn build(loader: Loader, path: &Path) -> (Self, Vec<ConfError>) {
         let mut b = Builder {
             errors: loader.errors,

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
 use sgpu_slurm_conf::hostlist::{self, Hostlist, Limits};
-use sgpu_slurm_conf::{GresConf, PlugstackConf, SlurmConf};
+use sgpu_slurm_conf::{ConfFile, GresConf, PlugstackConf, SlurmConf};
 
 fn config(cases: u32) -> Config {
     Config {

@@ -168,12 +168,9 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
         .or_else(sgpu_nodelib::nodeconf::short_hostname)
         .ok_or("cannot tell this node's Slurm name")?;
     // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item
-    let (conf, _) = sgpu_slurm_conf::SlurmConf::load_lenient(&env.slurm_conf);
-    let cluster = conf
-        .cluster_name
-        .map(|c| c.to_ascii_lowercase())
-        .unwrap_or_else(|| "unknown".into());
-    let user = user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
+    let cluster = sgpu_slurm_conf::cluster_name(&env.slurm_conf)
+        .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into());
+    let user = sgpu_spool::passwd::user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
     let mut nvml = sgpu_nodelib::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(env.nvml_timeout);
     let snap = capture::snapshot(&nvml)?;
@@ -408,20 +405,6 @@ fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
         Err(_) => Reading::Done(Box::new(prepare(&step.env, true))),
     });
     Ok(())
-}
-
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as c_char; 4096];
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: buffers are valid for their lengths; the result points into them.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name is a NUL-terminated string inside buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 fn hook_exit(_sp: &Spank) -> Result<(), String> {
