@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 use sgpu_acct_client::Client;
 use sgpu_nodelib::config::{Config, PricesConfig};
 use sgpu_spool::{Record, RecordBody};
+use sgpu_wire::acctd::{
+    ConflictsAnswer, JobAnswer, JobSummary, JobsAnswer, ReportAnswer, ReportRow,
+};
 
 use crate::admin::acctd;
 use crate::timespec::{WindowArgs, format_elapsed, format_time, now_s};
@@ -366,30 +369,24 @@ impl Sums {
     }
 }
 
-fn row_field(row: &Value, f: Field) -> String {
-    let key = match f {
-        Field::Cluster => "cluster",
-        Field::Account => "account",
-        Field::User => "user",
-        Field::Partition => "partition",
-        Field::GpuModel => "gpu_model",
-        Field::Period => "period",
+/// A grouped field of a report row (empty when the row is not grouped by it).
+fn row_field(row: &ReportRow, f: Field) -> String {
+    let value = match f {
+        Field::Cluster => &row.cluster,
+        Field::Account => &row.account,
+        Field::User => &row.user,
+        Field::Partition => &row.partition,
+        Field::GpuModel => &row.gpu_model,
+        Field::Period => &row.period,
         _ => return String::new(),
     };
-    row.get(key)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
-}
-
-fn num(v: &Value, k: &str) -> u64 {
-    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+    value.clone().unwrap_or_default()
 }
 
 /// Sums acctd's rows (asked per partition and GPU model too) into the requested groups,
 /// pricing each row; keys are the values of `groups` in order.
 pub fn aggregate(
-    rows: &[Value],
+    rows: &[ReportRow],
     groups: &[Field],
     prices: &PricesConfig,
 ) -> BTreeMap<Vec<String>, Sums> {
@@ -397,15 +394,11 @@ pub fn aggregate(
     for r in rows {
         let key: Vec<String> = groups.iter().map(|&f| row_field(r, f)).collect();
         let s = out.entry(key).or_default();
-        let (alloc, used, energy) = (
-            num(r, "allocated_gpu_ms"),
-            num(r, "used_gpu_ms"),
-            num(r, "energy_mj"),
-        );
+        let (alloc, used, energy) = (r.allocated_gpu_ms, r.used_gpu_ms, r.energy_mj);
         s.allocated_gpu_ms += alloc;
         s.used_gpu_ms += used;
         s.energy_mj += energy;
-        s.jobs += num(r, "jobs");
+        s.jobs += r.jobs;
         s.cost += prices.cost(
             &row_field(r, Field::Partition),
             &row_field(r, Field::GpuModel),
@@ -439,9 +432,9 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>) -> anyhow::Result<Env> {
     Ok(Env { conf, client })
 }
 
-fn get(client: &Client, path: &str) -> anyhow::Result<Value> {
+fn get<T: sgpu_wire::Answer>(client: &Client, path: &str) -> anyhow::Result<T> {
     client
-        .get_json(path)
+        .get(path)
         .map_err(|e| anyhow::anyhow!("acctd at {}: {e}", client.base_url()))
 }
 
@@ -462,7 +455,7 @@ fn check_cost(columns: &[Column], prices: &PricesConfig) -> anyhow::Result<()> {
 
 /// Renders a report from acctd's answer (`rows`).
 pub fn render_report(
-    rows: &[Value],
+    rows: &[ReportRow],
     columns: &[Column],
     groups: &[Field],
     prices: &PricesConfig,
@@ -531,12 +524,8 @@ pub fn report(
         }
     }
     let q = query(&a.select, start, end, Some(&ask.join(",")));
-    let answer = get(&env.client, &format!("/v1/report?{q}"))?;
-    let rows = answer
-        .get("rows")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let answer: ReportAnswer = get(&env.client, &format!("/v1/report?{q}"))?;
+    let rows = answer.rows;
     if a.select.json {
         let out: Vec<Value> = aggregate(&rows, &groups, prices)
             .into_iter()
@@ -595,18 +584,14 @@ pub fn report(
     Ok(0)
 }
 
-fn job_sums(j: &Value, prices: &PricesConfig) -> Sums {
-    let alloc = num(j, "allocated_gpu_ms");
-    let energy = num(j, "energy_mj");
-    let model = j
-        .get("gpu_models")
-        .and_then(|m| m.get(0))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let partition = j.get("partition").and_then(Value::as_str).unwrap_or("");
+fn job_sums(j: &JobSummary, prices: &PricesConfig) -> Sums {
+    let alloc = j.allocated_gpu_ms;
+    let energy = j.energy_mj;
+    let model = j.gpu_models.first().map_or("", String::as_str);
+    let partition = j.partition.as_str();
     Sums {
         allocated_gpu_ms: alloc,
-        used_gpu_ms: num(j, "used_gpu_ms"),
+        used_gpu_ms: j.used_gpu_ms,
         energy_mj: energy,
         jobs: 1,
         cost: prices.cost(partition, model, hours(alloc), kwh(energy)),
@@ -614,46 +599,32 @@ fn job_sums(j: &Value, prices: &PricesConfig) -> Sums {
 }
 
 /// One `sgpu jobs` line from acctd's job summary.
-pub fn job_cells(j: &Value, columns: &[Column], prices: &PricesConfig) -> Vec<String> {
+pub fn job_cells(j: &JobSummary, columns: &[Column], prices: &PricesConfig) -> Vec<String> {
     let s = job_sums(j, prices);
-    let text = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let ms = |k: &str| j.get(k).and_then(Value::as_u64);
     let secs = |ms: u64| i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    let list = |k: &str| {
-        j.get(k)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default()
-    };
     columns
         .iter()
         .map(|c| match c.field {
-            Field::JobId => num(j, "job_id").to_string(),
-            Field::Cluster => text("cluster"),
-            Field::User => text("user"),
-            Field::Account => text("account"),
-            Field::Partition => text("partition"),
-            Field::Start => ms("start_ms").map_or(String::new(), |t| format_time(secs(t))),
-            Field::End => ms("end_ms").map_or("Unknown".into(), |t| format_time(secs(t))),
-            Field::Elapsed => match (ms("start_ms"), ms("end_ms")) {
-                (Some(s), Some(e)) => format_elapsed(e.saturating_sub(s) / 1000),
-                _ => String::new(),
-            },
+            Field::JobId => j.job_id.to_string(),
+            Field::Cluster => j.cluster.clone(),
+            Field::User => j.user.clone(),
+            Field::Account => j.account.clone(),
+            Field::Partition => j.partition.clone(),
+            Field::Start => format_time(secs(j.start_ms)),
+            Field::End => j.end_ms.map_or("Unknown".into(), |t| format_time(secs(t))),
+            Field::Elapsed => j.end_ms.map_or(String::new(), |e| {
+                format_elapsed(e.saturating_sub(j.start_ms) / 1000)
+            }),
             Field::State => {
-                if ms("end_ms").is_some() {
+                if j.end_ms.is_some() {
                     "COMPLETED".into()
                 } else {
                     "RUNNING".into()
                 }
             }
-            Field::NodeList => list("nodes"),
-            Field::Gpus => num(j, "gpus").to_string(),
-            Field::GpuModel => list("gpu_models"),
+            Field::NodeList => j.nodes.join(","),
+            Field::Gpus => j.gpus.to_string(),
+            Field::GpuModel => j.gpu_models.join(","),
             f => s.cell(f).unwrap_or_default(),
         })
         .collect()
@@ -674,16 +645,12 @@ pub fn jobs(config: Option<&Path>, acctd_url: Option<&str>, a: &JobsArgs) -> any
     let columns = parse_format(&spec, JOBS_FIELDS).map_err(anyhow::Error::msg)?;
     let env = env(config, acctd_url)?;
     check_cost(&columns, &env.conf.prices)?;
-    let answer = get(
+    let answer: JobsAnswer = get(
         &env.client,
         &format!("/v1/jobs?{}", query(&a.select, start, end, None)),
     )?;
-    let jobs = answer
-        .get("jobs")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
+    let jobs = answer.jobs;
+    if answer.truncated {
         eprintln!("sgpu: warning: more jobs matched than acctd returns; narrow -S/-E or filter");
     }
     if a.select.json {
@@ -801,26 +768,20 @@ pub fn job(config: Option<&Path>, acctd_url: Option<&str>, a: &JobArgs) -> anyho
         None => bail!("which cluster? pass -M NAME (slurm.conf has no ClusterName)"),
     };
     let env = env(config, acctd_url)?;
-    let answer = get(
+    let answer: JobAnswer<Record> = get(
         &env.client,
         &format!("/v1/jobs/{}/{}", enc(&cluster), a.job_id),
     )?;
-    let raw = answer
-        .get("records")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
     if a.json {
-        print_json(&answer)?;
+        // acctd's answer as it was before answers carried their schema version
+        print_json(&json!({
+            "cluster": answer.cluster,
+            "job_id": answer.job_id,
+            "records": answer.records,
+        }))?;
         return Ok(0);
     }
-    let records = raw
-        .iter()
-        .map(|v| {
-            let bytes = serde_json::to_vec(v)?;
-            Record::from_json(&bytes).map_err(|e| anyhow::anyhow!("acctd sent a bad record: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<Record>>>()?;
+    let records = answer.records;
     let columns = parse_format(
         "Node,GPU,GPUModel,UUID%40,GPUHours,UsedGPUHours,GPUUtil,EnergyKWh,AvgPowerW,MemPeakMiB",
         &[
@@ -859,16 +820,16 @@ pub fn conflicts(
     a: &ConflictsArgs,
 ) -> anyhow::Result<i32> {
     let env = env(config, acctd_url)?;
-    let answer = get(&env.client, "/v1/conflicts")?;
+    let answer: ConflictsAnswer<Record> = get(&env.client, "/v1/conflicts")?;
     if a.json {
-        print_json(&answer)?;
+        // acctd's answer as it was before answers carried their schema version
+        print_json(&json!({
+            "conflicts": answer.conflicts,
+            "truncated": answer.truncated,
+        }))?;
         return Ok(0);
     }
-    let list = answer
-        .get("conflicts")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let list = answer.conflicts;
     if list.is_empty() {
         println!("no conflicts");
         return Ok(0);
@@ -879,15 +840,20 @@ pub fn conflicts(
             .to_vec(),
     ];
     for c in &list {
-        let received = c["received_ms"]
-            .as_u64()
-            .and_then(|ms| i64::try_from(ms / 1000).ok())
+        let received = i64::try_from(c.received_ms / 1000)
+            .ok()
             .map_or_else(|| "-".into(), format_time);
         let mut differs = Vec::new();
-        diff_paths("", &c["stored"], &c["record"], &mut differs);
+        let as_value = |r: Option<&Record>| serde_json::to_value(r).unwrap_or(Value::Null);
+        diff_paths(
+            "",
+            &as_value(c.stored.as_ref()),
+            &as_value(Some(&c.record)),
+            &mut differs,
+        );
         rows.push(vec![
             received,
-            c["key"].as_str().unwrap_or("-").to_string(),
+            c.key.clone(),
             if differs.is_empty() {
                 "-".into()
             } else {
@@ -896,7 +862,7 @@ pub fn conflicts(
         ]);
     }
     print!("{}", crate::admin::table(&rows));
-    if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
+    if answer.truncated {
         eprintln!("sgpu: warning: acctd listed only the first conflicts; see --json");
     }
     Ok(0)

@@ -2,7 +2,10 @@
 //!
 //! Everything that talks to acctd goes through [`Client`]: healthd's spool forwarder sends
 //! usage record batches ([`Client::post_records`], `POST /v1/records`), and the `sgpu` CLI
-//! reads reports and sends admin commands ([`Client::get_json`], [`Client::post_json`]).
+//! reads reports and sends admin commands ([`Client::get`], [`Client::post`]). Answers are
+//! the typed documents of [`sgpu_wire`], read by [`sgpu_wire::decode`]: an answer of another
+//! major schema version is [`ClientError::Version`], which names both versions and what to
+//! upgrade. [`Client::get_json`] gives the raw JSON, for tests and tools that inspect it.
 //! acctd speaks plain HTTP (no TLS); callers are identified by a MUNGE credential carried in
 //! every request (`Authorization: MUNGE <credential>`, [`ClientAuth::Munge`]) whose payload
 //! is `"<METHOD> <path-and-query> sha256=<body digest>"` of that request
@@ -13,7 +16,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::Serialize;
+pub use sgpu_wire::acctd::{IngestAnswer, RecordAnswer, RecordStatus};
+use sgpu_wire::{Answer, DecodeError};
 
 /// Largest response body read, bytes (reports over many jobs can be large).
 pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
@@ -49,43 +54,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// acctd's answer to a batch of records (`POST /v1/records`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct IngestReply {
-    /// Records stored now.
-    pub accepted: usize,
-    /// Records that were already stored (a resend): acknowledged, not counted twice.
-    pub duplicate: usize,
-    /// Records that differ from the stored record of their identity: acctd kept them as
-    /// conflicts for an admin and counted nothing (0 from an acctd that predates it).
-    #[serde(default)]
-    pub conflict: usize,
-    /// Records refused (see their [`RecordReply::field`] and [`RecordReply::error`]).
-    pub rejected: usize,
-    /// One result per record, in batch order.
-    pub results: Vec<RecordReply>,
-}
-
-/// One record's result in an [`IngestReply`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RecordReply {
-    /// Position of the record in the batch.
-    pub index: usize,
-    /// The record's identity key, when it could be read.
-    pub key: Option<String>,
-    /// `accepted`, `duplicate`, `conflict` or `rejected`.
-    pub status: String,
-    /// For a duplicate or conflict: the stored record differs from the one sent.
-    #[serde(default)]
-    pub differs: bool,
-    /// For a rejection: the offending field, when known.
-    #[serde(default)]
-    pub field: Option<String>,
-    /// For a rejection or a conflict: what is wrong.
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -106,6 +74,19 @@ pub enum ClientError {
     /// acctd's answer was not the JSON expected.
     #[error("cannot read sgpu-acctd's answer: {0}")]
     Decode(String),
+    /// The server answered with another major schema version (the message names both and
+    /// what to upgrade).
+    #[error("{0}")]
+    Version(DecodeError),
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> ClientError {
+        match e {
+            e @ DecodeError::Version { .. } => ClientError::Version(e),
+            e @ DecodeError::Malformed { .. } => ClientError::Decode(e.to_string()),
+        }
+    }
 }
 
 impl Client {
@@ -149,23 +130,39 @@ impl Client {
     /// rejected as the reply says (a batch with rejections is answered 422 but is still
     /// `Ok`, so the caller can act per record). Any other failure is an `Err` and nothing
     /// may be assumed stored.
-    pub fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError> {
+    pub fn post_records(&self, batch_json: &[u8]) -> Result<IngestAnswer, ClientError> {
         let (status, body) = self.send("POST", "/v1/records", Some(batch_json))?;
         if status == 200 || status == 422 {
-            serde_json::from_slice(&body)
-                .map_err(|e| ClientError::Decode(format!("ingest reply: {e}: {}", excerpt(&body))))
+            Ok(sgpu_wire::decode(&body)?)
         } else {
             Err(http_error(status, &body))
         }
     }
 
-    /// `GET path_and_query` (e.g. `/v1/report?start=...&end=...`), the answer as JSON.
+    /// `GET path_and_query` (e.g. `/v1/report?start=...&end=...`), the answer as the
+    /// document `T` (e.g. [`sgpu_wire::acctd::ReportAnswer`]).
+    pub fn get<T: Answer>(&self, path_and_query: &str) -> Result<T, ClientError> {
+        let (status, body) = self.send("GET", path_and_query, None)?;
+        typed_answer(status, &body)
+    }
+
+    /// `POST path` with `body` as JSON, the answer as the document `T`.
+    pub fn post<B: Serialize, T: Answer>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Decode(format!("encoding the request body: {e}")))?;
+        let (status, answer) = self.send("POST", path, Some(&bytes))?;
+        typed_answer(status, &answer)
+    }
+
+    /// `GET path_and_query`, the answer as raw JSON: for tests and tools that inspect it;
+    /// product code reads the typed documents ([`Client::get`]).
     pub fn get_json(&self, path_and_query: &str) -> Result<serde_json::Value, ClientError> {
         let (status, body) = self.send("GET", path_and_query, None)?;
         json_answer(status, &body)
     }
 
-    /// `POST path` with a JSON body, the answer as JSON.
+    /// `POST path` with a JSON body, the answer as raw JSON (tests and tools; see
+    /// [`Client::post`]).
     pub fn post_json(
         &self,
         path: &str,
@@ -256,12 +253,19 @@ fn json_answer(status: u16, body: &[u8]) -> Result<serde_json::Value, ClientErro
     serde_json::from_slice(body).map_err(|e| ClientError::Decode(format!("{e}: {}", excerpt(body))))
 }
 
-/// acctd's `{"error": ...}` message, or the body itself.
+/// A 2xx answer as the document `T`; any other status as [`http_error`].
+fn typed_answer<T: Answer>(status: u16, body: &[u8]) -> Result<T, ClientError> {
+    if !(200..300).contains(&status) {
+        return Err(http_error(status, body));
+    }
+    Ok(sgpu_wire::decode(body)?)
+}
+
+/// acctd's `{"error": ...}` message ([`sgpu_wire::acctd::ErrorAnswer`]), or the body itself.
 fn http_error(status: u16, body: &[u8]) -> ClientError {
-    let message = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| excerpt(body));
+    let message = serde_json::from_slice::<sgpu_wire::acctd::ErrorAnswer>(body)
+        .map(|a| a.error)
+        .unwrap_or_else(|_| excerpt(body));
     ClientError::Http { status, message }
 }
 
@@ -302,6 +306,47 @@ mod tests {
             ClientError::Http { message, .. } => assert_eq!(message, "bad gateway"),
             e => panic!("{e:?}"),
         }
+    }
+
+    /// A server one major version ahead: the client refuses its answer with an error that
+    /// names both versions and says what to upgrade.
+    #[test]
+    fn an_answer_of_a_newer_major_version_is_refused_by_name() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let body = br#"{"version":2,"window":{"start_ms":0,"end_ms":1},"groups":[]}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(body).unwrap();
+        });
+        let c = Client::new(
+            &format!("http://{addr}"),
+            ClientAuth::None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let e = c
+            .get::<sgpu_wire::acctd::ReportAnswer>("/v1/report?start=0&end=1")
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(e, ClientError::Version(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("GET /v1/report")
+                && text.contains("schema version 2")
+                && text.contains("reads version 1")
+                && text.contains("upgrade sgpu"),
+            "{text}"
+        );
     }
 
     #[test]

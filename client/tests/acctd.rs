@@ -8,7 +8,7 @@ use serde_json::json;
 use sgpu_accounting::auth::{NoAuthentication, Policy};
 use sgpu_accounting::http::{AppState, router};
 use sgpu_accounting::sled_store::SledStore;
-use sgpu_acct_client::{Client, ClientAuth, ClientError};
+use sgpu_acct_client::{Client, ClientAuth, ClientError, RecordStatus};
 use sgpu_spool::{GpuEnd, JobEnd, Record, RecordBody, RecordId, RecordKind};
 
 const DAY: u64 = 86_400_000;
@@ -81,7 +81,7 @@ fn ingest_resend_read_and_errors() {
     let r = c.post_records(&batch).unwrap();
     assert_eq!((r.accepted, r.duplicate, r.rejected), (2, 0, 0));
     assert_eq!(r.results.len(), 2);
-    assert!(r.results.iter().all(|x| x.status == "accepted"));
+    assert!(r.results.iter().all(|x| x.status == RecordStatus::Accepted));
     assert_eq!(r.results[1].index, 1);
     assert!(r.results[0].key.is_some());
 
@@ -96,7 +96,7 @@ fn ingest_resend_read_and_errors() {
     let m = c.post_records(&mixed).unwrap();
     assert_eq!((m.accepted, m.rejected), (1, 1));
     let rejected = &m.results[0];
-    assert_eq!(rejected.status, "rejected");
+    assert_eq!(rejected.status, RecordStatus::Rejected);
     assert!(rejected.error.is_some(), "{rejected:?}");
 
     let rows = c

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sgpu_acct_client::{Client, ClientAuth, ClientError, IngestReply};
+use sgpu_acct_client::{Client, ClientAuth, ClientError, IngestAnswer, RecordAnswer, RecordStatus};
 use sgpu_spool::{Entry, Spool};
 use tracing::{debug, error, info, warn};
 
@@ -50,11 +50,11 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Where record batches go: acctd's `POST /v1/records` ([`Client`]), or a test double.
 pub trait Sink: Send {
     /// Sends one batch (a JSON array of records); see [`Client::post_records`].
-    fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError>;
+    fn post_records(&self, batch_json: &[u8]) -> Result<IngestAnswer, ClientError>;
 }
 
 impl Sink for Client {
-    fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError> {
+    fn post_records(&self, batch_json: &[u8]) -> Result<IngestAnswer, ClientError> {
         Client::post_records(self, batch_json)
     }
 }
@@ -322,7 +322,7 @@ impl Forwarder {
         &self,
         spool: &Spool,
         batch: &[Pending],
-        reply: &IngestReply,
+        reply: &IngestAnswer,
         report: &mut RoundReport,
     ) -> Result<(), String> {
         let mut removed_from: Option<std::path::PathBuf> = None;
@@ -339,11 +339,11 @@ impl Forwarder {
         &self,
         spool: &Spool,
         batch: &[Pending],
-        reply: &IngestReply,
+        reply: &IngestAnswer,
         report: &mut RoundReport,
         removed_from: &mut Option<std::path::PathBuf>,
     ) -> Result<(), String> {
-        let mut answers: Vec<Option<&sgpu_acct_client::RecordReply>> = vec![None; batch.len()];
+        let mut answers: Vec<Option<&RecordAnswer>> = vec![None; batch.len()];
         for r in &reply.results {
             if let Some(slot) = answers.get_mut(r.index) {
                 *slot = Some(r);
@@ -355,7 +355,8 @@ impl Forwarder {
                 unanswered += 1;
                 continue;
             };
-            let conflict = a.status == "conflict" || (a.status == "duplicate" && a.differs);
+            let conflict = a.status == RecordStatus::Conflict
+                || (a.status == RecordStatus::Duplicate && a.differs);
             if conflict {
                 let why = format!(
                     "acctd holds a different record under this identity ({}): {}",
@@ -371,8 +372,8 @@ impl Forwarder {
                 report.conflict += 1;
                 continue;
             }
-            match a.status.as_str() {
-                "accepted" | "duplicate" => {
+            match a.status {
+                RecordStatus::Accepted | RecordStatus::Duplicate => {
                     let path = p.entry.path();
                     match std::fs::remove_file(path) {
                         Ok(()) => {}
@@ -388,13 +389,13 @@ impl Forwarder {
                     if removed_from.is_none() {
                         *removed_from = path.parent().map(std::path::Path::to_path_buf);
                     }
-                    if a.status == "accepted" {
+                    if a.status == RecordStatus::Accepted {
                         report.accepted += 1;
                     } else {
                         report.duplicate += 1;
                     }
                 }
-                "rejected" => {
+                RecordStatus::Rejected => {
                     let why = format!(
                         "acctd rejected it: {}{}",
                         a.field
@@ -408,10 +409,11 @@ impl Forwarder {
                     }
                     report.rejected += 1;
                 }
-                other => {
+                RecordStatus::Conflict | RecordStatus::Unknown => {
                     unanswered += 1;
                     warn!(
-                        "acctd answered {other:?} for {}; sending it again later",
+                        "acctd answered a status this healthd does not know for {}; sending it \
+                         again later",
                         p.entry.path().display()
                     );
                 }

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
-use serde::Serialize;
 
 use crate::daemon::{RunReport, Trigger};
 use crate::policy::{Decision, Memory};
@@ -224,167 +223,14 @@ impl Shared {
 
     /// The `/status` document.
     pub fn status(&self) -> StatusDoc {
-        StatusDoc::of(&self.lock(), sgpu_spool::now_ms())
+        status_doc(&self.lock(), sgpu_spool::now_ms())
     }
 }
 
-/// `GET /status`: the node's health, breaker, GPUs and running jobs.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusDoc {
-    /// Document version (1).
-    pub version: u32,
-    /// The Slurm node name.
-    pub node: String,
-    /// sgpu-healthd's version.
-    pub healthd_version: &'static str,
-    /// Now, Unix ms.
-    pub now_ms: u64,
-    /// When the daemon started, Unix ms.
-    pub started_at_ms: u64,
-    /// The last check run (`null` before the first).
-    pub health: Option<HealthDoc>,
-    /// The node's sgpu drain, if healthd drained it.
-    pub drained: Option<DrainDoc>,
-    /// The circuit breaker.
-    pub breaker: BreakerDoc,
-    /// Per-job sampling.
-    pub sampling: SamplingDoc,
-    /// The GPUs at the last sample.
-    pub gpus: Vec<GpuDoc>,
-    /// The running jobs' usage so far.
-    pub jobs: Vec<JobDoc>,
-}
-
-/// The last check run.
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthDoc {
-    /// When it finished, Unix ms.
-    pub checked_at_ms: u64,
-    /// `periodic` or `xid`.
-    pub trigger: &'static str,
-    /// `healthy`, `warn` or `drain`.
-    pub verdict: Verdict,
-    /// What the policy decided ([`decision_kind`]).
-    pub decision: &'static str,
-    /// The decision's reason or error, if it has one.
-    pub decision_detail: Option<String>,
-    /// Observe-only mode (`enforce = false`): the reason sgpu would have drained with.
-    pub would_drain: Option<String>,
-    /// Every check result.
-    pub results: Vec<CheckResult>,
-}
-
-/// healthd's drain of this node.
-#[derive(Debug, Clone, Serialize)]
-pub struct DrainDoc {
-    /// The reason given to Slurm.
-    pub reason: String,
-    /// The checks behind it.
-    pub checks: Vec<String>,
-    /// When, Unix seconds.
-    pub since: i64,
-}
-
-/// The circuit breaker.
-#[derive(Debug, Clone, Serialize)]
-pub struct BreakerDoc {
-    /// Whether it refused the last drain (and no drain or healthy run has closed it).
-    pub open: bool,
-    /// Why, when open.
-    pub trip: Option<Trip>,
-    /// Drains it refused since the daemon started.
-    pub refusals_total: u64,
-}
-
-/// Per-job sampling.
-#[derive(Debug, Clone, Serialize)]
-pub struct SamplingDoc {
-    /// Seconds between samples.
-    pub interval_s: u64,
-    /// When the last batch was read, Unix ms.
-    pub last_sample_ms: Option<u64>,
-    /// How long the last cycle took, ms.
-    pub last_duration_ms: Option<f64>,
-    /// Why the last cycle could not read the GPUs.
-    pub error: Option<String>,
-    /// Batches read since start.
-    pub samples_total: u64,
-    /// Job usage records written since start.
-    pub jobs_finalised_total: u64,
-}
-
-/// One GPU at the last sample.
-#[derive(Debug, Clone, Serialize)]
-pub struct GpuDoc {
-    /// NVML index.
-    pub index: u32,
-    /// UUID.
-    pub uuid: Option<String>,
-    /// Product name.
-    pub name: Option<String>,
-    /// Fallen off the bus.
-    pub lost: bool,
-    /// Utilization, percent.
-    pub utilization_pct: Option<u32>,
-    /// Memory in use, bytes.
-    pub memory_used_bytes: Option<u64>,
-    /// Power, mW.
-    pub power_mw: Option<u32>,
-    /// Energy counter, mJ.
-    pub energy_mj: Option<u64>,
-    /// Temperature, °C.
-    pub temperature_c: Option<u32>,
-    /// Volatile uncorrectable ECC errors.
-    pub ecc_uncorrectable: Option<u64>,
-    /// The job holding it.
-    pub job_id: Option<u32>,
-}
-
-/// One running job's usage so far.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobDoc {
-    /// Cluster.
-    pub cluster: String,
-    /// Slurm job id.
-    pub job_id: u32,
-    /// Owner.
-    pub user: String,
-    /// Account.
-    pub account: Option<String>,
-    /// Partition.
-    pub partition: Option<String>,
-    /// Start on this node, Unix ms.
-    pub start_time_ms: u64,
-    /// Samples (of its best-sampled GPU).
-    pub samples: u64,
-    /// Mean utilization over its GPUs, percent.
-    pub util_mean_pct: f64,
-    /// Highest utilization of any of its GPUs, percent.
-    pub util_max_pct: u32,
-    /// Energy so far, mJ.
-    pub energy_mj: Option<u64>,
-    /// Per GPU.
-    pub gpus: Vec<JobGpuDoc>,
-}
-
-/// One GPU of a running job.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobGpuDoc {
-    /// Index as the job-start record gives it (Slurm's).
-    pub index: u32,
-    /// UUID.
-    pub uuid: String,
-    /// Samples.
-    pub samples: u64,
-    /// Mean utilization, percent.
-    pub util_mean_pct: f64,
-    /// Highest utilization, percent.
-    pub util_max_pct: u32,
-    /// Peak memory, MiB.
-    pub mem_peak_mib: u64,
-    /// Energy so far, mJ.
-    pub energy_mj: Option<u64>,
-}
+pub use sgpu_wire::healthd::{
+    BreakerDoc, CheckResultDoc, DrainDoc, GpuDoc, HealthDoc, JobDoc, JobGpuDoc, SamplingDoc,
+    StatusDoc, TripDoc,
+};
 
 /// A decision's kind: `healthy`, `drained`, `drain_failed`, `breaker_open`,
 /// `breaker_unknown`, `already_drained`, `admin_drained`, `held_by_others`, `overridden`, `holding`,
@@ -420,102 +266,148 @@ pub fn decision_kind(d: &Decision) -> (&'static str, Option<String>) {
     }
 }
 
-impl StatusDoc {
-    /// The document for `live` at `now_ms`.
-    pub fn of(live: &Live, now_ms: u64) -> StatusDoc {
-        let health = live.last_run.as_ref().map(|r| {
-            let (decision, decision_detail) = decision_kind(&r.report.decision);
-            HealthDoc {
-                checked_at_ms: r.at_ms,
-                trigger: match r.trigger {
-                    Trigger::Periodic => "periodic",
-                    Trigger::Xid => "xid",
-                },
-                verdict: r.report.verdict,
-                decision,
-                decision_detail,
-                would_drain: sgpu_nodelib::checks::would_drain_reason(&r.report.results),
-                results: r.report.results.clone(),
+/// A check result as `/status` carries it.
+pub fn check_result_doc(r: &CheckResult) -> CheckResultDoc {
+    use sgpu_nodelib::catalogue::Severity;
+    use sgpu_nodelib::checks::Status;
+    use sgpu_wire::healthd as wire;
+    CheckResultDoc {
+        check: r.check.to_string(),
+        gpu: r.gpu,
+        uuid: r.uuid.clone(),
+        observed: r.observed.clone(),
+        threshold: r.threshold.clone(),
+        severity: match r.severity {
+            Severity::Off => wire::Severity::Off,
+            Severity::Info => wire::Severity::Info,
+            Severity::Warn => wire::Severity::Warn,
+            Severity::Drain => wire::Severity::Drain,
+        },
+        status: match r.status {
+            Status::Pass => wire::CheckStatus::Pass,
+            Status::Fail => wire::CheckStatus::Fail,
+            Status::Unknown => wire::CheckStatus::Unknown,
+        },
+        message: r.message.clone(),
+        enforced: r.enforced,
+    }
+}
+
+/// A run's verdict as `/status` carries it.
+pub fn verdict_doc(v: Verdict) -> sgpu_wire::healthd::Verdict {
+    match v {
+        Verdict::Healthy => sgpu_wire::healthd::Verdict::Healthy,
+        Verdict::Warn => sgpu_wire::healthd::Verdict::Warn,
+        Verdict::Drain => sgpu_wire::healthd::Verdict::Drain,
+    }
+}
+
+/// A breaker trip as `/status` carries it.
+pub fn trip_doc(t: &Trip) -> TripDoc {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    TripDoc {
+        scope: t.scope.clone(),
+        drained: n(t.drained),
+        total: n(t.total),
+        limit: n(t.limit),
+    }
+}
+
+/// The `/status` document for `live` at `now_ms`.
+pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
+    let health = live.last_run.as_ref().map(|r| {
+        let (decision, decision_detail) = decision_kind(&r.report.decision);
+        HealthDoc {
+            checked_at_ms: r.at_ms,
+            trigger: match r.trigger {
+                Trigger::Periodic => "periodic",
+                Trigger::Xid => "xid",
             }
-        });
-        let gpus = live
-            .gpus
-            .iter()
-            .map(|g| GpuDoc {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                name: g.name.clone(),
-                lost: g.lost,
-                utilization_pct: g.utilization_gpu_pct,
-                memory_used_bytes: g.memory_used_bytes,
-                power_mw: g.power_mw,
-                energy_mj: g.energy_mj,
-                temperature_c: g.temperature_c,
-                ecc_uncorrectable: g.ecc_volatile_uncorrected,
-                job_id: g
-                    .uuid
-                    .as_ref()
-                    .and_then(|u| live.holders.get(u))
-                    .map(|j| j.job_id),
-            })
-            .collect();
-        let jobs = live
-            .jobs
-            .iter()
-            .map(|j| JobDoc {
-                cluster: j.cluster.clone(),
-                job_id: j.job_id,
-                user: j.user.clone(),
-                account: j.account.clone(),
-                partition: j.partition.clone(),
-                start_time_ms: j.start_time,
-                samples: j.samples(),
-                util_mean_pct: j.util_mean(),
-                util_max_pct: j.util_max(),
-                energy_mj: j.energy(),
-                gpus: j
-                    .gpus
-                    .iter()
-                    .map(|g| JobGpuDoc {
-                        index: g.index,
-                        uuid: g.uuid.clone(),
-                        samples: g.samples,
-                        util_mean_pct: g.util_mean(),
-                        util_max_pct: g.util_max,
-                        mem_peak_mib: g.mem_peak_mib(),
-                        energy_mj: g.energy(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        StatusDoc {
-            version: 1,
-            node: live.node.clone(),
-            healthd_version: env!("CARGO_PKG_VERSION"),
-            now_ms,
-            started_at_ms: live.started_at_ms,
-            health,
-            drained: live.memory.drained.as_ref().map(|d| DrainDoc {
-                reason: d.reason.clone(),
-                checks: d.checks.iter().cloned().collect(),
-                since: d.since,
-            }),
-            breaker: BreakerDoc {
-                open: live.memory.breaker_open.is_some(),
-                trip: live.memory.breaker_open.clone(),
-                refusals_total: live.breaker_refusals_total,
-            },
-            sampling: SamplingDoc {
-                interval_s: live.sample_interval.as_secs(),
-                last_sample_ms: live.last_sample_ms,
-                last_duration_ms: live.last_sample_duration.map(|d| d.as_secs_f64() * 1000.0),
-                error: live.sample_error.clone(),
-                samples_total: live.samples_total,
-                jobs_finalised_total: live.jobs_finalised_total,
-            },
-            gpus,
-            jobs,
+            .to_string(),
+            verdict: verdict_doc(r.report.verdict),
+            decision: decision.to_string(),
+            decision_detail,
+            would_drain: sgpu_nodelib::checks::would_drain_reason(&r.report.results),
+            results: r.report.results.iter().map(check_result_doc).collect(),
         }
+    });
+    let gpus = live
+        .gpus
+        .iter()
+        .map(|g| GpuDoc {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            name: g.name.clone(),
+            lost: g.lost,
+            utilization_pct: g.utilization_gpu_pct,
+            memory_used_bytes: g.memory_used_bytes,
+            power_mw: g.power_mw,
+            energy_mj: g.energy_mj,
+            temperature_c: g.temperature_c,
+            ecc_uncorrectable: g.ecc_volatile_uncorrected,
+            job_id: g
+                .uuid
+                .as_ref()
+                .and_then(|u| live.holders.get(u))
+                .map(|j| j.job_id),
+        })
+        .collect();
+    let jobs = live
+        .jobs
+        .iter()
+        .map(|j| JobDoc {
+            cluster: j.cluster.clone(),
+            job_id: j.job_id,
+            user: j.user.clone(),
+            account: j.account.clone(),
+            partition: j.partition.clone(),
+            start_time_ms: j.start_time,
+            samples: j.samples(),
+            util_mean_pct: j.util_mean(),
+            util_max_pct: j.util_max(),
+            energy_mj: j.energy(),
+            gpus: j
+                .gpus
+                .iter()
+                .map(|g| JobGpuDoc {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    samples: g.samples,
+                    util_mean_pct: g.util_mean(),
+                    util_max_pct: g.util_max,
+                    mem_peak_mib: g.mem_peak_mib(),
+                    energy_mj: g.energy(),
+                })
+                .collect(),
+        })
+        .collect();
+    StatusDoc {
+        version: Some(sgpu_wire::healthd::VERSION),
+        node: live.node.clone(),
+        healthd_version: env!("CARGO_PKG_VERSION").to_string(),
+        now_ms,
+        started_at_ms: live.started_at_ms,
+        health,
+        drained: live.memory.drained.as_ref().map(|d| DrainDoc {
+            reason: d.reason.clone(),
+            checks: d.checks.iter().cloned().collect(),
+            since: d.since,
+        }),
+        breaker: BreakerDoc {
+            open: live.memory.breaker_open.is_some(),
+            trip: live.memory.breaker_open.as_ref().map(trip_doc),
+            refusals_total: live.breaker_refusals_total,
+        },
+        sampling: SamplingDoc {
+            interval_s: live.sample_interval.as_secs(),
+            last_sample_ms: live.last_sample_ms,
+            last_duration_ms: live.last_sample_duration.map(|d| d.as_secs_f64() * 1000.0),
+            error: live.sample_error.clone(),
+            samples_total: live.samples_total,
+            jobs_finalised_total: live.jobs_finalised_total,
+        },
+        gpus,
+        jobs,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Sim, library};
 use nvml_sim::State;
-use sgpu_acct_client::{ClientError, IngestReply, RecordReply};
+use sgpu_acct_client::{ClientError, IngestAnswer, RecordAnswer, RecordStatus};
 use sgpu_healthd::forward::{Forwarder, Gate, Sink};
 use sgpu_healthd::sampler::Sampler;
 use sgpu_healthd::status::Shared;
@@ -26,14 +26,15 @@ use sgpu_spool::{
 struct Ledger(Arc<Mutex<BTreeMap<String, u32>>>);
 
 impl Sink for Ledger {
-    fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError> {
+    fn post_records(&self, batch_json: &[u8]) -> Result<IngestAnswer, ClientError> {
         let records: Vec<serde_json::Value> =
             serde_json::from_slice(batch_json).map_err(|e| ClientError::Decode(e.to_string()))?;
         let mut m = self.0.lock().unwrap();
-        let mut reply = IngestReply {
+        let mut reply = IngestAnswer {
+            version: Some(1),
             accepted: 0,
             duplicate: 0,
-            conflict: 0,
+            conflict: Some(0),
             rejected: 0,
             results: vec![],
         };
@@ -43,13 +44,17 @@ impl Sink for Ledger {
             let key = r.id().key();
             let n = m.entry(key.clone()).or_insert(0);
             *n += 1;
-            let status = if *n == 1 { "accepted" } else { "duplicate" };
+            let status = if *n == 1 {
+                RecordStatus::Accepted
+            } else {
+                RecordStatus::Duplicate
+            };
             reply.accepted += usize::from(*n == 1);
             reply.duplicate += usize::from(*n > 1);
-            reply.results.push(RecordReply {
+            reply.results.push(RecordAnswer {
                 index,
                 key: Some(key),
-                status: status.into(),
+                status,
                 differs: false,
                 field: None,
                 error: None,

@@ -177,7 +177,14 @@ mod tests {
         let job = JobUsage {
             cluster: "c".into(),
             job_id: 9,
+            user: "u".into(),
+            account: None,
+            partition: None,
             start_time_ms: 0,
+            samples: 10,
+            util_mean_pct: 30.0,
+            util_max_pct: 45,
+            energy_mj: None,
             gpus: vec![
                 GpuUsage {
                     index: 0,
@@ -186,6 +193,7 @@ mod tests {
                     util_mean_pct: 40.0,
                     util_max_pct: 45,
                     mem_peak_mib: 1024,
+                    energy_mj: None,
                 },
                 GpuUsage {
                     index: 1,
@@ -194,6 +202,7 @@ mod tests {
                     util_mean_pct: 20.0,
                     util_max_pct: 20,
                     mem_peak_mib: 0,
+                    energy_mj: None,
                 },
             ],
         };

@@ -9,54 +9,15 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 /// The whole exchange with healthd (connect, request, response) must fit in this.
 pub const FETCH_BUDGET: Duration = Duration::from_millis(100);
 
 /// Largest response read; a bigger one is refused.
 pub const MAX_RESPONSE: usize = 4 << 20;
 
-/// The part of healthd's `/status` (version 1) the report uses.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StatusDoc {
-    /// Document version (1).
-    pub version: u32,
-    /// Running jobs' usage so far.
-    #[serde(default)]
-    pub jobs: Vec<JobUsage>,
-}
-
-/// One running job's usage on this node, as healthd sampled it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobUsage {
-    /// Cluster.
-    pub cluster: String,
-    /// Slurm job id.
-    pub job_id: u32,
-    /// Start on this node, Unix ms.
-    pub start_time_ms: u64,
-    /// Per GPU.
-    #[serde(default)]
-    pub gpus: Vec<GpuUsage>,
-}
-
-/// One GPU of a running job.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GpuUsage {
-    /// Slurm's index.
-    pub index: u32,
-    /// UUID.
-    pub uuid: String,
-    /// Samples.
-    pub samples: u64,
-    /// Mean utilization, percent.
-    pub util_mean_pct: f64,
-    /// Highest utilization, percent.
-    pub util_max_pct: u32,
-    /// Peak memory, MiB.
-    pub mem_peak_mib: u64,
-}
+/// healthd's `/status` document, its running jobs and their GPUs (the wire types that
+/// healthd serialises; the report uses the jobs).
+pub use sgpu_wire::healthd::{JobDoc as JobUsage, JobGpuDoc as GpuUsage, StatusDoc};
 
 /// The address to ask: `status_listen`, with an unspecified address (`0.0.0.0`, `::`)
 /// replaced by loopback; `None` for a non-loopback address (the plugin talks to its own
@@ -79,17 +40,9 @@ pub fn fetch(listen: SocketAddr, budget: Duration) -> Result<StatusDoc, String> 
     parse(&body)
 }
 
-/// Parses a `/status` body.
+/// Parses a `/status` body ([`sgpu_wire::decode`]: another major version is refused).
 pub fn parse(body: &[u8]) -> Result<StatusDoc, String> {
-    let doc: StatusDoc =
-        serde_json::from_slice(body).map_err(|e| format!("healthd /status: {e}"))?;
-    if doc.version != 1 {
-        return Err(format!(
-            "healthd /status: version {} (expected 1)",
-            doc.version
-        ));
-    }
-    Ok(doc)
+    sgpu_wire::decode(body).map_err(|e| e.to_string())
 }
 
 fn remaining(deadline: Instant) -> Result<Duration, String> {
@@ -254,7 +207,11 @@ mod tests {
         }
     }
 
-    const DOC: &str = r#"{"version":1,"node":"node2","jobs":[
+    const DOC: &str = r#"{"version":1,"node":"node2","healthd_version":"0.1.0","now_ms":1,
+      "started_at_ms":0,"health":null,"drained":null,
+      "breaker":{"open":false,"trip":null,"refusals_total":0},
+      "sampling":{"interval_s":10,"last_sample_ms":null,"last_duration_ms":null,"error":null,
+                  "samples_total":0,"jobs_finalised_total":0},"gpus":[],"jobs":[
       {"cluster":"sgpu-test","job_id":7,"user":"root","account":null,"partition":"gpu",
        "start_time_ms":1000,"samples":3,"util_mean_pct":40.0,"util_max_pct":40,"energy_mj":5,
        "gpus":[{"index":0,"uuid":"GPU-a","samples":3,"util_mean_pct":40.0,"util_max_pct":41,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sgpu_acct_client::{Client, ClientAuth};
 use sgpu_spool::NodeEvent;
+use sgpu_wire::acctd::{EventBatch, HistoryAnswer, HistoryPostAnswer};
 
 /// acctd's URL when nothing else says.
 pub const DEFAULT_ACCTD_URL: &str = "http://127.0.0.1:6830";
@@ -64,9 +65,11 @@ pub fn record(client: &Client, events: &[NodeEvent]) -> Result<(), String> {
     if events.is_empty() {
         return Ok(());
     }
-    let body = serde_json::json!({ "events": events });
+    let body = EventBatch {
+        events: events.iter().collect::<Vec<_>>(),
+    };
     client
-        .post_json("/v1/history", &body)
+        .post::<_, HistoryPostAnswer>("/v1/history", &body)
         .map(|_| ())
         .map_err(|e| format!("acctd at {}: {e}", client.base_url()))
 }
@@ -86,12 +89,10 @@ pub fn history(
     if let Some(e) = end {
         path.push_str(&format!("&end={}", e.max(0)));
     }
-    let v = client
-        .get_json(&path)
-        .map_err(|e| format!("acctd at {}: {e}", client.base_url()))?;
-    let events = v.get("events").cloned().unwrap_or_default();
-    serde_json::from_value(events)
-        .map_err(|e| format!("acctd at {}: unexpected history: {e}", client.base_url()))
+    client
+        .get::<HistoryAnswer<NodeEvent>>(&path)
+        .map(|a| a.events)
+        .map_err(|e| format!("acctd at {}: {e}", client.base_url()))
 }
 
 #[cfg(test)]

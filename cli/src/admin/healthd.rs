@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
 use sgpu_acct_client::{Client, ClientAuth};
+use sgpu_wire::healthd::{StatusDoc, Verdict};
 
 use super::nodes::Health;
 
@@ -56,52 +56,41 @@ impl HealthdUrls {
 }
 
 /// healthd's `/status` of `node`.
-pub fn fetch(urls: &HealthdUrls, node: &str) -> Result<Value, String> {
+pub fn fetch(urls: &HealthdUrls, node: &str) -> Result<StatusDoc, String> {
     let url = urls.url(node);
     let client = Client::new(&url, ClientAuth::None, STATUS_TIMEOUT)
         .map_err(|e| format!("healthd at {url}: {e}"))?;
     client
-        .get_json("/status")
+        .get("/status")
         .map_err(|e| format!("healthd at {url}: {e}"))
 }
 
 /// The health verdict in a `/status` document.
-pub fn health(status: &Value) -> Health {
-    let Some(h) = status.get("health").filter(|h| !h.is_null()) else {
+pub fn health(status: &StatusDoc) -> Health {
+    let Some(h) = &status.health else {
         return Health::NotChecked;
     };
-    let verdict = h
-        .get("verdict")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown");
-    if verdict != "drain" {
+    let verdict = match h.verdict {
+        Verdict::Healthy => "healthy",
+        Verdict::Warn => "warn",
+        Verdict::Drain => "drain",
+    };
+    if h.verdict != Verdict::Drain {
         return Health::Passing {
             verdict: verdict.to_string(),
         };
     }
     let failing: Vec<String> = h
-        .get("results")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|r| {
-            r.get("status").and_then(Value::as_str) == Some("fail")
-                && r.get("severity").and_then(Value::as_str) == Some("drain")
-                // observe-only (enforce = false) failures are "would drain", not failing
-                && r.get("enforced").and_then(Value::as_bool) != Some(false)
-        })
+        .results
+        .iter()
+        // observe-only (enforce = false) failures are "would drain", not failing
+        .filter(|r| r.drains())
         .map(|r| {
-            let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
-            let gpu = r
-                .get("gpu")
-                .and_then(Value::as_u64)
-                .map(|g| format!(" gpu{g}"))
-                .unwrap_or_default();
-            format!("{}{gpu}: {}", s("check"), s("message"))
+            let gpu = r.gpu.map(|g| format!(" gpu{g}")).unwrap_or_default();
+            format!("{}{gpu}: {}", r.check, r.message)
         })
         .collect();
-    let would = h.get("would_drain").and_then(Value::as_str);
-    if let (true, Some(reason)) = (failing.is_empty(), would) {
+    if let (true, Some(reason)) = (failing.is_empty(), &h.would_drain) {
         return Health::Passing {
             verdict: format!("would drain: {reason}"),
         };
@@ -114,23 +103,17 @@ pub fn health(status: &Value) -> Health {
 }
 
 /// `open (why)` or `closed`, from a `/status` document.
-pub fn breaker(status: &Value) -> String {
-    let b = status.get("breaker");
-    if b.and_then(|b| b.get("open")).and_then(Value::as_bool) == Some(true) {
+pub fn breaker(status: &StatusDoc) -> String {
+    let b = &status.breaker;
+    if b.open {
         let trip = b
-            .and_then(|b| b.get("trip"))
-            .filter(|t| !t.is_null())
+            .trip
+            .as_ref()
             .map(|t| {
-                let n = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
-                match t.get("scope").and_then(Value::as_str) {
-                    Some(scope) => format!(
-                        " ({scope}: {} of {} nodes held drained by sgpu, limit {})",
-                        n("drained"),
-                        n("total"),
-                        n("limit")
-                    ),
-                    None => format!(" ({t})"),
-                }
+                format!(
+                    " ({}: {} of {} nodes held drained by sgpu, limit {})",
+                    t.scope, t.drained, t.total, t.limit
+                )
             })
             .unwrap_or_default();
         format!("open{trip}")
@@ -142,7 +125,43 @@ pub fn breaker(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// A whole `/status` document with `part`'s fields in place of the defaults.
+    fn doc(part: Value) -> StatusDoc {
+        let mut d = json!({"version": 1, "node": "n1", "healthd_version": "0.1.0",
+            "now_ms": 1, "started_at_ms": 0, "health": null, "drained": null,
+            "breaker": {"open": false, "trip": null, "refusals_total": 0},
+            "sampling": {"interval_s": 10, "last_sample_ms": null, "last_duration_ms": null,
+                         "error": null, "samples_total": 0, "jobs_finalised_total": 0},
+            "gpus": [], "jobs": []});
+        if let (Some(d), Value::Object(p)) = (d.as_object_mut(), part) {
+            for (k, mut v) in p {
+                // the tests give only what they look at: fill in the rest of each part
+                if let Some(h) = v.as_object_mut().filter(|_| k == "health") {
+                    h.entry("checked_at_ms").or_insert(json!(1));
+                    h.entry("trigger").or_insert(json!("periodic"));
+                    h.entry("decision").or_insert(json!("healthy"));
+                    h.entry("decision_detail").or_insert(Value::Null);
+                    h.entry("would_drain").or_insert(Value::Null);
+                    for r in h["results"].as_array_mut().into_iter().flatten() {
+                        if let Some(r) = r.as_object_mut() {
+                            r.entry("uuid").or_insert(Value::Null);
+                            r.entry("observed").or_insert(json!(""));
+                            r.entry("threshold").or_insert(json!(""));
+                            r.entry("enforced").or_insert(json!(true));
+                        }
+                    }
+                }
+                if let Some(b) = v.as_object_mut().filter(|_| k == "breaker") {
+                    b.entry("trip").or_insert(Value::Null);
+                    b.entry("refusals_total").or_insert(json!(0));
+                }
+                d.insert(k, v);
+            }
+        }
+        serde_json::from_value(d).expect("a /status document")
+    }
 
     #[test]
     fn urls_per_node_template_and_default() -> Result<(), String> {
@@ -157,12 +176,12 @@ mod tests {
 
     #[test]
     fn health_and_breaker_from_status() {
-        assert_eq!(health(&json!({"health": null})), Health::NotChecked);
+        assert_eq!(health(&doc(json!({"health": null}))), Health::NotChecked);
         // observe-only: the verdict is drain, nothing enforced fails
-        let observing = json!({"health": {"verdict": "drain",
+        let observing = doc(json!({"health": {"verdict": "drain",
             "would_drain": "sgpu: gpu.lost gpu1: GPU lost (fallen off the bus)",
             "results": [{"check": "gpu.lost", "gpu": 1, "status": "fail", "severity": "drain",
-                         "enforced": false, "message": "GPU lost (fallen off the bus)"}]}});
+                         "enforced": false, "message": "GPU lost (fallen off the bus)"}]}}));
         assert_eq!(
             health(&observing),
             Health::Passing {
@@ -170,15 +189,15 @@ mod tests {
             }
         );
         assert_eq!(
-            health(&json!({"health": {"verdict": "warn", "results": []}})),
+            health(&doc(json!({"health": {"verdict": "warn", "results": []}}))),
             Health::Passing {
                 verdict: "warn".into()
             }
         );
-        let failing = json!({"health": {"verdict": "drain", "results": [
+        let failing = doc(json!({"health": {"verdict": "drain", "results": [
             {"check": "gpu.xid", "gpu": 1, "status": "fail", "severity": "drain", "message": "XID 79"},
             {"check": "gpu.temp", "gpu": 0, "status": "pass", "severity": "drain", "message": "ok"},
-        ]}, "breaker": {"open": true, "trip": {"scope": "cluster", "drained": 1, "total": 2, "limit": 1}}});
+        ]}, "breaker": {"open": true, "trip": {"scope": "cluster", "drained": 1, "total": 2, "limit": 1}}}));
         assert_eq!(
             health(&failing),
             Health::Failing(vec!["gpu.xid gpu1: XID 79".into()])
@@ -187,6 +206,6 @@ mod tests {
             breaker(&failing),
             "open (cluster: 1 of 2 nodes held drained by sgpu, limit 1)"
         );
-        assert_eq!(breaker(&json!({"breaker": {"open": false}})), "closed");
+        assert_eq!(breaker(&doc(json!({"breaker": {"open": false}}))), "closed");
     }
 }

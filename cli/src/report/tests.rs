@@ -12,9 +12,9 @@ fn prices() -> PricesConfig {
     }
 }
 
-fn rows() -> Vec<Value> {
+fn rows() -> Vec<ReportRow> {
     // acctd's answer grouped by account,user,partition,gpu.
-    vec![
+    let rows = vec![
         json!({"account": "physics", "user": "alice", "partition": "gpu", "gpu_model": "H100",
                "allocated_gpu_ms": 7_200_000u64, "used_gpu_ms": 3_600_000u64,
                "energy_mj": 3_600_000_000u64, "jobs": 2}),
@@ -24,7 +24,10 @@ fn rows() -> Vec<Value> {
         json!({"account": "chem", "user": "bob", "partition": "gpu", "gpu_model": "A100",
                "allocated_gpu_ms": 36_000_000u64, "used_gpu_ms": 36_000_000u64,
                "energy_mj": 9_000_000_000u64, "jobs": 1}),
-    ]
+    ];
+    rows.into_iter()
+        .map(|r| serde_json::from_value(r).unwrap())
+        .collect()
 }
 
 #[test]
@@ -143,11 +146,14 @@ fn sacct_flags_make_the_query() {
 
 #[test]
 fn job_lines_show_whole_jobs() {
-    let j = json!({"cluster": "alpha", "job_id": 42, "user": "alice", "account": "physics",
+    let j: JobSummary = serde_json::from_value(
+        json!({"cluster": "alpha", "job_id": 42, "user": "alice", "account": "physics",
         "partition": "gpu", "start_ms": 1_795_392_000_000u64, "end_ms": 1_795_399_200_000u64,
         "nodes": ["n1", "n2"], "gpus": 2, "gpu_models": ["H100"],
         "allocated_gpu_ms": 14_400_000u64, "used_gpu_ms": 7_200_000u64,
-        "energy_mj": 1_800_000_000u64});
+        "energy_mj": 1_800_000_000u64}),
+    )
+    .unwrap();
     let cols = parse_format(
         "JobID,User,Start,End,Elapsed,State,NodeList,GPUs,GPUHours,GPUUtil,EnergyKWh,Cost",
         JOBS_FIELDS,
@@ -170,7 +176,12 @@ fn job_lines_show_whole_jobs() {
             "8.25"
         ]
     );
-    let running = json!({"job_id": 43, "start_ms": 0u64, "gpus": 1});
+    let running = JobSummary {
+        job_id: 43,
+        start_ms: 0,
+        gpus: 1,
+        ..JobSummary::default()
+    };
     let cells = job_cells(&running, &cols, &prices());
     assert_eq!(cells[3], "Unknown");
     assert_eq!(cells[5], "RUNNING");

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use sgpu_acct_client::RecordReply;
+use sgpu_acct_client::{RecordAnswer, RecordStatus};
 use sgpu_spool::{GpuUsage, JobStart, Record, RecordBody, RecordId, RecordKind, Usage};
 
 use super::*;
@@ -46,7 +46,7 @@ impl Fake {
 }
 
 impl Sink for Fake {
-    fn post_records(&self, batch_json: &[u8]) -> Result<IngestReply, ClientError> {
+    fn post_records(&self, batch_json: &[u8]) -> Result<IngestAnswer, ClientError> {
         let records: Vec<serde_json::Value> = serde_json::from_slice(batch_json)
             .map_err(|e| ClientError::Decode(format!("test sink: {e}")))?;
         self.requests.lock().unwrap().push(records.len());
@@ -62,10 +62,11 @@ impl Sink for Fake {
             Mode::Partial(n) => n,
             _ => records.len(),
         };
-        let mut reply = IngestReply {
+        let mut reply = IngestAnswer {
+            version: Some(sgpu_wire::acctd::VERSION),
             accepted: 0,
             duplicate: 0,
-            conflict: 0,
+            conflict: Some(0),
             rejected: 0,
             results: vec![],
         };
@@ -78,7 +79,7 @@ impl Sink for Fake {
                 "rejected"
             } else if r.id().job_id() >= 800 {
                 // acctd holds another record under this identity
-                reply.conflict += 1;
+                *reply.conflict.get_or_insert(0) += 1;
                 "conflict"
             } else if r.id().job_id() >= 700 {
                 // the same, answered by an acctd from before conflicts were kept
@@ -95,10 +96,15 @@ impl Sink for Fake {
                     "duplicate"
                 }
             };
-            reply.results.push(RecordReply {
+            reply.results.push(RecordAnswer {
                 index,
                 key: Some(key),
-                status: status.into(),
+                status: match status {
+                    "accepted" => RecordStatus::Accepted,
+                    "duplicate" => RecordStatus::Duplicate,
+                    "conflict" => RecordStatus::Conflict,
+                    _ => RecordStatus::Rejected,
+                },
                 differs: r.id().job_id() >= 700,
                 field: (status == "rejected").then(|| "id.job_id".into()),
                 error: match status {
