@@ -61,7 +61,7 @@ impl Node {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&scontrol, perm).unwrap();
         nvml_sim::testing::set_state_env(Some(&state));
-        // SAFETY (edition 2024 marks set_var unsafe): the testing lock serialises every test
+        // SAFETY: edition 2024 marks set_var unsafe; the testing lock serialises every test
         // of this binary that reads or writes process environment variables.
         unsafe { std::env::set_var("SLURM_CONF", d.join("slurm.conf")) };
         let config = Config::parse(

@@ -17,7 +17,8 @@ use std::sync::OnceLock;
     dead_code,
     missing_docs,
     unsafe_op_in_unsafe_fn,
-    clippy::all
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
 )]
 pub mod sys {
     include!(concat!(env!("OUT_DIR"), "/spank_bindings.rs"));

@@ -208,6 +208,8 @@ nvml_fn! {
     fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) {
         let snap = wait_not_hung(None)?;
         let v = snap.state.driver_version.as_deref().ok_or(NOT_SUPPORTED)?;
+        // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks for
+        // NULL and writes at most that many.
         unsafe { put_str(version, length, v) }
     }
 }
@@ -217,6 +219,8 @@ nvml_fn! {
     fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) {
         let snap = wait_not_hung(None)?;
         let v = snap.state.nvml_version.as_deref().ok_or(NOT_SUPPORTED)?;
+        // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks for
+        // NULL and writes at most that many.
         unsafe { put_str(version, length, v) }
     }
 }
@@ -224,6 +228,8 @@ nvml_fn! {
 fn cuda_driver_version(out: *mut c_int) -> Result<(), Ret> {
     let snap = wait_not_hung(None)?;
     let v = supported(snap.state.cuda_driver_version)?;
+    // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+    // checks for NULL.
     unsafe { put(out, v) }
 }
 
@@ -244,6 +250,8 @@ nvml_fn! {
 fn device_count(out: *mut c_uint) -> Result<(), Ret> {
     let snap = wait_not_hung(None)?;
     let n = snap.state.gpus.len().min(MAX_GPUS) as c_uint;
+    // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+    // checks for NULL.
     unsafe { put(out, n) }
 }
 
@@ -277,6 +285,8 @@ fn handle_where(out: *mut sys::nvmlDevice_t, pred: impl Fn(&Gpu) -> bool) -> Res
         .ok_or(NOT_FOUND)?;
     let handle = device_handle(index);
     with_gpu(handle, |_, _, _| Ok(()))?;
+    // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+    // checks for NULL.
     unsafe { put(out, handle) }
 }
 
@@ -291,6 +301,8 @@ fn handle_by_index(index: c_uint, out: *mut sys::nvmlDevice_t) -> Result<(), Ret
     }
     let handle = device_handle(index);
     with_gpu(handle, |_, _, _| Ok(()))?;
+    // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+    // checks for NULL.
     unsafe { put(out, handle) }
 }
 
@@ -311,6 +323,8 @@ nvml_fn! {
 nvml_fn! {
     /// Handle of the GPU with this UUID (`NOT_FOUND` if none).
     fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut sys::nvmlDevice_t) {
+        // SAFETY: the caller's NUL-terminated string, as NVML's API says; arg_str checks for
+        // NULL.
         let uuid = unsafe { arg_str(uuid) }?;
         handle_where(device, |g| g.uuid == uuid)
     }
@@ -319,12 +333,15 @@ nvml_fn! {
 nvml_fn! {
     /// Handle of the GPU with this serial (`NOT_FOUND` if none).
     fn nvmlDeviceGetHandleBySerial(serial: *const c_char, device: *mut sys::nvmlDevice_t) {
+        // SAFETY: the caller's NUL-terminated string, as NVML's API says; arg_str checks for
+        // NULL.
         let serial = unsafe { arg_str(serial) }?;
         handle_where(device, |g| g.serial.as_deref() == Some(serial))
     }
 }
 
 fn handle_by_pci(bus_id: *const c_char, out: *mut sys::nvmlDevice_t) -> Result<(), Ret> {
+    // SAFETY: the caller's NUL-terminated string, as NVML's API says; arg_str checks for NULL.
     let s = unsafe { arg_str(bus_id) }?;
     let want = PciAddress::parse(s).ok_or(INVALID_ARGUMENT)?;
     handle_where(out, |g| g.pci_address() == Some(want))
@@ -351,6 +368,8 @@ nvml_fn! {
 nvml_fn! {
     /// The GPU's NVML index.
     fn nvmlDeviceGetIndex(device: sys::nvmlDevice_t, index: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, _, i| unsafe { put(index, i as c_uint) })
     }
 }
@@ -358,6 +377,8 @@ nvml_fn! {
 nvml_fn! {
     /// `uuid`.
     fn nvmlDeviceGetUUID(device: sys::nvmlDevice_t, uuid: *mut c_char, length: c_uint) {
+        // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks for
+        // NULL and writes at most that many.
         with_gpu(device, |_, g, _| unsafe { put_str(uuid, length, &g.uuid) })
     }
 }
@@ -367,6 +388,8 @@ nvml_fn! {
     fn nvmlDeviceGetName(device: sys::nvmlDevice_t, name: *mut c_char, length: c_uint) {
         with_gpu(device, |_, g, _| {
             let v = g.name.as_deref().ok_or(NOT_SUPPORTED)?;
+            // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks
+            // for NULL and writes at most that many.
             unsafe { put_str(name, length, v) }
         })
     }
@@ -377,6 +400,8 @@ nvml_fn! {
     fn nvmlDeviceGetSerial(device: sys::nvmlDevice_t, serial: *mut c_char, length: c_uint) {
         with_gpu(device, |_, g, _| {
             let v = g.serial.as_deref().ok_or(NOT_SUPPORTED)?;
+            // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks
+            // for NULL and writes at most that many.
             unsafe { put_str(serial, length, v) }
         })
     }
@@ -400,6 +425,8 @@ fn pci_info(device: sys::nvmlDevice_t, out: *mut sys::nvmlPciInfo_t) -> Result<(
         };
         fill_chars(&mut info.busIdLegacy, &a.bus_id_legacy());
         fill_chars(&mut info.busId, &a.bus_id());
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         unsafe { put(out, info) }
     })
 }
@@ -421,6 +448,8 @@ nvml_fn! {
 nvml_fn! {
     /// `minor_number`.
     fn nvmlDeviceGetMinorNumber(device: sys::nvmlDevice_t, minorNumber: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(minorNumber, supported(g.minor_number)?) })
     }
 }
@@ -440,6 +469,8 @@ nvml_fn! {
             if sensorType != sys::nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU {
                 return Err(INVALID_ARGUMENT);
             }
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(temp, supported(g.temperature_c)?) }
         })
     }
@@ -472,6 +503,8 @@ nvml_fn! {
                 }
                 _ => return Err(INVALID_ARGUMENT),
             };
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(temp, supported(v)?) }
         })
     }
@@ -480,6 +513,8 @@ nvml_fn! {
 nvml_fn! {
     /// `power_usage_mw`.
     fn nvmlDeviceGetPowerUsage(device: sys::nvmlDevice_t, power: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(power, supported(g.power_usage_mw)?) })
     }
 }
@@ -487,6 +522,8 @@ nvml_fn! {
 nvml_fn! {
     /// `power_limit_mw`.
     fn nvmlDeviceGetPowerManagementLimit(device: sys::nvmlDevice_t, limit: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(limit, supported(g.power_limit_mw)?) })
     }
 }
@@ -496,6 +533,8 @@ nvml_fn! {
     fn nvmlDeviceGetEnforcedPowerLimit(device: sys::nvmlDevice_t, limit: *mut c_uint) {
         with_gpu(device, |_, g, _| {
             let v = supported(g.enforced_power_limit_mw.or(g.power_limit_mw))?;
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(limit, v) }
         })
     }
@@ -506,6 +545,8 @@ nvml_fn! {
     fn nvmlDeviceGetTotalEnergyConsumption(device: sys::nvmlDevice_t, energy: *mut c_ulonglong) {
         with_gpu(device, |snap, g, _| {
             let v = g.energy_mj(snap.epoch, unix_now()).ok_or(NOT_SUPPORTED)?;
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(energy, v) }
         })
     }
@@ -522,6 +563,8 @@ nvml_fn! {
                 gpu: supported(g.utilization_gpu)?,
                 memory: supported(g.utilization_memory)?,
             };
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(utilization, u) }
         })
     }
@@ -541,6 +584,8 @@ nvml_fn! {
         with_gpu(device, |_, g, _| {
             let (total, reserved, used, free) = memory_bytes(g)?;
             let m = sys::nvmlMemory_t { total, free, used: used + reserved };
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(memory, m) }
         })
     }
@@ -564,6 +609,8 @@ nvml_fn! {
             }
             let (total, reserved, used, free) = memory_bytes(g)?;
             let m = sys::nvmlMemory_v2_t { version, total, reserved, free, used };
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(memory, m) }
         })
     }
@@ -585,6 +632,8 @@ nvml_fn! {
                 return Err(INVALID_ARGUMENT);
             }
             let on = supported(g.ecc_enabled)?;
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe {
                 put(current, enable_state(on))?;
                 put(pending, enable_state(on))
@@ -619,6 +668,8 @@ nvml_fn! {
             if g.ecc_enabled != Some(true) {
                 return Err(NOT_SUPPORTED);
             }
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(eccCounts, v) }
         })
     }
@@ -644,9 +695,13 @@ unsafe fn list_protocol(
     let capacity = unsafe { *count } as usize;
     let needed_c = c_uint::try_from(needed).map_err(|_| UNKNOWN)?;
     if needed == 0 {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         return unsafe { put(count, 0) };
     }
     if capacity < needed {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         unsafe { put(count, needed_c) }?;
         return Err(INSUFFICIENT_SIZE);
     }
@@ -654,6 +709,8 @@ unsafe fn list_protocol(
         return Err(INVALID_ARGUMENT);
     }
     write()?;
+    // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+    // checks for NULL.
     unsafe { put(count, needed_c) }
 }
 
@@ -675,6 +732,9 @@ fn retired_pages(
             _ => return Err(INVALID_ARGUMENT),
         };
         let pages = pages.ok_or(NOT_SUPPORTED)?;
+        // SAFETY: the count and array pointers are the caller's, the array holding `*count`
+        // entries as NVML's list protocol says; list_protocol checks for NULL and writes only
+        // within that capacity.
         unsafe {
             list_protocol(page_count, pages.len(), addresses.is_null(), || {
                 for (i, p) in pages.iter().enumerate() {
@@ -722,6 +782,8 @@ nvml_fn! {
     ) {
         with_gpu(device, |_, g, _| {
             let r = g.retired_pages.as_ref().ok_or(NOT_SUPPORTED)?;
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(isPending, enable_state(r.pending)) }
         })
     }
@@ -743,6 +805,8 @@ nvml_fn! {
                 return Err(INVALID_ARGUMENT);
             }
             let r = g.remapped_rows.as_ref().ok_or(NOT_SUPPORTED)?;
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe {
                 put(corrRows, r.correctable)?;
                 put(uncRows, r.uncorrectable)?;
@@ -762,6 +826,8 @@ fn throttle_reasons(device: sys::nvmlDevice_t, out: *mut c_ulonglong) -> Result<
         if g.throttle_reasons.is_none() {
             return Err(NOT_SUPPORTED);
         }
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         unsafe { put(out, g.throttle_mask()) }
     })
 }
@@ -774,6 +840,8 @@ fn supported_throttle_reasons(device: sys::nvmlDevice_t, out: *mut c_ulonglong) 
         let all = crate::state::ThrottleReason::ALL
             .iter()
             .fold(0, |m, r| m | r.bit());
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         unsafe { put(out, all) }
     })
 }
@@ -821,6 +889,8 @@ nvml_fn! {
 nvml_fn! {
     /// `pcie_gen_current`.
     fn nvmlDeviceGetCurrPcieLinkGeneration(device: sys::nvmlDevice_t, currLinkGen: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(currLinkGen, supported(g.pcie_gen_current)?) })
     }
 }
@@ -828,6 +898,8 @@ nvml_fn! {
 nvml_fn! {
     /// `pcie_gen_max`.
     fn nvmlDeviceGetMaxPcieLinkGeneration(device: sys::nvmlDevice_t, maxLinkGen: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(maxLinkGen, supported(g.pcie_gen_max)?) })
     }
 }
@@ -838,6 +910,8 @@ nvml_fn! {
         device: sys::nvmlDevice_t,
         maxLinkGenDevice: *mut c_uint,
     ) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(maxLinkGenDevice, supported(g.pcie_gen_max)?) })
     }
 }
@@ -845,6 +919,8 @@ nvml_fn! {
 nvml_fn! {
     /// `pcie_width_current`.
     fn nvmlDeviceGetCurrPcieLinkWidth(device: sys::nvmlDevice_t, currLinkWidth: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(currLinkWidth, supported(g.pcie_width_current)?) })
     }
 }
@@ -852,6 +928,8 @@ nvml_fn! {
 nvml_fn! {
     /// `pcie_width_max`.
     fn nvmlDeviceGetMaxPcieLinkWidth(device: sys::nvmlDevice_t, maxLinkWidth: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(maxLinkWidth, supported(g.pcie_width_max)?) })
     }
 }
@@ -859,6 +937,8 @@ nvml_fn! {
 nvml_fn! {
     /// `pcie_replay_counter`.
     fn nvmlDeviceGetPcieReplayCounter(device: sys::nvmlDevice_t, value: *mut c_uint) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, g, _| unsafe { put(value, supported(g.pcie_replay_counter)?) })
     }
 }
@@ -871,6 +951,8 @@ nvml_fn! {
             if p > 15 {
                 return Err(UNKNOWN);
             }
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(pState, p as sys::nvmlPstates_t) }
         })
     }
@@ -885,6 +967,8 @@ nvml_fn! {
     ) {
         with_gpu(device, |_, g, _| {
             let on = c_uint::from(supported(g.mig_mode)?);
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe {
                 put(currentMode, on)?;
                 put(pendingMode, on)
@@ -912,6 +996,8 @@ nvml_fn! {
                 cliqueId: f.clique_id,
                 state: f.state.raw(),
             };
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(gpuFabricInfo, info) }
         })
     }
@@ -921,6 +1007,8 @@ nvml_fn! {
     /// `persistence_mode`.
     fn nvmlDeviceGetPersistenceMode(device: sys::nvmlDevice_t, mode: *mut sys::nvmlEnableState_t) {
         with_gpu(device, |_, g, _| {
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(mode, enable_state(supported(g.persistence_mode)?)) }
         })
     }
@@ -966,6 +1054,9 @@ fn processes<T>(
                 }
             })
             .collect();
+        // SAFETY: the count and array pointers are the caller's, the array holding `*count`
+        // entries as NVML's list protocol says; list_protocol checks for NULL and writes only
+        // within that capacity.
         unsafe {
             list_protocol(count, list.len(), infos.is_null(), || {
                 for (i, p) in list.iter().enumerate() {
@@ -1071,6 +1162,9 @@ nvml_fn! {
         infos: *mut sys::nvmlProcessInfo_t,
     ) {
         let _ = infos;
+        // SAFETY: the count and array pointers are the caller's, the array holding `*count`
+        // entries as NVML's list protocol says; list_protocol checks for NULL and writes only
+        // within that capacity.
         with_gpu(device, |_, _, _| unsafe { list_protocol(infoCount, 0, true, || Ok(())) })
     }
 }
@@ -1079,6 +1173,8 @@ nvml_fn! {
     /// `accounting_mode`.
     fn nvmlDeviceGetAccountingMode(device: sys::nvmlDevice_t, mode: *mut sys::nvmlEnableState_t) {
         with_gpu(device, |_, g, _| {
+            // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
+            // put checks for NULL.
             unsafe { put(mode, enable_state(supported(g.accounting_mode)?)) }
         })
     }
@@ -1096,6 +1192,9 @@ nvml_fn! {
                 return Err(NOT_SUPPORTED);
             }
             let list: Vec<u32> = g.processes.iter().map(|p| p.pid).collect();
+            // SAFETY: the count and array pointers are the caller's, the array holding `*count`
+            // entries as NVML's list protocol says; list_protocol checks for NULL and writes
+            // only within that capacity.
             unsafe {
                 list_protocol(count, list.len(), pids.is_null(), || {
                     for (i, pid) in list.iter().enumerate() {
@@ -1119,6 +1218,8 @@ nvml_fn! {
             return Err(INVALID_ARGUMENT);
         }
         let id = runtime::event_set_create()?;
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         unsafe { put(set, event_set_handle(id)) }
     }
 }
@@ -1126,6 +1227,8 @@ nvml_fn! {
 nvml_fn! {
     /// Event types the simulated GPU supports (ECC, P-state, XID, clock).
     fn nvmlDeviceGetSupportedEventTypes(device: sys::nvmlDevice_t, eventTypes: *mut c_ulonglong) {
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         with_gpu(device, |_, _, _| unsafe { put(eventTypes, SUPPORTED_EVENTS) })
     }
 }
@@ -1166,6 +1269,8 @@ nvml_fn! {
             gpuInstanceId: NOT_AVAILABLE_U32,
             computeInstanceId: NOT_AVAILABLE_U32,
         };
+        // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says; put
+        // checks for NULL.
         unsafe { put(data, out) }
     }
 }

@@ -805,8 +805,8 @@ fn error_strings_are_nvidias() {
     let sim = Sim::start(&State::healthy(1));
     let nvml = sim.nvml();
     let f = nvml.lib().nvmlErrorString.as_ref().unwrap();
-    // SAFETY: nvmlErrorString returns a static NUL-terminated string.
     let s = |code| {
+        // SAFETY: nvmlErrorString returns a static NUL-terminated string.
         unsafe { std::ffi::CStr::from_ptr(f(code)) }
             .to_str()
             .unwrap()
