@@ -28,13 +28,15 @@ pub mod healthd;
 pub mod nodes;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use sgpu_nodelib::slurmctl::Scontrol;
 use sgpu_spool::{NodeAction, NodeEvent};
+
+use crate::settings::Settings;
 
 use nodes::{Health, ResumeDecision, SlurmNode};
 
@@ -153,16 +155,10 @@ struct Env {
     acctd_auth: sgpu_acct_client::ClientAuth,
 }
 
-fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyhow::Result<Env> {
+fn env(settings: &Settings, opts: &AdminOpts) -> anyhow::Result<Env> {
     let scontrol = Scontrol::locate(opts.scontrol.as_deref())
         .context("cannot find scontrol; pass --scontrol PATH")?;
-    let (path, _) = sgpu_nodelib::config::Config::locate(config);
-    let conf = if config.is_some() || path.exists() {
-        sgpu_nodelib::config::Config::load(&path)
-            .with_context(|| format!("{}: fix it or pass --config", path.display()))?
-    } else {
-        sgpu_nodelib::config::Config::default()
-    };
+    let conf = &settings.config;
     let port = conf
         .status_listen
         .map(|a| a.port())
@@ -179,26 +175,14 @@ fn env(config: Option<&Path>, acctd_url: Option<&str>, opts: &AdminOpts) -> anyh
         .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
     let cluster = sgpu_slurm_conf::cluster_name(&slurm_conf)
         .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into());
-    let (acctd_url, acctd_auth) =
-        acctd::resolve(acctd_url, &acctd_settings(&conf), |k| std::env::var(k).ok());
     Ok(Env {
         scontrol,
         breaker: conf.breaker,
         cluster,
         healthd,
-        acctd_url,
-        acctd_auth,
+        acctd_url: settings.acctd_url.clone(),
+        acctd_auth: settings.acctd_auth.clone(),
     })
-}
-
-/// sgpu.toml's `[accounting]` settings for acctd.
-fn acctd_settings(conf: &sgpu_nodelib::config::Config) -> acctd::AcctdSettings {
-    let a = &conf.accounting;
-    acctd::AcctdSettings {
-        url: a.url.clone(),
-        no_auth: a.auth == sgpu_nodelib::config::AcctAuth::None,
-        munge_socket: a.munge_socket.clone(),
-    }
 }
 
 fn expand(hostlist: &str) -> anyhow::Result<Vec<String>> {
@@ -273,12 +257,12 @@ fn record_history(env: &Env, events: &[NodeEvent]) -> i32 {
 }
 
 /// `sgpu drain`.
-pub fn drain(config: Option<&Path>, acctd_url: Option<&str>, a: &DrainArgs) -> anyhow::Result<i32> {
+pub fn drain(settings: &Settings, a: &DrainArgs) -> anyhow::Result<i32> {
     if a.reason.trim().is_empty() {
         bail!("--reason must say why the nodes are drained");
     }
     let names = expand(&a.hostlist)?;
-    let env = env(config, acctd_url, &a.opts)?;
+    let env = env(settings, &a.opts)?;
     let (_, user) = actor();
     let reason = nodes::admin_reason(&user, &a.reason);
     let mut code = 0;
@@ -300,12 +284,11 @@ pub fn drain(config: Option<&Path>, acctd_url: Option<&str>, a: &DrainArgs) -> a
 
 /// `sgpu resume`.
 pub fn resume(
-    config: Option<&Path>,
-    acctd_url: Option<&str>,
+    settings: &Settings,
     a: &ResumeArgs,
 ) -> anyhow::Result<i32> {
     let names = expand(&a.hostlist)?;
-    let env = env(config, acctd_url, &a.opts)?;
+    let env = env(settings, &a.opts)?;
     let mut code = 0;
     let mut events = Vec::new();
     for node in slurm_nodes(&env, &names)? {
@@ -355,13 +338,12 @@ pub fn resume(
 
 /// `sgpu breaker status|reset`.
 pub fn breaker(
-    config: Option<&Path>,
-    acctd_url: Option<&str>,
+    settings: &Settings,
     a: &BreakerArgs,
 ) -> anyhow::Result<i32> {
     match &a.action {
         BreakerAction::Status { json, opts } => {
-            let env = env(config, acctd_url, opts)?;
+            let env = env(settings, opts)?;
             let nodes = env.scontrol.nodes().context("cannot list the nodes")?;
             let counts = sgpu_nodelib::breaker::scope_counts(&nodes, &env.breaker);
             if *json {
@@ -379,7 +361,7 @@ pub fn breaker(
             Ok(0)
         }
         BreakerAction::Reset { partition, opts } => {
-            let env = env(config, acctd_url, opts)?;
+            let env = env(settings, opts)?;
             let nodes = env.scontrol.nodes().context("cannot list the nodes")?;
             if let Some(p) = partition {
                 if !nodes.iter().any(|n| n.partitions.contains(p)) {
@@ -480,11 +462,10 @@ fn parallel_map<T: Sync, R: Send>(
 
 /// `sgpu status`.
 pub fn status(
-    config: Option<&Path>,
-    acctd_url: Option<&str>,
+    settings: &Settings,
     a: &StatusArgs,
 ) -> anyhow::Result<i32> {
-    let env = env(config, acctd_url, &a.opts)?;
+    let env = env(settings, &a.opts)?;
     let list = match &a.hostlist {
         Some(h) => slurm_nodes(&env, &expand(h)?)?,
         None => nodes::show_nodes(env.scontrol.path(), None).map_err(anyhow::Error::msg)?,
@@ -537,11 +518,10 @@ pub fn status(
 
 /// `sgpu history`.
 pub fn history(
-    config: Option<&Path>,
-    acctd_url: Option<&str>,
+    settings: &Settings,
     a: &HistoryArgs,
 ) -> anyhow::Result<i32> {
-    let env = env(config, acctd_url, &a.opts)?;
+    let env = env(settings, &a.opts)?;
     let names = match &a.hostlist {
         Some(h) => expand(h)?,
         None => nodes::show_nodes(env.scontrol.path(), None)

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod check;
 pub mod conf;
 pub mod report;
+pub mod settings;
 pub mod timespec;
 
 use clap::{Parser, Subcommand};
@@ -61,19 +62,22 @@ pub enum Command {
     Conflicts(report::ConflictsArgs),
 }
 
-/// Runs the parsed command line; returns the process exit code.
+/// Runs the parsed command line; returns the process exit code. `check` and `conf check`
+/// read sgpu.toml themselves (they report a bad file instead of stopping); every other
+/// subcommand gets the [`settings::Settings`] resolved once here.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let settings = || settings::Settings::resolve(cli.config.as_deref(), cli.acctd.as_deref());
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), &args),
         Command::Conf(args) => conf::run(cli.config.as_deref(), &args),
-        Command::Drain(a) => admin::drain(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Resume(a) => admin::resume(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Status(a) => admin::status(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::History(a) => admin::history(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Breaker(a) => admin::breaker(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Report(a) => report::report(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Jobs(a) => report::jobs(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Job(a) => report::job(cli.config.as_deref(), cli.acctd.as_deref(), &a),
-        Command::Conflicts(a) => report::conflicts(cli.config.as_deref(), cli.acctd.as_deref(), &a),
+        Command::Drain(a) => admin::drain(&settings()?, &a),
+        Command::Resume(a) => admin::resume(&settings()?, &a),
+        Command::Status(a) => admin::status(&settings()?, &a),
+        Command::History(a) => admin::history(&settings()?, &a),
+        Command::Breaker(a) => admin::breaker(&settings()?, &a),
+        Command::Report(a) => report::report(&settings()?, &a),
+        Command::Jobs(a) => report::jobs(&settings()?, &a),
+        Command::Job(a) => report::job(&settings()?, &a),
+        Command::Conflicts(a) => report::conflicts(&settings()?, &a),
     }
 }

@@ -17,9 +17,9 @@ pub mod chart;
 pub mod table;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 use serde_json::{Value, json};
 use sgpu_acct_client::Client;
@@ -29,7 +29,7 @@ use sgpu_wire::acctd::{
     ConflictsAnswer, JobAnswer, JobSummary, JobsAnswer, ReportAnswer, ReportRow,
 };
 
-use crate::admin::acctd;
+use crate::settings::Settings;
 use crate::timespec::{WindowArgs, format_elapsed, format_time, now_s};
 use table::{Column, Field, Style, parse_format, render};
 
@@ -414,22 +414,11 @@ struct Env {
     client: Client,
 }
 
-fn env(config: Option<&Path>, acctd_url: Option<&str>) -> anyhow::Result<Env> {
-    let (path, must_exist) = Config::locate(config);
-    let conf = if must_exist || path.exists() {
-        Config::load(&path)
-            .with_context(|| format!("{}: fix it or pass --config", path.display()))?
-    } else {
-        Config::default()
-    };
-    let settings = acctd::AcctdSettings {
-        url: conf.accounting.url.clone(),
-        no_auth: conf.accounting.auth == sgpu_nodelib::config::AcctAuth::None,
-        munge_socket: conf.accounting.munge_socket.clone(),
-    };
-    let (url, auth) = acctd::resolve(acctd_url, &settings, |k| std::env::var(k).ok());
-    let client = acctd::client(&url, auth).map_err(anyhow::Error::msg)?;
-    Ok(Env { conf, client })
+fn env(settings: &Settings) -> anyhow::Result<Env> {
+    Ok(Env {
+        conf: settings.config.clone(),
+        client: settings.acctd_client()?,
+    })
 }
 
 fn get<T: sgpu_wire::Answer>(client: &Client, path: &str) -> anyhow::Result<T> {
@@ -480,8 +469,7 @@ pub fn render_report(
 
 /// `sgpu report`.
 pub fn report(
-    config: Option<&Path>,
-    acctd_url: Option<&str>,
+    settings: &Settings,
     a: &ReportArgs,
 ) -> anyhow::Result<i32> {
     if a.select.jobs.is_some() {
@@ -495,7 +483,7 @@ pub fn report(
         None => None,
     };
     let (names, groups) = group_fields(a.group_by.as_deref(), columns.as_deref())?;
-    let env = env(config, acctd_url)?;
+    let env = env(settings)?;
     let prices = &env.conf.prices;
     let columns = match columns {
         Some(c) => c,
@@ -631,7 +619,7 @@ pub fn job_cells(j: &JobSummary, columns: &[Column], prices: &PricesConfig) -> V
 }
 
 /// `sgpu jobs`.
-pub fn jobs(config: Option<&Path>, acctd_url: Option<&str>, a: &JobsArgs) -> anyhow::Result<i32> {
+pub fn jobs(settings: &Settings, a: &JobsArgs) -> anyhow::Result<i32> {
     let now = now_s();
     let today = now.div_euclid(DAY_S) * DAY_S;
     // sacct: with -j and no -S, any time (acctd still needs a window: from 1970).
@@ -643,7 +631,7 @@ pub fn jobs(config: Option<&Path>, acctd_url: Option<&str>, a: &JobsArgs) -> any
             .into()
     });
     let columns = parse_format(&spec, JOBS_FIELDS).map_err(anyhow::Error::msg)?;
-    let env = env(config, acctd_url)?;
+    let env = env(settings)?;
     check_cost(&columns, &env.conf.prices)?;
     let answer: JobsAnswer = get(
         &env.client,
@@ -762,12 +750,12 @@ fn slurm_cluster() -> Option<String> {
 }
 
 /// `sgpu job <id>`.
-pub fn job(config: Option<&Path>, acctd_url: Option<&str>, a: &JobArgs) -> anyhow::Result<i32> {
+pub fn job(settings: &Settings, a: &JobArgs) -> anyhow::Result<i32> {
     let cluster = match a.cluster.clone().or_else(slurm_cluster) {
         Some(c) => c,
         None => bail!("which cluster? pass -M NAME (slurm.conf has no ClusterName)"),
     };
-    let env = env(config, acctd_url)?;
+    let env = env(settings)?;
     let answer: JobAnswer<Record> = get(
         &env.client,
         &format!("/v1/jobs/{}/{}", enc(&cluster), a.job_id),
@@ -815,11 +803,10 @@ mod tests;
 /// `sgpu conflicts`: records acctd kept apart because a different record was stored under
 /// their identity (admins only): per conflict its key, when it arrived, and what differs.
 pub fn conflicts(
-    config: Option<&Path>,
-    acctd_url: Option<&str>,
+    settings: &Settings,
     a: &ConflictsArgs,
 ) -> anyhow::Result<i32> {
-    let env = env(config, acctd_url)?;
+    let env = env(settings)?;
     let answer: ConflictsAnswer<Record> = get(&env.client, "/v1/conflicts")?;
     if a.json {
         // acctd's answer as it was before answers carried their schema version
