@@ -256,7 +256,9 @@ fn ingest(a: &Args, client: &Client, db: &std::path::Path) -> Result<(), String>
                             "a batch of {n}: {} accepted, {} rejected (first: {:?})",
                             r.accepted,
                             r.rejected,
-                            r.results.iter().find(|x| x.status == "rejected")
+                            r.results
+                                .iter()
+                                .find(|x| x.status == sgpu_acct_client::RecordStatus::Rejected)
                         ));
                     }
                     post_s += t.elapsed().as_secs_f64();

@@ -19,6 +19,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use sgpu_wire::healthd::StatusDoc;
 
 mod node;
 use node::{CLUSTER, NODE, SimNode, write};
@@ -257,8 +258,8 @@ fn free_port() -> Result<SocketAddr, String> {
     l.local_addr().map_err(|e| e.to_string())
 }
 
-/// `GET /status`, the body as text.
-fn get_status(addr: SocketAddr) -> Result<String, String> {
+/// `GET /status`, healthd's document ([`sgpu_wire::healthd::StatusDoc`]).
+fn get_status(addr: SocketAddr) -> Result<StatusDoc, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -280,18 +281,7 @@ fn get_status(addr: SocketAddr) -> Result<String, String> {
             head.lines().next().unwrap_or_default()
         ));
     }
-    Ok(body.to_string())
-}
-
-/// The first number after `"key":` in a JSON text (enough for `/status`'s counters).
-fn json_number(json: &str, key: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[at..]
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    sgpu_wire::decode(body.as_bytes()).map_err(|e| format!("{addr}: {e}"))
 }
 
 /// Sleeps `d`, checking every 200 ms that healthd still runs.
@@ -479,8 +469,8 @@ fn measure(
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match get_status(addr) {
-                Ok(body) => {
-                    samples_before = json_number(&body, "samples_total");
+                Ok(doc) => {
+                    samples_before = Some(doc.sampling.samples_total);
                     break;
                 }
                 Err(e) if Instant::now() >= deadline => {
@@ -550,21 +540,19 @@ fn measure(
     // after the window: checking costs nothing measured
     if let Some(addr) = status {
         match get_status(addr) {
-            Ok(body) => {
-                let after = json_number(&body, "samples_total").unwrap_or(0);
+            Ok(doc) => {
+                let after = doc.sampling.samples_total;
                 let during = after.saturating_sub(samples_before.unwrap_or(0));
-                let job = body
-                    .find("\"jobs\":")
-                    .and_then(|i| json_number(&body[i..], "samples"))
-                    .map_or_else(
-                        || "no running job".to_string(),
-                        |n| format!("job {JOB}: {n} samples"),
-                    );
+                let running = doc.jobs.iter().find(|j| j.job_id == JOB);
+                let job = running.map(|j| j.samples).map_or_else(
+                    || "no running job".to_string(),
+                    |n| format!("job {JOB}: {n} samples"),
+                );
                 println!(
                     "/status: samples_total {after} ({during} in the window, ~{} expected); {job}",
                     args.seconds / args.sample_interval.max(1)
                 );
-                if !args.no_job && !body.contains(&format!("\"job_id\":{JOB}")) {
+                if !args.no_job && running.is_none() {
                     problems.push(format!("/status does not list job {JOB} as running"));
                 }
                 if during == 0 {
