@@ -283,10 +283,7 @@ pub fn drain(settings: &Settings, a: &DrainArgs) -> anyhow::Result<i32> {
 }
 
 /// `sgpu resume`.
-pub fn resume(
-    settings: &Settings,
-    a: &ResumeArgs,
-) -> anyhow::Result<i32> {
+pub fn resume(settings: &Settings, a: &ResumeArgs) -> anyhow::Result<i32> {
     let names = expand(&a.hostlist)?;
     let env = env(settings, &a.opts)?;
     let mut code = 0;
@@ -337,10 +334,7 @@ pub fn resume(
 }
 
 /// `sgpu breaker status|reset`.
-pub fn breaker(
-    settings: &Settings,
-    a: &BreakerArgs,
-) -> anyhow::Result<i32> {
+pub fn breaker(settings: &Settings, a: &BreakerArgs) -> anyhow::Result<i32> {
     match &a.action {
         BreakerAction::Status { json, opts } => {
             let env = env(settings, opts)?;
@@ -406,7 +400,7 @@ pub fn breaker(
 fn node_health(env: &Env, node: &str) -> (Health, Option<String>) {
     match healthd::fetch(&env.healthd, node) {
         Ok(doc) => (healthd::health(&doc), Some(healthd::breaker(&doc))),
-        Err(e) => (Health::Unknown(e), None),
+        Err(e) => (Health::Unknown(e.to_string()), None),
     }
 }
 
@@ -461,10 +455,7 @@ fn parallel_map<T: Sync, R: Send>(
 }
 
 /// `sgpu status`.
-pub fn status(
-    settings: &Settings,
-    a: &StatusArgs,
-) -> anyhow::Result<i32> {
+pub fn status(settings: &Settings, a: &StatusArgs) -> anyhow::Result<i32> {
     let env = env(settings, &a.opts)?;
     let list = match &a.hostlist {
         Some(h) => slurm_nodes(&env, &expand(h)?)?,
@@ -517,10 +508,7 @@ pub fn status(
 }
 
 /// `sgpu history`.
-pub fn history(
-    settings: &Settings,
-    a: &HistoryArgs,
-) -> anyhow::Result<i32> {
+pub fn history(settings: &Settings, a: &HistoryArgs) -> anyhow::Result<i32> {
     let env = env(settings, &a.opts)?;
     let names = match &a.hostlist {
         Some(h) => expand(h)?,

@@ -260,12 +260,28 @@ fn check_dirs(config: &Config, out: &mut Vec<Finding>) {
     }
 }
 
+/// A Prolog/Epilog program that Slurm could not run.
+#[derive(Debug, thiserror::Error)]
+enum ProgramError {
+    /// It cannot be read (missing, no permission).
+    #[error("{path}: {error}")]
+    Unreadable { path: String, error: std::io::Error },
+    /// No execute bit.
+    #[error("{path} is not executable")]
+    NotExecutable { path: String },
+}
+
 /// Whether the program at `path` is, or runs, `program` (a wrapper script naming it).
-fn runs(path: &str, program: &str) -> Result<bool, String> {
+fn runs(path: &str, program: &str) -> Result<bool, ProgramError> {
     let p = Path::new(path);
-    let meta = std::fs::metadata(p).map_err(|e| format!("{path}: {e}"))?;
+    let meta = std::fs::metadata(p).map_err(|error| ProgramError::Unreadable {
+        path: path.to_string(),
+        error,
+    })?;
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("{path} is not executable"));
+        return Err(ProgramError::NotExecutable {
+            path: path.to_string(),
+        });
     }
     if p.file_name().is_some_and(|n| n == program) {
         return Ok(true);
@@ -533,18 +549,32 @@ fn slurm_version(
     Some((major, minor))
 }
 
+/// Why a plugin's `plugin_version` could not be read (slurmstepd would refuse it too).
+#[derive(Debug, thiserror::Error)]
+enum PluginError {
+    /// dlopen failed (missing library, wrong architecture, unresolved symbols).
+    #[error(transparent)]
+    Load(libloading::Error),
+    /// Not a Slurm plugin.
+    #[error("no plugin_version symbol: {0}")]
+    NoVersion(libloading::Error),
+    /// The symbol is there but null.
+    #[error("plugin_version is null")]
+    NullVersion,
+}
+
 /// The `plugin_version` a Slurm plugin was built with, read by loading it.
-fn plugin_version(path: &Path) -> Result<u32, String> {
+fn plugin_version(path: &Path) -> Result<u32, PluginError> {
     // SAFETY: the library is sgpu's own plugin (or claims to be); loading runs no code of
     // ours, and the symbol is read as the `uint32_t` Slurm's plugin ABI defines it to be.
     unsafe {
-        let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let lib = libloading::Library::new(path).map_err(PluginError::Load)?;
         let sym: libloading::Symbol<'_, *const u32> = lib
             .get(b"plugin_version\0")
-            .map_err(|e| format!("no plugin_version symbol: {e}"))?;
+            .map_err(PluginError::NoVersion)?;
         let p = *sym;
         if p.is_null() {
-            return Err("plugin_version is null".into());
+            return Err(PluginError::NullVersion);
         }
         Ok(*p)
     }

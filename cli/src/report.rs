@@ -468,10 +468,7 @@ pub fn render_report(
 }
 
 /// `sgpu report`.
-pub fn report(
-    settings: &Settings,
-    a: &ReportArgs,
-) -> anyhow::Result<i32> {
+pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     if a.select.jobs.is_some() {
         bail!("-j/--jobs selects jobs in `sgpu jobs`; reports sum over accounts and users");
     }
@@ -802,10 +799,7 @@ mod tests;
 
 /// `sgpu conflicts`: records acctd kept apart because a different record was stored under
 /// their identity (admins only): per conflict its key, when it arrived, and what differs.
-pub fn conflicts(
-    settings: &Settings,
-    a: &ConflictsArgs,
-) -> anyhow::Result<i32> {
+pub fn conflicts(settings: &Settings, a: &ConflictsArgs) -> anyhow::Result<i32> {
     let env = env(settings)?;
     let answer: ConflictsAnswer<Record> = get(&env.client, "/v1/conflicts")?;
     if a.json {

@@ -41,10 +41,10 @@ pub struct WindowArgs {
 impl WindowArgs {
     /// The flags read as Unix seconds (relative forms against `now`), `None` where not given;
     /// an error names the flag.
-    pub fn read(&self, now: i64) -> Result<(Option<i64>, Option<i64>), String> {
-        let one = |flag: &str, v: &Option<String>| {
+    pub fn read(&self, now: i64) -> Result<(Option<i64>, Option<i64>), WindowError> {
+        let one = |flag: &'static str, v: &Option<String>| {
             v.as_deref()
-                .map(|t| parse_time(t, now).map_err(|e| format!("{flag}: {e}")))
+                .map(|t| parse_time(t, now).map_err(|error| WindowError { flag, error }))
                 .transpose()
         };
         Ok((
@@ -52,6 +52,16 @@ impl WindowArgs {
             one("-E/--endtime", &self.end)?,
         ))
     }
+}
+
+/// A `-S`/`-E` value that could not be read: names the flag, then what [`TimeError`] says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {error}")]
+pub struct WindowError {
+    /// The flag, e.g. `-S/--starttime`.
+    pub flag: &'static str,
+    /// What is wrong with its value (and the valid formats).
+    pub error: TimeError,
 }
 
 /// The current time, Unix seconds.

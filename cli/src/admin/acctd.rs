@@ -55,13 +55,37 @@ pub fn resolve(
     (url, auth)
 }
 
+/// A request to a service of sgpu (acctd, a node's healthd) that failed: names the service
+/// and its URL, then the client's error, which says what to check.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} at {url}: {error}")]
+pub struct ServiceError {
+    /// `acctd` or `healthd`.
+    pub service: &'static str,
+    /// The base URL asked.
+    pub url: String,
+    /// What failed.
+    pub error: sgpu_acct_client::ClientError,
+}
+
+impl ServiceError {
+    /// A failed request to acctd at `url`.
+    pub fn acctd(url: &str, error: sgpu_acct_client::ClientError) -> ServiceError {
+        ServiceError {
+            service: "acctd",
+            url: url.to_string(),
+            error,
+        }
+    }
+}
+
 /// A client for `url`.
-pub fn client(url: &str, auth: ClientAuth) -> Result<Client, String> {
-    Client::new(url, auth, ACCTD_TIMEOUT).map_err(|e| format!("acctd at {url}: {e}"))
+pub fn client(url: &str, auth: ClientAuth) -> Result<Client, ServiceError> {
+    Client::new(url, auth, ACCTD_TIMEOUT).map_err(|e| ServiceError::acctd(url, e))
 }
 
 /// Records `events` in acctd's node history.
-pub fn record(client: &Client, events: &[NodeEvent]) -> Result<(), String> {
+pub fn record(client: &Client, events: &[NodeEvent]) -> Result<(), ServiceError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -71,7 +95,7 @@ pub fn record(client: &Client, events: &[NodeEvent]) -> Result<(), String> {
     client
         .post::<_, HistoryPostAnswer>("/v1/history", &body)
         .map(|_| ())
-        .map_err(|e| format!("acctd at {}: {e}", client.base_url()))
+        .map_err(|e| ServiceError::acctd(client.base_url(), e))
 }
 
 /// The history of `nodes` in `[start, end)` (Unix seconds, either open), the newest
@@ -81,7 +105,7 @@ pub fn history(
     nodes: &[String],
     limit: usize,
     (start, end): (Option<i64>, Option<i64>),
-) -> Result<Vec<NodeEvent>, String> {
+) -> Result<Vec<NodeEvent>, ServiceError> {
     let mut path = format!("/v1/history?nodes={}&limit={limit}", nodes.join("%2C"));
     if let Some(s) = start {
         path.push_str(&format!("&start={}", s.max(0)));
@@ -92,7 +116,7 @@ pub fn history(
     client
         .get::<HistoryAnswer<NodeEvent>>(&path)
         .map(|a| a.events)
-        .map_err(|e| format!("acctd at {}: {e}", client.base_url()))
+        .map_err(|e| ServiceError::acctd(client.base_url(), e))
 }
 
 #[cfg(test)]

@@ -12,10 +12,22 @@ use std::time::Duration;
 use sgpu_acct_client::{Client, ClientAuth};
 use sgpu_wire::healthd::{StatusDoc, Verdict};
 
+use super::acctd::ServiceError;
 use super::nodes::Health;
 
 /// How long one node's healthd may take to answer.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A `--healthd` value that is neither `NODE=URL` nor a URL template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--healthd {spec:?}: expected NODE=http://HOST:PORT or a URL template such as \
+     http://%n:9411"
+)]
+pub struct HealthdSpecError {
+    /// The value given.
+    pub spec: String,
+}
 
 /// Where each node's healthd answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +38,7 @@ pub struct HealthdUrls {
 
 impl HealthdUrls {
     /// From the `--healthd` values and the default port.
-    pub fn new(specs: &[String], default_port: u16) -> Result<HealthdUrls, String> {
+    pub fn new(specs: &[String], default_port: u16) -> Result<HealthdUrls, HealthdSpecError> {
         let mut per_node = BTreeMap::new();
         let mut template = format!("http://%n:{default_port}");
         for s in specs {
@@ -35,12 +47,7 @@ impl HealthdUrls {
                     per_node.insert(node.to_string(), url.to_string());
                 }
                 _ if s.starts_with("http://") => template = s.clone(),
-                _ => {
-                    return Err(format!(
-                        "--healthd {s:?}: expected NODE=http://HOST:PORT or a URL template \
-                         such as http://%n:9411"
-                    ));
-                }
+                _ => return Err(HealthdSpecError { spec: s.clone() }),
             }
         }
         Ok(HealthdUrls { per_node, template })
@@ -56,13 +63,15 @@ impl HealthdUrls {
 }
 
 /// healthd's `/status` of `node`.
-pub fn fetch(urls: &HealthdUrls, node: &str) -> Result<StatusDoc, String> {
+pub fn fetch(urls: &HealthdUrls, node: &str) -> Result<StatusDoc, ServiceError> {
     let url = urls.url(node);
-    let client = Client::new(&url, ClientAuth::None, STATUS_TIMEOUT)
-        .map_err(|e| format!("healthd at {url}: {e}"))?;
-    client
-        .get("/status")
-        .map_err(|e| format!("healthd at {url}: {e}"))
+    let failed = |error| ServiceError {
+        service: "healthd",
+        url: url.clone(),
+        error,
+    };
+    let client = Client::new(&url, ClientAuth::None, STATUS_TIMEOUT).map_err(failed)?;
+    client.get("/status").map_err(failed)
 }
 
 /// The health verdict in a `/status` document.
@@ -164,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_per_node_template_and_default() -> Result<(), String> {
+    fn urls_per_node_template_and_default() -> Result<(), HealthdSpecError> {
         let u = HealthdUrls::new(&["node1=http://127.0.0.1:1".into()], 9411)?;
         assert_eq!(u.url("node1"), "http://127.0.0.1:1");
         assert_eq!(u.url("node2"), "http://node2:9411");

@@ -86,22 +86,39 @@ pub fn parse_node(line: &str) -> Option<SlurmNode> {
     })
 }
 
+/// Why the node list could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowNodesError {
+    /// scontrol could not be found or run, or failed (the error says which and why).
+    #[error(transparent)]
+    Scontrol(#[from] slurmctl::SlurmctlError),
+    /// Its output is not a node list.
+    #[error("{command} printed {why}")]
+    Output {
+        /// The command run.
+        command: String,
+        /// What is wrong with the output.
+        why: String,
+    },
+}
+
 /// Every node Slurm knows, in its order (`nodes`: only these, when given). scontrol's
 /// output is read while it runs, under [`SHOW_NODES_TIMEOUT`] and
 /// [`slurmctl::MAX_OUTPUT`].
-pub fn show_nodes(scontrol: &Path, nodes: Option<&[String]>) -> Result<Vec<SlurmNode>, String> {
-    let sc = Scontrol::locate(Some(scontrol))
-        .map_err(|e| e.to_string())?
-        .with_timeout(SHOW_NODES_TIMEOUT);
+pub fn show_nodes(
+    scontrol: &Path,
+    nodes: Option<&[String]>,
+) -> Result<Vec<SlurmNode>, ShowNodesError> {
+    let sc = Scontrol::locate(Some(scontrol))?.with_timeout(SHOW_NODES_TIMEOUT);
     let mut args: Vec<String> = vec!["show".into(), "node".into(), "-o".into()];
     if let Some(n) = nodes {
         args.push(n.join(","));
     }
-    let out = sc
-        .run_program(scontrol, &args, &[])
-        .map_err(|e| e.to_string())?;
-    let records = slurmctl::node_records(&out)
-        .map_err(|e| format!("{} {} printed {e}", scontrol.display(), args.join(" ")))?;
+    let out = sc.run_program(scontrol, &args, &[])?;
+    let records = slurmctl::node_records(&out).map_err(|why| ShowNodesError::Output {
+        command: format!("{} {}", scontrol.display(), args.join(" ")),
+        why,
+    })?;
     Ok(records.iter().filter_map(|r| parse_node(r)).collect())
 }
 

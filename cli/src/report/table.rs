@@ -126,10 +126,34 @@ pub struct Column {
     pub left: bool,
 }
 
+/// A `-o/--format` that cannot be printed; names the field or width and lists what is valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// A field this command does not print.
+    #[error("--format: unknown field {name:?}; valid: {valid}")]
+    UnknownField {
+        /// The name given.
+        name: String,
+        /// The fields this command prints, comma-separated.
+        valid: String,
+    },
+    /// A `%N` that is not a positive number.
+    #[error("--format: {item:?}: width {width:?} is not a positive number")]
+    BadWidth {
+        /// The item, e.g. `Account%x`.
+        item: String,
+        /// The width given.
+        width: String,
+    },
+    /// Nothing but commas and blanks.
+    #[error("--format names no field")]
+    Empty,
+}
+
 /// Parses `-o/--format`: comma-separated field names, each with an optional `%N` (width) or
 /// `%-N` (width, left-justified), case-insensitive. `allowed` lists the fields this command
 /// prints; others are refused with the list.
-pub fn parse_format(spec: &str, allowed: &[Field]) -> Result<Vec<Column>, String> {
+pub fn parse_format(spec: &str, allowed: &[Field]) -> Result<Vec<Column>, FormatError> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, width) = match item.split_once('%') {
@@ -146,7 +170,10 @@ pub fn parse_format(spec: &str, allowed: &[Field]) -> Result<Vec<Column>, String
         let field = Field::parse(name)
             .filter(|f| allowed.contains(f))
             .or_else(|| Field::alias(&name.to_ascii_lowercase()).filter(|f| allowed.contains(f)))
-            .ok_or_else(|| format!("--format: unknown field {name:?}; valid: {}", valid()))?;
+            .ok_or_else(|| FormatError::UnknownField {
+                name: name.to_string(),
+                valid: valid(),
+            })?;
         let (width, left) = match width {
             None => (field.default_width().max(field.name().len()), false),
             Some(w) => {
@@ -154,16 +181,21 @@ pub fn parse_format(spec: &str, allowed: &[Field]) -> Result<Vec<Column>, String
                     Some(w) => (w, true),
                     None => (w, false),
                 };
-                let n: usize = w.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    format!("--format: {item:?}: width {w:?} is not a positive number")
-                })?;
+                let n: usize =
+                    w.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| FormatError::BadWidth {
+                            item: item.to_string(),
+                            width: w.to_string(),
+                        })?;
                 (n, left)
             }
         };
         out.push(Column { field, width, left });
     }
     if out.is_empty() {
-        return Err("--format names no field".into());
+        return Err(FormatError::Empty);
     }
     Ok(out)
 }
@@ -261,7 +293,7 @@ mod tests {
             (Field::GpuHours, 12, true)
         );
         assert_eq!(c[3].field, Field::GpuModel);
-        let e = parse_format("Account,Colour", ALL).unwrap_err();
+        let e = parse_format("Account,Colour", ALL).unwrap_err().to_string();
         assert!(
             e.contains("\"Colour\"") && e.contains("Account,User,GPUHours"),
             "{e}"
@@ -269,11 +301,17 @@ mod tests {
         assert!(
             parse_format("Account%x", ALL)
                 .unwrap_err()
+                .to_string()
                 .contains("width")
         );
         assert!(parse_format("Account%0", ALL).is_err());
         assert!(parse_format(" , ", ALL).is_err());
-        assert!(parse_format("JobID", ALL).unwrap_err().contains("JobID"));
+        assert!(
+            parse_format("JobID", ALL)
+                .unwrap_err()
+                .to_string()
+                .contains("JobID")
+        );
     }
 
     #[test]
