@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::forward::{self, Forwarder, Gate};
 use crate::http;
-use crate::policy::{Decision, Failure, Memory, NodeControl, Policy};
+use crate::policy::{ControlError, Decision, Failure, Memory, NodeControl, Policy};
 use crate::sampler::{self, Sampler};
 use crate::status::Shared;
 use crate::store::{JobStore, MemStore, SledStore};
@@ -169,21 +169,17 @@ struct SlurmControl<'a> {
 }
 
 impl NodeControl for SlurmControl<'_> {
-    fn node_state(&mut self) -> Result<NodeState, String> {
-        self.scontrol
-            .node_state(self.node)
-            .map_err(|e| e.to_string())
+    fn node_state(&mut self) -> Result<NodeState, ControlError> {
+        Ok(self.scontrol.node_state(self.node)?)
     }
 
-    fn breaker(&mut self) -> Result<Option<Trip>, String> {
-        let nodes = self.scontrol.nodes().map_err(|e| e.to_string())?;
+    fn breaker(&mut self) -> Result<Option<Trip>, ControlError> {
+        let nodes = self.scontrol.nodes()?;
         Ok(breaker::judge(&nodes, self.node, &self.config.breaker).err())
     }
 
-    fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String> {
-        self.scontrol
-            .drain(self.node, reason)
-            .map_err(|e| e.to_string())?;
+    fn drain(&mut self, reason: &str) -> Result<Option<Trip>, ControlError> {
+        self.scontrol.drain(self.node, reason)?;
         let drained_at = unix_now() as f64;
         // nodes failing in the same moment all passed the pre-check: recount once this
         // drain's second is over, and give the drain back if it is past the limit
@@ -212,15 +208,14 @@ impl NodeControl for SlurmControl<'_> {
                     "{trip}: {} drained in the same moment as others; giving the drain back",
                     self.node
                 );
-                breaker::give_back(self.scontrol, self.node, reason, trip.clone())
-                    .map_err(|e| e.to_string())?;
+                breaker::give_back(self.scontrol, self.node, reason, trip.clone())?;
                 Ok(Some(trip))
             }
         }
     }
 
-    fn resume(&mut self) -> Result<(), String> {
-        self.scontrol.resume(self.node).map_err(|e| e.to_string())?;
+    fn resume(&mut self) -> Result<(), ControlError> {
+        self.scontrol.resume(self.node)?;
         self.history(
             sgpu_spool::NodeAction::Resume,
             "sgpu: checks pass again (resume_after healthy runs)",

@@ -33,9 +33,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use sgpu_nodelib::breaker::Trip;
+use sgpu_nodelib::breaker::{GuardError, Trip};
 use sgpu_nodelib::catalogue::{Catalogue, Profile, Severity};
-use sgpu_nodelib::slurmctl::{NodeState, SGPU_REASON_PREFIX};
+use sgpu_nodelib::slurmctl::{NodeState, SGPU_REASON_PREFIX, SlurmctlError};
 
 /// A drain-severity failure found by a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,17 +58,29 @@ impl Failure {
     }
 }
 
+/// Why the policy could not reach Slurm through [`NodeControl`]; the inner error names the
+/// command and what to check (slurmctld up, `scontrol` in sgpu.toml, resume by hand).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// scontrol could not be found or run, failed, timed out or printed something unreadable.
+    #[error(transparent)]
+    Slurm(#[from] SlurmctlError),
+    /// A drain the breaker's recount put past the limit could not be given back.
+    #[error(transparent)]
+    Breaker(#[from] GuardError),
+}
+
 /// How the policy reaches Slurm.
 pub trait NodeControl {
     /// The node's current state and reason.
-    fn node_state(&mut self) -> Result<NodeState, String>;
+    fn node_state(&mut self) -> Result<NodeState, ControlError>;
     /// The circuit breaker's verdict on draining the node now: `Ok(None)` allows it.
-    fn breaker(&mut self) -> Result<Option<Trip>, String>;
+    fn breaker(&mut self) -> Result<Option<Trip>, ControlError>;
     /// Drains the node, then recounts ([`sgpu_nodelib::breaker::keep_after_recount`]):
     /// `Ok(Some(trip))` when the recount put the node past the limit and it was given back.
-    fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String>;
+    fn drain(&mut self, reason: &str) -> Result<Option<Trip>, ControlError>;
     /// Resumes the node.
-    fn resume(&mut self) -> Result<(), String>;
+    fn resume(&mut self) -> Result<(), ControlError>;
 }
 
 /// A drain the daemon holds the node in.
@@ -331,7 +343,14 @@ impl Policy {
     pub fn step(&mut self, failures: &[Failure], ctl: &mut dyn NodeControl, now: i64) -> Outcome {
         let node = match ctl.node_state() {
             Ok(n) => n,
-            Err(error) => return Self::outcome(Decision::SlurmUnreachable { error }, false),
+            Err(e) => {
+                return Self::outcome(
+                    Decision::SlurmUnreachable {
+                        error: e.to_string(),
+                    },
+                    false,
+                );
+            }
         };
         if failures.is_empty() {
             self.healthy_runs = self.healthy_runs.saturating_add(1);
@@ -403,7 +422,12 @@ impl Policy {
 
         let reason = effective[0].reason.clone();
         match ctl.breaker() {
-            Err(error) => Self::outcome(Decision::BreakerUnknown { error }, false),
+            Err(e) => Self::outcome(
+                Decision::BreakerUnknown {
+                    error: e.to_string(),
+                },
+                false,
+            ),
             Ok(Some(trip)) => {
                 self.memory.breaker_open = Some(trip.clone());
                 Self::outcome(Decision::BreakerOpen { trip, reason }, false)
@@ -423,7 +447,13 @@ impl Policy {
                         });
                         Self::outcome(Decision::Drained { reason }, true)
                     }
-                    Err(error) => Self::outcome(Decision::DrainFailed { reason, error }, false),
+                    Err(e) => Self::outcome(
+                        Decision::DrainFailed {
+                            reason,
+                            error: e.to_string(),
+                        },
+                        false,
+                    ),
                 }
             }
         }
@@ -500,14 +530,26 @@ impl Policy {
                     true,
                 );
             }
-            Err(error) => return Self::outcome(Decision::SlurmUnreachable { error }, true),
+            Err(e) => {
+                return Self::outcome(
+                    Decision::SlurmUnreachable {
+                        error: e.to_string(),
+                    },
+                    true,
+                );
+            }
         }
         match ctl.resume() {
             Ok(()) => {
                 self.memory.drained = None;
                 Self::outcome(Decision::Resumed { reason }, true)
             }
-            Err(error) => Self::outcome(Decision::ResumeFailed { error }, true),
+            Err(e) => Self::outcome(
+                Decision::ResumeFailed {
+                    error: e.to_string(),
+                },
+                true,
+            ),
         }
     }
 }
@@ -562,10 +604,25 @@ mod tests {
         }
     }
 
+    fn failed(command: &str, stderr: &str) -> ControlError {
+        ControlError::Slurm(SlurmctlError::Failed {
+            command: command.into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        })
+    }
+
+    fn timeout(command: &str) -> ControlError {
+        ControlError::Slurm(SlurmctlError::Timeout {
+            command: command.into(),
+            timeout: std::time::Duration::from_secs(10),
+        })
+    }
+
     impl NodeControl for Fake {
-        fn node_state(&mut self) -> Result<NodeState, String> {
+        fn node_state(&mut self) -> Result<NodeState, ControlError> {
             if self.unreachable {
-                return Err("slurmctld down".into());
+                return Err(failed("scontrol show node", "slurmctld down"));
             }
             self.looks += 1;
             if self.looks > 1 {
@@ -579,16 +636,16 @@ mod tests {
             })
         }
 
-        fn breaker(&mut self) -> Result<Option<Trip>, String> {
+        fn breaker(&mut self) -> Result<Option<Trip>, ControlError> {
             if self.breaker_error {
-                return Err("scontrol show node failed".into());
+                return Err(failed("scontrol show node -o", "slurmctld down"));
             }
             Ok(self.trip.clone())
         }
 
-        fn drain(&mut self, reason: &str) -> Result<Option<Trip>, String> {
+        fn drain(&mut self, reason: &str) -> Result<Option<Trip>, ControlError> {
             if self.fail_drain {
-                return Err("scontrol: timeout".into());
+                return Err(timeout("scontrol update"));
             }
             self.drains.push(reason.into());
             if let Some(t) = self.give_back.clone() {
@@ -598,9 +655,9 @@ mod tests {
             Ok(None)
         }
 
-        fn resume(&mut self) -> Result<(), String> {
+        fn resume(&mut self) -> Result<(), ControlError> {
             if self.fail_resume {
-                return Err("scontrol: timeout".into());
+                return Err(timeout("scontrol update"));
             }
             self.resumes += 1;
             self.admin_resume();
