@@ -14,7 +14,9 @@ use serde::Serialize;
 use sgpu_nodelib::config::Config;
 use sgpu_nodelib::gpu::{self, NvmlOptions};
 use sgpu_nodelib::nodeconf;
-use sgpu_slurm_conf::{ConfFile, GresConf, Location, PlugstackConf, SlurmConf};
+use sgpu_slurm_conf::{
+    ConfFile, GresConf, Location, Node, NodeGpus, PlugstackConf, SlurmConf, SpankEntry,
+};
 
 /// File name of the SPANK plugin in plugstack.conf.
 pub const PLUGIN_FILE: &str = "spank_sgpu.so";
@@ -448,6 +450,33 @@ fn check_gres(slurm: &SlurmConf, inputs: &Inputs, config: Option<&Config>, out: 
         ));
     }
     let expected = gres.expected_gpus(&node, Some(slurm));
+    report_gpu_issues(slurm, def, &node, &gres_path, &expected, out);
+    if def.gpu_count() == 0 {
+        out.push(Finding::new(
+            Level::Note,
+            "node.no_gpus",
+            loc(&def.at),
+            format!("{node} has no GPUs in slurm.conf; sgpu has nothing to check there"),
+        ));
+        return;
+    }
+    if !inputs.nvml {
+        return;
+    }
+    let Some(config) = config else { return };
+    check_gpu_count(config, &node, def, &gres_path, expected.count, out);
+}
+
+/// What gres.conf and slurm.conf disagree on for `node` ([`NodeGpus::issues`]), each at the
+/// line to fix.
+fn report_gpu_issues(
+    slurm: &SlurmConf,
+    def: &Node,
+    node: &str,
+    gres_path: &Path,
+    expected: &NodeGpus,
+    out: &mut Vec<Finding>,
+) {
     for issue in &expected.issues {
         let at = if matches!(issue, sgpu_slurm_conf::GpuIssue::GpuNotInGresTypes) {
             slurm
@@ -456,7 +485,7 @@ fn check_gres(slurm: &SlurmConf, inputs: &Inputs, config: Option<&Config>, out: 
                 .and_then(|s| loc(&s.at))
                 .or_else(|| loc(&def.at))
         } else if gres_path.exists() {
-            file(&gres_path)
+            file(gres_path)
         } else {
             loc(&def.at)
         };
@@ -473,35 +502,33 @@ fn check_gres(slurm: &SlurmConf, inputs: &Inputs, config: Option<&Config>, out: 
         f.fix = fix;
         out.push(f);
     }
-    if def.gpu_count() == 0 {
-        out.push(Finding::new(
-            Level::Note,
-            "node.no_gpus",
-            loc(&def.at),
-            format!("{node} has no GPUs in slurm.conf; sgpu has nothing to check there"),
-        ));
-        return;
-    }
-    if !inputs.nvml {
-        return;
-    }
-    let Some(config) = config else { return };
+}
+
+/// The GPUs NVML sees on this node against the `expected` count slurm.conf/gres.conf give.
+fn check_gpu_count(
+    config: &Config,
+    node: &str,
+    def: &Node,
+    gres_path: &Path,
+    expected: u64,
+    out: &mut Vec<Finding>,
+) {
     match gpu::collect(&NvmlOptions::from_config(config), false) {
         Ok(c) => {
             let seen = c.snapshot.gpus.len() as u64;
-            if seen != expected.count {
+            if seen != expected {
                 out.push(
                     Finding::new(
                         Level::Error,
                         "gpu.count",
                         if gres_path.exists() {
-                            file(&gres_path)
+                            file(gres_path)
                         } else {
                             loc(&def.at)
                         },
                         format!(
                             "NVML sees {seen} GPU(s) but slurm.conf/gres.conf give {node} {}",
-                            expected.count
+                            expected
                         ),
                     )
                     .fix(format!(
@@ -645,7 +672,19 @@ fn check_plugstack(
         );
         return;
     };
-    match (plugin_version(&so), running) {
+    check_plugin_release(&so, entry, running, out);
+    check_plugin_args(entry, inputs, out);
+}
+
+/// The plugin at `so` (listed by `entry`) loads and was built for the running Slurm release
+/// (`running`: major, minor), the check slurmstepd's plugin loader makes.
+fn check_plugin_release(
+    so: &Path,
+    entry: &SpankEntry,
+    running: Option<(u32, u32)>,
+    out: &mut Vec<Finding>,
+) {
+    match (plugin_version(so), running) {
         (Err(e), _) => out.push(Finding::new(
             Level::Error,
             "plugin.unloadable",
@@ -686,6 +725,11 @@ fn check_plugstack(
             "could not tell the running Slurm's version (scontrol --version); the plugin's was not compared",
         )),
     }
+}
+
+/// The plugin's plugstack.conf arguments: `config=` names a valid sgpu.toml,
+/// `default_health=` a known mode, and no other key is unknown.
+fn check_plugin_args(entry: &SpankEntry, inputs: &Inputs, out: &mut Vec<Finding>) {
     for arg in &entry.args {
         if let Some(cfg) = arg.strip_prefix("config=") {
             // `%n` is the node name, expanded by the plugin.
