@@ -397,6 +397,16 @@ fn comma_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// A node line's per-node lists ([`Builder::per_node_lists`]).
+struct PerNode {
+    /// NodeHostname, one or more per node.
+    hostnames: Option<Vec<String>>,
+    /// NodeAddr, one or more per node.
+    addrs: Option<Vec<String>>,
+    /// Port: none, one for all, or one per node.
+    ports: Vec<u16>,
+}
+
 /// Options of a line (all pairs after the first), keys lower-cased, last wins.
 fn line_params(pairs: &[Pair]) -> BTreeMap<String, String> {
     pairs
@@ -524,21 +534,7 @@ impl Builder {
         let params = line_params(&s.pairs);
         self.check_node_params(&s.pairs, &s.at);
         if names_expr.eq_ignore_ascii_case("DEFAULT") {
-            for p in &s.pairs[1..] {
-                if ["nodehostname", "nodeaddr", "bcastaddr"]
-                    .iter()
-                    .any(|k| p.is(k))
-                {
-                    self.err(
-                        &s.at,
-                        format!(
-                            "{} is not allowed with NodeName=DEFAULT (set it on the node lines)",
-                            p.key
-                        ),
-                    );
-                }
-            }
-            self.node_defaults.extend(params);
+            self.node_default_line(s, params);
             return;
         }
         let mut merged = self.node_defaults.clone();
@@ -546,55 +542,14 @@ impl Builder {
         let Some(names) = self.expand("NodeName", &names_expr, &s.at) else {
             return;
         };
-        let per_node = |key: &str, this: &mut Self| -> Option<Vec<String>> {
-            let v = merged.get(key)?;
-            let list = this.expand(key, v, &s.at)?;
-            Some(list)
+        let Some(PerNode {
+            hostnames,
+            addrs,
+            ports: port_nums,
+        }) = self.per_node_lists(&merged, names.len(), &s.at)
+        else {
+            return;
         };
-        let hostnames = per_node("nodehostname", self);
-        let addrs = per_node("nodeaddr", self);
-        let ports = per_node("port", self);
-        for (key, list) in [("NodeHostname", &hostnames), ("NodeAddr", &addrs)] {
-            if let Some(l) = list {
-                if l.len() < names.len() {
-                    self.err(
-                        &s.at,
-                        format!(
-                            "{key} lists {} names for {} nodes: expected at least as many as NodeName",
-                            l.len(),
-                            names.len()
-                        ),
-                    );
-                    return;
-                }
-            }
-        }
-        let mut port_nums = Vec::new();
-        if let Some(p) = &ports {
-            if p.len() != 1 && p.len() != names.len() {
-                self.err(
-                    &s.at,
-                    format!(
-                        "Port lists {} ports for {} nodes: expected one port or one per node",
-                        p.len(),
-                        names.len()
-                    ),
-                );
-                return;
-            }
-            for v in p {
-                match v.parse::<u16>() {
-                    Ok(n) => port_nums.push(n),
-                    Err(_) => {
-                        self.err(
-                            &s.at,
-                            format!("Port `{v}` is not a port number (expected 1-65535)"),
-                        );
-                        return;
-                    }
-                }
-            }
-        }
         let gres = match merged.get("gres") {
             Some(g) => match GresSpec::parse_list(g) {
                 Ok(g) => g,
@@ -653,6 +608,90 @@ impl Builder {
                 at: s.at.clone(),
             });
         }
+    }
+
+    /// `NodeName=DEFAULT`: its parameters apply to the node lines after it; per-node
+    /// address keys are refused there.
+    fn node_default_line(&mut self, s: &Stmt, params: BTreeMap<String, String>) {
+        for p in &s.pairs[1..] {
+            if ["nodehostname", "nodeaddr", "bcastaddr"]
+                .iter()
+                .any(|k| p.is(k))
+            {
+                self.err(
+                    &s.at,
+                    format!(
+                        "{} is not allowed with NodeName=DEFAULT (set it on the node lines)",
+                        p.key
+                    ),
+                );
+            }
+        }
+        self.node_defaults.extend(params);
+    }
+
+    /// The per-node lists of a node line of `count` nodes: NodeHostname and NodeAddr (at
+    /// least one name per node) and Port (one, or one per node); `None` after an error.
+    fn per_node_lists(
+        &mut self,
+        merged: &BTreeMap<String, String>,
+        count: usize,
+        at: &Location,
+    ) -> Option<PerNode> {
+        let per_node = |key: &str, this: &mut Self| -> Option<Vec<String>> {
+            let v = merged.get(key)?;
+            let list = this.expand(key, v, at)?;
+            Some(list)
+        };
+        let hostnames = per_node("nodehostname", self);
+        let addrs = per_node("nodeaddr", self);
+        let ports = per_node("port", self);
+        for (key, list) in [("NodeHostname", &hostnames), ("NodeAddr", &addrs)] {
+            if let Some(l) = list {
+                if l.len() < count {
+                    self.err(
+                        at,
+                        format!(
+                            "{key} lists {} names for {} nodes: expected at least as many as NodeName",
+                            l.len(),
+                            count
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        let mut port_nums = Vec::new();
+        if let Some(p) = &ports {
+            if p.len() != 1 && p.len() != count {
+                self.err(
+                    at,
+                    format!(
+                        "Port lists {} ports for {} nodes: expected one port or one per node",
+                        p.len(),
+                        count
+                    ),
+                );
+                return None;
+            }
+            for v in p {
+                match v.parse::<u16>() {
+                    Ok(n) => port_nums.push(n),
+                    Err(_) => {
+                        self.err(
+                            at,
+                            format!("Port `{v}` is not a port number (expected 1-65535)"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(PerNode {
+            hostnames,
+            addrs,
+            ports: port_nums,
+        })
     }
 
     fn partition_line(&mut self, s: &Stmt) {
