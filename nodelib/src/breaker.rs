@@ -21,6 +21,12 @@
 //!    order, so at most `limit` nodes stay drained however many failed together (fewer
 //!    when a node ahead gives back too: the rule errs on the side of service).
 //!
+//! Since Slurm 23.02 slurmctld appends reasons of its own to a drain's (`sgpu: ... : Not
+//! responding` when the node stops answering) and stamps the reason with that later time
+//! (measured on 26.05.3; 22.05 leaves reason and time alone). Such a node was drained by
+//! sgpu before its stamp, so its time counts as unreadable ([`NodeInfo::reason_time`] is
+//! `None`): it sorts first and counts against a newcomer, never after one.
+//!
 //! There is no time window: a drain counts as long as sgpu holds the node, so a slow storm
 //! is capped like a fast one. The breaker closes when held nodes leave that state: sgpu
 //! resumes a recovered node, an admin resumes one, or an admin takes the drains over with
@@ -119,7 +125,8 @@ pub fn judge(nodes: &[NodeInfo], node: &str, config: &BreakerConfig) -> Result<(
 
 /// After `node` was drained: whether it may stay drained, given the node list read once its
 /// drain's second is over. The held nodes of each scope are ordered by (reason time, name)
-/// (an unreadable time sorts first: it counts against the newcomer); `node` stays only if
+/// (an unreadable time, or a reason slurmctld appended to, sorts first: it counts against
+/// the newcomer); `node` stays only if
 /// its place is within the limit of every scope. `Err`: the first scope it does not fit.
 pub fn keep_after_recount(
     nodes: &[NodeInfo],
@@ -488,6 +495,32 @@ mod tests {
         // a node that is no longer drained keeps nothing and trips nothing
         let nodes = storm(12, &[(1, NOW)]);
         assert!(keep_after_recount(&nodes, "n05", &d).is_ok());
+    }
+
+    #[test]
+    fn a_drain_slurmctld_restamped_stays_ahead_of_newcomers() {
+        // limit 1: n1 drained by sgpu long ago, then slurmd stopped answering; slurmctld
+        // (23.02+) appended "Not responding" and stamped the reason with a later second
+        // than n2's drain. n1 is still first in line and n2 gives its drain back.
+        let d = cfg(0.0, 1);
+        let line = |name: &str, reason: &str, t: &str| {
+            crate::slurmctl::parse_node_info(&format!(
+                "NodeName={name} State=DOWN+DRAIN+NOT_RESPONDING Partitions=gpu \
+                 Reason={reason} [root@{t}]"
+            ))
+            .unwrap()
+        };
+        let nodes = vec![
+            line(
+                "n1",
+                "sgpu: gpu.xid gpu0: xid 79 : Not responding",
+                "2026-12-04T00:39:09",
+            ),
+            line("n2", "sgpu: gpu.xid gpu0: xid 79", "2026-12-04T00:39:08"),
+        ];
+        assert_eq!(nodes[0].reason_time, None);
+        assert!(keep_after_recount(&nodes, "n1", &d).is_ok());
+        assert!(keep_after_recount(&nodes, "n2", &d).is_err());
     }
 
     #[test]

@@ -17,6 +17,21 @@ use crate::checks::fit_reason;
 /// The prefix of every drain reason sgpu writes.
 pub const SGPU_REASON_PREFIX: &str = "sgpu:";
 
+/// What slurmctld puts between a node's reason and a reason of its own that it appends
+/// (Slurm 23.02+ `set_node_reason`, e.g. `sgpu: gpu.xid ... : Not responding`); it then also
+/// sets the reason's user to SlurmUser and its time to that moment. sgpu never writes it.
+pub const SLURMCTLD_APPEND: &str = " : ";
+
+/// Splits a reason (without `[user@time]`) into the text its setter wrote and what
+/// slurmctld appended after [`SLURMCTLD_APPEND`] (`None`: nothing appended, so the reason's
+/// user and time are the setter's).
+pub fn split_appended(reason: &str) -> (&str, Option<&str>) {
+    match reason.split_once(SLURMCTLD_APPEND) {
+        Some((own, added)) => (own, Some(added)),
+        None => (reason, None),
+    }
+}
+
 /// Where `scontrol` is looked for when `scontrol` is not configured and not on `PATH`.
 pub const SCONTROL_CANDIDATES: &[&str] = &[
     "/usr/bin/scontrol",
@@ -340,7 +355,9 @@ pub struct NodeInfo {
     pub partitions: Vec<String>,
     /// State and reason.
     pub state: NodeState,
-    /// When the reason was set (Unix seconds), from Slurm's `[user@time]` suffix.
+    /// When the reason was set (Unix seconds), from Slurm's `[user@time]` suffix; `None`
+    /// when unreadable or when slurmctld appended to the reason (23.02+: the time is then
+    /// slurmctld's, later than the drain's, which is lost).
     pub reason_time: Option<i64>,
 }
 
@@ -515,6 +532,7 @@ pub fn parse_node_info(line: &str) -> Option<NodeInfo> {
         })
         .unwrap_or_default();
     let reason_time = get("Reason")
+        .filter(|r| split_appended(&split_reason(r).0).1.is_none())
         .and_then(|r| split_reason(r).1)
         .and_then(parse_slurm_time);
     Some(NodeInfo {
@@ -649,6 +667,33 @@ mod tests {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&path, perm).unwrap();
         path
+    }
+
+    #[test]
+    fn a_reason_slurmctld_appended_to_has_no_drain_time() {
+        // measured on 26.05.3: slurmd stopped under an sgpu drain (SlurmdTimeout=5)
+        let line = "NodeName=node1 State=DOWN+DRAIN+NOT_RESPONDING Partitions=gpu \
+                    Reason=sgpu: gpu.xid gpu0: xid 79 test : Not responding \
+                    [root@2026-12-04T00:39:07]";
+        let n = parse_node_info(line).unwrap();
+        assert!(n.state.drained_by_sgpu());
+        assert_eq!(
+            n.state.reason.as_deref(),
+            Some("sgpu: gpu.xid gpu0: xid 79 test : Not responding")
+        );
+        assert_eq!(n.reason_time, None);
+        assert_eq!(
+            split_appended(n.state.reason.as_deref().unwrap()),
+            ("sgpu: gpu.xid gpu0: xid 79 test", Some("Not responding"))
+        );
+        // 22.05 leaves the reason and its time alone
+        let old = parse_node_info(
+            "NodeName=node1 State=DOWN+DRAIN+NOT_RESPONDING \
+             Reason=sgpu: gpu.xid gpu0: xid 79 test [root@2026-12-04T00:40:12]",
+        )
+        .unwrap();
+        assert_eq!(old.reason_time, parse_slurm_time("2026-12-04T00:40:12"));
+        assert_eq!(split_appended("sgpu: gpu.xid gpu0: x").1, None);
     }
 
     #[test]

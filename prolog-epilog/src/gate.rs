@@ -21,6 +21,7 @@ use sgpu_nodelib::xid::{XidEvent, XidStore};
 use crate::env::{HealthMode, JobEnv};
 use crate::handoff::{JobStartState, StartGpu};
 use crate::records;
+use crate::run_in_job::RunInJob;
 use crate::slurm_times;
 
 /// What a gate run found and did.
@@ -251,7 +252,13 @@ fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
 /// epilog its note and spool the job-start record.
 pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     let mut report = GateReport::default();
-    let checked = run_checks(config, job, Profile::Quick, &mut report);
+    let mut checked = run_checks(config, job, Profile::Quick, &mut report);
+    // PrologFlags=RunInJob (24.05+) with ConstrainDevices: only the job's GPUs are readable
+    let in_job = RunInJob::detect(&nodeconf::slurm_conf_path());
+    if let Some(note) = in_job.note(job.job_id, &checked.job_nvml) {
+        report.note(note);
+        checked.results = in_job.scope(std::mem::take(&mut checked.results), &checked.job_nvml);
+    }
     let verdict = Verdict::of(&checked.results);
     if job.health_mode == HealthMode::Off {
         report.note(format!(

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod handoff;
 pub mod log;
 pub mod records;
+pub mod run_in_job;
 pub mod run_window;
 pub mod slurm_times;
 

@@ -320,3 +320,232 @@ fn hook_environment_has_the_start_and_the_end() -> TestResult {
     }
     Ok(())
 }
+
+/// `State=` and the raw `Reason=` of node1, and the node as sgpu reads it.
+fn node1(
+    cluster: &Cluster,
+) -> Result<(String, sgpu_nodelib::slurmctl::NodeInfo), Box<dyn std::error::Error>> {
+    let line = cluster.output("scontrol", &["show", "node", "-o", "node1"])?;
+    let info = sgpu_nodelib::slurmctl::parse_node_info(line.trim())
+        .ok_or_else(|| format!("no node in {line:?}"))?;
+    Ok((line.trim().to_string(), info))
+}
+
+/// Waits until node1's state says `want` (e.g. `NOT_RESPONDING`), up to `secs`.
+fn wait_node1(
+    cluster: &Cluster,
+    secs: u64,
+    want: impl Fn(&str) -> bool,
+) -> Result<(String, sgpu_nodelib::slurmctl::NodeInfo), Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (line, info) = node1(cluster)?;
+        if want(&info.state.state) {
+            return Ok((line, info));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(
+                format!("node1 did not reach the state waited for in {secs} s: {line}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_drained_node_that_stops_answering_stays_sgpus() -> TestResult {
+    // a one-node cluster of its own whose slurmctld gives up on a silent slurmd in 5 s
+    let base = Cluster::existing().or_else(|_| Cluster::up())?;
+    let dir = PathBuf::from(format!("{}-not-responding", base.dir().display()));
+    let port: u16 = match base.slurm_prefix() {
+        Some(_) => {
+            std::env::var("SGPU_CLUSTER_PORT")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(17717)
+                + 70
+        }
+        None => 17795,
+    };
+    std::fs::create_dir_all(&dir)?;
+    let extra = dir.join("extra.conf");
+    std::fs::write(&extra, "SlurmdTimeout=5\n")?;
+    let _down = Down(dir.clone());
+    let port = port.to_string();
+    let extra_s = extra.to_string_lossy().into_owned();
+    let prefix = base
+        .slurm_prefix()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cluster = Cluster::up_in(
+        &dir,
+        &[
+            ("SGPU_CLUSTER_NODES", "1"),
+            ("SGPU_CLUSTER_GPUS", "1"),
+            ("SGPU_CLUSTER_PORT", &port),
+            ("SGPU_CLUSTER_EXTRA", &extra_s),
+            ("SGPU_SLURM_PREFIX", &prefix),
+        ],
+    )?;
+    let release = running_release(&cluster)?;
+    let (major, minor) = release
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .ok_or("bad release")?;
+
+    // drained as sgpu drains (healthd, the gates): its reason, through scontrol
+    let ours = "sgpu: gpu.xid gpu0: xid 79 GPU has fallen off the bus";
+    let status = cluster
+        .command("scontrol")
+        .args(["update", "NodeName=node1", "State=DRAIN"])
+        .arg(format!("Reason={ours}"))
+        .status()?;
+    assert!(status.success());
+    let (_, drained) = node1(&cluster)?;
+    let drained_at = drained
+        .reason_time
+        .ok_or("no reason time after the drain")?;
+    assert_eq!(drained.state.reason.as_deref(), Some(ours));
+
+    // slurmd goes silent: slurmctld marks the node DOWN+NOT_RESPONDING
+    let pid = std::fs::read_to_string(dir.join("run/slurmd-node1.pid"))?;
+    let pid: u32 = pid.trim().parse()?;
+    // the slurmd this test's cluster started, by its pid
+    assert!(
+        Command::new("kill")
+            .arg(pid.to_string())
+            .status()?
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (line, down) = wait_node1(&cluster, 60, |s| s.contains("DOWN"))?;
+    eprintln!("Slurm {release}: {line}");
+    let reason = down.state.reason.clone().unwrap_or_default();
+    assert!(down.state.drained_by_sgpu(), "{line}");
+    assert!(down.state.down_or_failed(), "{line}");
+    let (own, appended) = sgpu_nodelib::slurmctl::split_appended(&reason);
+    assert_eq!(own, ours, "{line}");
+    if (major, minor) >= (23, 2) {
+        // slurmctld appended its reason and restamped it: sgpu no longer trusts the time
+        assert_eq!(appended, Some("Not responding"), "{line}");
+        assert_eq!(down.reason_time, None, "{line}");
+    } else {
+        assert_eq!(appended, None, "{line}");
+        assert_eq!(down.reason_time, Some(drained_at), "{line}");
+    }
+    // the breaker still counts it as sgpu's, first in line
+    let all = vec![down.clone()];
+    let counts = sgpu_nodelib::breaker::scope_counts(&all, &Default::default());
+    assert!(counts.iter().all(|c| c.held == 1), "{counts:?}");
+
+    // slurmd comes back (ReturnToService=2): drained, still by sgpu, so healthd may resume it
+    let node_dir = sgpu::node_files(&cluster, "node1");
+    let status = cluster
+        .command("slurmd")
+        .args(["-N", "node1"])
+        .env("SGPU_CONFIG", &node_dir.config)
+        .env("SGPU_NVML_SIM_STATE", &node_dir.nvml_state)
+        .status()?;
+    assert!(status.success());
+    let (line, back) = wait_node1(&cluster, 60, |s| {
+        !s.contains("DOWN") && !s.contains("NOT_RESPONDING")
+    })?;
+    eprintln!("Slurm {release}, slurmd back: {line}");
+    assert!(back.state.drained_by_sgpu(), "{line}");
+    assert!(!back.state.down_or_failed(), "{line}");
+    assert_eq!(
+        sgpu_nodelib::slurmctl::split_appended(back.state.reason.as_deref().unwrap_or("")).0,
+        ours
+    );
+    Ok(())
+}
+
+#[test]
+fn prolog_runs_in_the_job_with_run_in_job() -> TestResult {
+    // PrologFlags=RunInJob (24.05+): the Prolog runs in the job's extern step. On a one-node
+    // cluster of its own, a second Prolog= line records what sgpu-prolog sees there (its
+    // parent; the same hook wrapper exec's sgpu-prolog), and sgpu's gate passes the job.
+    // The cluster has no cgroups (CgroupPlugin=disabled): that the prolog then sees only
+    // the job's GPUs (ConstrainDevices=yes) is not shown here; sgpu-prolog's unit tests
+    // (run_in_job) cover what it judges then.
+    let base = Cluster::existing().or_else(|_| Cluster::up())?;
+    let release = running_release(&base)?;
+    let (major, minor) = release
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .ok_or("bad release")?;
+    if (major, minor) < (24, 5) {
+        eprintln!("Slurm {release} has no PrologFlags=RunInJob (24.05+): nothing to run");
+        return Ok(());
+    }
+    let dir = PathBuf::from(format!("{}-run-in-job", base.dir().display()));
+    let port: u16 = std::env::var("SGPU_CLUSTER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(17717)
+        + 80;
+    let dumps = dir.join("prolog-parent");
+    std::fs::create_dir_all(&dumps)?;
+    let script = dir.join("parent.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntr '\\0' ' ' < /proc/$PPID/cmdline > {}/$SLURM_JOB_ID\n",
+            dumps.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let extra = dir.join("extra.conf");
+    std::fs::write(
+        &extra,
+        format!("PrologFlags=RunInJob\nProlog={}\n", script.display()),
+    )?;
+    let _down = Down(dir.clone());
+    let port = port.to_string();
+    let extra_s = extra.to_string_lossy().into_owned();
+    let prefix = base
+        .slurm_prefix()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cluster = Cluster::up_in(
+        &dir,
+        &[
+            ("SGPU_CLUSTER_NODES", "1"),
+            ("SGPU_CLUSTER_GPUS", "2"),
+            ("SGPU_CLUSTER_PORT", &port),
+            ("SGPU_CLUSTER_EXTRA", &extra_s),
+            ("SGPU_SLURM_PREFIX", &prefix),
+        ],
+    )?;
+    let flags = cluster.output("scontrol", &["show", "config"])?;
+    let flags = flags
+        .lines()
+        .find(|l| l.starts_with("PrologFlags"))
+        .unwrap_or("")
+        .to_string();
+    assert!(flags.contains("RunInJob"), "{flags}");
+
+    let id = cluster.sbatch(&["--gres=gpu:1", "-o", "/dev/null"], "sleep 1")?;
+    let rec = cluster.wait_job(id, Duration::from_secs(60))?;
+    assert_eq!(rec.get("JobState"), "COMPLETED");
+    let dump = dumps.join(id.to_string());
+    let parent = std::fs::read_to_string(&dump)
+        .map_err(|e| format!("the Prolog of job {id} left no {}: {e}", dump.display()))?;
+    eprintln!("Slurm {release}, {flags}: the Prolog's parent is {parent:?}");
+    assert_eq!(parent.trim(), format!("slurmstepd: [{id}.extern]"));
+    // sgpu's gate ran there and passed: its job_start record, the node not drained
+    let new = sgpu::node_files(&cluster, "node1").spool_dir.join("new");
+    let name = format!(",{id},,node1,job_start.json");
+    let found = std::fs::read_dir(&new)
+        .map_err(|e| format!("{}: {e}", new.display()))?
+        .filter_map(Result::ok)
+        .any(|e| e.path().to_string_lossy().ends_with(&name));
+    assert!(
+        found,
+        "no job_start record of job {id} in {}",
+        new.display()
+    );
+    let node = cluster.output("scontrol", &["show", "node", "-o", "node1"])?;
+    assert!(!node.contains("DRAIN"), "{node}");
+    Ok(())
+}
