@@ -382,6 +382,41 @@ fn conflict_prefix(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A record's key and its JSON for the record log.
+type Encoded<'a> = (Vec<u8>, std::borrow::Cow<'a, [u8]>);
+
+/// Each record's key and JSON for the record log: the JSON as received where there is one on
+/// a single line (the log is one record per line), else the record serialised.
+fn encode_records<'a>(
+    records: &[Record],
+    received: Option<&[&'a [u8]]>,
+) -> Result<Vec<Encoded<'a>>, StoreError> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let json = match received.and_then(|j| j.get(i)) {
+                Some(j) if !j.contains(&b'\n') => std::borrow::Cow::Borrowed(*j),
+                _ => std::borrow::Cow::Owned(
+                    r.to_json().map_err(|e| StoreError::Engine(e.to_string()))?,
+                ),
+            };
+            Ok((r.id().key().into_bytes(), json))
+        })
+        .collect()
+}
+
+/// What one batch of records changes: its job entries (each loaded once, written once, with
+/// a dirty flag), rollup additions (summed first: one read-modify-write per row), the by-day
+/// index and the conflicts it keeps ((key, number) to JSON).
+#[derive(Default)]
+struct BatchChanges<'a> {
+    jobs: BTreeMap<&'a [u8], (JobEntry, bool)>,
+    rollups: BTreeMap<RollupKey, RollupValue>,
+    days: BTreeMap<u32, BTreeSet<&'a [u8]>>,
+    conflicts: BTreeMap<(&'a [u8], u32), &'a [u8]>,
+}
+
 /// A kept conflict's stored value: receive time, then the record's JSON.
 fn encode_conflict(received_ms: u64, json: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + json.len());
@@ -590,19 +625,7 @@ impl SledStore {
         records: &[Record],
         received: Option<&[&[u8]]>,
     ) -> Result<Vec<PutOutcome>, StoreError> {
-        let encoded = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let json = match received.and_then(|j| j.get(i)) {
-                    Some(j) if !j.contains(&b'\n') => std::borrow::Cow::Borrowed(*j),
-                    _ => std::borrow::Cow::Owned(
-                        r.to_json().map_err(|e| StoreError::Engine(e.to_string()))?,
-                    ),
-                };
-                Ok((r.id().key().into_bytes(), json))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let encoded = encode_records(records, received)?;
         let appending = self
             .appending
             .read()
@@ -612,17 +635,11 @@ impl SledStore {
         ValueLog::sync(&file)?;
         let mut writer = self.writer();
         let mut outcomes = Vec::with_capacity(records.len());
-        // The batch's job entries (loaded once, written once), rollup additions (summed
-        // first: one read-modify-write per row) and by-day index.
-        let mut jobs: BTreeMap<&[u8], (JobEntry, bool)> = BTreeMap::new();
-        let mut batch_adds: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
-        let mut days: BTreeMap<u32, BTreeSet<&[u8]>> = BTreeMap::new();
-        // conflicts kept by this batch: (key, number) -> JSON
-        let mut conflicts: BTreeMap<(&[u8], u32), &[u8]> = BTreeMap::new();
+        let mut changes = BatchChanges::default();
         let received_ms = sgpu_spool::now_ms();
         for ((r, (key, json)), loc) in records.iter().zip(&encoded).zip(locs) {
             let jk = job_key_of(key).ok_or_else(|| corrupt(key, "not a record key"))?;
-            let (entry, dirty) = match jobs.entry(jk) {
+            let (entry, dirty) = match changes.jobs.entry(jk) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert((self.load_job(jk)?.unwrap_or_default(), false))
@@ -633,7 +650,7 @@ impl SledStore {
                 let stored = self.vlog.read(old.loc)?;
                 let differs = stored != json.as_ref() && decode_record(key, &stored)? != *r;
                 if differs {
-                    let new = self.keep_conflict(key, r, json, &mut conflicts)?;
+                    let new = self.keep_conflict(key, r, json, &mut changes.conflicts)?;
                     if new {
                         tracing::error!(
                             key = %String::from_utf8_lossy(key),
@@ -658,31 +675,49 @@ impl SledStore {
                 }
             }
             for (k, add) in adds {
-                batch_adds.entry(k).or_default().add(&add);
+                changes.rollups.entry(k).or_default().add(&add);
             }
             for day in record_days(r) {
-                days.entry(day).or_default().insert(jk);
+                changes.days.entry(day).or_default().insert(jk);
             }
             outcomes.push(PutOutcome::Accepted);
         }
+        self.apply_changes(&changes, &mut writer, received_ms)?;
+        // Flushes overlap (outside the lock): a flush makes durable everything written
+        // before it, this batch included.
+        drop(writer);
+        drop(appending);
+        self.flush()?;
+        Ok(outcomes)
+    }
+
+    /// Writes a batch's changes as one sled batch (atomic across a crash): the job entries it
+    /// changed, its rollup additions, the conflicts it kept and its by-day index rows under
+    /// the next batch number.
+    fn apply_changes(
+        &self,
+        changes: &BatchChanges<'_>,
+        writer: &mut Writer,
+        received_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (jk, (entry, dirty)) in &jobs {
+        for (jk, (entry, dirty)) in &changes.jobs {
             if *dirty {
                 batch.insert(prefixed(JOB, jk), entry.encode());
             }
         }
-        add_rollups(&self.acct, &mut batch, &batch_adds)?;
-        for ((key, n), json) in &conflicts {
+        add_rollups(&self.acct, &mut batch, &changes.rollups)?;
+        for ((key, n), json) in &changes.conflicts {
             let mut k = conflict_prefix(key);
             k.extend_from_slice(&n.to_be_bytes());
             batch.insert(k, encode_conflict(received_ms, json));
         }
-        if days.is_empty() && !conflicts.is_empty() {
+        if changes.days.is_empty() && !changes.conflicts.is_empty() {
             self.acct.apply_batch(batch).map_err(engine)?;
-        } else if !days.is_empty() {
+        } else if !changes.days.is_empty() {
             // every accepted record touches at least one day: no day, nothing to write
             let seq = writer.seq + 1;
-            for (day, keys) in &days {
+            for (day, keys) in &changes.days {
                 let mut list = Vec::new();
                 for k in keys {
                     put_len(&mut list, k);
@@ -693,12 +728,94 @@ impl SledStore {
             self.acct.apply_batch(batch).map_err(engine)?;
             writer.seq = seq;
         }
-        // Flushes overlap (outside the lock): a flush makes durable everything written
-        // before it, this batch included.
-        drop(writer);
-        drop(appending);
-        self.flush()?;
-        Ok(outcomes)
+        Ok(())
+    }
+
+    /// Purge, without a lock: the jobs with a record whose last day is before `cutoff`, and
+    /// the record log segments that records kept are in.
+    fn purge_candidates(&self, cutoff: u32) -> Result<(Vec<Vec<u8>>, BTreeSet<u32>), StoreError> {
+        let mut candidates: Vec<Vec<u8>> = Vec::new();
+        let mut live: BTreeSet<u32> = BTreeSet::new();
+        for kv in self.acct.scan_prefix([JOB]) {
+            let (k, v) = kv.map_err(engine)?;
+            let entry = JobEntry::decode(&k, &v)?;
+            let mut drops = false;
+            for slot in entry.records.values() {
+                if slot.last_day < cutoff {
+                    drops = true;
+                } else {
+                    live.insert(slot.loc.segment);
+                }
+            }
+            if drops {
+                candidates.push(k[1..].to_vec());
+            }
+        }
+        Ok((candidates, live))
+    }
+
+    /// Purge, under the writer lock: drops the `candidates`' records before `cutoff` (a batch
+    /// may have added to them since) and the purged jobs from the day index rows before it;
+    /// adds the segments kept records are in to `live`.
+    fn purge_records(
+        &self,
+        batch: &mut sled::Batch,
+        cutoff: u32,
+        candidates: &[Vec<u8>],
+        live: &mut BTreeSet<u32>,
+        stats: &mut PurgeStats,
+    ) -> Result<(), StoreError> {
+        let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for jk in candidates {
+            let Some(mut entry) = self.load_job(jk)? else {
+                continue;
+            };
+            let before = entry.records.len();
+            entry.records.retain(|_, slot| slot.last_day >= cutoff);
+            stats.records += u64::try_from(before - entry.records.len()).unwrap_or(u64::MAX);
+            if entry.records.is_empty() {
+                // the counted marker goes with the job's last record
+                batch.remove(prefixed(JOB, jk));
+                gone.insert(jk.clone());
+            } else {
+                live.extend(entry.records.values().map(|s| s.loc.segment));
+                batch.insert(prefixed(JOB, jk), entry.encode());
+            }
+        }
+        // day index rows before the cutoff: drop the purged jobs
+        let end = prefixed(DAY, &cutoff.to_be_bytes());
+        for kv in self.acct.range(vec![DAY]..end) {
+            let (k, v) = kv.map_err(engine)?;
+            let list = split_lens(&v).ok_or_else(|| corrupt(&k, "bad day index row"))?;
+            let kept: Vec<Vec<u8>> = list
+                .iter()
+                .filter(|jk| !gone.contains(**jk))
+                .map(|jk| jk.to_vec())
+                .collect();
+            if kept.is_empty() {
+                batch.remove(k.as_ref());
+            } else if kept.len() < list.len() {
+                batch.insert(k.as_ref(), encode_job_list(kept.iter()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Purge: the rollup rows of the days before `cutoff`.
+    fn purge_rollups(
+        &self,
+        batch: &mut sled::Batch,
+        cutoff: u32,
+        stats: &mut PurgeStats,
+    ) -> Result<(), StoreError> {
+        let end = prefixed(ROLLUP, &cutoff.to_be_bytes());
+        for kv in self.acct.range(vec![ROLLUP]..end) {
+            let (k, v) = kv.map_err(engine)?;
+            batch.remove(k.as_ref());
+            let rows = RollupGroup::decode(&k, &v)?.rows.len();
+            stats.rollups += u64::try_from(rows).unwrap_or(u64::MAX);
+        }
+        Ok(())
     }
 
     /// Whether `r` (JSON `json`, conflicting with the stored record under `key`) is a
@@ -902,72 +1019,19 @@ impl Store for SledStore {
         let mut stats = PurgeStats::default();
         // Without a lock (ingest goes on): the jobs with a record to drop, and the segments
         // that kept records are in. Batches only add records, in segments >= first_unsafe.
-        let mut candidates: Vec<Vec<u8>> = Vec::new();
-        let mut live: BTreeSet<u32> = BTreeSet::new();
-        if let Some(cutoff) = records_before_day {
-            for kv in self.acct.scan_prefix([JOB]) {
-                let (k, v) = kv.map_err(engine)?;
-                let entry = JobEntry::decode(&k, &v)?;
-                let mut drops = false;
-                for slot in entry.records.values() {
-                    if slot.last_day < cutoff {
-                        drops = true;
-                    } else {
-                        live.insert(slot.loc.segment);
-                    }
-                }
-                if drops {
-                    candidates.push(k[1..].to_vec());
-                }
-            }
-        }
+        let (candidates, mut live) = match records_before_day {
+            Some(cutoff) => self.purge_candidates(cutoff)?,
+            None => (Vec::new(), BTreeSet::new()),
+        };
         // Under the writer lock: the candidates again (a batch may have added to them), the
         // day index, the rollups.
         let writer = self.writer();
         let mut batch = sled::Batch::default();
         if let Some(cutoff) = records_before_day {
-            let mut gone: BTreeSet<Vec<u8>> = BTreeSet::new();
-            for jk in &candidates {
-                let Some(mut entry) = self.load_job(jk)? else {
-                    continue;
-                };
-                let before = entry.records.len();
-                entry.records.retain(|_, slot| slot.last_day >= cutoff);
-                stats.records += u64::try_from(before - entry.records.len()).unwrap_or(u64::MAX);
-                if entry.records.is_empty() {
-                    // the counted marker goes with the job's last record
-                    batch.remove(prefixed(JOB, jk));
-                    gone.insert(jk.clone());
-                } else {
-                    live.extend(entry.records.values().map(|s| s.loc.segment));
-                    batch.insert(prefixed(JOB, jk), entry.encode());
-                }
-            }
-            // day index rows before the cutoff: drop the purged jobs
-            let end = prefixed(DAY, &cutoff.to_be_bytes());
-            for kv in self.acct.range(vec![DAY]..end) {
-                let (k, v) = kv.map_err(engine)?;
-                let list = split_lens(&v).ok_or_else(|| corrupt(&k, "bad day index row"))?;
-                let kept: Vec<Vec<u8>> = list
-                    .iter()
-                    .filter(|jk| !gone.contains(**jk))
-                    .map(|jk| jk.to_vec())
-                    .collect();
-                if kept.is_empty() {
-                    batch.remove(k.as_ref());
-                } else if kept.len() < list.len() {
-                    batch.insert(k.as_ref(), encode_job_list(kept.iter()));
-                }
-            }
+            self.purge_records(&mut batch, cutoff, &candidates, &mut live, &mut stats)?;
         }
         if let Some(cutoff) = rollups_before_day {
-            let end = prefixed(ROLLUP, &cutoff.to_be_bytes());
-            for kv in self.acct.range(vec![ROLLUP]..end) {
-                let (k, v) = kv.map_err(engine)?;
-                batch.remove(k.as_ref());
-                let rows = RollupGroup::decode(&k, &v)?.rows.len();
-                stats.rollups += u64::try_from(rows).unwrap_or(u64::MAX);
-            }
+            self.purge_rollups(&mut batch, cutoff, &mut stats)?;
         }
         self.acct.apply_batch(batch).map_err(engine)?;
         drop(writer);
