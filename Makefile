@@ -5,7 +5,7 @@
 #   make install-head               the head node: sgpu-acctd, sgpu, unit
 #   make install                    both
 #   make uninstall                  removes what install put there; keeps sgpu.toml and data
-#   make deb                        sgpu-common, sgpu-node and sgpu-head .deb files in DEB_OUT
+#   make deb                        sgpu-common, sgpu-node (+slurmX.Y) and sgpu-head .deb files in DEB_OUT
 #
 # Variables: PREFIX (/usr/local), DESTDIR (staging root, empty: this machine), PROFILE
 # (release|debug), BUILD_DIR (where the built files are: target/<PROFILE>), SYSCONFDIR (/etc),
@@ -133,7 +133,8 @@ uninstall:
 # depends on the slurmd major.minor its SPANK plugin was built for (read from the plugin's
 # plugin_version by packaging/plugin-slurm-version): slurmstepd refuses a plugin of another
 # Slurm release, so an apt upgrade of slurmd to the next release must wait for a rebuilt
-# sgpu-node instead of silently dropping the plugin.
+# sgpu-node instead of silently dropping the plugin. sgpu-node's version names that release
+# too (0.1.0+slurm22.05, in the file name as well), so builds for two releases never mix.
 DEB_STAGE = $(DEB_OUT)/stage
 DEB_MAKE = $(MAKE) --no-print-directory PREFIX=/usr SYSCONFDIR=/etc \
 	UNITDIR=/lib/systemd/system SLURM_PLUGIN_DIR=/usr/lib/slurm BUILD_DIR='$(abspath $(BUILD_DIR))'
@@ -152,13 +153,15 @@ deb:
 	echo "sgpu $(VERSION) ($$arch): SPANK plugin built for Slurm $$slurm, libc6 >= $$libc"; \
 	for p in sgpu-common sgpu-node sgpu-head; do \
 	  root='$(DEB_STAGE)'/$$p; \
+	  pkgver='$(VERSION)'; [ $$p != sgpu-node ] || pkgver="$$pkgver+slurm$$slurm"; \
 	  rm -rf "$$root/var"; \
 	  if [ -n '$(DEB_STRIP)' ]; then \
 	    find "$$root/usr" -type f \( -perm -0100 -o -name '*.so' \) -exec $(DEB_STRIP) {} +; \
 	  fi; \
 	  $(INSTALL) -d -m 0755 "$$root/DEBIAN"; \
 	  size=$$(du -sk --exclude=DEBIAN "$$root" | cut -f1); \
-	  sed -e "s|@VERSION@|$(VERSION)|g" -e "s|@ARCH@|$$arch|g" -e "s|@SLURM@|$$slurm|g" \
+	  sed -e "s|@PKG_VERSION@|$$pkgver|g" \
+	      -e "s|@VERSION@|$(VERSION)|g" -e "s|@ARCH@|$$arch|g" -e "s|@SLURM@|$$slurm|g" \
 	      -e "s|@SLURM_NEXT@|$$slurm_next|g" -e "s|@LIBC@|$$libc|g" -e "s|@SIZE@|$$size|g" \
 	      -e "s|@MAINTAINER@|$(DEB_MAINTAINER)|g" \
 	      packaging/debian-$${p#sgpu-}/control > "$$root/DEBIAN/control"; \
@@ -169,6 +172,6 @@ deb:
 	    [ ! -f packaging/debian-$${p#sgpu-}/$$s ] || $(INSTALL) -m 0755 packaging/debian-$${p#sgpu-}/$$s "$$root/DEBIAN/"; \
 	  done; \
 	  dpkg-deb --build --root-owner-group -Z'$(DEB_COMPRESS)' "$$root" \
-	    '$(DEB_OUT)'/$${p}_$(VERSION)_$${arch}.deb; \
+	    '$(DEB_OUT)'/$${p}_$${pkgver}_$${arch}.deb; \
 	done
 	rm -rf '$(DEB_STAGE)'

@@ -572,9 +572,22 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
     let arch = ok(Command::new("dpkg").arg("--print-architecture"))
         .trim()
         .to_string();
+    // sgpu-node carries the SPANK plugin: its version names the Slurm release it was built for
+    let (major, minor) = slurm_headers_release();
+    let node_ver = format!("{ver}+slurm{major}.{minor:02}");
+    let pkg_ver = |p: &str| {
+        if p == "sgpu-node" {
+            node_ver.clone()
+        } else {
+            ver.clone()
+        }
+    };
     let debs: BTreeMap<&str, PathBuf> = PACKAGES
         .iter()
-        .map(|p| (*p, out_dir.path().join(format!("{p}_{ver}_{arch}.deb"))))
+        .map(|p| {
+            let file = format!("{p}_{}_{arch}.deb", pkg_ver(p));
+            (*p, out_dir.path().join(file))
+        })
         .collect();
     let mut names: Vec<String> = std::fs::read_dir(out_dir.path())
         .unwrap()
@@ -593,7 +606,6 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
             .trim()
             .to_string()
     };
-    let (major, minor) = slurm_headers_release();
     let node_depends = field("sgpu-node", "Depends");
     assert!(
         node_depends.contains(&format!(
@@ -613,6 +625,12 @@ fn deb_packages_declare_contents_and_install_with_dpkg() {
     }
     assert!(field("sgpu-head", "Depends").contains("munge"));
     assert_eq!(field("sgpu-common", "Version"), ver);
+    assert_eq!(field("sgpu-head", "Version"), ver);
+    assert_eq!(field("sgpu-node", "Version"), node_ver);
+    assert!(
+        field("sgpu-node", "Description").contains(&format!("+slurm{major}.{minor:02}")),
+        "the description explains the version suffix"
+    );
 
     // data: paths and modes, owned by root; state directories come from postinst
     let contents = |p: &str| -> BTreeMap<String, String> {
