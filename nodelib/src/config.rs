@@ -242,6 +242,170 @@ struct RawConfig {
     checks: RawChecks,
 }
 
+/// The daemon's settings (check and sample intervals, auto-resume, breaker, status
+/// listener), range-checked into `config`.
+fn daemon_settings(
+    config: &mut Config,
+    raw: &RawConfig,
+    invalid: &dyn Fn(usize, String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(s) = &raw.check_interval_s {
+        let v = *s.get_ref();
+        if !(1..=86_400).contains(&v) {
+            return Err(invalid(
+                s.span().start,
+                "check_interval_s".into(),
+                format!("{v} is out of range (1 to 86400 s)"),
+            ));
+        }
+        config.check_interval = Duration::from_secs(v);
+    }
+    if let Some(n) = raw.resume_after {
+        config.resume_after = n;
+    }
+    if let Some(f) = &raw.breaker_max_fraction {
+        let v = *f.get_ref();
+        if !(0.0..=1.0).contains(&v) {
+            return Err(invalid(
+                f.span().start,
+                "breaker_max_fraction".into(),
+                format!("{v} is out of range (0.0 to 1.0)"),
+            ));
+        }
+        config.breaker.max_fraction = v;
+    }
+    if let Some(n) = raw.breaker_min_nodes {
+        config.breaker.min_nodes = n;
+    }
+    if let Some(w) = &raw.breaker_window_s {
+        // drains that aged out of the window let a slow storm drain every node
+        return Err(invalid(
+            w.span().start,
+            "breaker_window_s".into(),
+            "is no longer read: the circuit breaker counts every node sgpu holds drained, \
+             however old the drain (docs/architecture.md, \"Circuit breaker\"); delete \
+             the line"
+                .into(),
+        ));
+    }
+
+    if let Some(s) = &raw.sample_interval_s {
+        let v = *s.get_ref();
+        if !(1..=86_400).contains(&v) {
+            return Err(invalid(
+                s.span().start,
+                "sample_interval_s".into(),
+                format!("{v} is out of range (1 to 86400 s)"),
+            ));
+        }
+        config.sample_interval = Duration::from_secs(v);
+    }
+    if let Some(l) = &raw.status_listen {
+        let v = l.get_ref().trim();
+        config.status_listen = if v == "off" {
+            None
+        } else {
+            Some(v.parse().map_err(|_| {
+                invalid(
+                    l.span().start,
+                    "status_listen".into(),
+                    format!("{v:?} is not an address:port (e.g. \"127.0.0.1:9411\") or \"off\""),
+                )
+            })?)
+        };
+    }
+    Ok(())
+}
+
+/// One `[checks."<id>"]` table: the check must exist, and each key is `severity`,
+/// `enabled`, `enforce` or one of the check's thresholds (a number, not negative).
+fn check_override(
+    id: Spanned<String>,
+    table: Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    invalid: &dyn Fn(usize, String, String) -> ConfigError,
+) -> Result<(String, CheckOverride), ConfigError> {
+    let id_span = id.span();
+    let id = id.into_inner();
+    let Some(spec) = catalogue::spec(&id) else {
+        return Err(invalid(
+            id_span.start,
+            format!("checks.\"{id}\""),
+            format!(
+                "unknown check id; valid ids: {}",
+                catalogue::ids().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
+    let mut o = CheckOverride::default();
+    for (key, value) in table.into_inner() {
+        let key_span = key.span();
+        let key = key.into_inner();
+        let full_key = format!("checks.\"{id}\".{key}");
+        let value_span = value.span();
+        let value = value.into_inner();
+        match key.as_str() {
+            "severity" => {
+                let sev = value.as_str().and_then(Severity::parse).ok_or_else(|| {
+                    invalid(
+                        value_span.start,
+                        full_key.clone(),
+                        format!("{value} is not one of \"drain\", \"warn\", \"info\", \"off\""),
+                    )
+                })?;
+                o.severity = Some(sev);
+            }
+            "enabled" | "enforce" => {
+                let b = value.as_bool().ok_or_else(|| {
+                    invalid(
+                        value_span.start,
+                        full_key.clone(),
+                        format!("{value} is not a boolean"),
+                    )
+                })?;
+                if key == "enabled" {
+                    o.enabled = Some(b);
+                } else {
+                    o.enforce = Some(b);
+                }
+            }
+            name => {
+                if !spec.thresholds.iter().any(|t| t.name == name) {
+                    let mut valid = vec!["severity", "enabled", "enforce"];
+                    valid.extend(spec.thresholds.iter().map(|t| t.name));
+                    return Err(invalid(
+                        key_span.start,
+                        full_key,
+                        format!(
+                            "unknown key for this check; valid keys: {}",
+                            valid.join(", ")
+                        ),
+                    ));
+                }
+                let n = match value {
+                    toml::Value::Integer(i) => i as f64,
+                    toml::Value::Float(f) if f.is_finite() => f,
+                    other => {
+                        return Err(invalid(
+                            value_span.start,
+                            full_key,
+                            format!("{other} is not a number"),
+                        ));
+                    }
+                };
+                if n < 0.0 {
+                    return Err(invalid(
+                        value_span.start,
+                        full_key,
+                        format!("{n} is negative"),
+                    ));
+                }
+                o.thresholds.insert(name.to_string(), n);
+            }
+        }
+    }
+    Ok((id, o))
+}
+
 /// The 1-based line of a byte offset in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -317,20 +481,20 @@ impl Config {
 
         let mut config = Config {
             source: Some(path.to_path_buf()),
-            nvml_library: raw.nvml_library,
+            nvml_library: raw.nvml_library.clone(),
             fail_closed: raw.fail_closed.unwrap_or(false),
             enforce: raw.enforce.unwrap_or(true),
             slurm_job_times: raw.slurm_job_times.unwrap_or(true),
-            scontrol: raw.scontrol,
+            scontrol: raw.scontrol.clone(),
             ..Config::default()
         };
-        if let Some(dir) = raw.spool_dir {
-            config.spool_dir = dir;
+        if let Some(dir) = &raw.spool_dir {
+            config.spool_dir = dir.clone();
         }
-        if let Some(dir) = raw.state_dir {
-            config.state_dir = dir;
+        if let Some(dir) = &raw.state_dir {
+            config.state_dir = dir.clone();
         }
-        if let Some(ms) = raw.nvml_timeout_ms {
+        if let Some(ms) = &raw.nvml_timeout_ms {
             let v = *ms.get_ref();
             if !(1..=600_000).contains(&v) {
                 return Err(invalid(
@@ -341,7 +505,7 @@ impl Config {
             }
             config.nvml_timeout = Duration::from_millis(v);
         }
-        if let Some(v) = raw.pinned_driver_version {
+        if let Some(v) = &raw.pinned_driver_version {
             let s = v.get_ref().trim();
             if s.is_empty() {
                 return Err(invalid(
@@ -353,7 +517,7 @@ impl Config {
             config.pinned_driver_version = Some(s.to_string());
         }
 
-        if let Some(name) = raw.node_name {
+        if let Some(name) = &raw.node_name {
             let n = name.get_ref().trim();
             if !crate::slurmctl::valid_node_name(n) {
                 return Err(invalid(
@@ -364,74 +528,7 @@ impl Config {
             }
             config.node_name = Some(n.to_string());
         }
-        if let Some(s) = raw.check_interval_s {
-            let v = *s.get_ref();
-            if !(1..=86_400).contains(&v) {
-                return Err(invalid(
-                    s.span().start,
-                    "check_interval_s".into(),
-                    format!("{v} is out of range (1 to 86400 s)"),
-                ));
-            }
-            config.check_interval = Duration::from_secs(v);
-        }
-        if let Some(n) = raw.resume_after {
-            config.resume_after = n;
-        }
-        if let Some(f) = raw.breaker_max_fraction {
-            let v = *f.get_ref();
-            if !(0.0..=1.0).contains(&v) {
-                return Err(invalid(
-                    f.span().start,
-                    "breaker_max_fraction".into(),
-                    format!("{v} is out of range (0.0 to 1.0)"),
-                ));
-            }
-            config.breaker.max_fraction = v;
-        }
-        if let Some(n) = raw.breaker_min_nodes {
-            config.breaker.min_nodes = n;
-        }
-        if let Some(w) = raw.breaker_window_s {
-            // drains that aged out of the window let a slow storm drain every node
-            return Err(invalid(
-                w.span().start,
-                "breaker_window_s".into(),
-                "is no longer read: the circuit breaker counts every node sgpu holds drained, \
-                 however old the drain (docs/architecture.md, \"Circuit breaker\"); delete \
-                 the line"
-                    .into(),
-            ));
-        }
-
-        if let Some(s) = raw.sample_interval_s {
-            let v = *s.get_ref();
-            if !(1..=86_400).contains(&v) {
-                return Err(invalid(
-                    s.span().start,
-                    "sample_interval_s".into(),
-                    format!("{v} is out of range (1 to 86400 s)"),
-                ));
-            }
-            config.sample_interval = Duration::from_secs(v);
-        }
-        if let Some(l) = raw.status_listen {
-            let v = l.get_ref().trim();
-            config.status_listen = if v == "off" {
-                None
-            } else {
-                Some(v.parse().map_err(|_| {
-                    invalid(
-                        l.span().start,
-                        "status_listen".into(),
-                        format!(
-                            "{v:?} is not an address:port (e.g. \"127.0.0.1:9411\") or \"off\""
-                        ),
-                    )
-                })?)
-            };
-        }
-
+        daemon_settings(&mut config, &raw, &invalid)?;
         if let Some(a) = raw.accounting {
             config.accounting = a
                 .validate()
@@ -445,87 +542,7 @@ impl Config {
         }
 
         for (id, table) in raw.checks {
-            let id_span = id.span();
-            let id = id.into_inner();
-            let Some(spec) = catalogue::spec(&id) else {
-                return Err(invalid(
-                    id_span.start,
-                    format!("checks.\"{id}\""),
-                    format!(
-                        "unknown check id; valid ids: {}",
-                        catalogue::ids().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            };
-            let mut o = CheckOverride::default();
-            for (key, value) in table.into_inner() {
-                let key_span = key.span();
-                let key = key.into_inner();
-                let full_key = format!("checks.\"{id}\".{key}");
-                let value_span = value.span();
-                let value = value.into_inner();
-                match key.as_str() {
-                    "severity" => {
-                        let sev = value.as_str().and_then(Severity::parse).ok_or_else(|| {
-                            invalid(
-                                value_span.start,
-                                full_key.clone(),
-                                format!(
-                                    "{value} is not one of \"drain\", \"warn\", \"info\", \"off\""
-                                ),
-                            )
-                        })?;
-                        o.severity = Some(sev);
-                    }
-                    "enabled" | "enforce" => {
-                        let b = value.as_bool().ok_or_else(|| {
-                            invalid(
-                                value_span.start,
-                                full_key.clone(),
-                                format!("{value} is not a boolean"),
-                            )
-                        })?;
-                        if key == "enabled" {
-                            o.enabled = Some(b);
-                        } else {
-                            o.enforce = Some(b);
-                        }
-                    }
-                    name => {
-                        if !spec.thresholds.iter().any(|t| t.name == name) {
-                            let mut valid = vec!["severity", "enabled", "enforce"];
-                            valid.extend(spec.thresholds.iter().map(|t| t.name));
-                            return Err(invalid(
-                                key_span.start,
-                                full_key,
-                                format!(
-                                    "unknown key for this check; valid keys: {}",
-                                    valid.join(", ")
-                                ),
-                            ));
-                        }
-                        let n = match value {
-                            toml::Value::Integer(i) => i as f64,
-                            toml::Value::Float(f) if f.is_finite() => f,
-                            other => {
-                                return Err(invalid(
-                                    value_span.start,
-                                    full_key,
-                                    format!("{other} is not a number"),
-                                ));
-                            }
-                        };
-                        if n < 0.0 {
-                            return Err(invalid(
-                                value_span.start,
-                                full_key,
-                                format!("{n} is negative"),
-                            ));
-                        }
-                        o.thresholds.insert(name.to_string(), n);
-                    }
-                }
-            }
+            let (id, o) = check_override(id, table, &invalid)?;
             config.checks.insert(id, o);
         }
         Ok(config)
