@@ -356,6 +356,43 @@ pub fn evaluate(
         catalogue,
         profile: ctx.profile,
     };
+    nvml_results(&mut e, ctx);
+    gpu_count_results(&mut e, snapshot, ctx);
+    driver_result(&mut e, snapshot, ctx);
+
+    if e.check(cat::GPU_XID).is_some() {
+        xid_results(&mut e, snapshot, &ctx.xids);
+    }
+
+    for g in &snapshot.gpus {
+        if e.check(cat::GPU_LOST).is_some() {
+            let status = if g.lost { Status::Fail } else { Status::Pass };
+            let observed = if g.lost {
+                "fallen off the bus"
+            } else {
+                "present"
+            };
+            e.push(
+                cat::GPU_LOST,
+                Some(g),
+                status,
+                observed.into(),
+                String::new(),
+                None,
+                None,
+            );
+        }
+        if g.lost {
+            // Every other reading of a lost GPU is an error; gpu.lost says it all.
+            continue;
+        }
+        gpu_results(&mut e, g, ctx);
+    }
+    e.out
+}
+
+/// NVML answered (the snapshot exists) within the deadline.
+fn nvml_results(e: &mut Emitter<'_>, ctx: &CheckContext) {
     let deadline = format!("{} ms", ctx.nvml_timeout.as_millis());
     if e.check(cat::NVML_INIT).is_some() {
         e.push(
@@ -379,7 +416,10 @@ pub fn evaluate(
             None,
         );
     }
+}
 
+/// The GPU count against gres.conf's, and the job's GPUs against the GPUs there are.
+fn gpu_count_results(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, ctx: &CheckContext) {
     let count = snapshot.gpus.len() as u32;
     if e.check(cat::GPU_COUNT).is_some() {
         match ctx.expected_gpu_count {
@@ -437,7 +477,10 @@ pub fn evaluate(
             );
         }
     }
+}
 
+/// The driver version against `pinned_driver_version`.
+fn driver_result(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, ctx: &CheckContext) {
     if let (Some(pinned), Some(_)) = (&ctx.pinned_driver_version, e.check(cat::DRIVER_VERSION)) {
         match &snapshot.driver_version {
             Reading::Value(v) => {
@@ -467,39 +510,19 @@ pub fn evaluate(
             ),
         }
     }
-
-    if e.check(cat::GPU_XID).is_some() {
-        xid_results(&mut e, snapshot, &ctx.xids);
-    }
-
-    for g in &snapshot.gpus {
-        if e.check(cat::GPU_LOST).is_some() {
-            let status = if g.lost { Status::Fail } else { Status::Pass };
-            let observed = if g.lost {
-                "fallen off the bus"
-            } else {
-                "present"
-            };
-            e.push(
-                cat::GPU_LOST,
-                Some(g),
-                status,
-                observed.into(),
-                String::new(),
-                None,
-                None,
-            );
-        }
-        if g.lost {
-            // Every other reading of a lost GPU is an error; gpu.lost says it all.
-            continue;
-        }
-        gpu_results(&mut e, g, ctx);
-    }
-    e.out
 }
 
+/// Every per-GPU check of a GPU still on the bus, in the order they are reported.
 fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
+    memory_fault_results(e, g);
+    thermal_results(e, g, ctx);
+    degradation_results(e, g, ctx);
+    leftover_results(e, g, ctx);
+}
+
+/// Uncorrectable ECC errors, retired pages pending, row remapping pending or failed: memory
+/// faults that need a reset or a repair.
+fn memory_fault_results(e: &mut Emitter<'_>, g: &GpuSnapshot) {
     if let Some(c) = e.check(cat::GPU_ECC_UNCORRECTABLE) {
         let max = c.threshold("max_errors");
         e.judge(
@@ -541,6 +564,10 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             "no".into(),
         );
     }
+}
+
+/// Temperature and clock throttling.
+fn thermal_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
     if let Some(c) = e.check(cat::GPU_TEMPERATURE) {
         let margin = c.threshold("margin_c");
         match (&g.temperature_c, &g.slowdown_threshold_c) {
@@ -617,6 +644,11 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             last.threshold = format!("no hw throttle on {n} checks");
         }
     }
+}
+
+/// Slow degradation, judged against the node's history: PCIe link width, corrected-ECC rate,
+/// retired pages, PCIe replay rate, and the fabric state.
+fn degradation_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
     if let Some(c) = e.check(cat::GPU_PCIE_LINK) {
         pcie_result(e, g, ctx, c.clone());
     }
@@ -686,6 +718,10 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             "completed, success".into(),
         );
     }
+}
+
+/// What a job may find on the GPU: processes left from an earlier job, and persistence mode.
+fn leftover_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
     if let Some(c) = e.check(cat::GPU_LEFTOVER_PROCESSES) {
         let mine = ctx.job_gpus.as_ref().is_none_or(|j| j.contains(&g.index));
         if mine {
