@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sgpu_acct_client::Client;
 use sgpu_spool::{EventSpool, NodeEvent};
+use sgpu_wire::acctd::{EventBatch, HistoryPostAnswer};
 use tracing::{info, warn};
 
 /// The most events one request carries.
@@ -29,7 +30,7 @@ pub fn forward(spool_dir: &Path, client: &Client) -> Result<usize, String> {
     for chunk in good.chunks(MAX_EVENTS_PER_REQUEST) {
         let events: Vec<&NodeEvent> = chunk.iter().map(|(_, e)| e).collect();
         client
-            .post_json("/v1/history", &serde_json::json!({ "events": events }))
+            .post::<_, HistoryPostAnswer>("/v1/history", &EventBatch { events })
             .map_err(|e| format!("POST /v1/history: {e}"))?;
         for (path, _) in chunk {
             spool.remove(path).map_err(|e| e.to_string())?;
