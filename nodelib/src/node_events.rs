@@ -24,7 +24,7 @@ pub fn record(
     action: NodeAction,
     source: &str,
     reason: &str,
-) -> Result<(), String> {
+) -> Result<(), EventNotSpooled> {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     let time_ms = sgpu_spool::now_ms();
@@ -44,7 +44,16 @@ pub fn record(
     EventSpool::open(spool_dir)
         .and_then(|s| s.write(&event))
         .map(|_| ())
-        .map_err(|e| format!("node history event not spooled: {e}"))
+        .map_err(|error| EventNotSpooled { error })
+}
+
+/// A node event that could not be written to the spool (the spool's error says why and what
+/// to fix); the drain or resume itself stands.
+#[derive(Debug, thiserror::Error)]
+#[error("node history event not spooled: {error}")]
+pub struct EventNotSpooled {
+    /// The spool's error.
+    pub error: sgpu_spool::SpoolError,
 }
 
 #[cfg(test)]

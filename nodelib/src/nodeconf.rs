@@ -39,15 +39,25 @@ pub struct NodeLayout {
     pub notes: Vec<String>,
 }
 
+/// Why the node's GPU layout could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// No slurm.conf where sgpu looked.
+    #[error("{} not found: the GPU count is not checked (set SLURM_CONF)", path.display())]
+    NoSlurmConf {
+        /// The path looked at.
+        path: PathBuf,
+    },
+}
+
 impl NodeLayout {
     /// Reads slurm.conf at `slurm_conf` and the gres.conf beside it, for `node`; `None` when
     /// slurm.conf does not exist (a note says so).
-    pub fn load(slurm_conf: &Path, node: &str) -> Result<NodeLayout, String> {
+    pub fn load(slurm_conf: &Path, node: &str) -> Result<NodeLayout, LayoutError> {
         if !slurm_conf.is_file() {
-            return Err(format!(
-                "{} not found: the GPU count is not checked (set SLURM_CONF)",
-                slurm_conf.display()
-            ));
+            return Err(LayoutError::NoSlurmConf {
+                path: slurm_conf.to_path_buf(),
+            });
         }
         let (slurm, errs) = SlurmConf::load_lenient(slurm_conf);
         let mut notes: Vec<String> = errs.iter().map(|e| e.to_string()).collect();

@@ -89,7 +89,7 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
             Some(l)
         }
         Err(e) => {
-            report.note(e);
+            report.note(e.to_string());
             None
         }
     };
@@ -221,7 +221,7 @@ fn drain(config: &Config, node: &str, reason: &str, source: &str, report: &mut G
                 source,
                 reason,
             ) {
-                report.note(e);
+                report.note(e.to_string());
             }
         }
         Err(e) => report.error(format!("could not drain {node} ({reason}): {e}")),

@@ -174,7 +174,7 @@ pub fn gpus_at_start(
     let nvml: Vec<u32> = match NodeLayout::load(slurm_conf, node) {
         Ok(l) => l.nvml_indices(slurm_indices, snap),
         Err(e) => {
-            notes.push(e);
+            notes.push(e.to_string());
             slurm_indices.to_vec()
         }
     };
