@@ -477,6 +477,7 @@ pub fn status(settings: &Settings, a: &StatusArgs) -> anyhow::Result<i32> {
                 json!({
                     "node": n.name, "state": n.state, "reason": n.reason,
                     "reason_user": n.reason_user, "reason_time": n.reason_time,
+                    "drained_by": n.drained_by(),
                     "health": health_text(h), "breaker": b,
                 })
             })
@@ -490,10 +491,7 @@ pub fn status(settings: &Settings, a: &StatusArgs) -> anyhow::Result<i32> {
             .to_vec(),
     ];
     for (n, (h, b)) in list.iter().zip(&healths) {
-        let by = match (&n.reason_user, &n.reason_time) {
-            (Some(u), Some(t)) => format!("{u}@{t}"),
-            _ => "-".into(),
-        };
+        let by = n.drained_by();
         rows.push(vec![
             n.name.clone(),
             n.state.clone(),

@@ -47,6 +47,33 @@ impl SlurmNode {
         .down_or_failed()
     }
 
+    /// Who drained the node, and when, as `sgpu status` shows it: Slurm's `user@time`; but
+    /// once slurmctld appended a reason of its own (23.02+: `... : Not responding`) that user
+    /// and time are slurmctld's, so the drainer is named from the reason's start (`sgpu` for
+    /// `sgpu:`, the admin for `sgpu-admin(<user>):`, `?` otherwise) and slurmctld's part
+    /// follows: `sgpu, then slurmctld root@2026-12-04T00:39:07`.
+    pub fn drained_by(&self) -> String {
+        let (Some(u), Some(t)) = (&self.reason_user, &self.reason_time) else {
+            return "-".into();
+        };
+        let reason = self.reason.as_deref().unwrap_or("");
+        if slurmctl::split_appended(reason).1.is_none() {
+            return format!("{u}@{t}");
+        }
+        let who = if reason.starts_with(SGPU_REASON_PREFIX) {
+            "sgpu".to_string()
+        } else if let Some(admin) = reason
+            .strip_prefix(ADMIN_REASON_PREFIX)
+            .and_then(|r| r.strip_prefix('('))
+            .and_then(|r| r.split_once("):"))
+        {
+            admin.0.to_string()
+        } else {
+            "?".to_string()
+        };
+        format!("{who}, then slurmctld {u}@{t}")
+    }
+
     /// The reason as Slurm shows it, with `[user@time]`.
     pub fn full_reason(&self) -> Option<String> {
         let r = self.reason.clone()?;
@@ -172,11 +199,13 @@ pub fn resume_decision(node: &SlurmNode, health: &Health, force: bool) -> Resume
     }
     let reason = node.reason.as_deref().unwrap_or("");
     if !reason.starts_with(SGPU_REASON_PREFIX) {
-        let by = node
-            .reason_user
-            .as_deref()
-            .map(|u| format!(" by {u}"))
-            .unwrap_or_default();
+        // after slurmctld's append its user is slurmctld's: name the drainer from the reason
+        let appended = slurmctl::split_appended(reason).1.is_some();
+        let by = match &node.reason_user {
+            Some(_) if appended => format!(" by {}", node.drained_by()),
+            Some(u) => format!(" by {u}"),
+            None => String::new(),
+        };
         return ResumeDecision::Refuse(format!(
             "drained{by} for another reason ({reason:?}), not by sgpu's checks; resume with \
              --force once that reason no longer holds"
@@ -215,6 +244,37 @@ mod tests {
             Some(n) => n,
             None => panic!("no node in {line:?}"),
         }
+    }
+
+    #[test]
+    fn the_drainer_survives_slurmctlds_append() {
+        // measured on 26.05.3: slurmd stopped under an sgpu drain
+        let n = node(
+            "NodeName=node1 State=DOWN+DRAIN+NOT_RESPONDING Reason=sgpu: gpu.xid gpu0: xid 79 \
+             : Not responding [root@2026-12-04T00:39:07]",
+        );
+        assert_eq!(
+            n.drained_by(),
+            "sgpu, then slurmctld root@2026-12-04T00:39:07"
+        );
+        let n = node(
+            "NodeName=n State=IDLE+DRAIN Reason=sgpu-admin(ann): dimm : Not responding \
+             [slurm@2026-12-04T00:39:07]",
+        );
+        assert_eq!(
+            n.drained_by(),
+            "ann, then slurmctld slurm@2026-12-04T00:39:07"
+        );
+        let refused = resume_decision(&n, &Health::NotChecked, false);
+        assert!(
+            matches!(&refused, ResumeDecision::Refuse(m) if m.contains("by ann, then slurmctld")),
+            "{refused:?}"
+        );
+        // nothing appended: Slurm's user and time as they are
+        let n =
+            node("NodeName=n State=IDLE+DRAIN Reason=sgpu: gpu.xid x [root@2026-12-04T00:38:41]");
+        assert_eq!(n.drained_by(), "root@2026-12-04T00:38:41");
+        assert_eq!(node("NodeName=n State=IDLE").drained_by(), "-");
     }
 
     #[test]
