@@ -13,6 +13,8 @@
 //! request nor a body swapped. Errors say whether to retry
 //! ([`ClientError::Transport`]) or not.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
