@@ -162,6 +162,36 @@ struct Pending {
     json: Vec<u8>,
 }
 
+/// Why a round stopped before acctd's answer was acted on in full; what is left is sent again
+/// next round (acctd answers `duplicate` for what it already has).
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// The spool cannot be opened.
+    #[error("spool: {0}")]
+    Spool(sgpu_spool::SpoolError),
+    /// A record could not be moved to `bad/`.
+    #[error("cannot move {} to bad/", .0.display())]
+    Quarantine(std::path::PathBuf),
+    /// An acknowledged record could not be removed.
+    #[error(
+        "cannot remove {}: {error}; acknowledged records are sent again (acctd keeps one copy)",
+        path.display()
+    )]
+    Remove {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// The spool directory could not be synced after removals.
+    #[error("fsync {}: {error}", dir.display())]
+    Fsync {
+        dir: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// acctd answered for fewer records than were sent.
+    #[error("acctd's answer covered {answered} of {sent} records; the rest is sent again")]
+    Partial { answered: usize, sent: usize },
+}
+
 impl Forwarder {
     /// A forwarder of the spool at `spool_dir` to `sink`, `batch` records per request.
     pub fn new(
@@ -185,11 +215,11 @@ impl Forwarder {
         self.stop.clone()
     }
 
-    fn spool(&mut self) -> Result<Spool, String> {
+    fn spool(&mut self) -> Result<Spool, RoundError> {
         if let Some(s) = &self.spool {
             return Ok(s.clone());
         }
-        let s = Spool::open(&self.spool_dir).map_err(|e| format!("spool: {e}"))?;
+        let s = Spool::open(&self.spool_dir).map_err(RoundError::Spool)?;
         self.spool = Some(s.clone());
         Ok(s)
     }
@@ -201,7 +231,7 @@ impl Forwarder {
         let spool = match self.spool() {
             Ok(s) => s,
             Err(e) => {
-                report.error = Some(e);
+                report.error = Some(e.to_string());
                 return report;
             }
         };
@@ -282,7 +312,7 @@ impl Forwarder {
                 Ok(reply) => {
                     limit = self.batch;
                     if let Err(e) = self.settle(&spool, &batch, &reply, &mut report) {
-                        report.error = Some(e);
+                        report.error = Some(e.to_string());
                         report.backlog = count_left(&spool).unwrap_or(0);
                         return report;
                     }
@@ -324,13 +354,13 @@ impl Forwarder {
         batch: &[Pending],
         reply: &IngestAnswer,
         report: &mut RoundReport,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoundError> {
         let mut removed_from: Option<std::path::PathBuf> = None;
         let outcome = self.settle_unsynced(spool, batch, reply, report, &mut removed_from);
         if let Some(dir) = removed_from {
             std::fs::File::open(&dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| format!("fsync {}: {e}", dir.display()))?;
+                .map_err(|error| RoundError::Fsync { dir, error })?;
         }
         outcome
     }
@@ -342,7 +372,7 @@ impl Forwarder {
         reply: &IngestAnswer,
         report: &mut RoundReport,
         removed_from: &mut Option<std::path::PathBuf>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoundError> {
         let mut answers: Vec<Option<&RecordAnswer>> = vec![None; batch.len()];
         for r in &reply.results {
             if let Some(slot) = answers.get_mut(r.index) {
@@ -367,7 +397,7 @@ impl Forwarder {
                     )
                 );
                 if !self.quarantine(spool, &p.entry, &why) {
-                    return Err(format!("cannot move {} to bad/", p.entry.path().display()));
+                    return Err(RoundError::Quarantine(p.entry.path().to_path_buf()));
                 }
                 report.conflict += 1;
                 continue;
@@ -378,12 +408,11 @@ impl Forwarder {
                     match std::fs::remove_file(path) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(format!(
-                                "cannot remove {}: {e}; acknowledged records are sent again \
-                                 (acctd keeps one copy)",
-                                path.display()
-                            ));
+                        Err(error) => {
+                            return Err(RoundError::Remove {
+                                path: path.to_path_buf(),
+                                error,
+                            });
                         }
                     }
                     if removed_from.is_none() {
@@ -405,7 +434,7 @@ impl Forwarder {
                         a.error.as_deref().unwrap_or("no reason given")
                     );
                     if !self.quarantine(spool, &p.entry, &why) {
-                        return Err(format!("cannot move {} to bad/", p.entry.path().display()));
+                        return Err(RoundError::Quarantine(p.entry.path().to_path_buf()));
                     }
                     report.rejected += 1;
                 }
@@ -420,11 +449,10 @@ impl Forwarder {
             }
         }
         if unanswered > 0 {
-            return Err(format!(
-                "acctd's answer covered {} of {} records; the rest is sent again",
-                batch.len() - unanswered,
-                batch.len()
-            ));
+            return Err(RoundError::Partial {
+                answered: batch.len() - unanswered,
+                sent: batch.len(),
+            });
         }
         Ok(())
     }

@@ -38,15 +38,29 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// Probes the spool at `dir`.
 pub fn probe(dir: &Path) -> SpoolHealth {
-    let error = write_probe(dir).err();
+    let error = write_probe(dir).err().map(|e| e.to_string());
     SpoolHealth {
         error,
         free_bytes: free_bytes(dir),
     }
 }
 
-fn write_probe(dir: &Path) -> Result<(), String> {
-    let spool = sgpu_spool::Spool::open(dir).map_err(|e| e.to_string())?;
+/// Why the spool cannot take records.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// The spool is missing, not sgpu's or not safe (the spool's error says how to fix it).
+    #[error(transparent)]
+    Spool(#[from] sgpu_spool::SpoolError),
+    /// A record-sized file cannot be written and synced in `tmp/`.
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+}
+
+fn write_probe(dir: &Path) -> Result<(), ProbeError> {
+    let spool = sgpu_spool::Spool::open(dir)?;
     let path = spool
         .dir()
         .join("tmp")
@@ -56,7 +70,10 @@ fn write_probe(dir: &Path) -> Result<(), String> {
             f.write_all(&[0u8; PROBE_BYTES])?;
             f.sync_all()
         })
-        .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        .map_err(|error| ProbeError::Write {
+            path: path.clone(),
+            error,
+        });
     let _ = std::fs::remove_file(&path);
     result
 }
@@ -94,7 +111,7 @@ mod tests {
             .join("tmp")
             .join(format!(".probe.{}", std::process::id()));
         std::os::unix::fs::symlink("/dev/full", &probe_path).unwrap();
-        let e = write_probe(dir.path()).unwrap_err();
+        let e = write_probe(dir.path()).unwrap_err().to_string();
         assert!(e.contains("No space left on device"), "{e}");
     }
 }
