@@ -32,52 +32,110 @@ pub fn loopback_target(listen: SocketAddr) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, listen.port()))
 }
 
+/// Why `/status` could not be read; the report then says utilization is unavailable.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// `status_listen` names another host: the plugin asks its own node's healthd only.
+    #[error("status_listen {0} is not a loopback address")]
+    NotLoopback(SocketAddr),
+    /// The budget ran out.
+    #[error("healthd did not answer in time")]
+    Timeout,
+    /// No connection (healthd not running, another port).
+    #[error("connect {addr}: {error}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A socket option could not be set.
+    #[error("{0}")]
+    Socket(std::io::Error),
+    /// The request could not be sent.
+    #[error("request to {addr}: {error}")]
+    Request {
+        /// Where.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The answer could not be read.
+    #[error("reading from {addr}: {error}")]
+    Read {
+        /// Where.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// More than [`MAX_RESPONSE`].
+    #[error("healthd's answer is too large")]
+    TooLarge,
+    /// Not HTTP.
+    #[error("healthd sent no complete HTTP header")]
+    NoHeader,
+    /// Not 200.
+    #[error("healthd answered {0:?}")]
+    Status(String),
+    /// A chunked body that does not parse.
+    #[error("healthd sent a malformed chunked body")]
+    BadChunks,
+    /// A Content-Length that is not a number.
+    #[error("healthd sent a bad Content-Length")]
+    BadLength,
+    /// Fewer bytes than announced.
+    #[error("healthd's answer was cut short")]
+    Short,
+    /// Not a `/status` document of a version this plugin reads.
+    #[error(transparent)]
+    Decode(#[from] sgpu_wire::DecodeError),
+}
+
 /// Fetches and parses `/status` from healthd at `listen` within `budget`.
-pub fn fetch(listen: SocketAddr, budget: Duration) -> Result<StatusDoc, String> {
-    let addr = loopback_target(listen)
-        .ok_or_else(|| format!("status_listen {listen} is not a loopback address"))?;
+pub fn fetch(listen: SocketAddr, budget: Duration) -> Result<StatusDoc, StatusError> {
+    let addr = loopback_target(listen).ok_or(StatusError::NotLoopback(listen))?;
     let body = http_get(addr, "/status", budget)?;
     parse(&body)
 }
 
 /// Parses a `/status` body ([`sgpu_wire::decode`]: another major version is refused).
-pub fn parse(body: &[u8]) -> Result<StatusDoc, String> {
-    sgpu_wire::decode(body).map_err(|e| e.to_string())
+pub fn parse(body: &[u8]) -> Result<StatusDoc, StatusError> {
+    Ok(sgpu_wire::decode(body)?)
 }
 
-fn remaining(deadline: Instant) -> Result<Duration, String> {
+fn remaining(deadline: Instant) -> Result<Duration, StatusError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        Err("healthd did not answer in time".into())
+        Err(StatusError::Timeout)
     } else {
         Ok(left)
     }
 }
 
 /// `GET path` over HTTP/1.1 with `Connection: close`; the body of a 200 answer.
-fn http_get(addr: SocketAddr, path: &str, budget: Duration) -> Result<Vec<u8>, String> {
+fn http_get(addr: SocketAddr, path: &str, budget: Duration) -> Result<Vec<u8>, StatusError> {
     let deadline = Instant::now() + budget;
     let mut s = TcpStream::connect_timeout(&addr, remaining(deadline)?)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
+        .map_err(|error| StatusError::Connect { addr, error })?;
+    s.set_nodelay(true).map_err(StatusError::Socket)?;
     s.set_write_timeout(Some(remaining(deadline)?))
-        .map_err(|e| e.to_string())?;
+        .map_err(StatusError::Socket)?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
-        .map_err(|e| format!("request to {addr}: {e}"))?;
+        .map_err(|error| StatusError::Request { addr, error })?;
     let mut buf = Vec::with_capacity(16 << 10);
     let mut chunk = [0u8; 16 << 10];
     loop {
         s.set_read_timeout(Some(remaining(deadline)?))
-            .map_err(|e| e.to_string())?;
+            .map_err(StatusError::Socket)?;
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
                 buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                 if buf.len() > MAX_RESPONSE {
-                    return Err("healthd's answer is too large".into());
+                    return Err(StatusError::TooLarge);
                 }
                 // stop as soon as a Content-Length body is complete
                 if let Some(body) = complete_body(&buf) {
@@ -85,14 +143,14 @@ fn http_get(addr: SocketAddr, path: &str, budget: Duration) -> Result<Vec<u8>, S
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading from {addr}: {e}")),
+            Err(error) => return Err(StatusError::Read { addr, error }),
         }
     }
     complete_body(&buf).unwrap_or_else(|| response_body(&buf, true))
 }
 
 /// The body once the response is complete by its `Content-Length` (`None`: read on).
-fn complete_body(buf: &[u8]) -> Option<Result<Vec<u8>, String>> {
+fn complete_body(buf: &[u8]) -> Option<Result<Vec<u8>, StatusError>> {
     let (head, body) = split_head(buf)?;
     let len = header(head, "content-length")?
         .trim()
@@ -115,33 +173,33 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The body of a complete response (`eof`: the connection was closed after it).
-fn response_body(buf: &[u8], eof: bool) -> Result<Vec<u8>, String> {
-    let (head, body) = split_head(buf).ok_or("healthd sent no complete HTTP header")?;
+fn response_body(buf: &[u8], eof: bool) -> Result<Vec<u8>, StatusError> {
+    let (head, body) = split_head(buf).ok_or(StatusError::NoHeader)?;
     let status = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("");
     if status != "200" {
-        return Err(format!("healthd answered {status:?}"));
+        return Err(StatusError::Status(status.to_string()));
     }
     if header(head, "transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        return dechunk(body).ok_or_else(|| "healthd sent a malformed chunked body".into());
+        return dechunk(body).ok_or(StatusError::BadChunks);
     }
     if let Some(len) = header(head, "content-length") {
         let len: usize = len
             .trim()
             .parse()
-            .map_err(|_| "healthd sent a bad Content-Length")?;
+            .map_err(|_| StatusError::BadLength)?;
         return body
             .get(..len)
             .map(<[u8]>::to_vec)
-            .ok_or_else(|| "healthd's answer was cut short".into());
+            .ok_or(StatusError::Short);
     }
     if eof {
         Ok(body.to_vec())
     } else {
-        Err("healthd's answer was cut short".into())
+        Err(StatusError::Short)
     }
 }
 
@@ -313,7 +371,8 @@ mod tests {
             ),
             FETCH_BUDGET,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("404"), "{e}");
     }
 }
