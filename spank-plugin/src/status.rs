@@ -187,10 +187,7 @@ fn response_body(buf: &[u8], eof: bool) -> Result<Vec<u8>, StatusError> {
         return dechunk(body).ok_or(StatusError::BadChunks);
     }
     if let Some(len) = header(head, "content-length") {
-        let len: usize = len
-            .trim()
-            .parse()
-            .map_err(|_| StatusError::BadLength)?;
+        let len: usize = len.trim().parse().map_err(|_| StatusError::BadLength)?;
         return body
             .get(..len)
             .map(<[u8]>::to_vec)
