@@ -42,15 +42,18 @@ impl Default for PluginArgs {
     }
 }
 
+/// A `--gpu-health` (or `default_health=`) value that is not a mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --gpu-health value {0:?}: expected one of strict, warn, off")]
+pub struct HealthError(pub String);
+
 /// Checks a `--gpu-health` value, returning its canonical (lower-case) form.
-pub fn parse_health(v: &str) -> Result<String, String> {
+pub fn parse_health(v: &str) -> Result<String, HealthError> {
     let l = v.trim().to_ascii_lowercase();
     if HEALTH_MODES.contains(&l.as_str()) {
         Ok(l)
     } else {
-        Err(format!(
-            "invalid --gpu-health value {v:?}: expected one of strict, warn, off"
-        ))
+        Err(HealthError(v.to_string()))
     }
 }
 
@@ -175,7 +178,7 @@ mod tests {
     #[test]
     fn health_values() {
         assert_eq!(parse_health("off").as_deref(), Ok("off"));
-        let e = parse_health("bogus").unwrap_err();
+        let e = parse_health("bogus").unwrap_err().to_string();
         assert!(
             e.contains("\"bogus\"") && e.contains("strict, warn, off"),
             "{e}"
