@@ -37,9 +37,11 @@
 //!   short-lived thread, sgpu.toml and slurm.conf are read, the user's name looked up and
 //!   the GPUs' start counters read, so files, NSS and NVML's initialisation (the plugin's
 //!   main cost, measured with bench/spank-launch) overlap the tasks' start instead of
-//!   delaying it; no task is forked while that thread runs, and `exit` joins it (its NVML
-//!   part ends within `nvml_timeout_ms`). `init_post_opt` itself only reads SPANK items and
-//!   the step's environment.
+//!   delaying it. slurmstepd forks no task while it runs, but it may fork a task epilog
+//!   (`srun --task-epilog`, `TaskEpilog`) as soon as a task ends: every fork of slurmstepd
+//!   first waits until no thread of the plugin is alive ([`forkguard`]), and `exit` waits
+//!   for the thread too, both at most `nvml_timeout_ms` + 1 s. `init_post_opt` itself only
+//!   reads SPANK items and the step's environment.
 //! - `slurm_spank_exit`, remote (once per step, after its tasks ended): reads the counters
 //!   again and writes a `step_usage` record (step `batch`, `extern`, `interactive` or the
 //!   number) to the node spool; at the end of the batch step (the end of the job on this
@@ -76,6 +78,7 @@ use std::sync::{Mutex, MutexGuard};
 pub mod args;
 pub mod capture;
 pub mod ffi;
+pub mod forkguard;
 pub mod report;
 pub mod status;
 
@@ -151,8 +154,14 @@ struct Step {
 /// The preparation: on its thread, or already done (no thread could be started).
 #[derive(Debug)]
 enum Reading {
-    Thread(std::thread::JoinHandle<Result<Prepared, String>>),
+    Thread(forkguard::Pending<Result<Prepared, String>>),
     Done(Box<Result<Prepared, String>>),
+}
+
+/// The longest slurmstepd waits for the plugin's threads, at a fork or in `exit`: the NVML
+/// deadline plus [`forkguard::MARGIN`] for files and NSS.
+fn thread_bound(env: &StepEnv) -> std::time::Duration {
+    env.nvml_timeout + forkguard::MARGIN
 }
 
 /// Reads the configuration, the cluster name, the user name and, when `counters`, the
@@ -382,8 +391,9 @@ fn step_start(sp: &Spank) -> Result<(), String> {
 /// ([`prepare`]: configuration, names, the GPUs' start counters) on a short-lived thread,
 /// so reading files, NSS and NVML's initialisation overlap the tasks' start instead of
 /// delaying it. Started once per step, after every task of the step was forked (Slurm
-/// forks all tasks before the first `task_post_fork`), so no task is forked while it runs;
-/// [`hook_exit`] joins it (NVML's part is bounded by `nvml_timeout_ms`).
+/// forks all tasks before the first `task_post_fork`); any later fork of slurmstepd (a task
+/// epilog) waits for it first ([`forkguard`]), and [`hook_exit`] waits for its result, both
+/// under [`thread_bound`].
 fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
     if ffi::context() != Context::Remote {
         return Ok(());
@@ -396,11 +406,11 @@ fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
         return Ok(());
     }
     let env = step.env.clone();
-    let spawned = std::thread::Builder::new()
-        .name("sgpu-start".into())
-        .spawn(move || prepare(&env, true));
+    // from now on every fork of slurmstepd first waits for this thread (and NVML's)
+    forkguard::arm(thread_bound(&env));
+    let spawned = forkguard::run("sgpu-start", move || prepare(&env, true));
     step.reading = Some(match spawned {
-        Ok(h) => Reading::Thread(h),
+        Ok(p) => Reading::Thread(p),
         // no thread: prepare now (the launch waits, the record stays exact)
         Err(_) => Reading::Done(Box::new(prepare(&step.env, true))),
     });
@@ -415,15 +425,45 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
         return Ok(());
     };
     let end_ms = sgpu_spool::now_ms();
-    // the preparation (its NVML part bounded by its own deadline); without one (no task was
-    // forked) the step is prepared now and its GPUs have no start counters
+    let bound = thread_bound(&taken.env);
+    forkguard::arm(bound);
+    // the preparation (its NVML part bounded by its own deadline, the whole by `bound`);
+    // without one (no task was forked) the step is prepared now and its GPUs have no start
+    // counters
     let prepared = match taken.reading.take() {
-        Some(Reading::Thread(h)) => h
-            .join()
-            .unwrap_or_else(|_| Err("start reading: internal error (panic)".into())),
+        Some(Reading::Thread(p)) => match p.wait(std::time::Instant::now() + bound) {
+            Some(r) => r,
+            None => {
+                forkguard::give_up();
+                Err(format!(
+                    "reading the step's start took over {} ms (NVML or NSS stuck); left \
+                     behind",
+                    bound.as_millis()
+                ))
+            }
+        },
         Some(Reading::Done(r)) => *r,
         None => prepare(&taken.env, false),
     };
+    let result = finish_step(&taken, prepared, end_ms);
+    // nothing of the plugin runs on once `exit` returns (slurmstepd may fork, then unload it)
+    if let Err(alive) = forkguard::settle(bound) {
+        ffi::log_error(&format!(
+            "sgpu: exit: job {} step {}: threads still alive after {} ms: {alive}",
+            taken.env.job_id,
+            taken.env.step,
+            bound.as_millis()
+        ));
+    }
+    result
+}
+
+/// The end of a step: end counters, the `step_usage` record and the report.
+fn finish_step(
+    taken: &Step,
+    prepared: Result<Prepared, String>,
+    end_ms: u64,
+) -> Result<(), String> {
     let step = prepared.map_err(|e| {
         format!(
             "job {} step {}: {e}; no record for this step",

@@ -525,3 +525,116 @@ fn a_job_of_a_plain_user_is_captured_and_gets_its_report() -> TestResult {
     }
     Ok(())
 }
+
+/// The slurmstepd processes (`slurmstepd: [JOB.STEP]`) still running for `job`.
+fn stepds_of(cluster: &Cluster, job: u32) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let ps = cluster.output("ps", &["-eo", "pid=,args="])?;
+    let tag = format!("slurmstepd: [{job}.");
+    Ok(ps
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn no_plugin_thread_is_alive_when_slurmstepd_forks() -> TestResult {
+    // The plugin reads a step's start on a thread started in task_post_fork. A task that ends
+    // within milliseconds makes slurmstepd fork again (here `srun --task-epilog`, which it
+    // runs right after the task exits, before task_exit) while that thread would still be in
+    // a slow nvmlInit. The simulator records, after every fork of a process that loaded it,
+    // how many NVML calls other threads were inside.
+    let cluster = Cluster::up()?;
+    let _lock = cluster.lock_exclusive()?;
+    let node = "node2";
+    let _restore = sgpu::Restore::new(&cluster, &[node]);
+    let dir = out_dir()?;
+    let forks = dir.path().join("forks.log");
+    sgpu::update_gpus(&cluster, node, |s| {
+        s.init_delay_ms = 200;
+        s.fork_log = Some(forks.clone());
+    })?;
+    let log_path = cluster.dir().join(format!("log/slurmd-{node}.log"));
+    let log_before = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+    let out = dir.path().join("out");
+    let rounds = 15;
+    // two tasks per step: two task epilogs, so each step forks again once the plugin's
+    // thread has loaded the simulator (glibc runs no parent handler registered while the
+    // fork's own prepare handlers run: a fork that waited for the simulator's loading
+    // cannot be seen by it)
+    let id = cluster.sbatch(
+        &[
+            "-w",
+            node,
+            "-n2",
+            "--gres=gpu:1",
+            "-o",
+            &out.to_string_lossy(),
+        ],
+        &format!(
+            "for i in $(seq {rounds}); do \
+               srun -n2 --gres=gpu:1 --task-epilog=/bin/true /bin/true && echo step-ok; \
+               srun -n1 --gres=gpu:1 /bin/true && echo step-ok; \
+             done"
+        ),
+    )?;
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let text = std::fs::read_to_string(&out)?;
+    assert_eq!(
+        text.lines().filter(|l| *l == "step-ok").count(),
+        2 * rounds,
+        "every step succeeds: {text}"
+    );
+    // no slurmstepd of the job is left (none hangs on the plugin)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = stepds_of(&cluster, id)?;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slurmstepd left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lines = std::fs::read_to_string(&forks)?;
+    let stepd: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains(" prog=slurmstepd "))
+        .collect();
+    let busy: Vec<&&str> = stepd
+        .iter()
+        .filter(|l| !l.ends_with(" in_flight=0"))
+        .collect();
+    assert!(
+        busy.is_empty(),
+        "slurmstepd forked while a thread was inside NVML ({} of {} forks): {busy:?}",
+        busy.len(),
+        stepd.len()
+    );
+    // the record is not vacuous: each step's second task epilog at least was forked with the
+    // simulator loaded
+    assert!(
+        stepd.len() >= rounds,
+        "{} slurmstepd forks seen: {lines}",
+        stepd.len()
+    );
+    let log = std::fs::read(&log_path)?;
+    let log = String::from_utf8_lossy(log.get(log_before as usize..).unwrap_or_default());
+    assert!(
+        !log.contains("sgpu: slurmstepd forks while"),
+        "the plugin never gave up waiting: {log}"
+    );
+    // and the steps were captured, slow driver or not
+    let steps = step_records(&cluster, node, id)?;
+    assert_eq!(steps.len(), 2 * rounds + 1, "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .all(|(_, u)| u.gpus.len() == 1 && u.gpus[0].energy_mj.is_some()),
+        "{steps:?}"
+    );
+    Ok(())
+}

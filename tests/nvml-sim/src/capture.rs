@@ -432,6 +432,8 @@ fn convert(root: &Node, format: CaptureFormat, path: &Path) -> Result<Capture, C
         cuda_driver_version,
         epoch: None,
         hang: false,
+        init_delay_ms: 0,
+        fork_log: None,
         gpus,
         xids: Vec::new(),
     };

@@ -22,6 +22,7 @@ use crate::state::{Gpu, PciAddress, ProcessKind, unix_now};
 
 /// Runs an NVML call body, turning its result (or a panic) into a return code.
 fn guard(f: impl FnOnce() -> Result<(), Ret>) -> Ret {
+    let _call = runtime::InFlight::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => SUCCESS,
         Ok(Err(code)) => code,

@@ -37,6 +37,9 @@
 //! epoch = 1732350000.0                # Unix s at which energy == energy_mj_at_epoch
 //!                                     #   (default: the file's mtime)
 //! hang = false                        # true: every call blocks until cleared
+//! init_delay_ms = 0                   # a slow driver: every nvmlInit* takes this long
+//! fork_log = "/tmp/forks.log"         # optional: one line per fork() of a process that
+//!                                     #   loaded the library (see Semantics)
 //!
 //! [[gpu]]
 //! index = 0                           # indices must be 0..n, each once
@@ -128,6 +131,11 @@
 //!   GPU's calls) while the flag is present, re-reading the file every 50 ms, and proceed
 //!   normally once a rewrite clears it. A killed process simply dies. `nvmlShutdown`,
 //!   `nvmlErrorString` and `nvmlEventSetFree` never block.
+//! - **Forks.** With `fork_log` set, the library (once loaded and initialised in a process)
+//!   appends `fork pid=<pid> prog=<name> in_flight=<n>` to that file after every `fork()` of
+//!   the process (a `pthread_atfork` parent handler), `n` being the NVML calls other threads
+//!   were inside when it forked. A test reads it to prove that no thread is inside the driver
+//!   (a slow `nvmlInit`, say) when a host process such as slurmstepd forks.
 //! - **Energy.** `nvmlDeviceGetTotalEnergyConsumption` returns, in millijoules,
 //!   `energy_mj_at_epoch + power_usage_mw × (now − epoch)` with times in Unix seconds (mW × s
 //!   = mJ). Every process computes it from the same file and the wall clock, so a prolog and

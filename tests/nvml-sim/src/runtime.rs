@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -202,9 +203,10 @@ impl Global {
 }
 
 /// `nvmlInit*`: first init reads `SGPU_NVML_SIM_STATE` and loads the file; later ones count
-/// (and switch to another file if the variable now names one). Blocks while the state says
-/// `hang = true`.
+/// (and switch to another file if the variable now names one). Takes `init_delay_ms`, and
+/// blocks while the state says `hang = true`.
 pub(crate) fn init() -> Result<(), Ret> {
+    let mut delay = Duration::ZERO;
     {
         let mut g = global();
         if g.init_count == 0 {
@@ -244,8 +246,85 @@ pub(crate) fn init() -> Result<(), Ret> {
             let _ = g.refresh();
         }
         g.init_count += 1;
+        if let Some(snap) = &g.current {
+            set_fork_log(snap.state.fork_log.clone());
+            delay = Duration::from_millis(snap.state.init_delay_ms);
+        }
+    }
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
     }
     wait_not_hung(None).map(|_| ())
+}
+
+/// NVML calls in progress in this process (every exported function counts itself).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Where forks are recorded (`fork_log` of the state last loaded by an init).
+static FORK_LOG: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Counts one exported call as in progress until dropped.
+pub(crate) struct InFlight;
+
+impl InFlight {
+    /// Marks a call as started.
+    pub(crate) fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+unsafe extern "C" {
+    fn pthread_atfork(
+        prepare: Option<unsafe extern "C" fn()>,
+        parent: Option<unsafe extern "C" fn()>,
+        child: Option<unsafe extern "C" fn()>,
+    ) -> std::ffi::c_int;
+}
+
+/// Records the fork log and, the first time one is set, registers the fork handler (the
+/// library is never unloaded: `-z nodelete`, so the handler stays valid).
+fn set_fork_log(path: Option<PathBuf>) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let wanted = path.is_some();
+    *FORK_LOG.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    if wanted {
+        REGISTERED.call_once(|| {
+            // SAFETY: registers a handler of static lifetime (the library stays loaded).
+            unsafe { pthread_atfork(None, Some(after_fork_in_parent), None) };
+        });
+    }
+}
+
+/// `pthread_atfork` parent handler: appends one line to the fork log.
+unsafe extern "C" fn after_fork_in_parent() {
+    let _ = std::panic::catch_unwind(|| {
+        // the forking thread itself is in no NVML call
+        let in_flight = IN_FLIGHT.load(Ordering::SeqCst);
+        let Some(path) = FORK_LOG.try_lock().ok().and_then(|g| g.clone()) else {
+            return;
+        };
+        let prog = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let line = format!(
+            "fork pid={} prog={} in_flight={in_flight}\n",
+            std::process::id(),
+            prog.trim()
+        );
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    });
 }
 
 /// `nvmlShutdown`: decrements the init count; the last one frees every event set.

@@ -82,6 +82,15 @@ pub struct State {
     /// `nvmlEventSetFree` blocks (re-reading the file every 50 ms) until this is cleared.
     #[serde(default, skip_serializing_if = "is_false")]
     pub hang: bool,
+    /// A slow driver: every `nvmlInit*` takes this many milliseconds (it sleeps after reading
+    /// the file, holding no lock). 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub init_delay_ms: u64,
+    /// Every `fork()` of a process that has loaded the library appends one line to this file
+    /// (created if missing): `fork pid=<pid> prog=<name> in_flight=<n>`, where `n` counts the
+    /// NVML calls other threads were inside at the fork. Unset: forks are not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_log: Option<PathBuf>,
     /// The GPUs, `[[gpu]]` in the file. Their `index` values must be 0..n (any order).
     #[serde(default, rename = "gpu", skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<Gpu>,
@@ -677,6 +686,8 @@ impl State {
             cuda_driver_version: Some(12040),
             epoch: Some(unix_now()),
             hang: false,
+            init_delay_ms: 0,
+            fork_log: None,
             gpus,
             xids: Vec::new(),
         }

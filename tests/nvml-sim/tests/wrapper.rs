@@ -889,3 +889,57 @@ fn calls_are_cheap() {
     eprintln!("{calls} NVML calls, {per_call:?} per call");
     assert!(per_call < Duration::from_millis(2), "{per_call:?} per call");
 }
+
+unsafe extern "C" {
+    fn fork() -> i32;
+    fn _exit(code: i32) -> !;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+}
+
+/// A real `fork()` (Rust's `Command` may use `posix_spawn`, which runs no fork handlers);
+/// the child exits at once.
+fn fork_and_reap() {
+    // SAFETY: the child only calls `_exit`; the parent reaps it.
+    unsafe {
+        let pid = fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            _exit(0);
+        }
+        let mut status = 0;
+        waitpid(pid, &mut status, 0);
+    }
+}
+
+#[test]
+fn a_slow_init_and_the_forks_made_during_it_are_recorded() {
+    let mut state = State::healthy(1);
+    state.init_delay_ms = 1000;
+    let sim = Sim::start(&state);
+    let log = sim.dir.path().join("forks.log");
+    sim.update(|s| s.fork_log = Some(log.clone()));
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let n = open().map(|n| n.device_count());
+        let _ = tx.send(started.elapsed());
+        n.map(|c| c.ok())
+    });
+    // the other thread is inside nvmlInit's second now
+    std::thread::sleep(Duration::from_millis(300));
+    fork_and_reap();
+    let took = rx.recv().unwrap();
+    assert!(took >= Duration::from_millis(1000), "init took {took:?}");
+    assert_eq!(t.join().unwrap().ok().flatten(), Some(1));
+    fork_and_reap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let pid = std::process::id();
+    assert!(
+        lines[0].starts_with(&format!("fork pid={pid} prog=")),
+        "{text}"
+    );
+    assert!(lines[0].ends_with(" in_flight=1"), "{text}");
+    assert!(lines[1].ends_with(" in_flight=0"), "{text}");
+}
