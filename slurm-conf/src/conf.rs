@@ -539,6 +539,54 @@ fn first_error<T>((v, mut errors): (T, Vec<ConfError>)) -> Result<T, ConfError> 
     }
 }
 
+/// A parser of the statements a [`Loader`] read: slurm.conf's and gres.conf's builders.
+pub(crate) trait StmtParser: Default {
+    /// The parsed file.
+    type Conf;
+    /// Takes one statement, in file order.
+    fn stmt(&mut self, s: &Stmt);
+    /// Runs after the last statement (checks across lines).
+    fn finish(&mut self) {}
+    /// The parsed file and the errors the parser found.
+    fn into_parts(self) -> (Self::Conf, Vec<ConfError>);
+}
+
+/// Reads `source` with its includes and parses its statements with `P`; returns the parsed
+/// file, the files read and every error (the loader's, then the parser's), sorted by file
+/// and line.
+pub(crate) fn parse_statements<P: StmtParser>(
+    source: Source<'_>,
+) -> (P::Conf, Vec<PathBuf>, Vec<ConfError>) {
+    let mut loader = Loader::default();
+    loader.load(source);
+    let mut parser = P::default();
+    for s in &loader.stmts {
+        parser.stmt(s);
+    }
+    parser.finish();
+    let (conf, found) = parser.into_parts();
+    let mut errors = loader.errors;
+    errors.extend(found);
+    sort_errors(&mut errors, &loader.files);
+    (conf, loader.files, errors)
+}
+
+/// Implements [`ConfFile`] for a file type whose statements the [`StmtParser`] `$parser`
+/// parses: path and files read are set on the result.
+macro_rules! statement_file {
+    ($conf:ty, $parser:ty) => {
+        impl $crate::conf::ConfFile for $conf {
+            fn read(source: $crate::conf::Source<'_>) -> (Self, Vec<$crate::conf::ConfError>) {
+                let (mut conf, files, errors) = $crate::conf::parse_statements::<$parser>(source);
+                conf.path = source.origin().to_path_buf();
+                conf.files = files;
+                (conf, errors)
+            }
+        }
+    };
+}
+pub(crate) use statement_file;
+
 /// Where a configuration file's text comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {

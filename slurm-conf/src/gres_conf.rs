@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::conf::{ConfError, ConfFile, Loader, Location, Source, Stmt, sort_errors};
+use crate::conf::{ConfError, Location, Stmt, StmtParser, statement_file};
 use crate::hostlist;
 use crate::slurm_conf::{SlurmConf, parse_gres_count};
 
@@ -535,29 +535,21 @@ impl Builder {
     }
 }
 
-impl ConfFile for GresConf {
-    fn read(source: Source<'_>) -> (Self, Vec<ConfError>) {
-        let mut loader = Loader::default();
-        loader.load(source);
-        Self::build(loader, source.origin())
+statement_file!(GresConf, Builder);
+
+impl StmtParser for Builder {
+    type Conf = GresConf;
+
+    fn stmt(&mut self, s: &Stmt) {
+        Builder::stmt(self, s);
+    }
+
+    fn into_parts(self) -> (GresConf, Vec<ConfError>) {
+        (self.conf, self.errors)
     }
 }
 
 impl GresConf {
-    fn build(loader: Loader, path: &Path) -> (Self, Vec<ConfError>) {
-        let mut b = Builder {
-            errors: loader.errors,
-            ..Builder::default()
-        };
-        b.conf.path = path.to_path_buf();
-        b.conf.files = loader.files;
-        for s in &loader.stmts {
-            b.stmt(s);
-        }
-        sort_errors(&mut b.errors, &b.conf.files);
-        (b.conf, b.errors)
-    }
-
     /// The records that apply to node `name`, in order.
     pub fn records_for<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a GresRecord> + 'a {
         self.records.iter().filter(move |r| r.applies_to(name))

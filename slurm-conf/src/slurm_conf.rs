@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::conf::{ConfError, ConfFile, Loader, Location, Pair, Source, Stmt, dir_of, sort_errors};
+use crate::conf::{ConfError, ConfFile, Location, Pair, Stmt, StmtParser, dir_of, statement_file};
 use crate::hostlist;
 
 /// One top-level `Key=Value` setting.
@@ -848,30 +848,25 @@ pub fn cluster_name(path: impl AsRef<Path>) -> Option<String> {
     conf.cluster_name.map(|c| c.to_ascii_lowercase())
 }
 
-impl ConfFile for SlurmConf {
-    fn read(source: Source<'_>) -> (Self, Vec<ConfError>) {
-        let mut loader = Loader::default();
-        loader.load(source);
-        Self::build(loader, source.origin())
+statement_file!(SlurmConf, Builder);
+
+impl StmtParser for Builder {
+    type Conf = SlurmConf;
+
+    fn stmt(&mut self, s: &Stmt) {
+        Builder::stmt(self, s);
+    }
+
+    fn finish(&mut self) {
+        Builder::finish(self);
+    }
+
+    fn into_parts(self) -> (SlurmConf, Vec<ConfError>) {
+        (self.conf, self.errors)
     }
 }
 
 impl SlurmConf {
-    fn build(loader: Loader, path: &Path) -> (Self, Vec<ConfError>) {
-        let mut b = Builder {
-            errors: loader.errors,
-            ..Builder::default()
-        };
-        b.conf.path = path.to_path_buf();
-        b.conf.files = loader.files;
-        for s in &loader.stmts {
-            b.stmt(s);
-        }
-        b.finish();
-        sort_errors(&mut b.errors, &b.conf.files);
-        (b.conf, b.errors)
-    }
-
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)

@@ -1,4 +1,5 @@
 use super::*;
+use crate::ConfFile;
 
 const SLURM: &str = "GresTypes=gpu,mps\n\
 NodeName=g[1-4] Gres=gpu:a100:4\n\
