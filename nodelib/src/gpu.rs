@@ -656,6 +656,46 @@ pub struct Collected {
     pub xids: XidDrain,
 }
 
+/// An NVML session that no thread owns, for a caller that bounds every wait itself (the
+/// SPANK plugin runs each call on a short-lived thread of its own under its deadline). It
+/// stays open between readings with no thread alive, so a step's start and end share one
+/// initialisation while slurmstepd forks in between; dropping it shuts NVML down. Its calls
+/// have no deadline of their own: never make them on a thread that must not hang.
+pub struct Session {
+    nvml: Nvml,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session")
+    }
+}
+
+impl Session {
+    /// Loads the library (`opts.library`, else the system's) and initialises NVML (no
+    /// deadline; `opts.timeout` is the caller's to apply).
+    pub fn open(opts: &NvmlOptions) -> Result<Session, NvmlFailure> {
+        let mut builder = Nvml::builder();
+        if let Some(lib) = &opts.library {
+            builder.lib_path(lib.as_os_str());
+        }
+        let name = opts
+            .library
+            .as_ref()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "libnvidia-ml.so.1".into());
+        builder
+            .init()
+            .map(|nvml| Session { nvml })
+            .map_err(|e| init_failure(&name, e))
+    }
+
+    /// Reads a [`NodeSnapshot`] (no deadline: see [`Session`]).
+    pub fn snapshot(&self) -> Result<NodeSnapshot, NvmlFailure> {
+        read_snapshot(&self.nvml, &Progress::default())
+    }
+}
+
 /// One run for a short-lived process (prolog, epilog, `sgpu check`): init, snapshot and
 /// (with `watch_xids`) a non-blocking XID drain, all within one `opts.timeout` deadline.
 pub fn collect(opts: &NvmlOptions, watch_xids: bool) -> Result<Collected, NvmlFailure> {

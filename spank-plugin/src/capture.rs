@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use sgpu_nodelib::gpu::{self, NodeSnapshot, NvmlOptions};
+use sgpu_nodelib::gpu::{NodeSnapshot, NvmlOptions, Session};
 use sgpu_nodelib::nodeconf::NodeLayout;
 use sgpu_spool::{GpuUsage, Record, RecordBody, RecordId, RecordKind, Usage};
 
@@ -154,12 +154,20 @@ pub fn step_record(
     Record::new(id, end_ms, RecordBody::StepUsage(body))
 }
 
-/// Reads the node's GPUs once, under `opts.timeout` (worker thread with a deadline: a hung
-/// driver costs the step the deadline, never more).
-pub fn snapshot(opts: &NvmlOptions) -> Result<NodeSnapshot, String> {
-    gpu::collect(opts, false)
-        .map(|c| c.snapshot)
-        .map_err(|e| e.to_string())
+/// Opens the step's NVML session and reads the node's GPUs (no deadline of its own: the
+/// caller runs it on a plugin thread and bounds the wait).
+pub fn open_and_read(opts: &NvmlOptions) -> Result<(Session, NodeSnapshot), String> {
+    let session = Session::open(opts).map_err(|e| e.to_string())?;
+    let snap = session.snapshot().map_err(|e| e.to_string())?;
+    Ok((session, snap))
+}
+
+/// Reads the node's GPUs again on the step's session, then closes it (on a plugin thread,
+/// like [`open_and_read`]).
+pub fn read_and_close(session: Session) -> Result<NodeSnapshot, String> {
+    let snap = session.snapshot().map_err(|e| e.to_string());
+    drop(session);
+    snap
 }
 
 /// The step's GPUs (Slurm indices) as read from `snap`, mapped to NVML through the node's

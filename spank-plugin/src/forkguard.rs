@@ -1,8 +1,10 @@
 //! No thread of the plugin is alive when slurmstepd forks.
 //!
 //! The plugin prepares a step on a thread of its own (`sgpu-start`, started in
-//! `task_post_fork`), which reads NVML through the node library's worker thread
-//! (`sgpu-nvml`), so NVML's initialisation overlaps the tasks' start instead of delaying it.
+//! `task_post_fork`), which opens the step's NVML session and reads the start counters, so
+//! NVML's initialisation overlaps the tasks' start instead of delaying it; the session stays
+//! open, held by no thread, until `exit` reads the end counters on another short thread
+//! (`sgpu-end`) and closes it.
 //! slurmstepd forks again after that point: a user's `srun --task-epilog=...` and slurm.conf's
 //! `TaskEpilog` run right after a task exits (before `task_exit` and `exit`, Slurm's
 //! `_wait_for_any_task`), `UnkillableStepProgram` when a step will not die. A child forked
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::ffi;
 
-/// Every thread the plugin runs, its own and the node library's NVML worker, is named so.
+/// Every thread the plugin runs is named so (and so is the node library's NVML worker).
 pub const THREAD_PREFIX: &str = "sgpu-";
 
 /// Added to the NVML deadline for what a preparation does besides NVML (files, NSS).

@@ -138,6 +138,9 @@ struct Prepared {
     start: StepStart,
     spool_dir: std::path::PathBuf,
     nvml: sgpu_nodelib::gpu::NvmlOptions,
+    /// The step's NVML session, open from the start reading to the end reading (no thread
+    /// holds it in between; `None` once taken).
+    session: Option<sgpu_nodelib::gpu::Session>,
     /// healthd's `/status` (`status_listen`; `None`: off).
     status_listen: Option<std::net::SocketAddr>,
     /// Things to log (GPU mapping notes).
@@ -182,7 +185,7 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
     let user = sgpu_spool::passwd::user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
     let mut nvml = sgpu_nodelib::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(env.nvml_timeout);
-    let snap = capture::snapshot(&nvml)?;
+    let (session, snap) = capture::open_and_read(&nvml)?;
     let mut notes = Vec::new();
     let mut gpus =
         capture::gpus_at_start(&env.slurm_gpus, &snap, &env.slurm_conf, &node, &mut notes);
@@ -219,6 +222,7 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
         },
         spool_dir: config.spool_dir.clone(),
         nvml,
+        session: Some(session),
         status_listen: config.status_listen,
         notes,
     })
@@ -411,8 +415,10 @@ fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
     let spawned = forkguard::run("sgpu-start", move || prepare(&env, true));
     step.reading = Some(match spawned {
         Ok(p) => Reading::Thread(p),
-        // no thread: prepare now (the launch waits, the record stays exact)
-        Err(_) => Reading::Done(Box::new(prepare(&step.env, true))),
+        // no thread: NVML is never called where nothing bounds the wait
+        Err(e) => Reading::Done(Box::new(Err(format!(
+            "cannot start the plugin's thread: {e}; no capture for this step"
+        )))),
     });
     Ok(())
 }
@@ -431,19 +437,15 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
     // without one (no task was forked) the step is prepared now and its GPUs have no start
     // counters
     let prepared = match taken.reading.take() {
-        Some(Reading::Thread(p)) => match p.wait(std::time::Instant::now() + bound) {
-            Some(r) => r,
-            None => {
-                forkguard::give_up();
-                Err(format!(
-                    "reading the step's start took over {} ms (NVML or NSS stuck); left \
-                     behind",
-                    bound.as_millis()
-                ))
-            }
-        },
+        Some(Reading::Thread(p)) => wait_for("reading the step's start", p, bound),
         Some(Reading::Done(r)) => *r,
-        None => prepare(&taken.env, false),
+        None => {
+            let env = taken.env.clone();
+            match forkguard::run("sgpu-start", move || prepare(&env, false)) {
+                Ok(p) => wait_for("reading the step", p, bound),
+                Err(e) => Err(format!("cannot start the plugin's thread: {e}")),
+            }
+        }
     };
     let result = finish_step(&taken, prepared, end_ms);
     // nothing of the plugin runs on once `exit` returns (slurmstepd may fork, then unload it)
@@ -458,13 +460,30 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
     result
 }
 
+/// The result of a plugin thread, waiting at most `bound`; past it the thread is left
+/// behind (and forks stop waiting for it).
+fn wait_for<T>(
+    what: &str,
+    p: forkguard::Pending<Result<T, String>>,
+    bound: std::time::Duration,
+) -> Result<T, String> {
+    p.wait(std::time::Instant::now() + bound)
+        .unwrap_or_else(|| {
+            forkguard::give_up();
+            Err(format!(
+                "{what} took over {} ms (NVML or NSS stuck); left behind",
+                bound.as_millis()
+            ))
+        })
+}
+
 /// The end of a step: end counters, the `step_usage` record and the report.
 fn finish_step(
     taken: &Step,
     prepared: Result<Prepared, String>,
     end_ms: u64,
 ) -> Result<(), String> {
-    let step = prepared.map_err(|e| {
+    let mut step = prepared.map_err(|e| {
         format!(
             "job {} step {}: {e}; no record for this step",
             taken.env.job_id, taken.env.step
@@ -474,7 +493,17 @@ fn finish_step(
         ffi::log_info(&format!("sgpu: job {}: {n}", step.start.job_id));
     }
     let report_wanted = taken.env.report;
-    let end = match capture::snapshot(&step.nvml) {
+    // the end counters on the session the start opened (no second initialisation), on a
+    // thread of its own under the NVML deadline
+    let end = match step.session.take() {
+        Some(session) => match forkguard::run("sgpu-end", move || capture::read_and_close(session))
+        {
+            Ok(p) => wait_for("reading the end counters", p, step.nvml.timeout),
+            Err(e) => Err(format!("cannot start the plugin's thread: {e}")),
+        },
+        None => Err("no NVML session".to_string()),
+    };
+    let end = match end {
         Ok(s) => capture::readings_at_end(&s),
         Err(e) => {
             ffi::log_error(&format!(
