@@ -66,18 +66,20 @@ pub enum Command {
 /// read sgpu.toml themselves (they report a bad file instead of stopping); every other
 /// subcommand gets the [`settings::Settings`] resolved once here.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let settings = || settings::Settings::resolve(cli.config.as_deref(), cli.acctd.as_deref());
+    use settings::EnvConfig::{Optional, Required};
+    let settings =
+        |env| settings::Settings::resolve(cli.config.as_deref(), cli.acctd.as_deref(), env);
     match cli.command {
         Command::Check(args) => check::run(cli.config.as_deref(), &args),
         Command::Conf(args) => conf::run(cli.config.as_deref(), &args),
-        Command::Drain(a) => admin::drain(&settings()?, &a),
-        Command::Resume(a) => admin::resume(&settings()?, &a),
-        Command::Status(a) => admin::status(&settings()?, &a),
-        Command::History(a) => admin::history(&settings()?, &a),
-        Command::Breaker(a) => admin::breaker(&settings()?, &a),
-        Command::Report(a) => report::report(&settings()?, &a),
-        Command::Jobs(a) => report::jobs(&settings()?, &a),
-        Command::Job(a) => report::job(&settings()?, &a),
-        Command::Conflicts(a) => report::conflicts(&settings()?, &a),
+        Command::Drain(a) => admin::drain(&settings(Optional)?, &a),
+        Command::Resume(a) => admin::resume(&settings(Optional)?, &a),
+        Command::Status(a) => admin::status(&settings(Optional)?, &a),
+        Command::History(a) => admin::history(&settings(Optional)?, &a),
+        Command::Breaker(a) => admin::breaker(&settings(Optional)?, &a),
+        Command::Report(a) => report::report(&settings(Required)?, &a),
+        Command::Jobs(a) => report::jobs(&settings(Required)?, &a),
+        Command::Job(a) => report::job(&settings(Required)?, &a),
+        Command::Conflicts(a) => report::conflicts(&settings(Required)?, &a),
     }
 }

@@ -11,6 +11,17 @@ use sgpu_nodelib::config::{AcctAuth, Config};
 
 use crate::admin::acctd;
 
+/// Whether an sgpu.toml that `$SGPU_CONFIG` names must exist (one `--config` names must,
+/// always; the default path may be absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvConfig {
+    /// A missing file is an error (report, jobs, job, conflicts).
+    Required,
+    /// A missing file means built-in defaults (the admin commands: drain, resume, status,
+    /// history, breaker).
+    Optional,
+}
+
 /// What every acctd- or Slurm-facing subcommand reads.
 #[derive(Debug)]
 pub struct Settings {
@@ -27,10 +38,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Resolves the global flags; an sgpu.toml that is named but missing, unreadable,
-    /// untrusted or invalid is an error that names the file.
-    pub fn resolve(config: Option<&Path>, acctd_url: Option<&str>) -> anyhow::Result<Settings> {
-        let (config_path, must_exist) = Config::locate(config);
+    /// Resolves the global flags; an sgpu.toml that is unreadable, untrusted or invalid, or
+    /// named and missing (by `--config`, or by `$SGPU_CONFIG` where `env` says so), is an
+    /// error that names the file.
+    pub fn resolve(
+        config: Option<&Path>,
+        acctd_url: Option<&str>,
+        env: EnvConfig,
+    ) -> anyhow::Result<Settings> {
+        let (config_path, named) = Config::locate(config);
+        let must_exist = config.is_some() || (named && env == EnvConfig::Required);
         let config = if must_exist || config_path.exists() {
             Config::load(&config_path)
                 .with_context(|| format!("{}: fix it or pass --config", config_path.display()))?
