@@ -321,9 +321,9 @@ impl Scontrol {
     pub fn nodes(&self) -> Result<Vec<NodeInfo>, SlurmctlError> {
         let args = ["show".into(), "node".into(), "-o".into()];
         let out = self.run(&args)?;
-        let records = node_records(&out).map_err(|what| SlurmctlError::Parse {
+        let records = node_records(&out).map_err(|e| SlurmctlError::Parse {
             command: format!("{} {}", self.path.display(), args.join(" ")),
-            what,
+            what: e.to_string(),
         })?;
         Ok(records.iter().filter_map(|r| parse_node_info(r)).collect())
     }
@@ -335,9 +335,9 @@ impl Scontrol {
         }
         let args = ["show".into(), "node".into(), "-o".into(), node.into()];
         let out = self.run(&args)?;
-        let records = node_records(&out).map_err(|what| SlurmctlError::Parse {
+        let records = node_records(&out).map_err(|e| SlurmctlError::Parse {
             command: format!("{} {}", self.path.display(), args.join(" ")),
-            what,
+            what: e.to_string(),
         })?;
         let mine = records
             .iter()
@@ -430,10 +430,24 @@ pub fn node_fields(record: &str) -> Vec<(&str, String)> {
     out
 }
 
+/// `scontrol show node -o` output that is not a list of node records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordsError {
+    /// Output before the first `NodeName=` line.
+    #[error("a first line that is not a node record: {0:?}")]
+    NotARecord(String),
+    /// A node listed twice (the first field of its records).
+    #[error(
+        "{0} twice: a node's Reason, Comment or Extra holds a line break followed by \
+         `NodeName=`; replace that text with `scontrol update NodeName=... Reason=...`"
+    )]
+    Twice(String),
+}
+
 /// Splits `scontrol show node -o` output into one record per node. A line that does not
 /// start with `NodeName=` continues the record before it (a line break inside an admin's
 /// `Reason=`); a node listed twice is an error (such a line break imitating a record).
-pub fn node_records(output: &str) -> Result<Vec<String>, String> {
+pub fn node_records(output: &str) -> Result<Vec<String>, RecordsError> {
     let mut records: Vec<String> = Vec::new();
     for line in output.lines() {
         if line.starts_with("NodeName=") {
@@ -442,7 +456,7 @@ pub fn node_records(output: &str) -> Result<Vec<String>, String> {
             last.push('\n');
             last.push_str(line);
         } else if !line.trim().is_empty() {
-            return Err(format!("a first line that is not a node record: {line:?}"));
+            return Err(RecordsError::NotARecord(line.to_string()));
         }
     }
     let mut names: Vec<&str> = records
@@ -451,11 +465,7 @@ pub fn node_records(output: &str) -> Result<Vec<String>, String> {
         .collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!(
-            "{} twice: a node's Reason, Comment or Extra holds a line break followed by \
-             `NodeName=`; replace that text with `scontrol update NodeName=... Reason=...`",
-            w[0]
-        ));
+        return Err(RecordsError::Twice(w[0].to_string()));
     }
     Ok(records)
 }

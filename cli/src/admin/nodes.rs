@@ -142,9 +142,9 @@ pub fn show_nodes(
         args.push(n.join(","));
     }
     let out = sc.run_program(scontrol, &args, &[])?;
-    let records = slurmctl::node_records(&out).map_err(|why| ShowNodesError::Output {
+    let records = slurmctl::node_records(&out).map_err(|e| ShowNodesError::Output {
         command: format!("{} {}", scontrol.display(), args.join(" ")),
-        why,
+        why: e.to_string(),
     })?;
     Ok(records.iter().filter_map(|r| parse_node(r)).collect())
 }

@@ -259,7 +259,7 @@ fn admin_text_cannot_stand_in_for_node_fields() {
     assert_eq!(parse_node_line(&r[0]).reason.as_deref(), Some("two\nlines"));
     let forged =
         "NodeName=a State=IDLE+DRAIN Reason=x\nNodeName=b State=IDLE\nNodeName=b State=DOWN\n";
-    let e = node_records(forged).unwrap_err();
+    let e = node_records(forged).unwrap_err().to_string();
     assert!(e.contains("NodeName=b twice"), "{e}");
     assert!(node_records("junk\nNodeName=a").is_err());
     assert_eq!(node_records("").unwrap().len(), 0);
@@ -306,7 +306,8 @@ proptest::proptest! {
              ThreadsPerCore=1 Partitions=gpu,debug BootTime=None \
              Reason={reason} [root@2026-12-03T21:30:00] Comment={comment}\n"
         );
-        let records = node_records(&line).map_err(proptest::test_runner::TestCaseError::fail)?;
+        let records = node_records(&line)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
         proptest::prop_assert_eq!(records.len(), 1);
         let n = parse_node_info(&records[0]).ok_or_else(|| proptest::test_runner::TestCaseError::fail("no node"))?;
         proptest::prop_assert_eq!(n.name.as_str(), "node7");
