@@ -13,13 +13,26 @@ use tracing::{info, warn};
 /// The most events one request carries.
 pub const MAX_EVENTS_PER_REQUEST: usize = 500;
 
+/// Why a round of node-history forwarding stopped; the events stay in the spool and are
+/// sent again.
+#[derive(Debug, thiserror::Error)]
+pub enum EventForwardError {
+    /// The event spool could not be read or an acknowledged event not removed (the spool's
+    /// error says what to fix).
+    #[error(transparent)]
+    Spool(#[from] sgpu_spool::SpoolError),
+    /// acctd did not take the events (the client's error says why).
+    #[error("POST /v1/history: {0}")]
+    Post(sgpu_acct_client::ClientError),
+}
+
 /// Sends the pending events (up to [`MAX_EVENTS_PER_REQUEST`] per request) and removes
 /// each acknowledged one; returns how many were sent. An unreadable file is left in place
 /// and reported.
-pub fn forward(spool_dir: &Path, client: &Client) -> Result<usize, String> {
-    let spool = EventSpool::open(spool_dir).map_err(|e| e.to_string())?;
+pub fn forward(spool_dir: &Path, client: &Client) -> Result<usize, EventForwardError> {
+    let spool = EventSpool::open(spool_dir)?;
     let mut sent = 0;
-    let pending = spool.pending().map_err(|e| e.to_string())?;
+    let pending = spool.pending()?;
     let mut good: Vec<(PathBuf, NodeEvent)> = Vec::new();
     for (path, read) in pending {
         match read {
@@ -31,9 +44,9 @@ pub fn forward(spool_dir: &Path, client: &Client) -> Result<usize, String> {
         let events: Vec<&NodeEvent> = chunk.iter().map(|(_, e)| e).collect();
         client
             .post::<_, HistoryPostAnswer>("/v1/history", &EventBatch { events })
-            .map_err(|e| format!("POST /v1/history: {e}"))?;
+            .map_err(EventForwardError::Post)?;
         for (path, _) in chunk {
-            spool.remove(path).map_err(|e| e.to_string())?;
+            spool.remove(path)?;
         }
         sent += chunk.len();
     }
