@@ -107,6 +107,17 @@ fn strerror(a: &sys::SpankApi, rc: sys::spank_err_t) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// A SPANK call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpankError {
+    /// The process exports no SPANK API (not slurmstepd, srun or salloc).
+    #[error("SPANK functions not found in this process")]
+    NoApi,
+    /// Slurm refused the call (`spank_strerror`'s text).
+    #[error("{0}")]
+    Slurm(String),
+}
+
 /// A user option the plugin registers (`--name[=arg]`).
 #[derive(Debug, Clone, Copy)]
 pub struct OptionSpec {
@@ -140,8 +151,8 @@ impl Spank {
     }
 
     /// Registers a user option (only valid in `slurm_spank_init`).
-    pub fn register_option(&self, spec: OptionSpec, cb: OptionCallback) -> Result<(), String> {
-        let a = api().ok_or("SPANK functions not found in this process")?;
+    pub fn register_option(&self, spec: OptionSpec, cb: OptionCallback) -> Result<(), SpankError> {
+        let a = api().ok_or(SpankError::NoApi)?;
         // Slurm keeps the pointer: the option lives as long as the process (a few bytes,
         // once per process).
         let opt: &'static mut sys::spank_option = Box::leak(Box::new(sys::spank_option {
@@ -159,26 +170,26 @@ impl Spank {
         if rc == sys::ESPANK_SUCCESS {
             Ok(())
         } else {
-            Err(strerror(a, rc))
+            Err(SpankError::Slurm(strerror(a, rc)))
         }
     }
 
     /// A `uint32_t` item such as `S_JOB_ID` or `S_JOB_STEPID`.
-    pub fn get_u32(&self, item: sys::spank_item_t) -> Result<u32, String> {
-        let a = api().ok_or("SPANK functions not found in this process")?;
+    pub fn get_u32(&self, item: sys::spank_item_t) -> Result<u32, SpankError> {
+        let a = api().ok_or(SpankError::NoApi)?;
         let mut v: u32 = 0;
         // SAFETY: the u32 items take one `uint32_t *`; callers pass only such items.
         let rc = unsafe { (a.spank_get_item)(self.raw, item, &mut v as *mut u32) };
         if rc == sys::ESPANK_SUCCESS {
             Ok(v)
         } else {
-            Err(strerror(a, rc))
+            Err(SpankError::Slurm(strerror(a, rc)))
         }
     }
 
     /// A `uid_t` item (`S_JOB_UID`).
-    pub fn get_uid(&self) -> Result<u32, String> {
-        let a = api().ok_or("SPANK functions not found in this process")?;
+    pub fn get_uid(&self) -> Result<u32, SpankError> {
+        let a = api().ok_or(SpankError::NoApi)?;
         let mut v: libc::uid_t = 0;
         // SAFETY: S_JOB_UID takes one `uid_t *`.
         let rc = unsafe {
@@ -191,7 +202,7 @@ impl Spank {
         if rc == sys::ESPANK_SUCCESS {
             Ok(v)
         } else {
-            Err(strerror(a, rc))
+            Err(SpankError::Slurm(strerror(a, rc)))
         }
     }
 
@@ -220,15 +231,15 @@ impl Spank {
 
     /// Sets a job-control variable (local/allocator context): Slurm gives it to the job's
     /// Prolog and Epilog as `SPANK_<name>`.
-    pub fn job_control_setenv(&self, name: &str, value: &str) -> Result<(), String> {
-        let a = api().ok_or("SPANK functions not found in this process")?;
+    pub fn job_control_setenv(&self, name: &str, value: &str) -> Result<(), SpankError> {
+        let a = api().ok_or(SpankError::NoApi)?;
         let (n, v) = (cstring(name), cstring(value));
         // SAFETY: valid handle and NUL-terminated strings.
         let rc = unsafe { (a.spank_job_control_setenv)(self.raw, n.as_ptr(), v.as_ptr(), 1) };
         if rc == sys::ESPANK_SUCCESS {
             Ok(())
         } else {
-            Err(strerror(a, rc))
+            Err(SpankError::Slurm(strerror(a, rc)))
         }
     }
 }

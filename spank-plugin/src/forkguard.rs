@@ -163,9 +163,14 @@ fn on_plugin_thread() -> bool {
     std::fs::read_to_string("/proc/thread-self/comm").is_ok_and(|c| c.starts_with(THREAD_PREFIX))
 }
 
+/// The plugin's threads still alive when a wait ran out (their names, and "one starting").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StillAlive(pub String);
+
 /// Waits until no plugin thread other than the caller is alive, at most `bound`. `Err`
 /// names the threads still alive then.
-pub fn wait_quiet(bound: Duration) -> Result<(), String> {
+pub fn wait_quiet(bound: Duration) -> Result<(), StillAlive> {
     let deadline = Instant::now() + bound;
     loop {
         let (names, starting) = alive();
@@ -178,7 +183,7 @@ pub fn wait_quiet(bound: Duration) -> Result<(), String> {
                 what.push_str(if what.is_empty() { "" } else { ", " });
                 what.push_str("one starting");
             }
-            return Err(what);
+            return Err(StillAlive(what));
         }
         std::thread::sleep(POLL);
     }
@@ -190,7 +195,7 @@ pub fn give_up() {
 }
 
 /// [`wait_quiet`], unless a thread was already left behind ([`give_up`]).
-pub fn settle(bound: Duration) -> Result<(), String> {
+pub fn settle(bound: Duration) -> Result<(), StillAlive> {
     if GAVE_UP.load(Ordering::SeqCst) {
         return Ok(());
     }

@@ -306,7 +306,8 @@ fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), String> {
             val: OPT_HEALTH,
         },
         option_cb,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     sp.register_option(
         OptionSpec {
             name: c"gpu-report",
@@ -317,6 +318,7 @@ fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), String> {
         },
         option_cb,
     )
+    .map_err(|e| e.to_string())
 }
 
 fn hook_init_post_opt(sp: &Spank) -> Result<(), String> {
@@ -572,22 +574,32 @@ fn job_usage(step: &Prepared) -> Option<Option<status::JobUsage>> {
 /// file the batch script's fd 2 points to); it is reopened with `O_APPEND` (never writing at
 /// a stale offset) and used only when it is a regular file owned by the job's user, so
 /// slurmd's log or a pipe is never written to.
-fn deliver_report(uid: u32, text: &str) -> Result<(), String> {
+/// Why `--gpu-report`'s summary could not be written to the job's stderr.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error("cannot open the job's stderr: {0}")]
+    Open(std::io::Error),
+    #[error("cannot stat the job's stderr: {0}")]
+    Stat(std::io::Error),
+    #[error("slurmstepd's stderr is not the job's output file")]
+    NotTheJobs,
+    #[error("cannot write to the job's stderr: {0}")]
+    Write(std::io::Error),
+}
+
+fn deliver_report(uid: u32, text: &str) -> Result<(), ReportError> {
     use std::io::Write as _;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/proc/self/fd/2")
-        .map_err(|e| format!("cannot open the job's stderr: {e}"))?;
-    let md = f
-        .metadata()
-        .map_err(|e| format!("cannot stat the job's stderr: {e}"))?;
+        .map_err(ReportError::Open)?;
+    let md = f.metadata().map_err(ReportError::Stat)?;
     if !md.file_type().is_file() || md.uid() != uid {
-        return Err("slurmstepd's stderr is not the job's output file".into());
+        return Err(ReportError::NotTheJobs);
     }
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write to the job's stderr: {e}"))
+    f.write_all(text.as_bytes()).map_err(ReportError::Write)
 }
 
 macro_rules! hook {
