@@ -29,14 +29,34 @@ const CLUSTER: &str = "sgpu-test";
 /// Where the slurmdbd cluster lives, and its first port (the default cluster uses 16817..).
 const DIR: &str = "/tmp/sgpu-cluster-dbd";
 const PORT: &str = "16917";
+/// The same on a Slurm built by `scripts/build-slurm` (`SGPU_SLURM_PREFIX`, CI's second
+/// leg): `/tmp/sgpu-cluster-dbd<release>` (e.g. `dbd2605`) on ports 17890..17993 (slurmdbd
+/// and its MariaDB at +100 and +101).
+const BUILT_PORT: &str = "17890";
+
+/// The directory and first port of the slurmdbd cluster for the Slurm these tests run on.
+fn dbd_place() -> (String, &'static str) {
+    let prefix = std::env::var("SGPU_SLURM_PREFIX").unwrap_or_default();
+    let version = Path::new(&prefix)
+        .file_name()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let release: String = version.split('.').take(2).collect::<Vec<_>>().concat();
+    if prefix.is_empty() || release.is_empty() {
+        (DIR.to_string(), PORT)
+    } else {
+        (format!("{DIR}{release}"), BUILT_PORT)
+    }
+}
 
 fn dbd_cluster() -> Result<Cluster, sgpu_tests::ClusterError> {
     let extra = sgpu_tests::cluster::repo_root().join("tests/cluster/slurmdbd-extra.conf");
     let extra = extra.to_string_lossy().into_owned();
+    let (dir, port) = dbd_place();
     Cluster::up_in(
-        Path::new(DIR),
+        Path::new(&dir),
         &[
-            ("SGPU_CLUSTER_PORT", PORT),
+            ("SGPU_CLUSTER_PORT", port),
             ("SGPU_CLUSTER_NODES", "2"),
             ("SGPU_CLUSTER_SLURMDBD", "1"),
             ("SGPU_CLUSTER_EXTRA", &extra),
