@@ -694,6 +694,20 @@ impl Session {
     pub fn snapshot(&self) -> Result<NodeSnapshot, NvmlFailure> {
         read_snapshot(&self.nvml, &Progress::default())
     }
+
+    /// The UUID and energy counter (mJ) of each GPU in `indices` (NVML's), and nothing
+    /// else: three driver calls per GPU where a snapshot makes dozens for every GPU. A GPU
+    /// that cannot be reached, or has no UUID, is left out; an unreadable counter is `None`.
+    pub fn energy(&self, indices: &[u32]) -> Vec<(u32, String, Option<u64>)> {
+        indices
+            .iter()
+            .filter_map(|&i| {
+                let d = self.nvml.device_by_index(i).ok()?;
+                let uuid = d.uuid().ok()?;
+                Some((i, uuid, d.total_energy_consumption().ok()))
+            })
+            .collect()
+    }
 }
 
 /// One run for a short-lived process (prolog, epilog, `sgpu check`): init, snapshot and

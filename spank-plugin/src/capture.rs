@@ -162,12 +162,18 @@ pub fn open_and_read(opts: &NvmlOptions) -> Result<(Session, NodeSnapshot), Stri
     Ok((session, snap))
 }
 
-/// Reads the node's GPUs again on the step's session, then closes it (on a plugin thread,
-/// like [`open_and_read`]).
-pub fn read_and_close(session: Session) -> Result<NodeSnapshot, String> {
-    let snap = session.snapshot().map_err(|e| e.to_string());
+/// The end readings of the step's GPUs (NVML indices), by UUID, on the step's session,
+/// which is then closed (on a plugin thread, like [`open_and_read`]). Only the energy
+/// counters: the end needs nothing else.
+pub fn end_readings_and_close(
+    session: Session,
+    indices: &[u32],
+) -> BTreeMap<String, GpuEndReading> {
+    let read = session.energy(indices);
     drop(session);
-    snap
+    read.into_iter()
+        .map(|(_, uuid, energy_mj)| (uuid, GpuEndReading { energy_mj }))
+        .collect()
 }
 
 /// The step's GPUs (Slurm indices) as read from `snap`, mapped to NVML through the node's
@@ -207,21 +213,6 @@ pub fn gpus_at_start(
         });
     }
     out
-}
-
-/// The end readings of `snap`, by UUID.
-pub fn readings_at_end(snap: &NodeSnapshot) -> BTreeMap<String, GpuEndReading> {
-    snap.gpus
-        .iter()
-        .filter_map(|g| {
-            Some((
-                g.uuid()?.to_string(),
-                GpuEndReading {
-                    energy_mj: g.energy_mj.value().copied(),
-                },
-            ))
-        })
-        .collect()
 }
 
 #[cfg(test)]

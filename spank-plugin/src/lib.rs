@@ -498,15 +498,19 @@ fn finish_step(
     // the end counters on the session the start opened (no second initialisation), on a
     // thread of its own under the NVML deadline
     let end = match step.session.take() {
-        Some(session) => match forkguard::run("sgpu-end", move || capture::read_and_close(session))
-        {
-            Ok(p) => wait_for("reading the end counters", p, step.nvml.timeout),
-            Err(e) => Err(format!("cannot start the plugin's thread: {e}")),
-        },
+        Some(session) => {
+            let indices: Vec<u32> = step.start.gpus.iter().map(|g| g.index).collect();
+            match forkguard::run("sgpu-end", move || {
+                Ok(capture::end_readings_and_close(session, &indices))
+            }) {
+                Ok(p) => wait_for("reading the end counters", p, step.nvml.timeout),
+                Err(e) => Err(format!("cannot start the plugin's thread: {e}")),
+            }
+        }
         None => Err("no NVML session".to_string()),
     };
     let end = match end {
-        Ok(s) => capture::readings_at_end(&s),
+        Ok(readings) => readings,
         Err(e) => {
             ffi::log_error(&format!(
                 "sgpu: job {} step {}: end counters: {e}",
