@@ -695,6 +695,38 @@ impl Session {
         read_snapshot(&self.nvml, &Progress::default())
     }
 
+    /// A [`NodeSnapshot`] with only what names each GPU and its energy counter: UUID, name,
+    /// minor number (to map Slurm's numbering) and energy; every other reading is
+    /// `Unsupported`. Four driver calls per GPU where [`Session::snapshot`] makes dozens.
+    pub fn identities(&self) -> Result<NodeSnapshot, NvmlFailure> {
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| NvmlFailure::Query(format!("device count: {e}")))?;
+        let mut gpus = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let mut g = GpuSnapshot::unknown(index);
+            match self.nvml.device_by_index(index) {
+                Ok(d) => {
+                    let l = &mut g.lost;
+                    g.uuid = Reading::from_result(d.uuid(), l);
+                    g.name = Reading::from_result(d.name(), l);
+                    g.minor_number = Reading::from_result(d.minor_number(), l);
+                    g.energy_mj = Reading::from_result(d.total_energy_consumption(), l);
+                }
+                Err(e) => {
+                    g = GpuSnapshot::lost(index, e.to_string());
+                    g.lost = matches!(e, NvmlError::GpuLost);
+                }
+            }
+            gpus.push(g);
+        }
+        Ok(NodeSnapshot {
+            driver_version: Reading::Unsupported,
+            gpus,
+        })
+    }
+
     /// The UUID and energy counter (mJ) of each GPU in `indices` (NVML's), and nothing
     /// else: three driver calls per GPU where a snapshot makes dozens for every GPU. A GPU
     /// that cannot be reached, or has no UUID, is left out; an unreadable counter is `None`.

@@ -154,11 +154,12 @@ pub fn step_record(
     Record::new(id, end_ms, RecordBody::StepUsage(body))
 }
 
-/// Opens the step's NVML session and reads the node's GPUs (no deadline of its own: the
-/// caller runs it on a plugin thread and bounds the wait).
+/// Opens the step's NVML session and reads what names the node's GPUs and their energy
+/// counters (no deadline of its own: the caller runs it on a plugin thread and bounds the
+/// wait).
 pub fn open_and_read(opts: &NvmlOptions) -> Result<(Session, NodeSnapshot), String> {
     let session = Session::open(opts).map_err(|e| e.to_string())?;
-    let snap = session.snapshot().map_err(|e| e.to_string())?;
+    let snap = session.identities().map_err(|e| e.to_string())?;
     Ok((session, snap))
 }
 
