@@ -678,3 +678,29 @@ fn init_failures_are_distinct() {
             .starts_with("sgpu: nvml.init: nvml init failed: library not loadable")
     );
 }
+
+#[test]
+fn a_session_reads_names_and_energy_and_serves_a_later_reading() {
+    let sim = Sim::start(&State::healthy(3));
+    let session = gpu::Session::open(&options(common::TIMEOUT)).unwrap();
+    let snap = session.identities().unwrap();
+    assert_eq!(snap.gpus.len(), 3);
+    let state = sim.load();
+    for (g, s) in snap.gpus.iter().zip(&state.gpus) {
+        assert_eq!(g.uuid(), Some(s.uuid.as_str()));
+        assert_eq!(g.minor_number.value().copied(), s.minor_number);
+        assert!(g.energy_mj.value().is_some());
+        // only what names a GPU and its energy is read
+        assert!(g.temperature_c.value().is_none());
+    }
+    // the same session, later: the step's GPUs only, counters that did not go backwards
+    let end = session.energy(&[2, 0, 7]);
+    let idx: Vec<u32> = end.iter().map(|e| e.0).collect();
+    assert_eq!(idx, [2, 0], "a GPU the driver does not have is left out");
+    for (i, uuid, energy) in &end {
+        let start = &snap.gpus[*i as usize];
+        assert_eq!(Some(uuid.as_str()), start.uuid());
+        assert!(energy.unwrap() >= *start.energy_mj.value().unwrap());
+    }
+    drop(session);
+}
