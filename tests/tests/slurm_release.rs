@@ -147,8 +147,8 @@ fn sgpu_tests_target() -> Result<(PathBuf, String), Box<dyn std::error::Error>> 
     Ok((dir.to_path_buf(), profile))
 }
 
-/// Brings the one-node cluster of [`hook_environment_has_the_start_and_the_end`]
-/// down when the test ends, whatever happened.
+/// Brings a test's one-node cluster of its own ([`side_cluster`]) down when the test ends,
+/// whatever happened.
 struct Down(PathBuf);
 
 impl Drop for Down {
@@ -157,6 +157,46 @@ impl Drop for Down {
             .env("SGPU_CLUSTER_DIR", &self.0)
             .status();
     }
+}
+
+/// A one-node cluster of a test's own in `dir` beside the suite's `base`, on the same Slurm
+/// (its prefix, or Debian's), slurmctld on `port`, `gpus` simulated GPUs and `extra` added
+/// to slurm.conf. The guard, made before the cluster starts, brings it down however the
+/// test ends.
+fn side_cluster(
+    base: &Cluster,
+    dir: &Path,
+    port: u16,
+    gpus: u32,
+    extra: &Path,
+) -> Result<(Down, Cluster), Box<dyn std::error::Error>> {
+    let down = Down(dir.to_path_buf());
+    let prefix = base
+        .slurm_prefix()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cluster = Cluster::up_in(
+        dir,
+        &[
+            ("SGPU_CLUSTER_NODES", "1"),
+            ("SGPU_CLUSTER_GPUS", &gpus.to_string()),
+            ("SGPU_CLUSTER_PORT", &port.to_string()),
+            ("SGPU_CLUSTER_EXTRA", &extra.to_string_lossy()),
+            ("SGPU_SLURM_PREFIX", &prefix),
+        ],
+    )?;
+    Ok((down, cluster))
+}
+
+/// `(major, minor)` of a release such as `26.05.3`.
+fn release_pair(release: &str) -> Result<(u32, u32), Box<dyn std::error::Error>> {
+    release
+        .split_once('.')
+        .and_then(|(a, b)| {
+            let minor = b.split('.').next().unwrap_or(b);
+            Some((a.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+        })
+        .ok_or_else(|| format!("cannot read a release from {release:?}").into())
 }
 
 /// One job's `StartTime`/`EndTime` in Unix seconds, from `squeue` (fields no user can set).
@@ -214,29 +254,9 @@ fn hook_environment_has_the_start_and_the_end() -> TestResult {
     }
     let extra = dir.join("extra.conf");
     std::fs::write(&extra, extra_conf)?;
-    let _down = Down(dir.clone());
-    let port = port.to_string();
-    let extra_s = extra.to_string_lossy().into_owned();
-    // the same Slurm as the suite's cluster
-    let prefix = base
-        .slurm_prefix()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cluster = Cluster::up_in(
-        &dir,
-        &[
-            ("SGPU_CLUSTER_NODES", "1"),
-            ("SGPU_CLUSTER_GPUS", "1"),
-            ("SGPU_CLUSTER_PORT", &port),
-            ("SGPU_CLUSTER_EXTRA", &extra_s),
-            ("SGPU_SLURM_PREFIX", &prefix),
-        ],
-    )?;
+    let (_down, cluster) = side_cluster(&base, &dir, port, 1, &extra)?;
     let release = running_release(&cluster)?;
-    let (major, minor) = release
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .ok_or("bad release")?;
+    let (major, minor) = release_pair(&release)?;
 
     // a 5-minute limit, a 1-second job: the real end is far from the projected one
     let id = cluster.sbatch(&["--time=5", "--gres=gpu:1", "-o", "/dev/null"], "sleep 1")?;
@@ -370,28 +390,9 @@ fn a_drained_node_that_stops_answering_stays_sgpus() -> TestResult {
     std::fs::create_dir_all(&dir)?;
     let extra = dir.join("extra.conf");
     std::fs::write(&extra, "SlurmdTimeout=5\n")?;
-    let _down = Down(dir.clone());
-    let port = port.to_string();
-    let extra_s = extra.to_string_lossy().into_owned();
-    let prefix = base
-        .slurm_prefix()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cluster = Cluster::up_in(
-        &dir,
-        &[
-            ("SGPU_CLUSTER_NODES", "1"),
-            ("SGPU_CLUSTER_GPUS", "1"),
-            ("SGPU_CLUSTER_PORT", &port),
-            ("SGPU_CLUSTER_EXTRA", &extra_s),
-            ("SGPU_SLURM_PREFIX", &prefix),
-        ],
-    )?;
+    let (_down, cluster) = side_cluster(&base, &dir, port, 1, &extra)?;
     let release = running_release(&cluster)?;
-    let (major, minor) = release
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .ok_or("bad release")?;
+    let (major, minor) = release_pair(&release)?;
 
     // drained as sgpu drains (healthd, the gates): its reason, through scontrol
     let ours = "sgpu: gpu.xid gpu0: xid 79 GPU has fallen off the bus";
@@ -470,10 +471,7 @@ fn prolog_runs_in_the_job_with_run_in_job() -> TestResult {
     // (run_in_job) cover what it judges then.
     let base = Cluster::existing().or_else(|_| Cluster::up())?;
     let release = running_release(&base)?;
-    let (major, minor) = release
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .ok_or("bad release")?;
+    let (major, minor) = release_pair(&release)?;
     if (major, minor) < (24, 5) {
         eprintln!("Slurm {release} has no PrologFlags=RunInJob (24.05+): nothing to run");
         return Ok(());
@@ -500,23 +498,7 @@ fn prolog_runs_in_the_job_with_run_in_job() -> TestResult {
         &extra,
         format!("PrologFlags=RunInJob\nProlog={}\n", script.display()),
     )?;
-    let _down = Down(dir.clone());
-    let port = port.to_string();
-    let extra_s = extra.to_string_lossy().into_owned();
-    let prefix = base
-        .slurm_prefix()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cluster = Cluster::up_in(
-        &dir,
-        &[
-            ("SGPU_CLUSTER_NODES", "1"),
-            ("SGPU_CLUSTER_GPUS", "2"),
-            ("SGPU_CLUSTER_PORT", &port),
-            ("SGPU_CLUSTER_EXTRA", &extra_s),
-            ("SGPU_SLURM_PREFIX", &prefix),
-        ],
-    )?;
+    let (_down, cluster) = side_cluster(&base, &dir, port, 2, &extra)?;
     let flags = cluster.output("scontrol", &["show", "config"])?;
     let flags = flags
         .lines()
