@@ -25,8 +25,7 @@ pub struct RunInJob {
 impl RunInJob {
     /// Looks at this process's parent and at the cgroup.conf beside `slurm_conf`.
     pub fn detect(slurm_conf: &Path) -> RunInJob {
-        // SAFETY: getppid has no preconditions and cannot fail.
-        let ppid = unsafe { libc::getppid() };
+        let ppid = std::os::unix::process::parent_id();
         let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
         let cgroup_conf = slurm_conf
             .parent()
