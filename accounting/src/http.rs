@@ -76,6 +76,7 @@ pub fn router_with(state: AppState, limits: Limits) -> Router {
         .route("/v1/jobs/{cluster}/{job_id}", get(job))
         .route("/v1/conflicts", get(conflicts))
         .merge(crate::history::routes())
+        .merge(crate::efficiency::routes())
         .merge(crate::report::routes())
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -293,7 +294,7 @@ pub fn reader_scope(state: &AppState, headers: &HeaderMap) -> Result<ReadScope, 
 }
 
 /// The user a stored record belongs to.
-fn record_user(r: &sgpu_spool::Record) -> &str {
+pub(crate) fn record_user(r: &sgpu_spool::Record) -> &str {
     match r.body() {
         sgpu_spool::RecordBody::JobStart(b) => &b.user,
         sgpu_spool::RecordBody::JobEnd(b) => &b.user,

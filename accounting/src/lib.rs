@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod day;
+pub mod efficiency;
 pub mod history;
 pub mod http;
 pub mod ingest;

@@ -5,6 +5,7 @@
 //! - [`acctd`]: sgpu-acctd's answers (`POST /v1/records`, `GET /v1/report`, `GET /v1/jobs`,
 //!   `GET /v1/jobs/{cluster}/{id}`, `GET`/`POST /v1/history`, `GET /v1/conflicts`, errors)
 //!   and the node history request body.
+//! - [`efficiency`]: acctd's per-job efficiency answer (`sgpu seff`).
 //! - [`healthd`]: sgpu-healthd's `GET /status` document.
 //!
 //! Usage records and node events inside these documents are the spool crate's types; the
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acctd;
+pub mod efficiency;
 pub mod healthd;
 
 use serde::Deserialize;

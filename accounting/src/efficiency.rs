@@ -1,0 +1,323 @@
+//! `GET /v1/jobs/{cluster}/{job_id}/efficiency`: one job's GPU efficiency figures
+//! ([`sgpu_wire::efficiency::EfficiencyAnswer`]) from its stored records, for `sgpu seff`.
+//!
+//! The answer describes the latest run acctd has records of. Per GPU: allocated time and
+//! energy from the node's `job_end` (Slurm's window when the epilog read it), utilization,
+//! memory peak and used time from healthd's `job_usage`; a node with a `job_start` and no
+//! `job_end` yet is running, and its GPUs' allocated time counts up to now. What no record
+//! measured stays `None` (unknown), never 0. Access is `GET /v1/jobs/{cluster}/{id}`'s: a
+//! user's answer holds only records of their own jobs, and another user's job is a 404.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sgpu_spool::{Record, RecordBody};
+use sgpu_wire::acctd::VERSION;
+use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency, mem_from_model};
+
+use crate::http::{AppState, error, reader_scope, record_user};
+
+/// The efficiency route.
+pub fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/v1/jobs/{cluster}/{job_id}/efficiency",
+        get(get_efficiency),
+    )
+}
+
+async fn get_efficiency(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((cluster, job_id)): Path<(String, String)>,
+) -> Response {
+    let scope = match reader_scope(&state, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Ok(job_id) = job_id.parse::<u32>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("job id {job_id:?} is not a number"),
+        );
+    };
+    let store = state.store.clone();
+    let c = cluster.clone();
+    let read = move || -> Result<Vec<Record>, crate::store::StoreError> {
+        // Another user's job looks exactly like a missing one: no 403 that would confirm it.
+        Ok(store
+            .job(&c, job_id)?
+            .into_iter()
+            .filter(|r| scope.allows(record_user(r)))
+            .collect())
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(records)) => match efficiency(&cluster, job_id, &records, now_ms()) {
+            Some(answer) => axum::Json(answer).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no records of job {job_id} on cluster {cluster}"),
+            ),
+        },
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Adds `v` to an unknown-or-known sum.
+fn add(sum: &mut Option<u64>, v: u64) {
+    *sum = Some(sum.unwrap_or(0).saturating_add(v));
+}
+
+/// The efficiency of the latest run of a job from its records (`None`: no record of a job
+/// kind, so nothing to say). `now_ms` ends a running node's allocation.
+pub fn efficiency(
+    cluster: &str,
+    job_id: u32,
+    records: &[Record],
+    now_ms: u64,
+) -> Option<EfficiencyAnswer> {
+    let run = records.iter().map(|r| r.id().run()).max()?;
+    let records: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.id().run() == run && !matches!(r.body(), RecordBody::StepUsage(_)))
+        .collect();
+    if records.is_empty() {
+        return None;
+    }
+    // Identity by trust: job_end > job_start > job_usage (as the rollups take it).
+    let rank = |r: &Record| match r.body() {
+        RecordBody::JobEnd(_) => 0,
+        RecordBody::JobStart(_) => 1,
+        _ => 2,
+    };
+    let trusted = records.iter().min_by_key(|r| rank(r))?;
+    let (user, account, partition) = match trusted.body() {
+        RecordBody::JobEnd(b) => (&b.user, &b.account, &b.partition),
+        RecordBody::JobStart(b) => (&b.user, &b.account, &b.partition),
+        RecordBody::JobUsage(b) | RecordBody::StepUsage(b) => (&b.user, &b.account, &b.partition),
+    };
+
+    let mut gpus: BTreeMap<(String, u32), GpuEfficiency> = BTreeMap::new();
+    let mut started: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ended: BTreeSet<String> = BTreeSet::new();
+    let mut start_ms = u64::MAX;
+    let mut end_ms = 0u64;
+    // per GPU: (sum of util x samples, samples) to weigh several usage records
+    let mut util: BTreeMap<(String, u32), (f64, u64)> = BTreeMap::new();
+    // per GPU: healthd's sampled energy, used where the epilog read no counter
+    let mut sampled_energy: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    for r in &records {
+        let node = r.id().node().to_string();
+        let entry = |gpus: &mut BTreeMap<(String, u32), GpuEfficiency>,
+                     index: u32,
+                     uuid: &str,
+                     name: &Option<String>| {
+            let e = gpus
+                .entry((node.clone(), index))
+                .or_insert_with(|| GpuEfficiency::new(&node, index, uuid, name.clone()));
+            if e.uuid.is_empty() {
+                e.uuid = uuid.to_string();
+            }
+            if e.model.is_none() {
+                e.model.clone_from(name);
+            }
+            (node.clone(), index)
+        };
+        match r.body() {
+            RecordBody::JobStart(b) => {
+                start_ms = start_ms.min(b.start_time);
+                started.insert(node.clone(), b.start_time);
+                for g in &b.gpus {
+                    entry(&mut gpus, g.index, &g.uuid, &g.name);
+                }
+            }
+            RecordBody::JobEnd(b) => {
+                let (s, e) = b.allocated_window();
+                start_ms = start_ms.min(s);
+                end_ms = end_ms.max(e);
+                ended.insert(node.clone());
+                for g in &b.gpus {
+                    let key = entry(&mut gpus, g.index, &g.uuid, &g.name);
+                    let Some(x) = gpus.get_mut(&key) else {
+                        continue;
+                    };
+                    x.allocated_gpu_ms = x.allocated_gpu_ms.saturating_add(e.saturating_sub(s));
+                    let energy = g
+                        .energy_delta_mj
+                        .or_else(|| g.energy_end_mj?.checked_sub(g.energy_start_mj?));
+                    if let Some(energy) = energy {
+                        add(&mut x.energy_mj, energy);
+                    }
+                }
+            }
+            RecordBody::JobUsage(b) => {
+                start_ms = start_ms.min(b.window_start);
+                for g in &b.gpus {
+                    let key = entry(&mut gpus, g.index, &g.uuid, &g.name);
+                    let Some(x) = gpus.get_mut(&key) else {
+                        continue;
+                    };
+                    add(&mut x.used_gpu_ms, g.used_gpu_ms);
+                    add(&mut x.samples, g.samples);
+                    x.util_max_pct = Some(x.util_max_pct.unwrap_or(0).max(g.util_max_pct));
+                    x.mem_peak_mib = Some(x.mem_peak_mib.unwrap_or(0).max(g.mem_peak_mib));
+                    if let Some(energy) = g.energy_mj {
+                        let e = sampled_energy.entry(key.clone()).or_default();
+                        *e = e.saturating_add(energy);
+                    }
+                    let u = util.entry(key).or_default();
+                    u.0 += g.util_mean_pct * g.samples as f64;
+                    u.1 += g.samples;
+                }
+            }
+            RecordBody::StepUsage(_) => {}
+        }
+    }
+    for (key, (sum, n)) in util {
+        if let Some(x) = gpus.get_mut(&key) {
+            x.util_mean_pct = (n > 0).then(|| sum / n as f64);
+        }
+    }
+    let running = started.keys().any(|n| !ended.contains(n));
+    for (key, x) in gpus.iter_mut() {
+        if x.energy_mj.is_none() {
+            x.energy_mj = sampled_energy.get(key).copied();
+        }
+        if !ended.contains(&x.node) {
+            // running (or its job_end not here yet): allocated so far
+            if let Some(&s) = started.get(&x.node) {
+                x.allocated_gpu_ms = now_ms.saturating_sub(s);
+            }
+        }
+        if x.mem_total_mib.is_none() {
+            x.mem_total_mib = x.model.as_deref().and_then(mem_from_model);
+        }
+    }
+    let nodes: BTreeSet<String> = records.iter().map(|r| r.id().node().to_string()).collect();
+    let gpus: Vec<GpuEfficiency> = gpus.into_values().collect();
+    let sum = |f: fn(&GpuEfficiency) -> Option<u64>| -> Option<u64> {
+        gpus.iter().filter_map(f).reduce(u64::saturating_add)
+    };
+    Some(EfficiencyAnswer {
+        version: Some(VERSION),
+        cluster: cluster.to_string(),
+        job_id,
+        run,
+        user: user.clone(),
+        account: account.clone().unwrap_or_default(),
+        partition: partition.clone().unwrap_or_default(),
+        start_ms: if start_ms == u64::MAX { 0 } else { start_ms },
+        end_ms: (!running && !ended.is_empty()).then_some(end_ms),
+        now_ms,
+        nodes: nodes.into_iter().collect(),
+        allocated_gpu_ms: gpus
+            .iter()
+            .map(|g| g.allocated_gpu_ms)
+            .fold(0, u64::saturating_add),
+        used_gpu_ms: sum(|g| g.used_gpu_ms),
+        energy_mj: sum(|g| g.energy_mj),
+        idle_gpu_ms: sum(|g| g.idle_ms),
+        actions: Vec::new(),
+        gpus,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_records::{in_run, job_end, job_usage, with_slurm_window};
+    use sgpu_spool::{GpuRef, JobStart, RecordId, RecordKind};
+
+    fn job_start(job: u32, node: &str, start: u64, gpus: u32) -> Record {
+        let body = JobStart {
+            user: "alice".into(),
+            uid: 1001,
+            account: Some("physics".into()),
+            partition: Some("gpu".into()),
+            start_time: start,
+            gpus: (0..gpus)
+                .map(|i| GpuRef {
+                    index: i,
+                    uuid: format!("GPU-{node}-{i}"),
+                    name: Some("NVIDIA A100-SXM4-40GB".into()),
+                    energy_mj: Some(1_000),
+                })
+                .collect(),
+        };
+        let id = RecordId::new("alpha", job, None, node, RecordKind::JobStart).unwrap();
+        Record::new(id, start, RecordBody::JobStart(body)).unwrap()
+    }
+
+    #[test]
+    fn a_finished_job_has_per_gpu_figures_and_unknowns_stay_unknown() {
+        let records = vec![
+            job_start(7, "n1", 1_000, 2),
+            with_slurm_window(job_end(7, "n1", 1_000, 11_000, &[500, 700]), 1, 11),
+            job_usage(7, "n1", 1_000, 11_000, &[5_000, 0]),
+            // a second node with no healthd: no samples there
+            job_end(7, "n2", 2_000, 10_000, &[300]),
+        ];
+        let a = efficiency("alpha", 7, &records, 99_000).unwrap();
+        assert_eq!(a.end_ms, Some(11_000));
+        assert_eq!(a.start_ms, 1_000);
+        assert_eq!(a.nodes, vec!["n1", "n2"]);
+        assert_eq!(a.gpus.len(), 3);
+        assert_eq!(a.gpus[0].allocated_gpu_ms, 10_000);
+        assert_eq!(a.gpus[0].used_gpu_ms, Some(5_000));
+        assert_eq!(a.gpus[0].util_mean_pct, Some(50.0));
+        assert_eq!(a.gpus[0].energy_mj, Some(500));
+        // the job_start named the model first
+        assert_eq!(a.gpus[0].mem_total_mib, Some(40 * 1024));
+        assert_eq!(a.gpus[2].node, "n2");
+        assert_eq!(a.gpus[2].used_gpu_ms, None);
+        assert_eq!(a.gpus[2].samples, None);
+        assert_eq!(a.gpus[2].idle_ms, None);
+        assert_eq!(a.allocated_gpu_ms, 28_000);
+        assert_eq!(a.used_gpu_ms, Some(5_000));
+        assert_eq!(a.energy_mj, Some(1_500));
+        assert_eq!(a.idle_gpu_ms, None);
+        assert_eq!((a.user.as_str(), a.account.as_str()), ("alice", "physics"));
+    }
+
+    #[test]
+    fn a_running_job_counts_allocated_time_up_to_now() {
+        let records = vec![job_start(8, "n1", 1_000, 2)];
+        let a = efficiency("alpha", 8, &records, 5_000).unwrap();
+        assert_eq!(a.end_ms, None);
+        assert_eq!(a.allocated_gpu_ms, 8_000);
+        assert_eq!(a.used_gpu_ms, None);
+        assert_eq!(a.energy_mj, None);
+        // one node ended, the other still runs: the job runs
+        let records = vec![
+            job_start(8, "n1", 1_000, 1),
+            job_start(8, "n2", 1_000, 1),
+            job_end(8, "n1", 1_000, 3_000, &[5]),
+        ];
+        let a = efficiency("alpha", 8, &records, 5_000).unwrap();
+        assert_eq!(a.end_ms, None);
+        assert_eq!(a.allocated_gpu_ms, 2_000 + 4_000);
+    }
+
+    #[test]
+    fn only_the_latest_run_is_described() {
+        let records = vec![
+            job_end(9, "n1", 1_000, 2_000, &[5]),
+            in_run(job_end(9, "n2", 5_000, 9_000, &[7, 7]), 1),
+        ];
+        let a = efficiency("alpha", 9, &records, 10_000).unwrap();
+        assert_eq!(a.run, 1);
+        assert_eq!(a.nodes, vec!["n2"]);
+        assert_eq!(a.allocated_gpu_ms, 8_000);
+        assert!(efficiency("alpha", 9, &[], 0).is_none());
+    }
+}
