@@ -8,6 +8,7 @@ pub mod admin;
 pub mod check;
 pub mod conf;
 pub mod report;
+pub mod seff;
 pub mod settings;
 pub mod timespec;
 
@@ -57,6 +58,9 @@ pub enum Command {
     Jobs(report::JobsArgs),
     /// One job per node and per GPU.
     Job(report::JobArgs),
+    /// One job's efficiency (jobstats/seff style): GPU utilization, memory, idle time and
+    /// energy from sgpu, CPU and memory from Slurm's accounting, and hints.
+    Seff(seff::SeffArgs),
     /// Records acctd kept apart: a different record was stored under their identity
     /// (admins only).
     Conflicts(report::ConflictsArgs),
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Report(a) => report::report(&settings(Required)?, &a),
         Command::Jobs(a) => report::jobs(&settings(Required)?, &a),
         Command::Job(a) => report::job(&settings(Required)?, &a),
+        Command::Seff(a) => seff::seff(&settings(Required)?, &a),
         Command::Conflicts(a) => report::conflicts(&settings(Required)?, &a),
     }
 }

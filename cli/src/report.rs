@@ -164,7 +164,7 @@ const JOBS_FIELDS: &[Field] = &[
 ];
 
 /// Percent-encodes a query-string value.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~,".contains(&b) {
@@ -739,7 +739,8 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn slurm_cluster() -> Option<String> {
+/// The cluster named in slurm.conf (`$SLURM_CONF`, else the default path).
+pub(crate) fn slurm_cluster() -> Option<String> {
     let path = std::env::var_os("SLURM_CONF")
         .map(PathBuf::from)
         .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
