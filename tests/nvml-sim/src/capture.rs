@@ -661,6 +661,8 @@ fn convert_gpu(
         performance_state,
         mig_mode,
         fabric,
+        // `nvidia-smi -q` has no NVLink section: link states are not in any capture
+        nvlink: None,
     };
     Ok((gpu, bus_raw))
 }

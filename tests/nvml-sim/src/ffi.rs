@@ -21,7 +21,7 @@ use crate::runtime::{self, *};
 use crate::state::{Gpu, PciAddress, ProcessKind, unix_now};
 
 /// Runs an NVML call body, turning its result (or a panic) into a return code.
-fn guard(f: impl FnOnce() -> Result<(), Ret>) -> Ret {
+pub(crate) fn guard(f: impl FnOnce() -> Result<(), Ret>) -> Ret {
     let _call = runtime::InFlight::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => SUCCESS,
@@ -34,7 +34,7 @@ fn guard(f: impl FnOnce() -> Result<(), Ret>) -> Ret {
 ///
 /// # Safety
 /// `p` must be NULL or valid for a write of `T`.
-unsafe fn put<T>(p: *mut T, v: T) -> Result<(), Ret> {
+pub(crate) unsafe fn put<T>(p: *mut T, v: T) -> Result<(), Ret> {
     if p.is_null() {
         return Err(INVALID_ARGUMENT);
     }

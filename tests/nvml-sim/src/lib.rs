@@ -166,6 +166,7 @@
 
 pub mod capture;
 mod ffi;
+pub mod nvlink;
 mod runtime;
 pub mod state;
 pub mod testing;

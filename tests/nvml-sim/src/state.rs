@@ -227,6 +227,10 @@ pub struct Gpu {
     /// not supported (no NVSwitch fabric, or a driver before R530).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fabric: Option<Fabric>,
+    /// NVLink links (`[gpu.nvlink]`, see [`crate::nvlink`]). Unset: no NVLink
+    /// (`NOT_SUPPORTED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvlink: Option<crate::nvlink::NvLink>,
 }
 
 /// NVSwitch fabric registration of a GPU (`[gpu.fabric]`).
@@ -613,6 +617,8 @@ impl Gpu {
                 status: success(),
                 clique_id: 0,
             }),
+            // off by default: NVLink is added by the tests that judge it
+            nvlink: None,
         }
     }
 }
@@ -782,6 +788,9 @@ impl State {
                 if s.is_some_and(|s| s.contains('\0')) {
                     return Err(format!("{who}: {field} contains a NUL character"));
                 }
+            }
+            if let Some(nv) = &g.nvlink {
+                nv.validate().map_err(|e| format!("{who}: {e}"))?;
             }
         }
         let mut ids = BTreeSet::new();
