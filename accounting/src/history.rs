@@ -236,6 +236,7 @@ mod tests {
             reason: "fan".into(),
             previous_reason: None,
             forced: false,
+            job: None,
         }
     }
 

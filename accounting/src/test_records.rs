@@ -64,6 +64,8 @@ pub fn job_usage(job: u32, node: &str, start: u64, end: u64, used: &[u64]) -> Re
             mem_peak_mib: 1,
             energy_mj: None,
             used_gpu_ms: u,
+            idle_ms: None,
+            idle_periods: None,
         })
         .collect();
     let body = Usage {
@@ -76,6 +78,7 @@ pub fn job_usage(job: u32, node: &str, start: u64, end: u64, used: &[u64]) -> Re
         allocated_gpu_ms: gpus.len() as u64 * (end - start),
         used_gpu_ms: used.iter().sum(),
         gpus,
+        idle_gpu_ms: None,
     };
     let id = RecordId::new("alpha", job, None, node, RecordKind::JobUsage).unwrap();
     Record::new(id, end, RecordBody::JobUsage(body)).unwrap()

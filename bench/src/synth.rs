@@ -138,6 +138,8 @@ pub fn job_records(seed: u64, job_id: u32, total: u32, usage: bool) -> Vec<Recor
             mem_peak_mib: rng.below(81_920),
             energy_mj: None,
             used_gpu_ms: u,
+            idle_ms: None,
+            idle_periods: None,
         });
     }
     let mut out = Vec::with_capacity(2);
@@ -170,6 +172,7 @@ pub fn job_records(seed: u64, job_id: u32, total: u32, usage: bool) -> Vec<Recor
             allocated_gpu_ms: u64::from(gpus) * (end - start),
             used_gpu_ms: total,
             gpus: used,
+            idle_gpu_ms: None,
         };
         if let Ok(id) = RecordId::new(CLUSTER, job_id, None, node, RecordKind::JobUsage)
             && let Ok(r) = Record::new(id, end, RecordBody::JobUsage(body))

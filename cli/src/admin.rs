@@ -221,6 +221,7 @@ fn event(env: &Env, node: &SlurmNode, action: NodeAction, reason: String) -> Nod
         reason,
         previous_reason: node.full_reason(),
         forced: false,
+        job: None,
     }
 }
 

@@ -283,6 +283,8 @@ impl JobAccumulator {
                 mem_peak_mib: acc.map_or(0, GpuAccumulator::mem_peak_mib),
                 energy_mj: exact.or_else(|| acc.and_then(GpuAccumulator::energy)),
                 used_gpu_ms,
+                idle_ms: None,
+                idle_periods: None,
             });
         };
         if end.gpus.is_empty() {
@@ -309,6 +311,7 @@ impl JobAccumulator {
             gpus,
             allocated_gpu_ms,
             used_gpu_ms,
+            idle_gpu_ms: None,
         }
     }
 }

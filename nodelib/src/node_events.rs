@@ -40,6 +40,7 @@ pub fn record(
         reason: reason.to_string(),
         previous_reason: None,
         forced: false,
+        job: None,
     };
     EventSpool::open(spool_dir)
         .and_then(|s| s.write(&event))

@@ -129,6 +129,8 @@ pub fn step_record(
             mem_peak_mib: 0,
             energy_mj: energy_delta(g.energy_mj, end.get(&g.uuid).and_then(|e| e.energy_mj)),
             used_gpu_ms: 0,
+            idle_ms: None,
+            idle_periods: None,
         })
         .collect();
     let n = u64::try_from(gpus.len()).unwrap_or(u64::MAX);
@@ -142,6 +144,7 @@ pub fn step_record(
         allocated_gpu_ms: n.saturating_mul(span),
         used_gpu_ms: 0,
         gpus,
+        idle_gpu_ms: None,
     };
     let id = RecordId::new(
         start.cluster.clone(),

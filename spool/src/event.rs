@@ -1,8 +1,9 @@
 //! Node events: every drain and resume sgpu performs or is asked to perform (healthd, the
-//! prolog, `sgpu drain`/`sgpu resume`), kept by acctd as the node history `sgpu history`
-//! shows.
+//! prolog, `sgpu drain`/`sgpu resume`), and every action healthd's idle-GPU policy takes on a
+//! job (warned, mailed, cancelled: [`NodeEvent::job`]), kept by acctd as the history
+//! `sgpu history` shows.
 //!
-//! A node event is not a usage record: it has no job, it never enters the rollups, and acctd
+//! A node event is not a usage record: it is no job's bill, it never enters the rollups, and acctd
 //! keeps it apart from the per-job records (`POST /v1/history`, `GET /v1/history`). Its
 //! identity is [`NodeEvent::id`], chosen by the producer (node, time and a per-process
 //! nonce), so a resend is stored once.
@@ -28,6 +29,12 @@ pub enum NodeAction {
     Drain,
     /// Returned to service (`scontrol update State=UNDRAIN`: the drain flag cleared).
     Resume,
+    /// A job's owner was told its GPUs sit idle (a line in the job's output file).
+    IdleWarn,
+    /// A job's owner was mailed that its GPUs sit idle (the site's mail command).
+    IdleMail,
+    /// A job was cancelled because its GPUs stayed idle past the grace period.
+    IdleCancel,
 }
 
 impl NodeAction {
@@ -36,8 +43,51 @@ impl NodeAction {
         match self {
             NodeAction::Drain => "drain",
             NodeAction::Resume => "resume",
+            NodeAction::IdleWarn => "idle_warn",
+            NodeAction::IdleMail => "idle_mail",
+            NodeAction::IdleCancel => "idle_cancel",
         }
     }
+
+    /// Whether this is an action on a job (idle policy), which carries [`NodeEvent::job`].
+    pub fn is_job_action(self) -> bool {
+        matches!(
+            self,
+            NodeAction::IdleWarn | NodeAction::IdleMail | NodeAction::IdleCancel
+        )
+    }
+}
+
+/// The job an idle-policy action ([`NodeAction::IdleWarn`], `IdleMail`, `IdleCancel`) was
+/// taken on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobAction {
+    /// Slurm job id.
+    pub job_id: u64,
+    /// The job's run (requeue count; 0 left out of the JSON).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
+    /// The job's owner, as Slurm and the prolog's `job_start` record name them.
+    pub user: String,
+    /// The job's Slurm account, where set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The partition whose policy acted.
+    pub partition: String,
+    /// NVML indices of the job's GPUs on this node that were idle.
+    pub gpus: Vec<u32>,
+    /// How long those GPUs had been idle when the action was taken, whole minutes.
+    pub idle_minutes: u64,
+    /// The policy in one line, e.g. `util<5% for 600s, grace 1800s`.
+    pub policy: String,
+    /// Dry run: the action was decided and recorded but not carried out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One drain or resume of one node.
@@ -70,6 +120,10 @@ pub struct NodeEvent {
     /// Whether a resume overrode a refusal (`sgpu resume --force`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// The job an idle-policy action was taken on: present exactly for
+    /// [`NodeAction::is_job_action`] actions, absent for drains and resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobAction>,
 }
 
 fn check_name(field: &str, v: &str) -> Result<(), RecordError> {
@@ -142,7 +196,43 @@ impl NodeEvent {
         if self.action == NodeAction::Drain && self.reason.trim().is_empty() {
             return Err(RecordError::invalid("reason", "a drain needs a reason"));
         }
-        Ok(())
+        match (&self.job, self.action.is_job_action()) {
+            (None, true) => Err(RecordError::invalid(
+                "job",
+                format!("a {} event needs its job", self.action.as_str()),
+            )),
+            (Some(_), false) => Err(RecordError::invalid(
+                "job",
+                format!("a {} event names no job", self.action.as_str()),
+            )),
+            (None, false) => Ok(()),
+            (Some(j), true) => {
+                if j.job_id == 0 {
+                    return Err(RecordError::invalid("job.job_id", "must be > 0"));
+                }
+                check_name("job.user", &j.user)?;
+                check_name("job.partition", &j.partition)?;
+                if let Some(a) = &j.account {
+                    check_name("job.account", a)?;
+                }
+                if j.gpus.is_empty() {
+                    return Err(RecordError::invalid("job.gpus", "must not be empty"));
+                }
+                if j.policy.len() > MAX_REASON_BYTES || j.policy.chars().any(char::is_control) {
+                    return Err(RecordError::invalid(
+                        "job.policy",
+                        format!("longer than {MAX_REASON_BYTES} bytes or has control characters"),
+                    ));
+                }
+                if self.reason.trim().is_empty() {
+                    return Err(RecordError::invalid(
+                        "reason",
+                        "a job action needs a reason",
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The store key: node, zero-padded time and id, so a node's events sort by time.
@@ -306,7 +396,70 @@ mod tests {
             reason: "fan".into(),
             previous_reason: None,
             forced: false,
+            job: None,
         }
+    }
+
+    fn idle_cancel() -> NodeEvent {
+        NodeEvent {
+            action: NodeAction::IdleCancel,
+            source: "healthd".into(),
+            reason: "GPUs 0,1 idle for 35 min".into(),
+            job: Some(JobAction {
+                job_id: 42,
+                run: 0,
+                user: "alice".into(),
+                account: Some("physics".into()),
+                partition: "gpu".into(),
+                gpus: vec![0, 1],
+                idle_minutes: 35,
+                policy: "util<5% for 600s, grace 1800s".into(),
+                dry_run: false,
+            }),
+            ..event()
+        }
+    }
+
+    #[test]
+    fn job_actions_carry_their_job_and_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let e = idle_cancel();
+        e.validate()?;
+        let json = serde_json::to_string(&e)?;
+        assert!(json.contains(r#""action":"idle_cancel""#), "{json}");
+        assert!(!json.contains("run"), "run 0 is left out: {json}");
+        let back: NodeEvent = serde_json::from_str(&json)?;
+        assert_eq!(back, e);
+        // drains stay without the field, so older readers read them
+        assert!(!serde_json::to_string(&event())?.contains("job"));
+        let field = |e: NodeEvent| match e.validate() {
+            Err(RecordError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(
+            field(NodeEvent {
+                job: None,
+                ..idle_cancel()
+            }),
+            "job"
+        );
+        assert_eq!(
+            field(NodeEvent {
+                action: NodeAction::Drain,
+                ..idle_cancel()
+            }),
+            "job"
+        );
+        let mut no_gpus = idle_cancel();
+        if let Some(j) = no_gpus.job.as_mut() {
+            j.gpus.clear();
+        }
+        assert_eq!(field(no_gpus), "job.gpus");
+        let mut bad_user = idle_cancel();
+        if let Some(j) = bad_user.job.as_mut() {
+            j.user = "a/b".into();
+        }
+        assert_eq!(field(bad_user), "job.user");
+        Ok(())
     }
 
     #[test]

@@ -201,6 +201,67 @@ pub struct GpuUsage {
     pub energy_mj: Option<u64>,
     /// Used GPU time, GPU-ms (window × utilization); at most the window's length.
     pub used_gpu_ms: u64,
+    /// Time of the window this GPU was idle, ms (healthd's live idle detection: utilization
+    /// below the partition's threshold for at least its window); at most the window's length.
+    /// Absent means unknown (older records, SPANK step records), never 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// The idle periods behind `idle_ms`, sorted, non-overlapping, inside the window; at most
+    /// [`IDLE_PERIODS_MAX`] (beyond that the two closest neighbours are merged, gap included,
+    /// so their lengths add up to at least `idle_ms`, exactly `idle_ms` when none were
+    /// merged). Absent means unknown; present only with `idle_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_periods: Option<Vec<IdlePeriod>>,
+}
+
+/// Most idle periods a [`GpuUsage`] carries: a record stays small however a job behaves.
+pub const IDLE_PERIODS_MAX: usize = 16;
+
+/// A stretch of time a GPU was idle, ms; `start < end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePeriod {
+    /// First instant idle, Unix ms.
+    pub start: u64,
+    /// End of the idle stretch, Unix ms (exclusive).
+    pub end: u64,
+}
+
+impl IdlePeriod {
+    /// Length in ms (0 if `end` is before `start`).
+    pub fn len_ms(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// Adds `p` to a sorted, non-overlapping list of periods, joining it with any it overlaps
+/// or touches, then merges the two closest neighbours (gap included) until at most
+/// [`IDLE_PERIODS_MAX`] remain. Empty periods (`end <= start`) are ignored.
+pub fn push_idle_period(periods: &mut Vec<IdlePeriod>, p: IdlePeriod) {
+    if p.end <= p.start {
+        return;
+    }
+    periods.push(p);
+    periods.sort_by_key(|q| q.start);
+    let mut merged: Vec<IdlePeriod> = Vec::with_capacity(periods.len());
+    for q in periods.drain(..) {
+        match merged.last_mut() {
+            Some(last) if q.start <= last.end => last.end = last.end.max(q.end),
+            _ => merged.push(q),
+        }
+    }
+    while merged.len() > IDLE_PERIODS_MAX {
+        // The smallest gap between neighbours; ties: the earliest.
+        let mut best = 0;
+        for i in 1..merged.len() - 1 {
+            if merged[i + 1].start - merged[i].end < merged[best + 1].start - merged[best].end {
+                best = i;
+            }
+        }
+        let next = merged.remove(best + 1);
+        merged[best].end = next.end;
+    }
+    *periods = merged;
 }
 
 /// Body of [`RecordKind::StepUsage`] (SPANK) and [`RecordKind::JobUsage`] (healthd) records.
@@ -225,6 +286,10 @@ pub struct Usage {
     pub allocated_gpu_ms: u64,
     /// Used GPU time, GPU-ms: exactly the sum of the GPUs' `used_gpu_ms`.
     pub used_gpu_ms: u64,
+    /// Idle GPU time, GPU-ms: exactly the sum of the GPUs' `idle_ms`; present only when every
+    /// GPU has `idle_ms`. Absent means unknown, never 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_gpu_ms: Option<u64>,
 }
 
 /// A record's kind-specific content; its variant must match `id.kind`.
@@ -544,6 +609,7 @@ fn validate_usage(b: &Usage) -> Result<(), RecordError> {
         used_sum = used_sum.saturating_add(g.used_gpu_ms);
     }
     check_allocated(b.gpus.len(), span, b.allocated_gpu_ms)?;
+    check_idle(b, span)?;
     if b.used_gpu_ms != used_sum {
         return Err(RecordError::invalid(
             "body.used_gpu_ms",
@@ -554,6 +620,101 @@ fn validate_usage(b: &Usage) -> Result<(), RecordError> {
         ));
     }
     Ok(())
+}
+
+/// The idle figures: each GPU's `idle_ms` within the window, its periods inside the window,
+/// sorted, non-overlapping, capped, covering `idle_ms`; `idle_gpu_ms` their sum, present
+/// exactly when every GPU's `idle_ms` is.
+fn check_idle(b: &Usage, span: u64) -> Result<(), RecordError> {
+    let mut idle_sum: u64 = 0;
+    let mut all_known = true;
+    for (i, g) in b.gpus.iter().enumerate() {
+        let f = |name: &str| format!("body.gpus[{i}].{name}");
+        let Some(idle) = g.idle_ms else {
+            all_known = false;
+            if g.idle_periods.is_some() {
+                return Err(RecordError::invalid(
+                    f("idle_periods"),
+                    "present without idle_ms",
+                ));
+            }
+            continue;
+        };
+        if idle > span {
+            return Err(RecordError::invalid(
+                f("idle_ms"),
+                format!("{idle} is longer than the {span} ms window"),
+            ));
+        }
+        idle_sum = idle_sum.saturating_add(idle);
+        let Some(periods) = &g.idle_periods else {
+            continue;
+        };
+        if periods.len() > IDLE_PERIODS_MAX {
+            return Err(RecordError::invalid(
+                f("idle_periods"),
+                format!("{} periods, at most {IDLE_PERIODS_MAX}", periods.len()),
+            ));
+        }
+        let mut covered: u64 = 0;
+        let mut prev_end: Option<u64> = None;
+        for (j, p) in periods.iter().enumerate() {
+            let pf = |name: &str| format!("body.gpus[{i}].idle_periods[{j}].{name}");
+            if p.end <= p.start {
+                return Err(RecordError::invalid(
+                    pf("end"),
+                    format!("{} is not after start {}", p.end, p.start),
+                ));
+            }
+            if p.start < b.window_start {
+                return Err(RecordError::invalid(
+                    pf("start"),
+                    format!("{} is before window_start {}", p.start, b.window_start),
+                ));
+            }
+            if p.end > b.window_end {
+                return Err(RecordError::invalid(
+                    pf("end"),
+                    format!("{} is after window_end {}", p.end, b.window_end),
+                ));
+            }
+            if let Some(prev) = prev_end {
+                if p.start <= prev {
+                    return Err(RecordError::invalid(
+                        pf("start"),
+                        format!(
+                            "{} is not after the previous period's end {prev} \
+                             (periods are sorted, apart and merged when touching)",
+                            p.start
+                        ),
+                    ));
+                }
+            }
+            prev_end = Some(p.end);
+            covered = covered.saturating_add(p.len_ms());
+        }
+        if idle > covered {
+            return Err(RecordError::invalid(
+                f("idle_ms"),
+                format!("{idle} but its idle_periods cover only {covered} ms"),
+            ));
+        }
+    }
+    match b.idle_gpu_ms {
+        Some(total) if !all_known => Err(RecordError::invalid(
+            "body.idle_gpu_ms",
+            format!("{total} but not every GPU has idle_ms"),
+        )),
+        Some(total) if total != idle_sum => Err(RecordError::invalid(
+            "body.idle_gpu_ms",
+            format!("{total} but the GPUs' idle_ms add up to {idle_sum}"),
+        )),
+        None if all_known && !b.gpus.is_empty() => Err(RecordError::invalid(
+            "body.idle_gpu_ms",
+            format!("absent but every GPU has idle_ms (sum {idle_sum})"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -273,7 +273,10 @@ fn synthetic_usage(job: u32, node: &str) -> Record {
                 mem_peak_mib: 1024,
                 energy_mj: Some(42_000_000),
                 used_gpu_ms: 30_000,
+                idle_ms: None,
+                idle_periods: None,
             }],
+            idle_gpu_ms: None,
         }),
     )
     .unwrap()

@@ -181,6 +181,8 @@ pub fn job_usage(
             mem_peak_mib: 100,
             energy_mj: None,
             used_gpu_ms: u,
+            idle_ms: None,
+            idle_periods: None,
         })
         .collect();
     let body = Usage {
@@ -193,6 +195,7 @@ pub fn job_usage(
         allocated_gpu_ms: gpus.len() as u64 * (end - start),
         used_gpu_ms: used.iter().sum(),
         gpus,
+        idle_gpu_ms: None,
     };
     let id = RecordId::new(cluster, job, None, node, RecordKind::JobUsage).unwrap();
     Record::new(id, end, RecordBody::JobUsage(body)).unwrap()

@@ -159,7 +159,10 @@ fn usage(job: u32) -> Record {
                 mem_peak_mib: 1024,
                 energy_mj: Some(1_000_000),
                 used_gpu_ms: 2_000,
+                idle_ms: None,
+                idle_periods: None,
             }],
+            idle_gpu_ms: None,
         }),
     )
     .unwrap()

@@ -90,10 +90,23 @@ pub(crate) fn example_usage(kind: RecordKind) -> Record {
             mem_peak_mib: 61_440,
             energy_mj: Some(1_440_000_000),
             used_gpu_ms: 3_150_000,
+            idle_ms: None,
+            idle_periods: None,
         }],
         allocated_gpu_ms: 3_600_000,
         used_gpu_ms: 3_150_000,
+        idle_gpu_ms: None,
     };
+    let mut usage = usage;
+    if kind == RecordKind::JobUsage {
+        // healthd's records carry the idle figures: ten idle minutes in the first hour
+        usage.gpus[0].idle_ms = Some(600_000);
+        usage.gpus[0].idle_periods = Some(vec![IdlePeriod {
+            start: 1_700_000_600_000,
+            end: 1_700_001_200_000,
+        }]);
+        usage.idle_gpu_ms = Some(600_000);
+    }
     let body = match kind {
         RecordKind::StepUsage => RecordBody::StepUsage(usage),
         _ => RecordBody::JobUsage(usage),
@@ -295,6 +308,120 @@ fn validation_errors_name_the_field() {
         assert_eq!(e.field(), Some(field), "{e}");
         assert!(e.to_string().starts_with(field), "{e}");
     }
+}
+
+#[test]
+fn idle_figures_are_checked_naming_the_field() {
+    let p = |start, end| IdlePeriod { start, end };
+    let w0 = 1_700_000_000_000;
+    let cases: Vec<(RecordError, &str)> = vec![
+        (
+            usage_err(|b| b.gpus[0].idle_ms = Some(3_600_001)),
+            "body.gpus[0].idle_ms",
+        ),
+        (
+            usage_err(|b| b.gpus[0].idle_periods = Some(vec![p(w0 - 1, w0 + 600_000)])),
+            "body.gpus[0].idle_periods[0].start",
+        ),
+        (
+            usage_err(|b| b.gpus[0].idle_periods = Some(vec![p(w0, w0 + 3_600_001)])),
+            "body.gpus[0].idle_periods[0].end",
+        ),
+        (
+            usage_err(|b| b.gpus[0].idle_periods = Some(vec![p(w0 + 5, w0 + 5)])),
+            "body.gpus[0].idle_periods[0].end",
+        ),
+        (
+            usage_err(|b| {
+                b.gpus[0].idle_periods =
+                    Some(vec![p(w0 + 700_000, w0 + 1_300_000), p(w0, w0 + 700_000)])
+            }),
+            "body.gpus[0].idle_periods[1].start",
+        ),
+        (
+            // touching periods must have been merged
+            usage_err(|b| {
+                b.gpus[0].idle_periods =
+                    Some(vec![p(w0, w0 + 300_000), p(w0 + 300_000, w0 + 600_000)])
+            }),
+            "body.gpus[0].idle_periods[1].start",
+        ),
+        (
+            usage_err(|b| b.gpus[0].idle_periods = Some(vec![p(w0, w0 + 599_999)])),
+            "body.gpus[0].idle_ms",
+        ),
+        (
+            usage_err(|b| {
+                b.gpus[0].idle_periods = Some(
+                    (0..17u64)
+                        .map(|i| p(w0 + i * 200_000, w0 + i * 200_000 + 100_000))
+                        .collect(),
+                )
+            }),
+            "body.gpus[0].idle_periods",
+        ),
+        (
+            usage_err(|b| {
+                b.gpus[0].idle_ms = None;
+                b.idle_gpu_ms = None;
+            }),
+            "body.gpus[0].idle_periods",
+        ),
+        (usage_err(|b| b.idle_gpu_ms = Some(1)), "body.idle_gpu_ms"),
+        (usage_err(|b| b.idle_gpu_ms = None), "body.idle_gpu_ms"),
+        (
+            usage_err(|b| {
+                b.gpus[0].idle_ms = None;
+                b.gpus[0].idle_periods = None;
+            }),
+            "body.idle_gpu_ms",
+        ),
+    ];
+    for (e, field) in cases {
+        assert_eq!(e.field(), Some(field), "{e}");
+    }
+    // unknown stays unknown: no figures at all is valid, and reads back as None, not 0
+    let mut b = usage_body();
+    b.gpus[0].idle_ms = None;
+    b.gpus[0].idle_periods = None;
+    b.idle_gpu_ms = None;
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobUsage).unwrap();
+    let r = Record::new(id, 1, RecordBody::JobUsage(b)).unwrap();
+    let json = String::from_utf8(r.to_json().unwrap()).unwrap();
+    assert!(!json.contains("idle"), "{json}");
+    assert_eq!(Record::from_json(json.as_bytes()).unwrap(), r);
+    // idle_ms without periods is valid (periods are optional detail)
+    let mut b = usage_body();
+    b.gpus[0].idle_periods = None;
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobUsage).unwrap();
+    Record::new(id, 1, RecordBody::JobUsage(b)).unwrap();
+}
+
+#[test]
+fn idle_periods_merge_and_stay_capped() {
+    let p = |start, end| IdlePeriod { start, end };
+    let mut v = Vec::new();
+    push_idle_period(&mut v, p(10, 20));
+    push_idle_period(&mut v, p(30, 40));
+    push_idle_period(&mut v, p(20, 25)); // touches the first
+    push_idle_period(&mut v, p(5, 5)); // empty: ignored
+    assert_eq!(v, vec![p(10, 25), p(30, 40)]);
+    push_idle_period(&mut v, p(24, 31)); // bridges both
+    assert_eq!(v, vec![p(10, 40)]);
+    // 40 periods with gaps of 10, one gap of 1: the cap merges the closest first
+    let mut v = Vec::new();
+    for i in 0..40u64 {
+        push_idle_period(&mut v, p(1000 + i * 20, 1000 + i * 20 + 10));
+    }
+    push_idle_period(&mut v, p(5000, 5010));
+    push_idle_period(&mut v, p(5011, 5020));
+    assert_eq!(v.len(), IDLE_PERIODS_MAX);
+    assert!(v.windows(2).all(|w| w[0].end < w[1].start), "{v:?}");
+    assert_eq!(v.first().map(|q| q.start), Some(1000));
+    assert_eq!(v.last().map(|q| q.end), Some(5020));
+    // every idle instant stays covered
+    let covered: u64 = v.iter().map(IdlePeriod::len_ms).sum();
+    assert!(covered >= 42 * 10 - 1, "{covered}");
 }
 
 #[test]
@@ -523,6 +650,8 @@ fn usage_strategy() -> impl Strategy<Value = Usage> {
                                 mem_peak_mib: mem,
                                 energy_mj,
                                 used_gpu_ms: (span as f64 * used) as u64,
+                                idle_ms: None,
+                                idle_periods: None,
                             }
                         },
                     )
@@ -537,6 +666,7 @@ fn usage_strategy() -> impl Strategy<Value = Usage> {
                     allocated_gpu_ms: gpus.len() as u64 * span,
                     used_gpu_ms: gpus.iter().map(|g| g.used_gpu_ms).sum(),
                     gpus,
+                    idle_gpu_ms: None,
                 }
             },
         )
