@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_comment;
 pub mod auth;
 pub mod day;
 pub mod efficiency;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sgpu_accounting::admin_comment::{self, AdminCommentConfig, NotifyingStore};
 use sgpu_accounting::auth::{
     Authenticator, MungeAuthenticator, NoAuthentication, Policy, group_id, user_id,
 };
@@ -85,6 +86,19 @@ struct Args {
     /// How often retention runs, seconds.
     #[arg(long, default_value_t = 3600)]
     purge_interval_s: u64,
+    /// At job end, write the job's GPU summary into its AdminComment in slurmdbd
+    /// (`sacctmgr -i modify job`; acctd must be a Slurm operator: root or the SlurmUser).
+    #[arg(long)]
+    admin_comment: bool,
+    /// The prefix that marks sgpu's AdminComment (comments without it are left alone).
+    #[arg(long, default_value = sgpu_accounting::admin_comment::DEFAULT_PREFIX)]
+    admin_comment_prefix: String,
+    /// Seconds without a new record of an ended job before its AdminComment is written.
+    #[arg(long, default_value_t = 30)]
+    admin_comment_delay_s: u64,
+    /// Directory of Slurm's `sacct` and `sacctmgr` (default: found on PATH).
+    #[arg(long, value_name = "DIR")]
+    slurm_bin: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -147,8 +161,35 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
+    let served: Arc<dyn Store> = if args.admin_comment {
+        if args.admin_comment_prefix.is_empty()
+            || !args
+                .admin_comment_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            bail!(
+                "--admin-comment-prefix {:?}: use letters, digits and - _ . : only (sacctmgr \
+                 changes quotes, and slurmdbd quotes the value in SQL)",
+                args.admin_comment_prefix
+            );
+        }
+        let mut cfg = AdminCommentConfig::new(&args.admin_comment_prefix);
+        cfg.slurm_bin = args.slurm_bin.clone();
+        cfg.delay = Duration::from_secs(args.admin_comment_delay_s);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner: Arc<dyn Store> = store.clone();
+        tokio::spawn(admin_comment::writer(inner.clone(), cfg, rx));
+        tracing::info!(
+            prefix = %args.admin_comment_prefix,
+            "writing GPU summaries into jobs' AdminComment"
+        );
+        Arc::new(NotifyingStore::new(inner, tx))
+    } else {
+        store.clone()
+    };
     let state = AppState {
-        store: store.clone(),
+        store: served,
         auth,
         policy: Arc::new(policy),
     };

@@ -1,0 +1,164 @@
+use super::*;
+use crate::test_records::{job_end, job_usage, with_slurm_window};
+use sgpu_spool::{GpuRef, JobStart, RecordId, RecordKind};
+
+fn job_start(job: u32, node: &str, start: u64) -> Record {
+    let body = JobStart {
+        user: "alice".into(),
+        uid: 1001,
+        account: None,
+        partition: None,
+        start_time: start,
+        gpus: vec![GpuRef {
+            index: 0,
+            uuid: format!("GPU-{node}-0"),
+            name: None,
+            energy_mj: None,
+        }],
+    };
+    let id = RecordId::new("alpha", job, None, node, RecordKind::JobStart).unwrap();
+    Record::new(id, start, RecordBody::JobStart(body)).unwrap()
+}
+
+#[test]
+fn base64_is_the_standard_alphabet_with_padding() {
+    for (plain, coded) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(base64_encode(plain.as_bytes()), coded);
+        assert_eq!(base64_decode(coded).unwrap(), plain.as_bytes());
+    }
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(base64_decode(&base64_encode(&all)).unwrap(), all);
+    assert_eq!(base64_decode("Zm9"), None);
+    assert_eq!(base64_decode("Zg==Zg=="), None);
+    assert_eq!(base64_decode("Z'9v"), None);
+}
+
+#[test]
+fn the_summary_is_written_only_when_every_node_ended_and_reads_back() {
+    let start = job_start(7, "n1", 1_000);
+    let end = with_slurm_window(job_end(7, "n1", 1_000, 11_000, &[500]), 1, 11);
+    assert_eq!(summary_of("alpha", 7, std::slice::from_ref(&start)), None);
+    // node n2 started and has not ended: not yet
+    let n2 = job_start(7, "n2", 1_000);
+    assert_eq!(
+        summary_of("alpha", 7, &[start.clone(), end.clone(), n2]),
+        None
+    );
+    let usage = job_usage(7, "n1", 1_000, 11_000, &[5_000]);
+    let s = summary_of("alpha", 7, &[start, end, usage]).unwrap();
+    assert_eq!((s.v, s.gpus, s.alloc_gpu_ms), (1, 1, 10_000));
+    assert_eq!(s.used_gpu_ms, Some(5_000));
+    assert_eq!(s.energy_mj, Some(500));
+    assert_eq!(s.idle_gpu_ms, None);
+    let text = s.encode("sgpu1:").unwrap();
+    assert!(text.starts_with("sgpu1:"));
+    // nothing sacctmgr or SQL would change: no quote, no space, no separator
+    assert!(
+        text.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=:".contains(&b)),
+        "{text}"
+    );
+    assert_eq!(Summary::decode(&text, "sgpu1:").unwrap(), s);
+    // unknown figures are absent from the JSON, not 0
+    let json = String::from_utf8(base64_decode(&text["sgpu1:".len()..]).unwrap()).unwrap();
+    assert!(!json.contains("idle"), "{json}");
+    assert!(Summary::decode(&text, "other:").is_err());
+}
+
+#[test]
+fn a_summary_too_long_for_the_comment_leaves_out_the_gpus() {
+    let mut records = Vec::new();
+    for n in 0..64 {
+        records.push(job_end(
+            8,
+            &format!("node{n:04}"),
+            0,
+            1_000,
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+        ));
+    }
+    let s = summary_of("alpha", 8, &records).unwrap();
+    assert_eq!(s.gpus, 512);
+    let text = s.encode(DEFAULT_PREFIX).unwrap();
+    assert!(text.len() <= MAX_ADMIN_COMMENT_BYTES);
+    let back = Summary::decode(&text, DEFAULT_PREFIX).unwrap();
+    assert!(back.per_gpu.is_empty());
+    assert_eq!(back.gpus_omitted, Some(512));
+    assert_eq!(back.alloc_gpu_ms, 512_000);
+}
+
+/// Fake `sacct` and `sacctmgr` in a directory: sacct prints `sacct_out`, sacctmgr logs its
+/// arguments to `args` and prints `Modified jobs...`.
+fn fake_slurm(sacct_out: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    std::fs::write(dir.path().join("sacct.out"), sacct_out).unwrap();
+    let d = dir.path().display();
+    write("sacct", format!("#!/bin/sh\ncat {d}/sacct.out\n"));
+    write(
+        "sacctmgr",
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {d}/args\n\
+             echo ' Modified jobs...'\necho '  124 submitted at 2026-12-04T05:00:00'\n"
+        ),
+    );
+    dir
+}
+
+#[tokio::test]
+async fn an_array_task_is_named_as_sacct_names_it_and_a_foreign_comment_stays() {
+    let dir = fake_slurm("124|123_4|\n");
+    let mut cfg = AdminCommentConfig::new("sgpu1:");
+    cfg.slurm_bin = Some(dir.path().to_path_buf());
+    let got = write_one(&cfg, "alpha", 124, "sgpu1:e30=").await.unwrap();
+    assert_eq!(got, Written::Written("123_4".into()));
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "-i",
+            "modify",
+            "job",
+            "where",
+            "jobid=123_4",
+            "cluster=alpha",
+            "set",
+            "AdminComment=sgpu1:e30="
+        ]
+    );
+    // an admin's note (with a '|' in it) is left alone
+    let dir = fake_slurm("124|124|rack 4 | bad PSU\n");
+    cfg.slurm_bin = Some(dir.path().to_path_buf());
+    assert_eq!(
+        write_one(&cfg, "alpha", 124, "sgpu1:e30=").await.unwrap(),
+        Written::LeftAlone
+    );
+    assert!(!dir.path().join("args").exists());
+    // sgpu's own older summary is replaced
+    let dir = fake_slurm("124|124|sgpu1:old\n");
+    cfg.slurm_bin = Some(dir.path().to_path_buf());
+    assert_eq!(
+        write_one(&cfg, "alpha", 124, "sgpu1:e30=").await.unwrap(),
+        Written::Written("124".into())
+    );
+    // slurmdbd without the job
+    let dir = fake_slurm("");
+    cfg.slurm_bin = Some(dir.path().to_path_buf());
+    assert!(matches!(
+        write_one(&cfg, "alpha", 124, "sgpu1:e30=").await,
+        Err(WriteError::NoJob(_))
+    ));
+}
