@@ -15,9 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sgpu_spool::{Record, RecordBody};
+use sgpu_spool::{NodeEvent, Record, RecordBody};
 use sgpu_wire::acctd::VERSION;
-use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency, mem_from_model};
+use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency, IdleAction, Period, mem_from_model};
 
 use crate::http::{AppState, error, reader_scope, record_user};
 
@@ -46,17 +46,33 @@ async fn get_efficiency(
     };
     let store = state.store.clone();
     let c = cluster.clone();
-    let read = move || -> Result<Vec<Record>, crate::store::StoreError> {
+    let read = move || -> Result<(Vec<Record>, Vec<NodeEvent>), crate::store::StoreError> {
         // Another user's job looks exactly like a missing one: no 403 that would confirm it.
-        Ok(store
+        let records: Vec<Record> = store
             .job(&c, job_id)?
             .into_iter()
             .filter(|r| scope.allows(record_user(r)))
-            .collect())
+            .collect();
+        let mut events = Vec::new();
+        if !records.is_empty() {
+            store.for_each_event(&mut |e| {
+                if e.cluster == c
+                    && e.job
+                        .as_ref()
+                        .is_some_and(|j| j.job_id == u64::from(job_id))
+                {
+                    events.push(e);
+                }
+            })?;
+        }
+        Ok((records, events))
     };
     match tokio::task::spawn_blocking(read).await {
-        Ok(Ok(records)) => match efficiency(&cluster, job_id, &records, now_ms()) {
-            Some(answer) => axum::Json(answer).into_response(),
+        Ok(Ok((records, events))) => match efficiency(&cluster, job_id, &records, now_ms()) {
+            Some(mut answer) => {
+                answer.actions = actions(&events, answer.run);
+                axum::Json(answer).into_response()
+            }
             None => error(
                 StatusCode::NOT_FOUND,
                 format!("no records of job {job_id} on cluster {cluster}"),
@@ -71,6 +87,26 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The idle-policy actions of run `run` among a job's node events, oldest first.
+pub fn actions(events: &[NodeEvent], run: u32) -> Vec<IdleAction> {
+    let mut out: Vec<IdleAction> = events
+        .iter()
+        .filter(|e| e.action.is_job_action() && e.job.as_ref().is_some_and(|j| j.run == run))
+        .map(|e| IdleAction {
+            time_ms: e.time_ms,
+            node: e.node.clone(),
+            action: if e.job.as_ref().is_some_and(|j| j.dry_run) {
+                format!("{} (dry run)", e.action.as_str())
+            } else {
+                e.action.as_str().to_string()
+            },
+            reason: e.reason.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| (a.time_ms, &a.node).cmp(&(b.time_ms, &b.node)));
+    out
 }
 
 /// Adds `v` to an unknown-or-known sum.
@@ -174,6 +210,15 @@ pub fn efficiency(
                     if let Some(energy) = g.energy_mj {
                         let e = sampled_energy.entry(key.clone()).or_default();
                         *e = e.saturating_add(energy);
+                    }
+                    if let Some(idle) = g.idle_ms {
+                        add(&mut x.idle_ms, idle);
+                        let periods = x.idle_periods.get_or_insert_with(Vec::new);
+                        periods.extend(g.idle_periods.iter().flatten().map(|p| Period {
+                            start_ms: p.start,
+                            end_ms: p.end,
+                        }));
+                        periods.sort_by_key(|p| p.start_ms);
                     }
                     let u = util.entry(key).or_default();
                     u.0 += g.util_mean_pct * g.samples as f64;
@@ -319,5 +364,76 @@ mod tests {
         assert_eq!(a.nodes, vec!["n2"]);
         assert_eq!(a.allocated_gpu_ms, 8_000);
         assert!(efficiency("alpha", 9, &[], 0).is_none());
+    }
+
+    #[test]
+    fn idle_time_and_periods_come_from_healthd_records() {
+        let usage = job_usage(10, "n1", 0, 100_000, &[10_000, 20_000]);
+        let (id, written, body) = usage.into_parts();
+        let RecordBody::JobUsage(mut b) = body else {
+            panic!("not a job_usage")
+        };
+        b.gpus[0].idle_ms = Some(30_000);
+        b.gpus[0].idle_periods = Some(vec![
+            sgpu_spool::IdlePeriod {
+                start: 50_000,
+                end: 70_000,
+            },
+            sgpu_spool::IdlePeriod {
+                start: 80_000,
+                end: 90_000,
+            },
+        ]);
+        b.gpus[1].idle_ms = Some(0);
+        b.gpus[1].idle_periods = Some(vec![]);
+        b.idle_gpu_ms = Some(30_000);
+        let usage = Record::new(id, written, RecordBody::JobUsage(b)).unwrap();
+        let records = vec![job_end(10, "n1", 0, 100_000, &[1, 1]), usage];
+        let a = efficiency("alpha", 10, &records, 200_000).unwrap();
+        assert_eq!(a.idle_gpu_ms, Some(30_000));
+        assert_eq!(a.gpus[0].idle_ms, Some(30_000));
+        let p = a.gpus[0].idle_periods.clone().unwrap();
+        assert_eq!((p[0].start_ms, p[0].end_ms, p.len()), (50_000, 70_000, 2));
+        assert_eq!(a.gpus[1].idle_ms, Some(0));
+        assert_eq!(a.gpus[1].idle_periods, Some(vec![]));
+    }
+
+    #[test]
+    fn idle_actions_of_the_run_are_listed_oldest_first() {
+        use sgpu_spool::{JobAction, NodeAction, NodeEvent};
+        let event = |t: u64, action: NodeAction, run: u32, dry_run: bool| NodeEvent {
+            id: format!("e{t}"),
+            cluster: "alpha".into(),
+            node: "n1".into(),
+            time_ms: t,
+            action,
+            source: "healthd".into(),
+            uid: 0,
+            user: "root".into(),
+            reason: format!("at {t}"),
+            previous_reason: None,
+            forced: false,
+            job: Some(JobAction {
+                job_id: 10,
+                run,
+                user: "alice".into(),
+                account: None,
+                partition: "gpu".into(),
+                gpus: vec![0],
+                idle_minutes: 10,
+                policy: "util<5% for 600s".into(),
+                dry_run,
+            }),
+        };
+        let events = vec![
+            event(300, NodeAction::IdleCancel, 0, true),
+            event(100, NodeAction::IdleWarn, 0, false),
+            event(200, NodeAction::IdleWarn, 1, false),
+        ];
+        let a = actions(&events, 0);
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].time_ms, a[0].action.as_str()), (100, "idle_warn"));
+        assert_eq!(a[1].action, "idle_cancel (dry run)");
+        assert_eq!(actions(&events, 1).len(), 1);
     }
 }
