@@ -100,8 +100,13 @@ pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> 
         Some(n) => Some(n),
         None => expected_from_slurm(args.node.as_deref(), &mut notes),
     };
+    ctx.infiniband = Some(config.infiniband.clone());
+    let opts = NvmlOptions {
+        nvlink_counters: ctx.profile == sgpu_nodelib::catalogue::Profile::Full,
+        ..NvmlOptions::from_config(&config)
+    };
 
-    let results = match gpu::collect(&NvmlOptions::from_config(&config), true) {
+    let results = match gpu::collect(&opts, true) {
         Ok(collected) => {
             match XidStore::open(&config.state_dir) {
                 Ok(mut store) => {
@@ -211,6 +216,7 @@ fn run_capture(config: &Config, args: &CheckArgs, file: &Path) -> anyhow::Result
     let opts = NvmlOptions {
         library: Some(library),
         timeout: config.nvml_timeout,
+        nvlink_counters: true,
     };
     let mut notes: Vec<String> = vec![format!(
         "capture {} ({:?}, driver {})",

@@ -293,7 +293,11 @@ impl Daemon {
         }
         let policy = Policy::new(&catalogue, config.resume_after, memory);
         Ok(Daemon {
-            session: Session::new(NvmlOptions::from_config(&config)),
+            // the full run reads the NVLink error counters too (gpu.nvlink_errors)
+            session: Session::new(NvmlOptions {
+                nvlink_counters: true,
+                ..NvmlOptions::from_config(&config)
+            }),
             catalogue,
             scontrol,
             policy,
@@ -320,6 +324,7 @@ impl Daemon {
         let mut ctx = CheckContext::new(Profile::Full);
         ctx.nvml_timeout = self.config.nvml_timeout;
         ctx.pinned_driver_version = self.config.pinned_driver_version.clone();
+        ctx.infiniband = Some(self.config.infiniband.clone());
         ctx.expected_gpu_count = match NodeLayout::load(&nodeconf::slurm_conf_path(), &self.node) {
             Ok(l) => {
                 for n in &l.notes {

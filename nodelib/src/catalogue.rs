@@ -151,6 +151,14 @@ pub const GPU_RETIRED_PAGES: &str = "gpu.retired_pages";
 pub const GPU_PCIE_REPLAY_RATE: &str = "gpu.pcie_replay_rate";
 /// Check id: NVSwitch fabric registration.
 pub const GPU_FABRIC: &str = "gpu.fabric";
+/// Check id: NVLink links active.
+pub const GPU_NVLINK: &str = "gpu.nvlink";
+/// Check id: NVLink error counters by rate.
+pub const GPU_NVLINK_ERRORS: &str = "gpu.nvlink_errors";
+/// Check id: InfiniBand/RoCE ports up at their rate.
+pub const IB_PORT: &str = "ib.port";
+/// Check id: InfiniBand/RoCE port error counters by rate.
+pub const IB_ERRORS: &str = "ib.errors";
 
 /// The built-in catalogue, in evaluation (and display) order.
 pub static CATALOGUE: &[CheckSpec] = &[
@@ -412,6 +420,86 @@ pub static CATALOGUE: &[CheckSpec] = &[
         reason_template: "fabric {observed}",
         thresholds: &[],
         auto_recoverable: true,
+    },
+    CheckSpec {
+        id: GPU_NVLINK,
+        description: "NVLink links of a board that has them are active: fewer active links \
+                      than expected_active_links (when set), than the most this GPU has had \
+                      active on this node, or an inactive link beside active ones fails; a \
+                      board whose links are all inactive and never were (a PCIe board \
+                      without a bridge) is not judged",
+        default_severity: Severity::Drain,
+        profiles: BOTH,
+        reason_template: "NVLink {observed}, expected {threshold}",
+        thresholds: &[ThresholdSpec {
+            name: "expected_active_links",
+            default: 0.0,
+            description: "active links every GPU should have (0: the board's own links, \
+                          once one of them is active, and the most seen on this node)",
+        }],
+        auto_recoverable: false,
+    },
+    CheckSpec {
+        id: GPU_NVLINK_ERRORS,
+        description: "NVLink error counters (CRC flit, CRC data, replay, recovery) per link: \
+                      their rise since a reference reading at most an hour old, per hour \
+                      (counted over at least an hour); a rise above warn_per_hour warns, \
+                      above drain_per_hour fails at this severity",
+        default_severity: Severity::Drain,
+        profiles: FULL,
+        reason_template: "{observed}",
+        thresholds: &[
+            ThresholdSpec {
+                name: "warn_per_hour",
+                default: 0.0,
+                description: "errors per hour on one link and counter tolerated without \
+                              a warning",
+            },
+            ThresholdSpec {
+                name: "drain_per_hour",
+                default: 100.0,
+                description: "errors per hour on one link and counter above which the \
+                              check fails at its severity",
+            },
+        ],
+        auto_recoverable: false,
+    },
+    CheckSpec {
+        id: IB_PORT,
+        description: "InfiniBand/RoCE ports ([infiniband] in sgpu.toml, else the node's \
+                      baseline of ports once up): present, ACTIVE and LinkUp, at their \
+                      expected rate or above",
+        default_severity: Severity::Drain,
+        profiles: BOTH,
+        reason_template: "{observed}",
+        thresholds: &[],
+        auto_recoverable: true,
+    },
+    CheckSpec {
+        id: IB_ERRORS,
+        description: "InfiniBand/RoCE port error counters (symbol_error, link_downed, \
+                      link_error_recovery, port_rcv_errors) of active ports: their rise since \
+                      a reference reading at most an hour old, per hour (counted over at \
+                      least an hour); above warn_per_hour warns, above drain_per_hour fails \
+                      at this severity",
+        default_severity: Severity::Drain,
+        profiles: FULL,
+        reason_template: "{observed}",
+        thresholds: &[
+            ThresholdSpec {
+                name: "warn_per_hour",
+                default: 0.0,
+                description: "errors per hour on one port and counter tolerated without a \
+                              warning",
+            },
+            ThresholdSpec {
+                name: "drain_per_hour",
+                default: 10.0,
+                description: "errors per hour on one port and counter above which the check \
+                              fails at its severity",
+            },
+        ],
+        auto_recoverable: false,
     },
 ];
 

@@ -43,6 +43,9 @@ pub struct CheckContext {
     pub history: Option<History>,
     /// Unix time of this check, seconds (for rates).
     pub now: f64,
+    /// The `[infiniband]` settings: with them, [`evaluate_remembering`] also judges the
+    /// node's InfiniBand/RoCE ports ([`crate::infiniband`]); `None`: not judged (captures).
+    pub infiniband: Option<crate::infiniband::IbSettings>,
 }
 
 impl CheckContext {
@@ -60,6 +63,7 @@ impl CheckContext {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
+            infiniband: None,
         }
     }
 
@@ -88,12 +92,23 @@ pub fn evaluate_remembering(
         }
     };
     ctx.history = history.clone();
-    let results = evaluate(snapshot, ctx, catalogue);
+    let mut results = evaluate(snapshot, ctx, catalogue);
     if let (true, Some(h)) = (save, history.as_mut()) {
         h.observe(snapshot, ctx.now);
         if let Err(e) = h.save(state_dir) {
             let e: HistoryError = e;
             note = Some(e.to_string());
+        }
+    }
+    if let Some(ib) = &ctx.infiniband {
+        let run = crate::infiniband::evaluate(ib, ctx.profile, catalogue, state_dir, save, ctx.now);
+        results.extend(run.results);
+        if !run.notes.is_empty() {
+            let joined = run.notes.join("; ");
+            note = Some(match note {
+                Some(n) => format!("{n}; {joined}"),
+                None => joined,
+            });
         }
     }
     (results, note)
@@ -517,6 +532,8 @@ fn gpu_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
     memory_fault_results(e, g);
     thermal_results(e, g, ctx);
     degradation_results(e, g, ctx);
+    let nvlink = crate::nvlink::results(e.catalogue, e.profile, g, ctx.record(g), ctx.now);
+    e.out.extend(nvlink);
     leftover_results(e, g, ctx);
 }
 

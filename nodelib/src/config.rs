@@ -33,6 +33,7 @@ use toml::Spanned;
 use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
 
 mod accounting;
+mod infiniband;
 mod prices;
 pub use accounting::{
     AccountingConfig, AcctAuth, DEFAULT_FORWARD_BACKOFF_MAX_S, DEFAULT_FORWARD_BATCH,
@@ -185,6 +186,8 @@ pub struct Config {
     pub accounting: AccountingConfig,
     /// The `[prices]` table: costs in `sgpu report`.
     pub prices: PricesConfig,
+    /// The `[infiniband]` table: expected ports and where sysfs lists them.
+    pub infiniband: crate::infiniband::IbSettings,
 }
 
 impl Default for Config {
@@ -209,6 +212,7 @@ impl Default for Config {
             status_listen: DEFAULT_STATUS_LISTEN.parse().ok(),
             accounting: AccountingConfig::default(),
             prices: PricesConfig::default(),
+            infiniband: crate::infiniband::IbSettings::default(),
         }
     }
 }
@@ -238,6 +242,7 @@ struct RawConfig {
     status_listen: Option<Spanned<String>>,
     accounting: Option<accounting::RawAccounting>,
     prices: Option<prices::RawPrices>,
+    infiniband: Option<infiniband::RawInfiniband>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -537,6 +542,12 @@ impl Config {
 
         if let Some(p) = raw.prices {
             config.prices = p
+                .validate()
+                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+        }
+
+        if let Some(ib) = raw.infiniband {
+            config.infiniband = ib
                 .validate()
                 .map_err(|(offset, key, message)| invalid(offset, key, message))?;
         }

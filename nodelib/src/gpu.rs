@@ -53,6 +53,9 @@ pub struct NvmlOptions {
     pub library: Option<PathBuf>,
     /// Deadline for each request (for [`collect`]: for the whole run).
     pub timeout: Duration,
+    /// Whether snapshots read the NVLink error counters (4 calls per active link: the
+    /// daemon's and `sgpu check`'s `full` runs; the gates read link states only).
+    pub nvlink_counters: bool,
 }
 
 impl NvmlOptions {
@@ -61,6 +64,7 @@ impl NvmlOptions {
         NvmlOptions {
             library: config.nvml_library.clone(),
             timeout: config.nvml_timeout,
+            nvlink_counters: false,
         }
     }
 }
@@ -247,6 +251,8 @@ pub struct GpuSnapshot {
     pub pcie_replays: Reading<u32>,
     /// NVSwitch fabric registration (unsupported without an NVSwitch fabric).
     pub fabric: Reading<FabricInfo>,
+    /// NVLink links, by link number (unsupported on a board without NVLink).
+    pub nvlink: Reading<Vec<crate::nvlink::Link>>,
     /// MIG mode (current).
     pub mig_mode: Reading<bool>,
     /// Persistence mode.
@@ -286,6 +292,7 @@ impl GpuSnapshot {
         };
         g.pcie_replays = Reading::Unsupported;
         g.fabric = Reading::Unsupported;
+        g.nvlink = Reading::Unsupported;
         g.mig_mode = Reading::Unsupported;
         g.persistence_mode = Reading::Unsupported;
         g.compute_processes = Reading::Unsupported;
@@ -325,6 +332,7 @@ impl GpuSnapshot {
             },
             pcie_replays: err(m),
             fabric: err(m),
+            nvlink: err(m),
             mig_mode: err(m),
             persistence_mode: err(m),
             compute_processes: err(m),
@@ -503,9 +511,10 @@ impl NvmlWorker {
         let (init_tx, init_rx) = mpsc::channel::<Result<(), NvmlFailure>>();
         let library: Option<OsString> = opts.library.as_ref().map(|p| p.clone().into_os_string());
         let (p, b) = (progress.clone(), busy.clone());
+        let nvlink_counters = opts.nvlink_counters;
         let spawned = std::thread::Builder::new()
             .name("sgpu-nvml".into())
-            .spawn(move || worker_main(library, jobs_rx, init_tx, p, b));
+            .spawn(move || worker_main(library, nvlink_counters, jobs_rx, init_tx, p, b));
         if let Err(e) = spawned {
             return Err((
                 NvmlFailure::Query(format!("cannot start the NVML thread: {e}")),
@@ -692,7 +701,7 @@ impl Session {
 
     /// Reads a [`NodeSnapshot`] (no deadline: see [`Session`]).
     pub fn snapshot(&self) -> Result<NodeSnapshot, NvmlFailure> {
-        read_snapshot(&self.nvml, &Progress::default())
+        read_snapshot(&self.nvml, &Progress::default(), false)
     }
 
     /// A [`NodeSnapshot`] with only what names each GPU and its energy counter: UUID, name,
@@ -769,6 +778,7 @@ pub fn collect(opts: &NvmlOptions, watch_xids: bool) -> Result<Collected, NvmlFa
 
 fn worker_main(
     library: Option<OsString>,
+    nvlink_counters: bool,
     jobs: Receiver<Job>,
     init: Sender<Result<(), NvmlFailure>>,
     progress: Progress,
@@ -799,7 +809,7 @@ fn worker_main(
     while let Ok((req, reply)) = jobs.recv() {
         busy.store(true, Ordering::SeqCst);
         let answer = match req {
-            Request::Snapshot => Reply::Snapshot(read_snapshot(&nvml, &progress)),
+            Request::Snapshot => Reply::Snapshot(read_snapshot(&nvml, &progress, nvlink_counters)),
             Request::Sample => Reply::Sample(read_samples(&nvml, &progress)),
             Request::WatchXids => {
                 set_progress(&progress, "registering XID events");
@@ -822,7 +832,11 @@ fn worker_main(
     }
 }
 
-fn read_snapshot(nvml: &Nvml, progress: &Progress) -> Result<NodeSnapshot, NvmlFailure> {
+fn read_snapshot(
+    nvml: &Nvml,
+    progress: &Progress,
+    nvlink_counters: bool,
+) -> Result<NodeSnapshot, NvmlFailure> {
     set_progress(progress, "reading the driver version");
     let mut ignore = false;
     let driver_version = Reading::from_result(nvml.sys_driver_version(), &mut ignore);
@@ -834,7 +848,7 @@ fn read_snapshot(nvml: &Nvml, progress: &Progress) -> Result<NodeSnapshot, NvmlF
     for index in 0..count {
         set_progress(progress, format!("reading gpu{index}"));
         gpus.push(match nvml.device_by_index(index) {
-            Ok(d) => read_gpu(nvml, index, &d),
+            Ok(d) => read_gpu(nvml, index, &d, nvlink_counters),
             Err(NvmlError::GpuLost) => GpuSnapshot::lost(index, NvmlError::GpuLost.to_string()),
             Err(e) => {
                 let mut g = GpuSnapshot::lost(index, e.to_string());
@@ -902,7 +916,7 @@ fn opt<T>(r: Result<T, NvmlError>, lost: &mut bool) -> Option<T> {
     }
 }
 
-fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
+fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>, nvlink_counters: bool) -> GpuSnapshot {
     let mut lost = false;
     let l = &mut lost;
     let uuid = Reading::from_result(d.uuid(), l);
@@ -956,6 +970,7 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
     };
     let pcie_replays = Reading::from_result(d.pcie_replay_counter(), l);
     let fabric = Reading::from_result(fabric_info(nvml, d), l);
+    let nvlink = Reading::from_result(crate::nvlink::read_links(d, nvlink_counters), l);
     let mig_mode = Reading::from_result(d.mig_mode().map(|m| m.current != 0), l);
     let persistence_mode = Reading::from_result(d.is_in_persistent_mode(), l);
     let compute_processes = Reading::from_result(
@@ -995,6 +1010,7 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>) -> GpuSnapshot {
         pcie,
         pcie_replays,
         fabric,
+        nvlink,
         mig_mode,
         persistence_mode,
         compute_processes,

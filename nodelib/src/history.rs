@@ -88,6 +88,12 @@ pub struct GpuRecord {
     /// When the GPU was last seen (Unix s).
     #[serde(default)]
     pub seen: f64,
+    /// The most NVLink links this GPU has had active at once.
+    #[serde(default)]
+    pub nvlink_active_best: Option<u32>,
+    /// Reference readings of the NVLink error counters, by `<link>/<counter>`.
+    #[serde(default)]
+    pub nvlink_errors: BTreeMap<String, CounterReading>,
 }
 
 /// The node's GPU history, by GPU UUID.
@@ -145,6 +151,7 @@ impl History {
             }
             r.ecc_corrected = advance(r.ecc_corrected, &g.ecc_volatile_corrected, now);
             r.pcie_replays = advance(r.pcie_replays, &g.pcie_replays, now);
+            crate::nvlink::observe(r, g, now);
             r.seen = now;
         }
         if self.gpus.len() > MAX_GPUS {

@@ -663,6 +663,7 @@ fn init_failures_are_distinct() {
         &NvmlOptions {
             library: Some("/nonexistent/libnvidia-ml.so.1".into()),
             timeout: common::TIMEOUT,
+            nvlink_counters: false,
         },
         false,
     )

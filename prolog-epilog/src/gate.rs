@@ -98,6 +98,7 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
     let mut ctx = CheckContext::new(profile);
     ctx.nvml_timeout = config.nvml_timeout;
     ctx.pinned_driver_version = config.pinned_driver_version.clone();
+    ctx.infiniband = Some(config.infiniband.clone());
     ctx.expected_gpu_count = layout.as_ref().and_then(NodeLayout::expected_count);
 
     match collected {

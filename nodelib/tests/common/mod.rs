@@ -22,6 +22,7 @@ pub fn options(timeout: Duration) -> NvmlOptions {
     NvmlOptions {
         library: Some(library().to_path_buf()),
         timeout,
+        nvlink_counters: true,
     }
 }
 
