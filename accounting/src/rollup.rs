@@ -8,7 +8,9 @@
 //!   `energy_delta_mj`, else end − start counter; measured over the gates' window, so split
 //!   over that window's days in proportion to the overlap, see [`crate::day`]).
 //! - `job_usage` (healthd) adds used GPU-ms, per GPU, split over its window's days the same
-//!   way. It never touches allocated time or energy, so it may arrive before or after the
+//!   way, and where a GPU's `idle_ms` is present (healthd measured idle time) that idle
+//!   time (split the same way) and the window's GPU-ms as `idle_measured_gpu_ms`, so a row
+//!   knows over how much GPU time its idle figure was measured (0: unknown). It never touches allocated time or energy, so it may arrive before or after the
 //!   job's `job_end`.
 //! - `job_start` and `step_usage` are stored for job queries but add nothing: step usage
 //!   overlaps the job's own usage and would count twice.
@@ -55,6 +57,12 @@ pub struct RollupValue {
     pub energy_mj: u64,
     /// Jobs counted in this row.
     pub jobs: u64,
+    /// Idle GPU time (healthd's idle detection), GPU-ms: counted only where it was
+    /// measured (see `idle_measured_gpu_ms`).
+    pub idle_gpu_ms: u64,
+    /// GPU time over which idle time was measured (the windows of `job_usage` records that
+    /// carry `idle_ms`), GPU-ms; 0: idle time is unknown in this row (not 0 idle).
+    pub idle_measured_gpu_ms: u64,
 }
 
 impl RollupValue {
@@ -64,31 +72,50 @@ impl RollupValue {
         self.used_gpu_ms = self.used_gpu_ms.saturating_add(other.used_gpu_ms);
         self.energy_mj = self.energy_mj.saturating_add(other.energy_mj);
         self.jobs = self.jobs.saturating_add(other.jobs);
+        self.idle_gpu_ms = self.idle_gpu_ms.saturating_add(other.idle_gpu_ms);
+        self.idle_measured_gpu_ms = self
+            .idle_measured_gpu_ms
+            .saturating_add(other.idle_measured_gpu_ms);
     }
 
-    /// The 32-byte stored form (four big-endian u64).
-    pub fn encode(&self) -> [u8; 32] {
-        let mut b = [0u8; 32];
-        b[0..8].copy_from_slice(&self.allocated_gpu_ms.to_be_bytes());
-        b[8..16].copy_from_slice(&self.used_gpu_ms.to_be_bytes());
-        b[16..24].copy_from_slice(&self.energy_mj.to_be_bytes());
-        b[24..32].copy_from_slice(&self.jobs.to_be_bytes());
+    /// The 48-byte stored form (six big-endian u64: allocated, used, energy, jobs, idle,
+    /// idle measured).
+    pub fn encode(&self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        for (i, w) in [
+            self.allocated_gpu_ms,
+            self.used_gpu_ms,
+            self.energy_mj,
+            self.jobs,
+            self.idle_gpu_ms,
+            self.idle_measured_gpu_ms,
+        ]
+        .iter()
+        .enumerate()
+        {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
+        }
         b
     }
 
-    /// Reads the stored form; `None` if it is not 32 bytes.
+    /// Reads the stored form: 48 bytes, or the 32 bytes of rows written before idle time
+    /// was kept (idle then unknown: `idle_measured_gpu_ms` 0); `None` otherwise.
     pub fn decode(b: &[u8]) -> Option<RollupValue> {
-        let b: &[u8; 32] = b.try_into().ok()?;
+        if b.len() != 32 && b.len() != 48 {
+            return None;
+        }
         let word = |i: usize| {
             let mut w = [0u8; 8];
-            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
-            u64::from_be_bytes(w)
+            w.copy_from_slice(b.get(i * 8..i * 8 + 8)?);
+            Some(u64::from_be_bytes(w))
         };
         Some(RollupValue {
-            allocated_gpu_ms: word(0),
-            used_gpu_ms: word(1),
-            energy_mj: word(2),
-            jobs: word(3),
+            allocated_gpu_ms: word(0)?,
+            used_gpu_ms: word(1)?,
+            energy_mj: word(2)?,
+            jobs: word(3)?,
+            idle_gpu_ms: word(4).unwrap_or(0),
+            idle_measured_gpu_ms: word(5).unwrap_or(0),
         })
     }
 }
@@ -213,6 +240,16 @@ pub fn contributions(record: &Record) -> BTreeMap<RollupKey, RollupValue> {
                 for (day, part) in split_amount(gpu.used_gpu_ms, &days) {
                     let v = out.entry(g.key(day, model.clone())).or_default();
                     v.used_gpu_ms = v.used_gpu_ms.saturating_add(part);
+                }
+                if let Some(idle) = gpu.idle_ms {
+                    for (day, part) in split_amount(idle, &days) {
+                        let v = out.entry(g.key(day, model.clone())).or_default();
+                        v.idle_gpu_ms = v.idle_gpu_ms.saturating_add(part);
+                    }
+                    for &(day, overlap) in &days {
+                        let v = out.entry(g.key(day, model.clone())).or_default();
+                        v.idle_measured_gpu_ms = v.idle_measured_gpu_ms.saturating_add(overlap);
+                    }
                 }
             }
         }

@@ -63,6 +63,9 @@ const CONFLICT: u8 = b'c';
 const CONVERT_CHUNK: usize = if cfg!(test) { 2 } else { 50_000 };
 /// The entry encoding's version byte.
 const ENTRY_V1: u8 = 1;
+/// A rollup group whose values carry idle time too ([`RollupValue::encode`], 48 bytes);
+/// groups of [`ENTRY_V1`] (32-byte values, idle not measured) are still read.
+const ROLLUP_V2: u8 = 2;
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -281,11 +284,11 @@ struct RollupGroup {
 }
 
 impl RollupGroup {
-    /// Stored form: version byte, then per row user, partition and model (each a 4-byte
-    /// length and its bytes) and the 32-byte [`RollupValue::encode`].
+    /// Stored form: version byte ([`ROLLUP_V2`]), then per row user, partition and model
+    /// (each a 4-byte length and its bytes) and the 48-byte [`RollupValue::encode`].
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.rows.len() * 64);
-        out.push(ENTRY_V1);
+        let mut out = Vec::with_capacity(1 + self.rows.len() * 80);
+        out.push(ROLLUP_V2);
         for ((user, partition, model), v) in &self.rows {
             put_len(&mut out, user.as_bytes());
             put_len(&mut out, partition.as_bytes());
@@ -298,12 +301,16 @@ impl RollupGroup {
     fn decode(key: &[u8], b: &[u8]) -> Result<RollupGroup, StoreError> {
         let bad = || corrupt(key, "rollup row is malformed");
         let (&version, mut rest) = b.split_first().ok_or_else(bad)?;
-        if version != ENTRY_V1 {
-            return Err(corrupt(
-                key,
-                format!("rollup row version {version} is unknown to this acctd: upgrade it"),
-            ));
-        }
+        let value_len = match version {
+            ENTRY_V1 => 32,
+            ROLLUP_V2 => 48,
+            _ => {
+                return Err(corrupt(
+                    key,
+                    format!("rollup row version {version} is unknown to this acctd: upgrade it"),
+                ));
+            }
+        };
         let mut rows = BTreeMap::new();
         let text = |rest: &mut &[u8]| -> Option<String> {
             let (len, r) = rest.split_first_chunk::<4>()?;
@@ -316,8 +323,8 @@ impl RollupGroup {
             let user = text(&mut rest).ok_or_else(bad)?;
             let partition = text(&mut rest).ok_or_else(bad)?;
             let model = text(&mut rest).ok_or_else(bad)?;
-            let (v, r) = rest.split_first_chunk::<32>().ok_or_else(bad)?;
-            rest = r;
+            let v = rest.get(..value_len).ok_or_else(bad)?;
+            rest = &rest[value_len..];
             let v = RollupValue::decode(v).ok_or_else(bad)?;
             rows.insert((user, partition, model), v);
         }

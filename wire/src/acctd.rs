@@ -111,6 +111,15 @@ pub struct ReportRow {
     pub energy_mj: u64,
     /// Jobs that ended inside the window.
     pub jobs: u64,
+    /// Idle GPU time inside the window, GPU-ms, over the GPU time where healthd measured
+    /// it (`idle_measured_gpu_ms`). `None`: not measured for any job of the group (or an
+    /// acctd that predates idle time): unknown, not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_gpu_ms: Option<u64>,
+    /// GPU time inside the window over which idle time was measured, GPU-ms (`None`: as
+    /// for `idle_gpu_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_measured_gpu_ms: Option<u64>,
 }
 
 /// `GET /v1/report`: sums per group over `[start_ms, end_ms)`.

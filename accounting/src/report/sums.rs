@@ -129,8 +129,13 @@ pub fn partial_day(
                         &b.partition,
                         model(&gpu.name),
                     );
-                    out.entry(k).or_default().used_gpu_ms +=
+                    let v = out.entry(k).or_default();
+                    v.used_gpu_ms +=
                         share_of(gpu.used_gpu_ms, b.window_start, b.window_end, from, to);
+                    if let Some(idle) = gpu.idle_ms {
+                        v.idle_gpu_ms += share_of(idle, b.window_start, b.window_end, from, to);
+                        v.idle_measured_gpu_ms += overlap(b.window_start, b.window_end, from, to);
+                    }
                 }
             }
             RecordBody::JobStart(_) | RecordBody::StepUsage(_) => {}
@@ -188,6 +193,9 @@ pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, Stor
             row.used_gpu_ms = v.used_gpu_ms;
             row.energy_mj = v.energy_mj;
             row.jobs = v.jobs;
+            row.idle_gpu_ms = (v.idle_measured_gpu_ms > 0).then_some(v.idle_gpu_ms);
+            row.idle_measured_gpu_ms =
+                (v.idle_measured_gpu_ms > 0).then_some(v.idle_measured_gpu_ms);
             row
         })
         .collect();

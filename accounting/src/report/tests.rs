@@ -403,3 +403,88 @@ fn job_identity_comes_from_trusted_records_only() {
         "{rows:?}"
     );
 }
+
+/// `r` (a `job_usage`) with each GPU idle `idle[i]` ms (None: not measured on any GPU).
+fn with_idle(r: Record, idle: Option<&[u64]>) -> Record {
+    let (id, written, body) = r.into_parts();
+    let RecordBody::JobUsage(mut b) = body else {
+        panic!("not a job_usage")
+    };
+    if let Some(idle) = idle {
+        for (g, &i) in b.gpus.iter_mut().zip(idle) {
+            g.idle_ms = Some(i);
+            g.idle_periods = (i > 0).then(|| {
+                vec![sgpu_spool::IdlePeriod {
+                    start: b.window_start,
+                    end: b.window_start + i,
+                }]
+            });
+            if i == 0 {
+                g.idle_periods = Some(vec![]);
+            }
+        }
+        b.idle_gpu_ms = Some(idle.iter().sum());
+    }
+    Record::new(id, written, RecordBody::JobUsage(b)).unwrap()
+}
+
+#[test]
+fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
+    let (_d, s) = store();
+    let day = parse_day("2026-03-02").unwrap() as u64 * DAY_MS;
+    // job 1: 2 GPUs over 10 h across midnight, idle 4 h and 0 h; job 2 (bob): not measured
+    let (start, end) = (day - 4 * HOUR, day + 6 * HOUR);
+    s.put_batch(&[
+        with_owner(job_end(1, "n1", start, end, &[1, 1]), "alice", "phys"),
+        with_owner(
+            with_idle(
+                job_usage(1, "n1", start, end, &[HOUR, HOUR]),
+                Some(&[4 * HOUR, 0]),
+            ),
+            "alice",
+            "phys",
+        ),
+        with_owner(job_end(2, "n2", start, end, &[1]), "bob", "phys"),
+        with_owner(job_usage(2, "n2", start, end, &[HOUR]), "bob", "phys"),
+    ])
+    .unwrap();
+    let by_user = |from: u64, to: u64| {
+        let mut query = q(&format!(
+            "start={}&end={}&group_by=user",
+            from / 1000,
+            to / 1000
+        ));
+        query.start_ms = from;
+        query.end_ms = to;
+        report(&s, &query).unwrap()
+    };
+    // whole days (rollups) and the partial edges (records) agree with the records
+    for (from, to) in [
+        (day - DAY_MS, day + DAY_MS),
+        (start, end),
+        (day - HOUR, day + HOUR),
+    ] {
+        let rows = by_user(from, to);
+        let alice = rows
+            .iter()
+            .find(|r| r.user.as_deref() == Some("alice"))
+            .unwrap();
+        let bob = rows
+            .iter()
+            .find(|r| r.user.as_deref() == Some("bob"))
+            .unwrap();
+        let inside = (to.min(end) - from.max(start)) as f64 / (end - start) as f64;
+        let idle = alice.idle_gpu_ms.unwrap() as f64;
+        assert!(
+            (idle - 4.0 * HOUR as f64 * inside).abs() <= 2.0,
+            "{alice:?}"
+        );
+        assert_eq!(
+            alice.idle_measured_gpu_ms,
+            Some(2 * (to.min(end) - from.max(start))),
+            "{alice:?}"
+        );
+        assert_eq!(bob.idle_gpu_ms, None, "{bob:?}");
+        assert_eq!(bob.idle_measured_gpu_ms, None, "{bob:?}");
+    }
+}

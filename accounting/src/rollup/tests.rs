@@ -94,9 +94,17 @@ fn keys_and_values_round_trip() {
         used_gpu_ms: u64::MAX,
         energy_mj: 3,
         jobs: 4,
+        idle_gpu_ms: 5,
+        idle_measured_gpu_ms: 6,
     };
     assert_eq!(RollupValue::decode(&v.encode()), Some(v));
     assert_eq!(RollupValue::decode(&[0; 31]), None);
+    // a row written before idle time was kept: idle unknown (measured over 0 GPU-ms)
+    let old = RollupValue::decode(&v.encode()[..32]).unwrap();
+    assert_eq!(
+        (old.jobs, old.idle_gpu_ms, old.idle_measured_gpu_ms),
+        (4, 0, 0)
+    );
     // Keys sort by day first.
     assert!(key(1).encode() < key(2).encode());
     assert!(key(255).encode() < key(256).encode());
