@@ -174,17 +174,17 @@ pub fn check(inputs: &Inputs) -> Vec<Finding> {
 }
 
 fn check_sgpu_config(explicit: Option<&Path>, out: &mut Vec<Finding>) -> Option<Config> {
-    let (path, exists) = Config::locate(explicit);
-    if !exists {
-        out.push(Finding::new(
-            Level::Note,
-            "sgpu_toml.defaults",
-            file(&path),
-            "no sgpu.toml: built-in defaults apply",
-        ));
-        return Some(Config::default());
-    }
-    match Config::load(&path) {
+    // the same lookup and trust checks as the gates and the plugin
+    match Config::discover(explicit) {
+        Ok(c) if c.source.is_none() => {
+            out.push(Finding::new(
+                Level::Note,
+                "sgpu_toml.defaults",
+                file(&Config::locate(explicit).0),
+                "no sgpu.toml: built-in defaults apply",
+            ));
+            Some(c)
+        }
         Ok(c) => Some(c),
         Err(e) => {
             out.push(Finding::new(

@@ -435,15 +435,17 @@ impl Config {
         }
     }
 
-    /// Locates and loads the configuration; a missing default file means built-in defaults.
+    /// Locates ([`Config::locate`]) and loads ([`Config::load`], with its trust checks) the
+    /// configuration; a missing default file means built-in defaults.
     pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let (path, required) = Config::locate(explicit);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Config::parse(&text, &path),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+        match Config::load(&path) {
+            Err(ConfigError::Io { source, .. })
+                if !required && source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 Ok(Config::default())
             }
-            Err(source) => Err(ConfigError::Io { path, source }),
+            loaded => loaded,
         }
     }
 

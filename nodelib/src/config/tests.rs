@@ -240,6 +240,44 @@ fn untrusted_config_or_library_is_refused() {
 }
 
 #[test]
+fn discover_applies_the_same_trust_checks_as_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libnvidia-ml.so.1");
+    std::fs::write(&lib, "").unwrap();
+    let conf = dir.path().join("sgpu.toml");
+    std::fs::write(&conf, format!("nvml_library = \"{}\"\n", lib.display())).unwrap();
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(&conf, 0o644);
+    mode(&lib, 0o755);
+    let c = Config::discover(Some(&conf)).unwrap();
+    assert_eq!(c.nvml_library.as_deref(), Some(lib.as_path()));
+    // a group-writable configuration
+    mode(&conf, 0o664);
+    let e = Config::discover(Some(&conf)).unwrap_err();
+    assert!(matches!(e, ConfigError::Untrusted { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("sgpu.toml: the file is group- or world-writable (mode 664)"),
+        "{e}"
+    );
+    // a trusted configuration naming a group-writable NVML library
+    mode(&conf, 0o644);
+    mode(&lib, 0o775);
+    let e = Config::discover(Some(&conf)).unwrap_err();
+    assert!(matches!(e, ConfigError::Untrusted { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("libnvidia-ml.so.1: the file is group- or world-writable"),
+        "{e}"
+    );
+    // both trusted again
+    mode(&lib, 0o755);
+    assert!(Config::discover(Some(&conf)).is_ok());
+}
+
+#[test]
 fn discover_missing_explicit_file_is_an_error() {
     let e = Config::discover(Some(Path::new("/nonexistent/sgpu.toml"))).unwrap_err();
     assert!(e.to_string().starts_with("/nonexistent/sgpu.toml: "), "{e}");
