@@ -86,6 +86,10 @@ pub struct ReportArgs {
     /// Draw GPU-hours per group as a bar chart (used solid, idle shaded) instead of a table.
     #[arg(long, conflicts_with_all = ["json", "parsable", "parsable2"])]
     pub chart: bool,
+    /// Only the N groups that wasted the most GPU-hours in the window: idle GPU-hours where
+    /// healthd measured idle time, else allocated minus used (the WasteBy column says which).
+    #[arg(long, value_name = "N", conflicts_with = "chart")]
+    pub top: Option<usize>,
 }
 
 /// `sgpu jobs`.
@@ -140,6 +144,9 @@ const REPORT_FIELDS: &[Field] = &[
     Field::EnergyKwh,
     Field::AvgPowerW,
     Field::Cost,
+    Field::IdleGpuHours,
+    Field::WasteGpuHours,
+    Field::WasteBy,
 ];
 
 const JOBS_FIELDS: &[Field] = &[
@@ -321,6 +328,10 @@ pub struct Sums {
     pub jobs: u64,
     /// Cost.
     pub cost: f64,
+    /// Idle GPU-ms where measured (`None`: measured for no job of the group: unknown).
+    pub idle_gpu_ms: Option<u64>,
+    /// GPU-ms over which idle time was measured (`None`: as `idle_gpu_ms`).
+    pub idle_measured_gpu_ms: Option<u64>,
 }
 
 fn hours(ms: u64) -> f64 {
@@ -331,7 +342,37 @@ fn kwh(mj: u64) -> f64 {
     mj as f64 / 3_600_000_000.0
 }
 
+/// What a group's wasted GPU time is counted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasteBy {
+    /// Idle GPU time, as healthd measured it.
+    Idle,
+    /// Allocated minus used GPU time (idle time not measured).
+    AllocatedMinusUsed,
+}
+
+impl WasteBy {
+    /// The name printed in `WasteBy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WasteBy::Idle => "idle",
+            WasteBy::AllocatedMinusUsed => "alloc-used",
+        }
+    }
+}
+
 impl Sums {
+    /// Wasted GPU-ms: idle where measured, else allocated minus used.
+    pub fn waste(&self) -> (u64, WasteBy) {
+        match self.idle_gpu_ms {
+            Some(idle) => (idle, WasteBy::Idle),
+            None => (
+                self.allocated_gpu_ms.saturating_sub(self.used_gpu_ms),
+                WasteBy::AllocatedMinusUsed,
+            ),
+        }
+    }
+
     fn util(&self) -> Option<f64> {
         (self.allocated_gpu_ms > 0)
             .then(|| 100.0 * self.used_gpu_ms as f64 / self.allocated_gpu_ms as f64)
@@ -351,6 +392,11 @@ impl Sums {
             Field::EnergyKwh => format!("{:.3}", kwh(self.energy_mj)),
             Field::AvgPowerW => self.power().map_or(String::new(), |p| format!("{p:.1}")),
             Field::Cost => format!("{:.2}", self.cost),
+            Field::IdleGpuHours => self
+                .idle_gpu_ms
+                .map_or(String::new(), |i| format!("{:.2}", hours(i))),
+            Field::WasteGpuHours => format!("{:.2}", hours(self.waste().0)),
+            Field::WasteBy => self.waste().1.name().to_string(),
             _ => return None,
         })
     }
@@ -366,6 +412,15 @@ impl Sums {
         v.insert("energy_kwh".into(), json!(kwh(self.energy_mj)));
         v.insert("avg_power_w".into(), json!(self.power()));
         v.insert("cost".into(), json!(self.cost));
+        v.insert("idle_gpu_ms".into(), json!(self.idle_gpu_ms));
+        v.insert("idle_gpu_hours".into(), json!(self.idle_gpu_ms.map(hours)));
+        v.insert(
+            "idle_measured_gpu_ms".into(),
+            json!(self.idle_measured_gpu_ms),
+        );
+        let (waste, by) = self.waste();
+        v.insert("waste_gpu_hours".into(), json!(hours(waste)));
+        v.insert("waste_by".into(), json!(by.name()));
     }
 }
 
@@ -399,6 +454,13 @@ pub fn aggregate(
         s.used_gpu_ms += used;
         s.energy_mj += energy;
         s.jobs += r.jobs;
+        let add = |sum: &mut Option<u64>, v: Option<u64>| {
+            if let Some(v) = v {
+                *sum = Some(sum.unwrap_or(0).saturating_add(v));
+            }
+        };
+        add(&mut s.idle_gpu_ms, r.idle_gpu_ms);
+        add(&mut s.idle_measured_gpu_ms, r.idle_measured_gpu_ms);
         s.cost += prices.cost(
             &row_field(r, Field::Partition),
             &row_field(r, Field::GpuModel),
@@ -452,6 +514,37 @@ pub fn render_report(
     header: bool,
 ) -> String {
     let sums = aggregate(rows, groups, prices);
+    render_groups(
+        &sums.into_iter().collect::<Vec<_>>(),
+        columns,
+        groups,
+        style,
+        header,
+    )
+}
+
+/// The `top` groups that wasted the most GPU time ([`Sums::waste`]), most first (ties: by
+/// group).
+pub fn top_wasters(sums: BTreeMap<Vec<String>, Sums>, top: usize) -> Vec<(Vec<String>, Sums)> {
+    let mut v: Vec<(Vec<String>, Sums)> = sums.into_iter().collect();
+    v.sort_by(|a, b| {
+        b.1.waste()
+            .0
+            .cmp(&a.1.waste().0)
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    v.truncate(top);
+    v
+}
+
+/// Renders grouped sums in the order given.
+pub fn render_groups(
+    sums: &[(Vec<String>, Sums)],
+    columns: &[Column],
+    groups: &[Field],
+    style: Style,
+    header: bool,
+) -> String {
     let lines: Vec<Vec<String>> = sums
         .iter()
         .map(|(key, s)| {
@@ -494,6 +587,9 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
                 "EnergyKWh",
                 "AvgPowerW",
             ]);
+            if a.top.is_some() {
+                spec.extend(["IdleGPUHours", "WasteGPUHours", "WasteBy"]);
+            }
             if prices.configured {
                 spec.push("Cost");
             }
@@ -511,8 +607,12 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     let q = query(&a.select, start, end, Some(&ask.join(",")));
     let answer: ReportAnswer = get(&env.client, &format!("/v1/report?{q}"))?;
     let rows = answer.rows;
+    let ordered: Vec<(Vec<String>, Sums)> = match a.top {
+        Some(n) => top_wasters(aggregate(&rows, &groups, prices), n),
+        None => aggregate(&rows, &groups, prices).into_iter().collect(),
+    };
     if a.select.json {
-        let out: Vec<Value> = aggregate(&rows, &groups, prices)
+        let out: Vec<Value> = ordered
             .into_iter()
             .map(|(key, s)| {
                 let mut m = serde_json::Map::new();
@@ -528,13 +628,18 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
                 Value::Object(m)
             })
             .collect();
-        print_json(&json!({
+        let mut doc = json!({
             "start": format_time(start),
             "end": format_time(end),
             "group_by": names,
             "currency": prices.currency,
             "rows": out,
-        }))?;
+        });
+        if let (Some(n), Some(m)) = (a.top, doc.as_object_mut()) {
+            m.insert("top".into(), json!(n));
+            m.insert("ranked_by".into(), json!(TOP_RANKING));
+        }
+        print_json(&doc)?;
         return Ok(0);
     }
     if a.chart {
@@ -550,7 +655,13 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let st = style(a.select.parsable, a.select.parsable2);
-    if st == Style::Table && !a.select.noheader {
+    if let (Some(n), true) = (a.top, st == Style::Table && !a.select.noheader) {
+        println!(
+            "Top {n} GPU wasters {} - {} (UTC), {TOP_RANKING}",
+            format_time(start),
+            format_time(end),
+        );
+    } else if st == Style::Table && !a.select.noheader {
         println!(
             "GPU usage {} - {} (UTC){}",
             format_time(start),
@@ -564,10 +675,14 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     }
     print!(
         "{}",
-        render_report(&rows, &columns, &groups, prices, st, !a.select.noheader)
+        render_groups(&ordered, &columns, &groups, st, !a.select.noheader)
     );
     Ok(0)
 }
+
+/// How `--top` ranks, as the output states it.
+pub const TOP_RANKING: &str = "ranked by idle GPU-hours where healthd measured idle time, \
+                               else by allocated minus used GPU-hours (column WasteBy)";
 
 fn job_sums(j: &JobSummary, prices: &PricesConfig) -> Sums {
     let alloc = j.allocated_gpu_ms;
@@ -580,6 +695,7 @@ fn job_sums(j: &JobSummary, prices: &PricesConfig) -> Sums {
         energy_mj: energy,
         jobs: 1,
         cost: prices.cost(partition, model, hours(alloc), kwh(energy)),
+        ..Sums::default()
     }
 }
 

@@ -53,6 +53,12 @@ pub enum Field {
     Cost,
     /// RUNNING or COMPLETED.
     State,
+    /// Idle GPU-hours (allocated, idle by healthd's detection); empty when not measured.
+    IdleGpuHours,
+    /// GPU-hours wasted: idle GPU-hours where measured, else allocated minus used.
+    WasteGpuHours,
+    /// What `WasteGPUHours` is: `idle` or `alloc-used`.
+    WasteBy,
 }
 
 /// Every field with its name (as printed) and default width.
@@ -81,6 +87,9 @@ const FIELDS: &[(Field, &str, usize)] = &[
     (Field::MemPeakMib, "MemPeakMiB", 10),
     (Field::Cost, "Cost", 10),
     (Field::State, "State", 10),
+    (Field::IdleGpuHours, "IdleGPUHours", 12),
+    (Field::WasteGpuHours, "WasteGPUHours", 13),
+    (Field::WasteBy, "WasteBy", 10),
 ];
 
 impl Field {
@@ -110,6 +119,8 @@ impl Field {
             "nodes" => Field::NodeList,
             "energy" => Field::EnergyKwh,
             "power" => Field::AvgPowerW,
+            "idle" | "idlegpuhours" => Field::IdleGpuHours,
+            "waste" => Field::WasteGpuHours,
             _ => return None,
         })
     }

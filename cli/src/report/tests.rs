@@ -232,3 +232,38 @@ fn per_gpu_lines_count_allocated_time_over_slurms_window() {
     };
     assert_eq!(per_gpu_lines(&[end(Some(w))])[0][4], "2.00");
 }
+
+#[test]
+fn top_wasters_rank_by_idle_where_measured_else_allocated_minus_used() {
+    let mut rows = rows();
+    // bob: idle measured over his GPU time, 3 h of it idle although every GPU-hour was
+    // "used" by utilization; alice: idle not measured
+    rows[2].idle_gpu_ms = Some(3 * 3_600_000);
+    rows[2].idle_measured_gpu_ms = Some(36_000_000);
+    let p = prices();
+    let agg = aggregate(&rows, &[Field::User], &p);
+    assert_eq!(agg[&vec!["alice".to_string()]].idle_gpu_ms, None);
+    let top = top_wasters(agg.clone(), 5);
+    let order: Vec<&str> = top.iter().map(|(k, _)| k[0].as_str()).collect();
+    assert_eq!(order, ["bob", "alice"]);
+    assert_eq!(top[0].1.waste(), (3 * 3_600_000, WasteBy::Idle));
+    assert_eq!(
+        top[1].1.waste(),
+        (9_000_000 - 3_600_000, WasteBy::AllocatedMinusUsed)
+    );
+    assert_eq!(top_wasters(agg.clone(), 1).len(), 1);
+    let cols = parse_format(
+        "User,GPUHours,UsedGPUHours,IdleGPUHours,WasteGPUHours,WasteBy",
+        REPORT_FIELDS,
+    )
+    .unwrap();
+    // unknown idle prints empty, never 0.00
+    assert_eq!(
+        render_groups(&top, &cols, &[Field::User], Style::Parsable2, false),
+        "bob|10.00|10.00|3.00|3.00|idle\nalice|2.50|1.00||1.50|alloc-used\n"
+    );
+    let mut m = serde_json::Map::new();
+    top[1].1.json(&mut m);
+    assert_eq!(m["idle_gpu_hours"], Value::Null);
+    assert_eq!(m["waste_by"], "alloc-used");
+}
