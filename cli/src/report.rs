@@ -908,6 +908,17 @@ pub fn job(settings: &Settings, a: &JobArgs) -> anyhow::Result<i32> {
         "{}",
         render(&columns, &per_gpu_lines(&records), st, !a.noheader)
     );
+    if st == Style::Table {
+        // idle periods and idle actions, from acctd's efficiency answer (an acctd that
+        // predates it: nothing more to show)
+        let path = format!("/v1/jobs/{}/{}/efficiency", enc(&cluster), a.job_id);
+        if let Ok(e) = env
+            .client
+            .get::<sgpu_wire::efficiency::EfficiencyAnswer>(&path)
+        {
+            print!("{}", crate::seff::idle_sections(&e));
+        }
+    }
     Ok(0)
 }
 

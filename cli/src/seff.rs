@@ -609,41 +609,7 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
         ]);
     }
     o.push_str(&crate::admin::table(&rows));
-    let periods: Vec<String> = e
-        .gpus
-        .iter()
-        .flat_map(|g| {
-            g.idle_periods.iter().flatten().map(move |p| {
-                format!(
-                    "  {} gpu{}: {} - {} ({})",
-                    g.node,
-                    g.index,
-                    format_time(secs(p.start_ms)),
-                    format_time(secs(p.end_ms)),
-                    format_elapsed(p.end_ms.saturating_sub(p.start_ms) / 1000)
-                )
-            })
-        })
-        .collect();
-    if !periods.is_empty() {
-        let _ = writeln!(o, "Idle periods (UTC):");
-        for p in periods {
-            let _ = writeln!(o, "{p}");
-        }
-    }
-    if !e.actions.is_empty() {
-        let _ = writeln!(o, "Idle actions:");
-        for a in &e.actions {
-            let _ = writeln!(
-                o,
-                "  {} {} {}: {}",
-                format_time(secs(a.time_ms)),
-                a.node,
-                a.action,
-                a.reason
-            );
-        }
-    }
+    o.push_str(&idle_sections(e));
     match slurm {
         SlurmAnswer::Figures(s) => {
             let _ = writeln!(
@@ -686,6 +652,49 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
         let _ = writeln!(o, "Hints:");
         for line in h {
             let _ = writeln!(o, "  - {line}");
+        }
+    }
+    o
+}
+
+/// The job's idle periods per GPU and the idle actions taken on it (empty when there are
+/// none); `sgpu job` prints the same.
+pub fn idle_sections(e: &EfficiencyAnswer) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let periods: Vec<String> = e
+        .gpus
+        .iter()
+        .flat_map(|g| {
+            g.idle_periods.iter().flatten().map(move |p| {
+                format!(
+                    "  {} gpu{}: {} - {} ({})",
+                    g.node,
+                    g.index,
+                    format_time(secs(p.start_ms)),
+                    format_time(secs(p.end_ms)),
+                    format_elapsed(p.end_ms.saturating_sub(p.start_ms) / 1000)
+                )
+            })
+        })
+        .collect();
+    if !periods.is_empty() {
+        let _ = writeln!(o, "Idle periods (UTC):");
+        for p in periods {
+            let _ = writeln!(o, "{p}");
+        }
+    }
+    if !e.actions.is_empty() {
+        let _ = writeln!(o, "Idle actions:");
+        for a in &e.actions {
+            let _ = writeln!(
+                o,
+                "  {} {} {}: {}",
+                format_time(secs(a.time_ms)),
+                a.node,
+                a.action,
+                a.reason
+            );
         }
     }
     o

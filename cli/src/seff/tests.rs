@@ -207,3 +207,19 @@ fn live_figures_fill_a_running_job() {
     a.cluster = "other".into();
     assert!(!merge_live(&mut a, "n1", &doc));
 }
+
+#[test]
+fn idle_actions_are_listed_with_the_reason_the_user_was_told() {
+    let mut a = answer(vec![gpu("n1", 0, Some(0.0), Some(0))]);
+    assert_eq!(idle_sections(&a), "");
+    a.actions.push(sgpu_wire::efficiency::IdleAction {
+        time_ms: 600_000,
+        node: "n1".into(),
+        action: "idle_warn".into(),
+        reason: "GPU 0 idle for 10 minutes".into(),
+    });
+    assert_eq!(
+        idle_sections(&a),
+        "Idle actions:\n  1970-01-01T00:10:00 n1 idle_warn: GPU 0 idle for 10 minutes\n"
+    );
+}
