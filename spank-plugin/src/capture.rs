@@ -160,9 +160,11 @@ pub fn step_record(
 /// Opens the step's NVML session and reads what names the node's GPUs and their energy
 /// counters (no deadline of its own: the caller runs it on a plugin thread and bounds the
 /// wait).
-pub fn open_and_read(opts: &NvmlOptions) -> Result<(Session, NodeSnapshot), String> {
-    let session = Session::open(opts).map_err(|e| e.to_string())?;
-    let snap = session.identities().map_err(|e| e.to_string())?;
+pub fn open_and_read(
+    opts: &NvmlOptions,
+) -> Result<(Session, NodeSnapshot), sgpu_nodelib::gpu::NvmlFailure> {
+    let session = Session::open(opts)?;
+    let snap = session.identities()?;
     Ok((session, snap))
 }
 

@@ -77,6 +77,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub mod args;
 pub mod capture;
+pub mod error;
 pub mod ffi;
 pub mod forkguard;
 pub mod report;
@@ -84,6 +85,7 @@ pub mod status;
 
 use args::PluginArgs;
 use capture::StepStart;
+use error::HookError;
 use ffi::{Context, OptionSpec, Spank, sys};
 
 /// `plugin_name`: how Slurm names the plugin in its logs.
@@ -157,8 +159,8 @@ struct Step {
 /// The preparation: on its thread, or already done (no thread could be started).
 #[derive(Debug)]
 enum Reading {
-    Thread(forkguard::Pending<Result<Prepared, String>>),
-    Done(Box<Result<Prepared, String>>),
+    Thread(forkguard::Pending<Result<Prepared, HookError>>),
+    Done(Box<Result<Prepared, HookError>>),
 }
 
 /// The longest slurmstepd waits for the plugin's threads, at a fork or in `exit`: the NVML
@@ -170,15 +172,14 @@ fn thread_bound(env: &StepEnv) -> std::time::Duration {
 /// Reads the configuration, the cluster name, the user name and, when `counters`, the
 /// step's GPUs and their start counters (one NVML session under the NVML deadline). All
 /// of it waits on files, NSS or the driver, so it runs after the tasks were forked.
-fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, String> {
-    let config = sgpu_nodelib::config::Config::discover(env.config_path.as_deref())
-        .map_err(|e| format!("configuration: {e}; no GPU capture for this step"))?;
+fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, HookError> {
+    let config = sgpu_nodelib::config::Config::discover(env.config_path.as_deref())?;
     let node = config
         .node_name
         .clone()
         .or_else(|| env.env_node.clone())
         .or_else(sgpu_nodelib::nodeconf::short_hostname)
-        .ok_or("cannot tell this node's Slurm name")?;
+        .ok_or(HookError::NodeName)?;
     // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item
     let cluster = sgpu_slurm_conf::cluster_name(&env.slurm_conf)
         .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into());
@@ -245,7 +246,7 @@ fn plugin_args() -> PluginArgs {
 
 /// Runs a hook body: a panic or an error is logged and the hook succeeds, so sgpu never
 /// fails or kills a job step.
-fn guard(hook: &str, f: impl FnOnce() -> Result<(), String>) -> c_int {
+fn guard(hook: &str, f: impl FnOnce() -> Result<(), HookError>) -> c_int {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
@@ -285,7 +286,7 @@ unsafe extern "C" fn option_cb(val: c_int, optarg: *const c_char, _remote: c_int
     .unwrap_or(-1)
 }
 
-fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), String> {
+fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), HookError> {
     let (parsed, errors) = PluginArgs::parse(&argv);
     for e in &errors {
         ffi::log_error(&format!("sgpu: {e}; ignoring it"));
@@ -307,7 +308,10 @@ fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), String> {
         },
         option_cb,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| HookError::Register {
+        option: "gpu-health",
+        source,
+    })?;
     sp.register_option(
         OptionSpec {
             name: c"gpu-report",
@@ -318,10 +322,13 @@ fn hook_init(sp: &Spank, argv: Vec<String>) -> Result<(), String> {
         },
         option_cb,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|source| HookError::Register {
+        option: "gpu-report",
+        source,
+    })
 }
 
-fn hook_init_post_opt(sp: &Spank) -> Result<(), String> {
+fn hook_init_post_opt(sp: &Spank) -> Result<(), HookError> {
     match ffi::context() {
         Context::Remote => return step_start(sp),
         Context::Local | Context::Allocator => {}
@@ -333,12 +340,12 @@ fn hook_init_post_opt(sp: &Spank) -> Result<(), String> {
         .or_else(|| plugin_args().default_health);
     if let Some(h) = health {
         sp.job_control_setenv(HEALTH_CONTROL_VAR, &h)
-            .map_err(|e| format!("cannot pass --gpu-health={h} to the prolog: {e}"))?;
+            .map_err(|source| HookError::HealthEnv { health: h, source })?;
     }
     Ok(())
 }
 
-fn step_start(sp: &Spank) -> Result<(), String> {
+fn step_start(sp: &Spank) -> Result<(), HookError> {
     let args = plugin_args();
     if !args.capture {
         return Ok(());
@@ -350,13 +357,14 @@ fn step_start(sp: &Spank) -> Result<(), String> {
         return Ok(());
     }
     let start_ms = sgpu_spool::now_ms();
+    let item = |item: &'static str| move |source| HookError::Item { item, source };
     let job_id = sp
         .get_u32(sys::spank_item_S_JOB_ID)
-        .map_err(|e| format!("job id: {e}"))?;
+        .map_err(item("job id"))?;
     let step_id = sp
         .get_u32(sys::spank_item_S_JOB_STEPID)
-        .map_err(|e| format!("step id: {e}"))?;
-    let uid = sp.get_uid().map_err(|e| format!("uid: {e}"))?;
+        .map_err(item("step id"))?;
+    let uid = sp.get_uid().map_err(item("uid"))?;
     // slurmstepd runs as root: what it opens comes from plugstack.conf, slurmd's own
     // environment (std::env here) or compiled defaults, never from the job's environment
     // (spank_getenv), which the user's script can set before srun
@@ -400,7 +408,7 @@ fn step_start(sp: &Spank) -> Result<(), String> {
 /// forks all tasks before the first `task_post_fork`); any later fork of slurmstepd (a task
 /// epilog) waits for it first ([`forkguard`]), and [`hook_exit`] waits for its result, both
 /// under [`thread_bound`].
-fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
+fn hook_task_post_fork(_sp: &Spank) -> Result<(), HookError> {
     if ffi::context() != Context::Remote {
         return Ok(());
     }
@@ -418,14 +426,12 @@ fn hook_task_post_fork(_sp: &Spank) -> Result<(), String> {
     step.reading = Some(match spawned {
         Ok(p) => Reading::Thread(p),
         // no thread: NVML is never called where nothing bounds the wait
-        Err(e) => Reading::Done(Box::new(Err(format!(
-            "cannot start the plugin's thread: {e}; no capture for this step"
-        )))),
+        Err(e) => Reading::Done(Box::new(Err(HookError::Thread(e)))),
     });
     Ok(())
 }
 
-fn hook_exit(_sp: &Spank) -> Result<(), String> {
+fn hook_exit(_sp: &Spank) -> Result<(), HookError> {
     if ffi::context() != Context::Remote {
         return Ok(());
     }
@@ -445,7 +451,7 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
             let env = taken.env.clone();
             match forkguard::run("sgpu-start", move || prepare(&env, false)) {
                 Ok(p) => wait_for("reading the step", p, bound),
-                Err(e) => Err(format!("cannot start the plugin's thread: {e}")),
+                Err(e) => Err(HookError::Thread(e)),
             }
         }
     };
@@ -465,31 +471,27 @@ fn hook_exit(_sp: &Spank) -> Result<(), String> {
 /// The result of a plugin thread, waiting at most `bound`; past it the thread is left
 /// behind (and forks stop waiting for it).
 fn wait_for<T>(
-    what: &str,
-    p: forkguard::Pending<Result<T, String>>,
+    what: &'static str,
+    p: forkguard::Pending<Result<T, HookError>>,
     bound: std::time::Duration,
-) -> Result<T, String> {
+) -> Result<T, HookError> {
     p.wait(std::time::Instant::now() + bound)
         .unwrap_or_else(|| {
             forkguard::give_up();
-            Err(format!(
-                "{what} took over {} ms (NVML or NSS stuck); left behind",
-                bound.as_millis()
-            ))
+            Err(HookError::Stuck { what, bound })
         })
 }
 
 /// The end of a step: end counters, the `step_usage` record and the report.
 fn finish_step(
     taken: &Step,
-    prepared: Result<Prepared, String>,
+    prepared: Result<Prepared, HookError>,
     end_ms: u64,
-) -> Result<(), String> {
-    let mut step = prepared.map_err(|e| {
-        format!(
-            "job {} step {}: {e}; no record for this step",
-            taken.env.job_id, taken.env.step
-        )
+) -> Result<(), HookError> {
+    let mut step = prepared.map_err(|e| HookError::NotPrepared {
+        job_id: taken.env.job_id,
+        step: taken.env.step.clone(),
+        source: Box::new(e),
     })?;
     for n in &step.notes {
         ffi::log_info(&format!("sgpu: job {}: {n}", step.start.job_id));
@@ -504,10 +506,10 @@ fn finish_step(
                 Ok(capture::end_readings_and_close(session, &indices))
             }) {
                 Ok(p) => wait_for("reading the end counters", p, step.nvml.timeout),
-                Err(e) => Err(format!("cannot start the plugin's thread: {e}")),
+                Err(e) => Err(HookError::Thread(e)),
             }
         }
-        None => Err("no NVML session".to_string()),
+        None => Err(HookError::NoSession),
     };
     let end = match end {
         Ok(readings) => readings,
@@ -522,14 +524,22 @@ fn finish_step(
     let mut result = Ok(());
     match capture::step_record(&step.start, end_ms, &end) {
         Ok(rec) => {
-            if let Err(e) = sgpu_spool::Spool::open(&step.spool_dir).and_then(|s| s.write(&rec)) {
-                result = Err(format!(
-                    "job {} step {}: spool: {e}",
-                    step.start.job_id, step.start.step
-                ));
+            if let Err(source) =
+                sgpu_spool::Spool::open(&step.spool_dir).and_then(|s| s.write(&rec))
+            {
+                result = Err(HookError::Spool {
+                    job_id: step.start.job_id,
+                    step: step.start.step.clone(),
+                    source,
+                });
             }
         }
-        Err(e) => result = Err(format!("job {}: record: {e}", step.start.job_id)),
+        Err(source) => {
+            result = Err(HookError::Record {
+                job_id: step.start.job_id,
+                source,
+            })
+        }
     }
     if report_wanted && step.start.step == "batch" {
         let usage = job_usage(&step);
@@ -616,7 +626,7 @@ macro_rules! hook {
         pub unsafe extern "C" fn $name(sp: sys::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
             // SAFETY: Slurm's handle for this call, and its argv of ac strings.
             let (sp, argv) = unsafe { (Spank::from_raw(sp), ffi::args(ac, av)) };
-            let f: fn(&Spank, Vec<String>) -> Result<(), String> = $body;
+            let f: fn(&Spank, Vec<String>) -> Result<(), HookError> = $body;
             guard($label, || f(&sp, argv))
         }
     };
