@@ -559,8 +559,9 @@ pub fn spawn_xid_watch(
 }
 
 /// Starts per-job sampling: the job database (`<state_dir>/healthd.sled`; in memory only,
-/// loudly, if it cannot be opened) and the sampler task.
-fn spawn_sampler(config: &Config, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+/// loudly, if it cannot be opened) and the sampler task, with the idle policy's actor when
+/// `[idle.partition.*]` sets one.
+fn spawn_sampler(config: &Config, node: &str, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     let store: Box<dyn JobStore> = match SledStore::open(&config.state_dir) {
         Ok(s) => Box::new(s),
         Err(e) => {
@@ -568,7 +569,33 @@ fn spawn_sampler(config: &Config, shared: Arc<Shared>) -> tokio::task::JoinHandl
             Box::new(MemStore::default())
         }
     };
-    let sampler = Sampler::new(config, store, shared);
+    let mut sampler = Sampler::new(config, store, shared.clone());
+    if config.idle.partitions.values().any(|p| p.policy.acts()) {
+        match crate::idle_act::SlurmControl::new(config) {
+            Ok(control) => {
+                info!(
+                    dry_run = config.idle.dry_run,
+                    "idle GPU policy on for partition(s) {}",
+                    config
+                        .idle
+                        .partitions
+                        .iter()
+                        .filter(|(_, p)| p.policy.acts())
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let actor = crate::idle_act::Actor::new(
+                    config,
+                    node.to_string(),
+                    Box::new(control),
+                    shared,
+                );
+                sampler = sampler.with_actor(actor);
+            }
+            Err(e) => error!("idle GPU policy: {e}; idle GPUs are measured, not acted on"),
+        }
+    }
     tokio::spawn(sampler::run(sampler, config.sample_interval))
 }
 
@@ -646,7 +673,7 @@ pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
     let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
     let http = spawn_http(config, shared.clone()).await;
-    let sampling = spawn_sampler(config, shared.clone());
+    let sampling = spawn_sampler(config, daemon.node(), shared.clone());
     let forwarding = spawn_forwarder(config, shared.clone());
     if forwarding.is_none() {
         info!("no [accounting] url (or forward = false): usage records stay in the spool");

@@ -12,6 +12,8 @@ pub mod daemon;
 pub mod event_forward;
 pub mod forward;
 pub mod http;
+pub mod idle;
+pub mod idle_act;
 pub mod metrics;
 pub mod policy;
 pub mod sampler;

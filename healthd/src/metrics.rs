@@ -13,6 +13,11 @@
 //! `sgpu_node_drained_by_sgpu`, `sgpu_drains_total`, `sgpu_resumes_total`,
 //! `sgpu_breaker_open`, `sgpu_breaker_refusals_total`, `sgpu_jobs_running`,
 //! `sgpu_job_usage_records_total`, `sgpu_healthd_samples_total`,
+//! Per running job (labels `job_id`, `user`, `account`): `sgpu_job_gpus` (its GPUs on the
+//! node), `sgpu_job_idle_gpus` (those idle now, [`crate::idle`]) and
+//! `sgpu_job_idle_gpu_seconds_total` (idle GPU-seconds so far; a GPU's idle run counts once
+//! it reached the window, from its first idle sample); `sgpu_idle_actions_total` (label
+//! `action`: `warn`, `mail`, `cancel`, `recovered`, `refused`; since healthd started).
 //! `sgpu_healthd_sample_errors_total`, `sgpu_healthd_sample_duration_seconds` (histogram),
 //! and after the first check run `sgpu_spool_writable`, `sgpu_spool_free_bytes`
 //! ([`crate::spool_probe`]).
@@ -311,6 +316,53 @@ impl Collector for DaemonCollector {
             "drains the circuit breaker refused since healthd started",
             None,
             &count(live.breaker_refusals_total),
+        )?;
+        let mut job_gpus = Vec::new();
+        let mut job_idle = Vec::new();
+        let mut job_idle_s = Vec::new();
+        for j in &live.jobs {
+            let mut labels = Labels::new();
+            job_labels(&mut labels, Some(&JobLabels::of(j)));
+            job_gpus.push((labels.clone(), j.gpus.len() as i64));
+            job_idle.push((
+                labels.clone(),
+                j.gpus.iter().filter(|g| g.idle.idle).count() as i64,
+            ));
+            let idle_ms: u64 = j.gpus.iter().map(|g| g.idle.total_ms()).sum();
+            job_idle_s.push((labels, idle_ms as f64 / 1000.0));
+        }
+        gauges(
+            &mut enc,
+            "sgpu_job_gpus",
+            "GPUs of a running job on this node",
+            None,
+            &job_gpus,
+        )?;
+        gauges(
+            &mut enc,
+            "sgpu_job_idle_gpus",
+            "GPUs of a running job that are idle now (below the partition's threshold for its window)",
+            None,
+            &job_idle,
+        )?;
+        counters(
+            &mut enc,
+            "sgpu_job_idle_gpu_seconds",
+            "idle GPU-seconds of a running job so far",
+            None,
+            &job_idle_s,
+        )?;
+        let actions: Vec<(Labels, u64)> = live
+            .idle_actions
+            .iter()
+            .map(|(a, n)| (vec![("action", a.to_string())], *n))
+            .collect();
+        counters(
+            &mut enc,
+            "sgpu_idle_actions",
+            "idle-policy actions since healthd started (warn, mail, cancel, recovered, refused)",
+            None,
+            &actions,
         )?;
         gauges(
             &mut enc,

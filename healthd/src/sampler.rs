@@ -5,6 +5,9 @@
 //! 2. decide which jobs to follow and which ended ([`usage::plan`]);
 //! 3. read every GPU once ([`sgpu_nodelib::gpu::GpuSample`], one request on the sampler's own NVML session,
 //!    under the watchdog deadline) and add each reading to the job holding the GPU;
+//!    each GPU's reading also feeds its live idle detection ([`crate::idle`]) with the
+//!    partition's thresholds, and jobs of a partition with an idle policy take its next
+//!    step ([`crate::idle_act::Actor`]: warn, mail, cancel);
 //! 4. store the changed accumulators and flush the database;
 //! 5. finalise each ended job: a `job_usage` record into the spool, then drop its
 //!    accumulator (and flush). A crash between the two writes the record again after the
@@ -25,10 +28,11 @@ use sgpu_spool::{Record, RecordBody, RecordId, RecordKind, Spool};
 use tracing::{debug, error, info, warn};
 
 use crate::daemon::Session;
+use crate::idle_act::Actor;
 use crate::status::{JobLabels, Shared};
 use crate::store::JobStore;
 use crate::usage::{self, JobAccumulator, SpoolJobs};
-use sgpu_nodelib::config::Config;
+use sgpu_nodelib::config::{Config, IdleConfig};
 use sgpu_nodelib::gpu::NvmlOptions;
 
 /// A spool file as the sampler remembers it.
@@ -64,6 +68,8 @@ pub struct Sampler {
     session: Session,
     shared: Arc<Shared>,
     complaints: BTreeSet<String>,
+    idle: IdleConfig,
+    actor: Option<Actor>,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -99,7 +105,16 @@ impl Sampler {
             session: Session::new(NvmlOptions::from_config(config)),
             shared,
             complaints: BTreeSet::new(),
+            idle: config.idle.clone(),
+            actor: None,
         }
+    }
+
+    /// Carries out the idle policy through `actor` (without one, idle GPUs are only
+    /// measured).
+    pub fn with_actor(mut self, actor: Actor) -> Sampler {
+        self.actor = actor.any_policy().then_some(actor);
+        self
     }
 
     /// The jobs followed now.
@@ -251,8 +266,12 @@ impl Sampler {
                 self.cleared("sampling");
                 report.sampled = true;
                 for (key, acc) in self.jobs.iter_mut() {
-                    if !ended.contains(key) && acc.add(batch, at_ms, &owners) {
+                    let detect = self.idle.detect_for(acc.partition.as_deref());
+                    if !ended.contains(key) && acc.add_detect(batch, at_ms, &owners, &detect) {
                         dirty.insert(key.clone());
+                        if let Some(actor) = self.actor.as_mut() {
+                            actor.step(acc, at_ms);
+                        }
                     }
                 }
             }

@@ -87,6 +87,9 @@ pub struct Live {
     pub sample_errors_total: u64,
     /// Job usage records written since start.
     pub jobs_finalised_total: u64,
+    /// Idle-policy actions since start, by action (`warn`, `mail`, `cancel`, `recovered`,
+    /// `refused`).
+    pub idle_actions: BTreeMap<&'static str, u64>,
     /// Which job holds each GPU (by UUID).
     pub holders: BTreeMap<String, JobLabels>,
     /// The running jobs' accumulators.
@@ -219,6 +222,11 @@ impl Shared {
     /// Counts a finalised job.
     pub fn record_finalised(&self) {
         self.lock().jobs_finalised_total += 1;
+    }
+
+    /// Counts an idle-policy action.
+    pub fn record_idle_action(&self, action: &'static str) {
+        *self.lock().idle_actions.entry(action).or_insert(0) += 1;
     }
 
     /// The `/status` document.

@@ -11,14 +11,18 @@
 //! At the end: allocated GPU-ms = GPUs × wall time of the job on the node (from the end
 //! record), used GPU-ms per GPU = its share of the window × its mean utilization, energy per
 //! GPU = the end record's exact counter delta where the epilog measured one, else the
-//! sampled energy.
+//! sampled energy; idle time and periods per GPU from its [`IdleTrack`] (live idle
+//! detection, [`crate::idle`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sgpu_spool::{GpuUsage, JobEnd, JobStart, RecordId, Usage};
 
+use sgpu_nodelib::config::IdleDetect;
 use sgpu_nodelib::gpu::GpuSample;
+
+use crate::idle::{IdleTrack, PolicyState};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -53,6 +57,10 @@ pub struct GpuAccumulator {
     pub last_counter_mj: Option<u64>,
     /// Time of the previous sample, ms.
     pub last_time_ms: Option<u64>,
+    /// Live idle detection (absent in accumulators stored before it existed: tracking starts
+    /// at the next sample).
+    #[serde(default)]
+    pub idle: IdleTrack,
 }
 
 impl GpuAccumulator {
@@ -75,11 +83,18 @@ impl GpuAccumulator {
             energy_known: false,
             last_counter_mj: counter_at_start,
             last_time_ms: None,
+            idle: IdleTrack::default(),
         }
     }
 
-    /// Adds one sample taken at `t_ms`.
+    /// Adds one sample taken at `t_ms`, judged idle or not with the default detection.
     pub fn add(&mut self, s: &GpuSample, t_ms: u64) {
+        self.add_detect(s, t_ms, &IdleDetect::default());
+    }
+
+    /// Adds one sample taken at `t_ms`; `detect` says when the GPU is idle.
+    pub fn add_detect(&mut self, s: &GpuSample, t_ms: u64, detect: &IdleDetect) {
+        self.idle.observe(t_ms, s.utilization_gpu_pct, None, detect);
         if let Some(u) = s.utilization_gpu_pct {
             let u = u.min(100);
             self.samples += 1;
@@ -160,6 +175,9 @@ pub struct JobAccumulator {
     pub start_time: u64,
     /// The job's GPUs.
     pub gpus: Vec<GpuAccumulator>,
+    /// Where the job stands with its partition's idle policy.
+    #[serde(default)]
+    pub policy: PolicyState,
 }
 
 impl JobAccumulator {
@@ -180,6 +198,7 @@ impl JobAccumulator {
                 .iter()
                 .map(|g| GpuAccumulator::new(g.index, g.uuid.clone(), g.name.clone(), g.energy_mj))
                 .collect(),
+            policy: PolicyState::default(),
         }
     }
 
@@ -225,13 +244,24 @@ impl JobAccumulator {
             .reduce(u64::saturating_add)
     }
 
-    /// Adds one batch of samples taken at `t_ms` to the GPUs this job holds (by UUID);
-    /// returns whether any GPU of the job was in the batch.
+    /// Adds one batch of samples taken at `t_ms` to the GPUs this job holds (by UUID), with
+    /// the default idle detection; returns whether any GPU of the job was in the batch.
     pub fn add(
         &mut self,
         samples: &[GpuSample],
         t_ms: u64,
         owners: &BTreeMap<String, String>,
+    ) -> bool {
+        self.add_detect(samples, t_ms, owners, &IdleDetect::default())
+    }
+
+    /// Like [`JobAccumulator::add`], judging idleness with `detect` (the partition's).
+    pub fn add_detect(
+        &mut self,
+        samples: &[GpuSample],
+        t_ms: u64,
+        owners: &BTreeMap<String, String>,
+        detect: &IdleDetect,
     ) -> bool {
         let key = self.key();
         let mut any = false;
@@ -243,7 +273,7 @@ impl JobAccumulator {
                 .iter()
                 .find(|s| s.uuid.as_deref() == Some(g.uuid.as_str()))
             {
-                g.add(s, t_ms);
+                g.add_detect(s, t_ms, detect);
                 any = true;
             }
         }
@@ -265,6 +295,7 @@ impl JobAccumulator {
         let mut gpus: Vec<GpuUsage> = Vec::new();
         let mut push = |index: u32, uuid: &str, name: Option<String>, exact: Option<u64>| {
             let acc = self.gpus.iter().find(|g| g.uuid == uuid);
+            let idle = acc.and_then(|a| a.idle.figures(window_start, window_end));
             let mean = acc.map_or(0.0, GpuAccumulator::util_mean);
             let used = ((span as f64) * mean / 100.0).round();
             // mean <= 100 keeps it within the window; clamp against rounding all the same
@@ -283,8 +314,8 @@ impl JobAccumulator {
                 mem_peak_mib: acc.map_or(0, GpuAccumulator::mem_peak_mib),
                 energy_mj: exact.or_else(|| acc.and_then(GpuAccumulator::energy)),
                 used_gpu_ms,
-                idle_ms: None,
-                idle_periods: None,
+                idle_ms: idle.as_ref().map(|(ms, _)| *ms),
+                idle_periods: idle.map(|(_, p)| p),
             });
         };
         if end.gpus.is_empty() {
@@ -301,6 +332,11 @@ impl JobAccumulator {
             .iter()
             .map(|g| g.used_gpu_ms)
             .fold(0, u64::saturating_add);
+        let idle_gpu_ms = gpus
+            .iter()
+            .map(|g| g.idle_ms)
+            .try_fold(0u64, |sum, i| i.map(|i| sum.saturating_add(i)))
+            .filter(|_| !gpus.is_empty());
         Usage {
             user: end.user.clone(),
             uid: end.uid,
@@ -311,7 +347,7 @@ impl JobAccumulator {
             gpus,
             allocated_gpu_ms,
             used_gpu_ms,
-            idle_gpu_ms: None,
+            idle_gpu_ms,
         }
     }
 }

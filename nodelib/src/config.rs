@@ -33,11 +33,17 @@ use toml::Spanned;
 use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
 
 mod accounting;
+mod idle;
 mod infiniband;
 mod prices;
 pub use accounting::{
     AccountingConfig, AcctAuth, DEFAULT_FORWARD_BACKOFF_MAX_S, DEFAULT_FORWARD_BATCH,
     DEFAULT_FORWARD_INTERVAL_S, DEFAULT_FORWARD_TIMEOUT_S,
+};
+pub use idle::{
+    DEFAULT_IDLE_MAX_CANCELS_PER_HOUR, DEFAULT_IDLE_MEM_UTIL_BELOW_PCT,
+    DEFAULT_IDLE_UTIL_BELOW_PCT, DEFAULT_IDLE_WINDOW_S, IdleConfig, IdleDetect, IdlePartition,
+    IdlePolicy,
 };
 pub use prices::PricesConfig;
 
@@ -186,6 +192,8 @@ pub struct Config {
     pub accounting: AccountingConfig,
     /// The `[prices]` table: costs in `sgpu report`.
     pub prices: PricesConfig,
+    /// The `[idle]` table: healthd's idle-GPU detection and per-partition policy.
+    pub idle: IdleConfig,
     /// The `[infiniband]` table: expected ports and where sysfs lists them.
     pub infiniband: crate::infiniband::IbSettings,
 }
@@ -212,6 +220,7 @@ impl Default for Config {
             status_listen: DEFAULT_STATUS_LISTEN.parse().ok(),
             accounting: AccountingConfig::default(),
             prices: PricesConfig::default(),
+            idle: IdleConfig::default(),
             infiniband: crate::infiniband::IbSettings::default(),
         }
     }
@@ -242,6 +251,7 @@ struct RawConfig {
     status_listen: Option<Spanned<String>>,
     accounting: Option<accounting::RawAccounting>,
     prices: Option<prices::RawPrices>,
+    idle: Option<idle::RawIdle>,
     infiniband: Option<infiniband::RawInfiniband>,
     #[serde(default)]
     checks: RawChecks,
@@ -544,6 +554,12 @@ impl Config {
 
         if let Some(p) = raw.prices {
             config.prices = p
+                .validate()
+                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+        }
+
+        if let Some(i) = raw.idle {
+            config.idle = i
                 .validate()
                 .map_err(|(offset, key, message)| invalid(offset, key, message))?;
         }

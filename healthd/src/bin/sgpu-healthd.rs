@@ -24,6 +24,17 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // the idle policy's appending child, run as a job's user (sgpu_healthd::idle_act)
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some((path, text)) = sgpu_healthd::idle_act::append_args(&raw) {
+        return match sgpu_healthd::idle_act::append_as_user(&path, &text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -323,3 +323,47 @@ fn a_run_is_ended_only_by_its_own_runs_end_and_its_usage_carries_the_run() {
     let old: JobAccumulator = serde_json::from_value(json).unwrap();
     assert_eq!(old.run, 0);
 }
+
+#[test]
+fn finalise_carries_idle_time_and_periods_per_gpu() {
+    let (id, start) = start_record(8, 0, &["GPU-a", "GPU-b"]);
+    let mut acc = JobAccumulator::from_start(&id, &start);
+    let owners = gpu_owners([&acc]);
+    let detect = sgpu_nodelib::config::IdleDetect {
+        util_below_pct: 5,
+        mem_util_below_pct: 5,
+        window: std::time::Duration::from_secs(20),
+    };
+    // GPU-a idle from 10 s to 40 s, then busy; GPU-b busy throughout
+    for t in (10..=60u64).step_by(10) {
+        let ua = if t <= 40 { 0 } else { 90 };
+        let batch = [
+            sample("GPU-a", Some(ua), MIB, 1_000, None),
+            sample("GPU-b", Some(70), MIB, 1_000, None),
+        ];
+        acc.add_detect(&batch, t * 1000, &owners, &detect);
+    }
+    let usage = acc.finalise(&end_body(0, 70_000, &[("GPU-a", None), ("GPU-b", None)]));
+    assert_eq!(usage.gpus[0].idle_ms, Some(30_000));
+    assert_eq!(
+        usage.gpus[0].idle_periods,
+        Some(vec![sgpu_spool::IdlePeriod {
+            start: 10_000,
+            end: 40_000
+        }])
+    );
+    assert_eq!(usage.gpus[1].idle_ms, Some(0));
+    assert_eq!(usage.idle_gpu_ms, Some(30_000));
+    let record = Record::new(
+        RecordId::new("c", 8, None, "node1", RecordKind::JobUsage)
+            .unwrap_or_else(|e| panic!("{e}")),
+        1,
+        RecordBody::JobUsage(usage),
+    );
+    assert!(record.is_ok(), "{record:?}");
+    // an accumulator that never saw a reading leaves the figures unknown
+    let (id, start) = start_record(9, 0, &["GPU-c"]);
+    let fresh = JobAccumulator::from_start(&id, &start);
+    let usage = fresh.finalise(&end_body(0, 1_000, &[("GPU-c", None)]));
+    assert_eq!((usage.gpus[0].idle_ms, usage.idle_gpu_ms), (None, None));
+}
