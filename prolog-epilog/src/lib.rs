@@ -102,14 +102,21 @@ pub fn main_for(gate: Gate) -> i32 {
     report.exit_code
 }
 
+/// A panic caught by [`catch_panic`]: its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
 /// Runs `f`, turning a panic into `Err` with its message.
-pub fn catch_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+pub fn catch_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, Panicked> {
     std::panic::catch_unwind(f).map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into())
+        Panicked(
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into()),
+        )
     })
 }
 
@@ -123,11 +130,11 @@ mod tests {
         let n = 3;
         assert_eq!(
             catch_panic(|| -> i32 { panic!("bad index {n}") }),
-            Err("bad index 3".to_string())
+            Err(Panicked("bad index 3".to_string()))
         );
         assert_eq!(
             catch_panic(|| -> i32 { panic!("static") }),
-            Err("static".to_string())
+            Err(Panicked("static".to_string()))
         );
     }
 }

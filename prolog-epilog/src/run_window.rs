@@ -27,6 +27,57 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(400);
 /// fits).
 pub const MAX_OUTPUT: u64 = 64 << 10;
 
+/// Why slurmdbd gave no window for the run (the epilog then keeps the node's window).
+#[derive(Debug, thiserror::Error)]
+pub enum SacctError {
+    /// A line of `sacct`'s answer is not `JobIDRaw|Start|End|State` of plain words.
+    #[error(
+        "unexpected sacct line {0:?}: the program sgpu ran as sacct is not Slurm's, or \
+         prints other fields; check `scontrol` in sgpu.toml (sacct is looked up beside it)"
+    )]
+    Line(String),
+    /// `sacct` could not be started.
+    #[error(
+        "cannot run {sacct}: {source}; set `scontrol` in sgpu.toml to the scontrol of the \
+         Slurm whose sacct to use (sacct is looked up beside it)"
+    )]
+    Spawn {
+        /// The program.
+        sacct: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `sacct`'s stdout could not be captured.
+    #[error("sacct's output is not readable")]
+    NoOutput,
+    /// `sacct` did not exit within [`QUERY_TIMEOUT`].
+    #[error(
+        "sacct did not answer within {QUERY_TIMEOUT:?}: check that slurmdbd is up and \
+         answers (`sacct -j ID` by hand)"
+    )]
+    Timeout,
+    /// Waiting for `sacct` failed.
+    #[error("waiting for sacct: {0}")]
+    Wait(std::io::Error),
+    /// The thread reading `sacct`'s output died.
+    #[error("sacct's reader failed")]
+    Reader,
+    /// `sacct`'s output could not be read.
+    #[error("reading sacct's output: {0}")]
+    Read(std::io::Error),
+    /// `sacct` exited with an error.
+    #[error("sacct exited with {0}: run it by hand to see why (slurmdbd down, no accounting)")]
+    Exit(std::process::ExitStatus),
+    /// slurmdbd lists no finished run where the node measured this one.
+    #[error("slurmdbd has no finished run overlapping {start_ms}..{end_ms} ms")]
+    NoRun {
+        /// The node's start of the run, Unix ms.
+        start_ms: u64,
+        /// The node's end of the run, Unix ms.
+        end_ms: u64,
+    },
+}
+
 /// One finished run in `sacct`'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SacctRun {
@@ -37,7 +88,7 @@ pub struct SacctRun {
 /// Parses `JobIDRaw|Start|End|State` lines (`-P`; a trailing `|`, as `-p` prints, is taken) for `job_id`; a line of another shape is an
 /// error (the output is not what was asked for), lines of other ids (steps) are skipped.
 /// Runs without an end yet (`Unknown`) are left out.
-pub fn parse(out: &str, job_id: u32) -> Result<Vec<SacctRun>, String> {
+pub fn parse(out: &str, job_id: u32) -> Result<Vec<SacctRun>, SacctError> {
     let id = job_id.to_string();
     let mut runs = Vec::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
@@ -45,14 +96,14 @@ pub fn parse(out: &str, job_id: u32) -> Result<Vec<SacctRun>, String> {
         let line = line.strip_suffix('|').unwrap_or(line);
         let f: Vec<&str> = line.split('|').collect();
         let [jid, start, end, state] = f.as_slice() else {
-            return Err(format!("unexpected sacct line {line:?}"));
+            return Err(SacctError::Line(line.to_string()));
         };
         let plain = |s: &str| {
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b" _.+".contains(&b))
         };
         if ![jid, start, end, state].iter().all(|s| plain(s)) {
-            return Err(format!("unexpected sacct line {line:?}"));
+            return Err(SacctError::Line(line.to_string()));
         }
         if *jid != id {
             continue;
@@ -82,7 +133,7 @@ pub fn pick(runs: &[SacctRun], node_start_ms: u64, node_end_ms: u64) -> Option<S
 }
 
 /// Runs `sacct` once: its stdout (at most [`MAX_OUTPUT`] bytes), or why not.
-fn sacct_once(sacct: &str, job_id: u32) -> Result<String, String> {
+fn sacct_once(sacct: &str, job_id: u32) -> Result<String, SacctError> {
     let mut child = Command::new(sacct)
         .env("SLURM_TIME_FORMAT", "%s")
         .args([
@@ -99,11 +150,14 @@ fn sacct_once(sacct: &str, job_id: u32) -> Result<String, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run {sacct}: {e}"))?;
+        .map_err(|source| SacctError::Spawn {
+            sacct: sacct.to_string(),
+            source,
+        })?;
     let Some(stdout) = child.stdout.take() else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err("sacct's output is not readable".into());
+        return Err(SacctError::NoOutput);
     };
     // read while it runs (bounded), in a thread, so the deadline holds
     let reader = std::thread::spawn(move || {
@@ -121,17 +175,17 @@ fn sacct_once(sacct: &str, job_id: u32) -> Result<String, String> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("sacct did not answer within {QUERY_TIMEOUT:?}"));
+                return Err(SacctError::Timeout);
             }
-            Err(e) => return Err(format!("waiting for sacct: {e}")),
+            Err(e) => return Err(SacctError::Wait(e)),
         }
     };
     let out = reader
         .join()
-        .map_err(|_| "sacct's reader failed".to_string())?
-        .map_err(|e| format!("reading sacct's output: {e}"))?;
+        .map_err(|_| SacctError::Reader)?
+        .map_err(SacctError::Read)?;
     if !status.success() {
-        return Err(format!("sacct exited with {status}"));
+        return Err(SacctError::Exit(status));
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
@@ -161,17 +215,21 @@ pub fn from_slurmdbd(
     job_id: u32,
     node_start_ms: u64,
     node_end_ms: u64,
-) -> Result<SlurmWindow, String> {
+) -> Result<SlurmWindow, SacctError> {
     let sacct = sacct_path.unwrap_or("sacct");
-    let mut last = String::new();
+    let mut last = SacctError::NoRun {
+        start_ms: node_start_ms,
+        end_ms: node_end_ms,
+    };
     for attempt in 1..=ATTEMPTS {
         match sacct_once(sacct, job_id).and_then(|out| parse(&out, job_id)) {
             Ok(runs) => match pick(&runs, node_start_ms, node_end_ms) {
                 Some(w) => return Ok(w),
                 None => {
-                    last = format!(
-                        "slurmdbd has no finished run overlapping {node_start_ms}..{node_end_ms} ms"
-                    )
+                    last = SacctError::NoRun {
+                        start_ms: node_start_ms,
+                        end_ms: node_end_ms,
+                    }
                 }
             },
             Err(e) => last = e,
@@ -213,6 +271,6 @@ mod tests {
     #[test]
     fn a_missing_sacct_is_an_error_not_a_hang() {
         let e = from_slurmdbd(Some("/nonexistent/sacct"), 9, 0, 1).unwrap_err();
-        assert!(e.contains("cannot run"), "{e}");
+        assert!(e.to_string().contains("cannot run"), "{e}");
     }
 }
