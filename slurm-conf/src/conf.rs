@@ -359,9 +359,25 @@ fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// An include target that cannot be expanded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IncludeError {
+    /// The glob is not valid UTF-8.
+    #[error("the include path is not valid UTF-8; rename the file or name it without a glob")]
+    NotUtf8,
+    /// The glob does not parse.
+    #[error("invalid glob pattern `{pattern}`: {source}")]
+    BadGlob {
+        /// The pattern as written.
+        pattern: String,
+        /// The glob crate's error.
+        source: glob::PatternError,
+    },
+}
+
 /// Expands an include target relative to `dir`: a glob when it has glob
 /// characters, else the literal path.
-pub(crate) fn resolve_include(pattern: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn resolve_include(pattern: &str, dir: &Path) -> Result<Vec<PathBuf>, IncludeError> {
     let full = if Path::new(pattern).is_absolute() {
         PathBuf::from(pattern)
     } else {
@@ -371,9 +387,12 @@ pub(crate) fn resolve_include(pattern: &str, dir: &Path) -> Result<Vec<PathBuf>,
         return Ok(vec![full]);
     }
     let Some(pat) = full.to_str() else {
-        return Err("the include path is not valid UTF-8".to_string());
+        return Err(IncludeError::NotUtf8);
     };
-    let paths = glob::glob(pat).map_err(|e| format!("invalid glob pattern `{pattern}`: {e}"))?;
+    let paths = glob::glob(pat).map_err(|source| IncludeError::BadGlob {
+        pattern: pattern.to_string(),
+        source,
+    })?;
     let mut out: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
     if out.is_empty() && full.exists() {
         out.push(full);
@@ -474,8 +493,8 @@ impl Loader {
         }
         let paths = match resolve_include(&name, &dir_of(origin)) {
             Ok(p) => p,
-            Err(msg) => {
-                self.errors.push(ConfError::at(at, msg));
+            Err(e) => {
+                self.errors.push(ConfError::at(at, e.to_string()));
                 return;
             }
         };

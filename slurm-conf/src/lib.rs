@@ -17,4 +17,6 @@ pub use conf::{ConfError, ConfFile, Location, Source};
 pub use gres_conf::{AutoDetect, GpuDevice, GpuIssue, GresConf, NodeGpus};
 pub use hostlist::{Hostlist, HostlistError, compress, expand};
 pub use plugstack::{PlugstackConf, SpankEntry};
-pub use slurm_conf::{GresSpec, Node, Partition, SlurmConf, UNKNOWN_CLUSTER, cluster_name};
+pub use slurm_conf::{
+    GresError, GresSpec, Node, Partition, SlurmConf, UNKNOWN_CLUSTER, ValueError, cluster_name,
+};

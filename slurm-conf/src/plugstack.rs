@@ -133,8 +133,8 @@ impl Builder {
     fn include(&mut self, pattern: &str, at: &Location, origin: &Path) {
         let paths = match resolve_include(pattern, &dir_of(origin)) {
             Ok(p) => p,
-            Err(msg) => {
-                self.errors.push(ConfError::at(at, msg));
+            Err(e) => {
+                self.errors.push(ConfError::at(at, e.to_string()));
                 return;
             }
         };

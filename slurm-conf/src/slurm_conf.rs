@@ -49,6 +49,54 @@ pub struct GresSpec {
     pub sockets: Option<String>,
 }
 
+/// A GRES item Slurm would refuse (each message shows the form it expects).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GresError {
+    /// `(` without a closing `)`.
+    #[error("GRES `{0}`: expected `)` at the end of the socket suffix, e.g. gpu:4(S:0-1)")]
+    SocketSuffix(String),
+    /// No name before the first `:`.
+    #[error("GRES `{0}`: expected a name first, e.g. gpu:a100:4")]
+    NoName(String),
+    /// `::`.
+    #[error("GRES `{0}`: empty field between `:`")]
+    EmptyField(String),
+    /// Two types, e.g. `gpu:a:b:4`.
+    #[error("GRES `{0}`: expected name[:type][:count], found more than one type")]
+    TwoTypes(String),
+}
+
+/// A number or boolean value Slurm would refuse (Slurm's own wording).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a number `strtoul` takes.
+    #[error("{key} value \"{value}\" is not a valid number (expected e.g. {key}=4)")]
+    NotANumber {
+        /// The key as written.
+        key: String,
+        /// The value as written.
+        value: String,
+    },
+    /// Above the key's largest value.
+    #[error("{key} value ({value}) is greater than {max}")]
+    TooLarge {
+        /// The key as written.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// The largest value the key takes.
+        max: u64,
+    },
+    /// Not one of Slurm's boolean words.
+    #[error("\"{value}\" is not a valid option for \"{key}\" (expected YES or NO)")]
+    NotABool {
+        /// The key as written.
+        key: String,
+        /// The value as written.
+        value: String,
+    },
+}
+
 impl GresSpec {
     /// Whether this is a GPU (`gpu`, case-insensitive).
     pub fn is_gpu(&self) -> bool {
@@ -57,14 +105,12 @@ impl GresSpec {
 
     /// Parses one GRES item such as `gpu`, `gpu:4`, `gpu:a100:4` or
     /// `gpu:a100:4(S:0-1)`.
-    pub fn parse(item: &str) -> Result<Self, String> {
+    pub fn parse(item: &str) -> Result<Self, GresError> {
         let item = item.trim();
         let (main, sockets) = match item.find('(') {
             Some(p) => {
                 let Some(inner) = item[p + 1..].strip_suffix(')') else {
-                    return Err(format!(
-                        "GRES `{item}`: expected `)` at the end of the socket suffix, e.g. gpu:4(S:0-1)"
-                    ));
+                    return Err(GresError::SocketSuffix(item.to_string()));
                 };
                 (&item[..p], Some(inner.to_string()))
             }
@@ -73,9 +119,7 @@ impl GresSpec {
         let parts: Vec<&str> = main.split(':').collect();
         let name = parts[0];
         if name.is_empty() {
-            return Err(format!(
-                "GRES `{item}`: expected a name first, e.g. gpu:a100:4"
-            ));
+            return Err(GresError::NoName(item.to_string()));
         }
         let (count, middle) = match parts.len() {
             1 => (1, &parts[1..]),
@@ -91,11 +135,9 @@ impl GresSpec {
             if m.eq_ignore_ascii_case("no_consume") {
                 flags.push(m.to_string());
             } else if m.is_empty() {
-                return Err(format!("GRES `{item}`: empty field between `:`"));
+                return Err(GresError::EmptyField(item.to_string()));
             } else if type_.is_some() {
-                return Err(format!(
-                    "GRES `{item}`: expected name[:type][:count], found more than one type"
-                ));
+                return Err(GresError::TwoTypes(item.to_string()));
             } else {
                 type_ = Some(m.to_string());
             }
@@ -110,7 +152,7 @@ impl GresSpec {
     }
 
     /// Parses a comma-separated GRES list (commas inside `(...)` do not split).
-    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, GresError> {
         let mut out = Vec::new();
         let mut depth = 0i32;
         let mut start = 0;
@@ -334,7 +376,7 @@ const LINE_KEYS: &[&str] = &[
 
 /// Slurm's `s_p_handle_uint*`: `strtoul(value, 0)` (decimal, `0x` hex or
 /// leading-zero octal), `UNLIMITED`/`INFINITE` meaning the maximum.
-pub(crate) fn parse_slurm_uint(key: &str, value: &str, max: u64) -> Result<u64, String> {
+pub(crate) fn parse_slurm_uint(key: &str, value: &str, max: u64) -> Result<u64, ValueError> {
     if value.eq_ignore_ascii_case("UNLIMITED") || value.eq_ignore_ascii_case("INFINITE") {
         return Ok(max);
     }
@@ -344,26 +386,24 @@ pub(crate) fn parse_slurm_uint(key: &str, value: &str, max: u64) -> Result<u64, 
         Some(b'-') => (&v[1..], true),
         _ => (v, false),
     };
+    let invalid = || ValueError::NotANumber {
+        key: key.to_string(),
+        value: value.to_string(),
+    };
     let signed_digits = |d: &str| d.starts_with(['+', '-']);
     let parsed = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
         if signed_digits(h) {
-            return Err(format!(
-                "{key} value \"{value}\" is not a valid number (expected e.g. {key}=4)"
-            ));
+            return Err(invalid());
         }
         u64::from_str_radix(h, 16)
     } else if v.len() > 1 && v.starts_with('0') {
         if signed_digits(&v[1..]) {
-            return Err(format!(
-                "{key} value \"{value}\" is not a valid number (expected e.g. {key}=4)"
-            ));
+            return Err(invalid());
         }
         u64::from_str_radix(&v[1..], 8)
     } else {
         v.parse::<u64>()
     };
-    let invalid =
-        || format!("{key} value \"{value}\" is not a valid number (expected e.g. {key}=4)");
     let n = match parsed {
         Ok(n) if !v.is_empty() && !v.starts_with('+') => n,
         Err(e) if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) => u64::MAX,
@@ -371,20 +411,25 @@ pub(crate) fn parse_slurm_uint(key: &str, value: &str, max: u64) -> Result<u64, 
     };
     let n = if neg && n != 0 { u64::MAX } else { n };
     if n > max {
-        return Err(format!("{key} value ({value}) is greater than {max}"));
+        return Err(ValueError::TooLarge {
+            key: key.to_string(),
+            value: value.to_string(),
+            max,
+        });
     }
     Ok(n)
 }
 
 /// Slurm's `s_p_handle_boolean`.
-pub(crate) fn parse_slurm_bool(key: &str, value: &str) -> Result<bool, String> {
+pub(crate) fn parse_slurm_bool(key: &str, value: &str) -> Result<bool, ValueError> {
     let v = value.to_ascii_lowercase();
     match v.as_str() {
         "yes" | "up" | "true" | "1" => Ok(true),
         "no" | "down" | "false" | "0" => Ok(false),
-        _ => Err(format!(
-            "\"{value}\" is not a valid option for \"{key}\" (expected YES or NO)"
-        )),
+        _ => Err(ValueError::NotABool {
+            key: key.to_string(),
+            value: value.to_string(),
+        }),
     }
 }
 
@@ -514,7 +559,7 @@ impl Builder {
                 continue;
             };
             if let Err(e) = parse_slurm_uint(&p.key, &p.value, max) {
-                self.err(at, e);
+                self.err(at, e.to_string());
             }
         }
     }
@@ -554,7 +599,7 @@ impl Builder {
             Some(g) => match GresSpec::parse_list(g) {
                 Ok(g) => g,
                 Err(e) => {
-                    self.err(&s.at, e);
+                    self.err(&s.at, e.to_string());
                     Vec::new()
                 }
             },
@@ -700,7 +745,7 @@ impl Builder {
         for p in &s.pairs[1..] {
             if PART_BOOL.contains(&p.key.to_ascii_lowercase().as_str()) {
                 if let Err(e) = parse_slurm_bool(&p.key, &p.value) {
-                    self.err(&s.at, e);
+                    self.err(&s.at, e.to_string());
                 }
             }
         }
