@@ -79,3 +79,66 @@ impl RawInfiniband {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/sgpu/sgpu.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_table_sets_root_ports_and_rate() {
+        let c = parse(
+            "[infiniband]\nsysfs_root = \"/srv/ib\"\nports = [\"mlx5_0/1\", \"mlx5_1/1\"]\n\
+             rate_gbps = 400\n",
+        )
+        .unwrap();
+        assert_eq!(c.infiniband.sysfs_root, Path::new("/srv/ib"));
+        assert_eq!(c.infiniband.ports, ["mlx5_0/1", "mlx5_1/1"]);
+        assert_eq!(c.infiniband.rate_gbps, Some(400.0));
+        let d = parse("").unwrap();
+        assert_eq!(d.infiniband, crate::infiniband::IbSettings::default());
+        assert_eq!(
+            d.infiniband.sysfs_root,
+            Path::new(crate::infiniband::DEFAULT_ROOT)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        for (text, want) in [
+            (
+                "[infiniband]\nports = [\"mlx5_0\"]\n",
+                "/etc/sgpu/sgpu.toml:2: infiniband.ports: \"mlx5_0\" is not <device>/<port>",
+            ),
+            (
+                "[infiniband]\nports = [\"mlx5_0/1\",\n \"mlx5_0/1\"]\n",
+                "/etc/sgpu/sgpu.toml:3: infiniband.ports: \"mlx5_0/1\" is listed twice",
+            ),
+            (
+                "\n[infiniband]\nrate_gbps = 0\n",
+                "/etc/sgpu/sgpu.toml:3: infiniband.rate_gbps: 0 is out of range",
+            ),
+            (
+                "[infiniband]\nsysfs_root = \"sys/class\"\n",
+                "/etc/sgpu/sgpu.toml:2: infiniband.sysfs_root: sys/class is not an absolute",
+            ),
+            (
+                "[infiniband]\nport = [\"mlx5_0/1\"]\n",
+                "unknown field `port`",
+            ),
+            (
+                "[checks.\"ib.errors\"]\ndrain_per_minute = 3\n",
+                "unknown key for this check; valid keys: severity, enabled, enforce, \
+                 warn_per_hour, drain_per_hour",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}
