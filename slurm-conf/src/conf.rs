@@ -87,7 +87,7 @@ impl ConfError {
 /// Largest file the parsers read (configuration files are small; this keeps
 /// a mistaken `Include /var/log/huge` from exhausting memory).
 const MAX_FILE_SIZE: u64 = 64 << 20;
-/// Deepest nesting of `Include`.
+/// Deepest nesting of `Include` (slurm.conf) and `include` (plugstack.conf).
 const MAX_INCLUDE_DEPTH: usize = 16;
 /// Most statements read over all files.
 const MAX_STATEMENTS: usize = 4_000_000;
@@ -355,7 +355,7 @@ pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
 
 /// The canonical form of a path for loop detection (the path itself when it
 /// cannot be resolved).
-fn canonical(path: &Path) -> PathBuf {
+pub(crate) fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
@@ -491,48 +491,70 @@ impl Loader {
                 }
             }
         }
-        let paths = match resolve_include(&name, &dir_of(origin)) {
-            Ok(p) => p,
-            Err(e) => {
-                self.errors.push(ConfError::at(at, e.to_string()));
-                return;
-            }
-        };
-        for p in paths {
-            let canon = canonical(&p);
-            if self.stack.contains(&canon) {
-                let chain: Vec<String> =
-                    self.stack.iter().map(|s| s.display().to_string()).collect();
-                self.errors.push(ConfError::at(
-                    at,
-                    format!(
-                        "Include loop: {} includes {} again (chain: {})",
-                        origin.display(),
-                        p.display(),
-                        chain.join(" -> ")
-                    ),
-                ));
-                continue;
-            }
-            if self.stack.len() >= MAX_INCLUDE_DEPTH {
-                self.errors.push(ConfError::at(
-                    at,
-                    format!(
-                        "Include nested more than {MAX_INCLUDE_DEPTH} levels deep at {}",
-                        p.display()
-                    ),
-                ));
-                continue;
-            }
-            match read_text(&p) {
-                Ok(text) => self.load_str(&text, &p),
-                Err(e) => self.errors.push(ConfError::at(
-                    at,
-                    format!("cannot read included file {}: {e}", p.display()),
-                )),
-            }
+        let included = include_files(&name, at, origin, &self.stack, "Include", &mut self.errors);
+        for (p, text) in included {
+            self.load_str(&text, &p);
         }
     }
+}
+
+/// The files an include line at `at` of `origin` names (`pattern`, relative to `origin`'s
+/// directory, a glob or a path) with their text, for the caller to read in order while
+/// `stack` (the canonical paths being read) still holds. A file already in `stack` (a loop),
+/// one nested deeper than [`MAX_INCLUDE_DEPTH`] and one that cannot be read are errors at
+/// `at`, starting with `keyword` (`Include` in slurm.conf, `include` in plugstack.conf); a
+/// pattern that cannot be expanded is one error and no file.
+pub(crate) fn include_files(
+    pattern: &str,
+    at: &Location,
+    origin: &Path,
+    stack: &[PathBuf],
+    keyword: &str,
+    errors: &mut Vec<ConfError>,
+) -> Vec<(PathBuf, String)> {
+    let paths = match resolve_include(pattern, &dir_of(origin)) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(ConfError::at(at, e.to_string()));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for p in paths {
+        if stack.contains(&canonical(&p)) {
+            let chain: Vec<String> = stack.iter().map(|s| s.display().to_string()).collect();
+            errors.push(ConfError::at(
+                at,
+                format!(
+                    "{keyword} loop: {} includes {} again (chain: {})",
+                    origin.display(),
+                    p.display(),
+                    chain.join(" -> ")
+                ),
+            ));
+            continue;
+        }
+        if stack.len() >= MAX_INCLUDE_DEPTH {
+            errors.push(ConfError::at(
+                at,
+                format!(
+                    "{keyword} nested more than {MAX_INCLUDE_DEPTH} levels deep at {}",
+                    p.display()
+                ),
+            ));
+            continue;
+        }
+        match read_text(&p) {
+            Ok(text) => out.push((p, text)),
+            // A literal path that does not exist: Slurm's glob() finds no match and silently
+            // skips it; report it, it is surely a typo.
+            Err(e) => errors.push(ConfError::at(
+                at,
+                format!("cannot read included file {}: {e}", p.display()),
+            )),
+        }
+    }
+    out
 }
 
 /// Orders errors by file (in reading order), then line; I/O errors first.

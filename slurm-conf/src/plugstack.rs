@@ -14,11 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::conf::{
-    ConfError, ConfFile, Location, Source, dir_of, read_text, resolve_include, sort_errors,
+    ConfError, ConfFile, Location, Source, canonical, include_files, read_text, sort_errors,
 };
-
-/// Deepest nesting of `include`.
-const MAX_INCLUDE_DEPTH: usize = 16;
 
 /// One `required`/`optional` plugin line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +70,7 @@ struct Builder {
 impl Builder {
     fn file(&mut self, text: &str, origin: &Path) {
         self.conf.files.push(origin.to_path_buf());
-        self.stack
-            .push(std::fs::canonicalize(origin).unwrap_or_else(|_| origin.to_path_buf()));
+        self.stack.push(canonical(origin));
         for (i, raw) in text.split('\n').enumerate() {
             self.line(raw, Location::new(origin, i + 1), origin);
         }
@@ -131,41 +127,16 @@ impl Builder {
     }
 
     fn include(&mut self, pattern: &str, at: &Location, origin: &Path) {
-        let paths = match resolve_include(pattern, &dir_of(origin)) {
-            Ok(p) => p,
-            Err(e) => {
-                self.errors.push(ConfError::at(at, e.to_string()));
-                return;
-            }
-        };
-        for p in paths {
-            let canon = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
-            if self.stack.contains(&canon) {
-                self.errors.push(ConfError::at(
-                    at,
-                    format!("include loop: {} is already being read", p.display()),
-                ));
-                continue;
-            }
-            if self.stack.len() >= MAX_INCLUDE_DEPTH {
-                self.errors.push(ConfError::at(
-                    at,
-                    format!(
-                        "include nested more than {MAX_INCLUDE_DEPTH} levels deep at {}",
-                        p.display()
-                    ),
-                ));
-                continue;
-            }
-            match read_text(&p) {
-                Ok(text) => self.file(&text, &p),
-                // A literal path that does not exist: Slurm's glob() finds no
-                // match and silently skips it; report it, it is surely a typo.
-                Err(e) => self.errors.push(ConfError::at(
-                    at,
-                    format!("cannot read included file {}: {e}", p.display()),
-                )),
-            }
+        let included = include_files(
+            pattern,
+            at,
+            origin,
+            &self.stack,
+            "include",
+            &mut self.errors,
+        );
+        for (p, text) in included {
+            self.file(&text, &p);
         }
     }
 }
