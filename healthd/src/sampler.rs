@@ -306,7 +306,7 @@ impl Sampler {
             .filter_map(|(uuid, key)| Some((uuid.clone(), JobLabels::of(self.jobs.get(key)?))))
             .collect();
         self.shared.record_sample(
-            samples.as_deref().map_err(|f| f.to_string()),
+            samples.as_deref(),
             at_ms,
             self.jobs.values().cloned().collect(),
             holders,

@@ -16,7 +16,7 @@ use crate::policy::{Decision, Memory};
 use crate::usage::JobAccumulator;
 use sgpu_nodelib::breaker::Trip;
 use sgpu_nodelib::checks::{CheckResult, Verdict};
-use sgpu_nodelib::gpu::GpuSample;
+use sgpu_nodelib::gpu::{GpuSample, NvmlFailure};
 
 /// The job labels a GPU carries in metrics while a job holds it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -184,7 +184,7 @@ impl Shared {
     /// jobs and their GPUs, and how long it took.
     pub fn record_sample(
         &self,
-        samples: Result<&[GpuSample], String>,
+        samples: Result<&[GpuSample], &NvmlFailure>,
         at_ms: u64,
         jobs: Vec<JobAccumulator>,
         holders: BTreeMap<String, JobLabels>,
@@ -201,7 +201,7 @@ impl Shared {
             }
             Err(e) => {
                 l.sample_errors_total += 1;
-                l.sample_error = Some(e);
+                l.sample_error = Some(e.to_string());
             }
         }
         l.last_sample_duration = Some(took);
