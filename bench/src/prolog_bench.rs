@@ -42,6 +42,10 @@ struct Args {
     /// Simulated GPUs on the node (the job gets all of them).
     #[arg(long, default_value_t = 8)]
     gpus: u32,
+    /// NVLink links per GPU, all active (0: no NVLink, NOT_SUPPORTED as on PCIe boards; an
+    /// H100 SXM has 18): what `gpu.nvlink` costs the prolog.
+    #[arg(long, default_value_t = 0)]
+    nvlink: u32,
     /// Directory holding sgpu-prolog and sgpu-epilog [default: this program's directory].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -431,12 +435,20 @@ fn bench(args: &Args) -> Result<bool, String> {
     }
 
     let node = Node::new(args.gpus)?;
+    if args.nvlink > 0 {
+        nvml_sim::State::update(&node.sim.state, |st| {
+            for g in &mut st.gpus {
+                g.nvlink = Some(nvml_sim::nvlink::NvLink::all_active(args.nvlink));
+            }
+        })
+        .map_err(|e| format!("--nvlink {}: {e}", args.nvlink))?;
+    }
     let stderr = File::create(&node.log).map_err(|e| format!("{}: {e}", node.log.display()))?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "sgpu prolog benchmark: {} timed runs after {} warm-ups, node {NODE} with {} simulated GPUs \
-         (the job holds all of them)",
-        args.runs, args.warmup, args.gpus
+         (the job holds all of them), {} NVLink links each",
+        args.runs, args.warmup, args.gpus, args.nvlink
     );
     println!("gates:   {}", bin_dir.display());
     println!(
