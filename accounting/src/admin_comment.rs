@@ -18,9 +18,13 @@
 //! JobIDRaw,JobID,AdminComment`) and leaves a comment alone that is neither empty nor its
 //! own (an admin's note or another tool's summary), logging that it did.
 //!
-//! **Format.** `<prefix><base64 of the JSON>` (standard alphabet, padded): sacctmgr turns
-//! every quote of a value into a backquote and slurmdbd puts the value between single
-//! quotes, so raw JSON cannot pass; base64 passes both unchanged. The JSON
+//! **Format.** `<prefix><base32 of the JSON>` (RFC 4648 alphabet in lower case, padded
+//! with `=`): sacctmgr turns every quote of a value into a backquote and slurmdbd puts the
+//! value between single quotes, so raw JSON cannot pass; and sacctmgr before Slurm 23.02
+//! writes AdminComment in lower case (measured on 22.05: `AdminComment=AbC` is stored as
+//! `abc`; 23.02's CHANGELOG: "no longer force updates to the AdminComment ... to
+//! lower-case"), which breaks base64. Lower-case base32 passes all three unchanged; decode
+//! it with `tr a-z A-Z | base32 -d`, or any RFC 4648 decoder. The JSON
 //! ([`Summary`]) is version 1 (`"v":1`), integers in records' units (GPU-ms, mJ, MiB), and
 //! a figure sgpu did not measure is absent (unknown), never 0. Nothing in it comes from
 //! text a user sets (job name, comment, paths): only numbers, the node names and the GPU
@@ -184,12 +188,12 @@ impl Summary {
         }
     }
 
-    /// `prefix` + base64 of the JSON, within [`MAX_ADMIN_COMMENT_BYTES`] (the per-GPU list
+    /// `prefix` + lower-case base32 of the JSON, within [`MAX_ADMIN_COMMENT_BYTES`] (the per-GPU list
     /// left out when it does not fit); `None` if even that does not fit.
     pub fn encode(&self, prefix: &str) -> Option<String> {
         let text = |s: &Summary| -> Option<String> {
             let json = serde_json::to_vec(s).ok()?;
-            Some(format!("{prefix}{}", base64_encode(&json)))
+            Some(format!("{prefix}{}", base32_encode(&json)))
         };
         let full = text(self)?;
         if full.len() <= MAX_ADMIN_COMMENT_BYTES {
@@ -204,28 +208,29 @@ impl Summary {
     /// Reads an AdminComment written with `prefix`.
     pub fn decode(comment: &str, prefix: &str) -> Result<Summary, String> {
         let body = comment
-            .strip_prefix(prefix)
+            .get(..prefix.len())
+            .filter(|p| p.eq_ignore_ascii_case(prefix))
+            .map(|_| &comment[prefix.len()..])
             .ok_or_else(|| format!("AdminComment does not start with {prefix:?}"))?;
-        let json = base64_decode(body.trim()).ok_or("AdminComment: not base64 after the prefix")?;
+        let json = base32_decode(body.trim()).ok_or("AdminComment: not base32 after the prefix")?;
         serde_json::from_slice(&json).map_err(|e| format!("AdminComment's JSON: {e}"))
     }
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-/// Standard base64 with padding.
-pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+/// RFC 4648 base32 in lower case, padded with `=`.
+pub fn base32_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(5) * 8);
+    for chunk in data.chunks(5) {
+        let mut b = [0u8; 5];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = b.iter().fold(0u64, |n, &x| (n << 8) | u64::from(x));
+        // characters that carry data: ceil(bits / 5)
+        let used = (chunk.len() * 8).div_ceil(5);
+        for i in 0..8 {
+            if i < used {
+                out.push(char::from(B32[((n >> (35 - 5 * i)) & 31) as usize]));
             } else {
                 out.push('=');
             }
@@ -234,27 +239,35 @@ pub fn base64_encode(data: &[u8]) -> String {
     out
 }
 
-/// Standard base64 (padding required); `None` when it is not.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+/// RFC 4648 base32 in either case, padding required; `None` when it is not.
+pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if bytes.len() % 8 != 0 {
         return None;
     }
-    let value = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (i, q) in bytes.chunks(4).enumerate() {
-        let last = i + 1 == bytes.len() / 4;
+    let groups = bytes.len() / 8;
+    let mut out = Vec::with_capacity(groups * 5);
+    for (i, q) in bytes.chunks(8).enumerate() {
         let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
+        // padding only at the very end, and only the lengths RFC 4648 allows
+        if (pad > 0 && i + 1 != groups) || ![0, 1, 3, 4, 6].contains(&pad) {
             return None;
         }
-        let mut n = 0u32;
-        for &c in &q[..4 - pad] {
-            n = (n << 6) | value(c)?;
+        let mut n = 0u64;
+        for &c in &q[..8 - pad] {
+            let v = B32.iter().position(|&x| x == c.to_ascii_lowercase())?;
+            n = (n << 5) | v as u64;
         }
-        n <<= 6 * pad as u32;
-        let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&got[..3 - pad]);
+        n <<= 5 * pad as u64;
+        let len = match pad {
+            0 => 5,
+            1 => 4,
+            3 => 3,
+            4 => 2,
+            _ => 1,
+        };
+        let got = n.to_be_bytes();
+        out.extend_from_slice(&got[3..3 + len]);
     }
     Some(out)
 }
@@ -482,7 +495,10 @@ pub async fn write_one(
     }) else {
         return Err(WriteError::NoJob(id));
     };
-    if !current.is_empty() && !current.starts_with(&cfg.prefix) {
+    let ours = current
+        .get(..cfg.prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(&cfg.prefix));
+    if !current.is_empty() && !ours {
         return Ok(Written::LeftAlone);
     }
     if current == comment {

@@ -166,11 +166,12 @@ async fn main() -> anyhow::Result<()> {
             || !args
                 .admin_comment_prefix
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.:".contains(&b))
         {
             bail!(
-                "--admin-comment-prefix {:?}: use letters, digits and - _ . : only (sacctmgr \
-                 changes quotes, and slurmdbd quotes the value in SQL)",
+                "--admin-comment-prefix {:?}: use lower-case letters, digits and - _ . : only \
+                 (sacctmgr changes quotes, before Slurm 23.02 it lowers capitals, and \
+                 slurmdbd quotes the value in SQL)",
                 args.admin_comment_prefix
             );
         }
