@@ -323,8 +323,10 @@ pub struct Counters {
 
 impl Counters {
     /// Folds the current readings in: a reference is kept while the counter has not gone
-    /// down and the reference is younger than [`RATE_WINDOW_S`], else replaced.
-    pub fn observe(&mut self, ports: &[Port], now: f64) {
+    /// down and the reference is younger than [`RATE_WINDOW_S`], else replaced. Returns
+    /// whether a reference changed (the file needs writing).
+    pub fn observe(&mut self, ports: &[Port], now: f64) -> bool {
+        let mut changed = false;
         for p in ports {
             if self.ports.len() >= MAX_PORTS && !self.ports.contains_key(&p.name()) {
                 continue;
@@ -335,10 +337,12 @@ impl Counters {
                     Some(r) if value >= r.value && now - r.at < RATE_WINDOW_S => {}
                     _ => {
                         refs.insert(name.clone(), CounterRef { value, at: now });
+                        changed = true;
                     }
                 }
             }
         }
+        changed
     }
 }
 
@@ -577,8 +581,8 @@ pub fn evaluate(
             }
         };
         error_results(&mut run, c, &counters, &ports, now);
-        if save {
-            counters.observe(&ports, now);
+        // written only when a reference changed (first reading, a reset, once an hour)
+        if save && counters.observe(&ports, now) {
             if let Err(e) = counters.save(state_dir) {
                 run.notes.push(format!("InfiniBand counters: {e}"));
             }

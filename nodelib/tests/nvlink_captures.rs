@@ -158,3 +158,40 @@ fn two_links_down_on_a_v100_sxm2_drain_it() {
         ]
     );
 }
+
+#[test]
+fn only_full_runs_read_the_error_counters() {
+    let mut state = nvml_sim::State::healthy(1);
+    if let Some(g) = state.gpu_mut(0) {
+        g.nvlink = Some(NvLink {
+            links: 2,
+            inactive: Vec::new(),
+            errors: vec![nvml_sim::nvlink::LinkErrors {
+                link: 1,
+                crc_flit: 9,
+                ..Default::default()
+            }],
+        });
+    }
+    let _sim = Sim::start(&state);
+    let links = |counters: bool| {
+        let opts = gpu::NvmlOptions {
+            nvlink_counters: counters,
+            ..options(TIMEOUT)
+        };
+        let c = gpu::collect(&opts, false).unwrap();
+        match &c.snapshot.gpus[0].nvlink {
+            sgpu_nodelib::gpu::Reading::Value(l) => l.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // the gates (nvlink_counters false): states only
+    let gate = links(false);
+    assert_eq!(gate.len(), 2);
+    assert!(gate.iter().all(|l| l.active && l.errors.is_empty()));
+    // healthd and sgpu check: four counters per active link
+    let full = links(true);
+    assert_eq!(full[1].errors["crc_flit"], 9);
+    assert_eq!(full[1].errors.len(), 4);
+    assert_eq!(full[0].errors["replay"], 0);
+}

@@ -374,8 +374,11 @@ fn counter_references_age_out_after_an_hour() {
         p.counters.insert("symbol_error".into(), v);
         p
     };
-    k.observe(&[port(5)], 0.0);
-    k.observe(&[port(9)], 1800.0);
+    assert!(k.observe(&[port(5)], 0.0), "first reading");
+    assert!(
+        !k.observe(&[port(9)], 1800.0),
+        "reference kept: nothing to write"
+    );
     let r = k.ports["mlx5_7/1"]["symbol_error"];
     assert_eq!((r.value, r.at), (5, 0.0), "kept within the window");
     assert_eq!(r.per_hour(9, 1800.0), Some(4.0));
