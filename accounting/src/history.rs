@@ -27,6 +27,7 @@ use sgpu_wire::acctd::{HistoryAnswer, HistoryPostAnswer, VERSION};
 
 use crate::auth::Caller;
 use crate::http::{AppState, caller, error};
+use crate::query::{QueryError, qerr};
 use crate::store::PutOutcome;
 
 /// Default and largest number of events one `GET /v1/history` returns.
@@ -57,25 +58,25 @@ pub struct HistoryQuery {
 
 impl HistoryQuery {
     /// Parses `nodes=a,b&cluster=c&start=s&end=e&limit=n`; unknown parameters are refused.
-    pub fn parse(query: &str) -> Result<HistoryQuery, String> {
+    pub fn parse(query: &str) -> Result<HistoryQuery, QueryError> {
         let mut q = HistoryQuery::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = crate::query::decode_component(v)
-                .ok_or_else(|| format!("{k}: bad percent-encoding"))?;
+            let v =
+                crate::query::decode_component(v).ok_or_else(|| qerr(k, "bad percent-encoding"))?;
             match k {
                 "nodes" => q.nodes = Some(v),
                 "cluster" => q.cluster = Some(v),
                 "limit" => {
                     q.limit = Some(
                         v.parse()
-                            .map_err(|_| format!("limit: {v:?} is not a number"))?,
+                            .map_err(|_| qerr(k, format!("{v:?} is not a number")))?,
                     )
                 }
                 "start" | "end" => {
                     let t = v
                         .parse()
-                        .map_err(|_| format!("{k}: {v:?} is not a time in Unix seconds"))?;
+                        .map_err(|_| qerr(k, format!("{v:?} is not a time in Unix seconds")))?;
                     if k == "start" {
                         q.start = Some(t);
                     } else {
@@ -83,9 +84,10 @@ impl HistoryQuery {
                     }
                 }
                 _ => {
-                    return Err(format!(
-                        "{k}: unknown parameter; expected nodes=<name,...>, cluster=<name>, \
-                         start=<unix s>, end=<unix s>, limit=<n>"
+                    return Err(qerr(
+                        k,
+                        "unknown parameter; expected nodes=<name,...>, cluster=<name>, \
+                         start=<unix s>, end=<unix s>, limit=<n>",
                     ));
                 }
             }
@@ -94,20 +96,31 @@ impl HistoryQuery {
     }
 }
 
+/// An event of a `POST /v1/history` batch that is not valid (the 422 message).
+#[derive(Debug, thiserror::Error)]
+#[error("events[{index}].{source}")]
+pub struct InvalidEvent {
+    /// Its place in the batch.
+    pub index: usize,
+    /// What is wrong with it (naming the field).
+    pub source: sgpu_spool::RecordError,
+}
+
 /// Checks the batch and applies the caller's identity; the 422 message otherwise.
 pub fn prepare(
     batch: EventBatch,
     who: &Caller,
     trusted: bool,
     user_of: impl Fn(u32) -> Option<String>,
-) -> Result<Vec<NodeEvent>, String> {
+) -> Result<Vec<NodeEvent>, InvalidEvent> {
     let mut events = batch.events;
     for (i, e) in events.iter_mut().enumerate() {
         if let (Caller::Uid { uid, .. }, false) = (who, trusted) {
             e.uid = *uid;
             e.user = user_of(*uid).unwrap_or_else(|| uid.to_string());
         }
-        e.validate().map_err(|err| format!("events[{i}].{err}"))?;
+        e.validate()
+            .map_err(|source| InvalidEvent { index: i, source })?;
     }
     Ok(events)
 }
@@ -136,7 +149,7 @@ async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: By
     };
     let events = match prepare(batch, &who, trusted, crate::auth::user_name) {
         Ok(ev) => ev,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.put_events(&events)).await {
@@ -180,7 +193,7 @@ async fn get_events(State(state): State<AppState>, headers: HeaderMap, uri: Uri)
     }
     let q = match HistoryQuery::parse(uri.query().unwrap_or("")) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let limit = q.limit.unwrap_or(MAX_EVENTS).min(MAX_EVENTS);
     let store = state.store.clone();
@@ -241,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn untrusted_callers_get_their_own_identity() -> Result<(), String> {
+    fn untrusted_callers_get_their_own_identity() -> Result<(), InvalidEvent> {
         let who = Caller::Uid { uid: 1001, gid: 1 };
         let batch = || EventBatch {
             events: vec![event("n1", 1)],
@@ -263,7 +276,7 @@ mod tests {
         };
         let e = prepare(batch, &Caller::Unauthenticated, true, |_| None);
         assert_eq!(
-            e.err().as_deref(),
+            e.err().map(|e| e.to_string()).as_deref(),
             Some("events[1].reason: a drain needs a reason")
         );
     }
@@ -299,6 +312,7 @@ mod tests {
         assert!(!selects(&q, None, &event("n1", 200_000)));
         let e = HistoryQuery::parse("start=yesterday")
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.starts_with("start:"), "{e}");
     }

@@ -1,6 +1,24 @@
 //! Query-string decoding shared by the read endpoints (`GET /v1/report`, `GET /v1/jobs`,
 //! `GET /v1/history`).
 
+/// Why a query string is refused; names the parameter.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{param}: {message}")]
+pub struct QueryError {
+    /// The offending parameter.
+    pub param: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A [`QueryError`] for `param`.
+pub(crate) fn qerr(param: &str, message: impl Into<String>) -> QueryError {
+    QueryError {
+        param: param.to_string(),
+        message: message.into(),
+    }
+}
+
 /// Decodes `%XX` and `+` in a query-string component.
 pub(crate) fn decode_component(s: &str) -> Option<String> {
     let b = s.as_bytes();

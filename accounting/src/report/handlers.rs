@@ -29,7 +29,7 @@ fn parse_scoped(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Repo
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     q.filters
         .scope(&scope)
-        .map_err(|e| error(StatusCode::FORBIDDEN, e))?;
+        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))?;
     Ok(q)
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::auth::ReadScope;
 use crate::day::{DAY_MS, civil_from_days, format_day};
-use crate::query::decode_component;
+use crate::query::{decode_component, qerr};
 use crate::rollup::RollupKey;
 
 /// Most jobs one `GET /v1/jobs` returns (`limit` may ask for fewer).
@@ -89,6 +89,19 @@ pub struct Filters {
     pub jobs: BTreeSet<u32>,
 }
 
+/// A user's query that names another user ([`Filters::scope`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not allowed: user {me} may read only their own jobs and totals, not {other}'s; leave \
+     user= out (or name only {me}), or ask an acctd admin (--admin-uid/--admin-gid)"
+)]
+pub struct OtherUser {
+    /// The caller.
+    pub me: String,
+    /// The user the query named.
+    pub other: String,
+}
+
 impl Filters {
     fn allows(set: &BTreeSet<String>, v: &str) -> bool {
         set.is_empty() || set.contains(v)
@@ -105,12 +118,13 @@ impl Filters {
 
     /// Applies a read scope: a user is limited to themself; asking for someone else is an
     /// error naming them.
-    pub fn scope(&mut self, scope: &ReadScope) -> Result<(), String> {
+    pub fn scope(&mut self, scope: &ReadScope) -> Result<(), OtherUser> {
         if let ReadScope::User(me) = scope {
             if let Some(other) = self.users.iter().find(|u| *u != me) {
-                return Err(format!(
-                    "not allowed: user {me} may read only their own jobs and totals, not {other}'s"
-                ));
+                return Err(OtherUser {
+                    me: me.clone(),
+                    other: other.clone(),
+                });
             }
             self.users = BTreeSet::from([me.clone()]);
         }
@@ -133,22 +147,8 @@ pub struct ReportQuery {
     pub limit: usize,
 }
 
-/// Why a query string is refused; names the parameter.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{param}: {message}")]
-pub struct ReportQueryError {
-    /// The offending parameter.
-    pub param: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn qerr(param: &str, message: impl Into<String>) -> ReportQueryError {
-    ReportQueryError {
-        param: param.to_string(),
-        message: message.into(),
-    }
-}
+/// Why a report or job-list query string is refused; names the parameter.
+pub type ReportQueryError = crate::query::QueryError;
 
 /// The latest instant a query may name, Unix seconds (9999-12-31T23:59:59Z).
 pub const MAX_INSTANT_S: u64 = 253_402_300_799;

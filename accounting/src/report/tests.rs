@@ -239,6 +239,7 @@ fn a_user_scope_sees_only_their_own() {
     assert!(
         f.scope(&ReadScope::User("alice".into()))
             .unwrap_err()
+            .to_string()
             .contains("bob")
     );
     f.scope(&ReadScope::All).unwrap();
