@@ -11,6 +11,7 @@ const USAGE: &str = "usage (as root; stop the cluster with tests/cluster/down):
   sgpu-testcluster gpu NODE xid GPU CODE       inject an XID into NODE's simulated GPU
   sgpu-testcluster gpu NODE ecc GPU COUNT      set GPU's volatile uncorrectable ECC errors
   sgpu-testcluster gpu NODE util PERCENT       set every GPU's utilization
+  sgpu-testcluster gpu NODE nvlink GPU N [L,..] GPU gets N NVLink links (0: none), links L.. down
   sgpu-testcluster gpu NODE heal               healthy GPUs again, XID history cleared
   sgpu-testcluster gpu NODE capture FILE       NODE's GPUs become those of a real capture
                                                (nvidia-smi -q -x or nvidia-smi -q output)
@@ -73,6 +74,32 @@ fn run(args: &[&str]) -> Result<(), String> {
                         }
                     })
                     .map_err(err)
+                }
+                ["nvlink", gpu, links, down @ ..] if down.len() <= 1 => {
+                    let (gpu, links): (u32, u32) = (number("GPU", gpu)?, number("N", links)?);
+                    let mut inactive = Vec::new();
+                    for l in down.iter().flat_map(|d| d.split(',')) {
+                        inactive.push(number::<u32>("link", l)?);
+                    }
+                    let nv = (links > 0).then(|| nvml_sim::nvlink::NvLink {
+                        links,
+                        inactive,
+                        errors: Vec::new(),
+                    });
+                    if let Some(e) = nv.as_ref().map(|n| n.validate()).and_then(Result::err) {
+                        return Err(e);
+                    }
+                    let mut found = false;
+                    sgpu::update_gpus(&cluster, node, |s| {
+                        if let Some(g) = s.gpu_mut(gpu) {
+                            g.nvlink = nv;
+                            found = true;
+                        }
+                    })
+                    .map_err(err)?;
+                    found
+                        .then_some(())
+                        .ok_or(format!("{node} has no GPU {gpu}"))
                 }
                 ["heal"] => sgpu::reset_gpus(&cluster, node).map_err(err),
                 ["capture", file] => {
