@@ -3,8 +3,9 @@
 //! NVML access ([`gpu`], through `nvml-wrapper` with a configurable library path, every call
 //! under a watchdog deadline), the check catalogue ([`catalogue`]: checks are data, tunable in
 //! `sgpu.toml` via [`config`]), the XID classification and the node's XID record ([`xid`]),
-//! the per-node GPU history ([`history`]), check evaluation into results, drain reasons and a
-//! verdict ([`checks`]), the node's layout ([`nodeconf`]), the Slurm control calls
+//! the per-node GPU history ([`history`]), NVLink links ([`nvlink`]) and InfiniBand/RoCE
+//! ports ([`infiniband`]), check evaluation into results, drain reasons and a verdict
+//! ([`checks`]), the node's layout ([`nodeconf`]), the Slurm control calls
 //! ([`slurmctl`]) and the breaker every drain goes through ([`breaker`]), file ownership rules
 //! ([`trust`]) and the node history events ([`node_events`]). The prolog/epilog gates, the
 //! SPANK plugin, `sgpu` and the daemon (`sgpu-healthd`) call this library.
