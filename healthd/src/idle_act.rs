@@ -323,6 +323,16 @@ impl std::fmt::Debug for Actor {
     }
 }
 
+/// A duration for people: seconds under two minutes, else whole minutes.
+pub fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 120 {
+        format!("{s} s")
+    } else {
+        format!("{} min", s / 60)
+    }
+}
+
 fn gpu_list(acc: &JobAccumulator) -> String {
     acc.gpus
         .iter()
@@ -432,13 +442,13 @@ impl Actor {
         Some(job)
     }
 
-    fn idle_minutes(acc: &JobAccumulator) -> u64 {
+    /// How long all the job's GPUs have been idle, ms (the shortest current idle run).
+    fn idle_ms(acc: &JobAccumulator) -> u64 {
         acc.gpus
             .iter()
             .map(|g| g.idle.idle_for_ms())
             .min()
             .unwrap_or(0)
-            / 60_000
     }
 
     fn warn(&mut self, acc: &mut JobAccumulator, policy: &IdlePolicy, now_ms: u64) -> bool {
@@ -446,21 +456,20 @@ impl Actor {
             return acc.policy.exempt;
         };
         let detect = self.config.detect_for(acc.partition.as_deref());
-        let minutes = Self::idle_minutes(acc);
+        let idle_ms = Self::idle_ms(acc);
+        let minutes = idle_ms / 60_000;
         let mut text = format!(
-            "sgpu: job {} on {}: GPU {} idle for {} min (utilization below {}% for {} s or \
-             more).",
+            "sgpu: job {} on {}: GPU {} idle for {} (utilization below {}%).",
             acc.job_id,
             self.node,
             gpu_list(acc),
-            minutes,
+            human(idle_ms),
             detect.util_below_pct,
-            detect.window.as_secs()
         );
         if let Some(g) = policy.cancel_after {
             text.push_str(&format!(
-                " The job will be cancelled in {} min unless its GPUs are used.",
-                g.as_secs().div_ceil(60)
+                " The job will be cancelled in {} unless its GPUs are used.",
+                human(u64::try_from(g.as_millis()).unwrap_or(u64::MAX))
             ));
         }
         let dry = self.config.dry_run;
@@ -523,16 +532,19 @@ impl Actor {
             self.shared.record_idle_action("refused");
             return false;
         }
-        let minutes = Self::idle_minutes(acc);
-        let grace = policy.cancel_after.map_or(0, |g| g.as_secs().div_ceil(60));
+        let idle_ms = Self::idle_ms(acc);
+        let minutes = idle_ms / 60_000;
+        let grace = policy
+            .cancel_after
+            .map_or(0, |g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
         let text = format!(
-            "sgpu: job {} cancelled: GPU {} on {} idle for {} min, still idle {} min after the \
-             warning (idle GPU policy of partition {}).",
+            "sgpu: job {} cancelled: GPU {} on {} idle for {}, still idle {} after the warning \
+             (idle GPU policy of partition {}).",
             acc.job_id,
             gpu_list(acc),
             self.node,
-            minutes,
-            grace,
+            human(idle_ms),
+            human(grace),
             acc.partition.as_deref().unwrap_or("?")
         );
         if !self.config.dry_run {
