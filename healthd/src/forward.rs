@@ -162,6 +162,32 @@ struct Pending {
     json: Vec<u8>,
 }
 
+/// Where a round is in the spool listing it walks.
+struct Cursor<'a> {
+    /// The round's listing.
+    entries: &'a [Entry],
+    /// The next entry to look at.
+    next: usize,
+    /// Entries skipped so far because the sampler has not released them.
+    held: u64,
+    /// What the sampler released (`None`: no sampler, everything may go).
+    released: Option<&'a BTreeSet<OsString>>,
+}
+
+/// The body of `POST /v1/records`: the batch's records as one JSON array.
+fn json_array(batch: &[Pending]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + batch.iter().map(|p| p.json.len() + 1).sum::<usize>());
+    body.push(b'[');
+    for (i, p) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&p.json);
+    }
+    body.push(b']');
+    body
+}
+
 /// Why a round stopped before acctd's answer was acted on in full; what is left is sent again
 /// next round (acctd answers `duplicate` for what it already has).
 #[derive(Debug, thiserror::Error)]
@@ -255,58 +281,20 @@ impl Forwarder {
                 return report;
             }
             let (batch_start, held_before) = (next, held);
-            let mut batch: Vec<Pending> = Vec::new();
-            let mut bytes = 2usize;
-            while let Some(entry) = entries.get(next) {
-                if batch.len() >= limit || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-                next += 1;
-                if let Some(r) = &released {
-                    if sampler_reads(entry) && !r.contains(entry.file_name()) {
-                        held += 1;
-                        continue;
-                    }
-                }
-                match spool.read(entry) {
-                    Ok(record) => match record.to_json() {
-                        Ok(json) => {
-                            bytes += json.len() + 1;
-                            batch.push(Pending {
-                                entry: entry.clone(),
-                                json,
-                            });
-                        }
-                        Err(e) => {
-                            if self.quarantine(&spool, entry, &format!("cannot encode: {e}")) {
-                                report.rejected += 1;
-                            }
-                        }
-                    },
-                    Err(e) if e.is_corrupt() => {
-                        if self.quarantine(&spool, entry, &e.to_string()) {
-                            report.rejected += 1;
-                        }
-                    }
-                    Err(e) => {
-                        debug!("spool: {e}; trying again next round");
-                    }
-                }
-            }
+            let mut cursor = Cursor {
+                entries: &entries,
+                next,
+                held,
+                released: released.as_ref(),
+            };
+            let batch = self.next_batch(&spool, &mut cursor, limit, &mut report);
+            (next, held) = (cursor.next, cursor.held);
             if batch.is_empty() {
                 report.held = held;
                 report.backlog = count_left(&spool).unwrap_or(entries.len() as u64);
                 return report;
             }
-            let mut body = Vec::with_capacity(bytes);
-            body.push(b'[');
-            for (i, p) in batch.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(&p.json);
-            }
-            body.push(b']');
+            let body = json_array(&batch);
             report.batches += 1;
             match self.sink.post_records(&body) {
                 Ok(reply) => {
@@ -341,6 +329,58 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// The next batch from `cursor`: at most `limit` records and about [`MAX_BATCH_BYTES`],
+    /// in spool order. Records the sampler has not released are skipped and counted as
+    /// held; a record that cannot be read or encoded is quarantined (counted as rejected);
+    /// one that cannot be read for now waits for the next round.
+    fn next_batch(
+        &self,
+        spool: &Spool,
+        cursor: &mut Cursor<'_>,
+        limit: usize,
+        report: &mut RoundReport,
+    ) -> Vec<Pending> {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut bytes = 2usize;
+        while let Some(entry) = cursor.entries.get(cursor.next) {
+            if batch.len() >= limit || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            cursor.next += 1;
+            if let Some(r) = cursor.released {
+                if sampler_reads(entry) && !r.contains(entry.file_name()) {
+                    cursor.held += 1;
+                    continue;
+                }
+            }
+            match spool.read(entry) {
+                Ok(record) => match record.to_json() {
+                    Ok(json) => {
+                        bytes += json.len() + 1;
+                        batch.push(Pending {
+                            entry: entry.clone(),
+                            json,
+                        });
+                    }
+                    Err(e) => {
+                        if self.quarantine(spool, entry, &format!("cannot encode: {e}")) {
+                            report.rejected += 1;
+                        }
+                    }
+                },
+                Err(e) if e.is_corrupt() => {
+                    if self.quarantine(spool, entry, &e.to_string()) {
+                        report.rejected += 1;
+                    }
+                }
+                Err(e) => {
+                    debug!("spool: {e}; trying again next round");
+                }
+            }
+        }
+        batch
     }
 
     /// Acts on acctd's answer for `batch`, in spool order; stops at the first removal that
