@@ -357,29 +357,7 @@ impl Policy {
         } else {
             self.healthy_runs = 0;
         }
-        let failing: BTreeSet<String> = failures.iter().map(Failure::key).collect();
-
-        // what happened to our drain since the last run
-        if let Some(d) = &self.memory.drained {
-            if node.down_or_failed() && !node.drained_by_sgpu() {
-                // an admin set it DOWN or FAIL with a reason of their own: theirs now
-                self.memory.drained = None;
-            } else if !node.drained() {
-                // someone resumed it: what still fails of what we drained for is overridden
-                let overridden: Vec<String> = failures
-                    .iter()
-                    .filter(|f| d.checks.contains(&f.check))
-                    .map(Failure::key)
-                    .collect();
-                self.memory.overridden.extend(overridden);
-                self.memory.drained = None;
-            } else if !node.drained_by_sgpu() {
-                // an admin took the drain over: theirs now
-                self.memory.drained = None;
-            }
-        }
-        // an override lasts until its check passes once
-        self.memory.overridden.retain(|k| failing.contains(k));
+        self.reconcile(&node, failures);
 
         if failures.is_empty() {
             self.memory.breaker_open = None;
@@ -402,24 +380,62 @@ impl Policy {
         }
         if node.drained() {
             self.memory.breaker_open = None;
-            let reason = node.reason.clone().unwrap_or_default();
-            if node.drained_by_sgpu() {
-                let record = self.memory.drained.get_or_insert_with(|| DrainRecord {
-                    reason: reason.clone(),
-                    checks: check_of_reason(&reason)
-                        .map(String::from)
-                        .into_iter()
-                        .collect(),
-                    since: now,
-                });
-                record
-                    .checks
-                    .extend(effective.iter().map(|f| f.check.clone()));
-                return Self::outcome(Decision::AlreadyDrained { reason }, true);
-            }
-            return Self::outcome(Decision::AdminDrained { reason }, true);
+            return self.already_drained(&node, &effective, now);
         }
+        self.drain(&effective, ctl, now)
+    }
 
+    /// What happened to sgpu's drain since the last run (an admin's DOWN/FAIL or drain
+    /// takes it over; a resume overrides what still fails of what sgpu drained for), and
+    /// which overrides end (an override lasts until its check passes once).
+    fn reconcile(&mut self, node: &NodeState, failures: &[Failure]) {
+        let failing: BTreeSet<String> = failures.iter().map(Failure::key).collect();
+        if let Some(d) = &self.memory.drained {
+            if node.down_or_failed() && !node.drained_by_sgpu() {
+                // an admin set it DOWN or FAIL with a reason of their own: theirs now
+                self.memory.drained = None;
+            } else if !node.drained() {
+                // someone resumed it: what still fails of what we drained for is overridden
+                let overridden: Vec<String> = failures
+                    .iter()
+                    .filter(|f| d.checks.contains(&f.check))
+                    .map(Failure::key)
+                    .collect();
+                self.memory.overridden.extend(overridden);
+                self.memory.drained = None;
+            } else if !node.drained_by_sgpu() {
+                // an admin took the drain over: theirs now
+                self.memory.drained = None;
+            }
+        }
+        // an override lasts until its check passes once
+        self.memory.overridden.retain(|k| failing.contains(k));
+    }
+
+    /// A failing node that is already drained: sgpu's drain (remembered, with the checks
+    /// that fail now added) or an admin's (left alone).
+    fn already_drained(&mut self, node: &NodeState, effective: &[&Failure], now: i64) -> Outcome {
+        let reason = node.reason.clone().unwrap_or_default();
+        if node.drained_by_sgpu() {
+            let record = self.memory.drained.get_or_insert_with(|| DrainRecord {
+                reason: reason.clone(),
+                checks: check_of_reason(&reason)
+                    .map(String::from)
+                    .into_iter()
+                    .collect(),
+                since: now,
+            });
+            record
+                .checks
+                .extend(effective.iter().map(|f| f.check.clone()));
+            return Self::outcome(Decision::AlreadyDrained { reason }, true);
+        }
+        Self::outcome(Decision::AdminDrained { reason }, true)
+    }
+
+    /// Drains for the first of `effective` (the others' checks remembered with it), unless
+    /// the circuit breaker is open or cannot be read.
+    fn drain(&mut self, effective: &[&Failure], ctl: &mut dyn NodeControl, now: i64) -> Outcome {
         let reason = effective[0].reason.clone();
         match ctl.breaker() {
             Err(e) => Self::outcome(
