@@ -94,7 +94,12 @@ impl GpuAccumulator {
 
     /// Adds one sample taken at `t_ms`; `detect` says when the GPU is idle.
     pub fn add_detect(&mut self, s: &GpuSample, t_ms: u64, detect: &IdleDetect) {
-        self.idle.observe(t_ms, s.utilization_gpu_pct, None, detect);
+        self.idle.observe(
+            t_ms,
+            s.utilization_gpu_pct,
+            s.utilization_memory_pct,
+            detect,
+        );
         if let Some(u) = s.utilization_gpu_pct {
             let u = u.min(100);
             self.samples += 1;

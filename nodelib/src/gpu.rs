@@ -433,6 +433,9 @@ pub struct GpuSample {
     pub name: Option<String>,
     /// GPU utilization, percent.
     pub utilization_gpu_pct: Option<u32>,
+    /// Memory-bandwidth utilization (NVML's `utilization.memory`: time the memory was read
+    /// or written), percent; read with `utilization_gpu_pct`.
+    pub utilization_memory_pct: Option<u32>,
     /// Framebuffer memory in use, bytes.
     pub memory_used_bytes: Option<u64>,
     /// Power draw, milliwatts.
@@ -877,6 +880,7 @@ fn read_samples(nvml: &Nvml, progress: &Progress) -> Result<Vec<GpuSample>, Nvml
             uuid: None,
             name: None,
             utilization_gpu_pct: None,
+            utilization_memory_pct: None,
             memory_used_bytes: None,
             power_mw: None,
             energy_mj: None,
@@ -889,7 +893,9 @@ fn read_samples(nvml: &Nvml, progress: &Progress) -> Result<Vec<GpuSample>, Nvml
                 let l = &mut lost;
                 s.uuid = opt(d.uuid(), l);
                 s.name = opt(d.name(), l);
-                s.utilization_gpu_pct = opt(d.utilization_rates().map(|u| u.gpu), l);
+                let util = opt(d.utilization_rates(), l);
+                s.utilization_gpu_pct = util.as_ref().map(|u| u.gpu);
+                s.utilization_memory_pct = util.map(|u| u.memory);
                 s.memory_used_bytes = opt(d.memory_info().map(|m| m.used), l);
                 s.power_mw = opt(d.power_usage(), l);
                 s.energy_mj = opt(d.total_energy_consumption(), l);

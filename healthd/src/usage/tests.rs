@@ -14,6 +14,7 @@ fn sample(
         uuid: Some(uuid.to_string()),
         name: Some("Sim".into()),
         utilization_gpu_pct: util,
+        utilization_memory_pct: util,
         memory_used_bytes: Some(mem),
         power_mw: Some(power_mw),
         energy_mj: energy,
