@@ -384,6 +384,47 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
     let mut report = GateReport::default();
     let end_ms = now_ms();
     let checked = run_checks(config, job, Profile::Post, &mut report);
+    let (start, unnoted) = ended_run(config, job, &checked, end_ms, &mut report);
+    let window = slurm_window(config, job, start.as_ref(), unnoted, end_ms, &mut report);
+    spool_end(
+        config,
+        job,
+        start.as_ref(),
+        &checked,
+        end_ms,
+        window,
+        &mut report,
+    );
+
+    let verdict = Verdict::of(&checked.results);
+    report.verdict = Some(verdict);
+    note_would_drain(&checked.results, &mut report);
+    if let Some(reason) = checks::drain_reason(&checked.results) {
+        drain(config, &job.node, &reason, "epilog", &mut report);
+        if !report.drained && report.not_drained.is_none() {
+            // we could not drain: fail, so slurmd drains the node ("Epilog error")
+            report.exit_code = 1;
+        }
+    }
+    if !report.breaker_open {
+        acknowledge_xids(config, &checked.xids, &mut report);
+    }
+    report.results = checked.results;
+    if report.sgpu_error && config.fail_closed {
+        report.exit_code = 1;
+    }
+    report
+}
+
+/// The run this epilog ends and whether the prolog left no note of it (`true`: its start
+/// is made up from the job's GPUs and Slurm's window, without energy).
+fn ended_run(
+    config: &Config,
+    job: &JobEnv,
+    checked: &Checked,
+    end_ms: u64,
+    report: &mut GateReport,
+) -> (Option<JobStartState>, bool) {
     // the run this epilog ends: the prolog's note of it (a requeue may have started the next
     // run's prolog here already; see sgpu_spool::job_note::epilog_run)
     let start =
@@ -407,7 +448,7 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
                  this run); allocated GPU time from Slurm's window, no energy",
                 job.job_id, job.restart_count
             ));
-            let mut gpus = start_gpus(job, &checked);
+            let mut gpus = start_gpus(job, checked);
             for g in &mut gpus {
                 g.energy_mj = None;
             }
@@ -427,8 +468,21 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
             None
         }
     };
+    (start, unnoted)
+}
+
+/// Slurm's window of the run (so allocated GPU time equals sacct's): from slurmctld, else
+/// from slurmdbd for a run a requeue ended; `None`: the record keeps the node's window.
+fn slurm_window(
+    config: &Config,
+    job: &JobEnv,
+    start: Option<&JobStartState>,
+    unnoted: bool,
+    end_ms: u64,
+    report: &mut GateReport,
+) -> Option<sgpu_spool::SlurmWindow> {
     // Slurm's own window, so allocated GPU time equals sacct's; only for a job with GPUs here
-    let window = match start.as_ref().filter(|s| !s.gpus.is_empty()) {
+    let window = match start.filter(|s| !s.gpus.is_empty()) {
         Some(s) => match slurm_times::for_epilog(
             config,
             job.job_id,
@@ -463,20 +517,33 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
         },
         None => None,
     };
-    let window = match start.as_ref() {
-        Some(s) if window.is_none() => requeued_run_window(config, job, s, end_ms, &mut report),
+    match start {
+        Some(s) if window.is_none() => requeued_run_window(config, job, s, end_ms, report),
         _ => window,
-    };
+    }
+}
+
+/// Spools the job-end record; once it is written, the run's start note is marked ended
+/// and removed.
+fn spool_end(
+    config: &Config,
+    job: &JobEnv,
+    start: Option<&JobStartState>,
+    checked: &Checked,
+    end_ms: u64,
+    window: Option<sgpu_spool::SlurmWindow>,
+    report: &mut GateReport,
+) {
     if let Err(e) = records::spool_end(
         config,
         job,
-        start.as_ref(),
+        start,
         checked.snapshot.as_ref(),
         end_ms,
         window,
     ) {
         report.error(format!("job-end record: {e}"));
-    } else if let Some(s) = start.as_ref() {
+    } else if let Some(s) = start {
         // the run ended here: a rerun that slurmd gives no prolog (same node, at once)
         // finds its run as the next one (sgpu_spool::job_note::read_run)
         if let Err(e) = sgpu_spool::job_note::mark_ended(&config.state_dir, job.job_id, s.run) {
@@ -486,25 +553,6 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
             report.error(format!("job start note: {e}"));
         }
     }
-
-    let verdict = Verdict::of(&checked.results);
-    report.verdict = Some(verdict);
-    note_would_drain(&checked.results, &mut report);
-    if let Some(reason) = checks::drain_reason(&checked.results) {
-        drain(config, &job.node, &reason, "epilog", &mut report);
-        if !report.drained && report.not_drained.is_none() {
-            // we could not drain: fail, so slurmd drains the node ("Epilog error")
-            report.exit_code = 1;
-        }
-    }
-    if !report.breaker_open {
-        acknowledge_xids(config, &checked.xids, &mut report);
-    }
-    report.results = checked.results;
-    if report.sgpu_error && config.fail_closed {
-        report.exit_code = 1;
-    }
-    report
 }
 
 /// Observe-only mode (`enforce = false`): what the gate would have drained for, logged
