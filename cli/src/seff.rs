@@ -405,7 +405,9 @@ pub fn hints(e: &EfficiencyAnswer, slurm: &SlurmAnswer) -> Vec<String> {
         .iter()
         .filter_map(|g| Some((g.mem_peak_mib?, g.mem_total_mib?)))
         .collect();
+    // (a job that used no GPU has the hint above: its memory says nothing more)
     if !mem.is_empty()
+        && !used.is_empty()
         && mem.len() == e.gpus.len()
         && mem
             .iter()
@@ -635,7 +637,10 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
                         bytes_h(u),
                         bytes_h(r)
                     ),
-                    (_, None, _) => "unknown (no step reported MaxRSS yet)".into(),
+                    (_, None, _) if running => "unknown (no step reported MaxRSS yet)".into(),
+                    (_, None, _) => "unknown (no step reported MaxRSS: does the cluster \
+                                     gather it? JobAcctGatherType)"
+                        .into(),
                     (_, Some(u), _) => format!("MaxRSS {} (no memory request known)", bytes_h(u)),
                 }
             );

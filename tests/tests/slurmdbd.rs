@@ -582,3 +582,267 @@ fn every_run_is_billed_as_sacct_bills_it() -> TestResult {
     }
     Ok(())
 }
+
+/// `sgpu` aimed at `acctd` and this cluster's Slurm (`SLURM_CONF`, its clients first on
+/// `PATH`, so `sgpu seff` runs this cluster's sacct).
+fn sgpu_at(
+    cluster: &Cluster,
+    url: &str,
+    args: &[&str],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let bin = sgpu::cargo_bin("sgpu-cli", "sgpu")?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sgpu.toml");
+    std::fs::write(&config, "")?;
+    let mut cmd = cluster.command(&bin.to_string_lossy());
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--acctd", url])
+        .args(args);
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(stdout)
+}
+
+/// `sacct -X -n -P -o AdminComment` of job `id` (empty until written).
+fn admin_comment(cluster: &Cluster, id: u32) -> Result<String, Box<dyn std::error::Error>> {
+    let out = cluster.output(
+        "sacct",
+        &[
+            "-j",
+            &id.to_string(),
+            "-X",
+            "-n",
+            "-P",
+            "-o",
+            "AdminComment",
+        ],
+    )?;
+    Ok(out.lines().next().unwrap_or("").trim().to_string())
+}
+
+/// Issue 16 §4: at job end acctd writes the job's GPU summary into its AdminComment in
+/// slurmdbd (`sgpu1:` + lower-case base32 of a versioned JSON): a one-node job with a hostile name
+/// and comment and a two-node job (one writer, acctd, for both nodes' records). The
+/// comment is there in `sacct -o AdminComment`, decodes with coreutils' `base32 -d`,
+/// holds nothing the user set, and its figures equal `sgpu seff --json`'s and the records
+/// `sgpu job --json` shows. An admin's own AdminComment is left alone.
+#[test]
+fn the_gpu_summary_is_in_slurms_admin_comment() -> TestResult {
+    let cluster = dbd_cluster()?;
+    let _lock = cluster.lock_exclusive()?;
+    // acctd runs sacct/sacctmgr through wrappers that aim them at this cluster
+    let bin = tempfile::tempdir()?;
+    for program in ["sacct", "sacctmgr"] {
+        let cmd = cluster.command(program);
+        let real = cmd.get_program().to_string_lossy().into_owned();
+        let conf = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "SLURM_CONF")
+            .and_then(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned())
+            .ok_or("the cluster's command sets no SLURM_CONF")?;
+        let path = bin.path().join(program);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\nSLURM_CONF='{conf}' exec '{real}' \"$@\"\n"),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let bin_dir = bin.path().to_string_lossy().into_owned();
+    let acctd = Acctd::start(&[
+        "--admin-comment",
+        "--admin-comment-delay-s",
+        "1",
+        "--slurm-bin",
+        &bin_dir,
+    ])?;
+    let _fwd = forward_to(&cluster, &["node1", "node2"], &acctd.url(), "")?;
+    let hostile = "x' \"; DROP TABLE job_table; -- sgpu1:AAAA";
+    let one = cluster.sbatch(
+        &[
+            "--gres=gpu:2",
+            "-o",
+            "/dev/null",
+            &format!("--job-name={hostile}"),
+            &format!("--comment={hostile}"),
+        ],
+        "sleep 3",
+    )?;
+    let two = cluster.sbatch(
+        &["-N", "2", "--gres=gpu:1", "-o", "/dev/null"],
+        "srun sleep 2",
+    )?;
+    let admins = cluster.sbatch(&["--gres=gpu:1", "-o", "/dev/null"], "sleep 3")?;
+    cluster.output(
+        "scontrol",
+        &[
+            "update",
+            &format!("JobId={admins}"),
+            "AdminComment=rack 4 | bad PSU",
+        ],
+    )?;
+    for id in [one, two, admins] {
+        let job = cluster.wait_job(id, Duration::from_secs(90))?;
+        assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    }
+    for (id, nodes) in [(one, 1usize), (two, 2)] {
+        let began = Instant::now();
+        let comment = loop {
+            let c = admin_comment(&cluster, id)?;
+            if !c.is_empty() {
+                break c;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(90),
+                "job {id}: no AdminComment after 90 s; acctd's log: {}",
+                std::fs::read_to_string(acctd.log()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        eprintln!("job {id}: AdminComment {comment} ({} bytes)", comment.len());
+        let payload = comment
+            .strip_prefix("sgpu1:")
+            .ok_or_else(|| format!("job {id}: AdminComment {comment:?} lacks the prefix"))?;
+        // lower-case RFC 4648 base32: coreutils decodes it in upper case
+        let mut dec = std::process::Command::new("base32")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        {
+            use std::io::Write;
+            let mut stdin = dec.stdin.take().ok_or("base32 -d: no stdin")?;
+            stdin.write_all(payload.to_ascii_uppercase().as_bytes())?;
+        }
+        let out = dec.wait_with_output()?;
+        assert!(out.status.success(), "base32 -d refused {payload:?}");
+        let json = String::from_utf8(out.stdout)?;
+        eprintln!("job {id}: {json}");
+        assert!(!json.contains("DROP") && !json.contains("x'"), "{json}");
+        let summary: serde_json::Value = serde_json::from_str(&json)?;
+        assert_eq!(summary["v"], 1, "{json}");
+
+        // the same figures as sgpu seff and sgpu job
+        let seff: serde_json::Value = serde_json::from_str(&sgpu_at(
+            &cluster,
+            &acctd.url(),
+            &["seff", &id.to_string(), "-M", CLUSTER, "--json"],
+        )?)?;
+        let gpu = &seff["gpu"];
+        assert_eq!(summary["alloc_gpu_ms"], gpu["allocated_gpu_ms"], "{seff}");
+        assert_eq!(summary["energy_mj"], gpu["energy_mj"], "{seff}");
+        assert_eq!(summary["used_gpu_ms"], gpu["used_gpu_ms"], "{seff}");
+        let per_gpu = summary["per_gpu"].as_array().ok_or("no per_gpu")?;
+        assert_eq!(per_gpu.len(), gpu["gpus"].as_array().map_or(0, Vec::len));
+        let on: std::collections::BTreeSet<&str> =
+            per_gpu.iter().filter_map(|g| g["node"].as_str()).collect();
+        assert_eq!(on.len(), nodes, "{json}");
+        let job: serde_json::Value = serde_json::from_str(&sgpu_at(
+            &cluster,
+            &acctd.url(),
+            &["job", &id.to_string(), "-M", CLUSTER, "--json"],
+        )?)?;
+        let ends: Vec<&serde_json::Value> = job["records"]
+            .as_array()
+            .map(|r| r.iter().filter(|r| r["id"]["kind"] == "job_end").collect())
+            .unwrap_or_default();
+        assert_eq!(ends.len(), nodes, "{job}");
+        let allocated: u64 = ends
+            .iter()
+            .filter_map(|r| r["body"]["allocated_gpu_ms"].as_u64())
+            .sum();
+        assert_eq!(summary["alloc_gpu_ms"].as_u64(), Some(allocated), "{job}");
+        let energy: u64 = ends
+            .iter()
+            .flat_map(|r| r["body"]["gpus"].as_array().cloned().unwrap_or_default())
+            .filter_map(|g| g["energy_delta_mj"].as_u64())
+            .sum();
+        assert_eq!(summary["energy_mj"].as_u64(), Some(energy), "{job}");
+        // and a person reads the same job in sgpu seff
+        eprintln!(
+            "$ sgpu seff {id}\n{}",
+            sgpu_at(
+                &cluster,
+                &acctd.url(),
+                &["seff", &id.to_string(), "-M", CLUSTER]
+            )?
+        );
+    }
+    // the admin's note stays (acctd tried: its job ended and was forwarded)
+    let began = Instant::now();
+    while !std::fs::read_to_string(acctd.log())?.contains("left alone") {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "acctd did not judge job {admins}'s AdminComment"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(admin_comment(&cluster, admins)?, "rack 4 | bad PSU");
+
+    // a job that asked for 4 GPUs and used one, 3 GiB of its 80 GiB: sgpu seff says so. The
+    // GPU gets busy only while the job runs (a GPU busy before the prolog or after the
+    // epilog is a leftover process, and the gates drain the node for it).
+    let _restore = sgpu::Restore::new(&cluster, &["node2"]);
+    let busy = cluster.sbatch(
+        &["-w", "node2", "--gres=gpu:4", "-o", "/dev/null"],
+        "sleep 12",
+    )?;
+    let began = Instant::now();
+    while cluster
+        .output("squeue", &["-h", "-j", &busy.to_string(), "-o", "%T"])?
+        .trim()
+        != "RUNNING"
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "job {busy} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sgpu::update_gpus(&cluster, "node2", |s| {
+        s.gpus[0].utilization_gpu = Some(80);
+        s.gpus[0].memory_used_mib = 3 * 1024;
+    })?;
+    std::thread::sleep(Duration::from_secs(6));
+    sgpu::update_gpus(&cluster, "node2", |s| {
+        s.gpus[0].utilization_gpu = Some(0);
+        s.gpus[0].memory_used_mib = 0;
+    })?;
+    let job = cluster.wait_job(busy, Duration::from_secs(90))?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    let began = Instant::now();
+    let seff = loop {
+        let out = sgpu_at(
+            &cluster,
+            &acctd.url(),
+            &["seff", &busy.to_string(), "-M", CLUSTER],
+        );
+        match out {
+            Ok(out) if out.contains("in use") => break out,
+            _ => {}
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "job {busy}: sgpu seff shows no sampled GPU after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("$ sgpu seff {busy}\n{seff}");
+    assert!(seff.contains("GPUs: 4 allocated, 1 in use"), "{seff}");
+    assert!(seff.contains("asked for 4 GPUs, used 1"), "{seff}");
+    assert!(
+        seff.contains("GPU memory peak 3.0 GiB of 80 GiB: a smaller GPU or a MIG slice fits"),
+        "{seff}"
+    );
+    assert!(seff.contains("CPU efficiency (Slurm):"), "{seff}");
+    Ok(())
+}
