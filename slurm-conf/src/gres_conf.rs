@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::conf::{ConfError, Location, Stmt, StmtParser, statement_file};
 use crate::hostlist;
-use crate::slurm_conf::{SlurmConf, parse_gres_count};
+use crate::slurm_conf::{Node, SlurmConf, parse_gres_count};
 
 /// Most per-device entries [`GresConf::expected_gpus`] lists for one node.
 const MAX_DEVICES: u64 = 1024;
@@ -371,6 +371,124 @@ impl Builder {
         }
     }
 
+    /// `AutoDetect=` on a `Name=`/`NodeName=` line: an unknown value, one without nodes
+    /// (Slurm ignores it) and one that contradicts an earlier setting for a node are errors;
+    /// the first setting of each node is kept.
+    fn line_autodetect(&mut self, at: &Location, a: &str, nodes: Option<&Vec<String>>) {
+        match (AutoDetect::parse(a), nodes) {
+            (None, _) => self.err(
+                at,
+                format!("unknown AutoDetect value `{a}` (expected nvml, rsmi, oneapi, nvidia, nrt, full or off)"),
+            ),
+            (Some(_), None) => self.err(
+                at,
+                "AutoDetect on a Name= line has no effect (Slurm ignores it): put it on its own line or on a NodeName= line",
+            ),
+            (Some(v), Some(n)) => {
+                let mut conflict = None;
+                for node in n {
+                    match self.node_ad.get(node) {
+                        Some((prev, prev_at)) if *prev != v && conflict.is_none() => {
+                            conflict = Some(format!(
+                                "AutoDetect={v} for node {node} contradicts AutoDetect={prev} at {prev_at}"
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.node_ad.insert(node.clone(), (v.clone(), at.clone()));
+                        }
+                    }
+                }
+                if let Some(msg) = conflict {
+                    self.errors.push(ConfError::at(at, msg));
+                }
+                self.conf.node_autodetect.push(NodeAutoDetect {
+                    nodes: n.clone(),
+                    value: v,
+                    at: at.clone(),
+                });
+            }
+        }
+    }
+
+    /// The device files of `File=`/`Files=` (`file_expr`) or `MultipleFiles=` (`multiple`,
+    /// which makes them one device; the flag), expanded; both set, or a `MultipleFiles=` of
+    /// fewer than two files, is an error.
+    fn device_files(
+        &mut self,
+        at: &Location,
+        file_expr: Option<&str>,
+        multiple: Option<&str>,
+    ) -> (Vec<PathBuf>, bool) {
+        let mut files = Vec::new();
+        let mut multiple_files = false;
+        if let Some(f) = file_expr {
+            match hostlist::expand(f) {
+                Ok(v) => files = v.into_iter().map(PathBuf::from).collect(),
+                Err(e) => self.err(at, format!("File: {e}")),
+            }
+        }
+        if let Some(m) = multiple {
+            if file_expr.is_some() {
+                self.err(at, "File= and MultipleFiles= exclude each other: use one");
+            } else {
+                match hostlist::expand(m) {
+                    Ok(v) if v.len() >= 2 => {
+                        files = v.into_iter().map(PathBuf::from).collect();
+                        multiple_files = true;
+                    }
+                    Ok(_) => self.err(
+                        at,
+                        "MultipleFiles= lists fewer than two files: use File= instead",
+                    ),
+                    Err(e) => self.err(at, format!("MultipleFiles: {e}")),
+                }
+            }
+        }
+        (files, multiple_files)
+    }
+
+    /// A record's count: `Count=` (a number with an optional K/M/G/T/P suffix, which must
+    /// match the `from_files` devices its files name unless the GRES is shared, `mps` or
+    /// `shard`), else the number of devices (at least 1). `files_as_written` names them in
+    /// the error.
+    fn record_count(
+        &mut self,
+        at: &Location,
+        name: &str,
+        count: Option<&str>,
+        from_files: u64,
+        files_as_written: impl Fn() -> String,
+    ) -> u64 {
+        let shared = name.eq_ignore_ascii_case("mps") || name.eq_ignore_ascii_case("shard");
+        match count {
+            Some(c) => match parse_gres_count(c) {
+                Some(n) => {
+                    if from_files > 0 && n != from_files && !shared {
+                        let what = files_as_written();
+                        self.err(
+                            at,
+                            format!(
+                                "Count={c} does not match File={what}, which names {from_files} device(s): \
+                                 one {name} per file (drop Count= or fix it)"
+                            ),
+                        );
+                    }
+                    n
+                }
+                None => {
+                    self.err(
+                        at,
+                        format!("Count `{c}` is not a number (optionally with a K/M/G/T/P suffix)"),
+                    );
+                    from_files.max(1)
+                }
+            },
+            None => from_files.max(1),
+        }
+    }
+
+    /// One `Name=` line (or a `NodeName=` line with only `AutoDetect=`).
     fn record(&mut self, s: &Stmt) {
         let at = &s.at;
         let params: BTreeMap<String, String> = s
@@ -391,40 +509,7 @@ impl Builder {
             None => None,
         };
         if let Some(a) = get("autodetect") {
-            match (AutoDetect::parse(&a), &nodes) {
-                (None, _) => self.err(
-                    at,
-                    format!("unknown AutoDetect value `{a}` (expected nvml, rsmi, oneapi, nvidia, nrt, full or off)"),
-                ),
-                (Some(_), None) => self.err(
-                    at,
-                    "AutoDetect on a Name= line has no effect (Slurm ignores it): put it on its own line or on a NodeName= line",
-                ),
-                (Some(v), Some(n)) => {
-                    let mut conflict = None;
-                    for node in n {
-                        match self.node_ad.get(node) {
-                            Some((prev, prev_at)) if *prev != v && conflict.is_none() => {
-                                conflict = Some(format!(
-                                    "AutoDetect={v} for node {node} contradicts AutoDetect={prev} at {prev_at}"
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                self.node_ad.insert(node.clone(), (v.clone(), at.clone()));
-                            }
-                        }
-                    }
-                    if let Some(msg) = conflict {
-                        self.errors.push(ConfError::at(at, msg));
-                    }
-                    self.conf.node_autodetect.push(NodeAutoDetect {
-                        nodes: n.clone(),
-                        value: v,
-                        at: at.clone(),
-                    });
-                }
-            }
+            self.line_autodetect(at, &a, nodes.as_ref());
         }
         let Some(name) = get("name") else {
             if get("autodetect").is_none() {
@@ -435,65 +520,19 @@ impl Builder {
             }
             return;
         };
-        let mut files = Vec::new();
-        let mut multiple_files = false;
         let file_expr = get("file").or_else(|| get("files"));
-        if let Some(f) = &file_expr {
-            match hostlist::expand(f) {
-                Ok(v) => files = v.into_iter().map(PathBuf::from).collect(),
-                Err(e) => self.err(at, format!("File: {e}")),
-            }
-        }
-        if let Some(m) = get("multiplefiles") {
-            if file_expr.is_some() {
-                self.err(at, "File= and MultipleFiles= exclude each other: use one");
-            } else {
-                match hostlist::expand(&m) {
-                    Ok(v) if v.len() >= 2 => {
-                        files = v.into_iter().map(PathBuf::from).collect();
-                        multiple_files = true;
-                    }
-                    Ok(_) => self.err(
-                        at,
-                        "MultipleFiles= lists fewer than two files: use File= instead",
-                    ),
-                    Err(e) => self.err(at, format!("MultipleFiles: {e}")),
-                }
-            }
-        }
-        let shared = name.eq_ignore_ascii_case("mps") || name.eq_ignore_ascii_case("shard");
+        let (files, multiple_files) =
+            self.device_files(at, file_expr.as_deref(), get("multiplefiles").as_deref());
         let from_files = match (multiple_files, files.len()) {
             (true, _) => 1,
             (false, n) => n as u64,
         };
-        let count = match get("count") {
-            Some(c) => match parse_gres_count(&c) {
-                Some(n) => {
-                    if from_files > 0 && n != from_files && !shared {
-                        let what = file_expr
-                            .clone()
-                            .or_else(|| get("multiplefiles"))
-                            .unwrap_or_default();
-                        self.err(
-                            at,
-                            format!(
-                                "Count={c} does not match File={what}, which names {from_files} device(s): \
-                                 one {name} per file (drop Count= or fix it)"
-                            ),
-                        );
-                    }
-                    n
-                }
-                None => {
-                    self.err(
-                        at,
-                        format!("Count `{c}` is not a number (optionally with a K/M/G/T/P suffix)"),
-                    );
-                    from_files.max(1)
-                }
-            },
-            None => from_files.max(1),
-        };
+        let count = self.record_count(at, &name, get("count").as_deref(), from_files, || {
+            file_expr
+                .clone()
+                .or_else(|| get("multiplefiles"))
+                .unwrap_or_default()
+        });
         let cores = get("cores").or_else(|| get("cpus"));
         if let Some(c) = &cores {
             if !valid_cpu_list(c) {
@@ -564,11 +603,9 @@ impl GresConf {
             .or_else(|| self.autodetect.clone())
     }
 
-    /// What GPUs node `name` should have: count, types and device files from
-    /// gres.conf, reconciled with the node's `Gres=` in `slurm_conf` when
-    /// given. Disagreements are listed in [`NodeGpus::issues`].
-    pub fn expected_gpus(&self, name: &str, slurm_conf: Option<&SlurmConf>) -> NodeGpus {
-        let autodetect = self.autodetect_for(name);
+    /// The GPUs gres.conf lists for node `name`: one device per file (one per
+    /// `MultipleFiles=` record, one per count without files), at most [`MAX_DEVICES`].
+    fn listed_gpus(&self, name: &str) -> Listed {
         let mut devices = Vec::new();
         let mut gres_count: u64 = 0;
         let mut per_type: BTreeMap<Option<String>, u64> = BTreeMap::new();
@@ -608,66 +645,105 @@ impl GresConf {
                 }
             }
         }
+        Listed {
+            devices,
+            count: gres_count,
+            per_type,
+            without_files,
+        }
+    }
+
+    /// What GPUs node `name` should have: count, types and device files from
+    /// gres.conf, reconciled with the node's `Gres=` in `slurm_conf` when
+    /// given. Disagreements are listed in [`NodeGpus::issues`].
+    pub fn expected_gpus(&self, name: &str, slurm_conf: Option<&SlurmConf>) -> NodeGpus {
+        let autodetect = self.autodetect_for(name);
+        let listed = self.listed_gpus(name);
         let mut issues = Vec::new();
         let mut slurm_conf_count = None;
         if let Some(sc) = slurm_conf {
             match sc.node(name) {
                 None => issues.push(GpuIssue::NodeNotInSlurmConf),
                 Some(node) => {
-                    let sc_count = node.gpu_count();
-                    slurm_conf_count = Some(sc_count);
-                    let typed = node.gpus().filter(|g| g.type_.is_some()).count();
-                    let untyped = node.gpus().count() - typed;
-                    if typed > 0 && untyped > 0 {
-                        issues.push(GpuIssue::MixedTypedAndUntyped);
-                    }
-                    if sc_count > 0 && !sc.gres_types.iter().any(|t| t.eq_ignore_ascii_case("gpu"))
-                    {
-                        issues.push(GpuIssue::GpuNotInGresTypes);
-                    }
-                    let listed = gres_count > 0 || autodetect.as_ref().is_none_or(|a| !a.is_on());
-                    if listed && sc_count != gres_count {
-                        issues.push(GpuIssue::CountMismatch {
-                            slurm_conf: sc_count,
-                            gres_conf: gres_count,
-                        });
-                    } else if listed && typed > 0 {
-                        let mut sc_types: BTreeMap<String, (String, u64)> = BTreeMap::new();
-                        for g in node.gpus() {
-                            if let Some(t) = &g.type_ {
-                                let e = sc_types
-                                    .entry(t.to_ascii_lowercase())
-                                    .or_insert((t.clone(), 0));
-                                e.1 = e.1.saturating_add(g.count);
-                            }
-                        }
-                        for (lower, (t, n)) in sc_types {
-                            let have = per_type.get(&Some(lower)).copied().unwrap_or(0);
-                            if have != n {
-                                issues.push(GpuIssue::TypeCountMismatch {
-                                    type_: t,
-                                    slurm_conf: n,
-                                    gres_conf: have,
-                                });
-                            }
-                        }
-                    }
+                    slurm_conf_count = Some(node.gpu_count());
+                    issues = slurm_conf_issues(node, &sc.gres_types, &listed, autodetect.as_ref());
                 }
             }
         }
-        if without_files && autodetect.as_ref().is_none_or(|a| !a.is_on()) {
+        if listed.without_files && autodetect.as_ref().is_none_or(|a| !a.is_on()) {
             issues.push(GpuIssue::NoDeviceFiles);
         }
         NodeGpus {
             node: name.to_string(),
-            count: slurm_conf_count.unwrap_or(gres_count),
-            devices,
+            count: slurm_conf_count.unwrap_or(listed.count),
+            devices: listed.devices,
             autodetect,
             slurm_conf_count,
-            gres_conf_count: gres_count,
+            gres_conf_count: listed.count,
             issues,
         }
     }
+}
+
+/// What gres.conf lists for a node.
+struct Listed {
+    /// The devices, in gres.conf order.
+    devices: Vec<GpuDevice>,
+    /// The GPUs (the records' counts).
+    count: u64,
+    /// The GPUs by lower-cased type (`None`: untyped).
+    per_type: BTreeMap<Option<String>, u64>,
+    /// Whether a record names no device file.
+    without_files: bool,
+}
+
+/// Where slurm.conf's `Gres=` for `node` (and `GresTypes`) disagrees with what gres.conf
+/// lists: typed and untyped GPUs mixed, `gpu` not in `GresTypes`, the total or a type's count.
+/// An autodetected node's listing is not compared when gres.conf lists none.
+fn slurm_conf_issues(
+    node: &Node,
+    gres_types: &[String],
+    listed: &Listed,
+    autodetect: Option<&AutoDetect>,
+) -> Vec<GpuIssue> {
+    let mut issues = Vec::new();
+    let sc_count = node.gpu_count();
+    let typed = node.gpus().filter(|g| g.type_.is_some()).count();
+    let untyped = node.gpus().count() - typed;
+    if typed > 0 && untyped > 0 {
+        issues.push(GpuIssue::MixedTypedAndUntyped);
+    }
+    if sc_count > 0 && !gres_types.iter().any(|t| t.eq_ignore_ascii_case("gpu")) {
+        issues.push(GpuIssue::GpuNotInGresTypes);
+    }
+    let compared = listed.count > 0 || autodetect.is_none_or(|a| !a.is_on());
+    if compared && sc_count != listed.count {
+        issues.push(GpuIssue::CountMismatch {
+            slurm_conf: sc_count,
+            gres_conf: listed.count,
+        });
+    } else if compared && typed > 0 {
+        let mut sc_types: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        for g in node.gpus() {
+            if let Some(t) = &g.type_ {
+                let e = sc_types
+                    .entry(t.to_ascii_lowercase())
+                    .or_insert((t.clone(), 0));
+                e.1 = e.1.saturating_add(g.count);
+            }
+        }
+        for (lower, (t, n)) in sc_types {
+            let have = listed.per_type.get(&Some(lower)).copied().unwrap_or(0);
+            if have != n {
+                issues.push(GpuIssue::TypeCountMismatch {
+                    type_: t,
+                    slurm_conf: n,
+                    gres_conf: have,
+                });
+            }
+        }
+    }
+    issues
 }
 
 #[cfg(test)]
