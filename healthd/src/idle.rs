@@ -109,6 +109,9 @@ pub struct PolicyState {
     pub exempt: bool,
     /// Warnings so far (a job that recovers and goes idle again is warned again).
     pub warnings: u32,
+    /// Whether a cancel was refused by the per-hour bound (logged and counted once).
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// What the policy does now for one job.

@@ -522,15 +522,20 @@ impl Actor {
             return acc.policy.exempt;
         };
         if !self.budget.take(now_ms, self.config.max_cancels_per_hour) {
+            if acc.policy.refused {
+                return false;
+            }
+            acc.policy.refused = true;
             warn!(
                 job = acc.job_id,
                 "idle policy: job {} would be cancelled, but this node already cancelled {} \
-                 job(s) in the last hour (idle.max_cancels_per_hour); not cancelling",
+                 job(s) in the last hour (idle.max_cancels_per_hour); not cancelling while \
+                 that holds",
                 acc.job_id,
                 self.config.max_cancels_per_hour
             );
             self.shared.record_idle_action("refused");
-            return false;
+            return true;
         }
         let idle_ms = Self::idle_ms(acc);
         let minutes = idle_ms / 60_000;

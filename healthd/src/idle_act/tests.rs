@@ -330,9 +330,20 @@ fn cancels_per_hour_are_bounded() -> Result<(), Box<dyn std::error::Error>> {
             a.step(acc, t * 1000);
         }
     }
-    let calls = calls.lock().map_err(|_| "poisoned")?;
-    assert_eq!(calls.cancelled.len(), 1, "{calls:?}");
+    assert_eq!(
+        calls.lock().map_err(|_| "poisoned")?.cancelled.len(),
+        1,
+        "{calls:?}"
+    );
     assert!(first.policy.cancelled && !second.policy.cancelled);
+    assert!(
+        second.policy.refused,
+        "the refusal is remembered: logged and counted once"
+    );
+    // an hour after the first cancel the bound lets the second one go
+    sample(&mut second, &c, 3_900_000, &[0]);
+    a.step(&mut second, 3_900_000);
+    assert!(second.policy.cancelled);
     Ok(())
 }
 
