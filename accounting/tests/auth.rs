@@ -272,6 +272,19 @@ fn users_see_only_their_own_jobs_and_totals_admins_everything() {
     let (st, _) = call_as(s.addr, admin, "GET", "/v1/jobs/alpha/2", b"");
     assert_eq!(st, 200);
 
+    // The efficiency answer (`sgpu seff`) follows the same rule.
+    let (st, v) = call_as(s.addr, a, "GET", "/v1/jobs/alpha/1/efficiency", b"");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["user"], A, "{v}");
+    let (st, v) = call_as(s.addr, a, "GET", "/v1/jobs/alpha/2/efficiency", b"");
+    assert_eq!(st, 404, "{v}");
+    assert!(error_of(&v).contains("no records of job 2"), "{v}");
+    for who in [b, admin] {
+        let (st, v) = call_as(s.addr, who, "GET", "/v1/jobs/alpha/2/efficiency", b"");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["user"], B, "{v}");
+    }
+
     // The conflicts list is for admins: it shows every user's records.
     let (st, v) = call_as(s.addr, a, "GET", "/v1/conflicts", b"");
     assert_eq!(st, 403, "{v}");
