@@ -87,6 +87,28 @@ const DISABLED: Fixture = Fixture {
     counters: ZERO,
 };
 
+/// RoCE: `ibstat` of a node with two ConnectX-7 ports on Ethernet (`mlx5_0`, `mlx5_1`,
+/// MT4129, State: Active, Physical state: LinkUp, Rate: 200, Link layer: Ethernet) and a
+/// disabled ConnectX-6 port (`mlx5_10`, MT4125, Down/Disabled), in kvcache-ai/Mooncake issue
+/// #1999; the rate as the kernel writes 200 Gb/s for such a port.
+const ROCE_0: Fixture = Fixture {
+    device: "mlx5_0",
+    port: 1,
+    state: "4: ACTIVE",
+    phys_state: "5: LinkUp",
+    rate: Some("200 Gb/sec (4X HDR)"),
+    link_layer: "Ethernet",
+    counters: ZERO,
+};
+const ROCE_1: Fixture = Fixture {
+    device: "mlx5_1",
+    ..ROCE_0
+};
+const ROCE_DISABLED: Fixture = Fixture {
+    device: "mlx5_10",
+    ..DISABLED
+};
+
 fn write_tree(root: &Path, ports: &[&Fixture]) {
     let _ = std::fs::remove_dir_all(root);
     for f in ports {
@@ -402,4 +424,30 @@ fn port_names_are_checked() {
     for bad in ["mlx5_0", "mlx5_0/", "/1", "mlx5_0/x", "../x/1", "a b/1"] {
         assert!(!valid_port_name(bad), "{bad}");
     }
+}
+
+#[test]
+fn roce_ports_are_judged_as_infiniband_ports() {
+    let node = Node::new(&[&ROCE_0, &ROCE_1, &ROCE_DISABLED]);
+    let ports = read_ports(&node.settings.sysfs_root).unwrap();
+    assert_eq!(ports[0].link_layer, "Ethernet");
+    let run = node.run(Profile::Full, true, 1000.0);
+    assert!(failing(&run).is_empty(), "{:?}", run.results);
+    let b = Baseline::load(&node.state_dir()).unwrap().unwrap();
+    assert_eq!(
+        b.ports.keys().collect::<Vec<_>>(),
+        ["mlx5_0/1", "mlx5_1/1"],
+        "the disabled port is never expected"
+    );
+    let down = Fixture {
+        state: "1: DOWN",
+        phys_state: "3: Disabled",
+        ..ROCE_1
+    };
+    node.set(&[&ROCE_0, &down, &ROCE_DISABLED]);
+    let run = node.run(Profile::Quick, true, 1030.0);
+    assert_eq!(
+        failing(&run),
+        ["drain ib.port: mlx5_1/1 DOWN (Disabled), expected ACTIVE (LinkUp)"]
+    );
 }
