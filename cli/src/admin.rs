@@ -140,6 +140,10 @@ pub struct HistoryArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only the actions taken on jobs (the idle policy's warnings, mails and cancels),
+    /// with the job, its owner, the idle GPUs and how long they were idle.
+    #[arg(long)]
+    pub jobs: bool,
     /// Shared options.
     #[command(flatten)]
     pub opts: AdminOpts,
@@ -523,9 +527,17 @@ pub fn history(settings: &Settings, a: &HistoryArgs) -> anyhow::Result<i32> {
         .window
         .read(crate::timespec::now_s())
         .map_err(anyhow::Error::msg)?;
-    let events = acctd::history(&client, &names, a.limit, window).map_err(anyhow::Error::msg)?;
+    let mut events =
+        acctd::history(&client, &names, a.limit, window).map_err(anyhow::Error::msg)?;
+    if a.jobs {
+        events.retain(|e| e.job.is_some());
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(0);
+    }
+    if a.jobs {
+        print!("{}", table(&job_action_rows(&events)));
         return Ok(0);
     }
     let mut rows = vec![
@@ -558,6 +570,52 @@ pub fn history(settings: &Settings, a: &HistoryArgs) -> anyhow::Result<i32> {
     }
     print!("{}", table(&rows));
     Ok(0)
+}
+
+/// `sgpu history --jobs`' table: one row per action taken on a job.
+pub fn job_action_rows(events: &[sgpu_spool::NodeEvent]) -> Vec<Vec<String>> {
+    let mut rows = vec![
+        [
+            "TIME (UTC)",
+            "NODE",
+            "ACTION",
+            "JOB",
+            "OWNER",
+            "ACCOUNT",
+            "GPUS",
+            "IDLE MIN",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in events {
+        let Some(j) = &e.job else { continue };
+        rows.push(vec![
+            utc(e.time_ms),
+            e.node.clone(),
+            format!(
+                "{}{}",
+                e.action.as_str(),
+                if j.dry_run { " (dry run)" } else { "" }
+            ),
+            if j.run > 0 {
+                format!("{} (run {})", j.job_id, j.run)
+            } else {
+                j.job_id.to_string()
+            },
+            j.user.clone(),
+            j.account.clone().unwrap_or_else(|| "-".into()),
+            j.gpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            j.idle_minutes.to_string(),
+            e.reason.clone(),
+        ]);
+    }
+    rows
 }
 
 /// Left-aligned columns separated by two spaces (the last column unpadded).
@@ -630,6 +688,54 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc(1_795_435_201_000), "2026-11-23T12:00:01Z");
+    }
+
+    #[test]
+    fn job_actions_list_the_job_its_owner_and_idle_gpus() {
+        use sgpu_spool::{JobAction, NodeAction, NodeEvent};
+        let mut e = NodeEvent {
+            id: "e1".into(),
+            cluster: "c".into(),
+            node: "node1".into(),
+            time_ms: 1_795_435_201_000,
+            action: NodeAction::IdleCancel,
+            source: "healthd".into(),
+            uid: 0,
+            user: "root".into(),
+            reason: "GPUs 0,2 idle for 60 minutes: cancelled".into(),
+            previous_reason: None,
+            forced: false,
+            job: Some(JobAction {
+                job_id: 42,
+                run: 1,
+                user: "ann".into(),
+                account: Some("phys".into()),
+                partition: "gpu".into(),
+                gpus: vec![0, 2],
+                idle_minutes: 60,
+                policy: "util<5% for 3600s".into(),
+                dry_run: true,
+            }),
+        };
+        let rows = job_action_rows(std::slice::from_ref(&e));
+        assert_eq!(
+            rows[1],
+            [
+                "2026-11-23T12:00:01Z",
+                "node1",
+                "idle_cancel (dry run)",
+                "42 (run 1)",
+                "ann",
+                "phys",
+                "0,2",
+                "60",
+                "GPUs 0,2 idle for 60 minutes: cancelled"
+            ]
+        );
+        // a drain is not a job action
+        e.job = None;
+        e.action = NodeAction::Drain;
+        assert_eq!(job_action_rows(&[e]).len(), 1);
     }
 
     #[test]
