@@ -486,6 +486,90 @@ fn convert_gpu(
         .filter(|s| s.chars().any(|c| c != '0'));
     let name = n.get(&["product_name"]).map(|(v, _)| v.to_string());
 
+    let mig_mode = modes(&c, n, index, notes)?;
+    let power = power(&c, n)?;
+
+    let (ecc, ecc_enabled) = ecc_counters(&c, n)?;
+    let retired_pages = retired(&c, n)?;
+    let remapped_rows = remapped(&c, n)?;
+    let throttle_reasons = throttle(&c, n)?;
+    let processes = processes(&c, n)?;
+
+    let performance_state = n
+        .get(&["performance_state"])
+        .and_then(|(v, _)| v.trim_start_matches('P').parse::<u32>().ok());
+
+    let fabric = fabric(&c, n)?;
+    // read in the order the fields were always read, so a capture with several bad values
+    // is refused for the same one
+    let pci_device_id = c.hex(n, &["pci/pci_device_id", "pci/device_id"])?;
+    let pci_subsystem_id = c.hex(n, &["pci/pci_sub_system_id", "pci/sub_system_id"])?;
+    let minor_number = c.u32(n, &["minor_number"])?;
+    let memory_total_mib = c.uint(n, &["fb_memory_usage/total"])?;
+    let memory_used_mib = c.uint(n, &["fb_memory_usage/used"])?.unwrap_or(0);
+    let memory_reserved_mib = c.uint(n, &["fb_memory_usage/reserved"])?.unwrap_or(0);
+    let temperature_c = c.u32(n, &["temperature/gpu_temp", "temperature/gpu_current_temp"])?;
+    let temps = thresholds(&c, n)?;
+    let utilization_gpu = c.u32(n, &["utilization/gpu_util", "utilization/gpu"])?;
+    let utilization_memory = c.u32(n, &["utilization/memory_util", "utilization/memory"])?;
+    let persistence_mode = c.flag(n, &["persistence_mode"])?;
+    let link = pcie_link(&c, n)?;
+
+    let gpu = Gpu {
+        index,
+        name,
+        uuid,
+        serial,
+        pci_bus_id,
+        pci_device_id,
+        pci_subsystem_id,
+        minor_number,
+        memory_total_mib,
+        memory_used_mib,
+        memory_reserved_mib,
+        power_limit_mw: power.limit_mw,
+        enforced_power_limit_mw: power.enforced_limit_mw,
+        power_usage_mw: power.usage_mw,
+        // No capture has the energy counter: start it at 0 J, growing at the power draw.
+        energy_mj_at_epoch: power.usage_mw.map(|_| 0),
+        temperature_c,
+        temp_slowdown_c: temps.slowdown_c,
+        temp_shutdown_c: temps.shutdown_c,
+        temp_gpu_max_c: temps.gpu_max_c,
+        temp_mem_max_c: temps.mem_max_c,
+        utilization_gpu,
+        utilization_memory,
+        persistence_mode,
+        ecc_enabled,
+        pcie_gen_current: link.gen_current,
+        pcie_gen_max: link.gen_max,
+        pcie_width_current: link.width_current,
+        pcie_width_max: link.width_max,
+        throttle_reasons,
+        accounting_mode: c.flag(n, &["accounting_mode"])?,
+        lost: false,
+        hang: false,
+        ecc,
+        retired_pages,
+        remapped_rows,
+        processes,
+        pcie_replay_counter: c.u32(n, &["pci/replay_counter", "pci/replays_since_reset"])?,
+        performance_state,
+        mig_mode,
+        fabric,
+        // `nvidia-smi -q` has no NVLink section: link states are not in any capture
+        nvlink: None,
+    };
+    Ok((gpu, bus_raw))
+}
+
+/// MIG mode (noted when on), and a note for a vGPU guest.
+fn modes(
+    c: &Ctx<'_>,
+    n: &Node,
+    index: u32,
+    notes: &mut Vec<String>,
+) -> Result<Option<bool>, CaptureError> {
     let mig_mode = c.flag(n, &["mig_mode/current_mig", "mig_mode/current"])?;
     if mig_mode == Some(true) {
         notes.push(format!(
@@ -506,7 +590,19 @@ fn convert_gpu(
             "gpu{index}: a vGPU guest (no PCIe or power readings in a guest)"
         ));
     }
+    Ok(mig_mode)
+}
 
+/// A GPU's power readings, milliwatts.
+struct Power {
+    usage_mw: Option<u32>,
+    limit_mw: Option<u32>,
+    enforced_limit_mw: Option<u32>,
+}
+
+/// The power draw and limits (watts in the capture, in either schema's section).
+fn power(c: &Ctx<'_>, n: &Node) -> Result<Power, CaptureError> {
+    let mw = |w: f64| (w * 1000.0).round() as u32;
     let power_paths = [
         "gpu_power_readings/power_draw",
         "gpu_power_readings/average_power_draw",
@@ -515,156 +611,130 @@ fn convert_gpu(
         "power_readings/average_power_draw",
         "power_readings/instant_power_draw",
     ];
-    let power_usage_mw = c.num(n, &power_paths)?.map(|w| (w * 1000.0).round() as u32);
     let limit_paths = [
         "gpu_power_readings/current_power_limit",
         "gpu_power_readings/power_limit",
         "power_readings/current_power_limit",
         "power_readings/power_limit",
     ];
-    let power_limit_mw = c.num(n, &limit_paths)?.map(|w| (w * 1000.0).round() as u32);
-    let enforced_power_limit_mw = c
-        .num(
-            n,
-            &[
-                "gpu_power_readings/enforced_power_limit",
-                "power_readings/enforced_power_limit",
-            ],
-        )?
-        .map(|w| (w * 1000.0).round() as u32);
+    let enforced_paths = [
+        "gpu_power_readings/enforced_power_limit",
+        "power_readings/enforced_power_limit",
+    ];
+    Ok(Power {
+        usage_mw: c.num(n, &power_paths)?.map(mw),
+        limit_mw: c.num(n, &limit_paths)?.map(mw),
+        enforced_limit_mw: c.num(n, &enforced_paths)?.map(mw),
+    })
+}
 
-    let (ecc, ecc_enabled) = ecc_counters(&c, n)?;
-    let retired_pages = retired(&c, n)?;
-    let remapped_rows = remapped(&c, n)?;
-    let throttle_reasons = throttle(&c, n)?;
-    let processes = processes(&c, n)?;
+/// A GPU's temperature thresholds, degrees Celsius.
+struct Thresholds {
+    slowdown_c: Option<u32>,
+    shutdown_c: Option<u32>,
+    gpu_max_c: Option<u32>,
+    mem_max_c: Option<u32>,
+}
 
-    let performance_state = n
-        .get(&["performance_state"])
-        .and_then(|(v, _)| v.trim_start_matches('P').parse::<u32>().ok());
-
-    let fabric = match n.get(&["fabric/state"]) {
-        Some((state, field)) => {
-            let state = match norm_key(state).as_str() {
-                "completed" => FabricState::Completed,
-                "in_progress" => FabricState::InProgress,
-                "not_started" => FabricState::NotStarted,
-                _ => {
-                    return Err(c.field_err(
-                        &field,
-                        state,
-                        "Completed, In Progress or Not Started",
-                    ));
-                }
-            };
-            Some(Fabric {
-                state,
-                status: n
-                    .get(&["fabric/status"])
-                    .map(|(v, _)| v.to_string())
-                    .unwrap_or_else(|| "Success".into()),
-                clique_id: c
-                    .u32(n, &["fabric/cliqueid", "fabric/clique_id"])?
-                    .unwrap_or(0),
-            })
-        }
-        None => None,
-    };
-
-    let gpu = Gpu {
-        index,
-        name,
-        uuid,
-        serial,
-        pci_bus_id,
-        pci_device_id: c.hex(n, &["pci/pci_device_id", "pci/device_id"])?,
-        pci_subsystem_id: c.hex(n, &["pci/pci_sub_system_id", "pci/sub_system_id"])?,
-        minor_number: c.u32(n, &["minor_number"])?,
-        memory_total_mib: c.uint(n, &["fb_memory_usage/total"])?,
-        memory_used_mib: c.uint(n, &["fb_memory_usage/used"])?.unwrap_or(0),
-        memory_reserved_mib: c.uint(n, &["fb_memory_usage/reserved"])?.unwrap_or(0),
-        power_limit_mw,
-        enforced_power_limit_mw,
-        power_usage_mw,
-        // No capture has the energy counter: start it at 0 J, growing at the power draw.
-        energy_mj_at_epoch: power_usage_mw.map(|_| 0),
-        temperature_c: c.u32(n, &["temperature/gpu_temp", "temperature/gpu_current_temp"])?,
-        temp_slowdown_c: c.u32(
+/// The temperature thresholds (slowdown, shutdown, GPU and memory maximum), either schema.
+fn thresholds(c: &Ctx<'_>, n: &Node) -> Result<Thresholds, CaptureError> {
+    Ok(Thresholds {
+        slowdown_c: c.u32(
             n,
             &[
                 "temperature/gpu_temp_slow_threshold",
                 "temperature/gpu_slowdown_temp",
             ],
         )?,
-        temp_shutdown_c: c.u32(
+        shutdown_c: c.u32(
             n,
             &[
                 "temperature/gpu_temp_max_threshold",
                 "temperature/gpu_shutdown_temp",
             ],
         )?,
-        temp_gpu_max_c: c.u32(
+        gpu_max_c: c.u32(
             n,
             &[
                 "temperature/gpu_temp_max_gpu_threshold",
                 "temperature/gpu_max_operating_temp",
             ],
         )?,
-        temp_mem_max_c: c.u32(
+        mem_max_c: c.u32(
             n,
             &[
                 "temperature/gpu_temp_max_mem_threshold",
                 "temperature/memory_max_operating_temp",
             ],
         )?,
-        utilization_gpu: c.u32(n, &["utilization/gpu_util", "utilization/gpu"])?,
-        utilization_memory: c.u32(n, &["utilization/memory_util", "utilization/memory"])?,
-        persistence_mode: c.flag(n, &["persistence_mode"])?,
-        ecc_enabled,
-        pcie_gen_current: c.u32(
+    })
+}
+
+/// A GPU's PCIe link: generation and width, current and maximum.
+struct Link {
+    gen_current: Option<u32>,
+    gen_max: Option<u32>,
+    width_current: Option<u32>,
+    width_max: Option<u32>,
+}
+
+/// The PCIe link (either schema's `gpu_link_info`).
+fn pcie_link(c: &Ctx<'_>, n: &Node) -> Result<Link, CaptureError> {
+    Ok(Link {
+        gen_current: c.u32(
             n,
             &[
                 "pci/pci_gpu_link_info/pcie_gen/current_link_gen",
                 "pci/gpu_link_info/pcie_generation/current",
             ],
         )?,
-        pcie_gen_max: c.u32(
+        gen_max: c.u32(
             n,
             &[
                 "pci/pci_gpu_link_info/pcie_gen/max_link_gen",
                 "pci/gpu_link_info/pcie_generation/max",
             ],
         )?,
-        pcie_width_current: c.u32(
+        width_current: c.u32(
             n,
             &[
                 "pci/pci_gpu_link_info/link_widths/current_link_width",
                 "pci/gpu_link_info/link_width/current",
             ],
         )?,
-        pcie_width_max: c.u32(
+        width_max: c.u32(
             n,
             &[
                 "pci/pci_gpu_link_info/link_widths/max_link_width",
                 "pci/gpu_link_info/link_width/max",
             ],
         )?,
-        throttle_reasons,
-        accounting_mode: c.flag(n, &["accounting_mode"])?,
-        lost: false,
-        hang: false,
-        ecc,
-        retired_pages,
-        remapped_rows,
-        processes,
-        pcie_replay_counter: c.u32(n, &["pci/replay_counter", "pci/replays_since_reset"])?,
-        performance_state,
-        mig_mode,
-        fabric,
-        // `nvidia-smi -q` has no NVLink section: link states are not in any capture
-        nvlink: None,
+    })
+}
+
+/// The fabric section (NVSwitch systems): state, status and clique.
+fn fabric(c: &Ctx<'_>, n: &Node) -> Result<Option<Fabric>, CaptureError> {
+    let Some((state, field)) = n.get(&["fabric/state"]) else {
+        return Ok(None);
     };
-    Ok((gpu, bus_raw))
+    let state = match norm_key(state).as_str() {
+        "completed" => FabricState::Completed,
+        "in_progress" => FabricState::InProgress,
+        "not_started" => FabricState::NotStarted,
+        _ => {
+            return Err(c.field_err(&field, state, "Completed, In Progress or Not Started"));
+        }
+    };
+    Ok(Some(Fabric {
+        state,
+        status: n
+            .get(&["fabric/status"])
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| "Success".into()),
+        clique_id: c
+            .u32(n, &["fabric/cliqueid", "fabric/clique_id"])?
+            .unwrap_or(0),
+    }))
 }
 
 /// Corrected and uncorrected totals of one counter section (`volatile`, `aggregate`).
