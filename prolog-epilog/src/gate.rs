@@ -62,6 +62,14 @@ impl GateReport {
         self.sgpu_error = true;
         self.log.push(line.into());
     }
+
+    /// The report as the gate returns it: with `fail_closed`, an sgpu error fails the gate.
+    fn closed(mut self, config: &Config) -> GateReport {
+        if self.sgpu_error && config.fail_closed {
+            self.exit_code = 1;
+        }
+        self
+    }
 }
 
 /// Unix milliseconds now.
@@ -335,10 +343,7 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
     if let Err(e) = records::spool_start(config, job, &note) {
         report.error(format!("job-start record: {e}"));
     }
-    if report.sgpu_error && config.fail_closed {
-        report.exit_code = 1;
-    }
-    report
+    report.closed(config)
 }
 
 /// Slurm's window of a run a requeue ended (the environment counts more restarts than the
@@ -410,10 +415,7 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
         acknowledge_xids(config, &checked.xids, &mut report);
     }
     report.results = checked.results;
-    if report.sgpu_error && config.fail_closed {
-        report.exit_code = 1;
-    }
-    report
+    report.closed(config)
 }
 
 /// The run this epilog ends and whether the prolog left no note of it (`true`: its start

@@ -27,6 +27,15 @@ pub struct StartGpu {
     pub energy_mj: Option<u64>,
 }
 
+impl StartGpu {
+    /// The UUID for records: NVML's, else `unknown:gpu<slurm index>`.
+    pub fn record_uuid(&self) -> String {
+        self.uuid
+            .clone()
+            .unwrap_or_else(|| format!("unknown:gpu{}", self.slurm_index))
+    }
+}
+
 /// The prolog's note to the epilog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -61,10 +61,7 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
             .iter()
             .map(|g| GpuRef {
                 index: g.slurm_index,
-                uuid: g
-                    .uuid
-                    .clone()
-                    .unwrap_or_else(|| format!("unknown:gpu{}", g.slurm_index)),
+                uuid: g.record_uuid(),
                 name: g.name.clone(),
                 energy_mj: g.energy_mj,
             })
@@ -116,10 +113,7 @@ pub fn end_record(
                 };
                 GpuEnd {
                     index: g.slurm_index,
-                    uuid: g
-                        .uuid
-                        .clone()
-                        .unwrap_or_else(|| format!("unknown:gpu{}", g.slurm_index)),
+                    uuid: g.record_uuid(),
                     name: g.name.clone(),
                     energy_start_mj,
                     energy_end_mj,
