@@ -2,8 +2,9 @@
 //!
 //! NVML has no call that says how many links a board has: tools ask
 //! `nvmlDeviceGetNvLinkState` for links 0 up to `NVML_NVLINK_MAX_LINKS` (18). A board
-//! without NVLink answers `NOT_SUPPORTED` for link 0; a board with N links answers for 0..N
-//! and `NOT_SUPPORTED` (or `INVALID_ARGUMENT`) past them. A PCIe board that could carry a
+//! without NVLink answers `NOT_SUPPORTED` for link 0 (sgpu asks no further); a board with N
+//! links answers for them and `NOT_SUPPORTED` (or `INVALID_ARGUMENT`) for the others, which
+//! are skipped. A PCIe board that could carry a
 //! bridge but has none answers for every link, each inactive (A100 PCIe without a bridge:
 //! all 12 links "down", NVIDIA/NVSentinel#1481), so an inactive link alone is no fault:
 //!
@@ -55,15 +56,18 @@ pub struct Link {
     pub errors: BTreeMap<String, u64>,
 }
 
-/// Reads every link of `d`: `Err(NotSupported)` for a board without NVLink. With
-/// `counters`, also the error counters of each active link.
+/// Reads every link of `d` (links 0 to `NVML_NVLINK_MAX_LINKS - 1`, skipping those the
+/// board does not have): `Err(NotSupported)` for a board without NVLink (link 0 not
+/// supported: one call). With `counters`, also the error counters of each active link.
 pub fn read_links(d: &Device<'_>, counters: bool) -> Result<Vec<Link>, NvmlError> {
     let mut links = Vec::new();
     for n in 0..sys::NVML_NVLINK_MAX_LINKS {
         let w = d.link_wrapper_for(n);
         let active = match w.is_active() {
             Ok(a) => a,
-            Err(NvmlError::NotSupported | NvmlError::InvalidArg) if n > 0 => break,
+            // a link the board does not have (past its last, or one left out in between, as
+            // DCGM skips them): not a link
+            Err(NvmlError::NotSupported | NvmlError::InvalidArg) if n > 0 => continue,
             Err(e) => return Err(e),
         };
         let mut errors = BTreeMap::new();

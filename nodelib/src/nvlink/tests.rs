@@ -180,7 +180,11 @@ fn nvlink_xids_keep_their_classification() {
     use crate::xid::{XidClass, classify};
     // the link checks add no rule of their own for these: gpu.xid judges them as before
     assert_eq!(classify(74).class, XidClass::Hardware, "NVLink error");
-    assert_eq!(classify(136).class, XidClass::Hardware, "NVLink link training failed");
+    assert_eq!(
+        classify(136).class,
+        XidClass::Hardware,
+        "NVLink link training failed"
+    );
     for code in 144..=150 {
         assert_eq!(classify(code).class, XidClass::Driver, "NVLink5 xid {code}");
     }
