@@ -206,15 +206,32 @@ impl Summary {
     }
 
     /// Reads an AdminComment written with `prefix`.
-    pub fn decode(comment: &str, prefix: &str) -> Result<Summary, String> {
+    pub fn decode(comment: &str, prefix: &str) -> Result<Summary, DecodeError> {
         let body = comment
             .get(..prefix.len())
             .filter(|p| p.eq_ignore_ascii_case(prefix))
             .map(|_| &comment[prefix.len()..])
-            .ok_or_else(|| format!("AdminComment does not start with {prefix:?}"))?;
-        let json = base32_decode(body.trim()).ok_or("AdminComment: not base32 after the prefix")?;
-        serde_json::from_slice(&json).map_err(|e| format!("AdminComment's JSON: {e}"))
+            .ok_or_else(|| DecodeError::Prefix(prefix.to_string()))?;
+        let json = base32_decode(body.trim()).ok_or(DecodeError::NotBase32)?;
+        serde_json::from_slice(&json).map_err(DecodeError::Json)
     }
+}
+
+/// Why an AdminComment is not a summary sgpu wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// It does not start with the prefix (another writer's comment, or another prefix).
+    #[error(
+        "AdminComment does not start with {0:?}: not sgpu's, or written with another \
+         --admin-comment-prefix"
+    )]
+    Prefix(String),
+    /// What follows the prefix is not base32.
+    #[error("AdminComment: not base32 after the prefix (edited by hand, or cut short)")]
+    NotBase32,
+    /// The decoded bytes are not a summary.
+    #[error("AdminComment's JSON: {0}")]
+    Json(serde_json::Error),
 }
 
 const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
