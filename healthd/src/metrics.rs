@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, NoLabelSet,
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, MetricEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -49,6 +49,25 @@ struct DaemonCollector {
     shared: Arc<Shared>,
 }
 
+/// One metric family: its descriptor, then each row (unlabelled, or with its labels)
+/// written by `put`.
+fn family<V>(
+    enc: &mut DescriptorEncoder,
+    (name, help, unit, kind): (&str, &str, Option<&Unit>, MetricType),
+    rows: &[(Labels, V)],
+    put: impl Fn(&mut MetricEncoder<'_>, &V) -> fmt::Result,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, kind)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            put(&mut m, v)?;
+        } else {
+            put(&mut m.encode_family(labels)?, v)?;
+        }
+    }
+    Ok(())
+}
+
 fn gauges<V: EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -56,15 +75,9 @@ fn gauges<V: EncodeGaugeValue>(
     unit: Option<&Unit>,
     rows: &[(Labels, V)],
 ) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        if labels.is_empty() {
-            m.encode_gauge(v)?;
-        } else {
-            m.encode_family(labels)?.encode_gauge(v)?;
-        }
-    }
-    Ok(())
+    family(enc, (name, help, unit, MetricType::Gauge), rows, |m, v| {
+        m.encode_gauge(v)
+    })
 }
 
 fn counters<V: EncodeCounterValue>(
@@ -74,16 +87,12 @@ fn counters<V: EncodeCounterValue>(
     unit: Option<&Unit>,
     rows: &[(Labels, V)],
 ) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    for (labels, v) in rows {
-        if labels.is_empty() {
-            m.encode_counter::<NoLabelSet, _, u64>(v, None)?;
-        } else {
-            m.encode_family(labels)?
-                .encode_counter::<NoLabelSet, _, u64>(v, None)?;
-        }
-    }
-    Ok(())
+    family(
+        enc,
+        (name, help, unit, MetricType::Counter),
+        rows,
+        |m, v| m.encode_counter::<NoLabelSet, _, u64>(v, None),
+    )
 }
 
 /// One unlabelled row.
@@ -234,6 +243,19 @@ fn xid_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
     Ok(())
 }
 
+/// One series per label set: results with the same labels (a node-level check with several
+/// results, as `ib.port` has one per port) become one, with the highest value.
+fn merge_series(series: Vec<(Labels, i64)>) -> Vec<(Labels, i64)> {
+    let mut out: Vec<(Labels, i64)> = Vec::with_capacity(series.len());
+    for (labels, v) in series {
+        match out.iter_mut().find(|(l, _)| *l == labels) {
+            Some(e) => e.1 = e.1.max(v),
+            None => out.push((labels, v)),
+        }
+    }
+    out
+}
+
 /// The node: the last full run's checks and verdict, would-drain, drained, breaker, spool.
 fn node_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
     let mut checks = Vec::new();
@@ -259,6 +281,9 @@ fn node_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
         };
         verdict.push((Labels::new(), v));
     }
+    // node-level results of one check (one per InfiniBand port, say) share their labels:
+    // one series each, failing if any of them fails
+    let checks = merge_series(checks);
     gauges(
         enc,
         "sgpu_check_failing",
@@ -509,4 +534,39 @@ pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_with_the_same_labels_are_one_series() {
+        let l = |check: &str, gpu: &str, sev: &str| -> Labels {
+            vec![
+                ("check", check.to_string()),
+                ("gpu", gpu.to_string()),
+                ("severity", sev.to_string()),
+            ]
+        };
+        // two InfiniBand ports, one down; a GPU check on two GPUs
+        let merged = merge_series(vec![
+            (l("ib.port", "", "drain"), 0),
+            (l("ib.port", "", "drain"), 1),
+            (l("gpu.lost", "0", "drain"), 0),
+            (l("gpu.lost", "1", "drain"), 0),
+            (l("ib.errors", "", "warn"), 1),
+            (l("ib.errors", "", "drain"), 0),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                (l("ib.port", "", "drain"), 1),
+                (l("gpu.lost", "0", "drain"), 0),
+                (l("gpu.lost", "1", "drain"), 0),
+                (l("ib.errors", "", "warn"), 1),
+                (l("ib.errors", "", "drain"), 0),
+            ]
+        );
+    }
 }
