@@ -143,14 +143,29 @@ impl SlurmControl {
         }
     }
 
-    /// The job's stderr path with Slurm's `%` patterns expanded (`%%`, `%j`, `%u`, `%x`,
-    /// `%N`); another pattern is an error (the file is then not written).
+    /// One user-set field (the last of its line, so a `|` in it is kept).
+    fn user_field(&self, job_id: u32, field: &str) -> Result<Option<String>, ActError> {
+        let line = self.squeue(job_id, &format!("{field}:|"))?;
+        let v = line.strip_suffix('|').unwrap_or(&line).trim_start();
+        Ok((!v.is_empty() && v != "(null)").then(|| v.to_string()))
+    }
+
+    /// The job's stderr path (its stdout's when stderr is not separate: Slurm 22.05's squeue
+    /// shows the output path as StdErr then, 26.05's shows `(null)`) with Slurm's `%`
+    /// patterns expanded (`%%`, `%j`, `%u`, `%x`, `%N`); another pattern is an error (the
+    /// file is then not written).
     fn stderr_path(&self, job: &SlurmJob) -> Result<PathBuf, ActError> {
-        let raw = self.squeue(job.job_id, "StdErr:|")?;
-        let raw = raw.strip_suffix('|').unwrap_or(&raw).to_string();
+        let raw = match self.user_field(job.job_id, "StdErr")? {
+            Some(p) => p,
+            None => self
+                .user_field(job.job_id, "StdOut")?
+                .ok_or_else(|| ActError::Answer {
+                    job: job.job_id,
+                    line: "no StdErr nor StdOut".into(),
+                })?,
+        };
         let name = if raw.contains("%x") {
-            let n = self.squeue(job.job_id, "Name:|")?;
-            n.strip_suffix('|').unwrap_or(&n).to_string()
+            self.user_field(job.job_id, "Name")?.unwrap_or_default()
         } else {
             String::new()
         };

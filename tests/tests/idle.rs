@@ -1,7 +1,8 @@
 //! Idle GPUs acted on while jobs run (issue 16 §2), on a three-node cluster of the test's own
 //! (`/tmp/sgpu-cluster-idle`, slurmctld on 17520, slurmd 17521-17523, healthd's status on
 //! 18521-18523; a node has as many CPUs as the machine, 2 here, so two jobs per node) with
-//! two simulated GPUs per node and short windows: `[idle]` window 3 s, partition `gpu` warns, mails (a
+//! two simulated GPUs per node and short windows (on a built Slurm, `SGPU_SLURM_PREFIX`:
+//! `/tmp/sgpu-cluster-idle-release`, 17540-17543, 18541-18543): `[idle]` window 3 s, partition `gpu` warns, mails (a
 //! recording mail program) and cancels after a 20 s grace; partition `plain` has no policy;
 //! account `bench` is exempt.
 //!
@@ -22,6 +23,8 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const DIR: &str = "/tmp/sgpu-cluster-idle";
 const PORT: &str = "17520";
+/// With `SGPU_SLURM_PREFIX` set: `/tmp/sgpu-cluster-idle-release`, slurmctld on 17540.
+const RELEASE_PORT: &str = "17540";
 const WAIT: Duration = Duration::from_secs(90);
 
 struct Down(PathBuf);
@@ -78,9 +81,15 @@ fn state(cluster: &Cluster, job: u32) -> String {
 
 #[test]
 fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
-    let base = Cluster::up()?;
-    let _shared = base.lock_shared()?;
-    let dir = Path::new(DIR);
+    // on the Slurm the suite runs on (`SGPU_SLURM_PREFIX`: CI's release leg), else Debian's;
+    // a release's cluster has a directory and ports of its own
+    let prefix = std::env::var("SGPU_SLURM_PREFIX").unwrap_or_default();
+    let (dir, port) = if prefix.is_empty() {
+        (PathBuf::from(DIR), PORT)
+    } else {
+        (PathBuf::from(format!("{DIR}-release")), RELEASE_PORT)
+    };
+    let dir = dir.as_path();
     let work = tempfile::Builder::new().prefix("sgpu-idle").tempdir()?;
     let extra = work.path().join("extra.conf");
     std::fs::write(
@@ -88,16 +97,12 @@ fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
         "PartitionName=plain Nodes=node3 Default=NO MaxTime=INFINITE State=UP\n",
     )?;
     let _down = Down(dir.to_path_buf());
-    let prefix = base
-        .slurm_prefix()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let cluster = Cluster::up_in(
         dir,
         &[
             ("SGPU_CLUSTER_NODES", "3"),
             ("SGPU_CLUSTER_GPUS", "2"),
-            ("SGPU_CLUSTER_PORT", PORT),
+            ("SGPU_CLUSTER_PORT", port),
             ("SGPU_CLUSTER_EXTRA", &extra.to_string_lossy()),
             ("SGPU_SLURM_PREFIX", &prefix),
         ],
