@@ -419,7 +419,13 @@ pub struct Expected {
 /// The ports to judge: the configured ones (rate from `rate_gbps`, else the baseline's), or
 /// else the baseline's (rate from `rate_gbps` when set, else the baseline's).
 pub fn expected(settings: &IbSettings, baseline: Option<&Baseline>) -> Vec<Expected> {
-    let base_rate = |p: &str| baseline.and_then(|b| b.ports.get(p)).map(|b| b.rate_gbps);
+    // a baseline rate of 0: the port's rate was unreadable when recorded, so none is expected
+    let base_rate = |p: &str| {
+        baseline
+            .and_then(|b| b.ports.get(p))
+            .map(|b| b.rate_gbps)
+            .filter(|r| *r > 0.0)
+    };
     if !settings.ports.is_empty() {
         return settings
             .ports
@@ -437,7 +443,9 @@ pub fn expected(settings: &IbSettings, baseline: Option<&Baseline>) -> Vec<Expec
                 .iter()
                 .map(|(p, bp)| Expected {
                     port: p.clone(),
-                    rate_gbps: Some(settings.rate_gbps.unwrap_or(bp.rate_gbps)),
+                    rate_gbps: settings
+                        .rate_gbps
+                        .or(Some(bp.rate_gbps).filter(|r| *r > 0.0)),
                     source: "baseline",
                 })
                 .collect()

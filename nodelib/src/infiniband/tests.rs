@@ -451,3 +451,28 @@ fn roce_ports_are_judged_as_infiniband_ports() {
         ["drain ib.port: mlx5_1/1 DOWN (Disabled), expected ACTIVE (LinkUp)"]
     );
 }
+
+#[test]
+fn a_port_without_a_readable_rate_is_judged_by_its_state_alone() {
+    // a port up whose rate file is missing: recorded with rate 0, never failed for its rate
+    let no_rate = Fixture {
+        rate: None,
+        ..HDR_ACTIVE
+    };
+    let node = Node::new(&[&no_rate]);
+    for now in [1000.0, 1030.0] {
+        let run = node.run(Profile::Quick, true, now);
+        assert!(failing(&run).is_empty(), "{:?}", run.results);
+    }
+    let b = Baseline::load(&node.state_dir()).unwrap().unwrap();
+    assert_eq!(b.ports["mlx5_7/1"].rate_gbps, 0.0);
+    // its rate shows up later: the baseline takes it, and a slower rate then fails
+    node.set(&[&HDR_ACTIVE]);
+    assert!(failing(&node.run(Profile::Quick, true, 1060.0)).is_empty());
+    let edr = Fixture {
+        rate: Some("100 Gb/sec (4X EDR)"),
+        ..HDR_ACTIVE
+    };
+    node.set(&[&edr]);
+    assert_eq!(failing(&node.run(Profile::Quick, true, 1090.0)).len(), 1);
+}
