@@ -283,30 +283,75 @@ impl JobControl for SlurmControl {
     }
 }
 
+/// Why the appending child wrote nothing (same messages as the child prints).
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The path could not be opened (missing, a symlink, no permission, ...).
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The job's output path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The opened file could not be examined.
+    #[error("cannot stat {}: {source}", path.display())]
+    Stat {
+        /// The job's output path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// It is not a regular file owned by the child's (the job's) uid.
+    #[error("{} is not a regular file owned by uid {uid}", path.display())]
+    NotTheJobs {
+        /// The job's output path.
+        path: PathBuf,
+        /// The child's uid.
+        uid: u32,
+    },
+    /// Writing failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The job's output path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
 /// The appending child (`sgpu-healthd --append-job-output PATH TEXT`, run as the job's
 /// user): opens `path` for appending without following a symlink or creating it, and
 /// writes `text` only to a regular file this user owns.
-pub fn append_as_user(path: &Path, text: &str) -> Result<(), String> {
+pub fn append_as_user(path: &Path, text: &str) -> Result<(), AppendError> {
     use std::io::Write as _;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path_buf = || path.to_path_buf();
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let md = f
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        .map_err(|source| AppendError::Open {
+            path: path_buf(),
+            source,
+        })?;
+    let md = f.metadata().map_err(|source| AppendError::Stat {
+        path: path_buf(),
+        source,
+    })?;
     // SAFETY: getuid cannot fail.
-    let me = unsafe { libc::getuid() };
-    if !md.file_type().is_file() || md.uid() != me {
-        return Err(format!(
-            "{} is not a regular file owned by uid {me}",
-            path.display()
-        ));
+    let uid = unsafe { libc::getuid() };
+    if !md.file_type().is_file() || md.uid() != uid {
+        return Err(AppendError::NotTheJobs {
+            path: path_buf(),
+            uid,
+        });
     }
     f.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|source| AppendError::Write {
+            path: path_buf(),
+            source,
+        })
 }
 
 /// The arguments of the appending child, when `args` (after the program name) are
