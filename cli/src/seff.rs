@@ -233,7 +233,9 @@ pub fn parse_sacct(job_id: u32, out: &str) -> Result<Option<SlurmEfficiency>, Sa
                 parse_duration("TotalCPU", f[3])?
             };
             let alloc_cpus = parse_u64("AllocCPUS", f[4])?;
-            if !f[6].is_empty() {
+            // `?` is the unit sacct prints when it has none to give (seen on 22.05 for a
+            // running job: `16?`): no request known, not an error
+            if !f[6].is_empty() && !f[6].ends_with('?') {
                 req_mem = Some(parse_size("ReqMem", f[6], 1 << 20)?);
             }
             if !f[7].is_empty() {

@@ -794,7 +794,7 @@ fn the_gpu_summary_is_in_slurms_admin_comment() -> TestResult {
     let _restore = sgpu::Restore::new(&cluster, &["node2"]);
     let busy = cluster.sbatch(
         &["-w", "node2", "--gres=gpu:4", "-o", "/dev/null"],
-        "sleep 12",
+        "sleep 16",
     )?;
     let began = Instant::now();
     while cluster
@@ -812,7 +812,38 @@ fn the_gpu_summary_is_in_slurms_admin_comment() -> TestResult {
         s.gpus[0].utilization_gpu = Some(80);
         s.gpus[0].memory_used_mib = 3 * 1024;
     })?;
-    std::thread::sleep(Duration::from_secs(6));
+    // while it runs: acctd has only its job_start; the figures so far come from healthd
+    let status = format!(
+        "node2=http://{}",
+        sgpu::healthd_status_addr(&cluster, "node2")?
+    );
+    let began = Instant::now();
+    let running = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = sgpu_at(
+            &cluster,
+            &acctd.url(),
+            &[
+                "seff",
+                &busy.to_string(),
+                "-M",
+                CLUSTER,
+                "--healthd",
+                &status,
+            ],
+        );
+        match out {
+            Ok(out) if out.contains("1 in use") => break out,
+            out => assert!(
+                began.elapsed() < Duration::from_secs(8),
+                "job {busy} running: sgpu seff: {out:?}"
+            ),
+        }
+    };
+    eprintln!("$ sgpu seff {busy} (running)\n{running}");
+    assert!(running.contains("RUNNING (figures so far)"), "{running}");
+    assert!(running.contains("3072 / 81920 MiB"), "{running}");
+    std::thread::sleep(Duration::from_secs(3));
     sgpu::update_gpus(&cluster, "node2", |s| {
         s.gpus[0].utilization_gpu = Some(0);
         s.gpus[0].memory_used_mib = 0;
