@@ -7,7 +7,8 @@
 //! account `bench` is exempt.
 //!
 //! A job whose GPU sits at 0% is warned (a line in its output file), mailed, then cancelled,
-//! and each action is a history event in the node's spool; a busy job, a job of the exempt
+//! and each action reaches the history of an acctd of the test's own (`sgpu history
+//! --jobs`), its usage record its idle time (`sgpu job --json`); a busy job, a job of the exempt
 //! account and a job in `plain` are untouched (still running, nothing in their output); a job
 //! whose GPU comes back to work after the warning is not cancelled.
 
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sgpu_spool::{EventSpool, NodeAction, RecordBody};
+use sgpu_spool::{NodeAction, NodeEvent};
+use sgpu_tests::acctd::{Acctd, accounting_table};
 use sgpu_tests::sgpu::{self, node_files};
 use sgpu_tests::{Cluster, poll};
 
@@ -44,18 +46,37 @@ fn node_of(job: u32, jobs: &[(u32, &'static str)]) -> &'static str {
         .map_or("node1", |(_, n)| n)
 }
 
-/// The NVML index of the GPU `job` holds on `node`, from its `job_start` record.
+/// The NVML index of the GPU `job` holds on `node`, from the node's healthd `/status` (its
+/// running jobs, from their `job_start` records).
 fn gpu_of(cluster: &Cluster, node: &str, job: u32) -> Result<u32, Box<dyn std::error::Error>> {
-    poll(WAIT, &format!("job {job}'s job_start record"), || {
-        for r in sgpu::spool_records(cluster, node, job)? {
-            if let RecordBody::JobStart(s) = r.body() {
-                if let Some(g) = s.gpus.first() {
-                    return Ok(Some(g.index));
-                }
-            }
-        }
-        Ok(None)
+    poll(WAIT, &format!("job {job} in {node}'s /status"), || {
+        let (_, body) = sgpu::healthd_get(cluster, node, "/status")?;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let jobs = doc["jobs"].as_array().cloned().unwrap_or_default();
+        Ok(jobs
+            .iter()
+            .find(|j| j["job_id"].as_u64() == Some(u64::from(job)))
+            .and_then(|j| j["gpus"][0]["index"].as_u64())
+            .and_then(|i| u32::try_from(i).ok()))
     })
+}
+
+/// `sgpu ARGS` against the test's acctd, as root; its stdout.
+fn sgpu_cli(
+    cluster: &Cluster,
+    acctd: &str,
+    args: &[&str],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let bin = sgpu::cargo_bin("sgpu-cli", "sgpu")?;
+    let out = cluster
+        .command(&bin.to_string_lossy())
+        .arg(format!("--acctd={acctd}"))
+        .args(args)
+        // no sgpu.toml: built-in defaults (the default path is absent here)
+        .env_remove("SGPU_CONFIG")
+        .env_remove("SGPU_ACCTD_AUTH")
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn set_util(cluster: &Cluster, node: &str, gpu: u32, util: u32) -> TestResult {
@@ -91,6 +112,8 @@ fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
     };
     let dir = dir.as_path();
     let work = tempfile::Builder::new().prefix("sgpu-idle").tempdir()?;
+    // the cluster's directory outlives a run: only this run's history counts
+    let started_ms = sgpu_spool::now_ms();
     let extra = work.path().join("extra.conf");
     std::fs::write(
         &extra,
@@ -119,7 +142,9 @@ fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
     let out_dir = work.path().join("out");
     std::fs::create_dir_all(&out_dir)?;
 
-    // every GPU busy until a job's GPU is set idle; then every healthd with the policy
+    // every GPU busy until a job's GPU is set idle; then every healthd with the policy,
+    // forwarding records and history to an acctd of the test's own
+    let acctd = Acctd::start(&[])?;
     for node in ["node1", "node2", "node3"] {
         for g in 0..2 {
             set_util(&cluster, node, g, 90)?;
@@ -132,6 +157,7 @@ fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
              [idle.partition.gpu]\nwarn = true\nmail = true\ncancel_after_s = 20\n",
             mailer.display()
         ));
+        config.push_str(&accounting_table(&acctd.url(), ""));
         std::fs::write(&f.config, config)?;
         sgpu::stop_healthd(&cluster, node)?;
         sgpu::start_healthd(&cluster, node)?;
@@ -230,12 +256,26 @@ fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
         "{metrics}"
     );
 
-    // the history: warn, mail and cancel of the idle job, a warning of the returning one
-    let mut events = Vec::new();
-    for node in ["node1", "node2", "node3"] {
-        let spool = EventSpool::open(node_files(&cluster, node).spool_dir)?;
-        events.extend(spool.pending()?.into_iter().filter_map(|(_, e)| e.ok()));
-    }
+    // acctd's history (`sgpu history --jobs`): warn, mail and cancel of the idle job, a
+    // warning and a mail for the returning one, nothing for the others
+    let events: Vec<NodeEvent> = poll(WAIT, "the idle actions in acctd's history", || {
+        let out = sgpu_cli(&cluster, &acctd.url(), &["history", "--jobs", "--json"])?;
+        let mut events: Vec<NodeEvent> = serde_json::from_str(&out).unwrap_or_default();
+        events.retain(|e| e.time_ms >= started_ms);
+        let has = |job: u32, a: NodeAction| {
+            events.iter().any(|e| {
+                e.action == a && e.job.as_ref().is_some_and(|j| j.job_id == u64::from(job))
+            })
+        };
+        Ok(
+            (has(idle, NodeAction::IdleCancel) && has(back, NodeAction::IdleMail))
+                .then_some(events),
+        )
+    })?;
+    eprintln!(
+        "{}",
+        sgpu_cli(&cluster, &acctd.url(), &["history", "--jobs"])?
+    );
     let of = |job: u32| -> Vec<NodeAction> {
         let mut v: Vec<_> = events
             .iter()
@@ -258,18 +298,24 @@ fn idle_jobs_are_warned_then_cancelled_and_only_they() -> TestResult {
         assert!(of(j).is_empty(), "job {j}: {:?}", of(j));
     }
 
-    // the cancelled job's usage record carries its idle time
-    let usage = poll(WAIT, "the idle job's job_usage record", || {
-        for r in sgpu::spool_records(&cluster, "node1", idle)? {
-            if let RecordBody::JobUsage(u) = r.body() {
-                return Ok(Some(u.clone()));
-            }
-        }
-        Ok(None)
+    // the cancelled job's usage record, in acctd, carries its idle time
+    let idle_gpu_ms: u64 = poll(WAIT, "the idle job's job_usage record in acctd", || {
+        let out = sgpu_cli(
+            &cluster,
+            &acctd.url(),
+            &["job", &idle.to_string(), "--json"],
+        )?;
+        Ok(out.split("\"idle_gpu_ms\":").nth(1).and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        }))
     })?;
     assert!(
-        usage.idle_gpu_ms.is_some_and(|ms| ms >= 20_000),
-        "idle through the grace period: {usage:?}"
+        idle_gpu_ms >= 20_000,
+        "idle through the grace period: {idle_gpu_ms}"
     );
     drop(cleanup);
     Ok(())
