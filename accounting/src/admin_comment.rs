@@ -72,6 +72,8 @@ pub struct AdminCommentConfig {
     pub timeout: Duration,
     /// Tries per job when slurmdbd does not have the job yet or a client fails.
     pub tries: u32,
+    /// Where the jobs still due are kept across restarts (`None`: in memory only).
+    pub due_file: Option<PathBuf>,
 }
 
 impl AdminCommentConfig {
@@ -83,6 +85,7 @@ impl AdminCommentConfig {
             delay: Duration::from_secs(30),
             timeout: Duration::from_secs(20),
             tries: 5,
+            due_file: None,
         }
     }
 
@@ -539,8 +542,37 @@ pub async fn write_one(
     Ok(Written::Written(name))
 }
 
+/// The jobs due for a write, kept in `path` across restarts: JSON `[[cluster, job], ...]`.
+fn load_due(path: &std::path::Path) -> Vec<(String, u32)> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(file = %path.display(), "AdminComment: unreadable list of due jobs, ignored: {e}");
+            Vec::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::error!(file = %path.display(), "AdminComment: reading the list of due jobs: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Writes the due jobs to `path` (a temporary file renamed over it).
+fn save_due(path: &std::path::Path, jobs: &[(String, u32)]) {
+    let tmp = path.with_extension("tmp");
+    let res = serde_json::to_vec(jobs)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        tracing::error!(file = %path.display(), "AdminComment: saving the list of due jobs: {e}");
+    }
+}
+
 /// The writer: collects the jobs [`NotifyingStore`] names and writes each one's summary
-/// once it has had no new record for the delay. Runs until `rx` closes.
+/// once it has had no new record for the delay. Jobs still due are kept in
+/// [`AdminCommentConfig::due_file`] (when set), so a restart of acctd does not lose them.
+/// Writes are made one job at a time (two Slurm client calls each). Runs until `rx` closes.
 pub async fn writer(
     store: Arc<dyn Store>,
     cfg: AdminCommentConfig,
@@ -548,17 +580,27 @@ pub async fn writer(
 ) {
     // job -> (due at, tries left)
     let mut due: BTreeMap<(String, u32), (Instant, u32)> = BTreeMap::new();
+    if let Some(path) = &cfg.due_file {
+        for job in load_due(path) {
+            due.insert(job, (Instant::now() + cfg.delay, cfg.tries));
+        }
+    }
+    let mut dirty = false;
     let tick = (cfg.delay / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    // one interval for the whole loop: a steady stream of jobs cannot starve the writes
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             got = rx.recv() => match got {
                 Some(job) => {
                     due.insert(job, (Instant::now() + cfg.delay, cfg.tries));
+                    dirty = true;
                     continue;
                 }
                 None => return,
             },
-            _ = tokio::time::sleep(tick) => {}
+            _ = ticker.tick() => {}
         }
         let now = Instant::now();
         let ready: Vec<((String, u32), u32)> = due
@@ -568,62 +610,87 @@ pub async fn writer(
             .collect();
         for ((cluster, job_id), tries) in ready {
             due.remove(&(cluster.clone(), job_id));
-            let s = store.clone();
-            let c = cluster.clone();
-            let records = tokio::task::spawn_blocking(move || s.job(&c, job_id)).await;
-            let records = match records {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::error!(
-                        job_id,
-                        cluster,
-                        "AdminComment: reading the job's records: {e}"
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(job_id, cluster, "AdminComment: {e}");
-                    continue;
-                }
-            };
-            let Some(summary) = summary_of(&cluster, job_id, &records) else {
-                tracing::debug!(
-                    job_id,
-                    cluster,
-                    "AdminComment: job not ended on every node yet"
-                );
-                continue;
-            };
-            let Some(comment) = summary.encode(&cfg.prefix) else {
-                tracing::error!(
-                    job_id,
-                    cluster,
-                    "AdminComment: the summary does not fit {MAX_ADMIN_COMMENT_BYTES} bytes"
-                );
-                continue;
-            };
-            match write_one(&cfg, &cluster, job_id, &comment).await {
-                Ok(Written::Written(name)) => {
-                    tracing::info!(job = %name, cluster, bytes = comment.len(), "AdminComment written");
-                }
-                Ok(Written::LeftAlone) => tracing::warn!(
-                    job_id,
-                    cluster,
-                    "AdminComment holds text that is not sgpu's (no {:?} prefix): left alone",
-                    cfg.prefix
-                ),
-                Err(e) if tries > 1 => {
+            dirty = true;
+            if let Some(again) = write_due(&store, &cfg, &cluster, job_id).await {
+                if tries > 1 {
                     tracing::warn!(
                         job_id,
                         cluster,
                         tries_left = tries - 1,
-                        "AdminComment not written yet: {e}"
+                        "AdminComment not written yet: {again}"
                     );
                     due.insert((cluster, job_id), (now + cfg.delay, tries - 1));
+                } else {
+                    tracing::error!(job_id, cluster, "AdminComment not written: {again}");
                 }
-                Err(e) => tracing::error!(job_id, cluster, "AdminComment not written: {e}"),
             }
         }
+        if dirty {
+            if let Some(path) = &cfg.due_file {
+                let jobs: Vec<(String, u32)> = due.keys().cloned().collect();
+                save_due(path, &jobs);
+            }
+            dirty = false;
+        }
+    }
+}
+
+/// One due job: its summary written, or left as it is; `Some(error)` when a try failed and
+/// may succeed later.
+async fn write_due(
+    store: &Arc<dyn Store>,
+    cfg: &AdminCommentConfig,
+    cluster: &str,
+    job_id: u32,
+) -> Option<WriteError> {
+    let s = store.clone();
+    let c = cluster.to_string();
+    let records = match tokio::task::spawn_blocking(move || s.job(&c, job_id)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(
+                job_id,
+                cluster,
+                "AdminComment: reading the job's records: {e}"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(job_id, cluster, "AdminComment: {e}");
+            return None;
+        }
+    };
+    let Some(summary) = summary_of(cluster, job_id, &records) else {
+        tracing::debug!(
+            job_id,
+            cluster,
+            "AdminComment: job not ended on every node yet"
+        );
+        return None;
+    };
+    let Some(comment) = summary.encode(&cfg.prefix) else {
+        tracing::error!(
+            job_id,
+            cluster,
+            "AdminComment: the summary does not fit {MAX_ADMIN_COMMENT_BYTES} bytes"
+        );
+        return None;
+    };
+    match write_one(cfg, cluster, job_id, &comment).await {
+        Ok(Written::Written(name)) => {
+            tracing::info!(job = %name, cluster, bytes = comment.len(), "AdminComment written");
+            None
+        }
+        Ok(Written::LeftAlone) => {
+            tracing::warn!(
+                job_id,
+                cluster,
+                "AdminComment holds text that is not sgpu's (no {:?} prefix): left alone",
+                cfg.prefix
+            );
+            None
+        }
+        Err(e) => Some(e),
     }
 }
 

@@ -173,3 +173,81 @@ async fn an_array_task_is_named_as_sacct_names_it_and_a_foreign_comment_stays() 
         Err(WriteError::NoJob(_))
     ));
 }
+
+/// A fake Slurm whose sacct knows every job (no comment yet) and whose sacctmgr appends
+/// its arguments, one line per call, to `calls`.
+fn fake_slurm_any_job() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    for (name, body) in [
+        (
+            "sacct",
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -j ] && id=$2; shift; done\n\
+             echo \"$id|$id|\"\n"
+                .to_string(),
+        ),
+        (
+            "sacctmgr",
+            format!("#!/bin/sh\necho \"$*\" >> {d}/calls\necho ' Modified jobs...'\n"),
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+async fn wait_for(path: &std::path::Path, text: &str) -> String {
+    for _ in 0..100 {
+        let got = std::fs::read_to_string(path).unwrap_or_default();
+        if got.contains(text) {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never held {text:?}", path.display());
+}
+
+#[tokio::test]
+async fn stored_job_ends_are_written_and_due_jobs_survive_a_restart() {
+    let slurm = fake_slurm_any_job();
+    let db = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Store> =
+        Arc::new(crate::sled_store::SledStore::open(&db.path().join("db")).unwrap());
+    // job 7 was due when acctd stopped: only the due file names it
+    inner
+        .put_batch(&[
+            job_start(7, "n1", 1_000),
+            job_end(7, "n1", 1_000, 5_000, &[9]),
+        ])
+        .unwrap();
+    let due_file = db.path().join("due.json");
+    std::fs::write(&due_file, r#"[["alpha",7]]"#).unwrap();
+    let mut cfg = AdminCommentConfig::new("sgpu1:");
+    cfg.slurm_bin = Some(slurm.path().to_path_buf());
+    cfg.delay = Duration::from_millis(100);
+    cfg.due_file = Some(due_file.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer(inner.clone(), cfg, rx));
+    let calls = slurm.path().join("calls");
+    let got = wait_for(&calls, "jobid=7 ").await;
+    let comment = got
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("AdminComment="))
+        .unwrap();
+    let s = Summary::decode(comment, "sgpu1:").unwrap();
+    assert_eq!((s.gpus, s.alloc_gpu_ms, s.energy_mj), (1, 4_000, Some(9)));
+    // job 8 arrives through the notifying store: its start alone is not the end
+    let store = NotifyingStore::new(inner, tx);
+    store.put_batch(&[job_start(8, "n1", 1_000)]).unwrap();
+    store
+        .put_batch(&[job_end(8, "n1", 1_000, 3_000, &[1])])
+        .unwrap();
+    wait_for(&calls, "jobid=8 ").await;
+    // nothing is due any more, and the file says so
+    wait_for(&due_file, "[]").await;
+    drop(store);
+    writer.await.unwrap();
+}

@@ -178,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = AdminCommentConfig::new(&args.admin_comment_prefix);
         cfg.slurm_bin = args.slurm_bin.clone();
         cfg.delay = Duration::from_secs(args.admin_comment_delay_s);
+        cfg.due_file = Some(args.db.join("admin-comment-due.json"));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let inner: Arc<dyn Store> = store.clone();
         tokio::spawn(admin_comment::writer(inner.clone(), cfg, rx));
