@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 fn main() {
+    static_unwinder();
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-env-changed=SLURM_INCLUDE_DIR");
     let include = std::env::var_os("SLURM_INCLUDE_DIR")
@@ -72,5 +73,39 @@ fn main() {
             );
             std::process::exit(1);
         }
+    }
+}
+
+/// Links GCC's unwinder (`libgcc_eh.a`) into the plugin instead of needing `libgcc_s.so.1`.
+/// Neither srun nor slurmstepd load libgcc_s, so every `dlopen` of the plugin (one in srun and
+/// one in slurmstepd per step) loaded it too: about 0.1 ms of the plugin's 0.2 ms `dlopen`
+/// (bench/README.md, spank-launch). The unwinder is only used inside the plugin (panics are
+/// caught at every C entry point and thread start), and the cdylib exports none of its
+/// symbols. Where no `libgcc_eh.a` is found (another C toolchain), libgcc_s stays.
+fn static_unwinder() {
+    println!("cargo:rerun-if-env-changed=CC");
+    println!("cargo::rustc-check-cfg=cfg(static_unwinder)");
+    let target = |k: &str| std::env::var(k).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") != "linux" || target("CARGO_CFG_TARGET_ENV") != "gnu" {
+        return;
+    }
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let found = std::process::Command::new(&cc)
+        .arg("-print-file-name=libgcc_eh.a")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_absolute() && p.is_file());
+    match found.as_deref().and_then(|p| p.parent()) {
+        Some(dir) => {
+            println!("cargo:rustc-link-search=native={}", dir.display());
+            println!("cargo:rustc-link-lib=static:+whole-archive=gcc_eh");
+            println!("cargo:rustc-cfg=static_unwinder");
+        }
+        None => println!(
+            "cargo:warning={cc} -print-file-name=libgcc_eh.a found no libgcc_eh.a: \
+             spank_sgpu.so needs libgcc_s.so.1 (a slightly slower load)"
+        ),
     }
 }
