@@ -385,6 +385,8 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
                     util_max_pct: g.util_max,
                     mem_peak_mib: g.mem_peak_mib(),
                     energy_mj: g.energy(),
+                    idle: (g.idle.samples > 0).then_some(g.idle.idle),
+                    idle_ms: (g.idle.samples > 0).then(|| g.idle.total_ms()),
                 })
                 .collect(),
         })
@@ -457,5 +459,58 @@ mod tests {
         );
         let metrics = crate::metrics::render(&crate::metrics::registry(shared)).unwrap();
         assert!(metrics.contains("sgpu_node_would_drain 1"), "{metrics}");
+    }
+
+    /// A running job with one of its two GPUs idle: `/status` says which and for how long,
+    /// `/metrics` has its idle GPUs and idle GPU-seconds; an unread GPU stays unknown.
+    #[test]
+    fn idle_gpus_show_in_status_and_metrics() {
+        let start = sgpu_spool::JobStart {
+            user: "alice".into(),
+            uid: 1001,
+            account: Some("physics".into()),
+            partition: Some("gpu".into()),
+            start_time: 0,
+            gpus: (0..3u32)
+                .map(|i| sgpu_spool::GpuRef {
+                    index: i,
+                    uuid: format!("GPU-{i}"),
+                    name: None,
+                    energy_mj: None,
+                })
+                .collect(),
+        };
+        let id = sgpu_spool::RecordId::new("c", 7, None, "n1", sgpu_spool::RecordKind::JobStart)
+            .expect("an id");
+        let mut acc = JobAccumulator::from_start(&id, &start);
+        let d = sgpu_nodelib::config::IdleDetect {
+            util_below_pct: 5,
+            mem_util_below_pct: 5,
+            window: Duration::from_secs(10),
+        };
+        for t in [0u64, 10_000, 25_000] {
+            acc.gpus[0].idle.observe(t, Some(0), Some(0), &d);
+            acc.gpus[1].idle.observe(t, Some(70), Some(20), &d);
+        }
+        let shared = Shared::new("n1", Duration::from_secs(10));
+        shared.lock().jobs = vec![acc];
+        let doc = shared.status();
+        let gpus = &doc.jobs[0].gpus;
+        assert_eq!((gpus[0].idle, gpus[0].idle_ms), (Some(true), Some(25_000)));
+        assert_eq!((gpus[1].idle, gpus[1].idle_ms), (Some(false), Some(0)));
+        assert_eq!(
+            (gpus[2].idle, gpus[2].idle_ms),
+            (None, None),
+            "never read: unknown"
+        );
+        let metrics = crate::metrics::render(&crate::metrics::registry(shared)).unwrap();
+        let labels = "{job_id=\"7\",user=\"alice\",account=\"physics\"}";
+        for line in [
+            format!("sgpu_job_gpus{labels} 3"),
+            format!("sgpu_job_idle_gpus{labels} 1"),
+            format!("sgpu_job_idle_gpu_seconds_total{labels} 25.0"),
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
     }
 }

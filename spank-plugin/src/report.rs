@@ -194,6 +194,8 @@ mod tests {
                     util_max_pct: 45,
                     mem_peak_mib: 1024,
                     energy_mj: None,
+                    idle: None,
+                    idle_ms: None,
                 },
                 GpuUsage {
                     index: 1,
@@ -203,6 +205,8 @@ mod tests {
                     util_max_pct: 20,
                     mem_peak_mib: 0,
                     energy_mj: None,
+                    idle: None,
+                    idle_ms: None,
                 },
             ],
         };

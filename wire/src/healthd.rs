@@ -247,4 +247,11 @@ pub struct JobGpuDoc {
     pub mem_peak_mib: u64,
     /// Energy so far, mJ (`None`: no energy counter).
     pub energy_mj: Option<u64>,
+    /// Whether the GPU is idle now (its partition's threshold held for the window);
+    /// `None`: unknown (no utilization reading yet, or a healthd before issue 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<bool>,
+    /// Idle time so far, ms (as the usage record's `idle_ms` will count it); `None`: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
 }
