@@ -168,6 +168,7 @@ const JOBS_FIELDS: &[Field] = &[
     Field::EnergyKwh,
     Field::AvgPowerW,
     Field::Cost,
+    Field::IdleGpuHours,
 ];
 
 /// Percent-encodes a query-string value.
@@ -695,6 +696,7 @@ fn job_sums(j: &JobSummary, prices: &PricesConfig) -> Sums {
         energy_mj: energy,
         jobs: 1,
         cost: prices.cost(partition, model, hours(alloc), kwh(energy)),
+        idle_gpu_ms: j.idle_gpu_ms,
         ..Sums::default()
     }
 }

@@ -169,6 +169,10 @@ pub struct JobSummary {
     pub used_gpu_ms: u64,
     /// Energy of the whole job, mJ.
     pub energy_mj: u64,
+    /// Idle GPU time of the whole job (healthd's idle detection), GPU-ms; `None`: not
+    /// measured on any of its GPUs (or an acctd that predates it): unknown, not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_gpu_ms: Option<u64>,
 }
 
 /// `GET /v1/jobs`: the jobs that ran in `[start_ms, end_ms)`.

@@ -90,6 +90,9 @@ pub(crate) fn merge_job(
             who(&b.user, &b.account, &b.partition);
             j.start_ms = j.start_ms.min(b.window_start);
             j.used_gpu_ms += b.gpus.iter().map(|g| g.used_gpu_ms).sum::<u64>();
+            for idle in b.gpus.iter().filter_map(|g| g.idle_ms) {
+                j.idle_gpu_ms = Some(j.idle_gpu_ms.unwrap_or(0).saturating_add(idle));
+            }
             models.extend(b.gpus.iter().map(|g| model(&g.name)));
         }
         RecordBody::StepUsage(_) => {}

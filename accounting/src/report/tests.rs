@@ -488,4 +488,11 @@ fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
         assert_eq!(bob.idle_gpu_ms, None, "{bob:?}");
         assert_eq!(bob.idle_measured_gpu_ms, None, "{bob:?}");
     }
+    // the job list: whole-job idle time where measured
+    let mut query = q(&format!("start={}&end={}", start / 1000, end / 1000));
+    query.start_ms = start;
+    query.end_ms = end;
+    let (list, _) = jobs(&s, &query).unwrap();
+    let idle: Vec<(u32, Option<u64>)> = list.iter().map(|j| (j.job_id, j.idle_gpu_ms)).collect();
+    assert_eq!(idle, [(1, Some(4 * HOUR)), (2, None)]);
 }

@@ -185,6 +185,14 @@ fn job_lines_show_whole_jobs() {
     let cells = job_cells(&running, &cols, &prices());
     assert_eq!(cells[3], "Unknown");
     assert_eq!(cells[5], "RUNNING");
+    // idle GPU-hours: empty when not measured, else the job's idle time
+    let idle = parse_format("JobID,IdleGPUHours", JOBS_FIELDS).unwrap();
+    assert_eq!(job_cells(&j, &idle, &prices()), ["42", ""]);
+    let measured = JobSummary {
+        idle_gpu_ms: Some(5_400_000),
+        ..j.clone()
+    };
+    assert_eq!(job_cells(&measured, &idle, &prices()), ["42", "1.50"]);
 }
 
 #[test]
