@@ -875,5 +875,38 @@ fn the_gpu_summary_is_in_slurms_admin_comment() -> TestResult {
         "{seff}"
     );
     assert!(seff.contains("CPU efficiency (Slurm):"), "{seff}");
+
+    // sgpu report's largest wasters over these jobs: healthd measured idle time on every
+    // GPU here, so the ranking is by idle GPU-hours, and -P says so per row
+    let top = sgpu_at(
+        &cluster,
+        &acctd.url(),
+        &[
+            "report",
+            "-S",
+            "now-1hours",
+            "-E",
+            "now+1hours",
+            "--group-by",
+            "user",
+            "--top",
+            "1",
+            "-P",
+        ],
+    )?;
+    eprintln!("$ sgpu report --group-by user --top 1 -P\n{top}");
+    let lines: Vec<&str> = top.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(
+            "User|Jobs|GPUHours|UsedGPUHours|GPUUtil|EnergyKWh|AvgPowerW|IdleGPUHours|WasteGPUHours|WasteBy"
+        ),
+        "{top}"
+    );
+    assert_eq!(lines.len(), 2, "{top}");
+    assert!(
+        lines[1].starts_with("root|") && lines[1].ends_with("|idle"),
+        "{top}"
+    );
     Ok(())
 }
