@@ -49,7 +49,9 @@ fn sacct_lines_give_cpu_and_memory_efficiency() {
     assert_eq!(e.max_rss_bytes, None);
     assert_eq!(e.mem_efficiency_pct, None);
     // sacct's unknown unit (22.05, a running job): the request is unknown, the rest reads
-    let e = parse_sacct(44, "44|RUNNING|5|00:01|2||16?|1\n").unwrap().unwrap();
+    let e = parse_sacct(44, "44|RUNNING|5|00:01|2||16?|1\n")
+        .unwrap()
+        .unwrap();
     assert_eq!((e.req_mem_bytes, e.alloc_cpus), (None, 2));
     // another job's lines are not this job's
     assert_eq!(
