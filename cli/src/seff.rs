@@ -314,9 +314,10 @@ fn sacct_path(a: &SeffArgs, settings: &Settings) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("sacct"))
 }
 
-/// Fills a running job's GPUs with their healthd's figures so far (`None` per node where
-/// healthd did not answer or does not hold the job). Returns the nodes asked and why any
-/// did not answer.
+/// Fills the GPUs of a running job on `node` with that node's healthd figures so far
+/// (`doc`, its `/status`): samples, utilization, memory peak, energy, and used time as
+/// allocated x mean utilization. False when `doc` holds no such job (the GPUs keep what
+/// acctd said).
 pub fn merge_live(answer: &mut EfficiencyAnswer, node: &str, doc: &StatusDoc) -> bool {
     let Some(job) = doc
         .jobs
