@@ -315,8 +315,8 @@ fn sacct_path(a: &SeffArgs, settings: &Settings) -> PathBuf {
 }
 
 /// Fills the GPUs of a running job on `node` with that node's healthd figures so far
-/// (`doc`, its `/status`): samples, utilization, memory peak, energy, and used time as
-/// allocated x mean utilization. False when `doc` holds no such job (the GPUs keep what
+/// (`doc`, its `/status`): samples, utilization, memory peak, energy, idle time so far,
+/// and used time as allocated x mean utilization. False when `doc` holds no such job (the GPUs keep what
 /// acctd said).
 pub fn merge_live(answer: &mut EfficiencyAnswer, node: &str, doc: &StatusDoc) -> bool {
     let Some(job) = doc
@@ -341,12 +341,16 @@ pub fn merge_live(answer: &mut EfficiencyAnswer, node: &str, doc: &StatusDoc) ->
         x.energy_mj = g.energy_mj.or(x.energy_mj);
         x.used_gpu_ms =
             Some((x.allocated_gpu_ms as f64 * g.util_mean_pct.clamp(0.0, 100.0) / 100.0) as u64);
+        if g.idle_ms.is_some() {
+            x.idle_ms = g.idle_ms;
+        }
     }
     let sum = |f: fn(&GpuEfficiency) -> Option<u64>| -> Option<u64> {
         answer.gpus.iter().filter_map(f).reduce(u64::saturating_add)
     };
     answer.used_gpu_ms = sum(|g| g.used_gpu_ms);
     answer.energy_mj = sum(|g| g.energy_mj);
+    answer.idle_gpu_ms = sum(|g| g.idle_ms);
     true
 }
 

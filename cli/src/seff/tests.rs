@@ -200,7 +200,8 @@ fn live_figures_fill_a_running_job() {
                   "partition": null, "start_time_ms": 0, "samples": 4,
                   "util_mean_pct": 50.0, "util_max_pct": 70, "energy_mj": 9000,
                   "gpus": [{"index": 0, "uuid": "GPU-x", "samples": 4, "util_mean_pct": 50.0,
-                            "util_max_pct": 70, "mem_peak_mib": 100, "energy_mj": 9000}]}]
+                            "util_max_pct": 70, "mem_peak_mib": 100, "energy_mj": 9000,
+                            "idle": false, "idle_ms": 120000}]}]
     }))
     .unwrap();
     assert!(merge_live(&mut a, "n1", &doc));
@@ -208,6 +209,10 @@ fn live_figures_fill_a_running_job() {
     assert_eq!(a.gpus[0].used_gpu_ms, Some(1_800_000));
     assert_eq!(a.used_gpu_ms, Some(1_800_000));
     assert_eq!(a.energy_mj, Some(9000));
+    assert_eq!(
+        (a.gpus[0].idle_ms, a.idle_gpu_ms),
+        (Some(120_000), Some(120_000))
+    );
     // another cluster's job of the same id is not this one
     a.cluster = "other".into();
     assert!(!merge_live(&mut a, "n1", &doc));
