@@ -112,6 +112,9 @@ mod tests {
             item: "uid",
             source: SpankError::NoApi,
         };
-        assert_eq!(e.to_string(), "uid: SPANK functions not found in this process");
+        assert_eq!(
+            e.to_string(),
+            "uid: SPANK functions not found in this process"
+        );
     }
 }
