@@ -449,7 +449,7 @@ impl Loader {
             let (pairs, leftover) = parse_pairs(&content);
             if let Some(first) = pairs.first() {
                 if first.is("ClusterName") {
-                    self.cluster_name = Some(first.value.to_ascii_lowercase());
+                    self.cluster_name = Some(crate::slurm_conf::cluster_name_rule(&first.value));
                 }
             }
             self.stmts.push(Stmt {

@@ -890,7 +890,13 @@ pub const UNKNOWN_CLUSTER: &str = "unknown";
 /// file names none or cannot be read (callers use [`UNKNOWN_CLUSTER`] or ask for one).
 pub fn cluster_name(path: impl AsRef<Path>) -> Option<String> {
     let (conf, _) = SlurmConf::load_lenient(path);
-    conf.cluster_name.map(|c| c.to_ascii_lowercase())
+    conf.cluster_name.as_deref().map(cluster_name_rule)
+}
+
+/// Slurm's rule for the cluster's name: `ClusterName` as written, lower-cased (slurmctld
+/// lower-cases it, and so do `%c` in an `Include` path and every name sgpu carries).
+pub(crate) fn cluster_name_rule(written: &str) -> String {
+    written.to_ascii_lowercase()
 }
 
 statement_file!(SlurmConf, Builder);
