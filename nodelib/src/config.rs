@@ -257,6 +257,88 @@ struct RawConfig {
     checks: RawChecks,
 }
 
+/// The node's own settings (NVML deadline, pinned driver, Slurm node name), validated into
+/// `config`.
+fn node_settings(
+    config: &mut Config,
+    raw: &RawConfig,
+    invalid: &dyn Fn(usize, String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(ms) = &raw.nvml_timeout_ms {
+        let v = *ms.get_ref();
+        if !(1..=600_000).contains(&v) {
+            return Err(invalid(
+                ms.span().start,
+                "nvml_timeout_ms".into(),
+                format!("{v} is out of range (1 to 600000 ms)"),
+            ));
+        }
+        config.nvml_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = &raw.pinned_driver_version {
+        let s = v.get_ref().trim();
+        if s.is_empty() {
+            return Err(invalid(
+                v.span().start,
+                "pinned_driver_version".into(),
+                "empty (omit the key to leave the driver unpinned)".into(),
+            ));
+        }
+        config.pinned_driver_version = Some(s.to_string());
+    }
+
+    if let Some(name) = &raw.node_name {
+        let n = name.get_ref().trim();
+        if !crate::slurmctl::valid_node_name(n) {
+            return Err(invalid(
+                name.span().start,
+                "node_name".into(),
+                format!("{n:?} is not a Slurm node name (letters, digits, - _ .)"),
+            ));
+        }
+        config.node_name = Some(n.to_string());
+    }
+    Ok(())
+}
+
+/// sgpu.toml's tables (`[accounting]`, `[prices]`, `[idle]`, `[infiniband]`,
+/// `[checks."<id>"]`), each validated by its own module into `config`.
+fn table_settings(
+    config: &mut Config,
+    raw: RawConfig,
+    invalid: &dyn Fn(usize, String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(a) = raw.accounting {
+        config.accounting = a
+            .validate()
+            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    }
+
+    if let Some(p) = raw.prices {
+        config.prices = p
+            .validate()
+            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    }
+
+    if let Some(i) = raw.idle {
+        config.idle = i
+            .validate()
+            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    }
+
+    if let Some(ib) = raw.infiniband {
+        config.infiniband = ib
+            .validate()
+            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    }
+
+    for (id, table) in raw.checks {
+        let (id, o) = check_override(id, table, invalid)?;
+        config.checks.insert(id, o);
+    }
+    Ok(())
+}
+
 /// The daemon's settings (check and sample intervals, auto-resume, breaker, status
 /// listener), range-checked into `config`.
 fn daemon_settings(
@@ -511,69 +593,9 @@ impl Config {
         if let Some(dir) = &raw.state_dir {
             config.state_dir = dir.clone();
         }
-        if let Some(ms) = &raw.nvml_timeout_ms {
-            let v = *ms.get_ref();
-            if !(1..=600_000).contains(&v) {
-                return Err(invalid(
-                    ms.span().start,
-                    "nvml_timeout_ms".into(),
-                    format!("{v} is out of range (1 to 600000 ms)"),
-                ));
-            }
-            config.nvml_timeout = Duration::from_millis(v);
-        }
-        if let Some(v) = &raw.pinned_driver_version {
-            let s = v.get_ref().trim();
-            if s.is_empty() {
-                return Err(invalid(
-                    v.span().start,
-                    "pinned_driver_version".into(),
-                    "empty (omit the key to leave the driver unpinned)".into(),
-                ));
-            }
-            config.pinned_driver_version = Some(s.to_string());
-        }
-
-        if let Some(name) = &raw.node_name {
-            let n = name.get_ref().trim();
-            if !crate::slurmctl::valid_node_name(n) {
-                return Err(invalid(
-                    name.span().start,
-                    "node_name".into(),
-                    format!("{n:?} is not a Slurm node name (letters, digits, - _ .)"),
-                ));
-            }
-            config.node_name = Some(n.to_string());
-        }
+        node_settings(&mut config, &raw, &invalid)?;
         daemon_settings(&mut config, &raw, &invalid)?;
-        if let Some(a) = raw.accounting {
-            config.accounting = a
-                .validate()
-                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
-        }
-
-        if let Some(p) = raw.prices {
-            config.prices = p
-                .validate()
-                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
-        }
-
-        if let Some(i) = raw.idle {
-            config.idle = i
-                .validate()
-                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
-        }
-
-        if let Some(ib) = raw.infiniband {
-            config.infiniband = ib
-                .validate()
-                .map_err(|(offset, key, message)| invalid(offset, key, message))?;
-        }
-
-        for (id, table) in raw.checks {
-            let (id, o) = check_override(id, table, &invalid)?;
-            config.checks.insert(id, o);
-        }
+        table_settings(&mut config, raw, &invalid)?;
         Ok(config)
     }
 
