@@ -11,8 +11,7 @@ use sgpu_spool::{EventSpool, NodeAction, NodeEvent};
 /// The cluster's name as records carry it (slurm.conf `ClusterName`, lower-case, else
 /// [`sgpu_slurm_conf::UNKNOWN_CLUSTER`]).
 pub fn cluster_name() -> String {
-    sgpu_slurm_conf::cluster_name(crate::nodeconf::slurm_conf_path())
-        .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into())
+    crate::nodeconf::cluster_name().unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into())
 }
 
 /// Writes a drain or resume of `node` by `source` (`healthd`, `prolog`) to the spool's

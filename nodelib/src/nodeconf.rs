@@ -22,6 +22,12 @@ pub fn slurm_conf_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SLURM_CONF))
 }
 
+/// The cluster the slurm.conf in force ([`slurm_conf_path`]) names, as sgpu carries it
+/// ([`sgpu_slurm_conf::cluster_name`]); `None` when it names none or cannot be read.
+pub fn cluster_name() -> Option<String> {
+    sgpu_slurm_conf::cluster_name(slurm_conf_path())
+}
+
 /// This host's short name (the default Slurm node name).
 pub fn short_hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
