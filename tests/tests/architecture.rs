@@ -150,3 +150,222 @@ fn the_check_finds_the_daemons_runtime_server_database_and_metrics() {
     assert!(dependencies("sgpu-spank").contains("sgpu-nodelib"));
     assert!(dependencies("sgpu-prolog-epilog").contains("nvml-wrapper"));
 }
+
+/// One row of docs/architecture.md's crate table: the crate and its folder (relative to the
+/// repository, no trailing `/`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct CrateRow {
+    name: String,
+    dir: String,
+}
+
+/// The rows of the table under `## Crates` (`| \`crate\` | \`dir/\` | role |`).
+fn crate_table(doc: &str) -> Vec<CrateRow> {
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Crates\n"))
+        .unwrap_or_default();
+    section
+        .lines()
+        .filter_map(|l| {
+            let mut cells = l.strip_prefix('|')?.split('|').map(str::trim);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            let dir = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some(CrateRow {
+                name: name.to_string(),
+                dir: dir.trim_end_matches('/').to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The paragraph of the crates section that explains names (`Names: ...`).
+fn names_paragraph(doc: &str) -> &str {
+    doc.split("\n\n")
+        .find(|p| p.starts_with("Names:"))
+        .unwrap_or_default()
+}
+
+/// What disagrees between the doc's crate table and the crates there are (`workspace`, and
+/// `outside`: crates of the repository outside the workspace, found by the folder the table
+/// names): a crate missing from the table or under another folder, a row naming no crate,
+/// and a crate whose name is not `sgpu-<folder>` without the names paragraph explaining it.
+fn crate_table_mismatches(
+    doc: &str,
+    workspace: &[CrateRow],
+    outside: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let table = crate_table(doc);
+    let mut out = Vec::new();
+    if table.is_empty() {
+        out.push("no crate table under `## Crates`".to_string());
+    }
+    for c in workspace {
+        match table.iter().find(|r| r.name == c.name) {
+            None => out.push(format!(
+                "crate {} ({}/) is not in the table; add a row",
+                c.name, c.dir
+            )),
+            Some(r) if r.dir != c.dir => out.push(format!(
+                "crate {} lives in {}/, the table says {}/",
+                c.name, c.dir, r.dir
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut verified = Vec::new();
+    for r in &table {
+        if table.iter().filter(|o| o.name == r.name).count() > 1 {
+            out.push(format!("crate {} has more than one row", r.name));
+        }
+        if workspace.contains(r) {
+            verified.push(r);
+            continue;
+        }
+        match outside(&r.dir) {
+            Some(name) if name == r.name => verified.push(r),
+            Some(name) => out.push(format!(
+                "the table puts {} in {}/, whose crate is {name}",
+                r.name, r.dir
+            )),
+            None => out.push(format!(
+                "the table names {} in {}/, which holds no crate",
+                r.name, r.dir
+            )),
+        }
+    }
+    let names = names_paragraph(doc);
+    for r in verified {
+        if r.name == format!("sgpu-{}", r.dir) {
+            continue;
+        }
+        let top = r.dir.split('/').next().unwrap_or_default();
+        if !(names.contains(&format!("`{}`", r.name)) && names.contains(&format!("`{top}/`"))) {
+            out.push(format!(
+                "crate {} lives in {}/ (not sgpu-{}): the `Names:` paragraph must say why, \
+                 naming `{}` and `{top}/`",
+                r.name, r.dir, r.dir, r.name
+            ));
+        }
+    }
+    out
+}
+
+/// The workspace's crates and their folders, from `cargo metadata`.
+fn workspace_crates() -> Vec<CrateRow> {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .args(["--offline", "--locked"])
+        .current_dir(repo_root())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => panic!(
+            "cargo metadata failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("cannot run {} metadata: {e}", env!("CARGO")),
+    };
+    let meta: serde_json::Value = match serde_json::from_slice(&out) {
+        Ok(v) => v,
+        Err(e) => panic!("cargo metadata printed no JSON: {e}"),
+    };
+    let root = repo_root();
+    let mut crates: Vec<CrateRow> = meta["packages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            let manifest = std::path::Path::new(p["manifest_path"].as_str()?);
+            let dir = manifest.parent()?.strip_prefix(&root).ok()?;
+            Some(CrateRow {
+                name: p["name"].as_str()?.to_string(),
+                dir: dir.to_str()?.to_string(),
+            })
+        })
+        .collect();
+    crates.sort();
+    assert!(
+        crates
+            .iter()
+            .any(|c| c.name == "sgpu-tests" && c.dir == "tests"),
+        "cargo metadata did not list sgpu-tests in tests/: its format changed, fix \
+         workspace_crates() in {}",
+        file!()
+    );
+    crates
+}
+
+/// The `[package] name` of `<repo>/<dir>/Cargo.toml`, if there is one.
+fn package_name_in(dir: &str) -> Option<String> {
+    let text = std::fs::read_to_string(repo_root().join(dir).join("Cargo.toml")).ok()?;
+    let package = text.split("\n[").find(|s| s.starts_with("package]"))?;
+    package.lines().find_map(|l| {
+        let v = l
+            .trim()
+            .strip_prefix("name")?
+            .trim_start()
+            .strip_prefix('=')?;
+        Some(v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// docs/architecture.md's crate table names every crate with its folder, and each crate
+/// whose name is not `sgpu-<folder>` is explained in its `Names:` paragraph.
+#[test]
+fn the_crate_table_names_every_crate_and_its_folder() {
+    let path = repo_root().join("docs/architecture.md");
+    let doc = match std::fs::read_to_string(&path) {
+        Ok(d) => d,
+        Err(e) => panic!("{}: {e}", path.display()),
+    };
+    let found = crate_table_mismatches(&doc, &workspace_crates(), &package_name_in);
+    assert!(
+        found.is_empty(),
+        "docs/architecture.md's crate table (## Crates) disagrees with the crates:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The comparison sees each kind of disagreement.
+#[test]
+fn the_crate_table_check_finds_a_missing_a_moved_and_an_unexplained_crate() {
+    let doc = "# x\n\n## Crates\n| crate | directory | role |\n| --- | --- | --- |\n\
+               | `sgpu-a` | `a/` | fine |\n| `sgpu-b` | `c/` | moved |\n\
+               | `other` | `d/` | unexplained |\n| `sgpu-e` | `e/` | no such folder |\n\n\
+               Names: a crate is `sgpu-<directory>`.\n\n## Next\n";
+    let crate_row = |name: &str, dir: &str| CrateRow {
+        name: name.into(),
+        dir: dir.into(),
+    };
+    let workspace = [
+        crate_row("sgpu-a", "a"),
+        crate_row("sgpu-b", "b"),
+        crate_row("other", "d"),
+        crate_row("sgpu-f", "f"),
+    ];
+    let outside = |dir: &str| (dir == "c").then(|| "sgpu-c".to_string());
+    let found = crate_table_mismatches(doc, &workspace, &outside);
+    let expect = [
+        "crate sgpu-b lives in b/, the table says c/",
+        "crate sgpu-f (f/) is not in the table",
+        "the table puts sgpu-b in c/, whose crate is sgpu-c",
+        "the table names sgpu-e in e/, which holds no crate",
+        "crate other lives in d/ (not sgpu-d)",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "{e:?} not reported; found:\n{found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    let explained = doc.replace(
+        "Names: a crate is `sgpu-<directory>`.",
+        "Names: a crate is `sgpu-<directory>`; `other` lives in `d/` because.",
+    );
+    let found = crate_table_mismatches(&explained, &workspace, &outside);
+    assert!(!found.iter().any(|f| f.contains("other")), "{found:#?}");
+}
