@@ -556,6 +556,7 @@ fn convert_gpu(
         pcie_replay_counter: c.u32(n, &["pci/replay_counter", "pci/replays_since_reset"])?,
         performance_state,
         mig_mode,
+        mig: None,
         fabric,
         // `nvidia-smi -q` has no NVLink section: link states are not in any capture
         nvlink: None,

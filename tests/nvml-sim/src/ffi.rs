@@ -380,18 +380,32 @@ nvml_fn! {
     fn nvmlDeviceGetUUID(device: sys::nvmlDevice_t, uuid: *mut c_char, length: c_uint) {
         // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks for
         // NULL and writes at most that many.
-        with_gpu(device, |_, g, _| unsafe { put_str(uuid, length, &g.uuid) })
+        with_device(device, |d| {
+            let v = match &d {
+                Device::Gpu { gpu, .. } => gpu.uuid.as_str(),
+                Device::Mig(m) => m.instance.uuid.as_str(),
+            };
+            // SAFETY: as above.
+            unsafe { put_str(uuid, length, v) }
+        })
     }
 }
 
 nvml_fn! {
-    /// `name`.
+    /// `name`; a MIG device's is `<parent name> MIG <profile>`.
     fn nvmlDeviceGetName(device: sys::nvmlDevice_t, name: *mut c_char, length: c_uint) {
-        with_gpu(device, |_, g, _| {
-            let v = g.name.as_deref().ok_or(NOT_SUPPORTED)?;
+        with_device(device, |d| {
+            let v = match &d {
+                Device::Gpu { gpu, .. } => gpu.name.clone().ok_or(NOT_SUPPORTED)?,
+                Device::Mig(m) => format!(
+                    "{} MIG {}",
+                    m.parent.name.as_deref().unwrap_or("NVIDIA GPU"),
+                    m.instance.profile
+                ),
+            };
             // SAFETY: the caller's buffer of `length` bytes, as NVML's API says; put_str checks
             // for NULL and writes at most that many.
-            unsafe { put_str(name, length, v) }
+            unsafe { put_str(name, length, &v) }
         })
     }
 }
@@ -554,12 +568,16 @@ nvml_fn! {
 }
 
 nvml_fn! {
-    /// `utilization_gpu` and `utilization_memory` (both must be set).
+    /// `utilization_gpu` and `utilization_memory` (both must be set); `NOT_SUPPORTED` while
+    /// MIG is on (N/A in every MIG capture).
     fn nvmlDeviceGetUtilizationRates(
         device: sys::nvmlDevice_t,
         utilization: *mut sys::nvmlUtilization_t,
     ) {
         with_gpu(device, |_, g, _| {
+            if g.mig_on() {
+                return Err(NOT_SUPPORTED);
+            }
             let u = sys::nvmlUtilization_t {
                 gpu: supported(g.utilization_gpu)?,
                 memory: supported(g.utilization_memory)?,
@@ -568,6 +586,17 @@ nvml_fn! {
             // put checks for NULL.
             unsafe { put(utilization, u) }
         })
+    }
+}
+
+/// (total, reserved, used, free) in bytes of a GPU or MIG device.
+fn device_memory(d: &Device<'_>) -> Result<(u64, u64, u64, u64), Ret> {
+    match d {
+        Device::Gpu { gpu, .. } => memory_bytes(gpu),
+        Device::Mig(m) => {
+            let (total, used) = m.memory_bytes();
+            Ok((total, 0, used, total - used))
+        }
     }
 }
 
@@ -582,8 +611,8 @@ fn memory_bytes(g: &Gpu) -> Result<(u64, u64, u64, u64), Ret> {
 nvml_fn! {
     /// Memory, v1 layout: `used` includes the driver-reserved memory.
     fn nvmlDeviceGetMemoryInfo(device: sys::nvmlDevice_t, memory: *mut sys::nvmlMemory_t) {
-        with_gpu(device, |_, g, _| {
-            let (total, reserved, used, free) = memory_bytes(g)?;
+        with_device(device, |d| {
+            let (total, reserved, used, free) = device_memory(&d)?;
             let m = sys::nvmlMemory_t { total, free, used: used + reserved };
             // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
             // put checks for NULL.
@@ -599,7 +628,7 @@ const MEMORY_V2_VERSION: c_uint =
 nvml_fn! {
     /// Memory, v2 layout (`version` must be `nvmlMemory_v2`).
     fn nvmlDeviceGetMemoryInfo_v2(device: sys::nvmlDevice_t, memory: *mut sys::nvmlMemory_v2_t) {
-        with_gpu(device, |_, g, _| {
+        with_device(device, |d| {
             if memory.is_null() {
                 return Err(INVALID_ARGUMENT);
             }
@@ -608,7 +637,7 @@ nvml_fn! {
             if version != MEMORY_V2_VERSION {
                 return Err(ARGUMENT_VERSION_MISMATCH);
             }
-            let (total, reserved, used, free) = memory_bytes(g)?;
+            let (total, reserved, used, free) = device_memory(&d)?;
             let m = sys::nvmlMemory_v2_t { version, total, reserved, free, used };
             // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
             // put checks for NULL.
@@ -805,6 +834,10 @@ nvml_fn! {
             {
                 return Err(INVALID_ARGUMENT);
             }
+            // N/A in every MIG capture
+            if g.mig_on() {
+                return Err(NOT_SUPPORTED);
+            }
             let r = g.remapped_rows.as_ref().ok_or(NOT_SUPPORTED)?;
             // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
             // put checks for NULL.
@@ -960,19 +993,20 @@ nvml_fn! {
 }
 
 nvml_fn! {
-    /// `mig_mode`, current and pending (1 enabled, 0 disabled).
+    /// `mig_mode` (current) and `[gpu.mig] pending` (default: current); 1 enabled, 0 disabled.
     fn nvmlDeviceGetMigMode(
         device: sys::nvmlDevice_t,
         currentMode: *mut c_uint,
         pendingMode: *mut c_uint,
     ) {
         with_gpu(device, |_, g, _| {
-            let on = c_uint::from(supported(g.mig_mode)?);
+            let on = supported(g.mig_mode)?;
+            let pending = g.mig.as_ref().and_then(|m| m.pending).unwrap_or(on);
             // SAFETY: the caller's out-pointers, each valid for one value as NVML's API says;
             // put checks for NULL.
             unsafe {
-                put(currentMode, on)?;
-                put(pendingMode, on)
+                put(currentMode, c_uint::from(on))?;
+                put(pendingMode, c_uint::from(pending))
             }
         })
     }
@@ -1035,19 +1069,39 @@ nvml_fn! {
 // Processes and accounting
 // ---------------------------------------------------------------------------------------
 
-/// Fills a process list with the `[[gpu.process]]` entries of `kind`.
+/// Fills a process list with the `[[gpu.process]]` entries of `kind`: on a GPU with MIG on,
+/// its own and every MIG device's (with their instance ids); on a MIG device, its own.
 fn processes<T>(
     device: sys::nvmlDevice_t,
     count: *mut c_uint,
     infos: *mut T,
     graphics: bool,
-    make: impl Fn(u32, u64) -> T,
+    make: impl Fn(u32, u64, (u32, u32)) -> T,
 ) -> Result<(), Ret> {
-    with_gpu(device, |_, g, _| {
-        let list: Vec<_> = g
-            .processes
-            .iter()
-            .filter(|p| {
+    with_device(device, |d| {
+        let none = (NOT_AVAILABLE_U32, NOT_AVAILABLE_U32);
+        let ids = |m: &crate::mig::MigInstance| (m.gpu_instance_id, m.compute_instance_id);
+        let all: Vec<(&crate::state::Process, (u32, u32))> = match &d {
+            Device::Gpu { gpu, .. } => gpu
+                .processes
+                .iter()
+                .map(|p| (p, none))
+                .chain(
+                    gpu.mig_instances()
+                        .iter()
+                        .flat_map(|m| m.processes.iter().map(move |p| (p, ids(m)))),
+                )
+                .collect(),
+            Device::Mig(m) => m
+                .instance
+                .processes
+                .iter()
+                .map(|p| (p, ids(m.instance)))
+                .collect(),
+        };
+        let list: Vec<_> = all
+            .into_iter()
+            .filter(|(p, _)| {
                 if graphics {
                     ProcessKind::in_graphics(p.kind)
                 } else {
@@ -1060,12 +1114,12 @@ fn processes<T>(
         // within that capacity.
         unsafe {
             list_protocol(count, list.len(), infos.is_null(), || {
-                for (i, p) in list.iter().enumerate() {
+                for (i, (p, ids)) in list.iter().enumerate() {
                     let mem = p
                         .used_memory_mib
                         .map(|m| m.saturating_mul(MIB))
                         .unwrap_or(NOT_AVAILABLE_U64);
-                    infos.add(i).write(make(p.pid, mem));
+                    infos.add(i).write(make(p.pid, mem, *ids));
                 }
                 Ok(())
             })
@@ -1073,16 +1127,16 @@ fn processes<T>(
     })
 }
 
-fn info_v2(pid: u32, used: u64) -> sys::nvmlProcessInfo_t {
+fn info_v2(pid: u32, used: u64, (gi, ci): (u32, u32)) -> sys::nvmlProcessInfo_t {
     sys::nvmlProcessInfo_t {
         pid,
         usedGpuMemory: used,
-        gpuInstanceId: NOT_AVAILABLE_U32,
-        computeInstanceId: NOT_AVAILABLE_U32,
+        gpuInstanceId: gi,
+        computeInstanceId: ci,
     }
 }
 
-fn info_v1(pid: u32, used: u64) -> sys::nvmlProcessInfo_v1_t {
+fn info_v1(pid: u32, used: u64, _ids: (u32, u32)) -> sys::nvmlProcessInfo_v1_t {
     sys::nvmlProcessInfo_v1_t {
         pid,
         usedGpuMemory: used,

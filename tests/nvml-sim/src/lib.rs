@@ -166,6 +166,7 @@
 
 pub mod capture;
 mod ffi;
+pub mod mig;
 pub mod nvlink;
 mod runtime;
 pub mod state;
@@ -174,6 +175,7 @@ pub mod testing;
 use std::path::{Path, PathBuf};
 
 pub use capture::{Capture, CaptureError, CaptureFormat};
+pub use mig::{Mig, MigInstance};
 pub use state::{
     EccCounters, Fabric, FabricState, Gpu, PciAddress, Process, ProcessKind, RemappedRows,
     RetiredPage, RetiredPages, STATE_ENV, State, StateError, ThrottleReason, Xid, unix_now,

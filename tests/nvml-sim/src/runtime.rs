@@ -52,6 +52,26 @@ pub(crate) fn device_index(dev: sys::nvmlDevice_t) -> Option<usize> {
     (p >= base && p < base + MAX_GPUS).then(|| p - base)
 }
 
+/// The most MIG devices a GPU may have handles for.
+const MIG_PER_GPU: usize = crate::mig::MAX_MIG_DEVICES + 1;
+
+static MIG_SLOTS: [u8; MAX_GPUS * MIG_PER_GPU] = [0; MAX_GPUS * MIG_PER_GPU];
+
+/// The device handle of MIG device `slot` (its index) of GPU `gpu`.
+pub(crate) fn mig_handle(gpu: usize, slot: usize) -> sys::nvmlDevice_t {
+    let i =
+        (gpu.min(MAX_GPUS - 1) * MIG_PER_GPU + slot.min(MIG_PER_GPU - 1)).min(MIG_SLOTS.len() - 1);
+    MIG_SLOTS[i..].as_ptr() as *mut sys::nvmlDevice_st
+}
+
+/// The (GPU index, MIG device index) a MIG device handle stands for, if it is one of ours.
+pub(crate) fn mig_index(dev: sys::nvmlDevice_t) -> Option<(usize, usize)> {
+    let base = MIG_SLOTS.as_ptr() as usize;
+    let p = dev as usize;
+    (p >= base && p < base + MIG_SLOTS.len())
+        .then(|| ((p - base) / MIG_PER_GPU, (p - base) % MIG_PER_GPU))
+}
+
 pub(crate) fn event_set_handle(id: usize) -> sys::nvmlEventSet_t {
     std::ptr::without_provenance_mut(id << 4)
 }
@@ -352,18 +372,77 @@ pub(crate) fn wait_not_hung(gpu: Option<usize>) -> Result<Arc<Snapshot>, Ret> {
 }
 
 /// Runs `f` on GPU `dev`'s current state: checks init and the handle, blocks while hung,
-/// and returns `GPU_IS_LOST` for a lost GPU.
+/// and returns `GPU_IS_LOST` for a lost GPU. A MIG device handle (whose parent is neither
+/// hung nor lost) gets `NOT_SUPPORTED`: whole-GPU queries are not answered for a MIG device.
 pub(crate) fn with_gpu<R>(
     dev: sys::nvmlDevice_t,
     f: impl FnOnce(&Snapshot, &Gpu, usize) -> Result<R, Ret>,
 ) -> Result<R, Ret> {
-    let index = device_index(dev).ok_or(INVALID_ARGUMENT)?;
+    with_device(dev, |d| match d {
+        Device::Gpu { snap, gpu, index } => f(snap, gpu, index),
+        Device::Mig(_) => Err(NOT_SUPPORTED),
+    })
+}
+
+/// A handle the library handed out, resolved against the current state.
+pub(crate) enum Device<'a> {
+    /// A whole GPU.
+    Gpu {
+        snap: &'a Snapshot,
+        gpu: &'a Gpu,
+        index: usize,
+    },
+    /// A MIG device.
+    Mig(crate::mig::MigView<'a>),
+}
+
+impl<'a> Device<'a> {
+    /// Whether this is a MIG device.
+    pub(crate) fn is_mig(&self) -> bool {
+        matches!(self, Device::Mig(_))
+    }
+
+    /// The MIG device, if this is one.
+    pub(crate) fn mig(&self) -> Option<&crate::mig::MigView<'a>> {
+        match self {
+            Device::Mig(m) => Some(m),
+            Device::Gpu { .. } => None,
+        }
+    }
+}
+
+/// Runs `f` on the GPU or MIG device `dev` stands for: checks init and the handle, blocks
+/// while the GPU (a MIG device's parent) hangs, and returns `GPU_IS_LOST` for a lost one. A
+/// MIG handle whose device no longer exists (the file changed) is `INVALID_ARGUMENT`.
+pub(crate) fn with_device<R>(
+    dev: sys::nvmlDevice_t,
+    f: impl FnOnce(Device<'_>) -> Result<R, Ret>,
+) -> Result<R, Ret> {
+    let (index, slot) = match (device_index(dev), mig_index(dev)) {
+        (Some(i), _) => (i, None),
+        (None, Some((i, s))) => (i, Some(s)),
+        (None, None) => return Err(INVALID_ARGUMENT),
+    };
     let snap = wait_not_hung(Some(index))?;
     let gpu = snap.state.gpus.get(index).ok_or(INVALID_ARGUMENT)?;
     if gpu.lost {
         return Err(GPU_IS_LOST);
     }
-    f(&snap, gpu, index)
+    match slot {
+        None => f(Device::Gpu {
+            snap: &snap,
+            gpu,
+            index,
+        }),
+        Some(s) => {
+            let instance = gpu.mig_instances().get(s).ok_or(INVALID_ARGUMENT)?;
+            f(Device::Mig(crate::mig::MigView {
+                parent: gpu,
+                parent_index: index,
+                instance,
+            }))
+        }
+    }
 }
 
 /// `nvmlEventSetCreate`: the set's creation time is taken after re-reading the file, so XIDs

@@ -223,6 +223,10 @@ pub struct Gpu {
     /// PCIe boards without MIG).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mig_mode: Option<bool>,
+    /// MIG: pending mode and the MIG devices (`[gpu.mig]`, see [`crate::mig`]). Needs
+    /// `mig_mode`; devices only while it is `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<crate::mig::Mig>,
     /// NVSwitch fabric registration (`[gpu.fabric]`, `nvmlDeviceGetGpuFabricInfo`). Unset:
     /// not supported (no NVSwitch fabric, or a driver before R530).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -612,6 +616,7 @@ impl Gpu {
             pcie_replay_counter: Some(0),
             performance_state: Some(0),
             mig_mode: Some(false),
+            mig: None,
             fabric: Some(Fabric {
                 state: FabricState::Completed,
                 status: success(),
@@ -710,6 +715,11 @@ impl State {
             message,
         })?;
         state.gpus.sort_by_key(|g| g.index);
+        for g in &mut state.gpus {
+            if let Some(m) = &mut g.mig {
+                m.sort();
+            }
+        }
         Ok(state)
     }
 
@@ -741,6 +751,7 @@ impl State {
         let mut uuids = BTreeSet::new();
         let mut serials = BTreeSet::new();
         let mut pcis = Vec::new();
+        let mut mig_uuids = Vec::new();
         for g in &self.gpus {
             let who = format!("gpu index {}", g.index);
             if g.index as usize >= n {
@@ -792,6 +803,14 @@ impl State {
             if let Some(nv) = &g.nvlink {
                 nv.validate().map_err(|e| format!("{who}: {e}"))?;
             }
+            if let Some(m) = &g.mig {
+                mig_uuids.push((who.clone(), m, g));
+            }
+        }
+        // MIG UUIDs after every GPU's, so a MIG device never takes a GPU's UUID unnoticed
+        for (who, m, g) in mig_uuids {
+            m.validate(g, &mut uuids)
+                .map_err(|e| format!("{who}: {e}"))?;
         }
         let mut ids = BTreeSet::new();
         for x in &self.xids {

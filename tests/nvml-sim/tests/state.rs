@@ -9,7 +9,11 @@ use nvml_sim::{PciAddress, State, StateError, ThrottleReason, Xid};
 fn the_documented_example_parses() {
     let text = include_str!("../example-state.toml");
     let s = State::from_toml_str(text, Path::new("example-state.toml")).unwrap();
-    assert_eq!(s.gpus.len(), 2);
+    assert_eq!(s.gpus.len(), 3);
+    let mig = s.gpu(2).unwrap().mig_instances();
+    assert_eq!(mig.len(), 2);
+    assert_eq!(mig[0].processes[0].pid, 5151);
+    assert_eq!(mig[1].profile, "1g.10gb");
     assert_eq!(s.cuda_driver_version, Some(12040));
     let g = s.gpu(1).unwrap();
     assert_eq!(g.pci_address().unwrap().bus_id(), "00000000:2A:00.0");
