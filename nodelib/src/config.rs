@@ -33,6 +33,7 @@ use toml::Spanned;
 use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
 
 mod accounting;
+mod active;
 mod idle;
 mod infiniband;
 mod prices;
@@ -196,6 +197,8 @@ pub struct Config {
     pub idle: IdleConfig,
     /// The `[infiniband]` table: expected ports and where sysfs lists them.
     pub infiniband: crate::infiniband::IbSettings,
+    /// The `[active]` table: active checks run on idle nodes through Slurm.
+    pub active: crate::active::ActiveSettings,
 }
 
 impl Default for Config {
@@ -222,6 +225,7 @@ impl Default for Config {
             prices: PricesConfig::default(),
             idle: IdleConfig::default(),
             infiniband: crate::infiniband::IbSettings::default(),
+            active: crate::active::ActiveSettings::default(),
         }
     }
 }
@@ -253,6 +257,7 @@ struct RawConfig {
     prices: Option<prices::RawPrices>,
     idle: Option<idle::RawIdle>,
     infiniband: Option<infiniband::RawInfiniband>,
+    active: Option<active::RawActive>,
     #[serde(default)]
     checks: RawChecks,
 }
@@ -328,6 +333,12 @@ fn table_settings(
 
     if let Some(ib) = raw.infiniband {
         config.infiniband = ib
+            .validate()
+            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    }
+
+    if let Some(a) = raw.active {
+        config.active = a
             .validate()
             .map_err(|(offset, key, message)| invalid(offset, key, message))?;
     }

@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+pub mod active;
 pub mod breaker;
 pub mod catalogue;
 pub mod checks;
