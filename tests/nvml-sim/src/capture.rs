@@ -561,7 +561,93 @@ fn convert_gpu(
         // `nvidia-smi -q` has no NVLink section: link states are not in any capture
         nvlink: None,
     };
+    let mut gpu = gpu;
+    gpu.mig = mig_devices(&c, n, &gpu, index, notes)?;
     Ok((gpu, bus_raw))
+}
+
+/// The MIG devices of a GPU in MIG mode (`<mig_devices>`): GPU and compute instance ids,
+/// memory, and the profile recognised from the SM count and memory share on the board (a
+/// device whose profile is not recognised is left out, with a note). Captures carry no MIG
+/// UUIDs: each gets one derived from the GPU's and its instance ids. Processes stay on the
+/// GPU's list (no MIG capture here has any).
+fn mig_devices(
+    c: &Ctx<'_>,
+    n: &Node,
+    gpu: &Gpu,
+    index: u32,
+    notes: &mut Vec<String>,
+) -> Result<Option<crate::mig::Mig>, CaptureError> {
+    if gpu.mig_mode != Some(true) {
+        return Ok(None);
+    }
+    let Some(sec) = n.find(&["mig_devices"]) else {
+        return Ok(Some(crate::mig::Mig::default()));
+    };
+    let board = crate::mig::board_of(gpu);
+    let mut instances = Vec::new();
+    for d in sec.children.iter().filter(|d| d.key == "mig_device") {
+        let (Some(gi), ci) = (
+            c.u32(d, &["gpu_instance_id"])?,
+            c.u32(d, &["compute_instance_id"])?.unwrap_or(0),
+        ) else {
+            continue;
+        };
+        let sms = c.u32(d, &["device_attributes/shared/multiprocessor_count"])?;
+        let total = c.uint(d, &["fb_memory_usage/total"])?;
+        let used = c.uint(d, &["fb_memory_usage/used"])?.unwrap_or(0);
+        let profile = match (board, sms, total, gpu.memory_total_mib) {
+            (Some(b), Some(sms), Some(total), Some(parent)) if parent > 0 => {
+                let eighths = (total * 8 + parent / 2) / parent;
+                b.profiles
+                    .iter()
+                    .filter(|p| p.sms == sms && !p.name.ends_with("+me"))
+                    .min_by_key(|p| u64::from(p.memory_eighths).abs_diff(eighths))
+                    .map(|p| p.name)
+            }
+            _ => None,
+        };
+        let Some(profile) = profile else {
+            notes.push(format!(
+                "gpu{index}: MIG device of GPU instance {gi}: profile not recognised                  ({sms:?} SMs, {total:?} MiB); left out"
+            ));
+            continue;
+        };
+        let h = gpu.uuid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        instances.push(crate::mig::MigInstance {
+            profile: profile.to_string(),
+            gpu_instance_id: gi,
+            compute_instance_id: ci,
+            uuid: format!(
+                "MIG-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                h >> 32,
+                gi,
+                ci,
+                index & 0xffff,
+                h & 0xffff_ffff_ffff
+            ),
+            memory_total_mib: total,
+            memory_used_mib: used.min(total.unwrap_or(u64::MAX)),
+            processes: Vec::new(),
+        });
+    }
+    notes.push(format!(
+        "gpu{index}: {} MIG device(s): {}",
+        instances.len(),
+        instances
+            .iter()
+            .map(|m| format!("{} (GPU instance {})", m.profile, m.gpu_instance_id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut mig = crate::mig::Mig {
+        pending: c.flag(n, &["mig_mode/pending_mig", "mig_mode/pending"])?,
+        instances,
+    };
+    mig.sort();
+    Ok(Some(mig))
 }
 
 /// MIG mode (noted when on), and a note for a vGPU guest.
@@ -1020,6 +1106,52 @@ GPU 00000001:08:00.0
         Type                              : C
         Used GPU Memory                   : 300 MiB
 ";
+
+    #[test]
+    fn mig_captures_keep_their_mig_devices() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-captures");
+        for (file, want) in [
+            (
+                "netdata/a100-sxm4-mig.xml",
+                vec![("3g.20gb", 1, 19968, 19), ("3g.20gb", 2, 19968, 19)],
+            ),
+            (
+                "telegraf/a100-sxm4-v12.xml",
+                vec![
+                    ("1g.20gb", 3, 19968, 12),
+                    ("1g.20gb", 4, 19968, 12),
+                    ("1g.20gb", 5, 19968, 12),
+                    ("1g.20gb", 6, 19968, 12),
+                ],
+            ),
+        ] {
+            let c = Capture::load(root.join(file)).unwrap();
+            let g = &c.state.gpus[0];
+            assert_eq!(g.mig_mode, Some(true), "{file}");
+            let got: Vec<_> = g
+                .mig_instances()
+                .iter()
+                .map(|m| {
+                    (
+                        m.profile.as_str(),
+                        m.gpu_instance_id,
+                        m.memory_total_mib.unwrap_or(0),
+                        m.memory_used_mib,
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{file}");
+            assert!(g.mig_instances().iter().all(|m| m.uuid.starts_with("MIG-")));
+            assert!(
+                c.notes.iter().any(|n| n.contains("MIG device(s)")),
+                "{:?}",
+                c.notes
+            );
+            // the state it makes is a valid one (round trip through the file format)
+            let text = c.state.to_toml_string().unwrap();
+            State::from_toml_str(&text, Path::new("x")).unwrap();
+        }
+    }
 
     #[test]
     fn text_capture_maps_every_field_sgpu_reads() {
