@@ -170,8 +170,15 @@ pub struct GresConf {
 pub struct GpuDevice {
     /// Position among the node's GPUs in gres.conf order (0-based).
     pub index: u32,
-    /// Device minor number taken from the file name (`/dev/nvidia3` is 3).
+    /// Device minor number of the GPU, from the first of its files named `nvidia<N>`
+    /// (`/dev/nvidia3` is 3); a MIG slice's capability files do not count.
     pub minor: Option<u32>,
+    /// Minor numbers of the NVIDIA capability files among its files
+    /// (`/dev/nvidia-caps/nvidia-cap21` is 21): the MIG slice the device is, when not empty
+    /// (a MIG GPU instance's and compute instance's access files, as `nvidia-smi` and Slurm's
+    /// NVML autodetection name them). Which GPU instance a minor stands for is the driver's
+    /// `/proc/driver/nvidia-caps/mig-minors`.
+    pub mig_caps: Vec<u32>,
     /// GPU type, e.g. `a100`.
     #[cfg_attr(feature = "serde", serde(rename = "type"))]
     pub type_: Option<String>,
@@ -275,6 +282,28 @@ fn file_minor(p: &Path) -> Option<u32> {
     let name = p.file_name()?.to_str()?;
     let digits = name.bytes().rev().take_while(u8::is_ascii_digit).count();
     name.get(name.len() - digits..)?.parse().ok()
+}
+
+/// Whether a device file is an NVIDIA capability file (`/dev/nvidia-caps/nvidia-cap21`).
+fn is_cap_file(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("nvidia-cap"))
+}
+
+/// The GPU minor of a device's files (the first that is not a capability file) and the
+/// minors of its capability files.
+fn device_minors(files: &[&Path]) -> (Option<u32>, Vec<u32>) {
+    let minor = files
+        .iter()
+        .find(|f| !is_cap_file(f))
+        .and_then(|f| file_minor(f));
+    let caps = files
+        .iter()
+        .filter(|f| is_cap_file(f))
+        .filter_map(|f| file_minor(f))
+        .collect();
+    (minor, caps)
 }
 
 /// Validates a `Cores=`/`CPUs=` list such as `0-7,16-23`.
@@ -618,9 +647,16 @@ impl GresConf {
             let push =
                 |file: Option<PathBuf>, extra: Vec<PathBuf>, devices: &mut Vec<GpuDevice>| {
                     if (devices.len() as u64) < MAX_DEVICES {
+                        let all: Vec<&Path> = file
+                            .iter()
+                            .chain(extra.iter())
+                            .map(PathBuf::as_path)
+                            .collect();
+                        let (minor, mig_caps) = device_minors(&all);
                         devices.push(GpuDevice {
                             index: devices.len() as u32,
-                            minor: file.as_deref().and_then(file_minor),
+                            minor,
+                            mig_caps,
                             type_: r.type_.clone(),
                             file,
                             extra_files: extra,

@@ -136,6 +136,12 @@ fn multiple_files_and_shared_gres() {
     assert_eq!(n.count, 1);
     assert_eq!(n.devices[0].extra_files.len(), 2);
     assert_eq!(
+        n.devices[0].minor,
+        Some(0),
+        "the GPU's file, not a capability's"
+    );
+    assert_eq!(n.devices[0].mig_caps, [21, 22]);
+    assert_eq!(
         g.records[1].count, 200,
         "mps counts may exceed the file count"
     );
@@ -221,4 +227,34 @@ fn huge_counts_do_not_allocate() {
     let n = g.expected_gpus("x", None);
     assert_eq!(n.count, 1 << 50);
     assert_eq!(n.devices.len() as u64, MAX_DEVICES);
+}
+
+#[test]
+fn mig_slices_as_sites_configure_them() {
+    // one slice per line with MultipleFiles= (Slurm's MIG documentation), a slice given by
+    // its capability files alone with File=, and a whole GPU beside them
+    let g = gres(
+        "NodeName=n1 Name=gpu Type=1g.10gb MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap66,/dev/nvidia-caps/nvidia-cap67\n\
+         NodeName=n1 Name=gpu Type=3g.40gb MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap[12-13]\n\
+         NodeName=n1 Name=gpu Type=1g.10gb File=/dev/nvidia-caps/nvidia-cap201\n\
+         NodeName=n1 Name=gpu Type=h100 File=/dev/nvidia2\n",
+    );
+    let n = g.expected_gpus("n1", None);
+    assert_eq!(n.count, 4);
+    let got: Vec<(Option<u32>, Vec<u32>, Option<&str>)> = n
+        .devices
+        .iter()
+        .map(|d| (d.minor, d.mig_caps.clone(), d.type_.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(0), vec![66, 67], Some("1g.10gb")),
+            (Some(0), vec![12, 13], Some("3g.40gb")),
+            (None, vec![201], Some("1g.10gb")),
+            (Some(2), vec![], Some("h100")),
+        ]
+    );
+    // MIG types in slurm.conf are compared like any type
+    assert!(n.issues.is_empty(), "{:?}", n.issues);
 }
