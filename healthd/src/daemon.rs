@@ -260,6 +260,8 @@ pub struct RunReport {
     pub decision: Decision,
     /// Whether the spool can take records ([`crate::spool_probe`]).
     pub spool: crate::spool_probe::SpoolHealth,
+    /// The newest result of each active check (their check results are in `results`).
+    pub active: Vec<sgpu_nodelib::active::ActiveResult>,
 }
 
 /// The daemon's evaluation side: its NVML session, the policy and what it last said.
@@ -274,6 +276,7 @@ pub struct Daemon {
     last_decision: Option<Decision>,
     last_failing: BTreeSet<String>,
     spool_error: Option<String>,
+    active: Option<(crate::active::Scheduler, crate::active::SlurmClients)>,
 }
 
 impl Daemon {
@@ -292,7 +295,9 @@ impl Daemon {
             info!(reason = %d.reason, "remembered: this node was drained by sgpu-healthd");
         }
         let policy = Policy::new(&catalogue, config.resume_after, memory);
+        let active = active_scheduler(&config, &node, &scontrol);
         Ok(Daemon {
+            active,
             // the full run reads the NVLink error counters too (gpu.nvlink_errors)
             session: Session::new(NvmlOptions {
                 nvlink_counters: true,
@@ -337,8 +342,12 @@ impl Daemon {
                 None
             }
         };
+        if let Some((scheduler, slurm)) = self.active.as_mut() {
+            slurm.set_gpus(ctx.expected_gpu_count);
+            scheduler.tick(sgpu_spool::now_ms(), slurm);
+        }
         let mut judged_xids: Vec<XidEvent> = Vec::new();
-        let results = match self.session.snapshot() {
+        let mut results = match self.session.snapshot() {
             Ok(snapshot) => {
                 match XidStore::open(&self.config.state_dir) {
                     Ok(store) => judged_xids = store.unreported(),
@@ -359,6 +368,9 @@ impl Daemon {
             }
             Err(failure) => checks::evaluate_failure(&failure, &ctx, &self.catalogue),
         };
+        // the newest result of each active check is judged with every run
+        let newest = crate::active::newest(&self.config);
+        results.extend(crate::active::results(&self.config, &newest));
         let verdict = Verdict::of(&results);
         self.log_failures(&results);
         let failures: Vec<Failure> = results
@@ -413,6 +425,7 @@ impl Daemon {
             verdict,
             decision: outcome.decision,
             spool,
+            active: newest.into_iter().map(|(_, r)| r).collect(),
         }
     }
 
@@ -463,6 +476,44 @@ impl Daemon {
             d => info!(node, "{d:?}"),
         }
     }
+}
+
+/// The active-check scheduler when `[active]` lists checks (the job runs this binary with
+/// `--run-active`); `None`, logged, when this binary's path cannot be read.
+fn active_scheduler(
+    config: &Config,
+    node: &str,
+    scontrol: &Scontrol,
+) -> Option<(crate::active::Scheduler, crate::active::SlurmClients)> {
+    if config.active.checks.is_empty() {
+        return None;
+    }
+    let runner = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            error!("active checks off: cannot find this sgpu-healthd's path for the job: {e}");
+            return None;
+        }
+    };
+    info!(
+        partition = config.active.partition.as_deref().unwrap_or("-"),
+        "active checks: {}",
+        config
+            .active
+            .checks
+            .iter()
+            .map(|c| format!(
+                "{} every {:.2} h",
+                c.name,
+                c.interval.as_secs_f64() / 3600.0
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Some((
+        crate::active::Scheduler::new(node, &config.active, &config.state_dir),
+        crate::active::SlurmClients::new(scontrol, config, node, runner, None),
+    ))
 }
 
 /// Records XIDs in the store; those that could not be stored stay in `pending`.

@@ -6,8 +6,10 @@
 //! periodic `full` checks, XID watch, drain/resume decisions in [`policy`], per-job sampling
 //! in [`sampler`]/[`usage`]/[`store`], `/status` and Prometheus `/metrics` in
 //! [`status`]/[`metrics`]/[`http`], the spool forwarder to acctd in [`forward`], the node
-//! history forwarder in [`event_forward`], the spool probe in [`spool_probe`]) is this crate.
+//! history forwarder in [`event_forward`], the spool probe in [`spool_probe`], active checks
+//! on idle nodes through Slurm in [`active`]) is this crate.
 
+pub mod active;
 pub mod daemon;
 pub mod event_forward;
 pub mod forward;

@@ -118,6 +118,7 @@ impl Collector for DaemonCollector {
         gpu_metrics(&mut enc, &live)?;
         xid_metrics(&mut enc, &live)?;
         node_metrics(&mut enc, &live)?;
+        active_metrics(&mut enc, &live)?;
         action_counters(&mut enc, &live)?;
         job_metrics(&mut enc, &live)?;
         sampler_counters(&mut enc, &live)?;
@@ -346,6 +347,41 @@ fn node_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// The newest run of each active check: its result, when it ended, how long it took.
+fn active_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
+    let Some(run) = &live.last_run else {
+        return Ok(());
+    };
+    let rows = |f: &dyn Fn(&sgpu_nodelib::active::ActiveResult) -> f64| -> Vec<(Labels, f64)> {
+        run.report
+            .active
+            .iter()
+            .map(|r| (vec![("check", r.check.clone())], f(r)))
+            .collect()
+    };
+    gauges(
+        enc,
+        "sgpu_active_check_result",
+        "newest run of the active check: 0 pass, 1 warn, 2 fail or timeout, 3 error",
+        None,
+        &rows(&|r| f64::from(r.outcome.metric_value())),
+    )?;
+    gauges(
+        enc,
+        "sgpu_active_check_last_run_timestamp",
+        "Unix time the newest run of the active check ended",
+        Some(&Unit::Seconds),
+        &rows(&|r| r.finished_at_ms as f64 / 1000.0),
+    )?;
+    gauges(
+        enc,
+        "sgpu_active_check_duration",
+        "how long the newest run of the active check took",
+        Some(&Unit::Seconds),
+        &rows(&|r| r.duration().as_secs_f64()),
+    )
 }
 
 /// What healthd did since it started: drains, resumes, breaker refusals.

@@ -448,6 +448,7 @@ mod tests {
                 error: None,
                 free_bytes: None,
             },
+            active: Vec::new(),
         };
         let shared = Shared::new("n1", Duration::from_secs(10));
         shared.record_run(&report, &Memory::default(), Trigger::Periodic);

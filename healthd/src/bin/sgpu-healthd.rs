@@ -1,4 +1,7 @@
 //! `sgpu-healthd [--config PATH] [--once]`: the per-node daemon (see `sgpu_healthd::daemon`).
+//! `sgpu-healthd --run-active NAME [--config PATH]` runs one active check here, writes its
+//! result and exits (what healthd's Slurm job for the check runs; see
+//! `sgpu_healthd::active`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -19,8 +22,12 @@ struct Args {
     config: Option<PathBuf>,
     /// Run the full checks once, act on them, print the verdict and exit (0 healthy, 1 warn,
     /// 2 drain-worthy).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "run_active")]
     once: bool,
+    /// Run the active check NAME here (inside sgpu's Slurm job), write its result to
+    /// <state_dir>/active/NAME.json and exit: 0 pass, 1 warn, 2 fail or timeout, 3 error.
+    #[arg(long, value_name = "NAME")]
+    run_active: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,9 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::discover(args.config.as_deref()).context("configuration")?;
     let node = daemon::node_name(&config)?;
+    if let Some(name) = &args.run_active {
+        return run_active(&config, &node, name);
+    }
     let mut d = Daemon::new(config.clone(), node)?;
     if args.once {
         let report = d.run_once(Trigger::Periodic);
@@ -73,4 +83,39 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.shutdown_timeout(Duration::from_millis(500));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--run-active NAME`: the check under its deadline, its result kept for healthd.
+fn run_active(config: &Config, node: &str, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(check) = config.active.check(name) else {
+        anyhow::bail!(
+            "no active check {name:?} in {} (listed: {})",
+            config.source.as_deref().map_or_else(
+                || "the built-in configuration".into(),
+                |p| p.display().to_string()
+            ),
+            config
+                .active
+                .checks
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    // slurmd sets these in the batch job's environment; the job is root's own (healthd's)
+    let job = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .and_then(|j| j.parse::<u64>().ok());
+    let partition = std::env::var("SLURM_JOB_PARTITION").unwrap_or_default();
+    let result = sgpu_nodelib::active::run(check, node, job.map(|j| (j, partition.as_str())));
+    sgpu_nodelib::active::save_result(&config.state_dir, &result)
+        .context("keeping the active check's result")?;
+    println!(
+        "active check {name} on {node}: {} in {:.1} s: {}",
+        result.outcome.as_str(),
+        result.duration().as_secs_f64(),
+        result.message
+    );
+    Ok(ExitCode::from(result.outcome.exit_code() as u8))
 }

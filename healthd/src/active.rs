@@ -1,0 +1,607 @@
+//! Scheduling active checks ([`sgpu_nodelib::active`]) on this node through Slurm.
+//!
+//! Each configured check is due once per interval, at the node's own offset in it
+//! ([`sgpu_nodelib::active::offset_ms`]; slots anchored to the epoch, so a restart neither
+//! skips nor repeats one; a check healthd has not seen before waits for its next slot, so
+//! turning a check on does not start it on every node at once). Every check run
+//! ([`Scheduler::tick`], called by the daemon before each `full` run) does, per check:
+//!
+//! - **Due, node idle** (Slurm state exactly `IDLE`: no job, not drained, down, reserved or
+//!   completing) and no other sgpu job in flight on the node: submit a batch job with
+//!   `sbatch` to the maintenance partition (and QOS) for this node alone (`--exclusive`,
+//!   its GPUs), time limit the deadline plus a minute, never requeued. The job runs
+//!   `sgpu-healthd --run-active NAME`, which runs the check under its deadline (killing its
+//!   process group past it), writes the result file and exits, which hands the node back to
+//!   Slurm. A user job therefore never shares the node with the check, and Slurm's picture
+//!   (allocated, accounted) is right while it runs.
+//! - **Due, node busy**: nothing is submitted; the check waits (`waiting` in the state file,
+//!   logged once) until a later run finds the node idle.
+//! - **Job pending** past `pending_timeout_s` (a user job took the node first): cancelled;
+//!   the check stays due.
+//! - **Job running** past deadline + margin (the runner itself stuck): cancelled, and a
+//!   `timeout` result written for it.
+//! - **Job gone**: its result file (same job id) is the result. A job that ended without
+//!   one after it had started (Slurm's time limit, node failure) gets an `error` (or, at
+//!   Slurm's time limit, a `timeout`) result; one cancelled before it started (an admin,
+//!   preemption) leaves the check due.
+//!
+//! Results reach the policy as check results `active.<name>` ([`results`]): the newest
+//! result of each check, every run, so a failure drains (through the breaker) with a reason
+//! naming the check and its measurement, and stays the node's failure until a newer run (or
+//! `sgpu check --active` by hand) passes. Active checks are not auto-recoverable: healthd
+//! never resumes a node it drained for one.
+//!
+//! What the scheduler remembers (`<state_dir>/active-state.json`): per check, the last slot
+//! handled, the job in flight and why a due check waits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use sgpu_nodelib::active::{
+    self, ActiveCheck, ActiveResult, ActiveSettings, JOB_TIME_MARGIN, Outcome,
+};
+use sgpu_nodelib::checks::CheckResult;
+use sgpu_nodelib::config::Config;
+use sgpu_nodelib::slurmctl::{Scontrol, SlurmctlError};
+
+/// The scheduler's state file inside `state_dir`.
+pub const STATE_FILE: &str = "active-state.json";
+
+/// sgpu's job of one check, in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRef {
+    /// Slurm's job id.
+    pub id: u64,
+    /// The slot it runs for, Unix ms.
+    pub slot_ms: u64,
+    /// When it was submitted, Unix ms.
+    pub submitted_ms: u64,
+    /// When healthd first saw it running, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+}
+
+/// One check's scheduling state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckState {
+    /// The last slot handled (run, or skipped at first sight), Unix ms.
+    pub last_slot_ms: u64,
+    /// The job in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRef>,
+    /// Why a due check is not running (the node is busy, sbatch failed), if it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// What the scheduler remembers, per check name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveState {
+    /// Per check.
+    #[serde(default)]
+    pub checks: BTreeMap<String, CheckState>,
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It does not parse.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ActiveState {
+    /// Loads `<dir>/active-state.json` (missing: nothing remembered).
+    pub fn load(dir: &Path) -> Result<ActiveState, StateError> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str(&t).map_err(|e| StateError::Parse {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ActiveState::default()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Writes it atomically (temporary file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        use std::io::Write;
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp.{}", std::process::id()));
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            StateError::Io {
+                path: path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// How the scheduler reaches Slurm (a fake in tests).
+pub trait ActiveSlurm {
+    /// This node's state (`IDLE`, `MIXED`, `IDLE+DRAIN`, ...).
+    fn node_state(&mut self) -> Result<String, String>;
+    /// Submits sgpu's job for `check`; its id.
+    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, String>;
+    /// The job's state (`PENDING`, `RUNNING`, `COMPLETED`, ...); `None`: Slurm no longer
+    /// knows it.
+    fn job_state(&mut self, id: u64) -> Result<Option<String>, String>;
+    /// Cancels the job.
+    fn cancel(&mut self, id: u64) -> Result<(), String>;
+}
+
+/// Whether a Slurm node state means no job and nothing else in the way.
+pub fn node_idle(state: &str) -> bool {
+    state == "IDLE"
+}
+
+fn pending(state: &str) -> bool {
+    matches!(
+        state,
+        "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "RESV_DEL_HOLD"
+    )
+}
+
+fn running(state: &str) -> bool {
+    matches!(
+        state,
+        "RUNNING"
+            | "CONFIGURING"
+            | "COMPLETING"
+            | "SUSPENDED"
+            | "STAGE_OUT"
+            | "SIGNALING"
+            | "RESIZING"
+    )
+}
+
+/// The scheduler: the active checks of one node and what it remembers of them.
+#[derive(Debug)]
+pub struct Scheduler {
+    node: String,
+    settings: ActiveSettings,
+    state_dir: PathBuf,
+    state: ActiveState,
+}
+
+impl Scheduler {
+    /// The scheduler of `node`'s checks, with what `state_dir` remembers.
+    pub fn new(node: &str, settings: &ActiveSettings, state_dir: &Path) -> Scheduler {
+        let state = match ActiveState::load(state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("{e}; active checks start with nothing remembered");
+                ActiveState::default()
+            }
+        };
+        Scheduler {
+            node: node.to_string(),
+            settings: settings.clone(),
+            state_dir: state_dir.to_path_buf(),
+            state,
+        }
+    }
+
+    /// What it remembers now.
+    pub fn state(&self) -> &ActiveState {
+        &self.state
+    }
+
+    /// One round at `now_ms` (see the module documentation); saves the state if it changed.
+    pub fn tick(&mut self, now_ms: u64, slurm: &mut dyn ActiveSlurm) {
+        let before = self.state.clone();
+        let mut node_state: Option<Result<String, String>> = None;
+        let checks = self.settings.checks.clone();
+        for check in &checks {
+            self.follow(check, now_ms, slurm);
+        }
+        for check in &checks {
+            let in_flight = self.state.checks.values().any(|s| s.job.is_some());
+            let offset = active::offset_ms(&self.node, &check.name, check.stagger);
+            let st = self
+                .state
+                .checks
+                .entry(check.name.clone())
+                .or_insert_with(|| {
+                    // first sight: the next slot, not the one just past
+                    CheckState {
+                        last_slot_ms: active::slot_at_or_before(now_ms, check.interval, offset)
+                            .unwrap_or(0),
+                        ..CheckState::default()
+                    }
+                });
+            if st.job.is_some() {
+                continue;
+            }
+            let Some(slot) = active::due_slot(now_ms, st.last_slot_ms, check.interval, offset)
+            else {
+                st.waiting = None;
+                continue;
+            };
+            if in_flight {
+                set_waiting(
+                    st,
+                    &check.name,
+                    "another active check holds the node".into(),
+                );
+                continue;
+            }
+            let ns = node_state.get_or_insert_with(|| slurm.node_state());
+            match ns {
+                Ok(s) if node_idle(s) => {}
+                Ok(s) => {
+                    let why = format!("the node is {s}, not IDLE");
+                    set_waiting(st, &check.name, why);
+                    continue;
+                }
+                Err(e) => {
+                    let why = format!("the node's state is unknown: {e}");
+                    set_waiting(st, &check.name, why);
+                    continue;
+                }
+            }
+            match slurm.submit(check) {
+                Ok(id) => {
+                    info!(
+                        check = check.name,
+                        job = id,
+                        "active check {} due: submitted job {id}",
+                        check.name
+                    );
+                    st.job = Some(JobRef {
+                        id,
+                        slot_ms: slot,
+                        submitted_ms: now_ms,
+                        started_ms: None,
+                    });
+                    st.waiting = None;
+                    // the node is taken now
+                    node_state = Some(Ok("ALLOCATED".into()));
+                }
+                Err(e) => set_waiting(st, &check.name, format!("sbatch failed: {e}")),
+            }
+        }
+        if self.state != before {
+            if let Err(e) = self.state.save(&self.state_dir) {
+                warn!("active checks: {e}");
+            }
+        }
+    }
+
+    /// Follows `check`'s job in flight, if any.
+    fn follow(&mut self, check: &ActiveCheck, now_ms: u64, slurm: &mut dyn ActiveSlurm) {
+        let Some(st) = self.state.checks.get_mut(&check.name) else {
+            return;
+        };
+        let Some(job) = st.job.clone() else { return };
+        let state = match slurm.job_state(job.id) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(check = check.name, "active check job {}: {e}", job.id);
+                return;
+            }
+        };
+        let since = |t: u64| Duration::from_millis(now_ms.saturating_sub(t));
+        match state.as_deref() {
+            Some(s) if pending(s) => {
+                if since(job.submitted_ms) > self.settings.pending_timeout {
+                    match slurm.cancel(job.id) {
+                        Ok(()) => {
+                            st.job = None;
+                            set_waiting(
+                                st,
+                                &check.name,
+                                format!(
+                                    "job {} still pending after pending_timeout_s; cancelled",
+                                    job.id
+                                ),
+                            );
+                        }
+                        Err(e) => warn!("active check {}: scancel {}: {e}", check.name, job.id),
+                    }
+                }
+            }
+            Some(s) if running(s) => {
+                let started = job.started_ms.unwrap_or(now_ms);
+                if job.started_ms.is_none() {
+                    if let Some(j) = st.job.as_mut() {
+                        j.started_ms = Some(now_ms);
+                    }
+                }
+                if since(started) > check.deadline + JOB_TIME_MARGIN {
+                    if let Err(e) = slurm.cancel(job.id) {
+                        warn!("active check {}: scancel {}: {e}", check.name, job.id);
+                        return;
+                    }
+                    let message = format!(
+                        "job {} ran past deadline_s + {} s without a result; cancelled",
+                        job.id,
+                        JOB_TIME_MARGIN.as_secs()
+                    );
+                    self.conclude(check, &job, now_ms, Outcome::Timeout, message);
+                }
+            }
+            ended => {
+                let found = match active::load_result(&self.state_dir, &check.name) {
+                    Ok(r) => r.filter(|r| r.job_id == Some(job.id)),
+                    Err(e) => {
+                        warn!("active check {}: {e}", check.name);
+                        None
+                    }
+                };
+                let st = self.state.checks.entry(check.name.clone()).or_default();
+                if let Some(r) = found {
+                    info!(
+                        check = check.name,
+                        outcome = r.outcome.as_str(),
+                        "active check {} (job {}): {}: {}",
+                        check.name,
+                        job.id,
+                        r.outcome.as_str(),
+                        r.message
+                    );
+                    st.job = None;
+                    st.last_slot_ms = st.last_slot_ms.max(job.slot_ms);
+                    st.waiting = None;
+                    return;
+                }
+                let s = ended.unwrap_or("gone from squeue");
+                let never_ran = job.started_ms.is_none()
+                    && matches!(ended, None | Some("CANCELLED" | "PREEMPTED"));
+                if never_ran {
+                    st.job = None;
+                    set_waiting(
+                        st,
+                        &check.name,
+                        format!(
+                            "job {} ended ({s}) before it ran; the check is still due",
+                            job.id
+                        ),
+                    );
+                    return;
+                }
+                let (outcome, message) = if s == "TIMEOUT" {
+                    (
+                        Outcome::Timeout,
+                        format!(
+                            "Slurm ended job {} at its time limit without a result",
+                            job.id
+                        ),
+                    )
+                } else {
+                    (
+                        Outcome::Error,
+                        format!("job {} ended ({s}) without a result", job.id),
+                    )
+                };
+                self.conclude(check, &job, now_ms, outcome, message);
+            }
+        }
+    }
+
+    /// Writes a result healthd made itself for `job` and marks its slot handled.
+    fn conclude(
+        &mut self,
+        check: &ActiveCheck,
+        job: &JobRef,
+        now_ms: u64,
+        outcome: Outcome,
+        message: String,
+    ) {
+        warn!(
+            check = check.name,
+            "active check {} (job {}): {}: {message}",
+            check.name,
+            job.id,
+            outcome.as_str()
+        );
+        let r = ActiveResult {
+            check: check.name.clone(),
+            node: self.node.clone(),
+            outcome,
+            message,
+            gpu: None,
+            exit_code: None,
+            started_at_ms: job.started_ms.unwrap_or(job.submitted_ms),
+            finished_at_ms: now_ms,
+            job_id: Some(job.id),
+        };
+        if let Err(e) = active::save_result(&self.state_dir, &r) {
+            warn!("active check {}: {e}", check.name);
+        }
+        let st = self.state.checks.entry(check.name.clone()).or_default();
+        st.job = None;
+        st.last_slot_ms = st.last_slot_ms.max(job.slot_ms);
+        st.waiting = None;
+    }
+}
+
+fn set_waiting(st: &mut CheckState, check: &str, why: String) {
+    if st.waiting.as_deref() != Some(why.as_str()) {
+        info!(check, "active check {check} is due; waiting: {why}");
+    }
+    st.waiting = Some(why);
+}
+
+/// The newest result of every configured check (unreadable files logged and skipped).
+pub fn newest(config: &Config) -> Vec<(ActiveCheck, ActiveResult)> {
+    config
+        .active
+        .checks
+        .iter()
+        .filter_map(|c| match active::load_result(&config.state_dir, &c.name) {
+            Ok(r) => r.map(|r| (c.clone(), r)),
+            Err(e) => {
+                warn!("active check {}: {e}", c.name);
+                None
+            }
+        })
+        .collect()
+}
+
+/// The check results of `newest`: what the policy judges besides the `full` run.
+pub fn results(config: &Config, newest: &[(ActiveCheck, ActiveResult)]) -> Vec<CheckResult> {
+    newest
+        .iter()
+        .map(|(c, r)| active::to_check_result(c, r, config.enforce))
+        .collect()
+}
+
+/// Slurm through its clients (the ones beside `scontrol`, or `[active] sbatch`).
+#[derive(Debug)]
+pub struct SlurmClients {
+    scontrol: Scontrol,
+    sbatch: PathBuf,
+    node: String,
+    settings: ActiveSettings,
+    state_dir: PathBuf,
+    config_path: Option<PathBuf>,
+    runner: PathBuf,
+    gpus: Option<u32>,
+}
+
+impl SlurmClients {
+    /// For `node`; the job runs `runner` (this `sgpu-healthd`) with `config`'s file.
+    pub fn new(
+        scontrol: &Scontrol,
+        config: &Config,
+        node: &str,
+        runner: PathBuf,
+        gpus: Option<u32>,
+    ) -> SlurmClients {
+        SlurmClients {
+            sbatch: config
+                .active
+                .sbatch
+                .clone()
+                .unwrap_or_else(|| scontrol.path().with_file_name("sbatch")),
+            scontrol: scontrol.clone(),
+            node: node.to_string(),
+            settings: config.active.clone(),
+            state_dir: config.state_dir.clone(),
+            config_path: config.source.clone(),
+            runner,
+            gpus,
+        }
+    }
+}
+
+impl SlurmClients {
+    /// The node's GPU count (gres.conf), asked for with `--gres=gpu:N`; `None`: not asked.
+    pub fn set_gpus(&mut self, gpus: Option<u32>) {
+        self.gpus = gpus;
+    }
+}
+
+fn text(e: SlurmctlError) -> String {
+    e.to_string()
+}
+
+impl ActiveSlurm for SlurmClients {
+    fn node_state(&mut self) -> Result<String, String> {
+        self.scontrol
+            .node_state(&self.node)
+            .map(|s| s.state)
+            .map_err(text)
+    }
+
+    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = active::results_dir(&self.state_dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let script = dir.join(format!("{}.sbatch", check.name));
+        let body = active::job_script(&self.runner, &check.name, self.config_path.as_deref());
+        std::fs::write(&script, body).map_err(|e| format!("{}: {e}", script.display()))?;
+        let output = dir.join(format!("{}.out", check.name));
+        let args = active::sbatch_args(
+            &self.settings,
+            check,
+            &self.node,
+            self.gpus,
+            &output,
+            &script,
+        );
+        let out = self
+            .scontrol
+            .run_program(&self.sbatch, &args, &[])
+            .map_err(text)?;
+        // --parsable: "<id>" or "<id>;<cluster>"
+        out.trim()
+            .split(';')
+            .next()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| format!("sbatch printed {:?}, not a job id", out.trim()))
+    }
+
+    fn job_state(&mut self, id: u64) -> Result<Option<String>, String> {
+        let squeue = self.scontrol.squeue_path();
+        let args = [
+            "--noheader".to_string(),
+            "--states=all".into(),
+            format!("--jobs={id}"),
+            "--format=%T".into(),
+        ];
+        match self.scontrol.run_program(&squeue, &args, &[]) {
+            Ok(out) => Ok(out
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string)),
+            // a job slurmctld already purged (MinJobAge)
+            Err(SlurmctlError::Failed { stderr, .. }) if stderr.contains("Invalid job id") => {
+                Ok(None)
+            }
+            Err(e) => Err(text(e)),
+        }
+    }
+
+    fn cancel(&mut self, id: u64) -> Result<(), String> {
+        let scancel = self.scontrol.path().with_file_name("scancel");
+        self.scontrol
+            .run_program(&scancel, &[id.to_string()], &[])
+            .map(|_| ())
+            .map_err(text)
+    }
+}
+
+#[cfg(test)]
+mod tests;
