@@ -99,7 +99,16 @@ impl<T> Reading<T> {
         }
     }
 
-    fn from_result(r: Result<T, NvmlError>, lost: &mut bool) -> Reading<T> {
+    /// The reading with its value converted; a value `f` makes nothing of is unsupported.
+    pub fn and_then_opt<U>(self, f: impl FnOnce(T) -> Option<U>) -> Reading<U> {
+        match self {
+            Reading::Value(v) => f(v).map_or(Reading::Unsupported, Reading::Value),
+            Reading::Unsupported => Reading::Unsupported,
+            Reading::Error(e) => Reading::Error(e),
+        }
+    }
+
+    pub(crate) fn from_result(r: Result<T, NvmlError>, lost: &mut bool) -> Reading<T> {
         match r {
             Ok(v) => Reading::Value(v),
             Err(NvmlError::NotSupported)
@@ -188,6 +197,18 @@ pub struct GpuProcess {
     pub used_memory: Option<u64>,
 }
 
+impl From<nvml_wrapper::struct_wrappers::device::ProcessInfo> for GpuProcess {
+    fn from(p: nvml_wrapper::struct_wrappers::device::ProcessInfo) -> GpuProcess {
+        GpuProcess {
+            pid: p.pid,
+            used_memory: match p.used_gpu_memory {
+                UsedGpuMemory::Used(b) => Some(b),
+                UsedGpuMemory::Unavailable => None,
+            },
+        }
+    }
+}
+
 /// Clock throttle reason bits that mean hardware trouble, with their names.
 pub const HW_THROTTLE_REASONS: &[(u64, &str)] = &[
     (
@@ -255,6 +276,8 @@ pub struct GpuSnapshot {
     pub nvlink: Reading<Vec<crate::nvlink::Link>>,
     /// MIG mode (current).
     pub mig_mode: Reading<bool>,
+    /// The MIG devices (slices) while MIG is on (unsupported while it is off or absent).
+    pub mig_devices: Reading<Vec<crate::mig::MigDevice>>,
     /// Persistence mode.
     pub persistence_mode: Reading<bool>,
     /// Running compute processes.
@@ -294,6 +317,7 @@ impl GpuSnapshot {
         g.fabric = Reading::Unsupported;
         g.nvlink = Reading::Unsupported;
         g.mig_mode = Reading::Unsupported;
+        g.mig_devices = Reading::Unsupported;
         g.persistence_mode = Reading::Unsupported;
         g.compute_processes = Reading::Unsupported;
         g
@@ -334,6 +358,7 @@ impl GpuSnapshot {
             fabric: err(m),
             nvlink: err(m),
             mig_mode: err(m),
+            mig_devices: err(m),
             persistence_mode: err(m),
             compute_processes: err(m),
         }
@@ -978,19 +1003,17 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>, nvlink_counters: bool) -> G
     let fabric = Reading::from_result(fabric_info(nvml, d), l);
     let nvlink = Reading::from_result(crate::nvlink::read_links(d, nvlink_counters), l);
     let mig_mode = Reading::from_result(d.mig_mode().map(|m| m.current != 0), l);
+    let mig_devices = match mig_mode {
+        Reading::Value(true) => {
+            let r = crate::mig::read_mig_devices(nvml, d, l);
+            Reading::from_result(r, l)
+        }
+        _ => Reading::Unsupported,
+    };
     let persistence_mode = Reading::from_result(d.is_in_persistent_mode(), l);
     let compute_processes = Reading::from_result(
-        d.running_compute_processes().map(|ps| {
-            ps.into_iter()
-                .map(|p| GpuProcess {
-                    pid: p.pid,
-                    used_memory: match p.used_gpu_memory {
-                        UsedGpuMemory::Used(b) => Some(b),
-                        UsedGpuMemory::Unavailable => None,
-                    },
-                })
-                .collect()
-        }),
+        d.running_compute_processes()
+            .map(|ps| ps.into_iter().map(GpuProcess::from).collect()),
         l,
     );
     GpuSnapshot {
@@ -1018,13 +1041,14 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>, nvlink_counters: bool) -> G
         fabric,
         nvlink,
         mig_mode,
+        mig_devices,
         persistence_mode,
         compute_processes,
     }
 }
 
 /// Maps an NVML return code to the wrapper's error (only the codes that matter here).
-fn nvml_return(rc: sys::nvmlReturn_t) -> Result<(), NvmlError> {
+pub(crate) fn nvml_return(rc: sys::nvmlReturn_t) -> Result<(), NvmlError> {
     match rc {
         sys::nvmlReturn_enum_NVML_SUCCESS => Ok(()),
         sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED => Err(NvmlError::NotSupported),

@@ -3,7 +3,7 @@
 //! NVML access ([`gpu`], through `nvml-wrapper` with a configurable library path, every call
 //! under a watchdog deadline), the check catalogue ([`catalogue`]: checks are data, tunable in
 //! `sgpu.toml` via [`config`]), the XID classification and the node's XID record ([`xid`]),
-//! the per-node GPU history ([`history`]), NVLink links ([`nvlink`]) and InfiniBand/RoCE
+//! the per-node GPU history ([`history`]), MIG slices ([`mig`]), NVLink links ([`nvlink`]) and InfiniBand/RoCE
 //! ports ([`infiniband`]), check evaluation into results, drain reasons and a verdict
 //! ([`checks`]), the node's layout ([`nodeconf`]), the Slurm control calls
 //! ([`slurmctl`]) and the breaker every drain goes through ([`breaker`]), file ownership rules
@@ -44,6 +44,7 @@ pub mod config;
 pub mod gpu;
 pub mod history;
 pub mod infiniband;
+pub mod mig;
 pub mod node_events;
 pub mod nodeconf;
 pub mod nvlink;
