@@ -20,7 +20,6 @@
 //! once lose one update (a streak counts one check fewer), never the file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -185,15 +184,7 @@ impl History {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let text = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = dir.join(format!(".{HISTORY_FILE}.{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
-        })
+        crate::state_file::write_atomic(&path, &text).map_err(io)
     }
 }
 

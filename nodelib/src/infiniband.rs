@@ -24,7 +24,6 @@
 //! not exist is a node without RDMA devices (nothing to judge unless ports are expected).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -366,15 +365,7 @@ fn save_json<T: Serialize>(value: &T, dir: &Path, file: &str) -> Result<(), IbEr
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let text = serde_json::to_vec_pretty(value).map_err(|e| io(std::io::Error::other(e)))?;
-    let tmp = dir.join(format!(".{file}.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&text).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    crate::state_file::write_atomic(&path, &text).map_err(io)
 }
 
 impl Baseline {

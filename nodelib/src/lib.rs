@@ -7,7 +7,8 @@
 //! ports ([`infiniband`]), check evaluation into results, drain reasons and a verdict
 //! ([`checks`]), the node's layout ([`nodeconf`]), the Slurm control calls
 //! ([`slurmctl`]) and the breaker every drain goes through ([`breaker`]), file ownership rules
-//! ([`trust`]) and the node history events ([`node_events`]). The prolog/epilog gates, the
+//! ([`trust`]), atomic state-file writes ([`state_file`]) and the node history events
+//! ([`node_events`]). The prolog/epilog gates, the
 //! SPANK plugin, `sgpu` and the daemon (`sgpu-healthd`) call this library.
 //!
 //! It runs inside slurmstepd (the SPANK plugin) and the prolog, so it links no async
@@ -49,5 +50,6 @@ pub mod node_events;
 pub mod nodeconf;
 pub mod nvlink;
 pub mod slurmctl;
+pub mod state_file;
 pub mod trust;
 pub mod xid;

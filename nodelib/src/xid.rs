@@ -42,7 +42,6 @@
 //! `flock`, so the prolog, epilog and daemon can share it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -429,27 +428,12 @@ impl XidStore {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".{STORE_FILE}.tmp.{}", std::process::id()));
-        let io = |source| XidStoreError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(|source| {
-            let _ = fs::remove_file(&tmp);
+        crate::state_file::write_atomic(&self.path, text.as_bytes()).map_err(|source| {
             XidStoreError::Io {
                 path: self.path.clone(),
                 source,
             }
-        })?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        })
     }
 }
 
