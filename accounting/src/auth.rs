@@ -12,6 +12,7 @@
 //! loopback only. The [`Policy`] then decides what a caller may do: ingest only from root
 //! and the SlurmUser, users read their own jobs and totals, admins everything.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use axum::http::HeaderMap;
@@ -163,22 +164,47 @@ impl Authenticator for MungeAuthenticator {
     }
 }
 
-/// What a caller may read: everything, or only one user's jobs and totals.
+/// What a caller may read: everything, only one user's jobs and totals, or a coordinator's:
+/// their own and those of the accounts they coordinate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadScope {
     /// Every job and total (admins; loopback without authentication).
     All,
     /// Only records and rollups whose user is this name.
     User(String),
+    /// An account coordinator ([`crate::coordinators`]): their own jobs and totals, and
+    /// those whose account is one of `accounts`.
+    Coordinator {
+        /// The caller.
+        user: String,
+        /// The accounts they coordinate.
+        accounts: BTreeSet<String>,
+    },
 }
 
 impl ReadScope {
-    /// Whether jobs and totals of `user` may be shown under this scope.
-    pub fn allows(&self, user: &str) -> bool {
+    /// Whether jobs and totals of `user` in `account` may be shown under this scope
+    /// (`account`: the job's trusted one, see [`ReadScope::visible_records`]).
+    pub fn allows(&self, user: &str, account: &str) -> bool {
         match self {
             ReadScope::All => true,
             ReadScope::User(me) => me == user,
+            ReadScope::Coordinator { user: me, accounts } => {
+                me == user || accounts.contains(account)
+            }
         }
+    }
+
+    /// The records of one job this scope may see. A user sees their own records; a
+    /// coordinator also every record of a job whose account, taken from its most trusted
+    /// record (`job_end`, `job_start`, `job_usage`; never a `step_usage`, whose account the
+    /// job's environment sets), is one they coordinate.
+    pub fn visible_records(&self, records: Vec<sgpu_spool::Record>) -> Vec<sgpu_spool::Record> {
+        let account = crate::report::jobs::trusted_account(&records).unwrap_or_default();
+        records
+            .into_iter()
+            .filter(|r| self.allows(crate::http::record_user(r), &account))
+            .collect()
     }
 }
 

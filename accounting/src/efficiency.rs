@@ -19,7 +19,7 @@ use sgpu_spool::{NodeEvent, Record, RecordBody};
 use sgpu_wire::acctd::VERSION;
 use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency, IdleAction, Period, mem_from_model};
 
-use crate::http::{AppState, error, reader_scope, record_user};
+use crate::http::{AppState, error, reader_scope};
 
 /// The efficiency route.
 pub fn routes() -> Router<AppState> {
@@ -48,11 +48,7 @@ async fn get_efficiency(
     let c = cluster.clone();
     let read = move || -> Result<(Vec<Record>, Vec<NodeEvent>), crate::store::StoreError> {
         // Another user's job looks exactly like a missing one: no 403 that would confirm it.
-        let records: Vec<Record> = store
-            .job(&c, job_id)?
-            .into_iter()
-            .filter(|r| scope.allows(record_user(r)))
-            .collect();
+        let records: Vec<Record> = scope.visible_records(store.job(&c, job_id)?);
         let mut events = Vec::new();
         if !records.is_empty() {
             store.for_each_event(&mut |e| {

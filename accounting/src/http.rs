@@ -34,6 +34,8 @@ pub struct AppState {
     pub auth: Arc<dyn Authenticator>,
     /// Who may ingest and read what.
     pub policy: Arc<Policy>,
+    /// acctd.toml: time zone, prices, coordinators ([`crate::site`]).
+    pub site: Arc<crate::site::Site>,
 }
 
 /// How much and how slowly a request may send its body.
@@ -279,10 +281,21 @@ pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response>
 /// What `caller` may read, or the 403 response to send back.
 #[allow(clippy::result_large_err)]
 pub fn read_scope(state: &AppState, caller: &Caller) -> Result<ReadScope, Response> {
-    state
+    let scope = state
         .policy
         .read_scope(caller)
-        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))
+        .map_err(|e| error(StatusCode::FORBIDDEN, e.to_string()))?;
+    Ok(match scope {
+        ReadScope::User(user) => {
+            let accounts = state.site.coordinators.accounts_of(&user);
+            if accounts.is_empty() {
+                ReadScope::User(user)
+            } else {
+                ReadScope::Coordinator { user, accounts }
+            }
+        }
+        other => other,
+    })
 }
 
 /// Authenticates a reading request and returns what its caller may read ([`caller`] then
@@ -423,10 +436,7 @@ async fn job(
     let c = cluster.clone();
     let visible = move |records: Vec<sgpu_spool::Record>| -> Vec<sgpu_spool::Record> {
         // Another user's job looks exactly like a missing one: no 403 that would confirm it.
-        records
-            .into_iter()
-            .filter(|r| scope.allows(record_user(r)))
-            .collect()
+        scope.visible_records(records)
     };
     match tokio::task::spawn_blocking(move || store.job(&c, job_id).map(visible)).await {
         Ok(Ok(records)) if records.is_empty() => error(

@@ -20,17 +20,21 @@
 
 pub mod admin_comment;
 pub mod auth;
+pub mod coordinators;
 pub mod day;
 pub mod efficiency;
 pub mod history;
 pub mod http;
 pub mod ingest;
+pub mod prices;
 pub mod query;
 pub mod report;
 pub mod rollup;
 pub mod serve;
+pub mod site;
 pub mod sled_store;
 pub mod store;
+pub mod zone;
 
 #[cfg(test)]
 mod test_records;

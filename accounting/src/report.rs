@@ -29,7 +29,7 @@ pub use query::{
     ReportQuery, ReportQueryError, iso_week,
 };
 pub use sgpu_wire::acctd::{JobSummary, ReportRow};
-pub use sums::{partial_day, report};
+pub use sums::{ReportError, partial_day, partial_pieces, report};
 
 // what the tests (written against the single-file module) reach through `super::*`
 #[cfg(test)]
@@ -45,3 +45,5 @@ use {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zone_tests;

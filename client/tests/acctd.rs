@@ -20,6 +20,7 @@ fn serve(dir: &std::path::Path) -> SocketAddr {
         store,
         auth: Arc::new(NoAuthentication),
         policy: Arc::new(Policy::default()),
+        site: Default::default(),
     };
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();

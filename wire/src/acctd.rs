@@ -120,6 +120,11 @@ pub struct ReportRow {
     /// for `idle_gpu_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_measured_gpu_ms: Option<u64>,
+    /// Cost inside the window, in millionths of [`ReportAnswer::currency`], priced by acctd
+    /// with the prices in force when the GPUs were used. `None`: acctd has no prices (or
+    /// predates server-side prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micro: Option<u64>,
 }
 
 /// `GET /v1/report`: sums per group over `[start_ms, end_ms)`.
@@ -133,6 +138,13 @@ pub struct ReportAnswer {
     pub end_ms: u64,
     /// The rows, sorted.
     pub rows: Vec<ReportRow>,
+    /// The time zone the periods and dates were read in (IANA name). `None`: an acctd that
+    /// predates time zones, which used UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// The currency of `cost_micro` (`None`: not configured, or no prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 answer!(
     ReportAnswer,
@@ -173,6 +185,11 @@ pub struct JobSummary {
     /// measured on any of its GPUs (or an acctd that predates it): unknown, not 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_gpu_ms: Option<u64>,
+    /// Cost of the whole job, millionths of [`JobsAnswer::currency`], priced by acctd with
+    /// the prices in force when its GPUs were allocated. `None`: acctd has no prices (or
+    /// predates server-side prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micro: Option<u64>,
 }
 
 /// `GET /v1/jobs`: the jobs that ran in `[start_ms, end_ms)`.
@@ -188,8 +205,38 @@ pub struct JobsAnswer {
     pub jobs: Vec<JobSummary>,
     /// More jobs matched than were listed.
     pub truncated: bool,
+    /// The time zone `YYYY-MM-DD` bounds were read in (`None`: an acctd that predates time
+    /// zones, which used UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// The currency of `cost_micro` (`None`: not configured, or no prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 answer!(JobsAnswer, VERSION, "sgpu-acctd's job list (GET /v1/jobs)");
+
+/// `GET /v1/site`: what clients need to read and show times and costs as acctd does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteAnswer {
+    /// Schema version ([`VERSION`]).
+    pub version: Option<u32>,
+    /// The site's time zone (IANA name, or `/etc/localtime` when the system names none):
+    /// report periods and dates are in it unless a query says `tz=`.
+    pub time_zone: String,
+    /// Whether acctd prices usage (reports and job lists then carry `cost_micro`).
+    pub prices: bool,
+    /// The currency of costs, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// The caller's accounts as a coordinator (empty: none; admins see everything anyway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinates: Vec<String>,
+}
+answer!(
+    SiteAnswer,
+    VERSION,
+    "sgpu-acctd's site settings (GET /v1/site)"
+);
 
 /// `GET /v1/jobs/{cluster}/{job_id}`: every stored record of one job the caller may read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,9 +13,11 @@ use sgpu_accounting::admin_comment::{self, AdminCommentConfig, NotifyingStore};
 use sgpu_accounting::auth::{
     Authenticator, MungeAuthenticator, NoAuthentication, Policy, group_id, user_id,
 };
+use sgpu_accounting::coordinators;
 use sgpu_accounting::day::day_of;
 use sgpu_accounting::http::{AppState, DEFAULT_MAX_BODY_BYTES, Limits, router_with};
 use sgpu_accounting::serve::{ServeLimits, serve};
+use sgpu_accounting::site::{DEFAULT_CONFIG, Site, SiteConfig};
 use sgpu_accounting::sled_store::SledStore;
 use sgpu_accounting::store::Store;
 
@@ -99,6 +101,12 @@ struct Args {
     /// Directory of Slurm's `sacct` and `sacctmgr` (default: found on PATH).
     #[arg(long, value_name = "DIR")]
     slurm_bin: Option<PathBuf>,
+    /// acctd's configuration: the site's time zone, prices with their dates, account
+    /// coordinators (owned by root, not group/world-writable). Default:
+    /// /etc/sgpu/acctd.toml when it exists, else the system's time zone, no prices and no
+    /// coordinators.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -190,10 +198,19 @@ async fn main() -> anyhow::Result<()> {
     } else {
         store.clone()
     };
+    let site = Arc::new(site_config(&args)?);
+    if site.coordinators_from_slurm {
+        tokio::spawn(coordinators::refresh_slurm(
+            site.site.coordinators.clone(),
+            args.slurm_bin.clone(),
+            Duration::from_secs(site.refresh_s),
+        ));
+    }
     let state = AppState {
         store: served,
         auth,
         policy: Arc::new(policy),
+        site: site.site.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -222,6 +239,42 @@ async fn main() -> anyhow::Result<()> {
         .context("serving HTTP")?;
     store.flush().context("flushing the store at shutdown")?;
     Ok(())
+}
+
+/// acctd.toml read into what acctd serves, and whether to read Slurm's coordinators.
+struct LoadedSite {
+    site: Arc<Site>,
+    coordinators_from_slurm: bool,
+    refresh_s: u64,
+}
+
+/// Reads `--config` (or /etc/sgpu/acctd.toml when it exists), logs what it says.
+fn site_config(args: &Args) -> anyhow::Result<LoadedSite> {
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    let path = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => default.exists().then_some(default),
+    };
+    let cfg = match &path {
+        Some(p) => SiteConfig::load(p)?,
+        None => SiteConfig::system_default().unwrap_or_else(|e| {
+            tracing::warn!("{e}; reports use UTC (set time_zone in {DEFAULT_CONFIG})");
+            SiteConfig::default()
+        }),
+    };
+    tracing::info!(
+        config = %path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
+        time_zone = cfg.zone.name(),
+        price_periods = cfg.prices.as_ref().map_or(0, |p| p.periods.len()),
+        configured_coordinators = cfg.coordinators.accounts.len(),
+        slurm_coordinators = cfg.coordinators.slurm,
+        "site settings"
+    );
+    Ok(LoadedSite {
+        site: Arc::new(Site::new(&cfg)),
+        coordinators_from_slurm: cfg.coordinators.slurm,
+        refresh_s: cfg.coordinators.refresh_s,
+    })
 }
 
 /// The authorisation policy from the command line, names resolved to ids.

@@ -8,6 +8,7 @@ use sgpu_spool::{Record, RecordBody};
 use super::query::ReportQuery;
 use super::sums::model;
 use crate::day::day_of;
+use crate::prices::{PriceList, micro};
 use crate::rollup::RollupKey;
 use crate::store::{Store, StoreError, record_first_ms, record_last_ms};
 use sgpu_wire::acctd::JobSummary;
@@ -24,6 +25,21 @@ fn identity_rank(body: &RecordBody) -> u8 {
         RecordBody::JobUsage(_) => 1,
         RecordBody::StepUsage(_) => 0,
     }
+}
+
+/// A job's account from its most trusted record ([`identity_rank`]; `step_usage` never
+/// counts), `None` when no trusted record has one.
+pub fn trusted_account(records: &[Record]) -> Option<String> {
+    records
+        .iter()
+        .filter(|r| identity_rank(r.body()) > 0)
+        .max_by_key(|r| identity_rank(r.body()))
+        .and_then(|r| match r.body() {
+            RecordBody::JobEnd(b) => b.account.clone(),
+            RecordBody::JobStart(b) => b.account.clone(),
+            RecordBody::JobUsage(b) => b.account.clone(),
+            RecordBody::StepUsage(_) => None,
+        })
 }
 
 pub(crate) fn merge_job(
@@ -105,8 +121,15 @@ pub(crate) fn merge_job(
 }
 
 /// Jobs that ran in the window (whole-job figures), filtered; at most `q.limit`, by cluster
-/// and job id. The flag says whether more matched.
-pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool), StoreError> {
+/// and job id. The flag says whether more matched. With `prices`, each job carries its
+/// cost: every `job_end`'s allocated GPU time and energy priced by the periods they fall
+/// in, by the record's partition and each GPU's model.
+pub fn jobs(
+    store: &dyn Store,
+    q: &ReportQuery,
+    prices: Option<&PriceList>,
+) -> Result<(Vec<JobSummary>, bool), StoreError> {
+    let mut costs: BTreeMap<(String, u32), u128> = BTreeMap::new();
     let mut found: BTreeMap<(String, u32), JobSummary> = BTreeMap::new();
     let mut ranks: BTreeMap<(String, u32), u8> = BTreeMap::new();
     let first = day_of(q.start_ms);
@@ -128,6 +151,25 @@ pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool
             let running = matches!(r.body(), RecordBody::JobStart(_)) && s < q.end_ms;
             if (inside || running) && seen.insert(id.key().into_bytes()) {
                 merge_job(&mut found, &mut ranks, &r);
+                if let (Some(prices), RecordBody::JobEnd(b)) = (prices, r.body()) {
+                    let partition = b.partition.clone().unwrap_or_default();
+                    let cost = costs
+                        .entry((id.cluster().to_string(), id.job_id()))
+                        .or_default();
+                    for g in &b.gpus {
+                        let energy = g.energy_delta_mj.or_else(|| {
+                            g.energy_end_mj
+                                .zip(g.energy_start_mj)
+                                .and_then(|(e, s)| e.checked_sub(s))
+                        });
+                        *cost += prices.cost_over(
+                            &partition,
+                            &model(&g.name),
+                            b.allocated_window(),
+                            (energy.unwrap_or(0), b.start_time, b.end_time),
+                        );
+                    }
+                }
             }
         })?;
     }
@@ -152,6 +194,10 @@ pub fn jobs(store: &dyn Store, q: &ReportQuery) -> Result<(Vec<JobSummary>, bool
         .map(|mut j| {
             if j.start_ms == u64::MAX {
                 j.start_ms = 0;
+            }
+            if prices.is_some() {
+                let cost = costs.get(&(j.cluster.clone(), j.job_id)).copied();
+                j.cost_micro = Some(micro(cost.unwrap_or(0)));
             }
             j
         })

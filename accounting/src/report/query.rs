@@ -7,14 +7,15 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::auth::ReadScope;
-use crate::day::{DAY_MS, civil_from_days, format_day};
+use crate::day::{civil_from_days, format_day};
 use crate::query::{decode_component, qerr};
 use crate::rollup::RollupKey;
+use crate::zone::SiteZone;
 
 /// Most jobs one `GET /v1/jobs` returns (`limit` may ask for fewer).
 pub const MAX_JOBS: usize = 100_000;
 
-/// A time period rows can be grouped by (UTC).
+/// A time period rows can be grouped by (in the query's time zone, [`ReportQuery::zone`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
@@ -27,7 +28,8 @@ pub enum Period {
 }
 
 impl Period {
-    /// The label of the period holding UTC day `day`.
+    /// The label of the period holding day `day` (days since 1970-01-01 of the calendar the
+    /// period is counted in).
     pub fn label(self, day: u32) -> String {
         match self {
             Period::Day => format_day(day),
@@ -68,7 +70,7 @@ pub enum GroupBy {
     Partition,
     /// GPU model.
     Gpu,
-    /// A UTC period.
+    /// A period in the query's time zone.
     Period(Period),
 }
 
@@ -87,6 +89,9 @@ pub struct Filters {
     pub gpu_models: BTreeSet<String>,
     /// Job ids (job lists only).
     pub jobs: BTreeSet<u32>,
+    /// A coordinator's read scope ([`ReadScope::Coordinator`]): a row passes only when its
+    /// user is this one or its account is in the set. Set by [`Filters::scope`].
+    pub visible: Option<(String, BTreeSet<String>)>,
 }
 
 /// A user's query that names another user ([`Filters::scope`]).
@@ -114,11 +119,18 @@ impl Filters {
             && Self::allows(&self.users, &k.user)
             && Self::allows(&self.partitions, &k.partition)
             && Self::allows(&self.gpu_models, &k.gpu_model)
+            && self
+                .visible
+                .as_ref()
+                .is_none_or(|(me, accounts)| k.user == *me || accounts.contains(&k.account))
     }
 
-    /// Applies a read scope: a user is limited to themself; asking for someone else is an
-    /// error naming them.
+    /// Applies a read scope: a user is limited to themself (asking for someone else is an
+    /// error naming them); a coordinator to themself and their accounts.
     pub fn scope(&mut self, scope: &ReadScope) -> Result<(), OtherUser> {
+        if let ReadScope::Coordinator { user, accounts } = scope {
+            self.visible = Some((user.clone(), accounts.clone()));
+        }
         if let ReadScope::User(me) = scope {
             if let Some(other) = self.users.iter().find(|u| *u != me) {
                 return Err(OtherUser {
@@ -135,6 +147,8 @@ impl Filters {
 /// A report or job-list query: the window `[start_ms, end_ms)`, filters and grouping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportQuery {
+    /// The time zone of periods and `YYYY-MM-DD` bounds: the site's, or `tz=`'s.
+    pub zone: SiteZone,
     /// Window start, ms since the epoch (inclusive).
     pub start_ms: u64,
     /// Window end, ms since the epoch (exclusive).
@@ -161,8 +175,9 @@ pub const MAX_JOBS_WINDOW_DAYS: u64 = 366;
 /// The most job ids one query names (`jobs=`).
 pub const MAX_JOB_IDS: usize = 10_000;
 
-/// Parses a window bound: seconds since the epoch, or a UTC `YYYY-MM-DD` (midnight).
-fn parse_instant(param: &str, v: &str) -> Result<u64, ReportQueryError> {
+/// Parses a window bound: seconds since the epoch, or `YYYY-MM-DD[THH:MM[:SS]]` in `zone`
+/// (a date is its first instant there).
+fn parse_instant(param: &str, v: &str, zone: &SiteZone) -> Result<u64, ReportQueryError> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v
             .parse::<u64>()
@@ -176,22 +191,40 @@ fn parse_instant(param: &str, v: &str) -> Result<u64, ReportQueryError> {
                 )
             });
     }
-    crate::day::parse_day(v)
-        .map(|d| u64::from(d) * DAY_MS)
-        .ok_or_else(|| {
-            qerr(
-                param,
-                format!("{v:?} is neither seconds since the epoch nor a YYYY-MM-DD date"),
-            )
-        })
+    match zone.parse_local(v) {
+        Some(Ok(ms)) if ms <= MAX_INSTANT_S * 1000 => Ok(ms),
+        Some(Ok(_)) => Err(qerr(param, format!("{v} is after year 9999"))),
+        Some(Err(e)) => Err(qerr(param, e.to_string())),
+        None => Err(qerr(
+            param,
+            format!(
+                "{v:?} is neither seconds since the epoch nor YYYY-MM-DD[THH:MM[:SS]] (in {})",
+                zone.name()
+            ),
+        )),
+    }
 }
 
 impl ReportQuery {
-    /// Parses `start=&end=` (seconds since the epoch or `YYYY-MM-DD`, UTC; required),
+    /// Parses `start=&end=` (seconds since the epoch or `YYYY-MM-DD[THH:MM[:SS]]`, here in
+    /// UTC; required), `tz=`,
     /// `cluster=&account=&user=&partition=&gpu_model=&jobs=` (comma-separated sets),
     /// `group_by=cluster,account,user,partition,gpu,day|week|month`, `limit=`. Unknown
     /// parameters are refused.
     pub fn parse(query: &str) -> Result<ReportQuery, ReportQueryError> {
+        ReportQuery::parse_in(query, &SiteZone::utc())
+    }
+
+    /// [`ReportQuery::parse`] with periods and dates in the site's zone `site`, unless the
+    /// query names another with `tz=` (an IANA name of the system tz database, e.g. `UTC`).
+    pub fn parse_in(query: &str, site: &SiteZone) -> Result<ReportQuery, ReportQueryError> {
+        let mut zone = site.clone();
+        for pair in query.split('&') {
+            if let Some(v) = pair.strip_prefix("tz=") {
+                let v = decode_component(v).ok_or_else(|| qerr("tz", "bad percent-encoding"))?;
+                zone = SiteZone::named(v.trim()).map_err(|e| qerr("tz", e.to_string()))?;
+            }
+        }
         let mut start = None;
         let mut end = None;
         let mut f = Filters::default();
@@ -208,8 +241,9 @@ impl ReportQuery {
                     .collect()
             };
             match k {
-                "start" => start = Some(parse_instant(k, &v)?),
-                "end" => end = Some(parse_instant(k, &v)?),
+                "start" => start = Some(parse_instant(k, &v, &zone)?),
+                "end" => end = Some(parse_instant(k, &v, &zone)?),
+                "tz" => {}
                 "cluster" => f.clusters.extend(set(&v)),
                 "account" => f.accounts.extend(set(&v)),
                 "user" => f.users.extend(set(&v)),
@@ -276,6 +310,7 @@ impl ReportQuery {
             return Err(qerr("end", "must be after start"));
         }
         Ok(ReportQuery {
+            zone,
             start_ms,
             end_ms,
             filters: f,

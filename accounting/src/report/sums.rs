@@ -1,22 +1,37 @@
-//! Report arithmetic: whole UTC days from the rollups, the partial days at a window's edges
-//! from the records of those days, clipped to the window by the rollups' own rule.
+//! Report arithmetic: whole UTC days from the rollups; the UTC days a window's edge, a
+//! period boundary of the query's time zone or a price change cuts, from the records of
+//! those days, clipped to each piece by the rollups' own rule. Cost is priced per piece and
+//! per (partition, GPU model) with the prices in force then ([`crate::prices`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sgpu_spool::RecordBody;
 
-use super::query::{GroupBy, ReportQuery};
+use super::query::{GroupBy, Period, ReportQuery};
 use crate::day::{DAY_MS, day_of, overlap, share_of};
-use crate::rollup::{RollupKey, RollupValue, UNKNOWN_GPU_MODEL};
+use crate::prices::{PriceList, Rates, micro};
+use crate::rollup::{RollupKey, RollupValue, UNKNOWN_GPU_MODEL, job_count_key};
 use crate::store::{Store, StoreError};
+use crate::zone::ZoneError;
 use sgpu_wire::acctd::ReportRow;
 
-/// The report row a rollup key belongs to; moves the key's strings (no copies) and keeps
-/// the last period label (rows come in day order).
-fn row_of(k: RollupKey, group_by: &[GroupBy], label: &mut Option<(u32, String)>) -> ReportRow {
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The store failed (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The window cannot be cut into the zone's periods (400).
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+}
+
+/// The report row a rollup key belongs to, with `label` as its period when grouped by one;
+/// moves the key's strings (no copies).
+fn row_of(k: RollupKey, group_by: &[GroupBy], label: Option<&str>) -> ReportRow {
     let mut row = ReportRow::default();
     let RollupKey {
-        day,
+        day: _,
         cluster,
         account,
         user,
@@ -37,17 +52,7 @@ fn row_of(k: RollupKey, group_by: &[GroupBy], label: &mut Option<(u32, String)>)
             GroupBy::User => row.user = user.take(),
             GroupBy::Partition => row.partition = partition.take(),
             GroupBy::Gpu => row.gpu_model = gpu_model.take(),
-            GroupBy::Period(p) => {
-                let text = match label {
-                    Some((d, text)) if *d == day => text.clone(),
-                    _ => {
-                        let text = p.label(day);
-                        *label = Some((day, text.clone()));
-                        text
-                    }
-                };
-                row.period = Some(text);
-            }
+            GroupBy::Period(_) => row.period = label.map(str::to_string),
         }
     }
     row
@@ -86,109 +91,271 @@ pub fn partial_day(
     from: u64,
     to: u64,
 ) -> Result<BTreeMap<RollupKey, RollupValue>, StoreError> {
-    let mut out: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
-    let mut ended: BTreeSet<(String, u32)> = BTreeSet::new();
+    Ok(partial_pieces(store, day, &[(from, to)])?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// What the records touching `day` add inside each of `pieces` (disjoint parts of that day,
+/// ascending), in one pass over the day's records. A job is counted in `jobs` in the piece
+/// holding the end of the `job_end` its count went to ([`Store::counted_in`]), when that
+/// count is on this day.
+pub fn partial_pieces(
+    store: &dyn Store,
+    day: u32,
+    pieces: &[(u64, u64)],
+) -> Result<Vec<BTreeMap<RollupKey, RollupValue>>, StoreError> {
+    let mut out: Vec<BTreeMap<RollupKey, RollupValue>> = vec![BTreeMap::new(); pieces.len()];
+    // (cluster, job) -> the count keys of its job_ends ending in a piece, with the piece
+    let mut ended: BTreeMap<(String, u32), Vec<(RollupKey, usize)>> = BTreeMap::new();
     store.for_each_record_on_day(day, &mut |r| {
         let cluster = r.id().cluster();
-        match r.body() {
-            RecordBody::JobEnd(b) => {
-                // allocated over Slurm's window when the record has it (as the rollups)
-                let (alloc_start, alloc_end) = b.allocated_window();
-                let alloc = overlap(alloc_start, alloc_end, from, to);
-                for gpu in &b.gpus {
-                    let k = key(
-                        day,
-                        cluster,
-                        &b.account,
-                        &b.user,
-                        &b.partition,
-                        model(&gpu.name),
-                    );
-                    let v = out.entry(k).or_default();
-                    v.allocated_gpu_ms += alloc;
-                    let energy = gpu.energy_delta_mj.or_else(|| {
-                        gpu.energy_end_mj
-                            .zip(gpu.energy_start_mj)
-                            .and_then(|(e, s)| e.checked_sub(s))
-                    });
-                    if let Some(e) = energy {
-                        v.energy_mj += share_of(e, b.start_time, b.end_time, from, to);
+        for (i, &(from, to)) in pieces.iter().enumerate() {
+            let out = &mut out[i];
+            match r.body() {
+                RecordBody::JobEnd(b) => {
+                    // allocated over Slurm's window when the record has it (as the rollups)
+                    let (alloc_start, alloc_end) = b.allocated_window();
+                    let alloc = overlap(alloc_start, alloc_end, from, to);
+                    for gpu in &b.gpus {
+                        let k = key(
+                            day,
+                            cluster,
+                            &b.account,
+                            &b.user,
+                            &b.partition,
+                            model(&gpu.name),
+                        );
+                        let v = out.entry(k).or_default();
+                        v.allocated_gpu_ms += alloc;
+                        let energy = gpu.energy_delta_mj.or_else(|| {
+                            gpu.energy_end_mj
+                                .zip(gpu.energy_start_mj)
+                                .and_then(|(e, s)| e.checked_sub(s))
+                        });
+                        if let Some(e) = energy {
+                            v.energy_mj += share_of(e, b.start_time, b.end_time, from, to);
+                        }
+                    }
+                    if (from..to).contains(&b.end_time)
+                        && let Some(k) = job_count_key(&r)
+                    {
+                        ended
+                            .entry((cluster.to_string(), r.id().job_id()))
+                            .or_default()
+                            .push((k, i));
                     }
                 }
-                if !b.gpus.is_empty() && (from..to).contains(&b.end_time) {
-                    ended.insert((cluster.to_string(), r.id().job_id()));
-                }
-            }
-            RecordBody::JobUsage(b) => {
-                for gpu in &b.gpus {
-                    let k = key(
-                        day,
-                        cluster,
-                        &b.account,
-                        &b.user,
-                        &b.partition,
-                        model(&gpu.name),
-                    );
-                    let v = out.entry(k).or_default();
-                    v.used_gpu_ms +=
-                        share_of(gpu.used_gpu_ms, b.window_start, b.window_end, from, to);
-                    if let Some(idle) = gpu.idle_ms {
-                        v.idle_gpu_ms += share_of(idle, b.window_start, b.window_end, from, to);
-                        v.idle_measured_gpu_ms += overlap(b.window_start, b.window_end, from, to);
+                RecordBody::JobUsage(b) => {
+                    for gpu in &b.gpus {
+                        let k = key(
+                            day,
+                            cluster,
+                            &b.account,
+                            &b.user,
+                            &b.partition,
+                            model(&gpu.name),
+                        );
+                        let v = out.entry(k).or_default();
+                        v.used_gpu_ms +=
+                            share_of(gpu.used_gpu_ms, b.window_start, b.window_end, from, to);
+                        if let Some(idle) = gpu.idle_ms {
+                            v.idle_gpu_ms += share_of(idle, b.window_start, b.window_end, from, to);
+                            v.idle_measured_gpu_ms +=
+                                overlap(b.window_start, b.window_end, from, to);
+                        }
                     }
                 }
+                RecordBody::JobStart(_) | RecordBody::StepUsage(_) => {}
             }
-            RecordBody::JobStart(_) | RecordBody::StepUsage(_) => {}
         }
     })?;
-    for (cluster, job_id) in ended {
+    for ((cluster, job_id), candidates) in ended {
         if let Some(k) = store.counted_in(&cluster, job_id)?
             && k.day == day
         {
-            out.entry(k).or_default().jobs += 1;
+            // the piece of the job_end that counted (same key); else the first that ended
+            let piece = candidates
+                .iter()
+                .find(|(c, _)| *c == k)
+                .or(candidates.first())
+                .map(|(_, i)| *i);
+            if let Some(i) = piece {
+                out[i].entry(k).or_default().jobs += 1;
+            }
         }
     }
-    out.retain(|_, v| *v != RollupValue::default());
+    for m in &mut out {
+        m.retain(|_, v| *v != RollupValue::default());
+    }
     Ok(out)
 }
 
-/// Runs a report: whole days from the rollups, partial edge days from the records.
-pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, StoreError> {
-    let mut groups: HashMap<ReportRow, RollupValue> = HashMap::new();
-    let mut label = None;
-    let mut add = |k: RollupKey, v: &RollupValue| {
-        if q.filters.matches(&k) {
-            groups
-                .entry(row_of(k, &q.group_by, &mut label))
-                .or_default()
-                .add(v);
+/// The instants inside `(lo, hi)` (a part of one UTC day) where the query's period or the
+/// price changes, ascending.
+fn breaks_in(
+    q: &ReportQuery,
+    period: Option<Period>,
+    prices: Option<&PriceList>,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<u64>, ZoneError> {
+    let mut out = BTreeSet::new();
+    if let Some(p) = period {
+        let mut t = q.zone.period_at(p, lo)?.1;
+        while t < hi {
+            if t > lo {
+                out.insert(t);
+            }
+            let next = q.zone.period_at(p, t)?.1;
+            if next <= t {
+                break;
+            }
+            t = next;
         }
-    };
+    }
+    if let Some(prices) = prices {
+        out.extend(prices.changes_in(lo, hi));
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The group sums of a report being made: per row, the sums and the cost numerator.
+type Groups = HashMap<ReportRow, (RollupValue, u128)>;
+
+fn add_to(
+    groups: &mut Groups,
+    q: &ReportQuery,
+    k: RollupKey,
+    v: &RollupValue,
+    label: Option<&str>,
+    rates: Option<&Rates>,
+) {
+    if !q.filters.matches(&k) {
+        return;
+    }
+    let cost = rates.map_or(0, |r| {
+        r.cost(&k.partition, &k.gpu_model, v.allocated_gpu_ms, v.energy_mj)
+    });
+    let g = groups.entry(row_of(k, &q.group_by, label)).or_default();
+    g.0.add(v);
+    g.1 += cost;
+}
+
+/// Runs a report: whole UTC days from the rollups, the cut ones from the records. `prices`
+/// gives each row its cost (`None`: rows carry none).
+///
+/// A UTC day is cut when the window's start or end falls inside it, or, on a day that has
+/// records, a boundary of the query's period (in its time zone) or a price change. A day
+/// whose records are gone (retention) but whose rollups are kept counts whole, in the
+/// period and at the price of its first instant.
+pub fn report(
+    store: &dyn Store,
+    q: &ReportQuery,
+    prices: Option<&PriceList>,
+) -> Result<Vec<ReportRow>, ReportError> {
+    let period = q.group_by.iter().find_map(|g| match g {
+        GroupBy::Period(p) => Some(*p),
+        _ => None,
+    });
     let (start, end) = (q.start_ms, q.end_ms);
+    let first_day = day_of(start);
+    let last_day = day_of(end.saturating_sub(1));
+    // the UTC days to read record by record: the window's edges, and days with records that
+    // a local period boundary or a price change cuts
+    let mut cut: BTreeSet<u32> = BTreeSet::new();
+    if start % DAY_MS != 0 {
+        cut.insert(first_day);
+    }
+    if end % DAY_MS != 0 {
+        cut.insert(last_day);
+    }
+    let local_periods = period.filter(|_| !q.zone.is_utc());
+    let changes: Vec<u64> = prices
+        .map(|p| {
+            p.changes_in(start, end)
+                .filter(|c| c % DAY_MS != 0)
+                .collect()
+        })
+        .unwrap_or_default();
+    if local_periods.is_some() || !changes.is_empty() {
+        let with_records: BTreeSet<u32> = store
+            .days_with_records(first_day, last_day)?
+            .into_iter()
+            .collect();
+        for c in &changes {
+            if with_records.contains(&day_of(*c)) {
+                cut.insert(day_of(*c));
+            }
+        }
+        if let Some(p) = local_periods {
+            for &day in &with_records {
+                let lo = u64::from(day) * DAY_MS;
+                if !breaks_in(q, Some(p), None, lo, lo + DAY_MS)?.is_empty() {
+                    cut.insert(day);
+                }
+            }
+        }
+    }
+    let mut groups: Groups = HashMap::new();
     let first_full = start.div_ceil(DAY_MS);
     let end_full = end / DAY_MS; // exclusive
     if first_full < end_full {
         let first = u32::try_from(first_full).unwrap_or(u32::MAX);
         let last = u32::try_from(end_full - 1).unwrap_or(u32::MAX);
-        store.for_each_rollup(first, last, &mut |k, v| add(k, &v))?;
+        // rows come in day order: one period label and one price lookup per day
+        let mut day_info: Option<(u32, Option<String>)> = None;
+        let mut failed: Option<ZoneError> = None;
+        store.for_each_rollup(first, last, &mut |k, v| {
+            if cut.contains(&k.day) || failed.is_some() {
+                return;
+            }
+            let day = k.day;
+            let day_start = u64::from(day) * DAY_MS;
+            if day_info.as_ref().is_none_or(|(d, _)| *d != day) {
+                let label = match period.map(|p| q.zone.period_at(p, day_start)) {
+                    Some(Ok((_, _, label))) => Some(label),
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        return;
+                    }
+                    None => None,
+                };
+                day_info = Some((day, label));
+            }
+            let label = day_info.as_ref().and_then(|(_, l)| l.as_deref());
+            let rates = prices.and_then(|p| p.at(day_start));
+            add_to(&mut groups, q, k, &v, label, rates);
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
     }
-    let mut edges: Vec<(u32, u64, u64)> = Vec::new();
-    if start % DAY_MS != 0 {
-        let day_end = (start / DAY_MS + 1) * DAY_MS;
-        edges.push((day_of(start), start, end.min(day_end)));
-    }
-    if end % DAY_MS != 0 && (start % DAY_MS == 0 || day_of(start) != day_of(end)) {
-        let day_start = (end / DAY_MS) * DAY_MS;
-        edges.push((day_of(end), start.max(day_start), end));
-    }
-    for (day, from, to) in edges {
-        for (k, v) in partial_day(store, day, from, to)? {
-            add(k, &v);
+    for day in cut {
+        let lo = (u64::from(day) * DAY_MS).max(start);
+        let hi = (u64::from(day) * DAY_MS + DAY_MS).min(end);
+        if lo >= hi {
+            continue;
+        }
+        let mut bounds = vec![lo];
+        bounds.extend(breaks_in(q, period, prices, lo, hi)?);
+        bounds.push(hi);
+        let pieces: Vec<(u64, u64)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+        let sums = partial_pieces(store, day, &pieces)?;
+        for (&(from, _), piece) in pieces.iter().zip(sums) {
+            let label = match period {
+                Some(p) => Some(q.zone.period_at(p, from)?.2),
+                None => None,
+            };
+            let rates = prices.and_then(|p| p.at(from));
+            for (k, v) in piece {
+                add_to(&mut groups, q, k, &v, label.as_deref(), rates);
+            }
         }
     }
     let mut rows: Vec<ReportRow> = groups
         .into_iter()
-        .map(|(mut row, v)| {
+        .map(|(mut row, (v, cost))| {
             row.allocated_gpu_ms = v.allocated_gpu_ms;
             row.used_gpu_ms = v.used_gpu_ms;
             row.energy_mj = v.energy_mj;
@@ -196,6 +363,7 @@ pub fn report(store: &dyn Store, q: &ReportQuery) -> Result<Vec<ReportRow>, Stor
             row.idle_gpu_ms = (v.idle_measured_gpu_ms > 0).then_some(v.idle_gpu_ms);
             row.idle_measured_gpu_ms =
                 (v.idle_measured_gpu_ms > 0).then_some(v.idle_measured_gpu_ms);
+            row.cost_micro = prices.map(|_| micro(cost));
             row
         })
         .collect();

@@ -48,13 +48,14 @@ fn total(rows: &[ReportRow]) -> (u64, u64, u64, u64) {
 
 fn window(s: &SledStore, start_ms: u64, end_ms: u64) -> (u64, u64, u64, u64) {
     let query = ReportQuery {
+        zone: crate::zone::SiteZone::utc(),
         start_ms,
         end_ms,
         filters: Filters::default(),
         group_by: vec![],
         limit: MAX_JOBS,
     };
-    total(&report(s, &query).unwrap())
+    total(&report(s, &query, None).unwrap())
 }
 
 #[test]
@@ -157,6 +158,7 @@ fn groups_by_owner_and_period_and_filters_sets() {
     let rows = report(
         &s,
         &q("start=2026-01-01&end=2026-03-01&group_by=account,month"),
+        None,
     )
     .unwrap();
     let got: Vec<(Option<String>, Option<String>, u64)> = rows
@@ -179,6 +181,7 @@ fn groups_by_owner_and_period_and_filters_sets() {
     let rows = report(
         &s,
         &q("start=2026-01-01&end=2026-03-01&user=bob&group_by=user,account"),
+        None,
     )
     .unwrap();
     assert_eq!(rows.len(), 2);
@@ -186,10 +189,11 @@ fn groups_by_owner_and_period_and_filters_sets() {
     let rows = report(
         &s,
         &q("start=2026-01-01&end=2026-03-01&account=physics,chem"),
+        None,
     )
     .unwrap();
     assert_eq!(total(&rows), (11 * HOUR, 0, 90, 3));
-    let rows = report(&s, &q("start=2026-01-01&end=2026-03-01&account=nope")).unwrap();
+    let rows = report(&s, &q("start=2026-01-01&end=2026-03-01&account=nope"), None).unwrap();
     assert!(rows.is_empty());
 }
 
@@ -276,6 +280,7 @@ fn job_lists_cover_the_window_and_whole_jobs() {
     let (jobs, more) = jobs(
         &s,
         &q(&format!("start={}&end={}", d / 1000, (d + DAY_MS) / 1000)),
+        None,
     )
     .unwrap();
     assert!(!more);
@@ -288,12 +293,12 @@ fn job_lists_cover_the_window_and_whole_jobs() {
     assert_eq!(j.energy_mj, 35);
     assert_eq!(j.end_ms, Some(d + 3 * HOUR));
     let all = format!("start={}&end={}", d / 1000, (d + 2 * DAY_MS) / 1000);
-    assert_eq!(super::jobs(&s, &q(&all)).unwrap().0.len(), 2);
-    let (only, _) = super::jobs(&s, &q(&format!("{all}&account=chem"))).unwrap();
+    assert_eq!(super::jobs(&s, &q(&all), None).unwrap().0.len(), 2);
+    let (only, _) = super::jobs(&s, &q(&format!("{all}&account=chem")), None).unwrap();
     assert_eq!(only[0].job_id, 2);
-    let (only, _) = super::jobs(&s, &q(&format!("{all}&jobs=2"))).unwrap();
+    let (only, _) = super::jobs(&s, &q(&format!("{all}&jobs=2")), None).unwrap();
     assert_eq!(only.len(), 1);
-    let (one, more) = super::jobs(&s, &q(&format!("{all}&limit=1"))).unwrap();
+    let (one, more) = super::jobs(&s, &q(&format!("{all}&limit=1")), None).unwrap();
     assert_eq!((one.len(), more), (1, true));
 }
 
@@ -332,12 +337,14 @@ fn slurm_window_sets_allocated_time_in_reports_and_jobs() {
     let (jobs, _) = jobs(
         &s,
         &ReportQuery {
+            zone: crate::zone::SiteZone::utc(),
             start_ms: 11 * DAY_MS - 1_000,
             end_ms: 11 * DAY_MS,
             filters: Filters::default(),
             group_by: vec![],
             limit: MAX_JOBS,
         },
+        None,
     )
     .unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
@@ -396,6 +403,7 @@ fn job_identity_comes_from_trusted_records_only() {
             d / 1000,
             (d + DAY_MS) / 1000
         )),
+        None,
     )
     .unwrap();
     assert!(
@@ -457,7 +465,7 @@ fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
         ));
         query.start_ms = from;
         query.end_ms = to;
-        report(&s, &query).unwrap()
+        report(&s, &query, None).unwrap()
     };
     // whole days (rollups) and the partial edges (records) agree with the records
     for (from, to) in [
@@ -492,7 +500,7 @@ fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
     let mut query = q(&format!("start={}&end={}", start / 1000, end / 1000));
     query.start_ms = start;
     query.end_ms = end;
-    let (list, _) = jobs(&s, &query).unwrap();
+    let (list, _) = jobs(&s, &query, None).unwrap();
     let idle: Vec<(u32, Option<u64>)> = list.iter().map(|j| (j.job_id, j.idle_gpu_ms)).collect();
     assert_eq!(idle, [(1, Some(4 * HOUR)), (2, None)]);
 }

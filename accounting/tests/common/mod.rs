@@ -42,6 +42,7 @@ pub fn serve_limited(
         store,
         auth,
         policy: std::sync::Arc::new(policy),
+        site: Default::default(),
     };
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();
