@@ -174,11 +174,7 @@ fn env(settings: &Settings, opts: &AdminOpts) -> anyhow::Result<Env> {
         })
         .unwrap_or(9411);
     let healthd = healthd::HealthdUrls::new(&opts.healthd, port).map_err(anyhow::Error::msg)?;
-    let slurm_conf = std::env::var_os("SLURM_CONF")
-        .map(PathBuf::from)
-        .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
-    let cluster = sgpu_slurm_conf::cluster_name(&slurm_conf)
-        .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into());
+    let cluster = sgpu_nodelib::node_events::cluster_name();
     Ok(Env {
         scontrol,
         breaker: conf.breaker,

@@ -17,13 +17,13 @@ pub mod chart;
 pub mod table;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
 use serde_json::{Value, json};
 use sgpu_acct_client::Client;
 use sgpu_nodelib::config::{Config, PricesConfig};
+use sgpu_nodelib::nodeconf;
 use sgpu_spool::{Record, RecordBody};
 use sgpu_wire::acctd::{
     ConflictsAnswer, JobAnswer, JobSummary, JobsAnswer, ReportAnswer, ReportRow,
@@ -857,17 +857,9 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The cluster named in slurm.conf (`$SLURM_CONF`, else the default path).
-pub(crate) fn slurm_cluster() -> Option<String> {
-    let path = std::env::var_os("SLURM_CONF")
-        .map(PathBuf::from)
-        .unwrap_or_else(sgpu_nodelib::nodeconf::slurm_conf_path);
-    sgpu_slurm_conf::cluster_name(&path)
-}
-
 /// `sgpu job <id>`.
 pub fn job(settings: &Settings, a: &JobArgs) -> anyhow::Result<i32> {
-    let cluster = match a.cluster.clone().or_else(slurm_cluster) {
+    let cluster = match a.cluster.clone().or_else(nodeconf::cluster_name) {
         Some(c) => c,
         None => bail!("which cluster? pass -M NAME (slurm.conf has no ClusterName)"),
     };

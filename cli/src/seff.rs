@@ -27,6 +27,7 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 use sgpu_acct_client::Client;
+use sgpu_nodelib::nodeconf;
 use sgpu_nodelib::slurmctl::Scontrol;
 use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency};
 use sgpu_wire::healthd::StatusDoc;
@@ -714,7 +715,7 @@ pub fn idle_sections(e: &EfficiencyAnswer) -> String {
 
 /// `sgpu seff`.
 pub fn seff(settings: &Settings, a: &SeffArgs) -> anyhow::Result<i32> {
-    let cluster = match a.cluster.clone().or_else(crate::report::slurm_cluster) {
+    let cluster = match a.cluster.clone().or_else(nodeconf::cluster_name) {
         Some(c) => c,
         None => bail!("which cluster? pass -M NAME (slurm.conf has no ClusterName)"),
     };
