@@ -30,8 +30,13 @@ pub struct CheckContext {
     pub profile: Profile,
     /// GPUs gres.conf declares for this node (`None`: unknown, `gpu.count` is not judged).
     pub expected_gpu_count: Option<u32>,
-    /// The job's GPU indices (`None`: no job, e.g. the daemon or `sgpu check`).
+    /// The job's GPU indices (`None`: no job, e.g. the daemon or `sgpu check`). A MIG slice
+    /// counts as its GPU.
     pub job_gpus: Option<Vec<u32>>,
+    /// The job's MIG slices (`None`: no job, or a job whose slices are not known): each must
+    /// exist (`gpu.job_gpus_exist`), and on a GPU in MIG mode `gpu.leftover_processes` judges
+    /// only them (the GPU's own lists hold every slice's processes and memory).
+    pub job_slices: Option<Vec<crate::mig::JobSlice>>,
     /// XIDs not yet reported (see [`crate::xid`]).
     pub xids: Vec<XidEvent>,
     /// `pinned_driver_version` from the config.
@@ -55,6 +60,7 @@ impl CheckContext {
             profile,
             expected_gpu_count: None,
             job_gpus: None,
+            job_slices: None,
             xids: Vec::new(),
             pinned_driver_version: None,
             nvml_timeout: Duration::from_millis(crate::config::DEFAULT_NVML_TIMEOUT_MS),
@@ -262,6 +268,63 @@ pub fn drain_reason(results: &[CheckResult]) -> Option<String> {
         .map(CheckResult::drain_reason)
 }
 
+/// [`drain_reason`] naming the job's MIG slices on the failing GPU after it:
+/// `sgpu: gpu.xid gpu0 MIG 1g.10gb (GI 7 CI 0): ...`.
+pub fn drain_reason_for_job(
+    results: &[CheckResult],
+    ctx: &CheckContext,
+    snapshot: Option<&NodeSnapshot>,
+) -> Option<String> {
+    let r = results.iter().find(|r| r.drains())?;
+    Some(reason_naming_slices(r, ctx, snapshot))
+}
+
+/// [`would_drain_reason`] naming the job's MIG slices as [`drain_reason_for_job`] does.
+pub fn would_drain_reason_for_job(
+    results: &[CheckResult],
+    ctx: &CheckContext,
+    snapshot: Option<&NodeSnapshot>,
+) -> Option<String> {
+    let r = results.iter().find(|r| r.would_drain())?;
+    Some(reason_naming_slices(r, ctx, snapshot))
+}
+
+fn reason_naming_slices(
+    r: &CheckResult,
+    ctx: &CheckContext,
+    snapshot: Option<&NodeSnapshot>,
+) -> String {
+    let Some(gpu) = r.gpu else {
+        return r.drain_reason();
+    };
+    let g = snapshot.and_then(|s| s.gpus.iter().find(|g| g.index == gpu));
+    let labels: Vec<String> = ctx
+        .job_slices
+        .iter()
+        .flatten()
+        .filter(|s| s.gpu == gpu)
+        .map(|s| {
+            let found: Vec<String> = g
+                .map(|g| s.devices(g).iter().map(|d| d.label()).collect())
+                .unwrap_or_default();
+            if found.is_empty() {
+                s.describe()
+            } else {
+                found.join(", ")
+            }
+        })
+        .collect();
+    if labels.is_empty() {
+        return r.drain_reason();
+    }
+    fit_reason(&format!(
+        "sgpu: {} gpu{gpu} {}: {}",
+        r.check,
+        labels.join(", "),
+        r.message
+    ))
+}
+
 /// The reason sgpu would drain with if it enforced (the first observe-only `drain`
 /// failure's), if any: what `enforce = false` reports instead of draining.
 pub fn would_drain_reason(results: &[CheckResult]) -> Option<String> {
@@ -373,6 +436,7 @@ pub fn evaluate(
     };
     nvml_results(&mut e, ctx);
     gpu_count_results(&mut e, snapshot, ctx);
+    job_slice_results(&mut e, snapshot, ctx);
     driver_result(&mut e, snapshot, ctx);
 
     if e.check(cat::GPU_XID).is_some() {
@@ -433,28 +497,56 @@ fn nvml_results(e: &mut Emitter<'_>, ctx: &CheckContext) {
     }
 }
 
+/// The devices Slurm counts on the node: a GPU in MIG mode is its MIG devices (gres.conf
+/// lists one per slice; `AutoDetect=nvml` finds one per slice), any other GPU one. `None`
+/// when a GPU in MIG mode could not list them.
+fn slurm_device_count(snapshot: &NodeSnapshot) -> Option<u32> {
+    snapshot.gpus.iter().try_fold(0u32, |n, g| {
+        let here = match (&g.mig_mode, &g.mig_devices) {
+            (Reading::Value(true), Reading::Value(ds)) => u32::try_from(ds.len()).ok()?,
+            (Reading::Value(true), _) => return None,
+            _ => 1,
+        };
+        Some(n.saturating_add(here))
+    })
+}
+
 /// The GPU count against gres.conf's, and the job's GPUs against the GPUs there are.
 fn gpu_count_results(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, ctx: &CheckContext) {
     let count = snapshot.gpus.len() as u32;
     if e.check(cat::GPU_COUNT).is_some() {
-        match ctx.expected_gpu_count {
-            Some(want) => {
-                let status = if count == want {
+        match (ctx.expected_gpu_count, slurm_device_count(snapshot)) {
+            (Some(want), Some(have)) => {
+                let status = if have == want {
                     Status::Pass
                 } else {
                     Status::Fail
+                };
+                let observed = if have == count {
+                    count.to_string()
+                } else {
+                    format!("{have} ({count} GPUs, MIG slices counted)")
                 };
                 e.push(
                     cat::GPU_COUNT,
                     None,
                     status,
-                    count.to_string(),
+                    observed,
                     want.to_string(),
                     None,
                     None,
                 );
             }
-            None => e.push(
+            (Some(want), None) => e.push(
+                cat::GPU_COUNT,
+                None,
+                Status::Unknown,
+                format!("{count} GPUs, MIG slices unread"),
+                want.to_string(),
+                None,
+                Some("a GPU in MIG mode did not list its MIG devices".into()),
+            ),
+            (None, _) => e.push(
                 cat::GPU_COUNT,
                 None,
                 Status::Unknown,
@@ -491,6 +583,58 @@ fn gpu_count_results(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, ctx: &CheckCo
                 None,
             );
         }
+    }
+}
+
+/// The job's MIG slices against the MIG devices their GPUs report: a slice that is not there
+/// (MIG off, or the instance gone) fails `gpu.job_gpus_exist` on its GPU.
+fn job_slice_results(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, ctx: &CheckContext) {
+    let (Some(slices), Some(_)) = (&ctx.job_slices, e.check(cat::GPU_JOB_GPUS_EXIST)) else {
+        return;
+    };
+    for s in slices {
+        // a GPU that is not there is the job_gpus result's
+        let Some(g) = snapshot.gpus.iter().find(|g| g.index == s.gpu) else {
+            continue;
+        };
+        let (status, observed, note) = match (&g.mig_mode, &g.mig_devices) {
+            (_, Reading::Value(_)) => {
+                let found = s.devices(g);
+                if found.is_empty() {
+                    (
+                        Status::Fail,
+                        format!("{} missing", s.describe()),
+                        Some(format!(
+                            "the job's {} is not among gpu{}'s MIG devices",
+                            s.describe(),
+                            g.index
+                        )),
+                    )
+                } else {
+                    let labels: Vec<String> = found.iter().map(|d| d.label()).collect();
+                    (Status::Pass, labels.join(", "), None)
+                }
+            }
+            (Reading::Value(false), _) => (
+                Status::Fail,
+                format!("{}, MIG off", s.describe()),
+                Some(format!(
+                    "the job holds {} but gpu{} is not in MIG mode",
+                    s.describe(),
+                    g.index
+                )),
+            ),
+            _ => (Status::Unknown, format!("{} unread", s.describe()), None),
+        };
+        e.push(
+            cat::GPU_JOB_GPUS_EXIST,
+            Some(g),
+            status,
+            observed,
+            "present".into(),
+            None,
+            note,
+        );
     }
 }
 
@@ -741,7 +885,13 @@ fn degradation_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext)
 fn leftover_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
     if let Some(c) = e.check(cat::GPU_LEFTOVER_PROCESSES) {
         let mine = ctx.job_gpus.as_ref().is_none_or(|j| j.contains(&g.index));
-        if mine {
+        if mine && ctx.job_gpus.is_some() && g.mig_mode.value() == Some(&true) {
+            let limits = (
+                c.threshold("max_processes"),
+                c.threshold("max_memory_used_mib"),
+            );
+            leftover_on_slices(e, g, ctx, limits);
+        } else if mine {
             let (max_procs, max_mib) = (
                 c.threshold("max_processes"),
                 c.threshold("max_memory_used_mib"),
@@ -797,6 +947,81 @@ fn leftover_results(e: &mut Emitter<'_>, g: &GpuSnapshot, ctx: &CheckContext) {
             "on".into(),
         );
     }
+}
+
+/// `gpu.leftover_processes` for a job on a GPU in MIG mode: the GPU's process list and
+/// memory are every slice's (other jobs' included), so only the job's own slices are judged;
+/// a job whose slices are not known is not judged (unknown), never failed for its
+/// neighbours' processes.
+fn leftover_on_slices(
+    e: &mut Emitter<'_>,
+    g: &GpuSnapshot,
+    ctx: &CheckContext,
+    (max_procs, max_mib): (f64, f64),
+) {
+    let threshold = format!("{} procs, {} MiB", fmt_num(max_procs), fmt_num(max_mib));
+    let devices: Vec<&crate::mig::MigDevice> = ctx
+        .job_slices
+        .iter()
+        .flatten()
+        .filter(|s| s.gpu == g.index)
+        .flat_map(|s| s.devices(g))
+        .collect();
+    if devices.is_empty() {
+        e.push(
+            cat::GPU_LEFTOVER_PROCESSES,
+            Some(g),
+            Status::Unknown,
+            "MIG on, the job's slice unknown".into(),
+            threshold,
+            None,
+            Some(
+                "MIG is on: the GPU's processes are every slice's, and which slice is the \
+                 job's is not known"
+                    .into(),
+            ),
+        );
+        return;
+    }
+    let mut parts = Vec::new();
+    let mut fail = false;
+    let mut unknown = false;
+    for d in devices {
+        match &d.compute_processes {
+            Reading::Value(procs) => {
+                let used_mib = d.memory.value().map(|m| m.used / MIB);
+                fail |=
+                    procs.len() as f64 > max_procs || used_mib.is_some_and(|u| u as f64 > max_mib);
+                let mut part = format!("{}: {} procs", d.label(), procs.len());
+                if !procs.is_empty() {
+                    let pids: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
+                    part.push_str(&format!(" (pid {})", pids.join(",")));
+                }
+                if let Some(u) = used_mib {
+                    part.push_str(&format!(", {u} MiB"));
+                }
+                parts.push(part);
+            }
+            _ => {
+                unknown = true;
+                parts.push(format!("{}: n/a", d.label()));
+            }
+        }
+    }
+    let status = match (fail, unknown) {
+        (true, _) => Status::Fail,
+        (false, true) => Status::Unknown,
+        (false, false) => Status::Pass,
+    };
+    e.push(
+        cat::GPU_LEFTOVER_PROCESSES,
+        Some(g),
+        status,
+        parts.join("; "),
+        threshold,
+        None,
+        None,
+    );
 }
 
 /// The PCIe rule (see the catalogue): the generation against the maximum and the width

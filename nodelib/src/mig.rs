@@ -281,6 +281,65 @@ impl MigMinors {
     }
 }
 
+/// How a job's slice is known: by the device files Slurm gave it, or by UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SliceKey {
+    /// GPU instance (and compute instance, when known) from gres.conf's capability files.
+    Instance {
+        /// GPU instance id.
+        gpu_instance: u32,
+        /// Compute instance id (`None`: any of the GPU instance's).
+        compute_instance: Option<u32>,
+    },
+    /// The `MIG-...` UUID (`CUDA_VISIBLE_DEVICES` under MIG).
+    Uuid(String),
+}
+
+/// One MIG slice a job holds on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSlice {
+    /// The NVML index of its GPU.
+    pub gpu: u32,
+    /// Which slice of that GPU.
+    pub key: SliceKey,
+}
+
+impl JobSlice {
+    /// Whether MIG device `d` is (part of) this slice.
+    pub fn matches(&self, d: &MigDevice) -> bool {
+        match &self.key {
+            SliceKey::Instance {
+                gpu_instance,
+                compute_instance,
+            } => {
+                d.gpu_instance.value() == Some(gpu_instance)
+                    && compute_instance.is_none_or(|c| d.compute_instance.value() == Some(&c))
+            }
+            SliceKey::Uuid(u) => d.uuid.value() == Some(u),
+        }
+    }
+
+    /// The slice as named before its device is found: `GI 3`, `GI 3 CI 0` or its UUID.
+    pub fn describe(&self) -> String {
+        match &self.key {
+            SliceKey::Instance {
+                gpu_instance,
+                compute_instance: Some(c),
+            } => format!("MIG slice GI {gpu_instance} CI {c}"),
+            SliceKey::Instance { gpu_instance, .. } => format!("MIG slice GI {gpu_instance}"),
+            SliceKey::Uuid(u) => format!("MIG slice {u}"),
+        }
+    }
+
+    /// The MIG devices of `gpu` that are this slice.
+    pub fn devices<'a>(&self, gpu: &'a crate::gpu::GpuSnapshot) -> Vec<&'a MigDevice> {
+        match gpu.mig_devices.value() {
+            Some(ds) if gpu.index == self.gpu => ds.iter().filter(|d| self.matches(d)).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use sgpu_slurm_conf::{ConfFile, GresConf, NodeGpus, SlurmConf};
 
 use crate::gpu::NodeSnapshot;
+use crate::mig::{JobSlice, MigMinors, SliceKey};
 
 /// slurm.conf when `SLURM_CONF` is not set.
 pub const DEFAULT_SLURM_CONF: &str = "/etc/slurm/slurm.conf";
@@ -43,6 +44,21 @@ pub struct NodeLayout {
     /// Problems met while reading the files (each names file:line); the layout is what
     /// could be read despite them.
     pub notes: Vec<String>,
+    /// The driver's MIG capability minors ([`crate::mig::MIG_MINORS_PATH`], else its fixed
+    /// layout): which slice a gres.conf device's `nvidia-cap` files are.
+    pub mig_minors: MigMinors,
+}
+
+/// The job's GPUs and MIG slices on this node, resolved against NVML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDevices {
+    /// NVML indices of the job's GPUs (a slice counts as its GPU), one per Slurm index that
+    /// could be resolved.
+    pub gpus: Vec<u32>,
+    /// The job's MIG slices (`None`: not known on a node with MIG, so not judged).
+    pub slices: Option<Vec<JobSlice>>,
+    /// What could not be resolved, and why (to be logged).
+    pub notes: Vec<String>,
 }
 
 /// Why the node's GPU layout could not be read.
@@ -70,10 +86,35 @@ impl NodeLayout {
         let gres_path = slurm.gres_conf_path();
         let (gres, errs) = GresConf::load_lenient(&gres_path);
         notes.extend(errs.iter().map(|e| e.to_string()));
+        let mig_minors = match MigMinors::load(Path::new(crate::mig::MIG_MINORS_PATH)) {
+            Ok(m) => m,
+            Err(e) => {
+                notes.push(format!(
+                    "{}: {e}; MIG capability minors read by the driver's fixed layout",
+                    crate::mig::MIG_MINORS_PATH
+                ));
+                MigMinors::default()
+            }
+        };
         Ok(NodeLayout {
             gpus: gres.expected_gpus(node, Some(&slurm)),
             notes,
+            mig_minors,
         })
+    }
+
+    /// The job's GPUs and MIG slices: Slurm's indices (`SLURM_JOB_GPUS`) through gres.conf's
+    /// device files (a slice's `nvidia-cap` files name its GPU instance), else, on a node
+    /// with MIG, the `MIG-` UUIDs of `CUDA_VISIBLE_DEVICES` (`mig_uuids`). Without MIG this is
+    /// [`NodeLayout::nvml_indices`] and no slices. An index that names a slice sgpu cannot
+    /// place is left out with a note, never mapped to a whole GPU.
+    pub fn job_devices(
+        &self,
+        slurm_indices: &[u32],
+        mig_uuids: &[String],
+        snapshot: &NodeSnapshot,
+    ) -> JobDevices {
+        job_devices(Some(self), slurm_indices, mig_uuids, snapshot)
     }
 
     /// The expected GPU count, when the configuration declares any GPU for the node.
@@ -126,6 +167,128 @@ impl NodeLayout {
     }
 }
 
+/// The NVML index of the GPU whose minor number is `minor`; past the last GPU when every GPU
+/// answered and none has it, `None` when one could not be read (it may be that one).
+fn index_of_minor(minor: u32, snapshot: &NodeSnapshot) -> Option<u32> {
+    if let Some(g) = snapshot
+        .gpus
+        .iter()
+        .find(|g| g.minor_number.value() == Some(&minor))
+    {
+        return Some(g.index);
+    }
+    snapshot
+        .gpus
+        .iter()
+        .all(|g| g.minor_number.value().is_some())
+        .then(|| u32::try_from(snapshot.gpus.len()).unwrap_or(u32::MAX))
+}
+
+/// [`NodeLayout::job_devices`], also without a layout (slurm.conf unreadable).
+pub fn job_devices(
+    layout: Option<&NodeLayout>,
+    slurm_indices: &[u32],
+    mig_uuids: &[String],
+    snapshot: &NodeSnapshot,
+) -> JobDevices {
+    let mig_node = snapshot
+        .gpus
+        .iter()
+        .any(|g| g.mig_mode.value() == Some(&true));
+    let mut gpus = Vec::new();
+    let mut slices = Vec::new();
+    let mut notes = Vec::new();
+    let mut unplaced = Vec::new();
+    for &i in slurm_indices {
+        let device = layout.and_then(|l| l.gpus.devices.iter().find(|d| d.index == i));
+        match device {
+            Some(d) if !d.mig_caps.is_empty() => {
+                let minors = layout.map(|l| &l.mig_minors);
+                let fixed = MigMinors::default();
+                match minors.unwrap_or(&fixed).slice(d.minor, &d.mig_caps) {
+                    Ok(addr) => match index_of_minor(addr.gpu_minor, snapshot) {
+                        Some(gpu) => {
+                            gpus.push(gpu);
+                            slices.push(JobSlice {
+                                gpu,
+                                key: SliceKey::Instance {
+                                    gpu_instance: addr.gpu_instance,
+                                    compute_instance: addr.compute_instance,
+                                },
+                            });
+                        }
+                        None => notes.push(format!(
+                            "GPU {i} (gres.conf {}): its GPU /dev/nvidia{} cannot be told among GPUs that did not answer",
+                            d.at, addr.gpu_minor
+                        )),
+                    },
+                    Err(e) => {
+                        notes.push(format!("GPU {i} (gres.conf {}): {e}", d.at));
+                        unplaced.push(i);
+                    }
+                }
+            }
+            Some(d) if d.minor.is_some() || !mig_node => {
+                let one = match layout {
+                    Some(l) => l.nvml_indices(&[i], snapshot),
+                    None => vec![i],
+                };
+                gpus.extend(one);
+            }
+            _ if mig_node => unplaced.push(i),
+            _ => gpus.push(i),
+        }
+    }
+    if !unplaced.is_empty() {
+        if mig_uuids.is_empty() {
+            notes.push(format!(
+                "GPU(s) {unplaced:?}: MIG is on and neither gres.conf device files nor MIG \
+                 UUIDs in CUDA_VISIBLE_DEVICES say which slices they are: their slices are \
+                 not judged"
+            ));
+            return JobDevices {
+                gpus,
+                slices: None,
+                notes,
+            };
+        }
+        let all_read = snapshot
+            .gpus
+            .iter()
+            .filter(|g| g.mig_mode.value() == Some(&true))
+            .all(|g| g.mig_devices.value().is_some());
+        for u in mig_uuids {
+            let parent = snapshot.gpus.iter().find(|g| {
+                g.mig_devices
+                    .value()
+                    .is_some_and(|ds| ds.iter().any(|d| d.uuid.value() == Some(u)))
+            });
+            let gpu = match parent {
+                Some(g) => g.index,
+                // every MIG device was read and none is this one: past the last GPU, so
+                // gpu.job_gpus_exist reports it missing
+                None if all_read => u32::try_from(snapshot.gpus.len()).unwrap_or(u32::MAX),
+                None => {
+                    notes.push(format!(
+                        "{u}: not found among the MIG devices that could be read"
+                    ));
+                    continue;
+                }
+            };
+            gpus.push(gpu);
+            slices.push(JobSlice {
+                gpu,
+                key: SliceKey::Uuid(u.clone()),
+            });
+        }
+    }
+    JobDevices {
+        gpus,
+        slices: (mig_node || !slices.is_empty()).then_some(slices),
+        notes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +304,7 @@ mod tests {
         NodeLayout {
             gpus: gres.expected_gpus("n1", None),
             notes: Vec::new(),
+            mig_minors: MigMinors::default(),
         }
     }
 
