@@ -230,6 +230,12 @@ impl Scheduler {
         for check in &checks {
             self.follow(check, now_ms, slurm);
         }
+        // a result that just came in goes to the policy first (it may drain the node): no
+        // new job in the same round
+        let concluded = checks.iter().any(|c| {
+            let job = |s: &ActiveState| s.checks.get(&c.name).and_then(|st| st.job.clone());
+            job(&before).is_some() && job(&self.state).is_none()
+        });
         for check in &checks {
             let in_flight = self.state.checks.values().any(|s| s.job.is_some());
             let offset = active::offset_ms(&self.node, &check.name, check.stagger);
@@ -259,6 +265,9 @@ impl Scheduler {
                     &check.name,
                     "another active check holds the node".into(),
                 );
+                continue;
+            }
+            if concluded {
                 continue;
             }
             let ns = node_state.get_or_insert_with(|| slurm.node_state());

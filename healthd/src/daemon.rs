@@ -502,11 +502,7 @@ fn active_scheduler(
             .active
             .checks
             .iter()
-            .map(|c| format!(
-                "{} every {:.2} h",
-                c.name,
-                c.interval.as_secs_f64() / 3600.0
-            ))
+            .map(|c| format!("{} every {:.0} s", c.name, c.interval.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", ")
     );

@@ -233,6 +233,12 @@ fn one_check_at_a_time_holds_the_node() {
     active::save_result(dir.path(), &result("a", 1, Outcome::Fail)).unwrap();
     slurm.jobs.insert(1, Some("FAILED".into()));
     s.tick(HOUR_MS + 1000, &mut slurm);
+    assert_eq!(
+        slurm.submitted.len(),
+        1,
+        "the policy sees a new result first"
+    );
+    s.tick(HOUR_MS + 2000, &mut slurm);
     assert_eq!(slurm.submitted.len(), 2);
     assert_eq!(slurm.submitted[1].1, "b");
 }
