@@ -272,36 +272,34 @@ pub fn drain_reason(results: &[CheckResult]) -> Option<String> {
 /// `sgpu: gpu.xid gpu0 MIG 1g.10gb (GI 7 CI 0): ...`.
 pub fn drain_reason_for_job(
     results: &[CheckResult],
-    ctx: &CheckContext,
+    job_slices: &[crate::mig::JobSlice],
     snapshot: Option<&NodeSnapshot>,
 ) -> Option<String> {
     let r = results.iter().find(|r| r.drains())?;
-    Some(reason_naming_slices(r, ctx, snapshot))
+    Some(reason_naming_slices(r, job_slices, snapshot))
 }
 
 /// [`would_drain_reason`] naming the job's MIG slices as [`drain_reason_for_job`] does.
 pub fn would_drain_reason_for_job(
     results: &[CheckResult],
-    ctx: &CheckContext,
+    job_slices: &[crate::mig::JobSlice],
     snapshot: Option<&NodeSnapshot>,
 ) -> Option<String> {
     let r = results.iter().find(|r| r.would_drain())?;
-    Some(reason_naming_slices(r, ctx, snapshot))
+    Some(reason_naming_slices(r, job_slices, snapshot))
 }
 
 fn reason_naming_slices(
     r: &CheckResult,
-    ctx: &CheckContext,
+    job_slices: &[crate::mig::JobSlice],
     snapshot: Option<&NodeSnapshot>,
 ) -> String {
     let Some(gpu) = r.gpu else {
         return r.drain_reason();
     };
     let g = snapshot.and_then(|s| s.gpus.iter().find(|g| g.index == gpu));
-    let labels: Vec<String> = ctx
-        .job_slices
+    let labels: Vec<String> = job_slices
         .iter()
-        .flatten()
         .filter(|s| s.gpu == gpu)
         .map(|s| {
             let found: Vec<String> = g

@@ -49,9 +49,23 @@ pub struct NodeLayout {
     pub mig_minors: MigMinors,
 }
 
+/// One of the job's Slurm GPU devices, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDevice {
+    /// Slurm's index (`SLURM_JOB_GPUS`; for a slice named only by UUID, its position in
+    /// `CUDA_VISIBLE_DEVICES`).
+    pub slurm_index: u32,
+    /// NVML index of the GPU (`None`: a slice sgpu could not place).
+    pub gpu: Option<u32>,
+    /// The MIG slice, when the device is one.
+    pub slice: Option<JobSlice>,
+}
+
 /// The job's GPUs and MIG slices on this node, resolved against NVML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobDevices {
+    /// Each Slurm index of the job, in order, with what it resolved to.
+    pub by_index: Vec<JobDevice>,
     /// NVML indices of the job's GPUs (a slice counts as its GPU), one per Slurm index that
     /// could be resolved.
     pub gpus: Vec<u32>,
@@ -199,6 +213,7 @@ pub fn job_devices(
     let mut slices = Vec::new();
     let mut notes = Vec::new();
     let mut unplaced = Vec::new();
+    let mut by_index = Vec::new();
     for &i in slurm_indices {
         let device = layout.and_then(|l| l.gpus.devices.iter().find(|d| d.index == i));
         match device {
@@ -208,19 +223,32 @@ pub fn job_devices(
                 match minors.unwrap_or(&fixed).slice(d.minor, &d.mig_caps) {
                     Ok(addr) => match index_of_minor(addr.gpu_minor, snapshot) {
                         Some(gpu) => {
-                            gpus.push(gpu);
-                            slices.push(JobSlice {
+                            let slice = JobSlice {
                                 gpu,
                                 key: SliceKey::Instance {
                                     gpu_instance: addr.gpu_instance,
                                     compute_instance: addr.compute_instance,
                                 },
+                            };
+                            gpus.push(gpu);
+                            slices.push(slice.clone());
+                            by_index.push(JobDevice {
+                                slurm_index: i,
+                                gpu: Some(gpu),
+                                slice: Some(slice),
                             });
                         }
-                        None => notes.push(format!(
-                            "GPU {i} (gres.conf {}): its GPU /dev/nvidia{} cannot be told among GPUs that did not answer",
-                            d.at, addr.gpu_minor
-                        )),
+                        None => {
+                            notes.push(format!(
+                                "GPU {i} (gres.conf {}): its GPU /dev/nvidia{} cannot be told among GPUs that did not answer",
+                                d.at, addr.gpu_minor
+                            ));
+                            by_index.push(JobDevice {
+                                slurm_index: i,
+                                gpu: None,
+                                slice: None,
+                            });
+                        }
                     },
                     Err(e) => {
                         notes.push(format!("GPU {i} (gres.conf {}): {e}", d.at));
@@ -233,10 +261,24 @@ pub fn job_devices(
                     Some(l) => l.nvml_indices(&[i], snapshot),
                     None => vec![i],
                 };
-                gpus.extend(one);
+                for g in one {
+                    gpus.push(g);
+                    by_index.push(JobDevice {
+                        slurm_index: i,
+                        gpu: Some(g),
+                        slice: None,
+                    });
+                }
             }
             _ if mig_node => unplaced.push(i),
-            _ => gpus.push(i),
+            _ => {
+                gpus.push(i);
+                by_index.push(JobDevice {
+                    slurm_index: i,
+                    gpu: Some(i),
+                    slice: None,
+                });
+            }
         }
     }
     if !unplaced.is_empty() {
@@ -246,7 +288,14 @@ pub fn job_devices(
                  UUIDs in CUDA_VISIBLE_DEVICES say which slices they are: their slices are \
                  not judged"
             ));
+            by_index.extend(unplaced.iter().map(|&i| JobDevice {
+                slurm_index: i,
+                gpu: None,
+                slice: None,
+            }));
+            by_index.sort_by_key(|d| d.slurm_index);
             return JobDevices {
+                by_index,
                 gpus,
                 slices: None,
                 notes,
@@ -257,7 +306,15 @@ pub fn job_devices(
             .iter()
             .filter(|g| g.mig_mode.value() == Some(&true))
             .all(|g| g.mig_devices.value().is_some());
+        let mut uuids_left: Vec<u32> = unplaced.clone();
         for u in mig_uuids {
+            // the UUIDs stand for the unplaced indices in order (CUDA_VISIBLE_DEVICES lists
+            // the job's devices as SLURM_JOB_GPUS does)
+            let slurm_index = if uuids_left.is_empty() {
+                u32::try_from(by_index.len()).unwrap_or(u32::MAX)
+            } else {
+                uuids_left.remove(0)
+            };
             let parent = snapshot.gpus.iter().find(|g| {
                 g.mig_devices
                     .value()
@@ -272,17 +329,35 @@ pub fn job_devices(
                     notes.push(format!(
                         "{u}: not found among the MIG devices that could be read"
                     ));
+                    by_index.push(JobDevice {
+                        slurm_index,
+                        gpu: None,
+                        slice: None,
+                    });
                     continue;
                 }
             };
-            gpus.push(gpu);
-            slices.push(JobSlice {
+            let slice = JobSlice {
                 gpu,
                 key: SliceKey::Uuid(u.clone()),
+            };
+            gpus.push(gpu);
+            slices.push(slice.clone());
+            by_index.push(JobDevice {
+                slurm_index,
+                gpu: Some(gpu),
+                slice: Some(slice),
             });
         }
+        by_index.extend(uuids_left.iter().map(|&i| JobDevice {
+            slurm_index: i,
+            gpu: None,
+            slice: None,
+        }));
+        by_index.sort_by_key(|d| d.slurm_index);
     }
     JobDevices {
+        by_index,
         gpus,
         slices: (mig_node || !slices.is_empty()).then_some(slices),
         notes,

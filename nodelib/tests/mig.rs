@@ -78,6 +78,12 @@ fn slurm_indices_resolve_to_slices_of_their_gpu() {
     assert_eq!(l.expected_count(), Some(5));
     let job = l.job_devices(&[2, 4], &[], &snap);
     assert_eq!(job.gpus, vec![0, 1]);
+    let by: Vec<(u32, Option<u32>, bool)> = job
+        .by_index
+        .iter()
+        .map(|d| (d.slurm_index, d.gpu, d.slice.is_some()))
+        .collect();
+    assert_eq!(by, [(2, Some(0), true), (4, Some(1), false)]);
     let slices = job.slices.unwrap();
     assert_eq!(slices.len(), 1);
     assert_eq!(slices[0].gpu, 0);
@@ -92,6 +98,8 @@ fn slurm_indices_resolve_to_slices_of_their_gpu() {
     let job = l.job_devices(&[9], &[], &snap);
     assert!(job.gpus.is_empty() && job.slices.is_none(), "{job:?}");
     assert!(job.notes[0].contains("not judged"), "{:?}", job.notes);
+    assert_eq!(job.by_index.len(), 1);
+    assert_eq!((job.by_index[0].slurm_index, job.by_index[0].gpu), (9, None));
     // ... unless CUDA_VISIBLE_DEVICES names the slice by UUID
     let uuid = snap.gpus[0].mig_devices.value().unwrap()[3]
         .uuid
@@ -100,6 +108,7 @@ fn slurm_indices_resolve_to_slices_of_their_gpu() {
         .clone();
     let job = l.job_devices(&[9], std::slice::from_ref(&uuid), &snap);
     assert_eq!(job.gpus, vec![0]);
+    assert_eq!(job.by_index[0].gpu, Some(0));
     assert_eq!(job.slices.unwrap()[0].key, SliceKey::Uuid(uuid));
 }
 
@@ -146,7 +155,12 @@ fn a_healthy_split_gpu_passes_with_neighbours_busy() {
         .collect::<Vec<_>>();
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].check, "gpu.leftover_processes");
-    let reason = checks::drain_reason_for_job(&f, &ctx, Some(&snap)).unwrap();
+    let reason = checks::drain_reason_for_job(
+        &f,
+        ctx.job_slices.as_deref().unwrap_or_default(),
+        Some(&snap),
+    )
+    .unwrap();
     assert!(
         reason.starts_with("sgpu: gpu.leftover_processes gpu0 MIG 3g.40gb (GI 1 CI 0): leftover"),
         "{reason}"
@@ -165,14 +179,24 @@ fn a_fault_of_the_parent_gpu_drains_naming_gpu_and_slice() {
     let f = failures(&results);
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!((f[0].check, f[0].gpu), ("gpu.ecc_uncorrectable", Some(0)));
-    let reason = checks::drain_reason_for_job(&results, &ctx, Some(&snap)).unwrap();
+    let reason = checks::drain_reason_for_job(
+        &results,
+        ctx.job_slices.as_deref().unwrap_or_default(),
+        Some(&snap),
+    )
+    .unwrap();
     assert!(
         reason.starts_with("sgpu: gpu.ecc_uncorrectable gpu0 MIG 1g.10gb (GI 8 CI 0): "),
         "{reason}"
     );
     // a job on the whole GPU 1 gets today's reason
     let ctx = job_context(&[4], &snap);
-    let reason = checks::drain_reason_for_job(&evaluate(&snap, &ctx), &ctx, Some(&snap)).unwrap();
+    let reason = checks::drain_reason_for_job(
+        &evaluate(&snap, &ctx),
+        ctx.job_slices.as_deref().unwrap_or_default(),
+        Some(&snap),
+    )
+    .unwrap();
     assert!(
         reason.starts_with("sgpu: gpu.ecc_uncorrectable gpu0: "),
         "{reason}"
