@@ -26,6 +26,8 @@ pub mod efficiency;
 pub mod history;
 pub mod http;
 pub mod ingest;
+pub mod mariadb_server;
+pub mod mysql_store;
 pub mod prices;
 pub mod query;
 pub mod report;
@@ -38,3 +40,5 @@ pub mod zone;
 
 #[cfg(test)]
 mod test_records;
+#[cfg(test)]
+mod test_store;

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use sgpu_accounting::rollup::RollupValue;
-use sgpu_accounting::sled_store::SledStore;
-use sgpu_accounting::store::{Store, verify};
+use sgpu_accounting::store::verify;
 use sgpu_spool::{Record, RecordBody};
 
 const ITERATIONS: usize = 20;
@@ -48,15 +47,15 @@ struct Ledger {
     resent_after_lost_ack: u64,
 }
 
-fn start(db: &Path, log: &Path) -> (Child, SocketAddr) {
+fn start(db: &TestDb, log: &Path) -> (Child, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sgpu-acctd"))
-        .args(["--auth", "none", "--listen", "127.0.0.1:0", "--db"])
-        .arg(db)
+        .args(["--auth", "none", "--listen", "127.0.0.1:0"])
+        .args(db.acctd_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
@@ -171,7 +170,8 @@ fn kill_9_never_loses_an_acknowledged_record() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_acc7);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("acctd.sled");
+    // sled, or MariaDB with SGPU_TEST_STORE=mariadb (acctd killed, the server not)
+    let db = TestDb::new(dir.path());
     let log = dir.path().join("acctd.log");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = Rng(seed);
@@ -226,7 +226,7 @@ fn kill_9_never_loses_an_acknowledged_record() {
     child.wait().unwrap();
 
     // Open the store directly and check it.
-    let store = SledStore::open(&db).expect("sled reopens after the kill loop");
+    let store = db.open();
     let l = ledger.lock().unwrap();
     let mut stored = Vec::new();
     store.for_each_record(&mut |r| stored.push(r)).unwrap();
@@ -251,7 +251,7 @@ fn kill_9_never_loses_an_acknowledged_record() {
         assert_eq!(s, Some(r), "stored content differs");
     }
 
-    let v = verify(&store).unwrap();
+    let v = verify(&*store).unwrap();
     assert!(
         v.mismatches.is_empty(),
         "rollups disagree with records: {:#?}",

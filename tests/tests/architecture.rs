@@ -151,6 +151,60 @@ fn the_check_finds_the_daemons_runtime_server_database_and_metrics() {
     assert!(dependencies("sgpu-prolog-epilog").contains("nvml-wrapper"));
 }
 
+/// Database client drivers: acctd's MariaDB/MySQL store only, never on a compute node.
+const DATABASE_DRIVERS: &[&str] = &[
+    "mysql_async",
+    "mysql_common",
+    "mysql",
+    "sqlx",
+    "sqlx-core",
+    "sqlx-mysql",
+    "postgres",
+    "tokio-postgres",
+    "diesel",
+    "sea-orm",
+];
+
+/// What runs on a compute node: the plugin, the gates, the node library, healthd, the
+/// `sgpu` command (`sgpu check`), the record spool and the acctd client.
+const NODE_CRATES: &[&str] = &[
+    "sgpu-spank",
+    "sgpu-prolog-epilog",
+    "sgpu-nodelib",
+    "sgpu-healthd",
+    "sgpu-cli",
+    "sgpu-spool",
+    "sgpu-acct-client",
+];
+
+/// A database driver stays in acctd's crate (its MariaDB/MySQL store, issue 17): nothing
+/// that runs on a compute node links one, and the check sees the one acctd links.
+#[test]
+fn no_crate_on_a_compute_node_links_a_database_driver() {
+    let mut found = Vec::new();
+    for krate in NODE_CRATES {
+        let deps = dependencies(krate);
+        assert!(
+            deps.contains(*krate),
+            "cargo tree -p {krate} did not list itself"
+        );
+        for driver in DATABASE_DRIVERS.iter().filter(|d| deps.contains(**d)) {
+            let chain = cargo_tree(&["-p", krate, "-i", driver]).unwrap_or_else(|e| e);
+            found.push(format!("{krate} links {driver}; pulled in by:\n{chain}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a database driver belongs to sgpu-accounting (acctd's store) only, never to a crate \
+         that runs on compute nodes; move what needs it into sgpu-accounting:\n\n{}",
+        found.join("\n")
+    );
+    assert!(
+        dependencies("sgpu-accounting").contains("mysql_async"),
+        "acctd's MariaDB/MySQL store links mysql_async: the check must see it"
+    );
+}
+
 /// One row of docs/architecture.md's crate table: the crate and its folder (relative to the
 /// repository, no trailing `/`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

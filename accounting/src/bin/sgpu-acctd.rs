@@ -16,6 +16,7 @@ use sgpu_accounting::auth::{
 use sgpu_accounting::coordinators;
 use sgpu_accounting::day::day_of;
 use sgpu_accounting::http::{AppState, DEFAULT_MAX_BODY_BYTES, Limits, router_with};
+use sgpu_accounting::mysql_store::MysqlStore;
 use sgpu_accounting::serve::{ServeLimits, serve};
 use sgpu_accounting::site::{DEFAULT_CONFIG, Site, SiteConfig};
 use sgpu_accounting::sled_store::SledStore;
@@ -64,9 +65,24 @@ struct Args {
     /// Repeatable.
     #[arg(long = "admin-group", value_name = "NAME|GID")]
     admin_groups: Vec<String>,
-    /// Database directory.
-    #[arg(long, default_value = "/var/lib/sgpu/acctd.sled")]
-    db: PathBuf,
+    /// The store: a directory (the embedded sled store), or
+    /// `mysql://USER@HOST:PORT/DATABASE` (MariaDB/MySQL; options such as
+    /// `?socket=/run/mysqld/mysqld.sock` after it; the password from --db-password-file,
+    /// never in the URL). acctd creates and migrates the database's tables itself.
+    #[arg(
+        long,
+        default_value = "/var/lib/sgpu/acctd.sled",
+        value_name = "DIR|URL"
+    )]
+    db: String,
+    /// The MariaDB/MySQL user's password: the file's first line. The file must be a regular
+    /// file owned by root (or acctd's user) that no group or other user may read.
+    #[arg(long, value_name = "FILE")]
+    db_password_file: Option<PathBuf>,
+    /// Where acctd keeps its own small files (the AdminComment queue) when the store is
+    /// MariaDB/MySQL; with the sled store they live in its directory.
+    #[arg(long, default_value = "/var/lib/sgpu", value_name = "DIR")]
+    state_dir: PathBuf,
     /// Largest accepted request body, bytes; larger gets 413.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -137,10 +153,7 @@ async fn main() -> anyhow::Result<()> {
             args.listen
         );
     }
-    let store = Arc::new(
-        SledStore::open(&args.db)
-            .with_context(|| format!("opening the store at {}", args.db.display()))?,
-    );
+    let (store, sled) = open_store(&args).await?;
     if args.retention_days.is_some() || args.rollup_retention_days.is_some() {
         let store = store.clone();
         let (rec, roll) = (args.retention_days, args.rollup_retention_days);
@@ -186,9 +199,12 @@ async fn main() -> anyhow::Result<()> {
         let mut cfg = AdminCommentConfig::new(&args.admin_comment_prefix);
         cfg.slurm_bin = args.slurm_bin.clone();
         cfg.delay = Duration::from_secs(args.admin_comment_delay_s);
-        cfg.due_file = Some(args.db.join("admin-comment-due.json"));
+        cfg.due_file = Some(match &sled {
+            Some(_) => PathBuf::from(&args.db).join("admin-comment-due.json"),
+            None => args.state_dir.join("acctd-admin-comment-due.json"),
+        });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let inner: Arc<dyn Store> = store.clone();
+        let inner = store.clone();
         tokio::spawn(admin_comment::writer(inner.clone(), cfg, rx));
         tracing::info!(
             prefix = %args.admin_comment_prefix,
@@ -237,7 +253,9 @@ async fn main() -> anyhow::Result<()> {
     serve(listener, app, limits, shutdown())
         .await
         .context("serving HTTP")?;
-    store.flush().context("flushing the store at shutdown")?;
+    if let Some(sled) = sled {
+        sled.flush().context("flushing the store at shutdown")?;
+    }
     Ok(())
 }
 
@@ -275,6 +293,84 @@ fn site_config(args: &Args) -> anyhow::Result<LoadedSite> {
         coordinators_from_slurm: cfg.coordinators.slurm,
         refresh_s: cfg.coordinators.refresh_s,
     })
+}
+
+/// Opens the store `--db` names: a MariaDB/MySQL URL, else a sled directory (returned a
+/// second time, as sled, for the flush at shutdown).
+async fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<SledStore>>)> {
+    if args.db.starts_with("mysql://") || args.db.starts_with("mariadb://") {
+        let url = match args.db.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => args.db.clone(),
+        };
+        let password = match &args.db_password_file {
+            Some(p) => Some(read_password_file(p)?),
+            None => None,
+        };
+        // the store runs its driver on a runtime of its own, which must not start inside
+        // this one
+        let store =
+            tokio::task::spawn_blocking(move || MysqlStore::connect(&url, password.as_deref()))
+                .await
+                .context("connecting to the database")?
+                .context("opening the MariaDB/MySQL store")?;
+        tracing::info!(db = %store.target(), "store: MariaDB/MySQL");
+        return Ok((Arc::new(store), None));
+    }
+    if args.db_password_file.is_some() {
+        bail!(
+            "--db-password-file is for a MariaDB/MySQL store (--db mysql://...); --db {} is a \
+             sled directory",
+            args.db
+        );
+    }
+    let sled = Arc::new(
+        SledStore::open(std::path::Path::new(&args.db))
+            .with_context(|| format!("opening the store at {}", args.db))?,
+    );
+    Ok((sled.clone(), Some(sled)))
+}
+
+/// The database password: the first line of `path`, a regular file (not a link) owned by
+/// root or this process's user, with no group or other permission bits.
+fn read_password_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("--db-password-file {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        bail!(
+            "--db-password-file {}: not a regular file (a link or something else); name the \
+             file itself",
+            path.display()
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        bail!(
+            "--db-password-file {}: owned by uid {}, not root: `chown root {}`",
+            path.display(),
+            meta.uid(),
+            path.display()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "--db-password-file {}: mode {:o} lets others read the password: `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--db-password-file {}", path.display()))?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        bail!(
+            "--db-password-file {}: the first line is empty; write the password there",
+            path.display()
+        );
+    }
+    Ok(password)
 }
 
 /// The authorisation policy from the command line, names resolved to ids.

@@ -1,7 +1,7 @@
 use super::*;
 use crate::day::parse_day;
-use crate::sled_store::SledStore;
 use crate::test_records::{job_end, job_usage};
+use crate::test_store::Fixture;
 use sgpu_spool::RecordBody;
 
 const HOUR: u64 = 3_600_000;
@@ -25,10 +25,11 @@ fn with_owner(mut r: Record, user: &str, account: &str) -> Record {
     r
 }
 
-fn store() -> (tempfile::TempDir, SledStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&dir.path().join("db")).unwrap();
-    (dir, s)
+/// A store of the kind `SGPU_TEST_STORE` names (crate::test_store).
+fn store() -> (Fixture, Box<dyn Store>) {
+    let f = Fixture::new();
+    let s = f.open();
+    (f, s)
 }
 
 fn q(s: &str) -> ReportQuery {
@@ -46,7 +47,7 @@ fn total(rows: &[ReportRow]) -> (u64, u64, u64, u64) {
     })
 }
 
-fn window(s: &SledStore, start_ms: u64, end_ms: u64) -> (u64, u64, u64, u64) {
+fn window(s: &dyn Store, start_ms: u64, end_ms: u64) -> (u64, u64, u64, u64) {
     let query = ReportQuery {
         zone: crate::zone::SiteZone::utc(),
         start_ms,
@@ -69,23 +70,23 @@ fn straddling_job_counts_only_the_part_inside_the_window() {
     ])
     .unwrap();
     // 23:00 to 02:00: half the job.
-    let (alloc, used, energy, jobs) = window(&s, 10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + 2 * HOUR);
+    let (alloc, used, energy, jobs) = window(&*s, 10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + 2 * HOUR);
     assert_eq!(alloc, 2 * 3 * HOUR);
     assert_eq!(used, 2 * 3 * HOUR / 2);
     assert_eq!(energy, 6_000);
     assert_eq!(jobs, 0, "the job ended after the window");
     // Within one day, both edges in it.
     assert_eq!(
-        window(&s, 11 * DAY_MS + HOUR, 11 * DAY_MS + 2 * HOUR).0,
+        window(&*s, 11 * DAY_MS + HOUR, 11 * DAY_MS + 2 * HOUR).0,
         2 * HOUR
     );
     // The whole job, window on day boundaries (rollups only) and cut anywhere around it.
     let whole = (2 * 6 * HOUR, 6 * HOUR, 12_000, 1);
-    assert_eq!(window(&s, 10 * DAY_MS, 12 * DAY_MS), whole);
-    assert_eq!(window(&s, start, end + 1), whole);
-    assert_eq!(window(&s, start - 5, end + HOUR), whole);
+    assert_eq!(window(&*s, 10 * DAY_MS, 12 * DAY_MS), whole);
+    assert_eq!(window(&*s, start, end + 1), whole);
+    assert_eq!(window(&*s, start - 5, end + HOUR), whole);
     // Ending exactly at the job's end excludes it from `jobs` ([start, end) window).
-    assert_eq!(window(&s, start, end).3, 0);
+    assert_eq!(window(&*s, start, end).3, 0);
 }
 
 #[test]
@@ -100,7 +101,7 @@ fn windows_add_up_at_any_cut_and_agree_with_rollups() {
         batch.push(job_usage(j, "n1", start, end, &[(end - start) / 2, 11]));
     }
     s.put_batch(&batch).unwrap();
-    let all = window(&s, 0, 40 * DAY_MS);
+    let all = window(&*s, 0, 40 * DAY_MS);
     // Rollup totals over all days are the same as the report.
     let mut t = RollupValue::default();
     s.for_each_rollup(0, u32::MAX, &mut |_, v| t.add(&v))
@@ -116,8 +117,8 @@ fn windows_add_up_at_any_cut_and_agree_with_rollups() {
         7 * DAY_MS + 13 * HOUR + 999,
         9 * DAY_MS + 23 * HOUR,
     ] {
-        let a = window(&s, 0, cut);
-        let b = window(&s, cut, 40 * DAY_MS);
+        let a = window(&*s, 0, cut);
+        let b = window(&*s, cut, 40 * DAY_MS);
         assert_eq!(
             (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3),
             all,
@@ -130,7 +131,7 @@ fn windows_add_up_at_any_cut_and_agree_with_rollups() {
         s.for_each_rollup(day, day, &mut |_, v| r.add(&v)).unwrap();
         let mut p = RollupValue::default();
         let from = u64::from(day) * DAY_MS;
-        for v in partial_day(&s, day, from, from + DAY_MS).unwrap().values() {
+        for v in partial_day(&*s, day, from, from + DAY_MS).unwrap().values() {
             p.add(v);
         }
         assert_eq!(p, r, "day {day}");
@@ -156,7 +157,7 @@ fn groups_by_owner_and_period_and_filters_sets() {
     ])
     .unwrap();
     let rows = report(
-        &s,
+        &*s,
         &q("start=2026-01-01&end=2026-03-01&group_by=account,month"),
         None,
     )
@@ -179,7 +180,7 @@ fn groups_by_owner_and_period_and_filters_sets() {
         ]
     );
     let rows = report(
-        &s,
+        &*s,
         &q("start=2026-01-01&end=2026-03-01&user=bob&group_by=user,account"),
         None,
     )
@@ -187,13 +188,18 @@ fn groups_by_owner_and_period_and_filters_sets() {
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.user.as_deref() == Some("bob")));
     let rows = report(
-        &s,
+        &*s,
         &q("start=2026-01-01&end=2026-03-01&account=physics,chem"),
         None,
     )
     .unwrap();
     assert_eq!(total(&rows), (11 * HOUR, 0, 90, 3));
-    let rows = report(&s, &q("start=2026-01-01&end=2026-03-01&account=nope"), None).unwrap();
+    let rows = report(
+        &*s,
+        &q("start=2026-01-01&end=2026-03-01&account=nope"),
+        None,
+    )
+    .unwrap();
     assert!(rows.is_empty());
 }
 
@@ -278,7 +284,7 @@ fn job_lists_cover_the_window_and_whole_jobs() {
     ])
     .unwrap();
     let (jobs, more) = jobs(
-        &s,
+        &*s,
         &q(&format!("start={}&end={}", d / 1000, (d + DAY_MS) / 1000)),
         None,
     )
@@ -293,12 +299,12 @@ fn job_lists_cover_the_window_and_whole_jobs() {
     assert_eq!(j.energy_mj, 35);
     assert_eq!(j.end_ms, Some(d + 3 * HOUR));
     let all = format!("start={}&end={}", d / 1000, (d + 2 * DAY_MS) / 1000);
-    assert_eq!(super::jobs(&s, &q(&all), None).unwrap().0.len(), 2);
-    let (only, _) = super::jobs(&s, &q(&format!("{all}&account=chem")), None).unwrap();
+    assert_eq!(super::jobs(&*s, &q(&all), None).unwrap().0.len(), 2);
+    let (only, _) = super::jobs(&*s, &q(&format!("{all}&account=chem")), None).unwrap();
     assert_eq!(only[0].job_id, 2);
-    let (only, _) = super::jobs(&s, &q(&format!("{all}&jobs=2")), None).unwrap();
+    let (only, _) = super::jobs(&*s, &q(&format!("{all}&jobs=2")), None).unwrap();
     assert_eq!(only.len(), 1);
-    let (one, more) = super::jobs(&s, &q(&format!("{all}&limit=1")), None).unwrap();
+    let (one, more) = super::jobs(&*s, &q(&format!("{all}&limit=1")), None).unwrap();
     assert_eq!((one.len(), more), (1, true));
 }
 
@@ -318,24 +324,24 @@ fn slurm_window_sets_allocated_time_in_reports_and_jobs() {
     s.put_batch(&[r]).unwrap();
     // whole days (rollups) and windows cut anywhere agree with Slurm's window
     let whole = (2 * (HOUR + 2_000), 0, 10_000, 1);
-    assert_eq!(window(&s, 10 * DAY_MS, 12 * DAY_MS), whole);
+    assert_eq!(window(&*s, 10 * DAY_MS, 12 * DAY_MS), whole);
     assert_eq!(
-        window(&s, 11 * DAY_MS - 5_000, 11 * DAY_MS + 2 * HOUR),
+        window(&*s, 11 * DAY_MS - 5_000, 11 * DAY_MS + 2 * HOUR),
         whole
     );
     // the 2 s before midnight: allocated there, but no energy (measured from 00:00:00.300)
     assert_eq!(
-        window(&s, 11 * DAY_MS - 2_000, 11 * DAY_MS),
+        window(&*s, 11 * DAY_MS - 2_000, 11 * DAY_MS),
         (2 * 2_000, 0, 0, 0)
     );
-    assert_eq!(window(&s, 10 * DAY_MS, 11 * DAY_MS).0, 2 * 2_000);
+    assert_eq!(window(&*s, 10 * DAY_MS, 11 * DAY_MS).0, 2 * 2_000);
     let mut day10 = RollupValue::default();
     s.for_each_rollup(10, 10, &mut |_, v| day10.add(&v))
         .unwrap();
     assert_eq!(day10.allocated_gpu_ms, 2 * 2_000);
     // the job list's whole-job figure is the record's
     let (jobs, _) = jobs(
-        &s,
+        &*s,
         &ReportQuery {
             zone: crate::zone::SiteZone::utc(),
             start_ms: 11 * DAY_MS - 1_000,
@@ -397,7 +403,7 @@ fn job_identity_comes_from_trusted_records_only() {
     let (_d, s) = store();
     s.put_batch(&[end.clone(), step.clone()]).unwrap();
     let rows = report(
-        &s,
+        &*s,
         &q(&format!(
             "start={}&end={}&group_by=account",
             d / 1000,
@@ -465,7 +471,7 @@ fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
         ));
         query.start_ms = from;
         query.end_ms = to;
-        report(&s, &query, None).unwrap()
+        report(&*s, &query, None).unwrap()
     };
     // whole days (rollups) and the partial edges (records) agree with the records
     for (from, to) in [
@@ -500,7 +506,7 @@ fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
     let mut query = q(&format!("start={}&end={}", start / 1000, end / 1000));
     query.start_ms = start;
     query.end_ms = end;
-    let (list, _) = jobs(&s, &query, None).unwrap();
+    let (list, _) = jobs(&*s, &query, None).unwrap();
     let idle: Vec<(u32, Option<u64>)> = list.iter().map(|j| (j.job_id, j.idle_gpu_ms)).collect();
     assert_eq!(idle, [(1, Some(4 * HOUR)), (2, None)]);
 }

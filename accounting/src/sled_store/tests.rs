@@ -1,11 +1,16 @@
+//! The store tests. Those that use only the [`Store`] trait run against the store
+//! `SGPU_TEST_STORE` names (sled by default, `mariadb`: [`crate::test_store`]); the
+//! format 1 conversion and the record log's segments are sled's own.
+
 use super::*;
 use crate::day::DAY_MS;
 use crate::store::verify;
 use crate::test_records::{in_run, job_end, job_usage};
+use crate::test_store::Fixture;
 
 const HOUR: u64 = 3_600_000;
 
-fn totals(s: &SledStore) -> RollupValue {
+fn totals(s: &dyn Store) -> RollupValue {
     let mut t = RollupValue::default();
     s.for_each_rollup(0, u32::MAX, &mut |_, v| t.add(&v))
         .unwrap();
@@ -14,8 +19,8 @@ fn totals(s: &SledStore) -> RollupValue {
 
 #[test]
 fn resend_never_double_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let f = Fixture::new();
+    let s = f.open();
     let a = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100, 200]);
     let b = job_end(1, "n2", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[50]);
     assert_eq!(
@@ -26,7 +31,7 @@ fn resend_never_double_counts() {
             PutOutcome::Duplicate { differs: false }
         ]
     );
-    let once = totals(&s);
+    let once = totals(&*s);
     assert_eq!(once.allocated_gpu_ms, 3 * HOUR);
     assert_eq!(once.energy_mj, 350);
     assert_eq!(once.jobs, 1, "two nodes, one job");
@@ -34,7 +39,7 @@ fn resend_never_double_counts() {
         s.put_batch(&[b, a]).unwrap(),
         vec![PutOutcome::Duplicate { differs: false }; 2]
     );
-    assert_eq!(totals(&s), once);
+    assert_eq!(totals(&*s), once);
     // Same identity, different content: not counted, kept as a conflict (once, however
     // often it is sent again), and the stored record stays
     let changed = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[999, 200]);
@@ -49,8 +54,8 @@ fn resend_never_double_counts() {
         s.put_batch(std::slice::from_ref(&changed)).unwrap(),
         vec![PutOutcome::Conflict { new: false }]
     );
-    assert_eq!(totals(&s), once);
-    assert!(verify(&s).unwrap().mismatches.is_empty());
+    assert_eq!(totals(&*s), once);
+    assert!(verify(&*s).unwrap().mismatches.is_empty());
     let mut kept = Vec::new();
     s.for_each_conflict(&mut |c| kept.push(c)).unwrap();
     assert_eq!(kept.len(), 1);
@@ -69,21 +74,20 @@ fn resend_never_double_counts() {
 
 #[test]
 fn each_run_of_a_requeued_job_is_counted_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let f = Fixture::new();
     // run 0 as a database from before runs existed holds it: JSON without a run
     let first = job_end(5, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
     let old_json = first.to_json().unwrap();
     assert!(!String::from_utf8_lossy(&old_json).contains("run"));
     {
-        let s = SledStore::open(&path).unwrap();
+        let s = f.open();
         assert_eq!(
             s.put_received(std::slice::from_ref(&first), &[old_json.as_slice()])
                 .unwrap(),
             vec![PutOutcome::Accepted]
         );
     }
-    let s = SledStore::open(&path).unwrap();
+    let s = f.open();
     // the requeued run on the same node: same job, node and kind, run 1
     let second = in_run(
         job_end(
@@ -115,7 +119,7 @@ fn each_run_of_a_requeued_job_is_counted_once() {
             PutOutcome::Duplicate { differs: false }
         ]
     );
-    let t = totals(&s);
+    let t = totals(&*s);
     assert_eq!(t.allocated_gpu_ms, HOUR + 2 * HOUR, "both runs billed");
     assert_eq!(t.energy_mj, 400);
     assert_eq!(t.used_gpu_ms, HOUR);
@@ -127,17 +131,16 @@ fn each_run_of_a_requeued_job_is_counted_once() {
         .map(|r| r.id().run())
         .collect();
     assert_eq!(runs, vec![0, 1, 1]);
-    assert!(verify(&s).unwrap().mismatches.is_empty());
+    assert!(verify(&*s).unwrap().mismatches.is_empty());
 }
 
 #[test]
 fn conflicts_survive_reopen_and_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let f = Fixture::new();
     let a = job_end(3, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
     let b = job_end(3, "n1", 10 * DAY_MS, 10 * DAY_MS + 2 * HOUR, &[100]);
     {
-        let s = SledStore::open(&path).unwrap();
+        let s = f.open();
         s.put_batch(&[a]).unwrap();
         assert_eq!(
             s.put_batch(std::slice::from_ref(&b)).unwrap(),
@@ -147,7 +150,7 @@ fn conflicts_survive_reopen_and_retention() {
         s.purge(Some(20), Some(20)).unwrap();
         assert!(s.job("alpha", 3).unwrap().is_empty());
     }
-    let s = SledStore::open(&path).unwrap();
+    let s = f.open();
     let mut kept = Vec::new();
     s.for_each_conflict(&mut |c| kept.push(c)).unwrap();
     assert_eq!(kept.len(), 1);
@@ -156,20 +159,20 @@ fn conflicts_survive_reopen_and_retention() {
 
 #[test]
 fn job_usage_after_job_end_updates_only_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let f = Fixture::new();
+    let s = f.open();
     let end = job_end(2, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
     s.put_batch(&[end]).unwrap();
-    let before = totals(&s);
+    let before = totals(&*s);
     let usage = job_usage(2, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[HOUR / 4]);
     s.put_batch(std::slice::from_ref(&usage)).unwrap();
-    let after = totals(&s);
+    let after = totals(&*s);
     assert_eq!(after.allocated_gpu_ms, before.allocated_gpu_ms);
     assert_eq!(after.energy_mj, before.energy_mj);
     assert_eq!(after.jobs, 1);
     assert_eq!(after.used_gpu_ms, HOUR / 4);
     s.put_batch(&[usage]).unwrap();
-    assert_eq!(totals(&s), after);
+    assert_eq!(totals(&*s), after);
     // Job query: both records.
     let job = s.job("alpha", 2).unwrap();
     assert_eq!(job.len(), 2);
@@ -180,26 +183,24 @@ fn job_usage_after_job_end_updates_only_used() {
 
 #[test]
 fn acknowledged_batches_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let f = Fixture::new();
     {
-        let s = SledStore::open(&path).unwrap();
+        let s = f.open();
         let batch: Vec<Record> = (1..=50)
             .map(|j| job_end(j, "n1", DAY_MS, DAY_MS + u64::from(j) * 1000, &[j.into()]))
             .collect();
         s.put_batch(&batch).unwrap();
     }
-    let s = SledStore::open(&path).unwrap();
-    assert_eq!(s.record_count().unwrap(), 50);
-    let v = verify(&s).unwrap();
+    let s = f.open();
+    let v = verify(&*s).unwrap();
     assert_eq!((v.records, v.jobs), (50, 50));
     assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
 }
 
 #[test]
 fn rollup_day_range_and_purge() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let f = Fixture::new();
+    let s = f.open();
     // Days 10, 11 (straddling 11..12), 20.
     s.put_batch(&[
         job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]),
@@ -223,6 +224,17 @@ fn rollup_day_range_and_purge() {
     );
     assert!(s.job("alpha", 1).unwrap().is_empty());
     assert_eq!(s.job("alpha", 2).unwrap().len(), 1);
+    let mut on_day = Vec::new();
+    for day in [10, 11, 12] {
+        s.for_each_record_on_day(day, &mut |r| on_day.push((day, r.id().job_id())))
+            .unwrap();
+    }
+    assert_eq!(
+        on_day,
+        vec![(11, 2), (12, 2)],
+        "purged jobs leave no index entry"
+    );
+    assert_eq!(s.days_with_records(0, 19).unwrap(), vec![11, 12]);
     let stats = s.purge(None, Some(12)).unwrap();
     assert_eq!(
         stats,
@@ -367,8 +379,8 @@ fn purge_deletes_a_log_segment_once_nothing_in_it_is_kept() {
 
 #[test]
 fn days_with_records_lists_only_days_that_have_some() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(&dir.path().join("db")).unwrap();
+    let f = Fixture::new();
+    let s = f.open();
     assert!(s.days_with_records(0, u32::MAX).unwrap().is_empty());
     s.put_batch(&[
         job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]),

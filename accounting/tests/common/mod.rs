@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sgpu_spool::{GpuEnd, GpuUsage, JobEnd, Record, RecordBody, RecordId, RecordKind, Usage};
 
-/// Serves acctd's router over a sled store in `dir` on a free loopback port (a thread with
+/// Serves acctd's router over a store in `dir` ([`TestDb`]) on a free loopback port (a thread with
 /// its own runtime), with `auth` and `policy` and a body limit of `max_body` bytes, through
 /// acctd's own server ([`sgpu_accounting::serve::serve`]) with its default limits.
 pub fn serve_in(
@@ -36,8 +36,8 @@ pub fn serve_limited(
     serve_limits: sgpu_accounting::serve::ServeLimits,
 ) -> SocketAddr {
     use sgpu_accounting::http::{AppState, router_with};
-    let store =
-        std::sync::Arc::new(sgpu_accounting::sled_store::SledStore::open(&dir.join("db")).unwrap());
+    let store: std::sync::Arc<dyn sgpu_accounting::store::Store> =
+        std::sync::Arc::from(TestDb::new(dir).open());
     let state = AppState {
         store,
         auth,
@@ -204,4 +204,104 @@ pub fn job_usage(
 
 pub fn batch(records: &[Record]) -> Vec<u8> {
     serde_json::to_vec(records).unwrap()
+}
+
+/// Whether `SGPU_TEST_STORE` names MariaDB (`mariadb`) rather than sled (unset or `sled`);
+/// any other value fails the test.
+pub fn mariadb() -> bool {
+    match std::env::var("SGPU_TEST_STORE").as_deref() {
+        Err(_) | Ok("" | "sled") => false,
+        Ok("mariadb") => true,
+        Ok(other) => panic!("SGPU_TEST_STORE={other}: use sled or mariadb"),
+    }
+}
+
+/// The test process's MariaDB server (socket only), started on first use and stopped, its
+/// directory removed, when the process ends.
+pub fn mariadb_server() -> &'static std::sync::Mutex<sgpu_accounting::mariadb_server::MariaDb> {
+    static SERVER: std::sync::OnceLock<std::sync::Mutex<sgpu_accounting::mariadb_server::MariaDb>> =
+        std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sgpu-mariadb-it-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::sync::Mutex::new(
+            sgpu_accounting::mariadb_server::MariaDb::create(&dir, None, true)
+                .unwrap_or_else(|e| panic!("starting a MariaDB for the tests: {e}")),
+        )
+    })
+}
+
+/// A store for one test, of the kind `SGPU_TEST_STORE` names: a sled directory under `dir`,
+/// or a database of its own on [`mariadb_server`], for a user of its own (`sgpu_<db>`) whose
+/// password is in a root-only file under `dir` (acctd gets it with `--db-password-file`).
+pub enum TestDb {
+    /// The sled directory.
+    Sled(std::path::PathBuf),
+    /// The store URL and the password file.
+    MariaDb {
+        /// `mysql://sgpu@localhost/<db>?socket=...`
+        url: String,
+        /// Holds the password.
+        password_file: std::path::PathBuf,
+    },
+}
+
+impl TestDb {
+    /// A new, empty store for a test whose files go under `dir`.
+    pub fn new(dir: &std::path::Path) -> TestDb {
+        if !mariadb() {
+            return TestDb::Sled(dir.join("db"));
+        }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let db = format!("it{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let password = format!("pw-{}-{db}", std::process::id());
+        let url = mariadb_server()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .create_database(&db, &format!("sgpu_{db}"), &password)
+            .unwrap();
+        let password_file = dir.join("db-password");
+        write_private(&password_file, &password);
+        TestDb::MariaDb { url, password_file }
+    }
+
+    /// The `--db ...` arguments that make acctd use this store.
+    pub fn acctd_args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            TestDb::Sled(p) => vec!["--db".into(), p.into()],
+            TestDb::MariaDb { url, password_file } => vec![
+                "--db".into(),
+                url.into(),
+                "--db-password-file".into(),
+                password_file.into(),
+            ],
+        }
+    }
+
+    /// Opens the store in this process.
+    pub fn open(&self) -> Box<dyn sgpu_accounting::store::Store> {
+        match self {
+            TestDb::Sled(p) => Box::new(sgpu_accounting::sled_store::SledStore::open(p).unwrap()),
+            TestDb::MariaDb { url, password_file } => {
+                let password = std::fs::read_to_string(password_file).unwrap();
+                Box::new(
+                    sgpu_accounting::mysql_store::MysqlStore::connect(url, Some(password.trim()))
+                        .unwrap(),
+                )
+            }
+        }
+    }
+}
+
+/// Writes `text` to a new file that only its owner may read (mode 0600).
+pub fn write_private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.write_all(b"\n").unwrap();
 }
