@@ -397,11 +397,15 @@ pub fn breaker(settings: &Settings, a: &BreakerArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// healthd's verdict and breaker for `node`.
-fn node_health(env: &Env, node: &str) -> (Health, Option<String>) {
+/// healthd's verdict, breaker and active checks for `node`.
+fn node_health(env: &Env, node: &str) -> (Health, Option<String>, Option<String>) {
     match healthd::fetch(&env.healthd, node) {
-        Ok(doc) => (healthd::health(&doc), Some(healthd::breaker(&doc))),
-        Err(e) => (Health::Unknown(e.to_string()), None),
+        Ok(doc) => (
+            healthd::health(&doc),
+            Some(healthd::breaker(&doc)),
+            Some(healthd::active(&doc)),
+        ),
+        Err(e) => (Health::Unknown(e.to_string()), None, None),
     }
 }
 
@@ -464,22 +468,22 @@ pub fn status(settings: &Settings, a: &StatusArgs) -> anyhow::Result<i32> {
     };
     // at most STATUS_PARALLEL healthd asked at once: a dead node costs its timeout once,
     // not once per node, and 10,000 nodes are not 10,000 threads
-    let healths: Vec<(Health, Option<String>)> = parallel_map(
+    let healths: Vec<(Health, Option<String>, Option<String>)> = parallel_map(
         &list,
         STATUS_PARALLEL,
         |n| node_health(&env, &n.name),
-        || (Health::Unknown("internal error".into()), None),
+        || (Health::Unknown("internal error".into()), None, None),
     );
     if a.json {
         let rows: Vec<Value> = list
             .iter()
             .zip(&healths)
-            .map(|(n, (h, b))| {
+            .map(|(n, (h, b, a))| {
                 json!({
                     "node": n.name, "state": n.state, "reason": n.reason,
                     "reason_user": n.reason_user, "reason_time": n.reason_time,
                     "drained_by": n.drained_by(),
-                    "health": health_text(h), "breaker": b,
+                    "health": health_text(h), "breaker": b, "active": a,
                 })
             })
             .collect();
@@ -487,11 +491,13 @@ pub fn status(settings: &Settings, a: &StatusArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut rows = vec![
-        ["NODE", "STATE", "REASON", "BY", "HEALTH", "BREAKER"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "NODE", "STATE", "REASON", "BY", "HEALTH", "BREAKER", "ACTIVE",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
-    for (n, (h, b)) in list.iter().zip(&healths) {
+    for (n, (h, b, a)) in list.iter().zip(&healths) {
         let by = n.drained_by();
         rows.push(vec![
             n.name.clone(),
@@ -500,6 +506,7 @@ pub fn status(settings: &Settings, a: &StatusArgs) -> anyhow::Result<i32> {
             by,
             health_text(h),
             b.clone().unwrap_or_else(|| "-".into()),
+            a.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     print!("{}", table(&rows));

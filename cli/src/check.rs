@@ -18,6 +18,16 @@
 //! `sgpu` executable (where `cargo build` leaves it), in its `deps/`, or in
 //! `../lib/sgpu/` beside it (where `make install` puts it); like `nvml_library`, it must be
 //! owned by root or the caller and not group/world-writable.
+//!
+//! # `--active [NAME]`: an active check by hand
+//!
+//! Runs the active checks of sgpu.toml's `[active]` (or the one named) here and now, with
+//! the same runner and contract as healthd's Slurm job (`sgpu_nodelib::active`: deadline,
+//! process group killed past it), writes each result where healthd reads it, so the node's
+//! `/status`, `sgpu status` and the policy see it at healthd's next run, and prints them
+//! (exit 0 pass, 1 warn, 2 fail or timeout, 3 error). It refuses while Slurm shows a job on
+//! the node (a stress test must not share a node with a user's job) unless `--force`: the
+//! usual use is on a node drained for repair, before `sgpu resume`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -58,6 +68,19 @@ pub struct CheckArgs {
     /// in its deps/ or ../lib/sgpu/, or $SGPU_NVML_SIM_LIB).
     #[arg(long, value_name = "PATH", requires = "capture")]
     pub nvml_sim: Option<PathBuf>,
+    /// Run the active checks of sgpu.toml's [active] here and now (only NAME when given),
+    /// record their results for healthd and print them.
+    #[arg(
+        long,
+        value_name = "NAME",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with = "capture"
+    )]
+    pub active: Option<String>,
+    /// With --active: run even while Slurm shows a job on this node, or cannot be asked.
+    #[arg(long, requires = "active")]
+    pub force: bool,
 }
 
 /// The file name of the simulated NVML library as cargo builds it.
@@ -92,6 +115,9 @@ pub fn run(config_path: Option<&Path>, args: &CheckArgs) -> anyhow::Result<i32> 
     let config = Config::discover(config_path)?;
     if let Some(capture) = &args.capture {
         return run_capture(&config, args, capture);
+    }
+    if let Some(name) = &args.active {
+        return run_active(&config, args, name);
     }
     let catalogue = config.catalogue();
     let mut notes: Vec<String> = Vec::new();
@@ -191,6 +217,106 @@ pub fn find_sim_library(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
                 looked.join(", ")
             )
         })
+}
+
+/// The job states that mean a job holds a node (`scontrol show node`'s State flags).
+fn busy(state: &str) -> bool {
+    state
+        .split('+')
+        .any(|f| matches!(f, "ALLOCATED" | "MIXED" | "COMPLETING"))
+}
+
+/// `sgpu check --active [NAME]`: active checks run here, recorded for healthd.
+fn run_active(config: &Config, args: &CheckArgs, name: &str) -> anyhow::Result<i32> {
+    use sgpu_nodelib::active::{self, Outcome};
+    let file = config
+        .source
+        .as_deref()
+        .map_or_else(|| "sgpu.toml".to_string(), |p| p.display().to_string());
+    let all = &config.active.checks;
+    if all.is_empty() {
+        anyhow::bail!("{file} lists no active check ([[active.check]] under [active])");
+    }
+    let chosen: Vec<_> = if name.is_empty() {
+        all.iter().collect()
+    } else {
+        let Some(c) = config.active.check(name) else {
+            anyhow::bail!(
+                "{file} has no active check {name:?}; it has: {}",
+                all.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        vec![c]
+    };
+    let node = args
+        .node
+        .clone()
+        .or_else(|| config.node_name.clone())
+        .or_else(nodeconf::short_hostname)
+        .context("no --node, no node_name in sgpu.toml and no readable host name")?;
+    if !args.force {
+        let state = sgpu_nodelib::slurmctl::Scontrol::locate(config.scontrol.as_deref())
+            .and_then(|s| s.node_state(&node))
+            .with_context(|| {
+                format!(
+                    "cannot ask Slurm whether a job runs on {node}; --force runs the check \
+                     anyway"
+                )
+            })?;
+        if busy(&state.state) {
+            anyhow::bail!(
+                "{node} is {} in Slurm: a job runs on it, and an active check must not share \
+                 the node with one (drain it and wait, or --force)",
+                state.state
+            );
+        }
+    }
+    let mut results = Vec::new();
+    let mut notes = Vec::new();
+    for c in chosen {
+        eprintln!(
+            "running active check {} (deadline {} s): {}",
+            c.name,
+            c.deadline.as_secs(),
+            c.command.join(" ")
+        );
+        let r = active::run(c, &node, None);
+        if let Err(e) = active::save_result(&config.state_dir, &r) {
+            notes.push(format!("{}: result not recorded for healthd: {e}", c.name));
+        }
+        results.push(r);
+    }
+    let worst = results
+        .iter()
+        .map(|r| r.outcome.exit_code())
+        .max()
+        .unwrap_or(Outcome::Pass.exit_code());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        let mut rows = vec![
+            ["CHECK", "OUTCOME", "SECONDS", "GPU", "MESSAGE"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for r in &results {
+            rows.push(vec![
+                format!("{}{}", active::CHECK_PREFIX, r.check),
+                r.outcome.as_str().to_string(),
+                format!("{:.1}", r.duration().as_secs_f64()),
+                r.gpu.map_or_else(|| "-".into(), |g| g.to_string()),
+                r.message.clone(),
+            ]);
+        }
+        print!("{}", crate::admin::table(&rows));
+    }
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    Ok(worst)
 }
 
 /// `sgpu check --capture FILE`: the capture's GPUs judged through the simulator.

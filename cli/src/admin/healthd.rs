@@ -111,6 +111,28 @@ pub fn health(status: &StatusDoc) -> Health {
     }
 }
 
+/// Each active check's newest result in a `/status` document (`matmul: fail at
+/// 2026-12-04T10:27:13Z`), `-` when it lists none.
+pub fn active(status: &StatusDoc) -> String {
+    let Some(h) = &status.health else {
+        return "-".into();
+    };
+    let list: Vec<String> = h
+        .results
+        .iter()
+        .filter_map(|r| {
+            let name = r.check.strip_prefix(sgpu_nodelib::active::CHECK_PREFIX)?;
+            let when = r.observed.split(" (").next().unwrap_or(&r.observed);
+            Some(format!("{name}: {when}"))
+        })
+        .collect();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join("; ")
+    }
+}
+
 /// `open (why)` or `closed`, from a `/status` document.
 pub fn breaker(status: &StatusDoc) -> String {
     let b = &status.breaker;
@@ -216,5 +238,28 @@ mod tests {
             "open (cluster: 1 of 2 nodes held drained by sgpu, limit 1)"
         );
         assert_eq!(breaker(&doc(json!({"breaker": {"open": false}}))), "closed");
+    }
+
+    #[test]
+    fn active_checks_from_status() {
+        assert_eq!(active(&doc(json!({"health": null}))), "-");
+        assert_eq!(
+            active(&doc(
+                json!({"health": {"verdict": "healthy", "results": []}})
+            )),
+            "-"
+        );
+        let d = doc(json!({"health": {"verdict": "drain", "results": [
+            {"check": "gpu.xid", "gpu": 1, "status": "pass", "severity": "drain", "message": "ok"},
+            {"check": "active.matmul", "gpu": null, "status": "fail", "severity": "drain",
+             "observed": "fail at 2026-12-04T10:27:13Z (job 2, 2.0 s)",
+             "message": "exit 1: matmul 12.5 TFLOPS on gpu0, expected at least 600"},
+            {"check": "active.dcgm-r2", "gpu": null, "status": "pass", "severity": "drain",
+             "observed": "pass at 2026-12-03T22:01:40Z (job 7, 131.2 s)", "message": "ok"},
+        ]}}));
+        assert_eq!(
+            active(&d),
+            "matmul: fail at 2026-12-04T10:27:13Z; dcgm-r2: pass at 2026-12-03T22:01:40Z"
+        );
     }
 }
