@@ -84,8 +84,12 @@ pub struct JobEnv {
     /// `SLURM_JOB_ACCOUNT`, when set (only with accounting enabled).
     pub account: Option<String>,
     /// The job's GPUs as Slurm's gres indices on this node (`SLURM_JOB_GPUS`, else a numeric
-    /// `CUDA_VISIBLE_DEVICES`); empty for a job without GPUs.
+    /// `CUDA_VISIBLE_DEVICES`); empty for a job without GPUs. A MIG slice is one index.
     pub gpus: Vec<u32>,
+    /// The `MIG-` UUIDs in `CUDA_VISIBLE_DEVICES` (Slurm's NVML autodetection names MIG
+    /// slices so), in order: on a node with MIG they say which slices the indices are when
+    /// gres.conf lists no device files.
+    pub mig_uuids: Vec<String>,
     /// `SLURM_JOB_RESTART_COUNT`: how often the job was requeued.
     pub restart_count: u32,
     /// The user's `--gpu-health` choice (`strict` when the value is not one sgpu knows).
@@ -143,12 +147,22 @@ impl JobEnv {
             })?),
             None => None,
         };
+        let cuda = nonempty("CUDA_VISIBLE_DEVICES");
+        // under MIG, CUDA_VISIBLE_DEVICES holds the slices' MIG-... UUIDs
+        let mig_uuids: Vec<String> = cuda
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|u| u.starts_with("MIG-") && u.len() > 4)
+            .map(String::from)
+            .collect();
         let gpus = match nonempty("SLURM_JOB_GPUS") {
             Some(v) => parse_index_list("SLURM_JOB_GPUS", &v)?,
             // CUDA_VISIBLE_DEVICES may hold UUIDs (MIG) or be "NoDevFiles": only a plain
-            // index list is usable
-            None => nonempty("CUDA_VISIBLE_DEVICES")
-                .and_then(|v| parse_index_list("CUDA_VISIBLE_DEVICES", &v).ok())
+            // index list is usable as indices
+            None => cuda
+                .as_deref()
+                .and_then(|v| parse_index_list("CUDA_VISIBLE_DEVICES", v).ok())
                 .unwrap_or_default(),
         };
         let restart_count = nonempty("SLURM_JOB_RESTART_COUNT")
@@ -175,6 +189,7 @@ impl JobEnv {
             partition: nonempty("SLURM_JOB_PARTITION"),
             account: nonempty("SLURM_JOB_ACCOUNT"),
             gpus,
+            mig_uuids,
             restart_count,
             health_mode,
             warnings,
@@ -245,6 +260,20 @@ mod tests {
             with(&[("CUDA_VISIBLE_DEVICES", "GPU-abc")])
                 .unwrap()
                 .gpus
+                .is_empty()
+        );
+        // MIG: indices from SLURM_JOB_GPUS, the slices' UUIDs from CUDA_VISIBLE_DEVICES
+        let mig = with(&[
+            ("SLURM_JOB_GPUS", "3,5"),
+            ("CUDA_VISIBLE_DEVICES", "MIG-aaaa-1, MIG-bbbb-2"),
+        ])
+        .unwrap();
+        assert_eq!(mig.gpus, vec![3, 5]);
+        assert_eq!(mig.mig_uuids, ["MIG-aaaa-1", "MIG-bbbb-2"]);
+        assert!(
+            with(&[("CUDA_VISIBLE_DEVICES", "0,1")])
+                .unwrap()
+                .mig_uuids
                 .is_empty()
         );
         assert!(with(&[]).unwrap().gpus.is_empty());

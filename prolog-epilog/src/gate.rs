@@ -85,6 +85,8 @@ struct Checked {
     results: Vec<CheckResult>,
     snapshot: Option<NodeSnapshot>,
     job_nvml: Vec<u32>,
+    /// The job's devices resolved (MIG slices included); `None` when NVML failed.
+    job_devices: Option<nodeconf::JobDevices>,
     xids: Vec<XidEvent>,
 }
 
@@ -116,15 +118,20 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
                 results: checks::evaluate_failure(&failure, &ctx, &catalogue),
                 snapshot: None,
                 job_nvml: job.gpus.clone(),
+                job_devices: None,
                 xids: Vec::new(),
             }
         }
         Ok(c) => {
-            let job_nvml = match &layout {
-                Some(l) => l.nvml_indices(&job.gpus, &c.snapshot),
-                None => job.gpus.clone(),
-            };
+            // Slurm's indices to NVML's GPUs, and MIG slices to their GPU and instance
+            let devices =
+                nodeconf::job_devices(layout.as_ref(), &job.gpus, &job.mig_uuids, &c.snapshot);
+            for n in &devices.notes {
+                report.note(format!("job GPUs: {n}"));
+            }
+            let job_nvml = devices.gpus.clone();
             ctx.job_gpus = Some(job_nvml.clone());
+            ctx.job_slices = devices.slices.clone();
             // the XID store: what this run's event set caught plus what the daemon recorded
             // and nobody has acted on yet
             ctx.xids = match XidStore::open(&config.state_dir) {
@@ -158,6 +165,7 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
                 results,
                 snapshot: Some(c.snapshot),
                 job_nvml,
+                job_devices: Some(devices),
                 xids: ctx.xids,
             }
         }
@@ -237,7 +245,50 @@ fn drain(config: &Config, node: &str, reason: &str, source: &str, report: &mut G
     }
 }
 
+/// The job's GPUs for the records: per Slurm index its GPU, or for a MIG slice the slice's
+/// `MIG-` UUID and `<GPU name> MIG <profile>` without an energy reading (NVML counts energy
+/// per GPU only, and the GPU is shared with other slices).
 fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
+    let (Some(devices), Some(snap)) = (&checked.job_devices, &checked.snapshot) else {
+        return start_gpus_by_position(job, checked);
+    };
+    devices
+        .by_index
+        .iter()
+        .map(|d| {
+            let nvml_index = d.gpu.unwrap_or(d.slurm_index);
+            let g = d.gpu.and_then(|i| snap.gpus.iter().find(|g| g.index == i));
+            match &d.slice {
+                Some(slice) => {
+                    let m = g.and_then(|g| slice.devices(g).into_iter().next());
+                    StartGpu {
+                        slurm_index: d.slurm_index,
+                        nvml_index,
+                        uuid: m.and_then(|m| m.uuid.value().cloned()),
+                        name: match (
+                            g.and_then(|g| g.name.value()),
+                            m.and_then(|m| m.profile.value()),
+                        ) {
+                            (Some(n), Some(p)) => Some(format!("{n} MIG {p}")),
+                            (n, _) => n.cloned(),
+                        },
+                        energy_mj: None,
+                    }
+                }
+                None => StartGpu {
+                    slurm_index: d.slurm_index,
+                    nvml_index,
+                    uuid: g.and_then(|g| g.uuid().map(str::to_string)),
+                    name: g.and_then(|g| g.name.value().cloned()),
+                    energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
+                },
+            }
+        })
+        .collect()
+}
+
+/// [`start_gpus`] when NVML could not be read: Slurm's indices paired with NVML's by position.
+fn start_gpus_by_position(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
     job.gpus
         .iter()
         .zip(&checked.job_nvml)
@@ -277,8 +328,8 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         ));
     } else {
         report.verdict = Some(verdict);
-        note_would_drain(&checked.results, &mut report);
-        if let Some(reason) = checks::drain_reason(&checked.results) {
+        note_would_drain(&checked, &mut report);
+        if let Some(reason) = job_drain_reason(&checked) {
             drain(config, &job.node, &reason, "prolog", &mut report);
             if let Some(why) = &report.not_drained {
                 // failing the prolog would make Slurm drain the node ("Prolog error"),
@@ -403,8 +454,8 @@ pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
 
     let verdict = Verdict::of(&checked.results);
     report.verdict = Some(verdict);
-    note_would_drain(&checked.results, &mut report);
-    if let Some(reason) = checks::drain_reason(&checked.results) {
+    note_would_drain(&checked, &mut report);
+    if let Some(reason) = job_drain_reason(&checked) {
         drain(config, &job.node, &reason, "epilog", &mut report);
         if !report.drained && report.not_drained.is_none() {
             // we could not drain: fail, so slurmd drains the node ("Epilog error")
@@ -557,10 +608,32 @@ fn spool_end(
     }
 }
 
+/// The job's MIG slices (none when NVML failed or the job has none).
+fn job_slices(checked: &Checked) -> &[sgpu_nodelib::mig::JobSlice] {
+    checked
+        .job_devices
+        .as_ref()
+        .and_then(|d| d.slices.as_deref())
+        .unwrap_or_default()
+}
+
+/// The drain reason, naming the job's MIG slices on the failing GPU.
+fn job_drain_reason(checked: &Checked) -> Option<String> {
+    checks::drain_reason_for_job(
+        &checked.results,
+        job_slices(checked),
+        checked.snapshot.as_ref(),
+    )
+}
+
 /// Observe-only mode (`enforce = false`): what the gate would have drained for, logged
 /// and kept in the report; neither the node nor the job is touched for it.
-fn note_would_drain(results: &[checks::CheckResult], report: &mut GateReport) {
-    if let Some(reason) = checks::would_drain_reason(results) {
+fn note_would_drain(checked: &Checked, report: &mut GateReport) {
+    if let Some(reason) = checks::would_drain_reason_for_job(
+        &checked.results,
+        job_slices(checked),
+        checked.snapshot.as_ref(),
+    ) {
         report.note(format!("would drain (enforce = false): {reason}"));
         report.would_drain = Some(reason);
     }
