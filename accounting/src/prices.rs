@@ -109,7 +109,7 @@ pub fn micro(numerator: u128) -> u64 {
 /// A price as written (a number of currency units, at most 6 decimals kept) in micro; `None`
 /// when it is not a price (negative, not finite, over 10^12).
 pub fn price_micro(p: f64) -> Option<u64> {
-    if !p.is_finite() || p < 0.0 || p > 1e12 {
+    if !p.is_finite() || !(0.0..=1e12).contains(&p) {
         return None;
     }
     // in range: at most 1e18, which fits

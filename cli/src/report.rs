@@ -3,15 +3,17 @@
 //!
 //! - `sgpu report` sums per group (`--group-by`, default `account,user`) over the window
 //!   `[-S, -E)` (default, like sreport: yesterday 00:00 to today 00:00). acctd counts only
-//!   the part of a job inside the window. Cost is computed here from `[prices]`
-//!   ([`sgpu_nodelib::config::PricesConfig`]): the report is always asked per partition and
-//!   GPU model as well, priced row by row, then summed to the requested groups.
+//!   the part of a job inside the window. Cost comes from acctd, priced with the prices in
+//!   its own configuration (acctd.toml) in force when the GPUs were used: nothing the
+//!   caller's files say changes it.
 //! - `sgpu jobs` lists jobs that ran in the window (default, like sacct: today 00:00 to now)
 //!   with whole-job GPU figures.
 //! - `sgpu job <id>` shows one job per node and per GPU.
 //!
-//! Times are UTC ([`crate::timespec`]). acctd answers only with what the caller may read (a
-//! user sees their own jobs and totals).
+//! Times, `-S/-E` and periods are in the site's time zone, which acctd names
+//! (`GET /v1/site`), or UTC with `--utc` ([`crate::timespec`]). acctd answers only with what
+//! the caller may read (a user sees their own jobs and totals, a coordinator those of their
+//! accounts too).
 
 pub mod chart;
 pub mod table;
@@ -20,20 +22,20 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::Args;
+use jiff::tz::TimeZone;
 use serde_json::{Value, json};
 use sgpu_acct_client::Client;
-use sgpu_nodelib::config::{Config, PricesConfig};
 use sgpu_nodelib::nodeconf;
 use sgpu_spool::{Record, RecordBody};
 use sgpu_wire::acctd::{
-    ConflictsAnswer, JobAnswer, JobSummary, JobsAnswer, ReportAnswer, ReportRow,
+    ConflictsAnswer, JobAnswer, JobSummary, JobsAnswer, ReportAnswer, ReportRow, SiteAnswer,
 };
 
 use crate::settings::Settings;
-use crate::timespec::{WindowArgs, format_elapsed, format_time, now_s};
+use crate::timespec::{
+    WindowArgs, format_elapsed, format_time, format_time_in, local_midnight, now_s,
+};
 use table::{Column, Field, Style, parse_format, render};
-
-const DAY_S: i64 = 86_400;
 
 /// Flags shared by `sgpu report` and `sgpu jobs` (sacct's names).
 #[derive(Debug, Clone, Args)]
@@ -72,6 +74,9 @@ pub struct SelectArgs {
     /// JSON (every field, numbers as numbers) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// `-S/-E`, periods and times in UTC instead of the site's time zone (acctd's).
+    #[arg(long)]
+    pub utc: bool,
 }
 
 /// `sgpu report`.
@@ -80,7 +85,8 @@ pub struct ReportArgs {
     /// What to select and how to print it.
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Group by these: account,user,partition,gpu,cluster and one of day|week|month (UTC).
+    /// Group by these: account,user,partition,gpu,cluster and one of day|week|month (in the
+    /// site's time zone, or UTC with --utc).
     #[arg(long = "group-by", value_name = "LIST")]
     pub group_by: Option<String>,
     /// Draw GPU-hours per group as a bar chart (used solid, idle shaded) instead of a table.
@@ -184,14 +190,15 @@ pub(crate) fn enc(s: &str) -> String {
     out
 }
 
-/// The window `[start, end)` in seconds: the flags, else the given defaults.
+/// The window `[start, end)` in seconds: the flags (read in `tz`), else the given defaults.
 pub fn window(
     a: &SelectArgs,
     now: i64,
+    tz: &TimeZone,
     default_start: i64,
     default_end: i64,
 ) -> anyhow::Result<(i64, i64)> {
-    let (start, end) = a.window.read(now).map_err(anyhow::Error::msg)?;
+    let (start, end) = a.window.read_in(now, tz).map_err(anyhow::Error::msg)?;
     let (start, end) = (start.unwrap_or(default_start), end.unwrap_or(default_end));
     if start < 0 {
         bail!("-S/--starttime {} is before 1970", format_time(start));
@@ -222,6 +229,9 @@ pub fn query(a: &SelectArgs, start: i64, end: i64, group_by: Option<&str>) -> St
     }
     if let Some(g) = group_by {
         q.push_str(&format!("&group_by={}", enc(g)));
+    }
+    if a.utc {
+        q.push_str("&tz=UTC");
     }
     q
 }
@@ -327,8 +337,8 @@ pub struct Sums {
     pub energy_mj: u64,
     /// Jobs.
     pub jobs: u64,
-    /// Cost.
-    pub cost: f64,
+    /// Cost, millionths of the currency, as acctd priced it (`None`: acctd has no prices).
+    pub cost_micro: Option<u64>,
     /// Idle GPU-ms where measured (`None`: measured for no job of the group: unknown).
     pub idle_gpu_ms: Option<u64>,
     /// GPU-ms over which idle time was measured (`None`: as `idle_gpu_ms`).
@@ -392,7 +402,9 @@ impl Sums {
             Field::GpuUtil => self.util().map_or(String::new(), |u| format!("{u:.1}")),
             Field::EnergyKwh => format!("{:.3}", kwh(self.energy_mj)),
             Field::AvgPowerW => self.power().map_or(String::new(), |p| format!("{p:.1}")),
-            Field::Cost => format!("{:.2}", self.cost),
+            Field::Cost => self
+                .cost_micro
+                .map_or(String::new(), |c| format!("{:.2}", money(c))),
             Field::IdleGpuHours => self
                 .idle_gpu_ms
                 .map_or(String::new(), |i| format!("{:.2}", hours(i))),
@@ -412,7 +424,7 @@ impl Sums {
         v.insert("gpu_util_pct".into(), json!(self.util()));
         v.insert("energy_kwh".into(), json!(kwh(self.energy_mj)));
         v.insert("avg_power_w".into(), json!(self.power()));
-        v.insert("cost".into(), json!(self.cost));
+        v.insert("cost".into(), json!(self.cost_micro.map(money)));
         v.insert("idle_gpu_ms".into(), json!(self.idle_gpu_ms));
         v.insert("idle_gpu_hours".into(), json!(self.idle_gpu_ms.map(hours)));
         v.insert(
@@ -439,13 +451,14 @@ fn row_field(row: &ReportRow, f: Field) -> String {
     value.clone().unwrap_or_default()
 }
 
-/// Sums acctd's rows (asked per partition and GPU model too) into the requested groups,
-/// pricing each row; keys are the values of `groups` in order.
-pub fn aggregate(
-    rows: &[ReportRow],
-    groups: &[Field],
-    prices: &PricesConfig,
-) -> BTreeMap<Vec<String>, Sums> {
+/// An amount in millionths of the currency, in the currency.
+fn money(micro: u64) -> f64 {
+    micro as f64 / 1e6
+}
+
+/// Sums acctd's rows into the requested groups (costs as acctd priced each row); keys are
+/// the values of `groups` in order.
+pub fn aggregate(rows: &[ReportRow], groups: &[Field]) -> BTreeMap<Vec<String>, Sums> {
     let mut out: BTreeMap<Vec<String>, Sums> = BTreeMap::new();
     for r in rows {
         let key: Vec<String> = groups.iter().map(|&f| row_field(r, f)).collect();
@@ -462,25 +475,45 @@ pub fn aggregate(
         };
         add(&mut s.idle_gpu_ms, r.idle_gpu_ms);
         add(&mut s.idle_measured_gpu_ms, r.idle_measured_gpu_ms);
-        s.cost += prices.cost(
-            &row_field(r, Field::Partition),
-            &row_field(r, Field::GpuModel),
-            hours(alloc),
-            kwh(energy),
-        );
+        add(&mut s.cost_micro, r.cost_micro);
     }
     out
 }
 
+/// acctd, its site settings, and the time zone times are read and shown in.
 struct Env {
-    conf: Config,
     client: Client,
+    site: SiteAnswer,
+    tz: TimeZone,
+    zone_name: String,
 }
 
-fn env(settings: &Settings) -> anyhow::Result<Env> {
+/// Asks acctd for its site settings (`GET /v1/site`); `utc`: UTC whatever the site's zone.
+fn env(settings: &Settings, utc: bool) -> anyhow::Result<Env> {
+    if settings.config.prices.configured {
+        eprintln!(
+            "sgpu: warning: [prices] in sgpu.toml is not used: costs come from acctd, priced \
+             with the prices in its acctd.toml (docs/operations.md, \"Prices\")"
+        );
+    }
+    let client = settings.acctd_client()?;
+    let site: SiteAnswer = get(&client, "/v1/site")?;
+    let (tz, zone_name) = if utc {
+        (TimeZone::UTC, "UTC".to_string())
+    } else {
+        let tz = TimeZone::get(&site.time_zone).map_err(|e| {
+            anyhow::anyhow!(
+                "acctd's time zone {:?} is not in this host's tz database (/usr/share/zoneinfo:                  {e}); install tzdata, or pass --utc",
+                site.time_zone
+            )
+        })?;
+        (tz, site.time_zone.clone())
+    };
     Ok(Env {
-        conf: settings.config.clone(),
-        client: settings.acctd_client()?,
+        client,
+        site,
+        tz,
+        zone_name,
     })
 }
 
@@ -495,11 +528,11 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_cost(columns: &[Column], prices: &PricesConfig) -> anyhow::Result<()> {
-    if columns.iter().any(|c| c.field == Field::Cost) && !prices.configured {
+fn check_cost(columns: &[Column], site: &SiteAnswer) -> anyhow::Result<()> {
+    if columns.iter().any(|c| c.field == Field::Cost) && !site.prices {
         bail!(
-            "--format Cost needs prices: add a [prices] table to sgpu.toml (gpu_hour, kwh, \
-             [prices.partition], [prices.gpu_model]); see docs/install.md"
+            "--format Cost: acctd has no prices; its admin sets them in acctd.toml \
+             ([prices], [[prices.period]]; see docs/operations.md, \"Prices\")"
         );
     }
     Ok(())
@@ -510,11 +543,10 @@ pub fn render_report(
     rows: &[ReportRow],
     columns: &[Column],
     groups: &[Field],
-    prices: &PricesConfig,
     style: Style,
     header: bool,
 ) -> String {
-    let sums = aggregate(rows, groups, prices);
+    let sums = aggregate(rows, groups);
     render_groups(
         &sums.into_iter().collect::<Vec<_>>(),
         columns,
@@ -566,16 +598,20 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     if a.select.jobs.is_some() {
         bail!("-j/--jobs selects jobs in `sgpu jobs`; reports sum over accounts and users");
     }
-    let now = now_s();
-    let today = now.div_euclid(DAY_S) * DAY_S;
-    let (start, end) = window(&a.select, now, today - DAY_S, today)?;
     let columns = match &a.select.format {
         Some(f) => Some(parse_format(f, REPORT_FIELDS).map_err(anyhow::Error::msg)?),
         None => None,
     };
     let (names, groups) = group_fields(a.group_by.as_deref(), columns.as_deref())?;
-    let env = env(settings)?;
-    let prices = &env.conf.prices;
+    let env = env(settings, a.select.utc)?;
+    let now = now_s();
+    let (start, end) = window(
+        &a.select,
+        now,
+        &env.tz,
+        local_midnight(now, &env.tz, -1),
+        local_midnight(now, &env.tz, 0),
+    )?;
     let columns = match columns {
         Some(c) => c,
         None => {
@@ -591,27 +627,23 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
             if a.top.is_some() {
                 spec.extend(["IdleGPUHours", "WasteGPUHours", "WasteBy"]);
             }
-            if prices.configured {
+            if env.site.prices {
                 spec.push("Cost");
             }
             parse_format(&spec.join(","), REPORT_FIELDS).map_err(anyhow::Error::msg)?
         }
     };
-    check_cost(&columns, prices)?;
-    // Always per partition and model too: prices depend on them.
-    let mut ask = names.clone();
-    for extra in ["partition", "gpu"] {
-        if !ask.iter().any(|n| n == extra) {
-            ask.push(extra.into());
-        }
-    }
-    let q = query(&a.select, start, end, Some(&ask.join(",")));
+    check_cost(&columns, &env.site)?;
+    let q = query(&a.select, start, end, Some(&names.join(",")));
     let answer: ReportAnswer = get(&env.client, &format!("/v1/report?{q}"))?;
+    let currency = answer.currency.clone();
     let rows = answer.rows;
     let ordered: Vec<(Vec<String>, Sums)> = match a.top {
-        Some(n) => top_wasters(aggregate(&rows, &groups, prices), n),
-        None => aggregate(&rows, &groups, prices).into_iter().collect(),
+        Some(n) => top_wasters(aggregate(&rows, &groups), n),
+        None => aggregate(&rows, &groups).into_iter().collect(),
     };
+    let at = |t: i64| format_time_in(t, &env.tz);
+    let zone = &env.zone_name;
     if a.select.json {
         let out: Vec<Value> = ordered
             .into_iter()
@@ -630,10 +662,11 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
             })
             .collect();
         let mut doc = json!({
-            "start": format_time(start),
-            "end": format_time(end),
+            "start": at(start),
+            "end": at(end),
+            "time_zone": zone,
             "group_by": names,
-            "currency": prices.currency,
+            "currency": currency,
             "rows": out,
         });
         if let (Some(n), Some(m)) = (a.top, doc.as_object_mut()) {
@@ -644,32 +677,25 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if a.chart {
-        println!(
-            "GPU-hours {} - {} (UTC)",
-            format_time(start),
-            format_time(end)
-        );
-        print!(
-            "{}",
-            chart::render_chart(&aggregate(&rows, &groups, prices), 50)
-        );
+        println!("GPU-hours {} - {} ({zone})", at(start), at(end));
+        print!("{}", chart::render_chart(&aggregate(&rows, &groups), 50));
         return Ok(0);
     }
     let st = style(a.select.parsable, a.select.parsable2);
     if let (Some(n), true) = (a.top, st == Style::Table && !a.select.noheader) {
         println!(
-            "Top {n} GPU wasters {} - {} (UTC), {TOP_RANKING}",
-            format_time(start),
-            format_time(end),
+            "Top {n} GPU wasters {} - {} ({zone}), {TOP_RANKING}",
+            at(start),
+            at(end),
         );
     } else if st == Style::Table && !a.select.noheader {
         println!(
-            "GPU usage {} - {} (UTC){}",
-            format_time(start),
-            format_time(end),
-            prices
-                .currency
+            "GPU usage {} - {} ({zone}){}",
+            at(start),
+            at(end),
+            currency
                 .as_ref()
+                .filter(|_| columns.iter().any(|c| c.field == Field::Cost))
                 .map(|c| format!(", cost in {c}"))
                 .unwrap_or_default()
         );
@@ -685,25 +711,21 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
 pub const TOP_RANKING: &str = "ranked by idle GPU-hours where healthd measured idle time, \
                                else by allocated minus used GPU-hours (column WasteBy)";
 
-fn job_sums(j: &JobSummary, prices: &PricesConfig) -> Sums {
-    let alloc = j.allocated_gpu_ms;
-    let energy = j.energy_mj;
-    let model = j.gpu_models.first().map_or("", String::as_str);
-    let partition = j.partition.as_str();
+fn job_sums(j: &JobSummary) -> Sums {
     Sums {
-        allocated_gpu_ms: alloc,
+        allocated_gpu_ms: j.allocated_gpu_ms,
         used_gpu_ms: j.used_gpu_ms,
-        energy_mj: energy,
+        energy_mj: j.energy_mj,
         jobs: 1,
-        cost: prices.cost(partition, model, hours(alloc), kwh(energy)),
+        cost_micro: j.cost_micro,
         idle_gpu_ms: j.idle_gpu_ms,
         ..Sums::default()
     }
 }
 
-/// One `sgpu jobs` line from acctd's job summary.
-pub fn job_cells(j: &JobSummary, columns: &[Column], prices: &PricesConfig) -> Vec<String> {
-    let s = job_sums(j, prices);
+/// One `sgpu jobs` line from acctd's job summary, times in `tz`.
+pub fn job_cells(j: &JobSummary, columns: &[Column], tz: &TimeZone) -> Vec<String> {
+    let s = job_sums(j);
     let secs = |ms: u64| i64::try_from(ms / 1000).unwrap_or(i64::MAX);
     columns
         .iter()
@@ -713,8 +735,10 @@ pub fn job_cells(j: &JobSummary, columns: &[Column], prices: &PricesConfig) -> V
             Field::User => j.user.clone(),
             Field::Account => j.account.clone(),
             Field::Partition => j.partition.clone(),
-            Field::Start => format_time(secs(j.start_ms)),
-            Field::End => j.end_ms.map_or("Unknown".into(), |t| format_time(secs(t))),
+            Field::Start => format_time_in(secs(j.start_ms), tz),
+            Field::End => j
+                .end_ms
+                .map_or("Unknown".into(), |t| format_time_in(secs(t), tz)),
             Field::Elapsed => j.end_ms.map_or(String::new(), |e| {
                 format_elapsed(e.saturating_sub(j.start_ms) / 1000)
             }),
@@ -735,19 +759,22 @@ pub fn job_cells(j: &JobSummary, columns: &[Column], prices: &PricesConfig) -> V
 
 /// `sgpu jobs`.
 pub fn jobs(settings: &Settings, a: &JobsArgs) -> anyhow::Result<i32> {
+    let env = env(settings, a.select.utc)?;
     let now = now_s();
-    let today = now.div_euclid(DAY_S) * DAY_S;
     // sacct: with -j and no -S, any time (acctd still needs a window: from 1970).
-    let default_start = if a.select.jobs.is_some() { 0 } else { today };
-    let (start, end) = window(&a.select, now, default_start, now + 1)?;
+    let default_start = if a.select.jobs.is_some() {
+        0
+    } else {
+        local_midnight(now, &env.tz, 0)
+    };
+    let (start, end) = window(&a.select, now, &env.tz, default_start, now + 1)?;
     let spec = a.select.format.clone().unwrap_or_else(|| {
         "JobID,User,Account,Partition,Start,Elapsed,State,GPUs,GPUHours,UsedGPUHours,GPUUtil,\
          EnergyKWh"
             .into()
     });
     let columns = parse_format(&spec, JOBS_FIELDS).map_err(anyhow::Error::msg)?;
-    let env = env(settings)?;
-    check_cost(&columns, &env.conf.prices)?;
+    check_cost(&columns, &env.site)?;
     let answer: JobsAnswer = get(
         &env.client,
         &format!("/v1/jobs?{}", query(&a.select, start, end, None)),
@@ -758,15 +785,17 @@ pub fn jobs(settings: &Settings, a: &JobsArgs) -> anyhow::Result<i32> {
     }
     if a.select.json {
         print_json(&json!({
-            "start": format_time(start),
-            "end": format_time(end),
+            "start": format_time_in(start, &env.tz),
+            "end": format_time_in(end, &env.tz),
+            "time_zone": env.zone_name,
+            "currency": answer.currency,
             "jobs": jobs,
         }))?;
         return Ok(0);
     }
     let lines: Vec<Vec<String>> = jobs
         .iter()
-        .map(|j| job_cells(j, &columns, &env.conf.prices))
+        .map(|j| job_cells(j, &columns, &env.tz))
         .collect();
     let st = style(a.select.parsable, a.select.parsable2);
     print!("{}", render(&columns, &lines, st, !a.select.noheader));
@@ -863,11 +892,9 @@ pub fn job(settings: &Settings, a: &JobArgs) -> anyhow::Result<i32> {
         Some(c) => c,
         None => bail!("which cluster? pass -M NAME (slurm.conf has no ClusterName)"),
     };
-    let env = env(settings)?;
-    let answer: JobAnswer<Record> = get(
-        &env.client,
-        &format!("/v1/jobs/{}/{}", enc(&cluster), a.job_id),
-    )?;
+    let client = settings.acctd_client()?;
+    let answer: JobAnswer<Record> =
+        get(&client, &format!("/v1/jobs/{}/{}", enc(&cluster), a.job_id))?;
     if a.json {
         // acctd's answer as it was before answers carried their schema version
         print_json(&json!({
@@ -906,10 +933,7 @@ pub fn job(settings: &Settings, a: &JobArgs) -> anyhow::Result<i32> {
         // idle periods and idle actions, from acctd's efficiency answer (an acctd that
         // predates it: nothing more to show)
         let path = format!("/v1/jobs/{}/{}/efficiency", enc(&cluster), a.job_id);
-        if let Ok(e) = env
-            .client
-            .get::<sgpu_wire::efficiency::EfficiencyAnswer>(&path)
-        {
+        if let Ok(e) = client.get::<sgpu_wire::efficiency::EfficiencyAnswer>(&path) {
             print!("{}", crate::seff::idle_sections(&e));
         }
     }
@@ -922,8 +946,8 @@ mod tests;
 /// `sgpu conflicts`: records acctd kept apart because a different record was stored under
 /// their identity (admins only): per conflict its key, when it arrived, and what differs.
 pub fn conflicts(settings: &Settings, a: &ConflictsArgs) -> anyhow::Result<i32> {
-    let env = env(settings)?;
-    let answer: ConflictsAnswer<Record> = get(&env.client, "/v1/conflicts")?;
+    let client = settings.acctd_client()?;
+    let answer: ConflictsAnswer<Record> = get(&client, "/v1/conflicts")?;
     if a.json {
         // acctd's answer as it was before answers carried their schema version
         print_json(&json!({

@@ -1,5 +1,6 @@
 //! Slurm's time formats for `-S/--starttime` and `-E/--endtime`, as `man sacct` documents
-//! them, read in UTC (sgpu's rollups and periods are UTC; a site time zone is not applied):
+//! them. `sgpu report` and `sgpu jobs` read them in the site's time zone (acctd's,
+//! [`parse_time_in`]; `--utc` for UTC), `sgpu history` in UTC ([`parse_time`]):
 //!
 //! - `YYYY-MM-DD[THH:MM[:SS]]`
 //! - `MMDD[YY][-HH:MM[:SS]]`, `MM.DD[.YY][-HH:MM[:SS]]`, `MM/DD[/YY][-HH:MM[:SS]]`
@@ -13,6 +14,9 @@
 
 use std::fmt;
 
+use jiff::Timestamp;
+use jiff::civil::DateTime;
+use jiff::tz::TimeZone;
 use sgpu_spool::calendar::{self, DAY_S, civil_from_days, days_from_civil};
 
 /// `-S/--starttime` and `-E/--endtime` (sacct's names), shared by `sgpu report`, `sgpu jobs`
@@ -54,6 +58,93 @@ impl WindowArgs {
     }
 }
 
+impl WindowArgs {
+    /// [`WindowArgs::read`] in the time zone `tz`: dates, clock times and named times are
+    /// wall-clock times there, `now[+-N]` and seconds since the epoch are instants.
+    pub fn read_in(
+        &self,
+        now: i64,
+        tz: &TimeZone,
+    ) -> Result<(Option<i64>, Option<i64>), WindowError> {
+        let one = |flag: &'static str, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| parse_time_in(t, now, tz).map_err(|error| WindowError { flag, error }))
+                .transpose()
+        };
+        Ok((
+            one("-S/--starttime", &self.start)?,
+            one("-E/--endtime", &self.end)?,
+        ))
+    }
+}
+
+/// The offset of `tz` from UTC at the instant `secs`, seconds.
+fn offset_at(tz: &TimeZone, secs: i64) -> i64 {
+    Timestamp::from_second(secs).map_or(0, |t| i64::from(tz.to_offset(t).seconds()))
+}
+
+/// The instant of the wall-clock time `local` (seconds since 1970-01-01T00:00 of the local
+/// calendar) in `tz`: in a DST gap the instant after it, in a repeated hour the first
+/// ("compatible", as acctd reads dates).
+pub fn local_to_instant(local: i64, tz: &TimeZone, input: &str) -> Result<i64, TimeError> {
+    let (days, secs) = (local.div_euclid(DAY_S), local.rem_euclid(DAY_S));
+    let (y, m, d) = civil_from_days(days);
+    let out_of_range = || err(input, "out of range");
+    let dt = DateTime::new(
+        i16::try_from(y).map_err(|_| out_of_range())?,
+        i8::try_from(m).map_err(|_| out_of_range())?,
+        i8::try_from(d).map_err(|_| out_of_range())?,
+        i8::try_from(secs / 3600).map_err(|_| out_of_range())?,
+        i8::try_from(secs / 60 % 60).map_err(|_| out_of_range())?,
+        i8::try_from(secs % 60).map_err(|_| out_of_range())?,
+        0,
+    )
+    .map_err(|e| err(input, e.to_string()))?;
+    tz.to_zoned_datetime(dt)
+        .map(|z| z.timestamp().as_second())
+        .map_err(|e| err(input, e.to_string()))
+}
+
+/// [`parse_time`] in the time zone `tz`: `now[+-N]` and seconds since the epoch are
+/// instants; every other form is a wall-clock time in `tz` ("today" is `tz`'s date).
+pub fn parse_time_in(input: &str, now: i64, tz: &TimeZone) -> Result<i64, TimeError> {
+    let s = input.trim();
+    let instant = s.to_ascii_lowercase().starts_with("now")
+        || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.len() > 6);
+    if instant {
+        return parse_time(input, now);
+    }
+    let local = parse_time(input, now + offset_at(tz, now))?;
+    local_to_instant(local, tz, input)
+}
+
+/// The first instant of the local date `days` days after today's in `tz` (0: today 00:00,
+/// -1: yesterday 00:00).
+pub fn local_midnight(now: i64, tz: &TimeZone, days: i64) -> i64 {
+    let today = (now + offset_at(tz, now)).div_euclid(DAY_S);
+    let day = today + days;
+    let z = civil_from_days(day);
+    let date = i16::try_from(z.0).ok().and_then(|y| {
+        jiff::civil::Date::new(y, i8::try_from(z.1).ok()?, i8::try_from(z.2).ok()?).ok()
+    });
+    date.and_then(|d| d.to_zoned_datetime(tz.clone()).ok())
+        .and_then(|z| z.start_of_day().ok())
+        .map_or(day * DAY_S, |z| z.timestamp().as_second())
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SS` in `tz`, like sacct in its
+/// local time.
+pub fn format_time_in(secs: i64, tz: &TimeZone) -> String {
+    match Timestamp::from_second(secs) {
+        Ok(t) => t
+            .to_zoned_datetime(tz.clone())
+            .datetime()
+            .strftime("%Y-%m-%dT%H:%M:%S")
+            .to_string(),
+        Err(_) => format_time(secs),
+    }
+}
+
 /// A `-S`/`-E` value that could not be read: names the flag, then what [`TimeError`] says.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{flag}: {error}")]
@@ -86,7 +177,7 @@ impl fmt::Display for TimeError {
             f,
             "{:?}: {}; valid: YYYY-MM-DD[THH:MM[:SS]], MMDD[YY][-HH:MM[:SS]], MM/DD[/YY], \
              HH:MM[:SS], now[-+N{{seconds,minutes,hours,days,weeks}}], today, midnight, noon, \
-             elevenses, fika, teatime (UTC)",
+             elevenses, fika, teatime",
             self.input, self.why
         )
     }
@@ -356,6 +447,53 @@ mod tests {
         assert_eq!(format_elapsed(59), "00:00:59");
         assert_eq!(format_elapsed(3_600 + 61), "01:01:01");
         assert_eq!(format_elapsed(86_400 * 2 + 5), "2-00:00:05");
+    }
+
+    #[test]
+    fn times_in_a_time_zone() {
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        let utc = TimeZone::UTC;
+        // UTC: the same as parse_time
+        for s in [
+            "2026-11-01",
+            "today",
+            "noon",
+            "1101-13:05",
+            "now-7days",
+            "1795437296",
+        ] {
+            assert_eq!(parse_time_in(s, NOW, &utc), parse_time(s, NOW), "{s}");
+        }
+        // Berlin (CET, UTC+1 in November): wall-clock times an hour earlier in UTC
+        let b = |s: &str| parse_time_in(s, NOW, &berlin).unwrap();
+        assert_eq!(b("2026-11-01"), p("2026-10-31T23:00"));
+        assert_eq!(b("today"), TODAY - 3600);
+        assert_eq!(b("08:15"), TODAY + 7 * 3600 + 15 * 60);
+        // instants stay instants
+        assert_eq!(b("now-1hours"), NOW - 3600);
+        assert_eq!(b("1795437296"), 1_795_437_296);
+        // the 23-hour day and the repeated hour
+        assert_eq!(b("2026-03-30") - b("2026-03-29"), 23 * 3600);
+        assert_eq!(b("2026-10-26") - b("2026-10-25"), 25 * 3600);
+        assert_eq!(b("2026-10-25T02:30"), p("2026-10-25T00:30"));
+        assert_eq!(b("2026-03-29T02:30"), p("2026-03-29T01:30"));
+        // today 00:00 and yesterday 00:00 there; 23:30 UTC is already tomorrow in Berlin
+        assert_eq!(local_midnight(NOW, &berlin, 0), TODAY - 3600);
+        assert_eq!(local_midnight(NOW, &berlin, -1), TODAY - DAY_S - 3600);
+        assert_eq!(
+            local_midnight(TODAY + 23 * 3600 + 1800, &berlin, 0),
+            TODAY + DAY_S - 3600
+        );
+        assert_eq!(local_midnight(NOW, &utc, -1), TODAY - DAY_S);
+        assert_eq!(
+            format_time_in(p("2026-10-25T00:30"), &berlin),
+            "2026-10-25T02:30:00"
+        );
+        assert_eq!(
+            format_time_in(p("2026-10-25T01:30"), &berlin),
+            "2026-10-25T02:30:00"
+        );
+        assert_eq!(format_time_in(NOW, &utc), format_time(NOW));
     }
 
     #[test]

@@ -44,7 +44,8 @@ fn free_port() -> Result<u16, ClusterError> {
 
 impl Acctd {
     /// Starts `sgpu-acctd --listen 127.0.0.1:<free port> --db <temp dir>/acctd.sled` plus
-    /// `extra_args`, and waits until it listens.
+    /// `extra_args`, and waits until it listens. Without `--config` among them, acctd gets
+    /// an acctd.toml of `time_zone = "UTC"` (reports in UTC whatever the host's zone).
     pub fn start(extra_args: &[&str]) -> Result<Acctd, ClusterError> {
         let bin = build_acctd()?;
         let dir = tempfile::Builder::new()
@@ -52,11 +53,18 @@ impl Acctd {
             .tempdir()
             .map_err(io(&std::env::temp_dir()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        if !args.iter().any(|a| a == "--config") {
+            let config = dir.path().join("acctd.toml");
+            std::fs::write(&config, "time_zone = \"UTC\"\n").map_err(io(&config))?;
+            args.push("--config".into());
+            args.push(config.to_string_lossy().into_owned());
+        }
         let mut acctd = Acctd {
             bin,
             dir,
             addr,
-            args: extra_args.iter().map(|s| s.to_string()).collect(),
+            args,
             child: None,
         };
         acctd.spawn()?;

@@ -155,12 +155,21 @@ fn expected(
 fn report_shows_gpu_hours_and_energy_per_account_and_user() -> TestResult {
     let cluster = Cluster::up()?;
     let _lock = cluster.lock_shared()?;
-    let mut acctd = Acctd::start(&["--auth", "none"])?;
+    // prices live in acctd's configuration; the user's own sgpu.toml says other prices and
+    // another currency, which must change nothing
     let dir = tempfile::tempdir()?;
+    let acctd_toml = dir.path().join("acctd.toml");
+    std::fs::write(
+        &acctd_toml,
+        "time_zone = \"UTC\"\n[prices]\ncurrency = \"EUR\"\n[[prices.period]]\n\
+         gpu_hour = 2.0\nkwh = 0.30\n",
+    )?;
+    let acctd_toml = acctd_toml.to_string_lossy().into_owned();
+    let mut acctd = Acctd::start(&["--auth", "none", "--config", &acctd_toml])?;
     let config = dir.path().join("sgpu.toml");
     std::fs::write(
         &config,
-        "[accounting]\nauth = \"none\"\n\n[prices]\ncurrency = \"EUR\"\ngpu_hour = 2.0\nkwh = 0.30\n",
+        "[accounting]\nauth = \"none\"\n\n[prices]\ncurrency = \"USD\"\ngpu_hour = 0.0\nkwh = 0.0\n",
     )?;
 
     // Two accounts, two users, 1 and 2 GPUs; all submitted first so they run side by side.
@@ -249,6 +258,11 @@ fn report_shows_gpu_hours_and_energy_per_account_and_user() -> TestResult {
         .args(window)
         .args(["--group-by", "account,user", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&run(c)?)?;
+    assert_eq!(
+        json["currency"], "EUR",
+        "acctd's currency, not sgpu.toml's: {json}"
+    );
+    assert_eq!(json["time_zone"], "UTC", "{json}");
     let rows = json["rows"].as_array().ok_or("no rows")?;
     let mine: Vec<&serde_json::Value> = rows
         .iter()
@@ -273,10 +287,11 @@ fn report_shows_gpu_hours_and_energy_per_account_and_user() -> TestResult {
             (got - sim_energy).abs() <= 0.03 * sim_energy,
             "{key:?}: energy {got} mJ, simulated power x time {sim_energy} mJ"
         );
+        // acctd's prices, rounded once to a millionth of a euro
         let cost = r["cost"].as_f64().ok_or("no cost")?;
         let want_cost = alloc as f64 / 3.6e6 * 2.0 + energy as f64 / 3.6e9 * 0.30;
         assert!(
-            (cost - want_cost).abs() < 1e-9,
+            (cost - want_cost).abs() <= 0.6e-6,
             "{key:?}: cost {cost} vs {want_cost}"
         );
     }

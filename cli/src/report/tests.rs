@@ -1,29 +1,29 @@
 use super::*;
 use clap::Parser as _;
 
-fn prices() -> PricesConfig {
-    PricesConfig {
-        configured: true,
-        currency: Some("EUR".into()),
-        gpu_hour: Some(1.0),
-        kwh: Some(0.5),
-        partition: BTreeMap::from([("gpu".to_string(), 2.0)]),
-        gpu_model: BTreeMap::new(),
+fn site(prices: bool) -> SiteAnswer {
+    SiteAnswer {
+        version: Some(1),
+        time_zone: "UTC".into(),
+        prices,
+        currency: prices.then(|| "EUR".into()),
+        coordinates: Vec::new(),
     }
 }
 
 fn rows() -> Vec<ReportRow> {
-    // acctd's answer grouped by account,user,partition,gpu.
+    // acctd's answer grouped by account,user,partition,gpu, priced by acctd (gpu 2.00 per
+    // GPU-hour, other partitions 1.00, 0.50 per kWh)
     let rows = vec![
         json!({"account": "physics", "user": "alice", "partition": "gpu", "gpu_model": "H100",
                "allocated_gpu_ms": 7_200_000u64, "used_gpu_ms": 3_600_000u64,
-               "energy_mj": 3_600_000_000u64, "jobs": 2}),
+               "energy_mj": 3_600_000_000u64, "jobs": 2, "cost_micro": 4_500_000u64}),
         json!({"account": "physics", "user": "alice", "partition": "debug", "gpu_model": "H100",
                "allocated_gpu_ms": 1_800_000u64, "used_gpu_ms": 0u64,
-               "energy_mj": 0u64, "jobs": 1}),
+               "energy_mj": 0u64, "jobs": 1, "cost_micro": 500_000u64}),
         json!({"account": "chem", "user": "bob", "partition": "gpu", "gpu_model": "A100",
                "allocated_gpu_ms": 36_000_000u64, "used_gpu_ms": 36_000_000u64,
-               "energy_mj": 9_000_000_000u64, "jobs": 1}),
+               "energy_mj": 9_000_000_000u64, "jobs": 1, "cost_micro": 21_250_000u64}),
     ];
     rows.into_iter()
         .map(|r| serde_json::from_value(r).unwrap())
@@ -32,34 +32,33 @@ fn rows() -> Vec<ReportRow> {
 
 #[test]
 fn report_sums_priced_rows_into_the_requested_groups() {
-    let p = prices();
-    let agg = aggregate(&rows(), &[Field::Account], &p);
+    let agg = aggregate(&rows(), &[Field::Account]);
     let physics = &agg[&vec!["physics".to_string()]];
     assert_eq!(physics.allocated_gpu_ms, 9_000_000);
     assert_eq!(physics.jobs, 3);
     // 2 h in gpu at 2.0 + 1 kWh at 0.5 + 0.5 h in debug at the default 1.0.
-    assert!((physics.cost - 5.0).abs() < 1e-9, "{}", physics.cost);
+    assert_eq!(physics.cost_micro, Some(5_000_000));
+    // rows without a cost (acctd without prices): no cost, an empty cell
+    let mut unpriced = rows();
+    for r in &mut unpriced {
+        r.cost_micro = None;
+    }
+    let agg = aggregate(&unpriced, &[Field::Account]);
+    assert_eq!(agg[&vec!["chem".to_string()]].cost_micro, None);
     let cols = parse_format(
         "Account,Jobs,GPUHours,UsedGPUHours,GPUUtil,EnergyKWh,AvgPowerW,Cost",
         REPORT_FIELDS,
     )
     .unwrap();
     assert_eq!(
-        render_report(&rows(), &cols, &[Field::Account], &p, Style::Table, true),
+        render_report(&rows(), &cols, &[Field::Account], Style::Table, true),
         "   Account   Jobs   GPUHours UsedGPUHours GPUUtil  EnergyKWh AvgPowerW       Cost\n\
          ---------- ------ ---------- ------------ ------- ---------- --------- ----------\n      \
                chem      1      10.00        10.00   100.0      2.500     250.0      21.25\n   \
             physics      3       2.50         1.00    40.0      1.000     400.0       5.00\n"
     );
     assert_eq!(
-        render_report(
-            &rows(),
-            &cols,
-            &[Field::Account],
-            &p,
-            Style::Parsable2,
-            false
-        ),
+        render_report(&rows(), &cols, &[Field::Account], Style::Parsable2, false),
         "chem|1|10.00|10.00|100.0|2.500|250.0|21.25\nphysics|3|2.50|1.00|40.0|1.000|400.0|5.00\n"
     );
 }
@@ -119,9 +118,9 @@ fn sacct_flags_make_the_query() {
         "-n",
     ]);
     let now = 1_795_437_296;
-    let (s, e) = window(&t.s, now, 0, 1).unwrap();
+    let (s, e) = window(&t.s, now, &TimeZone::UTC, 0, 1).unwrap();
     assert_eq!(format_time(s), "2026-11-01T00:00:00");
-    assert_eq!(e, now - DAY_S);
+    assert_eq!(e, now - 86_400);
     assert_eq!(
         query(&t.s, s, e, Some("account,gpu")),
         format!(
@@ -132,16 +131,16 @@ fn sacct_flags_make_the_query() {
     assert!(t.s.parsable2 && t.s.noheader);
     let t = T::parse_from(["t", "-S", "now", "-E", "now-1hours"]);
     assert!(
-        window(&t.s, now, 0, 1)
+        window(&t.s, now, &TimeZone::UTC, 0, 1)
             .unwrap_err()
             .to_string()
             .contains("empty")
     );
     let t = T::parse_from(["t", "-S", "yesterday"]);
-    let e = format!("{:#}", window(&t.s, now, 0, 1).unwrap_err());
+    let e = format!("{:#}", window(&t.s, now, &TimeZone::UTC, 0, 1).unwrap_err());
     assert!(e.contains("-S/--starttime") && e.contains("valid"), "{e}");
     let t = T::parse_from(["t"]);
-    assert_eq!(window(&t.s, now, 5, 9).unwrap(), (5, 9));
+    assert_eq!(window(&t.s, now, &TimeZone::UTC, 5, 9).unwrap(), (5, 9));
 }
 
 #[test]
@@ -151,7 +150,7 @@ fn job_lines_show_whole_jobs() {
         "partition": "gpu", "start_ms": 1_795_392_000_000u64, "end_ms": 1_795_399_200_000u64,
         "nodes": ["n1", "n2"], "gpus": 2, "gpu_models": ["H100"],
         "allocated_gpu_ms": 14_400_000u64, "used_gpu_ms": 7_200_000u64,
-        "energy_mj": 1_800_000_000u64}),
+        "energy_mj": 1_800_000_000u64, "cost_micro": 8_250_000u64}),
     )
     .unwrap();
     let cols = parse_format(
@@ -160,7 +159,7 @@ fn job_lines_show_whole_jobs() {
     )
     .unwrap();
     assert_eq!(
-        job_cells(&j, &cols, &prices()),
+        job_cells(&j, &cols, &TimeZone::UTC),
         vec![
             "42",
             "alice",
@@ -182,27 +181,34 @@ fn job_lines_show_whole_jobs() {
         gpus: 1,
         ..JobSummary::default()
     };
-    let cells = job_cells(&running, &cols, &prices());
+    // in the site's zone: Berlin is an hour ahead in November
+    let berlin = TimeZone::get("Europe/Berlin").unwrap();
+    assert_eq!(
+        job_cells(&j, &cols, &berlin)[2..4],
+        ["2026-11-23T01:00:00", "2026-11-23T03:00:00"]
+    );
+    let cells = job_cells(&running, &cols, &TimeZone::UTC);
     assert_eq!(cells[3], "Unknown");
     assert_eq!(cells[5], "RUNNING");
     // idle GPU-hours: empty when not measured, else the job's idle time
     let idle = parse_format("JobID,IdleGPUHours", JOBS_FIELDS).unwrap();
-    assert_eq!(job_cells(&j, &idle, &prices()), ["42", ""]);
+    assert_eq!(job_cells(&j, &idle, &TimeZone::UTC), ["42", ""]);
     let measured = JobSummary {
         idle_gpu_ms: Some(5_400_000),
         ..j.clone()
     };
-    assert_eq!(job_cells(&measured, &idle, &prices()), ["42", "1.50"]);
+    assert_eq!(job_cells(&measured, &idle, &TimeZone::UTC), ["42", "1.50"]);
 }
 
 #[test]
 fn cost_without_prices_is_a_clear_error() {
     let cols = parse_format("Account,Cost", REPORT_FIELDS).unwrap();
-    let e = check_cost(&cols, &PricesConfig::default())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("[prices]"), "{e}");
-    assert!(check_cost(&cols, &prices()).is_ok());
+    let e = check_cost(&cols, &site(false)).unwrap_err().to_string();
+    assert!(
+        e.contains("acctd has no prices") && e.contains("acctd.toml"),
+        "{e}"
+    );
+    assert!(check_cost(&cols, &site(true)).is_ok());
 }
 
 #[test]
@@ -248,8 +254,7 @@ fn top_wasters_rank_by_idle_where_measured_else_allocated_minus_used() {
     // "used" by utilization; alice: idle not measured
     rows[2].idle_gpu_ms = Some(3 * 3_600_000);
     rows[2].idle_measured_gpu_ms = Some(36_000_000);
-    let p = prices();
-    let agg = aggregate(&rows, &[Field::User], &p);
+    let agg = aggregate(&rows, &[Field::User]);
     assert_eq!(agg[&vec!["alice".to_string()]].idle_gpu_ms, None);
     let top = top_wasters(agg.clone(), 5);
     let order: Vec<&str> = top.iter().map(|(k, _)| k[0].as_str()).collect();
