@@ -471,6 +471,12 @@ pub struct GpuSample {
     pub temperature_c: Option<u32>,
     /// Volatile uncorrectable ECC errors.
     pub ecc_volatile_uncorrected: Option<u64>,
+    /// For a MIG slice's sample: its GPU's UUID (`None`: a whole GPU). A slice's sample has
+    /// its GPU's `index`, its own `MIG-` UUID, `<GPU name> MIG <profile>` and its memory;
+    /// NVML reads utilization, power, energy, temperature and ECC per GPU only, so those
+    /// are `None` (unknown) for a slice, and the GPU's own utilization is `NOT_SUPPORTED`
+    /// under MIG.
+    pub mig_parent: Option<String>,
 }
 
 enum Request {
@@ -911,7 +917,9 @@ fn read_samples(nvml: &Nvml, progress: &Progress) -> Result<Vec<GpuSample>, Nvml
             energy_mj: None,
             temperature_c: None,
             ecc_volatile_uncorrected: None,
+            mig_parent: None,
         };
+        let mut slices = Vec::new();
         match nvml.device_by_index(index) {
             Ok(d) => {
                 let mut lost = false;
@@ -929,14 +937,45 @@ fn read_samples(nvml: &Nvml, progress: &Progress) -> Result<Vec<GpuSample>, Nvml
                     d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
                     l,
                 );
+                if opt(d.mig_mode(), l).is_some_and(|m| m.current != 0) {
+                    set_progress(progress, format!("sampling gpu{index}'s MIG devices"));
+                    let devices = opt(crate::mig::read_mig_devices(nvml, &d, l), l);
+                    slices = devices
+                        .into_iter()
+                        .flatten()
+                        .map(|m| slice_sample(&s, &m))
+                        .collect();
+                }
                 s.lost = lost;
             }
             Err(NvmlError::GpuLost) => s.lost = true,
             Err(_) => {}
         }
         out.push(s);
+        out.extend(slices);
     }
     Ok(out)
+}
+
+/// A MIG device's sample (see [`GpuSample::mig_parent`]).
+fn slice_sample(gpu: &GpuSample, m: &crate::mig::MigDevice) -> GpuSample {
+    GpuSample {
+        index: gpu.index,
+        lost: false,
+        uuid: m.uuid.value().cloned(),
+        name: match (&gpu.name, m.profile.value()) {
+            (Some(n), Some(p)) => Some(format!("{n} MIG {p}")),
+            (n, _) => n.clone(),
+        },
+        utilization_gpu_pct: None,
+        utilization_memory_pct: None,
+        memory_used_bytes: m.memory.value().map(|mem| mem.used),
+        power_mw: None,
+        energy_mj: None,
+        temperature_c: None,
+        ecc_volatile_uncorrected: None,
+        mig_parent: gpu.uuid.clone(),
+    }
 }
 
 /// A value, or `None` when unsupported or failed (marking a lost GPU).

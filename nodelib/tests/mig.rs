@@ -99,7 +99,10 @@ fn slurm_indices_resolve_to_slices_of_their_gpu() {
     assert!(job.gpus.is_empty() && job.slices.is_none(), "{job:?}");
     assert!(job.notes[0].contains("not judged"), "{:?}", job.notes);
     assert_eq!(job.by_index.len(), 1);
-    assert_eq!((job.by_index[0].slurm_index, job.by_index[0].gpu), (9, None));
+    assert_eq!(
+        (job.by_index[0].slurm_index, job.by_index[0].gpu),
+        (9, None)
+    );
     // ... unless CUDA_VISIBLE_DEVICES names the slice by UUID
     let uuid = snap.gpus[0].mig_devices.value().unwrap()[3]
         .uuid
@@ -307,4 +310,39 @@ fn healthy_mig_captures_do_not_drain() {
         // utilization and remapped rows are N/A under MIG: unknown, not failed
         assert!(snap.gpus[0].utilization_gpu_pct.value().is_none());
     }
+}
+
+/// healthd's per-job sampling: each MIG device is a sample of its own (its UUID, its GPU's
+/// index, its memory; what NVML reads per GPU only is unknown), after its GPU's.
+#[test]
+fn samples_include_each_slice() {
+    let mut state = node();
+    state.gpu_mut(0).unwrap().mig.as_mut().unwrap().instances[2].memory_used_mib = 3000;
+    let _sim = Sim::start(&state);
+    let mut worker = gpu::NvmlWorker::start(&options(TIMEOUT)).unwrap();
+    let batch = worker.sample().unwrap();
+    // GPU 0, its 4 slices, GPU 1
+    assert_eq!(batch.len(), 6, "{batch:#?}");
+    let gpu0 = &batch[0];
+    assert_eq!(gpu0.mig_parent, None);
+    assert_eq!(gpu0.utilization_gpu_pct, None, "N/A under MIG");
+    let slices: Vec<_> = batch.iter().filter(|s| s.mig_parent.is_some()).collect();
+    assert_eq!(slices.len(), 4);
+    let want = &state.gpus[0].mig.as_ref().unwrap().instances;
+    for (s, m) in slices.iter().zip(want) {
+        assert_eq!(s.index, 0);
+        assert_eq!(s.uuid.as_deref(), Some(m.uuid.as_str()));
+        assert_eq!(s.mig_parent.as_deref(), Some(state.gpus[0].uuid.as_str()));
+        assert_eq!(
+            s.name.as_deref(),
+            Some(format!("NVIDIA H100 80GB HBM3 MIG {}", m.profile).as_str())
+        );
+        assert_eq!(s.memory_used_bytes, Some(m.memory_used_mib * 1024 * 1024));
+        assert_eq!(
+            (s.utilization_gpu_pct, s.energy_mj, s.power_mw),
+            (None, None, None)
+        );
+    }
+    assert_eq!(batch[5].index, 1);
+    assert!(batch[5].utilization_gpu_pct.is_some());
 }

@@ -20,6 +20,7 @@ fn sample(
         energy_mj: energy,
         temperature_c: Some(40),
         ecc_volatile_uncorrected: Some(0),
+        mig_parent: None,
     }
 }
 
@@ -367,4 +368,40 @@ fn finalise_carries_idle_time_and_periods_per_gpu() {
     let fresh = JobAccumulator::from_start(&id, &start);
     let usage = fresh.finalise(&end_body(0, 1_000, &[("GPU-c", None)]));
     assert_eq!((usage.gpus[0].idle_ms, usage.idle_gpu_ms), (None, None));
+}
+
+#[test]
+fn jobs_on_mig_slices_take_their_slices_samples() {
+    // two jobs on two slices of one GPU: the prolog recorded each slice by its MIG- UUID
+    let (id1, s1) = start_record(1, 1_000, &["MIG-one"]);
+    let (id2, s2) = start_record(2, 2_000, &["MIG-two"]);
+    let mut a = JobAccumulator::from_start(&id1, &s1);
+    let mut b = JobAccumulator::from_start(&id2, &s2);
+    let owners = gpu_owners([&a, &b]);
+    let slice = |uuid: &str, mem: u64| GpuSample {
+        uuid: Some(uuid.into()),
+        utilization_gpu_pct: None,
+        utilization_memory_pct: None,
+        power_mw: None,
+        energy_mj: None,
+        temperature_c: None,
+        ecc_volatile_uncorrected: None,
+        memory_used_bytes: Some(mem),
+        mig_parent: Some("GPU-p".into()),
+        ..sample(uuid, None, mem, 0, None)
+    };
+    // the GPU's own sample (utilization N/A under MIG) belongs to no job
+    let batch = [
+        sample("GPU-p", None, 40 * MIB, 90_000, Some(5_000)),
+        slice("MIG-one", 3 * MIB),
+        slice("MIG-two", 30 * MIB),
+    ];
+    assert!(a.add(&batch, 3_000, &owners));
+    assert!(b.add(&batch, 3_000, &owners));
+    assert_eq!(a.gpus[0].mem_peak_mib(), 3);
+    assert_eq!(b.gpus[0].mem_peak_mib(), 30);
+    // no utilization per slice: unknown, never 0 % (so never "idle")
+    assert_eq!(a.gpus[0].samples, 0);
+    assert_eq!(a.gpus[0].idle.samples, 0);
+    assert_eq!(a.gpus[0].energy(), None);
 }
