@@ -66,6 +66,10 @@ struct Args {
     /// Keep the temporary directory (its path is printed) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Run on this machine's real GPUs through the system's NVML (a GPU node) instead of
+    /// the simulator; `--gpus` must then be the node's GPU count.
+    #[arg(long)]
+    system_nvml: bool,
 }
 
 /// The simulated node: its files, and the environment healthd is started with.
@@ -79,7 +83,7 @@ struct Node {
 
 impl Node {
     fn new(args: &Args, status: Option<SocketAddr>) -> Result<Node, String> {
-        let sim = SimNode::new("sgpu-healthd-bench.", args.gpus)?;
+        let sim = SimNode::new("sgpu-healthd-bench.", args.gpus, args.system_nvml)?;
         let d = sim.path();
         let gpus = args.gpus;
         // records every call; answers `show node` with an idle node, so nothing reaches a
@@ -98,10 +102,10 @@ impl Node {
         write(
             &config,
             &format!(
-                "nvml_library = \"{}\"\nstate_dir = \"{}\"\nspool_dir = \"{}\"\n\
+                "{}state_dir = \"{}\"\nspool_dir = \"{}\"\n\
                  scontrol = \"{}\"\nnode_name = \"{NODE}\"\ncheck_interval_s = {}\n\
                  sample_interval_s = {}\nstatus_listen = \"{listen}\"\n",
-                sim.lib.display(),
+                sim.nvml_line(),
                 state_dir.display(),
                 d.join("spool").display(),
                 scontrol.display(),
@@ -109,7 +113,7 @@ impl Node {
                 args.sample_interval,
             ),
         )?;
-        let env: Vec<(String, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = vec![
             ("PATH".into(), "/usr/bin:/bin".into()),
             ("SLURMD_NODENAME".into(), NODE.into()),
             ("SLURM_CLUSTER_NAME".into(), CLUSTER.into()),
@@ -118,6 +122,7 @@ impl Node {
             ("SGPU_LOG".into(), "info".into()),
             (nvml_sim::STATE_ENV.into(), sim.state.clone().into()),
         ];
+        env.extend(sim.system_env());
         Ok(Node {
             log: d.join("healthd.log"),
             calls,
@@ -395,11 +400,16 @@ fn bench(args: &Args) -> Result<bool, String> {
     }
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "sgpu-healthd benchmark: {} s window after {} s warm-up, node {NODE} with {} simulated \
-         GPUs, sample_interval_s = {}, check_interval_s = {}, status {}",
+        "sgpu-healthd benchmark: {} s window after {} s warm-up, node {NODE} with {} {} GPUs, \
+         sample_interval_s = {}, check_interval_s = {}, status {}",
         args.seconds,
         args.warmup,
         args.gpus,
+        if args.system_nvml {
+            "real (system NVML)"
+        } else {
+            "simulated"
+        },
         args.sample_interval,
         args.check_interval,
         status.map_or_else(|| "off".into(), |a| format!("on {a}"))

@@ -25,11 +25,15 @@ pub struct SimNode {
     pub state: PathBuf,
     /// The node's slurm.conf (gres.conf is next to it).
     pub slurm_conf: PathBuf,
+    /// Whether the programs load the system's NVML (a real GPU node) instead of the simulator.
+    pub system_nvml: bool,
 }
 
 impl SimNode {
-    /// A node with `gpus` healthy simulated H100s, in a new directory named `prefix...`.
-    pub fn new(prefix: &str, gpus: u32) -> Result<SimNode, String> {
+    /// A node with `gpus` healthy simulated H100s, in a new directory named `prefix...`;
+    /// with `system_nvml`, the node's real GPUs instead (the system's `libnvidia-ml.so.1`,
+    /// gres.conf naming the real `/dev/nvidiaN` files, no GPU type).
+    pub fn new(prefix: &str, gpus: u32, system_nvml: bool) -> Result<SimNode, String> {
         if gpus == 0 {
             return Err("--gpus must be at least 1".into());
         }
@@ -45,25 +49,36 @@ impl SimNode {
             .map_err(|e| e.to_string())?;
         // gres.conf names device files; plain files are enough for the parsers (the minor
         // number comes from the name)
-        let dev = d.join("dev");
-        std::fs::create_dir(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
-        for i in 0..gpus {
-            write(&dev.join(format!("nvidia{i}")), "")?;
-        }
+        let dev = if system_nvml {
+            PathBuf::from("/dev")
+        } else {
+            let dev = d.join("dev");
+            std::fs::create_dir(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+            for i in 0..gpus {
+                write(&dev.join(format!("nvidia{i}")), "")?;
+            }
+            dev
+        };
         let last = gpus - 1;
+        // a real node's GPU model is whatever it is: no type, so no type rule applies
+        let (gres, gres_type) = if system_nvml {
+            (format!("gpu:{gpus}"), String::new())
+        } else {
+            (format!("gpu:h100:{gpus}"), " Type=h100".to_string())
+        };
         let slurm_conf = d.join("slurm.conf");
         write(
             &slurm_conf,
             &format!(
                 "ClusterName={CLUSTER}\nSlurmctldHost=head\nGresTypes=gpu\n\
-                 NodeName={NODE} Gres=gpu:h100:{gpus} CPUs=2 State=UNKNOWN\n\
+                 NodeName={NODE} Gres={gres} CPUs=2 State=UNKNOWN\n\
                  PartitionName=gpu Nodes={NODE} Default=YES\n"
             ),
         )?;
         write(
             &d.join("gres.conf"),
             &format!(
-                "NodeName={NODE} Name=gpu Type=h100 File={}/nvidia[0-{last}]\n",
+                "NodeName={NODE} Name=gpu{gres_type} File={}/nvidia[0-{last}]\n",
                 dev.display()
             ),
         )?;
@@ -72,7 +87,28 @@ impl SimNode {
             lib,
             state,
             slurm_conf,
+            system_nvml,
         })
+    }
+
+    /// What a real GPU node's programs need from this environment beyond the simulated
+    /// node's: `LD_LIBRARY_PATH`, where the driver's library is found through it (the
+    /// benchmarks start every program with a cleared environment, as slurmd does).
+    pub fn system_env(&self) -> Vec<(String, std::ffi::OsString)> {
+        match std::env::var_os("LD_LIBRARY_PATH") {
+            Some(v) if self.system_nvml => vec![("LD_LIBRARY_PATH".into(), v)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The `nvml_library = ...` line of the node's sgpu.toml: the simulator, or nothing
+    /// (the system's library) on a real GPU node.
+    pub fn nvml_line(&self) -> String {
+        if self.system_nvml {
+            String::new()
+        } else {
+            format!("nvml_library = \"{}\"\n", self.lib.display())
+        }
     }
 
     /// The node's directory.

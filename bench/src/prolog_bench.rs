@@ -61,6 +61,10 @@ struct Args {
     /// Keep the temporary directory (its path is printed) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Run on this machine's real GPUs through the system's NVML (a GPU node) instead of
+    /// the simulator; `--gpus` must then be the node's GPU count.
+    #[arg(long)]
+    system_nvml: bool,
 }
 
 /// The simulated node: its files, and the environment every program is started with.
@@ -75,8 +79,8 @@ struct Node {
 }
 
 impl Node {
-    fn new(gpus: u32) -> Result<Node, String> {
-        let sim = SimNode::new("sgpu-prolog-bench.", gpus)?;
+    fn new(gpus: u32, system_nvml: bool) -> Result<Node, String> {
+        let sim = SimNode::new("sgpu-prolog-bench.", gpus, system_nvml)?;
         let d = sim.path();
         // a drain would mean the simulated node is not healthy: record it, never reach a
         // real slurmctld; the epilog's `squeue` beside it (slurm_job_times) answers with an
@@ -95,8 +99,8 @@ impl Node {
         write(
             &config,
             &format!(
-                "nvml_library = \"{}\"\nstate_dir = \"{}\"\nspool_dir = \"{}\"\nscontrol = \"{}\"\n",
-                sim.lib.display(),
+                "{}state_dir = \"{}\"\nspool_dir = \"{}\"\nscontrol = \"{}\"\n",
+                sim.nvml_line(),
                 d.join("state").display(),
                 spool.display(),
                 scontrol.display()
@@ -108,7 +112,7 @@ impl Node {
             .join(",");
         // what slurmd 22.05 gives Prolog/Epilog (no PATH), plus sgpu's configuration and
         // the simulator's state file
-        let env: Vec<(String, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = vec![
             ("SLURMD_NODENAME".into(), NODE.into()),
             ("SLURM_CLUSTER_NAME".into(), CLUSTER.into()),
             ("SLURM_JOB_USER".into(), "bench".into()),
@@ -120,6 +124,7 @@ impl Node {
             ("SGPU_CONFIG".into(), config.into()),
             (nvml_sim::STATE_ENV.into(), sim.state.clone().into()),
         ];
+        env.extend(sim.system_env());
         Ok(Node {
             log: d.join("stderr.log"),
             spool,
@@ -434,7 +439,10 @@ fn bench(args: &Args) -> Result<bool, String> {
         return Err("--runs must be at least 1".into());
     }
 
-    let node = Node::new(args.gpus)?;
+    let node = Node::new(args.gpus, args.system_nvml)?;
+    if args.nvlink > 0 && args.system_nvml {
+        return Err("--nvlink sets simulated links: not with --system-nvml".into());
+    }
     if args.nvlink > 0 {
         nvml_sim::State::update(&node.sim.state, |st| {
             for g in &mut st.gpus {
@@ -446,9 +454,17 @@ fn bench(args: &Args) -> Result<bool, String> {
     let stderr = File::create(&node.log).map_err(|e| format!("{}: {e}", node.log.display()))?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "sgpu prolog benchmark: {} timed runs after {} warm-ups, node {NODE} with {} simulated GPUs \
+        "sgpu prolog benchmark: {} timed runs after {} warm-ups, node {NODE} with {} {} GPUs \
          (the job holds all of them), {} NVLink links each",
-        args.runs, args.warmup, args.gpus, args.nvlink
+        args.runs,
+        args.warmup,
+        args.gpus,
+        if args.system_nvml {
+            "real (system NVML)"
+        } else {
+            "simulated"
+        },
+        args.nvlink
     );
     println!("gates:   {}", bin_dir.display());
     println!(

@@ -724,29 +724,55 @@ struct Thresholds {
 }
 
 /// The temperature thresholds (slowdown, shutdown, GPU and memory maximum), either schema.
+/// Drivers of the 580 series print the GPU's thresholds relative to its T.Limit instead
+/// (`GPU Slowdown T.Limit Temp: -2 C`): those are turned back into degrees with
+/// [`tlimit_threshold`].
 fn thresholds(c: &Ctx<'_>, n: &Node) -> Result<Thresholds, CaptureError> {
+    let or_tlimit = |absolute: Option<u32>, relative: &[&str]| match absolute {
+        Some(v) => Ok(Some(v)),
+        None => tlimit_threshold(c, n, relative),
+    };
     Ok(Thresholds {
-        slowdown_c: c.u32(
-            n,
+        slowdown_c: or_tlimit(
+            c.u32(
+                n,
+                &[
+                    "temperature/gpu_temp_slow_threshold",
+                    "temperature/gpu_slowdown_temp",
+                ],
+            )?,
             &[
-                "temperature/gpu_temp_slow_threshold",
-                "temperature/gpu_slowdown_temp",
+                "temperature/gpu_temp_slow_tlimit_threshold",
+                "temperature/gpu_slowdown_t_limit_temp",
             ],
         )?,
-        shutdown_c: c.u32(
-            n,
+        shutdown_c: or_tlimit(
+            c.u32(
+                n,
+                &[
+                    "temperature/gpu_temp_max_threshold",
+                    "temperature/gpu_shutdown_temp",
+                ],
+            )?,
             &[
-                "temperature/gpu_temp_max_threshold",
-                "temperature/gpu_shutdown_temp",
+                "temperature/gpu_temp_max_tlimit_threshold",
+                "temperature/gpu_shutdown_t_limit_temp",
             ],
         )?,
-        gpu_max_c: c.u32(
-            n,
+        gpu_max_c: or_tlimit(
+            c.u32(
+                n,
+                &[
+                    "temperature/gpu_temp_max_gpu_threshold",
+                    "temperature/gpu_max_operating_temp",
+                ],
+            )?,
             &[
-                "temperature/gpu_temp_max_gpu_threshold",
-                "temperature/gpu_max_operating_temp",
+                "temperature/gpu_temp_max_gpu_tlimit_threshold",
+                "temperature/gpu_max_operating_t_limit_temp",
             ],
         )?,
+        // the memory's T.Limit margin is not printed: its threshold cannot be recovered
         mem_max_c: c.u32(
             n,
             &[
@@ -754,6 +780,31 @@ fn thresholds(c: &Ctx<'_>, n: &Node) -> Result<Thresholds, CaptureError> {
                 "temperature/memory_max_operating_temp",
             ],
         )?,
+    })
+}
+
+/// A threshold printed relative to T.Limit, in degrees: the capture's `GPU T.Limit Temp` is
+/// the margin between the current temperature and T.Limit, and a threshold of `-2 C` lies
+/// 2 degrees above T.Limit, so the threshold is `current + margin - relative`. Checked on a
+/// real H200 (driver 580.159.04): 41 + 46 - (-2) = 89 C, the slowdown threshold NVML's
+/// `nvmlDeviceGetTemperatureThreshold` answered (`docs/gpu-validation.md`).
+fn tlimit_threshold(c: &Ctx<'_>, n: &Node, relative: &[&str]) -> Result<Option<u32>, CaptureError> {
+    let current = c.num(n, &["temperature/gpu_temp", "temperature/gpu_current_temp"])?;
+    let margin = c.num(
+        n,
+        &[
+            "temperature/gpu_temp_tlimit",
+            "temperature/gpu_t_limit_temp",
+        ],
+    )?;
+    let rel = c.num(n, relative)?;
+    Ok(match (current, margin, rel) {
+        (Some(t), Some(m), Some(r)) => {
+            let v = (t + m - r).round();
+            // a sum outside any GPU's range means the fields are not what this rule reads
+            (0.0..=200.0).contains(&v).then_some(v as u32)
+        }
+        _ => None,
     })
 }
 
@@ -1106,6 +1157,31 @@ GPU 00000001:08:00.0
         Type                              : C
         Used GPU Memory                   : 300 MiB
 ";
+
+    #[test]
+    fn tlimit_thresholds_of_a_580_driver_become_degrees() {
+        // a real H200 under driver 580.159.04 (tests/gpu-captures/sgpu-h200/): NVML said
+        // slowdown 89 C at the same moment; shutdown and maximum operating follow the rule
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-captures/sgpu-h200");
+        for f in ["h200-580-idle.xml", "h200-580-idle.txt"] {
+            let c = match Capture::load(root.join(f)) {
+                Ok(c) => c,
+                Err(e) => panic!("{f}: {e}"),
+            };
+            let g = &c.state.gpus[0];
+            assert_eq!(
+                (
+                    g.temperature_c,
+                    g.temp_slowdown_c,
+                    g.temp_shutdown_c,
+                    g.temp_gpu_max_c,
+                    g.temp_mem_max_c
+                ),
+                (Some(41), Some(89), Some(95), Some(87), None),
+                "{f}"
+            );
+        }
+    }
 
     #[test]
     fn mig_captures_keep_their_mig_devices() {
