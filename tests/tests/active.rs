@@ -9,7 +9,10 @@
 //! 2. node3 runs a user job when its check falls due: nothing is submitted (healthd's state
 //!    says it waits for the node to be idle) until the user job ends, then the check runs
 //!    there;
-//! 3. a check that hangs (a shell waiting on a child) on node2: killed at its 3 s deadline,
+//! 3. node1, repaired, passes its check by hand (`sgpu check --active`, refused on node3
+//!    while its user job ran); `sgpu status` shows the pass; it stays drained until its
+//!    admin resumes it;
+//! 4. a check that hangs (a shell waiting on a child) on node2: killed at its 3 s deadline,
 //!    with its child, reported as `timeout` (node2 drained for it), and the job ends, handing
 //!    the node back to Slurm.
 //!
@@ -100,6 +103,26 @@ fn runs(log: &Path) -> Vec<(String, String, String)> {
             Some((w.next()?, w.next()?, w.next()?))
         })
         .collect()
+}
+
+/// `sgpu check --active matmul` on `node`, with its sgpu.toml and the cluster's Slurm.
+fn sgpu_check_active(
+    cluster: &Cluster,
+    node: &str,
+) -> Result<std::process::Output, Box<dyn std::error::Error>> {
+    let bin = sgpu::cargo_bin("sgpu-cli", "sgpu")?;
+    let out = cluster
+        .command(&bin.to_string_lossy())
+        .args(["check", "--active", "matmul", "--node", node])
+        .env("SGPU_CONFIG", node_files(cluster, node).config)
+        .output()?;
+    eprintln!(
+        "$ sgpu check --active matmul --node {node}\n{}{}(exit {:?})",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    Ok(out)
 }
 
 #[test]
@@ -216,6 +239,11 @@ fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() 
         "",
         "no sgpu job queued for node3 while it is busy"
     );
+    // by hand too: refused while the job runs
+    let by_hand = sgpu_check_active(&cluster, n3)?;
+    assert_eq!(by_hand.status.code(), Some(3), "{by_hand:?}");
+    let err = String::from_utf8_lossy(&by_hand.stderr);
+    assert!(err.contains("a job runs on it"), "{err}");
     cluster.output("scancel", &[&user_job.to_string()])?;
     let r3 = poll(Duration::from_secs(60), "node3's check once idle", || {
         Ok(result(&cluster, n3, "matmul"))
@@ -225,7 +253,36 @@ fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() 
 
     // 3. a hanging check on node2 (node1 fixed and resumed by its admin, so the breaker
     //    lets node2 drain): killed at its deadline with its child, reported, node handed back
+    // the admin repairs node1 and runs the check by hand: it passes, healthd reads the
+    // result (sgpu status shows it) and the node is resumed by the admin (active checks are
+    // not auto-recoverable)
     std::fs::remove_file(&fail1)?;
+    let by_hand = sgpu_check_active(&cluster, n1)?;
+    let out = String::from_utf8_lossy(&by_hand.stdout);
+    assert_eq!(by_hand.status.code(), Some(0), "{by_hand:?}");
+    assert!(out.contains("active.matmul  pass"), "{out}");
+    let r1 = result(&cluster, n1, "matmul").ok_or("node1's by-hand result")?;
+    assert_eq!((outcome(&r1), r1.get("job_id")), ("pass", None));
+    let addr = sgpu::healthd_status_addr(&cluster, n1)?;
+    let sgpu_bin = sgpu::cargo_bin("sgpu-cli", "sgpu")?;
+    let status = poll(
+        Duration::from_secs(30),
+        "sgpu status to show the pass",
+        || {
+            let out = cluster
+                .command(&sgpu_bin.to_string_lossy())
+                .args(["status", n1, &format!("--healthd={n1}=http://{addr}")])
+                .env("SGPU_CONFIG", "/nonexistent/sgpu.toml")
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(Some(text).filter(|t| t.contains("matmul: pass at ")))
+        },
+    )?;
+    assert!(status.contains("ACTIVE"), "{status}");
+    assert!(
+        sgpu_drained(&cluster.node(n1)?),
+        "healthd does not resume a node drained for an active check"
+    );
     configure(&cluster, n1, "")?;
     cluster.output(
         "scontrol",
