@@ -502,6 +502,11 @@ fn example_config_is_valid_and_documents_every_key() {
     assert_eq!(c.node_name.as_deref(), Some("gpu01"));
     assert!(c.checks.contains_key("gpu.temperature"));
     assert!(c.idle.policy_for(Some("gpu")).is_some_and(|p| p.mail));
+    assert!(
+        c.active
+            .check("dcgm-r2")
+            .is_some_and(|d| d.format == sgpu_nodelib::active::OutputFormat::Dcgmi)
+    );
 
     // every key of docs/install.md's sgpu.toml table is in the example
     let docs = std::fs::read_to_string(repo_root().join("docs/install.md")).unwrap();
