@@ -34,8 +34,22 @@ const PORT: &str = "16917";
 /// and its MariaDB at +100 and +101).
 const BUILT_PORT: &str = "17890";
 
-/// The directory and first port of the slurmdbd cluster for the Slurm these tests run on.
-fn dbd_place() -> (String, &'static str) {
+/// The directory and first port of the slurmdbd cluster for the Slurm these tests run on
+/// (`SGPU_DBD_CLUSTER_DIR` and `SGPU_DBD_CLUSTER_PORT` name another, for a developer who
+/// runs these tests beside others on one machine).
+fn dbd_place() -> (String, String) {
+    if let (Ok(dir), Ok(port)) = (
+        std::env::var("SGPU_DBD_CLUSTER_DIR"),
+        std::env::var("SGPU_DBD_CLUSTER_PORT"),
+    ) {
+        return (dir, port);
+    }
+    let (dir, port) = dbd_release_place();
+    (dir, port.to_string())
+}
+
+/// [`dbd_place`] by release.
+fn dbd_release_place() -> (String, &'static str) {
     let prefix = std::env::var("SGPU_SLURM_PREFIX").unwrap_or_default();
     let version = Path::new(&prefix)
         .file_name()
@@ -56,7 +70,7 @@ fn dbd_cluster() -> Result<Cluster, sgpu_tests::ClusterError> {
     Cluster::up_in(
         Path::new(&dir),
         &[
-            ("SGPU_CLUSTER_PORT", port),
+            ("SGPU_CLUSTER_PORT", port.as_str()),
             ("SGPU_CLUSTER_NODES", "2"),
             ("SGPU_CLUSTER_SLURMDBD", "1"),
             ("SGPU_CLUSTER_EXTRA", &extra),
@@ -908,5 +922,276 @@ fn the_gpu_summary_is_in_slurms_admin_comment() -> TestResult {
         lines[1].starts_with("root|") && lines[1].ends_with("|idle"),
         "{top}"
     );
+    Ok(())
+}
+
+/// `sacctmgr -i ARGS` on the slurmdbd cluster; an error names the command.
+fn sacctmgr(cluster: &Cluster, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let mut all = vec!["-i"];
+    all.extend_from_slice(args);
+    Ok(cluster.output("sacctmgr", &all)?)
+}
+
+/// `sgpu ARGS` run as `user` (its own uid and gid, so MUNGE says who asks), with an empty
+/// sgpu.toml; stdout, or an error with stderr.
+fn sgpu_as(
+    cluster: &Cluster,
+    user: &str,
+    url: &str,
+    args: &[&str],
+) -> Result<Result<String, String>, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = sgpu::cargo_bin("sgpu-cli", "sgpu")?;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let config = dir.path().join("sgpu.toml");
+    std::fs::write(&config, "")?;
+    let id = |flag: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let out = std::process::Command::new("id")
+            .args([flag, user])
+            .output()?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    let mut cmd = cluster.command("setpriv");
+    cmd.arg(format!("--reuid={}", id("-u")?))
+        .arg(format!("--regid={}", id("-g")?))
+        .arg("--init-groups")
+        .arg(&bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["--acctd", url])
+        .args(args);
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+    })
+}
+
+/// A one-GPU `job_end` of `user` in `account`: one hour on 2026-01-15 from `hour`:00 UTC.
+fn coordinated_job(job: u32, user: &str, uid: u32, account: &str, hour: u64) -> sgpu_spool::Record {
+    use sgpu_spool::{GpuEnd, JobEnd, Record, RecordBody, RecordId, RecordKind};
+    const H: u64 = 3_600_000;
+    let start = 1_768_435_200_000 + hour * H; // 2026-01-15T00:00:00Z + hours
+    let body = JobEnd {
+        user: user.into(),
+        uid,
+        account: Some(account.into()),
+        partition: Some("gpu".into()),
+        start_time: start,
+        end_time: start + H,
+        gpus: vec![GpuEnd {
+            index: 0,
+            uuid: format!("GPU-coord-{job}"),
+            name: Some("NVIDIA H100 80GB HBM3".into()),
+            energy_start_mj: Some(0),
+            energy_end_mj: Some(1_000),
+            energy_delta_mj: Some(1_000),
+        }],
+        allocated_gpu_ms: H,
+        exit: None,
+        slurm_window: None,
+    };
+    let id =
+        RecordId::new(CLUSTER, job, None, "node1", RecordKind::JobEnd).expect("a valid record id");
+    Record::new(id, start + H, RecordBody::JobEnd(body)).expect("a valid record")
+}
+
+/// Issue 17 §4: Slurm's own account coordinators, read by acctd through `sacctmgr show
+/// account withcoord`, see the jobs and totals of the accounts they coordinate (and their
+/// own), nothing else; a user who coordinates nothing sees only their own; a coordinator
+/// removed in slurmdbd loses the view at acctd's next read. Every caller runs the real
+/// `sgpu` under its own uid (MUNGE says who it is).
+#[test]
+fn slurm_coordinators_see_their_accounts_and_nothing_else() -> TestResult {
+    const COORD: &str = "sgpu-test-a";
+    const OTHER: &str = "sgpu-test-b";
+    const X: &str = "sgpu-coord-x";
+    const Y: &str = "sgpu-coord-y";
+    let cluster = dbd_cluster()?;
+    let _lock = cluster.lock_exclusive()?;
+    // a clean start: nothing of an earlier run in slurmdbd (errors: nothing to delete)
+    let _ = sacctmgr(
+        &cluster,
+        &["delete", "coordinator", &format!("names={COORD}")],
+    );
+    for u in [COORD, OTHER] {
+        let _ = sacctmgr(&cluster, &["delete", "user", &format!("name={u}")]);
+    }
+    let _ = sacctmgr(&cluster, &["delete", "account", &format!("name={X},{Y}")]);
+    sacctmgr(
+        &cluster,
+        &[
+            "add",
+            "account",
+            &format!("{X},{Y}"),
+            &format!("cluster={CLUSTER}"),
+        ],
+    )?;
+    sacctmgr(&cluster, &["add", "user", COORD, &format!("account={Y}")])?;
+    sacctmgr(
+        &cluster,
+        &["add", "user", OTHER, &format!("account={X},{Y}")],
+    )?;
+    sacctmgr(
+        &cluster,
+        &[
+            "add",
+            "coordinator",
+            &format!("account={X}"),
+            &format!("names={COORD}"),
+        ],
+    )?;
+    let withcoord = cluster.output(
+        "sacctmgr",
+        &[
+            "-n",
+            "-P",
+            "show",
+            "account",
+            "withcoord",
+            "format=Account,Coordinators",
+        ],
+    )?;
+    eprintln!("sacctmgr show account withcoord:\n{withcoord}");
+    assert!(
+        withcoord.lines().any(|l| l == format!("{X}|{COORD}")),
+        "{withcoord}"
+    );
+
+    // acctd reads them through the cluster's sacctmgr every second
+    let bin = tempfile::tempdir()?;
+    let cmd = cluster.command("sacctmgr");
+    let real = cmd.get_program().to_string_lossy().into_owned();
+    let conf = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "SLURM_CONF")
+        .and_then(|(_, v)| v)
+        .map(|v| v.to_string_lossy().into_owned())
+        .ok_or("the cluster's command sets no SLURM_CONF")?;
+    let wrapper = bin.path().join("sacctmgr");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nSLURM_CONF='{conf}' exec '{real}' \"$@\"\n"),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let config = bin.path().join("acctd.toml");
+    std::fs::write(
+        &config,
+        "time_zone = \"UTC\"\n[coordinators]\nslurm = true\nrefresh_s = 1\n",
+    )?;
+    let acctd = Acctd::start(&[
+        "--auth",
+        "munge",
+        "--slurm-bin",
+        &bin.path().to_string_lossy(),
+        "--config",
+        &config.to_string_lossy(),
+    ])?;
+    let uid = |u: &str| -> Result<u32, Box<dyn std::error::Error>> {
+        let out = std::process::Command::new("id").args(["-u", u]).output()?;
+        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    };
+    let records = [
+        coordinated_job(970_001, OTHER, uid(OTHER)?, X, 1), // OTHER in the coordinated X
+        coordinated_job(970_002, OTHER, uid(OTHER)?, Y, 2), // OTHER in Y: not COORD's
+        coordinated_job(970_003, COORD, uid(COORD)?, Y, 3), // COORD's own, in Y
+    ];
+    let root = Client::new(
+        &acctd.url(),
+        ClientAuth::Munge { socket: None },
+        Duration::from_secs(30),
+    )?;
+    let reply = root.post_records(&serde_json::to_vec(&records)?)?;
+    assert_eq!(reply.accepted, 3, "{:?}", reply.results);
+
+    let url = acctd.url();
+    let window = ["-S", "2026-01-15", "-E", "2026-01-16"];
+    let report = |user: &str, extra: &[&str]| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut args = vec!["report"];
+        args.extend(window);
+        args.extend([
+            "--group-by",
+            "account,user",
+            "-P",
+            "-n",
+            "-o",
+            "Account,User,Jobs",
+        ]);
+        args.extend(extra);
+        let out = sgpu_as(&cluster, user, &url, &args)?.map_err(|e| format!("{user}: {e}"))?;
+        Ok(out.lines().map(str::to_string).collect())
+    };
+    let jobs = |user: &str| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut args = vec!["jobs"];
+        args.extend(window);
+        args.extend(["-P", "-n", "-o", "JobID,User,Account"]);
+        let out = sgpu_as(&cluster, user, &url, &args)?.map_err(|e| format!("{user}: {e}"))?;
+        Ok(out.lines().map(str::to_string).collect())
+    };
+    // acctd reads Slurm's coordinators at start and every second: wait for the first read
+    let began = Instant::now();
+    let mine = vec![format!("{X}|{OTHER}|1"), format!("{Y}|{COORD}|1")];
+    loop {
+        let rows = report(COORD, &[])?;
+        if rows == mine {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60) && rows == [format!("{Y}|{COORD}|1")],
+            "{COORD}'s report: {rows:?}; acctd's log: {}",
+            std::fs::read_to_string(acctd.log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // the coordinator: X's jobs and totals and their own, never OTHER's job in Y
+    assert_eq!(
+        jobs(COORD)?,
+        [format!("970001|{OTHER}|{X}"), format!("970003|{COORD}|{Y}")]
+    );
+    assert_eq!(report(COORD, &["-A", Y])?, [format!("{Y}|{COORD}|1")]);
+    assert_eq!(report(COORD, &["-u", OTHER])?, [format!("{X}|{OTHER}|1")]);
+    let job = |user: &str, id: &str| sgpu_as(&cluster, user, &url, &["job", id, "-M", CLUSTER]);
+    assert!(job(COORD, "970001")?.is_ok());
+    let refused = job(COORD, "970002")?.expect_err("another account's job");
+    assert!(refused.contains("no records"), "{refused}");
+    // a user who coordinates nothing: their own jobs only
+    assert_eq!(
+        report(OTHER, &[])?,
+        [format!("{X}|{OTHER}|1"), format!("{Y}|{OTHER}|1")]
+    );
+    assert!(job(OTHER, "970003")?.is_err());
+    // root sees all three
+    assert_eq!(jobs("root")?.len(), 3);
+
+    // Slurm takes the coordinator away: acctd's next read takes the view away
+    sacctmgr(
+        &cluster,
+        &[
+            "delete",
+            "coordinator",
+            &format!("account={X}"),
+            &format!("names={COORD}"),
+        ],
+    )?;
+    let began = Instant::now();
+    loop {
+        let rows = report(COORD, &[])?;
+        if rows == [format!("{Y}|{COORD}|1")] {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60) && rows == mine,
+            "{COORD}'s report after the coordinator was removed: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for u in [COORD, OTHER] {
+        sacctmgr(&cluster, &["delete", "user", &format!("name={u}")])?;
+    }
+    sacctmgr(&cluster, &["delete", "account", &format!("name={X},{Y}")])?;
     Ok(())
 }
