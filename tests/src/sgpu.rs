@@ -528,9 +528,22 @@ pub fn stop_healthd(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
 }
 
 /// Gives `node` healthy simulated GPUs again (same UUIDs as before) and forgets its XIDs.
+/// GPU 0 is split into the MIG slices gres.conf lists for it ([`mig_of`]).
 pub fn reset_gpus(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
     let f = node_files(cluster, node);
-    let state = State::healthy_seeded(gpus_of(cluster, node), seed_for(node));
+    let mut state = State::healthy_seeded(gpus_of(cluster, node), seed_for(node));
+    let mig = mig_of(cluster, node);
+    if !mig.is_empty() {
+        let slices: Vec<(&str, u32)> = mig.iter().map(|(p, gi)| (p.as_str(), *gi)).collect();
+        let split = state
+            .gpu_mut(0)
+            .ok_or_else(|| "no GPU 0".to_string())
+            .and_then(|g| g.set_mig(&slices));
+        split.map_err(|detail| ClusterError::Parse {
+            cmd: "nvml_sim::Gpu::set_mig".into(),
+            detail,
+        })?;
+    }
     state.save(&f.nvml_state).map_err(|e| ClusterError::Parse {
         cmd: "nvml_sim::State::save".into(),
         detail: e.to_string(),
@@ -543,20 +556,47 @@ pub fn reset_gpus(cluster: &Cluster, node: &str) -> Result<(), ClusterError> {
     }
 }
 
-/// How many GPUs `node` has in the cluster's gres.conf (`File=.../nvidia[0-N]`, as
-/// `tests/cluster/up` writes it for `SGPU_CLUSTER_GPUS`), else [`GPUS_PER_NODE`].
-pub fn gpus_of(cluster: &Cluster, node: &str) -> u32 {
+/// `node`'s lines of the cluster's gres.conf.
+fn gres_lines(cluster: &Cluster, node: &str) -> Vec<String> {
     let gres = std::fs::read_to_string(cluster.dir().join("etc/gres.conf")).unwrap_or_default();
     let prefix = format!("NodeName={node} ");
     gres.lines()
         .filter(|l| l.starts_with(&prefix))
-        .find_map(|l| {
-            let range = l.rsplit_once("nvidia[")?.1.strip_suffix(']')?;
-            let (a, b) = range.split_once('-')?;
-            let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-            b.checked_sub(a).map(|d| d + 1)
+        .map(String::from)
+        .collect()
+}
+
+/// How many GPUs `node` has in the cluster's gres.conf (`File=.../nvidia[A-N]` is GPUs up to
+/// N, as `tests/cluster/up` writes it for `SGPU_CLUSTER_GPUS`; a node whose only GPU is split
+/// into MIG slices has 1), else [`GPUS_PER_NODE`].
+pub fn gpus_of(cluster: &Cluster, node: &str) -> u32 {
+    let lines = gres_lines(cluster, node);
+    let whole = lines.iter().find_map(|l| {
+        let range = l.rsplit_once("nvidia[")?.1.strip_suffix(']')?;
+        let (a, b) = range.split_once('-')?;
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        b.checked_sub(a).map(|_| b + 1)
+    });
+    match whole {
+        Some(n) => n,
+        None if !mig_of(cluster, node).is_empty() => 1,
+        None => GPUS_PER_NODE,
+    }
+}
+
+/// The MIG slices of GPU 0 that the cluster's gres.conf lists for `node` (`SGPU_CLUSTER_MIG`
+/// of `tests/cluster/up`): (profile, GPU instance id), the id from the capability file's
+/// minor in the driver's layout (3 + 9 x id).
+pub fn mig_of(cluster: &Cluster, node: &str) -> Vec<(String, u32)> {
+    gres_lines(cluster, node)
+        .iter()
+        .filter_map(|l| {
+            let ty = l.split_whitespace().find_map(|w| w.strip_prefix("Type="))?;
+            let minor: u32 = l.rsplit_once("nvidia-cap")?.1.trim().parse().ok()?;
+            let gi = minor.checked_sub(3).filter(|m| m % 9 == 0)? / 9;
+            Some((ty.to_string(), gi))
         })
-        .unwrap_or(GPUS_PER_NODE)
+        .collect()
 }
 
 /// Changes `node`'s simulated GPUs (energy counters stay continuous).

@@ -442,7 +442,7 @@ impl Gpu {
             )
         })?;
         let mut used = BTreeSet::new();
-        let mut instances = Vec::new();
+        let mut placed = Vec::new();
         for name in profiles {
             let p = board.profile(name).ok_or_else(|| {
                 format!(
@@ -461,35 +461,51 @@ impl Gpu {
                 .find(|i| !used.contains(i))
                 .ok_or_else(|| "no free GPU instance id".to_string())?;
             used.insert(gi);
-            let h = self.uuid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            }) ^ u64::from(gi).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            instances.push(MigInstance {
-                profile: (*name).to_string(),
-                gpu_instance_id: gi,
-                compute_instance_id: 0,
-                uuid: format!(
-                    "MIG-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-                    h >> 32,
-                    (h >> 16) & 0xffff,
-                    h & 0xffff,
-                    gi,
-                    h & 0xffff_ffff_ffff
-                ),
-                memory_total_mib: None,
-                memory_used_mib: 0,
-                processes: Vec::new(),
-            });
+            placed.push((*name, gi));
         }
+        self.set_mig(&placed)
+    }
+
+    /// Turns MIG on with one MIG device (a full compute instance, id 0) per (profile, GPU
+    /// instance id), UUIDs derived from the GPU's and the instance id, and memory from the
+    /// profile's share; fails as validation would.
+    pub fn set_mig(&mut self, instances: &[(&str, u32)]) -> Result<(), String> {
+        let instances = instances
+            .iter()
+            .map(|&(profile, gi)| {
+                let h = self.uuid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                }) ^ u64::from(gi).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                MigInstance {
+                    profile: profile.to_string(),
+                    gpu_instance_id: gi,
+                    compute_instance_id: 0,
+                    uuid: format!(
+                        "MIG-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                        h >> 32,
+                        (h >> 16) & 0xffff,
+                        h & 0xffff,
+                        gi,
+                        h & 0xffff_ffff_ffff
+                    ),
+                    memory_total_mib: None,
+                    memory_used_mib: 0,
+                    processes: Vec::new(),
+                }
+            })
+            .collect();
         let mut mig = Mig {
             pending: None,
             instances,
         };
         mig.sort();
         let mut uuids = BTreeSet::new();
+        let before = self.mig_mode;
         self.mig_mode = Some(true);
-        // the parent's utilization and remapped rows are N/A under MIG
-        mig.validate(self, &mut uuids)?;
+        if let Err(e) = mig.validate(self, &mut uuids) {
+            self.mig_mode = before;
+            return Err(e);
+        }
         self.mig = Some(mig);
         Ok(())
     }

@@ -1,0 +1,208 @@
+//! MIG slices as Slurm gres on a cluster of its own (`/tmp/sgpu-cluster-h18a`, 2 nodes, ports
+//! 17620+, healthd status 18621+): GPU 0 of each node is split into 1g.10gb (GPU instance 7),
+//! 1g.10gb (8) and 2g.20gb (3), given to Slurm as sites do (`gpu:<profile>` types, one
+//! gres.conf line per slice with `MultipleFiles=` of the GPU's and the GPU instance's device
+//! files), GPU 1 whole. A job on the 2g.20gb slice is gated on its slice and its GPU: it
+//! passes while a neighbour slice is busy, its records and healthd's `/status` name the
+//! slice, and a fault of the parent GPU drains the node with a reason naming GPU and slice.
+//! The cluster is brought down at the end.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nvml_sim::{Process, State};
+use sgpu_spool::RecordBody;
+use sgpu_tests::cluster::repo_root;
+use sgpu_tests::sgpu::{self, node_files};
+use sgpu_tests::{Cluster, node_state, poll};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const DIR: &str = "/tmp/sgpu-cluster-h18a";
+const PORT: &str = "17620";
+const MIG: &str = "1g.10gb:7 1g.10gb:8 2g.20gb:3";
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Brings the cluster down (also when the test fails).
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo_root().join("tests/cluster/down"))
+            .arg("--keep-munge")
+            .env("SGPU_CLUSTER_DIR", DIR)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The MIG- UUID of GPU 0's slice in GPU instance `gi` on `node`.
+fn slice_uuid(
+    cluster: &Cluster,
+    node: &str,
+    gi: u32,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let state = State::load(node_files(cluster, node).nvml_state)?;
+    let gpu = state.gpu(0).ok_or("no GPU 0")?;
+    let m = gpu
+        .mig_instances()
+        .iter()
+        .find(|m| m.gpu_instance_id == gi)
+        .ok_or_else(|| format!("{node}: GPU 0 has no GPU instance {gi}: {:?}", gpu.mig))?;
+    Ok(m.uuid.clone())
+}
+
+/// Cancels `id` until it sticks (a cancel during the prolog is undone by Slurm's requeue).
+fn cancel(cluster: &Cluster, id: u32) -> TestResult {
+    let start = std::time::Instant::now();
+    loop {
+        let _ = cluster.output("scancel", &[&id.to_string()]);
+        std::thread::sleep(Duration::from_millis(300));
+        let job = cluster.job(id)?;
+        if sgpu_tests::cluster::TERMINAL_JOB_STATES.contains(&job.get("JobState")) {
+            return Ok(());
+        }
+        if start.elapsed() > JOB_TIMEOUT {
+            return Err(format!("job {id} cannot be cancelled: {job:?}").into());
+        }
+    }
+}
+
+#[test]
+fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> TestResult {
+    let _down = Down;
+    let cluster = Cluster::up_in(
+        Path::new(DIR),
+        &[
+            ("SGPU_CLUSTER_NODES", "2"),
+            ("SGPU_CLUSTER_GPUS", "2"),
+            ("SGPU_CLUSTER_PORT", PORT),
+            ("SGPU_CLUSTER_MIG", MIG),
+        ],
+    )?;
+    let _lock = cluster.lock_exclusive()?;
+    let (n1, n2) = ("node1", "node2");
+    let _restore = sgpu::Restore::new(&cluster, &[n1, n2]);
+    for n in [n1, n2] {
+        sgpu::reset_gpus(&cluster, n)?;
+        cluster.wait_node(n, Duration::from_secs(30), "in service", |r| {
+            !node_state(r).1
+        })?;
+    }
+    // Slurm sees the slices as typed GPUs
+    let gres = cluster.node(n1)?.get("Gres").to_string();
+    assert!(
+        gres.contains("gpu:1g.10gb:2") && gres.contains("gpu:2g.20gb:1"),
+        "{gres}"
+    );
+    let uuid = slice_uuid(&cluster, n1, 3)?;
+
+    // 1. a healthy job on the 2g.20gb slice, while a neighbour slice (GPU instance 7) runs
+    // another process with memory in use: the GPU's own lists show it, the job's slice not
+    sgpu::update_gpus(&cluster, n1, |st| {
+        if let Some(m) = st
+            .gpu_mut(0)
+            .and_then(|g| g.mig.as_mut())
+            .and_then(|m| m.instances.iter_mut().find(|m| m.gpu_instance_id == 7))
+        {
+            m.memory_used_mib = 6000;
+            m.processes.push(Process {
+                pid: 4711,
+                used_memory_mib: Some(5900),
+                kind: Default::default(),
+            });
+        }
+    })?;
+    let id = cluster.sbatch(
+        &["-w", n1, "--gres=gpu:2g.20gb:1", "-o", "/dev/null"],
+        "sleep 6",
+    )?;
+    // while it runs, healthd maps the slice to the job
+    let status = poll(
+        JOB_TIMEOUT,
+        "healthd's /status showing the slice's job",
+        || {
+            let (code, body) = sgpu::healthd_get(&cluster, n1, "/status")?;
+            if code != 200 {
+                return Ok(None);
+            }
+            let doc: serde_json::Value = serde_json::from_str(&body)?;
+            let held = doc["gpus"].as_array().is_some_and(|gs| {
+                gs.iter().any(|g| {
+                    g["uuid"].as_str() == Some(uuid.as_str())
+                        && g["job_id"].as_u64() == Some(u64::from(id))
+                })
+            });
+            Ok(held.then_some(doc))
+        },
+    )?;
+    let slice_doc = status["gpus"]
+        .as_array()
+        .and_then(|gs| {
+            gs.iter()
+                .find(|g| g["uuid"].as_str() == Some(uuid.as_str()))
+        })
+        .ok_or("no slice in /status")?;
+    assert_eq!(slice_doc["index"].as_u64(), Some(0), "{slice_doc}");
+    assert!(
+        slice_doc["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("MIG 2g.20gb")),
+        "{slice_doc}"
+    );
+    let job = cluster.wait_job(id, JOB_TIMEOUT)?;
+    assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
+    assert!(
+        !node_state(&cluster.node(n1)?).1,
+        "a busy neighbour slice drains nothing"
+    );
+    let recs = sgpu::spool_records(&cluster, n1, id)?;
+    let start = recs
+        .iter()
+        .find_map(|r| match r.body() {
+            RecordBody::JobStart(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no job_start record for job {id}: {recs:?}"))?;
+    assert_eq!(start.gpus.len(), 1, "{start:?}");
+    assert_eq!(
+        start.gpus[0].uuid, uuid,
+        "the record names the job's slice: {start:?}"
+    );
+    assert_eq!(
+        start.gpus[0].name.as_deref(),
+        Some("NVIDIA H100 80GB HBM3 MIG 2g.20gb")
+    );
+    assert_eq!(
+        start.gpus[0].energy_mj, None,
+        "NVML has no energy per slice"
+    );
+
+    // 2. a fault of the parent GPU the prolog finds (healthd paused, so the gate is first):
+    // the node is drained with a reason that names the GPU and the job's slice
+    {
+        let _paused = sgpu::pause_healthd(&cluster, n1)?;
+        sgpu::update_gpus(&cluster, n1, |st| {
+            if let Some(g) = st.gpu_mut(0) {
+                g.ecc.volatile_uncorrected = 2;
+            }
+        })?;
+        let id = cluster.sbatch(
+            &["-w", n1, "--gres=gpu:2g.20gb:1", "-o", "/dev/null"],
+            "true",
+        )?;
+        let rec = cluster.wait_node(n1, JOB_TIMEOUT, "drained by sgpu", |r| {
+            node_state(r).1 && r.get("Reason").starts_with("sgpu:")
+        })?;
+        cancel(&cluster, id)?;
+        let reason = rec.get("Reason");
+        assert!(
+            reason.starts_with("sgpu: gpu.ecc_uncorrectable gpu0 MIG 2g.20gb (GI 3 CI 0): "),
+            "{reason}"
+        );
+        assert!(!node_state(&cluster.node(n2)?).1, "node2 is left alone");
+        sgpu::reset_gpus(&cluster, n1)?;
+    }
+    Ok(())
+}
