@@ -478,6 +478,32 @@ fn secs(ms: u64) -> i64 {
 /// The text report.
 pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> String {
     use std::fmt::Write;
+    let mut o = job_lines(e);
+    o.push_str(&gpu_totals(e));
+    o.push_str(&gpu_table(e));
+    o.push_str(&idle_sections(e));
+    o.push_str(&slurm_lines(slurm, e.end_ms.is_none()));
+    for n in notes {
+        let _ = writeln!(o, "Note: {n}");
+    }
+    let h = hints(e, slurm);
+    if !h.is_empty() {
+        let _ = writeln!(o, "Hints:");
+        for line in h {
+            let _ = writeln!(o, "  - {line}");
+        }
+    }
+    o
+}
+
+/// `-` for an empty field.
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// The report's first lines: the job and its run, owner, nodes and window.
+fn job_lines(e: &EfficiencyAnswer) -> String {
+    use std::fmt::Write;
     let mut o = String::new();
     let running = e.end_ms.is_none();
     let _ = writeln!(
@@ -499,17 +525,9 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
     let _ = writeln!(
         o,
         "User: {}  Account: {}  Partition: {}",
-        if e.user.is_empty() { "-" } else { &e.user },
-        if e.account.is_empty() {
-            "-"
-        } else {
-            &e.account
-        },
-        if e.partition.is_empty() {
-            "-"
-        } else {
-            &e.partition
-        }
+        or_dash(&e.user),
+        or_dash(&e.account),
+        or_dash(&e.partition)
     );
     let end = e.end_ms.unwrap_or(e.now_ms);
     let _ = writeln!(
@@ -521,6 +539,13 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
         format_time(secs(end)),
         format_elapsed(end.saturating_sub(e.start_ms) / 1000)
     );
+    o
+}
+
+/// The job's GPU totals: GPUs in use, allocated and used GPU-hours, idle GPU-hours, energy.
+fn gpu_totals(e: &EfficiencyAnswer) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
     let sampled = e.gpus.iter().filter(|g| g.util_mean_pct.is_some()).count();
     let used = e
         .gpus
@@ -583,6 +608,11 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
                 )
             })
     );
+    o
+}
+
+/// One row per GPU: utilization, memory peak, GPU-hours, energy, idle time.
+fn gpu_table(e: &EfficiencyAnswer) -> String {
     let mut rows = vec![
         [
             "NODE",
@@ -618,8 +648,13 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
             g.idle_ms.map_or("-".into(), |i| format_elapsed(i / 1000)),
         ]);
     }
-    o.push_str(&crate::admin::table(&rows));
-    o.push_str(&idle_sections(e));
+    crate::admin::table(&rows)
+}
+
+/// CPU and memory efficiency from Slurm's accounting, or why there is none.
+fn slurm_lines(slurm: &SlurmAnswer, running: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
     match slurm {
         SlurmAnswer::Figures(s) => {
             let _ = writeln!(
@@ -655,16 +690,6 @@ pub fn render(e: &EfficiencyAnswer, slurm: &SlurmAnswer, notes: &[String]) -> St
         }
         SlurmAnswer::Unavailable(why) => {
             let _ = writeln!(o, "CPU and memory efficiency: not available: {why}");
-        }
-    }
-    for n in notes {
-        let _ = writeln!(o, "Note: {n}");
-    }
-    let h = hints(e, slurm);
-    if !h.is_empty() {
-        let _ = writeln!(o, "Hints:");
-        for line in h {
-            let _ = writeln!(o, "  - {line}");
         }
     }
     o
