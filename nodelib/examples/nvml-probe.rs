@@ -7,7 +7,10 @@
 //! `... --example nvml-probe -- --breakdown [LIBRARY]`: where a fresh process's first
 //! reading spends its time (dlopen, init, each query), from one process per run;
 //! `... --example nvml-probe -- --watch SECONDS [LIBRARY]`: one line a second of what the
-//! sampler and the process checks read (run it beside a GPU load).
+//! sampler and the process checks read (run it beside a GPU load);
+//! `... --example nvml-probe -- --concurrency N [LIBRARY]`: 10 snapshots on 1 thread, then
+//! 10 on each of N threads at once: whether the driver answers concurrent readers in
+//! parallel (what reading an 8-GPU node's GPUs on threads of their own would gain).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -218,6 +221,35 @@ fn watch(seconds: u64, library: Option<std::path::PathBuf>) -> Result<serde_json
     Ok(serde_json::Value::Array(lines))
 }
 
+/// Wall time of 10 snapshots on one thread against 10 on each of `threads` threads at once.
+fn concurrency(
+    threads: usize,
+    library: Option<std::path::PathBuf>,
+) -> Result<serde_json::Value, String> {
+    let opts = NvmlOptions {
+        library,
+        timeout: Duration::from_secs(20),
+        nvlink_counters: false,
+    };
+    let session = Session::open(&opts).map_err(|e| format!("Session::open: {e}"))?;
+    let _ = session.snapshot();
+    let (one, _) = timed(|| (0..10).for_each(|_| drop(session.snapshot())));
+    let (many, _) = timed(|| {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| (0..10).for_each(|_| drop(session.snapshot())));
+            }
+        })
+    });
+    Ok(serde_json::json!({
+        "snapshots_1_thread_ms": one,
+        "threads": threads,
+        "snapshots_n_threads_ms": many,
+        "slowdown": many / one,
+        "reading": "1.0: concurrent readers are answered in parallel; N: one at a time",
+    }))
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let result = match args.first().and_then(|a| a.to_str()) {
@@ -225,6 +257,10 @@ fn main() -> ExitCode {
         Some("--watch") => match args.get(1).and_then(|a| a.to_str()?.parse().ok()) {
             Some(n) => watch(n, args.get(2).map(Into::into)),
             None => Err("--watch needs a number of seconds".into()),
+        },
+        Some("--concurrency") => match args.get(1).and_then(|a| a.to_str()?.parse().ok()) {
+            Some(n) => concurrency(n, args.get(2).map(Into::into)),
+            None => Err("--concurrency needs a number of threads".into()),
         },
         _ => probe(args.pop().map(Into::into)),
     };
