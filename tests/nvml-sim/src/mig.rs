@@ -32,7 +32,13 @@
 //! and H100 (`1g.10gb` ×7, `1g.10gb+me`, `1g.20gb` ×4, `2g.20gb` ×3, `3g.40gb` ×2, `4g.40gb`,
 //! `7g.80gb`), H100 NVL 94 GB (`1g.12gb` … `7g.94gb`), GH200 96 GB (`1g.12gb` … `7g.96gb`)
 //! and H200 141 GB (`1g.18gb` ×7, `1g.18gb+me`, `1g.35gb` ×4, `2g.35gb` ×3, `3g.71gb` ×2,
-//! `4g.71gb`, `7g.141gb`). Validation refuses a profile the board lacks, more instances of a
+//! `4g.71gb`, `7g.141gb`). An instance's memory defaults to what the driver reports for its
+//! profile where a real reading is known (the H200's, from `nvidia-smi mig -lgip` on a real
+//! H200 with driver 580: 1g.18gb 16 GiB, 1g.35gb and 2g.35gb 32.5 GiB, 3g.71gb and 4g.71gb
+//! 69.75 GiB, 7g.141gb 140 GiB; the A100s' 20 GB profiles 19968 MiB from the shared
+//! captures), else to the parent's memory times the profile's share. That H200, with MIG
+//! disabled, answered `nvmlDeviceGetMigMode` with (0, 0), as `mig_mode = false` does here.
+//! Validation refuses a profile the board lacks, more instances of a
 //! profile than the board allows, GPU instances whose compute slices add up past the board's
 //! 7 (A30: 4), compute instances past their GPU instance's slices, duplicate ids or UUIDs,
 //! and instances while `mig_mode` is not `true`.
@@ -153,6 +159,10 @@ pub struct Profile {
     pub max_count: u32,
     /// SMs of the full-GPU profile (7g: fewer than 7 × per-slice SMs on every board).
     pub sms: u32,
+    /// The instance's memory as the driver reports it, MiB, where a real reading is known
+    /// (H200: `nvidia-smi mig -lgip` on driver 5xx, 2026-12-04; A100: the shared MIG
+    /// captures); 0: not known, the parent's memory × `memory_eighths` / 8 is used.
+    pub mib: u64,
 }
 
 const P1: u32 = sys::NVML_GPU_INSTANCE_PROFILE_1_SLICE;
@@ -165,9 +175,9 @@ const P4: u32 = sys::NVML_GPU_INSTANCE_PROFILE_4_SLICE;
 const P7: u32 = sys::NVML_GPU_INSTANCE_PROFILE_7_SLICE;
 
 macro_rules! profiles {
-    ($($name:literal $slices:literal $eighths:literal $id:ident $max:literal $sms:literal),* $(,)?) => {
+    ($($name:literal $slices:literal $eighths:literal $id:ident $max:literal $sms:literal $mib:literal),* $(,)?) => {
         &[$(Profile { name: $name, slices: $slices, memory_eighths: $eighths, nvml_id: $id,
-                      max_count: $max, sms: $sms }),*]
+                      max_count: $max, sms: $sms, mib: $mib }),*]
     };
 }
 
@@ -178,8 +188,8 @@ pub const BOARDS: [Board; 7] = [
         slices: 4,
         sms_per_slice: 14,
         profiles: profiles![
-            "1g.6gb" 1 2 P1 4 14, "1g.6gb+me" 1 2 P1ME 1 14, "2g.12gb" 2 4 P2 2 28,
-            "2g.12gb+me" 2 4 P2ME 1 28, "4g.24gb" 4 8 P4 1 56,
+            "1g.6gb" 1 2 P1 4 14 0, "1g.6gb+me" 1 2 P1ME 1 14 0, "2g.12gb" 2 4 P2 2 28 0,
+            "2g.12gb+me" 2 4 P2ME 1 28 0, "4g.24gb" 4 8 P4 1 56 0,
         ],
     },
     Board {
@@ -187,9 +197,9 @@ pub const BOARDS: [Board; 7] = [
         slices: 7,
         sms_per_slice: 14,
         profiles: profiles![
-            "1g.5gb" 1 1 P1 7 14, "1g.5gb+me" 1 1 P1ME 1 14, "1g.10gb" 1 2 P1X2 4 14,
-            "2g.10gb" 2 2 P2 3 28, "3g.20gb" 3 4 P3 2 42, "4g.20gb" 4 4 P4 1 56,
-            "7g.40gb" 7 8 P7 1 98,
+            "1g.5gb" 1 1 P1 7 14 0, "1g.5gb+me" 1 1 P1ME 1 14 0, "1g.10gb" 1 2 P1X2 4 14 0,
+            "2g.10gb" 2 2 P2 3 28 0, "3g.20gb" 3 4 P3 2 42 19968, "4g.20gb" 4 4 P4 1 56 19968,
+            "7g.40gb" 7 8 P7 1 98 0,
         ],
     },
     Board {
@@ -197,9 +207,9 @@ pub const BOARDS: [Board; 7] = [
         slices: 7,
         sms_per_slice: 14,
         profiles: profiles![
-            "1g.10gb" 1 1 P1 7 14, "1g.10gb+me" 1 1 P1ME 1 14, "1g.20gb" 1 2 P1X2 4 14,
-            "2g.20gb" 2 2 P2 3 28, "3g.40gb" 3 4 P3 2 42, "4g.40gb" 4 4 P4 1 56,
-            "7g.80gb" 7 8 P7 1 98,
+            "1g.10gb" 1 1 P1 7 14 0, "1g.10gb+me" 1 1 P1ME 1 14 0, "1g.20gb" 1 2 P1X2 4 14 19968,
+            "2g.20gb" 2 2 P2 3 28 0, "3g.40gb" 3 4 P3 2 42 0, "4g.40gb" 4 4 P4 1 56 0,
+            "7g.80gb" 7 8 P7 1 98 0,
         ],
     },
     Board {
@@ -207,9 +217,9 @@ pub const BOARDS: [Board; 7] = [
         slices: 7,
         sms_per_slice: 16,
         profiles: profiles![
-            "1g.10gb" 1 1 P1 7 16, "1g.10gb+me" 1 1 P1ME 1 16, "1g.20gb" 1 2 P1X2 4 16,
-            "2g.20gb" 2 2 P2 3 32, "3g.40gb" 3 4 P3 2 60, "4g.40gb" 4 4 P4 1 64,
-            "7g.80gb" 7 8 P7 1 132,
+            "1g.10gb" 1 1 P1 7 16 0, "1g.10gb+me" 1 1 P1ME 1 16 0, "1g.20gb" 1 2 P1X2 4 16 0,
+            "2g.20gb" 2 2 P2 3 32 0, "3g.40gb" 3 4 P3 2 60 0, "4g.40gb" 4 4 P4 1 64 0,
+            "7g.80gb" 7 8 P7 1 132 0,
         ],
     },
     Board {
@@ -217,9 +227,9 @@ pub const BOARDS: [Board; 7] = [
         slices: 7,
         sms_per_slice: 16,
         profiles: profiles![
-            "1g.12gb" 1 1 P1 7 16, "1g.12gb+me" 1 1 P1ME 1 16, "1g.24gb" 1 2 P1X2 4 16,
-            "2g.24gb" 2 2 P2 3 32, "3g.47gb" 3 4 P3 2 60, "4g.47gb" 4 4 P4 1 64,
-            "7g.94gb" 7 8 P7 1 132,
+            "1g.12gb" 1 1 P1 7 16 0, "1g.12gb+me" 1 1 P1ME 1 16 0, "1g.24gb" 1 2 P1X2 4 16 0,
+            "2g.24gb" 2 2 P2 3 32 0, "3g.47gb" 3 4 P3 2 60 0, "4g.47gb" 4 4 P4 1 64 0,
+            "7g.94gb" 7 8 P7 1 132 0,
         ],
     },
     Board {
@@ -227,9 +237,9 @@ pub const BOARDS: [Board; 7] = [
         slices: 7,
         sms_per_slice: 16,
         profiles: profiles![
-            "1g.12gb" 1 1 P1 7 16, "1g.12gb+me" 1 1 P1ME 1 16, "1g.24gb" 1 2 P1X2 4 16,
-            "2g.24gb" 2 2 P2 3 32, "3g.48gb" 3 4 P3 2 60, "4g.48gb" 4 4 P4 1 64,
-            "7g.96gb" 7 8 P7 1 132,
+            "1g.12gb" 1 1 P1 7 16 0, "1g.12gb+me" 1 1 P1ME 1 16 0, "1g.24gb" 1 2 P1X2 4 16 0,
+            "2g.24gb" 2 2 P2 3 32 0, "3g.48gb" 3 4 P3 2 60 0, "4g.48gb" 4 4 P4 1 64 0,
+            "7g.96gb" 7 8 P7 1 132 0,
         ],
     },
     Board {
@@ -237,9 +247,9 @@ pub const BOARDS: [Board; 7] = [
         slices: 7,
         sms_per_slice: 16,
         profiles: profiles![
-            "1g.18gb" 1 1 P1 7 16, "1g.18gb+me" 1 1 P1ME 1 16, "1g.35gb" 1 2 P1X2 4 16,
-            "2g.35gb" 2 2 P2 3 32, "3g.71gb" 3 4 P3 2 60, "4g.71gb" 4 4 P4 1 64,
-            "7g.141gb" 7 8 P7 1 132,
+            "1g.18gb" 1 1 P1 7 16 16384, "1g.18gb+me" 1 1 P1ME 1 16 16384, "1g.35gb" 1 2 P1X2 4 16 33280,
+            "2g.35gb" 2 2 P2 3 32 33280, "3g.71gb" 3 4 P3 2 60 71424, "4g.71gb" 4 4 P4 1 64 71424,
+            "7g.141gb" 7 8 P7 1 132 143360,
         ],
     },
 ];
@@ -316,16 +326,17 @@ impl MigInstance {
         Ok((p, ci))
     }
 
-    /// Total memory, MiB: `memory_total_mib`, else the parent's × the profile's share.
+    /// Total memory, MiB: `memory_total_mib`, else what the driver reports for the profile
+    /// where known ([`Profile::mib`]), else the parent's × the profile's share.
     pub fn memory_total(&self, parent: &Gpu, board: &Board) -> u64 {
         if let Some(m) = self.memory_total_mib {
             return m;
         }
-        let eighths = self
-            .resolve(board)
-            .map(|(p, _)| u64::from(p.memory_eighths))
-            .unwrap_or(0);
-        parent.memory_total_mib.unwrap_or(0) * eighths / 8
+        match self.resolve(board) {
+            Ok((p, _)) if p.mib > 0 => p.mib,
+            Ok((p, _)) => parent.memory_total_mib.unwrap_or(0) * u64::from(p.memory_eighths) / 8,
+            Err(_) => 0,
+        }
     }
 }
 

@@ -207,6 +207,17 @@ fn the_h200_and_a100_tables() {
     assert_eq!(m.attributes().unwrap().multiprocessor_count, 42);
     assert_eq!(m.name().unwrap(), "NVIDIA A100-SXM4-40GB MIG 3g.20gb");
     let h = nvml.device_by_index(0).unwrap();
+    // what the real H200 driver reports for its profiles (nvidia-smi mig -lgip, 2026-12-04):
+    // 1g.35gb 32.5 GiB, 2g.35gb the same memory
+    let mib = |i: u32| {
+        h.mig_device_by_index(i)
+            .unwrap()
+            .memory_info()
+            .unwrap()
+            .total
+            >> 20
+    };
+    assert_eq!((mib(0), mib(1), mib(2)), (33280, 33280, 33280));
     assert_eq!(
         h.mig_device_by_index(2)
             .unwrap()
