@@ -1,5 +1,6 @@
 //! Reports in the site's time zone (days of 23 and 25 hours at DST changes, jobs split at
-//! local midnight) and with acctd's prices (a change applies from its date).
+//! local midnight), with acctd's prices (a change applies from its date), and what an
+//! account coordinator reads.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use crate::prices::{PriceList, Rates};
 use crate::sled_store::SledStore;
 use crate::test_records::{H100, job_end, job_usage};
 use crate::zone::SiteZone;
+use sgpu_spool::RecordBody;
 
 const HOUR: u64 = 3_600_000;
 
@@ -293,4 +295,118 @@ fn a_price_change_applies_from_its_date_and_history_keeps_the_old_price() {
     )
     .unwrap();
     assert_eq!(rows[0].cost_micro, Some(500_000));
+}
+
+fn owned(r: Record, user: &str, account: &str) -> Record {
+    let (id, written, body) = r.into_parts();
+    let body = match body {
+        RecordBody::JobEnd(mut b) => {
+            b.user = user.into();
+            b.account = Some(account.into());
+            RecordBody::JobEnd(b)
+        }
+        RecordBody::JobUsage(mut b) => {
+            b.user = user.into();
+            b.account = Some(account.into());
+            RecordBody::JobUsage(b)
+        }
+        other => other,
+    };
+    Record::new(id, written, body).unwrap()
+}
+
+fn coordinator(user: &str, accounts: &[&str]) -> ReadScope {
+    ReadScope::Coordinator {
+        user: user.into(),
+        accounts: accounts.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_coordinator_reads_their_accounts_and_their_own_and_nothing_else() {
+    let (_d, s) = sled();
+    let t = utc("2026-02-02T10:00");
+    s.put_batch(&[
+        owned(job_end(1, "n1", t, t + HOUR, &[1]), "bob", "physics"),
+        owned(job_end(2, "n1", t, t + 2 * HOUR, &[1]), "carol", "chem"),
+        owned(job_end(3, "n1", t, t + 3 * HOUR, &[1]), "alice", "chem"),
+    ])
+    .unwrap();
+    let z = SiteZone::utc();
+    let scoped = |scope: &ReadScope, extra: &str| {
+        let mut q = q(
+            &z,
+            &format!("start=2026-02-01&end=2026-03-01&group_by=user{extra}"),
+        );
+        q.filters.scope(scope).unwrap();
+        let rows: Vec<(String, u64)> = report(&s, &q, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.user.unwrap_or_default(), r.allocated_gpu_ms / HOUR))
+            .collect();
+        let ids: Vec<u32> = jobs(&s, &q, None)
+            .unwrap()
+            .0
+            .iter()
+            .map(|j| j.job_id)
+            .collect();
+        (rows, ids)
+    };
+    let alice = coordinator("alice", &["physics"]);
+    assert_eq!(
+        scoped(&alice, ""),
+        (vec![("alice".into(), 3), ("bob".into(), 1)], vec![1, 3])
+    );
+    // naming someone outside their accounts shows nothing of them
+    assert_eq!(scoped(&alice, "&user=carol"), (vec![], vec![]));
+    assert_eq!(
+        scoped(&alice, "&account=chem"),
+        (vec![("alice".into(), 3)], vec![3])
+    );
+    // a plain user: their own only; an admin: everything
+    assert_eq!(
+        scoped(&ReadScope::User("bob".into()), ""),
+        (vec![("bob".into(), 1)], vec![1])
+    );
+    assert_eq!(scoped(&ReadScope::All, "").1, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_step_record_claiming_an_account_shows_no_coordinator_the_job() {
+    use sgpu_spool::{RecordId, RecordKind};
+    let t = utc("2026-02-02T10:00");
+    let end = owned(job_end(5, "n1", t, t + HOUR, &[1]), "bob", "chem");
+    // the job's script exported SLURM_JOB_ACCOUNT=physics before srun: its step record says
+    // physics, which is the job's environment, not slurmd's
+    let (_, written, body) =
+        owned(job_usage(5, "n1", t, t + HOUR, &[1]), "bob", "physics").into_parts();
+    let RecordBody::JobUsage(b) = body else {
+        panic!("a job_usage")
+    };
+    let step = Record::new(
+        RecordId::new("alpha", 5, Some("0".into()), "n1", RecordKind::StepUsage).unwrap(),
+        written,
+        RecordBody::StepUsage(b),
+    )
+    .unwrap();
+    let records = vec![end, step];
+    assert_eq!(
+        crate::report::jobs::trusted_account(&records).as_deref(),
+        Some("chem")
+    );
+    assert!(
+        coordinator("alice", &["physics"])
+            .visible_records(records.clone())
+            .is_empty()
+    );
+    assert_eq!(
+        coordinator("alice", &["chem"])
+            .visible_records(records.clone())
+            .len(),
+        2
+    );
+    assert_eq!(
+        ReadScope::User("bob".into()).visible_records(records).len(),
+        2
+    );
 }
