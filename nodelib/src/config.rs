@@ -306,43 +306,30 @@ fn node_settings(
     Ok(())
 }
 
-/// sgpu.toml's tables (`[accounting]`, `[prices]`, `[idle]`, `[infiniband]`,
+/// sgpu.toml's tables (`[accounting]`, `[prices]`, `[idle]`, `[infiniband]`, `[active]`,
 /// `[checks."<id>"]`), each validated by its own module into `config`.
 fn table_settings(
     config: &mut Config,
     raw: RawConfig,
     invalid: &dyn Fn(usize, String, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
-    if let Some(a) = raw.accounting {
-        config.accounting = a
-            .validate()
-            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    // a table module's error (offset, key, message) as the file's
+    let as_file_error = |(offset, key, message): accounting::Invalid| invalid(offset, key, message);
+    if let Some(t) = raw.accounting {
+        config.accounting = t.validate().map_err(as_file_error)?;
     }
-
-    if let Some(p) = raw.prices {
-        config.prices = p
-            .validate()
-            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    if let Some(t) = raw.prices {
+        config.prices = t.validate().map_err(as_file_error)?;
     }
-
-    if let Some(i) = raw.idle {
-        config.idle = i
-            .validate()
-            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    if let Some(t) = raw.idle {
+        config.idle = t.validate().map_err(as_file_error)?;
     }
-
-    if let Some(ib) = raw.infiniband {
-        config.infiniband = ib
-            .validate()
-            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    if let Some(t) = raw.infiniband {
+        config.infiniband = t.validate().map_err(as_file_error)?;
     }
-
-    if let Some(a) = raw.active {
-        config.active = a
-            .validate()
-            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
+    if let Some(t) = raw.active {
+        config.active = t.validate().map_err(as_file_error)?;
     }
-
     for (id, table) in raw.checks {
         let (id, o) = check_override(id, table, invalid)?;
         config.checks.insert(id, o);
