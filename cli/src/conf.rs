@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use sgpu_nodelib::checks;
 use sgpu_nodelib::config::Config;
 use sgpu_nodelib::gpu::{self, NvmlOptions};
 use sgpu_nodelib::nodeconf;
@@ -515,7 +516,14 @@ fn check_gpu_count(
 ) {
     match gpu::collect(&NvmlOptions::from_config(config), false) {
         Ok(c) => {
-            let seen = c.snapshot.gpus.len() as u64;
+            // a GPU in MIG mode is its slices for Slurm (one gres.conf line each)
+            let gpus = c.snapshot.gpus.len() as u64;
+            let seen = checks::slurm_device_count(&c.snapshot).map_or(gpus, u64::from);
+            let what = if seen == gpus {
+                format!("{seen} GPU(s)")
+            } else {
+                format!("{seen} GPU(s) and MIG slices ({gpus} GPUs)")
+            };
             if seen != expected {
                 out.push(
                     Finding::new(
@@ -527,7 +535,7 @@ fn check_gpu_count(
                             loc(&def.at)
                         },
                         format!(
-                            "NVML sees {seen} GPU(s) but slurm.conf/gres.conf give {node} {}",
+                            "NVML sees {what} but slurm.conf/gres.conf give {node} {}",
                             expected
                         ),
                     )

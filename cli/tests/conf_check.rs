@@ -453,3 +453,42 @@ fn autodetect_values_of_current_slurm_are_not_errors() {
         "{findings:?}"
     );
 }
+
+#[test]
+fn mig_slices_count_as_slurm_counts_them() {
+    let _lock = nvml_sim::testing::lock();
+    let mut site = Site::good();
+    site.slurm = site
+        .slurm
+        .iter()
+        .map(|l| l.replace("Gres=gpu:2", "Gres=gpu:1g.10gb:2,gpu:h100:1"))
+        .collect();
+    let d = site.dir.path().display().to_string();
+    // GPU 0 split into GPU instances 7 and 8 (capability minors 3 + 9 x id), GPU 1 whole
+    site.gres = format!(
+        "NodeName=n1 Name=gpu Type=1g.10gb MultipleFiles={d}/dev/nvidia0,{d}/dev/nvidia-caps/nvidia-cap66\n\
+         NodeName=n1 Name=gpu Type=1g.10gb MultipleFiles={d}/dev/nvidia0,{d}/dev/nvidia-caps/nvidia-cap75\n\
+         NodeName=n1 Name=gpu Type=h100 File={d}/dev/nvidia1\n"
+    );
+    site.write();
+    let split = |profiles: &'static [(&'static str, u32)]| {
+        State::update(site.path("nvml.toml"), |s| {
+            s.gpu_mut(0).unwrap().set_mig(profiles).unwrap();
+        })
+        .unwrap();
+    };
+    split(&[("1g.10gb", 7), ("1g.10gb", 8)]);
+    let (_, findings) = site.run();
+    assert!(!ids(&findings).contains("gpu.count"), "{findings:#?}");
+    // a third slice made on the node, not in gres.conf: 4 devices for Slurm's 3
+    split(&[("1g.10gb", 7), ("1g.10gb", 8), ("1g.10gb", 9)]);
+    let (_, findings) = site.run();
+    let p = find(&findings, "gpu.count")["problem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        p.contains("NVML sees 4 GPU(s) and MIG slices (2 GPUs)") && p.contains("give n1 3"),
+        "{p}"
+    );
+}

@@ -498,7 +498,7 @@ fn nvml_results(e: &mut Emitter<'_>, ctx: &CheckContext) {
 /// The devices Slurm counts on the node: a GPU in MIG mode is its MIG devices (gres.conf
 /// lists one per slice; `AutoDetect=nvml` finds one per slice), any other GPU one. `None`
 /// when a GPU in MIG mode could not list them.
-fn slurm_device_count(snapshot: &NodeSnapshot) -> Option<u32> {
+pub fn slurm_device_count(snapshot: &NodeSnapshot) -> Option<u32> {
     snapshot.gpus.iter().try_fold(0u32, |n, g| {
         let here = match (&g.mig_mode, &g.mig_devices) {
             (Reading::Value(true), Reading::Value(ds)) => u32::try_from(ds.len()).ok()?,
