@@ -498,7 +498,10 @@ fn example_config_is_valid_and_documents_every_key() {
     let c = Config::load(&full)
         .unwrap_or_else(|e| panic!("packaging/sgpu.toml uncommented: {e}\n{uncommented}"));
     assert_eq!(c.accounting.url.as_deref(), Some("http://head:6830"));
-    assert_eq!(c.prices.partition.get("gpu"), Some(&2.0));
+    assert!(
+        !c.prices.configured,
+        "prices are acctd's (packaging/acctd.toml)"
+    );
     assert_eq!(c.node_name.as_deref(), Some("gpu01"));
     assert!(c.checks.contains_key("gpu.temperature"));
     assert!(c.idle.policy_for(Some("gpu")).is_some_and(|p| p.mail));
@@ -525,6 +528,45 @@ fn example_config_is_valid_and_documents_every_key() {
             "docs/install.md documents {k}, packaging/sgpu.toml does not"
         );
     }
+}
+
+/// packaging/acctd.toml: as shipped it sets nothing; uncommented, acctd's parser takes every
+/// key (a time zone, two price periods, coordinators).
+#[test]
+fn example_acctd_config_is_valid() {
+    use sgpu_accounting::site::SiteConfig;
+    let example = repo_root().join("packaging/acctd.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let shipped = SiteConfig::parse(&example, &text).unwrap();
+    assert!(shipped.prices.is_none() && shipped.coordinators.accounts.is_empty());
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                    }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .fold(String::new(), |acc, l| acc + l + "\n");
+    let c = SiteConfig::parse(&example, &uncommented)
+        .unwrap_or_else(|e| panic!("packaging/acctd.toml uncommented: {e}\n{uncommented}"));
+    assert_eq!(c.zone.name(), "Europe/Berlin");
+    let prices = c.prices.expect("prices");
+    assert_eq!(prices.periods.len(), 2);
+    assert_eq!(
+        prices.periods[0]
+            .1
+            .gpu_hour_micro("gpu", "NVIDIA H100 80GB HBM3"),
+        4_000_000
+    );
+    assert!(c.coordinators.slurm);
+    assert!(c.coordinators.accounts["physics"].contains("alice"));
 }
 
 /// A dpkg database in `root` that knows this machine's installed versions of the packages
