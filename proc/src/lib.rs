@@ -254,35 +254,16 @@ fn collect(
         } else {
             (deadline - now).as_millis().clamp(1, 50) as i32
         };
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
-        let mut which: Vec<bool> = Vec::with_capacity(2);
-        if let Some(p) = &out.pipe {
-            fds.push(pollfd(p.as_raw_fd()));
-            which.push(true);
-        }
-        if let Some(p) = &err.pipe {
-            fds.push(pollfd(p.as_raw_fd()));
-            which.push(false);
-        }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs we own.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(io(e));
-        }
-        if n == 0 {
+        let Some(ready) = readable(&out, &err, wait_ms).map_err(io)? else {
+            continue; // interrupted by a signal
+        };
+        if ready.is_empty() {
             if status.is_some() {
                 break;
             }
             continue;
         }
-        for (fd, is_out) in fds.iter().zip(which) {
-            if fd.revents == 0 {
-                continue;
-            }
+        for is_out in ready {
             let ok = if is_out {
                 out.read_once(&mut chunk, true).map_err(io)?
             } else {
@@ -299,18 +280,7 @@ fn collect(
     // both pipes closed (or the child exited): reap it within what is left of the deadline
     let status = match status {
         Some(s) => s,
-        None => loop {
-            if let Some(s) = child.try_wait().map_err(io)? {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                return Err(ProcError::Timeout {
-                    command: command.to_string(),
-                    timeout: limits.timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        },
+        None => reap(child, limits, deadline, command)?,
     };
     Ok(Output {
         status,
@@ -318,6 +288,66 @@ fn collect(
         stderr: err.buf,
         stderr_dropped: err.dropped,
     })
+}
+
+/// Waits up to `wait_ms` for the open pipes: which are readable (`true` for stdout), empty
+/// when none is yet; `None` when a signal interrupted the wait.
+fn readable<O: AsRawFd, E: AsRawFd>(
+    out: &Stream<O>,
+    err: &Stream<E>,
+    wait_ms: i32,
+) -> std::io::Result<Option<Vec<bool>>> {
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
+    let mut which: Vec<bool> = Vec::with_capacity(2);
+    if let Some(p) = &out.pipe {
+        fds.push(pollfd(p.as_raw_fd()));
+        which.push(true);
+    }
+    if let Some(p) = &err.pipe {
+        fds.push(pollfd(p.as_raw_fd()));
+        which.push(false);
+    }
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs we own.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(
+        fds.iter()
+            .zip(which)
+            .filter(|(fd, _)| fd.revents != 0)
+            .map(|(_, is_out)| is_out)
+            .collect(),
+    ))
+}
+
+/// Waits for the child (its pipes are closed) until `deadline`.
+fn reap(
+    child: &mut Child,
+    limits: &Limits,
+    deadline: Instant,
+    command: &str,
+) -> Result<ExitStatus, ProcError> {
+    loop {
+        let exited = child.try_wait().map_err(|source| ProcError::Io {
+            command: command.to_string(),
+            source,
+        })?;
+        if let Some(s) = exited {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            return Err(ProcError::Timeout {
+                command: command.to_string(),
+                timeout: limits.timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn pollfd(fd: i32) -> libc::pollfd {
