@@ -1,6 +1,8 @@
 //! Active checks on idle nodes through Slurm, on a cluster of its own
 //! (`/tmp/sgpu-cluster-h19c`, 3 nodes x 1 simulated GPU, ports 17600+, healthd status
-//! 18601-18603, a hidden maintenance partition `maint` from `tests/cluster/active-extra.conf`):
+//! 18601-18603; on a built Slurm, `SGPU_SLURM_PREFIX`: `/tmp/sgpu-cluster-h19c-release`,
+//! ports 17610+), with a hidden maintenance partition `maint` from
+//! `tests/cluster/active-extra.conf`:
 //!
 //! 1. a site command that fails on node1 and passes elsewhere: node1 is drained with a reason
 //!    naming the check and its measurement, node2 stays in service; each run was a job of
@@ -31,15 +33,17 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const DIR: &str = "/tmp/sgpu-cluster-h19c";
 const PORT: &str = "17600";
+/// With `SGPU_SLURM_PREFIX` set: `/tmp/sgpu-cluster-h19c-release`, slurmctld on 17610.
+const RELEASE_PORT: &str = "17610";
 
-/// Brings the cluster down (also when the test fails).
-struct Down;
+/// Brings the cluster in this directory down (also when the test fails).
+struct Down(PathBuf);
 
 impl Drop for Down {
     fn drop(&mut self) {
         let _ = std::process::Command::new(repo_root().join("tests/cluster/down"))
             .arg("--keep-munge")
-            .env("SGPU_CLUSTER_DIR", DIR)
+            .env("SGPU_CLUSTER_DIR", &self.0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
@@ -127,15 +131,25 @@ fn sgpu_check_active(
 
 #[test]
 fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() -> TestResult {
-    let _down = Down;
+    // on the Slurm the suite runs on (`SGPU_SLURM_PREFIX`: CI's release leg), else Debian's;
+    // a release's cluster has a directory and ports of its own
+    let prefix = std::env::var("SGPU_SLURM_PREFIX").unwrap_or_default();
+    let (dir, port) = if prefix.is_empty() {
+        (PathBuf::from(DIR), PORT)
+    } else {
+        (PathBuf::from(format!("{DIR}-release")), RELEASE_PORT)
+    };
+    let dir = dir.as_path();
+    let _down = Down(dir.to_path_buf());
     let extra: PathBuf = repo_root().join("tests/cluster/active-extra.conf");
     let cluster = Cluster::up_in(
-        Path::new(DIR),
+        dir,
         &[
             ("SGPU_CLUSTER_NODES", "3"),
             ("SGPU_CLUSTER_GPUS", "1"),
-            ("SGPU_CLUSTER_PORT", PORT),
+            ("SGPU_CLUSTER_PORT", port),
             ("SGPU_CLUSTER_EXTRA", &extra.to_string_lossy()),
+            ("SGPU_SLURM_PREFIX", &prefix),
         ],
     )?;
     let _lock = cluster.lock_exclusive()?;
@@ -153,7 +167,6 @@ fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() 
     }
 
     // the site's check: logs where it ran, fails where a flag file says so
-    let dir = Path::new(DIR);
     let log = dir.join("active-runs.log");
     let _ = std::fs::remove_file(&log);
     let site = dir.join("site-check");
