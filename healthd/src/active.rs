@@ -227,6 +227,10 @@ impl Scheduler {
         let before = self.state.clone();
         let mut node_state: Option<Result<String, String>> = None;
         let checks = self.settings.checks.clone();
+        // a check taken out of sgpu.toml is forgotten (its job, if one runs, ends by itself)
+        self.state
+            .checks
+            .retain(|name, _| checks.iter().any(|c| &c.name == name));
         for check in &checks {
             self.follow(check, now_ms, slurm);
         }

@@ -294,3 +294,23 @@ fn an_active_result_shows_in_status_and_metrics() {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
 }
+
+#[test]
+fn a_check_taken_out_of_the_configuration_holds_nothing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut slurm = Fake {
+        node: "IDLE".into(),
+        ..Fake::default()
+    };
+    let mut s = Scheduler::new("node1", &settings(vec![check("old")]), dir.path());
+    s.tick(HOUR_MS / 2, &mut slurm);
+    s.tick(HOUR_MS, &mut slurm);
+    assert_eq!(slurm.submitted, [(1, "old".to_string())]);
+    slurm.jobs.insert(1, Some("RUNNING".into()));
+    // sgpu.toml now lists another check; healthd restarted while "old" ran
+    let mut s = Scheduler::new("node1", &settings(vec![check("new")]), dir.path());
+    s.tick(HOUR_MS + 1000, &mut slurm);
+    s.tick(2 * HOUR_MS, &mut slurm);
+    assert_eq!(slurm.submitted[1..], [(2, "new".to_string())]);
+    assert!(!s.state().checks.contains_key("old"));
+}
