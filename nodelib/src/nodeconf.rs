@@ -281,6 +281,26 @@ pub fn job_devices(
             }
         }
     }
+    // MIG UUIDs of CUDA_VISIBLE_DEVICES that gres.conf's files did not already place
+    let placed_uuids: Vec<&String> = slices
+        .iter()
+        .flat_map(|s: &JobSlice| {
+            snapshot
+                .gpus
+                .iter()
+                .flat_map(|g| s.devices(g))
+                .filter_map(|d| d.uuid.value())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mig_uuids: Vec<&String> = mig_uuids
+        .iter()
+        .filter(|u| !placed_uuids.contains(u))
+        .collect();
+    // a job whose prolog got no SLURM_JOB_GPUS but MIG UUIDs: its slices are those
+    if slurm_indices.is_empty() && mig_node && !mig_uuids.is_empty() {
+        unplaced.extend((0..mig_uuids.len()).filter_map(|i| u32::try_from(i).ok()));
+    }
     if !unplaced.is_empty() {
         if mig_uuids.is_empty() {
             notes.push(format!(
@@ -308,8 +328,8 @@ pub fn job_devices(
             .all(|g| g.mig_devices.value().is_some());
         let mut uuids_left: Vec<u32> = unplaced.clone();
         for u in mig_uuids {
-            // the UUIDs stand for the unplaced indices in order (CUDA_VISIBLE_DEVICES lists
-            // the job's devices as SLURM_JOB_GPUS does)
+            // the UUIDs left stand for the unplaced indices in order (CUDA_VISIBLE_DEVICES
+            // lists the job's devices in SLURM_JOB_GPUS's order)
             let slurm_index = if uuids_left.is_empty() {
                 u32::try_from(by_index.len()).unwrap_or(u32::MAX)
             } else {

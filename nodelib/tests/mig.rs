@@ -112,7 +112,23 @@ fn slurm_indices_resolve_to_slices_of_their_gpu() {
     let job = l.job_devices(&[9], std::slice::from_ref(&uuid), &snap);
     assert_eq!(job.gpus, vec![0]);
     assert_eq!(job.by_index[0].gpu, Some(0));
-    assert_eq!(job.slices.unwrap()[0].key, SliceKey::Uuid(uuid));
+    assert_eq!(job.slices.unwrap()[0].key, SliceKey::Uuid(uuid.clone()));
+    // no SLURM_JOB_GPUS at all: the UUIDs alone say which slices
+    let job = l.job_devices(&[], std::slice::from_ref(&uuid), &snap);
+    assert_eq!(
+        (job.gpus.clone(), job.by_index.len()),
+        (vec![0], 1),
+        "{job:?}"
+    );
+    // a UUID of a slice gres.conf already placed is not counted twice
+    let placed = snap.gpus[0].mig_devices.value().unwrap()[2]
+        .uuid
+        .value()
+        .unwrap()
+        .clone();
+    let job = l.job_devices(&[2], &[placed], &snap);
+    assert_eq!(job.gpus, vec![0]);
+    assert_eq!(job.slices.unwrap().len(), 1);
 }
 
 #[test]
