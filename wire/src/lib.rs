@@ -3,7 +3,8 @@
 //! on both sides instead of reading as nothing.
 //!
 //! - [`acctd`]: sgpu-acctd's answers (`POST /v1/records`, `GET /v1/report`, `GET /v1/jobs`,
-//!   `GET /v1/jobs/{cluster}/{id}`, `GET`/`POST /v1/history`, `GET /v1/conflicts`, errors)
+//!   `GET /v1/jobs/{cluster}/{id}`, `GET`/`POST /v1/history`, `GET /v1/conflicts`,
+//!   `GET /v1/site`, errors)
 //!   and the node history request body.
 //! - [`efficiency`]: acctd's per-job efficiency answer (`sgpu seff`).
 //! - [`healthd`]: sgpu-healthd's `GET /status` document.
