@@ -171,7 +171,156 @@ pub fn check(inputs: &Inputs) -> Vec<Finding> {
     check_hooks(&slurm, accumulate, &mut out);
     check_gres(&slurm, inputs, config.as_ref(), &mut out);
     check_plugstack(&slurm, inputs, running, &mut out);
+    if let Some(c) = &config {
+        check_active(&slurm, inputs, c, &mut out);
+    }
     out
+}
+
+/// A Slurm time limit (`MaxTime=`) in seconds: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`,
+/// `D-HH:MM`, `D-HH:MM:SS`; `None` for `INFINITE`/`UNLIMITED` or what does not parse.
+fn slurm_time_s(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("infinite") || t.eq_ignore_ascii_case("unlimited") {
+        return None;
+    }
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, Some(r)),
+        None => (0, None),
+    };
+    let nums = |s: &str| -> Option<Vec<u64>> { s.split(':').map(|p| p.parse().ok()).collect() };
+    let secs = match rest {
+        // D-HH, D-HH:MM, D-HH:MM:SS
+        Some(r) => match nums(r)?.as_slice() {
+            [h] => h * 3600,
+            [h, m] => h * 3600 + m * 60,
+            [h, m, s] => h * 3600 + m * 60 + s,
+            _ => return None,
+        },
+        None => match nums(t)?.as_slice() {
+            [m] => m * 60,
+            [m, s] => m * 60 + s,
+            [h, m, s] => h * 3600 + m * 60 + s,
+            _ => return None,
+        },
+    };
+    Some(days * 86_400 + secs)
+}
+
+/// `[active]`: the maintenance partition exists, holds this node, allows the checks' time
+/// limits and sits below the users' partitions; each check's program is on this node.
+fn check_active(slurm: &SlurmConf, inputs: &Inputs, config: &Config, out: &mut Vec<Finding>) {
+    let a = &config.active;
+    if a.checks.is_empty() {
+        return;
+    }
+    let at = config.source.as_deref().and_then(file);
+    for c in &a.checks {
+        let program = c.command.first().map(String::as_str).unwrap_or("");
+        let runnable = std::fs::metadata(program)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !runnable {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    "active.command",
+                    at.clone(),
+                    format!(
+                        "active check {}: {program} is not an executable file on this node: \
+                         every run would be an error",
+                        c.name
+                    ),
+                )
+                .fix("install it (DCGM: the datacenter-gpu-manager package) or fix `command`"),
+            );
+        }
+    }
+    let Some(name) = a.partition.as_deref() else {
+        return;
+    };
+    let Some(part) = slurm.partitions.iter().find(|p| p.name == name) else {
+        out.push(
+            Finding::new(
+                Level::Error,
+                "active.partition",
+                at,
+                format!("[active] partition {name:?} is not in slurm.conf: sbatch will refuse every check"),
+            )
+            .fix(format!(
+                "PartitionName={name} Nodes=<the GPU nodes> MaxTime=120 State=UP Hidden=YES \
+                 PriorityTier=0 OverSubscribe=EXCLUSIVE AllowGroups=root (docs/operations.md, \
+                 \"Active checks\")"
+            )),
+        );
+        return;
+    };
+    let where_ = loc(&part.at);
+    if let Some(node) = inputs.node.clone().or_else(nodeconf::short_hostname) {
+        if !part.nodes.iter().any(|n| n == &node) {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    "active.partition_nodes",
+                    where_.clone(),
+                    format!("partition {name} does not hold {node}: its checks could never run"),
+                )
+                .fix(format!("add {node} to the partition's Nodes=")),
+            );
+        }
+        // user partitions of this node: the maintenance one must come after them
+        let tier = |p: &sgpu_slurm_conf::slurm_conf::Partition| {
+            p.param("PriorityTier")
+                .and_then(|t| t.parse::<u32>().ok())
+                .unwrap_or(1)
+        };
+        let mine = tier(part);
+        if let Some(user) = slurm
+            .partitions
+            .iter()
+            .filter(|p| p.name != name && p.nodes.iter().any(|n| n == &node))
+            .find(|p| tier(p) <= mine)
+        {
+            out.push(
+                Finding::new(
+                    Level::Warn,
+                    "active.priority",
+                    where_.clone(),
+                    format!(
+                        "partition {name} has PriorityTier={mine}, not below {} of {}: Slurm \
+                         may give the node to a check before a waiting user job",
+                        tier(user),
+                        user.name
+                    ),
+                )
+                .fix(format!(
+                    "PriorityTier=0 on {name}, above 0 on the users' partitions"
+                )),
+            );
+        }
+    }
+    let longest = a
+        .checks
+        .iter()
+        .map(|c| c.deadline)
+        .max()
+        .unwrap_or_default();
+    let needed = (longest + sgpu_nodelib::active::JOB_TIME_MARGIN).as_secs();
+    if let Some(max) = part.param("MaxTime").and_then(slurm_time_s) {
+        if max < needed {
+            out.push(
+                Finding::new(
+                    Level::Error,
+                    "active.max_time",
+                    where_,
+                    format!(
+                        "partition {name} has MaxTime of {max} s, but the longest check asks \
+                         for {needed} s (deadline_s plus a minute): sbatch refuses it"
+                    ),
+                )
+                .fix(format!("MaxTime={} or more", needed.div_ceil(60))),
+            );
+        }
+    }
 }
 
 fn check_sgpu_config(explicit: Option<&Path>, out: &mut Vec<Finding>) -> Option<Config> {

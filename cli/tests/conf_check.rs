@@ -492,3 +492,56 @@ fn mig_slices_count_as_slurm_counts_them() {
         "{p}"
     );
 }
+
+#[test]
+fn active_checks_need_their_partition_time_limit_and_program() {
+    let _lock = nvml_sim::testing::lock();
+    let mut site = Site::good();
+    let d = site.dir.path().display().to_string();
+    std::fs::create_dir_all(site.path("bin")).unwrap();
+    exe(&site.path("bin/site-check"), "#!/bin/sh\nexit 0\n");
+    site.sgpu_toml_extra = format!(
+        "[active]\npartition = \"maint\"\n[[active.check]]\nname = \"diag\"\n\
+         command = [\"{d}/bin/site-check\"]\ninterval_h = 24\ndeadline_s = 600\n\
+         [[active.check]]\nname = \"dcgm\"\ncommand = [\"{d}/bin/dcgmi\", \"diag\"]\n\
+         interval_h = 24\ndeadline_s = 60\n"
+    );
+    // no maintenance partition, and dcgmi is not installed
+    let (_, findings) = site.check();
+    assert_eq!(
+        ids(&findings),
+        set(&["active.partition", "active.command"]),
+        "{findings:#?}"
+    );
+    assert!(
+        find(&findings, "active.command")["problem"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!(
+                "active check dcgm: {d}/bin/dcgmi is not an executable"
+            ))
+    );
+    // a partition of the same tier as the users', too short for the 600 s check
+    exe(&site.path("bin/dcgmi"), "#!/bin/sh\nexit 0\n");
+    site.slurm
+        .push("PartitionName=maint Nodes=n1 MaxTime=10 Hidden=YES OverSubscribe=EXCLUSIVE".into());
+    let (_, findings) = site.check();
+    assert_eq!(
+        ids(&findings),
+        set(&["active.priority", "active.max_time"]),
+        "{findings:#?}"
+    );
+    assert_eq!(
+        find(&findings, "active.max_time")["fix"],
+        "MaxTime=11 or more"
+    );
+    // as docs/operations.md says: no findings
+    site.slurm.pop();
+    site.slurm.push(
+        "PartitionName=maint Nodes=n1 MaxTime=0-00:11:00 Hidden=YES PriorityTier=0 \
+         OverSubscribe=EXCLUSIVE AllowGroups=root"
+            .into(),
+    );
+    let (_, findings) = site.check();
+    assert_eq!(ids(&findings), set(&[]), "{findings:#?}");
+}
