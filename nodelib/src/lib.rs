@@ -7,8 +7,8 @@
 //! ports ([`infiniband`]), check evaluation into results, drain reasons and a verdict
 //! ([`checks`]), the node's layout ([`nodeconf`]), the Slurm control calls
 //! ([`slurmctl`]) and the breaker every drain goes through ([`breaker`]), file ownership rules
-//! ([`trust`]), atomic state-file writes ([`state_file`]) and the node history events
-//! ([`node_events`]). The prolog/epilog gates, the
+//! ([`trust`]), atomic state-file writes ([`state_file`]), the active checks' contract and
+//! runner ([`active`]) and the node history events ([`node_events`]). The prolog/epilog gates, the
 //! SPANK plugin, `sgpu` and the daemon (`sgpu-healthd`) call this library.
 //!
 //! It runs inside slurmstepd (the SPANK plugin) and the prolog, so it links no async
