@@ -124,31 +124,19 @@ impl ActiveState {
         }
     }
 
-    /// Writes it atomically (temporary file, fsync, rename).
+    /// Writes it atomically ([`sgpu_nodelib::state_file`]).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        use std::io::Write;
         let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp.{}", std::process::id()));
-        let io = |p: &Path| {
-            let path = p.to_path_buf();
-            move |source| StateError::Io { path, source }
-        };
         let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Parse {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            StateError::Io {
-                path: path.clone(),
-                source,
-            }
-        })
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        sgpu_nodelib::state_file::write_atomic(&path, text.as_bytes())
+            .map_err(|source| StateError::Io { path, source })
     }
 }
 

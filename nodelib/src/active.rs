@@ -273,38 +273,26 @@ pub fn result_path(state_dir: &Path, name: &str) -> PathBuf {
     results_dir(state_dir).join(format!("{name}.json"))
 }
 
-/// Writes `result` as its check's result file (temporary file, fsync, rename; the directory
-/// is made `0700`).
+/// Writes `result` as its check's result file, atomically ([`crate::state_file`]; the
+/// directory is made `0700`).
 pub fn save_result(state_dir: &Path, result: &ActiveResult) -> Result<(), ActiveError> {
-    use std::io::Write;
     use std::os::unix::fs::DirBuilderExt;
     let dir = results_dir(state_dir);
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |source| ActiveError::Io { path, source }
-    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(io(&dir))?;
+        .map_err(|source| ActiveError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     let path = result_path(state_dir, &result.check);
-    let tmp = dir.join(format!(".{}.tmp.{}", result.check, std::process::id()));
     let text = serde_json::to_string_pretty(result).map_err(|e| ActiveError::Parse {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        ActiveError::Io {
-            path: path.clone(),
-            source,
-        }
-    })
+    crate::state_file::write_atomic(&path, text.as_bytes())
+        .map_err(|source| ActiveError::Io { path, source })
 }
 
 /// The newest result of check `name` (`None`: it never ran here).
