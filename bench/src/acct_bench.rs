@@ -5,9 +5,10 @@
 //! `--batch` records from `--clients` concurrent clients (each batch acknowledged only once
 //! acctd flushed it to disk, as in production), then times reports through HTTP: the query
 //! `sgpu report -S <month> -E <next month> --group-by account` sends (a calendar month, per
-//! account; the CLI always asks per partition and GPU model as well, to price rows), the
-//! same per user, a month with mid-day edges (partial days from per-job records) and a
-//! year per account by month. With `--sgpu PATH` it also times the `sgpu report` command end
+//! account, priced by acctd with the prices of [`ACCTD_TOML`]), the same per partition and
+//! GPU model too, per user, a month with mid-day edges (partial days from per-job records),
+//! a year per account by month, and the month and year in Europe/Berlin (`tz=`: the UTC days
+//! holding local midnights read from records). With `--sgpu PATH` it also times the `sgpu report` command end
 //! to end. Timings are printed, never judged; the exit status is non-zero only when
 //! something did not work (a batch refused, a report whose totals disagree with what was
 //! sent).
@@ -77,7 +78,19 @@ impl Drop for Acctd {
     }
 }
 
-fn start_acctd(bin: &std::path::Path, db: &std::path::Path) -> Result<Acctd, String> {
+/// acctd's configuration in the benchmark: UTC, and prices that change at a midnight in
+/// June (every report is priced, as at a site with prices).
+const ACCTD_TOML: &str = "time_zone = \"UTC\"\n\
+    [prices]\ncurrency = \"EUR\"\n\
+    [[prices.period]]\ngpu_hour = 1.0\nkwh = 0.25\npartition = { gpu-long = 0.8 }\n\
+    [[prices.period]]\nfrom = \"2025-06-15\"\ngpu_hour = 1.2\nkwh = 0.30\n\
+    gpu_model = { \"NVIDIA H100 80GB HBM3\" = 2.5 }\n";
+
+fn start_acctd(
+    bin: &std::path::Path,
+    db: &std::path::Path,
+    config: &std::path::Path,
+) -> Result<Acctd, String> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
@@ -86,6 +99,8 @@ fn start_acctd(bin: &std::path::Path, db: &std::path::Path) -> Result<Acctd, Str
     let child = Command::new(bin)
         .args(["--auth", "none", "--listen", &addr.to_string(), "--db"])
         .arg(db)
+        .arg("--config")
+        .arg(config)
         .env("SGPU_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
@@ -168,8 +183,11 @@ fn run(a: &Args) -> Result<(), String> {
     let db =
         a.db.clone()
             .unwrap_or_else(|| tmp.path().join("acctd.sled"));
+    let acctd_toml = tmp.path().join("acctd.toml");
+    std::fs::write(&acctd_toml, ACCTD_TOML)
+        .map_err(|e| format!("{}: {e}", acctd_toml.display()))?;
     let t_open = Instant::now();
-    let acctd = start_acctd(&bin_dir.join("sgpu-acctd"), &db)?;
+    let acctd = start_acctd(&bin_dir.join("sgpu-acctd"), &db, &acctd_toml)?;
     println!(
         "sgpu-acctd listening after {:.1} s (opening the database)",
         t_open.elapsed().as_secs_f64()
@@ -300,26 +318,36 @@ fn reports(a: &Args, client: &Client, url: &str, config: &std::path::Path) -> Re
     let cases = [
         (
             "monthly per-account (sgpu report -S 2025-06-01 -E 2025-07-01 --group-by account)",
-            format!("/v1/report?{month}&group_by=account,partition,gpu"),
-        ),
-        (
-            "monthly per-account, rollup rows only (group_by=account)",
             format!("/v1/report?{month}&group_by=account"),
         ),
         (
+            "monthly per-account, also per partition and GPU model",
+            format!("/v1/report?{month}&group_by=account,partition,gpu"),
+        ),
+        (
             "monthly per-user",
-            format!("/v1/report?{month}&group_by=user,partition,gpu"),
+            format!("/v1/report?{month}&group_by=user"),
         ),
         (
             "month with mid-day edges (2025-06-01T12:00 to 2025-07-01T12:00)",
             format!(
-                "/v1/report?start={}&end={}&group_by=account,partition,gpu",
+                "/v1/report?start={}&end={}&group_by=account",
                 1_748_779_200u64, 1_751_371_200u64
             ),
         ),
         (
             "year per account by month",
             "/v1/report?start=2025-01-01&end=2026-01-01&group_by=account,month".to_string(),
+        ),
+        (
+            "monthly per-account in Europe/Berlin (local midnights: two cut UTC days)",
+            format!("/v1/report?{month}&group_by=account&tz=Europe/Berlin"),
+        ),
+        (
+            "year per account by month in Europe/Berlin",
+            "/v1/report?start=2025-01-01&end=2026-01-01&group_by=account,month\
+             &tz=Europe/Berlin"
+                .to_string(),
         ),
     ];
     println!("report latency over HTTP, {} reps (ms):", a.reps);
