@@ -497,7 +497,18 @@ fn env(settings: &Settings, utc: bool) -> anyhow::Result<Env> {
         );
     }
     let client = settings.acctd_client()?;
-    let site: SiteAnswer = get(&client, "/v1/site")?;
+    let site: SiteAnswer = match client.get("/v1/site") {
+        Ok(site) => site,
+        // an acctd that predates time zones and server-side prices: UTC, no costs
+        Err(sgpu_acct_client::ClientError::Http { status: 404, .. }) => SiteAnswer {
+            version: None,
+            time_zone: "UTC".into(),
+            prices: false,
+            currency: None,
+            coordinates: Vec::new(),
+        },
+        Err(e) => bail!("acctd at {}: {e}", client.base_url()),
+    };
     let (tz, zone_name) = if utc {
         (TimeZone::UTC, "UTC".to_string())
     } else {
