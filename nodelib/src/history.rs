@@ -184,7 +184,7 @@ impl History {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let text = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
-        crate::state_file::write_atomic(&path, &text).map_err(io)
+        crate::state_file::write_cache(&path, &text).map_err(io)
     }
 }
 

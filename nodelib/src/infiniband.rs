@@ -365,7 +365,7 @@ fn save_json<T: Serialize>(value: &T, dir: &Path, file: &str) -> Result<(), IbEr
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let text = serde_json::to_vec_pretty(value).map_err(|e| io(std::io::Error::other(e)))?;
-    crate::state_file::write_atomic(&path, &text).map_err(io)
+    crate::state_file::write_cache(&path, &text).map_err(io)
 }
 
 impl Baseline {

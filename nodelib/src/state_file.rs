@@ -6,10 +6,23 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Replaces `path` with `bytes` atomically: a temporary file beside it (`.<name>.tmp.<pid>`),
-/// written and fsynced, renamed over `path`, then the directory fsynced. The temporary file
-/// is removed when a step fails. The directory must exist.
+/// Replaces `path` with `bytes` atomically and durably: a temporary file beside it
+/// (`.<name>.tmp.<pid>`), written and fsynced, renamed over `path`, then the directory
+/// fsynced, so the new file survives a crash once this returns. The temporary file is
+/// removed when a step fails. The directory must exist. For state that must not go back
+/// (the XID store).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// [`write_atomic`] without the directory's fsync: a crash right after may lose the rename
+/// (the old file stays). For caches that are rebuilt (the GPU history, the InfiniBand
+/// baseline and counters): one fsync fewer on the gates' path.
+pub fn write_cache(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], sync_dir: bool) -> std::io::Result<()> {
     let tmp = temporary(path)?;
     let written = File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
@@ -18,8 +31,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    if let Ok(d) = File::open(dir_of(path)) {
-        let _ = d.sync_all();
+    if sync_dir {
+        if let Ok(d) = File::open(dir_of(path)) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }
@@ -74,7 +89,7 @@ mod tests {
         let path = dir.path().join("taken");
         fs::create_dir(&path).unwrap_or_else(|e| panic!("{e}"));
         fs::write(path.join("x"), "old").unwrap_or_else(|e| panic!("{e}"));
-        assert!(write_atomic(&path, b"new").is_err());
+        assert!(write_cache(&path, b"new").is_err());
         assert_eq!(
             fs::read_to_string(path.join("x")).ok().as_deref(),
             Some("old")
