@@ -15,6 +15,7 @@
 //! partition = { gpu = 2.00 }
 //! gpu_model = { "NVIDIA H100 80GB HBM3" = 3.00 }
 //! partition_gpu_model = { gpu = { "NVIDIA H100 80GB HBM3" = 4.00 } }
+//! slurm_billing = { unit = 0.05, slurm_conf = "/etc/slurm/slurm.conf" }  # TRESBillingWeights
 //!
 //! [coordinators]
 //! slurm = true                    # Slurm's coordinators (sacctmgr show account withcoord)
@@ -126,6 +127,40 @@ struct RawPeriod {
     gpu_model: BTreeMap<String, Price>,
     #[serde(default)]
     partition_gpu_model: BTreeMap<String, BTreeMap<String, Price>>,
+    slurm_billing: Option<Spanned<RawBilling>>,
+}
+
+/// `slurm_billing = { unit = 0.05, slurm_conf = "/etc/slurm/slurm.conf" }`: a partition's
+/// GPU-hour price is its `TRESBillingWeights` weight of `GRES/gpu` times `unit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    unit: Price,
+    slurm_conf: Option<Spanned<String>>,
+}
+
+/// Where `slurm_billing` reads the partitions when it names no `slurm_conf`.
+pub const DEFAULT_SLURM_CONF: &str = "/etc/slurm/slurm.conf";
+
+/// The `GRES/gpu` weight of a `TRESBillingWeights` value (`CPU=1.0,Mem=0.25G,GRES/gpu=2.0`;
+/// keys case-insensitive), `None` when it has none; an error says what is wrong with it.
+pub fn gpu_billing_weight(weights: &str) -> Result<Option<f64>, String> {
+    for item in weights.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(format!("{item:?} is not TRES=WEIGHT"));
+        };
+        if key.trim().eq_ignore_ascii_case("gres/gpu") {
+            let w: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("GRES/gpu weight {value:?} is not a number"))?;
+            if !w.is_finite() || w < 0.0 {
+                return Err(format!("GRES/gpu weight {value:?} is not a weight (>= 0)"));
+            }
+            return Ok(Some(w));
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +216,66 @@ fn check_trusted(path: &Path, me: u32) -> Result<(), SiteError> {
     one(&real, "file")?;
     if let Some(dir) = real.parent() {
         one(dir, "directory")?;
+    }
+    Ok(())
+}
+
+/// Adds the GPU-hour price of every partition whose `TRESBillingWeights` has a `GRES/gpu`
+/// weight (weight x `unit`) to `rates`, unless `rates` names that partition itself.
+fn billing_prices(
+    file: &Path,
+    text: &str,
+    field: &str,
+    billing: &Spanned<RawBilling>,
+    rates: &mut Rates,
+) -> Result<(), SiteError> {
+    use sgpu_slurm_conf::{ConfFile, SlurmConf};
+    let at = |offset: usize, name: &str, message: String| SiteError::Invalid {
+        file: file.to_path_buf(),
+        line: line_of(text, offset),
+        field: format!("{field}.slurm_billing{name}"),
+        message,
+    };
+    let b = billing.get_ref();
+    let unit = price_micro(*b.unit.get_ref()).ok_or_else(|| {
+        at(
+            b.unit.span().start,
+            ".unit",
+            format!(
+                "{} is not a price (a number from 0 to 10^12: the price of one billing unit-hour)",
+                b.unit.get_ref()
+            ),
+        )
+    })?;
+    let (conf_path, offset) = match &b.slurm_conf {
+        Some(p) => (PathBuf::from(p.get_ref()), p.span().start),
+        None => (PathBuf::from(DEFAULT_SLURM_CONF), billing.span().start),
+    };
+    let conf = SlurmConf::load(&conf_path).map_err(|e| {
+        at(
+            offset,
+            ".slurm_conf",
+            format!("{}: {e}", conf_path.display()),
+        )
+    })?;
+    for p in &conf.partitions {
+        let Some(weights) = p.param("TRESBillingWeights") else {
+            continue;
+        };
+        let weight = gpu_billing_weight(weights).map_err(|message| SiteError::Invalid {
+            file: p.at.file.clone(),
+            line: p.at.line,
+            field: format!("PartitionName={} TRESBillingWeights", p.name),
+            message,
+        })?;
+        if let Some(w) = weight
+            && !rates.partition.contains_key(&p.name)
+        {
+            // weight x unit; both bounded (unit <= 10^18 micro, the weight checked finite)
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let micro = (w * unit as f64).round().min(u64::MAX as f64) as u64;
+            rates.partition.insert(p.name.clone(), micro);
+        }
     }
     Ok(())
 }
@@ -308,6 +403,9 @@ impl SiteConfig {
                     for (k, v) in &period.gpu_model {
                         let p = price(v, format!("{field}.gpu_model.{k:?}"))?;
                         rates.gpu_model.insert(k.clone(), p);
+                    }
+                    if let Some(b) = &period.slurm_billing {
+                        billing_prices(file, text, &field, b, &mut rates)?;
                     }
                     for (part, models) in &period.partition_gpu_model {
                         for (m, v) in models {

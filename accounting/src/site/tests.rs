@@ -145,3 +145,55 @@ fn a_file_others_can_write_is_refused() {
         Err(SiteError::Untrusted { .. })
     ));
 }
+
+#[test]
+fn prices_from_slurms_tres_billing_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("slurm.conf");
+    std::fs::write(
+        &conf,
+        "ClusterName=t\nSlurmctldHost=h\nGresTypes=gpu\nNodeName=n[1-2] Gres=gpu:2\n\
+         PartitionName=gpu Nodes=n1 TRESBillingWeights=\"CPU=1.0,Mem=0.25G,GRES/gpu=2.0\"\n\
+         PartitionName=long Nodes=n2 TRESBillingWeights=CPU=1.0,gres/GPU=0.5\n\
+         PartitionName=cpu Nodes=n2 TRESBillingWeights=CPU=1.0\n\
+         PartitionName=debug Nodes=n1\n\
+         PartitionName=mine Nodes=n1 TRESBillingWeights=GRES/gpu=9\n",
+    )
+    .unwrap();
+    let text = format!(
+        "time_zone = \"UTC\"\n[prices]\n[[prices.period]]\ngpu_hour = 0.10\n\
+         partition = {{ mine = 1.00 }}\n\
+         slurm_billing = {{ unit = 0.40, slurm_conf = {:?} }}\n",
+        conf.display()
+    );
+    let c = parse(&text).unwrap();
+    let r = &c.prices.unwrap().periods[0].1;
+    assert_eq!(r.gpu_hour_micro("gpu", "H100"), 800_000, "2.0 x 0.40");
+    assert_eq!(r.gpu_hour_micro("long", "H100"), 200_000, "0.5 x 0.40");
+    // no GRES/gpu weight, no weights: the default; a price of the period's own wins
+    assert_eq!(r.gpu_hour_micro("cpu", "H100"), 100_000);
+    assert_eq!(r.gpu_hour_micro("debug", "H100"), 100_000);
+    assert_eq!(r.gpu_hour_micro("mine", "H100"), 1_000_000);
+
+    // a bad weight names slurm.conf's line; a missing slurm.conf names acctd.toml's field
+    std::fs::write(
+        &conf,
+        "ClusterName=t\nSlurmctldHost=h\nNodeName=n1\n\
+         PartitionName=gpu Nodes=n1 TRESBillingWeights=GRES/gpu=lots\n",
+    )
+    .unwrap();
+    match parse(&text) {
+        Err(SiteError::Invalid {
+            file, line, field, ..
+        }) => {
+            assert_eq!((file, line), (conf.clone(), 4));
+            assert!(field.contains("TRESBillingWeights"), "{field}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let missing = text.replace(&conf.display().to_string(), "/nonexistent/slurm.conf");
+    refused(&missing, 6, "prices.period[1].slurm_billing.slurm_conf");
+    assert_eq!(gpu_billing_weight("CPU=1"), Ok(None));
+    assert!(gpu_billing_weight("GRES/gpu=-1").is_err());
+    assert!(gpu_billing_weight("GRES/gpu").is_err());
+}
