@@ -140,6 +140,19 @@ impl ActiveState {
     }
 }
 
+/// Where one check stands (for `/status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckStatus {
+    /// The check's name.
+    pub name: String,
+    /// sgpu's job for it, while queued or running.
+    pub job_in_flight: Option<u64>,
+    /// The slot the next run is for, Unix ms (past while a due run waits).
+    pub due_at_ms: Option<u64>,
+    /// Why a due run waits.
+    pub waiting: Option<String>,
+}
+
 /// How the scheduler reaches Slurm (a fake in tests).
 pub trait ActiveSlurm {
     /// This node's state (`IDLE`, `MIXED`, `IDLE+DRAIN`, ...).
@@ -208,6 +221,33 @@ impl Scheduler {
     /// What it remembers now.
     pub fn state(&self) -> &ActiveState {
         &self.state
+    }
+
+    /// Where each configured check stands at `now_ms`.
+    pub fn statuses(&self, now_ms: u64) -> Vec<CheckStatus> {
+        self.settings
+            .checks
+            .iter()
+            .map(|c| {
+                let st = self.state.checks.get(&c.name);
+                let offset = active::offset_ms(&self.node, &c.name, c.stagger);
+                let interval_ms = u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX);
+                let due_at_ms = st.map(|st| match &st.job {
+                    Some(j) => j.slot_ms,
+                    None => match active::slot_at_or_before(now_ms, c.interval, offset) {
+                        Some(s) if s > st.last_slot_ms => s,
+                        Some(s) => s.saturating_add(interval_ms),
+                        None => offset,
+                    },
+                });
+                CheckStatus {
+                    name: c.name.clone(),
+                    job_in_flight: st.and_then(|s| s.job.as_ref().map(|j| j.id)),
+                    due_at_ms,
+                    waiting: st.and_then(|s| s.waiting.clone()),
+                }
+            })
+            .collect()
     }
 
     /// One round at `now_ms` (see the module documentation); saves the state if it changed.

@@ -262,6 +262,8 @@ pub struct RunReport {
     pub spool: crate::spool_probe::SpoolHealth,
     /// The newest result of each active check (their check results are in `results`).
     pub active: Vec<sgpu_nodelib::active::ActiveResult>,
+    /// Where each active check stands (job in flight, next slot, why it waits).
+    pub active_status: Vec<crate::active::CheckStatus>,
 }
 
 /// The daemon's evaluation side: its NVML session, the policy and what it last said.
@@ -426,6 +428,11 @@ impl Daemon {
             decision: outcome.decision,
             spool,
             active: newest.into_iter().map(|(_, r)| r).collect(),
+            active_status: self
+                .active
+                .as_ref()
+                .map(|(s, _)| s.statuses(sgpu_spool::now_ms()))
+                .unwrap_or_default(),
         }
     }
 

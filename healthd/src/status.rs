@@ -418,7 +418,47 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
         },
         gpus,
         jobs,
+        active: live.last_run.as_ref().and_then(|r| active_docs(&r.report)),
     }
+}
+
+/// The active checks of a run for `/status`: each configured check's standing with its
+/// newest result; `None` when there are none.
+fn active_docs(report: &RunReport) -> Option<Vec<sgpu_wire::healthd::ActiveCheckDoc>> {
+    let mut names: Vec<&str> = report
+        .active_status
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for r in &report.active {
+        if !names.contains(&r.check.as_str()) {
+            names.push(&r.check);
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    Some(
+        names
+            .into_iter()
+            .map(|name| {
+                let r = report.active.iter().find(|r| r.check == name);
+                let st = report.active_status.iter().find(|s| s.name == name);
+                sgpu_wire::healthd::ActiveCheckDoc {
+                    name: name.to_string(),
+                    outcome: r.map(|r| r.outcome.as_str().to_string()),
+                    message: r.map(|r| r.message.clone()),
+                    finished_at_ms: r.map(|r| r.finished_at_ms),
+                    duration_ms: r
+                        .map(|r| u64::try_from(r.duration().as_millis()).unwrap_or(u64::MAX)),
+                    job_id: r.and_then(|r| r.job_id),
+                    job_in_flight: st.and_then(|s| s.job_in_flight),
+                    due_at_ms: st.and_then(|s| s.due_at_ms),
+                    waiting: st.and_then(|s| s.waiting.clone()),
+                }
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -449,6 +489,7 @@ mod tests {
                 free_bytes: None,
             },
             active: Vec::new(),
+            active_status: Vec::new(),
         };
         let shared = Shared::new("n1", Duration::from_secs(10));
         shared.record_run(&report, &Memory::default(), Trigger::Periodic);

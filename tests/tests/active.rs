@@ -238,6 +238,22 @@ fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() 
         waiting.starts_with("the node is MIXED") || waiting.starts_with("the node is ALLOCATED"),
         "{waiting}"
     );
+    // /status says so too (sgpu status's ACTIVE column reads it)
+    poll(
+        Duration::from_secs(30),
+        "node3's /status to show the wait",
+        || {
+            let (code, body) = sgpu::healthd_get(&cluster, n3, "/status")?;
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            Ok(Some(()).filter(|()| {
+                code == 200
+                    && doc["active"][0]["name"] == "matmul"
+                    && doc["active"][0]["waiting"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("not IDLE"))
+            }))
+        },
+    )?;
     assert!(
         result(&cluster, n3, "matmul").is_none(),
         "no check ran on the busy node3"

@@ -33,8 +33,44 @@ pub struct StatusDoc {
     pub gpus: Vec<GpuDoc>,
     /// The running jobs' usage so far.
     pub jobs: Vec<JobDoc>,
+    /// The node's active checks (`[active]`): newest result, job in flight, why a due check
+    /// waits. `None`: no active check configured, or a healthd that predates them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<Vec<ActiveCheckDoc>>,
 }
 answer!(StatusDoc, VERSION, "sgpu-healthd's /status");
+
+/// One active check of the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveCheckDoc {
+    /// Its name (the check id is `active.<name>`).
+    pub name: String,
+    /// The newest run's outcome (`pass`, `warn`, `fail`, `timeout`, `error`); `None`: it
+    /// never ran here.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// The newest run's message (the measurement).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// When the newest run ended, Unix ms.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    /// How long it took, ms.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// The Slurm job it ran in (`None`: run by hand, or never ran).
+    #[serde(default)]
+    pub job_id: Option<u64>,
+    /// sgpu's job for the next run, while it is queued or running.
+    #[serde(default)]
+    pub job_in_flight: Option<u64>,
+    /// The slot the next run is for, Unix ms (in the past while a due run waits).
+    #[serde(default)]
+    pub due_at_ms: Option<u64>,
+    /// Why a due run waits (`the node is MIXED, not IDLE`), if it does.
+    #[serde(default)]
+    pub waiting: Option<String>,
+}
 
 /// The rolled-up outcome of a check run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,9 +111,28 @@ pub fn health(status: &StatusDoc) -> Health {
     }
 }
 
-/// Each active check's newest result in a `/status` document (`matmul: fail at
-/// 2026-12-04T10:27:13Z`), `-` when it lists none.
+/// Each active check in a `/status` document: its newest result (`matmul: fail at
+/// 2026-12-04T10:27:13Z`), and its job running or why a due run waits; `-` when it lists
+/// none. A healthd without `active` in `/status` gives the results only.
 pub fn active(status: &StatusDoc) -> String {
+    if let Some(list) = status.active.as_ref().filter(|l| !l.is_empty()) {
+        return list
+            .iter()
+            .map(|a| {
+                let mut t = match (&a.outcome, a.finished_at_ms) {
+                    (Some(o), Some(ms)) => format!("{}: {o} at {}", a.name, super::utc(ms)),
+                    _ => format!("{}: not run yet", a.name),
+                };
+                if let Some(j) = a.job_in_flight {
+                    t.push_str(&format!(", job {j} in flight"));
+                } else if let Some(w) = &a.waiting {
+                    t.push_str(&format!(", due, waiting: {w}"));
+                }
+                t
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
     let Some(h) = &status.health else {
         return "-".into();
     };
@@ -260,6 +279,18 @@ mod tests {
         assert_eq!(
             active(&d),
             "matmul: fail at 2026-12-04T10:27:13Z; dcgm-r2: pass at 2026-12-03T22:01:40Z"
+        );
+        // a healthd with the active checks' standing
+        let d = doc(json!({"active": [
+            {"name": "matmul", "outcome": "pass", "message": "ok", "finished_at_ms": 1_764_844_033_000_u64,
+             "duration_ms": 2000, "job_id": 2, "job_in_flight": null, "due_at_ms": 1_764_844_100_000_u64,
+             "waiting": "the node is MIXED, not IDLE"},
+            {"name": "dcgm-r2", "job_in_flight": 9},
+        ]}));
+        assert_eq!(
+            active(&d),
+            "matmul: pass at 2025-12-04T10:27:13Z, due, waiting: the node is MIXED, not IDLE; \
+             dcgm-r2: not run yet, job 9 in flight"
         );
     }
 }

@@ -93,6 +93,11 @@ fn a_busy_node_is_checked_only_once_it_is_idle_and_once_per_slot() {
         s.state().checks["diag"].waiting.as_deref(),
         Some("the node is MIXED, not IDLE")
     );
+    let st = &s.statuses(11 * HOUR_MS + 60_000)[0];
+    assert_eq!(
+        (st.due_at_ms, st.waiting.as_deref()),
+        (Some(11 * HOUR_MS), Some("the node is MIXED, not IDLE"))
+    );
     // drained nodes and completing nodes are not idle either
     for st in [
         "IDLE+DRAIN",
@@ -129,6 +134,16 @@ fn a_busy_node_is_checked_only_once_it_is_idle_and_once_per_slot() {
     assert_eq!(
         again.state().checks["diag"].job.as_ref().map(|j| j.id),
         Some(2)
+    );
+    let st = again.statuses(12 * HOUR_MS + 1);
+    assert_eq!(
+        st,
+        [CheckStatus {
+            name: "diag".into(),
+            job_in_flight: Some(2),
+            due_at_ms: Some(12 * HOUR_MS),
+            waiting: None,
+        }]
     );
 }
 
@@ -267,6 +282,12 @@ fn an_active_result_shows_in_status_and_metrics() {
             free_bytes: None,
         },
         active: vec![r],
+        active_status: vec![CheckStatus {
+            name: "matmul".into(),
+            job_in_flight: None,
+            due_at_ms: Some(1_764_846_000_000),
+            waiting: Some("the node is MIXED, not IDLE".into()),
+        }],
     };
     let shared = Shared::new("node1", Duration::from_secs(10));
     shared.record_run(&report, &Memory::default(), Trigger::Periodic);
@@ -284,6 +305,13 @@ fn an_active_result_shows_in_status_and_metrics() {
         doc.observed,
         "fail at 2025-12-04T10:00:12Z (job 42, 12.5 s)"
     );
+    let a = shared.status().active.expect("the active checks");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].name, "matmul");
+    assert_eq!(a[0].outcome.as_deref(), Some("fail"));
+    assert_eq!((a[0].job_id, a[0].duration_ms), (Some(42), Some(12_500)));
+    assert_eq!(a[0].waiting.as_deref(), Some("the node is MIXED, not IDLE"));
+    assert_eq!(a[0].due_at_ms, Some(1_764_846_000_000));
     let m = crate::metrics::render(&crate::metrics::registry(shared)).unwrap();
     for line in [
         "sgpu_active_check_result{check=\"matmul\"} 2",
