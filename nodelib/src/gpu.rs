@@ -770,6 +770,29 @@ impl Session {
         })
     }
 
+    /// Adds MIG to an [`identities`](Session::identities) snapshot: each GPU's MIG mode and,
+    /// where it is on, its MIG devices. For callers whose GPUs may be MIG slices (the SPANK
+    /// plugin when gres.conf lists slices for the node); two calls per GPU without MIG.
+    pub fn add_mig(&self, snap: &mut NodeSnapshot) {
+        for g in &mut snap.gpus {
+            if g.lost {
+                continue;
+            }
+            let Ok(d) = self.nvml.device_by_index(g.index) else {
+                continue;
+            };
+            let l = &mut g.lost;
+            g.mig_mode = Reading::from_result(d.mig_mode().map(|m| m.current != 0), l);
+            g.mig_devices = match g.mig_mode {
+                Reading::Value(true) => {
+                    let r = crate::mig::read_mig_devices(&self.nvml, &d, l);
+                    Reading::from_result(r, l)
+                }
+                _ => Reading::Unsupported,
+            };
+        }
+    }
+
     /// The UUID and energy counter (mJ) of each GPU in `indices` (NVML's), and nothing
     /// else: three driver calls per GPU where a snapshot makes dozens for every GPU. A GPU
     /// that cannot be reached, or has no UUID, is left out; an unreadable counter is `None`.

@@ -183,40 +183,79 @@ pub fn end_readings_and_close(
 }
 
 /// The step's GPUs (Slurm indices) as read from `snap`, mapped to NVML through the node's
-/// gres.conf (device minor numbers). GPUs without a UUID are left out (noted).
+/// gres.conf (device minor numbers). GPUs without a UUID are left out (noted). When gres.conf
+/// lists MIG slices for the node, `session` adds the GPUs' MIG devices to `snap` and a slice
+/// is recorded as its `MIG-` UUID and `<GPU> MIG <profile>`, without energy (NVML counts
+/// energy per GPU, which other slices share).
 pub fn gpus_at_start(
     slurm_indices: &[u32],
-    snap: &NodeSnapshot,
+    snap: &mut NodeSnapshot,
+    session: &Session,
     slurm_conf: &Path,
     node: &str,
     notes: &mut Vec<String>,
 ) -> Vec<GpuStart> {
-    let nvml: Vec<u32> = match NodeLayout::load(slurm_conf, node) {
-        Ok(l) => l.nvml_indices(slurm_indices, snap),
+    let layout = match NodeLayout::load(slurm_conf, node) {
+        Ok(l) => Some(l),
         Err(e) => {
             notes.push(e.to_string());
-            slurm_indices.to_vec()
+            None
         }
     };
+    let slices_listed = layout
+        .as_ref()
+        .is_some_and(|l| l.gpus.devices.iter().any(|d| !d.mig_caps.is_empty()));
+    if slices_listed {
+        session.add_mig(snap);
+    }
+    let devices = sgpu_nodelib::nodeconf::job_devices(layout.as_ref(), slurm_indices, &[], snap);
+    notes.extend(devices.notes.iter().cloned());
     let mut out = Vec::new();
-    for i in nvml {
+    for d in &devices.by_index {
+        let Some(i) = d.gpu else {
+            continue;
+        };
         let Some(g) = snap.gpus.iter().find(|g| g.index == i) else {
             notes.push(format!("GPU {i} not found by NVML"));
             continue;
         };
-        let Some(uuid) = g.uuid().filter(|u| !u.is_empty()) else {
-            notes.push(format!("gpu{i}: no UUID"));
-            continue;
+        let start = match &d.slice {
+            Some(slice) => {
+                let Some(m) = slice.devices(g).into_iter().next() else {
+                    notes.push(format!("gpu{i}: {} not found by NVML", slice.describe()));
+                    continue;
+                };
+                let Some(uuid) = m.uuid.value().filter(|u| !u.is_empty()) else {
+                    notes.push(format!("gpu{i}: {}: no UUID", m.label()));
+                    continue;
+                };
+                GpuStart {
+                    index: i,
+                    uuid: uuid.clone(),
+                    name: match (g.name.value(), m.profile.value()) {
+                        (Some(n), Some(p)) => Some(format!("{n} MIG {p}")),
+                        (n, _) => n.cloned(),
+                    },
+                    energy_mj: None,
+                }
+            }
+            None => {
+                let Some(uuid) = g.uuid().filter(|u| !u.is_empty()) else {
+                    notes.push(format!("gpu{i}: no UUID"));
+                    continue;
+                };
+                GpuStart {
+                    index: i,
+                    uuid: uuid.to_string(),
+                    name: g.name.value().cloned(),
+                    energy_mj: g.energy_mj.value().copied(),
+                }
+            }
         };
-        if out.iter().any(|o: &GpuStart| o.uuid == uuid) {
+        if out.iter().any(|o: &GpuStart| o.uuid == start.uuid) {
             continue;
         }
-        out.push(GpuStart {
-            index: i,
-            uuid: uuid.to_string(),
-            name: g.name.value().cloned(),
-            energy_mj: g.energy_mj.value().copied(),
-        });
+        out.push(start);
     }
     out
 }

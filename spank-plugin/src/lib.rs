@@ -186,10 +186,16 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, HookError> {
     let user = sgpu_spool::passwd::user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
     let mut nvml = sgpu_nodelib::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(env.nvml_timeout);
-    let (session, snap) = capture::open_and_read(&nvml)?;
+    let (session, mut snap) = capture::open_and_read(&nvml)?;
     let mut notes = Vec::new();
-    let mut gpus =
-        capture::gpus_at_start(&env.slurm_gpus, &snap, &env.slurm_conf, &node, &mut notes);
+    let mut gpus = capture::gpus_at_start(
+        &env.slurm_gpus,
+        &mut snap,
+        &session,
+        &env.slurm_conf,
+        &node,
+        &mut notes,
+    );
     if !counters {
         for g in &mut gpus {
             g.energy_mj = None;

@@ -178,6 +178,17 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
         start.gpus[0].energy_mj, None,
         "NVML has no energy per slice"
     );
+    // the SPANK plugin's batch step record names the slice too, without the GPU's energy
+    let step = recs
+        .iter()
+        .find_map(|r| match (r.id().step(), r.body()) {
+            (Some("batch"), RecordBody::StepUsage(u)) => Some(u),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no batch step record for job {id}: {recs:?}"))?;
+    assert_eq!(step.gpus.len(), 1, "{step:?}");
+    assert_eq!(step.gpus[0].uuid, uuid, "{step:?}");
+    assert_eq!(step.gpus[0].energy_mj, None, "{step:?}");
 
     // 2. a fault of the parent GPU the prolog finds (healthd paused, so the gate is first):
     // the node is drained with a reason that names the GPU and the job's slice
