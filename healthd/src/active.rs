@@ -15,7 +15,8 @@
 //!   Slurm. A user job therefore never shares the node with the check, and Slurm's picture
 //!   (allocated, accounted) is right while it runs.
 //! - **Due, node busy**: nothing is submitted; the check waits (`waiting` in the state file,
-//!   logged once) until a later run finds the node idle.
+//!   logged once) until a later run finds the node idle. A failed `sbatch` is tried again
+//!   only after [`SUBMIT_RETRY`].
 //! - **Job pending** past `pending_timeout_s` (a user job took the node first): cancelled;
 //!   the check stays due.
 //! - **Job running** past deadline + margin (the runner itself stuck): cancelled, and a
@@ -78,7 +79,14 @@ pub struct CheckState {
     /// Why a due check is not running (the node is busy, sbatch failed), if it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// When `sbatch` last failed for it, Unix ms: no new try before [`SUBMIT_RETRY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_failed_ms: Option<u64>,
 }
+
+/// After a failed `sbatch` (no such partition, slurmctld away), the next try waits this
+/// long: a misconfigured cluster must not have every node submit on every check run.
+pub const SUBMIT_RETRY: Duration = Duration::from_secs(600);
 
 /// What the scheduler remembers, per check name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +310,13 @@ impl Scheduler {
             if concluded {
                 continue;
             }
+            let retry_ms = u64::try_from(SUBMIT_RETRY.as_millis()).unwrap_or(u64::MAX);
+            if st
+                .submit_failed_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) < retry_ms)
+            {
+                continue;
+            }
             let ns = node_state.get_or_insert_with(|| slurm.node_state());
             match ns {
                 Ok(s) if node_idle(s) => {}
@@ -331,10 +346,25 @@ impl Scheduler {
                         started_ms: None,
                     });
                     st.waiting = None;
+                    st.submit_failed_ms = None;
                     // the node is taken now
                     node_state = Some(Ok("ALLOCATED".into()));
                 }
-                Err(e) => set_waiting(st, &check.name, format!("sbatch failed: {e}")),
+                Err(e) => {
+                    warn!(
+                        check = check.name,
+                        "active check {}: sbatch failed: {e}", check.name
+                    );
+                    st.submit_failed_ms = Some(now_ms);
+                    set_waiting(
+                        st,
+                        &check.name,
+                        format!(
+                            "sbatch failed (tried again after {} s): {e}",
+                            SUBMIT_RETRY.as_secs()
+                        ),
+                    );
+                }
             }
         }
         if self.state != before {

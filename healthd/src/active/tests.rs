@@ -14,6 +14,8 @@ struct Fake {
     submitted: Vec<(u64, String)>,
     cancelled: Vec<u64>,
     next: u64,
+    sbatch_error: Option<String>,
+    sbatch_calls: u32,
 }
 
 impl ActiveSlurm for Fake {
@@ -21,6 +23,10 @@ impl ActiveSlurm for Fake {
         Ok(self.node.clone())
     }
     fn submit(&mut self, check: &ActiveCheck) -> Result<u64, String> {
+        self.sbatch_calls += 1;
+        if let Some(e) = &self.sbatch_error {
+            return Err(e.clone());
+        }
         self.next += 1;
         self.jobs.insert(self.next, Some("PENDING".into()));
         self.submitted.push((self.next, check.name.clone()));
@@ -341,4 +347,37 @@ fn a_check_taken_out_of_the_configuration_holds_nothing_up() {
     s.tick(2 * HOUR_MS, &mut slurm);
     assert_eq!(slurm.submitted[1..], [(2, "new".to_string())]);
     assert!(!s.state().checks.contains_key("old"));
+}
+
+#[test]
+fn a_failing_sbatch_is_not_retried_on_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Scheduler::new("node1", &settings(vec![check("diag")]), dir.path());
+    let mut slurm = Fake {
+        node: "IDLE".into(),
+        sbatch_error: Some("sbatch: error: invalid partition specified: maint".into()),
+        ..Fake::default()
+    };
+    s.tick(HOUR_MS / 2, &mut slurm);
+    s.tick(HOUR_MS, &mut slurm);
+    assert_eq!(slurm.sbatch_calls, 1);
+    assert!(
+        s.state().checks["diag"]
+            .waiting
+            .as_deref()
+            .is_some_and(|w| w.contains("invalid partition")),
+        "{:?}",
+        s.state().checks["diag"]
+    );
+    // every 30 s for ten minutes: no new sbatch
+    for t in 1..20 {
+        s.tick(HOUR_MS + t * 30_000, &mut slurm);
+    }
+    assert_eq!(slurm.sbatch_calls, 1);
+    // the partition is fixed: the next try after ten minutes submits
+    slurm.sbatch_error = None;
+    s.tick(HOUR_MS + 600_000, &mut slurm);
+    assert_eq!(slurm.sbatch_calls, 2);
+    assert_eq!(slurm.submitted.len(), 1);
+    assert_eq!(s.state().checks["diag"].submit_failed_ms, None);
 }
