@@ -673,7 +673,8 @@ fn check_gpu_count(
             } else {
                 format!("{seen} GPU(s) and MIG slices ({gpus} GPUs)")
             };
-            if seen != expected {
+            // either count is a configuration Slurm runs (a MIG GPU listed whole or by slice)
+            if seen != expected && gpus != expected {
                 out.push(
                     Finding::new(
                         Level::Error,

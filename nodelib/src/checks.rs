@@ -514,21 +514,36 @@ fn gpu_count_results(e: &mut Emitter<'_>, snapshot: &NodeSnapshot, ctx: &CheckCo
     let count = snapshot.gpus.len() as u32;
     if e.check(cat::GPU_COUNT).is_some() {
         match (ctx.expected_gpu_count, slurm_device_count(snapshot)) {
-            (Some(want), Some(have)) => {
-                let status = if have == want {
-                    Status::Pass
-                } else {
-                    Status::Fail
-                };
-                let observed = if have == count {
-                    count.to_string()
-                } else {
-                    format!("{have} ({count} GPUs, MIG slices counted)")
+            // a GPU in MIG mode is one device to Slurm when gres.conf lists it whole
+            // (File=/dev/nvidiaN), its slices when gres.conf lists them (or NVML
+            // autodetection finds them): either count is a configuration Slurm runs
+            (Some(want), have) if want == count || have == Some(want) => {
+                let observed = match have {
+                    Some(h) if h == want && h != count => {
+                        format!("{h} ({count} GPUs, MIG slices counted)")
+                    }
+                    _ => count.to_string(),
                 };
                 e.push(
                     cat::GPU_COUNT,
                     None,
-                    status,
+                    Status::Pass,
+                    observed,
+                    want.to_string(),
+                    None,
+                    None,
+                );
+            }
+            (Some(want), Some(have)) => {
+                let observed = if have == count {
+                    count.to_string()
+                } else {
+                    format!("{count} GPUs, {have} with MIG slices counted")
+                };
+                e.push(
+                    cat::GPU_COUNT,
+                    None,
+                    Status::Fail,
                     observed,
                     want.to_string(),
                     None,

@@ -362,3 +362,44 @@ fn samples_include_each_slice() {
     assert_eq!(batch[5].index, 1);
     assert!(batch[5].utilization_gpu_pct.is_some());
 }
+
+/// A site that keeps a MIG GPU whole in gres.conf (`File=/dev/nvidia0`, Slurm gives the
+/// GPU, the job's CUDA sees its slices): the physical count is Slurm's, nothing drains.
+#[test]
+fn a_mig_gpu_given_whole_to_slurm_is_not_a_count_mismatch() {
+    let _sim = Sim::start(&node());
+    let snap = snapshot();
+    let gres = GresConf::parse_str(
+        "NodeName=n1 Name=gpu Type=h100 File=/dev/nvidia[0-1]\n",
+        "/etc/slurm/gres.conf",
+    )
+    .unwrap();
+    let l = NodeLayout {
+        gpus: gres.expected_gpus("n1", None),
+        notes: Vec::new(),
+        mig_minors: MigMinors::default(),
+    };
+    let mut ctx = context(Profile::Quick, l.expected_count().unwrap());
+    let job = l.job_devices(&[0], &[], &snap);
+    assert_eq!(job.gpus, vec![0]);
+    ctx.job_gpus = Some(job.gpus);
+    ctx.job_slices = job.slices;
+    let results = evaluate(&snap, &ctx);
+    assert_eq!(failures(&results), Vec::<&CheckResult>::new());
+    let count = results.iter().find(|r| r.check == "gpu.count").unwrap();
+    assert_eq!((count.status, count.observed.as_str()), (Status::Pass, "2"));
+    // the job holds the whole GPU: its slices are not known, so leftovers are not judged
+    let leftover = results
+        .iter()
+        .find(|r| r.check == "gpu.leftover_processes" && r.gpu == Some(0))
+        .unwrap();
+    assert_eq!(leftover.status, Status::Unknown, "{leftover:?}");
+    // and a count neither way fails
+    let ctx = context(Profile::Quick, 3);
+    let count = evaluate(&snap, &ctx)
+        .into_iter()
+        .find(|r| r.check == "gpu.count")
+        .unwrap();
+    assert_eq!(count.status, Status::Fail);
+    assert_eq!(count.observed, "2 GPUs, 5 with MIG slices counted");
+}
