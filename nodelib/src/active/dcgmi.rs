@@ -6,7 +6,8 @@
 //! (Deployment, Integration, Hardware, Stress, ...) with `tests`, each a `name` and
 //! `results`, one per GPU (a deployment test: one for all GPUs, its GPU ids comma-separated),
 //! each with a `status` (`Pass`, `Fail`, `Warn`, `Skip`; upper case in some releases), the
-//! GPU as `gpu_id` or `gpu_ids` (a string or a number) or, in 4.x, `entity_id`, and
+//! GPU as `gpu_id` or `gpu_ids` (a string or a number) or, in 4.x, `entity_id` of
+//! `entity_group` `GPU` (4.x also tests CPUs: their ids are not GPU indices), and
 //! `warnings` (strings, or objects `{"warning": ..., "error_id": N}`); DCGM 4.x adds a
 //! per-test `test_summary` with its own `status`. Fields sgpu does not use are ignored, so
 //! a newer DCGM that adds fields still reads.
@@ -94,6 +95,8 @@ struct RawResult {
     gpu_id: Option<Id>,
     #[serde(default)]
     gpu_ids: Option<Id>,
+    #[serde(default)]
+    entity_group: Option<String>,
     #[serde(default)]
     entity_id: Option<Id>,
     #[serde(default)]
@@ -186,11 +189,16 @@ pub fn parse(stdout: &[u8]) -> Result<Report, DcgmiError> {
         for t in c.tests {
             let before = results.len();
             for r in &t.results {
+                // DCGM 4 names entities: only a GPU's id is a GPU index (a CPU's is not)
+                let gpu_entity = r
+                    .entity_id
+                    .as_ref()
+                    .filter(|_| r.entity_group.as_deref().is_none_or(|g| g == "GPU"));
                 let gpu = r
                     .gpu_id
                     .as_ref()
                     .or(r.gpu_ids.as_ref())
-                    .or(r.entity_id.as_ref())
+                    .or(gpu_entity)
                     .and_then(single_gpu);
                 let warning = r.warnings.first().map(|w| match w {
                     Warning::Text(s) => one_line(s),

@@ -161,6 +161,17 @@ fn dcgm4_summary_and_entity_ids_are_read() {
     assert_eq!(j.outcome, Outcome::Fail);
     assert_eq!(j.message, "dcgmi software failed");
     assert_eq!(j.gpu, None);
+    // a CPU entity's id is not a GPU index
+    let cpu = DCGM4_WARN.replace(
+        r#""entity_group" : "GPU", "entity_group_id" : 1, "entity_id" : 2, "status" : "Warn""#,
+        r#""entity_group" : "CPU", "entity_group_id" : 7, "entity_id" : 2, "status" : "Warn""#,
+    );
+    let j = dcgmi::parse(cpu.as_bytes()).unwrap().judge();
+    assert_eq!((j.outcome, j.gpu), (Outcome::Warn, None));
+    assert_eq!(
+        j.message,
+        "dcgmi pcie warned: GPU 2 PCIe replay count 312 exceeds 160"
+    );
 }
 
 #[test]
