@@ -960,7 +960,12 @@ fn read_samples(nvml: &Nvml, progress: &Progress) -> Result<Vec<GpuSample>, Nvml
                     d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
                     l,
                 );
-                if opt(d.mig_mode(), l).is_some_and(|m| m.current != 0) {
+                // MIG makes the GPU's utilization N/A: only then is its MIG mode asked (a
+                // 0.15-0.27 ms call on a real H200, docs/gpu-validation.md), so a GPU without
+                // MIG pays nothing for it on every sample
+                if s.utilization_gpu_pct.is_none()
+                    && opt(d.mig_mode(), l).is_some_and(|m| m.current != 0)
+                {
                     set_progress(progress, format!("sampling gpu{index}'s MIG devices"));
                     let devices = opt(crate::mig::read_mig_devices(nvml, &d, l), l);
                     slices = devices
