@@ -38,22 +38,57 @@ pub enum ClientAuth {
 }
 
 /// A blocking acctd client; cheap to clone, usable from several threads.
+///
+/// It may know several acctd (two acctd on one MariaDB/MySQL database, `docs/operations.md`):
+/// a request goes to the one that answered last, and to the next in the list when that one
+/// cannot be reached or answers 503 (its store is away), so a request fails only when none
+/// answers. Failing over is safe for every request: an ingest that was not acknowledged
+/// may be sent again (acctd deduplicates), and reads change nothing.
 #[derive(Clone)]
 pub struct Client {
+    endpoints: std::sync::Arc<[Endpoint]>,
+    /// The index of the endpoint that answered last (shared by clones).
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    auth: ClientAuth,
+    agent: ureq::Agent,
+}
+
+/// One acctd.
+#[derive(Debug)]
+struct Endpoint {
     base: String,
     /// The path part of the base URL (`""` or `/prefix`), part of each credential's payload.
     prefix: String,
-    auth: ClientAuth,
-    agent: ureq::Agent,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("endpoints", &self.endpoints)
             .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
+}
+
+/// Reads one acctd URL (`http://host:port[/prefix]`).
+fn endpoint(url: &str, all: &str) -> Result<Endpoint, ClientError> {
+    let base = url.trim().trim_end_matches('/');
+    let rest = base.strip_prefix("http://").ok_or_else(|| {
+        ClientError::Transport(format!(
+            "acctd URL {url:?} (in {all:?}) must start with http:// (acctd speaks plain HTTP; \
+             requests are authenticated by MUNGE): fix --acctd or [accounting] url"
+        ))
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(ClientError::Transport(format!(
+            "acctd URL {url:?} (in {all:?}) has no host: fix --acctd or [accounting] url"
+        )));
+    }
+    let prefix = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    Ok(Endpoint {
+        base: base.to_owned(),
+        prefix: prefix.to_owned(),
+    })
 }
 
 /// Why a request failed.
@@ -93,37 +128,33 @@ impl From<DecodeError> for ClientError {
 
 impl Client {
     /// A client for the acctd at `base_url` (`http://host:port`, optionally with a path
-    /// prefix); every request times out after `timeout`.
+    /// prefix), or for several, comma-separated (`http://a:6830,http://b:6830`: failover in
+    /// that order, see [`Client`]); every request to one acctd times out after `timeout`.
     pub fn new(base_url: &str, auth: ClientAuth, timeout: Duration) -> Result<Client, ClientError> {
-        let base = base_url.trim().trim_end_matches('/');
-        let rest = base.strip_prefix("http://").ok_or_else(|| {
-            ClientError::Transport(format!(
-                "acctd URL {base_url:?} must start with http:// (acctd speaks plain HTTP; \
-                 requests are authenticated by MUNGE): fix --acctd or [accounting] url"
-            ))
-        })?;
-        if rest.is_empty() || rest.starts_with('/') {
-            return Err(ClientError::Transport(format!(
-                "acctd URL {base_url:?} has no host: fix --acctd or [accounting] url"
-            )));
-        }
+        let endpoints = base_url
+            .split(',')
+            .map(|u| endpoint(u, base_url))
+            .collect::<Result<Vec<_>, _>>()?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .build()
             .into();
-        let prefix = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
         Ok(Client {
-            base: base.to_owned(),
-            prefix: prefix.to_owned(),
+            endpoints: endpoints.into(),
+            current: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             auth,
             agent,
         })
     }
 
-    /// The base URL requests go to.
+    /// The base URL requests go to first: the acctd that answered last.
     pub fn base_url(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.endpoints
+            .get(i)
+            .or_else(|| self.endpoints.first())
+            .map_or("", |e| e.base.as_str())
     }
 
     /// Sends a batch of records (the spool's JSON batch format) to `POST /v1/records`.
@@ -176,9 +207,11 @@ impl Client {
         json_answer(status, &answer)
     }
 
-    /// The `Authorization` header value for `method path_and_query`, if any.
+    /// The `Authorization` header value for `method path_and_query` to the acctd with
+    /// path prefix `prefix`, if any.
     fn authorization(
         &self,
+        prefix: &str,
         method: &str,
         path_and_query: &str,
         body: &[u8],
@@ -188,7 +221,7 @@ impl Client {
             ClientAuth::Munge { socket } => {
                 // What acctd sees as the request target, base path prefix included, and
                 // the body's digest (acctd refuses a body swapped on the wire).
-                let target = format!("{}{path_and_query}", self.prefix);
+                let target = format!("{prefix}{path_and_query}");
                 let payload = sgpu_munge::request::payload(method, &target, body);
                 let cred = sgpu_munge::encode(
                     payload.as_bytes(),
@@ -200,6 +233,8 @@ impl Client {
         }
     }
 
+    /// Sends the request to the acctd that answered last, then to the others in turn while
+    /// one cannot be reached or answers 503; the first other answer is the answer.
     fn send(
         &self,
         method: &str,
@@ -211,8 +246,47 @@ impl Client {
                 "request path {path_and_query:?} must start with '/'"
             )));
         }
-        let url = format!("{}{path_and_query}", self.base);
-        let authz = self.authorization(method, path_and_query, body.unwrap_or_default())?;
+        let n = self.endpoints.len();
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let Some(e) = self.endpoints.get(i) else {
+                continue;
+            };
+            match self.send_to(e, method, path_and_query, body) {
+                Ok((503, answer)) if n > 1 => last = Some(Ok((503, answer))),
+                Ok(answer) => {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(ClientError::Transport(m)) if n > 1 => {
+                    last = Some(Err(ClientError::Transport(m)));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        match last {
+            Some(Ok((status, answer))) => Ok((status, answer)),
+            Some(Err(ClientError::Transport(m))) => Err(ClientError::Transport(format!(
+                "none of the {n} acctd answered; the last: {m}"
+            ))),
+            Some(Err(e)) => Err(e),
+            None => Err(ClientError::Transport("no acctd URL".into())),
+        }
+    }
+
+    /// One request to one acctd.
+    fn send_to(
+        &self,
+        e: &Endpoint,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = format!("{}{path_and_query}", e.base);
+        let authz =
+            self.authorization(&e.prefix, method, path_and_query, body.unwrap_or_default())?;
         let result = match (method, body) {
             ("GET", _) => {
                 let mut req = self.agent.get(&url).header("Accept", "application/json");
@@ -349,6 +423,65 @@ mod tests {
                 && text.contains("upgrade sgpu"),
             "{text}"
         );
+    }
+
+    /// A server that answers `n` requests with `status` and a small JSON body, then ends.
+    fn answering(status: u16, n: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            for _ in 0..n {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut req = [0u8; 4096];
+                let _ = s.read(&mut req);
+                let body = format!(r#"{{"error":"answered {status}"}}"#);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.write_all(body.as_bytes()).unwrap();
+            }
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn several_acctd_fail_over_past_an_unreachable_or_unavailable_one() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (away, away_t) = answering(503, 1);
+        let (up, up_t) = answering(200, 2);
+        let t = Duration::from_secs(5);
+        let urls = format!("http://127.0.0.1:{closed}, http://{away}/,http://{up}");
+        let c = Client::new(&urls, ClientAuth::None, t).unwrap();
+        assert_eq!(c.base_url(), format!("http://127.0.0.1:{closed}"));
+        let v = c.get_json("/v1/x").unwrap();
+        assert_eq!(v["error"], "answered 200");
+        // the one that answered is asked first from now on, also by clones
+        assert_eq!(c.clone().base_url(), format!("http://{up}"));
+        c.get_json("/v1/x").unwrap();
+        away_t.join().unwrap();
+        up_t.join().unwrap();
+        // every one away: the error says so
+        let c = Client::new(
+            &format!("http://127.0.0.1:{closed},http://127.0.0.1:{closed}"),
+            ClientAuth::None,
+            t,
+        )
+        .unwrap();
+        match c.get_json("/v1/x") {
+            Err(ClientError::Transport(m)) => assert!(m.contains("none of the 2 acctd"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // a bad URL in the list names itself
+        let e = Client::new("http://a:1,https://b:2", ClientAuth::None, t).unwrap_err();
+        assert!(e.to_string().contains("\"https://b:2\""), "{e}");
     }
 
     #[test]

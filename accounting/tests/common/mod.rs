@@ -249,9 +249,15 @@ pub enum TestDb {
 impl TestDb {
     /// A new, empty store for a test whose files go under `dir`.
     pub fn new(dir: &std::path::Path) -> TestDb {
-        if !mariadb() {
-            return TestDb::Sled(dir.join("db"));
+        if mariadb() {
+            TestDb::new_mariadb(dir)
+        } else {
+            TestDb::Sled(dir.join("db"))
         }
+    }
+
+    /// A new, empty database on [`mariadb_server`], whatever `SGPU_TEST_STORE` says.
+    pub fn new_mariadb(dir: &std::path::Path) -> TestDb {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let db = format!("it{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         let password = format!("pw-{}-{db}", std::process::id());
