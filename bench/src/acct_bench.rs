@@ -1,7 +1,10 @@
-//! `acct-bench`: sgpu-acctd's ingest throughput and report latency over many synthetic jobs.
+//! `acct-bench`: sgpu-acctd's ingest throughput and report latency over many synthetic jobs,
+//! for each of its stores on the same generated load (`--store both`, the default: sled,
+//! then MariaDB; a summary table side by side at the end).
 //!
 //! Starts the real `sgpu-acctd` (`--auth none` on a free loopback port, its database in a
-//! temporary directory), sends `--jobs` synthetic jobs ([`synth`]) over HTTP in batches of
+//! temporary directory; for MariaDB a private `mysqld` there, see
+//! `sgpu_accounting::mariadb_server`, and a database and user of its own), sends `--jobs` synthetic jobs ([`synth`]) over HTTP in batches of
 //! `--batch` records from `--clients` concurrent clients (each batch acknowledged only once
 //! acctd flushed it to disk, as in production), then times reports through HTTP: the query
 //! `sgpu report -S <month> -E <next month> --group-by account` sends (a calendar month, per
@@ -64,6 +67,31 @@ struct Args {
     /// it holds, for the check).
     #[arg(long, requires = "db")]
     no_ingest: bool,
+    /// Which of acctd's stores to measure: sled, mariadb, or both (one after the other, on
+    /// the same generated load).
+    #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
+    store: StoreChoice,
+}
+
+/// The stores `--store` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreChoice {
+    /// The embedded sled store.
+    Sled,
+    /// MariaDB (a private server started for the run).
+    Mariadb,
+    /// Both, side by side.
+    Both,
+}
+
+/// One store's figures, for the side-by-side table.
+struct Summary {
+    store: &'static str,
+    records: usize,
+    ingest_s: f64,
+    bytes: u64,
+    /// (report, median ms, p90 ms)
+    reports: Vec<(&'static str, f64, f64)>,
 }
 
 struct Acctd {
@@ -88,7 +116,7 @@ const ACCTD_TOML: &str = "time_zone = \"UTC\"\n\
 
 fn start_acctd(
     bin: &std::path::Path,
-    db: &std::path::Path,
+    db_args: &[std::ffi::OsString],
     config: &std::path::Path,
 ) -> Result<Acctd, String> {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -97,20 +125,23 @@ fn start_acctd(
         .port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let child = Command::new(bin)
-        .args(["--auth", "none", "--listen", &addr.to_string(), "--db"])
-        .arg(db)
+        .args(["--auth", "none", "--listen", &addr.to_string()])
+        .args(db_args)
         .arg("--config")
         .arg(config)
         .env("SGPU_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let acctd = Acctd {
+    let mut acctd = Acctd {
         child,
         url: format!("http://{addr}"),
     };
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = acctd.child.try_wait() {
+            return Err(format!("sgpu-acctd exited ({status}) before listening"));
+        }
         if t0.elapsed() > Duration::from_secs(900) {
             return Err("sgpu-acctd did not listen within 900 s".into());
         }
@@ -175,19 +206,126 @@ fn run(a: &Args) -> Result<(), String> {
             .and_then(|p| p.parent().map(PathBuf::from))
             .ok_or("cannot find this program's directory; pass --bin-dir")?,
     };
+    if a.db.is_some() && a.store != StoreChoice::Sled {
+        return Err("--db names a sled directory: add --store sled".into());
+    }
+    let stores: &[StoreChoice] = match a.store {
+        StoreChoice::Both => &[StoreChoice::Sled, StoreChoice::Mariadb],
+        StoreChoice::Sled => &[StoreChoice::Sled],
+        StoreChoice::Mariadb => &[StoreChoice::Mariadb],
+    };
+    let mut summaries = Vec::new();
+    for store in stores {
+        summaries.push(run_store(a, &bin_dir, *store)?);
+    }
+    if summaries.len() > 1 {
+        side_by_side(&summaries);
+    }
+    Ok(())
+}
+
+/// The summaries as one table, a column per store.
+fn side_by_side(summaries: &[Summary]) {
+    println!();
+    println!(
+        "side by side ({} jobs, the same generated load):",
+        a_jobs(summaries)
+    );
+    let mut head = format!("  {:<58}", "");
+    for s in summaries {
+        head.push_str(&format!(" {:>16}", s.store));
+    }
+    println!("{head}");
+    let row = |name: &str, f: &dyn Fn(&Summary) -> String| {
+        let mut line = format!("  {name:<58}");
+        for s in summaries {
+            line.push_str(&format!(" {:>16}", f(s)));
+        }
+        println!("{line}");
+    };
+    row("ingest, records/s (durable, through HTTP)", &|s| {
+        format!(
+            "{:.0}",
+            s.records as f64 / s.ingest_s.max(f64::MIN_POSITIVE)
+        )
+    });
+    row("store on disk, MiB", &|s| {
+        format!("{:.0}", s.bytes as f64 / 1_048_576.0)
+    });
+    row("bytes per record", &|s| {
+        format!("{:.0}", s.bytes as f64 / s.records.max(1) as f64)
+    });
+    if let Some(first) = summaries.first() {
+        for (i, (name, _, _)) in first.reports.iter().enumerate() {
+            row(&format!("{name}, median / p90 ms"), &|s| {
+                s.reports
+                    .get(i)
+                    .map_or("-".into(), |(_, m, p)| format!("{m:.1} / {p:.1}"))
+            });
+        }
+    }
+}
+
+fn a_jobs(summaries: &[Summary]) -> usize {
+    summaries.iter().map(|s| s.records).max().unwrap_or(0)
+}
+
+/// One store: acctd on it, ingest, reports; returns its figures.
+fn run_store(a: &Args, bin_dir: &std::path::Path, store: StoreChoice) -> Result<Summary, String> {
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("acct-bench")
         .tempdir_in(&base)
         .map_err(|e| format!("{}: {e}", base.display()))?;
-    let db =
-        a.db.clone()
-            .unwrap_or_else(|| tmp.path().join("acctd.sled"));
+    let name: &'static str = if store == StoreChoice::Mariadb {
+        "MariaDB"
+    } else {
+        "sled"
+    };
+    println!();
+    println!("=== store: {name}");
+    // sled: the directory; MariaDB: the server, the database's directory in its datadir
+    let (db_args, size_dir, _server) = if store == StoreChoice::Mariadb {
+        let server = sgpu_accounting::mariadb_server::MariaDb::create(
+            &tmp.path().join("mariadb"),
+            None,
+            true,
+        )
+        .map_err(|e| format!("starting a MariaDB for the benchmark: {e}"))?;
+        let password = format!("bench-{}", std::process::id());
+        let url = server
+            .create_database("sgpu_bench", "sgpu_bench", &password)
+            .map_err(|e| e.to_string())?;
+        let pw_file = tmp.path().join("db-password");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&pw_file)
+                .map_err(|e| format!("{}: {e}", pw_file.display()))?;
+            writeln!(f, "{password}").map_err(|e| format!("{}: {e}", pw_file.display()))?;
+        }
+        let args: Vec<std::ffi::OsString> = vec![
+            "--db".into(),
+            url.into(),
+            "--db-password-file".into(),
+            pw_file.into(),
+        ];
+        let size_dir = server.dir().join("data").join("sgpu_bench");
+        (args, size_dir, Some(server))
+    } else {
+        let db =
+            a.db.clone()
+                .unwrap_or_else(|| tmp.path().join("acctd.sled"));
+        (vec!["--db".into(), db.clone().into()], db, None)
+    };
     let acctd_toml = tmp.path().join("acctd.toml");
     std::fs::write(&acctd_toml, ACCTD_TOML)
         .map_err(|e| format!("{}: {e}", acctd_toml.display()))?;
     let t_open = Instant::now();
-    let acctd = start_acctd(&bin_dir.join("sgpu-acctd"), &db, &acctd_toml)?;
+    let acctd = start_acctd(&bin_dir.join("sgpu-acctd"), &db_args, &acctd_toml)?;
     println!(
         "sgpu-acctd listening after {:.1} s (opening the database)",
         t_open.elapsed().as_secs_f64()
@@ -202,18 +340,44 @@ fn run(a: &Args) -> Result<(), String> {
         a.clients,
         a.seed
     );
-    if !a.no_ingest {
-        ingest(a, &client, &db)?;
-    }
+    let (records, ingest_s) = if a.no_ingest {
+        (0, f64::NAN)
+    } else {
+        ingest(a, &client, tmp.path(), name)?
+    };
+    let bytes = du(&size_dir);
+    println!(
+        "database: {:.0} MiB on disk ({:.0} bytes/record){}",
+        bytes as f64 / 1_048_576.0,
+        bytes as f64 / records.max(1) as f64,
+        if store == StoreChoice::Mariadb {
+            " (the database's InnoDB files; the server's redo log and system tablespace not counted)"
+        } else {
+            ""
+        }
+    );
     // sgpu refuses a config anyone may write (/dev/null included): an empty one of our own
     let config = tmp.path().join("sgpu.toml");
     std::fs::write(&config, "").map_err(|e| format!("{}: {e}", config.display()))?;
-    reports(a, &client, &acctd.url, &config)?;
+    let reports = reports(a, &client, &acctd.url, &config)?;
     drop(acctd);
-    Ok(())
+    Ok(Summary {
+        store: name,
+        records,
+        ingest_s,
+        bytes,
+        reports,
+    })
 }
 
-fn ingest(a: &Args, client: &Client, db: &std::path::Path) -> Result<(), String> {
+/// Sends the jobs; returns the records sent and the seconds it took. `dir`: where the
+/// pre-generated batches go.
+fn ingest(
+    a: &Args,
+    client: &Client,
+    dir: &std::path::Path,
+    store: &str,
+) -> Result<(usize, f64), String> {
     let per_batch_jobs = if a.usage {
         (a.batch / 2).max(1)
     } else {
@@ -224,7 +388,6 @@ fn ingest(a: &Args, client: &Client, db: &std::path::Path) -> Result<(), String>
     // part each client reads its next batch from that file and posts it.
     let clients = a.clients.max(1);
     let t_gen = Instant::now();
-    let dir = db.parent().unwrap_or(std::path::Path::new("."));
     let mut plans = Vec::new();
     for c in 0..clients {
         let path = dir.join(format!("batches-{c}.json"));
@@ -298,21 +461,27 @@ fn ingest(a: &Args, client: &Client, db: &std::path::Path) -> Result<(), String>
     }
     let ingest_s = t0.elapsed().as_secs_f64();
     let rate = records as f64 / ingest_s;
+    let durable = if store == "sled" {
+        "the record log and sled are synced"
+    } else {
+        "its MariaDB transaction is committed"
+    };
     println!(
-        "ingest: {records} records in {ingest_s:.1} s = {rate:.0} records/s (durable: each \
-         batch acknowledged after the record log and sled are synced; senders on the same \
-         cores)  target >= 50000: {}",
+        "ingest ({store}): {records} records in {ingest_s:.1} s = {rate:.0} records/s \
+         (durable: each batch acknowledged after {durable}; senders on the same cores)  \
+         target >= 50000: {}",
         if rate >= 50_000.0 { "met" } else { "MISSED" }
     );
-    println!(
-        "database: {:.0} MiB on disk ({:.0} bytes/record)",
-        du(db) as f64 / 1_048_576.0,
-        du(db) as f64 / records.max(1) as f64
-    );
-    Ok(())
+    Ok((records, ingest_s))
 }
 
-fn reports(a: &Args, client: &Client, url: &str, config: &std::path::Path) -> Result<(), String> {
+/// Times the reports; returns (short name, median, p90) of each.
+fn reports(
+    a: &Args,
+    client: &Client,
+    url: &str,
+    config: &std::path::Path,
+) -> Result<Vec<(&'static str, f64, f64)>, String> {
     // Reports.
     let month = "start=2025-06-01&end=2025-07-01";
     let cases = [
@@ -355,12 +524,27 @@ fn reports(a: &Args, client: &Client, url: &str, config: &std::path::Path) -> Re
         "  {:<80} {:>8} {:>8} {:>8}",
         "report", "median", "p90", "max"
     );
+    const SHORT: [&str; 7] = [
+        "monthly per-account",
+        "same, per partition and GPU model",
+        "monthly per-user",
+        "month with mid-day edges",
+        "year per account by month",
+        "monthly per-account, Europe/Berlin",
+        "year per account by month, Europe/Berlin",
+    ];
     let mut monthly_median = f64::NAN;
+    let mut out = Vec::new();
     for (i, (name, path)) in cases.iter().enumerate() {
         let (t, last) = time_get(client, path, a.reps)?;
         if i == 0 {
             monthly_median = pct(&t, 50.0);
         }
+        out.push((
+            SHORT.get(i).copied().unwrap_or("?"),
+            pct(&t, 50.0),
+            pct(&t, 90.0),
+        ));
         println!(
             "  {name:<80} {:>8.1} {:>8.1} {:>8.1}  ({} rows)",
             pct(&t, 50.0),
@@ -423,7 +607,7 @@ fn reports(a: &Args, client: &Client, url: &str, config: &std::path::Path) -> Re
         );
     }
     let _ = std::io::stdout().flush();
-    Ok(())
+    Ok(out)
 }
 
 fn main() -> ExitCode {
