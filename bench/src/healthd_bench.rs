@@ -405,11 +405,7 @@ fn bench(args: &Args) -> Result<bool, String> {
         args.seconds,
         args.warmup,
         args.gpus,
-        if args.system_nvml {
-            "real (system NVML)"
-        } else {
-            "simulated"
-        },
+        node.sim.kind(),
         args.sample_interval,
         args.check_interval,
         status.map_or_else(|| "off".into(), |a| format!("on {a}"))

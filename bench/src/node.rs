@@ -91,13 +91,31 @@ impl SimNode {
         })
     }
 
-    /// What a real GPU node's programs need from this environment beyond the simulated
-    /// node's: `LD_LIBRARY_PATH`, where the driver's library is found through it (the
-    /// benchmarks start every program with a cleared environment, as slurmd does).
+    /// What the programs need from this environment (the benchmarks start every program
+    /// with a cleared environment, as slurmd does): on a real GPU node `LD_LIBRARY_PATH`,
+    /// where the driver's library is found through it;
+    /// On the simulated node, `SGPU_NVML_SIM_LATENCY` (the simulator's model of the real
+    /// driver's call costs, e.g. `h200-580`: `tests/nvml-sim/src/latency.rs`) when set.
     pub fn system_env(&self) -> Vec<(String, std::ffi::OsString)> {
-        match std::env::var_os("LD_LIBRARY_PATH") {
-            Some(v) if self.system_nvml => vec![("LD_LIBRARY_PATH".into(), v)],
-            _ => Vec::new(),
+        let name = if self.system_nvml {
+            "LD_LIBRARY_PATH"
+        } else {
+            nvml_sim::latency::LATENCY_ENV
+        };
+        std::env::var_os(name)
+            .map(|v| vec![(name.to_string(), v)])
+            .unwrap_or_default()
+    }
+
+    /// The GPUs' kind, for a benchmark's header: real, or simulated with the latency model
+    /// in force.
+    pub fn kind(&self) -> String {
+        if self.system_nvml {
+            return "real (system NVML)".into();
+        }
+        match std::env::var(nvml_sim::latency::LATENCY_ENV) {
+            Ok(m) if !m.is_empty() && m != "none" => format!("simulated ({m} driver latency)"),
+            _ => "simulated (no driver latency)".into(),
         }
     }
 

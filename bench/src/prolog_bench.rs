@@ -459,11 +459,7 @@ fn bench(args: &Args) -> Result<bool, String> {
         args.runs,
         args.warmup,
         args.gpus,
-        if args.system_nvml {
-            "real (system NVML)"
-        } else {
-            "simulated"
-        },
+        node.sim.kind(),
         args.nvlink
     );
     println!("gates:   {}", bin_dir.display());

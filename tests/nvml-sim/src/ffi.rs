@@ -160,6 +160,7 @@ macro_rules! nvml_fn {
         /// function makes (buffers for the length passed).
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> sys::nvmlReturn_t {
+            crate::latency::pay(stringify!($name));
             guard(move || $body)
         }
     };

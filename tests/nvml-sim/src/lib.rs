@@ -166,6 +166,7 @@
 
 pub mod capture;
 mod ffi;
+pub mod latency;
 pub mod mig;
 pub mod nvlink;
 mod runtime;

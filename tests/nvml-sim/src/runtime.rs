@@ -265,6 +265,16 @@ pub(crate) fn init() -> Result<(), Ret> {
             }
             let _ = g.refresh();
         }
+        if g.init_count == 0 {
+            let gpus = g.current.as_ref().map_or(0, |s| s.state.gpus.len());
+            // the cost model spins for the driver's init: not under the state lock
+            drop(g);
+            if let Err(e) = crate::latency::on_first_init(gpus) {
+                log(&e);
+                return Err(UNKNOWN);
+            }
+            g = global();
+        }
         g.init_count += 1;
         if let Some(snap) = &g.current {
             set_fork_log(snap.state.fork_log.clone());
@@ -356,6 +366,8 @@ pub(crate) fn shutdown() -> Result<(), Ret> {
     g.init_count -= 1;
     if g.init_count == 0 {
         g.sets.clear();
+        drop(g);
+        crate::latency::on_last_shutdown();
     }
     Ok(())
 }
