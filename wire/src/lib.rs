@@ -8,6 +8,7 @@
 //!   and the node history request body.
 //! - [`efficiency`]: acctd's per-job efficiency answer (`sgpu seff`).
 //! - [`healthd`]: sgpu-healthd's `GET /status` document.
+//! - [`gate`]: a gate's request on healthd's Unix socket and healthd's readings (not HTTP).
 //!
 //! Usage records and node events inside these documents are the spool crate's types; the
 //! documents here are generic over them (`JobAnswer<R>`), so this crate needs only serde.
@@ -26,6 +27,7 @@
 
 pub mod acctd;
 pub mod efficiency;
+pub mod gate;
 pub mod healthd;
 
 use serde::Deserialize;
