@@ -292,6 +292,7 @@ mod tests {
                     uuid: format!("GPU-{node}-{i}"),
                     name: Some("NVIDIA A100-SXM4-40GB".into()),
                     energy_mj: Some(1_000),
+                    mig: None,
                 })
                 .collect(),
         };

@@ -15,6 +15,7 @@ pub fn job_end(job: u32, node: &str, start: u64, end: u64, energies: &[u64]) -> 
             energy_start_mj: Some(1_000),
             energy_end_mj: Some(1_000 + e),
             energy_delta_mj: Some(e),
+            mig: None,
         })
         .collect();
     let body = JobEnd {

@@ -126,6 +126,7 @@ pub fn job_records(seed: u64, job_id: u32, total: u32, usage: bool) -> Vec<Recor
             energy_start_mj: Some(1_000_000),
             energy_end_mj: Some(1_000_000 + energy),
             energy_delta_mj: Some(energy),
+            mig: None,
         });
         let u = ((end - start) as f64 * rng.unit()) as u64;
         used.push(GpuUsage {

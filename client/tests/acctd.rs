@@ -45,6 +45,7 @@ fn job_end(job: u32, user: &str, start: u64, end: u64) -> Record {
         energy_start_mj: Some(10),
         energy_end_mj: Some(1010),
         energy_delta_mj: Some(1000),
+        mig: None,
     }];
     let body = JobEnd {
         user: user.into(),

@@ -519,6 +519,7 @@ mod tests {
                     uuid: format!("GPU-{i}"),
                     name: None,
                     energy_mj: None,
+                    mig: None,
                 })
                 .collect(),
         };

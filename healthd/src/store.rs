@@ -196,6 +196,7 @@ mod tests {
                     uuid: "GPU-a".into(),
                     name: None,
                     energy_mj: Some(9),
+                    mig: None,
                 }],
             },
         )

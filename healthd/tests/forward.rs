@@ -124,6 +124,7 @@ fn start_and_end_wait_for_the_sampler_and_arrive_once() {
         uuid: state.gpus[0].uuid.clone(),
         name: None,
         energy_mj: None,
+        mig: None,
     };
     let start = JobStart {
         user: "alice".into(),
@@ -172,6 +173,7 @@ fn start_and_end_wait_for_the_sampler_and_arrive_once() {
             energy_start_mj: None,
             energy_end_mj: None,
             energy_delta_mj: None,
+            mig: None,
         }],
         allocated_gpu_ms: t1 - t0,
         exit: None,

@@ -93,6 +93,7 @@ fn a_job_is_sampled_survives_a_restart_and_is_finalised() {
             uuid: state.gpus[i].uuid.clone(),
             name: None,
             energy_mj: None,
+            mig: None,
         })
         .collect();
     let id = |kind| RecordId::new("alpha", 42, None, "node1", kind).unwrap();
@@ -164,6 +165,7 @@ fn a_job_is_sampled_survives_a_restart_and_is_finalised() {
                 energy_start_mj: None,
                 energy_end_mj: None,
                 energy_delta_mj: None,
+                mig: None,
             })
             .collect(),
         allocated_gpu_ms: 2 * (t1 - t0),

@@ -64,6 +64,7 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
                 uuid: g.record_uuid(),
                 name: g.name.clone(),
                 energy_mj: g.energy_mj,
+                mig: None,
             })
             .collect(),
     };
@@ -118,6 +119,7 @@ pub fn end_record(
                     energy_start_mj,
                     energy_end_mj,
                     energy_delta_mj,
+                    mig: None,
                 }
             })
             .collect(),
@@ -207,6 +209,7 @@ mod tests {
             node: "node1".into(),
             run: 0,
             start_ms: 1_000_000,
+            readings: None,
             gpus: (0..2)
                 .map(|i| StartGpu {
                     slurm_index: i,

@@ -58,7 +58,8 @@ mod spool;
 pub use event::{EventSpool, JobAction, NodeAction, NodeEvent};
 pub use id::{MAX_COMPONENT_BYTES, MAX_KEY_BYTES, RecordId, RecordKind};
 pub use record::{
-    ExitStatus, GpuEnd, GpuRef, GpuUsage, IDLE_PERIODS_MAX, IdlePeriod, JobEnd, JobStart, Record,
-    RecordBody, RecordError, SCHEMA_VERSION, SlurmWindow, Usage, now_ms, push_idle_period,
+    ExitStatus, GpuEnd, GpuRef, GpuUsage, IDLE_PERIODS_MAX, IdlePeriod, JobEnd, JobStart, MigShare,
+    Record, RecordBody, RecordError, SCHEMA_VERSION, SlurmWindow, Usage, gpu_equiv_ms, now_ms,
+    push_idle_period,
 };
 pub use spool::{DEFAULT_SPOOL_DIR, Entry, MAX_RECORD_BYTES, Spool, SpoolError};

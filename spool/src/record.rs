@@ -64,6 +64,69 @@ pub struct GpuRef {
     pub name: Option<String>,
     /// Total energy counter at job start, mJ, if the GPU supports it.
     pub energy_mj: Option<u64>,
+    /// The MIG slice this entry is, with its share of the parent GPU; absent: a whole GPU
+    /// (also in records written before slices were stated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<MigShare>,
+}
+
+/// A MIG slice's profile and its share of the parent GPU: `slices` compute slices of the
+/// GPU's `of` (NVML's maximum MIG device count: 7 on A100/H100/H200, 4 on A30).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigShare {
+    /// The slice's profile, e.g. `2g.20gb`; must not be empty.
+    pub profile: String,
+    /// Compute slices of the slice's GPU instance; at least 1, at most `of`.
+    pub slices: u32,
+    /// Compute slices of the whole GPU; at least 1.
+    pub of: u32,
+}
+
+impl MigShare {
+    /// `device_ms` of this slice in GPU-equivalent ms: `device_ms × slices / of`, rounded to
+    /// the nearest ms (halves up), so never more than `device_ms`.
+    pub fn gpu_equiv_ms(&self, device_ms: u64) -> u64 {
+        gpu_equiv_ms(Some(self), device_ms)
+    }
+}
+
+/// `device_ms` of one record GPU entry in GPU-equivalent ms: a whole GPU (`mig` absent)
+/// counts in full, a slice by its [`MigShare`] (rounded to the nearest ms, halves up). A
+/// share that does not validate (`slices` 0 or above `of`) counts as a whole GPU; records
+/// are validated before they are counted, so that does not happen in a stored record.
+pub fn gpu_equiv_ms(mig: Option<&MigShare>, device_ms: u64) -> u64 {
+    match mig {
+        Some(m) if m.slices >= 1 && m.slices <= m.of => {
+            let num = u128::from(device_ms) * u128::from(m.slices) * 2 + u128::from(m.of);
+            let v = num / (u128::from(m.of) * 2);
+            // v <= device_ms because slices <= of (the + of adds at most half an ms)
+            u64::try_from(v).unwrap_or(device_ms).min(device_ms)
+        }
+        _ => device_ms,
+    }
+}
+
+fn check_mig(field: &str, m: &MigShare) -> Result<(), RecordError> {
+    if m.profile.trim().is_empty() {
+        return Err(RecordError::invalid(
+            format!("{field}.profile"),
+            "must not be empty",
+        ));
+    }
+    if m.of == 0 {
+        return Err(RecordError::invalid(
+            format!("{field}.of"),
+            "must be at least 1",
+        ));
+    }
+    if m.slices == 0 || m.slices > m.of {
+        return Err(RecordError::invalid(
+            format!("{field}.slices"),
+            format!("{} is not in 1..={} (of)", m.slices, m.of),
+        ));
+    }
+    Ok(())
 }
 
 /// Body of a [`RecordKind::JobStart`] record (sgpu-prolog).
@@ -100,6 +163,18 @@ pub struct GpuEnd {
     pub energy_end_mj: Option<u64>,
     /// Energy used over the job, mJ; equals end − start when both are known.
     pub energy_delta_mj: Option<u64>,
+    /// The MIG slice this entry is, with its share of the parent GPU (allocated time is
+    /// billed by that share: [`JobEnd::allocated_gpu_equiv_ms`]); absent: a whole GPU (also
+    /// in records written before slices were stated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<MigShare>,
+}
+
+impl GpuEnd {
+    /// `device_ms` of this entry in GPU-equivalent ms ([`gpu_equiv_ms`]).
+    pub fn gpu_equiv_ms(&self, device_ms: u64) -> u64 {
+        gpu_equiv_ms(self.mig.as_ref(), device_ms)
+    }
 }
 
 /// How the job ended, as Slurm reports it (`SLURM_JOB_EXIT_CODE2` = `code:signal`).
@@ -151,8 +226,10 @@ pub struct JobEnd {
     pub end_time: u64,
     /// GPUs allocated to the job on this node.
     pub gpus: Vec<GpuEnd>,
-    /// Allocated GPU time, GPU-ms: exactly `gpus.len() × (end_s − start_s) × 1000` over
-    /// `slurm_window` when it is present, else `gpus.len() × (end_time − start_time)`.
+    /// Allocated device time, device-ms (a MIG slice counts as one device): exactly
+    /// `gpus.len() × (end_s − start_s) × 1000` over `slurm_window` when it is present, else
+    /// `gpus.len() × (end_time − start_time)`. Equals GPU-ms when no entry is a slice; what
+    /// is billed is [`JobEnd::allocated_gpu_equiv_ms`].
     pub allocated_gpu_ms: u64,
     /// Exit status, if known.
     pub exit: Option<ExitStatus>,
@@ -170,6 +247,18 @@ impl JobEnd {
     pub fn allocated_window(&self) -> (u64, u64) {
         self.slurm_window
             .map_or((self.start_time, self.end_time), |w| w.ms())
+    }
+
+    /// Allocated GPU time in GPU-equivalents, ms: each entry's allocated window counted by
+    /// its share of a GPU (a whole GPU in full, a MIG slice by [`MigShare`]). Equals
+    /// `allocated_gpu_ms` when no entry is a slice.
+    pub fn allocated_gpu_equiv_ms(&self) -> u64 {
+        let (s, e) = self.allocated_window();
+        let span = e.saturating_sub(s);
+        self.gpus
+            .iter()
+            .map(|g| g.gpu_equiv_ms(span))
+            .fold(0, u64::saturating_add)
     }
 
     /// Every instant the record describes, ms: the gates' window joined with Slurm's.
@@ -524,7 +613,13 @@ fn check_allocated(gpus: usize, span: u64, allocated: u64) -> Result<(), RecordE
 
 fn validate_start(b: &JobStart) -> Result<(), RecordError> {
     check_user(&b.user)?;
-    check_uuids(b.gpus.iter().map(|g| g.uuid.as_str()))
+    check_uuids(b.gpus.iter().map(|g| g.uuid.as_str()))?;
+    for (i, g) in b.gpus.iter().enumerate() {
+        if let Some(m) = &g.mig {
+            check_mig(&format!("body.gpus[{i}].mig"), m)?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_end(b: &JobEnd) -> Result<(), RecordError> {
@@ -532,6 +627,9 @@ fn validate_end(b: &JobEnd) -> Result<(), RecordError> {
     let span = check_span("start_time", b.start_time, "body.end_time", b.end_time)?;
     check_uuids(b.gpus.iter().map(|g| g.uuid.as_str()))?;
     for (i, g) in b.gpus.iter().enumerate() {
+        if let Some(m) = &g.mig {
+            check_mig(&format!("body.gpus[{i}].mig"), m)?;
+        }
         if let (Some(start), Some(end)) = (g.energy_start_mj, g.energy_end_mj) {
             let delta = check_span(
                 "energy_start_mj",

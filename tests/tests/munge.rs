@@ -99,6 +99,7 @@ fn job_end(job: u32, user: &str, hours: u64) -> Record {
             energy_start_mj: Some(0),
             energy_end_mj: Some(1000),
             energy_delta_mj: Some(1000),
+            mig: None,
         }],
         allocated_gpu_ms: hours * HOUR,
         exit: None,

@@ -1001,6 +1001,7 @@ fn acctd_works_inside_its_units_sandbox() {
             energy_start_mj: Some(0),
             energy_end_mj: Some(1000),
             energy_delta_mj: Some(1000),
+            mig: None,
         }],
         allocated_gpu_ms: end_ms - start_ms,
         exit: None,

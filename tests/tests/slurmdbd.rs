@@ -989,6 +989,7 @@ fn coordinated_job(job: u32, user: &str, uid: u32, account: &str, hour: u64) -> 
             energy_start_mj: Some(0),
             energy_end_mj: Some(1_000),
             energy_delta_mj: Some(1_000),
+            mig: None,
         }],
         allocated_gpu_ms: H,
         exit: None,

@@ -14,6 +14,7 @@ fn job_start(job: u32, node: &str, start: u64) -> Record {
             uuid: format!("GPU-{node}-0"),
             name: None,
             energy_mj: None,
+            mig: None,
         }],
     };
     let id = RecordId::new("alpha", job, None, node, RecordKind::JobStart).unwrap();

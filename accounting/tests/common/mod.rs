@@ -141,6 +141,7 @@ pub fn job_end(
             energy_start_mj: Some(10),
             energy_end_mj: Some(10 + e),
             energy_delta_mj: Some(e),
+            mig: None,
         })
         .collect();
     let body = JobEnd {

@@ -42,6 +42,7 @@ fn job_end(job: u32) -> Record {
         energy_start_mj: Some(0),
         energy_end_mj: Some(1000),
         energy_delta_mj: Some(1000),
+        mig: None,
     }];
     let start = D + u64::from(job % 20) * 3_600_000;
     let body = JobEnd {

@@ -229,6 +229,7 @@ fn per_gpu_lines_count_allocated_time_over_slurms_window() {
                 energy_start_mj: None,
                 energy_end_mj: None,
                 energy_delta_mj: Some(3_600_000),
+                mig: None,
             }],
             allocated_gpu_ms: window.map_or(3_600_000, |w| (w.end_s - w.start_s) * 1000),
             exit: None,

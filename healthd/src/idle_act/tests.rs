@@ -110,6 +110,7 @@ fn job(partition: &str, account: &str, gpus: usize) -> JobAccumulator {
                 uuid: format!("GPU-{i}"),
                 name: None,
                 energy_mj: None,
+                mig: None,
             })
             .collect(),
     };

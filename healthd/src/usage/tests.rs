@@ -40,6 +40,7 @@ fn start_record(job: u32, start: u64, uuids: &[&str]) -> (RecordId, JobStart) {
                 uuid: u.to_string(),
                 name: Some("Sim".into()),
                 energy_mj: Some(1_000),
+                mig: None,
             })
             .collect(),
     };
@@ -64,6 +65,7 @@ fn end_body(start: u64, end: u64, gpus: &[(&str, Option<u64>)]) -> JobEnd {
                 energy_start_mj: delta.map(|_| 1_000),
                 energy_end_mj: delta.map(|d| 1_000 + d),
                 energy_delta_mj: *delta,
+                mig: None,
             })
             .collect(),
         allocated_gpu_ms: gpus.len() as u64 * (end - start),

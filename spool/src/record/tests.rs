@@ -21,12 +21,14 @@ pub(crate) fn example_start(job: u32) -> Record {
                     uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000000".into(),
                     name: Some("NVIDIA H100 80GB HBM3".into()),
                     energy_mj: Some(5_000_000),
+                    mig: None,
                 },
                 GpuRef {
                     index: 1,
                     uuid: "GPU-0b7c3c52-6d9e-4a3b-9f10-000000000001".into(),
                     name: Some("NVIDIA H100 80GB HBM3".into()),
                     energy_mj: Some(7_000_000),
+                    mig: None,
                 },
             ],
         }),
@@ -53,6 +55,7 @@ pub(crate) fn example_end() -> Record {
                     energy_start_mj: Some(5_000_000),
                     energy_end_mj: Some(1_445_000_000),
                     energy_delta_mj: Some(1_440_000_000),
+                    mig: None,
                 },
                 GpuEnd {
                     index: 1,
@@ -61,6 +64,7 @@ pub(crate) fn example_end() -> Record {
                     energy_start_mj: Some(7_000_000),
                     energy_end_mj: Some(727_000_000),
                     energy_delta_mj: Some(720_000_000),
+                    mig: None,
                 },
             ],
             allocated_gpu_ms: 7_200_000,
@@ -494,6 +498,114 @@ fn energy_delta_alone_is_accepted() {
     Record::new(id, 1, RecordBody::JobEnd(b)).unwrap();
 }
 
+fn share(profile: &str, slices: u32, of: u32) -> MigShare {
+    MigShare {
+        profile: profile.into(),
+        slices,
+        of,
+    }
+}
+
+#[test]
+fn a_slice_counts_by_its_share_of_the_gpu() {
+    const HOUR: u64 = 3_600_000;
+    // 2g.20gb of an A100/H100 (7 compute slices) for an hour: 2/7 of a GPU-hour
+    assert_eq!(share("2g.20gb", 2, 7).gpu_equiv_ms(HOUR), 1_028_571); // 1028571.43
+    // rounded to the nearest ms, halves up: 1 ms of 1g of 7 is 0.14 ms, 4 ms of 1g of 7 0.57
+    assert_eq!(share("1g.10gb", 1, 7).gpu_equiv_ms(1), 0);
+    assert_eq!(share("1g.10gb", 1, 7).gpu_equiv_ms(4), 1);
+    assert_eq!(share("1g.6gb", 1, 4).gpu_equiv_ms(2), 1); // 0.5 rounds up
+    // the full profile and a whole GPU count in full; never more than the device time
+    assert_eq!(share("7g.80gb", 7, 7).gpu_equiv_ms(HOUR), HOUR);
+    assert_eq!(gpu_equiv_ms(None, HOUR), HOUR);
+    assert_eq!(share("7g.80gb", 7, 7).gpu_equiv_ms(u64::MAX), u64::MAX);
+    assert_eq!(
+        share("3g.40gb", 3, 7).gpu_equiv_ms(u64::MAX),
+        7_905_747_460_161_236_406
+    );
+    // seven 1g slices of one GPU add up to the GPU within the rounding (< 1 ms each)
+    let seven: u64 = (0..7)
+        .map(|_| share("1g.10gb", 1, 7).gpu_equiv_ms(HOUR))
+        .sum();
+    assert!(seven.abs_diff(HOUR) < 7, "{seven}");
+}
+
+#[test]
+fn a_job_end_on_slices_bills_gpu_equivalents() {
+    const HOUR: u64 = 3_600_000;
+    let mut b = end_body();
+    b.end_time = b.start_time + HOUR;
+    b.allocated_gpu_ms = 2 * HOUR;
+    b.gpus[0].mig = Some(share("2g.20gb", 2, 7));
+    b.gpus[1].name = Some("NVIDIA H100 80GB HBM3 MIG 3g.40gb".into());
+    b.gpus[1].mig = Some(share("3g.40gb", 3, 7));
+    for g in &mut b.gpus {
+        (g.energy_start_mj, g.energy_end_mj, g.energy_delta_mj) = (None, None, None);
+    }
+    // devices x window stays allocated_gpu_ms; the bill is 2/7 + 3/7 of the hour
+    assert_eq!(b.allocated_gpu_equiv_ms(), 1_028_571 + 1_542_857);
+    // over Slurm's window when present, as allocated_gpu_ms
+    b.slurm_window = Some(SlurmWindow {
+        start_s: b.start_time / 1000,
+        end_s: b.start_time / 1000 + 7200,
+    });
+    b.allocated_gpu_ms = 4 * HOUR;
+    assert_eq!(b.allocated_gpu_equiv_ms(), 2 * (1_028_571 + 1_542_857) + 1);
+    let id = RecordId::new("alpha", 42, None, "node1", RecordKind::JobEnd).unwrap();
+    let r = Record::new(id, 1, RecordBody::JobEnd(b.clone())).unwrap();
+    let json = r.to_json().unwrap();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(
+        text.contains(r#""mig":{"profile":"2g.20gb","slices":2,"of":7}"#),
+        "{text}"
+    );
+    assert_eq!(Record::from_json(&json).unwrap(), r);
+    // a whole GPU in the same record counts in full
+    b.gpus[1].mig = None;
+    assert_eq!(b.allocated_gpu_equiv_ms(), 2_057_143 + 2 * HOUR); // 2057142.86
+}
+
+#[test]
+fn records_without_shares_read_as_whole_gpus() {
+    // a record as written before shares existed: no "mig" anywhere
+    let old = example_end().to_json().unwrap();
+    assert!(!String::from_utf8_lossy(&old).contains("mig"));
+    let r = Record::from_json(&old).unwrap();
+    let RecordBody::JobEnd(b) = r.body() else {
+        panic!("not a job_end");
+    };
+    assert!(b.gpus.iter().all(|g| g.mig.is_none()));
+    assert_eq!(b.allocated_gpu_equiv_ms(), b.allocated_gpu_ms);
+    let start = example_start(42).to_json().unwrap();
+    assert!(!String::from_utf8_lossy(&start).contains("mig"));
+    Record::from_json(&start).unwrap();
+}
+
+#[test]
+fn bad_shares_are_refused_naming_the_field() {
+    let cases = [
+        (share("", 1, 7), "body.gpus[0].mig.profile"),
+        (share("1g.10gb", 0, 7), "body.gpus[0].mig.slices"),
+        (share("7g.80gb", 8, 7), "body.gpus[0].mig.slices"),
+        (share("1g.10gb", 1, 0), "body.gpus[0].mig.of"),
+    ];
+    for (m, field) in cases {
+        let e = end_err(|b| b.gpus[0].mig = Some(m.clone()));
+        assert_eq!(e.field(), Some(field), "{m:?}: {e}");
+        let mut s = match example_start(1).into_parts().2 {
+            RecordBody::JobStart(s) => s,
+            _ => unreachable!(),
+        };
+        s.gpus[0].mig = Some(m.clone());
+        let e = Record::new(start_id(1), 1, RecordBody::JobStart(s)).unwrap_err();
+        assert_eq!(e.field(), Some(field), "{m:?}: {e}");
+    }
+    // unknown fields inside a share are refused, as everywhere in a record
+    let mut v = json_of(&example_end());
+    v["body"]["gpus"][0]["mig"] = serde_json::json!({"profile":"1g.10gb","slices":1,"of":7,"x":1});
+    assert!(from_value(&v).is_err());
+}
+
 // ---- property tests -------------------------------------------------------------------
 
 fn name() -> impl Strategy<Value = String> {
@@ -538,6 +650,7 @@ fn start_body() -> impl Strategy<Value = RecordBody> {
                         uuid,
                         name,
                         energy_mj,
+                        mig: None,
                     })
                     .collect(),
             })
@@ -582,6 +695,7 @@ fn end_body_strategy() -> impl Strategy<Value = RecordBody> {
                         energy_start_mj: (shape & 1 == 0).then_some(s),
                         energy_end_mj: (shape & 1 == 0).then_some(s + d),
                         energy_delta_mj: (shape != 3).then_some(d),
+                        mig: None,
                     })
                     .collect();
                 RecordBody::JobEnd(JobEnd {
