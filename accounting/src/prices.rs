@@ -77,23 +77,24 @@ impl PriceList {
             .filter(move |f| *f > start && *f < end)
     }
 
-    /// The cost numerator of an amount spread over `[start, end)`: allocated GPU-ms exactly
-    /// by overlap with each price period, energy by the same proportional rule as the
-    /// rollups ([`crate::day::share_of`]).
+    /// The cost numerator of amounts spread over their windows: `alloc` is allocated GPU-ms
+    /// (in GPU-equivalents) with the window it was allocated over, `energy` mJ with the window
+    /// it was measured over; each is split over the price periods by the rollups' proportional
+    /// rule ([`crate::day::share_of`]: a whole GPU's window exactly by overlap).
     #[allow(clippy::too_many_arguments)]
     pub fn cost_over(
         &self,
         partition: &str,
         gpu_model: &str,
-        alloc: (u64, u64),
+        alloc: (u64, u64, u64),
         energy: (u64, u64, u64),
     ) -> u128 {
-        let (a_start, a_end) = alloc;
+        let (a_amount, a_start, a_end) = alloc;
         let (e_amount, e_start, e_end) = energy;
         let mut total = 0u128;
         for (i, (from, rates)) in self.periods.iter().enumerate() {
             let to = self.periods.get(i + 1).map_or(u64::MAX, |p| p.0);
-            let gpu_ms = crate::day::overlap(a_start, a_end, *from, to);
+            let gpu_ms = crate::day::share_of(a_amount, a_start, a_end, *from, to);
             let mj = crate::day::share_of(e_amount, e_start, e_end, *from, to);
             total += rates.cost(partition, gpu_model, gpu_ms, mj);
         }
@@ -172,10 +173,16 @@ mod tests {
             periods: vec![(h, rates(1.0)), (2 * h, rates(2.0))],
         };
         assert_eq!(
-            micro(list.cost_over("p", "m", (h, 3 * h), (0, 0, 0))),
+            micro(list.cost_over("p", "m", (2 * h, h, 3 * h), (0, 0, 0))),
             3_000_000
         );
-        assert_eq!(micro(list.cost_over("p", "m", (0, h), (0, 0, 0))), 0);
+        assert_eq!(micro(list.cost_over("p", "m", (h, 0, h), (0, 0, 0))), 0);
+        // a 2g slice of 7 over the same two hours: 2/7 of each hour at its price
+        // (2057143 GPU-equivalent ms, 1028571 before the change and 1028572 after)
+        assert_eq!(
+            micro(list.cost_over("p", "m", (2_057_143, h, 3 * h), (0, 0, 0))),
+            (1_028_571 * 1_000_000 + 1_028_572 * 2_000_000 + h / 2) / h
+        );
     }
 
     #[test]

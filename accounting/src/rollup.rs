@@ -4,7 +4,9 @@
 //! Rules (the same at ingest and when [`crate::store::verify`] recomputes them):
 //! - `job_end` adds allocated GPU-ms (per GPU, exactly the overlap of its allocation window
 //!   with each UTC day: Slurm's `slurm_window` when the record has it, so the figures equal
-//!   `sacct`'s, else the gates' `start_time..end_time`) and energy (per GPU,
+//!   `sacct`'s, else the gates' `start_time..end_time`; a MIG slice in GPU-equivalents, its
+//!   window times its share of the GPU ([`sgpu_spool::MigShare`], nearest ms), split over
+//!   the days in proportion to the overlap) and energy (per GPU,
 //!   `energy_delta_mj`, else end − start counter; measured over the gates' window, so split
 //!   over that window's days in proportion to the overlap, see [`crate::day`]).
 //! - `job_usage` (healthd) adds used GPU-ms, per GPU, split over its window's days the same
@@ -207,12 +209,13 @@ pub fn contributions(record: &Record) -> BTreeMap<RollupKey, RollupValue> {
             let (alloc_start, alloc_end) = b.allocated_window();
             let alloc_days = split_span(alloc_start, alloc_end);
             let days = split_span(b.start_time, b.end_time);
+            let alloc_span = alloc_end.saturating_sub(alloc_start);
             for gpu in &b.gpus {
                 let model = gpu_model(&gpu.name);
-                for &(day, overlap) in &alloc_days {
-                    out.entry(g.key(day, model.clone()))
-                        .or_default()
-                        .allocated_gpu_ms += overlap;
+                // a whole GPU: exactly its overlap with each day; a MIG slice: its share
+                for (day, part) in split_amount(gpu.gpu_equiv_ms(alloc_span), &alloc_days) {
+                    let v = out.entry(g.key(day, model.clone())).or_default();
+                    v.allocated_gpu_ms = v.allocated_gpu_ms.saturating_add(part);
                 }
                 let energy = gpu.energy_delta_mj.or_else(|| {
                     gpu.energy_end_mj

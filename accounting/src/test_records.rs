@@ -34,6 +34,26 @@ pub fn job_end(job: u32, node: &str, start: u64, end: u64, energies: &[u64]) -> 
     Record::new(id, end, RecordBody::JobEnd(body)).unwrap()
 }
 
+/// `r` (a `job_end`) on MIG slices: GPU `i` becomes the slice `shares[i]` (profile, slices,
+/// of) of an H100, named `<H100> MIG <profile>`, without energy (NVML counts it per GPU).
+pub fn on_slices(r: Record, shares: &[(&str, u32, u32)]) -> Record {
+    let (id, written, body) = r.into_parts();
+    let RecordBody::JobEnd(mut b) = body else {
+        panic!("not a job_end: {body:?}")
+    };
+    for (g, &(profile, slices, of)) in b.gpus.iter_mut().zip(shares) {
+        g.uuid = format!("MIG-{}", g.uuid);
+        g.name = Some(format!("{H100} MIG {profile}"));
+        (g.energy_start_mj, g.energy_end_mj, g.energy_delta_mj) = (None, None, None);
+        g.mig = Some(sgpu_spool::MigShare {
+            profile: profile.into(),
+            slices,
+            of,
+        });
+    }
+    Record::new(id, written, RecordBody::JobEnd(b)).unwrap()
+}
+
 /// `r` as a record of the job's run `run`.
 pub fn in_run(r: Record, run: u32) -> Record {
     let (id, written, body) = r.into_parts();

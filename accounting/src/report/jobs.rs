@@ -92,7 +92,8 @@ pub(crate) fn merge_job(
             let (alloc_start, alloc_end) = b.allocated_window();
             let span = alloc_end.saturating_sub(alloc_start);
             for g in &b.gpus {
-                j.allocated_gpu_ms += span;
+                // a MIG slice by its share of the GPU
+                j.allocated_gpu_ms += g.gpu_equiv_ms(span);
                 let energy = g.energy_delta_mj.or_else(|| {
                     g.energy_end_mj
                         .zip(g.energy_start_mj)
@@ -156,6 +157,7 @@ pub fn jobs(
                     let cost = costs
                         .entry((id.cluster().to_string(), id.job_id()))
                         .or_default();
+                    let (a_start, a_end) = b.allocated_window();
                     for g in &b.gpus {
                         let energy = g.energy_delta_mj.or_else(|| {
                             g.energy_end_mj
@@ -165,7 +167,11 @@ pub fn jobs(
                         *cost += prices.cost_over(
                             &partition,
                             &model(&g.name),
-                            b.allocated_window(),
+                            (
+                                g.gpu_equiv_ms(a_end.saturating_sub(a_start)),
+                                a_start,
+                                a_end,
+                            ),
                             (energy.unwrap_or(0), b.start_time, b.end_time),
                         );
                     }

@@ -116,8 +116,16 @@ pub fn partial_pieces(
                 RecordBody::JobEnd(b) => {
                     // allocated over Slurm's window when the record has it (as the rollups)
                     let (alloc_start, alloc_end) = b.allocated_window();
-                    let alloc = overlap(alloc_start, alloc_end, from, to);
+                    let alloc_span = alloc_end.saturating_sub(alloc_start);
                     for gpu in &b.gpus {
+                        // a MIG slice by its share, split as the rollups split it
+                        let alloc = share_of(
+                            gpu.gpu_equiv_ms(alloc_span),
+                            alloc_start,
+                            alloc_end,
+                            from,
+                            to,
+                        );
                         let k = key(
                             day,
                             cluster,

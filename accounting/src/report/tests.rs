@@ -510,3 +510,48 @@ fn idle_time_is_summed_where_measured_and_unknown_elsewhere() {
     let idle: Vec<(u32, Option<u64>)> = list.iter().map(|j| (j.job_id, j.idle_gpu_ms)).collect();
     assert_eq!(idle, [(1, Some(4 * HOUR)), (2, None)]);
 }
+
+#[test]
+fn a_job_on_a_mig_slice_is_billed_its_share_in_reports_and_jobs() {
+    let (_d, s) = store();
+    // a 2g.20gb slice (2 of 7) from 22:00 on day 10 to 04:00 on day 11: 6 h x 2/7
+    let (start, end) = (10 * DAY_MS + 22 * HOUR, 11 * DAY_MS + 4 * HOUR);
+    let r =
+        crate::test_records::on_slices(job_end(7, "n1", start, end, &[0]), &[("2g.20gb", 2, 7)]);
+    s.put_batch(&[r]).unwrap();
+    let billed = 6_171_429; // 21600000 x 2/7 = 6171428.57
+    assert_eq!(window(&*s, 10 * DAY_MS, 12 * DAY_MS), (billed, 0, 0, 1));
+    // windows cut anywhere (partial days from the records, whole days from the rollups)
+    // add up to the same bill: nothing lost, nothing added
+    for cut in [
+        10 * DAY_MS + 23 * HOUR,
+        11 * DAY_MS,
+        11 * DAY_MS + 1,
+        11 * DAY_MS + 3 * HOUR + 7,
+    ] {
+        let (a, b) = (
+            window(&*s, 10 * DAY_MS, cut).0,
+            window(&*s, cut, 12 * DAY_MS).0,
+        );
+        assert_eq!(a + b, billed, "cut at {cut}: {a} + {b}");
+    }
+    // 23:00 to 01:00 is a third of the job: a third of the bill, within a ms
+    let third = window(&*s, 10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + HOUR).0;
+    assert!(third.abs_diff(billed / 3) <= 1, "{third}");
+    // the job list bills the same
+    let (jobs, _) = jobs(
+        &*s,
+        &ReportQuery {
+            zone: crate::zone::SiteZone::utc(),
+            start_ms: 10 * DAY_MS,
+            end_ms: 12 * DAY_MS,
+            filters: Filters::default(),
+            group_by: vec![],
+            limit: MAX_JOBS,
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].allocated_gpu_ms, billed);
+}

@@ -1,6 +1,6 @@
 use super::*;
 use crate::day::DAY_MS;
-use crate::test_records::{H100, job_end, job_usage, with_slurm_window};
+use crate::test_records::{H100, job_end, job_usage, on_slices, with_slurm_window};
 
 const HOUR: u64 = 3_600_000;
 
@@ -139,4 +139,63 @@ fn slurm_window_sets_allocated_days_energy_stays_on_the_gate_window() {
     assert_eq!(job_count_key(&r), Some(key(101)));
     // the record is found on both days it touches (reports of day 100 see it)
     assert_eq!(crate::store::record_days(&r), 100..=101);
+}
+
+#[test]
+fn a_mig_slice_is_billed_its_share_of_the_gpu() {
+    // 2g.20gb (2 of 7 compute slices) for one hour: 2/7 GPU-hour, not a whole one
+    let r = on_slices(
+        job_end(7, "n1", 100 * DAY_MS + HOUR, 100 * DAY_MS + 2 * HOUR, &[0]),
+        &[("2g.20gb", 2, 7)],
+    );
+    let c = contributions(&r);
+    let mig = |day| RollupKey {
+        gpu_model: format!("{H100} MIG 2g.20gb"),
+        ..key(day)
+    };
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[&mig(100)].allocated_gpu_ms, 1_028_571); // 3600000 x 2/7 = 1028571.43
+    assert_eq!(c[&mig(100)].energy_mj, 0, "no energy for a slice");
+    assert_eq!(job_count_key(&r), Some(mig(100)));
+
+    // 22:00 to 01:00 on a 1g.10gb and a 3g.40gb: 3 h x 1/7 and 3 h x 3/7, split 2:1 by day
+    // with nothing lost or added over the days
+    let r = on_slices(
+        job_end(
+            8,
+            "n1",
+            100 * DAY_MS + 22 * HOUR,
+            101 * DAY_MS + HOUR,
+            &[0, 0],
+        ),
+        &[("1g.10gb", 1, 7), ("3g.40gb", 3, 7)],
+    );
+    let c = contributions(&r);
+    let at = |p: &str, day| {
+        c[&RollupKey {
+            gpu_model: format!("{H100} MIG {p}"),
+            ..key(day)
+        }]
+            .allocated_gpu_ms
+    };
+    assert_eq!(at("1g.10gb", 100) + at("1g.10gb", 101), 1_542_857); // 1542857.14
+    assert_eq!(at("3g.40gb", 100) + at("3g.40gb", 101), 4_628_571); // 4628571.43
+    assert_eq!(at("1g.10gb", 100), 1_542_857 * 2 / 3);
+    assert_eq!(at("3g.40gb", 100), 4_628_571 * 2 / 3);
+
+    // the full profile, and a whole GPU beside a slice, count in full
+    let r = on_slices(
+        job_end(9, "n1", 100 * DAY_MS, 100 * DAY_MS + HOUR, &[0, 5]),
+        &[("7g.80gb", 7, 7)],
+    );
+    let c = contributions(&r);
+    assert_eq!(
+        c[&RollupKey {
+            gpu_model: format!("{H100} MIG 7g.80gb"),
+            ..key(100)
+        }]
+            .allocated_gpu_ms,
+        HOUR
+    );
+    assert_eq!(c[&key(100)].allocated_gpu_ms, HOUR);
 }
