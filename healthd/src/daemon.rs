@@ -147,8 +147,19 @@ impl Session {
         }
     }
 
-    fn snapshot(&mut self) -> Result<NodeSnapshot, NvmlFailure> {
+    /// Every GPU's snapshot (see [`NvmlWorker::snapshot`]).
+    pub(crate) fn snapshot(&mut self) -> Result<NodeSnapshot, NvmlFailure> {
         let r = self.ready().and_then(|(w, _)| w.snapshot());
+        self.note(r.as_ref().map(|_| ()));
+        r
+    }
+
+    /// The fresh readings a gate needs of `gpus` (see [`NvmlWorker::fresh`]).
+    pub(crate) fn fresh(
+        &mut self,
+        gpus: &[(u32, bool)],
+    ) -> Result<Vec<sgpu_nodelib::gpu::FreshGpu>, NvmlFailure> {
+        let r = self.ready().and_then(|(w, _)| w.fresh(gpus));
         self.note(r.as_ref().map(|_| ()));
         r
     }
@@ -727,6 +738,8 @@ pub async fn run(daemon: Daemon, config: &Config) -> Result<(), DaemonError> {
     let mut term = sig(SignalKind::terminate(), "SIGTERM handler")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT handler")?;
     let http = spawn_http(config, shared.clone()).await;
+    // the gates' readings (gate_socket); the socket is removed when the daemon stops
+    let _gate_socket = crate::gate_server::start(config, daemon.node());
     let sampling = spawn_sampler(config, daemon.node(), shared.clone());
     let forwarding = spawn_forwarder(config, shared.clone());
     if forwarding.is_none() {

@@ -13,6 +13,7 @@ pub mod active;
 pub mod daemon;
 pub mod event_forward;
 pub mod forward;
+pub mod gate_server;
 pub mod http;
 pub mod idle;
 pub mod idle_act;

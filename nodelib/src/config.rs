@@ -34,12 +34,16 @@ use crate::catalogue::{self, Catalogue, CheckOverride, Severity};
 
 mod accounting;
 mod active;
+mod gate;
 mod idle;
 mod infiniband;
 mod prices;
 pub use accounting::{
     AccountingConfig, AcctAuth, DEFAULT_FORWARD_BACKOFF_MAX_S, DEFAULT_FORWARD_BATCH,
     DEFAULT_FORWARD_INTERVAL_S, DEFAULT_FORWARD_TIMEOUT_S,
+};
+pub use gate::{
+    DEFAULT_GATE_HEALTHD_TIMEOUT_MS, DEFAULT_GATE_MAX_AGE_MS, DEFAULT_GATE_SOCKET, GateSettings,
 };
 pub use idle::{
     DEFAULT_IDLE_MAX_CANCELS_PER_HOUR, DEFAULT_IDLE_MEM_UTIL_BELOW_PCT,
@@ -199,6 +203,9 @@ pub struct Config {
     pub infiniband: crate::infiniband::IbSettings,
     /// The `[active]` table: active checks run on idle nodes through Slurm.
     pub active: crate::active::ActiveSettings,
+    /// `gate_socket`, `gate_max_age_ms`, `gate_healthd_timeout_ms`: the gates' readings
+    /// from healthd.
+    pub gate: GateSettings,
 }
 
 impl Default for Config {
@@ -226,6 +233,7 @@ impl Default for Config {
             idle: IdleConfig::default(),
             infiniband: crate::infiniband::IbSettings::default(),
             active: crate::active::ActiveSettings::default(),
+            gate: GateSettings::default(),
         }
     }
 }
@@ -253,6 +261,9 @@ struct RawConfig {
     breaker_window_s: Option<Spanned<u64>>,
     sample_interval_s: Option<Spanned<u64>>,
     status_listen: Option<Spanned<String>>,
+    gate_socket: Option<Spanned<String>>,
+    gate_max_age_ms: Option<Spanned<u64>>,
+    gate_healthd_timeout_ms: Option<Spanned<u64>>,
     accounting: Option<accounting::RawAccounting>,
     prices: Option<prices::RawPrices>,
     idle: Option<idle::RawIdle>,
@@ -593,6 +604,14 @@ impl Config {
         }
         node_settings(&mut config, &raw, &invalid)?;
         daemon_settings(&mut config, &raw, &invalid)?;
+        let gate = gate::RawGate {
+            socket: raw.gate_socket.as_ref(),
+            max_age_ms: raw.gate_max_age_ms.as_ref(),
+            timeout_ms: raw.gate_healthd_timeout_ms.as_ref(),
+        };
+        config.gate = gate
+            .validate()
+            .map_err(|(offset, key, message)| invalid(offset, key, message))?;
         table_settings(&mut config, raw, &invalid)?;
         Ok(config)
     }

@@ -38,7 +38,7 @@ use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, EventSet, Nvml};
 use nvml_wrapper_sys::bindings as sys;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::xid::XidEvent;
@@ -70,7 +70,7 @@ impl NvmlOptions {
 }
 
 /// One value read from NVML.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reading<T> {
     /// The value.
@@ -124,7 +124,7 @@ impl<T> Reading<T> {
 }
 
 /// Used and total framebuffer memory, bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryUsage {
     /// Allocated bytes.
     pub used: u64,
@@ -133,7 +133,7 @@ pub struct MemoryUsage {
 }
 
 /// Row remapping state (`nvmlDeviceGetRemappedRows`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemappedRows {
     /// Rows remapped for correctable errors.
     pub correctable: u32,
@@ -146,7 +146,7 @@ pub struct RemappedRows {
 }
 
 /// The PCIe link now and at best.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PcieLink {
     /// Current generation.
     pub gen_current: Reading<u32>,
@@ -159,7 +159,7 @@ pub struct PcieLink {
 }
 
 /// NVSwitch fabric registration (`nvmlDeviceGetGpuFabricInfo`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FabricInfo {
     /// `NVML_GPU_FABRIC_STATE_*`: 1 not started, 2 in progress, 3 completed.
     pub state: u8,
@@ -189,7 +189,7 @@ impl FabricInfo {
 }
 
 /// A compute process on a GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuProcess {
     /// Process id.
     pub pid: u32,
@@ -226,7 +226,7 @@ pub const HW_THROTTLE_REASONS: &[(u64, &str)] = &[
 ];
 
 /// Everything one run reads about one GPU.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuSnapshot {
     /// NVML index.
     pub index: u32,
@@ -371,12 +371,48 @@ impl GpuSnapshot {
 }
 
 /// Everything one run reads about the node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSnapshot {
     /// Driver version, e.g. `550.54.15`.
     pub driver_version: Reading<String>,
     /// The GPUs NVML reports, by index.
     pub gpus: Vec<GpuSnapshot>,
+}
+
+impl NodeSnapshot {
+    /// Replaces each GPU's readings that `fresh` holds (processes, energy, MIG devices when
+    /// re-read; a GPU found lost stays lost). A reading for a GPU the snapshot lacks is
+    /// ignored.
+    pub fn apply_fresh(&mut self, fresh: &[FreshGpu]) {
+        for f in fresh {
+            let Some(g) = self.gpus.iter_mut().find(|g| g.index == f.index) else {
+                continue;
+            };
+            g.lost |= f.lost;
+            g.energy_mj = f.energy_mj.clone();
+            g.compute_processes = f.compute_processes.clone();
+            if let Some(m) = &f.mig_devices {
+                g.mig_devices = m.clone();
+            }
+        }
+    }
+}
+
+/// What a gate needs read at the moment it asks (the rest of a [`NodeSnapshot`] may be up to
+/// `gate_max_age_ms` old): one GPU's compute processes (leftovers) and energy counter (the
+/// job's bill), and its MIG devices (their processes) when it is in MIG mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreshGpu {
+    /// NVML index.
+    pub index: u32,
+    /// A query answered `GPU_IS_LOST`.
+    pub lost: bool,
+    /// Energy counter since driver load, millijoules.
+    pub energy_mj: Reading<u64>,
+    /// Running compute processes.
+    pub compute_processes: Reading<Vec<GpuProcess>>,
+    /// The MIG devices, re-read for a GPU in MIG mode (`None`: not re-read).
+    pub mig_devices: Option<Reading<Vec<crate::mig::MigDevice>>>,
 }
 
 /// Why NVML gave no snapshot.
@@ -481,6 +517,7 @@ pub struct GpuSample {
 
 enum Request {
     Snapshot,
+    Fresh { gpus: Vec<(u32, bool)> },
     Sample,
     WatchXids,
     DrainXids { wait_ms: u32 },
@@ -488,6 +525,7 @@ enum Request {
 
 enum Reply {
     Snapshot(Result<NodeSnapshot, NvmlFailure>),
+    Fresh(Vec<FreshGpu>),
     Sample(Result<Vec<GpuSample>, NvmlFailure>),
     Watch(Result<Vec<u32>, NvmlFailure>),
     Xids(Result<Vec<XidEvent>, NvmlFailure>),
@@ -642,6 +680,18 @@ impl NvmlWorker {
     fn snapshot_by(&mut self, deadline: Instant) -> Result<NodeSnapshot, NvmlFailure> {
         match self.call(Request::Snapshot, deadline)? {
             Reply::Snapshot(r) => r,
+            _ => Err(NvmlFailure::Query("unexpected reply".into())),
+        }
+    }
+
+    /// Reads what must be fresh when a gate asks healthd ([`FreshGpu`]) of the GPUs in
+    /// `gpus` (NVML index, and whether the GPU is in MIG mode, so its MIG devices' processes
+    /// are read too), waiting at most the configured timeout.
+    pub fn fresh(&mut self, gpus: &[(u32, bool)]) -> Result<Vec<FreshGpu>, NvmlFailure> {
+        let deadline = Instant::now() + self.timeout;
+        let gpus = gpus.to_vec();
+        match self.call(Request::Fresh { gpus }, deadline)? {
+            Reply::Fresh(r) => Ok(r),
             _ => Err(NvmlFailure::Query("unexpected reply".into())),
         }
     }
@@ -867,6 +917,10 @@ fn worker_main(
         busy.store(true, Ordering::SeqCst);
         let answer = match req {
             Request::Snapshot => Reply::Snapshot(read_snapshot(&nvml, &progress, nvlink_counters)),
+            Request::Fresh { gpus } => {
+                set_progress(&progress, "reading processes and energy");
+                Reply::Fresh(read_fresh(&nvml, &gpus))
+            }
             Request::Sample => Reply::Sample(read_samples(&nvml, &progress)),
             Request::WatchXids => {
                 set_progress(&progress, "registering XID events");
@@ -1112,6 +1166,42 @@ fn read_gpu(nvml: &Nvml, index: u32, d: &Device<'_>, nvlink_counters: bool) -> G
         persistence_mode,
         compute_processes,
     }
+}
+
+/// The readings of `gpus` that a gate needs fresh (see [`FreshGpu`]).
+fn read_fresh(nvml: &Nvml, gpus: &[(u32, bool)]) -> Vec<FreshGpu> {
+    gpus.iter()
+        .map(|&(index, mig)| match nvml.device_by_index(index) {
+            Ok(d) => {
+                let mut lost = false;
+                let l = &mut lost;
+                let energy_mj = Reading::from_result(d.total_energy_consumption(), l);
+                let compute_processes = Reading::from_result(
+                    d.running_compute_processes()
+                        .map(|ps| ps.into_iter().map(GpuProcess::from).collect()),
+                    l,
+                );
+                let mig_devices = mig.then(|| {
+                    let r = crate::mig::read_mig_devices(nvml, &d, l);
+                    Reading::from_result(r, l)
+                });
+                FreshGpu {
+                    index,
+                    lost,
+                    energy_mj,
+                    compute_processes,
+                    mig_devices,
+                }
+            }
+            Err(e) => FreshGpu {
+                index,
+                lost: matches!(e, NvmlError::GpuLost),
+                energy_mj: Reading::Error(e.to_string()),
+                compute_processes: Reading::Error(e.to_string()),
+                mig_devices: mig.then(|| Reading::Error(e.to_string())),
+            },
+        })
+        .collect()
 }
 
 /// Maps an NVML return code to the wrapper's error (only the codes that matter here).

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::gpu::{GpuProcess, MemoryUsage, Reading};
 
@@ -37,7 +37,7 @@ const MINORS_PER_GI: u32 = 9;
 const FIRST_GPU_MINOR: u32 = 3;
 
 /// One MIG device (a compute instance in a GPU instance) of a GPU.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigDevice {
     /// Its MIG device index on the parent (`nvmlDeviceGetMigDeviceHandleByIndex`).
     pub index: u32,

@@ -29,7 +29,7 @@ use nvml_wrapper::Device;
 use nvml_wrapper::enum_wrappers::nv_link::ErrorCounter;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper_sys::bindings as sys;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{self as cat, Catalogue, EffectiveCheck, Profile, Severity};
 use crate::checks::{CheckResult, Status};
@@ -45,7 +45,7 @@ pub const ERROR_COUNTERS: &[(&str, ErrorCounter)] = &[
 ];
 
 /// One NVLink link of a GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     /// The link number (0-based).
     pub link: u32,

@@ -51,6 +51,28 @@ pub struct GateReport {
     pub sgpu_error: bool,
     /// The exit status for slurmd: non-zero fails the prolog, so Slurm requeues the job.
     pub exit_code: i32,
+    /// Where the GPUs' readings came from (`None`: checks were not run).
+    pub readings: Option<Readings>,
+}
+
+/// Where a gate's GPU readings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readings {
+    /// sgpu-healthd's warm NVML session, over its root-only socket
+    /// ([`crate::healthd_source`]).
+    Healthd,
+    /// The gate's own NVML session (healthd off, away, refused or too old).
+    Nvml,
+}
+
+impl Readings {
+    /// `healthd` or `nvml`, as the logs and the job note say.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readings::Healthd => "healthd",
+            Readings::Nvml => "nvml",
+        }
+    }
 }
 
 impl GateReport {
@@ -103,7 +125,7 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
             None
         }
     };
-    let collected: Result<Collected, _> = gpu::collect(&NvmlOptions::from_config(config), true);
+    let collected = collect(config, job, layout.as_ref(), report);
     let catalogue = config.catalogue();
     let mut ctx = CheckContext::new(profile);
     ctx.nvml_timeout = config.nvml_timeout;
@@ -170,6 +192,80 @@ fn run_checks(config: &Config, job: &JobEnv, profile: Profile, report: &mut Gate
             }
         }
     }
+}
+
+/// The node's readings: healthd's when it answers in time as a root peer with a young
+/// enough snapshot in which every GPU of the job was read fresh; else the gate's own NVML
+/// session (its own XID event set too), with one log line saying why.
+fn collect(
+    config: &Config,
+    job: &JobEnv,
+    layout: Option<&NodeLayout>,
+    report: &mut GateReport,
+) -> Result<Collected, gpu::NvmlFailure> {
+    match from_healthd(config, job, layout) {
+        Ok(Some((c, age_ms))) => {
+            report.note(format!("readings: healthd (snapshot {age_ms} ms old)"));
+            report.readings = Some(Readings::Healthd);
+            return Ok(c);
+        }
+        Ok(None) => report.note("readings: nvml (gate_socket = \"off\")"),
+        Err(why) => report.note(format!("readings: nvml (healthd: {why})")),
+    }
+    report.readings = Some(Readings::Nvml);
+    gpu::collect(&NvmlOptions::from_config(config), true)
+}
+
+/// healthd's readings for this job, checked (see [`collect`]); `Ok(None)`: switched off.
+fn from_healthd(
+    config: &Config,
+    job: &JobEnv,
+    layout: Option<&NodeLayout>,
+) -> Result<Option<(Collected, u64)>, String> {
+    // the job's GPUs by device minor, so healthd reads those fresh; all when one is unknown
+    let minors = layout.and_then(|l| {
+        job.gpus
+            .iter()
+            .map(|i| l.gpus.devices.iter().find(|d| d.index == *i)?.minor)
+            .collect::<Option<Vec<u32>>>()
+    });
+    let minors = if job.mig_uuids.is_empty() {
+        minors
+    } else {
+        None
+    };
+    let fetched = crate::healthd_source::fetch(
+        &config.gate,
+        &job.node,
+        minors,
+        crate::healthd_source::ROOT_UID,
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(f) = fetched else {
+        return Ok(None);
+    };
+    // every GPU of the job that exists must have been read at the request
+    let devices = nodeconf::job_devices(layout, &job.gpus, &job.mig_uuids, &f.snapshot);
+    let stale: Vec<u32> = devices
+        .gpus
+        .iter()
+        .copied()
+        .filter(|i| f.snapshot.gpus.iter().any(|g| g.index == *i) && !f.fresh_gpus.contains(i))
+        .collect();
+    if !stale.is_empty() {
+        return Err(format!(
+            "processes and energy of GPU(s) {stale:?} were not read at the request"
+        ));
+    }
+    let collected = Collected {
+        snapshot: f.snapshot,
+        // healthd watches XIDs into the XID store, which the checks read
+        xids: gpu::XidDrain {
+            events: Vec::new(),
+            unregistered: Vec::new(),
+        },
+    };
+    Ok(Some((collected, f.age_ms)))
 }
 
 /// Marks the XIDs the checks just judged as reported, so they are not judged again.
@@ -381,6 +477,7 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         run: job.restart_count,
         start_ms: now_ms(),
         gpus: start_gpus(job, &checked),
+        readings: report.readings.map(|r| r.as_str().to_string()),
     };
     if let Err(e) = note.save(&config.state_dir) {
         report.error(format!("job start note: {e}"));
@@ -511,6 +608,7 @@ fn ended_run(
                 run: job.restart_count,
                 start_ms: end_ms,
                 gpus,
+                readings: None,
             })
         }
         None => {

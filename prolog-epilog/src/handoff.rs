@@ -52,6 +52,10 @@ pub struct JobStartState {
     pub start_ms: u64,
     /// The job's GPUs.
     pub gpus: Vec<StartGpu>,
+    /// Where the prolog's GPU readings came from, `healthd` or `nvml` (absent in notes
+    /// written before healthd served them, and when NVML was not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings: Option<String>,
 }
 
 /// Why the note could not be written or read.
@@ -196,6 +200,7 @@ mod tests {
             node: "node1".into(),
             run,
             start_ms: 1_700_000_000_123,
+            readings: None,
             gpus: vec![StartGpu {
                 slurm_index: 1,
                 nvml_index: 3,

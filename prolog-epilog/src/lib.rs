@@ -16,6 +16,7 @@
 pub mod env;
 pub mod gate;
 pub mod handoff;
+pub mod healthd_source;
 pub mod log;
 pub mod records;
 pub mod run_in_job;

@@ -67,7 +67,7 @@ impl Node {
         let config = Config::parse(
             &format!(
                 "nvml_library = \"{}\"\nnvml_timeout_ms = 2000\nstate_dir = \"{}\"\n\
-                 spool_dir = \"{}\"\nscontrol = \"{}\"\n",
+                 spool_dir = \"{}\"\nscontrol = \"{}\"\ngate_socket = \"off\"\n",
                 lib.display(),
                 d.join("state").display(),
                 d.join("spool").display(),
