@@ -183,6 +183,8 @@ pub struct NodeFiles {
     pub nvml_state: PathBuf,
     /// Its `state_dir` (XID store, job notes).
     pub state_dir: PathBuf,
+    /// healthd's gate socket (`gate_socket`), in a directory of its own.
+    pub gate_socket: PathBuf,
     /// Its spool.
     pub spool_dir: PathBuf,
     /// `sgpu-healthd`'s pid file.
@@ -198,6 +200,7 @@ pub fn node_files(cluster: &Cluster, node: &str) -> NodeFiles {
         config: dir.join("sgpu.toml"),
         nvml_state: dir.join("nvml.toml"),
         state_dir: dir.join("state"),
+        gate_socket: dir.join("run/healthd.sock"),
         spool_dir: dir.join("spool"),
         healthd_pid: dir.join("healthd.pid"),
         healthd_log: dir.join("healthd.log"),
@@ -267,11 +270,16 @@ pub fn install(cluster: &Cluster) -> Result<(), ClusterError> {
              breaker_min_nodes = 1\n\
              sample_interval_s = {HEALTHD_SAMPLE_INTERVAL_S}\n\
              status_listen = \"{}\"\n\
+             # the gates' readings from this node's healthd (never another node's socket);\n\
+             # every gate sees the simulator as it is now (a fault injected just before a job)\n\
+             gate_socket = \"{}\"\n\
+             gate_max_age_ms = 0\n\
              {scontrol_line}",
             library.display(),
             f.state_dir.display(),
             f.spool_dir.display(),
             healthd_status_addr(cluster, &node)?,
+            f.gate_socket.display(),
         );
         let config_changed = write_if_changed(&f.config, &config)?;
         let running = healthd_pid(cluster, &node);
