@@ -53,6 +53,8 @@ pub struct MigDevice {
     pub gpu_instance_slices: Reading<u32>,
     /// Compute slices of this compute instance.
     pub compute_slices: Reading<u32>,
+    /// Compute slices of the whole GPU (`nvmlDeviceGetMaxMigDeviceCount`: 7; A30 4).
+    pub gpu_slices: u32,
     /// The instance's memory.
     pub memory: Reading<MemoryUsage>,
     /// Compute processes on this MIG device.
@@ -68,6 +70,34 @@ impl MigDevice {
             _ => format!("MIG {profile} (device {})", self.index),
         }
     }
+}
+
+impl MigDevice {
+    /// The slice's share of its GPU for the accounting records: its compute instance's
+    /// compute slices (from NVML's attributes, else the profile's `Nc.`/`Ng` count) of the
+    /// GPU's [`MigDevice::gpu_slices`]. `None` when the profile or the count is unknown or
+    /// does not fit in the GPU.
+    pub fn share(&self) -> Option<sgpu_spool::MigShare> {
+        let profile = self.profile.value()?.clone();
+        let slices = match self.compute_slices.value() {
+            Some(&n) => n,
+            None => slices_of_profile(&profile)?,
+        };
+        (slices >= 1 && slices <= self.gpu_slices).then_some(sgpu_spool::MigShare {
+            profile,
+            slices,
+            of: self.gpu_slices,
+        })
+    }
+}
+
+/// The compute slices a profile names: `1c.3g.20gb` (a compute instance) 1, `3g.40gb` 3.
+pub fn slices_of_profile(profile: &str) -> Option<u32> {
+    let first = profile.split('.').next()?;
+    let n = first
+        .strip_suffix('c')
+        .or_else(|| first.strip_suffix('g'))?;
+    n.parse().ok()
 }
 
 /// The profile in a MIG device's name: `NVIDIA H100 80GB HBM3 MIG 1g.10gb` is `1g.10gb`.
@@ -131,6 +161,7 @@ pub fn read_mig_devices(
             compute_instance: Reading::from_result(instance_id(nvml, &m, false), l),
             gpu_instance_slices,
             compute_slices,
+            gpu_slices: max,
             memory: Reading::from_result(
                 m.memory_info().map(|mi| MemoryUsage {
                     used: mi.used,
@@ -415,5 +446,40 @@ mod tests {
             Some("1c.3g.20gb")
         );
         assert_eq!(profile_of_name("NVIDIA H100 80GB HBM3"), None);
+    }
+
+    #[test]
+    fn a_slices_share_of_its_gpu() {
+        assert_eq!(slices_of_profile("2g.20gb"), Some(2));
+        assert_eq!(slices_of_profile("1c.3g.20gb"), Some(1));
+        assert_eq!(slices_of_profile("7g.141gb"), Some(7));
+        assert_eq!(slices_of_profile("1g.18gb+me"), Some(1));
+        assert_eq!(slices_of_profile("big"), None);
+        let mut d = MigDevice {
+            index: 0,
+            uuid: Reading::Value("MIG-1".into()),
+            profile: Reading::Value("3g.40gb".into()),
+            gpu_instance: Reading::Value(2),
+            compute_instance: Reading::Value(0),
+            gpu_instance_slices: Reading::Value(3),
+            compute_slices: Reading::Value(3),
+            gpu_slices: 7,
+            memory: Reading::Unsupported,
+            compute_processes: Reading::Unsupported,
+        };
+        let share = |d: &MigDevice| d.share().map(|s| (s.profile, s.slices, s.of));
+        assert_eq!(share(&d), Some(("3g.40gb".into(), 3, 7)));
+        // NVML's attributes first: a 1-slice compute instance of the 3g instance
+        d.compute_slices = Reading::Value(1);
+        assert_eq!(share(&d), Some(("3g.40gb".into(), 1, 7)));
+        // without them, the profile's count
+        d.compute_slices = Reading::Unsupported;
+        assert_eq!(share(&d), Some(("3g.40gb".into(), 3, 7)));
+        // a count that does not fit the GPU, or no profile: no share
+        d.gpu_slices = 2;
+        assert_eq!(share(&d), None);
+        d.gpu_slices = 7;
+        d.profile = Reading::Unsupported;
+        assert_eq!(share(&d), None);
     }
 }

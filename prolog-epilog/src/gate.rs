@@ -369,6 +369,8 @@ fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
                             (n, _) => n.cloned(),
                         },
                         energy_mj: None,
+                        // billed by its share; unknown share: billed as a whole GPU
+                        mig: m.and_then(|m| m.share()),
                     }
                 }
                 None => StartGpu {
@@ -377,6 +379,7 @@ fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
                     uuid: g.and_then(|g| g.uuid().map(str::to_string)),
                     name: g.and_then(|g| g.name.value().cloned()),
                     energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
+                    mig: None,
                 },
             }
         })
@@ -399,6 +402,7 @@ fn start_gpus_by_position(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
                 uuid: g.and_then(|g| g.uuid().map(str::to_string)),
                 name: g.and_then(|g| g.name.value().cloned()),
                 energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
+                mig: None,
             }
         })
         .collect()

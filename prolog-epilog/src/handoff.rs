@@ -25,6 +25,10 @@ pub struct StartGpu {
     pub name: Option<String>,
     /// The total energy counter at job start, millijoules, when supported.
     pub energy_mj: Option<u64>,
+    /// For a MIG slice, its profile and share of the GPU (billed by it); absent: a whole
+    /// GPU, or a note written before shares were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<sgpu_spool::MigShare>,
 }
 
 impl StartGpu {
@@ -207,6 +211,7 @@ mod tests {
                 uuid: Some("GPU-x".into()),
                 name: Some("NVIDIA H100".into()),
                 energy_mj: Some(123_456),
+                mig: None,
             }],
         }
     }

@@ -64,7 +64,7 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
                 uuid: g.record_uuid(),
                 name: g.name.clone(),
                 energy_mj: g.energy_mj,
-                mig: None,
+                mig: g.mig.clone(),
             })
             .collect(),
     };
@@ -119,7 +119,7 @@ pub fn end_record(
                     energy_start_mj,
                     energy_end_mj,
                     energy_delta_mj,
-                    mig: None,
+                    mig: g.mig.clone(),
                 }
             })
             .collect(),
@@ -217,6 +217,7 @@ mod tests {
                     uuid: Some(format!("GPU-{i}")),
                     name: Some("H100".into()),
                     energy_mj: Some(1_000 * u64::from(i + 1)),
+                    mig: None,
                 })
                 .collect(),
         }
@@ -277,6 +278,40 @@ mod tests {
             panic!()
         };
         assert_eq!(end.allocated_gpu_ms, 0);
+    }
+
+    #[test]
+    fn a_slices_share_goes_from_the_note_into_both_records() {
+        // GPU 0 is a 2g.20gb slice (2 of 7), GPU 1 a whole GPU; one hour from the note
+        let mut s = start();
+        let share = sgpu_spool::MigShare {
+            profile: "2g.20gb".into(),
+            slices: 2,
+            of: 7,
+        };
+        s.gpus[0].uuid = Some("MIG-0".into());
+        s.gpus[0].energy_mj = None;
+        s.gpus[0].mig = Some(share.clone());
+        let rec = start_record(&job(), &s).unwrap();
+        let RecordBody::JobStart(b) = rec.body() else {
+            panic!("not a job start: {rec:?}")
+        };
+        assert_eq!(b.gpus[0].mig.as_ref(), Some(&share));
+        assert_eq!(b.gpus[1].mig, None);
+        let snap = snapshot(&[(2, "GPU-1", Some(52_000))]);
+        let rec = end_record(&job(), Some(&s), Some(&snap), 1_000_000 + 3_600_000, None).unwrap();
+        let RecordBody::JobEnd(end) = rec.body() else {
+            panic!("not a job end: {rec:?}")
+        };
+        assert_eq!(end.gpus[0].mig.as_ref(), Some(&share));
+        assert_eq!(
+            end.gpus[0].energy_delta_mj, None,
+            "NVML counts energy per GPU"
+        );
+        assert_eq!(end.gpus[1].mig, None);
+        assert_eq!(end.allocated_gpu_ms, 2 * 3_600_000, "devices x window");
+        // billed: 2/7 of the hour for the slice, the whole hour for the GPU
+        assert_eq!(end.allocated_gpu_equiv_ms(), 1_028_571 + 3_600_000);
     }
 
     #[test]
