@@ -33,13 +33,23 @@ pub struct Rates {
 }
 
 impl Rates {
-    /// The price of one allocated GPU-hour in `partition` on `gpu_model`, micro.
+    /// The price of one allocated GPU-hour in `partition` on `gpu_model`, micro. A MIG
+    /// slice (`<GPU> MIG <profile>`, its hours already GPU-equivalents) takes a price named
+    /// for its own model first, else its parent GPU's at the same step.
     pub fn gpu_hour_micro(&self, partition: &str, gpu_model: &str) -> u64 {
+        let (parent, _) = crate::rollup::split_mig_model(gpu_model);
+        fn by_model<'a>(
+            m: &'a BTreeMap<String, u64>,
+            model: &str,
+            parent: &str,
+        ) -> Option<&'a u64> {
+            m.get(model).or_else(|| m.get(parent))
+        }
         self.partition_gpu_model
             .get(partition)
-            .and_then(|m| m.get(gpu_model))
+            .and_then(|m| by_model(m, gpu_model, parent))
             .or_else(|| self.partition.get(partition))
-            .or_else(|| self.gpu_model.get(gpu_model))
+            .or_else(|| by_model(&self.gpu_model, gpu_model, parent))
             .copied()
             .or(self.gpu_hour)
             .unwrap_or(0)
@@ -149,6 +159,14 @@ mod tests {
         let n = r.cost("gpu", "H100", 5_400_000, 7_200_000_000);
         assert_eq!(micro(n), 6_600_000);
         assert_eq!(Rates::default().gpu_hour_micro("gpu", "H100"), 0);
+        // a MIG slice takes its parent GPU's price at each step, unless priced itself
+        assert_eq!(r.gpu_hour_micro("gpu", "H100 MIG 2g.20gb"), 4_000_000);
+        assert_eq!(r.gpu_hour_micro("cpu", "H100 MIG 2g.20gb"), 3_000_000);
+        assert_eq!(r.gpu_hour_micro("cpu", "A100 MIG 2g.20gb"), 1_000_000);
+        let mut own = r.clone();
+        own.gpu_model.insert("H100 MIG 1g.10gb".into(), 500_000);
+        assert_eq!(own.gpu_hour_micro("cpu", "H100 MIG 1g.10gb"), 500_000);
+        assert_eq!(own.gpu_hour_micro("cpu", "H100 MIG 2g.20gb"), 3_000_000);
     }
 
     #[test]

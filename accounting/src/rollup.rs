@@ -167,6 +167,18 @@ impl RollupKey {
     }
 }
 
+/// A GPU model as the records name it, split into the parent GPU's model and the MIG
+/// profile: `NVIDIA H100 80GB HBM3 MIG 2g.20gb` is (`NVIDIA H100 80GB HBM3`, `2g.20gb`); a
+/// whole GPU's model has no profile.
+pub fn split_mig_model(model: &str) -> (&str, Option<&str>) {
+    match model.rsplit_once(" MIG ") {
+        Some((parent, profile)) if !parent.trim().is_empty() && !profile.trim().is_empty() => {
+            (parent.trim_end(), Some(profile.trim()))
+        }
+        _ => (model, None),
+    }
+}
+
 fn gpu_model(name: &Option<String>) -> String {
     match name.as_deref().map(str::trim) {
         Some(n) if !n.is_empty() => n.to_string(),

@@ -100,10 +100,15 @@ pub struct ReportRow {
     /// Partition, when grouped by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
-    /// GPU model, when grouped by it.
+    /// GPU model, when grouped by it (the parent GPU's when also grouped by MIG profile).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
-    /// Allocated GPU time inside the window, GPU-ms.
+    /// MIG profile (`2g.20gb`; empty for whole GPUs), when grouped by it. `None` also from
+    /// an acctd that predates MIG profiles (it refuses the grouping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_profile: Option<String>,
+    /// Allocated GPU time inside the window, GPU-ms (a MIG slice counted by its share of the
+    /// GPU: GPU-equivalents).
     pub allocated_gpu_ms: u64,
     /// Used GPU time inside the window, GPU-ms.
     pub used_gpu_ms: u64,

@@ -68,8 +68,11 @@ pub enum GroupBy {
     User,
     /// Slurm partition.
     Partition,
-    /// GPU model.
+    /// GPU model: the record's name (`<GPU> MIG <profile>` for a MIG slice), or the parent
+    /// GPU's model when the report is also grouped by [`GroupBy::Profile`].
     Gpu,
+    /// MIG profile (`2g.20gb`; the empty string for whole GPUs).
+    Profile,
     /// A period in the query's time zone.
     Period(Period),
 }
@@ -276,6 +279,7 @@ impl ReportQuery {
                             "user" => GroupBy::User,
                             "partition" => GroupBy::Partition,
                             "gpu" | "gpu_model" => GroupBy::Gpu,
+                            "profile" | "mig_profile" => GroupBy::Profile,
                             "day" => GroupBy::Period(Period::Day),
                             "week" => GroupBy::Period(Period::Week),
                             "month" => GroupBy::Period(Period::Month),
@@ -284,7 +288,7 @@ impl ReportQuery {
                                     k,
                                     format!(
                                         "unknown field {g:?} (cluster, account, user, partition, \
-                                         gpu, day, week, month)"
+                                         gpu, profile, day, week, month)"
                                     ),
                                 ));
                             }

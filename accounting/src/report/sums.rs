@@ -10,7 +10,7 @@ use sgpu_spool::RecordBody;
 use super::query::{GroupBy, Period, ReportQuery};
 use crate::day::{DAY_MS, day_of, overlap, share_of};
 use crate::prices::{PriceList, Rates, micro};
-use crate::rollup::{RollupKey, RollupValue, UNKNOWN_GPU_MODEL, job_count_key};
+use crate::rollup::{RollupKey, RollupValue, UNKNOWN_GPU_MODEL, job_count_key, split_mig_model};
 use crate::store::{Store, StoreError};
 use crate::zone::ZoneError;
 use sgpu_wire::acctd::ReportRow;
@@ -45,6 +45,13 @@ fn row_of(k: RollupKey, group_by: &[GroupBy], label: Option<&str>) -> ReportRow 
         Some(partition),
         Some(gpu_model),
     );
+    // grouped by MIG profile: the profile apart, and the GPU model is the parent's
+    if group_by.contains(&GroupBy::Profile) {
+        let model = gpu_model.take().unwrap_or_default();
+        let (parent, profile) = split_mig_model(&model);
+        row.mig_profile = Some(profile.unwrap_or_default().to_string());
+        gpu_model = Some(parent.to_string());
+    }
     for g in group_by {
         match g {
             GroupBy::Cluster => row.cluster = cluster.take(),
@@ -52,6 +59,7 @@ fn row_of(k: RollupKey, group_by: &[GroupBy], label: Option<&str>) -> ReportRow 
             GroupBy::User => row.user = user.take(),
             GroupBy::Partition => row.partition = partition.take(),
             GroupBy::Gpu => row.gpu_model = gpu_model.take(),
+            GroupBy::Profile => {}
             GroupBy::Period(_) => row.period = label.map(str::to_string),
         }
     }

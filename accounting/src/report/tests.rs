@@ -555,3 +555,59 @@ fn a_job_on_a_mig_slice_is_billed_its_share_in_reports_and_jobs() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].allocated_gpu_ms, billed);
 }
+
+#[test]
+fn reports_group_by_mig_profile_and_parent_gpu() {
+    use crate::test_records::{H100, on_slices};
+    let (_d, s) = store();
+    let d = u64::from(parse_day("2026-01-30").unwrap()) * DAY_MS;
+    s.put_batch(&[
+        job_end(1, "n1", d, d + HOUR, &[10]),
+        on_slices(job_end(2, "n2", d, d + HOUR, &[0]), &[("2g.20gb", 2, 7)]),
+        on_slices(
+            job_end(3, "n2", d, d + 2 * HOUR, &[0, 0]),
+            &[("1g.10gb", 1, 7), ("1g.10gb", 1, 7)],
+        ),
+    ])
+    .unwrap();
+    let rows = |g: &str| -> Vec<(Option<String>, Option<String>, u64, u64)> {
+        let mut v: Vec<_> = report(
+            &*s,
+            &q(&format!("start=2026-01-30&end=2026-01-31&group_by={g}")),
+            None,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.gpu_model, r.mig_profile, r.allocated_gpu_ms, r.jobs))
+        .collect();
+        v.sort();
+        v
+    };
+    // 1 h whole; 1 h of 2g = 2/7 h; 2 h on two 1g = 2 x 2/7... each 2 h x 1/7 = 1028571
+    assert_eq!(
+        rows("profile"),
+        [
+            (None, Some(String::new()), HOUR, 1),
+            (None, Some("1g.10gb".into()), 2 * 1_028_571, 1),
+            (None, Some("2g.20gb".into()), 1_028_571, 1),
+        ]
+    );
+    assert_eq!(
+        rows("gpu,profile"),
+        [
+            (Some(H100.into()), Some(String::new()), HOUR, 1),
+            (Some(H100.into()), Some("1g.10gb".into()), 2 * 1_028_571, 1),
+            (Some(H100.into()), Some("2g.20gb".into()), 1_028_571, 1),
+        ]
+    );
+    // grouped by GPU alone: the records' names, one row per profile, as before
+    assert_eq!(
+        rows("gpu"),
+        [
+            (Some(H100.into()), None, HOUR, 1),
+            (Some(format!("{H100} MIG 1g.10gb")), None, 2 * 1_028_571, 1),
+            (Some(format!("{H100} MIG 2g.20gb")), None, 1_028_571, 1),
+        ]
+    );
+    assert!(ReportQuery::parse("start=2026-01-30&end=2026-01-31&group_by=mig_profile").is_ok());
+}
