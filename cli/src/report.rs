@@ -85,8 +85,9 @@ pub struct ReportArgs {
     /// What to select and how to print it.
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Group by these: account,user,partition,gpu,cluster and one of day|week|month (in the
-    /// site's time zone, or UTC with --utc).
+    /// Group by these: account,user,partition,gpu,profile (MIG profile; with gpu, the parent
+    /// GPU's model),cluster and one of day|week|month (in the site's time zone, or UTC with
+    /// --utc). GPU-hours of MIG slices are GPU-equivalents (a 2g slice of 7 for 1 h: 0.29).
     #[arg(long = "group-by", value_name = "LIST")]
     pub group_by: Option<String>,
     /// Draw GPU-hours per group as a bar chart (used solid, idle shaded) instead of a table.
@@ -142,6 +143,7 @@ const REPORT_FIELDS: &[Field] = &[
     Field::User,
     Field::Partition,
     Field::GpuModel,
+    Field::MigProfile,
     Field::Period,
     Field::Jobs,
     Field::GpuHours,
@@ -258,6 +260,7 @@ pub fn group_fields(
             "user" => ("user".into(), Field::User),
             "partition" => ("partition".into(), Field::Partition),
             "gpu" | "gpumodel" | "gpu_model" | "model" => ("gpu".into(), Field::GpuModel),
+            "profile" | "mig_profile" | "mig" => ("profile".into(), Field::MigProfile),
             "cluster" => ("cluster".into(), Field::Cluster),
             p @ ("day" | "week" | "month") => (p.to_string(), Field::Period),
             _ => return None,
@@ -270,7 +273,7 @@ pub fn group_fields(
                 let f = as_field(item).ok_or_else(|| {
                     anyhow::anyhow!(
                         "--group-by: unknown field {item:?}; valid: account, user, partition, \
-                         gpu, cluster, day, week, month"
+                         gpu, profile, cluster, day, week, month"
                     )
                 })?;
                 if f.1 == Field::Period && out.iter().any(|o| o.1 == Field::Period) {
@@ -288,6 +291,7 @@ pub fn group_fields(
                     Field::User => "user",
                     Field::Partition => "partition",
                     Field::GpuModel => "gpu",
+                    Field::MigProfile => "profile",
                     Field::Cluster => "cluster",
                     Field::Period => {
                         bail!("--format Period needs --group-by with day, week or month")
@@ -312,6 +316,7 @@ pub fn group_fields(
                     | Field::User
                     | Field::Partition
                     | Field::GpuModel
+                    | Field::MigProfile
                     | Field::Cluster
                     | Field::Period
             );
@@ -445,6 +450,7 @@ fn row_field(row: &ReportRow, f: Field) -> String {
         Field::User => &row.user,
         Field::Partition => &row.partition,
         Field::GpuModel => &row.gpu_model,
+        Field::MigProfile => &row.mig_profile,
         Field::Period => &row.period,
         _ => return String::new(),
     };
@@ -813,13 +819,27 @@ pub fn jobs(settings: &Settings, a: &JobsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Per node and GPU figures of one job, from its records.
+/// Per node and GPU figures of one job, from its records: node, GPU, model (a MIG slice's
+/// parent's), profile (a slice's, with its share: `2g.20gb (2/7)`), UUID, GPU-hours (a
+/// slice's by its share), slice-hours (slices only), used GPU-hours, utilization, energy,
+/// mean power, peak memory.
 pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
+    /// A record's GPU name split into the parent's model and the MIG profile.
+    fn split_mig_name(name: &str) -> (&str, Option<&str>) {
+        match name.rsplit_once(" MIG ") {
+            Some((parent, p)) if !parent.trim().is_empty() && !p.trim().is_empty() => {
+                (parent.trim_end(), Some(p.trim()))
+            }
+            _ => (name, None),
+        }
+    }
     #[derive(Default)]
     struct G {
         model: String,
+        profile: String,
         uuid: String,
         alloc: u64,
+        slice: Option<u64>,
         used: u64,
         energy: u64,
         util_sum: f64,
@@ -833,11 +853,17 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
             RecordBody::JobEnd(b) => {
                 // Slurm's window when the epilog read it, as acctd counts it
                 let (alloc_start, alloc_end) = b.allocated_window();
+                let span = alloc_end.saturating_sub(alloc_start);
                 for g in &b.gpus {
                     let e = gpus.entry((node.clone(), g.index)).or_default();
                     e.model = g.name.clone().unwrap_or_default();
                     e.uuid = g.uuid.clone();
-                    e.alloc += alloc_end.saturating_sub(alloc_start);
+                    // a MIG slice: billed by its share, its slice-hours apart
+                    e.alloc += g.gpu_equiv_ms(span);
+                    if let Some(m) = &g.mig {
+                        e.profile = format!("{} ({}/{})", m.profile, m.slices, m.of);
+                        e.slice = Some(e.slice.unwrap_or(0) + span);
+                    }
                     e.energy += g
                         .energy_delta_mj
                         .or_else(|| g.energy_end_mj?.checked_sub(g.energy_start_mj?))
@@ -870,7 +896,14 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
         }
     }
     gpus.into_iter()
-        .map(|((node, index), g)| {
+        .map(|((node, index), mut g)| {
+            // a slice: the parent GPU's model beside its profile
+            if let (parent, Some(p)) = split_mig_name(&g.model) {
+                if g.profile.is_empty() {
+                    g.profile = p.to_string();
+                }
+                g.model = parent.to_string();
+            }
             let s = Sums {
                 allocated_gpu_ms: g.alloc,
                 used_gpu_ms: g.used,
@@ -881,8 +914,12 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
                 node,
                 index.to_string(),
                 g.model,
+                g.profile,
                 g.uuid,
                 s.cell(Field::GpuHours).unwrap_or_default(),
+                g.slice.map_or(String::new(), |ms| {
+                    format!("{:.2}", ms as f64 / 3_600_000.0)
+                }),
                 s.cell(Field::UsedGpuHours).unwrap_or_default(),
                 if g.util_n > 0 {
                     format!("{:.1}", g.util_sum / g.util_n as f64)
@@ -917,13 +954,16 @@ pub fn job(settings: &Settings, a: &JobArgs) -> anyhow::Result<i32> {
     }
     let records = answer.records;
     let columns = parse_format(
-        "Node,GPU,GPUModel,UUID%40,GPUHours,UsedGPUHours,GPUUtil,EnergyKWh,AvgPowerW,MemPeakMiB",
+        "Node,GPU,GPUModel,Profile,UUID%40,GPUHours,SliceHours,UsedGPUHours,GPUUtil,EnergyKWh,\
+         AvgPowerW,MemPeakMiB",
         &[
             Field::Node,
             Field::GpuIndex,
             Field::GpuModel,
+            Field::MigProfile,
             Field::Uuid,
             Field::GpuHours,
+            Field::SliceHours,
             Field::UsedGpuHours,
             Field::GpuUtil,
             Field::EnergyKwh,

@@ -13,8 +13,12 @@ pub enum Field {
     User,
     /// Slurm partition.
     Partition,
-    /// GPU model.
+    /// GPU model (the parent GPU's for a MIG slice when the profile is shown apart).
     GpuModel,
+    /// MIG profile (empty for whole GPUs); in `sgpu job` with the slice's share of its GPU.
+    MigProfile,
+    /// Allocated slice-hours of a MIG slice (device-hours; GPUHours counts them by share).
+    SliceHours,
     /// Day, ISO week or month (UTC), when grouped by one.
     Period,
     /// Jobs ended in the window.
@@ -68,6 +72,8 @@ const FIELDS: &[(Field, &str, usize)] = &[
     (Field::User, "User", 10),
     (Field::Partition, "Partition", 10),
     (Field::GpuModel, "GPUModel", 22),
+    (Field::MigProfile, "Profile", 14),
+    (Field::SliceHours, "SliceHours", 10),
     (Field::Period, "Period", 10),
     (Field::Jobs, "Jobs", 6),
     (Field::JobId, "JobID", 12),
@@ -115,6 +121,7 @@ impl Field {
     fn alias(lower: &str) -> Option<Field> {
         Some(match lower {
             "model" | "gpu_model" | "gpu" => Field::GpuModel,
+            "mig_profile" | "mig" => Field::MigProfile,
             "jobid" | "job" => Field::JobId,
             "nodes" => Field::NodeList,
             "energy" => Field::EnergyKwh,

@@ -239,13 +239,60 @@ fn per_gpu_lines_count_allocated_time_over_slurms_window() {
         Record::new(id, 1, RecordBody::JobEnd(body)).unwrap()
     };
     // the gates' window: 1 h
-    assert_eq!(per_gpu_lines(&[end(None)])[0][4], "1.00");
+    assert_eq!(per_gpu_lines(&[end(None)])[0][5], "1.00");
     // Slurm's (made 2 h long here to tell them apart)
     let w = SlurmWindow {
         start_s: 1_700_000_000,
         end_s: 1_700_007_200,
     };
-    assert_eq!(per_gpu_lines(&[end(Some(w))])[0][4], "2.00");
+    assert_eq!(per_gpu_lines(&[end(Some(w))])[0][5], "2.00");
+    // a 2g.20gb slice (2 of 7) for the hour: the parent's model, the profile with its share,
+    // 2/7 GPU-hour billed and one slice-hour; a whole GPU has no profile or slice-hours
+    let RecordBody::JobEnd(mut b) = end(None).body().clone() else {
+        unreachable!()
+    };
+    b.gpus[0].uuid = "MIG-0".into();
+    b.gpus[0].name = Some("H100 MIG 2g.20gb".into());
+    b.gpus[0].energy_delta_mj = None;
+    b.gpus[0].mig = Some(sgpu_spool::MigShare {
+        profile: "2g.20gb".into(),
+        slices: 2,
+        of: 7,
+    });
+    let id = RecordId::new("c", 7, None, "n1", RecordKind::JobEnd).unwrap();
+    let slice = Record::new(id, 1, RecordBody::JobEnd(b)).unwrap();
+    let line = &per_gpu_lines(&[slice])[0];
+    assert_eq!(
+        line[..7],
+        ["n1", "0", "H100", "2g.20gb (2/7)", "MIG-0", "0.29", "1.00"]
+    );
+    let line = &per_gpu_lines(&[end(None)])[0];
+    assert_eq!(line[..7], ["n1", "0", "H100", "", "GPU-0", "1.00", ""]);
+}
+
+#[test]
+fn reports_group_by_mig_profile() {
+    let (names, fields) = group_fields(Some("gpu,profile"), None).unwrap();
+    assert_eq!(names, vec!["gpu", "profile"]);
+    assert_eq!(fields, vec![Field::GpuModel, Field::MigProfile]);
+    let cols = parse_format("Profile,GPUHours", REPORT_FIELDS).unwrap();
+    assert_eq!(group_fields(None, Some(&cols)).unwrap().0, vec!["profile"]);
+    let row = |profile: &str, ms: u64| ReportRow {
+        mig_profile: Some(profile.into()),
+        allocated_gpu_ms: ms,
+        ..ReportRow::default()
+    };
+    let rows = [
+        row("", 3_600_000),
+        row("2g.20gb", 1_028_571),
+        row("2g.20gb", 1_028_571),
+    ];
+    let sums = aggregate(&rows, &[Field::MigProfile]);
+    assert_eq!(sums[&vec![String::new()]].allocated_gpu_ms, 3_600_000);
+    assert_eq!(
+        sums[&vec!["2g.20gb".to_string()]].allocated_gpu_ms,
+        2 * 1_028_571
+    );
 }
 
 #[test]
