@@ -104,13 +104,15 @@ impl Node {
             &format!(
                 "{}state_dir = \"{}\"\nspool_dir = \"{}\"\n\
                  scontrol = \"{}\"\nnode_name = \"{NODE}\"\ncheck_interval_s = {}\n\
-                 sample_interval_s = {}\nstatus_listen = \"{listen}\"\n",
+                 sample_interval_s = {}\nstatus_listen = \"{listen}\"\n\
+                 gate_socket = \"{}\"\n",
                 sim.nvml_line(),
                 state_dir.display(),
                 d.join("spool").display(),
                 scontrol.display(),
                 args.check_interval,
                 args.sample_interval,
+                d.join("run/healthd.sock").display(),
             ),
         )?;
         let mut env: Vec<(String, OsString)> = vec![

@@ -65,6 +65,11 @@ struct Args {
     /// the simulator; `--gpus` must then be the node's GPU count.
     #[arg(long)]
     system_nvml: bool,
+    /// Run sgpu-healthd beside the gates (from `--bin-dir`), serving their readings on its
+    /// gate socket, as on a node where it runs; without it the gates read NVML themselves
+    /// (`gate_socket = "off"`).
+    #[arg(long)]
+    healthd: bool,
 }
 
 /// The simulated node: its files, and the environment every program is started with.
@@ -76,17 +81,28 @@ struct Node {
     drains: PathBuf,
     /// Environment shared by every run (the job id is added per run).
     env: Vec<(String, OsString)>,
+    /// sgpu-healthd's stderr (with `--healthd`).
+    healthd_log: PathBuf,
+    /// healthd's gate socket (with `--healthd`).
+    gate_socket: Option<PathBuf>,
 }
 
 impl Node {
-    fn new(gpus: u32, system_nvml: bool) -> Result<Node, String> {
+    fn new(gpus: u32, system_nvml: bool, healthd: bool) -> Result<Node, String> {
         let sim = SimNode::new("sgpu-prolog-bench.", gpus, system_nvml)?;
         let d = sim.path();
         // a drain would mean the simulated node is not healthy: record it, never reach a
         // real slurmctld; the epilog's `squeue` beside it (slurm_job_times) answers with an
         // ended job's line
         let drains = d.join("drains.log");
-        let scontrol = sim.scontrol(&format!("echo \"$@\" >> '{}'\n", drains.display()))?;
+        // healthd (with --healthd) asks for its node's state: an idle node; every other call
+        // (a drain's) is recorded
+        let scontrol = sim.scontrol(&format!(
+            "if [ \"$1\" = show ] && [ \"$2\" = node ]; then\n  \
+             echo 'NodeName={NODE} Arch=x86_64 CPUTot=2 Gres=gpu:{gpus} State=IDLE Partitions=gpu'\n  \
+             exit 0\nfi\necho \"$@\" >> '{}'\n",
+            drains.display()
+        ))?;
         let squeue = d.join("squeue");
         write(
             &squeue,
@@ -96,10 +112,18 @@ impl Node {
             .map_err(|e| format!("{}: {e}", squeue.display()))?;
         let spool = d.join("spool");
         let config = d.join("sgpu.toml");
+        let gate_socket = healthd.then(|| d.join("run/healthd.sock"));
+        let healthd_lines = match &gate_socket {
+            Some(socket) => format!(
+                "node_name = \"{NODE}\"\nstatus_listen = \"off\"\ngate_socket = \"{}\"\n",
+                socket.display()
+            ),
+            None => "gate_socket = \"off\"\n".to_string(),
+        };
         write(
             &config,
             &format!(
-                "{}state_dir = \"{}\"\nspool_dir = \"{}\"\nscontrol = \"{}\"\n",
+                "{}state_dir = \"{}\"\nspool_dir = \"{}\"\nscontrol = \"{}\"\n{healthd_lines}",
                 sim.nvml_line(),
                 d.join("state").display(),
                 spool.display(),
@@ -127,6 +151,8 @@ impl Node {
         env.extend(sim.system_env());
         Ok(Node {
             log: d.join("stderr.log"),
+            healthd_log: d.join("healthd.log"),
+            gate_socket,
             spool,
             drains,
             env,
@@ -383,6 +409,94 @@ fn verify(node: &Node, jobs: &[u32], programs: &[&Program], epilog: bool) -> Vec
     problems
 }
 
+/// sgpu-healthd beside the gates, stopped (SIGTERM) when dropped.
+struct Healthd {
+    child: std::process::Child,
+}
+
+impl Healthd {
+    /// Starts it with the node's environment and waits (at most 60 s) for its gate socket.
+    fn start(node: &Node, program: &Path, socket: &Path) -> Result<Healthd, String> {
+        if !program.is_file() {
+            return Err(format!(
+                "{} not found (build it: cargo build --release -p sgpu-healthd)",
+                program.display()
+            ));
+        }
+        let log = File::create(&node.healthd_log)
+            .map_err(|e| format!("{}: {e}", node.healthd_log.display()))?;
+        let child = Command::new(program)
+            .env_clear()
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", "/usr/bin:/bin")
+            .env("SGPU_LOG", "info")
+            .current_dir(node.sim.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let mut h = Healthd { child };
+        let end = Instant::now() + Duration::from_secs(60);
+        while !socket.exists() {
+            if let Some(st) = h.exited() {
+                return Err(format!(
+                    "sgpu-healthd exited at start ({st}): {}",
+                    node.healthd_log.display()
+                ));
+            }
+            if Instant::now() > end {
+                return Err(format!(
+                    "sgpu-healthd made no gate socket in 60 s: {}",
+                    node.healthd_log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(h)
+    }
+
+    /// Its exit status, if it has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Healthd {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill on the pid of a child we started and have not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many gate runs took healthd's readings and how many read NVML themselves (their
+/// `readings:` log lines).
+fn readings(node: &Node) -> (usize, usize) {
+    let Ok(f) = File::open(&node.log) else {
+        return (0, 0);
+    };
+    let mut counts = (0, 0);
+    for line in BufReader::new(f).lines().map_while(Result::ok) {
+        if line.contains("readings: healthd") {
+            counts.0 += 1;
+        } else if line.contains("readings: nvml") {
+            counts.1 += 1;
+        }
+    }
+    counts
+}
+
 /// One line per timed job: its id, then wall and CPU ms of each program.
 fn write_csv(
     path: &Path,
@@ -439,7 +553,7 @@ fn bench(args: &Args) -> Result<bool, String> {
         return Err("--runs must be at least 1".into());
     }
 
-    let node = Node::new(args.gpus, args.system_nvml)?;
+    let node = Node::new(args.gpus, args.system_nvml, args.healthd)?;
     if args.nvlink > 0 && args.system_nvml {
         return Err("--nvlink sets simulated links: not with --system-nvml".into());
     }
@@ -471,17 +585,38 @@ fn bench(args: &Args) -> Result<bool, String> {
     println!("machine: {nproc} CPUs, {}", cpu_model());
     println!("load average before: {}", loadavg());
 
+    let mut healthd = match &node.gate_socket {
+        Some(socket) => {
+            let h = Healthd::start(&node, &bin_dir.join("sgpu-healthd"), socket)?;
+            println!(
+                "healthd: sgpu-healthd beside the gates, gate socket {}",
+                socket.display()
+            );
+            Some(h)
+        }
+        None => {
+            println!("healthd: none (the gates read NVML themselves)");
+            None
+        }
+    };
+
     let total = args.warmup + args.runs;
     let jobs: Vec<u32> = (FIRST_JOB..FIRST_JOB + total).collect();
     let started = Instant::now();
-    for (i, &job) in jobs.iter().enumerate() {
-        let timed = i >= args.warmup as usize;
-        baseline.run(&node, job, &stderr, timed)?;
-        prolog.run(&node, job, &stderr, timed)?;
-        if let Some(e) = epilog.as_mut() {
-            e.run(&node, job, &stderr, timed)?;
+    let ran = (|| -> Result<(), String> {
+        for (i, &job) in jobs.iter().enumerate() {
+            let timed = i >= args.warmup as usize;
+            baseline.run(&node, job, &stderr, timed)?;
+            prolog.run(&node, job, &stderr, timed)?;
+            if let Some(e) = epilog.as_mut() {
+                e.run(&node, job, &stderr, timed)?;
+            }
         }
-    }
+        Ok(())
+    })();
+    let healthd_exit = healthd.as_mut().and_then(Healthd::exited);
+    drop(healthd);
+    ran?;
     println!(
         "load average after:  {} ({:.1} s in all)",
         loadavg(),
@@ -535,7 +670,24 @@ fn bench(args: &Args) -> Result<bool, String> {
     if let Some(e) = &epilog {
         checked.push(e);
     }
-    let problems = verify(&node, &jobs, &checked, epilog.is_some());
+    let mut problems = verify(&node, &jobs, &checked, epilog.is_some());
+    let (from_healthd, from_nvml) = readings(&node);
+    println!("readings: {from_healthd} gate runs from healthd, {from_nvml} from their own NVML");
+    if node.gate_socket.is_some() {
+        if let Some(st) = healthd_exit {
+            problems.push(format!(
+                "sgpu-healthd exited during the runs ({st}): {}",
+                node.healthd_log.display()
+            ));
+        }
+        if from_nvml > 0 {
+            problems.push(format!(
+                "{from_nvml} gate runs read NVML themselves although healthd ran (why: \
+                 'readings: nvml' lines in {})",
+                node.log.display()
+            ));
+        }
+    }
     for p in &problems {
         println!("PROBLEM: {p}");
     }
