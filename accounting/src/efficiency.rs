@@ -123,129 +123,15 @@ pub fn efficiency(
         .iter()
         .filter(|r| r.id().run() == run && !matches!(r.body(), RecordBody::StepUsage(_)))
         .collect();
-    if records.is_empty() {
-        return None;
-    }
-    // Identity by trust: job_end > job_start > job_usage (as the rollups take it).
-    let rank = |r: &Record| match r.body() {
-        RecordBody::JobEnd(_) => 0,
-        RecordBody::JobStart(_) => 1,
-        _ => 2,
-    };
-    let trusted = records.iter().min_by_key(|r| rank(r))?;
-    let (user, account, partition) = match trusted.body() {
-        RecordBody::JobEnd(b) => (&b.user, &b.account, &b.partition),
-        RecordBody::JobStart(b) => (&b.user, &b.account, &b.partition),
-        RecordBody::JobUsage(b) | RecordBody::StepUsage(b) => (&b.user, &b.account, &b.partition),
-    };
-
-    let mut gpus: BTreeMap<(String, u32), GpuEfficiency> = BTreeMap::new();
-    let mut started: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ended: BTreeSet<String> = BTreeSet::new();
-    let mut start_ms = u64::MAX;
-    let mut end_ms = 0u64;
-    // per GPU: (sum of util x samples, samples) to weigh several usage records
-    let mut util: BTreeMap<(String, u32), (f64, u64)> = BTreeMap::new();
-    // per GPU: healthd's sampled energy, used where the epilog read no counter
-    let mut sampled_energy: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let (user, account, partition) = identity(&records)?;
+    let mut tally = Tally::new();
     for r in &records {
-        let node = r.id().node().to_string();
-        let entry = |gpus: &mut BTreeMap<(String, u32), GpuEfficiency>,
-                     index: u32,
-                     uuid: &str,
-                     name: &Option<String>| {
-            let e = gpus
-                .entry((node.clone(), index))
-                .or_insert_with(|| GpuEfficiency::new(&node, index, uuid, name.clone()));
-            if e.uuid.is_empty() {
-                e.uuid = uuid.to_string();
-            }
-            if e.model.is_none() {
-                e.model.clone_from(name);
-            }
-            (node.clone(), index)
-        };
-        match r.body() {
-            RecordBody::JobStart(b) => {
-                start_ms = start_ms.min(b.start_time);
-                started.insert(node.clone(), b.start_time);
-                for g in &b.gpus {
-                    entry(&mut gpus, g.index, &g.uuid, &g.name);
-                }
-            }
-            RecordBody::JobEnd(b) => {
-                let (s, e) = b.allocated_window();
-                start_ms = start_ms.min(s);
-                end_ms = end_ms.max(e);
-                ended.insert(node.clone());
-                for g in &b.gpus {
-                    let key = entry(&mut gpus, g.index, &g.uuid, &g.name);
-                    let Some(x) = gpus.get_mut(&key) else {
-                        continue;
-                    };
-                    x.allocated_gpu_ms = x.allocated_gpu_ms.saturating_add(e.saturating_sub(s));
-                    let energy = g
-                        .energy_delta_mj
-                        .or_else(|| g.energy_end_mj?.checked_sub(g.energy_start_mj?));
-                    if let Some(energy) = energy {
-                        add(&mut x.energy_mj, energy);
-                    }
-                }
-            }
-            RecordBody::JobUsage(b) => {
-                start_ms = start_ms.min(b.window_start);
-                for g in &b.gpus {
-                    let key = entry(&mut gpus, g.index, &g.uuid, &g.name);
-                    let Some(x) = gpus.get_mut(&key) else {
-                        continue;
-                    };
-                    add(&mut x.used_gpu_ms, g.used_gpu_ms);
-                    add(&mut x.samples, g.samples);
-                    x.util_max_pct = Some(x.util_max_pct.unwrap_or(0).max(g.util_max_pct));
-                    x.mem_peak_mib = Some(x.mem_peak_mib.unwrap_or(0).max(g.mem_peak_mib));
-                    if let Some(energy) = g.energy_mj {
-                        let e = sampled_energy.entry(key.clone()).or_default();
-                        *e = e.saturating_add(energy);
-                    }
-                    if let Some(idle) = g.idle_ms {
-                        add(&mut x.idle_ms, idle);
-                        let periods = x.idle_periods.get_or_insert_with(Vec::new);
-                        periods.extend(g.idle_periods.iter().flatten().map(|p| Period {
-                            start_ms: p.start,
-                            end_ms: p.end,
-                        }));
-                        periods.sort_by_key(|p| p.start_ms);
-                    }
-                    let u = util.entry(key).or_default();
-                    u.0 += g.util_mean_pct * g.samples as f64;
-                    u.1 += g.samples;
-                }
-            }
-            RecordBody::StepUsage(_) => {}
-        }
+        tally.add(r);
     }
-    for (key, (sum, n)) in util {
-        if let Some(x) = gpus.get_mut(&key) {
-            x.util_mean_pct = (n > 0).then(|| sum / n as f64);
-        }
-    }
-    let running = started.keys().any(|n| !ended.contains(n));
-    for (key, x) in gpus.iter_mut() {
-        if x.energy_mj.is_none() {
-            x.energy_mj = sampled_energy.get(key).copied();
-        }
-        if !ended.contains(&x.node) {
-            // running (or its job_end not here yet): allocated so far
-            if let Some(&s) = started.get(&x.node) {
-                x.allocated_gpu_ms = now_ms.saturating_sub(s);
-            }
-        }
-        if x.mem_total_mib.is_none() {
-            x.mem_total_mib = x.model.as_deref().and_then(mem_from_model);
-        }
-    }
+    let running = tally.started.keys().any(|n| !tally.ended.contains(n));
+    let (start_ms, end_ms, ended) = (tally.start_ms, tally.end_ms, !tally.ended.is_empty());
+    let gpus = tally.finish(now_ms);
     let nodes: BTreeSet<String> = records.iter().map(|r| r.id().node().to_string()).collect();
-    let gpus: Vec<GpuEfficiency> = gpus.into_values().collect();
     let sum = |f: fn(&GpuEfficiency) -> Option<u64>| -> Option<u64> {
         gpus.iter().filter_map(f).reduce(u64::saturating_add)
     };
@@ -258,7 +144,7 @@ pub fn efficiency(
         account: account.clone().unwrap_or_default(),
         partition: partition.clone().unwrap_or_default(),
         start_ms: if start_ms == u64::MAX { 0 } else { start_ms },
-        end_ms: (!running && !ended.is_empty()).then_some(end_ms),
+        end_ms: (!running && ended).then_some(end_ms),
         now_ms,
         nodes: nodes.into_iter().collect(),
         allocated_gpu_ms: gpus
@@ -271,6 +157,162 @@ pub fn efficiency(
         actions: Vec::new(),
         gpus,
     })
+}
+
+/// The job's user, account and partition from the most trusted record: job_end > job_start
+/// > job_usage (as the rollups take it); `None` without records.
+fn identity<'a>(
+    records: &[&'a Record],
+) -> Option<(&'a String, &'a Option<String>, &'a Option<String>)> {
+    let rank = |r: &Record| match r.body() {
+        RecordBody::JobEnd(_) => 0,
+        RecordBody::JobStart(_) => 1,
+        _ => 2,
+    };
+    let trusted: &'a Record = records.iter().copied().min_by_key(|r| rank(r))?;
+    Some(match trusted.body() {
+        RecordBody::JobEnd(b) => (&b.user, &b.account, &b.partition),
+        RecordBody::JobStart(b) => (&b.user, &b.account, &b.partition),
+        RecordBody::JobUsage(b) | RecordBody::StepUsage(b) => (&b.user, &b.account, &b.partition),
+    })
+}
+
+/// A GPU: (node, NVML index).
+type GpuKey = (String, u32);
+
+/// What a run's records say, node by node and GPU by GPU, before the per-GPU figures are
+/// derived ([`Tally::finish`]).
+struct Tally {
+    gpus: BTreeMap<GpuKey, GpuEfficiency>,
+    /// Nodes with a job_start, and when.
+    started: BTreeMap<String, u64>,
+    /// Nodes with a job_end.
+    ended: BTreeSet<String>,
+    /// The earliest start seen (`u64::MAX`: none).
+    start_ms: u64,
+    /// The latest end seen.
+    end_ms: u64,
+    /// Per GPU: (sum of util x samples, samples), to weigh several usage records.
+    util: BTreeMap<GpuKey, (f64, u64)>,
+    /// Per GPU: healthd's sampled energy, used where the epilog read no counter.
+    sampled_energy: BTreeMap<GpuKey, u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            gpus: BTreeMap::new(),
+            started: BTreeMap::new(),
+            ended: BTreeSet::new(),
+            start_ms: u64::MAX,
+            end_ms: 0,
+            util: BTreeMap::new(),
+            sampled_energy: BTreeMap::new(),
+        }
+    }
+
+    /// The GPU `index` of `node`, added when new; its UUID and model filled where unknown.
+    fn gpu(&mut self, node: &str, index: u32, uuid: &str, name: &Option<String>) -> GpuKey {
+        let e = self
+            .gpus
+            .entry((node.to_string(), index))
+            .or_insert_with(|| GpuEfficiency::new(node, index, uuid, name.clone()));
+        if e.uuid.is_empty() {
+            e.uuid = uuid.to_string();
+        }
+        if e.model.is_none() {
+            e.model.clone_from(name);
+        }
+        (node.to_string(), index)
+    }
+
+    fn add(&mut self, r: &Record) {
+        let node = r.id().node();
+        match r.body() {
+            RecordBody::JobStart(b) => {
+                self.start_ms = self.start_ms.min(b.start_time);
+                self.started.insert(node.to_string(), b.start_time);
+                for g in &b.gpus {
+                    self.gpu(node, g.index, &g.uuid, &g.name);
+                }
+            }
+            RecordBody::JobEnd(b) => {
+                let (s, e) = b.allocated_window();
+                self.start_ms = self.start_ms.min(s);
+                self.end_ms = self.end_ms.max(e);
+                self.ended.insert(node.to_string());
+                for g in &b.gpus {
+                    let key = self.gpu(node, g.index, &g.uuid, &g.name);
+                    let Some(x) = self.gpus.get_mut(&key) else {
+                        continue;
+                    };
+                    x.allocated_gpu_ms = x.allocated_gpu_ms.saturating_add(e.saturating_sub(s));
+                    let energy = g
+                        .energy_delta_mj
+                        .or_else(|| g.energy_end_mj?.checked_sub(g.energy_start_mj?));
+                    if let Some(energy) = energy {
+                        add(&mut x.energy_mj, energy);
+                    }
+                }
+            }
+            RecordBody::JobUsage(b) => {
+                self.start_ms = self.start_ms.min(b.window_start);
+                for g in &b.gpus {
+                    let key = self.gpu(node, g.index, &g.uuid, &g.name);
+                    let Some(x) = self.gpus.get_mut(&key) else {
+                        continue;
+                    };
+                    add(&mut x.used_gpu_ms, g.used_gpu_ms);
+                    add(&mut x.samples, g.samples);
+                    x.util_max_pct = Some(x.util_max_pct.unwrap_or(0).max(g.util_max_pct));
+                    x.mem_peak_mib = Some(x.mem_peak_mib.unwrap_or(0).max(g.mem_peak_mib));
+                    if let Some(energy) = g.energy_mj {
+                        let e = self.sampled_energy.entry(key.clone()).or_default();
+                        *e = e.saturating_add(energy);
+                    }
+                    if let Some(idle) = g.idle_ms {
+                        add(&mut x.idle_ms, idle);
+                        let periods = x.idle_periods.get_or_insert_with(Vec::new);
+                        periods.extend(g.idle_periods.iter().flatten().map(|p| Period {
+                            start_ms: p.start,
+                            end_ms: p.end,
+                        }));
+                        periods.sort_by_key(|p| p.start_ms);
+                    }
+                    let u = self.util.entry(key).or_default();
+                    u.0 += g.util_mean_pct * g.samples as f64;
+                    u.1 += g.samples;
+                }
+            }
+            RecordBody::StepUsage(_) => {}
+        }
+    }
+
+    /// The per-GPU figures: mean utilization weighed by samples, healthd's energy where no
+    /// counter was read, a running node's allocation up to `now_ms`, the memory size from
+    /// the model where NVML gave none.
+    fn finish(mut self, now_ms: u64) -> Vec<GpuEfficiency> {
+        for (key, (sum, n)) in self.util {
+            if let Some(x) = self.gpus.get_mut(&key) {
+                x.util_mean_pct = (n > 0).then(|| sum / n as f64);
+            }
+        }
+        for (key, x) in self.gpus.iter_mut() {
+            if x.energy_mj.is_none() {
+                x.energy_mj = self.sampled_energy.get(key).copied();
+            }
+            if !self.ended.contains(&x.node) {
+                // running (or its job_end not here yet): allocated so far
+                if let Some(&s) = self.started.get(&x.node) {
+                    x.allocated_gpu_ms = now_ms.saturating_sub(s);
+                }
+            }
+            if x.mem_total_mib.is_none() {
+                x.mem_total_mib = x.model.as_deref().and_then(mem_from_model);
+            }
+        }
+        self.gpus.into_values().collect()
+    }
 }
 
 #[cfg(test)]
