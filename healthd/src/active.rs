@@ -97,26 +97,8 @@ pub struct ActiveState {
     pub checks: BTreeMap<String, CheckState>,
 }
 
-/// Why the state file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// Reading or writing failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// It does not parse.
-    #[error("{}: {message}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
+/// Why the state file could not be used: the same failures as the policy's own state file.
+pub type StateError = crate::policy::MemoryError;
 
 impl ActiveState {
     /// Loads `<dir>/active-state.json` (missing: nothing remembered).
