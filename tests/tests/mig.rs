@@ -1,25 +1,29 @@
-//! MIG slices as Slurm gres on a cluster of its own (`/tmp/sgpu-cluster-h18a`, 2 nodes, ports
-//! 17620+, healthd status 18621+): GPU 0 of each node is split into 1g.10gb (GPU instance 7),
+//! MIG slices as Slurm gres on a cluster of its own (`/tmp/sgpu-cluster-h18b`, 2 nodes, ports
+//! 17720+, healthd status 18721+): GPU 0 of each node is split into 1g.10gb (GPU instance 7),
 //! 1g.10gb (8) and 2g.20gb (3), given to Slurm as sites do (`gpu:<profile>` types, one
 //! gres.conf line per slice with `MultipleFiles=` of the GPU's and the GPU instance's device
 //! files), GPU 1 whole. A job on the 2g.20gb slice is gated on its slice and its GPU: it
 //! passes while a neighbour slice is busy, its records and healthd's `/status` name the
-//! slice, and a fault of the parent GPU drains the node with a reason naming GPU and slice.
+//! slice, its job_end states the slice's share (2 of 7) and acctd bills 2/7 of its time, in a
+//! report grouped by GPU model and MIG profile too; a fault of the parent GPU drains the node
+//! with a reason naming GPU and slice.
 //! The cluster is brought down at the end.
 
 use std::path::Path;
 use std::time::Duration;
 
 use nvml_sim::{Process, State};
-use sgpu_spool::RecordBody;
+use sgpu_acct_client::{Client, ClientAuth};
+use sgpu_spool::{MigShare, Record, RecordBody};
+use sgpu_tests::acctd::Acctd;
 use sgpu_tests::cluster::repo_root;
 use sgpu_tests::sgpu::{self, node_files};
 use sgpu_tests::{Cluster, node_state, poll};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const DIR: &str = "/tmp/sgpu-cluster-h18a";
-const PORT: &str = "17620";
+const DIR: &str = "/tmp/sgpu-cluster-h18b";
+const PORT: &str = "17720";
 const MIG: &str = "1g.10gb:7 1g.10gb:8 2g.20gb:3";
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -189,6 +193,7 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
     assert_eq!(step.gpus.len(), 1, "{step:?}");
     assert_eq!(step.gpus[0].uuid, uuid, "{step:?}");
     assert_eq!(step.gpus[0].energy_mj, None, "{step:?}");
+    billed_by_share(&recs, id)?;
 
     // 2. a fault of the parent GPU the prolog finds (healthd paused, so the gate is first):
     // the node is drained with a reason that names the GPU and the job's slice
@@ -215,5 +220,71 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
         assert!(!node_state(&cluster.node(n2)?).1, "node2 is left alone");
         sgpu::reset_gpus(&cluster, n1)?;
     }
+    Ok(())
+}
+
+/// The job_end of `job` (one 2g.20gb slice of an H100) states the slice's share; acctd,
+/// given the job's records, bills 2/7 of its allocated time, and a report grouped by GPU
+/// model and MIG profile shows it under the parent GPU's model and the profile, as does
+/// `sgpu report --group-by gpu,profile`.
+fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
+    let end = recs
+        .iter()
+        .find_map(|r| match r.body() {
+            RecordBody::JobEnd(e) => Some(e),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no job_end record for job {job}: {recs:?}"))?;
+    assert_eq!(end.gpus.len(), 1, "{end:?}");
+    let share = MigShare {
+        profile: "2g.20gb".into(),
+        slices: 2,
+        of: 7,
+    };
+    assert_eq!(end.gpus[0].mig.as_ref(), Some(&share), "{end:?}");
+    assert_eq!(
+        end.gpus[0].energy_delta_mj, None,
+        "NVML has no energy per slice"
+    );
+    let device_ms = end.allocated_gpu_ms;
+    assert!(device_ms >= 1_000, "the job ran for seconds: {end:?}");
+    // 2/7 of the slice's time, to the nearest ms
+    let billed = (device_ms * 2 * 2 + 7) / 14;
+    assert_eq!(end.allocated_gpu_equiv_ms(), billed);
+
+    let acctd = Acctd::start(&["--auth", "none"])?;
+    let client = Client::new(&acctd.url(), ClientAuth::None, Duration::from_secs(30))?;
+    let reply = client.post_records(&serde_json::to_vec(recs)?)?;
+    assert_eq!(reply.rejected, 0, "{:?}", reply.results);
+    let (from_s, to_s) = (end.start_time / 1000 - 3_600, end.end_time / 1000 + 3_600);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sgpu.toml");
+    std::fs::write(&config, "[accounting]\nauth = \"none\"\n")?;
+    let report = |extra: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
+        let out = std::process::Command::new(sgpu::cargo_bin("sgpu-cli", "sgpu")?)
+            .arg("--config")
+            .arg(&config)
+            .args(["--acctd", &acctd.url(), "report", "--utc"])
+            .args(["-S", &from_s.to_string(), "-E", &to_s.to_string()])
+            .args(["--group-by", "gpu,profile"])
+            .args(extra)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("sgpu report {extra:?}: {out:?}").into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // acctd's sums, exactly: one row, the parent GPU's model, the profile, 2/7 of the time
+    let doc: serde_json::Value = serde_json::from_str(&report(&["--json"])?)?;
+    let rows = doc["rows"].as_array().ok_or("no rows")?;
+    assert_eq!(rows.len(), 1, "{doc}");
+    assert_eq!(rows[0]["gpu"], "NVIDIA H100 80GB HBM3", "{doc}");
+    assert_eq!(rows[0]["profile"], "2g.20gb", "{doc}");
+    assert_eq!(rows[0]["allocated_gpu_ms"].as_u64(), Some(billed), "{doc}");
+    assert_eq!(rows[0]["jobs"].as_u64(), Some(1), "{doc}");
+    assert_eq!(
+        report(&["-P", "-n", "-o", "GPUModel,Profile,Jobs"])?,
+        "NVIDIA H100 80GB HBM3|2g.20gb|1\n"
+    );
     Ok(())
 }
