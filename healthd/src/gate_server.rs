@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,15 +73,25 @@ pub struct GateServer {
     active: AtomicUsize,
 }
 
-/// Removes the socket when the daemon stops.
+/// Removes the socket when the daemon stops (only once this daemon bound it).
 #[derive(Debug)]
 pub struct SocketGuard {
     path: PathBuf,
+    bound: Arc<AtomicBool>,
+}
+
+impl SocketGuard {
+    /// Whether the socket is bound and served (after the first snapshot).
+    pub fn is_serving(&self) -> bool {
+        self.bound.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.is_serving() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -106,19 +116,35 @@ impl GateServer {
         }
     }
 
-    /// Binds `config.gate.socket` and serves it on a thread of its own (after reading a
-    /// first snapshot, so the first gate finds the session warm). `Ok(None)`: switched off.
+    /// Reads a first snapshot (so the first gate finds the session warm; until then the
+    /// gates find no socket and read NVML themselves at once), then binds
+    /// `config.gate.socket` and serves it on a thread of its own. `Ok(None)`: switched off.
     pub fn spawn(config: &Config, node: &str) -> Result<Option<SocketGuard>, GateServerError> {
         let Some(path) = config.gate.socket.clone() else {
             return Ok(None);
         };
-        let listener = bind(&path)?;
+        // refuse at once what binding would refuse later (another live healthd's socket)
+        check_path(&path)?;
         let server = Arc::new(GateServer::new(config, node));
-        let guard = SocketGuard { path: path.clone() };
+        let guard = SocketGuard {
+            path: path.clone(),
+            bound: Arc::new(AtomicBool::new(false)),
+        };
+        let bound = Arc::clone(&guard.bound);
         std::thread::Builder::new()
             .name("sgpu-gate-socket".into())
             .spawn(move || {
                 server.warm();
+                let listener = match bind(&path) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        error!(
+                            "cannot serve the gates' readings: {e}; the gates read NVML themselves"
+                        );
+                        return;
+                    }
+                };
+                bound.store(true, Ordering::SeqCst);
                 info!(socket = %path.display(), "serving the gates' readings");
                 server.accept_loop(&listener);
             })
@@ -299,6 +325,18 @@ fn bind(path: &Path) -> Result<UnixListener, GateServerError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(dir, "making the socket's directory 0700"))?;
     }
+    if check_path(path)? {
+        std::fs::remove_file(path).map_err(io(path, "removing the stale socket"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io(path, "binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(path, "making the socket 0600"))?;
+    Ok(listener)
+}
+
+/// Whether `path` may be bound: free (`Ok(false)`) or a stale socket to remove
+/// (`Ok(true)`); a socket someone answers on, or another kind of file, is an error.
+fn check_path(path: &Path) -> Result<bool, GateServerError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -307,21 +345,19 @@ fn bind(path: &Path) -> Result<UnixListener, GateServerError> {
                     why: "another process (a second healthd?) answers on it: left alone".into(),
                 });
             }
-            std::fs::remove_file(path).map_err(io(path, "removing the stale socket"))?;
+            Ok(true)
         }
-        Ok(_) => {
-            return Err(GateServerError::InUse {
-                path: path.to_path_buf(),
-                why: "exists and is not a socket: left alone".into(),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(path, "looking at the socket")(e)),
+        Ok(_) => Err(GateServerError::InUse {
+            path: path.to_path_buf(),
+            why: "exists and is not a socket: left alone".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(GateServerError::Io {
+            path: path.to_path_buf(),
+            what: "looking at the socket",
+            source,
+        }),
     }
-    let listener = UnixListener::bind(path).map_err(io(path, "binding"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(path, "making the socket 0600"))?;
-    Ok(listener)
 }
 
 /// Starts serving, logging (not failing the daemon) when it cannot.

@@ -41,6 +41,18 @@ fn ask(socket: &Path, request: &[u8]) -> GateReadings<NodeSnapshot> {
     sgpu_wire::decode(&body).unwrap()
 }
 
+/// Waits until the server has read its first snapshot and bound the socket.
+fn serving(guard: &sgpu_healthd::gate_server::SocketGuard) {
+    // a bound only against a hang: the simulator answers in microseconds
+    for _ in 0..12_000 {
+        if guard.is_serving() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the gate socket was not served within a minute");
+}
+
 fn request(node: &str, minors: Option<Vec<u32>>) -> Vec<u8> {
     let mut r = serde_json::to_vec(&GateRequest {
         version: Some(VERSION),
@@ -60,6 +72,7 @@ fn a_gate_gets_a_cached_snapshot_with_fresh_processes() {
     let guard = GateServer::spawn(&config(&socket, Duration::from_secs(60)), "node1")
         .unwrap()
         .unwrap();
+    serving(&guard);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&socket), 0o600, "socket");
     assert_eq!(mode(socket.parent().unwrap()), 0o700, "its directory");
@@ -118,9 +131,10 @@ fn a_gate_gets_a_cached_snapshot_with_fresh_processes() {
 fn max_age_zero_reads_a_new_snapshot_for_every_request() {
     let sim = Sim::start(&State::healthy(1));
     let socket = sim.dir.path().join("run/healthd.sock");
-    let _guard = GateServer::spawn(&config(&socket, Duration::ZERO), "node1")
+    let guard = GateServer::spawn(&config(&socket, Duration::ZERO), "node1")
         .unwrap()
         .unwrap();
+    serving(&guard);
     let first = ask(&socket, &request("node1", None));
     sim.update(|s| {
         if let Some(g) = s.gpu_mut(0) {
@@ -151,8 +165,10 @@ fn a_stale_socket_is_replaced_and_a_file_is_left_alone() {
     let socket = dir.join("healthd.sock");
     // a socket nobody listens on (a killed healthd's)
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let guard = GateServer::spawn(&config(&socket, Duration::ZERO), "node1").unwrap();
-    assert!(guard.is_some());
+    let guard = GateServer::spawn(&config(&socket, Duration::ZERO), "node1")
+        .unwrap()
+        .unwrap();
+    serving(&guard);
     assert!(ask(&socket, &request("node1", None)).snapshot.is_some());
     drop(guard);
     let file = dir.join("not-a-socket");

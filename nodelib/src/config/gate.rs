@@ -3,7 +3,7 @@
 //! ```toml
 //! gate_socket = "/run/sgpu/healthd.sock"   # default; "off": healthd serves none, the gates read NVML
 //! gate_max_age_ms = 2000                   # the snapshot healthd answers with is at most this old
-//! gate_healthd_timeout_ms = 100            # the gate's whole wait for healthd, then its own NVML
+//! gate_healthd_timeout_ms = 250            # the gate's whole wait for healthd, then its own NVML
 //! ```
 //!
 //! Top-level keys of `sgpu.toml` (healthd and the gates read the same file); see
@@ -23,7 +23,7 @@ pub const DEFAULT_GATE_SOCKET: &str = "/run/sgpu/healthd.sock";
 pub const DEFAULT_GATE_MAX_AGE_MS: u64 = 2000;
 
 /// Default time a gate waits for healthd's answer in all (connect, ask, read), ms.
-pub const DEFAULT_GATE_HEALTHD_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_GATE_HEALTHD_TIMEOUT_MS: u64 = 250;
 
 /// The gate socket settings (`gate_socket`, `gate_max_age_ms`, `gate_healthd_timeout_ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
