@@ -405,6 +405,13 @@ impl Store for NotifyingStore {
         self.inner.counted_in(cluster, job_id)
     }
 
+    fn counted_in_many(
+        &self,
+        jobs: &[(String, u32)],
+    ) -> Result<Vec<Option<RollupKey>>, StoreError> {
+        self.inner.counted_in_many(jobs)
+    }
+
     fn for_each_conflict(&self, f: &mut dyn FnMut(Conflict)) -> Result<(), StoreError> {
         self.inner.for_each_conflict(f)
     }

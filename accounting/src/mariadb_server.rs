@@ -59,6 +59,7 @@ pub struct MariaDb {
     dir: PathBuf,
     port: Option<u16>,
     remove_on_exit: bool,
+    buffer_pool_mib: u32,
     keeper: Option<(Child, ChildStdin)>,
 }
 
@@ -83,6 +84,17 @@ impl MariaDb {
         dir: &Path,
         port: Option<u16>,
         remove_on_exit: bool,
+    ) -> Result<MariaDb, ServerError> {
+        MariaDb::create_sized(dir, port, remove_on_exit, 256)
+    }
+
+    /// [`MariaDb::create`] with an InnoDB buffer pool of `buffer_pool_mib` MiB (a benchmark
+    /// whose tables should stay in memory, as on a database server sized for them).
+    pub fn create_sized(
+        dir: &Path,
+        port: Option<u16>,
+        remove_on_exit: bool,
+        buffer_pool_mib: u32,
     ) -> Result<MariaDb, ServerError> {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
             path: dir.to_path_buf(),
@@ -113,6 +125,7 @@ impl MariaDb {
             dir: dir.to_path_buf(),
             port,
             remove_on_exit,
+            buffer_pool_mib,
             keeper: None,
         };
         server.start()?;
@@ -150,7 +163,7 @@ impl MariaDb {
             format!("--tmpdir={}", d.display()),
             "--user=root".into(),
             "--skip-log-bin".into(),
-            "--innodb-buffer-pool-size=256M".into(),
+            format!("--innodb-buffer-pool-size={}M", self.buffer_pool_mib),
             "--max-connections=200".into(),
         ];
         match self.port {
@@ -239,26 +252,52 @@ exit 0
         }
     }
 
-    /// Runs SQL as root over the socket (the `mariadb` client), returning its output.
+    /// Runs SQL (statements separated by `;`) as root over the socket, returning the rows
+    /// of every result, tab-separated, a line each. It talks to the server through
+    /// `mysql_async` in this process, not through the `mariadb` client: a test process that
+    /// forks while another thread reopens a sled database can make sled's file lock fail.
     pub fn sql(&self, sql: &str) -> Result<String, ServerError> {
-        let client = program(&["mariadb", "mysql"]);
-        let out = Command::new(&client)
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "--batch", "--skip-column-names", "-e", sql])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| ServerError::Program {
-                what: client.display().to_string(),
-                message: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(ServerError::Program {
-                what: format!("{} -e {sql:?}", client.display()),
-                message: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        use mysql_async::prelude::Queryable;
+        let failed = |e: &dyn std::fmt::Display| ServerError::Program {
+            what: format!("SQL {sql:?} on {}", self.socket().display()),
+            message: e.to_string(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(&e))?;
+        let opts = mysql_async::OptsBuilder::default()
+            .socket(Some(self.socket().display().to_string()))
+            .user(Some("root"));
+        rt.block_on(async {
+            let mut conn = mysql_async::Conn::new(opts).await?;
+            let mut out = String::new();
+            let mut res = conn.query_iter(sql).await?;
+            loop {
+                while let Some(row) = res.next().await? {
+                    let cells: Vec<String> = row
+                        .unwrap()
+                        .into_iter()
+                        .map(|v| match v {
+                            mysql_async::Value::NULL => "NULL".to_string(),
+                            mysql_async::Value::Bytes(b) => {
+                                String::from_utf8_lossy(&b).into_owned()
+                            }
+                            other => other.as_sql(true),
+                        })
+                        .collect();
+                    out.push_str(&cells.join("\t"));
+                    out.push('\n');
+                }
+                if res.is_empty() {
+                    break;
+                }
+            }
+            drop(res);
+            conn.disconnect().await?;
+            Ok::<String, mysql_async::Error>(out)
+        })
+        .map_err(|e| failed(&e))
     }
 
     /// Creates database `db` and a user `user`@`localhost` (and `@127.0.0.1`) with

@@ -990,6 +990,41 @@ impl Store for MysqlStore {
         Ok(found)
     }
 
+    fn counted_in_many(
+        &self,
+        jobs: &[(String, u32)],
+    ) -> Result<Vec<Option<RollupKey>>, StoreError> {
+        let keys: Vec<Option<Vec<u8>>> = jobs.iter().map(|(c, j)| job_key(c, *j)).collect();
+        let wanted: BTreeSet<&[u8]> = keys.iter().flatten().map(Vec::as_slice).collect();
+        let wanted: Vec<&[u8]> = wanted.into_iter().collect();
+        let mut found: BTreeMap<Vec<u8>, RollupKey> = BTreeMap::new();
+        let pool = &self.pool;
+        self.run(async {
+            let mut conn = Self::conn(pool).await?;
+            for chunk in wanted.chunks(STATEMENT_ROWS) {
+                let sql = format!(
+                    "SELECT j.job_key, r.rkey, r.json FROM jobs j \
+                     JOIN records r ON r.rkey = j.counted_rkey WHERE j.job_key IN {}",
+                    hex_list(chunk.iter().copied())
+                );
+                let mut res = conn.query_iter(sql).await?;
+                while let Some(mut row) = res.next().await? {
+                    let jk: Vec<u8> = col(&mut row, 0, "jobs.job_key")?;
+                    let k: Vec<u8> = col(&mut row, 1, "records.rkey")?;
+                    let j: Vec<u8> = col(&mut row, 2, "records.json")?;
+                    if let Some(key) = job_count_key(&decode_record(&k, &j)?) {
+                        found.insert(jk, key);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(keys
+            .iter()
+            .map(|k| k.as_ref().and_then(|k| found.get(k).cloned()))
+            .collect())
+    }
+
     fn purge(
         &self,
         records_before_day: Option<u32>,

@@ -156,6 +156,18 @@ pub trait Store: Send + Sync {
             .find_map(crate::rollup::job_count_key))
     }
 
+    /// [`Store::counted_in`] of each job of `jobs` (cluster, job id), in that order.
+    ///
+    /// The default asks job by job; a store where each call is a round trip to a server
+    /// answers them together (reports ask for every job that ended on a day they read
+    /// from records).
+    fn counted_in_many(
+        &self,
+        jobs: &[(String, u32)],
+    ) -> Result<Vec<Option<RollupKey>>, StoreError> {
+        jobs.iter().map(|(c, j)| self.counted_in(c, *j)).collect()
+    }
+
     /// Calls `f` for every kept [`Conflict`], by key and arrival.
     ///
     /// The default keeps none (a store that answers [`PutOutcome::Conflict`] must list them).

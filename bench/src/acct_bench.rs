@@ -71,6 +71,9 @@ struct Args {
     /// the same generated load).
     #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
     store: StoreChoice,
+    /// The benchmark MariaDB's InnoDB buffer pool, MiB.
+    #[arg(long, default_value_t = 2048)]
+    mariadb_buffer_pool_mib: u32,
 }
 
 /// The stores `--store` names.
@@ -286,10 +289,13 @@ fn run_store(a: &Args, bin_dir: &std::path::Path, store: StoreChoice) -> Result<
     println!("=== store: {name}");
     // sled: the directory; MariaDB: the server, the database's directory in its datadir
     let (db_args, size_dir, _server) = if store == StoreChoice::Mariadb {
-        let server = sgpu_accounting::mariadb_server::MariaDb::create(
+        // a buffer pool that holds the benchmark's tables (1.4 GiB at 1M jobs), as on a
+        // database server sized for its data
+        let server = sgpu_accounting::mariadb_server::MariaDb::create_sized(
             &tmp.path().join("mariadb"),
             None,
             true,
+            a.mariadb_buffer_pool_mib,
         )
         .map_err(|e| format!("starting a MariaDB for the benchmark: {e}"))?;
         let password = format!("bench-{}", std::process::id());

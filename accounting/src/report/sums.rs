@@ -186,8 +186,10 @@ pub fn partial_pieces(
             }
         }
     })?;
-    for ((cluster, job_id), candidates) in ended {
-        if let Some(k) = store.counted_in(&cluster, job_id)?
+    let jobs: Vec<(String, u32)> = ended.keys().cloned().collect();
+    let counted = store.counted_in_many(&jobs)?;
+    for (candidates, counted) in ended.into_values().zip(counted) {
+        if let Some(k) = counted
             && k.day == day
         {
             // the piece of the job_end that counted (same key); else the first that ended

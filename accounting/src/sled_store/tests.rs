@@ -179,6 +179,19 @@ fn job_usage_after_job_end_updates_only_used() {
     assert!(s.job("alpha", 20).unwrap().is_empty());
     assert!(s.job("beta", 2).unwrap().is_empty());
     assert!(s.job("", 2).unwrap().is_empty());
+    // the job's count went to its job_end; asked together, jobs answer as one by one
+    let counted = s.counted_in("alpha", 2).unwrap();
+    assert!(counted.is_some());
+    let jobs = [
+        ("alpha".to_string(), 20),
+        ("alpha".to_string(), 2),
+        (String::new(), 2),
+        ("alpha".to_string(), 2),
+    ];
+    assert_eq!(
+        s.counted_in_many(&jobs).unwrap(),
+        vec![None, counted.clone(), None, counted]
+    );
 }
 
 #[test]
