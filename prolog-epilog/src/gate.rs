@@ -357,6 +357,7 @@ fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
             match &d.slice {
                 Some(slice) => {
                     let m = g.and_then(|g| slice.devices(g).into_iter().next());
+                    let share = m.and_then(|m| m.share());
                     StartGpu {
                         slurm_index: d.slurm_index,
                         nvml_index,
@@ -368,9 +369,12 @@ fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
                             (Some(n), Some(p)) => Some(format!("{n} MIG {p}")),
                             (n, _) => n.cloned(),
                         },
-                        energy_mj: None,
-                        // billed by its share; unknown share: billed as a whole GPU
-                        mig: m.and_then(|m| m.share()),
+                        // the GPU's counter, for the slice's share of the GPU's energy;
+                        // unknown share: billed as a whole GPU, without energy
+                        energy_mj: share
+                            .as_ref()
+                            .and(g.and_then(|g| g.energy_mj.value().copied())),
+                        mig: share,
                     }
                 }
                 None => StartGpu {

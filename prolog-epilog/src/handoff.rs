@@ -23,7 +23,8 @@ pub struct StartGpu {
     pub uuid: Option<String>,
     /// The GPU's model name, when NVML gave it.
     pub name: Option<String>,
-    /// The total energy counter at job start, millijoules, when supported.
+    /// The total energy counter at job start, millijoules, when supported (for a MIG slice
+    /// with a share, its GPU's counter).
     pub energy_mj: Option<u64>,
     /// For a MIG slice, its profile and share of the GPU (billed by it); absent: a whole
     /// GPU, or a note written before shares were kept.

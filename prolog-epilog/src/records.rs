@@ -63,7 +63,8 @@ pub fn start_record(job: &JobEnv, start: &JobStartState) -> Result<Record, Recor
                 index: g.slurm_index,
                 uuid: g.record_uuid(),
                 name: g.name.clone(),
-                energy_mj: g.energy_mj,
+                // a slice's note holds its GPU's counter, not the slice's: none here
+                energy_mj: if g.mig.is_some() { None } else { g.energy_mj },
                 mig: g.mig.clone(),
             })
             .collect(),
@@ -96,6 +97,8 @@ pub fn end_record(
             .map(|g| {
                 let now = snapshot.and_then(|snap| {
                     snap.gpus.iter().find(|n| match (&g.uuid, n.uuid()) {
+                        // a MIG slice's counter is its GPU's (the UUID is the slice's)
+                        _ if g.mig.is_some() => n.index == g.nvml_index,
                         // follow the GPU by UUID; its NVML index may change across a reload
                         (Some(u), Some(nu)) => u == nu,
                         _ => n.index == g.nvml_index,
@@ -107,10 +110,13 @@ pub fn end_record(
                     (Some(a), Some(b)) if b >= a => Some(b - a),
                     _ => None,
                 };
-                let (energy_start_mj, energy_end_mj) = if energy_delta_mj.is_some() {
-                    (g.energy_mj, energy_end_mj)
-                } else {
-                    (g.energy_mj, None)
+                let (energy_start_mj, energy_end_mj, energy_delta_mj) = match &g.mig {
+                    // a slice: its share of the GPU's energy, without the GPU's counters
+                    Some(share) => (None, None, energy_delta_mj.map(|d| share.part(d))),
+                    None if energy_delta_mj.is_some() => {
+                        (g.energy_mj, energy_end_mj, energy_delta_mj)
+                    }
+                    None => (g.energy_mj, None, None),
                 };
                 GpuEnd {
                     index: g.slurm_index,
@@ -289,25 +295,39 @@ mod tests {
             slices: 2,
             of: 7,
         };
+        // the note holds the slice's GPU's counter (1_000 mJ, NVML index 3)
         s.gpus[0].uuid = Some("MIG-0".into());
-        s.gpus[0].energy_mj = None;
         s.gpus[0].mig = Some(share.clone());
         let rec = start_record(&job(), &s).unwrap();
         let RecordBody::JobStart(b) = rec.body() else {
             panic!("not a job start: {rec:?}")
         };
         assert_eq!(b.gpus[0].mig.as_ref(), Some(&share));
+        assert_eq!(
+            b.gpus[0].energy_mj, None,
+            "the GPU's counter is not the slice's"
+        );
         assert_eq!(b.gpus[1].mig, None);
-        let snap = snapshot(&[(2, "GPU-1", Some(52_000))]);
+        assert_eq!(b.gpus[1].energy_mj, Some(2_000));
+        // the slice's GPU used 7_000 mJ over the job (any slices' jobs on it), GPU-1 50_000
+        let snap = snapshot(&[(2, "GPU-1", Some(52_000)), (3, "GPU-0", Some(8_000))]);
         let rec = end_record(&job(), Some(&s), Some(&snap), 1_000_000 + 3_600_000, None).unwrap();
         let RecordBody::JobEnd(end) = rec.body() else {
             panic!("not a job end: {rec:?}")
         };
         assert_eq!(end.gpus[0].mig.as_ref(), Some(&share));
-        assert_eq!(
-            end.gpus[0].energy_delta_mj, None,
-            "NVML counts energy per GPU"
-        );
+        // the slice's share of its GPU's energy, 2/7 of 7_000 mJ, without the counters
+        assert_eq!(end.gpus[0].energy_delta_mj, Some(2_000));
+        assert_eq!(end.gpus[0].energy_start_mj, None);
+        assert_eq!(end.gpus[0].energy_end_mj, None);
+        assert_eq!(end.gpus[1].energy_delta_mj, Some(50_000));
+        // a counter that went backwards gives the slice no energy, as a whole GPU none
+        let reset = snapshot(&[(2, "GPU-1", Some(52_000)), (3, "GPU-0", Some(10))]);
+        let rec = end_record(&job(), Some(&s), Some(&reset), 1_000_000 + 3_600_000, None).unwrap();
+        let RecordBody::JobEnd(e) = rec.body() else {
+            panic!("not a job end: {rec:?}")
+        };
+        assert_eq!(e.gpus[0].energy_delta_mj, None);
         assert_eq!(end.gpus[1].mig, None);
         assert_eq!(end.allocated_gpu_ms, 2 * 3_600_000, "devices x window");
         // billed: 2/7 of the hour for the slice, the whole hour for the GPU

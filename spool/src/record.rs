@@ -89,6 +89,13 @@ impl MigShare {
     pub fn gpu_equiv_ms(&self, device_ms: u64) -> u64 {
         gpu_equiv_ms(Some(self), device_ms)
     }
+
+    /// The slice's part of an amount of its whole GPU (the GPU's energy over the job):
+    /// `amount × slices / of`, rounded to the nearest unit (halves up), the same arithmetic
+    /// as [`MigShare::gpu_equiv_ms`].
+    pub fn part(&self, amount: u64) -> u64 {
+        gpu_equiv_ms(Some(self), amount)
+    }
 }
 
 /// `device_ms` of one record GPU entry in GPU-equivalent ms: a whole GPU (`mig` absent)
@@ -161,7 +168,9 @@ pub struct GpuEnd {
     pub energy_start_mj: Option<u64>,
     /// Energy counter at job end, mJ, if read.
     pub energy_end_mj: Option<u64>,
-    /// Energy used over the job, mJ; equals end − start when both are known.
+    /// Energy used over the job, mJ; equals end − start when both are known. For a MIG
+    /// slice (`mig` present) its share of its GPU's energy over the job ([`MigShare::part`]
+    /// of the GPU's counter delta), without the counters.
     pub energy_delta_mj: Option<u64>,
     /// The MIG slice this entry is, with its share of the parent GPU (allocated time is
     /// billed by that share: [`JobEnd::allocated_gpu_equiv_ms`]); absent: a whole GPU (also

@@ -223,10 +223,10 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
     Ok(())
 }
 
-/// The job_end of `job` (one 2g.20gb slice of an H100) states the slice's share; acctd,
-/// given the job's records, bills 2/7 of its allocated time, and a report grouped by GPU
-/// model and MIG profile shows it under the parent GPU's model and the profile, as does
-/// `sgpu report --group-by gpu,profile`.
+/// The job_end of `job` (one 2g.20gb slice of an H100) states the slice's share and its
+/// share of the GPU's energy; acctd, given the job's records, bills 2/7 of its allocated time,
+/// and a report grouped by GPU model and MIG profile (`sgpu report --group-by gpu,profile`)
+/// shows it under the parent GPU's model and the profile, with its energy.
 fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
     let end = recs
         .iter()
@@ -242,9 +242,14 @@ fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
         of: 7,
     };
     assert_eq!(end.gpus[0].mig.as_ref(), Some(&share), "{end:?}");
+    // NVML counts energy per GPU: the slice's share of its GPU's energy over the job
+    let energy = end.gpus[0]
+        .energy_delta_mj
+        .ok_or_else(|| format!("no energy share for the slice: {end:?}"))?;
+    assert!(energy > 0, "{end:?}");
     assert_eq!(
-        end.gpus[0].energy_delta_mj, None,
-        "NVML has no energy per slice"
+        end.gpus[0].energy_start_mj, None,
+        "the GPU's counter is not the slice's"
     );
     let device_ms = end.allocated_gpu_ms;
     assert!(device_ms >= 1_000, "the job ran for seconds: {end:?}");
@@ -282,6 +287,7 @@ fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
     assert_eq!(rows[0]["profile"], "2g.20gb", "{doc}");
     assert_eq!(rows[0]["allocated_gpu_ms"].as_u64(), Some(billed), "{doc}");
     assert_eq!(rows[0]["jobs"].as_u64(), Some(1), "{doc}");
+    assert_eq!(rows[0]["energy_mj"].as_u64(), Some(energy), "{doc}");
     assert_eq!(
         report(&["-P", "-n", "-o", "GPUModel,Profile,Jobs"])?,
         "NVIDIA H100 80GB HBM3|2g.20gb|1\n"

@@ -518,6 +518,9 @@ fn a_slice_counts_by_its_share_of_the_gpu() {
     // the full profile and a whole GPU count in full; never more than the device time
     assert_eq!(share("7g.80gb", 7, 7).gpu_equiv_ms(HOUR), HOUR);
     assert_eq!(gpu_equiv_ms(None, HOUR), HOUR);
+    // a part of the GPU's energy, by the same arithmetic: 2/7 of 7_000 mJ, of 1 mJ none
+    assert_eq!(share("2g.20gb", 2, 7).part(7_000), 2_000);
+    assert_eq!(share("2g.20gb", 2, 7).part(1), 0);
     assert_eq!(share("7g.80gb", 7, 7).gpu_equiv_ms(u64::MAX), u64::MAX);
     assert_eq!(
         share("3g.40gb", 3, 7).gpu_equiv_ms(u64::MAX),
