@@ -64,6 +64,9 @@ pub struct GpuStart {
     pub name: Option<String>,
     /// Energy counter, mJ.
     pub energy_mj: Option<u64>,
+    /// For a MIG slice, its profile and share of the GPU (`--gpu-report` counts its
+    /// GPU-hours by it); `None`: a whole GPU, or a slice whose share NVML did not give.
+    pub mig: Option<sgpu_spool::MigShare>,
 }
 
 /// What the plugin knows about a step from its start.
@@ -237,6 +240,7 @@ pub fn gpus_at_start(
                         (n, _) => n.cloned(),
                     },
                     energy_mj: None,
+                    mig: m.share(),
                 }
             }
             None => {
@@ -249,6 +253,7 @@ pub fn gpus_at_start(
                     uuid: uuid.to_string(),
                     name: g.name.value().cloned(),
                     energy_mj: g.energy_mj.value().copied(),
+                    mig: None,
                 }
             }
         };
@@ -282,12 +287,14 @@ mod tests {
                     uuid: "GPU-a".into(),
                     name: Some("H100".into()),
                     energy_mj: Some(100),
+                    mig: None,
                 },
                 GpuStart {
                     index: 2,
                     uuid: "GPU-b".into(),
                     name: None,
                     energy_mj: None,
+                    mig: None,
                 },
             ],
         }

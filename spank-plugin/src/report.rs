@@ -66,15 +66,25 @@ pub fn summary(
                 )
             }
         };
+        // a MIG slice: its GPU (index), the profile in its name, and its share of the GPU
+        let share = g.mig.as_ref().map_or(String::new(), |m| {
+            format!(" ({} of {} slices)", m.slices, m.of)
+        });
         let _ = writeln!(
             s,
-            "sgpu:   gpu{} {} {}: energy {energy}, {util}",
+            "sgpu:   gpu{} {}{share} {}: energy {energy}, {util}",
             g.index,
             g.name.as_deref().unwrap_or("(unknown model)"),
             g.uuid,
         );
     }
-    let gpu_hours = (n as f64) * (wall_ms as f64) / 3_600_000.0;
+    // a MIG slice counts by its share of the GPU, as acctd bills it
+    let gpu_ms: u64 = start
+        .gpus
+        .iter()
+        .map(|g| sgpu_spool::gpu_equiv_ms(g.mig.as_ref(), wall_ms))
+        .fold(0, u64::saturating_add);
+    let gpu_hours = gpu_ms as f64 / 3_600_000.0;
     let _ = writeln!(
         s,
         "sgpu:   allocated {gpu_hours:.4} GPU-hours; energy {}{} ({})",
@@ -138,12 +148,14 @@ mod tests {
                     uuid: "GPU-a".into(),
                     name: Some("NVIDIA H100".into()),
                     energy_mj: Some(0),
+                    mig: None,
                 },
                 GpuStart {
                     index: 1,
                     uuid: "GPU-b".into(),
                     name: None,
                     energy_mj: None,
+                    mig: None,
                 },
             ],
         };
@@ -223,5 +235,39 @@ mod tests {
         let s = summary(&start, 3_600_000, &end, Some(None));
         assert!(s.contains(UTILIZATION_NO_SAMPLES), "{s}");
         assert!(!s.contains("idle"), "{s}");
+    }
+
+    #[test]
+    fn summary_shows_a_slice_by_gpu_profile_and_share() {
+        let start = StepStart {
+            cluster: "c".into(),
+            job_id: 9,
+            run: 0,
+            step: "batch".into(),
+            node: "node1".into(),
+            user: "u".into(),
+            uid: 1,
+            account: None,
+            partition: None,
+            start_ms: 0,
+            gpus: vec![GpuStart {
+                index: 0,
+                uuid: "MIG-a".into(),
+                name: Some("NVIDIA H100 MIG 2g.20gb".into()),
+                energy_mj: None,
+                mig: Some(sgpu_spool::MigShare {
+                    profile: "2g.20gb".into(),
+                    slices: 2,
+                    of: 7,
+                }),
+            }],
+        };
+        let s = summary(&start, 3_600_000, &BTreeMap::new(), None);
+        assert!(
+            s.contains("gpu0 NVIDIA H100 MIG 2g.20gb (2 of 7 slices) MIG-a: energy unavailable"),
+            "{s}"
+        );
+        // 2/7 of the hour
+        assert!(s.contains("allocated 0.2857 GPU-hours"), "{s}");
     }
 }
