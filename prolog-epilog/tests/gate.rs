@@ -588,3 +588,93 @@ fn xids_stay_unreported_while_the_breaker_keeps_the_node_up() {
             .is_empty()
     );
 }
+
+/// Serves `doc` once on a socket in a directory of `node`'s, as healthd would (root's, 0700).
+fn fake_healthd(
+    node: &Node,
+    doc: sgpu_wire::gate::GateReadings<sgpu_nodelib::gpu::NodeSnapshot>,
+) -> (PathBuf, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = node.dir.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = dir.join("healthd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+            let _ = (&stream).write_all(&serde_json::to_vec(&doc).unwrap());
+        }
+    });
+    (socket, server)
+}
+
+/// The prolog judges healthd's readings with the same checks (a fault only healthd's answer
+/// shows drains the node with the same reason), and reads NVML itself when the answer is
+/// too old. Needs root: the gate trusts only a root-owned socket with a root peer.
+#[test]
+fn the_prolog_judges_healthds_readings_and_falls_back_when_they_are_too_old() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the gate trusts only a root peer, so this needs root");
+        return;
+    }
+    use sgpu_nodelib::gpu::{NvmlOptions, Reading, Session};
+    use sgpu_prolog_epilog::gate::Readings;
+    use sgpu_wire::gate::{GateReadings, VERSION};
+    let mut node = Node::new();
+    // healthd's snapshot of the (healthy) simulated node, with an uncorrectable ECC error on
+    // gpu2 that only healthd's answer shows
+    let mut snap = Session::open(&NvmlOptions::from_config(&node.config))
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    snap.gpus[2].ecc_volatile_uncorrected = Reading::Value(2);
+    let now = sgpu_prolog_epilog::gate::now_ms();
+    let doc = |taken: u64| GateReadings {
+        version: Some(VERSION),
+        node: "n1".into(),
+        answered_at_ms: taken,
+        snapshot_taken_at_ms: taken,
+        fresh_gpus: vec![0, 1, 2, 3],
+        snapshot: Some(snap.clone()),
+        error: None,
+    };
+    let (socket, server) = fake_healthd(&node, doc(now));
+    node.config.gate.socket = Some(socket.clone());
+    node.config.gate.timeout = std::time::Duration::from_secs(10);
+    let r = prolog(&node.config, &node.job(40, "0", HealthMode::Strict));
+    server.join().unwrap();
+    assert_eq!(r.readings, Some(Readings::Healthd), "{r:?}");
+    assert_eq!(r.exit_code, 1, "{r:?}");
+    let calls = node.updates();
+    assert!(
+        calls
+            .starts_with("update NodeName=n1 State=DRAIN Reason=sgpu: gpu.ecc_uncorrectable gpu2:"),
+        "{calls}"
+    );
+    let note = JobStartState::load(&node.config.state_dir, 40, 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(note.readings.as_deref(), Some("healthd"));
+
+    // an answer older than gate_max_age_ms: the gate reads the (healthy) simulator itself
+    std::fs::remove_dir_all(socket.parent().unwrap()).unwrap();
+    std::fs::remove_file(node.dir.path().join("scontrol.log")).unwrap();
+    let stale = now.saturating_sub(60_000);
+    let (_, server) = fake_healthd(&node, doc(stale));
+    let r = prolog(&node.config, &node.job(41, "0", HealthMode::Strict));
+    server.join().unwrap();
+    assert_eq!(r.readings, Some(Readings::Nvml), "{r:?}");
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(node.updates(), "", "the simulator is healthy");
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l.starts_with("readings: nvml (healthd: the snapshot is ")),
+        "{:?}",
+        r.log
+    );
+}
