@@ -6,7 +6,8 @@
 //! passes while a neighbour slice is busy, its records and healthd's `/status` name the
 //! slice, its job_end states the slice's share (2 of 7) and acctd bills 2/7 of its time, in a
 //! report grouped by GPU model and MIG profile too; a fault of the parent GPU drains the node
-//! with a reason naming GPU and slice.
+//! with a reason naming GPU and slice. The cluster runs slurmdbd: `sacct` counts the slice as
+//! one `gres/gpu` over the same time as the record, which sgpu bills at 2/7.
 //! The cluster is brought down at the end.
 
 use std::path::Path;
@@ -83,6 +84,8 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
             ("SGPU_CLUSTER_GPUS", "2"),
             ("SGPU_CLUSTER_PORT", PORT),
             ("SGPU_CLUSTER_MIG", MIG),
+            // Slurm's accounting, to compare its gres/gpu count and time with the records
+            ("SGPU_CLUSTER_SLURMDBD", "1"),
         ],
     )?;
     let _lock = cluster.lock_exclusive()?;
@@ -194,6 +197,7 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
     assert_eq!(step.gpus[0].uuid, uuid, "{step:?}");
     assert_eq!(step.gpus[0].energy_mj, None, "{step:?}");
     billed_by_share(&recs, id)?;
+    slurm_counts_the_slice_as_one_gpu(&cluster, &recs, id)?;
 
     // 2. a fault of the parent GPU the prolog finds (healthd paused, so the gate is first):
     // the node is drained with a reason that names the GPU and the job's slice
@@ -291,6 +295,63 @@ fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
     assert_eq!(
         report(&["-P", "-n", "-o", "GPUModel,Profile,Jobs"])?,
         "NVIDIA H100 80GB HBM3|2g.20gb|1\n"
+    );
+    Ok(())
+}
+
+/// Slurm's accounting of the slice's job (`sacct`: `gres/gpu` in AllocTRES, ElapsedRaw)
+/// against the job_end: Slurm counts the slice as one GPU, as the record's device count
+/// does, over the same window (`allocated_gpu_ms` = gres/gpu x ElapsedRaw x 1000, the
+/// epilog's window being slurmctld's); sgpu bills 2/7 of that.
+fn slurm_counts_the_slice_as_one_gpu(cluster: &Cluster, recs: &[Record], job: u32) -> TestResult {
+    let end = recs
+        .iter()
+        .find_map(|r| match r.body() {
+            RecordBody::JobEnd(e) => Some(e),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no job_end record for job {job}"))?;
+    let id = job.to_string();
+    let line = poll(JOB_TIMEOUT, "slurmdbd's record of the job", || {
+        let out = cluster.output(
+            "sacct",
+            &[
+                "-X",
+                "-P",
+                "-n",
+                "-o",
+                "JobID,AllocTRES,ElapsedRaw,State",
+                "-j",
+                &id,
+            ],
+        )?;
+        Ok(out
+            .lines()
+            .find(|l| l.starts_with(&format!("{id}|")) && l.ends_with("|COMPLETED"))
+            .map(str::to_string))
+    })?;
+    let f: Vec<&str> = line.split('|').collect();
+    let gres: u64 = f[1]
+        .split(',')
+        .find_map(|t| t.strip_prefix("gres/gpu="))
+        .ok_or_else(|| format!("no gres/gpu in AllocTRES: {line}"))?
+        .parse()?;
+    let elapsed_s: u64 = f[2].parse()?;
+    assert_eq!(gres, 1, "Slurm counts the slice as one GPU: {line}");
+    assert_eq!(end.gpus.len() as u64, gres, "{line} vs {end:?}");
+    assert!(
+        end.slurm_window.is_some(),
+        "the epilog read slurmctld's window: {end:?}"
+    );
+    assert_eq!(
+        end.allocated_gpu_ms,
+        gres * elapsed_s * 1000,
+        "{line} vs {end:?}"
+    );
+    assert_eq!(
+        end.allocated_gpu_equiv_ms(),
+        (gres * elapsed_s * 1000 * 2 * 2 + 7) / 14,
+        "2/7 of Slurm's GPU time"
     );
     Ok(())
 }
