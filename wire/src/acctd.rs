@@ -180,7 +180,8 @@ pub struct JobSummary {
     pub gpus: u32,
     /// GPU models.
     pub gpu_models: Vec<String>,
-    /// Allocated GPU time of the whole job, GPU-ms.
+    /// Allocated GPU time of the whole job, GPU-ms (a MIG slice counted by its share of the
+    /// GPU: GPU-equivalents).
     pub allocated_gpu_ms: u64,
     /// Used GPU time of the whole job (healthd's samples), GPU-ms.
     pub used_gpu_ms: u64,
