@@ -4,7 +4,8 @@
 //!
 //! ```toml
 //! [accounting]
-//! url = "http://head:6830"         # sgpu-acctd; without it the forwarder is off
+//! url = "http://head:6830"         # sgpu-acctd; without it the forwarder is off; two acctd
+//!                                  # on one MariaDB: "http://head1:6830,http://head2:6830"
 //! auth = "munge"                   # munge (default) | none
 //! munge_socket = "/run/munge/munge.socket.2"   # default: libmunge's own default
 //! forward = true                   # false: healthd leaves the spool alone
@@ -45,7 +46,8 @@ pub enum AcctAuth {
 /// The `[accounting]` table, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccountingConfig {
-    /// acctd's base URL (`http://host:port`); `None`: not configured.
+    /// acctd's base URL (`http://host:port`), or several comma-separated (the client
+    /// fails over in that order); `None`: not configured.
     pub url: Option<String>,
     /// How requests are authenticated.
     pub auth: AcctAuth,
@@ -120,19 +122,25 @@ impl RawAccounting {
     pub(super) fn validate(self) -> Result<AccountingConfig, Invalid> {
         let mut c = AccountingConfig::default();
         if let Some(u) = self.url {
-            let v = u.get_ref().trim();
-            let host = v.strip_prefix("http://").unwrap_or("");
-            if host.is_empty() || host.starts_with('/') {
-                return Err((
-                    u.span().start,
-                    "accounting.url".into(),
-                    format!(
-                        "{v:?} is not an http:// URL with a host (e.g. \"http://head:6830\"; \
-                         acctd speaks plain HTTP, requests are authenticated by MUNGE)"
-                    ),
-                ));
+            let mut urls = Vec::new();
+            // several acctd on one database: comma-separated, each an http:// URL
+            for one in u.get_ref().split(',') {
+                let v = one.trim();
+                let host = v.strip_prefix("http://").unwrap_or("");
+                if host.is_empty() || host.starts_with('/') {
+                    return Err((
+                        u.span().start,
+                        "accounting.url".into(),
+                        format!(
+                            "{v:?} is not an http:// URL with a host (e.g. \"http://head:6830\", \
+                             or \"http://head1:6830,http://head2:6830\" for two acctd; acctd \
+                             speaks plain HTTP, requests are authenticated by MUNGE)"
+                        ),
+                    ));
+                }
+                urls.push(v.trim_end_matches('/'));
             }
-            c.url = Some(v.trim_end_matches('/').to_string());
+            c.url = Some(urls.join(","));
         }
         if let Some(a) = self.auth {
             c.auth = match a.get_ref().trim() {
@@ -226,6 +234,11 @@ mod tests {
         let c = parse("[accounting]\nurl = \"http://head:6830\"\nforward = false\n").unwrap();
         assert_eq!(c.accounting.forward_url(), None);
         assert_eq!(c.accounting.url.as_deref(), Some("http://head:6830"));
+        let c = parse("[accounting]\nurl = \"http://a:6830/, http://b:6830\"\n").unwrap();
+        assert_eq!(
+            c.accounting.url.as_deref(),
+            Some("http://a:6830,http://b:6830")
+        );
     }
 
     #[test]
@@ -234,6 +247,9 @@ mod tests {
         assert!(e.contains(":3: accounting.url: "), "{e}");
         let e = err("[accounting]\nurl = \"http://\"\n");
         assert!(e.contains(":2: accounting.url: "), "{e}");
+        // every URL of a list is checked, and named
+        let e = err("[accounting]\nurl = \"http://a:6830, https://b:6830\"\n");
+        assert!(e.contains(":2: accounting.url: \"https://b:6830\""), "{e}");
         let e = err("[accounting]\n\nauth = \"kerberos\"\n");
         assert!(
             e.contains(":3: accounting.auth: \"kerberos\" is not one of"),
