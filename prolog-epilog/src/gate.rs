@@ -7,7 +7,6 @@
 //! (`slurm_job_times`, see [`crate::slurm_times`]).
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sgpu_nodelib::breaker::{self, Guarded};
 use sgpu_nodelib::catalogue::Profile;
@@ -92,14 +91,6 @@ impl GateReport {
         }
         self
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Checks run against one NVML snapshot (or NVML's failure), with the XID store consulted.
@@ -483,7 +474,7 @@ pub fn prolog(config: &Config, job: &JobEnv) -> GateReport {
         job_id: job.job_id,
         node: job.node.clone(),
         run: job.restart_count,
-        start_ms: now_ms(),
+        start_ms: sgpu_spool::now_ms(),
         gpus: start_gpus(job, &checked),
         readings: report.readings.map(|r| r.as_str().to_string()),
     };
@@ -543,7 +534,7 @@ fn requeued_run_window(
 /// The epilog: spool the job-end record, look for damage the job left, drain on it.
 pub fn epilog(config: &Config, job: &JobEnv) -> GateReport {
     let mut report = GateReport::default();
-    let end_ms = now_ms();
+    let end_ms = sgpu_spool::now_ms();
     let checked = run_checks(config, job, Profile::Post, &mut report);
     let (start, unnoted) = ended_run(config, job, &checked, end_ms, &mut report);
     let window = slurm_window(config, job, start.as_ref(), unnoted, end_ms, &mut report);

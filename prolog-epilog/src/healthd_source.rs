@@ -156,7 +156,7 @@ pub fn fetch(
         .map_err(io("ending the request"))?;
     let body = read_answer(&mut stream, deadline, path, settings.timeout)?;
     let doc: GateReadings<NodeSnapshot> = sgpu_wire::decode(&body)?;
-    accept(doc, node, crate::gate::now_ms(), settings)
+    accept(doc, node, sgpu_spool::now_ms(), settings)
 }
 
 /// Checks an answer: its node, its snapshot and the age rule ([`sgpu_wire::gate`]).

@@ -632,7 +632,7 @@ fn the_prolog_judges_healthds_readings_and_falls_back_when_they_are_too_old() {
         .snapshot()
         .unwrap();
     snap.gpus[2].ecc_volatile_uncorrected = Reading::Value(2);
-    let now = sgpu_prolog_epilog::gate::now_ms();
+    let now = sgpu_spool::now_ms();
     let doc = |taken: u64| GateReadings {
         version: Some(VERSION),
         node: "n1".into(),

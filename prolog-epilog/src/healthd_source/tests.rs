@@ -74,7 +74,7 @@ fn a_trusted_answer_is_taken_with_its_snapshot_round_tripped() {
     let dir = private_dir();
     let path = dir.path().join("healthd.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let server = serve_one(listener, answer("node1", crate::gate::now_ms()));
+    let server = serve_one(listener, answer("node1", sgpu_spool::now_ms()));
     let got = fetch(&settings(&path), "node1", Some(vec![0]), euid())
         .unwrap()
         .unwrap();
@@ -145,7 +145,7 @@ fn a_listener_that_is_not_root_is_refused_by_its_peer_credentials() {
         assert_eq!(rc, 0, "setresuid");
         let listener = UnixListener::bind(&p).unwrap();
         tx.send(()).unwrap();
-        serve_one(listener, answer("node1", crate::gate::now_ms())).join()
+        serve_one(listener, answer("node1", sgpu_spool::now_ms())).join()
     });
     rx.recv().unwrap();
     // root moves the user's listening socket into the trusted place and owns the file
