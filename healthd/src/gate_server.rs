@@ -15,6 +15,7 @@
 //!   another live healthd answers on is left alone (this one then serves none), a stale
 //!   one is replaced. The gate on its side trusts only a root peer.
 
+use sgpu_spool::now_ms;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -93,13 +94,6 @@ impl Drop for SocketGuard {
             let _ = std::fs::remove_file(&self.path);
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl GateServer {
