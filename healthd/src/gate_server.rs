@@ -15,7 +15,6 @@
 //!   another live healthd answers on is left alone (this one then serves none), a stale
 //!   one is replaced. The gate on its side trusts only a root peer.
 
-use sgpu_spool::now_ms;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -26,6 +25,7 @@ use std::time::Duration;
 
 use sgpu_nodelib::config::Config;
 use sgpu_nodelib::gpu::{NodeSnapshot, NvmlOptions, Reading};
+use sgpu_spool::now_ms;
 use sgpu_wire::gate::{self, GateReadings, GateRequest};
 use tracing::{debug, error, info, warn};
 
