@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sgpu_slurm_conf::{ConfFile, GresConf, NodeGpus, SlurmConf};
+use sgpu_slurm_conf::{ConfFile, GpuDevice, GresConf, NodeGpus, SlurmConf};
 
 use crate::gpu::NodeSnapshot;
 use crate::mig::{JobSlice, MigMinors, SliceKey};
@@ -209,129 +209,192 @@ pub fn job_devices(
         .gpus
         .iter()
         .any(|g| g.mig_mode.value() == Some(&true));
-    let mut gpus = Vec::new();
-    let mut slices = Vec::new();
-    let mut notes = Vec::new();
-    let mut unplaced = Vec::new();
-    let mut by_index = Vec::new();
+    let mut placed = Placement::default();
     for &i in slurm_indices {
+        placed.slurm_index(i, layout, mig_node, snapshot);
+    }
+    // MIG UUIDs of CUDA_VISIBLE_DEVICES that gres.conf's files did not already place
+    let mig_uuids = placed.uuids_not_placed(mig_uuids, snapshot);
+    // a job whose prolog got no SLURM_JOB_GPUS but MIG UUIDs: its slices are those
+    if slurm_indices.is_empty() && mig_node && !mig_uuids.is_empty() {
+        placed
+            .unplaced
+            .extend((0..mig_uuids.len()).filter_map(|i| u32::try_from(i).ok()));
+    }
+    if !placed.unplaced.is_empty() {
+        if mig_uuids.is_empty() {
+            return placed.slices_unknown();
+        }
+        placed.mig_uuids(&mig_uuids, snapshot);
+    }
+    JobDevices {
+        by_index: placed.by_index,
+        gpus: placed.gpus,
+        slices: (mig_node || !placed.slices.is_empty()).then_some(placed.slices),
+        notes: placed.notes,
+    }
+}
+
+/// What [`job_devices`] has resolved so far.
+#[derive(Default)]
+struct Placement {
+    /// As [`JobDevices::gpus`].
+    gpus: Vec<u32>,
+    /// The slices placed.
+    slices: Vec<JobSlice>,
+    /// As [`JobDevices::notes`].
+    notes: Vec<String>,
+    /// Slurm indices of MIG slices gres.conf's files could not place (yet).
+    unplaced: Vec<u32>,
+    /// As [`JobDevices::by_index`] (in order once finished).
+    by_index: Vec<JobDevice>,
+}
+
+impl Placement {
+    /// Records that `slurm_index` is `gpu` (a slice of it when `slice` is given), or could
+    /// not be placed (`gpu` `None`).
+    fn add(&mut self, slurm_index: u32, gpu: Option<u32>, slice: Option<JobSlice>) {
+        if let Some(g) = gpu {
+            self.gpus.push(g);
+        }
+        if let Some(s) = &slice {
+            self.slices.push(s.clone());
+        }
+        self.by_index.push(JobDevice {
+            slurm_index,
+            gpu,
+            slice,
+        });
+    }
+
+    /// Places Slurm index `i` through gres.conf's device for it: a slice by its
+    /// `nvidia-cap` files, a GPU by its minor number; without either, a node with MIG leaves
+    /// it unplaced and one without maps it to itself.
+    fn slurm_index(
+        &mut self,
+        i: u32,
+        layout: Option<&NodeLayout>,
+        mig_node: bool,
+        snapshot: &NodeSnapshot,
+    ) {
         let device = layout.and_then(|l| l.gpus.devices.iter().find(|d| d.index == i));
         match device {
-            Some(d) if !d.mig_caps.is_empty() => {
-                let minors = layout.map(|l| &l.mig_minors);
-                let fixed = MigMinors::default();
-                match minors.unwrap_or(&fixed).slice(d.minor, &d.mig_caps) {
-                    Ok(addr) => match index_of_minor(addr.gpu_minor, snapshot) {
-                        Some(gpu) => {
-                            let slice = JobSlice {
-                                gpu,
-                                key: SliceKey::Instance {
-                                    gpu_instance: addr.gpu_instance,
-                                    compute_instance: addr.compute_instance,
-                                },
-                            };
-                            gpus.push(gpu);
-                            slices.push(slice.clone());
-                            by_index.push(JobDevice {
-                                slurm_index: i,
-                                gpu: Some(gpu),
-                                slice: Some(slice),
-                            });
-                        }
-                        None => {
-                            notes.push(format!(
-                                "GPU {i} (gres.conf {}): its GPU /dev/nvidia{} cannot be told among GPUs that did not answer",
-                                d.at, addr.gpu_minor
-                            ));
-                            by_index.push(JobDevice {
-                                slurm_index: i,
-                                gpu: None,
-                                slice: None,
-                            });
-                        }
-                    },
-                    Err(e) => {
-                        notes.push(format!("GPU {i} (gres.conf {}): {e}", d.at));
-                        unplaced.push(i);
-                    }
-                }
-            }
+            Some(d) if !d.mig_caps.is_empty() => self.gres_slice(i, d, layout, snapshot),
             Some(d) if d.minor.is_some() || !mig_node => {
                 let one = match layout {
                     Some(l) => l.nvml_indices(&[i], snapshot),
                     None => vec![i],
                 };
                 for g in one {
-                    gpus.push(g);
-                    by_index.push(JobDevice {
-                        slurm_index: i,
-                        gpu: Some(g),
-                        slice: None,
-                    });
+                    self.add(i, Some(g), None);
                 }
             }
-            _ if mig_node => unplaced.push(i),
-            _ => {
-                gpus.push(i);
-                by_index.push(JobDevice {
-                    slurm_index: i,
-                    gpu: Some(i),
-                    slice: None,
-                });
+            _ if mig_node => self.unplaced.push(i),
+            _ => self.add(i, Some(i), None),
+        }
+    }
+
+    /// Places Slurm index `i`, gres.conf's device `d` whose capability files name a MIG
+    /// slice, on the GPU whose minor number the driver's MIG minors give.
+    fn gres_slice(
+        &mut self,
+        i: u32,
+        d: &GpuDevice,
+        layout: Option<&NodeLayout>,
+        snapshot: &NodeSnapshot,
+    ) {
+        let minors = layout.map(|l| &l.mig_minors);
+        let fixed = MigMinors::default();
+        match minors.unwrap_or(&fixed).slice(d.minor, &d.mig_caps) {
+            Ok(addr) => match index_of_minor(addr.gpu_minor, snapshot) {
+                Some(gpu) => {
+                    let slice = JobSlice {
+                        gpu,
+                        key: SliceKey::Instance {
+                            gpu_instance: addr.gpu_instance,
+                            compute_instance: addr.compute_instance,
+                        },
+                    };
+                    self.add(i, Some(gpu), Some(slice));
+                }
+                None => {
+                    self.notes.push(format!(
+                        "GPU {i} (gres.conf {}): its GPU /dev/nvidia{} cannot be told among GPUs that did not answer",
+                        d.at, addr.gpu_minor
+                    ));
+                    self.add(i, None, None);
+                }
+            },
+            Err(e) => {
+                self.notes
+                    .push(format!("GPU {i} (gres.conf {}): {e}", d.at));
+                self.unplaced.push(i);
             }
         }
     }
-    // MIG UUIDs of CUDA_VISIBLE_DEVICES that gres.conf's files did not already place
-    let placed_uuids: Vec<&String> = slices
-        .iter()
-        .flat_map(|s: &JobSlice| {
-            snapshot
-                .gpus
-                .iter()
-                .flat_map(|g| s.devices(g))
-                .filter_map(|d| d.uuid.value())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let mig_uuids: Vec<&String> = mig_uuids
-        .iter()
-        .filter(|u| !placed_uuids.contains(u))
-        .collect();
-    // a job whose prolog got no SLURM_JOB_GPUS but MIG UUIDs: its slices are those
-    if slurm_indices.is_empty() && mig_node && !mig_uuids.is_empty() {
-        unplaced.extend((0..mig_uuids.len()).filter_map(|i| u32::try_from(i).ok()));
+
+    /// The MIG UUIDs among `mig_uuids` that are not one of the slices already placed.
+    fn uuids_not_placed<'a>(
+        &self,
+        mig_uuids: &'a [String],
+        snapshot: &NodeSnapshot,
+    ) -> Vec<&'a String> {
+        let placed_uuids: Vec<&String> = self
+            .slices
+            .iter()
+            .flat_map(|s: &JobSlice| {
+                snapshot
+                    .gpus
+                    .iter()
+                    .flat_map(|g| s.devices(g))
+                    .filter_map(|d| d.uuid.value())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        mig_uuids
+            .iter()
+            .filter(|u| !placed_uuids.contains(u))
+            .collect()
     }
-    if !unplaced.is_empty() {
-        if mig_uuids.is_empty() {
-            notes.push(format!(
-                "GPU(s) {unplaced:?}: MIG is on and neither gres.conf device files nor MIG \
-                 UUIDs in CUDA_VISIBLE_DEVICES say which slices they are: their slices are \
-                 not judged"
-            ));
-            by_index.extend(unplaced.iter().map(|&i| JobDevice {
+
+    /// The answer when slices are left unplaced and no MIG UUID says which they are: those
+    /// indices resolve to nothing and the job's slices are not known.
+    fn slices_unknown(mut self) -> JobDevices {
+        let unplaced = &self.unplaced;
+        self.notes.push(format!(
+            "GPU(s) {unplaced:?}: MIG is on and neither gres.conf device files nor MIG \
+             UUIDs in CUDA_VISIBLE_DEVICES say which slices they are: their slices are \
+             not judged"
+        ));
+        self.by_index
+            .extend(self.unplaced.iter().map(|&i| JobDevice {
                 slurm_index: i,
                 gpu: None,
                 slice: None,
             }));
-            by_index.sort_by_key(|d| d.slurm_index);
-            return JobDevices {
-                by_index,
-                gpus,
-                slices: None,
-                notes,
-            };
+        self.by_index.sort_by_key(|d| d.slurm_index);
+        JobDevices {
+            by_index: self.by_index,
+            gpus: self.gpus,
+            slices: None,
+            notes: self.notes,
         }
+    }
+
+    /// Places the unplaced indices by the MIG UUIDs left, in order (each found among the
+    /// GPUs' MIG devices), and sorts [`JobDevices::by_index`].
+    fn mig_uuids(&mut self, mig_uuids: &[&String], snapshot: &NodeSnapshot) {
         let all_read = snapshot
             .gpus
             .iter()
             .filter(|g| g.mig_mode.value() == Some(&true))
             .all(|g| g.mig_devices.value().is_some());
-        let mut uuids_left: Vec<u32> = unplaced.clone();
-        for u in mig_uuids {
+        let mut uuids_left: Vec<u32> = self.unplaced.clone();
+        for &u in mig_uuids {
             // the UUIDs left stand for the unplaced indices in order (CUDA_VISIBLE_DEVICES
             // lists the job's devices in SLURM_JOB_GPUS's order)
             let slurm_index = if uuids_left.is_empty() {
-                u32::try_from(by_index.len()).unwrap_or(u32::MAX)
+                u32::try_from(self.by_index.len()).unwrap_or(u32::MAX)
             } else {
                 uuids_left.remove(0)
             };
@@ -346,14 +409,10 @@ pub fn job_devices(
                 // gpu.job_gpus_exist reports it missing
                 None if all_read => u32::try_from(snapshot.gpus.len()).unwrap_or(u32::MAX),
                 None => {
-                    notes.push(format!(
+                    self.notes.push(format!(
                         "{u}: not found among the MIG devices that could be read"
                     ));
-                    by_index.push(JobDevice {
-                        slurm_index,
-                        gpu: None,
-                        slice: None,
-                    });
+                    self.add(slurm_index, None, None);
                     continue;
                 }
             };
@@ -361,26 +420,14 @@ pub fn job_devices(
                 gpu,
                 key: SliceKey::Uuid(u.clone()),
             };
-            gpus.push(gpu);
-            slices.push(slice.clone());
-            by_index.push(JobDevice {
-                slurm_index,
-                gpu: Some(gpu),
-                slice: Some(slice),
-            });
+            self.add(slurm_index, Some(gpu), Some(slice));
         }
-        by_index.extend(uuids_left.iter().map(|&i| JobDevice {
+        self.by_index.extend(uuids_left.iter().map(|&i| JobDevice {
             slurm_index: i,
             gpu: None,
             slice: None,
         }));
-        by_index.sort_by_key(|d| d.slurm_index);
-    }
-    JobDevices {
-        by_index,
-        gpus,
-        slices: (mig_node || !slices.is_empty()).then_some(slices),
-        notes,
+        self.by_index.sort_by_key(|d| d.slurm_index);
     }
 }
 
