@@ -95,95 +95,14 @@ fn hours(v: &Spanned<f64>, key: String, lo: f64) -> Result<Duration, Invalid> {
 impl RawCheck {
     fn validate(self, i: usize, taken: &[ActiveCheck]) -> Result<ActiveCheck, Invalid> {
         let key = |k: &str| format!("active.check[{i}].{k}");
-        let name_span = self.name.span();
-        let name = self.name.into_inner();
-        if !crate::active::valid_name(&name) {
-            return Err((
-                name_span.start,
-                key("name"),
-                format!(
-                    "{name:?} is not a check name (1 to 64 letters, digits, - _ . ; not \
-                     starting with .)"
-                ),
-            ));
-        }
-        if taken.iter().any(|c| c.name == name) {
-            return Err((
-                name_span.start,
-                key("name"),
-                format!("{name:?} is listed twice"),
-            ));
-        }
-        let cmd_span = self.command.span();
-        let command = self.command.into_inner();
-        match command.first() {
-            None => {
-                return Err((
-                    cmd_span.start,
-                    key("command"),
-                    "is empty: give the program and its arguments, e.g. [\"/usr/bin/dcgmi\", \
-                     \"diag\", \"-r\", \"1\", \"-j\"]"
-                        .into(),
-                ));
-            }
-            Some(p) if !p.starts_with('/') => {
-                return Err((
-                    cmd_span.start,
-                    key("command"),
-                    format!(
-                        "{p:?} is not an absolute path (the check runs as root with a fixed \
-                         PATH; name the program by its full path)"
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
-        if command.iter().any(|a| a.contains('\0')) {
-            return Err((
-                cmd_span.start,
-                key("command"),
-                "an argument holds a NUL byte".into(),
-            ));
-        }
-        let interval = hours(&self.interval_h, key("interval_h"), MIN_INTERVAL_H)?;
-        let stagger = match &self.stagger_h {
-            Some(s) => {
-                let d = hours(s, key("stagger_h"), 0.0)?;
-                if d > interval {
-                    return Err((
-                        s.span().start,
-                        key("stagger_h"),
-                        format!(
-                            "{} is longer than interval_h ({}): the runs of one interval \
-                             would spill into the next",
-                            s.get_ref(),
-                            self.interval_h.get_ref()
-                        ),
-                    ));
-                }
-                d
-            }
-            None => interval,
-        };
-        let d = *self.deadline_s.get_ref();
-        if !(1..=MAX_DEADLINE_S).contains(&d) {
-            return Err((
-                self.deadline_s.span().start,
-                key("deadline_s"),
-                format!("{d} is out of range (1 to {MAX_DEADLINE_S} s)"),
-            ));
-        }
-        let deadline = Duration::from_secs(d);
-        if deadline >= interval {
-            return Err((
-                self.deadline_s.span().start,
-                key("deadline_s"),
-                format!(
-                    "{d} s is not shorter than interval_h ({} h)",
-                    self.interval_h.get_ref()
-                ),
-            ));
-        }
+        let name = check_name(self.name, &key, taken)?;
+        let command = check_command(self.command, &key)?;
+        let (interval, stagger, deadline) = schedule(
+            &self.interval_h,
+            self.stagger_h.as_ref(),
+            &self.deadline_s,
+            &key,
+        )?;
         let format = match &self.format {
             Some(f) => OutputFormat::parse(f.get_ref()).ok_or_else(|| {
                 (
@@ -198,20 +117,7 @@ impl RawCheck {
             None => OutputFormat::Exit,
         };
         let severity = match &self.severity {
-            Some(s) => match Severity::parse(s.get_ref()) {
-                Some(sev @ (Severity::Drain | Severity::Warn | Severity::Info)) => sev,
-                _ => {
-                    return Err((
-                        s.span().start,
-                        key("severity"),
-                        format!(
-                            "{:?} is not one of \"drain\", \"warn\", \"info\" (remove the \
-                             check to switch it off)",
-                            s.get_ref()
-                        ),
-                    ));
-                }
-            },
+            Some(s) => check_severity(s, &key)?,
             None => Severity::Drain,
         };
         Ok(ActiveCheck {
@@ -223,6 +129,139 @@ impl RawCheck {
             format,
             severity,
         })
+    }
+}
+
+/// A check's `name`: a valid check name not taken by an earlier check.
+fn check_name(
+    name: Spanned<String>,
+    key: &impl Fn(&str) -> String,
+    taken: &[ActiveCheck],
+) -> Result<String, Invalid> {
+    let name_span = name.span();
+    let name = name.into_inner();
+    if !crate::active::valid_name(&name) {
+        return Err((
+            name_span.start,
+            key("name"),
+            format!(
+                "{name:?} is not a check name (1 to 64 letters, digits, - _ . ; not \
+                 starting with .)"
+            ),
+        ));
+    }
+    if taken.iter().any(|c| c.name == name) {
+        return Err((
+            name_span.start,
+            key("name"),
+            format!("{name:?} is listed twice"),
+        ));
+    }
+    Ok(name)
+}
+
+/// A check's `command`: a program by its absolute path and its arguments, no NUL byte.
+fn check_command(
+    command: Spanned<Vec<String>>,
+    key: &impl Fn(&str) -> String,
+) -> Result<Vec<String>, Invalid> {
+    let cmd_span = command.span();
+    let command = command.into_inner();
+    match command.first() {
+        None => {
+            return Err((
+                cmd_span.start,
+                key("command"),
+                "is empty: give the program and its arguments, e.g. [\"/usr/bin/dcgmi\", \
+                 \"diag\", \"-r\", \"1\", \"-j\"]"
+                    .into(),
+            ));
+        }
+        Some(p) if !p.starts_with('/') => {
+            return Err((
+                cmd_span.start,
+                key("command"),
+                format!(
+                    "{p:?} is not an absolute path (the check runs as root with a fixed \
+                     PATH; name the program by its full path)"
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        return Err((
+            cmd_span.start,
+            key("command"),
+            "an argument holds a NUL byte".into(),
+        ));
+    }
+    Ok(command)
+}
+
+/// A check's `interval_h`, `stagger_h` (default: the interval; not longer) and `deadline_s`
+/// (shorter than the interval), as (interval, stagger, deadline).
+fn schedule(
+    interval_h: &Spanned<f64>,
+    stagger_h: Option<&Spanned<f64>>,
+    deadline_s: &Spanned<u64>,
+    key: &impl Fn(&str) -> String,
+) -> Result<(Duration, Duration, Duration), Invalid> {
+    let interval = hours(interval_h, key("interval_h"), MIN_INTERVAL_H)?;
+    let stagger = match stagger_h {
+        Some(s) => {
+            let d = hours(s, key("stagger_h"), 0.0)?;
+            if d > interval {
+                return Err((
+                    s.span().start,
+                    key("stagger_h"),
+                    format!(
+                        "{} is longer than interval_h ({}): the runs of one interval \
+                         would spill into the next",
+                        s.get_ref(),
+                        interval_h.get_ref()
+                    ),
+                ));
+            }
+            d
+        }
+        None => interval,
+    };
+    let d = *deadline_s.get_ref();
+    if !(1..=MAX_DEADLINE_S).contains(&d) {
+        return Err((
+            deadline_s.span().start,
+            key("deadline_s"),
+            format!("{d} is out of range (1 to {MAX_DEADLINE_S} s)"),
+        ));
+    }
+    let deadline = Duration::from_secs(d);
+    if deadline >= interval {
+        return Err((
+            deadline_s.span().start,
+            key("deadline_s"),
+            format!(
+                "{d} s is not shorter than interval_h ({} h)",
+                interval_h.get_ref()
+            ),
+        ));
+    }
+    Ok((interval, stagger, deadline))
+}
+
+/// A check's `severity`: drain, warn or info.
+fn check_severity(s: &Spanned<String>, key: &impl Fn(&str) -> String) -> Result<Severity, Invalid> {
+    match Severity::parse(s.get_ref()) {
+        Some(sev @ (Severity::Drain | Severity::Warn | Severity::Info)) => Ok(sev),
+        _ => Err((
+            s.span().start,
+            key("severity"),
+            format!(
+                "{:?} is not one of \"drain\", \"warn\", \"info\" (remove the \
+                 check to switch it off)",
+                s.get_ref()
+            ),
+        )),
     }
 }
 
