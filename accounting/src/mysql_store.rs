@@ -5,14 +5,15 @@
 //! schema itself when it connects ([`MIGRATIONS`], numbered, recorded in `schema_version`,
 //! under a server-wide named lock so two acctd starting together migrate once).
 //!
-//! Tables (schema version 1):
+//! Tables (schema version 2):
 //! - `records`: one row per record: its key ([`sgpu_spool::RecordId::key`], the primary key:
 //!   a resend finds it), its job's key (`cluster,job_id,`), the first and last UTC day its
 //!   span touches ([`record_days`]) and its JSON as received.
 //! - `record_days`: (day, record key) for every day a record's span touches: the by-day
 //!   index the reports read for the partial days at a window's edges.
 //! - `jobs`: per counted job, the key of the `job_end` its `jobs` count went to.
-//! - `rollups`: one row per [`RollupKey`], the [`RollupValue`] sums as columns; a batch adds
+//! - `rollups`: one row per [`RollupKey`], the [`RollupValue`] sums as columns (version 2
+//!   added `slice_ms`, MIG slice time; rows written before read 0); a batch adds
 //!   to them with `INSERT ... ON DUPLICATE KEY UPDATE x = x + VALUES(x)`.
 //! - `conflicts`: records that arrived under the key of a different stored record.
 //! - `node_events`: node events by [`NodeEvent::key`].
@@ -44,13 +45,16 @@ use sgpu_spool::{NodeEvent, Record};
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
 use crate::store::{Conflict, PurgeStats, PutOutcome, Store, StoreError, record_days};
 
-/// The schema migrations, in order: (version, statements). A migration's statements are
-/// idempotent (`IF NOT EXISTS`), since MySQL commits each DDL statement on its own: a
-/// migration cut short runs again whole.
-pub const MIGRATIONS: &[(u32, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS records (
+/// The schema migrations, in order: (version, statements); never edit one that shipped,
+/// add the next. A migration's statements are idempotent (`IF NOT EXISTS`; an `ADD COLUMN`
+/// that finds its column, error 1060, counts as done, as MySQL has no `IF NOT EXISTS` for
+/// it), since MySQL commits each DDL statement on its own: a migration cut short runs again
+/// whole.
+pub const MIGRATIONS: &[(u32, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS records (
             rkey VARBINARY(255) NOT NULL,
             job_key VARBINARY(255) NOT NULL,
             first_day INT UNSIGNED NOT NULL,
@@ -60,17 +64,17 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
             KEY by_job (job_key),
             KEY by_last_day (last_day)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS record_days (
+            "CREATE TABLE IF NOT EXISTS record_days (
             day INT UNSIGNED NOT NULL,
             rkey VARBINARY(255) NOT NULL,
             PRIMARY KEY (day, rkey)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS jobs (
+            "CREATE TABLE IF NOT EXISTS jobs (
             job_key VARBINARY(255) NOT NULL,
             counted_rkey VARBINARY(255) NOT NULL,
             PRIMARY KEY (job_key)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS rollups (
+            "CREATE TABLE IF NOT EXISTS rollups (
             day INT UNSIGNED NOT NULL,
             cluster VARBINARY(64) NOT NULL,
             account VARBINARY(600) NOT NULL,
@@ -85,7 +89,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
             idle_measured_gpu_ms BIGINT UNSIGNED NOT NULL,
             PRIMARY KEY (day, cluster, account, user_name, partition_name, gpu_model)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS conflicts (
+            "CREATE TABLE IF NOT EXISTS conflicts (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
             rkey VARBINARY(255) NOT NULL,
             received_ms BIGINT UNSIGNED NOT NULL,
@@ -93,16 +97,22 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
             PRIMARY KEY (id),
             KEY by_key (rkey, id)
         ) ENGINE=InnoDB",
-        "CREATE TABLE IF NOT EXISTS node_events (
+            "CREATE TABLE IF NOT EXISTS node_events (
             ekey VARBINARY(512) NOT NULL,
             json BLOB NOT NULL,
             PRIMARY KEY (ekey)
         ) ENGINE=InnoDB",
-    ],
-)];
+        ],
+    ),
+    // MIG slice time in the rollups (RollupValue::slice_ms); rows before it read 0
+    (
+        2,
+        &["ALTER TABLE rollups ADD COLUMN slice_ms BIGINT UNSIGNED NOT NULL DEFAULT 0"],
+    ),
+];
 
 /// The schema version this code writes (the last migration's).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// How long acctd waits for a connection before the call fails (503).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,6 +130,8 @@ const PURGE_CHUNK: usize = 2000;
 
 /// MariaDB/MySQL error numbers acctd handles itself.
 const ER_DUP_ENTRY: u16 = 1062;
+/// `ADD COLUMN` of a column that exists (a migration cut short after it ran).
+const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 const ER_LOCK_DEADLOCK: u16 = 1213;
 
@@ -430,7 +442,11 @@ impl MysqlStore {
         for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
             tracing::info!(version, "migrating the accounting schema on {target}");
             for s in *statements {
-                conn.query_drop(*s).await?;
+                match conn.query_drop(*s).await {
+                    Err(mysql_async::Error::Server(e))
+                        if e.code == ER_DUP_FIELDNAME && s.contains(" ADD COLUMN ") => {}
+                    res => res?,
+                }
             }
             conn.query_drop(format!(
                 "INSERT INTO schema_version (version, applied_ms) VALUES ({version}, {})",
@@ -616,14 +632,15 @@ impl MysqlStore {
         let mut roll = MultiRow::new(
             "INSERT INTO rollups (day, cluster, account, user_name, partition_name, gpu_model, \
              allocated_gpu_ms, used_gpu_ms, energy_mj, jobs, idle_gpu_ms, \
-             idle_measured_gpu_ms) VALUES ",
+             idle_measured_gpu_ms, slice_ms) VALUES ",
             " ON DUPLICATE KEY UPDATE \
              allocated_gpu_ms = allocated_gpu_ms + VALUES(allocated_gpu_ms), \
              used_gpu_ms = used_gpu_ms + VALUES(used_gpu_ms), \
              energy_mj = energy_mj + VALUES(energy_mj), \
              jobs = jobs + VALUES(jobs), \
              idle_gpu_ms = idle_gpu_ms + VALUES(idle_gpu_ms), \
-             idle_measured_gpu_ms = idle_measured_gpu_ms + VALUES(idle_measured_gpu_ms)",
+             idle_measured_gpu_ms = idle_measured_gpu_ms + VALUES(idle_measured_gpu_ms), \
+             slice_ms = slice_ms + VALUES(slice_ms)",
         );
         // in key order, so two acctd lock shared rows in the same order
         for (k, v) in &adds {
@@ -635,13 +652,14 @@ impl MysqlStore {
                 }
                 let _ = write!(
                     s,
-                    "{},{},{},{},{},{})",
+                    "{},{},{},{},{},{},{})",
                     v.allocated_gpu_ms,
                     v.used_gpu_ms,
                     v.energy_mj,
                     v.jobs,
                     v.idle_gpu_ms,
-                    v.idle_measured_gpu_ms
+                    v.idle_measured_gpu_ms,
+                    v.slice_ms
                 );
             })
             .await?;
@@ -902,7 +920,7 @@ impl Store for MysqlStore {
                 .query_iter(format!(
                     "SELECT day, cluster, account, user_name, partition_name, gpu_model, \
                      allocated_gpu_ms, used_gpu_ms, energy_mj, jobs, idle_gpu_ms, \
-                     idle_measured_gpu_ms FROM rollups WHERE day BETWEEN {first_day} AND \
+                     idle_measured_gpu_ms, slice_ms FROM rollups WHERE day BETWEEN {first_day} AND \
                      {last_day} ORDER BY day, cluster, account, user_name, partition_name, \
                      gpu_model"
                 ))
@@ -927,6 +945,7 @@ impl Store for MysqlStore {
                     jobs: col(&mut row, 9, "rollups.jobs")?,
                     idle_gpu_ms: col(&mut row, 10, "rollups.idle_gpu_ms")?,
                     idle_measured_gpu_ms: col(&mut row, 11, "rollups.idle_measured_gpu_ms")?,
+                    slice_ms: col(&mut row, 12, "rollups.slice_ms")?,
                 };
                 f(key, value);
             }

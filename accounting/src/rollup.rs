@@ -8,7 +8,11 @@
 //!   window times its share of the GPU ([`sgpu_spool::MigShare`], nearest ms), split over
 //!   the days in proportion to the overlap) and energy (per GPU,
 //!   `energy_delta_mj`, else end − start counter; measured over the gates' window, so split
-//!   over that window's days in proportion to the overlap, see [`crate::day`]).
+//!   over that window's days in proportion to the overlap, see [`crate::day`]). A MIG slice
+//!   (an entry with a [`sgpu_spool::MigShare`], or whose model names a profile:
+//!   [`split_mig_model`]) also adds its device time as `slice_ms` (its allocated window's
+//!   overlap with each day, the slice counted once whatever its share), so reports give
+//!   slice-hours per profile beside the GPU-equivalents.
 //! - `job_usage` (healthd) adds used GPU-ms, per GPU, split over its window's days the same
 //!   way, and where a GPU's `idle_ms` is present (healthd measured idle time) that idle
 //!   time (split the same way) and the window's GPU-ms as `idle_measured_gpu_ms`, so a row
@@ -24,7 +28,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sgpu_spool::{Record, RecordBody};
+use sgpu_spool::{MigShare, Record, RecordBody};
 
 use crate::day::{day_of, split_amount, split_span};
 
@@ -65,6 +69,9 @@ pub struct RollupValue {
     /// GPU time over which idle time was measured (the windows of `job_usage` records that
     /// carry `idle_ms`), GPU-ms; 0: idle time is unknown in this row (not 0 idle).
     pub idle_measured_gpu_ms: u64,
+    /// Allocated device time of MIG slices, slice-ms: each slice's allocated window counted
+    /// once, not by its share (0 for whole GPUs).
+    pub slice_ms: u64,
 }
 
 impl RollupValue {
@@ -78,12 +85,16 @@ impl RollupValue {
         self.idle_measured_gpu_ms = self
             .idle_measured_gpu_ms
             .saturating_add(other.idle_measured_gpu_ms);
+        self.slice_ms = self.slice_ms.saturating_add(other.slice_ms);
     }
 
-    /// The 48-byte stored form (six big-endian u64: allocated, used, energy, jobs, idle,
-    /// idle measured).
-    pub fn encode(&self) -> [u8; 48] {
-        let mut b = [0u8; 48];
+    /// The stored form's length, [`RollupValue::encode`].
+    pub const ENCODED_LEN: usize = 56;
+
+    /// The 56-byte stored form (seven big-endian u64: allocated, used, energy, jobs, idle,
+    /// idle measured, slice time).
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
         for (i, w) in [
             self.allocated_gpu_ms,
             self.used_gpu_ms,
@@ -91,6 +102,7 @@ impl RollupValue {
             self.jobs,
             self.idle_gpu_ms,
             self.idle_measured_gpu_ms,
+            self.slice_ms,
         ]
         .iter()
         .enumerate()
@@ -100,10 +112,11 @@ impl RollupValue {
         b
     }
 
-    /// Reads the stored form: 48 bytes, or the 32 bytes of rows written before idle time
-    /// was kept (idle then unknown: `idle_measured_gpu_ms` 0); `None` otherwise.
+    /// Reads the stored form: 56 bytes, the 48 bytes of rows written before slice time was
+    /// kept (slice time 0), or the 32 bytes of rows written before idle time was kept (idle
+    /// then unknown: `idle_measured_gpu_ms` 0); `None` otherwise.
     pub fn decode(b: &[u8]) -> Option<RollupValue> {
-        if b.len() != 32 && b.len() != 48 {
+        if ![32, 48, Self::ENCODED_LEN].contains(&b.len()) {
             return None;
         }
         let word = |i: usize| {
@@ -118,6 +131,7 @@ impl RollupValue {
             jobs: word(3)?,
             idle_gpu_ms: word(4).unwrap_or(0),
             idle_measured_gpu_ms: word(5).unwrap_or(0),
+            slice_ms: word(6).unwrap_or(0),
         })
     }
 }
@@ -179,6 +193,12 @@ pub fn split_mig_model(model: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Whether a record's GPU entry is a MIG slice: it states a share, or its model names a
+/// profile (a slice whose share the prolog could not read).
+pub fn is_slice(mig: Option<&MigShare>, model: &str) -> bool {
+    mig.is_some() || split_mig_model(model).1.is_some()
+}
+
 fn gpu_model(name: &Option<String>) -> String {
     match name.as_deref().map(str::trim) {
         Some(n) if !n.is_empty() => n.to_string(),
@@ -228,6 +248,13 @@ pub fn contributions(record: &Record) -> BTreeMap<RollupKey, RollupValue> {
                 for (day, part) in split_amount(gpu.gpu_equiv_ms(alloc_span), &alloc_days) {
                     let v = out.entry(g.key(day, model.clone())).or_default();
                     v.allocated_gpu_ms = v.allocated_gpu_ms.saturating_add(part);
+                }
+                if is_slice(gpu.mig.as_ref(), &model) {
+                    // the slice's device time: its exact overlap with each day
+                    for &(day, overlap) in &alloc_days {
+                        let v = out.entry(g.key(day, model.clone())).or_default();
+                        v.slice_ms = v.slice_ms.saturating_add(overlap);
+                    }
                 }
                 let energy = gpu.energy_delta_mj.or_else(|| {
                     gpu.energy_end_mj

@@ -63,9 +63,12 @@ const CONFLICT: u8 = b'c';
 const CONVERT_CHUNK: usize = if cfg!(test) { 2 } else { 50_000 };
 /// The entry encoding's version byte.
 const ENTRY_V1: u8 = 1;
-/// A rollup group whose values carry idle time too ([`RollupValue::encode`], 48 bytes);
-/// groups of [`ENTRY_V1`] (32-byte values, idle not measured) are still read.
+/// A rollup group whose values carry idle time too (48 bytes); groups of [`ENTRY_V1`]
+/// (32-byte values, idle not measured) are still read.
 const ROLLUP_V2: u8 = 2;
+/// A rollup group whose values carry MIG slice time too ([`RollupValue::encode`], 56
+/// bytes), the version written; groups of [`ROLLUP_V2`] are still read (slice time 0).
+const ROLLUP_V3: u8 = 3;
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -284,11 +287,11 @@ struct RollupGroup {
 }
 
 impl RollupGroup {
-    /// Stored form: version byte ([`ROLLUP_V2`]), then per row user, partition and model
-    /// (each a 4-byte length and its bytes) and the 48-byte [`RollupValue::encode`].
+    /// Stored form: version byte ([`ROLLUP_V3`]), then per row user, partition and model
+    /// (each a 4-byte length and its bytes) and the 56-byte [`RollupValue::encode`].
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.rows.len() * 80);
-        out.push(ROLLUP_V2);
+        let mut out = Vec::with_capacity(1 + self.rows.len() * 88);
+        out.push(ROLLUP_V3);
         for ((user, partition, model), v) in &self.rows {
             put_len(&mut out, user.as_bytes());
             put_len(&mut out, partition.as_bytes());
@@ -304,6 +307,7 @@ impl RollupGroup {
         let value_len = match version {
             ENTRY_V1 => 32,
             ROLLUP_V2 => 48,
+            ROLLUP_V3 => RollupValue::ENCODED_LEN,
             _ => {
                 return Err(corrupt(
                     key,

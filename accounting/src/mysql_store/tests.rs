@@ -52,6 +52,64 @@ fn schema_is_created_once_and_a_newer_one_is_refused() {
 }
 
 #[test]
+fn a_version_1_database_gains_slice_time_and_keeps_its_rows() {
+    let url = database("m_v1");
+    let sql = |q: &str| {
+        server()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sql(q)
+            .unwrap()
+    };
+    // a database as an acctd of schema version 1 left it, with one rollup row
+    let (1, v1) = MIGRATIONS[0] else {
+        panic!("the first migration is version 1")
+    };
+    for stmt in v1 {
+        sql(&format!("USE m_v1; {stmt}"));
+    }
+    sql(
+        "USE m_v1; CREATE TABLE schema_version (version INT UNSIGNED NOT NULL, \
+         applied_ms BIGINT UNSIGNED NOT NULL, PRIMARY KEY (version)) ENGINE=InnoDB; \
+         INSERT INTO schema_version VALUES (1, 0); \
+         INSERT INTO rollups VALUES (10, 'alpha', 'physics', 'alice', 'gpu', \
+         'NVIDIA H100 80GB HBM3 MIG 2g.20gb', 1028571, 0, 0, 1, 0, 0)",
+    );
+    let s = MysqlStore::connect(&url, None).unwrap();
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    let mut rows = Vec::new();
+    s.for_each_rollup(10, 10, &mut |k, v| rows.push((k, v)))
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].1.allocated_gpu_ms,
+            rows[0].1.jobs,
+            rows[0].1.slice_ms
+        ),
+        (1_028_571, 1, 0),
+        "the old row is kept, its slice time unknown (0)"
+    );
+    // a slice's job after the migration adds its slice time to the same row
+    let r = crate::test_records::on_slices(
+        job_end(2, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[0]),
+        &[("2g.20gb", 2, 7)],
+    );
+    s.put_batch(&[r]).unwrap();
+    let mut rows = Vec::new();
+    s.for_each_rollup(10, 10, &mut |_, v| rows.push(v)).unwrap();
+    assert_eq!(
+        (rows[0].allocated_gpu_ms, rows[0].slice_ms),
+        (2 * 1_028_571, HOUR)
+    );
+    drop(s);
+    // a migration cut short after its ALTER (version 2 not recorded) runs again whole
+    sql("DELETE FROM m_v1.schema_version WHERE version = 2");
+    let s = MysqlStore::connect(&url, None).unwrap();
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
 fn urls_with_a_password_or_without_a_database_are_refused() {
     let err = MysqlStore::connect("mysql://sgpu:secret@db.example:3306/sgpu", None)
         .err()

@@ -96,8 +96,13 @@ fn keys_and_values_round_trip() {
         jobs: 4,
         idle_gpu_ms: 5,
         idle_measured_gpu_ms: 6,
+        slice_ms: 7,
     };
     assert_eq!(RollupValue::decode(&v.encode()), Some(v));
+    // a row written before slice time was kept: slice time 0, the rest as it was
+    let v48 = RollupValue::decode(&v.encode()[..48]).unwrap();
+    assert_eq!(v48, RollupValue { slice_ms: 0, ..v });
+    assert_eq!(RollupValue::decode(&v.encode()[..40]), None);
     assert_eq!(RollupValue::decode(&[0; 31]), None);
     // a row written before idle time was kept: idle unknown (measured over 0 GPU-ms)
     let old = RollupValue::decode(&v.encode()[..32]).unwrap();
@@ -156,6 +161,7 @@ fn a_mig_slice_is_billed_its_share_of_the_gpu() {
     assert_eq!(c.len(), 1);
     assert_eq!(c[&mig(100)].allocated_gpu_ms, 1_028_571); // 3600000 x 2/7 = 1028571.43
     assert_eq!(c[&mig(100)].energy_mj, 0, "no energy for a slice");
+    assert_eq!(c[&mig(100)].slice_ms, HOUR, "one slice-hour, counted once");
     assert_eq!(job_count_key(&r), Some(mig(100)));
 
     // 22:00 to 01:00 on a 1g.10gb and a 3g.40gb: 3 h x 1/7 and 3 h x 3/7, split 2:1 by day
@@ -182,6 +188,17 @@ fn a_mig_slice_is_billed_its_share_of_the_gpu() {
     assert_eq!(at("3g.40gb", 100) + at("3g.40gb", 101), 4_628_571); // 4628571.43
     assert_eq!(at("1g.10gb", 100), 1_542_857 * 2 / 3);
     assert_eq!(at("3g.40gb", 100), 4_628_571 * 2 / 3);
+    // slice time: each slice's exact overlap with each day, whatever its share
+    let slice = |p: &str, day| {
+        c[&RollupKey {
+            gpu_model: format!("{H100} MIG {p}"),
+            ..key(day)
+        }]
+            .slice_ms
+    };
+    for p in ["1g.10gb", "3g.40gb"] {
+        assert_eq!((slice(p, 100), slice(p, 101)), (2 * HOUR, HOUR), "{p}");
+    }
 
     // the full profile, and a whole GPU beside a slice, count in full
     let r = on_slices(
@@ -198,4 +215,26 @@ fn a_mig_slice_is_billed_its_share_of_the_gpu() {
         HOUR
     );
     assert_eq!(c[&key(100)].allocated_gpu_ms, HOUR);
+    assert_eq!(c[&key(100)].slice_ms, 0, "a whole GPU is no slice");
+}
+
+#[test]
+fn a_slice_without_a_share_still_counts_its_slice_time() {
+    // the prolog could not read the share: billed as a whole GPU, but its model names the
+    // profile, so its device time is slice time of that profile
+    let (id, written, body) =
+        job_end(7, "n1", 100 * DAY_MS, 100 * DAY_MS + HOUR, &[0]).into_parts();
+    let RecordBody::JobEnd(mut b) = body else {
+        unreachable!()
+    };
+    b.gpus[0].name = Some(format!("{H100} MIG 1g.10gb"));
+    let r = Record::new(id, written, RecordBody::JobEnd(b)).unwrap();
+    let c = contributions(&r);
+    let v = c[&RollupKey {
+        gpu_model: format!("{H100} MIG 1g.10gb"),
+        ..key(100)
+    }];
+    assert_eq!((v.allocated_gpu_ms, v.slice_ms), (HOUR, HOUR));
+    assert!(is_slice(None, &format!("{H100} MIG 1g.10gb")));
+    assert!(!is_slice(None, H100));
 }

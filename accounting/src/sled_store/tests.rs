@@ -410,3 +410,38 @@ fn days_with_records_lists_only_days_that_have_some() {
         Vec::<u32>::new()
     );
 }
+
+#[test]
+fn rollup_groups_of_version_2_are_read_with_no_slice_time() {
+    let v = RollupValue {
+        allocated_gpu_ms: 1,
+        used_gpu_ms: 2,
+        energy_mj: 3,
+        jobs: 4,
+        idle_gpu_ms: 5,
+        idle_measured_gpu_ms: 6,
+        slice_ms: 7,
+    };
+    let mut group = RollupGroup::default();
+    group
+        .rows
+        .insert(("alice".into(), "gpu".into(), "m".into()), v);
+    let now = group.encode();
+    assert_eq!(now[0], ROLLUP_V3);
+    assert_eq!(RollupGroup::decode(b"k", &now).unwrap().rows, group.rows);
+    // the same group as an acctd before slice time wrote it: 48-byte values
+    let mut v2 = vec![ROLLUP_V2];
+    for text in ["alice", "gpu", "m"] {
+        put_len(&mut v2, text.as_bytes());
+    }
+    v2.extend_from_slice(&v.encode()[..48]);
+    let read = RollupGroup::decode(b"k", &v2).unwrap();
+    assert_eq!(
+        read.rows.values().next(),
+        Some(&RollupValue { slice_ms: 0, ..v })
+    );
+    assert!(
+        RollupGroup::decode(b"k", &[4]).is_err(),
+        "a newer version is refused"
+    );
+}
