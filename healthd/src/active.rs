@@ -259,100 +259,83 @@ impl Scheduler {
             job(&before).is_some() && job(&self.state).is_none()
         });
         for check in &checks {
-            let in_flight = self.state.checks.values().any(|s| s.job.is_some());
-            let offset = active::offset_ms(&self.node, &check.name, check.stagger);
-            let st = self
-                .state
-                .checks
-                .entry(check.name.clone())
-                .or_insert_with(|| {
-                    // first sight: the next slot, not the one just past
-                    CheckState {
-                        last_slot_ms: active::slot_at_or_before(now_ms, check.interval, offset)
-                            .unwrap_or(0),
-                        ..CheckState::default()
-                    }
-                });
-            if st.job.is_some() {
-                continue;
-            }
-            let Some(slot) = active::due_slot(now_ms, st.last_slot_ms, check.interval, offset)
-            else {
-                st.waiting = None;
-                continue;
-            };
-            if in_flight {
-                set_waiting(
-                    st,
-                    &check.name,
-                    "another active check holds the node".into(),
-                );
-                continue;
-            }
-            if concluded {
-                continue;
-            }
-            let retry_ms = u64::try_from(SUBMIT_RETRY.as_millis()).unwrap_or(u64::MAX);
-            if st
-                .submit_failed_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) < retry_ms)
-            {
-                continue;
-            }
-            let ns = node_state.get_or_insert_with(|| slurm.node_state());
-            match ns {
-                Ok(s) if node_idle(s) => {}
-                Ok(s) => {
-                    let why = format!("the node is {s}, not IDLE");
-                    set_waiting(st, &check.name, why);
-                    continue;
-                }
-                Err(e) => {
-                    let why = format!("the node's state is unknown: {e}");
-                    set_waiting(st, &check.name, why);
-                    continue;
-                }
-            }
-            match slurm.submit(check) {
-                Ok(id) => {
-                    info!(
-                        check = check.name,
-                        job = id,
-                        "active check {} due: submitted job {id}",
-                        check.name
-                    );
-                    st.job = Some(JobRef {
-                        id,
-                        slot_ms: slot,
-                        submitted_ms: now_ms,
-                        started_ms: None,
-                    });
-                    st.waiting = None;
-                    st.submit_failed_ms = None;
-                    // the node is taken now
-                    node_state = Some(Ok("ALLOCATED".into()));
-                }
-                Err(e) => {
-                    warn!(
-                        check = check.name,
-                        "active check {}: sbatch failed: {e}", check.name
-                    );
-                    st.submit_failed_ms = Some(now_ms);
-                    set_waiting(
-                        st,
-                        &check.name,
-                        format!(
-                            "sbatch failed (tried again after {} s): {e}",
-                            SUBMIT_RETRY.as_secs()
-                        ),
-                    );
-                }
-            }
+            self.start_if_due(check, now_ms, concluded, &mut node_state, slurm);
         }
         if self.state != before {
             if let Err(e) = self.state.save(&self.state_dir) {
                 warn!("active checks: {e}");
             }
+        }
+    }
+
+    /// Submits `check`'s job when it is due, no sgpu job holds the node, no result came in
+    /// this round (`concluded`), no failed `sbatch` is fresher than [`SUBMIT_RETRY`] and the
+    /// node is idle (`node_state`: asked once a round, then as this round left it);
+    /// otherwise notes why a due check waits.
+    fn start_if_due(
+        &mut self,
+        check: &ActiveCheck,
+        now_ms: u64,
+        concluded: bool,
+        node_state: &mut Option<Result<String, String>>,
+        slurm: &mut dyn ActiveSlurm,
+    ) {
+        let in_flight = self.state.checks.values().any(|s| s.job.is_some());
+        let offset = active::offset_ms(&self.node, &check.name, check.stagger);
+        let st = self
+            .state
+            .checks
+            .entry(check.name.clone())
+            .or_insert_with(|| {
+                // first sight: the next slot, not the one just past
+                CheckState {
+                    last_slot_ms: active::slot_at_or_before(now_ms, check.interval, offset)
+                        .unwrap_or(0),
+                    ..CheckState::default()
+                }
+            });
+        if st.job.is_some() {
+            return;
+        }
+        let Some(slot) = active::due_slot(now_ms, st.last_slot_ms, check.interval, offset) else {
+            st.waiting = None;
+            return;
+        };
+        if in_flight {
+            set_waiting(
+                st,
+                &check.name,
+                "another active check holds the node".into(),
+            );
+            return;
+        }
+        if concluded {
+            return;
+        }
+        let retry_ms = u64::try_from(SUBMIT_RETRY.as_millis()).unwrap_or(u64::MAX);
+        if st
+            .submit_failed_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < retry_ms)
+        {
+            return;
+        }
+        let ns = node_state.get_or_insert_with(|| slurm.node_state());
+        match ns {
+            Ok(s) if node_idle(s) => {}
+            Ok(s) => {
+                let why = format!("the node is {s}, not IDLE");
+                set_waiting(st, &check.name, why);
+                return;
+            }
+            Err(e) => {
+                let why = format!("the node's state is unknown: {e}");
+                set_waiting(st, &check.name, why);
+                return;
+            }
+        }
+        if submit(st, check, slot, now_ms, slurm) {
+            // the node is taken now
+            *node_state = Some(Ok("ALLOCATED".into()));
         }
     }
 
@@ -373,20 +356,7 @@ impl Scheduler {
         match state.as_deref() {
             Some(s) if pending(s) => {
                 if since(job.submitted_ms) > self.settings.pending_timeout {
-                    match slurm.cancel(job.id) {
-                        Ok(()) => {
-                            st.job = None;
-                            set_waiting(
-                                st,
-                                &check.name,
-                                format!(
-                                    "job {} still pending after pending_timeout_s; cancelled",
-                                    job.id
-                                ),
-                            );
-                        }
-                        Err(e) => warn!("active check {}: scancel {}: {e}", check.name, job.id),
-                    }
+                    cancel_pending(st, check, &job, slurm);
                 }
             }
             Some(s) if running(s) => {
@@ -409,62 +379,67 @@ impl Scheduler {
                     self.conclude(check, &job, now_ms, Outcome::Timeout, message);
                 }
             }
-            ended => {
-                let found = match active::load_result(&self.state_dir, &check.name) {
-                    Ok(r) => r.filter(|r| r.job_id == Some(job.id)),
-                    Err(e) => {
-                        warn!("active check {}: {e}", check.name);
-                        None
-                    }
-                };
-                let st = self.state.checks.entry(check.name.clone()).or_default();
-                if let Some(r) = found {
-                    info!(
-                        check = check.name,
-                        outcome = r.outcome.as_str(),
-                        "active check {} (job {}): {}: {}",
-                        check.name,
-                        job.id,
-                        r.outcome.as_str(),
-                        r.message
-                    );
-                    st.job = None;
-                    st.last_slot_ms = st.last_slot_ms.max(job.slot_ms);
-                    st.waiting = None;
-                    return;
-                }
-                let s = ended.unwrap_or("gone from squeue");
-                let never_ran = job.started_ms.is_none()
-                    && matches!(ended, None | Some("CANCELLED" | "PREEMPTED"));
-                if never_ran {
-                    st.job = None;
-                    set_waiting(
-                        st,
-                        &check.name,
-                        format!(
-                            "job {} ended ({s}) before it ran; the check is still due",
-                            job.id
-                        ),
-                    );
-                    return;
-                }
-                let (outcome, message) = if s == "TIMEOUT" {
-                    (
-                        Outcome::Timeout,
-                        format!(
-                            "Slurm ended job {} at its time limit without a result",
-                            job.id
-                        ),
-                    )
-                } else {
-                    (
-                        Outcome::Error,
-                        format!("job {} ended ({s}) without a result", job.id),
-                    )
-                };
-                self.conclude(check, &job, now_ms, outcome, message);
-            }
+            ended => self.job_ended(check, &job, ended, now_ms),
         }
+    }
+
+    /// `check`'s `job` is neither pending nor running (`ended`: Slurm's last state; `None`:
+    /// gone from squeue). Its result file (same job id) is the result; without one, a job
+    /// that never ran leaves the check due, and one that ran gets a result of healthd's own.
+    fn job_ended(&mut self, check: &ActiveCheck, job: &JobRef, ended: Option<&str>, now_ms: u64) {
+        let found = match active::load_result(&self.state_dir, &check.name) {
+            Ok(r) => r.filter(|r| r.job_id == Some(job.id)),
+            Err(e) => {
+                warn!("active check {}: {e}", check.name);
+                None
+            }
+        };
+        let st = self.state.checks.entry(check.name.clone()).or_default();
+        if let Some(r) = found {
+            info!(
+                check = check.name,
+                outcome = r.outcome.as_str(),
+                "active check {} (job {}): {}: {}",
+                check.name,
+                job.id,
+                r.outcome.as_str(),
+                r.message
+            );
+            st.job = None;
+            st.last_slot_ms = st.last_slot_ms.max(job.slot_ms);
+            st.waiting = None;
+            return;
+        }
+        let s = ended.unwrap_or("gone from squeue");
+        let never_ran =
+            job.started_ms.is_none() && matches!(ended, None | Some("CANCELLED" | "PREEMPTED"));
+        if never_ran {
+            st.job = None;
+            set_waiting(
+                st,
+                &check.name,
+                format!(
+                    "job {} ended ({s}) before it ran; the check is still due",
+                    job.id
+                ),
+            );
+            return;
+        }
+        let (outcome, message) = if s == "TIMEOUT" {
+            (
+                Outcome::Timeout,
+                format!(
+                    "Slurm ended job {} at its time limit without a result",
+                    job.id
+                ),
+            )
+        } else {
+            (
+                Outcome::Error,
+                format!("job {} ended ({s}) without a result", job.id),
+            )
+        };
+        self.conclude(check, job, now_ms, outcome, message);
     }
 
     /// Writes a result healthd made itself for `job` and marks its slot handled.
@@ -501,6 +476,75 @@ impl Scheduler {
         st.job = None;
         st.last_slot_ms = st.last_slot_ms.max(job.slot_ms);
         st.waiting = None;
+    }
+}
+
+/// Submits `check`'s job for `slot` and keeps it in `st` (true), or keeps when `sbatch`
+/// failed and why the check waits (false).
+fn submit(
+    st: &mut CheckState,
+    check: &ActiveCheck,
+    slot: u64,
+    now_ms: u64,
+    slurm: &mut dyn ActiveSlurm,
+) -> bool {
+    match slurm.submit(check) {
+        Ok(id) => {
+            info!(
+                check = check.name,
+                job = id,
+                "active check {} due: submitted job {id}",
+                check.name
+            );
+            st.job = Some(JobRef {
+                id,
+                slot_ms: slot,
+                submitted_ms: now_ms,
+                started_ms: None,
+            });
+            st.waiting = None;
+            st.submit_failed_ms = None;
+            true
+        }
+        Err(e) => {
+            warn!(
+                check = check.name,
+                "active check {}: sbatch failed: {e}", check.name
+            );
+            st.submit_failed_ms = Some(now_ms);
+            set_waiting(
+                st,
+                &check.name,
+                format!(
+                    "sbatch failed (tried again after {} s): {e}",
+                    SUBMIT_RETRY.as_secs()
+                ),
+            );
+            false
+        }
+    }
+}
+
+/// Cancels `check`'s `job`, pending past `pending_timeout_s`; the check stays due.
+fn cancel_pending(
+    st: &mut CheckState,
+    check: &ActiveCheck,
+    job: &JobRef,
+    slurm: &mut dyn ActiveSlurm,
+) {
+    match slurm.cancel(job.id) {
+        Ok(()) => {
+            st.job = None;
+            set_waiting(
+                st,
+                &check.name,
+                format!(
+                    "job {} still pending after pending_timeout_s; cancelled",
+                    job.id
+                ),
+            );
+        }
+        Err(e) => warn!("active check {}: scancel {}: {e}", check.name, job.id),
     }
 }
 
