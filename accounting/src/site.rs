@@ -305,165 +305,216 @@ impl SiteConfig {
 
     /// Parses the text of `file` (named in errors).
     pub fn parse(file: &Path, text: &str) -> Result<SiteConfig, SiteError> {
-        let invalid = |offset: usize, field: &str, message: String| SiteError::Invalid {
-            file: file.to_path_buf(),
-            line: line_of(text, offset),
-            field: field.to_string(),
-            message,
-        };
+        let src = Source { file, text };
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             // a syntax error or an unknown key: toml's message names the key or what it expected
-            invalid(offset, "(file)", e.message().to_string())
+            src.invalid(offset, "(file)", e.message().to_string())
         })?;
         let zone = match &raw.time_zone {
             Some(name) => SiteZone::named(name.get_ref().trim())
-                .map_err(|e| invalid(name.span().start, "time_zone", e.to_string()))?,
-            None => SiteZone::system().map_err(|e| invalid(0, "time_zone", e.to_string()))?,
+                .map_err(|e| src.invalid(name.span().start, "time_zone", e.to_string()))?,
+            None => SiteZone::system().map_err(|e| src.invalid(0, "time_zone", e.to_string()))?,
         };
         let prices = match raw.prices {
             None => None,
-            Some(p) => {
-                let at = p.span().start;
-                let p = p.into_inner();
-                if p.period.is_empty() {
-                    return Err(invalid(
-                        at,
-                        "prices.period",
-                        "no [[prices.period]]: give at least one (gpu_hour, kwh, partition, \
-                         gpu_model, partition_gpu_model; from = \"YYYY-MM-DD\")"
-                            .into(),
-                    ));
-                }
-                let mut periods: Vec<(u64, Rates)> = Vec::new();
-                for (i, period) in p.period.into_iter().enumerate() {
-                    let field = format!("prices.period[{}]", i + 1);
-                    let at = period.span().start;
-                    let period = period.into_inner();
-                    let from = match &period.from {
-                        Some(f) => zone
-                            .parse_local(f.get_ref().trim())
-                            .ok_or_else(|| {
-                                invalid(
-                                    f.span().start,
-                                    &format!("{field}.from"),
-                                    format!(
-                                        "{:?} is not YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (the \
-                                         site's time, {})",
-                                        f.get_ref(),
-                                        zone.name()
-                                    ),
-                                )
-                            })?
-                            .map_err(|e| {
-                                invalid(f.span().start, &format!("{field}.from"), e.to_string())
-                            })?,
-                        None if i == 0 => 0,
-                        None => {
-                            return Err(invalid(
-                                at,
-                                &format!("{field}.from"),
-                                "missing: every period but the first says from when it applies"
-                                    .into(),
-                            ));
-                        }
-                    };
-                    if let Some((prev, _)) = periods.last()
-                        && from <= *prev
-                    {
-                        return Err(invalid(
-                            period.from.as_ref().map_or(at, |f| f.span().start),
-                            &format!("{field}.from"),
-                            "periods must be in order of their dates, each after the last".into(),
-                        ));
-                    }
-                    let price = |v: &Price, name: String| -> Result<u64, SiteError> {
-                        price_micro(*v.get_ref()).ok_or_else(|| {
-                            invalid(
-                                v.span().start,
-                                &name,
-                                format!(
-                                    "{} is not a price (a number from 0 to 10^12, e.g. 1.25)",
-                                    v.get_ref()
-                                ),
-                            )
-                        })
-                    };
-                    let mut rates = Rates::default();
-                    if let Some(v) = &period.gpu_hour {
-                        rates.gpu_hour = Some(price(v, format!("{field}.gpu_hour"))?);
-                    }
-                    if let Some(v) = &period.kwh {
-                        rates.kwh = Some(price(v, format!("{field}.kwh"))?);
-                    }
-                    for (k, v) in &period.partition {
-                        let p = price(v, format!("{field}.partition.{k}"))?;
-                        rates.partition.insert(k.clone(), p);
-                    }
-                    for (k, v) in &period.gpu_model {
-                        let p = price(v, format!("{field}.gpu_model.{k:?}"))?;
-                        rates.gpu_model.insert(k.clone(), p);
-                    }
-                    if let Some(b) = &period.slurm_billing {
-                        billing_prices(file, text, &field, b, &mut rates)?;
-                    }
-                    for (part, models) in &period.partition_gpu_model {
-                        for (m, v) in models {
-                            let p = price(v, format!("{field}.partition_gpu_model.{part}.{m:?}"))?;
-                            rates
-                                .partition_gpu_model
-                                .entry(part.clone())
-                                .or_default()
-                                .insert(m.clone(), p);
-                        }
-                    }
-                    periods.push((from, rates));
-                }
-                Some(PriceList {
-                    currency: p.currency.map(|c| c.trim().to_string()),
-                    periods,
-                })
-            }
+            Some(p) => Some(price_list(src, &zone, p)?),
         };
-        let mut coordinators = CoordinatorConfig {
-            refresh_s: DEFAULT_COORDINATOR_REFRESH_S,
-            ..CoordinatorConfig::default()
-        };
-        if let Some(c) = raw.coordinators {
-            coordinators.slurm = c.slurm;
-            if let Some(r) = c.refresh_s {
-                if *r.get_ref() == 0 {
-                    return Err(invalid(
-                        r.span().start,
-                        "coordinators.refresh_s",
-                        "0 is not an interval; give seconds, at least 1".into(),
-                    ));
-                }
-                coordinators.refresh_s = *r.get_ref();
-            }
-            for (account, users) in c.accounts {
-                let at = users.span().start;
-                let users: BTreeSet<String> = users
-                    .into_inner()
-                    .into_iter()
-                    .map(|u| u.trim().to_string())
-                    .collect();
-                if account.trim().is_empty() || users.iter().any(String::is_empty) {
-                    return Err(invalid(
-                        at,
-                        &format!("coordinators.accounts.{account}"),
-                        "an empty account or user name".into(),
-                    ));
-                }
-                coordinators.accounts.insert(account, users);
-            }
-        }
+        let coordinators = coordinator_config(src, raw.coordinators)?;
         Ok(SiteConfig {
             zone,
             prices,
             coordinators,
         })
     }
+}
+
+/// The file being parsed: names an error by the line of a byte offset in its text.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    /// The file.
+    file: &'a Path,
+    /// Its text.
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// The error of `field` whose value starts at byte `offset`.
+    fn invalid(&self, offset: usize, field: &str, message: String) -> SiteError {
+        SiteError::Invalid {
+            file: self.file.to_path_buf(),
+            line: line_of(self.text, offset),
+            field: field.to_string(),
+            message,
+        }
+    }
+}
+
+/// `[prices]`: its periods in order of their dates, each one's rates.
+fn price_list(
+    src: Source<'_>,
+    zone: &SiteZone,
+    p: Spanned<RawPrices>,
+) -> Result<PriceList, SiteError> {
+    let at = p.span().start;
+    let p = p.into_inner();
+    if p.period.is_empty() {
+        return Err(src.invalid(
+            at,
+            "prices.period",
+            "no [[prices.period]]: give at least one (gpu_hour, kwh, partition, \
+             gpu_model, partition_gpu_model; from = \"YYYY-MM-DD\")"
+                .into(),
+        ));
+    }
+    let mut periods: Vec<(u64, Rates)> = Vec::new();
+    for (i, period) in p.period.into_iter().enumerate() {
+        let field = format!("prices.period[{}]", i + 1);
+        let at = period.span().start;
+        let period = period.into_inner();
+        let prev = periods.last().map(|(from, _)| *from);
+        let from = period_from(src, zone, &field, (i, at), &period, prev)?;
+        let rates = period_rates(src, &field, &period)?;
+        periods.push((from, rates));
+    }
+    Ok(PriceList {
+        currency: p.currency.map(|c| c.trim().to_string()),
+        periods,
+    })
+}
+
+/// When period `i` (at byte `at`, named `field`) applies, Unix s: its `from` in the site's
+/// time (the first may leave it out: from the start), after the previous period's (`prev`).
+fn period_from(
+    src: Source<'_>,
+    zone: &SiteZone,
+    field: &str,
+    (i, at): (usize, usize),
+    period: &RawPeriod,
+    prev: Option<u64>,
+) -> Result<u64, SiteError> {
+    let from = match &period.from {
+        Some(f) => zone
+            .parse_local(f.get_ref().trim())
+            .ok_or_else(|| {
+                src.invalid(
+                    f.span().start,
+                    &format!("{field}.from"),
+                    format!(
+                        "{:?} is not YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (the \
+                         site's time, {})",
+                        f.get_ref(),
+                        zone.name()
+                    ),
+                )
+            })?
+            .map_err(|e| src.invalid(f.span().start, &format!("{field}.from"), e.to_string()))?,
+        None if i == 0 => 0,
+        None => {
+            return Err(src.invalid(
+                at,
+                &format!("{field}.from"),
+                "missing: every period but the first says from when it applies".into(),
+            ));
+        }
+    };
+    if let Some(prev) = prev
+        && from <= prev
+    {
+        return Err(src.invalid(
+            period.from.as_ref().map_or(at, |f| f.span().start),
+            &format!("{field}.from"),
+            "periods must be in order of their dates, each after the last".into(),
+        ));
+    }
+    Ok(from)
+}
+
+/// A period's prices (named `field`): the defaults, per partition, per GPU model, from
+/// Slurm's billing weights, per partition and GPU model.
+fn period_rates(src: Source<'_>, field: &str, period: &RawPeriod) -> Result<Rates, SiteError> {
+    let price = |v: &Price, name: String| -> Result<u64, SiteError> {
+        price_micro(*v.get_ref()).ok_or_else(|| {
+            src.invalid(
+                v.span().start,
+                &name,
+                format!(
+                    "{} is not a price (a number from 0 to 10^12, e.g. 1.25)",
+                    v.get_ref()
+                ),
+            )
+        })
+    };
+    let mut rates = Rates::default();
+    if let Some(v) = &period.gpu_hour {
+        rates.gpu_hour = Some(price(v, format!("{field}.gpu_hour"))?);
+    }
+    if let Some(v) = &period.kwh {
+        rates.kwh = Some(price(v, format!("{field}.kwh"))?);
+    }
+    for (k, v) in &period.partition {
+        let p = price(v, format!("{field}.partition.{k}"))?;
+        rates.partition.insert(k.clone(), p);
+    }
+    for (k, v) in &period.gpu_model {
+        let p = price(v, format!("{field}.gpu_model.{k:?}"))?;
+        rates.gpu_model.insert(k.clone(), p);
+    }
+    if let Some(b) = &period.slurm_billing {
+        billing_prices(src.file, src.text, field, b, &mut rates)?;
+    }
+    for (part, models) in &period.partition_gpu_model {
+        for (m, v) in models {
+            let p = price(v, format!("{field}.partition_gpu_model.{part}.{m:?}"))?;
+            rates
+                .partition_gpu_model
+                .entry(part.clone())
+                .or_default()
+                .insert(m.clone(), p);
+        }
+    }
+    Ok(rates)
+}
+
+/// `[coordinators]` (absent: none, Slurm's not read, the default refresh).
+fn coordinator_config(
+    src: Source<'_>,
+    raw: Option<RawCoordinators>,
+) -> Result<CoordinatorConfig, SiteError> {
+    let mut coordinators = CoordinatorConfig {
+        refresh_s: DEFAULT_COORDINATOR_REFRESH_S,
+        ..CoordinatorConfig::default()
+    };
+    if let Some(c) = raw {
+        coordinators.slurm = c.slurm;
+        if let Some(r) = c.refresh_s {
+            if *r.get_ref() == 0 {
+                return Err(src.invalid(
+                    r.span().start,
+                    "coordinators.refresh_s",
+                    "0 is not an interval; give seconds, at least 1".into(),
+                ));
+            }
+            coordinators.refresh_s = *r.get_ref();
+        }
+        for (account, users) in c.accounts {
+            let at = users.span().start;
+            let users: BTreeSet<String> = users
+                .into_inner()
+                .into_iter()
+                .map(|u| u.trim().to_string())
+                .collect();
+            if account.trim().is_empty() || users.iter().any(String::is_empty) {
+                return Err(src.invalid(
+                    at,
+                    &format!("coordinators.accounts.{account}"),
+                    "an empty account or user name".into(),
+                ));
+            }
+            coordinators.accounts.insert(account, users);
+        }
+    }
+    Ok(coordinators)
 }
 
 /// What acctd serves from its configuration: the zone, the prices, the coordinators.
