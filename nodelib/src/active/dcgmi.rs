@@ -2,17 +2,22 @@
 //!
 //! The JSON (DCGM's `JsonOutput`, written by `dcgmi` after an optional line such as
 //! `Successfully ran diagnostic for group.`) is one object under `"DCGM GPU Diagnostic"`
-//! (DCGM 2.x/3.x) or `"DCGM Diagnostic"` (4.x): `test_categories`, each a `category`
-//! (Deployment, Integration, Hardware, Stress, ...) with `tests`, each a `name` and
-//! `results`, one per GPU (a deployment test: one for all GPUs, its GPU ids comma-separated),
-//! each with a `status` (`Pass`, `Fail`, `Warn`, `Skip`; upper case in some releases), the
-//! GPU as `gpu_id` or `gpu_ids` (a string or a number) or, in 4.x, `entity_id` of
-//! `entity_group` `GPU` (4.x also tests CPUs: their ids are not GPU indices), and
-//! `warnings` (strings, or objects `{"warning": ..., "error_id": N}`); DCGM 4.x adds a
-//! per-test `test_summary` with its own `status`. Fields sgpu does not use are ignored, so
-//! a newer DCGM that adds fields still reads.
+//! (DCGM 1.x to 3.x) or `"DCGM Diagnostic"` (4.x): `test_categories`, each a `category`
+//! (Deployment, Integration, Hardware, Stress, Custom, ...) with `tests`, each a `name` and
+//! `results`, one per GPU (a deployment test, and every test of the oldest releases: one for
+//! all GPUs, its GPU ids comma-separated), each with a `status` (`Pass`, `Fail`, `Warn`,
+//! `Skip`; upper case in DCGM 1.x-3.1), the GPU as `gpu_id` or `gpu_ids` (a string or a
+//! number) or, in 4.x, `entity_id` of `entity_group` `GPU` (4.x also tests CPUs: their ids
+//! are not GPU indices), and `warnings` (strings, or objects `{"warning": ..., "error_id":
+//! N, ...}`); DCGM 4.x adds a per-test `test_summary` with its own `status` and warnings.
+//! The version is the diagnostic object's `version` (up to 3.x) or the document's
+//! `metadata.version` (4.x). Real reports also hold `null` where a test or a warning list
+//! would be (NVIDIA's own 3.1.0 capture has a `null` after every deployment test;
+//! `"warnings": null` in 1.3): they are skipped. Fields sgpu does not use are ignored, so a
+//! newer DCGM that adds fields still reads. The real reports behind this are in
+//! `nodelib/tests/dcgmi-reports/` (README: where each comes from).
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::{Judged, Outcome};
 
@@ -28,6 +33,19 @@ pub enum DcgmiError {
     /// The report lists no test.
     #[error("its report lists no test result")]
     Empty,
+    /// DCGM ran no test and said why (`runtime_error`).
+    #[error("DCGM ran no test: {0}")]
+    Runtime(String),
+}
+
+/// A list that may be `null`, or hold `null`s (both seen in real reports): its other items.
+fn lenient<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let items: Option<Vec<Option<T>>> = Option::deserialize(d)?;
+    Ok(items.unwrap_or_default().into_iter().flatten().collect())
 }
 
 #[derive(Deserialize)]
@@ -36,21 +54,32 @@ struct Doc {
     v3: Option<Diag>,
     #[serde(rename = "DCGM Diagnostic")]
     v4: Option<Diag>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+}
+
+/// DCGM 4's document-level `metadata`.
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    version: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Diag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     test_categories: Vec<Category>,
     #[serde(default)]
     version: Option<String>,
+    #[serde(default)]
+    runtime_error: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Category {
     #[serde(default)]
     category: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     tests: Vec<Test>,
 }
 
@@ -58,7 +87,7 @@ struct Category {
 struct Test {
     #[serde(default)]
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     results: Vec<RawResult>,
     #[serde(default)]
     test_summary: Option<Summary>,
@@ -68,6 +97,8 @@ struct Test {
 struct Summary {
     #[serde(default)]
     status: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    warnings: Vec<Warning>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +116,8 @@ enum Warning {
         #[serde(alias = "message")]
         warning: String,
     },
+    /// Any other shape: not a message sgpu can show.
+    Other(serde::de::IgnoredAny),
 }
 
 #[derive(Deserialize)]
@@ -99,7 +132,7 @@ struct RawResult {
     entity_group: Option<String>,
     #[serde(default)]
     entity_id: Option<Id>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     warnings: Vec<Warning>,
 }
 
@@ -162,6 +195,14 @@ fn single_gpu(id: &Id) -> Option<u32> {
     }
 }
 
+fn first_warning(warnings: &[Warning]) -> Option<String> {
+    warnings.iter().find_map(|w| match w {
+        Warning::Text(s) => Some(one_line(s)),
+        Warning::Object { warning } => Some(one_line(warning)),
+        Warning::Other(_) => None,
+    })
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace()
         .collect::<Vec<_>>()
@@ -178,6 +219,7 @@ pub fn parse(stdout: &[u8]) -> Result<Report, DcgmiError> {
     let end = text.rfind('}').ok_or(DcgmiError::NoJson)?;
     let json = text.get(start..=end).ok_or(DcgmiError::NoJson)?;
     let doc: Doc = serde_json::from_str(json).map_err(|e| DcgmiError::Invalid(e.to_string()))?;
+    let metadata_version = doc.metadata.and_then(|m| m.version);
     let diag = doc.v4.or(doc.v3).ok_or_else(|| {
         DcgmiError::Invalid(
             "neither \"DCGM GPU Diagnostic\" (DCGM 3) nor \"DCGM Diagnostic\" (DCGM 4) is in it"
@@ -200,41 +242,41 @@ pub fn parse(stdout: &[u8]) -> Result<Report, DcgmiError> {
                     .or(r.gpu_ids.as_ref())
                     .or(gpu_entity)
                     .and_then(single_gpu);
-                let warning = r.warnings.first().map(|w| match w {
-                    Warning::Text(s) => one_line(s),
-                    Warning::Object { warning } => one_line(warning),
-                });
                 results.push(TestResult {
                     category: c.category.clone(),
                     test: t.name.clone(),
                     gpu,
                     status: TestStatus::parse(r.status.as_deref().unwrap_or("")),
-                    warning,
+                    warning: first_warning(&r.warnings),
                 });
             }
             // DCGM 4's summary can fail a test whose per-GPU lines do not say which GPU
-            let summary = t
-                .test_summary
-                .as_ref()
-                .and_then(|s| s.status.as_deref())
-                .map(TestStatus::parse);
+            let summary = t.test_summary.as_ref().and_then(|s| {
+                let status = TestStatus::parse(s.status.as_deref()?);
+                Some((status, first_warning(&s.warnings)))
+            });
             let worst_line = results[before..].iter().map(|r| rank(r.status)).max();
-            if let Some(s) = summary.filter(|s| worst_line.is_none_or(|w| rank(*s) > w)) {
+            if let Some((status, warning)) =
+                summary.filter(|(s, _)| worst_line.is_none_or(|w| rank(*s) > w))
+            {
                 results.push(TestResult {
                     category: c.category.clone(),
                     test: t.name.clone(),
                     gpu: None,
-                    status: s,
-                    warning: None,
+                    status,
+                    warning,
                 });
             }
         }
     }
     if results.is_empty() {
-        return Err(DcgmiError::Empty);
+        return Err(match diag.runtime_error.filter(|e| !e.trim().is_empty()) {
+            Some(e) => DcgmiError::Runtime(one_line(&e)),
+            None => DcgmiError::Empty,
+        });
     }
     Ok(Report {
-        version: diag.version,
+        version: metadata_version.or(diag.version),
         results,
     })
 }
@@ -299,3 +341,6 @@ impl Report {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

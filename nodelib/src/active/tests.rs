@@ -92,6 +92,8 @@ const DCGM3_MEMORY_FAIL: &str = r#"{
 /// breaking change named in DCGM's 4.0 release notes and read by facebookresearch/gcm pull
 /// request #38, "Add support for output from DCGM v4.x"), lower-case test names as DCGM
 /// 4.2.3 prints them (NVIDIA/DCGM issue #253), results per entity; a PCIe warning on GPU 2.
+/// The version is in the document's `metadata`, as in the real 4.2.3 and 4.5.2 reports of
+/// `nodelib/tests/dcgmi-reports/` (this fixture first had it inside `"DCGM Diagnostic"`).
 const DCGM4_WARN: &str = r#"{
   "DCGM Diagnostic" : {
     "test_categories" : [
@@ -104,9 +106,9 @@ const DCGM4_WARN: &str = r#"{
             "results" : [ { "entity_group" : "GPU", "entity_group_id" : 1, "entity_id" : 0, "status" : "Pass" },
                           { "entity_group" : "GPU", "entity_group_id" : 1, "entity_id" : 2, "status" : "Warn",
                             "warnings" : [ { "warning" : "GPU 2 PCIe replay count 312 exceeds 160", "error_id" : 50 } ] } ] } ] }
-    ],
-    "version" : "4.2.3"
-  }
+    ]
+  },
+  "metadata" : { "Driver Version Detected" : "580.82.09", "version" : "4.2.3" }
 }"#;
 
 #[test]
@@ -145,6 +147,7 @@ fn dcgm3_memory_failure_names_the_test_the_gpu_and_dcgms_message() {
 #[test]
 fn dcgm4_summary_and_entity_ids_are_read() {
     let r = dcgmi::parse(DCGM4_WARN.as_bytes()).unwrap();
+    assert_eq!(r.version.as_deref(), Some("4.2.3"));
     let j = r.judge();
     assert_eq!(j.outcome, Outcome::Warn);
     assert_eq!(j.gpu, Some(2));
