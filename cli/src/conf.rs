@@ -215,26 +215,7 @@ fn check_active(slurm: &SlurmConf, inputs: &Inputs, config: &Config, out: &mut V
         return;
     }
     let at = config.source.as_deref().and_then(file);
-    for c in &a.checks {
-        let program = c.command.first().map(String::as_str).unwrap_or("");
-        let runnable = std::fs::metadata(program)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        if !runnable {
-            out.push(
-                Finding::new(
-                    Level::Error,
-                    "active.command",
-                    at.clone(),
-                    format!(
-                        "active check {}: {program} is not an executable file on this node: \
-                         every run would be an error",
-                        c.name
-                    ),
-                )
-                .fix("install it (DCGM: the datacenter-gpu-manager package) or fix `command`"),
-            );
-        }
-    }
+    check_active_programs(a, at.as_ref(), out);
     let Some(name) = a.partition.as_deref() else {
         return;
     };
@@ -254,50 +235,101 @@ fn check_active(slurm: &SlurmConf, inputs: &Inputs, config: &Config, out: &mut V
         );
         return;
     };
-    let where_ = loc(&part.at);
     if let Some(node) = inputs.node.clone().or_else(nodeconf::short_hostname) {
-        if !part.nodes.iter().any(|n| n == &node) {
+        check_active_partition_on(slurm, part, &node, out);
+    }
+    check_active_max_time(a, part, out);
+}
+
+/// Each active check's program is an executable file on this node (`at`: sgpu.toml).
+fn check_active_programs(
+    a: &sgpu_nodelib::active::ActiveSettings,
+    at: Option<&String>,
+    out: &mut Vec<Finding>,
+) {
+    for c in &a.checks {
+        let program = c.command.first().map(String::as_str).unwrap_or("");
+        let runnable = std::fs::metadata(program)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !runnable {
             out.push(
                 Finding::new(
                     Level::Error,
-                    "active.partition_nodes",
-                    where_.clone(),
-                    format!("partition {name} does not hold {node}: its checks could never run"),
-                )
-                .fix(format!("add {node} to the partition's Nodes=")),
-            );
-        }
-        // user partitions of this node: the maintenance one must come after them
-        let tier = |p: &sgpu_slurm_conf::slurm_conf::Partition| {
-            p.param("PriorityTier")
-                .and_then(|t| t.parse::<u32>().ok())
-                .unwrap_or(1)
-        };
-        let mine = tier(part);
-        if let Some(user) = slurm
-            .partitions
-            .iter()
-            .filter(|p| p.name != name && p.nodes.iter().any(|n| n == &node))
-            .find(|p| tier(p) <= mine)
-        {
-            out.push(
-                Finding::new(
-                    Level::Warn,
-                    "active.priority",
-                    where_.clone(),
+                    "active.command",
+                    at.cloned(),
                     format!(
-                        "partition {name} has PriorityTier={mine}, not below {} of {}: Slurm \
-                         may give the node to a check before a waiting user job",
-                        tier(user),
-                        user.name
+                        "active check {}: {program} is not an executable file on this node: \
+                         every run would be an error",
+                        c.name
                     ),
                 )
-                .fix(format!(
-                    "PriorityTier=0 on {name}, above 0 on the users' partitions"
-                )),
+                .fix("install it (DCGM: the datacenter-gpu-manager package) or fix `command`"),
             );
         }
     }
+}
+
+/// The maintenance partition `part` holds `node` and sits below the users' partitions of
+/// `node` (a lower `PriorityTier`).
+fn check_active_partition_on(
+    slurm: &SlurmConf,
+    part: &sgpu_slurm_conf::slurm_conf::Partition,
+    node: &str,
+    out: &mut Vec<Finding>,
+) {
+    let name = part.name.as_str();
+    let where_ = loc(&part.at);
+    if !part.nodes.iter().any(|n| n == node) {
+        out.push(
+            Finding::new(
+                Level::Error,
+                "active.partition_nodes",
+                where_.clone(),
+                format!("partition {name} does not hold {node}: its checks could never run"),
+            )
+            .fix(format!("add {node} to the partition's Nodes=")),
+        );
+    }
+    // user partitions of this node: the maintenance one must come after them
+    let tier = |p: &sgpu_slurm_conf::slurm_conf::Partition| {
+        p.param("PriorityTier")
+            .and_then(|t| t.parse::<u32>().ok())
+            .unwrap_or(1)
+    };
+    let mine = tier(part);
+    if let Some(user) = slurm
+        .partitions
+        .iter()
+        .filter(|p| p.name != name && p.nodes.iter().any(|n| n == node))
+        .find(|p| tier(p) <= mine)
+    {
+        out.push(
+            Finding::new(
+                Level::Warn,
+                "active.priority",
+                where_,
+                format!(
+                    "partition {name} has PriorityTier={mine}, not below {} of {}: Slurm \
+                     may give the node to a check before a waiting user job",
+                    tier(user),
+                    user.name
+                ),
+            )
+            .fix(format!(
+                "PriorityTier=0 on {name}, above 0 on the users' partitions"
+            )),
+        );
+    }
+}
+
+/// The maintenance partition `part`'s `MaxTime` allows the longest check's job (its
+/// deadline plus the runner's margin).
+fn check_active_max_time(
+    a: &sgpu_nodelib::active::ActiveSettings,
+    part: &sgpu_slurm_conf::slurm_conf::Partition,
+    out: &mut Vec<Finding>,
+) {
+    let name = &part.name;
     let longest = a
         .checks
         .iter()
@@ -311,7 +343,7 @@ fn check_active(slurm: &SlurmConf, inputs: &Inputs, config: &Config, out: &mut V
                 Finding::new(
                     Level::Error,
                     "active.max_time",
-                    where_,
+                    loc(&part.at),
                     format!(
                         "partition {name} has MaxTime of {max} s, but the longest check asks \
                          for {needed} s (deadline_s plus a minute): sbatch refuses it"
