@@ -339,6 +339,37 @@ impl Daemon {
 
     /// One `full` run: check, decide, act, remember.
     pub fn run_once(&mut self, trigger: Trigger) -> RunReport {
+        let mut ctx = self.check_context();
+        if let Some((scheduler, slurm)) = self.active.as_mut() {
+            slurm.set_gpus(ctx.expected_gpu_count);
+            scheduler.tick(sgpu_spool::now_ms(), slurm);
+        }
+        let (mut results, judged_xids) = self.evaluate(&mut ctx);
+        // the newest result of each active check is judged with every run
+        let newest = crate::active::newest(&self.config);
+        results.extend(crate::active::results(&self.config, &newest));
+        let verdict = Verdict::of(&results);
+        self.log_failures(&results);
+        let decision = self.decide(&results, &judged_xids);
+        self.log_decision(&decision, trigger);
+        let spool = self.probe_spool();
+        RunReport {
+            results,
+            verdict,
+            decision,
+            spool,
+            active: newest.into_iter().map(|(_, r)| r).collect(),
+            active_status: self
+                .active
+                .as_ref()
+                .map(|(s, _)| s.statuses(sgpu_spool::now_ms()))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The context of a `full` run: sgpu.toml's settings and the GPU count Slurm's
+    /// configuration expects of this node.
+    fn check_context(&self) -> CheckContext {
         let mut ctx = CheckContext::new(Profile::Full);
         ctx.nvml_timeout = self.config.nvml_timeout;
         ctx.pinned_driver_version = self.config.pinned_driver_version.clone();
@@ -355,12 +386,14 @@ impl Daemon {
                 None
             }
         };
-        if let Some((scheduler, slurm)) = self.active.as_mut() {
-            slurm.set_gpus(ctx.expected_gpu_count);
-            scheduler.tick(sgpu_spool::now_ms(), slurm);
-        }
+        ctx
+    }
+
+    /// The checks' results on a fresh snapshot (with the XIDs not yet reported, also
+    /// returned), or the results of a snapshot that failed.
+    fn evaluate(&mut self, ctx: &mut CheckContext) -> (Vec<CheckResult>, Vec<XidEvent>) {
         let mut judged_xids: Vec<XidEvent> = Vec::new();
-        let mut results = match self.session.snapshot() {
+        let results = match self.session.snapshot() {
             Ok(snapshot) => {
                 match XidStore::open(&self.config.state_dir) {
                     Ok(store) => judged_xids = store.unreported(),
@@ -369,7 +402,7 @@ impl Daemon {
                 ctx.xids = judged_xids.clone();
                 let (results, note) = checks::evaluate_remembering(
                     &snapshot,
-                    &mut ctx,
+                    ctx,
                     &self.catalogue,
                     &self.config.state_dir,
                     true,
@@ -379,13 +412,14 @@ impl Daemon {
                 }
                 results
             }
-            Err(failure) => checks::evaluate_failure(&failure, &ctx, &self.catalogue),
+            Err(failure) => checks::evaluate_failure(&failure, ctx, &self.catalogue),
         };
-        // the newest result of each active check is judged with every run
-        let newest = crate::active::newest(&self.config);
-        results.extend(crate::active::results(&self.config, &newest));
-        let verdict = Verdict::of(&results);
-        self.log_failures(&results);
+        (results, judged_xids)
+    }
+
+    /// The policy's step on the run's draining failures (through Slurm), the judged XIDs
+    /// marked reported when it says so, and what it remembers saved if it changed.
+    fn decide(&mut self, results: &[CheckResult], judged_xids: &[XidEvent]) -> Decision {
         let failures: Vec<Failure> = results
             .iter()
             .filter(|r| r.drains())
@@ -421,7 +455,11 @@ impl Daemon {
                 error!("cannot save what healthd remembers: {e}");
             }
         }
-        self.log_decision(&outcome.decision, trigger);
+        outcome.decision
+    }
+
+    /// Whether the spool takes records, logged when that changes.
+    fn probe_spool(&mut self) -> crate::spool_probe::SpoolHealth {
         let spool = crate::spool_probe::probe(&self.config.spool_dir);
         if spool.error != self.spool_error {
             match &spool.error {
@@ -433,18 +471,7 @@ impl Daemon {
             }
             self.spool_error = spool.error.clone();
         }
-        RunReport {
-            results,
-            verdict,
-            decision: outcome.decision,
-            spool,
-            active: newest.into_iter().map(|(_, r)| r).collect(),
-            active_status: self
-                .active
-                .as_ref()
-                .map(|(s, _)| s.statuses(sgpu_spool::now_ms()))
-                .unwrap_or_default(),
-        }
+        spool
     }
 
     fn log_failures(&mut self, results: &[CheckResult]) {
