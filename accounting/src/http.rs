@@ -18,7 +18,7 @@ use sgpu_wire::acctd::{
     RecordStatus, VERSION,
 };
 
-use crate::auth::{AuthError, Authenticator, Caller, Policy, ReadScope};
+use crate::auth::{AuthError, Authenticated, Authenticator, Caller, Policy, ReadScope};
 use crate::ingest::{ParsedBatch, parse_batch};
 use crate::store::{PutOutcome, Store};
 
@@ -104,33 +104,9 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     req.headers_mut().remove(&CALLER);
-    let Some(target) = req
-        .headers()
-        .get(&REQUEST_TARGET)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "acctd cannot authenticate this request (no request target); report this as a bug",
-        );
-    };
-    let auth = state.auth.clone();
-    let mut auth_headers = HeaderMap::new();
-    if let Some(v) = req.headers().get(axum::http::header::AUTHORIZATION) {
-        auth_headers.insert(axum::http::header::AUTHORIZATION, v.clone());
-    }
-    let checked =
-        tokio::task::spawn_blocking(move || auth.authenticate(&target, &auth_headers)).await;
-    let who = match checked {
-        Ok(Ok(a)) => a,
-        Ok(Err(e @ AuthError::Refused(_))) => {
-            return error(StatusCode::UNAUTHORIZED, e.to_string());
-        }
-        Ok(Err(e @ AuthError::Unavailable(_))) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let who = match credential(&state, req.headers()).await {
+        Ok(who) => who,
+        Err((status, message)) => return error(status, message),
     };
     let sends_body =
         req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
@@ -140,53 +116,10 @@ pub async fn authenticate(
             return error(StatusCode::FORBIDDEN, e.to_string());
         }
     }
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the body is over acctd's {} byte limit (--max-body-bytes); send fewer records \
-                 per request",
-                limits.max_body_bytes
-            ),
-        );
-    }
     let (mut parts, body) = req.into_parts();
-    let read = tokio::time::timeout(
-        limits.body_timeout,
-        axum::body::to_bytes(body, limits.max_body_bytes),
-    )
-    .await;
-    let bytes = match read {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the body is over acctd's {} byte limit (--max-body-bytes)",
-                        limits.max_body_bytes
-                    ),
-                )
-            } else {
-                error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-            };
-        }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within {:?}; send it at once",
-                    limits.body_timeout
-                ),
-            );
-        }
+    let bytes = match read_body(&parts.headers, body, &limits).await {
+        Ok(b) => b,
+        Err((status, message)) => return error(status, message),
     };
     if let Some(want) = who.body_sha256 {
         if sgpu_munge::request::body_digest(&bytes) != want {
@@ -207,6 +140,93 @@ pub async fn authenticate(
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
+}
+
+/// Why [`authenticate`] refuses a request: the status and the message of its [`error`].
+type Refusal = (StatusCode, String);
+
+/// Who sent the request, from its target and `Authorization` header alone (MUNGE decoded on
+/// a blocking thread).
+async fn credential(state: &AppState, headers: &HeaderMap) -> Result<Authenticated, Refusal> {
+    let Some(target) = headers
+        .get(&REQUEST_TARGET)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "acctd cannot authenticate this request (no request target); report this as a bug"
+                .into(),
+        ));
+    };
+    let auth = state.auth.clone();
+    let mut auth_headers = HeaderMap::new();
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        auth_headers.insert(axum::http::header::AUTHORIZATION, v.clone());
+    }
+    let checked =
+        tokio::task::spawn_blocking(move || auth.authenticate(&target, &auth_headers)).await;
+    match checked {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e @ AuthError::Refused(_))) => Err((StatusCode::UNAUTHORIZED, e.to_string())),
+        Ok(Err(e @ AuthError::Unavailable(_))) => {
+            Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// The request's body, read within [`Limits`]: refused from a `Content-Length` over the
+/// limit before a byte is read, and when it grows past the limit or arrives too slowly.
+async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limits: &Limits,
+) -> Result<Bytes, Refusal> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is over acctd's {} byte limit (--max-body-bytes); send fewer records \
+                 per request",
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    let read = tokio::time::timeout(
+        limits.body_timeout,
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await;
+    match read {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the body is over acctd's {} byte limit (--max-body-bytes)",
+                        limits.max_body_bytes
+                    ),
+                )
+            } else {
+                (StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            })
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {:?}; send it at once",
+                limits.body_timeout
+            ),
+        )),
+    }
 }
 
 /// Internal header carrying `"<METHOD> <path-and-query>"` of the request, set by
