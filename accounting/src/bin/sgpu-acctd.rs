@@ -136,84 +136,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let policy = policy(&args)?;
-    let auth: Arc<dyn Authenticator> = match args.auth {
-        AuthMode::None => Arc::new(NoAuthentication),
-        AuthMode::Munge => {
-            // Fail now rather than answer every request 503.
-            let opts = sgpu_munge::Options::with_socket(args.munge_socket.as_deref());
-            sgpu_munge::encode(b"sgpu-acctd start", &opts)
-                .context("checking munged at startup (acctd --auth munge needs it)")?;
-            Arc::new(MungeAuthenticator::new(args.munge_socket.clone()))
-        }
-    };
-    if !auth.is_real() && !args.listen.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {} with --auth none: without authentication acctd listens \
-             on loopback addresses only; use --auth munge",
-            args.listen
-        );
-    }
+    let auth = authenticator(&args)?;
     let (store, sled) = open_store(&args).await?;
     if args.retention_days.is_some() || args.rollup_retention_days.is_some() {
-        let store = store.clone();
-        let (rec, roll) = (args.retention_days, args.rollup_retention_days);
-        let every = Duration::from_secs(args.purge_interval_s.max(1));
-        tokio::spawn(async move {
-            loop {
-                let today = day_of(sgpu_spool::now_ms());
-                let s = store.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    s.purge(
-                        rec.map(|d| today.saturating_sub(d)),
-                        roll.map(|d| today.saturating_sub(d)),
-                    )
-                })
-                .await;
-                match res {
-                    Ok(Ok(stats)) => tracing::info!(
-                        records = stats.records,
-                        rollups = stats.rollups,
-                        "retention purge"
-                    ),
-                    Ok(Err(e)) => tracing::error!("retention purge failed: {e}"),
-                    Err(e) => tracing::error!("retention purge panicked: {e}"),
-                }
-                tokio::time::sleep(every).await;
-            }
-        });
+        spawn_retention(&args, store.clone());
     }
-    let served: Arc<dyn Store> = if args.admin_comment {
-        if args.admin_comment_prefix.is_empty()
-            || !args
-                .admin_comment_prefix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.:".contains(&b))
-        {
-            bail!(
-                "--admin-comment-prefix {:?}: use lower-case letters, digits and - _ . : only \
-                 (sacctmgr changes quotes, before Slurm 23.02 it lowers capitals, and \
-                 slurmdbd quotes the value in SQL)",
-                args.admin_comment_prefix
-            );
-        }
-        let mut cfg = AdminCommentConfig::new(&args.admin_comment_prefix);
-        cfg.slurm_bin = args.slurm_bin.clone();
-        cfg.delay = Duration::from_secs(args.admin_comment_delay_s);
-        cfg.due_file = Some(match &sled {
-            Some(_) => PathBuf::from(&args.db).join("admin-comment-due.json"),
-            None => args.state_dir.join("acctd-admin-comment-due.json"),
-        });
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let inner = store.clone();
-        tokio::spawn(admin_comment::writer(inner.clone(), cfg, rx));
-        tracing::info!(
-            prefix = %args.admin_comment_prefix,
-            "writing GPU summaries into jobs' AdminComment"
-        );
-        Arc::new(NotifyingStore::new(inner, tx))
-    } else {
-        store.clone()
-    };
+    let served = served_store(&args, &store, sled.is_some())?;
     let site = Arc::new(site_config(&args)?);
     if site.coordinators_from_slurm {
         tokio::spawn(coordinators::refresh_slurm(
@@ -257,6 +185,101 @@ async fn main() -> anyhow::Result<()> {
         sled.flush().context("flushing the store at shutdown")?;
     }
     Ok(())
+}
+
+/// `--auth`'s authenticator (MUNGE: munged checked now rather than every request answered
+/// 503); without authentication only a loopback `--listen` is allowed.
+fn authenticator(args: &Args) -> anyhow::Result<Arc<dyn Authenticator>> {
+    let auth: Arc<dyn Authenticator> = match args.auth {
+        AuthMode::None => Arc::new(NoAuthentication),
+        AuthMode::Munge => {
+            // Fail now rather than answer every request 503.
+            let opts = sgpu_munge::Options::with_socket(args.munge_socket.as_deref());
+            sgpu_munge::encode(b"sgpu-acctd start", &opts)
+                .context("checking munged at startup (acctd --auth munge needs it)")?;
+            Arc::new(MungeAuthenticator::new(args.munge_socket.clone()))
+        }
+    };
+    if !auth.is_real() && !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} with --auth none: without authentication acctd listens \
+             on loopback addresses only; use --auth munge",
+            args.listen
+        );
+    }
+    Ok(auth)
+}
+
+/// Runs retention (`--retention-days`, `--rollup-retention-days`) every
+/// `--purge-interval-s`, on a blocking thread, logging what it removed.
+fn spawn_retention(args: &Args, store: Arc<dyn Store>) {
+    let (rec, roll) = (args.retention_days, args.rollup_retention_days);
+    let every = Duration::from_secs(args.purge_interval_s.max(1));
+    tokio::spawn(async move {
+        loop {
+            let today = day_of(sgpu_spool::now_ms());
+            let s = store.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                s.purge(
+                    rec.map(|d| today.saturating_sub(d)),
+                    roll.map(|d| today.saturating_sub(d)),
+                )
+            })
+            .await;
+            match res {
+                Ok(Ok(stats)) => tracing::info!(
+                    records = stats.records,
+                    rollups = stats.rollups,
+                    "retention purge"
+                ),
+                Ok(Err(e)) => tracing::error!("retention purge failed: {e}"),
+                Err(e) => tracing::error!("retention purge panicked: {e}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// The store the HTTP API serves: `store`, or with `--admin-comment` one that tells the
+/// AdminComment writer (started here; its queue beside a sled store, `is_sled`, else in
+/// `--state-dir`) of every job end.
+fn served_store(
+    args: &Args,
+    store: &Arc<dyn Store>,
+    is_sled: bool,
+) -> anyhow::Result<Arc<dyn Store>> {
+    if !args.admin_comment {
+        return Ok(store.clone());
+    }
+    if args.admin_comment_prefix.is_empty()
+        || !args
+            .admin_comment_prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.:".contains(&b))
+    {
+        bail!(
+            "--admin-comment-prefix {:?}: use lower-case letters, digits and - _ . : only \
+             (sacctmgr changes quotes, before Slurm 23.02 it lowers capitals, and \
+             slurmdbd quotes the value in SQL)",
+            args.admin_comment_prefix
+        );
+    }
+    let mut cfg = AdminCommentConfig::new(&args.admin_comment_prefix);
+    cfg.slurm_bin = args.slurm_bin.clone();
+    cfg.delay = Duration::from_secs(args.admin_comment_delay_s);
+    cfg.due_file = Some(if is_sled {
+        PathBuf::from(&args.db).join("admin-comment-due.json")
+    } else {
+        args.state_dir.join("acctd-admin-comment-due.json")
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let inner = store.clone();
+    tokio::spawn(admin_comment::writer(inner.clone(), cfg, rx));
+    tracing::info!(
+        prefix = %args.admin_comment_prefix,
+        "writing GPU summaries into jobs' AdminComment"
+    );
+    Ok(Arc::new(NotifyingStore::new(inner, tx)))
 }
 
 /// acctd.toml read into what acctd serves, and whether to read Slurm's coordinators.
