@@ -1,20 +1,24 @@
 //! [`Store`] on sled 0.34.
 //!
-//! Layout (format 2). Everything the ingest path writes lives in one tree, `acct`, under a
+//! Layout (format 3). Everything the ingest path writes lives in one tree, `acct`, under a
 //! one-byte prefix, so a batch is one [`sled::Tree::apply_batch`]: atomic, also across a
 //! crash, and without the cost of a multi-tree transaction:
 //! - `j` + job key (`cluster,job_id,`, the prefix of every [`sgpu_spool::RecordId::key`] of
 //!   the job): the job's entry (`JobEntry`): its records' keys, in key order, each with
 //!   where its JSON is in the record log (module `vlog`) and the first and last UTC day its
 //!   span touches (so the by-day reads and retention need not read the log), and which
-//!   `job_end` its `jobs` count went to. One small entry per job, not one row per record: sled costs several microseconds
-//!   per written key, more the bigger its nodes, and a job's records mostly arrive together.
+//!   `job_end` its `jobs` count went to. One small entry per job, not one row per record:
+//!   sled costs several microseconds per written key, more the bigger its nodes, and a job's
+//!   records mostly arrive together. Stored compactly (`StoredEntry` in postcard, varints):
+//!   record keys without the job key they start with, the counted record by its place.
 //! - `r` + day (4 bytes, big-endian, so a date range is a key range) + cluster + account
 //!   (each a 4-byte length and its bytes): that day's rollup rows of that account
 //!   (`RollupGroup`: per user, partition and GPU model, a [`RollupValue`]). One row per
 //!   account and day rather than per rollup row: a batch of jobs touches a handful of days
 //!   but thousands of (user, partition, model, day) rows, each of which would be a sled
-//!   write.
+//!   write. Stored compactly (`StoredGroup` in postcard): each name once, each row's totals
+//!   a list of varints to which a new total is appended (`value_words`; older, shorter
+//!   lists read 0 for it).
 //! - `d` + day (4 bytes, big-endian) + batch number (8 bytes, big-endian): the job keys of
 //!   that batch with a record whose span touches that day (each as a 4-byte length and its
 //!   bytes). One row per day a batch touches, not one per record.
@@ -36,9 +40,17 @@
 //! log bytes nothing refers to (a resend appends them again). Node events live in their own
 //! tree, `node_events`.
 //!
-//! A database written by format 1 (trees `records`, `rollups`, `counted`, `by_day`: one
+//! The record log is compressed (zstd frames of up to 32 KiB of a batch's JSON lines) since
+//! format 3. Format 3 reads format 2's databases as they are: their job entries
+//! ([`ENTRY_V1`]: whole keys, fixed-width numbers), rollup groups ([`ROLLUP_V3`] and
+//! before) and plain record log segments; each is rewritten in the new form only when a
+//! batch changes it anyway. Opening one marks it format 3, so an older acctd refuses it. A
+//! database written by format 1 (trees `records`, `rollups`, `counted`, `by_day`: one
 //! row per record, per index entry and per counted job, written in a sled transaction) is
 //! converted when opened, then its trees are dropped.
+//!
+//! Where the bytes go (bench/README.md, 1M synthetic jobs): the compressed record log, then
+//! sled's own files (its log-structured pages hold the tree's rows about twice over).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -52,7 +64,11 @@ mod vlog;
 use vlog::{Loc, ValueLog};
 
 /// The layout version this code writes.
-const FORMAT: &[u8] = b"2";
+const FORMAT: &[u8] = b"3";
+/// Format 2: the same trees, job entries of [`ENTRY_V1`], plain record log segments. Read
+/// as it is (format 3 reads both forms); opening marks it format 3, so that an acctd of
+/// format 2 refuses it instead of misreading the entries written since.
+const FORMAT_2: &[u8] = b"2";
 /// Prefixes in the `acct` tree.
 const JOB: u8 = b'j';
 const ROLLUP: u8 = b'r';
@@ -61,14 +77,20 @@ const META: u8 = b'm';
 const CONFLICT: u8 = b'c';
 /// Records per chunk when converting a format 1 database.
 const CONVERT_CHUNK: usize = if cfg!(test) { 2 } else { 50_000 };
-/// The entry encoding's version byte.
+/// Format 2's job entry encoding's version byte (length-prefixed parts, whole record keys,
+/// 16-byte plain locations); still read.
 const ENTRY_V1: u8 = 1;
+/// The job entry encoding written since format 3 ([`StoredEntry`] in postcard).
+const ENTRY_V2: u8 = 2;
 /// A rollup group whose values carry idle time too (48 bytes); groups of [`ENTRY_V1`]
 /// (32-byte values, idle not measured) are still read.
 const ROLLUP_V2: u8 = 2;
 /// A rollup group whose values carry MIG slice time too ([`RollupValue::encode`], 56
-/// bytes), the version written; groups of [`ROLLUP_V2`] are still read (slice time 0).
+/// bytes); groups of [`ROLLUP_V2`] are still read (slice time 0).
 const ROLLUP_V3: u8 = 3;
+/// The rollup group encoding written since format 3 ([`StoredGroup`] in postcard); groups
+/// of [`ROLLUP_V3`] and before are still read.
+const ROLLUP_V4: u8 = 4;
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -199,20 +221,81 @@ struct JobEntry {
     records: BTreeMap<Vec<u8>, Slot>,
 }
 
+/// Which of a job's records was counted, in a stored [`ENTRY_V2`] entry.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum StoredCounted {
+    /// The record at this place in key order.
+    At(u32),
+    /// A record no longer stored (retention purged it), by its key past the job key.
+    Gone(Vec<u8>),
+}
+
+/// One record of a stored [`ENTRY_V2`] entry.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredSlot {
+    /// The record key past the job key (the entry's own key).
+    suffix: Vec<u8>,
+    loc: Loc,
+    first_day: u32,
+    /// Last day minus first day.
+    days: u32,
+}
+
+/// A job entry's stored form since format 3 (postcard: integers as varints), after the
+/// version byte [`ENTRY_V2`]. Record keys are stored without the job key they all start
+/// with, and the counted record by its place.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredEntry {
+    counted: Option<StoredCounted>,
+    records: Vec<StoredSlot>,
+}
+
 impl JobEntry {
-    /// Stored form: version byte, then length-prefixed parts: the counted key (empty when
-    /// none), then per record in key order its key and 24 bytes: location (16), first and
-    /// last day (4 each, big-endian).
-    fn encode(&self) -> Vec<u8> {
-        let size: usize = self.records.keys().map(|k| 32 + k.len()).sum();
-        let mut out = Vec::with_capacity(5 + size + self.counted.as_ref().map_or(0, Vec::len));
-        out.push(ENTRY_V1);
+    /// Stored form under sled key `key` (the job's key with its prefix): version byte
+    /// [`ENTRY_V2`], then [`StoredEntry`] in postcard.
+    fn encode(&self, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let jk = key.get(1..).unwrap_or_default();
+        let suffix = |k: &[u8]| k.strip_prefix(jk).unwrap_or(k).to_vec();
+        let counted =
+            self.counted
+                .as_ref()
+                .map(|c| match self.records.keys().position(|k| k == c) {
+                    Some(i) => StoredCounted::At(u32::try_from(i).unwrap_or(u32::MAX)),
+                    None => StoredCounted::Gone(suffix(c)),
+                });
+        let mut records = Vec::with_capacity(self.records.len());
+        for (k, slot) in &self.records {
+            if !k.starts_with(jk) {
+                return Err(corrupt(k, "a record key outside its job's entry"));
+            }
+            records.push(StoredSlot {
+                suffix: suffix(k),
+                loc: slot.loc,
+                first_day: slot.first_day,
+                days: slot.last_day.saturating_sub(slot.first_day),
+            });
+        }
+        let stored = StoredEntry { counted, records };
+        let mut out = vec![ENTRY_V2];
+        postcard::to_io(&stored, &mut out)
+            .map_err(|e| corrupt(key, format!("job entry not encoded: {e}")))?;
+        Ok(out)
+    }
+
+    /// Format 2's stored form ([`ENTRY_V1`]): version byte, then length-prefixed parts: the
+    /// counted key (empty when none), then per record in key order its key and 24 bytes:
+    /// location (16), first and last day (4 each, big-endian). Only tests write it now.
+    #[cfg(test)]
+    fn encode_v1(&self) -> Vec<u8> {
+        let mut out = vec![ENTRY_V1];
         put_len(&mut out, self.counted.as_deref().unwrap_or(&[]));
         let mut slot = Vec::with_capacity(24);
         for (k, v) in &self.records {
             put_len(&mut out, k);
             slot.clear();
-            v.loc.encode(&mut slot);
+            v.loc
+                .encode_plain(&mut slot)
+                .expect("format 2 knew only plain segments");
             slot.extend_from_slice(&v.first_day.to_be_bytes());
             slot.extend_from_slice(&v.last_day.to_be_bytes());
             put_len(&mut out, &slot);
@@ -220,15 +303,60 @@ impl JobEntry {
         out
     }
 
+    /// Reads either stored form; `key` is the sled key (the job's key with its prefix).
     fn decode(key: &[u8], b: &[u8]) -> Result<JobEntry, StoreError> {
-        let bad = || corrupt(key, "job entry is malformed");
-        let (&version, rest) = b.split_first().ok_or_else(bad)?;
-        if version != ENTRY_V1 {
-            return Err(corrupt(
+        match b.first() {
+            Some(&ENTRY_V2) => Self::decode_v2(key, &b[1..]),
+            Some(&ENTRY_V1) => Self::decode_v1(key, &b[1..]),
+            Some(version) => Err(corrupt(
                 key,
-                format!("job entry version {version} is unknown to this acctd: upgrade it"),
-            ));
+                format!(
+                    "job entry (tree acct) version {version} is unknown to this acctd: upgrade it"
+                ),
+            )),
+            None => Err(corrupt(key, "job entry (tree acct) is empty")),
         }
+    }
+
+    fn decode_v2(key: &[u8], b: &[u8]) -> Result<JobEntry, StoreError> {
+        let bad = |why: String| corrupt(key, format!("job entry (tree acct) is malformed: {why}"));
+        let stored: StoredEntry = postcard::from_bytes(b).map_err(|e| bad(e.to_string()))?;
+        let jk = key.get(1..).unwrap_or_default();
+        let full = |suffix: &[u8]| [jk, suffix].concat();
+        let mut keys = Vec::with_capacity(stored.records.len());
+        let mut records = BTreeMap::new();
+        for s in &stored.records {
+            let k = full(&s.suffix);
+            let slot = Slot {
+                loc: s.loc,
+                first_day: s.first_day,
+                last_day: s
+                    .first_day
+                    .checked_add(s.days)
+                    .ok_or_else(|| bad("its last day is past the calendar".into()))?,
+            };
+            keys.push(k.clone());
+            records.insert(k, slot);
+        }
+        if records.len() != keys.len() {
+            return Err(bad("a record twice".into()));
+        }
+        let counted = match stored.counted {
+            None => None,
+            Some(StoredCounted::Gone(suffix)) => Some(full(&suffix)),
+            Some(StoredCounted::At(i)) => Some(
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| keys.get(i))
+                    .cloned()
+                    .ok_or_else(|| bad(format!("counted record {i} of {}", keys.len())))?,
+            ),
+        };
+        Ok(JobEntry { counted, records })
+    }
+
+    fn decode_v1(key: &[u8], rest: &[u8]) -> Result<JobEntry, StoreError> {
+        let bad = || corrupt(key, "job entry (tree acct, version 1) is malformed");
         let parts = split_lens(rest).ok_or_else(bad)?;
         let (counted, pairs) = parts.split_first().ok_or_else(bad)?;
         if pairs.len() % 2 != 0 {
@@ -241,7 +369,7 @@ impl JobEntry {
                 let (first, last) = days.split_first_chunk::<4>()?;
                 let last: &[u8; 4] = last.try_into().ok()?;
                 let slot = Slot {
-                    loc: Loc::decode(loc)?,
+                    loc: Loc::decode_plain(loc)?,
                     first_day: u32::from_be_bytes(*first),
                     last_day: u32::from_be_bytes(*last),
                 };
@@ -262,8 +390,17 @@ impl JobEntry {
     ) -> impl Iterator<Item = Result<Record, StoreError>> + 'a {
         self.records
             .iter()
-            .map(|(k, slot)| decode_record(k, &log.read(slot.loc)?))
+            .map(|(k, slot)| read_record(log, k, slot.loc))
     }
+}
+
+/// The record stored under `key` at `loc`: a record log that cannot be read there is an error
+/// naming the record's key.
+fn read_record(log: &ValueLog, key: &[u8], loc: Loc) -> Result<Record, StoreError> {
+    let json = log
+        .read(loc)
+        .map_err(|e| corrupt(key, format!("its JSON in the record log: {e}")))?;
+    decode_record(key, &json)
 }
 
 fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, StoreError> {
@@ -286,12 +423,95 @@ struct RollupGroup {
     rows: BTreeMap<(String, String, String), RollupValue>,
 }
 
+/// A rollup group's stored form since format 3 (postcard: integers as varints), after the
+/// version byte [`ROLLUP_V4`]: each name once, rows by the names' places.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredGroup {
+    /// The users, partitions and GPU models of the rows, each once.
+    names: Vec<String>,
+    /// Per row: its user, partition and model (places in `names`) and its totals
+    /// ([`value_words`]).
+    rows: Vec<(u32, u32, u32, Vec<u64>)>,
+}
+
+/// A rollup value's totals in their stored order: allocated, used, energy, jobs, idle, idle
+/// measured, slice time. A new field goes at the end: groups stored before it have shorter
+/// lists, which [`value_of_words`] reads as 0 for the missing ones, so adding one needs no
+/// new version.
+fn value_words(v: &RollupValue) -> Vec<u64> {
+    // every field, by name: a field added to RollupValue and not here does not compile
+    let RollupValue {
+        allocated_gpu_ms,
+        used_gpu_ms,
+        energy_mj,
+        jobs,
+        idle_gpu_ms,
+        idle_measured_gpu_ms,
+        slice_ms,
+    } = *v;
+    vec![
+        allocated_gpu_ms,
+        used_gpu_ms,
+        energy_mj,
+        jobs,
+        idle_gpu_ms,
+        idle_measured_gpu_ms,
+        slice_ms,
+    ]
+}
+
+/// The rollup value of stored totals ([`value_words`]); missing ones (stored before their
+/// field existed) are 0; `None` if there are more than this acctd knows.
+fn value_of_words(w: &[u64]) -> Option<RollupValue> {
+    let word = |i: usize| w.get(i).copied().unwrap_or(0);
+    let v = RollupValue {
+        allocated_gpu_ms: word(0),
+        used_gpu_ms: word(1),
+        energy_mj: word(2),
+        jobs: word(3),
+        idle_gpu_ms: word(4),
+        idle_measured_gpu_ms: word(5),
+        slice_ms: word(6),
+    };
+    (w.len() <= value_words(&v).len()).then_some(v)
+}
+
 impl RollupGroup {
-    /// Stored form: version byte ([`ROLLUP_V3`]), then per row user, partition and model
-    /// (each a 4-byte length and its bytes) and the 56-byte [`RollupValue::encode`].
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.rows.len() * 88);
-        out.push(ROLLUP_V3);
+    /// Stored form: version byte ([`ROLLUP_V4`]), then [`StoredGroup`] in postcard.
+    fn encode(&self, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+        fn place<'a>(
+            name: &'a str,
+            names: &mut Vec<String>,
+            places: &mut BTreeMap<&'a str, u32>,
+        ) -> u32 {
+            *places.entry(name).or_insert_with(|| {
+                names.push(name.to_string());
+                u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+            })
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut places: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut rows = Vec::with_capacity(self.rows.len());
+        for ((user, partition, model), v) in &self.rows {
+            rows.push((
+                place(user, &mut names, &mut places),
+                place(partition, &mut names, &mut places),
+                place(model, &mut names, &mut places),
+                value_words(v),
+            ));
+        }
+        let mut out = vec![ROLLUP_V4];
+        postcard::to_io(&StoredGroup { names, rows }, &mut out)
+            .map_err(|e| corrupt(key, format!("rollup group not encoded: {e}")))?;
+        Ok(out)
+    }
+
+    /// The stored form of [`ROLLUP_V3`]: version byte, then per row user, partition and
+    /// model (each a 4-byte length and its bytes) and the 56-byte [`RollupValue::encode`].
+    /// Only tests write it now.
+    #[cfg(test)]
+    fn encode_v3(&self) -> Vec<u8> {
+        let mut out = vec![ROLLUP_V3];
         for ((user, partition, model), v) in &self.rows {
             put_len(&mut out, user.as_bytes());
             put_len(&mut out, partition.as_bytes());
@@ -302,16 +522,20 @@ impl RollupGroup {
     }
 
     fn decode(key: &[u8], b: &[u8]) -> Result<RollupGroup, StoreError> {
-        let bad = || corrupt(key, "rollup row is malformed");
+        let bad = || corrupt(key, "rollup group (tree acct) is malformed");
         let (&version, mut rest) = b.split_first().ok_or_else(bad)?;
         let value_len = match version {
+            ROLLUP_V4 => return Self::decode_v4(key, rest),
             ENTRY_V1 => 32,
             ROLLUP_V2 => 48,
             ROLLUP_V3 => RollupValue::ENCODED_LEN,
             _ => {
                 return Err(corrupt(
                     key,
-                    format!("rollup row version {version} is unknown to this acctd: upgrade it"),
+                    format!(
+                        "rollup group (tree acct) version {version} is unknown to this acctd: \
+                         upgrade it"
+                    ),
                 ));
             }
         };
@@ -331,6 +555,34 @@ impl RollupGroup {
             rest = &rest[value_len..];
             let v = RollupValue::decode(v).ok_or_else(bad)?;
             rows.insert((user, partition, model), v);
+        }
+        Ok(RollupGroup { rows })
+    }
+
+    fn decode_v4(key: &[u8], b: &[u8]) -> Result<RollupGroup, StoreError> {
+        let bad =
+            |why: String| corrupt(key, format!("rollup group (tree acct) is malformed: {why}"));
+        let stored: StoredGroup = postcard::from_bytes(b).map_err(|e| bad(e.to_string()))?;
+        let name = |i: u32| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| stored.names.get(i))
+                .cloned()
+                .ok_or_else(|| bad(format!("name {i} of {}", stored.names.len())))
+        };
+        let mut rows = BTreeMap::new();
+        for (user, partition, model, words) in &stored.rows {
+            let value = value_of_words(words).ok_or_else(|| {
+                bad(format!(
+                    "{} totals in a row: upgrade acctd (this one knows {})",
+                    words.len(),
+                    value_words(&RollupValue::default()).len()
+                ))
+            })?;
+            rows.insert((name(*user)?, name(*partition)?, name(*model)?), value);
+        }
+        if rows.len() != stored.rows.len() {
+            return Err(bad("a row twice".into()));
         }
         Ok(RollupGroup { rows })
     }
@@ -380,7 +632,8 @@ fn add_rollups(
         group.add(k, add);
     }
     for (gk, group) in groups {
-        batch.insert(gk, group.encode());
+        let value = group.encode(&gk)?;
+        batch.insert(gk, value);
     }
     Ok(())
 }
@@ -467,6 +720,14 @@ impl SledStore {
         };
         match store.acct.get([META, b'f']).map_err(engine)? {
             Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) if f.as_ref() == FORMAT_2 => {
+                // nothing to convert: entries and segments of format 2 are read as they are
+                store.acct.insert([META, b'f'], FORMAT).map_err(engine)?;
+                store.flush()?;
+                tracing::info!(
+                    "database format 2 opened as format 3 (records compressed from now on)"
+                );
+            }
             Some(f) => {
                 return Err(corrupt(
                     b"mf",
@@ -543,7 +804,8 @@ impl SledStore {
         }
         let mut batch = sled::Batch::default();
         for (gk, group) in groups {
-            batch.insert(gk, group.encode());
+            let value = group.encode(&gk)?;
+            batch.insert(gk, value);
         }
         // batches are numbered after the chunks (their day index rows must not collide)
         batch.insert(&[META, b's'][..], &(chunk_no + 1).to_be_bytes()[..]);
@@ -587,7 +849,9 @@ impl SledStore {
         }
         let mut batch = sled::Batch::default();
         for (jk, entry) in &jobs {
-            batch.insert(prefixed(JOB, jk), entry.encode());
+            let key = prefixed(JOB, jk);
+            let value = entry.encode(&key)?;
+            batch.insert(key, value);
         }
         for (day, keys) in &days {
             let mut list = Vec::new();
@@ -658,7 +922,10 @@ impl SledStore {
             };
             if let Some(old) = entry.records.get(key) {
                 // the same text, or (sent with other spacing) the same record
-                let stored = self.vlog.read(old.loc)?;
+                let stored = self
+                    .vlog
+                    .read(old.loc)
+                    .map_err(|e| corrupt(key, format!("its JSON in the record log: {e}")))?;
                 let differs = stored != json.as_ref() && decode_record(key, &stored)? != *r;
                 if differs {
                     let new = self.keep_conflict(key, r, json, &mut changes.conflicts)?;
@@ -714,7 +981,9 @@ impl SledStore {
         let mut batch = sled::Batch::default();
         for (jk, (entry, dirty)) in &changes.jobs {
             if *dirty {
-                batch.insert(prefixed(JOB, jk), entry.encode());
+                let key = prefixed(JOB, jk);
+                let value = entry.encode(&key)?;
+                batch.insert(key, value);
             }
         }
         add_rollups(&self.acct, &mut batch, &changes.rollups)?;
@@ -755,7 +1024,7 @@ impl SledStore {
                 if slot.last_day < cutoff {
                     drops = true;
                 } else {
-                    live.insert(slot.loc.segment);
+                    live.insert(slot.loc.segment());
                 }
             }
             if drops {
@@ -789,8 +1058,10 @@ impl SledStore {
                 batch.remove(prefixed(JOB, jk));
                 gone.insert(jk.clone());
             } else {
-                live.extend(entry.records.values().map(|s| s.loc.segment));
-                batch.insert(prefixed(JOB, jk), entry.encode());
+                live.extend(entry.records.values().map(|s| s.loc.segment()));
+                let key = prefixed(JOB, jk);
+                let value = entry.encode(&key)?;
+                batch.insert(key, value);
             }
         }
         // day index rows before the cutoff: drop the purged jobs
@@ -917,7 +1188,7 @@ impl Store for SledStore {
             };
             for (k, slot) in &entry.records {
                 if slot.touches(day) {
-                    f(decode_record(k, &self.vlog.read(slot.loc)?)?);
+                    f(read_record(&self.vlog, k, slot.loc)?);
                 }
             }
         }
@@ -963,10 +1234,7 @@ impl Store for SledStore {
             return Ok(None);
         };
         match entry.records.get(ck) {
-            Some(slot) => Ok(job_count_key(&decode_record(
-                ck,
-                &self.vlog.read(slot.loc)?,
-            )?)),
+            Some(slot) => Ok(job_count_key(&read_record(&self.vlog, ck, slot.loc)?)),
             None => Err(corrupt(ck, "the counted record is not in its job's entry")),
         }
     }

@@ -377,11 +377,11 @@ fn purge_deletes_a_log_segment_once_nothing_in_it_is_kept() {
         job_end(3, "n1", 30 * DAY_MS, 30 * DAY_MS + HOUR, &[3]),
     ])
     .unwrap();
-    assert_eq!(segments(), vec!["00000001.jsonl", "00000002.jsonl"]);
+    assert_eq!(segments(), vec!["00000001.jsonl.zst", "00000002.jsonl.zst"]);
     let stats = s.purge(Some(20), None).unwrap();
     assert_eq!(stats.records, 2);
     // segment 1 held only job 1; segment 2 still holds job 3 (and is being appended to)
-    assert_eq!(segments(), vec!["00000002.jsonl"]);
+    assert_eq!(segments(), vec!["00000002.jsonl.zst"]);
     assert_eq!(s.job("alpha", 3).unwrap().len(), 1);
     assert!(s.job("alpha", 1).unwrap().is_empty());
     let mut on_day_10 = 0;
@@ -426,9 +426,12 @@ fn rollup_groups_of_version_2_are_read_with_no_slice_time() {
     group
         .rows
         .insert(("alice".into(), "gpu".into(), "m".into()), v);
-    let now = group.encode();
-    assert_eq!(now[0], ROLLUP_V3);
+    let now = group.encode(b"k").unwrap();
+    assert_eq!(now[0], ROLLUP_V4);
     assert_eq!(RollupGroup::decode(b"k", &now).unwrap().rows, group.rows);
+    let v3 = group.encode_v3();
+    assert_eq!(v3[0], ROLLUP_V3);
+    assert_eq!(RollupGroup::decode(b"k", &v3).unwrap().rows, group.rows);
     // the same group as an acctd before slice time wrote it: 48-byte values
     let mut v2 = vec![ROLLUP_V2];
     for text in ["alice", "gpu", "m"] {
@@ -441,7 +444,260 @@ fn rollup_groups_of_version_2_are_read_with_no_slice_time() {
         Some(&RollupValue { slice_ms: 0, ..v })
     );
     assert!(
-        RollupGroup::decode(b"k", &[4]).is_err(),
+        RollupGroup::decode(b"k", &[5]).is_err(),
         "a newer version is refused"
     );
+}
+
+/// Writes a format 2 database at `path` as format 2's acctd did: the records' JSON in a plain
+/// segment, job entries of version 1 (whole keys, 16-byte plain locations), the day index and
+/// rollup groups; the first record of a job with a GPU counted.
+fn write_format2(path: &Path, records: &[&Record]) {
+    let db = sled::open(path).unwrap();
+    let acct = db.open_tree("acct").unwrap();
+    std::fs::create_dir_all(path.join("records")).unwrap();
+    let mut log = Vec::new();
+    let mut jobs: BTreeMap<Vec<u8>, JobEntry> = BTreeMap::new();
+    let mut days: BTreeMap<u32, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let mut rollups: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+    for r in records {
+        let key = r.id().key().into_bytes();
+        let json = r.to_json().unwrap();
+        let loc = Loc::Plain {
+            segment: 1,
+            offset: log.len() as u64,
+            len: json.len() as u32,
+        };
+        log.extend_from_slice(&json);
+        log.push(b'\n');
+        let jk = job_key_of(&key).unwrap().to_vec();
+        let entry = jobs.entry(jk.clone()).or_default();
+        entry.records.insert(key.clone(), Slot::of(loc, r));
+        let mut adds = contributions(r);
+        if entry.counted.is_none() {
+            if let Some(k) = job_count_key(r) {
+                entry.counted = Some(key.clone());
+                adds.entry(k).or_default().jobs += 1;
+            }
+        }
+        for (k, v) in adds {
+            rollups.entry(k).or_default().add(&v);
+        }
+        for day in record_days(r) {
+            days.entry(day).or_default().insert(jk.clone());
+        }
+    }
+    std::fs::write(path.join("records").join("00000001.jsonl"), &log).unwrap();
+    let mut batch = sled::Batch::default();
+    for (jk, entry) in &jobs {
+        batch.insert(prefixed(JOB, jk), entry.encode_v1());
+    }
+    for (day, keys) in &days {
+        batch.insert(day_key(*day, 1), encode_job_list(keys.iter()));
+    }
+    let mut groups: BTreeMap<Vec<u8>, RollupGroup> = BTreeMap::new();
+    for (k, v) in &rollups {
+        groups.entry(group_key(k)).or_default().add(k, v);
+    }
+    for (gk, group) in groups {
+        batch.insert(gk, group.encode_v3());
+    }
+    batch.insert(&[META, b's'][..], &1u64.to_be_bytes()[..]);
+    batch.insert(&[META, b'f'][..], FORMAT_2);
+    acct.apply_batch(batch).unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn format2_database_is_read_as_it_is_and_new_records_are_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    // job 1 on two nodes (counted once, in n2's row: it arrived first), job 2 over two days,
+    // job 3's usage only
+    let a = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[100]);
+    let b = job_end(1, "n2", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[50]);
+    let c = job_end(2, "n1", 11 * DAY_MS - HOUR, 11 * DAY_MS + HOUR, &[7]);
+    let u = job_usage(3, "n1", 12 * DAY_MS, 12 * DAY_MS + HOUR, &[HOUR / 2]);
+    write_format2(&path, &[&b, &a, &c, &u]);
+    let before = {
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.record_count().unwrap(), 4);
+        let v = verify(&s).unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!((v.records, v.jobs), (4, 2));
+        assert_eq!(s.job("alpha", 1).unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(s.counted_in("alpha", 1).unwrap(), job_count_key(&b));
+        let mut on_day_10 = Vec::new();
+        s.for_each_record_on_day(10, &mut |r| on_day_10.push(r.id().key()))
+            .unwrap();
+        assert_eq!(on_day_10, vec![a.id().key(), b.id().key(), c.id().key()]);
+        // a resend of a format 2 record is a duplicate; a different record under its key a
+        // conflict
+        assert_eq!(
+            s.put_batch(std::slice::from_ref(&a)).unwrap(),
+            vec![PutOutcome::Duplicate { differs: false }]
+        );
+        let changed = job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[999]);
+        assert_eq!(
+            s.put_batch(std::slice::from_ref(&changed)).unwrap(),
+            vec![PutOutcome::Conflict { new: true }]
+        );
+        // a new record of an old job: the entry now holds both kinds of location
+        let d = job_usage(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[HOUR / 4]);
+        let e = job_end(4, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]);
+        s.put_batch(&[d.clone(), e.clone()]).unwrap();
+        assert_eq!(s.job("alpha", 1).unwrap().len(), 3);
+        assert_eq!(s.counted_in("alpha", 1).unwrap(), job_count_key(&b));
+        let v = verify(&s).unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!((v.records, v.jobs), (6, 3));
+        totals(&s)
+    };
+    let mut names: Vec<String> = std::fs::read_dir(path.join("records"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["00000001.jsonl", "00000002.jsonl.zst"]);
+    // reopened: marked format 3, everything still there
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(s.acct.get([META, b'f']).unwrap().as_deref(), Some(FORMAT));
+    assert_eq!(totals(&s), before);
+    assert_eq!(s.record_count().unwrap(), 6);
+    let mut on_day_10 = Vec::new();
+    s.for_each_record_on_day(10, &mut |r| on_day_10.push(r.id().key()))
+        .unwrap();
+    assert_eq!(on_day_10.len(), 5);
+    // retention keeps the old segment while a kept record is in it, then drops it
+    s.purge(Some(11), None).unwrap();
+    assert_eq!(s.job("alpha", 2).unwrap(), vec![c]);
+    assert!(s.job("alpha", 1).unwrap().is_empty());
+    assert!(path.join("records").join("00000001.jsonl").exists());
+    s.purge(Some(13), None).unwrap();
+    assert_eq!(s.record_count().unwrap(), 0);
+    assert!(!path.join("records").join("00000001.jsonl").exists());
+    assert!(!path.join("records").join("00000002.jsonl.zst").exists());
+}
+
+#[test]
+fn job_entries_round_trip_and_a_bad_one_names_its_key() {
+    let jk = b"jalpha,7,".to_vec();
+    let r1 = job_end(7, "n1", 10 * DAY_MS, 12 * DAY_MS, &[1]);
+    let r2 = job_usage(7, "n2", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1]);
+    let mut entry = JobEntry::default();
+    let framed = Loc::Framed {
+        segment: 3,
+        offset: 123_456,
+        frame_len: 9_000,
+        start: 31_000,
+        len: 700,
+    };
+    entry
+        .records
+        .insert(r1.id().key().into_bytes(), Slot::of(framed, &r1));
+    let plain = Loc::Plain {
+        segment: 1,
+        offset: 5,
+        len: 600,
+    };
+    entry
+        .records
+        .insert(r2.id().key().into_bytes(), Slot::of(plain, &r2));
+    entry.counted = Some(r1.id().key().into_bytes());
+    let stored = entry.encode(&jk).unwrap();
+    assert_eq!(stored[0], ENTRY_V2);
+    assert!(stored.len() < 60, "{} bytes", stored.len());
+    let back = JobEntry::decode(&jk, &stored).unwrap();
+    assert_eq!(back.counted, entry.counted);
+    assert_eq!(
+        back.records
+            .iter()
+            .map(|(k, s)| (k.clone(), s.loc, s.first_day, s.last_day))
+            .collect::<Vec<_>>(),
+        entry
+            .records
+            .iter()
+            .map(|(k, s)| (k.clone(), s.loc, s.first_day, s.last_day))
+            .collect::<Vec<_>>()
+    );
+    // the counted record purged while another of the job stays: kept by its key
+    entry.records.remove(r1.id().key().as_bytes());
+    let back = JobEntry::decode(&jk, &entry.encode(&jk).unwrap()).unwrap();
+    assert_eq!(back.counted, Some(r1.id().key().into_bytes()));
+    // format 2's entries still read
+    let back = JobEntry::decode(&jk, &entry.encode_v1()).unwrap();
+    assert_eq!(back.records.len(), 1);
+    for bad in [vec![ENTRY_V2, 1, 0, 9], vec![9], vec![]] {
+        let err = JobEntry::decode(&jk, &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("jalpha,7,") && err.contains("job entry (tree acct)"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn rollup_groups_keep_names_once_and_read_totals_added_later_as_zero() {
+    let v = RollupValue {
+        allocated_gpu_ms: 86_400_000 * 8,
+        used_gpu_ms: 0,
+        energy_mj: 700 * 86_400_000 * 8,
+        jobs: 12,
+        idle_gpu_ms: 0,
+        idle_measured_gpu_ms: 0,
+        slice_ms: 0,
+    };
+    let mut group = RollupGroup::default();
+    for user in ["user001", "user002", "user003"] {
+        for model in ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"] {
+            group
+                .rows
+                .insert((user.into(), "gpu".into(), model.into()), v);
+        }
+    }
+    let stored = group.encode(b"k").unwrap();
+    let v3 = group.encode_v3();
+    assert!(
+        stored.len() * 3 < v3.len(),
+        "{} bytes, version 3: {}",
+        stored.len(),
+        v3.len()
+    );
+    assert_eq!(RollupGroup::decode(b"k", &stored).unwrap().rows, group.rows);
+    // a group stored when values had four totals: the others read 0
+    let short = StoredGroup {
+        names: vec!["u".into(), "p".into()],
+        rows: vec![(0, 1, 1, vec![1, 2, 3, 4])],
+    };
+    let mut b = vec![ROLLUP_V4];
+    postcard::to_io(&short, &mut b).unwrap();
+    let read = RollupGroup::decode(b"k", &b).unwrap();
+    assert_eq!(
+        read.rows
+            .get(&("u".to_string(), "p".to_string(), "p".to_string())),
+        Some(&RollupValue {
+            allocated_gpu_ms: 1,
+            used_gpu_ms: 2,
+            energy_mj: 3,
+            jobs: 4,
+            ..RollupValue::default()
+        })
+    );
+    // more totals than this acctd knows, or a name that is not there: an error naming the key
+    for rows in [vec![(0, 0, 0, vec![1; 20])], vec![(0, 0, 7, vec![1])]] {
+        let mut b = vec![ROLLUP_V4];
+        postcard::to_io(
+            &StoredGroup {
+                names: vec!["u".into()],
+                rows,
+            },
+            &mut b,
+        )
+        .unwrap();
+        let err = RollupGroup::decode(b"rkey", &b).unwrap_err().to_string();
+        assert!(
+            err.contains("rkey") && err.contains("rollup group (tree acct)"),
+            "{err}"
+        );
+    }
 }
