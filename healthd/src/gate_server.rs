@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sgpu_nodelib::config::Config;
-use sgpu_nodelib::gpu::{NodeSnapshot, NvmlOptions, Reading};
+use sgpu_nodelib::gpu::{NodeSnapshot, NvmlFailure, NvmlOptions, Reading};
 use sgpu_spool::now_ms;
 use sgpu_wire::gate::{self, GateReadings, GateRequest};
 use tracing::{debug, error, info, warn};
@@ -232,7 +232,7 @@ impl GateServer {
         };
         let (taken, mut snapshot) = match refresh(&mut st, self.max_age_ms) {
             Ok(s) => s,
-            Err(e) => return self.refusal(e),
+            Err(e) => return self.refusal(e.to_string()),
         };
         // the GPUs asked for by device minor (all when none named), with their MIG mode
         let gpus: Vec<(u32, bool)> = snapshot
@@ -271,7 +271,7 @@ impl GateServer {
 }
 
 /// The cached snapshot when young enough, else a new one (cached).
-fn refresh(st: &mut State, max_age_ms: u64) -> Result<(u64, NodeSnapshot), String> {
+fn refresh(st: &mut State, max_age_ms: u64) -> Result<(u64, NodeSnapshot), NvmlFailure> {
     let now = now_ms();
     if let Some((taken, snap)) = &st.snapshot {
         if now.saturating_sub(*taken) <= max_age_ms && *taken <= now {
@@ -280,7 +280,7 @@ fn refresh(st: &mut State, max_age_ms: u64) -> Result<(u64, NodeSnapshot), Strin
     }
     st.snapshot = None;
     let taken = now_ms();
-    let snap = st.session.snapshot().map_err(|e| e.to_string())?;
+    let snap = st.session.snapshot()?;
     st.snapshot = Some((taken, snap.clone()));
     Ok((taken, snap))
 }
