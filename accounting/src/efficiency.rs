@@ -4,8 +4,12 @@
 //! The answer describes the latest run acctd has records of. Per GPU: allocated time and
 //! energy from the node's `job_end` (Slurm's window when the epilog read it), utilization,
 //! memory peak and used time from healthd's `job_usage`; a node with a `job_start` and no
-//! `job_end` yet is running, and its GPUs' allocated time counts up to now. What no record
-//! measured stays `None` (unknown), never 0. Access is `GET /v1/jobs/{cluster}/{id}`'s: a
+//! `job_end` yet is running, and its GPUs' allocated time counts up to now. A MIG slice's
+//! allocated time counts by its share of its GPU, as acctd bills it (GPU-equivalents,
+//! [`sgpu_spool::gpu_equiv_ms`]), its device time apart as slice time, and the entry names
+//! its profile, share and parent GPU's model. What no record measured stays `None`
+//! (unknown), never 0: a GPU without a utilization sample (a MIG slice: NVML gives none per
+//! slice) has no used time. Access is `GET /v1/jobs/{cluster}/{id}`'s: a
 //! user's answer holds only records of their own jobs, and another user's job is a 404.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,9 +19,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sgpu_spool::{NodeEvent, Record, RecordBody};
+use sgpu_spool::{MigShare, NodeEvent, Record, RecordBody, gpu_equiv_ms};
 use sgpu_wire::acctd::VERSION;
-use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency, IdleAction, Period, mem_from_model};
+use sgpu_wire::efficiency::{
+    EfficiencyAnswer, GpuEfficiency, IdleAction, MigSlice, Period, mem_from_model,
+};
 
 use crate::http::{AppState, error, reader_scope};
 
@@ -151,6 +157,7 @@ pub fn efficiency(
             .iter()
             .map(|g| g.allocated_gpu_ms)
             .fold(0, u64::saturating_add),
+        slice_ms: sum(|g| g.slice_ms),
         used_gpu_ms: sum(|g| g.used_gpu_ms),
         energy_mj: sum(|g| g.energy_mj),
         idle_gpu_ms: sum(|g| g.idle_ms),
@@ -180,6 +187,27 @@ fn identity<'a>(
 /// A GPU: (node, NVML index).
 type GpuKey = (String, u32);
 
+/// The MIG slice an entry is, from its model (`<GPU> MIG <profile>`) and its stated share
+/// (the rule of the rollups, [`crate::rollup::is_slice`]); `None`: a whole GPU.
+fn mig_slice(model: Option<&str>, share: Option<&MigShare>) -> Option<MigSlice> {
+    let (parent, profile) = match model.map(crate::rollup::split_mig_model) {
+        Some((parent, Some(profile))) => (Some(parent.to_string()), Some(profile.to_string())),
+        Some((whole, None)) => (share.map(|_| whole.to_string()), None),
+        None => (None, None),
+    };
+    if share.is_none() && profile.is_none() {
+        return None;
+    }
+    Some(MigSlice {
+        profile: profile
+            .or_else(|| share.map(|m| m.profile.clone()))
+            .unwrap_or_default(),
+        parent_model: parent,
+        slices: share.map(|m| m.slices),
+        of: share.map(|m| m.of),
+    })
+}
+
 /// What a run's records say, node by node and GPU by GPU, before the per-GPU figures are
 /// derived ([`Tally::finish`]).
 struct Tally {
@@ -196,6 +224,9 @@ struct Tally {
     util: BTreeMap<GpuKey, (f64, u64)>,
     /// Per GPU: healthd's sampled energy, used where the epilog read no counter.
     sampled_energy: BTreeMap<GpuKey, u64>,
+    /// Per MIG slice: its share, as the records state it (absent: a whole GPU, or a slice
+    /// whose share was not read, which counts as a whole GPU).
+    shares: BTreeMap<GpuKey, MigShare>,
 }
 
 impl Tally {
@@ -208,14 +239,24 @@ impl Tally {
             end_ms: 0,
             util: BTreeMap::new(),
             sampled_energy: BTreeMap::new(),
+            shares: BTreeMap::new(),
         }
     }
 
-    /// The GPU `index` of `node`, added when new; its UUID and model filled where unknown.
-    fn gpu(&mut self, node: &str, index: u32, uuid: &str, name: &Option<String>) -> GpuKey {
+    /// The GPU `index` of `node`, added when new; its UUID, model and MIG share filled
+    /// where unknown.
+    fn gpu(
+        &mut self,
+        node: &str,
+        index: u32,
+        uuid: &str,
+        name: &Option<String>,
+        mig: Option<&MigShare>,
+    ) -> GpuKey {
+        let key = (node.to_string(), index);
         let e = self
             .gpus
-            .entry((node.to_string(), index))
+            .entry(key.clone())
             .or_insert_with(|| GpuEfficiency::new(node, index, uuid, name.clone()));
         if e.uuid.is_empty() {
             e.uuid = uuid.to_string();
@@ -223,7 +264,10 @@ impl Tally {
         if e.model.is_none() {
             e.model.clone_from(name);
         }
-        (node.to_string(), index)
+        if let Some(m) = mig {
+            self.shares.entry(key.clone()).or_insert_with(|| m.clone());
+        }
+        key
     }
 
     fn add(&mut self, r: &Record) {
@@ -233,7 +277,7 @@ impl Tally {
                 self.start_ms = self.start_ms.min(b.start_time);
                 self.started.insert(node.to_string(), b.start_time);
                 for g in &b.gpus {
-                    self.gpu(node, g.index, &g.uuid, &g.name);
+                    self.gpu(node, g.index, &g.uuid, &g.name, g.mig.as_ref());
                 }
             }
             RecordBody::JobEnd(b) => {
@@ -242,10 +286,11 @@ impl Tally {
                 self.end_ms = self.end_ms.max(e);
                 self.ended.insert(node.to_string());
                 for g in &b.gpus {
-                    let key = self.gpu(node, g.index, &g.uuid, &g.name);
+                    let key = self.gpu(node, g.index, &g.uuid, &g.name, g.mig.as_ref());
                     let Some(x) = self.gpus.get_mut(&key) else {
                         continue;
                     };
+                    // device time here; a slice's share is taken in finish()
                     x.allocated_gpu_ms = x.allocated_gpu_ms.saturating_add(e.saturating_sub(s));
                     let energy = g
                         .energy_delta_mj
@@ -258,7 +303,7 @@ impl Tally {
             RecordBody::JobUsage(b) => {
                 self.start_ms = self.start_ms.min(b.window_start);
                 for g in &b.gpus {
-                    let key = self.gpu(node, g.index, &g.uuid, &g.name);
+                    let key = self.gpu(node, g.index, &g.uuid, &g.name, None);
                     let Some(x) = self.gpus.get_mut(&key) else {
                         continue;
                     };
@@ -288,13 +333,17 @@ impl Tally {
         }
     }
 
-    /// The per-GPU figures: mean utilization weighed by samples, healthd's energy where no
-    /// counter was read, a running node's allocation up to `now_ms`, the memory size from
-    /// the model where NVML gave none.
+    /// The per-GPU figures: mean utilization weighed by samples (no sample: utilization
+    /// and used time unknown), healthd's energy where no counter was read, a running
+    /// node's allocation up to `now_ms`, a MIG slice's allocation by its share with its
+    /// device time apart, the memory size from the model where NVML gave none.
     fn finish(mut self, now_ms: u64) -> Vec<GpuEfficiency> {
         for (key, (sum, n)) in self.util {
             if let Some(x) = self.gpus.get_mut(&key) {
                 x.util_mean_pct = (n > 0).then(|| sum / n as f64);
+                if n == 0 {
+                    x.used_gpu_ms = None;
+                }
             }
         }
         for (key, x) in self.gpus.iter_mut() {
@@ -307,6 +356,12 @@ impl Tally {
                     x.allocated_gpu_ms = now_ms.saturating_sub(s);
                 }
             }
+            let share = self.shares.get(key);
+            if let Some(slice) = mig_slice(x.model.as_deref(), share) {
+                x.slice_ms = Some(x.allocated_gpu_ms);
+                x.allocated_gpu_ms = gpu_equiv_ms(share, x.allocated_gpu_ms);
+                x.mig = Some(slice);
+            }
             if x.mem_total_mib.is_none() {
                 x.mem_total_mib = x.model.as_deref().and_then(mem_from_model);
             }
@@ -318,7 +373,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_records::{in_run, job_end, job_usage, with_slurm_window};
+    use crate::test_records::{H100, in_run, job_end, job_usage, on_slices, with_slurm_window};
     use sgpu_spool::{GpuRef, JobStart, RecordId, RecordKind};
 
     fn job_start(job: u32, node: &str, start: u64, gpus: u32) -> Record {
@@ -435,6 +490,76 @@ mod tests {
         assert_eq!((p[0].start_ms, p[0].end_ms, p.len()), (50_000, 70_000, 2));
         assert_eq!(a.gpus[1].idle_ms, Some(0));
         assert_eq!(a.gpus[1].idle_periods, Some(vec![]));
+    }
+
+    #[test]
+    fn a_mig_slice_counts_by_its_share_and_names_its_profile_and_gpu() {
+        const HOUR: u64 = 3_600_000;
+        // a 2g.20gb and a 1g.10gb slice for one hour; healthd sampled their memory only
+        let end = on_slices(
+            job_end(11, "n1", 0, HOUR, &[0, 0]),
+            &[("2g.20gb", 2, 7), ("1g.10gb", 1, 7)],
+        );
+        let usage = job_usage(11, "n1", 0, HOUR, &[0, 0]);
+        let (id, written, body) = usage.into_parts();
+        let RecordBody::JobUsage(mut b) = body else {
+            panic!("not a job_usage")
+        };
+        for g in &mut b.gpus {
+            (g.samples, g.util_mean_pct, g.util_max_pct, g.mem_peak_mib) = (0, 0.0, 0, 512);
+        }
+        let usage = Record::new(id, written, RecordBody::JobUsage(b)).unwrap();
+        let a = efficiency("alpha", 11, &[end, usage], 2 * HOUR).unwrap();
+        assert_eq!(a.gpus[0].allocated_gpu_ms, 1_028_571); // 2/7 h, as billed
+        assert_eq!(a.gpus[1].allocated_gpu_ms, 514_286); // 1/7 h
+        assert_eq!(a.allocated_gpu_ms, 1_028_571 + 514_286);
+        assert_eq!(a.gpus[0].slice_ms, Some(HOUR));
+        assert_eq!(a.slice_ms, Some(2 * HOUR));
+        let m = a.gpus[0].mig.clone().unwrap();
+        assert_eq!(
+            (
+                m.profile.as_str(),
+                m.parent_model.as_deref(),
+                m.slices,
+                m.of
+            ),
+            ("2g.20gb", Some(H100), Some(2), Some(7))
+        );
+        // NVML gives no utilization per slice: unknown, not 0
+        assert_eq!(
+            (a.gpus[0].util_mean_pct, a.gpus[0].used_gpu_ms),
+            (None, None)
+        );
+        assert_eq!(a.used_gpu_ms, None);
+        assert_eq!(a.gpus[0].mem_peak_mib, Some(512));
+        assert_eq!(
+            a.gpus[0].mem_total_mib,
+            Some(20 * 1024),
+            "the slice's memory"
+        );
+
+        // a whole GPU beside no slice: no slice time, figures as before
+        let a = efficiency("alpha", 12, &[job_end(12, "n1", 0, HOUR, &[5])], HOUR).unwrap();
+        assert_eq!(
+            (a.allocated_gpu_ms, a.slice_ms, a.gpus[0].mig.clone()),
+            (HOUR, None, None)
+        );
+
+        // a running slice (only the job_start): its share of the time so far
+        let mut start = job_start(13, "n1", 0, 1);
+        let (id, written, body) = start.into_parts();
+        let RecordBody::JobStart(mut b) = body else {
+            panic!("not a job_start")
+        };
+        b.gpus[0].name = Some(format!("{H100} MIG 3g.40gb"));
+        b.gpus[0].mig = Some(MigShare {
+            profile: "3g.40gb".into(),
+            slices: 3,
+            of: 7,
+        });
+        start = Record::new(id, written, RecordBody::JobStart(b)).unwrap();
+        let a = efficiency("alpha", 13, &[start], 7_000).unwrap();
+        assert_eq!((a.allocated_gpu_ms, a.slice_ms), (3_000, Some(7_000)));
     }
 
     #[test]

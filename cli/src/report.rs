@@ -58,6 +58,11 @@ pub struct SelectArgs {
     /// Only these clusters (comma-separated).
     #[arg(short = 'M', long = "clusters", value_name = "LIST")]
     pub clusters: Option<String>,
+    /// Only these GPU models (comma-separated, as NVML names them); a model also selects
+    /// its MIG slices (`NVIDIA H100 80GB HBM3` selects `NVIDIA H100 80GB HBM3 MIG 2g.20gb`),
+    /// a slice's name only that profile.
+    #[arg(short = 'G', long = "gpu-models", value_name = "LIST")]
+    pub gpu_models: Option<String>,
     /// Fields to print, e.g. `Account,User,GPUHours%12` (case-insensitive, `%N` width,
     /// `%-N` left-justified).
     #[arg(short = 'o', long = "format", value_name = "FIELDS")]
@@ -147,6 +152,7 @@ const REPORT_FIELDS: &[Field] = &[
     Field::Period,
     Field::Jobs,
     Field::GpuHours,
+    Field::SliceHours,
     Field::UsedGpuHours,
     Field::GpuUtil,
     Field::EnergyKwh,
@@ -224,6 +230,7 @@ pub fn query(a: &SelectArgs, start: i64, end: i64, group_by: Option<&str>) -> St
         ("jobs", &a.jobs),
         ("partition", &a.partitions),
         ("cluster", &a.clusters),
+        ("gpu_model", &a.gpu_models),
     ] {
         if let Some(v) = v {
             q.push_str(&format!("&{k}={}", enc(v)));
@@ -348,6 +355,8 @@ pub struct Sums {
     pub idle_gpu_ms: Option<u64>,
     /// GPU-ms over which idle time was measured (`None`: as `idle_gpu_ms`).
     pub idle_measured_gpu_ms: Option<u64>,
+    /// Allocated MIG slice time, slice-ms, each slice once (`None`: acctd predates it).
+    pub slice_ms: Option<u64>,
 }
 
 fn hours(ms: u64) -> f64 {
@@ -415,6 +424,9 @@ impl Sums {
                 .map_or(String::new(), |i| format!("{:.2}", hours(i))),
             Field::WasteGpuHours => format!("{:.2}", hours(self.waste().0)),
             Field::WasteBy => self.waste().1.name().to_string(),
+            Field::SliceHours => self
+                .slice_ms
+                .map_or(String::new(), |m| format!("{:.2}", hours(m))),
             _ => return None,
         })
     }
@@ -436,6 +448,8 @@ impl Sums {
             "idle_measured_gpu_ms".into(),
             json!(self.idle_measured_gpu_ms),
         );
+        v.insert("slice_ms".into(), json!(self.slice_ms));
+        v.insert("slice_hours".into(), json!(self.slice_ms.map(hours)));
         let (waste, by) = self.waste();
         v.insert("waste_gpu_hours".into(), json!(hours(waste)));
         v.insert("waste_by".into(), json!(by.name()));
@@ -482,6 +496,7 @@ pub fn aggregate(rows: &[ReportRow], groups: &[Field]) -> BTreeMap<Vec<String>, 
         add(&mut s.idle_gpu_ms, r.idle_gpu_ms);
         add(&mut s.idle_measured_gpu_ms, r.idle_measured_gpu_ms);
         add(&mut s.cost_micro, r.cost_micro);
+        add(&mut s.slice_ms, r.slice_ms);
     }
     out
 }
@@ -633,14 +648,12 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
         Some(c) => c,
         None => {
             let mut spec: Vec<&str> = groups.iter().map(|g| g.name()).collect();
-            spec.extend([
-                "Jobs",
-                "GPUHours",
-                "UsedGPUHours",
-                "GPUUtil",
-                "EnergyKWh",
-                "AvgPowerW",
-            ]);
+            spec.extend(["Jobs", "GPUHours"]);
+            if groups.contains(&Field::MigProfile) {
+                // by MIG profile: the slices' own hours beside their GPU-equivalents
+                spec.push("SliceHours");
+            }
+            spec.extend(["UsedGPUHours", "GPUUtil", "EnergyKWh", "AvgPowerW"]);
             if a.top.is_some() {
                 spec.extend(["IdleGPUHours", "WasteGPUHours", "WasteBy"]);
             }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use sgpu_acct_client::Client;
 use sgpu_nodelib::nodeconf;
 use sgpu_nodelib::slurmctl::Scontrol;
-use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency};
+use sgpu_wire::efficiency::{EfficiencyAnswer, GpuEfficiency, MigSlice};
 use sgpu_wire::healthd::StatusDoc;
 
 use crate::admin::healthd::{HealthdUrls, fetch};
@@ -336,12 +336,16 @@ pub fn merge_live(answer: &mut EfficiencyAnswer, node: &str, doc: &StatusDoc) ->
             continue;
         };
         x.samples = Some(g.samples);
-        x.util_mean_pct = Some(g.util_mean_pct);
-        x.util_max_pct = Some(g.util_max_pct);
         x.mem_peak_mib = Some(g.mem_peak_mib);
         x.energy_mj = g.energy_mj.or(x.energy_mj);
-        x.used_gpu_ms =
-            Some((x.allocated_gpu_ms as f64 * g.util_mean_pct.clamp(0.0, 100.0) / 100.0) as u64);
+        // no utilization sample (a MIG slice: NVML gives none per slice): unknown, not 0
+        if g.samples > 0 {
+            x.util_mean_pct = Some(g.util_mean_pct);
+            x.util_max_pct = Some(g.util_max_pct);
+            x.used_gpu_ms = Some(
+                (x.allocated_gpu_ms as f64 * g.util_mean_pct.clamp(0.0, 100.0) / 100.0) as u64,
+            );
+        }
         if g.idle_ms.is_some() {
             x.idle_ms = g.idle_ms;
         }
@@ -580,6 +584,13 @@ fn gpu_totals(e: &EfficiencyAnswer) -> String {
                 pct(u, e.allocated_gpu_ms)
             ))
     );
+    if let Some(ms) = e.slice_ms {
+        let _ = writeln!(
+            o,
+            "MIG slice-hours: {} (GPU-hours count each slice by its share of its GPU)",
+            hours(ms)
+        );
+    }
     let _ = writeln!(
         o,
         "Idle GPU-hours: {}",
@@ -611,29 +622,44 @@ fn gpu_totals(e: &EfficiencyAnswer) -> String {
     o
 }
 
-/// One row per GPU: utilization, memory peak, GPU-hours, energy, idle time.
+/// A MIG slice's profile and share for seff's table: `2g.20gb (2/7)`, or the profile alone
+/// when its share was not read.
+pub fn slice_cell(m: &MigSlice) -> String {
+    match (m.slices, m.of) {
+        (Some(s), Some(of)) => format!("{} ({s}/{of})", m.profile),
+        _ => m.profile.clone(),
+    }
+}
+
+/// One row per GPU: utilization, memory peak, GPU-hours, energy, idle time; with MIG slices,
+/// each slice's profile and share and its slice-hours, under its parent GPU's model.
 fn gpu_table(e: &EfficiencyAnswer) -> String {
-    let mut rows = vec![
-        [
-            "NODE",
-            "GPU",
-            "MODEL",
-            "UTIL MEAN",
-            "UTIL MAX",
-            "MEM PEAK",
-            "GPU-HOURS",
-            "USED",
-            "ENERGY KWH",
-            "IDLE",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
+    let slices = e.gpus.iter().any(|g| g.mig.is_some());
+    let mut header = vec!["NODE", "GPU", "MODEL"];
+    if slices {
+        header.push("SLICE");
+    }
+    header.extend(["UTIL MEAN", "UTIL MAX", "MEM PEAK", "GPU-HOURS"]);
+    if slices {
+        header.push("SLICE-HOURS");
+    }
+    header.extend(["USED", "ENERGY KWH", "IDLE"]);
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for g in &e.gpus {
-        rows.push(vec![
+        // a slice: its parent GPU's model, its profile and share beside it
+        let model = match &g.mig {
+            Some(m) => m.parent_model.clone().or_else(|| g.model.clone()),
+            None => g.model.clone(),
+        };
+        let mut row = vec![
             g.node.clone(),
             g.index.to_string(),
-            g.model.clone().unwrap_or_else(|| "-".into()),
+            model.unwrap_or_else(|| "-".into()),
+        ];
+        if slices {
+            row.push(g.mig.as_ref().map_or("-".into(), slice_cell));
+        }
+        row.extend([
             g.util_mean_pct.map_or("-".into(), |u| format!("{u:.1}%")),
             g.util_max_pct.map_or("-".into(), |u| format!("{u}%")),
             match (g.mem_peak_mib, g.mem_total_mib) {
@@ -642,11 +668,17 @@ fn gpu_table(e: &EfficiencyAnswer) -> String {
                 _ => "-".into(),
             },
             hours(g.allocated_gpu_ms),
+        ]);
+        if slices {
+            row.push(g.slice_ms.map_or("-".into(), hours));
+        }
+        row.extend([
             g.used_gpu_ms.map_or("-".into(), hours),
             g.energy_mj
                 .map_or("-".into(), |mj| format!("{:.6}", mj as f64 / 3.6e9)),
             g.idle_ms.map_or("-".into(), |i| format_elapsed(i / 1000)),
         ]);
+        rows.push(row);
     }
     crate::admin::table(&rows)
 }

@@ -125,6 +125,11 @@ pub struct ReportRow {
     /// for `idle_gpu_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_measured_gpu_ms: Option<u64>,
+    /// Allocated device time of MIG slices inside the window, slice-ms: each slice's time
+    /// counted once, not by its share (0: no slice in the group; rollups written before
+    /// acctd kept slice time count 0). `None`: an acctd that predates slice time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_ms: Option<u64>,
     /// Cost inside the window, in millionths of [`ReportAnswer::currency`], priced by acctd
     /// with the prices in force when the GPUs were used. `None`: acctd has no prices (or
     /// predates server-side prices).

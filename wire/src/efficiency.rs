@@ -27,11 +27,20 @@ pub struct GpuEfficiency {
     pub index: u32,
     /// UUID (empty when no record named it).
     pub uuid: String,
-    /// Product name (`None`: not read).
+    /// Product name (`None`: not read); a MIG slice's is `<GPU> MIG <profile>`.
     pub model: Option<String>,
-    /// Allocated GPU time of this GPU, GPU-ms (Slurm's window when the epilog read it).
+    /// The MIG slice this entry is (`None`: a whole GPU, or an acctd that predates slices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<MigSlice>,
+    /// Allocated GPU time of this GPU, GPU-ms (Slurm's window when the epilog read it); a
+    /// MIG slice counted by its share of its GPU (GPU-equivalents, as acctd bills it).
     pub allocated_gpu_ms: u64,
-    /// Used GPU time (allocated x mean utilization), GPU-ms (`None`: not sampled).
+    /// A MIG slice's allocated device time, slice-ms (the slice counted once, not by its
+    /// share); `None` for a whole GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_ms: Option<u64>,
+    /// Used GPU time (allocated x mean utilization), GPU-ms (`None`: not sampled, e.g. a MIG
+    /// slice, whose utilization NVML does not give).
     pub used_gpu_ms: Option<u64>,
     /// Samples healthd took (`None`: not sampled).
     pub samples: Option<u64>,
@@ -50,6 +59,19 @@ pub struct GpuEfficiency {
     pub idle_ms: Option<u64>,
     /// The periods it was idle (`None`: not measured; empty: measured, never idle).
     pub idle_periods: Option<Vec<Period>>,
+}
+
+/// A MIG slice of a job: its profile, parent GPU and share of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigSlice {
+    /// The profile, e.g. `2g.20gb`.
+    pub profile: String,
+    /// The parent GPU's model (`NVIDIA H100 80GB HBM3`; `None`: not read).
+    pub parent_model: Option<String>,
+    /// Compute slices of the slice (`None`: its share was not read: billed as a whole GPU).
+    pub slices: Option<u32>,
+    /// Compute slices of the whole GPU (`None` as for `slices`).
+    pub of: Option<u32>,
 }
 
 /// `GET /v1/jobs/{cluster}/{job_id}/efficiency`: one run of a job (the latest acctd has).
@@ -79,8 +101,11 @@ pub struct EfficiencyAnswer {
     pub nodes: Vec<String>,
     /// Per GPU, by node and index.
     pub gpus: Vec<GpuEfficiency>,
-    /// Allocated GPU time, GPU-ms.
+    /// Allocated GPU time, GPU-ms (MIG slices by their share, as billed).
     pub allocated_gpu_ms: u64,
+    /// Allocated device time of the job's MIG slices, slice-ms (`None`: the job holds none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_ms: Option<u64>,
     /// Used GPU time, GPU-ms (`None`: no GPU was sampled).
     pub used_gpu_ms: Option<u64>,
     /// Energy, mJ (`None`: no GPU's energy was read).
@@ -118,7 +143,9 @@ impl GpuEfficiency {
             index,
             uuid: uuid.to_string(),
             model,
+            mig: None,
             allocated_gpu_ms: 0,
+            slice_ms: None,
             used_gpu_ms: None,
             samples: None,
             util_mean_pct: None,

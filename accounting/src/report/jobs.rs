@@ -191,8 +191,8 @@ pub fn jobs(
                 gpu_model: j.gpu_models.first().cloned().unwrap_or_default(),
             };
             let mut f = q.filters.clone();
-            // A job of several models passes when any of them does.
-            if !f.gpu_models.is_empty() && j.gpu_models.iter().any(|m| f.gpu_models.contains(m)) {
+            // A job of several models passes when any of them does (a slice by its parent).
+            if !f.gpu_models.is_empty() && j.gpu_models.iter().any(|m| f.matches_gpu_model(m)) {
                 f.gpu_models.clear();
             }
             f.matches(&k)

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::auth::ReadScope;
 use crate::day::{civil_from_days, format_day};
 use crate::query::{decode_component, qerr};
-use crate::rollup::RollupKey;
+use crate::rollup::{RollupKey, split_mig_model};
 use crate::zone::SiteZone;
 
 /// Most jobs one `GET /v1/jobs` returns (`limit` may ask for fewer).
@@ -88,7 +88,9 @@ pub struct Filters {
     pub users: BTreeSet<String>,
     /// Partitions.
     pub partitions: BTreeSet<String>,
-    /// GPU models.
+    /// GPU models: a row passes when its model is one of them, or is a MIG slice of one of
+    /// them (`NVIDIA H100 80GB HBM3` also passes `NVIDIA H100 80GB HBM3 MIG 2g.20gb`; a
+    /// slice's own name passes only that profile). See [`Filters::matches_gpu_model`].
     pub gpu_models: BTreeSet<String>,
     /// Job ids (job lists only).
     pub jobs: BTreeSet<u32>,
@@ -115,13 +117,21 @@ impl Filters {
         set.is_empty() || set.contains(v)
     }
 
+    /// Whether a GPU model as the records name it passes the GPU model filter: it is named,
+    /// or it is a MIG slice (`<GPU> MIG <profile>`) of a named model.
+    pub fn matches_gpu_model(&self, model: &str) -> bool {
+        self.gpu_models.is_empty()
+            || self.gpu_models.contains(model)
+            || matches!(split_mig_model(model), (parent, Some(_)) if self.gpu_models.contains(parent))
+    }
+
     /// Whether a rollup row passes.
     pub fn matches(&self, k: &RollupKey) -> bool {
         Self::allows(&self.clusters, &k.cluster)
             && Self::allows(&self.accounts, &k.account)
             && Self::allows(&self.users, &k.user)
             && Self::allows(&self.partitions, &k.partition)
-            && Self::allows(&self.gpu_models, &k.gpu_model)
+            && self.matches_gpu_model(&k.gpu_model)
             && self
                 .visible
                 .as_ref()
@@ -221,13 +231,7 @@ impl ReportQuery {
     /// [`ReportQuery::parse`] with periods and dates in the site's zone `site`, unless the
     /// query names another with `tz=` (an IANA name of the system tz database, e.g. `UTC`).
     pub fn parse_in(query: &str, site: &SiteZone) -> Result<ReportQuery, ReportQueryError> {
-        let mut zone = site.clone();
-        for pair in query.split('&') {
-            if let Some(v) = pair.strip_prefix("tz=") {
-                let v = decode_component(v).ok_or_else(|| qerr("tz", "bad percent-encoding"))?;
-                zone = SiteZone::named(v.trim()).map_err(|e| qerr("tz", e.to_string()))?;
-            }
-        }
+        let zone = zone_of(query, site)?;
         let mut start = None;
         let mut end = None;
         let mut f = Filters::default();
@@ -236,75 +240,23 @@ impl ReportQuery {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = decode_component(v).ok_or_else(|| qerr(k, "bad percent-encoding"))?;
-            let set = |v: &str| -> BTreeSet<String> {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            };
             match k {
                 "start" => start = Some(parse_instant(k, &v, &zone)?),
                 "end" => end = Some(parse_instant(k, &v, &zone)?),
                 "tz" => {}
-                "cluster" => f.clusters.extend(set(&v)),
-                "account" => f.accounts.extend(set(&v)),
-                "user" => f.users.extend(set(&v)),
-                "partition" => f.partitions.extend(set(&v)),
-                "gpu_model" => f.gpu_models.extend(set(&v)),
-                "jobs" => {
-                    for j in set(&v) {
-                        // sacct accepts 123.batch and the like; the job id is what counts.
-                        let id = j.split(['.', '_']).next().unwrap_or(&j);
-                        f.jobs.insert(
-                            id.parse()
-                                .map_err(|_| qerr(k, format!("{j:?} is not a job id")))?,
-                        );
-                    }
-                    if f.jobs.len() > MAX_JOB_IDS {
-                        return Err(qerr(k, format!("more than {MAX_JOB_IDS} job ids")));
-                    }
-                }
+                "cluster" => f.clusters.extend(list(&v)),
+                "account" => f.accounts.extend(list(&v)),
+                "user" => f.users.extend(list(&v)),
+                "partition" => f.partitions.extend(list(&v)),
+                "gpu_model" => f.gpu_models.extend(list(&v)),
+                "jobs" => add_jobs(&mut f.jobs, k, &v)?,
                 "limit" => {
                     limit = v
                         .parse::<usize>()
                         .map_err(|_| qerr(k, format!("{v:?} is not a number")))?
                         .min(MAX_JOBS);
                 }
-                "group_by" => {
-                    for g in v.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-                        let field = match g.to_ascii_lowercase().as_str() {
-                            "cluster" => GroupBy::Cluster,
-                            "account" => GroupBy::Account,
-                            "user" => GroupBy::User,
-                            "partition" => GroupBy::Partition,
-                            "gpu" | "gpu_model" => GroupBy::Gpu,
-                            "profile" | "mig_profile" => GroupBy::Profile,
-                            "day" => GroupBy::Period(Period::Day),
-                            "week" => GroupBy::Period(Period::Week),
-                            "month" => GroupBy::Period(Period::Month),
-                            _ => {
-                                return Err(qerr(
-                                    k,
-                                    format!(
-                                        "unknown field {g:?} (cluster, account, user, partition, \
-                                         gpu, profile, day, week, month)"
-                                    ),
-                                ));
-                            }
-                        };
-                        if matches!(field, GroupBy::Period(_))
-                            && group_by
-                                .iter()
-                                .any(|x| matches!(x, GroupBy::Period(_)) && *x != field)
-                        {
-                            return Err(qerr(k, "only one of day, week and month"));
-                        }
-                        if !group_by.contains(&field) {
-                            group_by.push(field);
-                        }
-                    }
-                }
+                "group_by" => add_group_by(&mut group_by, k, &v)?,
                 _ => return Err(qerr(k, "unknown parameter")),
             }
         }
@@ -322,4 +274,83 @@ impl ReportQuery {
             limit,
         })
     }
+}
+
+/// The query's time zone: `tz=`'s, else the site's.
+fn zone_of(query: &str, site: &SiteZone) -> Result<SiteZone, ReportQueryError> {
+    let mut zone = site.clone();
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("tz=") {
+            let v = decode_component(v).ok_or_else(|| qerr("tz", "bad percent-encoding"))?;
+            zone = SiteZone::named(v.trim()).map_err(|e| qerr("tz", e.to_string()))?;
+        }
+    }
+    Ok(zone)
+}
+
+/// A comma-separated set (items trimmed, empty ones left out).
+fn list(v: &str) -> BTreeSet<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Adds the job ids of `jobs=` (`k`) to `jobs`, at most [`MAX_JOB_IDS`] in all.
+fn add_jobs(jobs: &mut BTreeSet<u32>, k: &str, v: &str) -> Result<(), ReportQueryError> {
+    for j in list(v) {
+        // sacct accepts 123.batch and the like; the job id is what counts.
+        let id = j.split(['.', '_']).next().unwrap_or(&j);
+        jobs.insert(
+            id.parse()
+                .map_err(|_| qerr(k, format!("{j:?} is not a job id")))?,
+        );
+    }
+    if jobs.len() > MAX_JOB_IDS {
+        return Err(qerr(k, format!("more than {MAX_JOB_IDS} job ids")));
+    }
+    Ok(())
+}
+
+/// Adds the fields of `group_by=` (`k`) to `group_by`, each once, at most one period.
+fn add_group_by(group_by: &mut Vec<GroupBy>, k: &str, v: &str) -> Result<(), ReportQueryError> {
+    for g in v.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let field = group_field(k, g)?;
+        if matches!(field, GroupBy::Period(_))
+            && group_by
+                .iter()
+                .any(|x| matches!(x, GroupBy::Period(_)) && *x != field)
+        {
+            return Err(qerr(k, "only one of day, week and month"));
+        }
+        if !group_by.contains(&field) {
+            group_by.push(field);
+        }
+    }
+    Ok(())
+}
+
+/// The field a `group_by=` item names.
+fn group_field(k: &str, g: &str) -> Result<GroupBy, ReportQueryError> {
+    Ok(match g.to_ascii_lowercase().as_str() {
+        "cluster" => GroupBy::Cluster,
+        "account" => GroupBy::Account,
+        "user" => GroupBy::User,
+        "partition" => GroupBy::Partition,
+        "gpu" | "gpu_model" => GroupBy::Gpu,
+        "profile" | "mig_profile" => GroupBy::Profile,
+        "day" => GroupBy::Period(Period::Day),
+        "week" => GroupBy::Period(Period::Week),
+        "month" => GroupBy::Period(Period::Month),
+        _ => {
+            return Err(qerr(
+                k,
+                format!(
+                    "unknown field {g:?} (cluster, account, user, partition, gpu, profile, \
+                     day, week, month)"
+                ),
+            ));
+        }
+    })
 }

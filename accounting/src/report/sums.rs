@@ -10,7 +10,9 @@ use sgpu_spool::RecordBody;
 use super::query::{GroupBy, Period, ReportQuery};
 use crate::day::{DAY_MS, day_of, overlap, share_of};
 use crate::prices::{PriceList, Rates, micro};
-use crate::rollup::{RollupKey, RollupValue, UNKNOWN_GPU_MODEL, job_count_key, split_mig_model};
+use crate::rollup::{
+    RollupKey, RollupValue, UNKNOWN_GPU_MODEL, is_slice, job_count_key, split_mig_model,
+};
 use crate::store::{Store, StoreError};
 use crate::zone::ZoneError;
 use sgpu_wire::acctd::ReportRow;
@@ -134,16 +136,15 @@ pub fn partial_pieces(
                             from,
                             to,
                         );
-                        let k = key(
-                            day,
-                            cluster,
-                            &b.account,
-                            &b.user,
-                            &b.partition,
-                            model(&gpu.name),
-                        );
+                        let model = model(&gpu.name);
+                        let slice = is_slice(gpu.mig.as_ref(), &model);
+                        let k = key(day, cluster, &b.account, &b.user, &b.partition, model);
                         let v = out.entry(k).or_default();
                         v.allocated_gpu_ms += alloc;
+                        if slice {
+                            // a slice's device time, counted once (the rollups' rule)
+                            v.slice_ms += overlap(alloc_start, alloc_end, from, to);
+                        }
                         let energy = gpu.energy_delta_mj.or_else(|| {
                             gpu.energy_end_mj
                                 .zip(gpu.energy_start_mj)
@@ -276,11 +277,26 @@ pub fn report(
         GroupBy::Period(p) => Some(*p),
         _ => None,
     });
+    let cut = cut_days(store, q, period, prices)?;
+    let mut groups: Groups = HashMap::new();
+    add_whole_days(store, q, period, prices, &cut, &mut groups)?;
+    for day in cut {
+        add_cut_day(store, q, period, prices, day, &mut groups)?;
+    }
+    Ok(into_rows(groups, prices.is_some()))
+}
+
+/// The UTC days a report reads record by record: the window's edges, and the days with
+/// records that a local period boundary or a price change cuts.
+fn cut_days(
+    store: &dyn Store,
+    q: &ReportQuery,
+    period: Option<Period>,
+    prices: Option<&PriceList>,
+) -> Result<BTreeSet<u32>, ReportError> {
     let (start, end) = (q.start_ms, q.end_ms);
     let first_day = day_of(start);
     let last_day = day_of(end.saturating_sub(1));
-    // the UTC days to read record by record: the window's edges, and days with records that
-    // a local period boundary or a price change cuts
     let mut cut: BTreeSet<u32> = BTreeSet::new();
     if start % DAY_MS != 0 {
         cut.insert(first_day);
@@ -315,62 +331,92 @@ pub fn report(
             }
         }
     }
-    let mut groups: Groups = HashMap::new();
-    let first_full = start.div_ceil(DAY_MS);
-    let end_full = end / DAY_MS; // exclusive
-    if first_full < end_full {
-        let first = u32::try_from(first_full).unwrap_or(u32::MAX);
-        let last = u32::try_from(end_full - 1).unwrap_or(u32::MAX);
-        // rows come in day order: one period label and one price lookup per day
-        let mut day_info: Option<(u32, Option<String>)> = None;
-        let mut failed: Option<ZoneError> = None;
-        store.for_each_rollup(first, last, &mut |k, v| {
-            if cut.contains(&k.day) || failed.is_some() {
-                return;
-            }
-            let day = k.day;
-            let day_start = u64::from(day) * DAY_MS;
-            if day_info.as_ref().is_none_or(|(d, _)| *d != day) {
-                let label = match period.map(|p| q.zone.period_at(p, day_start)) {
-                    Some(Ok((_, _, label))) => Some(label),
-                    Some(Err(e)) => {
-                        failed = Some(e);
-                        return;
-                    }
-                    None => None,
-                };
-                day_info = Some((day, label));
-            }
-            let label = day_info.as_ref().and_then(|(_, l)| l.as_deref());
-            let rates = prices.and_then(|p| p.at(day_start));
-            add_to(&mut groups, q, k, &v, label, rates);
-        })?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
+    Ok(cut)
+}
+
+/// Adds the rollup rows of the whole UTC days inside the window that are not `cut`, each
+/// in the period and at the price of its first instant.
+fn add_whole_days(
+    store: &dyn Store,
+    q: &ReportQuery,
+    period: Option<Period>,
+    prices: Option<&PriceList>,
+    cut: &BTreeSet<u32>,
+    groups: &mut Groups,
+) -> Result<(), ReportError> {
+    let first_full = q.start_ms.div_ceil(DAY_MS);
+    let end_full = q.end_ms / DAY_MS; // exclusive
+    if first_full >= end_full {
+        return Ok(());
     }
-    for day in cut {
-        let lo = (u64::from(day) * DAY_MS).max(start);
-        let hi = (u64::from(day) * DAY_MS + DAY_MS).min(end);
-        if lo >= hi {
-            continue;
+    let first = u32::try_from(first_full).unwrap_or(u32::MAX);
+    let last = u32::try_from(end_full - 1).unwrap_or(u32::MAX);
+    // rows come in day order: one period label and one price lookup per day
+    let mut day_info: Option<(u32, Option<String>)> = None;
+    let mut failed: Option<ZoneError> = None;
+    store.for_each_rollup(first, last, &mut |k, v| {
+        if cut.contains(&k.day) || failed.is_some() {
+            return;
         }
-        let mut bounds = vec![lo];
-        bounds.extend(breaks_in(q, period, prices, lo, hi)?);
-        bounds.push(hi);
-        let pieces: Vec<(u64, u64)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
-        let sums = partial_pieces(store, day, &pieces)?;
-        for (&(from, _), piece) in pieces.iter().zip(sums) {
-            let label = match period {
-                Some(p) => Some(q.zone.period_at(p, from)?.2),
+        let day = k.day;
+        let day_start = u64::from(day) * DAY_MS;
+        if day_info.as_ref().is_none_or(|(d, _)| *d != day) {
+            let label = match period.map(|p| q.zone.period_at(p, day_start)) {
+                Some(Ok((_, _, label))) => Some(label),
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    return;
+                }
                 None => None,
             };
-            let rates = prices.and_then(|p| p.at(from));
-            for (k, v) in piece {
-                add_to(&mut groups, q, k, &v, label.as_deref(), rates);
-            }
+            day_info = Some((day, label));
+        }
+        let label = day_info.as_ref().and_then(|(_, l)| l.as_deref());
+        let rates = prices.and_then(|p| p.at(day_start));
+        add_to(groups, q, k, &v, label, rates);
+    })?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Adds the cut UTC day `day` from its records, clipped to the window and cut into pieces
+/// at the period boundaries and price changes inside it, each piece in its own period and
+/// at its own price.
+fn add_cut_day(
+    store: &dyn Store,
+    q: &ReportQuery,
+    period: Option<Period>,
+    prices: Option<&PriceList>,
+    day: u32,
+    groups: &mut Groups,
+) -> Result<(), ReportError> {
+    let lo = (u64::from(day) * DAY_MS).max(q.start_ms);
+    let hi = (u64::from(day) * DAY_MS + DAY_MS).min(q.end_ms);
+    if lo >= hi {
+        return Ok(());
+    }
+    let mut bounds = vec![lo];
+    bounds.extend(breaks_in(q, period, prices, lo, hi)?);
+    bounds.push(hi);
+    let pieces: Vec<(u64, u64)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+    let sums = partial_pieces(store, day, &pieces)?;
+    for (&(from, _), piece) in pieces.iter().zip(sums) {
+        let label = match period {
+            Some(p) => Some(q.zone.period_at(p, from)?.2),
+            None => None,
+        };
+        let rates = prices.and_then(|p| p.at(from));
+        for (k, v) in piece {
+            add_to(groups, q, k, &v, label.as_deref(), rates);
         }
     }
+    Ok(())
+}
+
+/// The report's rows from its group sums, sorted; `priced`: rows carry their cost.
+fn into_rows(groups: Groups, priced: bool) -> Vec<ReportRow> {
     let mut rows: Vec<ReportRow> = groups
         .into_iter()
         .map(|(mut row, (v, cost))| {
@@ -381,10 +427,11 @@ pub fn report(
             row.idle_gpu_ms = (v.idle_measured_gpu_ms > 0).then_some(v.idle_gpu_ms);
             row.idle_measured_gpu_ms =
                 (v.idle_measured_gpu_ms > 0).then_some(v.idle_measured_gpu_ms);
-            row.cost_micro = prices.map(|_| micro(cost));
+            row.slice_ms = Some(v.slice_ms);
+            row.cost_micro = priced.then(|| micro(cost));
             row
         })
         .collect();
     rows.sort_unstable();
-    Ok(rows)
+    rows
 }

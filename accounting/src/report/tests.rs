@@ -611,3 +611,112 @@ fn reports_group_by_mig_profile_and_parent_gpu() {
     );
     assert!(ReportQuery::parse("start=2026-01-30&end=2026-01-31&group_by=mig_profile").is_ok());
 }
+
+#[test]
+fn reports_count_slice_hours_per_profile_once_each_at_any_cut() {
+    use crate::test_records::{H100, on_slices};
+    let (_d, s) = store();
+    // from 22:00 on day 10 to 04:00 on day 11: a 2g.20gb slice (6 h), and two 1g.10gb
+    // slices of another job (6 h each); a whole GPU beside them (no slice time)
+    let (start, end) = (10 * DAY_MS + 22 * HOUR, 11 * DAY_MS + 4 * HOUR);
+    s.put_batch(&[
+        on_slices(job_end(1, "n1", start, end, &[0]), &[("2g.20gb", 2, 7)]),
+        on_slices(
+            job_end(2, "n1", start, end, &[0, 0]),
+            &[("1g.10gb", 1, 7), ("1g.10gb", 1, 7)],
+        ),
+        job_end(3, "n2", start, end, &[10]),
+    ])
+    .unwrap();
+    let by_profile = |from: u64, to: u64, filter: &str| -> Vec<(String, u64, u64)> {
+        let mut query = q(&format!("start=0&end=1&group_by=profile{filter}"));
+        (query.start_ms, query.end_ms) = (from, to);
+        let mut v: Vec<_> = report(&*s, &query, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let slice_ms = r.slice_ms.expect("acctd states slice time");
+                (
+                    r.mig_profile.unwrap_or_default(),
+                    slice_ms,
+                    r.allocated_gpu_ms,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let all = by_profile(10 * DAY_MS, 12 * DAY_MS, "");
+    assert_eq!(
+        all,
+        [
+            (String::new(), 0, 6 * HOUR),
+            ("1g.10gb".into(), 2 * 6 * HOUR, 2 * 3_085_714), // 6 h x 1/7 = 3085714.29
+            ("2g.20gb".into(), 6 * HOUR, 6_171_429),
+        ]
+    );
+    // cut anywhere (edge days from the records, whole days from the rollups): the slice
+    // hours of both sides add up exactly
+    for cut in [
+        10 * DAY_MS + 23 * HOUR,
+        11 * DAY_MS,
+        11 * DAY_MS + 1,
+        11 * DAY_MS + 3 * HOUR + 7,
+    ] {
+        let (a, b) = (
+            by_profile(10 * DAY_MS, cut, ""),
+            by_profile(cut, 12 * DAY_MS, ""),
+        );
+        for (i, row) in all.iter().enumerate() {
+            let side =
+                |v: &[(String, u64, u64)]| v.iter().find(|r| r.0 == row.0).map_or(0, |r| r.1);
+            assert_eq!(side(&a) + side(&b), row.1, "cut at {cut}, row {i}");
+        }
+    }
+    assert_eq!(
+        by_profile(10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + HOUR, "")[2].1,
+        2 * HOUR,
+        "the 2g slice's two hours inside 23:00-01:00"
+    );
+    // filtered by the parent model: its slices pass too; by a slice's name: that profile
+    let parent = by_profile(
+        10 * DAY_MS,
+        12 * DAY_MS,
+        "&gpu_model=NVIDIA%20H100%2080GB%20HBM3",
+    );
+    assert_eq!(parent, all);
+    let one = by_profile(
+        10 * DAY_MS,
+        12 * DAY_MS,
+        "&gpu_model=NVIDIA%20H100%2080GB%20HBM3%20MIG%202g.20gb",
+    );
+    assert_eq!(one, [("2g.20gb".into(), 6 * HOUR, 6_171_429)]);
+    assert!(by_profile(10 * DAY_MS, 12 * DAY_MS, "&gpu_model=NVIDIA%20A100").is_empty());
+    // the job list: a job on slices passes its parent model's filter
+    let mut query = q(&format!(
+        "start=0&end=1&gpu_model={}",
+        H100.replace(' ', "%20")
+    ));
+    (query.start_ms, query.end_ms) = (10 * DAY_MS, 12 * DAY_MS);
+    let (list, _) = jobs(&*s, &query, None).unwrap();
+    let ids: Vec<u32> = list.iter().map(|j| j.job_id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+}
+
+#[test]
+fn the_gpu_model_filter_passes_a_models_slices_only() {
+    let mut f = Filters::default();
+    assert!(f.matches_gpu_model("anything"));
+    f.gpu_models.insert("NVIDIA H100 80GB HBM3".into());
+    assert!(f.matches_gpu_model("NVIDIA H100 80GB HBM3"));
+    assert!(f.matches_gpu_model("NVIDIA H100 80GB HBM3 MIG 1g.10gb"));
+    assert!(!f.matches_gpu_model("NVIDIA H100 80GB HBM3 PCIe"));
+    assert!(!f.matches_gpu_model("NVIDIA H100 80GB HBM3 PCIe MIG 1g.10gb"));
+    assert!(!f.matches_gpu_model("NVIDIA H200"));
+    let mut f = Filters::default();
+    f.gpu_models
+        .insert("NVIDIA H100 80GB HBM3 MIG 1g.10gb".into());
+    assert!(f.matches_gpu_model("NVIDIA H100 80GB HBM3 MIG 1g.10gb"));
+    assert!(!f.matches_gpu_model("NVIDIA H100 80GB HBM3 MIG 2g.20gb"));
+    assert!(!f.matches_gpu_model("NVIDIA H100 80GB HBM3"));
+}

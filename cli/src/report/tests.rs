@@ -114,6 +114,8 @@ fn sacct_flags_make_the_query() {
         "alpha",
         "-j",
         "12,13",
+        "-G",
+        "NVIDIA H100 80GB HBM3",
         "-P",
         "-n",
     ]);
@@ -125,7 +127,7 @@ fn sacct_flags_make_the_query() {
         query(&t.s, s, e, Some("account,gpu")),
         format!(
             "start={s}&end={e}&account=phys%20ics,chem&user=alice&jobs=12,13&partition=gpu\
-             &cluster=alpha&group_by=account,gpu"
+             &cluster=alpha&gpu_model=NVIDIA%20H100%2080GB%20HBM3&group_by=account,gpu"
         )
     );
     assert!(t.s.parsable2 && t.s.noheader);
@@ -277,22 +279,32 @@ fn reports_group_by_mig_profile() {
     assert_eq!(fields, vec![Field::GpuModel, Field::MigProfile]);
     let cols = parse_format("Profile,GPUHours", REPORT_FIELDS).unwrap();
     assert_eq!(group_fields(None, Some(&cols)).unwrap().0, vec!["profile"]);
-    let row = |profile: &str, ms: u64| ReportRow {
+    let row = |profile: &str, ms: u64, slice_ms: u64| ReportRow {
         mig_profile: Some(profile.into()),
         allocated_gpu_ms: ms,
+        slice_ms: Some(slice_ms),
         ..ReportRow::default()
     };
     let rows = [
-        row("", 3_600_000),
-        row("2g.20gb", 1_028_571),
-        row("2g.20gb", 1_028_571),
+        row("", 3_600_000, 0),
+        row("2g.20gb", 1_028_571, 3_600_000),
+        row("2g.20gb", 1_028_571, 3_600_000),
     ];
     let sums = aggregate(&rows, &[Field::MigProfile]);
     assert_eq!(sums[&vec![String::new()]].allocated_gpu_ms, 3_600_000);
-    assert_eq!(
-        sums[&vec!["2g.20gb".to_string()]].allocated_gpu_ms,
-        2 * 1_028_571
-    );
+    let two_g = &sums[&vec!["2g.20gb".to_string()]];
+    assert_eq!(two_g.allocated_gpu_ms, 2 * 1_028_571);
+    assert_eq!(two_g.slice_ms, Some(2 * 3_600_000));
+    let cols = parse_format("Profile,GPUHours,SliceHours", REPORT_FIELDS).unwrap();
+    let text = render_report(&rows, &cols, &[Field::MigProfile], Style::Parsable2, false);
+    assert_eq!(text, "|1.00|0.00\n2g.20gb|0.57|2.00\n");
+    // an acctd that predates slice time: the column stays empty, not 0
+    let old = [ReportRow {
+        slice_ms: None,
+        ..row("2g.20gb", 1_028_571, 0)
+    }];
+    let text = render_report(&old, &cols, &[Field::MigProfile], Style::Parsable2, false);
+    assert_eq!(text, "2g.20gb|0.29|\n");
 }
 
 #[test]

@@ -88,6 +88,7 @@ fn answer(gpus: Vec<GpuEfficiency>) -> EfficiencyAnswer {
         now_ms: 3_700_000,
         nodes: vec!["n1".into()],
         allocated_gpu_ms: gpus.iter().map(|g| g.allocated_gpu_ms).sum(),
+        slice_ms: None,
         used_gpu_ms: None,
         energy_mj: None,
         idle_gpu_ms: None,
@@ -216,6 +217,84 @@ fn live_figures_fill_a_running_job() {
     // another cluster's job of the same id is not this one
     a.cluster = "other".into();
     assert!(!merge_live(&mut a, "n1", &doc));
+}
+
+#[test]
+fn a_job_on_mig_slices_shows_each_slice_under_its_gpu_by_share() {
+    // a 2g.20gb slice for 1 h, counted 2/7 GPU-hour; its utilization is unknown
+    let mut g = gpu("n1", 0, None, Some(512));
+    g.model = Some("NVIDIA H100 80GB HBM3 MIG 2g.20gb".into());
+    g.mig = Some(sgpu_wire::efficiency::MigSlice {
+        profile: "2g.20gb".into(),
+        parent_model: Some("NVIDIA H100 80GB HBM3".into()),
+        slices: Some(2),
+        of: Some(7),
+    });
+    (g.allocated_gpu_ms, g.slice_ms, g.mem_total_mib) = (1_028_571, Some(3_600_000), Some(20_480));
+    let mut a = answer(vec![g, gpu("n1", 1, Some(80.0), Some(1024))]);
+    a.slice_ms = Some(3_600_000);
+    let text = render(&a, &SlurmAnswer::Unavailable("x".into()), &[]);
+    assert!(
+        text.contains("GPU-hours: allocated 1.2857,"),
+        "1 h whole + 2/7 h: {text}"
+    );
+    assert!(
+        text.contains("MIG slice-hours: 1.0000 (GPU-hours count each slice by its share"),
+        "{text}"
+    );
+    let table: Vec<Vec<&str>> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE"))
+        .take(3)
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        table[0],
+        [
+            "NODE",
+            "GPU",
+            "MODEL",
+            "SLICE",
+            "UTIL MEAN",
+            "UTIL MAX",
+            "MEM PEAK",
+            "GPU-HOURS",
+            "SLICE-HOURS",
+            "USED",
+            "ENERGY KWH",
+            "IDLE"
+        ]
+    );
+    assert_eq!(
+        table[1][..9],
+        [
+            "n1",
+            "0",
+            "NVIDIA H100 80GB HBM3",
+            "2g.20gb (2/7)",
+            "-",
+            "-",
+            "512 / 20480 MiB",
+            "0.2857",
+            "1.0000"
+        ]
+    );
+    assert_eq!(table[2][3], "-", "a whole GPU has no slice: {text}");
+    // a job without slices keeps the table it had
+    let text = render(
+        &answer(vec![gpu("n1", 0, Some(1.0), None)]),
+        &SlurmAnswer::Unavailable("x".into()),
+        &[],
+    );
+    assert!(
+        !text.contains("SLICE") && !text.contains("slice-hours"),
+        "{text}"
+    );
 }
 
 #[test]
