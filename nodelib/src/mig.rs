@@ -272,31 +272,33 @@ impl MigMinors {
     /// The slice a device's capability minors name, on the GPU of minor `gpu_minor` (`None`:
     /// the device file did not say; the capabilities' GPU is taken). `Err` says why the
     /// minors name no one slice.
-    pub fn slice(&self, gpu_minor: Option<u32>, caps: &[u32]) -> Result<SliceAddress, String> {
+    pub fn slice(&self, gpu_minor: Option<u32>, caps: &[u32]) -> Result<SliceAddress, SliceError> {
         let mut gpu = gpu_minor;
         let (mut gi, mut ci) = (None, None);
         for &m in caps {
-            let cap = self.cap(m).ok_or_else(|| {
-                format!(
-                    "nvidia-cap{m} is no MIG instance's capability ({})",
-                    self.source.as_deref().unwrap_or("the driver's layout")
-                )
+            let cap = self.cap(m).ok_or_else(|| SliceError::NotACapability {
+                minor: m,
+                layout: self
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| "the driver's layout".to_string()),
             })?;
             let (g, i, c) = match cap {
                 Cap::GpuInstance { gpu, gi } => (gpu, gi, None),
                 Cap::ComputeInstance { gpu, gi, ci } => (gpu, gi, Some(ci)),
             };
             if gpu.is_some_and(|x| x != g) || gi.is_some_and(|x| x != i) {
-                return Err(format!(
-                    "nvidia-cap{m} is GPU {g}'s GPU instance {i}, not the same slice as the \
-                     device's other files"
-                ));
+                return Err(SliceError::OtherSlice {
+                    minor: m,
+                    gpu: g,
+                    gpu_instance: i,
+                });
             }
             gpu = Some(g);
             gi = Some(i);
             if c.is_some() {
                 if ci.is_some() && ci != c {
-                    return Err(format!("nvidia-cap{m} names a second compute instance"));
+                    return Err(SliceError::SecondComputeInstance { minor: m });
                 }
                 ci = c;
             }
@@ -307,9 +309,45 @@ impl MigMinors {
                 gpu_instance,
                 compute_instance: ci,
             }),
-            _ => Err("no MIG capability file among the device's files".to_string()),
+            _ => Err(SliceError::NoCapability),
         }
     }
+}
+
+/// Why a gres.conf device's capability minors name no one MIG slice
+/// ([`MigMinors::slice`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SliceError {
+    /// A minor that is no MIG instance's capability.
+    #[error("nvidia-cap{minor} is no MIG instance's capability ({layout})")]
+    NotACapability {
+        /// The capability file's minor.
+        minor: u32,
+        /// Where the minors were read (the driver's file, or its fixed layout).
+        layout: String,
+    },
+    /// A minor of another slice than the device's other files.
+    #[error(
+        "nvidia-cap{minor} is GPU {gpu}'s GPU instance {gpu_instance}, not the same slice as \
+         the device's other files"
+    )]
+    OtherSlice {
+        /// The capability file's minor.
+        minor: u32,
+        /// The GPU (device minor) it belongs to.
+        gpu: u32,
+        /// Its GPU instance.
+        gpu_instance: u32,
+    },
+    /// A second compute instance of the same GPU instance.
+    #[error("nvidia-cap{minor} names a second compute instance")]
+    SecondComputeInstance {
+        /// The capability file's minor.
+        minor: u32,
+    },
+    /// No capability file at all.
+    #[error("no MIG capability file among the device's files")]
+    NoCapability,
 }
 
 /// How a job's slice is known: by the device files Slurm gave it, or by UUID.
@@ -424,6 +462,7 @@ mod tests {
             fixed
                 .slice(Some(0), &[1])
                 .unwrap_err()
+                .to_string()
                 .contains("nvidia-cap1 ")
         );
         // GI 2 of GPU 0 and GI 3: two slices
