@@ -144,6 +144,9 @@ pub struct HistoryArgs {
     /// with the job, its owner, the idle GPUs and how long they were idle.
     #[arg(long)]
     pub jobs: bool,
+    /// Only the runs of active checks (`[active]`: each run's outcome and measurement).
+    #[arg(long, conflicts_with = "jobs")]
+    pub active: bool,
     /// Shared options.
     #[command(flatten)]
     pub opts: AdminOpts,
@@ -534,6 +537,9 @@ pub fn history(settings: &Settings, a: &HistoryArgs) -> anyhow::Result<i32> {
         acctd::history(&client, &names, a.limit, window).map_err(anyhow::Error::msg)?;
     if a.jobs {
         events.retain(|e| e.job.is_some());
+    }
+    if a.active {
+        events.retain(|e| e.action == NodeAction::ActiveCheck);
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&events)?);

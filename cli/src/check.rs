@@ -287,6 +287,9 @@ fn run_active(config: &Config, args: &CheckArgs, name: &str) -> anyhow::Result<i
         if let Err(e) = active::save_result(&config.state_dir, &r) {
             notes.push(format!("{}: result not recorded for healthd: {e}", c.name));
         }
+        if let Err(e) = active::record_run(&config.spool_dir, &r, "sgpu-admin") {
+            notes.push(format!("{}: not in the node's history: {e}", c.name));
+        }
         results.push(r);
     }
     let worst = results

@@ -188,6 +188,8 @@ pub struct Scheduler {
     settings: ActiveSettings,
     state_dir: PathBuf,
     state: ActiveState,
+    /// The spool whose `events/` take a history line per result healthd makes itself.
+    history: Option<PathBuf>,
 }
 
 impl Scheduler {
@@ -205,7 +207,16 @@ impl Scheduler {
             settings: settings.clone(),
             state_dir: state_dir.to_path_buf(),
             state,
+            history: None,
         }
+    }
+
+    /// Also records each result healthd makes itself (a timeout, a job gone without a
+    /// result) in the node's history, in `spool_dir`'s `events/`
+    /// ([`active::record_run`]); the job's own results are recorded by the job.
+    pub fn with_history(mut self, spool_dir: &Path) -> Scheduler {
+        self.history = Some(spool_dir.to_path_buf());
+        self
     }
 
     /// What it remembers now.
@@ -470,6 +481,11 @@ impl Scheduler {
             job_id: Some(job.id),
         };
         if let Err(e) = active::save_result(&self.state_dir, &r) {
+            warn!("active check {}: {e}", check.name);
+        }
+        if let Some(spool) = &self.history
+            && let Err(e) = active::record_run(spool, &r, "healthd")
+        {
             warn!("active check {}: {e}", check.name);
         }
         let st = self.state.checks.entry(check.name.clone()).or_default();

@@ -552,7 +552,8 @@ fn active_scheduler(
             .join(", ")
     );
     Some((
-        crate::active::Scheduler::new(node, &config.active, &config.state_dir),
+        crate::active::Scheduler::new(node, &config.active, &config.state_dir)
+            .with_history(&config.spool_dir),
         crate::active::SlurmClients::new(scontrol, config, node, runner, None),
     ))
 }

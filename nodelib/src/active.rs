@@ -33,7 +33,9 @@
 //! The result of each run is kept in `<state_dir>/active/<name>.json` ([`ActiveResult`],
 //! [`save_result`]); healthd turns the newest into a check result `active.<name>`
 //! ([`to_check_result`]) that goes through the same policy, breaker, `/status` and
-//! `/metrics` as every check.
+//! `/metrics` as every check. Every run, whatever its outcome, is also a line of the node's
+//! history (`sgpu history`, action `active_check`: [`record_run`]), so an admin sees when a
+//! node was last stress-tested and what it measured.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -308,6 +310,50 @@ pub fn load_result(state_dir: &Path, name: &str) -> Result<Option<ActiveResult>,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ActiveError::Io { path, source }),
     }
+}
+
+/// The node-history line of a run: `active.<name> <outcome> in <s> s (job <id>): <message>`
+/// (`by hand` without a job), control characters as spaces, at most
+/// [`sgpu_spool::event::MAX_REASON_BYTES`] bytes.
+pub fn history_reason(r: &ActiveResult) -> String {
+    let job = match r.job_id {
+        Some(id) => format!("job {id}"),
+        None => "by hand".into(),
+    };
+    let text = format!(
+        "active.{} {} in {:.1} s ({job}): {}",
+        r.check,
+        r.outcome.as_str(),
+        r.duration().as_secs_f64(),
+        r.message
+    );
+    let mut line = String::new();
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if line.len() + c.len_utf8() > sgpu_spool::event::MAX_REASON_BYTES {
+            break;
+        }
+        line.push(c);
+    }
+    line
+}
+
+/// Records run `r` in its node's history: an `active_check` event by `source` (`healthd`,
+/// `sgpu-admin`) in the spool's `events/`, sent to acctd with the drains
+/// ([`crate::node_events::record`]). Errors say what failed; callers log them (the result
+/// file stands).
+pub fn record_run(
+    spool_dir: &Path,
+    r: &ActiveResult,
+    source: &str,
+) -> Result<(), crate::node_events::EventNotSpooled> {
+    crate::node_events::record(
+        spool_dir,
+        &r.node,
+        sgpu_spool::NodeAction::ActiveCheck,
+        source,
+        &history_reason(r),
+    )
 }
 
 /// How the command ended, as [`judge`] reads it.

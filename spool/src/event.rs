@@ -35,6 +35,9 @@ pub enum NodeAction {
     IdleMail,
     /// A job was cancelled because its GPUs stayed idle past the grace period.
     IdleCancel,
+    /// An active check ran on the node (`[active]`: healthd's Slurm job or `sgpu check
+    /// --active`); the reason is its outcome and measurement. Every run, not only a failure.
+    ActiveCheck,
 }
 
 impl NodeAction {
@@ -46,6 +49,7 @@ impl NodeAction {
             NodeAction::IdleWarn => "idle_warn",
             NodeAction::IdleMail => "idle_mail",
             NodeAction::IdleCancel => "idle_cancel",
+            NodeAction::ActiveCheck => "active_check",
         }
     }
 
@@ -195,6 +199,12 @@ impl NodeEvent {
         }
         if self.action == NodeAction::Drain && self.reason.trim().is_empty() {
             return Err(RecordError::invalid("reason", "a drain needs a reason"));
+        }
+        if self.action == NodeAction::ActiveCheck && self.reason.trim().is_empty() {
+            return Err(RecordError::invalid(
+                "reason",
+                "an active check event needs its outcome",
+            ));
         }
         match (&self.job, self.action.is_job_action()) {
             (None, true) => Err(RecordError::invalid(
@@ -398,6 +408,30 @@ mod tests {
             forced: false,
             job: None,
         }
+    }
+
+    #[test]
+    fn an_active_check_event_carries_its_outcome_and_no_job() {
+        let run = NodeEvent {
+            action: NodeAction::ActiveCheck,
+            source: "healthd".into(),
+            reason: "active.dcgm-r1 pass in 41.0 s (job 812): dcgmi: 17 results passed".into(),
+            ..event()
+        };
+        assert!(run.validate().is_ok(), "{:?}", run.validate());
+        let text = serde_json::to_string(&run).unwrap();
+        assert!(text.contains(r#""action":"active_check""#), "{text}");
+        assert_eq!(serde_json::from_str::<NodeEvent>(&text).unwrap(), run);
+        let silent = NodeEvent {
+            reason: " ".into(),
+            ..run.clone()
+        };
+        assert!(silent.validate().is_err());
+        let with_job = NodeEvent {
+            job: idle_cancel().job,
+            ..run
+        };
+        assert!(with_job.validate().is_err());
     }
 
     fn idle_cancel() -> NodeEvent {

@@ -16,7 +16,10 @@
 //!    admin resumes it;
 //! 4. a check that hangs (a shell waiting on a child) on node2: killed at its 3 s deadline,
 //!    with its child, reported as `timeout` (node2 drained for it), and the job ends, handing
-//!    the node back to Slurm.
+//!    the node back to Slurm;
+//! 5. every run above, passed or not, by its job or by hand, left an `active_check` event in
+//!    its node's history spool (what `sgpu history` shows once acctd has it) naming the
+//!    check, the outcome, the job and the measurement.
 //!
 //! The checks run every 0.002 h (7.2 s) with the whole interval as stagger, so each run
 //! waits for events (drains, result files, states), never for a fixed time. The cluster is
@@ -48,6 +51,31 @@ impl Drop for Down {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// `(source, reason)` of the `active_check` events in `node`'s history spool, oldest first.
+fn history(
+    cluster: &Cluster,
+    node: &str,
+) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let spool = sgpu_spool::EventSpool::open(&node_files(cluster, node).spool_dir)?;
+    let mut events = Vec::new();
+    for (_, e) in spool.pending()? {
+        let e = e?;
+        if e.action == sgpu_spool::NodeAction::ActiveCheck {
+            assert_eq!(e.node, node);
+            events.push((e.time_ms, e.source, e.reason));
+        }
+    }
+    events.sort();
+    Ok(events.into_iter().map(|(_, s, r)| (s, r)).collect())
+}
+
+/// Whether `events` has one by `source` whose reason starts with `start` and has `rest`.
+fn has(events: &[(String, String)], source: &str, start: &str, rest: &str) -> bool {
+    events
+        .iter()
+        .any(|(s, r)| s == source && r.starts_with(start) && r.contains(rest))
 }
 
 fn sgpu_drained(r: &Record) -> bool {
@@ -369,5 +397,50 @@ fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() 
         "node2 stays drained for the timeout: {rec:?}"
     );
     assert!(!node_state(&cluster.node(n3)?).1, "node3 is left alone");
+
+    // 5. each run is a line of its node's history, whatever its outcome
+    let h1 = history(&cluster, n1)?;
+    assert!(
+        has(&h1, "healthd", "active.matmul fail in ", "(job ")
+            && has(
+                &h1,
+                "healthd",
+                "active.matmul fail",
+                "matmul 12.5 TFLOPS on gpu0"
+            ),
+        "{h1:?}"
+    );
+    assert!(
+        has(
+            &h1,
+            "sgpu-admin",
+            "active.matmul pass in ",
+            "(by hand): matmul 640 TFLOPS"
+        ),
+        "{h1:?}"
+    );
+    let h2 = history(&cluster, n2)?;
+    assert!(
+        has(&h2, "healthd", "active.matmul pass in ", "(job "),
+        "{h2:?}"
+    );
+    assert!(
+        has(
+            &h2,
+            "healthd",
+            "active.hang timeout in ",
+            &format!("(job {job}): ")
+        ),
+        "{h2:?}"
+    );
+    let h3 = history(&cluster, n3)?;
+    assert!(
+        has(&h3, "healthd", "active.matmul pass in ", "(job "),
+        "{h3:?}"
+    );
+    assert!(
+        !has(&h3, "sgpu-admin", "", ""),
+        "the refused run is not one: {h3:?}"
+    );
     Ok(())
 }

@@ -203,6 +203,45 @@ fn a_runner_that_outlives_its_deadline_is_cancelled_and_reported_as_timeout() {
 }
 
 #[test]
+fn a_result_healthd_makes_itself_is_a_line_of_the_nodes_history() {
+    let (dir, spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut s = Scheduler::new("node1", &settings(vec![check("diag")]), dir.path())
+        .with_history(spool.path());
+    let mut slurm = Fake {
+        node: "IDLE".into(),
+        ..Fake::default()
+    };
+    s.tick(HOUR_MS / 2, &mut slurm);
+    s.tick(HOUR_MS, &mut slurm);
+    slurm.jobs.insert(1, Some("RUNNING".into()));
+    s.tick(HOUR_MS + 1000, &mut slurm);
+    let events = || {
+        sgpu_spool::EventSpool::open(spool.path())
+            .unwrap()
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(events().is_empty(), "nothing while the job runs");
+    s.tick(HOUR_MS + 1000 + 181_000, &mut slurm);
+    let r = active::load_result(dir.path(), "diag").unwrap().unwrap();
+    let got = events();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].action, got[0].node.as_str(), got[0].source.as_str()),
+        (sgpu_spool::NodeAction::ActiveCheck, "node1", "healthd")
+    );
+    assert_eq!(got[0].reason, active::history_reason(&r));
+    assert!(
+        got[0].reason.starts_with("active.diag timeout in "),
+        "{}",
+        got[0].reason
+    );
+}
+
+#[test]
 fn jobs_that_end_without_a_result() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Scheduler::new("node1", &settings(vec![check("diag")]), dir.path());

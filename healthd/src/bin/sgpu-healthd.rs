@@ -111,6 +111,10 @@ fn run_active(config: &Config, node: &str, name: &str) -> anyhow::Result<ExitCod
     let result = sgpu_nodelib::active::run(check, node, job.map(|j| (j, partition.as_str())));
     sgpu_nodelib::active::save_result(&config.state_dir, &result)
         .context("keeping the active check's result")?;
+    // every run is a line of the node's history; without it the result still stands
+    if let Err(e) = sgpu_nodelib::active::record_run(&config.spool_dir, &result, "healthd") {
+        eprintln!("active check {name}: not in the node's history: {e}");
+    }
     println!(
         "active check {name} on {node}: {} in {:.1} s: {}",
         result.outcome.as_str(),

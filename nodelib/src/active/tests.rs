@@ -494,3 +494,66 @@ fn the_job_asks_slurm_for_the_node_alone_in_the_maintenance_partition() {
          exec '/usr/sbin/sgpu-healthd' --run-active 'diag' --config '/etc/sgpu/it'\\''s.toml'\n"
     );
 }
+
+#[test]
+fn every_run_becomes_a_line_of_the_nodes_history() {
+    let passed = ActiveResult {
+        check: "dcgm-r1".into(),
+        node: "node1".into(),
+        outcome: Outcome::Pass,
+        message: "dcgmi: 17 results passed, 0 skipped (DCGM 3.1.0)".into(),
+        gpu: None,
+        exit_code: Some(0),
+        started_at_ms: 1_764_842_400_000,
+        finished_at_ms: 1_764_842_441_000,
+        job_id: Some(812),
+    };
+    assert_eq!(
+        history_reason(&passed),
+        "active.dcgm-r1 pass in 41.0 s (job 812): dcgmi: 17 results passed, 0 skipped (DCGM 3.1.0)"
+    );
+    // by hand, a message with control characters and longer than a reason may be
+    let by_hand = ActiveResult {
+        outcome: Outcome::Fail,
+        message: format!("bad\tline\u{1b}[31m {}", "é".repeat(800)),
+        job_id: None,
+        ..passed.clone()
+    };
+    let line = history_reason(&by_hand);
+    assert!(
+        line.starts_with("active.dcgm-r1 fail in 41.0 s (by hand): bad line [31m é"),
+        "{line}"
+    );
+    assert!(line.len() <= sgpu_spool::event::MAX_REASON_BYTES && line.len() > 1000);
+    assert!(!line.chars().any(char::is_control));
+
+    // both land in the spool as active_check events that acctd accepts
+    let dir = tempfile::tempdir().unwrap();
+    record_run(dir.path(), &passed, "healthd").unwrap();
+    record_run(dir.path(), &by_hand, "sgpu-admin").unwrap();
+    let mut events: Vec<sgpu_spool::NodeEvent> = sgpu_spool::EventSpool::open(dir.path())
+        .unwrap()
+        .pending()
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.unwrap())
+        .collect();
+    events.sort_by(|a, b| a.source.cmp(&b.source));
+    let seen: Vec<(&str, sgpu_spool::NodeAction, &str)> = events
+        .iter()
+        .map(|e| (e.node.as_str(), e.action, e.source.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("node1", sgpu_spool::NodeAction::ActiveCheck, "healthd"),
+            ("node1", sgpu_spool::NodeAction::ActiveCheck, "sgpu-admin"),
+        ]
+    );
+    assert_eq!(events[0].reason, history_reason(&passed));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.validate().is_ok() && e.job.is_none())
+    );
+}
