@@ -207,12 +207,23 @@ fn collect(
     gpu::collect(&NvmlOptions::from_config(config), true)
 }
 
+/// Why the gate does not take healthd's readings for the job (it reads NVML itself).
+#[derive(Debug, thiserror::Error)]
+enum HealthdReadingsError {
+    /// healthd could not be asked, or its answer is not one the gate takes.
+    #[error(transparent)]
+    Source(#[from] crate::healthd_source::SourceError),
+    /// GPUs of the job whose processes and energy healthd did not read at the request.
+    #[error("processes and energy of GPU(s) {0:?} were not read at the request")]
+    Stale(Vec<u32>),
+}
+
 /// healthd's readings for this job, checked (see [`collect`]); `Ok(None)`: switched off.
 fn from_healthd(
     config: &Config,
     job: &JobEnv,
     layout: Option<&NodeLayout>,
-) -> Result<Option<(Collected, u64)>, String> {
+) -> Result<Option<(Collected, u64)>, HealthdReadingsError> {
     // the job's GPUs by device minor, so healthd reads those fresh; all when one is unknown
     let minors = layout.and_then(|l| {
         job.gpus
@@ -230,8 +241,7 @@ fn from_healthd(
         &job.node,
         minors,
         crate::healthd_source::ROOT_UID,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let Some(f) = fetched else {
         return Ok(None);
     };
@@ -244,9 +254,7 @@ fn from_healthd(
         .filter(|i| f.snapshot.gpus.iter().any(|g| g.index == *i) && !f.fresh_gpus.contains(i))
         .collect();
     if !stale.is_empty() {
-        return Err(format!(
-            "processes and energy of GPU(s) {stale:?} were not read at the request"
-        ));
+        return Err(HealthdReadingsError::Stale(stale));
     }
     let collected = Collected {
         snapshot: f.snapshot,
@@ -368,14 +376,7 @@ fn start_gpus(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
                         mig: share,
                     }
                 }
-                None => StartGpu {
-                    slurm_index: d.slurm_index,
-                    nvml_index,
-                    uuid: g.and_then(|g| g.uuid().map(str::to_string)),
-                    name: g.and_then(|g| g.name.value().cloned()),
-                    energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
-                    mig: None,
-                },
+                None => whole_gpu(d.slurm_index, nvml_index, g),
             }
         })
         .collect()
@@ -391,16 +392,22 @@ fn start_gpus_by_position(job: &JobEnv, checked: &Checked) -> Vec<StartGpu> {
                 .snapshot
                 .as_ref()
                 .and_then(|s| s.gpus.iter().find(|g| g.index == nvml_index));
-            StartGpu {
-                slurm_index,
-                nvml_index,
-                uuid: g.and_then(|g| g.uuid().map(str::to_string)),
-                name: g.and_then(|g| g.name.value().cloned()),
-                energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
-                mig: None,
-            }
+            whole_gpu(slurm_index, nvml_index, g)
         })
         .collect()
+}
+
+/// A whole GPU of the job for the records: its UUID, name and energy counter from its
+/// reading `g` (each absent without one).
+fn whole_gpu(slurm_index: u32, nvml_index: u32, g: Option<&gpu::GpuSnapshot>) -> StartGpu {
+    StartGpu {
+        slurm_index,
+        nvml_index,
+        uuid: g.and_then(|g| g.uuid().map(str::to_string)),
+        name: g.and_then(|g| g.name.value().cloned()),
+        energy_mj: g.and_then(|g| g.energy_mj.value().copied()),
+        mig: None,
+    }
 }
 
 /// The prolog: check the job's GPUs, drain and fail on a drain-worthy finding, else leave the
