@@ -5,7 +5,9 @@
 //! files), GPU 1 whole. A job on the 2g.20gb slice is gated on its slice and its GPU: it
 //! passes while a neighbour slice is busy, its records and healthd's `/status` name the
 //! slice, its job_end states the slice's share (2 of 7) and acctd bills 2/7 of its time, in a
-//! report grouped by GPU model and MIG profile too; a fault of the parent GPU drains the node
+//! report grouped by GPU model and MIG profile too (with the slice's whole time as its
+//! slice-hours, and selected by `-G` with the parent GPU's model), and `sgpu seff` counts it
+//! the same way under its parent GPU's model; a fault of the parent GPU drains the node
 //! with a reason naming GPU and slice. The cluster runs slurmdbd: `sacct` counts the slice as
 //! one `gres/gpu` over the same time as the record, which sgpu bills at 2/7.
 //! The cluster is brought down at the end.
@@ -269,19 +271,24 @@ fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sgpu.toml");
     std::fs::write(&config, "[accounting]\nauth = \"none\"\n")?;
-    let report = |extra: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
+    let sgpu = |args: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
         let out = std::process::Command::new(sgpu::cargo_bin("sgpu-cli", "sgpu")?)
             .arg("--config")
             .arg(&config)
-            .args(["--acctd", &acctd.url(), "report", "--utc"])
-            .args(["-S", &from_s.to_string(), "-E", &to_s.to_string()])
-            .args(["--group-by", "gpu,profile"])
-            .args(extra)
+            .args(["--acctd", &acctd.url()])
+            .args(args)
             .output()?;
         if !out.status.success() {
-            return Err(format!("sgpu report {extra:?}: {out:?}").into());
+            return Err(format!("sgpu {args:?}: {out:?}").into());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (from, to) = (from_s.to_string(), to_s.to_string());
+    let report = |extra: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
+        let mut args = vec!["report", "--utc", "-S", &from, "-E", &to];
+        args.extend(["--group-by", "gpu,profile"]);
+        args.extend(extra);
+        sgpu(&args)
     };
     // acctd's sums, exactly: one row, the parent GPU's model, the profile, 2/7 of the time
     let doc: serde_json::Value = serde_json::from_str(&report(&["--json"])?)?;
@@ -292,10 +299,58 @@ fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
     assert_eq!(rows[0]["allocated_gpu_ms"].as_u64(), Some(billed), "{doc}");
     assert_eq!(rows[0]["jobs"].as_u64(), Some(1), "{doc}");
     assert_eq!(rows[0]["energy_mj"].as_u64(), Some(energy), "{doc}");
+    // and its slice-hours: the slice's whole allocated time, once
+    assert_eq!(rows[0]["slice_ms"].as_u64(), Some(device_ms), "{doc}");
     assert_eq!(
         report(&["-P", "-n", "-o", "GPUModel,Profile,Jobs"])?,
         "NVIDIA H100 80GB HBM3|2g.20gb|1\n"
     );
+    // -G with the parent GPU's model selects its slice; another model selects nothing
+    let doc: serde_json::Value =
+        serde_json::from_str(&report(&["--json", "-G", "NVIDIA H100 80GB HBM3"])?)?;
+    assert_eq!(doc["rows"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(
+        doc["rows"][0]["slice_ms"].as_u64(),
+        Some(device_ms),
+        "{doc}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&report(&["--json", "-G", "NVIDIA A100-SXM4-40GB"])?)?;
+    assert_eq!(doc["rows"].as_array().map(Vec::len), Some(0), "{doc}");
+
+    // sgpu seff counts the slice as billed (2/7 of its time), its slice-hours apart, and
+    // shows it under its parent GPU's model with its profile and share
+    let cluster = recs.first().ok_or("no records")?.id().cluster();
+    let id = job.to_string();
+    let seff = ["seff", &id, "-M", cluster, "--sacct", "/bin/false"];
+    let doc: serde_json::Value = serde_json::from_str(&sgpu(&[&seff[..], &["--json"]].concat())?)?;
+    let gpu = &doc["gpu"];
+    assert_eq!(gpu["allocated_gpu_ms"].as_u64(), Some(billed), "{doc}");
+    assert_eq!(gpu["slice_ms"].as_u64(), Some(device_ms), "{doc}");
+    let g = &gpu["gpus"][0];
+    assert_eq!(g["allocated_gpu_ms"].as_u64(), Some(billed), "{doc}");
+    assert_eq!(g["slice_ms"].as_u64(), Some(device_ms), "{doc}");
+    assert_eq!(g["energy_mj"].as_u64(), Some(energy), "{doc}");
+    assert_eq!(
+        g["mig"],
+        serde_json::json!({"profile": "2g.20gb", "parent_model": "NVIDIA H100 80GB HBM3",
+                           "slices": 2, "of": 7}),
+        "{doc}"
+    );
+    let text = sgpu(&seff)?;
+    let row = text
+        .lines()
+        .find(|l| l.contains("2g.20gb (2/7)"))
+        .ok_or_else(|| format!("no slice row in seff's table: {text}"))?;
+    assert!(row.contains("NVIDIA H100 80GB HBM3"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "GPU-hours: allocated {:.4}",
+            billed as f64 / 3.6e6
+        )),
+        "{text}"
+    );
+    assert!(text.contains("MIG slice-hours: "), "{text}");
     Ok(())
 }
 
