@@ -104,14 +104,22 @@ pub(super) struct RawAccounting {
 /// A rejected value: byte offset, key (`accounting.<key>`), message.
 pub(super) type Invalid = (usize, String, String);
 
-fn in_range(v: &Spanned<u64>, key: &str, lo: u64, hi: u64, unit: &str) -> Result<u64, Invalid> {
+/// `v` when it lies in `lo..=hi`, else the error of `key` (the whole dotted key) naming the
+/// range in `unit`.
+pub(super) fn in_range(
+    v: &Spanned<u64>,
+    key: impl Into<String>,
+    lo: u64,
+    hi: u64,
+    unit: &str,
+) -> Result<u64, Invalid> {
     let n = *v.get_ref();
     if (lo..=hi).contains(&n) {
         Ok(n)
     } else {
         Err((
             v.span().start,
-            format!("accounting.{key}"),
+            key.into(),
             format!("{n} is out of range ({lo} to {hi}{unit})"),
         ))
     }
@@ -160,20 +168,31 @@ impl RawAccounting {
             c.forward = f;
         }
         if let Some(v) = self.forward_interval_s {
-            c.forward_interval =
-                Duration::from_secs(in_range(&v, "forward_interval_s", 1, 86_400, " s")?);
+            c.forward_interval = Duration::from_secs(in_range(
+                &v,
+                "accounting.forward_interval_s",
+                1,
+                86_400,
+                " s",
+            )?);
         }
         if let Some(v) = self.forward_batch {
             // the forwarder also caps a request's bytes, below acctd's default body limit
-            c.forward_batch = in_range(&v, "forward_batch", 1, 10_000, " records")? as usize;
+            c.forward_batch =
+                in_range(&v, "accounting.forward_batch", 1, 10_000, " records")? as usize;
         }
         if let Some(v) = self.forward_timeout_s {
             c.forward_timeout =
-                Duration::from_secs(in_range(&v, "forward_timeout_s", 1, 3600, " s")?);
+                Duration::from_secs(in_range(&v, "accounting.forward_timeout_s", 1, 3600, " s")?);
         }
         if let Some(v) = self.forward_backoff_max_s {
-            c.forward_backoff_max =
-                Duration::from_secs(in_range(&v, "forward_backoff_max_s", 1, 86_400, " s")?);
+            c.forward_backoff_max = Duration::from_secs(in_range(
+                &v,
+                "accounting.forward_backoff_max_s",
+                1,
+                86_400,
+                " s",
+            )?);
         }
         Ok(c)
     }

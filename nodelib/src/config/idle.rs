@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::accounting::Invalid;
+use super::accounting::{Invalid, in_range};
 
 /// Default: a sample is idle when utilization is below this, percent (so only 0% is idle:
 /// NVML's utilization says whether any kernel ran in the sample period).
@@ -182,19 +182,6 @@ pub(super) struct RawIdle {
     partition: BTreeMap<Spanned<String>, RawPartition>,
 }
 
-fn in_range(v: &Spanned<u64>, key: String, lo: u64, hi: u64, unit: &str) -> Result<u64, Invalid> {
-    let n = *v.get_ref();
-    if (lo..=hi).contains(&n) {
-        Ok(n)
-    } else {
-        Err((
-            v.span().start,
-            key,
-            format!("{n} is out of range ({lo} to {hi}{unit})"),
-        ))
-    }
-}
-
 fn pct(v: &Spanned<u64>, key: String) -> Result<u32, Invalid> {
     let n = in_range(v, key, 1, 100, " percent")?;
     // in 1..=100
@@ -278,7 +265,7 @@ impl RawIdle {
                 .insert(slurm_name(q, "idle.exempt_qos".into())?);
         }
         if let Some(v) = &self.max_cancels_per_hour {
-            let n = in_range(v, "idle.max_cancels_per_hour".into(), 0, 1000, "")?;
+            let n = in_range(v, "idle.max_cancels_per_hour", 0, 1000, "")?;
             c.max_cancels_per_hour = u32::try_from(n).unwrap_or(1000);
         }
         if let Some(d) = self.dry_run {
