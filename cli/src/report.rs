@@ -92,7 +92,8 @@ pub struct ReportArgs {
     pub select: SelectArgs,
     /// Group by these: account,user,partition,gpu,profile (MIG profile; with gpu, the parent
     /// GPU's model),cluster and one of day|week|month (in the site's time zone, or UTC with
-    /// --utc). GPU-hours of MIG slices are GPU-equivalents (a 2g slice of 7 for 1 h: 0.29).
+    /// --utc). GPU-hours of MIG slices are GPU-equivalents (a 2g slice of 7 for 1 h: 0.29);
+    /// SliceHours counts each slice's hours once (1.00).
     #[arg(long = "group-by", value_name = "LIST")]
     pub group_by: Option<String>,
     /// Draw GPU-hours per group as a bar chart (used solid, idle shaded) instead of a table.
