@@ -143,6 +143,25 @@ impl Status {
     }
 }
 
+/// An error counter's rise per hour against its check's `warn_per_hour` (`warn_at`) and
+/// `drain_per_hour` (`drain_at`): above the second it fails at the check's `severity`,
+/// above the first it fails as a warning at most (an admin who set the check to info keeps
+/// it there), else it passes. The rule of `ib.errors` and `gpu.nvlink_errors`.
+pub(crate) fn rising_errors(
+    rate: f64,
+    warn_at: f64,
+    drain_at: f64,
+    severity: Severity,
+) -> (Status, Severity) {
+    if rate > drain_at {
+        (Status::Fail, severity)
+    } else if rate > warn_at {
+        (Status::Fail, severity.min(Severity::Warn))
+    } else {
+        (Status::Pass, severity)
+    }
+}
+
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckResult {

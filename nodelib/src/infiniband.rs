@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{self as cat, Catalogue, EffectiveCheck, Profile, Severity};
-use crate::checks::{CheckResult, Status};
+use crate::checks::{CheckResult, Status, rising_errors};
 
 /// The kernel's sysfs class directory for RDMA devices.
 pub const DEFAULT_ROOT: &str = "/sys/class/infiniband";
@@ -672,14 +672,7 @@ fn error_results(
         };
         let observed = format!("{} {name} {:.1}/h (count {value})", p.name(), rate);
         let message = format!("{} {name} rising: {:.1}/h (count {value})", p.name(), rate);
-        let (status, severity) = if rate > drain_at {
-            (Status::Fail, c.severity)
-        } else if rate > warn_at {
-            // a warning at most; an admin who set the check to info keeps it there
-            (Status::Fail, c.severity.min(Severity::Warn))
-        } else {
-            (Status::Pass, c.severity)
-        };
+        let (status, severity) = rising_errors(rate, warn_at, drain_at, c.severity);
         let message = if status == Status::Pass {
             "ok".to_string()
         } else {

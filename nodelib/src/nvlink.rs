@@ -32,7 +32,7 @@ use nvml_wrapper_sys::bindings as sys;
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{self as cat, Catalogue, EffectiveCheck, Profile, Severity};
-use crate::checks::{CheckResult, Status};
+use crate::checks::{CheckResult, Status, rising_errors};
 use crate::gpu::{GpuSnapshot, Reading};
 use crate::history::{CounterReading, GpuRecord};
 
@@ -305,13 +305,7 @@ fn error_result(
         ));
     };
     let observed = format!("link {link} {name} errors {rate:.1}/h (count {value})");
-    let (status, severity) = if rate > drain_at {
-        (Status::Fail, c.severity)
-    } else if rate > warn_at {
-        (Status::Fail, c.severity.min(Severity::Warn))
-    } else {
-        (Status::Pass, c.severity)
-    };
+    let (status, severity) = rising_errors(rate, warn_at, drain_at, c.severity);
     let message = if status == Status::Fail {
         format!("NVLink {observed}")
     } else {
