@@ -29,22 +29,10 @@ pub fn path(state_dir: &Path, job_id: u32, run: u32) -> PathBuf {
 
 /// The runs of `job_id` that have a note under `state_dir`, ascending.
 pub fn runs(state_dir: &Path, job_id: u32) -> Result<Vec<u32>, NoteError> {
-    let dir = state_dir.join("jobs");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(NoteError::Io { path: dir, source }),
-    };
     let plain = format!("{job_id}.json");
     let prefix = format!("{job_id}.r");
     let mut out = Vec::new();
-    for e in entries {
-        let e = e.map_err(|source| NoteError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in file_names(state_dir)? {
         if name == plain {
             out.push(0);
         } else if let Some(run) = name
@@ -59,6 +47,28 @@ pub fn runs(state_dir: &Path, job_id: u32) -> Result<Vec<u32>, NoteError> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// The names of the files under `state_dir/jobs` (none when it does not exist; names that
+/// are not UTF-8 are no note's or marker's and left out).
+fn file_names(state_dir: &Path) -> Result<Vec<String>, NoteError> {
+    let dir = state_dir.join("jobs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(NoteError::Io { path: dir, source }),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(|source| NoteError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if let Ok(name) = e.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// The run an epilog ends, given the restart count `env_count` in its environment and the
@@ -137,23 +147,11 @@ pub fn mark_ended(state_dir: &Path, job_id: u32, run: u32) -> Result<(), NoteErr
 
 /// The newest run of `job_id` marked as ended here.
 fn newest_ended(state_dir: &Path, job_id: u32) -> Result<Option<u32>, NoteError> {
-    let dir = state_dir.join("jobs");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(NoteError::Io { path: dir, source }),
-    };
     let prefix = format!("{job_id}.r");
     let mut newest = None;
-    for e in entries {
-        let e = e.map_err(|source| NoteError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let name = e.file_name();
+    for name in file_names(state_dir)? {
         let run = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
+            .strip_prefix(&prefix)
             .and_then(|r| r.strip_suffix(".ended"))
             .and_then(|r| r.parse::<u32>().ok());
         if let Some(r) = run {
