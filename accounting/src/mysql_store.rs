@@ -43,7 +43,9 @@ use mysql_async::{Conn, IsolationLevel, Opts, OptsBuilder, Pool, Row, TxOpts};
 use sgpu_spool::{NodeEvent, Record};
 
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
-use crate::store::{Conflict, PurgeStats, PutOutcome, Store, StoreError, record_days};
+use crate::store::{
+    Conflict, PurgeStats, PutOutcome, Store, StoreError, job_key, job_key_of, record_days,
+};
 
 /// The schema migrations, in order: (version, statements); never edit one that shipped,
 /// add the next. A migration's statements are idempotent (`IF NOT EXISTS`; an `ADD COLUMN`
@@ -198,23 +200,6 @@ fn hex_list<'a>(items: impl Iterator<Item = &'a [u8]>) -> String {
     }
     s.push(')');
     s
-}
-
-/// The job key (`cluster,job_id,`) of a record key: everything up to its second comma (the
-/// cluster is percent-encoded in keys, so it has no raw comma).
-fn job_key_of(record_key: &[u8]) -> Option<&[u8]> {
-    let first = record_key.iter().position(|&c| c == b',')?;
-    let second = first + 1 + record_key[first + 1..].iter().position(|&c| c == b',')?;
-    Some(&record_key[..=second])
-}
-
-/// The job key of `cluster`'s job `job_id`.
-fn job_key(cluster: &str, job_id: u32) -> Option<Vec<u8>> {
-    let key =
-        sgpu_spool::RecordId::new(cluster, job_id, None, "x", sgpu_spool::RecordKind::JobStart)
-            .ok()?
-            .key();
-    job_key_of(key.as_bytes()).map(<[u8]>::to_vec)
 }
 
 /// Column `i` of `row` as `T`, or a [`StoreError::Corrupt`] naming `what`.

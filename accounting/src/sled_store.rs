@@ -58,7 +58,9 @@ use std::path::Path;
 use sgpu_spool::{NodeEvent, Record};
 
 use crate::rollup::{RollupKey, RollupValue, contributions, job_count_key};
-use crate::store::{Conflict, PurgeStats, PutOutcome, Store, StoreError, record_days};
+use crate::store::{
+    Conflict, PurgeStats, PutOutcome, Store, StoreError, job_key, job_key_of, record_days,
+};
 
 mod vlog;
 use vlog::{Loc, ValueLog};
@@ -170,23 +172,6 @@ fn split_lens(mut b: &[u8]) -> Option<Vec<&[u8]>> {
         b = &rest[len..];
     }
     Some(out)
-}
-
-/// The job key (`cluster,job_id,`) of a record key: everything up to its second comma
-/// (the cluster is percent-encoded in keys, so it has no raw comma).
-fn job_key_of(record_key: &[u8]) -> Option<&[u8]> {
-    let first = record_key.iter().position(|&c| c == b',')?;
-    let second = first + 1 + record_key[first + 1..].iter().position(|&c| c == b',')?;
-    Some(&record_key[..=second])
-}
-
-/// The job key of `cluster`'s job `job_id`, as [`job_key_of`] cuts it from a record key.
-fn job_key(cluster: &str, job_id: u32) -> Option<Vec<u8>> {
-    let key =
-        sgpu_spool::RecordId::new(cluster, job_id, None, "x", sgpu_spool::RecordKind::JobStart)
-            .ok()?
-            .key();
-    job_key_of(key.as_bytes()).map(<[u8]>::to_vec)
 }
 
 /// Where one record is, and the UTC days its span touches ([`record_days`]).

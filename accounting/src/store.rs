@@ -203,6 +203,24 @@ pub fn record_first_ms(record: &Record) -> u64 {
     }
 }
 
+/// The job key (`cluster,job_id,`) of a record key: everything up to its second comma
+/// (the cluster is percent-encoded in keys, so it has no raw comma). Both stores key a
+/// job's records by it.
+pub(crate) fn job_key_of(record_key: &[u8]) -> Option<&[u8]> {
+    let first = record_key.iter().position(|&c| c == b',')?;
+    let second = first + 1 + record_key[first + 1..].iter().position(|&c| c == b',')?;
+    Some(&record_key[..=second])
+}
+
+/// The job key of `cluster`'s job `job_id`, as [`job_key_of`] cuts it from a record key.
+pub(crate) fn job_key(cluster: &str, job_id: u32) -> Option<Vec<u8>> {
+    let key =
+        sgpu_spool::RecordId::new(cluster, job_id, None, "x", sgpu_spool::RecordKind::JobStart)
+            .ok()?
+            .key();
+    job_key_of(key.as_bytes()).map(<[u8]>::to_vec)
+}
+
 /// The UTC days a record's span touches: `[first, last)`, or the day of `first` when the
 /// span is empty (a span ending exactly at midnight does not touch the next day).
 pub fn record_days(record: &Record) -> std::ops::RangeInclusive<u32> {

@@ -6,16 +6,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use sgpu_accounting::rollup::RollupValue;
-use sgpu_accounting::store::verify;
 use sgpu_spool::{Record, RecordBody};
 
 const ITERATIONS: usize = 20;
@@ -53,24 +51,7 @@ fn start(db: &TestDb, log: &Path) -> (Child, SocketAddr) {
         .append(true)
         .open(log)
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sgpu-acctd"))
-        .args(["--auth", "none", "--listen", "127.0.0.1:0"])
-        .args(db.acctd_args())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("sgpu-acctd listening on ")
-        .unwrap_or_else(|| panic!("acctd did not start: {line:?} (see its log)"))
-        .parse()
-        .unwrap();
-    (child, addr)
+    spawn_acctd(&db.acctd_args(), log)
 }
 
 fn new_records(l: &mut Ledger, rng: &mut Rng, n: usize) -> Vec<Record> {
@@ -228,10 +209,7 @@ fn kill_9_never_loses_an_acknowledged_record() {
     // Open the store directly and check it.
     let store = db.open();
     let l = ledger.lock().unwrap();
-    let mut stored = Vec::new();
-    store.for_each_record(&mut |r| stored.push(r)).unwrap();
-    let stored_keys: HashSet<String> = stored.iter().map(|r| r.id().key()).collect();
-    assert_eq!(stored_keys.len(), stored.len(), "a key stored twice");
+    let (stored, stored_keys) = stored_once(&*store);
     let missing: Vec<&String> = l
         .acked
         .iter()
@@ -251,12 +229,7 @@ fn kill_9_never_loses_an_acknowledged_record() {
         assert_eq!(s, Some(r), "stored content differs");
     }
 
-    let v = verify(&*store).unwrap();
-    assert!(
-        v.mismatches.is_empty(),
-        "rollups disagree with records: {:#?}",
-        &v.mismatches[..v.mismatches.len().min(5)]
-    );
+    assert_rollups_match(&*store);
     let mut totals = RollupValue::default();
     store
         .for_each_rollup(0, u32::MAX, &mut |_, r| totals.add(&r))

@@ -8,15 +8,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::*;
-use sgpu_accounting::store::verify;
 use sgpu_acct_client::{Client, ClientAuth};
 use sgpu_spool::Record;
 
@@ -26,25 +24,7 @@ const JOBS_PER_BATCH: u32 = 25;
 const MAX_ATTEMPTS: u32 = 500;
 
 fn start_acctd(db: &TestDb, log: &std::path::Path) -> (Child, SocketAddr) {
-    let log = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sgpu-acctd"))
-        .args(["--auth", "none", "--listen", "127.0.0.1:0"])
-        .args(db.acctd_args())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("sgpu-acctd listening on ")
-        .unwrap_or_else(|| panic!("acctd did not start: {line:?} (see its log)"))
-        .parse()
-        .unwrap();
-    (child, addr)
+    spawn_acctd(&db.acctd_args(), std::fs::File::create(log).unwrap())
 }
 
 fn job_records(job: u32) -> Vec<Record> {
@@ -87,60 +67,30 @@ fn killing_one_of_two_acctd_under_load_loses_nothing_and_counts_nothing_twice() 
     )
     .unwrap();
 
-    let acked: Arc<Mutex<Vec<Record>>> = Arc::default();
     let failures = Arc::new(AtomicU32::new(0));
-    let done = Arc::new(AtomicU32::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let sender = {
-        let (client, acked, failures, done, stop) = (
-            client.clone(),
-            acked.clone(),
-            failures.clone(),
-            done.clone(),
-            stop.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut job = 0u32;
-            while !stop.load(Ordering::SeqCst) {
-                let records: Vec<Record> = (0..JOBS_PER_BATCH)
-                    .flat_map(|_| {
-                        job += 1;
-                        job_records(job)
-                    })
-                    .collect();
-                let body = batch(&records);
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    assert!(attempts <= MAX_ATTEMPTS, "a batch never acknowledged");
-                    match client.post_records(&body) {
-                        Ok(answer) => {
-                            assert_eq!(
-                                answer.accepted + answer.duplicate,
-                                records.len(),
-                                "{answer:?}"
-                            );
-                            acked.lock().unwrap().extend(records.iter().cloned());
-                            break;
-                        }
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    }
+        let (client, failures) = (client.clone(), failures.clone());
+        Sender::start(
+            JOBS_PER_BATCH,
+            MAX_ATTEMPTS,
+            job_records,
+            move |body, records| match client.post_records(body) {
+                Ok(answer) => {
+                    assert_eq!(
+                        answer.accepted + answer.duplicate,
+                        records.len(),
+                        "{answer:?}"
+                    );
+                    true
                 }
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        })
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    false
+                }
+            },
+        )
     };
-    let wait_batches = |n: u32| {
-        let target = done.load(Ordering::SeqCst) + n;
-        while done.load(Ordering::SeqCst) < target {
-            assert!(!sender.is_finished(), "the sender stopped");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    wait_batches(10);
+    sender.wait_batches(10);
     assert_eq!(
         client.base_url(),
         format!("http://{addr_a}"),
@@ -148,7 +98,7 @@ fn killing_one_of_two_acctd_under_load_loses_nothing_and_counts_nothing_twice() 
     );
     a.kill().unwrap(); // SIGKILL, batches in flight
     a.wait().unwrap();
-    wait_batches(10);
+    sender.wait_batches(10);
     assert_eq!(
         client.base_url(),
         format!("http://{addr_b}"),
@@ -159,8 +109,7 @@ fn killing_one_of_two_acctd_under_load_loses_nothing_and_counts_nothing_twice() 
         .get_json("/v1/report?start=2024-03-01&end=2024-04-01")
         .unwrap();
     assert!(report["rows"].is_array(), "{report}");
-    stop.store(true, Ordering::SeqCst);
-    sender.join().unwrap();
+    let acked = sender.stop();
     let report = client
         .get_json("/v1/report?start=2024-01-01&end=2025-01-01")
         .unwrap();
@@ -173,7 +122,6 @@ fn killing_one_of_two_acctd_under_load_loses_nothing_and_counts_nothing_twice() 
     b.kill().unwrap();
     b.wait().unwrap();
 
-    let acked = acked.lock().unwrap();
     let acked_keys: HashSet<String> = acked.iter().map(|r| r.id().key()).collect();
     assert_eq!(acked_keys.len(), acked.len(), "a record acknowledged twice");
     assert_eq!(
@@ -182,17 +130,9 @@ fn killing_one_of_two_acctd_under_load_loses_nothing_and_counts_nothing_twice() 
         "the report counts every job once"
     );
     let store = db.open();
-    let mut stored = Vec::new();
-    store.for_each_record(&mut |r| stored.push(r)).unwrap();
-    let stored_keys: HashSet<String> = stored.iter().map(|r| r.id().key()).collect();
-    assert_eq!(stored_keys.len(), stored.len(), "a key stored twice");
+    let (_, stored_keys) = stored_once(&*store);
     assert_eq!(stored_keys, acked_keys, "stored = acknowledged");
-    let v = verify(&*store).unwrap();
-    assert!(
-        v.mismatches.is_empty(),
-        "{:#?}",
-        &v.mismatches[..v.mismatches.len().min(5)]
-    );
+    assert_rollups_match(&*store);
     eprintln!(
         "failover: {} records acknowledged ({} failed attempts around the kill), stored once \
          each, report answered through B, rollups match",

@@ -10,17 +10,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
 use sgpu_accounting::mariadb_server::{MariaDb, Stop};
 use sgpu_accounting::mysql_store::MysqlStore;
-use sgpu_accounting::store::{Store, verify};
 use sgpu_spool::Record;
 
 /// Batches of this many jobs (three records each).
@@ -33,26 +29,15 @@ fn start_acctd(
     password_file: &std::path::Path,
     log: &std::path::Path,
 ) -> (Child, SocketAddr) {
-    let log = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sgpu-acctd"))
-        .args(["--auth", "none", "--listen", "127.0.0.1:0", "--db", url])
-        .arg("--db-password-file")
-        .arg(password_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("sgpu-acctd listening on ")
-        .unwrap_or_else(|| panic!("acctd did not start: {line:?} (see its log)"))
-        .parse()
-        .unwrap();
-    (child, addr)
+    spawn_acctd(
+        &[
+            "--db".into(),
+            url.into(),
+            "--db-password-file".into(),
+            password_file.into(),
+        ],
+        std::fs::File::create(log).unwrap(),
+    )
 }
 
 fn job_records(job: u32) -> Vec<Record> {
@@ -83,10 +68,9 @@ fn job_records(job: u32) -> Vec<Record> {
     ]
 }
 
-/// What the sender has done: records acknowledged, 503s seen.
+/// What the sender met: 503 answers and broken connections.
 #[derive(Default)]
 struct Seen {
-    acked: Vec<Record>,
     unavailable: u64,
     broken: u64,
 }
@@ -108,55 +92,35 @@ fn a_mariadb_restart_during_ingest_loses_nothing_and_counts_nothing_twice() {
     let (mut acctd, addr) = start_acctd(&url, &password_file, &dir.path().join("acctd.log"));
 
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let batches_done = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let sender = {
-        let (seen, stop, done) = (seen.clone(), stop.clone(), batches_done.clone());
-        std::thread::spawn(move || {
-            let mut job = 0u32;
-            while !stop.load(Ordering::SeqCst) {
-                let records: Vec<Record> = (0..JOBS_PER_BATCH)
-                    .flat_map(|_| {
-                        job += 1;
-                        job_records(job)
-                    })
-                    .collect();
-                let body = batch(&records);
-                // the "spool": this batch until acctd acknowledges it
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    assert!(attempts <= MAX_ATTEMPTS, "a batch never acknowledged");
-                    match request(addr, "POST", "/v1/records", &body) {
-                        Ok((200, answer)) => {
-                            let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-                            let n =
-                                v["accepted"].as_u64().unwrap() + v["duplicate"].as_u64().unwrap();
-                            assert_eq!(n, records.len() as u64, "{v}");
-                            seen.lock().unwrap().acked.extend(records.iter().cloned());
-                            break;
-                        }
-                        Ok((503, _)) => seen.lock().unwrap().unavailable += 1,
-                        Ok((st, answer)) => {
-                            panic!("status {st}: {}", String::from_utf8_lossy(&answer))
-                        }
-                        Err(_) => seen.lock().unwrap().broken += 1,
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+        let seen = seen.clone();
+        Sender::start(
+            JOBS_PER_BATCH,
+            MAX_ATTEMPTS,
+            job_records,
+            move |body, records| match request(addr, "POST", "/v1/records", body) {
+                Ok((200, answer)) => {
+                    let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+                    let n = v["accepted"].as_u64().unwrap() + v["duplicate"].as_u64().unwrap();
+                    assert_eq!(n, records.len() as u64, "{v}");
+                    true
                 }
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
-    let wait_batches = |n: u32| {
-        let target = batches_done.load(Ordering::SeqCst) + n;
-        while batches_done.load(Ordering::SeqCst) < target {
-            assert!(!sender.is_finished(), "the sender stopped");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                Ok((503, _)) => {
+                    seen.lock().unwrap().unavailable += 1;
+                    false
+                }
+                Ok((st, answer)) => {
+                    panic!("status {st}: {}", String::from_utf8_lossy(&answer))
+                }
+                Err(_) => {
+                    seen.lock().unwrap().broken += 1;
+                    false
+                }
+            },
+        )
     };
     for how in [Stop::Kill, Stop::Clean] {
-        wait_batches(5);
+        sender.wait_batches(5);
         server.stop(how);
         // the server is away: acctd answers 503 to ingest and to reads, and stays up
         let one = batch(&job_records(1_000_000));
@@ -171,10 +135,9 @@ fn a_mariadb_restart_during_ingest_loses_nothing_and_counts_nothing_twice() {
         assert_eq!(st, 503);
         assert!(acctd.try_wait().unwrap().is_none(), "acctd exited");
         server.start().unwrap();
-        wait_batches(5);
+        sender.wait_batches(5);
     }
-    stop.store(true, Ordering::SeqCst);
-    sender.join().unwrap();
+    let acked_records = sender.stop();
     acctd.kill().unwrap();
     acctd.wait().unwrap();
 
@@ -184,12 +147,13 @@ fn a_mariadb_restart_during_ingest_loses_nothing_and_counts_nothing_twice() {
         "no batch met the server away"
     );
     let store = MysqlStore::connect(&url, Some(password)).unwrap();
-    let mut stored = Vec::new();
-    store.for_each_record(&mut |r| stored.push(r)).unwrap();
-    let stored_keys: HashSet<String> = stored.iter().map(|r| r.id().key()).collect();
-    assert_eq!(stored_keys.len(), stored.len(), "a key stored twice");
-    let acked: HashSet<String> = seen.acked.iter().map(|r| r.id().key()).collect();
-    assert_eq!(acked.len(), seen.acked.len(), "a record acknowledged twice");
+    let (stored, stored_keys) = stored_once(&store);
+    let acked: HashSet<String> = acked_records.iter().map(|r| r.id().key()).collect();
+    assert_eq!(
+        acked.len(),
+        acked_records.len(),
+        "a record acknowledged twice"
+    );
     // the 503 probe's job was never acknowledged; everything else sent was
     let probe: HashSet<String> = job_records(1_000_000)
         .iter()
@@ -197,20 +161,15 @@ fn a_mariadb_restart_during_ingest_loses_nothing_and_counts_nothing_twice() {
         .collect();
     let stored_not_probe: HashSet<String> = stored_keys.difference(&probe).cloned().collect();
     assert_eq!(stored_not_probe, acked, "stored = acknowledged");
-    for r in &seen.acked {
+    for r in &acked_records {
         let s = stored.iter().find(|s| s.id() == r.id());
         assert_eq!(s, Some(r), "stored content differs");
     }
-    let v = verify(&store).unwrap();
-    assert!(
-        v.mismatches.is_empty(),
-        "{:#?}",
-        &v.mismatches[..v.mismatches.len().min(5)]
-    );
+    assert_rollups_match(&store);
     eprintln!(
         "MariaDB restart: {} records acknowledged, {} answers 503 and {} broken connections \
          while the server was away; stored once each, rollups match",
-        seen.acked.len(),
+        acked_records.len(),
         seen.unavailable,
         seen.broken
     );

@@ -312,3 +312,125 @@ pub fn write_private(path: &std::path::Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
     f.write_all(b"\n").unwrap();
 }
+
+/// Starts the real `sgpu-acctd` (`--auth none`, a free loopback port) with `args` (its
+/// store: `--db ...`) and its log (stderr) to `log`; returns it and where it listens.
+pub fn spawn_acctd(
+    args: &[std::ffi::OsString],
+    log: std::fs::File,
+) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sgpu-acctd"))
+        .args(["--auth", "none", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("sgpu-acctd listening on ")
+        .unwrap_or_else(|| panic!("acctd did not start: {line:?} (see its log)"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// Every record `store` holds and their keys; fails if a key is stored twice.
+pub fn stored_once(
+    store: &dyn sgpu_accounting::store::Store,
+) -> (Vec<Record>, std::collections::HashSet<String>) {
+    let mut stored = Vec::new();
+    store.for_each_record(&mut |r| stored.push(r)).unwrap();
+    let keys: std::collections::HashSet<String> = stored.iter().map(|r| r.id().key()).collect();
+    assert_eq!(keys.len(), stored.len(), "a key stored twice");
+    (stored, keys)
+}
+
+/// Fails unless `store`'s rollups equal what its records add up to
+/// ([`sgpu_accounting::store::verify`]).
+pub fn assert_rollups_match(store: &dyn sgpu_accounting::store::Store) {
+    let v = sgpu_accounting::store::verify(store).unwrap();
+    assert!(
+        v.mismatches.is_empty(),
+        "rollups disagree with records: {:#?}",
+        &v.mismatches[..v.mismatches.len().min(5)]
+    );
+}
+
+/// A sender that behaves like a node's forwarder, on its own thread: batches of
+/// `jobs_per_batch` jobs (their records from `records_of(job)`, jobs numbered from 1), each
+/// kept (its "spool") and posted again 20 ms later until `post` says it was acknowledged.
+pub struct Sender {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sender {
+    /// Starts sending. `post(body, records)` posts one batch and returns whether acctd
+    /// acknowledged it (checking the answer); a batch not acknowledged after `max_attempts`
+    /// fails the test.
+    pub fn start(
+        jobs_per_batch: u32,
+        max_attempts: u32,
+        records_of: fn(u32) -> Vec<Record>,
+        mut post: impl FnMut(&[u8], &[Record]) -> bool + Send + 'static,
+    ) -> Sender {
+        use std::sync::atomic::Ordering;
+        let acked: std::sync::Arc<std::sync::Mutex<Vec<Record>>> = Default::default();
+        let done: std::sync::Arc<std::sync::atomic::AtomicU32> = Default::default();
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let thread = {
+            let (acked, done, stop) = (acked.clone(), done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut job = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    let records: Vec<Record> = (0..jobs_per_batch)
+                        .flat_map(|_| {
+                            job += 1;
+                            records_of(job)
+                        })
+                        .collect();
+                    let body = batch(&records);
+                    let mut attempts = 0;
+                    while !post(&body, &records) {
+                        attempts += 1;
+                        assert!(attempts < max_attempts, "a batch never acknowledged");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    acked.lock().unwrap().extend(records.iter().cloned());
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        Sender {
+            acked,
+            done,
+            stop,
+            thread,
+        }
+    }
+
+    /// Waits until `n` more batches are acknowledged.
+    pub fn wait_batches(&self, n: u32) {
+        use std::sync::atomic::Ordering;
+        let target = self.done.load(Ordering::SeqCst) + n;
+        while self.done.load(Ordering::SeqCst) < target {
+            assert!(!self.thread.is_finished(), "the sender stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops after the batch in hand is acknowledged; returns every acknowledged record.
+    pub fn stop(self) -> Vec<Record> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
