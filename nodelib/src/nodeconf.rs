@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sgpu_slurm_conf::{ConfFile, GpuDevice, GresConf, NodeGpus, SlurmConf};
+use sgpu_slurm_conf::{ConfError, ConfFile, GpuDevice, GresConf, NodeGpus, SlurmConf};
 
 use crate::gpu::NodeSnapshot;
 use crate::mig::{JobSlice, MigMinors, SliceKey};
@@ -96,7 +96,15 @@ impl NodeLayout {
             });
         }
         let (slurm, errs) = SlurmConf::load_lenient(slurm_conf);
-        let mut notes: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        Ok(NodeLayout::of(&slurm, &errs, node))
+    }
+
+    /// The layout of `node` from a slurm.conf already read (`slurm`, with the problems
+    /// `errors` met reading it): the gres.conf beside it and the driver's MIG minors. For a
+    /// caller that needs slurm.conf for more (the SPANK plugin: the cluster's name), so the
+    /// file is parsed once.
+    pub fn of(slurm: &SlurmConf, errors: &[ConfError], node: &str) -> NodeLayout {
+        let mut notes: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         let gres_path = slurm.gres_conf_path();
         let (gres, errs) = GresConf::load_lenient(&gres_path);
         notes.extend(errs.iter().map(|e| e.to_string()));
@@ -110,11 +118,11 @@ impl NodeLayout {
                 MigMinors::default()
             }
         };
-        Ok(NodeLayout {
-            gpus: gres.expected_gpus(node, Some(&slurm)),
+        NodeLayout {
+            gpus: gres.expected_gpus(node, Some(slurm)),
             notes,
             mig_minors,
-        })
+        }
     }
 
     /// The job's GPUs and MIG slices: Slurm's indices (`SLURM_JOB_GPUS`) through gres.conf's

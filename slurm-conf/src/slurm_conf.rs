@@ -890,7 +890,7 @@ pub const UNKNOWN_CLUSTER: &str = "unknown";
 /// file names none or cannot be read (callers use [`UNKNOWN_CLUSTER`] or ask for one).
 pub fn cluster_name(path: impl AsRef<Path>) -> Option<String> {
     let (conf, _) = SlurmConf::load_lenient(path);
-    conf.cluster_name.as_deref().map(cluster_name_rule)
+    conf.cluster()
 }
 
 /// Slurm's rule for the cluster's name: `ClusterName` as written, lower-cased (slurmctld
@@ -918,6 +918,12 @@ impl StmtParser for Builder {
 }
 
 impl SlurmConf {
+    /// The cluster's name as sgpu carries it ([`cluster_name`], for a slurm.conf already
+    /// read): `ClusterName` lower-cased; `None` when the file names none.
+    pub fn cluster(&self) -> Option<String> {
+        self.cluster_name.as_deref().map(cluster_name_rule)
+    }
+
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)

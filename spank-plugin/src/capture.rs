@@ -2,7 +2,6 @@
 //! and the `step_usage` record written to the node spool.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use sgpu_nodelib::gpu::{NodeSnapshot, NvmlOptions, Session};
 use sgpu_nodelib::nodeconf::NodeLayout;
@@ -186,7 +185,8 @@ pub fn end_readings_and_close(
 }
 
 /// The step's GPUs (Slurm indices) as read from `snap`, mapped to NVML through the node's
-/// gres.conf (device minor numbers). GPUs without a UUID are left out (noted). When gres.conf
+/// gres.conf (`layout`: device minor numbers; `None`: slurm.conf unreadable, Slurm's
+/// indices taken as NVML's). GPUs without a UUID are left out (noted). When gres.conf
 /// lists MIG slices for the node, `session` adds the GPUs' MIG devices to `snap` and a slice
 /// is recorded as its `MIG-` UUID and `<GPU> MIG <profile>`, without energy (NVML counts
 /// energy per GPU, which other slices share).
@@ -194,24 +194,15 @@ pub fn gpus_at_start(
     slurm_indices: &[u32],
     snap: &mut NodeSnapshot,
     session: &Session,
-    slurm_conf: &Path,
-    node: &str,
+    layout: Option<&NodeLayout>,
     notes: &mut Vec<String>,
 ) -> Vec<GpuStart> {
-    let layout = match NodeLayout::load(slurm_conf, node) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            notes.push(e.to_string());
-            None
-        }
-    };
-    let slices_listed = layout
-        .as_ref()
-        .is_some_and(|l| l.gpus.devices.iter().any(|d| !d.mig_caps.is_empty()));
+    let slices_listed =
+        layout.is_some_and(|l| l.gpus.devices.iter().any(|d| !d.mig_caps.is_empty()));
     if slices_listed {
         session.add_mig(snap);
     }
-    let devices = sgpu_nodelib::nodeconf::job_devices(layout.as_ref(), slurm_indices, &[], snap);
+    let devices = sgpu_nodelib::nodeconf::job_devices(layout, slurm_indices, &[], snap);
     notes.extend(devices.notes.iter().cloned());
     let mut out = Vec::new();
     for d in &devices.by_index {

@@ -87,6 +87,7 @@ use args::PluginArgs;
 use capture::StepStart;
 use error::HookError;
 use ffi::{Context, OptionSpec, Spank, sys};
+use sgpu_nodelib::nodeconf::NodeLayout;
 
 /// `plugin_name`: how Slurm names the plugin in its logs.
 #[unsafe(no_mangle)]
@@ -180,20 +181,33 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, HookError> {
         .or_else(|| env.env_node.clone())
         .or_else(sgpu_nodelib::nodeconf::short_hostname)
         .ok_or(HookError::NodeName)?;
-    // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item
-    let cluster = sgpu_slurm_conf::cluster_name(&env.slurm_conf)
+    // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item;
+    // slurm.conf is read once, for the cluster's name and the GPUs' mapping (gres.conf)
+    let slurm = slurm_conf(&env.slurm_conf);
+    let cluster = slurm
+        .as_ref()
+        .and_then(|(c, _)| c.cluster())
         .unwrap_or_else(|| sgpu_slurm_conf::UNKNOWN_CLUSTER.into());
     let user = sgpu_spool::passwd::user_name(env.uid).unwrap_or_else(|| env.uid.to_string());
     let mut nvml = sgpu_nodelib::gpu::NvmlOptions::from_config(&config);
     nvml.timeout = nvml.timeout.min(env.nvml_timeout);
     let (session, mut snap) = capture::open_and_read(&nvml)?;
     let mut notes = Vec::new();
+    let layout = match &slurm {
+        Some((conf, errors)) => Some(NodeLayout::of(conf, errors, &node)),
+        None => {
+            let missing = sgpu_nodelib::nodeconf::LayoutError::NoSlurmConf {
+                path: env.slurm_conf.clone(),
+            };
+            notes.push(missing.to_string());
+            None
+        }
+    };
     let mut gpus = capture::gpus_at_start(
         &env.slurm_gpus,
         &mut snap,
         &session,
-        &env.slurm_conf,
-        &node,
+        layout.as_ref(),
         &mut notes,
     );
     if !counters {
@@ -233,6 +247,16 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, HookError> {
         status_listen: config.status_listen,
         notes,
     })
+}
+
+/// slurm.conf at `path` with the problems met reading it; `None` when it is no file (as
+/// [`NodeLayout::load`] and [`sgpu_slurm_conf::cluster_name`] treat it).
+fn slurm_conf(
+    path: &std::path::Path,
+) -> Option<(sgpu_slurm_conf::SlurmConf, Vec<sgpu_slurm_conf::ConfError>)> {
+    use sgpu_slurm_conf::ConfFile;
+    path.is_file()
+        .then(|| sgpu_slurm_conf::SlurmConf::load_lenient(path))
 }
 
 static ARGS: Mutex<Option<PluginArgs>> = Mutex::new(None);
