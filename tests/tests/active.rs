@@ -18,8 +18,8 @@
 //!    with its child, reported as `timeout` (node2 drained for it), and the job ends, handing
 //!    the node back to Slurm;
 //! 5. every run above, passed or not, by its job or by hand, left an `active_check` event in
-//!    its node's history spool (what `sgpu history` shows once acctd has it) naming the
-//!    check, the outcome, the job and the measurement.
+//!    its node's history spool naming the check, the outcome, the job and the measurement;
+//!    forwarded to an acctd, node1's are what `sgpu history node1 --active` lists.
 //!
 //! The checks run every 0.002 h (7.2 s) with the whole interval as stagger, so each run
 //! waits for events (drains, result files, states), never for a fixed time. The cluster is
@@ -28,6 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sgpu_tests::acctd::Acctd;
 use sgpu_tests::cluster::repo_root;
 use sgpu_tests::sgpu::{self, node_files};
 use sgpu_tests::{Cluster, Record, node_state, poll};
@@ -441,6 +442,42 @@ fn active_checks_run_in_slurm_jobs_on_idle_nodes_and_drain_through_the_policy() 
     assert!(
         !has(&h3, "sgpu-admin", "", ""),
         "the refused run is not one: {h3:?}"
+    );
+    // acctd takes them: node1's healthd forwards its spool, `sgpu history --active` lists
+    // node1's runs (its job's failure and the pass by hand) and nothing else
+    let acctd = Acctd::start(&[])?;
+    let _fwd = sgpu_tests::acctd::forward_to(&cluster, &[n1], &acctd.url(), "")?;
+    let shown = poll(
+        Duration::from_secs(60),
+        "node1's runs in acctd's history",
+        || {
+            let out = cluster
+                .command(&sgpu_bin.to_string_lossy())
+                .arg(format!("--acctd={}", acctd.url()))
+                .args(["history", n1, "--active", "--json"])
+                .env("SGPU_CONFIG", "/nonexistent/sgpu.toml")
+                .env_remove("SUDO_USER")
+                .env_remove("SGPU_ACCTD_AUTH")
+                .output()?;
+            let events: Vec<sgpu_spool::NodeEvent> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok(Some(events).filter(|e| e.len() >= h1.len()))
+        },
+    )?;
+    let listed: Vec<(String, String)> = shown
+        .iter()
+        .map(|e| (e.source.clone(), e.reason.clone()))
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .all(|e| e.action == sgpu_spool::NodeAction::ActiveCheck && e.node == n1),
+        "{listed:?}"
+    );
+    assert!(
+        has(&listed, "healthd", "active.matmul fail in ", "(job ")
+            && has(&listed, "sgpu-admin", "active.matmul pass in ", "(by hand)"),
+        "{listed:?}"
     );
     Ok(())
 }
