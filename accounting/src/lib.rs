@@ -27,6 +27,7 @@ pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod mariadb_server;
+pub mod migrate;
 pub mod mysql_store;
 pub mod prices;
 pub mod query;
