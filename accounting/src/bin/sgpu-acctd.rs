@@ -16,6 +16,7 @@ use sgpu_accounting::auth::{
 use sgpu_accounting::coordinators;
 use sgpu_accounting::day::day_of;
 use sgpu_accounting::http::{AppState, DEFAULT_MAX_BODY_BYTES, Limits, router_with};
+use sgpu_accounting::migrate;
 use sgpu_accounting::mysql_store::MysqlStore;
 use sgpu_accounting::serve::{ServeLimits, serve};
 use sgpu_accounting::site::{DEFAULT_CONFIG, Site, SiteConfig};
@@ -123,6 +124,33 @@ struct Args {
     /// coordinators.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Instead of serving: `migrate` (move a sled store's history into MariaDB/MySQL).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Moves a sled store's whole history (records, conflicts, node events) into a
+    /// MariaDB/MySQL database, rebuilding rollups there as ingest does, then checks that
+    /// both hold the same and prints the totals. Stop acctd first. Run it again after an
+    /// interruption: it resumes, nothing counts twice. The sled store is only read.
+    Migrate(MigrateArgs),
+}
+
+/// `sgpu-acctd migrate`'s arguments.
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// The sled store's directory (what acctd's --db named).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/sgpu/acctd.sled")]
+    from: PathBuf,
+    /// The MariaDB/MySQL database: `mysql://USER@HOST:PORT/DATABASE` (as acctd's --db).
+    #[arg(long, value_name = "URL")]
+    db: String,
+    /// The database user's password: the file's first line (as acctd's --db-password-file).
+    #[arg(long, value_name = "FILE")]
+    db_password_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -135,6 +163,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Command::Migrate(m)) = args.command {
+        return tokio::task::spawn_blocking(move || run_migrate(&m))
+            .await
+            .context("the move")?;
+    }
     let policy = policy(&args)?;
     let auth = authenticator(&args)?;
     let (store, sled) = open_store(&args).await?;
@@ -321,11 +354,7 @@ fn site_config(args: &Args) -> anyhow::Result<LoadedSite> {
 /// Opens the store `--db` names: a MariaDB/MySQL URL, else a sled directory (returned a
 /// second time, as sled, for the flush at shutdown).
 async fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<SledStore>>)> {
-    if args.db.starts_with("mysql://") || args.db.starts_with("mariadb://") {
-        let url = match args.db.strip_prefix("mariadb://") {
-            Some(rest) => format!("mysql://{rest}"),
-            None => args.db.clone(),
-        };
+    if let Some(url) = mysql_url(&args.db) {
         let password = match &args.db_password_file {
             Some(p) => Some(read_password_file(p)?),
             None => None,
@@ -352,6 +381,52 @@ async fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<S
             .with_context(|| format!("opening the store at {}", args.db))?,
     );
     Ok((sled.clone(), Some(sled)))
+}
+
+/// `db` as the driver's URL when it names MariaDB/MySQL (`mysql://`, `mariadb://`).
+fn mysql_url(db: &str) -> Option<String> {
+    match db.strip_prefix("mariadb://") {
+        Some(rest) => Some(format!("mysql://{rest}")),
+        None => db.starts_with("mysql://").then(|| db.to_string()),
+    }
+}
+
+/// `sgpu-acctd migrate`: opens the sled store (refused while an acctd holds it), then the
+/// database, moves everything ([`sgpu_accounting::migrate`]) and prints what both hold.
+fn run_migrate(m: &MigrateArgs) -> anyhow::Result<()> {
+    let Some(url) = mysql_url(&m.db) else {
+        bail!(
+            "--db {}: the move's target is a MariaDB/MySQL database, \
+             mysql://USER@HOST:PORT/DATABASE",
+            m.db
+        );
+    };
+    let password = match &m.db_password_file {
+        Some(p) => Some(read_password_file(p)?),
+        None => None,
+    };
+    let sled = migrate::open_source(&m.from)?;
+    let db = MysqlStore::connect(&url, password.as_deref()).with_context(|| {
+        "opening the MariaDB/MySQL database: check that the server runs and is reachable \
+         at that address, that the database and user exist with rights on it, and the \
+         password in --db-password-file"
+    })?;
+    eprintln!("moving {} into {}", m.from.display(), db.target());
+    let done = migrate::migrate(&sled, &db, db.target(), &mut |step| eprintln!("{step}"))?;
+    println!(
+        "moved {} into {}: both hold the same",
+        m.from.display(),
+        db.target()
+    );
+    for line in done.tally.lines() {
+        println!("  {line}");
+    }
+    println!(
+        "written now: {} records ({} were there already), {} conflicts (received now), {} \
+         node events",
+        done.moved.records, done.moved.already, done.moved.conflicts, done.moved.events
+    );
+    Ok(())
 }
 
 /// The database password: the first line of `path`, a regular file (not a link) owned by
