@@ -110,6 +110,21 @@ pub enum MigrateError {
 /// a sled store, and one another process (a running acctd) holds open. Opening converts
 /// an older on-disk format as starting acctd would; the move itself writes nothing there.
 pub fn open_source(dir: &Path) -> Result<SledStore, MigrateError> {
+    check_source(dir)?;
+    SledStore::open(dir).map_err(|e| match &e {
+        StoreError::Engine(m) if m.contains("could not acquire lock") => {
+            MigrateError::Locked(dir.to_path_buf())
+        }
+        _ => MigrateError::Source {
+            path: dir.to_path_buf(),
+            source: e,
+        },
+    })
+}
+
+/// The checks of [`open_source`] that need no opening: `dir` exists and holds sled's files
+/// (run first, so a typo is named before the database is contacted).
+pub fn check_source(dir: &Path) -> Result<(), MigrateError> {
     let meta = std::fs::metadata(dir).map_err(|_| MigrateError::Missing(dir.to_path_buf()))?;
     if !meta.is_dir() {
         return Err(MigrateError::NotSled {
@@ -125,15 +140,7 @@ pub fn open_source(dir: &Path) -> Result<SledStore, MigrateError> {
             });
         }
     }
-    SledStore::open(dir).map_err(|e| match &e {
-        StoreError::Engine(m) if m.contains("could not acquire lock") => {
-            MigrateError::Locked(dir.to_path_buf())
-        }
-        _ => MigrateError::Source {
-            path: dir.to_path_buf(),
-            source: e,
-        },
-    })
+    Ok(())
 }
 
 /// Totals of one (cluster, account) over the whole history, from the report engine.

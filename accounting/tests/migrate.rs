@@ -135,6 +135,19 @@ fn a_sled_history_moves_into_mariadb_once_and_reads_the_same() {
     );
     stop(acctd);
 
+    // the wrong password: named, with what to check
+    let wrong = dir.path().join("wrong-password");
+    write_private(&wrong, "not-the-password");
+    let mut args = to_db;
+    args[5] = wrong.as_os_str();
+    let o = migrate(&args);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Access denied") && text(&o).contains("--db-password-file"),
+        "{}",
+        text(&o)
+    );
+
     let o = migrate(&to_db);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);

@@ -391,8 +391,9 @@ fn mysql_url(db: &str) -> Option<String> {
     }
 }
 
-/// `sgpu-acctd migrate`: opens the sled store (refused while an acctd holds it), then the
-/// database, moves everything ([`sgpu_accounting::migrate`]) and prints what both hold.
+/// `sgpu-acctd migrate`: checks the sled directory, opens the database, then the sled store
+/// (refused while an acctd holds it), moves everything ([`sgpu_accounting::migrate`]) and
+/// prints what both hold.
 fn run_migrate(m: &MigrateArgs) -> anyhow::Result<()> {
     let Some(url) = mysql_url(&m.db) else {
         bail!(
@@ -405,12 +406,13 @@ fn run_migrate(m: &MigrateArgs) -> anyhow::Result<()> {
         Some(p) => Some(read_password_file(p)?),
         None => None,
     };
-    let sled = migrate::open_source(&m.from)?;
+    migrate::check_source(&m.from)?;
     let db = MysqlStore::connect(&url, password.as_deref()).with_context(|| {
         "opening the MariaDB/MySQL database: check that the server runs and is reachable \
          at that address, that the database and user exist with rights on it, and the \
          password in --db-password-file"
     })?;
+    let sled = migrate::open_source(&m.from)?;
     eprintln!("moving {} into {}", m.from.display(), db.target());
     let done = migrate::migrate(&sled, &db, db.target(), &mut |step| eprintln!("{step}"))?;
     println!(
