@@ -45,7 +45,8 @@ pub struct NodeLayout {
     /// could be read despite them.
     pub notes: Vec<String>,
     /// The driver's MIG capability minors ([`crate::mig::MIG_MINORS_PATH`], else its fixed
-    /// layout): which slice a gres.conf device's `nvidia-cap` files are.
+    /// layout): which slice a gres.conf device's `nvidia-cap` files are. Read only when
+    /// gres.conf lists a device with such files (nothing else asks).
     pub mig_minors: MigMinors,
 }
 
@@ -108,18 +109,26 @@ impl NodeLayout {
         let gres_path = slurm.gres_conf_path();
         let (gres, errs) = GresConf::load_lenient(&gres_path);
         notes.extend(errs.iter().map(|e| e.to_string()));
-        let mig_minors = match MigMinors::load(Path::new(crate::mig::MIG_MINORS_PATH)) {
-            Ok(m) => m,
-            Err(e) => {
-                notes.push(format!(
-                    "{}: {e}; MIG capability minors read by the driver's fixed layout",
-                    crate::mig::MIG_MINORS_PATH
-                ));
-                MigMinors::default()
+        let gpus = gres.expected_gpus(node, Some(slurm));
+        // the driver's file lists every GPU it could hold (32 x 15 GPU instances x 9 minors:
+        // 4,322 lines, about 0.6 ms to read): read only when a device is a slice
+        let slices_listed = gpus.devices.iter().any(|d| !d.mig_caps.is_empty());
+        let mig_minors = if slices_listed {
+            match MigMinors::load(Path::new(crate::mig::MIG_MINORS_PATH)) {
+                Ok(m) => m,
+                Err(e) => {
+                    notes.push(format!(
+                        "{}: {e}; MIG capability minors read by the driver's fixed layout",
+                        crate::mig::MIG_MINORS_PATH
+                    ));
+                    MigMinors::default()
+                }
             }
+        } else {
+            MigMinors::default()
         };
         NodeLayout {
-            gpus: gres.expected_gpus(node, Some(slurm)),
+            gpus,
             notes,
             mig_minors,
         }
