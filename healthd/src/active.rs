@@ -143,17 +143,37 @@ pub struct CheckStatus {
     pub waiting: Option<String>,
 }
 
+/// Why a call to Slurm for the active checks failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActiveSlurmError {
+    /// `scontrol`, `sbatch`, `squeue` or `scancel` failed (names the command and what it
+    /// said).
+    #[error(transparent)]
+    Slurm(#[from] SlurmctlError),
+    /// The job's script or its directory could not be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `sbatch --parsable` printed something other than a job id.
+    #[error("sbatch printed {0:?}, not a job id")]
+    NoJobId(String),
+}
+
 /// How the scheduler reaches Slurm (a fake in tests).
 pub trait ActiveSlurm {
     /// This node's state (`IDLE`, `MIXED`, `IDLE+DRAIN`, ...).
-    fn node_state(&mut self) -> Result<String, String>;
+    fn node_state(&mut self) -> Result<String, ActiveSlurmError>;
     /// Submits sgpu's job for `check`; its id.
-    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, String>;
+    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, ActiveSlurmError>;
     /// The job's state (`PENDING`, `RUNNING`, `COMPLETED`, ...); `None`: Slurm no longer
     /// knows it.
-    fn job_state(&mut self, id: u64) -> Result<Option<String>, String>;
+    fn job_state(&mut self, id: u64) -> Result<Option<String>, ActiveSlurmError>;
     /// Cancels the job.
-    fn cancel(&mut self, id: u64) -> Result<(), String>;
+    fn cancel(&mut self, id: u64) -> Result<(), ActiveSlurmError>;
 }
 
 /// Whether a Slurm node state means no job and nothing else in the way.
@@ -254,7 +274,7 @@ impl Scheduler {
     /// One round at `now_ms` (see the module documentation); saves the state if it changed.
     pub fn tick(&mut self, now_ms: u64, slurm: &mut dyn ActiveSlurm) {
         let before = self.state.clone();
-        let mut node_state: Option<Result<String, String>> = None;
+        let mut node_state: Option<Result<String, ActiveSlurmError>> = None;
         let checks = self.settings.checks.clone();
         // a check taken out of sgpu.toml is forgotten (its job, if one runs, ends by itself)
         self.state
@@ -288,7 +308,7 @@ impl Scheduler {
         check: &ActiveCheck,
         now_ms: u64,
         concluded: bool,
-        node_state: &mut Option<Result<String, String>>,
+        node_state: &mut Option<Result<String, ActiveSlurmError>>,
         slurm: &mut dyn ActiveSlurm,
     ) {
         let in_flight = self.state.checks.values().any(|s| s.job.is_some());
@@ -641,29 +661,28 @@ impl SlurmClients {
     }
 }
 
-fn text(e: SlurmctlError) -> String {
-    e.to_string()
-}
-
 impl ActiveSlurm for SlurmClients {
-    fn node_state(&mut self) -> Result<String, String> {
-        self.scontrol
-            .node_state(&self.node)
-            .map(|s| s.state)
-            .map_err(text)
+    fn node_state(&mut self) -> Result<String, ActiveSlurmError> {
+        Ok(self.scontrol.node_state(&self.node).map(|s| s.state)?)
     }
 
-    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, String> {
+    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, ActiveSlurmError> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = active::results_dir(&self.state_dir);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|source| ActiveSlurmError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         let script = dir.join(format!("{}.sbatch", check.name));
         let body = active::job_script(&self.runner, &check.name, self.config_path.as_deref());
-        std::fs::write(&script, body).map_err(|e| format!("{}: {e}", script.display()))?;
+        std::fs::write(&script, body).map_err(|source| ActiveSlurmError::Io {
+            path: script.clone(),
+            source,
+        })?;
         let output = dir.join(format!("{}.out", check.name));
         let args = active::sbatch_args(
             &self.settings,
@@ -673,19 +692,16 @@ impl ActiveSlurm for SlurmClients {
             &output,
             &script,
         );
-        let out = self
-            .scontrol
-            .run_program(&self.sbatch, &args, &[])
-            .map_err(text)?;
+        let out = self.scontrol.run_program(&self.sbatch, &args, &[])?;
         // --parsable: "<id>" or "<id>;<cluster>"
         out.trim()
             .split(';')
             .next()
             .and_then(|id| id.parse().ok())
-            .ok_or_else(|| format!("sbatch printed {:?}, not a job id", out.trim()))
+            .ok_or_else(|| ActiveSlurmError::NoJobId(out.trim().to_string()))
     }
 
-    fn job_state(&mut self, id: u64) -> Result<Option<String>, String> {
+    fn job_state(&mut self, id: u64) -> Result<Option<String>, ActiveSlurmError> {
         let squeue = self.scontrol.squeue_path();
         let args = [
             "--noheader".to_string(),
@@ -703,16 +719,15 @@ impl ActiveSlurm for SlurmClients {
             Err(SlurmctlError::Failed { stderr, .. }) if stderr.contains("Invalid job id") => {
                 Ok(None)
             }
-            Err(e) => Err(text(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
-    fn cancel(&mut self, id: u64) -> Result<(), String> {
+    fn cancel(&mut self, id: u64) -> Result<(), ActiveSlurmError> {
         let scancel = self.scontrol.path().with_file_name("scancel");
         self.scontrol
-            .run_program(&scancel, &[id.to_string()], &[])
-            .map(|_| ())
-            .map_err(text)
+            .run_program(&scancel, &[id.to_string()], &[])?;
+        Ok(())
     }
 }
 

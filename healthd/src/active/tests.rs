@@ -19,23 +19,28 @@ struct Fake {
 }
 
 impl ActiveSlurm for Fake {
-    fn node_state(&mut self) -> Result<String, String> {
+    fn node_state(&mut self) -> Result<String, ActiveSlurmError> {
         Ok(self.node.clone())
     }
-    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, String> {
+    fn submit(&mut self, check: &ActiveCheck) -> Result<u64, ActiveSlurmError> {
         self.sbatch_calls += 1;
         if let Some(e) = &self.sbatch_error {
-            return Err(e.clone());
+            return Err(SlurmctlError::Failed {
+                command: "sbatch".into(),
+                status: "exit status: 1".into(),
+                stderr: e.clone(),
+            }
+            .into());
         }
         self.next += 1;
         self.jobs.insert(self.next, Some("PENDING".into()));
         self.submitted.push((self.next, check.name.clone()));
         Ok(self.next)
     }
-    fn job_state(&mut self, id: u64) -> Result<Option<String>, String> {
+    fn job_state(&mut self, id: u64) -> Result<Option<String>, ActiveSlurmError> {
         Ok(self.jobs.get(&id).cloned().flatten())
     }
-    fn cancel(&mut self, id: u64) -> Result<(), String> {
+    fn cancel(&mut self, id: u64) -> Result<(), ActiveSlurmError> {
         self.cancelled.push(id);
         self.jobs.insert(id, Some("CANCELLED".into()));
         Ok(())
