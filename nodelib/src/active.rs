@@ -502,8 +502,19 @@ pub fn judge(check: &ActiveCheck, ended: &Ended<'_>) -> Judged {
     }
 }
 
+/// Why a `format = "json"` check's output is not the contract's object.
+#[derive(Debug, thiserror::Error)]
+enum JsonAnswerError {
+    /// Not the JSON object of the contract.
+    #[error("stdout is not the JSON object of the contract: {0}")]
+    NotTheObject(serde_json::Error),
+    /// A `status` that is not one of the three.
+    #[error("\"status\" is {0:?}, expected \"pass\", \"warn\" or \"fail\"")]
+    Status(String),
+}
+
 /// `format = "json"`: `{"status": "pass"|"warn"|"fail", "message": "...", "gpu": N}`.
-fn parse_json(stdout: &[u8]) -> Result<Judged, String> {
+fn parse_json(stdout: &[u8]) -> Result<Judged, JsonAnswerError> {
     #[derive(Deserialize)]
     struct Answer {
         status: String,
@@ -512,17 +523,12 @@ fn parse_json(stdout: &[u8]) -> Result<Judged, String> {
         #[serde(default)]
         gpu: Option<u32>,
     }
-    let a: Answer = serde_json::from_slice(stdout)
-        .map_err(|e| format!("stdout is not the JSON object of the contract: {e}"))?;
+    let a: Answer = serde_json::from_slice(stdout).map_err(JsonAnswerError::NotTheObject)?;
     let outcome = match a.status.as_str() {
         "pass" => Outcome::Pass,
         "warn" => Outcome::Warn,
         "fail" => Outcome::Fail,
-        other => {
-            return Err(format!(
-                "\"status\" is {other:?}, expected \"pass\", \"warn\" or \"fail\""
-            ));
-        }
+        other => return Err(JsonAnswerError::Status(other.to_string())),
     };
     let message = a
         .message
