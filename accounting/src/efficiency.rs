@@ -25,7 +25,7 @@ use sgpu_wire::efficiency::{
     EfficiencyAnswer, GpuEfficiency, IdleAction, MigSlice, Period, mem_from_model,
 };
 
-use crate::http::{AppState, error, reader_scope};
+use crate::http::{AppState, error, job_reader};
 
 /// The efficiency route.
 pub fn routes() -> Router<AppState> {
@@ -40,15 +40,9 @@ async fn get_efficiency(
     headers: HeaderMap,
     Path((cluster, job_id)): Path<(String, String)>,
 ) -> Response {
-    let scope = match reader_scope(&state, &headers) {
-        Ok(s) => s,
+    let (scope, job_id) = match job_reader(&state, &headers, &job_id) {
+        Ok(r) => r,
         Err(r) => return r,
-    };
-    let Ok(job_id) = job_id.parse::<u32>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("job id {job_id:?} is not a number"),
-        );
     };
     let store = state.store.clone();
     let c = cluster.clone();
@@ -70,25 +64,21 @@ async fn get_efficiency(
         Ok((records, events))
     };
     match tokio::task::spawn_blocking(read).await {
-        Ok(Ok((records, events))) => match efficiency(&cluster, job_id, &records, now_ms()) {
-            Some(mut answer) => {
-                answer.actions = actions(&events, answer.run);
-                axum::Json(answer).into_response()
+        Ok(Ok((records, events))) => {
+            match efficiency(&cluster, job_id, &records, sgpu_spool::now_ms()) {
+                Some(mut answer) => {
+                    answer.actions = actions(&events, answer.run);
+                    axum::Json(answer).into_response()
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no records of job {job_id} on cluster {cluster}"),
+                ),
             }
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no records of job {job_id} on cluster {cluster}"),
-            ),
-        },
+        }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The idle-policy actions of run `run` among a job's node events, oldest first.

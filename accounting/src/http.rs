@@ -326,6 +326,25 @@ pub fn reader_scope(state: &AppState, headers: &HeaderMap) -> Result<ReadScope, 
     read_scope(state, &who)
 }
 
+/// The reader's scope and the job id of a request for one job (`/v1/jobs/{cluster}/{id}`,
+/// `/v1/efficiency/...`): 400 when the id is not a number.
+// A Response is what handlers return (as for `caller`).
+#[allow(clippy::result_large_err)]
+pub fn job_reader(
+    state: &AppState,
+    headers: &HeaderMap,
+    job_id: &str,
+) -> Result<(ReadScope, u32), Response> {
+    let scope = reader_scope(state, headers)?;
+    let Ok(job_id) = job_id.parse::<u32>() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("job id {job_id:?} is not a number"),
+        ));
+    };
+    Ok((scope, job_id))
+}
+
 /// The user a stored record belongs to.
 pub(crate) fn record_user(r: &sgpu_spool::Record) -> &str {
     match r.body() {
@@ -442,15 +461,9 @@ async fn job(
     headers: HeaderMap,
     Path((cluster, job_id)): Path<(String, String)>,
 ) -> Response {
-    let scope = match reader_scope(&state, &headers) {
-        Ok(s) => s,
+    let (scope, job_id) = match job_reader(&state, &headers, &job_id) {
+        Ok(r) => r,
         Err(r) => return r,
-    };
-    let Ok(job_id) = job_id.parse::<u32>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("job id {job_id:?} is not a number"),
-        );
     };
     let store = state.store.clone();
     let c = cluster.clone();
