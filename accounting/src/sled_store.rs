@@ -65,6 +65,9 @@ use crate::store::{
 mod vlog;
 use vlog::{Loc, ValueLog};
 
+/// How long [`SledStore::open`] waits for sled's lock on the database (see [`open_locked`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The layout version this code writes.
 const FORMAT: &[u8] = b"3";
 /// Format 2: the same trees, job entries of [`ENTRY_V1`], plain record log segments. Read
@@ -125,6 +128,26 @@ struct Format1Chunk {
 struct Writer {
     /// The last batch number written.
     seq: u64,
+}
+
+/// Opens sled's database at `path`, waiting up to [`LOCK_WAIT`] for its lock (sled holds an
+/// exclusive `flock` on its file): a handle just dropped can keep it a moment (sled's
+/// flusher thread lets go after the drop), and so can a child process forked in between
+/// (until it execs). Another process that really holds it still fails the open, naming the
+/// lock, after the wait.
+fn open_locked(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(engine),
+        }
+    }
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -692,7 +715,7 @@ impl SledStore {
     /// Opens (creating if needed) the database directory at `path`, converting a format 1
     /// database.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(engine)?;
+        let db = open_locked(path)?;
         let acct = db.open_tree("acct").map_err(engine)?;
         let store = SledStore {
             events: db.open_tree("node_events").map_err(engine)?,

@@ -701,3 +701,26 @@ fn rollup_groups_keep_names_once_and_read_totals_added_later_as_zero() {
         );
     }
 }
+
+#[test]
+fn open_waits_for_the_lock_of_a_handle_being_dropped_and_names_one_that_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = SledStore::open(&path).unwrap();
+    first
+        .put_batch(&[job_end(1, "n1", 10 * DAY_MS, 10 * DAY_MS + HOUR, &[1])])
+        .unwrap();
+    // held for the whole wait: the open fails and says why
+    let err = SledStore::open(&path)
+        .err()
+        .expect("opened a locked database");
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
+    // let go while the second open waits: it opens and sees what the first acknowledged
+    let dropper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(first);
+    });
+    let second = SledStore::open(&path).unwrap();
+    dropper.join().unwrap();
+    assert_eq!(second.job("alpha", 1).unwrap().len(), 1);
+}
