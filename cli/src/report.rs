@@ -647,22 +647,7 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     )?;
     let columns = match columns {
         Some(c) => c,
-        None => {
-            let mut spec: Vec<&str> = groups.iter().map(|g| g.name()).collect();
-            spec.extend(["Jobs", "GPUHours"]);
-            if groups.contains(&Field::MigProfile) {
-                // by MIG profile: the slices' own hours beside their GPU-equivalents
-                spec.push("SliceHours");
-            }
-            spec.extend(["UsedGPUHours", "GPUUtil", "EnergyKWh", "AvgPowerW"]);
-            if a.top.is_some() {
-                spec.extend(["IdleGPUHours", "WasteGPUHours", "WasteBy"]);
-            }
-            if env.site.prices {
-                spec.push("Cost");
-            }
-            parse_format(&spec.join(","), REPORT_FIELDS).map_err(anyhow::Error::msg)?
-        }
+        None => default_report_columns(&groups, a.top.is_some(), env.site.prices)?,
     };
     check_cost(&columns, &env.site)?;
     let q = query(&a.select, start, end, Some(&names.join(",")));
@@ -676,29 +661,13 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     let at = |t: i64| format_time_in(t, &env.tz);
     let zone = &env.zone_name;
     if a.select.json {
-        let out: Vec<Value> = ordered
-            .into_iter()
-            .map(|(key, s)| {
-                let mut m = serde_json::Map::new();
-                for (name, v) in names.iter().zip(key) {
-                    let name = if matches!(name.as_str(), "day" | "week" | "month") {
-                        "period"
-                    } else {
-                        name
-                    };
-                    m.insert(name.to_string(), json!(v));
-                }
-                s.json(&mut m);
-                Value::Object(m)
-            })
-            .collect();
         let mut doc = json!({
             "start": at(start),
             "end": at(end),
             "time_zone": zone,
             "group_by": names,
             "currency": currency,
-            "rows": out,
+            "rows": report_json_rows(ordered, &names),
         });
         if let (Some(n), Some(m)) = (a.top, doc.as_object_mut()) {
             m.insert("top".into(), json!(n));
@@ -713,29 +682,69 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let st = style(a.select.parsable, a.select.parsable2);
-    if let (Some(n), true) = (a.top, st == Style::Table && !a.select.noheader) {
-        println!(
-            "Top {n} GPU wasters {} - {} ({zone}), {TOP_RANKING}",
-            at(start),
-            at(end),
-        );
-    } else if st == Style::Table && !a.select.noheader {
-        println!(
-            "GPU usage {} - {} ({zone}){}",
-            at(start),
-            at(end),
-            currency
-                .as_ref()
-                .filter(|_| columns.iter().any(|c| c.field == Field::Cost))
-                .map(|c| format!(", cost in {c}"))
-                .unwrap_or_default()
-        );
+    if st == Style::Table && !a.select.noheader {
+        let window = format!("{} - {} ({zone})", at(start), at(end));
+        match a.top {
+            Some(n) => println!("Top {n} GPU wasters {window}, {TOP_RANKING}"),
+            None => println!(
+                "GPU usage {window}{}",
+                currency
+                    .as_ref()
+                    .filter(|_| columns.iter().any(|c| c.field == Field::Cost))
+                    .map(|c| format!(", cost in {c}"))
+                    .unwrap_or_default()
+            ),
+        }
     }
     print!(
         "{}",
         render_groups(&ordered, &columns, &groups, st, !a.select.noheader)
     );
     Ok(0)
+}
+
+/// `sgpu report`'s columns without `-o`: the groups, jobs and GPU-hours (and a MIG
+/// profile's slice-hours), use and energy, with `--top` idle and waste, with prices cost.
+fn default_report_columns(
+    groups: &[Field],
+    top: bool,
+    prices: bool,
+) -> anyhow::Result<Vec<Column>> {
+    let mut spec: Vec<&str> = groups.iter().map(|g| g.name()).collect();
+    spec.extend(["Jobs", "GPUHours"]);
+    if groups.contains(&Field::MigProfile) {
+        // by MIG profile: the slices' own hours beside their GPU-equivalents
+        spec.push("SliceHours");
+    }
+    spec.extend(["UsedGPUHours", "GPUUtil", "EnergyKWh", "AvgPowerW"]);
+    if top {
+        spec.extend(["IdleGPUHours", "WasteGPUHours", "WasteBy"]);
+    }
+    if prices {
+        spec.push("Cost");
+    }
+    parse_format(&spec.join(","), REPORT_FIELDS).map_err(anyhow::Error::msg)
+}
+
+/// `sgpu report --json`'s rows: each group's key by name (`day`, `week` and `month` as
+/// `period`) beside its sums.
+fn report_json_rows(ordered: Vec<(Vec<String>, Sums)>, names: &[String]) -> Vec<Value> {
+    ordered
+        .into_iter()
+        .map(|(key, s)| {
+            let mut m = serde_json::Map::new();
+            for (name, v) in names.iter().zip(key) {
+                let name = if matches!(name.as_str(), "day" | "week" | "month") {
+                    "period"
+                } else {
+                    name
+                };
+                m.insert(name.to_string(), json!(v));
+            }
+            s.json(&mut m);
+            Value::Object(m)
+        })
+        .collect()
 }
 
 /// How `--top` ranks, as the output states it.
@@ -838,29 +847,41 @@ pub fn jobs(settings: &Settings, a: &JobsArgs) -> anyhow::Result<i32> {
 /// slice's by its share), slice-hours (slices only), used GPU-hours, utilization, energy,
 /// mean power, peak memory.
 pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
-    /// A record's GPU name split into the parent's model and the MIG profile.
-    fn split_mig_name(name: &str) -> (&str, Option<&str>) {
-        match name.rsplit_once(" MIG ") {
-            Some((parent, p)) if !parent.trim().is_empty() && !p.trim().is_empty() => {
-                (parent.trim_end(), Some(p.trim()))
-            }
-            _ => (name, None),
+    gpu_figures(records)
+        .into_iter()
+        .map(|((node, index), g)| g.cells(node, index))
+        .collect()
+}
+
+/// A record's GPU name split into the parent's model and the MIG profile.
+fn split_mig_name(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once(" MIG ") {
+        Some((parent, p)) if !parent.trim().is_empty() && !p.trim().is_empty() => {
+            (parent.trim_end(), Some(p.trim()))
         }
+        _ => (name, None),
     }
-    #[derive(Default)]
-    struct G {
-        model: String,
-        profile: String,
-        uuid: String,
-        alloc: u64,
-        slice: Option<u64>,
-        used: u64,
-        energy: u64,
-        util_sum: f64,
-        util_n: u64,
-        mem: u64,
-    }
-    let mut gpus: BTreeMap<(String, u32), G> = BTreeMap::new();
+}
+
+/// One GPU's figures of a job, summed over its records ([`per_gpu_lines`]).
+#[derive(Default)]
+struct GpuFigures {
+    model: String,
+    profile: String,
+    uuid: String,
+    alloc: u64,
+    slice: Option<u64>,
+    used: u64,
+    energy: u64,
+    util_sum: f64,
+    util_n: u64,
+    mem: u64,
+}
+
+/// Each GPU's figures in a job's records, by node and GPU index: allocated time and energy
+/// from the job_end records, use from healthd's job_usage, names from whichever came first.
+fn gpu_figures(records: &[Record]) -> BTreeMap<(String, u32), GpuFigures> {
+    let mut gpus: BTreeMap<(String, u32), GpuFigures> = BTreeMap::new();
     for r in records {
         let node = r.id().node().to_string();
         match r.body() {
@@ -887,10 +908,7 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
             RecordBody::JobUsage(b) => {
                 for g in &b.gpus {
                     let e = gpus.entry((node.clone(), g.index)).or_default();
-                    if e.model.is_empty() {
-                        e.model = g.name.clone().unwrap_or_default();
-                        e.uuid = g.uuid.clone();
-                    }
+                    e.name_unless_named(g.name.as_ref(), &g.uuid);
                     e.used += g.used_gpu_ms;
                     e.util_sum += g.util_mean_pct * g.samples as f64;
                     e.util_n += g.samples;
@@ -900,52 +918,60 @@ pub fn per_gpu_lines(records: &[Record]) -> Vec<Vec<String>> {
             RecordBody::JobStart(b) => {
                 for g in &b.gpus {
                     let e = gpus.entry((node.clone(), g.index)).or_default();
-                    if e.model.is_empty() {
-                        e.model = g.name.clone().unwrap_or_default();
-                        e.uuid = g.uuid.clone();
-                    }
+                    e.name_unless_named(g.name.as_ref(), &g.uuid);
                 }
             }
             RecordBody::StepUsage(_) => {}
         }
     }
-    gpus.into_iter()
-        .map(|((node, index), mut g)| {
-            // a slice: the parent GPU's model beside its profile
-            if let (parent, Some(p)) = split_mig_name(&g.model) {
-                if g.profile.is_empty() {
-                    g.profile = p.to_string();
-                }
-                g.model = parent.to_string();
+    gpus
+}
+
+impl GpuFigures {
+    /// The GPU's model and UUID from a record, unless one named it already.
+    fn name_unless_named(&mut self, name: Option<&String>, uuid: &str) {
+        if self.model.is_empty() {
+            self.model = name.cloned().unwrap_or_default();
+            self.uuid = uuid.to_string();
+        }
+    }
+
+    /// The GPU's row of [`per_gpu_lines`].
+    fn cells(mut self, node: String, index: u32) -> Vec<String> {
+        // a slice: the parent GPU's model beside its profile
+        if let (parent, Some(p)) = split_mig_name(&self.model) {
+            if self.profile.is_empty() {
+                self.profile = p.to_string();
             }
-            let s = Sums {
-                allocated_gpu_ms: g.alloc,
-                used_gpu_ms: g.used,
-                energy_mj: g.energy,
-                ..Sums::default()
-            };
-            vec![
-                node,
-                index.to_string(),
-                g.model,
-                g.profile,
-                g.uuid,
-                s.cell(Field::GpuHours).unwrap_or_default(),
-                g.slice.map_or(String::new(), |ms| {
-                    format!("{:.2}", ms as f64 / 3_600_000.0)
-                }),
-                s.cell(Field::UsedGpuHours).unwrap_or_default(),
-                if g.util_n > 0 {
-                    format!("{:.1}", g.util_sum / g.util_n as f64)
-                } else {
-                    String::new()
-                },
-                s.cell(Field::EnergyKwh).unwrap_or_default(),
-                s.cell(Field::AvgPowerW).unwrap_or_default(),
-                g.mem.to_string(),
-            ]
-        })
-        .collect()
+            self.model = parent.to_string();
+        }
+        let s = Sums {
+            allocated_gpu_ms: self.alloc,
+            used_gpu_ms: self.used,
+            energy_mj: self.energy,
+            ..Sums::default()
+        };
+        vec![
+            node,
+            index.to_string(),
+            self.model,
+            self.profile,
+            self.uuid,
+            s.cell(Field::GpuHours).unwrap_or_default(),
+            self.slice.map_or(String::new(), |ms| {
+                format!("{:.2}", ms as f64 / 3_600_000.0)
+            }),
+            s.cell(Field::UsedGpuHours).unwrap_or_default(),
+            if self.util_n > 0 {
+                format!("{:.1}", self.util_sum / self.util_n as f64)
+            } else {
+                String::new()
+            },
+            s.cell(Field::EnergyKwh).unwrap_or_default(),
+            s.cell(Field::AvgPowerW).unwrap_or_default(),
+            self.mem.to_string(),
+        ]
+    }
 }
 
 /// `sgpu job <id>`.
