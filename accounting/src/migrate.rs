@@ -8,12 +8,13 @@
 //! `job_end` ([`Store::counted_in`]) is written before the job's other records, so its
 //! `jobs` count goes to the same rollup row as in the source. The source is only read.
 //!
-//! Rollup rows are never copied, only rebuilt from the records: [`migrate`] first checks
-//! that the source's rollups are exactly what its records make ([`crate::store::verify`]);
-//! a store whose retention removed records (or rollups) is refused before anything is
-//! written, naming the days. At the end, [`Tally`] (counts per kind, per-account totals
-//! from the report engine, digests of the records, rollups, conflicts and events) of both
-//! stores must be equal; [`Tally::differences`] says what differs.
+//! Rollup rows are rebuilt from the records; only the rows the records do not make (days
+//! whose records, or rollups, retention removed) are then set to the source's as they are
+//! ([`Store::restore_rollups`]), after the records of both stores are found equal (a target
+//! that cannot take rows refuses such a source before anything is written). At the end,
+//! [`Tally`] (counts per kind, per-account totals from the report engine, digests of the
+//! records, rollups, conflicts and events) of both stores must be equal;
+//! [`Tally::differences`] says what differs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -74,10 +75,9 @@ pub enum MigrateError {
     #[error(
         "the sled store's rollups are not what its records make ({count} rows differ, on \
          days {days}; e.g. {examples}): retention (--retention-days / \
-         --rollup-retention-days) removed records or rollups there, and a move rebuilds \
-         rollups from records, so those totals would change. Nothing was written. Keep \
-         this acctd on sled, or accept the loss by moving a copy purged to the same days \
-         for both"
+         --rollup-retention-days) removed records or rollups there, and the target store \
+         cannot take rollup rows apart from records, so those totals would change. Nothing \
+         was written. Move into a MariaDB/MySQL database, which takes them"
     )]
     Purged {
         /// Rows that differ.
@@ -251,6 +251,18 @@ impl Tally {
         Ok(t)
     }
 
+    /// Whether the records, conflicts and node events agree (the rollups aside).
+    pub fn same_records(&self, other: &Tally) -> bool {
+        (&self.records, self.conflicts, self.events, self.digests[0])
+            == (
+                &other.records,
+                other.conflicts,
+                other.events,
+                other.digests[0],
+            )
+            && self.digests[2..] == other.digests[2..]
+    }
+
     /// Every way `self` (the source) and `other` (the target) differ, in words; empty when
     /// they are equal.
     pub fn differences(&self, other: &Tally) -> Vec<String> {
@@ -342,10 +354,14 @@ pub struct Moved {
     pub records: u64,
     /// Records the target had already (an earlier run).
     pub already: u64,
-    /// Conflicts kept now (their arrival time is the move's).
+    /// Conflicts kept now.
     pub conflicts: u64,
     /// Node events stored now.
     pub events: u64,
+    /// Rollup rows set as the source has them (rows its records do not make: retention).
+    pub rollup_rows: u64,
+    /// The first and last UTC day of those rows.
+    pub rollup_days: Option<(u32, u32)>,
 }
 
 /// What [`migrate`] did and found: what it wrote and the tally both stores agree on.
@@ -445,8 +461,13 @@ impl Mover<'_> {
 }
 
 /// Moves everything `source` holds into `target` (named `target_name` in messages), then
-/// checks that both hold the same ([`Tally`]). Refuses, before writing anything, a source
-/// whose rollups are not what its records make ([`MigrateError::Purged`]).
+/// checks that both hold the same ([`Tally`]).
+///
+/// Rollup rows that the records do not rebuild (days whose records retention removed, or
+/// whose rollups it removed) are then set to the source's rows as they are
+/// ([`Store::restore_rollups`]), once the records of both stores are found equal. A target
+/// that cannot take rollup rows gets nothing from a source whose rollups are not what its
+/// records make ([`MigrateError::Purged`], checked before writing).
 pub fn migrate(
     source: &dyn Store,
     target: &dyn Store,
@@ -458,15 +479,15 @@ pub fn migrate(
         target: target_name.to_string(),
         source: e,
     };
-    progress("checking the sled store's rollups against its records");
-    let check = verify(source).map_err(source_err)?;
-    if !check.mismatches.is_empty() {
-        return Err(purged(source, &check.mismatches).map_err(source_err)?);
+    let can_restore = target.restore_rollups(&[]).is_ok();
+    if !can_restore {
+        progress("checking the sled store's rollups against its records");
+        let check = verify(source).map_err(source_err)?;
+        if !check.mismatches.is_empty() {
+            return Err(purged(source, &check.mismatches).map_err(source_err)?);
+        }
     }
-    progress(&format!(
-        "moving {} records of {} counted jobs",
-        check.records, check.jobs
-    ));
+    progress("moving the records");
     let mut mover = Mover {
         source,
         target,
@@ -487,30 +508,61 @@ pub fn migrate(
     mover.send()?;
     let mut moved = mover.moved;
 
-    // conflicts after every record: each arrives under a stored identity, so the target
-    // keeps it as a conflict again (a resend finds it kept)
     let mut conflicts = Vec::new();
     source
-        .for_each_conflict(&mut |c| conflicts.push(c.record))
+        .for_each_conflict(&mut |c| conflicts.push(c))
         .map_err(source_err)?;
-    for chunk in conflicts.chunks(BATCH) {
-        for o in target.put_batch(chunk).map_err(target_err)? {
-            if o == (crate::store::PutOutcome::Conflict { new: true }) {
-                moved.conflicts += 1;
+    if target.restore_conflicts(&[]).is_ok() {
+        // as they are: their arrival time, and those whose record retention removed
+        for chunk in conflicts.chunks(BATCH) {
+            moved.conflicts += target.restore_conflicts(chunk).map_err(target_err)?;
+        }
+    } else {
+        // after every record: each arrives under a stored identity, so the target keeps it
+        // as a conflict again (arriving now; a resend finds it kept). Without its record
+        // (retention) it would count: such a source was refused above.
+        let records: Vec<Record> = conflicts.into_iter().map(|c| c.record).collect();
+        for chunk in records.chunks(BATCH) {
+            for o in target.put_batch(chunk).map_err(target_err)? {
+                if o == (crate::store::PutOutcome::Conflict { new: true }) {
+                    moved.conflicts += 1;
+                }
             }
         }
     }
 
-    let mut events = Vec::new();
-    source
-        .for_each_event(&mut |e| events.push(e))
-        .map_err(source_err)?;
-    for chunk in events.chunks(BATCH) {
-        for o in target.put_events(chunk).map_err(target_err)? {
-            if o == crate::store::PutOutcome::Accepted {
-                moved.events += 1;
-            }
+    // events in batches as they are read (a site's history may hold millions)
+    let mut events = Vec::with_capacity(BATCH);
+    let mut failed = None;
+    let mut send = |events: &mut Vec<NodeEvent>, moved: &mut Moved| {
+        if failed.is_some() {
+            events.clear();
+            return;
         }
+        match target.put_events(events) {
+            Ok(outcomes) => {
+                moved.events += outcomes
+                    .iter()
+                    .filter(|o| **o == crate::store::PutOutcome::Accepted)
+                    .count() as u64;
+            }
+            Err(e) => failed = Some(e),
+        }
+        events.clear();
+    };
+    source
+        .for_each_event(&mut |e| {
+            events.push(e);
+            if events.len() >= BATCH {
+                send(&mut events, &mut moved);
+            }
+        })
+        .map_err(source_err)?;
+    if !events.is_empty() {
+        send(&mut events, &mut moved);
+    }
+    if let Some(e) = failed {
+        return Err(target_err(e));
     }
     progress(&format!(
         "written: {} records ({} were there already), {} conflicts, {} node events; \
@@ -519,18 +571,103 @@ pub fn migrate(
     ));
 
     let before = Tally::of(source).map_err(source_err)?;
-    let after = Tally::of(target).map_err(target_err)?;
+    let mut after = Tally::of(target).map_err(target_err)?;
+    let differ = |diff: Vec<String>| MigrateError::Differ(diff.join("; "), target_name.into());
+    if !before.same_records(&after) {
+        // rollups are left alone: a target with other records is not the source's copy
+        return Err(differ(before.differences(&after)));
+    }
+    if can_restore && before != after {
+        let (rows, days) = restore_rollups(source, target, target_name)?;
+        moved.rollup_rows = rows;
+        moved.rollup_days = days;
+        if let Some((a, b)) = days {
+            progress(&format!(
+                "{rows} rollup rows that the records do not make (retention removed \
+                 records or rollups of {} to {}) taken as they are",
+                crate::day::format_day(a),
+                crate::day::format_day(b)
+            ));
+        }
+        after = Tally::of(target).map_err(target_err)?;
+    }
     let diff = before.differences(&after);
     if !diff.is_empty() {
-        return Err(MigrateError::Differ(
-            diff.join("; "),
-            target_name.to_string(),
-        ));
+        return Err(differ(diff));
     }
     Ok(Migration {
         moved,
         tally: before,
     })
+}
+
+/// Days of rollup rows compared at once by [`restore_rollups`].
+const RESTORE_DAYS: u32 = 31;
+
+/// Sets every rollup row of `target` that differs from `source`'s to the source's (removes
+/// those the source lacks), [`RESTORE_DAYS`] days at a time; returns how many rows and the
+/// first and last day among them.
+fn restore_rollups(
+    source: &dyn Store,
+    target: &dyn Store,
+    target_name: &str,
+) -> Result<(u64, Option<(u32, u32)>), MigrateError> {
+    use crate::rollup::{RollupKey, RollupValue};
+    let target_err = |e| MigrateError::Target {
+        target: target_name.to_string(),
+        source: e,
+    };
+    let (mut lo, mut hi) = (u32::MAX, 0u32);
+    let mut span = |k: RollupKey, _: RollupValue| {
+        lo = lo.min(k.day);
+        hi = hi.max(k.day);
+    };
+    source
+        .for_each_rollup(0, u32::MAX, &mut span)
+        .map_err(MigrateError::Read)?;
+    target
+        .for_each_rollup(0, u32::MAX, &mut span)
+        .map_err(target_err)?;
+    let (mut rows, mut days) = (0u64, None::<(u32, u32)>);
+    let mut day = lo;
+    while day <= hi {
+        let last = day.saturating_add(RESTORE_DAYS - 1).min(hi);
+        let mut want: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+        source
+            .for_each_rollup(day, last, &mut |k, v| {
+                want.insert(k, v);
+            })
+            .map_err(MigrateError::Read)?;
+        let mut have: BTreeMap<RollupKey, RollupValue> = BTreeMap::new();
+        target
+            .for_each_rollup(day, last, &mut |k, v| {
+                have.insert(k, v);
+            })
+            .map_err(target_err)?;
+        let mut fix: Vec<(RollupKey, Option<RollupValue>)> = want
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), Some(*v)))
+            .collect();
+        fix.extend(
+            have.keys()
+                .filter(|k| !want.contains_key(*k))
+                .map(|k| (k.clone(), None)),
+        );
+        if !fix.is_empty() {
+            for (k, _) in &fix {
+                let (a, b) = days.unwrap_or((k.day, k.day));
+                days = Some((a.min(k.day), b.max(k.day)));
+            }
+            rows += fix.len() as u64;
+            target.restore_rollups(&fix).map_err(target_err)?;
+        }
+        if last == u32::MAX {
+            break;
+        }
+        day = last + 1;
+    }
+    Ok((rows, days))
 }
 
 /// The [`MigrateError::Purged`] of `mismatches` (from [`verify`]): names the days.

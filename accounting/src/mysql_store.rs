@@ -867,6 +867,134 @@ impl Drop for MysqlStore {
 }
 
 impl Store for MysqlStore {
+    fn restore_conflicts(&self, conflicts: &[Conflict]) -> Result<u64, StoreError> {
+        if conflicts.is_empty() {
+            return Ok(0);
+        }
+        let encoded = conflicts
+            .iter()
+            .map(|c| {
+                let json = c
+                    .record
+                    .to_json()
+                    .map_err(|e| StoreError::Engine(e.to_string()))?;
+                Ok((c.key.as_bytes(), json))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let pool = &self.pool;
+        self.run(async move {
+            let mut conn = Self::conn(pool).await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let keys: BTreeSet<&[u8]> = encoded.iter().map(|(k, _)| *k).collect();
+            let keys: Vec<&[u8]> = keys.into_iter().collect();
+            // kept under each key: what is stored, then what this call keeps
+            let mut kept: BTreeMap<Vec<u8>, Vec<Record>> = BTreeMap::new();
+            for chunk in keys.chunks(STATEMENT_ROWS) {
+                let sql = format!(
+                    "SELECT rkey, json FROM conflicts WHERE rkey IN {} FOR UPDATE",
+                    hex_list(chunk.iter().copied())
+                );
+                let mut res = tx.query_iter(sql).await?;
+                while let Some(mut row) = res.next().await? {
+                    let k: Vec<u8> = col(&mut row, 0, "conflicts.rkey")?;
+                    let j: Vec<u8> = col(&mut row, 1, "conflicts.json")?;
+                    let r = decode_record(&k, &j)?;
+                    kept.entry(k).or_default().push(r);
+                }
+            }
+            let mut ins = MultiRow::new(
+                "INSERT INTO conflicts (rkey, received_ms, json) VALUES ",
+                "",
+            );
+            let mut n = 0u64;
+            for (c, (k, json)) in conflicts.iter().zip(&encoded) {
+                let here = kept.entry(k.to_vec()).or_default();
+                if here.contains(&c.record) {
+                    continue;
+                }
+                here.push(c.record.clone());
+                n += 1;
+                ins.push(&mut tx, |s| {
+                    s.push('(');
+                    hex(s, k);
+                    let _ = write!(s, ",{},", c.received_ms);
+                    hex(s, json);
+                    s.push(')');
+                })
+                .await?;
+            }
+            ins.flush(&mut tx).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    fn restore_rollups(&self, rows: &[(RollupKey, Option<RollupValue>)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let pool = &self.pool;
+        self.run(async move {
+            let mut conn = Self::conn(pool).await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let mut set = MultiRow::new(
+                "INSERT INTO rollups (day, cluster, account, user_name, partition_name, \
+                 gpu_model, allocated_gpu_ms, used_gpu_ms, energy_mj, jobs, idle_gpu_ms, \
+                 idle_measured_gpu_ms, slice_ms) VALUES ",
+                " ON DUPLICATE KEY UPDATE allocated_gpu_ms = VALUES(allocated_gpu_ms), \
+                 used_gpu_ms = VALUES(used_gpu_ms), energy_mj = VALUES(energy_mj), \
+                 jobs = VALUES(jobs), idle_gpu_ms = VALUES(idle_gpu_ms), \
+                 idle_measured_gpu_ms = VALUES(idle_measured_gpu_ms), \
+                 slice_ms = VALUES(slice_ms)",
+            );
+            let mut delete = MultiRow::new(
+                "DELETE FROM rollups WHERE (day, cluster, account, user_name, \
+                 partition_name, gpu_model) IN (",
+                ")",
+            );
+            for (k, v) in rows {
+                let key = |s: &mut String| {
+                    let _ = write!(s, "({}", k.day);
+                    for text in [&k.cluster, &k.account, &k.user, &k.partition, &k.gpu_model] {
+                        s.push(',');
+                        hex(s, text.as_bytes());
+                    }
+                };
+                match v {
+                    Some(v) => {
+                        set.push(&mut tx, |s| {
+                            key(s);
+                            let _ = write!(
+                                s,
+                                ",{},{},{},{},{},{},{})",
+                                v.allocated_gpu_ms,
+                                v.used_gpu_ms,
+                                v.energy_mj,
+                                v.jobs,
+                                v.idle_gpu_ms,
+                                v.idle_measured_gpu_ms,
+                                v.slice_ms
+                            );
+                        })
+                        .await?
+                    }
+                    None => {
+                        delete
+                            .push(&mut tx, |s| {
+                                key(s);
+                                s.push(')');
+                            })
+                            .await?
+                    }
+                }
+            }
+            set.flush(&mut tx).await?;
+            delete.flush(&mut tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     fn put_batch(&self, records: &[Record]) -> Result<Vec<PutOutcome>, StoreError> {
         self.put(records, None)
     }

@@ -181,6 +181,33 @@ pub trait Store: Send + Sync {
         let _ = f;
         Ok(())
     }
+
+    /// Sets rollup rows as they are, apart from any record (`None`: removes the row), in
+    /// one durable step. Only for moving a store's history ([`crate::migrate`]): the rows of
+    /// days whose records retention removed cannot be rebuilt from records. An empty call
+    /// answers whether the store can.
+    ///
+    /// The default refuses.
+    fn restore_rollups(&self, rows: &[(RollupKey, Option<RollupValue>)]) -> Result<(), StoreError> {
+        let _ = rows;
+        Err(StoreError::Engine(
+            "this store cannot take rollup rows apart from records".into(),
+        ))
+    }
+
+    /// Keeps `conflicts` as they are, their arrival time included, whether or not a record
+    /// is stored under their key (retention may have removed it), except those whose record
+    /// is kept under that key already; returns how many it kept now. Durable when it
+    /// returns. Only for moving a store's history ([`crate::migrate`]). An empty call
+    /// answers whether the store can.
+    ///
+    /// The default refuses.
+    fn restore_conflicts(&self, conflicts: &[Conflict]) -> Result<u64, StoreError> {
+        let _ = conflicts;
+        Err(StoreError::Engine(
+            "this store cannot take conflicts apart from records".into(),
+        ))
+    }
 }
 
 /// The last instant a record describes, ms (end of job or window, else its start; a

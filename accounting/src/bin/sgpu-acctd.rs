@@ -424,10 +424,18 @@ fn run_migrate(m: &MigrateArgs) -> anyhow::Result<()> {
         println!("  {line}");
     }
     println!(
-        "written now: {} records ({} were there already), {} conflicts (received now), {} \
-         node events",
+        "written now: {} records ({} were there already), {} conflicts, {} node events",
         done.moved.records, done.moved.already, done.moved.conflicts, done.moved.events
     );
+    if let Some((first, last)) = done.moved.rollup_days {
+        println!(
+            "rollup rows taken as they are (retention had removed records or rollups): {} \
+             of {} to {}",
+            done.moved.rollup_rows,
+            sgpu_accounting::day::format_day(first),
+            sgpu_accounting::day::format_day(last)
+        );
+    }
     Ok(())
 }
 
