@@ -98,6 +98,16 @@ pub enum MigrateError {
         /// The store's error.
         source: StoreError,
     },
+    /// The AdminComment queue could not be read or written.
+    #[error("{path}: {message}; {hint}")]
+    Queue {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// After the move, the two stores differ.
     #[error(
         "after the move the stores differ: {0}. Was {1} already in use by an acctd (records \
@@ -141,6 +151,59 @@ pub fn check_source(dir: &Path) -> Result<(), MigrateError> {
         }
     }
     Ok(())
+}
+
+/// The AdminComment queue's file name in a sled store's directory (`--admin-comment`).
+pub const SLED_DUE_FILE: &str = "admin-comment-due.json";
+
+/// The AdminComment queue's file name in `--state-dir`, where an acctd on MariaDB/MySQL
+/// keeps it.
+pub const STATE_DUE_FILE: &str = "acctd-admin-comment-due.json";
+
+/// Moves the jobs still waiting for their AdminComment (`--admin-comment`) from the sled
+/// directory `from` ([`SLED_DUE_FILE`]) to `state_dir` ([`STATE_DUE_FILE`]), where acctd on
+/// MariaDB/MySQL looks: the union of both lists, written to a temporary file renamed over
+/// it (a rerun adds nothing). Returns how many jobs the sled list had; the sled file stays.
+pub fn move_due_jobs(from: &Path, state_dir: &Path) -> Result<usize, MigrateError> {
+    let src = from.join(SLED_DUE_FILE);
+    let dst = state_dir.join(STATE_DUE_FILE);
+    let read = |path: &Path| -> Result<Option<Vec<(String, u32)>>, MigrateError> {
+        let bad = |message: String| MigrateError::Queue {
+            path: path.to_path_buf(),
+            message,
+            hint: "it lists AdminComments still to write, as JSON [[cluster, job], ...]: \
+                   fix or remove it and run the move again",
+        };
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| bad(format!("not a list of due jobs ({e})"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    };
+    let Some(jobs) = read(&src)? else {
+        return Ok(0);
+    };
+    let mut all = read(&dst)?.unwrap_or_default();
+    let n = jobs.len();
+    for job in jobs {
+        if !all.contains(&job) {
+            all.push(job);
+        }
+    }
+    let tmp = dst.with_extension("tmp");
+    serde_json::to_vec(&all)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, &dst))
+        .map_err(|e| MigrateError::Queue {
+            path: dst.clone(),
+            message: e.to_string(),
+            hint: "--state-dir must be a directory acctd's user may write (the same as the \
+                   MariaDB acctd's --state-dir)",
+        })?;
+    Ok(n)
 }
 
 /// Totals of one (cluster, account) over the whole history, from the report engine.

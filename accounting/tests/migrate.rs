@@ -122,6 +122,8 @@ fn a_sled_history_moves_into_mariadb_once_and_reads_the_same() {
         url.as_ref(),
         "--db-password-file".as_ref(),
         password_file.as_os_str(),
+        "--state-dir".as_ref(),
+        dir.path().as_os_str(),
     ];
 
     // while acctd holds the sled store: refused, nothing written
@@ -148,10 +150,25 @@ fn a_sled_history_moves_into_mariadb_once_and_reads_the_same() {
         text(&o)
     );
 
+    // two jobs still waiting for their AdminComment (acctd --admin-comment's queue)
+    std::fs::write(
+        sled.join("admin-comment-due.json"),
+        br#"[["alpha",29],["alpha",30]]"#,
+    )
+    .unwrap();
+
     let o = migrate(&to_db);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("both hold the same"), "{out}");
+    assert!(
+        out.contains("2 jobs waiting for their AdminComment"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("acctd-admin-comment-due.json")).unwrap(),
+        r#"[["alpha",29],["alpha",30]]"#
+    );
     assert!(out.contains("job_end records: 37"), "{out}");
     assert!(out.contains("job_usage records: 30"), "{out}");
     assert!(out.contains("account physics: "), "{out}");

@@ -151,6 +151,10 @@ struct MigrateArgs {
     /// The database user's password: the file's first line (as acctd's --db-password-file).
     #[arg(long, value_name = "FILE")]
     db_password_file: Option<PathBuf>,
+    /// The MariaDB acctd's --state-dir: jobs still waiting for their AdminComment are added
+    /// to its queue there.
+    #[arg(long, default_value = "/var/lib/sgpu", value_name = "DIR")]
+    state_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -301,9 +305,9 @@ fn served_store(
     cfg.slurm_bin = args.slurm_bin.clone();
     cfg.delay = Duration::from_secs(args.admin_comment_delay_s);
     cfg.due_file = Some(if is_sled {
-        PathBuf::from(&args.db).join("admin-comment-due.json")
+        PathBuf::from(&args.db).join(migrate::SLED_DUE_FILE)
     } else {
-        args.state_dir.join("acctd-admin-comment-due.json")
+        args.state_dir.join(migrate::STATE_DUE_FILE)
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let inner = store.clone();
@@ -427,6 +431,13 @@ fn run_migrate(m: &MigrateArgs) -> anyhow::Result<()> {
         "written now: {} records ({} were there already), {} conflicts, {} node events",
         done.moved.records, done.moved.already, done.moved.conflicts, done.moved.events
     );
+    let due = migrate::move_due_jobs(&m.from, &m.state_dir)?;
+    if due > 0 {
+        println!(
+            "{due} jobs waiting for their AdminComment added to {}",
+            m.state_dir.join(migrate::STATE_DUE_FILE).display()
+        );
+    }
     if let Some((first, last)) = done.moved.rollup_days {
         println!(
             "rollup rows taken as they are (retention had removed records or rollups): {} \

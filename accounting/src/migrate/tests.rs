@@ -392,3 +392,31 @@ fn bad_sources_are_named() {
     assert!(e.to_string().contains("stop it"), "{e}");
     drop(acctd);
 }
+
+#[test]
+fn due_admin_comments_move_to_the_state_dir_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, state) = (dir.path().join("sled"), dir.path().join("state"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    // none queued: nothing written
+    assert_eq!(move_due_jobs(&from, &state).unwrap(), 0);
+    assert!(!state.join(STATE_DUE_FILE).exists());
+    std::fs::write(from.join(SLED_DUE_FILE), br#"[["alpha",7],["alpha",9]]"#).unwrap();
+    std::fs::write(state.join(STATE_DUE_FILE), br#"[["beta",1],["alpha",9]]"#).unwrap();
+    for _ in 0..2 {
+        assert_eq!(move_due_jobs(&from, &state).unwrap(), 2);
+        let all: Vec<(String, u32)> =
+            serde_json::from_slice(&std::fs::read(state.join(STATE_DUE_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            all,
+            vec![("beta".into(), 1), ("alpha".into(), 9), ("alpha".into(), 7)]
+        );
+    }
+    std::fs::write(from.join(SLED_DUE_FILE), b"[[").unwrap();
+    let e = move_due_jobs(&from, &state).unwrap_err().to_string();
+    assert!(
+        e.contains(SLED_DUE_FILE) && e.contains("not a list of due jobs"),
+        "{e}"
+    );
+}
