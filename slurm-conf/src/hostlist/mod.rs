@@ -252,6 +252,157 @@ impl HostRange {
     }
 }
 
+/// A name split at its trailing digits: `stem` and the number of digits and their value
+/// (`gpu0012` is `gpu`, 4 digits, 12; `login` is `login`, 0 digits, 0). Every name has
+/// exactly one such form, so two host ranges share a name exactly when two of their
+/// spans (stem and digit count equal) have overlapping values: set questions about host
+/// lists (do two lists share a name, does one hold every name of another) are answered
+/// on spans, without the names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Span {
+    /// The name up to its trailing digits.
+    pub(crate) stem: String,
+    /// How many trailing digits.
+    pub(crate) digits: usize,
+    /// The smallest value of the digits.
+    pub(crate) lo: u128,
+    /// The largest value of the digits.
+    pub(crate) hi: u128,
+}
+
+/// Most trailing digits a [`Span`] holds (10^38 < u128::MAX).
+const SPAN_MAX_DIGITS: usize = 38;
+
+/// `s` split before its trailing digits.
+fn split_digits(s: &str) -> (&str, &str) {
+    let digits = s.bytes().rev().take_while(u8::is_ascii_digit).count();
+    s.split_at(s.len() - digits)
+}
+
+/// Number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+impl HostRange {
+    /// Appends the spans of this range's names; `None` when a name has too many digits.
+    fn spans(&self, out: &mut Vec<Span>) -> Option<()> {
+        let (stem, tail) = split_digits(&self.prefix);
+        let tail_val = if tail.is_empty() {
+            0
+        } else if tail.len() > SPAN_MAX_DIGITS {
+            return None;
+        } else {
+            tail.parse::<u128>().ok()?
+        };
+        if self.single {
+            out.push(Span {
+                stem: stem.to_string(),
+                digits: tail.len(),
+                lo: tail_val,
+                hi: tail_val,
+            });
+            return Some(());
+        }
+        // the numbers of each decimal length print alike: zero-padded to `width`, or longer
+        for len in decimal_len(self.lo)..=decimal_len(self.hi) {
+            let floor = if len == 1 {
+                0
+            } else {
+                10u128.pow(len as u32 - 1)
+            };
+            let lo = u128::from(self.lo).max(floor);
+            let hi = u128::from(self.hi).min(10u128.pow(len as u32) - 1);
+            let printed = len.max(self.width);
+            let digits = tail.len() + printed;
+            if digits > SPAN_MAX_DIGITS {
+                return None;
+            }
+            let base = tail_val * 10u128.pow(printed as u32);
+            out.push(Span {
+                stem: stem.to_string(),
+                digits,
+                lo: base + lo,
+                hi: base + hi,
+            });
+        }
+        Some(())
+    }
+}
+
+impl Span {
+    /// The name of value `v` of this span.
+    pub(crate) fn name(&self, v: u128) -> String {
+        let mut s = self.stem.clone();
+        if self.digits > 0 {
+            let d = v.to_string();
+            for _ in d.len()..self.digits {
+                s.push('0');
+            }
+            s.push_str(&d);
+        }
+        s
+    }
+}
+
+/// Whether any name is in two of `spans` (sorts them).
+pub(crate) fn spans_overlap(spans: &mut [Span]) -> bool {
+    spans.sort_unstable();
+    // sorted by stem, digit count and start: a span overlaps an earlier one of its stem and
+    // digit count exactly when it starts at or before the largest end seen among them
+    let mut reach: Option<(&str, usize, u128)> = None;
+    for s in spans.iter() {
+        match reach {
+            Some((stem, digits, hi)) if stem == s.stem && digits == s.digits => {
+                if s.lo <= hi {
+                    return true;
+                }
+                reach = Some((stem, digits, hi.max(s.hi)));
+            }
+            _ => reach = Some((s.stem.as_str(), s.digits, s.hi)),
+        }
+    }
+    false
+}
+
+/// The union of some spans, for asking whether it holds every name of another span.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpanSet {
+    /// Disjoint, non-adjacent spans, sorted.
+    merged: Vec<Span>,
+}
+
+impl SpanSet {
+    /// The union of `spans`.
+    pub(crate) fn new(mut spans: Vec<Span>) -> Self {
+        spans.sort_unstable();
+        let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+        for s in spans {
+            if let Some(last) = merged.last_mut() {
+                if last.stem == s.stem
+                    && last.digits == s.digits
+                    && s.lo <= last.hi.saturating_add(1)
+                {
+                    last.hi = last.hi.max(s.hi);
+                    continue;
+                }
+            }
+            merged.push(s);
+        }
+        SpanSet { merged }
+    }
+
+    /// Whether every name of `s` is in the set.
+    pub(crate) fn covers(&self, s: &Span) -> bool {
+        let i = self.merged.partition_point(|m| {
+            (m.stem.as_str(), m.digits, m.lo) <= (s.stem.as_str(), s.digits, s.lo)
+        });
+        i.checked_sub(1)
+            .and_then(|i| self.merged.get(i))
+            .is_some_and(|m| m.stem == s.stem && m.digits == s.digits && m.hi >= s.hi)
+    }
+}
+
 /// Appends `n` zero-padded to `width` digits (C's `%0*lu`; Rust's `{:0w$}`
 /// panics for widths over 65535, which an expression can ask for).
 fn push_padded(out: &mut String, n: u64, width: usize) {
@@ -510,6 +661,52 @@ impl Hostlist {
     /// Whether `name` is in the list, without expanding it.
     pub fn contains(&self, name: &str) -> bool {
         self.ranges.iter().any(|r| r.contains(name))
+    }
+
+    /// The position of the first `name` in the list (as [`Hostlist::iter`] yields the
+    /// names), without expanding it.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        let mut at = 0usize;
+        for r in &self.ranges {
+            if r.contains(name) {
+                let off = if r.single {
+                    0
+                } else {
+                    name.get(r.prefix.len()..)?.parse::<u64>().ok()? - r.lo
+                };
+                return Some(at.saturating_add(usize::try_from(off).ok()?));
+            }
+            at = at.saturating_add(usize::try_from(r.count()).unwrap_or(usize::MAX));
+        }
+        None
+    }
+
+    /// The name at position `i` (as [`Hostlist::iter`] yields the names), without
+    /// expanding the others.
+    pub fn nth(&self, i: usize) -> Option<String> {
+        let mut left = u64::try_from(i).ok()?;
+        for r in &self.ranges {
+            let c = r.count();
+            if left < c {
+                return Some(if r.single {
+                    r.prefix.clone()
+                } else {
+                    r.name(r.lo + left)
+                });
+            }
+            left -= c;
+        }
+        None
+    }
+
+    /// The names as [`Span`]s (see there); `None` when a name's digits do not fit in one
+    /// (over 38 digits), so the caller cannot decide without the names.
+    pub(crate) fn spans(&self) -> Option<Vec<Span>> {
+        let mut out = Vec::with_capacity(self.ranges.len());
+        for r in &self.ranges {
+            r.spans(&mut out)?;
+        }
+        Some(out)
     }
 
     /// Sorts and removes duplicates like Slurm's `hostlist_uniq` (natural

@@ -351,3 +351,197 @@ fn byte_limit_counts_name_lengths_not_expression_length() {
     };
     assert_eq!(expand_with_limits(&c, limits).map(|v| v.len()), Ok(20_000));
 }
+
+/// Membership, positions and set questions answered without expanding, checked against
+/// the expansion on generated patterns: zero padding, several brackets, comma lists,
+/// suffixes, digits in prefixes and invalid patterns.
+mod without_expanding {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    /// One bracket range as written: `lo[-hi]`, `lo` with some leading zeros.
+    fn range() -> impl Strategy<Value = String> {
+        (0u64..130, 0u64..40, 0usize..3, any::<bool>()).prop_map(|(lo, span, zeros, single)| {
+            let lo_s = format!("{}{lo}", "0".repeat(zeros));
+            if single {
+                lo_s
+            } else {
+                format!("{lo_s}-{}", lo + span)
+            }
+        })
+    }
+
+    fn bracket() -> impl Strategy<Value = String> {
+        proptest::collection::vec(range(), 1..4).prop_map(|v| format!("[{}]", v.join(",")))
+    }
+
+    /// One token: prefix, one or two bracket groups, optional suffix; or a plain name.
+    fn token() -> impl Strategy<Value = String> {
+        let prefix = prop::sample::select(vec!["", "a", "n", "gpu", "a1", "n0", "r1-g"]);
+        let mid = prop::sample::select(vec!["", "-", "x", "0"]);
+        let suffix = prop::sample::select(vec!["", "", "-ib", "b"]);
+        prop_oneof![
+            (prefix.clone(), bracket(), suffix.clone()).prop_map(|(p, b, s)| format!("{p}{b}{s}")),
+            (prefix.clone(), bracket(), mid, bracket())
+                .prop_map(|(p, b1, m, b2)| format!("{p}{b1}{m}{b2}")),
+            (prefix, 0u64..200, 0usize..3).prop_map(|(p, n, z)| format!("{p}{}{n}", "0".repeat(z))),
+            prop::sample::select(vec!["login", "a", "n", "gpu"]).prop_map(String::from),
+        ]
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        proptest::collection::vec(token(), 1..4).prop_map(|v| v.join(","))
+    }
+
+    /// Names to ask about: some of the pattern's own, near misses and others.
+    fn probes(names: &[String], other: &[String]) -> Vec<String> {
+        let mut v: Vec<String> = names.iter().take(60).cloned().collect();
+        v.extend(other.iter().take(60).cloned());
+        for n in names.iter().take(20) {
+            v.push(format!("{n}0"));
+            v.push(format!("0{n}"));
+            if let Some(stripped) = n.strip_suffix('0') {
+                v.push(stripped.to_string());
+            }
+            let (stem, digits) = split_digits(n);
+            if let Ok(x) = digits.parse::<u64>() {
+                v.push(format!("{stem}{x}"));
+                v.push(format!("{stem}0{digits}"));
+            }
+        }
+        v.extend(["", "a", "n1", "n01", "n001", "gpu1", "gpu01", "a10", "a010"].map(String::from));
+        v
+    }
+
+    fn check(expr: &str, other_expr: &str) -> Result<(), TestCaseError> {
+        let expanded = expand(expr);
+        let parsed = Hostlist::parse(expr);
+        let (names, hl) = match (expanded, parsed) {
+            (Err(a), Err(b)) => {
+                prop_assert_eq!(a, b);
+                return Ok(());
+            }
+            (Ok(names), Ok(hl)) => (names, hl),
+            (a, b) => return Err(TestCaseError::fail(format!("{expr}: {a:?} vs {b:?}"))),
+        };
+        prop_assert_eq!(hl.len(), names.len());
+        let other = expand(other_expr).unwrap_or_default();
+        for p in probes(&names, &other) {
+            prop_assert_eq!(hl.contains(&p), names.contains(&p), "{} in {}", p, expr);
+            prop_assert_eq!(
+                hl.position(&p),
+                names.iter().position(|n| *n == p),
+                "position of {} in {}",
+                p,
+                expr
+            );
+            prop_assert_eq!(contains(expr, &p).ok(), Some(names.contains(&p)));
+        }
+        for i in [
+            0,
+            1,
+            names.len() / 2,
+            names.len().saturating_sub(1),
+            names.len(),
+        ] {
+            prop_assert_eq!(hl.nth(i), names.get(i).cloned(), "nth {} of {}", i, expr);
+        }
+        // set questions on spans
+        let Ok(other_hl) = Hostlist::parse(other_expr) else {
+            return Ok(());
+        };
+        let (Some(mine), Some(theirs)) = (hl.spans(), other_hl.spans()) else {
+            return Ok(());
+        };
+        let own: HashSet<&String> = names.iter().collect();
+        let dup_inside = own.len() != names.len();
+        let mut alone = mine.clone();
+        prop_assert_eq!(
+            spans_overlap(&mut alone),
+            dup_inside,
+            "duplicates in {}",
+            expr
+        );
+        let shared = other.iter().any(|n| own.contains(n));
+        let dup_other = other.iter().collect::<HashSet<_>>().len() != other.len();
+        let mut both: Vec<Span> = mine.iter().chain(theirs.iter()).cloned().collect();
+        prop_assert_eq!(
+            spans_overlap(&mut both),
+            shared || dup_inside || dup_other,
+            "{} and {}",
+            expr,
+            other_expr
+        );
+        let set = SpanSet::new(theirs);
+        let all_in = mine.iter().all(|s| set.covers(s));
+        let other_names: HashSet<&String> = other.iter().collect();
+        prop_assert_eq!(
+            all_in,
+            names.iter().all(|n| other_names.contains(n)),
+            "{} within {}",
+            expr,
+            other_expr
+        );
+        for s in &mine {
+            prop_assert!(own.contains(&s.name(s.lo)) && own.contains(&s.name(s.hi)));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn agrees_with_expansion(expr in pattern(), other in pattern()) {
+            check(&expr, &other)?;
+        }
+
+        #[test]
+        fn agrees_with_expansion_on_any_text(expr in "[an0-9\\[\\],-]{0,16}", other in pattern()) {
+            check(&expr, &other)?;
+        }
+    }
+
+    #[test]
+    fn zero_padding_and_digits_in_prefixes() {
+        for (expr, other) in [
+            ("gpu[001-100]", "gpu[1-100]"),
+            ("gpu[001-100]", "gpu[0001-0100]"),
+            ("a[5-10]", "a[08-13]"),
+            ("a1[0-9]", "a[10-19]"),
+            ("n0[1-9]", "n[01-09]"),
+            ("r[1-2]-g[01-80]", "r1-g[01-80],r2-g[01-79]"),
+            ("n[1-3,2]", "n9"),
+            ("n[0001-4000]-ib", "n[0001-4000]"),
+            ("n[1-010]", "n[9-10]"),
+            ("gpu[0001-4000]", "gpu[0001-2000],gpu[2001-4000]"),
+        ] {
+            check(expr, other).unwrap_or_else(|e| panic!("{expr} / {other}: {e}"));
+            check(other, expr).unwrap_or_else(|e| panic!("{other} / {expr}: {e}"));
+        }
+        let hl = Hostlist::parse("gpu[001-100]").unwrap();
+        assert!(!hl.contains("gpu1"));
+        assert!(hl.contains("gpu001"));
+        assert_eq!(hl.position("gpu100"), Some(99));
+    }
+
+    #[test]
+    fn errors_are_those_of_the_expansion() {
+        for expr in [
+            "n[3-1]",
+            "n[1-2",
+            "n[a]",
+            "n[1-99999999]",
+            "n[0-65535][0-65535]",
+        ] {
+            assert_eq!(
+                Hostlist::parse(expr).map(|h| h.len()),
+                expand(expr).map(|v| v.len()),
+                "{expr}"
+            );
+        }
+    }
+}
