@@ -5,7 +5,7 @@
 //! schema itself when it connects ([`MIGRATIONS`], numbered, recorded in `schema_version`,
 //! under a server-wide named lock so two acctd starting together migrate once).
 //!
-//! Tables (schema version 2):
+//! Tables (schema version 3):
 //! - `records`: one row per record: its key ([`sgpu_spool::RecordId::key`], the primary key:
 //!   a resend finds it), its job's key (`cluster,job_id,`), the first and last UTC day its
 //!   span touches ([`record_days`]) and its JSON as received.
@@ -13,7 +13,8 @@
 //!   index the reports read for the partial days at a window's edges.
 //! - `jobs`: per counted job, the key of the `job_end` its `jobs` count went to.
 //! - `rollups`: one row per [`RollupKey`], the [`RollupValue`] sums as columns (version 2
-//!   added `slice_ms`, MIG slice time; rows written before read 0); a batch adds
+//!   added `slice_ms`, MIG slice time, version 3 `used_unmeasured_gpu_ms`, MIG slices'
+//!   allocated time without used-time samples; rows written before read 0); a batch adds
 //!   to them with `INSERT ... ON DUPLICATE KEY UPDATE x = x + VALUES(x)`.
 //! - `conflicts`: records that arrived under the key of a different stored record.
 //! - `node_events`: node events by [`NodeEvent::key`].
@@ -111,10 +112,19 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         2,
         &["ALTER TABLE rollups ADD COLUMN slice_ms BIGINT UNSIGNED NOT NULL DEFAULT 0"],
     ),
+    // allocated time without a used-time measurement (RollupValue::used_unmeasured_gpu_ms,
+    // MIG slices); rows before it read 0 (all measured)
+    (
+        3,
+        &[
+            "ALTER TABLE rollups ADD COLUMN used_unmeasured_gpu_ms BIGINT UNSIGNED NOT NULL \
+             DEFAULT 0",
+        ],
+    ),
 ];
 
 /// The schema version this code writes (the last migration's).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// How long acctd waits for a connection before the call fails (503).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -617,7 +627,7 @@ impl MysqlStore {
         let mut roll = MultiRow::new(
             "INSERT INTO rollups (day, cluster, account, user_name, partition_name, gpu_model, \
              allocated_gpu_ms, used_gpu_ms, energy_mj, jobs, idle_gpu_ms, \
-             idle_measured_gpu_ms, slice_ms) VALUES ",
+             idle_measured_gpu_ms, slice_ms, used_unmeasured_gpu_ms) VALUES ",
             " ON DUPLICATE KEY UPDATE \
              allocated_gpu_ms = allocated_gpu_ms + VALUES(allocated_gpu_ms), \
              used_gpu_ms = used_gpu_ms + VALUES(used_gpu_ms), \
@@ -625,7 +635,8 @@ impl MysqlStore {
              jobs = jobs + VALUES(jobs), \
              idle_gpu_ms = idle_gpu_ms + VALUES(idle_gpu_ms), \
              idle_measured_gpu_ms = idle_measured_gpu_ms + VALUES(idle_measured_gpu_ms), \
-             slice_ms = slice_ms + VALUES(slice_ms)",
+             slice_ms = slice_ms + VALUES(slice_ms), \
+             used_unmeasured_gpu_ms = used_unmeasured_gpu_ms + VALUES(used_unmeasured_gpu_ms)",
         );
         // in key order, so two acctd lock shared rows in the same order
         for (k, v) in &adds {
@@ -637,14 +648,15 @@ impl MysqlStore {
                 }
                 let _ = write!(
                     s,
-                    "{},{},{},{},{},{},{})",
+                    "{},{},{},{},{},{},{},{})",
                     v.allocated_gpu_ms,
                     v.used_gpu_ms,
                     v.energy_mj,
                     v.jobs,
                     v.idle_gpu_ms,
                     v.idle_measured_gpu_ms,
-                    v.slice_ms
+                    v.slice_ms,
+                    v.used_unmeasured_gpu_ms
                 );
             })
             .await?;
@@ -940,12 +952,13 @@ impl Store for MysqlStore {
             let mut set = MultiRow::new(
                 "INSERT INTO rollups (day, cluster, account, user_name, partition_name, \
                  gpu_model, allocated_gpu_ms, used_gpu_ms, energy_mj, jobs, idle_gpu_ms, \
-                 idle_measured_gpu_ms, slice_ms) VALUES ",
+                 idle_measured_gpu_ms, slice_ms, used_unmeasured_gpu_ms) VALUES ",
                 " ON DUPLICATE KEY UPDATE allocated_gpu_ms = VALUES(allocated_gpu_ms), \
                  used_gpu_ms = VALUES(used_gpu_ms), energy_mj = VALUES(energy_mj), \
                  jobs = VALUES(jobs), idle_gpu_ms = VALUES(idle_gpu_ms), \
                  idle_measured_gpu_ms = VALUES(idle_measured_gpu_ms), \
-                 slice_ms = VALUES(slice_ms)",
+                 slice_ms = VALUES(slice_ms), \
+                 used_unmeasured_gpu_ms = VALUES(used_unmeasured_gpu_ms)",
             );
             let mut delete = MultiRow::new(
                 "DELETE FROM rollups WHERE (day, cluster, account, user_name, \
@@ -966,14 +979,15 @@ impl Store for MysqlStore {
                             key(s);
                             let _ = write!(
                                 s,
-                                ",{},{},{},{},{},{},{})",
+                                ",{},{},{},{},{},{},{},{})",
                                 v.allocated_gpu_ms,
                                 v.used_gpu_ms,
                                 v.energy_mj,
                                 v.jobs,
                                 v.idle_gpu_ms,
                                 v.idle_measured_gpu_ms,
-                                v.slice_ms
+                                v.slice_ms,
+                                v.used_unmeasured_gpu_ms
                             );
                         })
                         .await?
@@ -1033,7 +1047,7 @@ impl Store for MysqlStore {
                 .query_iter(format!(
                     "SELECT day, cluster, account, user_name, partition_name, gpu_model, \
                      allocated_gpu_ms, used_gpu_ms, energy_mj, jobs, idle_gpu_ms, \
-                     idle_measured_gpu_ms, slice_ms FROM rollups WHERE day BETWEEN {first_day} AND \
+                     idle_measured_gpu_ms, slice_ms, used_unmeasured_gpu_ms FROM rollups WHERE day BETWEEN {first_day} AND \
                      {last_day} ORDER BY day, cluster, account, user_name, partition_name, \
                      gpu_model"
                 ))
@@ -1059,6 +1073,7 @@ impl Store for MysqlStore {
                     idle_gpu_ms: col(&mut row, 10, "rollups.idle_gpu_ms")?,
                     idle_measured_gpu_ms: col(&mut row, 11, "rollups.idle_measured_gpu_ms")?,
                     slice_ms: col(&mut row, 12, "rollups.slice_ms")?,
+                    used_unmeasured_gpu_ms: col(&mut row, 13, "rollups.used_unmeasured_gpu_ms")?,
                 };
                 f(key, value);
             }

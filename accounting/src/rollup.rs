@@ -12,7 +12,9 @@
 //!   (an entry with a [`sgpu_spool::MigShare`], or whose model names a profile:
 //!   [`split_mig_model`]) also adds its device time as `slice_ms` (its allocated window's
 //!   overlap with each day, the slice counted once whatever its share), so reports give
-//!   slice-hours per profile beside the GPU-equivalents.
+//!   slice-hours per profile beside the GPU-equivalents. A slice's GPU-equivalents are
+//!   also `used_unmeasured_gpu_ms`: healthd samples no utilization per slice, so its used
+//!   time is unknown (reports give used time and efficiency over the rest only).
 //! - `job_usage` (healthd) adds used GPU-ms, per GPU, split over its window's days the same
 //!   way, and where a GPU's `idle_ms` is present (healthd measured idle time) that idle
 //!   time (split the same way) and the window's GPU-ms as `idle_measured_gpu_ms`, so a row
@@ -72,6 +74,11 @@ pub struct RollupValue {
     /// Allocated device time of MIG slices, slice-ms: each slice's allocated window counted
     /// once, not by its share (0 for whole GPUs).
     pub slice_ms: u64,
+    /// Allocated GPU time over which used time was not measured, GPU-ms (part of
+    /// `allocated_gpu_ms`): MIG slices, by their share, as healthd samples no utilization
+    /// per slice. Used time is known over `allocated_gpu_ms` minus this; 0 (rows written
+    /// before it was kept): all of it.
+    pub used_unmeasured_gpu_ms: u64,
 }
 
 impl RollupValue {
@@ -86,13 +93,23 @@ impl RollupValue {
             .idle_measured_gpu_ms
             .saturating_add(other.idle_measured_gpu_ms);
         self.slice_ms = self.slice_ms.saturating_add(other.slice_ms);
+        self.used_unmeasured_gpu_ms = self
+            .used_unmeasured_gpu_ms
+            .saturating_add(other.used_unmeasured_gpu_ms);
+    }
+
+    /// Allocated GPU time over which used time was measured, GPU-ms.
+    pub fn used_measured_gpu_ms(&self) -> u64 {
+        self.allocated_gpu_ms
+            .saturating_sub(self.used_unmeasured_gpu_ms)
     }
 
     /// The stored form's length, [`RollupValue::encode`].
     pub const ENCODED_LEN: usize = 56;
 
-    /// The 56-byte stored form (seven big-endian u64: allocated, used, energy, jobs, idle,
-    /// idle measured, slice time).
+    /// The 56-byte stored form of sled's format-2 rollup groups (seven big-endian u64:
+    /// allocated, used, energy, jobs, idle, idle measured, slice time; not
+    /// `used_unmeasured_gpu_ms`, which rows of that form read as 0).
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
         for (i, w) in [
@@ -132,6 +149,7 @@ impl RollupValue {
             idle_gpu_ms: word(4).unwrap_or(0),
             idle_measured_gpu_ms: word(5).unwrap_or(0),
             slice_ms: word(6).unwrap_or(0),
+            used_unmeasured_gpu_ms: 0,
         })
     }
 }
@@ -245,11 +263,16 @@ pub fn contributions(record: &Record) -> BTreeMap<RollupKey, RollupValue> {
             for gpu in &b.gpus {
                 let model = gpu_model(&gpu.name);
                 // a whole GPU: exactly its overlap with each day; a MIG slice: its share
+                let slice = is_slice(gpu.mig.as_ref(), &model);
                 for (day, part) in split_amount(gpu.gpu_equiv_ms(alloc_span), &alloc_days) {
                     let v = out.entry(g.key(day, model.clone())).or_default();
                     v.allocated_gpu_ms = v.allocated_gpu_ms.saturating_add(part);
+                    if slice {
+                        // no utilization per slice: its used time is unknown, not 0
+                        v.used_unmeasured_gpu_ms = v.used_unmeasured_gpu_ms.saturating_add(part);
+                    }
                 }
-                if is_slice(gpu.mig.as_ref(), &model) {
+                if slice {
                     // the slice's device time: its exact overlap with each day
                     for &(day, overlap) in &alloc_days {
                         let v = out.entry(g.key(day, model.clone())).or_default();

@@ -443,10 +443,20 @@ struct StoredGroup {
 }
 
 /// A rollup value's totals in their stored order: allocated, used, energy, jobs, idle, idle
-/// measured, slice time. A new field goes at the end: groups stored before it have shorter
-/// lists, which [`value_of_words`] reads as 0 for the missing ones, so adding one needs no
-/// new version.
+/// measured, slice time, unmeasured used time. A new field goes at the end: groups stored
+/// before it have shorter lists, which [`value_of_words`] reads as 0 for the missing ones,
+/// so adding one needs no new version; for the same reason trailing zeros are not stored.
 fn value_words(v: &RollupValue) -> Vec<u64> {
+    // trailing zeros are left out: they read back as 0 (most rows have no idle or slice time)
+    let mut w = all_words(v).to_vec();
+    while w.last() == Some(&0) {
+        w.pop();
+    }
+    w
+}
+
+/// Every total of `v` in [`value_words`]' order, zeros included.
+fn all_words(v: &RollupValue) -> [u64; 8] {
     // every field, by name: a field added to RollupValue and not here does not compile
     let RollupValue {
         allocated_gpu_ms,
@@ -456,8 +466,9 @@ fn value_words(v: &RollupValue) -> Vec<u64> {
         idle_gpu_ms,
         idle_measured_gpu_ms,
         slice_ms,
+        used_unmeasured_gpu_ms,
     } = *v;
-    vec![
+    [
         allocated_gpu_ms,
         used_gpu_ms,
         energy_mj,
@@ -465,6 +476,7 @@ fn value_words(v: &RollupValue) -> Vec<u64> {
         idle_gpu_ms,
         idle_measured_gpu_ms,
         slice_ms,
+        used_unmeasured_gpu_ms,
     ]
 }
 
@@ -480,8 +492,9 @@ fn value_of_words(w: &[u64]) -> Option<RollupValue> {
         idle_gpu_ms: word(4),
         idle_measured_gpu_ms: word(5),
         slice_ms: word(6),
+        used_unmeasured_gpu_ms: word(7),
     };
-    (w.len() <= value_words(&v).len()).then_some(v)
+    (w.len() <= all_words(&v).len()).then_some(v)
 }
 
 impl RollupGroup {

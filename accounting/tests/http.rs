@@ -153,9 +153,9 @@ fn ingest_query_and_errors_over_http() {
     assert_eq!(
         rows,
         json!([
-            {"period": "2024-03-01", "account": "chem", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 0, "slice_ms": 0},
-            {"period": "2024-03-01", "account": "physics", "allocated_gpu_ms": 4 * HOUR, "used_gpu_ms": HOUR + HOUR / 2, "energy_mj": 200, "jobs": 1, "slice_ms": 0},
-            {"period": "2024-03-02", "account": "chem", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 1, "slice_ms": 0},
+            {"period": "2024-03-01", "account": "chem", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 0, "slice_ms": 0, "used_measured_gpu_ms": HOUR},
+            {"period": "2024-03-01", "account": "physics", "allocated_gpu_ms": 4 * HOUR, "used_gpu_ms": HOUR + HOUR / 2, "energy_mj": 200, "jobs": 1, "slice_ms": 0, "used_measured_gpu_ms": 4 * HOUR},
+            {"period": "2024-03-02", "account": "chem", "allocated_gpu_ms": HOUR, "used_gpu_ms": 0, "energy_mj": 30, "jobs": 1, "slice_ms": 0, "used_measured_gpu_ms": HOUR},
         ])
     );
     // Filter and window.

@@ -130,6 +130,13 @@ pub struct ReportRow {
     /// acctd kept slice time count 0). `None`: an acctd that predates slice time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slice_ms: Option<u64>,
+    /// Allocated GPU time inside the window over which used time was measured, GPU-ms: the
+    /// allocated time less MIG slices' (healthd samples no utilization per slice, so a
+    /// slice's used time is unknown, not 0). `used_gpu_ms` is used time over this part
+    /// only; 0 with time allocated: used time unknown. `None`: an acctd that predates it
+    /// (all allocated time was taken as measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_measured_gpu_ms: Option<u64>,
     /// Cost inside the window, in millionths of [`ReportAnswer::currency`], priced by acctd
     /// with the prices in force when the GPUs were used. `None`: acctd has no prices (or
     /// predates server-side prices).

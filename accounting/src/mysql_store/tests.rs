@@ -102,9 +102,12 @@ fn a_version_1_database_gains_slice_time_and_keeps_its_rows() {
         (rows[0].allocated_gpu_ms, rows[0].slice_ms),
         (2 * 1_028_571, HOUR)
     );
+    // version 3: the old row's used time counts as measured (0 unmeasured), the new slice's
+    // share has no used-time samples
+    assert_eq!(rows[0].used_unmeasured_gpu_ms, 1_028_571);
     drop(s);
-    // a migration cut short after its ALTER (version 2 not recorded) runs again whole
-    sql("DELETE FROM m_v1.schema_version WHERE version = 2");
+    // migrations cut short after their ALTER (versions 2 and 3 not recorded) run again whole
+    sql("DELETE FROM m_v1.schema_version WHERE version >= 2");
     let s = MysqlStore::connect(&url, None).unwrap();
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
 }

@@ -144,6 +144,8 @@ pub fn partial_pieces(
                         if slice {
                             // a slice's device time, counted once (the rollups' rule)
                             v.slice_ms += overlap(alloc_start, alloc_end, from, to);
+                            // and no utilization per slice: its used time is unknown
+                            v.used_unmeasured_gpu_ms += alloc;
                         }
                         let energy = gpu.energy_delta_mj.or_else(|| {
                             gpu.energy_end_mj
@@ -428,6 +430,7 @@ fn into_rows(groups: Groups, priced: bool) -> Vec<ReportRow> {
             row.idle_measured_gpu_ms =
                 (v.idle_measured_gpu_ms > 0).then_some(v.idle_measured_gpu_ms);
             row.slice_ms = Some(v.slice_ms);
+            row.used_measured_gpu_ms = Some(v.used_measured_gpu_ms());
             row.cost_micro = priced.then(|| micro(cost));
             row
         })

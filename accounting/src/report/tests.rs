@@ -704,6 +704,60 @@ fn reports_count_slice_hours_per_profile_once_each_at_any_cut() {
 }
 
 #[test]
+fn a_slices_used_time_is_unmeasured_in_reports_at_any_cut() {
+    use crate::test_records::on_slices;
+    let (_d, s) = store();
+    // a 2g.20gb slice and a whole GPU, 22:00 on day 10 to 04:00 on day 11
+    let (start, end) = (10 * DAY_MS + 22 * HOUR, 11 * DAY_MS + 4 * HOUR);
+    s.put_batch(&[
+        on_slices(job_end(1, "n1", start, end, &[0]), &[("2g.20gb", 2, 7)]),
+        job_end(3, "n2", start, end, &[10]),
+    ])
+    .unwrap();
+    let measured = |from: u64, to: u64| -> Vec<(String, u64, Option<u64>)> {
+        let mut query = q("start=0&end=1&group_by=profile");
+        (query.start_ms, query.end_ms) = (from, to);
+        let mut v: Vec<_> = report(&*s, &query, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.mig_profile.unwrap_or_default(),
+                    r.allocated_gpu_ms,
+                    r.used_measured_gpu_ms,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // whole days (rollups): the slice's used time measured over nothing, the GPU's over all
+    assert_eq!(
+        measured(10 * DAY_MS, 12 * DAY_MS),
+        [
+            (String::new(), 6 * HOUR, Some(6 * HOUR)),
+            ("2g.20gb".into(), 6_171_429, Some(0)),
+        ]
+    );
+    // cut days (records): the same rule
+    assert_eq!(
+        measured(10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + HOUR),
+        [
+            (String::new(), 2 * HOUR, Some(2 * HOUR)),
+            ("2g.20gb".into(), 2_057_143, Some(0)),
+        ]
+    );
+    // grouped together: measured over the whole GPU's time only
+    let mut query = q("start=0&end=1");
+    (query.start_ms, query.end_ms) = (10 * DAY_MS, 12 * DAY_MS);
+    let rows = report(&*s, &query, None).unwrap();
+    assert_eq!(
+        (rows[0].allocated_gpu_ms, rows[0].used_measured_gpu_ms),
+        (6 * HOUR + 6_171_429, Some(6 * HOUR))
+    );
+}
+
+#[test]
 fn the_gpu_model_filter_passes_a_models_slices_only() {
     let mut f = Filters::default();
     assert!(f.matches_gpu_model("anything"));

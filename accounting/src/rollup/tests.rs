@@ -97,8 +97,15 @@ fn keys_and_values_round_trip() {
         idle_gpu_ms: 5,
         idle_measured_gpu_ms: 6,
         slice_ms: 7,
+        used_unmeasured_gpu_ms: 0,
     };
     assert_eq!(RollupValue::decode(&v.encode()), Some(v));
+    // the 56-byte form predates unmeasured used time: it reads 0 (all measured)
+    let later = RollupValue {
+        used_unmeasured_gpu_ms: 8,
+        ..v
+    };
+    assert_eq!(RollupValue::decode(&later.encode()), Some(v));
     // a row written before slice time was kept: slice time 0, the rest as it was
     let v48 = RollupValue::decode(&v.encode()[..48]).unwrap();
     assert_eq!(v48, RollupValue { slice_ms: 0, ..v });
@@ -162,6 +169,9 @@ fn a_mig_slice_is_billed_its_share_of_the_gpu() {
     assert_eq!(c[&mig(100)].allocated_gpu_ms, 1_028_571); // 3600000 x 2/7 = 1028571.43
     assert_eq!(c[&mig(100)].energy_mj, 0, "no energy for a slice");
     assert_eq!(c[&mig(100)].slice_ms, HOUR, "one slice-hour, counted once");
+    // healthd has no utilization per slice: its used time is unknown over all of its share
+    assert_eq!(c[&mig(100)].used_unmeasured_gpu_ms, 1_028_571);
+    assert_eq!(c[&mig(100)].used_measured_gpu_ms(), 0);
     assert_eq!(job_count_key(&r), Some(mig(100)));
 
     // 22:00 to 01:00 on a 1g.10gb and a 3g.40gb: 3 h x 1/7 and 3 h x 3/7, split 2:1 by day
@@ -199,6 +209,10 @@ fn a_mig_slice_is_billed_its_share_of_the_gpu() {
     for p in ["1g.10gb", "3g.40gb"] {
         assert_eq!((slice(p, 100), slice(p, 101)), (2 * HOUR, HOUR), "{p}");
     }
+    // unmeasured used time is the share, split as allocated time, on each day
+    for v in c.values() {
+        assert_eq!(v.used_unmeasured_gpu_ms, v.allocated_gpu_ms);
+    }
 
     // the full profile, and a whole GPU beside a slice, count in full
     let r = on_slices(
@@ -216,6 +230,11 @@ fn a_mig_slice_is_billed_its_share_of_the_gpu() {
     );
     assert_eq!(c[&key(100)].allocated_gpu_ms, HOUR);
     assert_eq!(c[&key(100)].slice_ms, 0, "a whole GPU is no slice");
+    assert_eq!(
+        c[&key(100)].used_unmeasured_gpu_ms,
+        0,
+        "a whole GPU is sampled"
+    );
 }
 
 #[test]
@@ -235,6 +254,7 @@ fn a_slice_without_a_share_still_counts_its_slice_time() {
         ..key(100)
     }];
     assert_eq!((v.allocated_gpu_ms, v.slice_ms), (HOUR, HOUR));
+    assert_eq!(v.used_unmeasured_gpu_ms, HOUR, "no utilization per slice");
     assert!(is_slice(None, &format!("{H100} MIG 1g.10gb")));
     assert!(!is_slice(None, H100));
 }

@@ -421,6 +421,7 @@ fn rollup_groups_of_version_2_are_read_with_no_slice_time() {
         idle_gpu_ms: 5,
         idle_measured_gpu_ms: 6,
         slice_ms: 7,
+        used_unmeasured_gpu_ms: 0,
     };
     let mut group = RollupGroup::default();
     group
@@ -429,6 +430,17 @@ fn rollup_groups_of_version_2_are_read_with_no_slice_time() {
     let now = group.encode(b"k").unwrap();
     assert_eq!(now[0], ROLLUP_V4);
     assert_eq!(RollupGroup::decode(b"k", &now).unwrap().rows, group.rows);
+    // the last total (unmeasured used time) round-trips too
+    let mut later = RollupGroup::default();
+    later.rows.insert(
+        ("alice".into(), "gpu".into(), "m".into()),
+        RollupValue {
+            used_unmeasured_gpu_ms: 8,
+            ..v
+        },
+    );
+    let b = later.encode(b"k").unwrap();
+    assert_eq!(RollupGroup::decode(b"k", &b).unwrap().rows, later.rows);
     let v3 = group.encode_v3();
     assert_eq!(v3[0], ROLLUP_V3);
     assert_eq!(RollupGroup::decode(b"k", &v3).unwrap().rows, group.rows);
@@ -646,6 +658,7 @@ fn rollup_groups_keep_names_once_and_read_totals_added_later_as_zero() {
         idle_gpu_ms: 0,
         idle_measured_gpu_ms: 0,
         slice_ms: 0,
+        used_unmeasured_gpu_ms: 0,
     };
     let mut group = RollupGroup::default();
     for user in ["user001", "user002", "user003"] {
