@@ -612,6 +612,44 @@ pub(crate) fn parse_statements<P: StmtParser>(
     (conf, loader.files, errors)
 }
 
+/// A [`StmtParser`] that can also keep only what one node needs (its own records), without
+/// expanding the host lists of the others; its errors must then be those of the full parse,
+/// and where it cannot tell that without the names it says so ([`NodeScoped::needs_full`]).
+pub(crate) trait NodeScoped: StmtParser {
+    /// A parser that keeps what `node` needs.
+    fn for_node(node: &str) -> Self;
+    /// Whether the scoped parse met something it cannot decide without every name (two
+    /// lines that may name one node, names no line defines, ...): the statements are then
+    /// parsed again in full, so the result and the errors are the full parse's.
+    fn needs_full(&self) -> bool;
+}
+
+/// [`parse_statements`] for one node ([`NodeScoped`]): the statements are read once; they
+/// are parsed again in full only when the scoped parse needs it.
+pub(crate) fn parse_statements_for<P: NodeScoped>(
+    source: Source<'_>,
+    node: &str,
+) -> (P::Conf, Vec<PathBuf>, Vec<ConfError>) {
+    let mut loader = Loader::default();
+    loader.load(source);
+    let run = |mut parser: P| {
+        for s in &loader.stmts {
+            parser.stmt(s);
+        }
+        parser.finish();
+        parser
+    };
+    let mut parser = run(P::for_node(node));
+    if parser.needs_full() {
+        parser = run(P::default());
+    }
+    let (conf, found) = parser.into_parts();
+    let mut errors = loader.errors;
+    errors.extend(found);
+    sort_errors(&mut errors, &loader.files);
+    (conf, loader.files, errors)
+}
+
 /// Implements [`ConfFile`] for a file type whose statements the [`StmtParser`] `$parser`
 /// parses: path and files read are set on the result.
 macro_rules! statement_file {
@@ -619,6 +657,51 @@ macro_rules! statement_file {
         impl $crate::conf::ConfFile for $conf {
             fn read(source: $crate::conf::Source<'_>) -> (Self, Vec<$crate::conf::ConfError>) {
                 let (mut conf, files, errors) = $crate::conf::parse_statements::<$parser>(source);
+                conf.path = source.origin().to_path_buf();
+                conf.files = files;
+                (conf, errors)
+            }
+        }
+    };
+    ($conf:ty, $parser:ty, for_node) => {
+        $crate::conf::statement_file!($conf, $parser);
+
+        impl $conf {
+            /// What node `node` needs of the file at `path` (its own records; see
+            /// [`Self::read_for_node`]), with every error a full read finds.
+            pub fn load_lenient_for_node(
+                path: impl AsRef<std::path::Path>,
+                node: &str,
+            ) -> (Self, Vec<$crate::conf::ConfError>) {
+                Self::read_for_node($crate::conf::Source::File(path.as_ref()), node)
+            }
+
+            /// What node `node` needs of `text` read as the content of `origin` (see
+            /// [`Self::read_for_node`]), with every error a full parse finds.
+            pub fn parse_str_lenient_for_node(
+                text: &str,
+                origin: impl AsRef<std::path::Path>,
+                node: &str,
+            ) -> (Self, Vec<$crate::conf::ConfError>) {
+                Self::read_for_node(
+                    $crate::conf::Source::Text {
+                        text,
+                        origin: origin.as_ref(),
+                    },
+                    node,
+                )
+            }
+
+            /// Parses `source` for node `node`: its answers about `node` and the errors are
+            /// those of [`ConfFile::read`](crate::ConfFile::read), but other nodes' host
+            /// lists are not expanded (only checked), so the cost does not grow with the
+            /// cluster's node count; the records of other nodes may be left out.
+            pub fn read_for_node(
+                source: $crate::conf::Source<'_>,
+                node: &str,
+            ) -> (Self, Vec<$crate::conf::ConfError>) {
+                let (mut conf, files, errors) =
+                    $crate::conf::parse_statements_for::<$parser>(source, node);
                 conf.path = source.origin().to_path_buf();
                 conf.files = files;
                 (conf, errors)

@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::conf::{ConfError, Location, Stmt, StmtParser, statement_file};
-use crate::hostlist;
+use crate::hostlist::{self, Hostlist, Span};
 use crate::slurm_conf::{Node, SlurmConf, parse_gres_count};
 
 /// Most per-device entries [`GresConf::expected_gpus`] lists for one node.
@@ -350,6 +350,12 @@ struct Builder {
     errors: Vec<ConfError>,
     /// First per-node AutoDetect seen for each node.
     node_ad: HashMap<String, (AutoDetect, Location)>,
+    /// Keep only this node's records ([`GresConf::read_for_node`]).
+    scope: Option<String>,
+    /// Scoped: every per-node AutoDetect line's value and names (as spans).
+    ad_spans: Vec<(AutoDetect, Vec<Span>)>,
+    /// The scoped parse cannot give the full parse's answer without the names.
+    unsure: bool,
 }
 
 impl Builder {
@@ -527,9 +533,9 @@ impl Builder {
             .collect();
         let get = |k: &str| params.get(k).cloned();
         let nodes_expr = get("nodename");
-        let nodes = match &nodes_expr {
-            Some(e) => match hostlist::expand(e) {
-                Ok(v) => Some(v),
+        let listed = match &nodes_expr {
+            Some(e) => match Hostlist::parse(e) {
+                Ok(h) => Some(h),
                 Err(err) => {
                     self.err(at, format!("NodeName: {err}"));
                     return;
@@ -537,7 +543,18 @@ impl Builder {
             },
             None => None,
         };
+        // a scoped parse keeps, of each line's nodes, only its node
+        let nodes = listed.as_ref().map(|h| match &self.scope {
+            None => h.to_vec(),
+            Some(node) => h.contains(node).then(|| node.clone()).into_iter().collect(),
+        });
         if let Some(a) = get("autodetect") {
+            if let (Some(_), Some(h), Some(v)) = (&self.scope, &listed, AutoDetect::parse(&a)) {
+                match h.spans() {
+                    Some(spans) => self.ad_spans.push((v, spans)),
+                    None => self.unsure = true,
+                }
+            }
             self.line_autodetect(at, &a, nodes.as_ref());
         }
         let Some(name) = get("name") else {
@@ -603,13 +620,43 @@ impl Builder {
     }
 }
 
-statement_file!(GresConf, Builder);
+statement_file!(GresConf, Builder, for_node);
+
+impl crate::conf::NodeScoped for Builder {
+    fn for_node(node: &str) -> Self {
+        Builder {
+            scope: Some(node.to_string()),
+            ..Builder::default()
+        }
+    }
+
+    fn needs_full(&self) -> bool {
+        self.unsure
+    }
+}
 
 impl StmtParser for Builder {
     type Conf = GresConf;
 
     fn stmt(&mut self, s: &Stmt) {
         Builder::stmt(self, s);
+    }
+
+    fn finish(&mut self) {
+        // scoped: per-node AutoDetect lines of different values that may share a node need
+        // the full parse (it names the node they contradict on)
+        let values: std::collections::HashSet<String> =
+            self.ad_spans.iter().map(|(v, _)| v.to_string()).collect();
+        if values.len() > 1 {
+            let mut all: Vec<Span> = self
+                .ad_spans
+                .iter()
+                .flat_map(|(_, s)| s.iter().cloned())
+                .collect();
+            if hostlist::spans_overlap(&mut all) {
+                self.unsure = true;
+            }
+        }
     }
 
     fn into_parts(self) -> (GresConf, Vec<ConfError>) {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::conf::{ConfError, ConfFile, Location, Pair, Stmt, StmtParser, dir_of, statement_file};
-use crate::hostlist;
+use crate::hostlist::{self, Hostlist, Span, SpanSet};
 
 /// One top-level `Key=Value` setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,11 +445,30 @@ fn comma_list(s: &str) -> Vec<String> {
 /// A node line's per-node lists ([`Builder::per_node_lists`]).
 struct PerNode {
     /// NodeHostname, one or more per node.
-    hostnames: Option<Vec<String>>,
+    hostnames: Option<Hostlist>,
     /// NodeAddr, one or more per node.
-    addrs: Option<Vec<String>>,
+    addrs: Option<Hostlist>,
     /// Port: none, one for all, or one per node.
     ports: Vec<u16>,
+}
+
+/// A node line's NodeHostname or NodeAddr names: expanded, or (scoped parse) read by
+/// position.
+enum PerName {
+    /// Every name, in order.
+    All(Vec<String>),
+    /// The list, not expanded.
+    Listed(Hostlist),
+}
+
+impl PerName {
+    /// The `i`-th name.
+    fn get(&self, i: usize) -> Option<String> {
+        match self {
+            PerName::All(v) => v.get(i).cloned(),
+            PerName::Listed(h) => h.nth(i),
+        }
+    }
 }
 
 /// Options of a line (all pairs after the first), keys lower-cased, last wins.
@@ -472,6 +491,12 @@ struct Builder {
     part_index: HashMap<String, usize>,
     /// NodeSet `Feature=` filters to resolve after all nodes are known.
     nodeset_features: Vec<(usize, String)>,
+    /// Keep only this node's records ([`SlurmConf::read_for_node`]).
+    scope: Option<String>,
+    /// The names of every node line kept, as spans (scoped parse).
+    node_spans: Vec<Span>,
+    /// The scoped parse cannot give the full parse's answer without the names.
+    unsure: bool,
 }
 
 impl Builder {
@@ -565,8 +590,13 @@ impl Builder {
     }
 
     fn expand(&mut self, what: &str, expr: &str, at: &Location) -> Option<Vec<String>> {
-        match hostlist::expand(expr) {
-            Ok(v) => Some(v),
+        self.hostlist(what, expr, at).map(|h| h.to_vec())
+    }
+
+    /// The host list `expr`, not expanded (the same errors as [`Builder::expand`]).
+    fn hostlist(&mut self, what: &str, expr: &str, at: &Location) -> Option<Hostlist> {
+        match Hostlist::parse(expr) {
+            Ok(h) => Some(h),
             Err(e) => {
                 self.err(at, format!("{what}: {e}"));
                 None
@@ -584,7 +614,7 @@ impl Builder {
         }
         let mut merged = self.node_defaults.clone();
         merged.extend(params);
-        let Some(names) = self.expand("NodeName", &names_expr, &s.at) else {
+        let Some(names) = self.hostlist("NodeName", &names_expr, &s.at) else {
             return;
         };
         let Some(PerNode {
@@ -595,6 +625,18 @@ impl Builder {
         else {
             return;
         };
+        // a scoped parse reads only its node's names, by position
+        let scoped = self.scope.is_some();
+        let per_name = |l: Option<Hostlist>| {
+            l.map(|h| {
+                if scoped {
+                    PerName::Listed(h)
+                } else {
+                    PerName::All(h.to_vec())
+                }
+            })
+        };
+        let (hostnames, addrs) = (per_name(hostnames), per_name(addrs));
         let gres = match merged.get("gres") {
             Some(g) => match GresSpec::parse_list(g) {
                 Ok(g) => g,
@@ -616,7 +658,21 @@ impl Builder {
             .map(|f| comma_list(f))
             .unwrap_or_default();
         let state = merged.get("state").cloned();
-        for (i, name) in names.into_iter().enumerate() {
+        let chosen: Vec<(usize, String)> = match self.scope.clone() {
+            None => names.iter().enumerate().collect(),
+            Some(node) => {
+                match names.spans() {
+                    Some(spans) => self.node_spans.extend(spans),
+                    None => self.unsure = true,
+                }
+                names
+                    .position(&node)
+                    .map(|i| (i, node))
+                    .into_iter()
+                    .collect()
+            }
+        };
+        for (i, name) in chosen {
             if let Some(&prev) = self.node_index.get(&name) {
                 let first = self.conf.nodes[prev].at.clone();
                 self.err(
@@ -627,11 +683,11 @@ impl Builder {
             }
             let hostname = hostnames
                 .as_ref()
-                .and_then(|h| h.get(i).cloned())
+                .and_then(|h| h.get(i))
                 .unwrap_or_else(|| name.clone());
             let addr = addrs
                 .as_ref()
-                .and_then(|a| a.get(i).cloned())
+                .and_then(|a| a.get(i))
                 .unwrap_or_else(|| hostname.clone());
             let port = match port_nums.len() {
                 0 => None,
@@ -683,14 +739,13 @@ impl Builder {
         count: usize,
         at: &Location,
     ) -> Option<PerNode> {
-        let per_node = |key: &str, this: &mut Self| -> Option<Vec<String>> {
+        let per_node = |key: &str, this: &mut Self| -> Option<Hostlist> {
             let v = merged.get(key)?;
-            let list = this.expand(key, v, at)?;
-            Some(list)
+            this.hostlist(key, v, at)
         };
         let hostnames = per_node("nodehostname", self);
         let addrs = per_node("nodeaddr", self);
-        let ports = per_node("port", self);
+        let ports = per_node("port", self).map(|p| p.to_vec());
         for (key, list) in [("NodeHostname", &hostnames), ("NodeAddr", &addrs)] {
             if let Some(l) = list {
                 if l.len() < count {
@@ -785,8 +840,19 @@ impl Builder {
         let idx = self.conf.node_sets.len();
         let mut nodes = Vec::new();
         if let Some(expr) = params.get("nodes") {
-            if let Some(v) = self.expand("NodeSet Nodes", expr, &s.at) {
-                nodes = v;
+            match self.scope.clone() {
+                None => {
+                    if let Some(v) = self.expand("NodeSet Nodes", expr, &s.at) {
+                        nodes = v;
+                    }
+                }
+                Some(node) => {
+                    if let Some(h) = self.hostlist("NodeSet Nodes", expr, &s.at) {
+                        if h.contains(&node) {
+                            nodes.push(node);
+                        }
+                    }
+                }
             }
         }
         if let Some(f) = params.get("feature") {
@@ -801,6 +867,46 @@ impl Builder {
             params,
             at: s.at.clone(),
         });
+    }
+
+    /// A partition's `Nodes=` (not `ALL`) in a scoped parse: the node of the scope if the
+    /// partition holds it (by name or through a NodeSet), and whether every name is a node
+    /// or a NodeSet (else the full parse, which names the others, is needed).
+    fn partition_nodes_scoped(
+        &mut self,
+        node: &str,
+        known: &SpanSet,
+        sets: &HashMap<String, usize>,
+        expr: &str,
+        at: &Location,
+        pname: &str,
+    ) -> Vec<String> {
+        let mut nodes = Vec::new();
+        let Some(h) = self.hostlist(&format!("partition {pname} Nodes"), expr, at) else {
+            return nodes;
+        };
+        if h.contains(node) && !sets.contains_key(node) && self.node_index.contains_key(node) {
+            nodes.push(node.to_string());
+        }
+        for (name, &i) in sets {
+            if h.contains(name) {
+                if let Some(set) = self.conf.node_sets.get(i) {
+                    nodes.extend(set.nodes.iter().cloned());
+                }
+            }
+        }
+        match h.spans() {
+            Some(spans) => {
+                let all_known = spans.iter().all(|sp| {
+                    known.covers(sp) || (sp.lo == sp.hi && sets.contains_key(&sp.name(sp.lo)))
+                });
+                if !all_known {
+                    self.unsure = true;
+                }
+            }
+            None => self.unsure = true,
+        }
+        nodes
     }
 
     /// Resolves NodeSet features and partition node lists once every node is known.
@@ -822,6 +928,14 @@ impl Builder {
                 }
             }
         }
+        // scoped: two node lines that may share a name need the full parse (it names them)
+        let known = self.scope.is_some().then(|| {
+            let mut spans = std::mem::take(&mut self.node_spans);
+            if hostlist::spans_overlap(&mut spans) {
+                self.unsure = true;
+            }
+            SpanSet::new(spans)
+        });
         let sets: HashMap<String, usize> = self
             .conf
             .node_sets
@@ -840,6 +954,8 @@ impl Builder {
             let mut unknown: Vec<String> = Vec::new();
             if expr.eq_ignore_ascii_case("ALL") {
                 nodes = self.conf.nodes.iter().map(|n| n.name.clone()).collect();
+            } else if let (Some(node), Some(known)) = (self.scope.clone(), &known) {
+                nodes = self.partition_nodes_scoped(&node, known, &sets, &expr, &at, &pname);
             } else if let Some(names) = self.expand(&format!("partition {pname} Nodes"), &expr, &at)
             {
                 for n in names {
@@ -899,7 +1015,20 @@ pub(crate) fn cluster_name_rule(written: &str) -> String {
     written.to_ascii_lowercase()
 }
 
-statement_file!(SlurmConf, Builder);
+statement_file!(SlurmConf, Builder, for_node);
+
+impl crate::conf::NodeScoped for Builder {
+    fn for_node(node: &str) -> Self {
+        Builder {
+            scope: Some(node.to_string()),
+            ..Builder::default()
+        }
+    }
+
+    fn needs_full(&self) -> bool {
+        self.unsure
+    }
+}
 
 impl StmtParser for Builder {
     type Conf = SlurmConf;
