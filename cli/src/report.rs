@@ -155,6 +155,7 @@ const REPORT_FIELDS: &[Field] = &[
     Field::GpuHours,
     Field::SliceHours,
     Field::UsedGpuHours,
+    Field::MeasuredGpuHours,
     Field::GpuUtil,
     Field::EnergyKwh,
     Field::AvgPowerW,
@@ -358,6 +359,9 @@ pub struct Sums {
     pub idle_measured_gpu_ms: Option<u64>,
     /// Allocated MIG slice time, slice-ms, each slice once (`None`: acctd predates it).
     pub slice_ms: Option<u64>,
+    /// Allocated GPU-ms over which used time was measured (MIG slices' is not: healthd has
+    /// no utilization per slice); `None`: all of `allocated_gpu_ms`.
+    pub used_measured_gpu_ms: Option<u64>,
 }
 
 fn hours(ms: u64) -> f64 {
@@ -373,8 +377,11 @@ fn kwh(mj: u64) -> f64 {
 pub enum WasteBy {
     /// Idle GPU time, as healthd measured it.
     Idle,
-    /// Allocated minus used GPU time (idle time not measured).
+    /// Allocated minus used GPU time over the time where used time was measured (idle
+    /// time not measured).
     AllocatedMinusUsed,
+    /// Neither idle nor used time measured (MIG slices): waste unknown, shown empty.
+    Unmeasured,
 }
 
 impl WasteBy {
@@ -383,25 +390,49 @@ impl WasteBy {
         match self {
             WasteBy::Idle => "idle",
             WasteBy::AllocatedMinusUsed => "alloc-used",
+            WasteBy::Unmeasured => "unmeasured",
         }
     }
 }
 
 impl Sums {
-    /// Wasted GPU-ms: idle where measured, else allocated minus used.
+    /// Wasted GPU-ms: idle where measured, else allocated minus used over the time where
+    /// used time was measured (unmeasured time, a MIG slice's, is not counted as waste);
+    /// 0 with [`WasteBy::Unmeasured`] when neither was measured.
     pub fn waste(&self) -> (u64, WasteBy) {
-        match self.idle_gpu_ms {
-            Some(idle) => (idle, WasteBy::Idle),
-            None => (
-                self.allocated_gpu_ms.saturating_sub(self.used_gpu_ms),
+        match (self.idle_gpu_ms, self.used()) {
+            (Some(idle), _) => (idle, WasteBy::Idle),
+            (None, Some(used)) => (
+                self.measured_gpu_ms().saturating_sub(used),
                 WasteBy::AllocatedMinusUsed,
             ),
+            (None, None) => (0, WasteBy::Unmeasured),
         }
     }
 
+    /// Allocated GPU-ms over which used time was measured.
+    pub fn measured_gpu_ms(&self) -> u64 {
+        self.used_measured_gpu_ms.unwrap_or(self.allocated_gpu_ms)
+    }
+
+    /// Used GPU-ms; `None` when GPU time was allocated but none of it measured (MIG
+    /// slices): unknown, not 0.
+    pub fn used(&self) -> Option<u64> {
+        let unknown =
+            self.allocated_gpu_ms > 0 && self.measured_gpu_ms() == 0 && self.used_gpu_ms == 0;
+        (!unknown).then_some(self.used_gpu_ms)
+    }
+
+    /// Used / measured GPU time, percent.
     fn util(&self) -> Option<f64> {
-        (self.allocated_gpu_ms > 0)
-            .then(|| 100.0 * self.used_gpu_ms as f64 / self.allocated_gpu_ms as f64)
+        let measured = self.measured_gpu_ms();
+        (measured > 0).then(|| 100.0 * self.used_gpu_ms as f64 / measured as f64)
+    }
+
+    /// Wasted GPU-ms where known ([`Sums::waste`]).
+    fn known_waste(&self) -> Option<u64> {
+        let (waste, by) = self.waste();
+        (by != WasteBy::Unmeasured).then_some(waste)
     }
 
     fn power(&self) -> Option<f64> {
@@ -413,7 +444,10 @@ impl Sums {
         Some(match f {
             Field::Jobs => self.jobs.to_string(),
             Field::GpuHours => format!("{:.2}", hours(self.allocated_gpu_ms)),
-            Field::UsedGpuHours => format!("{:.2}", hours(self.used_gpu_ms)),
+            Field::UsedGpuHours => self
+                .used()
+                .map_or(String::new(), |u| format!("{:.2}", hours(u))),
+            Field::MeasuredGpuHours => format!("{:.2}", hours(self.measured_gpu_ms())),
             Field::GpuUtil => self.util().map_or(String::new(), |u| format!("{u:.1}")),
             Field::EnergyKwh => format!("{:.3}", kwh(self.energy_mj)),
             Field::AvgPowerW => self.power().map_or(String::new(), |p| format!("{p:.1}")),
@@ -423,7 +457,9 @@ impl Sums {
             Field::IdleGpuHours => self
                 .idle_gpu_ms
                 .map_or(String::new(), |i| format!("{:.2}", hours(i))),
-            Field::WasteGpuHours => format!("{:.2}", hours(self.waste().0)),
+            Field::WasteGpuHours => self
+                .known_waste()
+                .map_or(String::new(), |w| format!("{:.2}", hours(w))),
             Field::WasteBy => self.waste().1.name().to_string(),
             Field::SliceHours => self
                 .slice_ms
@@ -435,10 +471,15 @@ impl Sums {
     fn json(&self, v: &mut serde_json::Map<String, Value>) {
         v.insert("jobs".into(), json!(self.jobs));
         v.insert("allocated_gpu_ms".into(), json!(self.allocated_gpu_ms));
-        v.insert("used_gpu_ms".into(), json!(self.used_gpu_ms));
+        v.insert("used_gpu_ms".into(), json!(self.used()));
         v.insert("energy_mj".into(), json!(self.energy_mj));
         v.insert("gpu_hours".into(), json!(hours(self.allocated_gpu_ms)));
-        v.insert("used_gpu_hours".into(), json!(hours(self.used_gpu_ms)));
+        v.insert("used_gpu_hours".into(), json!(self.used().map(hours)));
+        v.insert("used_measured_gpu_ms".into(), json!(self.measured_gpu_ms()));
+        v.insert(
+            "used_measured_gpu_hours".into(),
+            json!(hours(self.measured_gpu_ms())),
+        );
         v.insert("gpu_util_pct".into(), json!(self.util()));
         v.insert("energy_kwh".into(), json!(kwh(self.energy_mj)));
         v.insert("avg_power_w".into(), json!(self.power()));
@@ -451,9 +492,11 @@ impl Sums {
         );
         v.insert("slice_ms".into(), json!(self.slice_ms));
         v.insert("slice_hours".into(), json!(self.slice_ms.map(hours)));
-        let (waste, by) = self.waste();
-        v.insert("waste_gpu_hours".into(), json!(hours(waste)));
-        v.insert("waste_by".into(), json!(by.name()));
+        v.insert(
+            "waste_gpu_hours".into(),
+            json!(self.known_waste().map(hours)),
+        );
+        v.insert("waste_by".into(), json!(self.waste().1.name()));
     }
 }
 
@@ -498,6 +541,11 @@ pub fn aggregate(rows: &[ReportRow], groups: &[Field]) -> BTreeMap<Vec<String>, 
         add(&mut s.idle_measured_gpu_ms, r.idle_measured_gpu_ms);
         add(&mut s.cost_micro, r.cost_micro);
         add(&mut s.slice_ms, r.slice_ms);
+        // an acctd that predates it measured all allocated time
+        add(
+            &mut s.used_measured_gpu_ms,
+            Some(r.used_measured_gpu_ms.unwrap_or(r.allocated_gpu_ms)),
+        );
     }
     out
 }
@@ -654,6 +702,17 @@ pub fn report(settings: &Settings, a: &ReportArgs) -> anyhow::Result<i32> {
     let answer: ReportAnswer = get(&env.client, &format!("/v1/report?{q}"))?;
     let currency = answer.currency.clone();
     let rows = answer.rows;
+    // some allocated time without used-time samples (MIG slices): say over what time
+    // UsedGPUHours and GPUUtil are
+    let columns = if a.select.format.is_none()
+        && aggregate(&rows, &groups)
+            .values()
+            .any(|s| s.measured_gpu_ms() < s.allocated_gpu_ms)
+    {
+        with_measured(columns)
+    } else {
+        columns
+    };
     let ordered: Vec<(Vec<String>, Sums)> = match a.top {
         Some(n) => top_wasters(aggregate(&rows, &groups), n),
         None => aggregate(&rows, &groups).into_iter().collect(),
@@ -726,6 +785,21 @@ fn default_report_columns(
     parse_format(&spec.join(","), REPORT_FIELDS).map_err(anyhow::Error::msg)
 }
 
+/// `columns` with `MeasuredGPUHours` after `UsedGPUHours` (or at the end).
+fn with_measured(mut columns: Vec<Column>) -> Vec<Column> {
+    let Ok(mut measured) = parse_format("MeasuredGPUHours", REPORT_FIELDS) else {
+        return columns;
+    };
+    let at = columns
+        .iter()
+        .position(|c| c.field == Field::UsedGpuHours)
+        .map_or(columns.len(), |i| i + 1);
+    if let Some(c) = measured.pop() {
+        columns.insert(at, c);
+    }
+    columns
+}
+
 /// `sgpu report --json`'s rows: each group's key by name (`day`, `week` and `month` as
 /// `period`) beside its sums.
 fn report_json_rows(ordered: Vec<(Vec<String>, Sums)>, names: &[String]) -> Vec<Value> {
@@ -749,7 +823,8 @@ fn report_json_rows(ordered: Vec<(Vec<String>, Sums)>, names: &[String]) -> Vec<
 
 /// How `--top` ranks, as the output states it.
 pub const TOP_RANKING: &str = "ranked by idle GPU-hours where healthd measured idle time, \
-                               else by allocated minus used GPU-hours (column WasteBy)";
+                               else by allocated minus used GPU-hours where it measured used \
+                               time (column WasteBy)";
 
 fn job_sums(j: &JobSummary) -> Sums {
     Sums {
@@ -938,6 +1013,8 @@ impl GpuFigures {
 
     /// The GPU's row of [`per_gpu_lines`].
     fn cells(mut self, node: String, index: u32) -> Vec<String> {
+        // a slice: no utilization per slice, so its used time is unknown (empty), not 0
+        let slice = self.slice.is_some() || split_mig_name(&self.model).1.is_some();
         // a slice: the parent GPU's model beside its profile
         if let (parent, Some(p)) = split_mig_name(&self.model) {
             if self.profile.is_empty() {
@@ -949,6 +1026,7 @@ impl GpuFigures {
             allocated_gpu_ms: self.alloc,
             used_gpu_ms: self.used,
             energy_mj: self.energy,
+            used_measured_gpu_ms: slice.then_some(0),
             ..Sums::default()
         };
         vec![

@@ -45,7 +45,10 @@ pub enum Field {
     GpuHours,
     /// Used GPU-hours (healthd's samples).
     UsedGpuHours,
-    /// Used / allocated, percent.
+    /// Allocated GPU-hours over which used time was measured (MIG slices have no utilization
+    /// samples); `UsedGPUHours` and `GPUUtil` are over these only.
+    MeasuredGpuHours,
+    /// Used / allocated (measured), percent.
     GpuUtil,
     /// Energy, kWh.
     EnergyKwh,
@@ -61,7 +64,8 @@ pub enum Field {
     IdleGpuHours,
     /// GPU-hours wasted: idle GPU-hours where measured, else allocated minus used.
     WasteGpuHours,
-    /// What `WasteGPUHours` is: `idle` or `alloc-used`.
+    /// What `WasteGPUHours` is: `idle`, `alloc-used` (over measured time), or `unmeasured`
+    /// (neither measured: waste unknown, empty).
     WasteBy,
 }
 
@@ -87,6 +91,7 @@ const FIELDS: &[(Field, &str, usize)] = &[
     (Field::Gpus, "GPUs", 5),
     (Field::GpuHours, "GPUHours", 10),
     (Field::UsedGpuHours, "UsedGPUHours", 12),
+    (Field::MeasuredGpuHours, "MeasuredGPUHours", 16),
     (Field::GpuUtil, "GPUUtil", 7),
     (Field::EnergyKwh, "EnergyKWh", 10),
     (Field::AvgPowerW, "AvgPowerW", 9),

@@ -268,8 +268,11 @@ fn per_gpu_lines_count_allocated_time_over_slurms_window() {
         line[..7],
         ["n1", "0", "H100", "2g.20gb (2/7)", "MIG-0", "0.29", "1.00"]
     );
+    // no utilization per slice: used time and utilization empty, not 0
+    assert_eq!(line[7..9], ["", ""]);
     let line = &per_gpu_lines(&[end(None)])[0];
     assert_eq!(line[..7], ["n1", "0", "H100", "", "GPU-0", "1.00", ""]);
+    assert_eq!(line[7], "0.00", "a whole GPU's used time is measured");
 }
 
 #[test]
@@ -339,4 +342,57 @@ fn top_wasters_rank_by_idle_where_measured_else_allocated_minus_used() {
     top[1].1.json(&mut m);
     assert_eq!(m["idle_gpu_hours"], Value::Null);
     assert_eq!(m["waste_by"], "alloc-used");
+}
+
+#[test]
+fn a_slices_used_time_and_waste_are_empty_not_0_and_not_waste() {
+    // a whole GPU (1 h, 0.5 h used) and a 2g.20gb slice (2/7 GPU-hour, no used-time samples)
+    let row = |user: &str, profile: &str, alloc: u64, used: u64, measured: Option<u64>| ReportRow {
+        user: Some(user.into()),
+        mig_profile: Some(profile.into()),
+        allocated_gpu_ms: alloc,
+        used_gpu_ms: used,
+        used_measured_gpu_ms: measured,
+        ..ReportRow::default()
+    };
+    let rows = [
+        row("alice", "", 3_600_000, 1_800_000, Some(3_600_000)),
+        row("bob", "2g.20gb", 1_028_571, 0, Some(0)),
+        row("carol", "", 3_600_000, 1_800_000, Some(3_600_000)),
+        row("carol", "2g.20gb", 1_028_571, 0, Some(0)),
+    ];
+    let cols = parse_format(
+        "User,GPUHours,UsedGPUHours,MeasuredGPUHours,GPUUtil,WasteGPUHours,WasteBy",
+        REPORT_FIELDS,
+    )
+    .unwrap();
+    let top = top_wasters(aggregate(&rows, &[Field::User]), 5);
+    // bob's slice: used time and waste unknown (empty), ranked last; carol's slice time is
+    // neither used nor waste: her figures are over her whole GPU's hour
+    assert_eq!(
+        render_groups(&top, &cols, &[Field::User], Style::Parsable2, false),
+        "alice|1.00|0.50|1.00|50.0|0.50|alloc-used\n\
+         carol|1.29|0.50|1.00|50.0|0.50|alloc-used\n\
+         bob|0.29||0.00|||unmeasured\n"
+    );
+    let bob = &top[2].1;
+    assert_eq!(bob.used(), None);
+    let mut m = serde_json::Map::new();
+    bob.json(&mut m);
+    for k in [
+        "used_gpu_ms",
+        "used_gpu_hours",
+        "gpu_util_pct",
+        "waste_gpu_hours",
+    ] {
+        assert_eq!(m[k], Value::Null, "{k}");
+    }
+    assert_eq!(m["used_measured_gpu_ms"], 0);
+    // an acctd that predates the measured time: all allocated time counts as measured
+    let old = [ReportRow {
+        used_measured_gpu_ms: None,
+        ..row("dave", "", 3_600_000, 0, None)
+    }];
+    let s = &aggregate(&old, &[Field::User])[&vec!["dave".to_string()]];
+    assert_eq!((s.used(), s.measured_gpu_ms()), (Some(0), 3_600_000));
 }
