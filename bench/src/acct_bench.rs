@@ -362,6 +362,15 @@ fn run_store(a: &Args, bin_dir: &std::path::Path, store: StoreChoice) -> Result<
             ""
         }
     );
+    if store != StoreChoice::Mariadb {
+        // where sled's bytes are: the record log (the records' JSON) and the rest (sled)
+        let log = du(&size_dir.join("records"));
+        println!(
+            "  record log {:.0} bytes/record, sled {:.0} bytes/record",
+            log as f64 / records.max(1) as f64,
+            bytes.saturating_sub(log) as f64 / records.max(1) as f64
+        );
+    }
     // sgpu refuses a config anyone may write (/dev/null included): an empty one of our own
     let config = tmp.path().join("sgpu.toml");
     std::fs::write(&config, "").map_err(|e| format!("{}: {e}", config.display()))?;
