@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sgpu_slurm_conf::{ConfError, ConfFile, GpuDevice, GresConf, NodeGpus, SlurmConf};
+use sgpu_slurm_conf::{ConfError, GpuDevice, GresConf, NodeGpus, SlurmConf};
 
 use crate::gpu::NodeSnapshot;
 use crate::mig::{JobSlice, MigMinors, SliceKey};
@@ -96,18 +96,20 @@ impl NodeLayout {
                 path: slurm_conf.to_path_buf(),
             });
         }
-        let (slurm, errs) = SlurmConf::load_lenient(slurm_conf);
+        // read for this node only: the other nodes' host lists are checked, not expanded
+        let (slurm, errs) = SlurmConf::load_lenient_for_node(slurm_conf, node);
         Ok(NodeLayout::of(&slurm, &errs, node))
     }
 
     /// The layout of `node` from a slurm.conf already read (`slurm`, with the problems
     /// `errors` met reading it): the gres.conf beside it and the driver's MIG minors. For a
     /// caller that needs slurm.conf for more (the SPANK plugin: the cluster's name), so the
-    /// file is parsed once.
+    /// file is parsed once. `slurm` may be read for `node` only
+    /// ([`SlurmConf::load_lenient_for_node`]); gres.conf is read so.
     pub fn of(slurm: &SlurmConf, errors: &[ConfError], node: &str) -> NodeLayout {
         let mut notes: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         let gres_path = slurm.gres_conf_path();
-        let (gres, errs) = GresConf::load_lenient(&gres_path);
+        let (gres, errs) = GresConf::load_lenient_for_node(&gres_path, node);
         notes.extend(errs.iter().map(|e| e.to_string()));
         let gpus = gres.expected_gpus(node, Some(slurm));
         // the driver's file lists every GPU it could hold (32 x 15 GPU instances x 9 minors:
@@ -452,7 +454,7 @@ impl Placement {
 mod tests {
     use super::*;
     use crate::gpu::{GpuSnapshot, Reading};
-    use sgpu_slurm_conf::GresConf;
+    use sgpu_slurm_conf::{ConfFile, GresConf};
 
     fn layout() -> NodeLayout {
         let gres = GresConf::parse_str(

@@ -183,7 +183,7 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, HookError> {
         .ok_or(HookError::NodeName)?;
     // identity from what the user cannot set: slurm.conf (slurmd's path) and the uid item;
     // slurm.conf is read once, for the cluster's name and the GPUs' mapping (gres.conf)
-    let slurm = slurm_conf(&env.slurm_conf);
+    let slurm = slurm_conf(&env.slurm_conf, &node);
     let cluster = slurm
         .as_ref()
         .and_then(|(c, _)| c.cluster())
@@ -249,14 +249,15 @@ fn prepare(env: &StepEnv, counters: bool) -> Result<Prepared, HookError> {
     })
 }
 
-/// slurm.conf at `path` with the problems met reading it; `None` when it is no file (as
-/// [`NodeLayout::load`] and [`sgpu_slurm_conf::cluster_name`] treat it).
+/// slurm.conf at `path`, read for `node` (its record, not the other nodes': the cost does
+/// not grow with the cluster), with the problems met reading it; `None` when it is no file
+/// (as [`NodeLayout::load`] and [`sgpu_slurm_conf::cluster_name`] treat it).
 fn slurm_conf(
     path: &std::path::Path,
+    node: &str,
 ) -> Option<(sgpu_slurm_conf::SlurmConf, Vec<sgpu_slurm_conf::ConfError>)> {
-    use sgpu_slurm_conf::ConfFile;
     path.is_file()
-        .then(|| sgpu_slurm_conf::SlurmConf::load_lenient(path))
+        .then(|| sgpu_slurm_conf::SlurmConf::load_lenient_for_node(path, node))
 }
 
 static ARGS: Mutex<Option<PluginArgs>> = Mutex::new(None);
