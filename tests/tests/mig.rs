@@ -301,9 +301,40 @@ fn billed_by_share(recs: &[Record], job: u32) -> TestResult {
     assert_eq!(rows[0]["energy_mj"].as_u64(), Some(energy), "{doc}");
     // and its slice-hours: the slice's whole allocated time, once
     assert_eq!(rows[0]["slice_ms"].as_u64(), Some(device_ms), "{doc}");
+    // healthd samples no utilization per slice: used time, utilization and waste unknown
+    // (null), measured over 0 GPU-ms; never a made-up 0
+    for k in [
+        "used_gpu_ms",
+        "used_gpu_hours",
+        "gpu_util_pct",
+        "waste_gpu_hours",
+    ] {
+        assert!(rows[0][k].is_null(), "{k}: {doc}");
+    }
+    assert_eq!(rows[0]["used_measured_gpu_ms"].as_u64(), Some(0), "{doc}");
     assert_eq!(
         report(&["-P", "-n", "-o", "GPUModel,Profile,Jobs"])?,
         "NVIDIA H100 80GB HBM3|2g.20gb|1\n"
+    );
+    // the table: UsedGPUHours and GPUUtil empty, MeasuredGPUHours beside them says over
+    // what time (0.00 here)
+    let table = report(&[])?;
+    let header = table
+        .lines()
+        .nth(1)
+        .ok_or_else(|| format!("no header: {table}"))?;
+    assert!(
+        header.contains("UsedGPUHours MeasuredGPUHours GPUUtil"),
+        "{table}"
+    );
+    assert_eq!(
+        report(&[
+            "-P",
+            "-n",
+            "-o",
+            "Profile,UsedGPUHours,MeasuredGPUHours,GPUUtil"
+        ])?,
+        "2g.20gb||0.00|\n"
     );
     // -G with the parent GPU's model selects its slice; another model selects nothing
     let doc: serde_json::Value =
