@@ -16,7 +16,10 @@
 //! Per running job (labels `job_id`, `user`, `account`): `sgpu_job_gpus` (its GPUs on the
 //! node), `sgpu_job_idle_gpus` (those idle now, [`crate::idle`]) and
 //! `sgpu_job_idle_gpu_seconds_total` (idle GPU-seconds so far; a GPU's idle run counts once
-//! it reached the window, from its first idle sample); `sgpu_idle_actions_total` (label
+//! it reached the window, from its first idle sample); `sgpu_job_mig_slices` (also labels
+//! `parent_uuid`, `profile`: the job's MIG slices per parent GPU and profile; a slice's own
+//! series are the per-GPU ones with its `MIG-` UUID, without utilization, power, energy,
+//! temperature or ECC, which NVML gives per GPU only); `sgpu_idle_actions_total` (label
 //! `action`: `warn`, `mail`, `cancel`, `recovered`, `refused`; since healthd started).
 //! `sgpu_healthd_sample_errors_total`, `sgpu_healthd_sample_duration_seconds` (histogram),
 //! and after the first check run `sgpu_spool_writable`, `sgpu_spool_free_bytes`
@@ -26,6 +29,7 @@
 //! `sgpu_forward_failures_total`, `sgpu_forward_backlog_records`,
 //! `sgpu_forward_held_records`, `sgpu_forward_last_success_timestamp_seconds`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -36,7 +40,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::status::{JobLabels, Live, Shared};
+use crate::status::{JobLabels, Live, Shared, mig_profile};
 use sgpu_nodelib::checks::{Status, Verdict};
 
 /// The content type of `/metrics`.
@@ -415,6 +419,7 @@ fn job_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
     let mut job_gpus = Vec::new();
     let mut job_idle = Vec::new();
     let mut job_idle_s = Vec::new();
+    let mut job_slices = Vec::new();
     for j in &live.jobs {
         let mut labels = Labels::new();
         job_labels(&mut labels, Some(&JobLabels::of(j)));
@@ -424,7 +429,20 @@ fn job_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
             j.gpus.iter().filter(|g| g.idle.idle).count() as i64,
         ));
         let idle_ms: u64 = j.gpus.iter().map(|g| g.idle.total_ms()).sum();
-        job_idle_s.push((labels, idle_ms as f64 / 1000.0));
+        job_idle_s.push((labels.clone(), idle_ms as f64 / 1000.0));
+        // its MIG slices by parent GPU and profile (no utilization series: none per slice)
+        let mut slices: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for s in j.gpus.iter().filter_map(|g| live.slice(&g.uuid)) {
+            let parent = s.mig_parent.clone().unwrap_or_default();
+            let profile = mig_profile(s).unwrap_or_default().to_string();
+            *slices.entry((parent, profile)).or_default() += 1;
+        }
+        for ((parent, profile), n) in slices {
+            let mut l = labels.clone();
+            l.push(("parent_uuid", parent));
+            l.push(("profile", profile));
+            job_slices.push((l, n));
+        }
     }
     gauges(
         enc,
@@ -446,6 +464,13 @@ fn job_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
         "idle GPU-seconds of a running job so far",
         None,
         &job_idle_s,
+    )?;
+    gauges(
+        enc,
+        "sgpu_job_mig_slices",
+        "MIG slices of a running job on this node, by parent GPU and profile",
+        None,
+        &job_slices,
     )?;
     let actions: Vec<(Labels, u64)> = live
         .idle_actions

@@ -321,6 +321,24 @@ pub fn trip_doc(t: &Trip) -> TripDoc {
     }
 }
 
+/// A MIG slice's profile from its sample (`<GPU name> MIG <profile>`); `None` for a whole
+/// GPU, or a slice whose name does not say it.
+pub fn mig_profile(g: &GpuSample) -> Option<&str> {
+    g.mig_parent.as_ref()?;
+    let (_, profile) = g.name.as_deref()?.rsplit_once(" MIG ")?;
+    Some(profile.trim()).filter(|p| !p.is_empty())
+}
+
+impl Live {
+    /// The last sample of the MIG slice with this UUID (`None`: not a slice, or not
+    /// sampled).
+    pub fn slice(&self, uuid: &str) -> Option<&GpuSample> {
+        self.gpus
+            .iter()
+            .find(|g| g.mig_parent.is_some() && g.uuid.as_deref() == Some(uuid))
+    }
+}
+
 /// The `/status` document for `live` at `now_ms`.
 pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
     let health = live.last_run.as_ref().map(|r| {
@@ -358,6 +376,8 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
                 .as_ref()
                 .and_then(|u| live.holders.get(u))
                 .map(|j| j.job_id),
+            mig_parent_uuid: g.mig_parent.clone(),
+            mig_profile: mig_profile(g).map(str::to_string),
         })
         .collect();
     let jobs = live
@@ -387,6 +407,11 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
                     energy_mj: g.energy(),
                     idle: (g.idle.samples > 0).then_some(g.idle.idle),
                     idle_ms: (g.idle.samples > 0).then(|| g.idle.total_ms()),
+                    mig_parent_uuid: live.slice(&g.uuid).and_then(|s| s.mig_parent.clone()),
+                    mig_profile: live
+                        .slice(&g.uuid)
+                        .and_then(mig_profile)
+                        .map(str::to_string),
                 })
                 .collect(),
         })
@@ -555,5 +580,115 @@ mod tests {
         ] {
             assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
         }
+    }
+
+    /// A job on two MIG slices of one GPU and a whole GPU: `/status` names each slice's
+    /// parent GPU and profile, without utilization (unknown, not 0); `/metrics` counts the
+    /// job's slices per parent GPU and profile and has no utilization series for a slice.
+    #[test]
+    fn mig_slices_show_with_their_parent_and_profile() {
+        const H100: &str = "NVIDIA H100 80GB HBM3";
+        let sample =
+            |uuid: &str, name: String, util: Option<u32>, parent: Option<&str>| GpuSample {
+                index: 0,
+                lost: false,
+                uuid: Some(uuid.into()),
+                name: Some(name),
+                utilization_gpu_pct: util,
+                utilization_memory_pct: None,
+                memory_used_bytes: Some(1 << 20),
+                power_mw: None,
+                energy_mj: None,
+                temperature_c: None,
+                ecc_volatile_uncorrected: None,
+                mig_parent: parent.map(str::to_string),
+            };
+        let start = sgpu_spool::JobStart {
+            user: "alice".into(),
+            uid: 1001,
+            account: Some("physics".into()),
+            partition: Some("gpu".into()),
+            start_time: 0,
+            gpus: ["MIG-a", "MIG-b", "GPU-1"]
+                .iter()
+                .enumerate()
+                .map(|(i, u)| sgpu_spool::GpuRef {
+                    index: u32::try_from(i).unwrap_or(0),
+                    uuid: (*u).to_string(),
+                    name: None,
+                    energy_mj: None,
+                    mig: None,
+                })
+                .collect(),
+        };
+        let id = sgpu_spool::RecordId::new("c", 8, None, "n1", sgpu_spool::RecordKind::JobStart)
+            .expect("an id");
+        let acc = JobAccumulator::from_start(&id, &start);
+        let shared = Shared::new("n1", Duration::from_secs(10));
+        {
+            let mut l = shared.lock();
+            let labels = JobLabels::of(&acc);
+            l.gpus = vec![
+                // the GPU under MIG: utilization NOT_SUPPORTED
+                sample("GPU-p", H100.into(), None, None),
+                sample("MIG-a", format!("{H100} MIG 2g.20gb"), None, Some("GPU-p")),
+                sample("MIG-b", format!("{H100} MIG 1g.10gb"), None, Some("GPU-p")),
+                GpuSample {
+                    index: 1,
+                    ..sample("GPU-1", H100.into(), Some(80), None)
+                },
+            ];
+            for u in ["MIG-a", "MIG-b", "GPU-1"] {
+                l.holders.insert(u.into(), labels.clone());
+            }
+            l.jobs = vec![acc];
+        }
+        let doc = shared.status();
+        let slice = doc
+            .gpus
+            .iter()
+            .find(|g| g.uuid.as_deref() == Some("MIG-a"))
+            .expect("the slice in /status");
+        assert_eq!(slice.mig_parent_uuid.as_deref(), Some("GPU-p"));
+        assert_eq!(slice.mig_profile.as_deref(), Some("2g.20gb"));
+        assert_eq!(slice.utilization_pct, None, "no utilization per slice");
+        assert_eq!(slice.job_id, Some(8));
+        let whole = &doc.gpus[3];
+        assert_eq!(
+            (whole.mig_parent_uuid.as_ref(), whole.mig_profile.as_ref()),
+            (None, None)
+        );
+        let job = &doc.jobs[0].gpus;
+        assert_eq!(job[1].mig_parent_uuid.as_deref(), Some("GPU-p"));
+        assert_eq!(job[1].mig_profile.as_deref(), Some("1g.10gb"));
+        assert_eq!(
+            (job[1].samples, job[1].idle),
+            (0, None),
+            "unknown, not 0 % idle"
+        );
+        assert_eq!(job[2].mig_profile, None);
+        // the wire: the new fields only where they say something
+        let json = serde_json::to_value(&doc).expect("json");
+        assert_eq!(json["gpus"][1]["mig_profile"], "2g.20gb");
+        assert!(json["gpus"][3].get("mig_profile").is_none(), "{json}");
+        let metrics = crate::metrics::render(&crate::metrics::registry(shared)).unwrap();
+        let labels = "job_id=\"8\",user=\"alice\",account=\"physics\"";
+        for p in ["1g.10gb", "2g.20gb"] {
+            let line =
+                format!("sgpu_job_mig_slices{{{labels},parent_uuid=\"GPU-p\",profile=\"{p}\"}} 1");
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("sgpu_gpu_utilization_ratio") && l.contains("MIG-")),
+            "{metrics}"
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("sgpu_gpu_memory_used_bytes") && l.contains("MIG-a")),
+            "{metrics}"
+        );
     }
 }

@@ -228,12 +228,19 @@ impl JobAccumulator {
         self.gpus.iter().map(|g| g.samples).max().unwrap_or(0)
     }
 
-    /// Mean utilization over the job's GPUs, percent.
+    /// Mean utilization over the job's GPUs with utilization samples, percent (a MIG slice
+    /// has none: unknown, so it does not pull the mean to 0); 0 when none has any.
     pub fn util_mean(&self) -> f64 {
-        if self.gpus.is_empty() {
+        let sampled: Vec<f64> = self
+            .gpus
+            .iter()
+            .filter(|g| g.samples > 0)
+            .map(GpuAccumulator::util_mean)
+            .collect();
+        if sampled.is_empty() {
             return 0.0;
         }
-        self.gpus.iter().map(GpuAccumulator::util_mean).sum::<f64>() / self.gpus.len() as f64
+        sampled.iter().sum::<f64>() / sampled.len() as f64
     }
 
     /// Highest utilization any of its GPUs reached, percent.

@@ -208,6 +208,8 @@ mod tests {
                     energy_mj: None,
                     idle: None,
                     idle_ms: None,
+                    mig_parent_uuid: None,
+                    mig_profile: None,
                 },
                 GpuUsage {
                     index: 1,
@@ -219,6 +221,8 @@ mod tests {
                     energy_mj: None,
                     idle: None,
                     idle_ms: None,
+                    mig_parent_uuid: None,
+                    mig_profile: None,
                 },
             ],
         };

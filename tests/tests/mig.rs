@@ -160,6 +160,34 @@ fn a_job_on_a_mig_slice_is_gated_sampled_and_drains_naming_gpu_and_slice() -> Te
             .is_some_and(|n| n.ends_with("MIG 2g.20gb")),
         "{slice_doc}"
     );
+    // the slice by its parent GPU and profile, with no utilization (none per slice)
+    assert_eq!(slice_doc["mig_profile"], "2g.20gb", "{slice_doc}");
+    let parent = status["gpus"]
+        .as_array()
+        .and_then(|gs| {
+            gs.iter()
+                .find(|g| g["index"].as_u64() == Some(0) && g.get("mig_parent_uuid").is_none())
+        })
+        .and_then(|g| g["uuid"].as_str())
+        .ok_or_else(|| format!("no parent GPU 0 in /status: {status}"))?;
+    assert!(parent.starts_with("GPU-"), "{status}");
+    assert_eq!(slice_doc["mig_parent_uuid"], parent, "{slice_doc}");
+    assert!(slice_doc["utilization_pct"].is_null(), "{slice_doc}");
+    let job_gpu = status["jobs"]
+        .as_array()
+        .and_then(|js| {
+            js.iter()
+                .find(|j| j["job_id"].as_u64() == Some(u64::from(id)))
+        })
+        .and_then(|j| j["gpus"].as_array())
+        .and_then(|gs| {
+            gs.iter()
+                .find(|g| g["uuid"].as_str() == Some(uuid.as_str()))
+        })
+        .ok_or_else(|| format!("no job slice in /status: {status}"))?;
+    assert_eq!(job_gpu["mig_profile"], "2g.20gb", "{job_gpu}");
+    assert_eq!(job_gpu["mig_parent_uuid"], parent, "{job_gpu}");
+    assert_eq!(job_gpu["samples"].as_u64(), Some(0), "{job_gpu}");
     let job = cluster.wait_job(id, JOB_TIMEOUT)?;
     assert_eq!(job.get("JobState"), "COMPLETED", "{job:?}");
     assert!(

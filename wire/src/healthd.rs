@@ -223,7 +223,7 @@ pub struct GpuDoc {
     pub name: Option<String>,
     /// Fallen off the bus.
     pub lost: bool,
-    /// Utilization, percent.
+    /// Utilization, percent (`None` for a MIG slice: NVML gives none per slice).
     pub utilization_pct: Option<u32>,
     /// Memory in use, bytes.
     pub memory_used_bytes: Option<u64>,
@@ -237,6 +237,13 @@ pub struct GpuDoc {
     pub ecc_uncorrectable: Option<u64>,
     /// The job holding it (`None`: none).
     pub job_id: Option<u32>,
+    /// A MIG slice: its parent GPU's UUID (`index` is the parent's); `None`: a whole GPU
+    /// (or a healthd that predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_parent_uuid: Option<String>,
+    /// A MIG slice: its profile (`2g.20gb`); `None` as for `mig_parent_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_profile: Option<String>,
 }
 
 /// One running job's usage so far on this node.
@@ -290,4 +297,12 @@ pub struct JobGpuDoc {
     /// Idle time so far, ms (as the usage record's `idle_ms` will count it); `None`: unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
+    /// A MIG slice: its parent GPU's UUID. healthd samples no utilization per slice, so a
+    /// slice has `samples` 0 and its utilization figures say nothing (unknown, not 0 %).
+    /// `None`: a whole GPU (or a healthd that predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_parent_uuid: Option<String>,
+    /// A MIG slice: its profile (`2g.20gb`); `None` as for `mig_parent_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_profile: Option<String>,
 }

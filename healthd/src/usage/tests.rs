@@ -407,3 +407,24 @@ fn jobs_on_mig_slices_take_their_slices_samples() {
     assert_eq!(a.gpus[0].idle.samples, 0);
     assert_eq!(a.gpus[0].energy(), None);
 }
+
+#[test]
+fn a_jobs_mean_utilization_leaves_out_its_unsampled_slices() {
+    // a whole GPU at 60 % and a MIG slice (no utilization per slice): the job's mean is the
+    // GPU's 60 %, not 30 % (the slice is unknown, not 0 %)
+    let (id, s) = start_record(3, 1_000, &["GPU-w", "MIG-s"]);
+    let mut acc = JobAccumulator::from_start(&id, &s);
+    let owners = gpu_owners([&acc]);
+    let slice = GpuSample {
+        utilization_gpu_pct: None,
+        mig_parent: Some("GPU-p".into()),
+        ..sample("MIG-s", None, MIB, 0, None)
+    };
+    let batch = [sample("GPU-w", Some(60), MIB, 100_000, None), slice];
+    assert!(acc.add(&batch, 2_000, &owners));
+    assert_eq!((acc.gpus[0].samples, acc.gpus[1].samples), (1, 0));
+    assert_eq!(acc.util_mean(), 60.0);
+    // nothing sampled yet: 0, the figure's value before any sample
+    let fresh = JobAccumulator::from_start(&id, &s);
+    assert_eq!(fresh.util_mean(), 0.0);
+}
