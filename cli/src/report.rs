@@ -100,7 +100,8 @@ pub struct ReportArgs {
     #[arg(long, conflicts_with_all = ["json", "parsable", "parsable2"])]
     pub chart: bool,
     /// Only the N groups that wasted the most GPU-hours in the window: idle GPU-hours where
-    /// healthd measured idle time, else allocated minus used (the WasteBy column says which).
+    /// healthd measured idle time, else allocated minus used where it measured used time
+    /// (MIG slices: not; the WasteBy column says which).
     #[arg(long, value_name = "N", conflicts_with = "chart")]
     pub top: Option<usize>,
 }
