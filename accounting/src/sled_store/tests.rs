@@ -737,3 +737,70 @@ fn open_waits_for_the_lock_of_a_handle_being_dropped_and_names_one_that_is_held(
     dropper.join().unwrap();
     assert_eq!(second.job("alpha", 1).unwrap().len(), 1);
 }
+
+#[test]
+fn records_compressed_with_the_sites_dictionary_read_back_beside_those_from_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let rec = |i: u32| {
+        let start = 10 * DAY_MS + u64::from(i) * 60_000;
+        job_end(
+            i + 1,
+            &format!("n{}", i % 50),
+            start,
+            start + HOUR,
+            &[u64::from(i) * 37 % 1000, 5],
+        )
+    };
+    let one_by_one = |s: &SledStore, ids: std::ops::Range<u32>| {
+        for i in ids {
+            assert_eq!(s.put_batch(&[rec(i)]).unwrap(), vec![PutOutcome::Accepted]);
+        }
+    };
+    // a format 3 database as written before dictionaries: a frame per record, none named
+    {
+        let s = SledStore::open(&path).unwrap();
+        one_by_one(&s, 0..100);
+        assert_eq!(s.vlog.dictionary(), None, "fewer records than it trains on");
+    }
+    // the records received after a restart train one (the first dictionary id is 32768),
+    // which compresses the frames from then on
+    let first_new = 100 + vlog::TRAIN_RECORDS as u32;
+    {
+        let s = SledStore::open(&path).unwrap();
+        let ids: Vec<u32> = (100..first_new).collect();
+        for chunk in ids.chunks(500) {
+            let batch: Vec<Record> = chunk.iter().map(|&i| rec(i)).collect();
+            s.put_batch(&batch).unwrap();
+        }
+        assert_eq!(s.vlog.dictionary(), Some(32_768));
+        one_by_one(&s, first_new..first_new + 10);
+    }
+    let records = path.join("records");
+    assert!(records.join("dict-32768.zdict").exists());
+    let s = SledStore::open(&path).unwrap();
+    assert_eq!(s.vlog.dictionary(), Some(32_768), "kept, not trained again");
+    assert_eq!(s.record_count().unwrap(), first_new as usize + 10);
+    for i in (0..first_new + 10).step_by(7).chain([first_new + 9]) {
+        assert_eq!(
+            s.job("alpha", i + 1).unwrap(),
+            vec![rec(i)],
+            "job {}",
+            i + 1
+        );
+    }
+    let v = verify(&s).unwrap();
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    drop(s);
+    // without its dictionary a frame is an error naming segment, offset and dictionary;
+    // the frames from before it still read
+    std::fs::remove_file(records.join("dict-32768.zdict")).unwrap();
+    let s = SledStore::open(&path).unwrap();
+    let err = s.job("alpha", first_new + 10).unwrap_err().to_string();
+    assert!(
+        err.contains("records/00000002.jsonl.zst at byte")
+            && err.contains("compressed with dictionary 32768"),
+        "{err}"
+    );
+    assert_eq!(s.job("alpha", 5).unwrap(), vec![rec(4)]);
+}

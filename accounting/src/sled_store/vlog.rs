@@ -9,6 +9,18 @@
 //! through records stored together (a day's jobs arrive together). Segments of earlier
 //! formats are plain JSON lines, `<segment>.jsonl` ([`Loc::Plain`]), and are still read.
 //!
+//! A frame of a few records compresses poorly on its own (a node's forwarder sends a handful
+//! of records at a time: one record's JSON, 660 bytes, is about 350 compressed alone), so the
+//! log trains a zstd dictionary on the first [`TRAIN_RECORDS`] records it receives and
+//! compresses every later frame with it (about 110 bytes for one record). The dictionary is
+//! trained on this site's own records, kept durably beside the segments as
+//! `<db>/records/dict-<id>.zdict` (written, synced and renamed before any frame uses it) and
+//! used from then on, also after a restart (the newest readable one). Each frame names its
+//! dictionary in its header (zstd's dictionary id; none for the frames written before, which
+//! read as they always did), so `zstd -d -D records/dict-<id>.zdict` reads a segment back; a
+//! frame naming a dictionary that is missing or unreadable is an error naming its segment,
+//! offset and dictionary.
+//!
 //! sled's cost per write grows with the bytes in its nodes, and records are the bulk of the
 //! bytes: keeping them out of the tree is what lets ingest keep up (bench/README.md). A
 //! batch is appended and synced ([`ValueLog::sync`]) before sled refers to it, so sled never
@@ -17,7 +29,7 @@
 //! them. An admin can read (or, with sled lost, recover) the records with any tool: `cat`
 //! for the plain segments, `zstdcat` for the others.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -40,6 +52,18 @@ pub const FRAME_BYTES: usize = 32 * 1024;
 const LEVEL: i32 = 1;
 /// Decompressed frames kept for the next reads.
 const CACHED_FRAMES: usize = 32;
+/// The dictionary is trained on the first this many records the log receives (without one)
+/// ...
+pub const TRAIN_RECORDS: usize = 2_000;
+/// ... or on as many as fill this many bytes, whichever comes first (a record longer than
+/// [`FRAME_BYTES`] is not a sample).
+const TRAIN_BYTES: usize = 4 * 1024 * 1024;
+/// The dictionary's size: on generated job records, 8 KiB compresses a single record to 112
+/// bytes, 16 KiB to 107, 32 KiB to 106 (zstd level 1, frames of one record).
+const DICT_BYTES: usize = 16 * 1024;
+/// The first dictionary id this log gives (zstd's format keeps ids below 32768 for a
+/// registry of public dictionaries); each new dictionary gets one above every id present.
+const FIRST_DICT_ID: u32 = 32_768;
 
 /// Where a record's JSON is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +146,50 @@ struct Current {
     len: u64,
 }
 
+/// A dictionary for reading frames, or why it cannot be used.
+type Dictionary = Result<Arc<zstd::zstd_safe::DDict<'static>>, String>;
+
+/// The most a frame may hold decompressed (what its header says is checked against it
+/// before anything is allocated); the log writes frames of [`FRAME_BYTES`], and a longer
+/// record alone.
+const FRAME_MAX: u64 = 1 << 30;
+
+/// A digested dictionary for reading, or why zstd refuses `bytes`.
+fn ddict(bytes: &[u8]) -> Result<Arc<zstd::zstd_safe::DDict<'static>>, String> {
+    zstd::zstd_safe::DDict::try_create(bytes)
+        .map(Arc::new)
+        .ok_or_else(|| "zstd refuses its tables".to_string())
+}
+
+/// Decompresses one frame with a dictionary.
+fn decode_with(frame: &[u8], dict: &zstd::zstd_safe::DDict<'_>) -> Result<Vec<u8>, String> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n <= FRAME_MAX => n as usize,
+        Ok(Some(n)) => return Err(format!("its header says {n} bytes")),
+        Ok(None) | Err(_) => return Err("no content size in its header".into()),
+    };
+    let mut dctx =
+        zstd::zstd_safe::DCtx::try_create().ok_or_else(|| "no zstd context".to_string())?;
+    let mut plain = Vec::with_capacity(size);
+    dctx.decompress_using_ddict(&mut plain, frame, dict)
+        .map_err(zstd::zstd_safe::get_error_name)?;
+    Ok(plain)
+}
+
+/// The compressing side: zstd's context, kept between appends, and the dictionary in use or
+/// the samples to train one on.
+struct Compress {
+    /// zstd's context (with the dictionary loaded, if any); made at the first append.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// The dictionary the frames are compressed with.
+    dict: Option<(u32, Vec<u8>)>,
+    /// Samples for training one (records' JSON lines, back to back) and their lengths,
+    /// while there is no dictionary and training has not failed.
+    samples: Option<(Vec<u8>, Vec<usize>)>,
+    /// How many records to train on (tests train on fewer).
+    train_records: usize,
+}
+
 /// The record log of one database.
 pub struct ValueLog {
     dir: PathBuf,
@@ -130,8 +198,10 @@ pub struct ValueLog {
     readers: RwLock<HashMap<u32, Arc<File>>>,
     /// The last frames decompressed, newest last: (segment, offset) and the frame's JSON.
     frames: Mutex<VecDeque<CachedFrame>>,
-    /// zstd's compression context, kept between appends.
-    compressor: Mutex<Option<zstd::bulk::Compressor<'static>>>,
+    /// Compression state.
+    compress: Mutex<Compress>,
+    /// The dictionaries present, by id (also the unreadable ones, with the reason).
+    dicts: RwLock<BTreeMap<u32, Dictionary>>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -154,23 +224,98 @@ fn corrupt_frame(segment: u32, offset: u64, message: impl std::fmt::Display) -> 
     }
 }
 
+/// The file name of dictionary `id`.
+fn dict_name(id: u32) -> String {
+    format!("dict-{id}.zdict")
+}
+
+/// Syncs directory `dir` (a new name in it must survive a crash).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing {}", dir.display())))
+}
+
 impl ValueLog {
     /// Opens the log in `dir` (created if needed) and starts a new segment.
     pub fn open(dir: &Path) -> Result<ValueLog, StoreError> {
+        Self::open_training(dir, TRAIN_RECORDS)
+    }
+
+    /// [`ValueLog::open`], training a dictionary (when there is none) on the first
+    /// `train_records` records (0: never).
+    pub fn open_training(dir: &Path, train_records: usize) -> Result<ValueLog, StoreError> {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let last = Self::list(dir)?
             .into_iter()
             .map(|(id, _)| id)
             .max()
             .unwrap_or(0);
+        let dicts = Self::load_dicts(dir)?;
+        // the newest readable dictionary compresses from now on
+        let dict = dicts
+            .iter()
+            .rev()
+            .find_map(|(id, d)| d.as_ref().ok().map(|_| *id))
+            .map(|id| {
+                let path = dir.join(dict_name(id));
+                std::fs::read(&path)
+                    .map(|bytes| (id, bytes))
+                    .map_err(io(format!("reading {}", path.display())))
+            })
+            .transpose()?;
+        let samples = (dict.is_none() && train_records > 0).then(|| (Vec::new(), Vec::new()));
         let current = Self::create_segment(dir, last + 1)?;
         Ok(ValueLog {
             dir: dir.to_path_buf(),
             current: Mutex::new(current),
             readers: RwLock::new(HashMap::new()),
             frames: Mutex::new(VecDeque::with_capacity(CACHED_FRAMES)),
-            compressor: Mutex::new(None),
+            compress: Mutex::new(Compress {
+                compressor: None,
+                dict,
+                samples,
+                train_records,
+            }),
+            dicts: RwLock::new(dicts),
         })
+    }
+
+    /// The dictionaries in `dir`: each `dict-<id>.zdict` must be a zstd dictionary whose id
+    /// is its name's; one that is not is kept with the reason, for the reads that need it.
+    fn load_dicts(dir: &Path) -> Result<BTreeMap<u32, Dictionary>, StoreError> {
+        let mut out = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))?;
+        for e in entries {
+            let e = e.map_err(io(format!("listing {}", dir.display())))?;
+            let name = e.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("dict-")?.strip_suffix(".zdict"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = e.path();
+            let dict = match std::fs::read(&path) {
+                Err(e) => Err(format!("{}: {e}", path.display())),
+                Ok(bytes) => match zstd::zstd_safe::get_dict_id_from_dict(&bytes) {
+                    Some(found) if found.get() == id => {
+                        ddict(&bytes).map_err(|why| format!("{}: {why}", path.display()))
+                    }
+                    Some(found) => Err(format!(
+                        "{} holds dictionary {found}, not {id}",
+                        path.display()
+                    )),
+                    None => Err(format!("{} is not a zstd dictionary", path.display())),
+                },
+            };
+            if let Err(why) = &dict {
+                tracing::error!("record log: {why}; frames compressed with it cannot be read");
+            }
+            out.insert(id, dict);
+        }
+        Ok(out)
     }
 
     /// Segments present in `dir`: number, and whether compressed.
@@ -201,9 +346,7 @@ impl ValueLog {
             .open(&path)
             .map_err(io(format!("creating {}", path.display())))?;
         // the new name must survive a crash as well as the bytes
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(format!("syncing {}", dir.display())))?;
+        sync_dir(dir)?;
         Ok(Current {
             id,
             file: Arc::new(file),
@@ -218,19 +361,22 @@ impl ValueLog {
         // compress outside the segment lock: frame offsets are known only once appended
         let mut frames: Vec<Frame> = Vec::new();
         {
-            let mut compressor = self
-                .compressor
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let compressor = match &mut *compressor {
+            let mut compress = self.compress.lock().unwrap_or_else(PoisonError::into_inner);
+            self.sample(&mut compress, items);
+            let compress = &mut *compress;
+            let compressor = match &mut compress.compressor {
                 Some(c) => c,
                 None => {
+                    let dict = compress
+                        .dict
+                        .as_ref()
+                        .map_or(&[][..], |(_, d)| d.as_slice());
                     // a checksum per frame: a damaged frame is an error, never other JSON
-                    let mut c = zstd::bulk::Compressor::new(LEVEL)
+                    let mut c = zstd::bulk::Compressor::with_dictionary(LEVEL, dict)
                         .map_err(io("starting zstd".to_string()))?;
                     c.include_checksum(true)
                         .map_err(io("starting zstd".to_string()))?;
-                    compressor.insert(c)
+                    compress.compressor.insert(c)
                 }
             };
             let mut plain = Vec::with_capacity(FRAME_BYTES + 1024);
@@ -281,6 +427,88 @@ impl ValueLog {
         }
         cur.len += buf.len() as u64;
         Ok((locs, cur.file.clone()))
+    }
+
+    /// Keeps `items` as samples while the log has no dictionary; once there are enough,
+    /// trains one, stores it durably and compresses with it from then on. A dictionary that
+    /// cannot be made (zstd refuses the samples, the file cannot be written) is logged and
+    /// the log goes on without one: frames without a dictionary are as valid.
+    fn sample(&self, compress: &mut Compress, items: &[&[u8]]) {
+        let Some((data, sizes)) = &mut compress.samples else {
+            return;
+        };
+        for item in items {
+            if sizes.len() >= compress.train_records || data.len() >= TRAIN_BYTES {
+                break;
+            }
+            if item.len() < FRAME_BYTES {
+                data.extend_from_slice(item);
+                data.push(b'\n');
+                sizes.push(item.len() + 1);
+            }
+        }
+        if sizes.len() < compress.train_records && data.len() < TRAIN_BYTES {
+            return;
+        }
+        let Some((data, sizes)) = compress.samples.take() else {
+            return;
+        };
+        match self.train(&data, &sizes) {
+            Ok((id, dict)) => {
+                tracing::info!(
+                    dictionary = id,
+                    bytes = dict.len(),
+                    samples = sizes.len(),
+                    "record log: compressing with a dictionary trained on this site's records"
+                );
+                compress.dict = Some((id, dict));
+                compress.compressor = None;
+            }
+            Err(e) => {
+                tracing::warn!("record log: no dictionary ({e}); frames compressed without one")
+            }
+        }
+    }
+
+    /// Trains a dictionary on `data` (samples of lengths `sizes`), gives it an id above every
+    /// dictionary present and writes it durably (temporary file, sync, rename, sync of the
+    /// directory) before anything is compressed with it.
+    fn train(&self, data: &[u8], sizes: &[usize]) -> Result<(u32, Vec<u8>), StoreError> {
+        let mut dict = zstd::dict::from_continuous(data, sizes, DICT_BYTES)
+            .map_err(io("training a zstd dictionary".to_string()))?;
+        let id = {
+            let dicts = self.dicts.read().unwrap_or_else(PoisonError::into_inner);
+            dicts.keys().next_back().map_or(FIRST_DICT_ID, |last| {
+                last.saturating_add(1).max(FIRST_DICT_ID)
+            })
+        };
+        // a trained dictionary's header: magic (4 bytes), then its id (little-endian)
+        if zstd::zstd_safe::get_dict_id_from_dict(&dict).is_none() || dict.len() < 8 {
+            return Err(StoreError::Engine("zstd made no dictionary".into()));
+        }
+        dict.splice(4..8, id.to_le_bytes());
+        let path = self.dir.join(dict_name(id));
+        let tmp = self.dir.join(format!("{}.tmp", dict_name(id)));
+        (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&dict)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })()
+        .map_err(io(format!("writing {}", path.display())))?;
+        sync_dir(&self.dir)?;
+        self.dicts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, ddict(&dict));
+        Ok((id, dict))
+    }
+
+    /// The id of the dictionary frames are compressed with now, if any.
+    #[cfg(test)]
+    pub fn dictionary(&self) -> Option<u32> {
+        let compress = self.compress.lock().unwrap_or_else(PoisonError::into_inner);
+        compress.dict.as_ref().map(|(id, _)| *id)
     }
 
     /// Makes what was appended to `file` durable.
@@ -349,8 +577,43 @@ impl ValueLog {
         }
         drop(frames);
         let compressed = self.read_at(id, true, offset, frame_len)?;
-        let plain = zstd::stream::decode_all(compressed.as_slice())
-            .map_err(|e| corrupt_frame(id, offset, e))?;
+        let plain = match zstd::zstd_safe::get_dict_id_from_frame(&compressed) {
+            None => zstd::stream::decode_all(compressed.as_slice())
+                .map_err(|e| corrupt_frame(id, offset, e))?,
+            Some(dict_id) => {
+                let dict = self
+                    .dicts
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&dict_id.get())
+                    .cloned();
+                let dict = match dict {
+                    Some(Ok(d)) => d,
+                    Some(Err(why)) => {
+                        return Err(corrupt_frame(
+                            id,
+                            offset,
+                            format!("compressed with dictionary {dict_id}, unreadable: {why}"),
+                        ));
+                    }
+                    None => {
+                        return Err(corrupt_frame(
+                            id,
+                            offset,
+                            format!(
+                                "compressed with dictionary {dict_id}, which is not in {} \
+                                 (no {})",
+                                self.dir.display(),
+                                dict_name(dict_id.get())
+                            ),
+                        ));
+                    }
+                };
+                decode_with(&compressed, &dict).map_err(|e| {
+                    corrupt_frame(id, offset, format!("with dictionary {dict_id}: {e}"))
+                })?
+            }
+        };
         let plain = Arc::new(plain);
         let mut frames = self.frames.lock().unwrap_or_else(PoisonError::into_inner);
         if frames.len() >= CACHED_FRAMES {
@@ -505,6 +768,199 @@ mod tests {
         assert_eq!(new[0].segment(), 2, "numbered after the plain segment");
         assert_eq!(log.remove_unreferenced(&|_| false).unwrap(), 1);
         assert!(!dir.path().join("00000001.jsonl").exists());
+    }
+
+    /// A job record's JSON, varied as a site's are.
+    fn record(i: u32) -> Vec<u8> {
+        format!(
+            "{{\"version\":1,\"id\":{{\"cluster\":\"c\",\"job_id\":{i},\"node\":\"node{:03}\",\
+             \"kind\":\"job_end\"}},\"body\":{{\"user\":\"user{:03}\",\"account\":\"acct{:02}\",\
+             \"start_time\":{},\"end_time\":{},\"gpus\":[{{\"index\":0,\"uuid\":\"GPU-{:x}\",\
+             \"energy_delta_mj\":{}}}]}}}}",
+            i % 97,
+            i % 41,
+            i % 13,
+            1_735_692_494_983u64 + u64::from(i) * 7_919,
+            1_735_692_982_120u64 + u64::from(i) * 104_729,
+            u64::from(i).wrapping_mul(0x9e37_79b9),
+            u64::from(i) * 2_654_435 % 1_000_000_007,
+        )
+        .into_bytes()
+    }
+
+    /// Appends records `from..to` one per frame (as a node's forwarder sends them).
+    fn one_by_one(log: &ValueLog, from: u32, to: u32) -> Vec<(Loc, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                let json = record(i);
+                let (locs, file) = log.append(&[&json]).unwrap();
+                ValueLog::sync(&file).unwrap();
+                (locs[0], json)
+            })
+            .collect()
+    }
+
+    fn frame_len(loc: &Loc) -> u32 {
+        match loc {
+            Loc::Framed { frame_len, .. } => *frame_len,
+            Loc::Plain { .. } => panic!("a new record in a plain segment"),
+        }
+    }
+
+    #[test]
+    fn a_dictionary_is_trained_on_the_first_records_and_frames_with_and_without_it_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // a log of before dictionaries: frames without one
+        let old = {
+            let log = ValueLog::open_training(dir.path(), 0).unwrap();
+            one_by_one(&log, 0, 50)
+        };
+        let log = ValueLog::open_training(dir.path(), 300).unwrap();
+        assert_eq!(log.dictionary(), None);
+        let before = one_by_one(&log, 50, 349);
+        assert_eq!(log.dictionary(), None, "299 samples of 300");
+        let after = one_by_one(&log, 349, 700);
+        assert_eq!(log.dictionary(), Some(FIRST_DICT_ID));
+        let dict = std::fs::read(dir.path().join(dict_name(FIRST_DICT_ID))).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_dict_id_from_dict(&dict).map(|id| id.get()),
+            Some(FIRST_DICT_ID)
+        );
+        // the frames name their dictionary, those before none
+        let frame_dict = |log: &ValueLog, loc: &Loc| {
+            let Loc::Framed {
+                segment,
+                offset,
+                frame_len,
+                ..
+            } = *loc
+            else {
+                panic!("{loc:?}")
+            };
+            let bytes = log.read_at(segment, true, offset, frame_len).unwrap();
+            zstd::zstd_safe::get_dict_id_from_frame(&bytes).map(|id| id.get())
+        };
+        assert_eq!(frame_dict(&log, &before[0].0), None);
+        assert_eq!(frame_dict(&log, &after[1].0), Some(FIRST_DICT_ID));
+        // one record per frame: with the dictionary a fraction of the bytes
+        let mean = |v: &[(Loc, Vec<u8>)]| {
+            v.iter().map(|(l, _)| u64::from(frame_len(l))).sum::<u64>() / v.len() as u64
+        };
+        let (without, with) = (mean(&before), mean(&after[1..]));
+        assert!(with * 2 < without, "{with} bytes with, {without} without");
+        let all: Vec<_> = old.iter().chain(&before).chain(&after).collect();
+        for (loc, json) in &all {
+            assert_eq!(&log.read(*loc).unwrap(), json);
+        }
+        // a reopened log reads both and keeps compressing with the same dictionary
+        drop(log);
+        let log = ValueLog::open_training(dir.path(), 300).unwrap();
+        assert_eq!(log.dictionary(), Some(FIRST_DICT_ID));
+        let more = one_by_one(&log, 700, 710);
+        for (loc, json) in all.iter().copied().chain(&more) {
+            assert_eq!(&log.read(*loc).unwrap(), json);
+        }
+        assert_eq!(frame_dict(&log, &more[0].0), Some(FIRST_DICT_ID));
+        // zstd reads a segment back with the dictionary: `zstd -d -D dict-<id>.zdict`
+        let segment = std::fs::read(dir.path().join(segment_name(2, true))).unwrap();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut zstd::stream::Decoder::with_dictionary(segment.as_slice(), &dict).unwrap(),
+            &mut plain,
+        )
+        .unwrap();
+        let lines: Vec<&[u8]> = plain
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 650);
+        assert_eq!(lines[649], record(699).as_slice());
+    }
+
+    #[test]
+    fn a_frame_naming_a_missing_or_unreadable_dictionary_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ValueLog::open_training(dir.path(), 200).unwrap();
+        let written = one_by_one(&log, 0, 220);
+        assert_eq!(log.dictionary(), Some(FIRST_DICT_ID));
+        drop(log);
+        let (plain_loc, plain_json) = &written[0];
+        let (loc, _) = &written[219];
+        let Loc::Framed { offset, .. } = *loc else {
+            panic!("{loc:?}")
+        };
+        let at = format!("records/00000001.jsonl.zst at byte {offset}");
+        let path = dir.path().join(dict_name(FIRST_DICT_ID));
+        let good = std::fs::read(&path).unwrap();
+        // missing
+        std::fs::remove_file(&path).unwrap();
+        let log = ValueLog::open_training(dir.path(), 0).unwrap();
+        let err = log.read(*loc).unwrap_err().to_string();
+        assert!(err.contains(&at), "{err}");
+        assert!(
+            err.contains("dictionary 32768") && err.contains("no dict-32768.zdict"),
+            "{err}"
+        );
+        assert_eq!(
+            &log.read(*plain_loc).unwrap(),
+            plain_json,
+            "no dictionary needed"
+        );
+        drop(log);
+        // not a dictionary
+        std::fs::write(&path, b"not a dictionary").unwrap();
+        let log = ValueLog::open_training(dir.path(), 0).unwrap();
+        let err = log.read(*loc).unwrap_err().to_string();
+        assert!(err.contains(&at), "{err}");
+        assert!(
+            err.contains("dict-32768.zdict is not a zstd dictionary"),
+            "{err}"
+        );
+        assert_eq!(
+            log.dictionary(),
+            None,
+            "an unreadable dictionary is not used"
+        );
+        drop(log);
+        // another dictionary under its name
+        let mut other = good.clone();
+        other.splice(4..8, 40_000u32.to_le_bytes());
+        std::fs::write(&path, &other).unwrap();
+        let log = ValueLog::open_training(dir.path(), 0).unwrap();
+        let err = log.read(*loc).unwrap_err().to_string();
+        assert!(err.contains("holds dictionary 40000, not 32768"), "{err}");
+        drop(log);
+        // damaged tables: the frame does not decode (or fails its checksum)
+        let mut damaged = good.clone();
+        let n = damaged.len();
+        for b in &mut damaged[8..n.min(200)] {
+            *b = !*b;
+        }
+        std::fs::write(&path, &damaged).unwrap();
+        let log = ValueLog::open_training(dir.path(), 0).unwrap();
+        match log.read(*loc) {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&at) && e.contains("with dictionary 32768"),
+                    "{e}"
+                );
+            }
+            Ok(json) => panic!("read {} bytes through a damaged dictionary", json.len()),
+        }
+        drop(log);
+        // a new dictionary is trained beside an unreadable one, with the next id
+        std::fs::write(&path, b"junk").unwrap();
+        let log = ValueLog::open_training(dir.path(), 200).unwrap();
+        let fresh = one_by_one(&log, 300, 520);
+        assert_eq!(log.dictionary(), Some(FIRST_DICT_ID + 1));
+        assert_eq!(log.read(fresh[219].0).unwrap(), fresh[219].1);
+        // and the good one put back reads the old frames again
+        std::fs::write(&path, &good).unwrap();
+        let log = ValueLog::open_training(dir.path(), 200).unwrap();
+        assert_eq!(log.dictionary(), Some(FIRST_DICT_ID + 1), "the newest");
+        assert_eq!(log.read(written[219].0).unwrap(), written[219].1);
+        assert_eq!(log.read(fresh[219].0).unwrap(), fresh[219].1);
     }
 
     #[test]
