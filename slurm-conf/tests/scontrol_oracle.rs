@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use sgpu_slurm_conf::hostlist::{Hostlist, Syntax, compress, compress_expr_for, expand_for};
+use sgpu_slurm_conf::hostlist::{
+    Hostlist, Limits, Syntax, compress, compress_expr_for, expand_for,
+};
 
 /// Number of random expressions checked with `show hostnames` and `show hostlist`.
 const EXPR_CASES: usize = 1500;
@@ -350,6 +352,27 @@ fn check_expr(o: &Oracle, e: &str) -> Option<String> {
         (theirs, ours) => fails.push(format!(
             "expand({e:?}): scontrol ({v}) {theirs:?}, ours {ours:?}"
         )),
+    }
+    // membership and positions without expanding, against scontrol's names
+    if let (Ok(out), Ok(hl)) = (
+        o.run("hostnames", e),
+        Hostlist::parse_with(e, o.syntax, Limits::default()),
+    ) {
+        let names = lines(&out);
+        for n in names.iter().take(40) {
+            let first = names.iter().position(|x| x == n);
+            let near = format!("{n}0");
+            if !hl.contains(n)
+                || hl.position(n) != first
+                || hl.contains(&near) != names.contains(&near)
+            {
+                fails.push(format!(
+                    "contains/position({e:?}, {n:?}): scontrol ({v}) at {first:?}, ours {:?}",
+                    hl.position(n)
+                ));
+                break;
+            }
+        }
     }
     match (o.run("hostlist", e), compress_expr_for(e, o.syntax)) {
         (Ok(out), Ok(ours)) if out.trim_end_matches('\n') == ours => {}

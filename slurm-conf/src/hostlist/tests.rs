@@ -492,7 +492,13 @@ mod without_expanding {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(3000))]
+        // a fixed seed: every run checks the same cases
+        #![proptest_config(ProptestConfig {
+            cases: 3000,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x14e0_4057),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn agrees_with_expansion(expr in pattern(), other in pattern()) {
