@@ -494,7 +494,7 @@ mod without_expanding {
     proptest! {
         // a fixed seed: every run checks the same cases
         #![proptest_config(ProptestConfig {
-            cases: 3000,
+            cases: 1000,
             rng_seed: proptest::test_runner::RngSeed::Fixed(0x14e0_4057),
             failure_persistence: None,
             ..ProptestConfig::default()
