@@ -283,10 +283,16 @@ fn breaker_keeps_the_second_node_up() -> TestResult {
         state.contains("drained = 1") && state.contains("limit = 1"),
         "{state}"
     );
-    assert!(
-        healthd_log(&cluster, "node2").contains("circuit breaker open: cluster: 1 of 2 nodes"),
-        "healthd says so in its log"
-    );
+    // the state file can be saved a moment before the log line is written: wait for it
+    poll(
+        Duration::from_secs(10),
+        "healthd to say so in its log",
+        || {
+            Ok(healthd_log(&cluster, "node2")
+                .contains("circuit breaker open: cluster: 1 of 2 nodes")
+                .then_some(()))
+        },
+    )?;
     stays(
         &cluster,
         "node2",
