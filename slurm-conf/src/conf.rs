@@ -666,6 +666,20 @@ macro_rules! statement_file {
     ($conf:ty, $parser:ty, for_node) => {
         $crate::conf::statement_file!($conf, $parser);
 
+        // the parser keeps `scope` (the node asked about) and `unsure` (a full parse needed)
+        impl $crate::conf::NodeScoped for $parser {
+            fn for_node(node: &str) -> Self {
+                Self {
+                    scope: Some(node.to_string()),
+                    ..Self::default()
+                }
+            }
+
+            fn needs_full(&self) -> bool {
+                self.unsure
+            }
+        }
+
         impl $conf {
             /// What node `node` needs of the file at `path` (its own records; see
             /// [`Self::read_for_node`]), with every error a full read finds.

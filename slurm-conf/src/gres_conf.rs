@@ -622,19 +622,6 @@ impl Builder {
 
 statement_file!(GresConf, Builder, for_node);
 
-impl crate::conf::NodeScoped for Builder {
-    fn for_node(node: &str) -> Self {
-        Builder {
-            scope: Some(node.to_string()),
-            ..Builder::default()
-        }
-    }
-
-    fn needs_full(&self) -> bool {
-        self.unsure
-    }
-}
-
 impl StmtParser for Builder {
     type Conf = GresConf;
 

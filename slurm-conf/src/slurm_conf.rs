@@ -1017,19 +1017,6 @@ pub(crate) fn cluster_name_rule(written: &str) -> String {
 
 statement_file!(SlurmConf, Builder, for_node);
 
-impl crate::conf::NodeScoped for Builder {
-    fn for_node(node: &str) -> Self {
-        Builder {
-            scope: Some(node.to_string()),
-            ..Builder::default()
-        }
-    }
-
-    fn needs_full(&self) -> bool {
-        self.unsure
-    }
-}
-
 impl StmtParser for Builder {
     type Conf = SlurmConf;
 
