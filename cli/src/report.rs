@@ -831,6 +831,7 @@ fn job_sums(j: &JobSummary) -> Sums {
     Sums {
         allocated_gpu_ms: j.allocated_gpu_ms,
         used_gpu_ms: j.used_gpu_ms,
+        used_measured_gpu_ms: j.used_measured_gpu_ms,
         energy_mj: j.energy_mj,
         jobs: 1,
         cost_micro: j.cost_micro,

@@ -197,6 +197,11 @@ pub struct JobSummary {
     pub allocated_gpu_ms: u64,
     /// Used GPU time of the whole job (healthd's samples), GPU-ms.
     pub used_gpu_ms: u64,
+    /// The part of `allocated_gpu_ms` whose used time was measured (not on MIG slices,
+    /// which healthd samples no utilization of); `None`: all of it (or an acctd that
+    /// predates the field). `Some(0)`: the used time is unknown, not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_measured_gpu_ms: Option<u64>,
     /// Energy of the whole job, mJ.
     pub energy_mj: u64,
     /// Idle GPU time of the whole job (healthd's idle detection), GPU-ms; `None`: not

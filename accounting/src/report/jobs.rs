@@ -92,8 +92,15 @@ pub(crate) fn merge_job(
             let (alloc_start, alloc_end) = b.allocated_window();
             let span = alloc_end.saturating_sub(alloc_start);
             for g in &b.gpus {
-                // a MIG slice by its share of the GPU
-                j.allocated_gpu_ms += g.gpu_equiv_ms(span);
+                // a MIG slice by its share of the GPU; its used time is not measured (None
+                // while every GPU so far was measured)
+                let alloc = g.gpu_equiv_ms(span);
+                let slice = crate::rollup::is_slice(g.mig.as_ref(), &model(&g.name));
+                if slice || j.used_measured_gpu_ms.is_some() {
+                    let measured = j.used_measured_gpu_ms.unwrap_or(j.allocated_gpu_ms);
+                    j.used_measured_gpu_ms = Some(measured + if slice { 0 } else { alloc });
+                }
+                j.allocated_gpu_ms += alloc;
                 let energy = g.energy_delta_mj.or_else(|| {
                     g.energy_end_mj
                         .zip(g.energy_start_mj)

@@ -538,6 +538,8 @@ fn a_job_on_a_mig_slice_is_billed_its_share_in_reports_and_jobs() {
     // 23:00 to 01:00 is a third of the job: a third of the bill, within a ms
     let third = window(&*s, 10 * DAY_MS + 23 * HOUR, 11 * DAY_MS + HOUR).0;
     assert!(third.abs_diff(billed / 3) <= 1, "{third}");
+    // a job on a whole GPU beside it: its used time is measured
+    s.put_batch(&[job_end(8, "n2", start, end, &[0])]).unwrap();
     // the job list bills the same
     let (jobs, _) = jobs(
         &*s,
@@ -552,8 +554,11 @@ fn a_job_on_a_mig_slice_is_billed_its_share_in_reports_and_jobs() {
         None,
     )
     .unwrap();
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert_eq!(jobs[0].allocated_gpu_ms, billed);
+    // the slice's used time is unknown (none of its allocated time measured), not 0
+    assert_eq!(jobs[0].used_measured_gpu_ms, Some(0));
+    assert_eq!((jobs[1].job_id, jobs[1].used_measured_gpu_ms), (8, None));
 }
 
 #[test]

@@ -200,6 +200,22 @@ fn job_lines_show_whole_jobs() {
         ..j.clone()
     };
     assert_eq!(job_cells(&measured, &idle, &TimeZone::UTC), ["42", "1.50"]);
+    // a job on a MIG slice only: its used time is unknown, not 0 (and no utilization)
+    let used = parse_format("JobID,UsedGPUHours,GPUUtil", JOBS_FIELDS).unwrap();
+    let slice = JobSummary {
+        used_gpu_ms: 0,
+        used_measured_gpu_ms: Some(0),
+        ..j.clone()
+    };
+    assert_eq!(job_cells(&slice, &used, &TimeZone::UTC), ["42", "", ""]);
+    let whole = JobSummary {
+        used_gpu_ms: 0,
+        ..j.clone()
+    };
+    assert_eq!(
+        job_cells(&whole, &used, &TimeZone::UTC),
+        ["42", "0.00", "0.0"]
+    );
 }
 
 #[test]
