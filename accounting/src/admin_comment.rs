@@ -566,14 +566,41 @@ fn load_due(path: &std::path::Path) -> Vec<(String, u32)> {
 
 /// Writes the due jobs to `path` (a temporary file renamed over it).
 fn save_due(path: &std::path::Path, jobs: &[(String, u32)]) {
-    let tmp = path.with_extension("tmp");
-    let res = serde_json::to_vec(jobs)
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
+    if let Err(e) = write_due_file(path, jobs) {
         tracing::error!(file = %path.display(), "AdminComment: saving the list of due jobs: {e}");
     }
+}
+
+/// Writes the due jobs to `path` durably: a new temporary file beside it (created, never
+/// opened through a link someone left there: acctd's directory may be writable by others
+/// than the writer, e.g. `sgpu-acctd migrate` run as root), synced, renamed over `path`,
+/// then the directory synced.
+pub(crate) fn write_due_file(
+    path: &std::path::Path,
+    jobs: &[(String, u32)],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec(jobs).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// The writer: collects the jobs [`NotifyingStore`] names and writes each one's summary

@@ -6,7 +6,10 @@
 //! index and job counts exactly as ingest does, and a second run (or a run after an
 //! interruption) only finds duplicates: nothing twice, nothing lost. A job's counted
 //! `job_end` ([`Store::counted_in`]) is written before the job's other records, so its
-//! `jobs` count goes to the same rollup row as in the source. The source is only read.
+//! `jobs` count goes to the same rollup row as in the source. No record, row or event of
+//! the source is changed, but it is opened as acctd opens it: an older format is marked
+//! (or converted to) the current one, which an older acctd then refuses, and the record
+//! log starts a new (empty) segment.
 //!
 //! Rollup rows are rebuilt from the records; only the rows the records do not make (days
 //! whose records, or rollups, retention removed) are then set to the source's as they are
@@ -192,17 +195,12 @@ pub fn move_due_jobs(from: &Path, state_dir: &Path) -> Result<usize, MigrateErro
             all.push(job);
         }
     }
-    let tmp = dst.with_extension("tmp");
-    serde_json::to_vec(&all)
-        .map_err(std::io::Error::other)
-        .and_then(|b| std::fs::write(&tmp, b))
-        .and_then(|()| std::fs::rename(&tmp, &dst))
-        .map_err(|e| MigrateError::Queue {
-            path: dst.clone(),
-            message: e.to_string(),
-            hint: "--state-dir must be a directory acctd's user may write (the same as the \
+    crate::admin_comment::write_due_file(&dst, &all).map_err(|e| MigrateError::Queue {
+        path: dst.clone(),
+        message: e.to_string(),
+        hint: "--state-dir must be a directory acctd's user may write (the same as the \
                    MariaDB acctd's --state-dir)",
-        })?;
+    })?;
     Ok(n)
 }
 

@@ -252,3 +252,19 @@ async fn stored_job_ends_are_written_and_due_jobs_survive_a_restart() {
     drop(store);
     writer.await.unwrap();
 }
+
+#[test]
+fn the_due_list_is_written_through_a_new_file_not_a_planted_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let due = dir.path().join("due.json");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    // someone who may write the directory plants the temporary name as a link
+    std::os::unix::fs::symlink(&victim, due.with_extension("tmp")).unwrap();
+    let jobs = vec![("c1".to_string(), 7u32)];
+    super::write_due_file(&due, &jobs).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    let back: Vec<(String, u32)> = serde_json::from_slice(&std::fs::read(&due).unwrap()).unwrap();
+    assert_eq!(back, jobs);
+    assert!(!due.with_extension("tmp").exists());
+}

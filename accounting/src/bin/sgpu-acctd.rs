@@ -135,7 +135,8 @@ enum Command {
     /// Moves a sled store's whole history (records, conflicts, node events) into a
     /// MariaDB/MySQL database, rebuilding rollups there as ingest does, then checks that
     /// both hold the same and prints the totals. Stop acctd first. Run it again after an
-    /// interruption: it resumes, nothing counts twice. The sled store is only read.
+    /// interruption: it resumes, nothing counts twice. No sled record changes (an older sled
+    /// format is converted on open, as acctd does).
     Migrate(MigrateArgs),
 }
 
