@@ -631,14 +631,19 @@ impl StmtParser for Builder {
 
     fn finish(&mut self) {
         // scoped: per-node AutoDetect lines of different values that may share a node need
-        // the full parse (it names the node they contradict on)
-        let values: std::collections::HashSet<String> =
-            self.ad_spans.iter().map(|(v, _)| v.to_string()).collect();
-        if values.len() > 1 {
-            let mut all: Vec<Span> = self
-                .ad_spans
-                .iter()
-                .flat_map(|(_, s)| s.iter().cloned())
+        // the full parse (it names the node they contradict on); lines of one value may
+        // share nodes freely (no error), so each value's lines are merged first
+        let mut by_value: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+        for (v, spans) in &self.ad_spans {
+            by_value
+                .entry(v.to_string())
+                .or_default()
+                .extend(spans.iter().cloned());
+        }
+        if by_value.len() > 1 {
+            let mut all: Vec<Span> = by_value
+                .into_values()
+                .flat_map(|spans| hostlist::SpanSet::new(spans).into_spans())
                 .collect();
             if hostlist::spans_overlap(&mut all) {
                 self.unsure = true;

@@ -7,7 +7,6 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
-use sgpu_slurm_conf::hostlist;
 use sgpu_slurm_conf::{ConfFile, GresConf, SlurmConf};
 
 fn config(cases: u32) -> Config {
@@ -205,6 +204,7 @@ fn a_large_cluster_is_read_for_one_node() {
             fg.expected_gpus(node, Some(&full)),
             "{node}"
         );
+        assert!(scoped_gres(&g), "{node}: gres.conf read in full");
     }
     let (scoped, _) = SlurmConf::parse_str_lenient_for_node(slurm, "/x/slurm.conf", "gpu2751");
     let addr = scoped.node("gpu2751").map(|n| n.addr.clone());
@@ -219,5 +219,39 @@ fn a_large_cluster_is_read_for_one_node() {
     let (_, errs) = SlurmConf::parse_str_lenient_for_node(&bad, "/x/slurm.conf", "gpu0001");
     assert_eq!(texts(&errs), texts(&full_errors));
     assert_eq!(errs.len(), 1);
-    assert!(hostlist::contains("gpu[0001-4000]", "gpu0001").unwrap_or(false));
+}
+
+/// Whether a gres.conf read kept at most one node per line (it was not read in full).
+fn scoped_gres(g: &GresConf) -> bool {
+    g.records
+        .iter()
+        .all(|r| r.nodes.as_ref().is_none_or(|n| n.len() <= 1))
+        && g.node_autodetect.iter().all(|a| a.nodes.len() <= 1)
+}
+
+#[test]
+fn autodetect_lines_of_one_value_over_the_same_nodes_are_read_for_one_node() {
+    // a common layout: the same AutoDetect on each line of a range, another value elsewhere
+    let gres = "NodeName=gpu[001-100] AutoDetect=nvml Name=gpu File=/dev/nvidia[0-3]\n\
+        NodeName=gpu[001-100] AutoDetect=nvml Name=gpu File=/dev/nvidia[4-7]\n\
+        NodeName=cpu[1-10] AutoDetect=off\n";
+    let (full, full_errors) = GresConf::parse_str_lenient(gres, "/x/gres.conf");
+    for node in ["gpu001", "gpu050", "cpu3", "gpu101"] {
+        let (g, errors) = GresConf::parse_str_lenient_for_node(gres, "/x/gres.conf", node);
+        assert_eq!(texts(&errors), texts(&full_errors), "{node}");
+        assert!(scoped_gres(&g), "{node}: gres.conf read in full");
+        assert_eq!(g.autodetect_for(node), full.autodetect_for(node), "{node}");
+        assert_eq!(
+            g.records_for(node).count(),
+            full.records_for(node).count(),
+            "{node}"
+        );
+    }
+    // lines of different values over one node still fall back, with the full read's error
+    let clash = format!("{gres}NodeName=gpu050 AutoDetect=off\n");
+    let (_, full_errors) = GresConf::parse_str_lenient(&clash, "/x/gres.conf");
+    let (g, errors) = GresConf::parse_str_lenient_for_node(&clash, "/x/gres.conf", "gpu001");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(texts(&errors), texts(&full_errors));
+    assert!(!scoped_gres(&g));
 }

@@ -392,6 +392,11 @@ impl SpanSet {
         SpanSet { merged }
     }
 
+    /// The set as disjoint spans, sorted.
+    pub(crate) fn into_spans(self) -> Vec<Span> {
+        self.merged
+    }
+
     /// Whether every name of `s` is in the set.
     pub(crate) fn covers(&self, s: &Span) -> bool {
         let i = self.merged.partition_point(|m| {
