@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::conf::{ConfError, ConfFile, Location, Pair, Stmt, StmtParser, dir_of, statement_file};
+use crate::conf::{ConfError, Location, Pair, Stmt, StmtParser, dir_of, statement_file};
 use crate::hostlist::{self, Hostlist, Span, SpanSet};
 
 /// One top-level `Key=Value` setting.
@@ -1005,7 +1005,9 @@ pub const UNKNOWN_CLUSTER: &str = "unknown";
 /// `ClusterName` of the slurm.conf at `path`, lower-cased as Slurm uses it; `None` when the
 /// file names none or cannot be read (callers use [`UNKNOWN_CLUSTER`] or ask for one).
 pub fn cluster_name(path: impl AsRef<Path>) -> Option<String> {
-    let (conf, _) = SlurmConf::load_lenient(path);
+    // read for no node: `ClusterName` does not depend on the node lines, so no host list
+    // is expanded (the gates' drains and healthd's active checks ask this on big clusters)
+    let (conf, _) = SlurmConf::load_lenient_for_node(path, "");
     conf.cluster()
 }
 

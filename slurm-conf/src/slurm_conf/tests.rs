@@ -1,4 +1,5 @@
 use super::*;
+use crate::conf::ConfFile;
 
 const SAMPLE: &str = r#"
 # Cluster
@@ -333,4 +334,28 @@ mod files {
         let e = one_error("Include nodes-%c.conf\n");
         assert!(e.contains("uses %c but no ClusterName"), "{e}");
     }
+}
+
+#[test]
+fn cluster_name_is_the_full_reads_on_files_that_scope_or_fall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // ranged node lines (read without expanding them)
+        "ClusterName=Big\nNodeName=gpu[0001-4000] Gres=gpu:8\nPartitionName=p Nodes=ALL\n",
+        // two node lines that may share a name: the read falls back to the full parse
+        "NodeName=n[1-4]\nNodeName=n[3-6]\nClusterName=Clash\n",
+        // no ClusterName
+        "NodeName=n[1-4]\n",
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("slurm{i}.conf"));
+        std::fs::write(&path, text).unwrap();
+        let (full, _) = SlurmConf::load_lenient(&path);
+        assert_eq!(cluster_name(&path), full.cluster(), "{text}");
+    }
+    assert_eq!(
+        cluster_name(dir.path().join("slurm0.conf")).as_deref(),
+        Some("big")
+    );
+    assert_eq!(cluster_name(dir.path().join("none.conf")), None);
 }
