@@ -442,6 +442,9 @@ struct StoredGroup {
     rows: Vec<(u32, u32, u32, Vec<u64>)>,
 }
 
+/// How many totals a rollup row has ([`all_words`]).
+const VALUE_WORDS: usize = 8;
+
 /// A rollup value's totals in their stored order: allocated, used, energy, jobs, idle, idle
 /// measured, slice time, unmeasured used time. A new field goes at the end: groups stored
 /// before it have shorter lists, which [`value_of_words`] reads as 0 for the missing ones,
@@ -456,7 +459,7 @@ fn value_words(v: &RollupValue) -> Vec<u64> {
 }
 
 /// Every total of `v` in [`value_words`]' order, zeros included.
-fn all_words(v: &RollupValue) -> [u64; 8] {
+fn all_words(v: &RollupValue) -> [u64; VALUE_WORDS] {
     // every field, by name: a field added to RollupValue and not here does not compile
     let RollupValue {
         allocated_gpu_ms,
@@ -494,7 +497,7 @@ fn value_of_words(w: &[u64]) -> Option<RollupValue> {
         slice_ms: word(6),
         used_unmeasured_gpu_ms: word(7),
     };
-    (w.len() <= all_words(&v).len()).then_some(v)
+    (w.len() <= VALUE_WORDS).then_some(v)
 }
 
 impl RollupGroup {
@@ -595,9 +598,8 @@ impl RollupGroup {
         for (user, partition, model, words) in &stored.rows {
             let value = value_of_words(words).ok_or_else(|| {
                 bad(format!(
-                    "{} totals in a row: upgrade acctd (this one knows {})",
+                    "{} totals in a row: upgrade acctd (this one knows {VALUE_WORDS})",
                     words.len(),
-                    value_words(&RollupValue::default()).len()
                 ))
             })?;
             rows.insert((name(*user)?, name(*partition)?, name(*model)?), value);

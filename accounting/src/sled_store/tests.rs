@@ -697,7 +697,13 @@ fn rollup_groups_keep_names_once_and_read_totals_added_later_as_zero() {
         })
     );
     // more totals than this acctd knows, or a name that is not there: an error naming the key
-    for rows in [vec![(0, 0, 0, vec![1; 20])], vec![(0, 0, 7, vec![1])]] {
+    for (rows, says) in [
+        (
+            vec![(0, 0, 0, vec![1; 20])],
+            "20 totals in a row: upgrade acctd (this one knows 8)",
+        ),
+        (vec![(0, 0, 7, vec![1])], "name 7 of 1"),
+    ] {
         let mut b = vec![ROLLUP_V4];
         postcard::to_io(
             &StoredGroup {
@@ -709,7 +715,7 @@ fn rollup_groups_keep_names_once_and_read_totals_added_later_as_zero() {
         .unwrap();
         let err = RollupGroup::decode(b"rkey", &b).unwrap_err().to_string();
         assert!(
-            err.contains("rkey") && err.contains("rollup group (tree acct)"),
+            err.contains("rkey") && err.contains("rollup group (tree acct)") && err.contains(says),
             "{err}"
         );
     }
