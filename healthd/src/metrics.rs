@@ -434,7 +434,7 @@ fn job_metrics(enc: &mut DescriptorEncoder, live: &Live) -> fmt::Result {
         let mut slices: BTreeMap<(String, String), i64> = BTreeMap::new();
         for s in j.gpus.iter().filter_map(|g| live.slice(&g.uuid)) {
             let parent = s.mig_parent.clone().unwrap_or_default();
-            let profile = mig_profile(s).unwrap_or_default().to_string();
+            let profile = mig_profile(s).unwrap_or_default();
             *slices.entry((parent, profile)).or_default() += 1;
         }
         for ((parent, profile), n) in slices {

@@ -323,10 +323,9 @@ pub fn trip_doc(t: &Trip) -> TripDoc {
 
 /// A MIG slice's profile from its sample (`<GPU name> MIG <profile>`); `None` for a whole
 /// GPU, or a slice whose name does not say it.
-pub fn mig_profile(g: &GpuSample) -> Option<&str> {
+pub fn mig_profile(g: &GpuSample) -> Option<String> {
     g.mig_parent.as_ref()?;
-    let (_, profile) = g.name.as_deref()?.rsplit_once(" MIG ")?;
-    Some(profile.trim()).filter(|p| !p.is_empty())
+    sgpu_nodelib::mig::profile_of_name(g.name.as_deref()?)
 }
 
 impl Live {
@@ -377,7 +376,7 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
                 .and_then(|u| live.holders.get(u))
                 .map(|j| j.job_id),
             mig_parent_uuid: g.mig_parent.clone(),
-            mig_profile: mig_profile(g).map(str::to_string),
+            mig_profile: mig_profile(g),
         })
         .collect();
     let jobs = live
@@ -397,7 +396,8 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
             gpus: j
                 .gpus
                 .iter()
-                .map(|g| JobGpuDoc {
+                .map(|g| (g, live.slice(&g.uuid)))
+                .map(|(g, slice)| JobGpuDoc {
                     index: g.index,
                     uuid: g.uuid.clone(),
                     samples: g.samples,
@@ -407,11 +407,8 @@ pub fn status_doc(live: &Live, now_ms: u64) -> StatusDoc {
                     energy_mj: g.energy(),
                     idle: (g.idle.samples > 0).then_some(g.idle.idle),
                     idle_ms: (g.idle.samples > 0).then(|| g.idle.total_ms()),
-                    mig_parent_uuid: live.slice(&g.uuid).and_then(|s| s.mig_parent.clone()),
-                    mig_profile: live
-                        .slice(&g.uuid)
-                        .and_then(mig_profile)
-                        .map(str::to_string),
+                    mig_parent_uuid: slice.and_then(|s| s.mig_parent.clone()),
+                    mig_profile: slice.and_then(mig_profile),
                 })
                 .collect(),
         })
