@@ -573,16 +573,31 @@ fn gpu_totals(e: &EfficiencyAnswer) -> String {
             )
         }
     );
+    // used time is a share of the allocated time of the GPUs that were sampled (a MIG
+    // slice's time is not: healthd samples no utilization of slices)
+    let sampled_ms: u64 = e
+        .gpus
+        .iter()
+        .filter(|g| g.used_gpu_ms.is_some())
+        .map(|g| g.allocated_gpu_ms)
+        .sum();
+    let unsampled = e.gpus.iter().any(|g| g.used_gpu_ms.is_none());
     let _ = writeln!(
         o,
         "GPU-hours: allocated {}, used {}",
         hours(e.allocated_gpu_ms),
-        e.used_gpu_ms
-            .map_or("unknown (not sampled)".into(), |u| format!(
-                "{} ({} of allocated)",
-                hours(u),
-                pct(u, e.allocated_gpu_ms)
-            ))
+        e.used_gpu_ms.map_or("unknown (not sampled)".into(), |u| {
+            if unsampled {
+                format!(
+                    "{} ({} of the {} sampled)",
+                    hours(u),
+                    pct(u, sampled_ms),
+                    hours(sampled_ms)
+                )
+            } else {
+                format!("{} ({} of allocated)", hours(u), pct(u, e.allocated_gpu_ms))
+            }
+        })
     );
     if let Some(ms) = e.slice_ms {
         let _ = writeln!(

@@ -231,11 +231,14 @@ fn a_job_on_mig_slices_shows_each_slice_under_its_gpu_by_share() {
         of: Some(7),
     });
     (g.allocated_gpu_ms, g.slice_ms, g.mem_total_mib) = (1_028_571, Some(3_600_000), Some(20_480));
-    let mut a = answer(vec![g, gpu("n1", 1, Some(80.0), Some(1024))]);
-    a.slice_ms = Some(3_600_000);
+    let mut whole = gpu("n1", 1, Some(80.0), Some(1024));
+    whole.used_gpu_ms = Some(2_880_000);
+    let mut a = answer(vec![g, whole]);
+    (a.slice_ms, a.used_gpu_ms) = (Some(3_600_000), Some(2_880_000));
     let text = render(&a, &SlurmAnswer::Unavailable("x".into()), &[]);
+    // used time is a share of the sampled GPU's hour, not of the slice's unsampled share
     assert!(
-        text.contains("GPU-hours: allocated 1.2857,"),
+        text.contains("GPU-hours: allocated 1.2857, used 0.8000 (80.0% of the 1.0000 sampled)"),
         "1 h whole + 2/7 h: {text}"
     );
     assert!(
