@@ -176,6 +176,23 @@ fn decode_with(frame: &[u8], dict: &zstd::zstd_safe::DDict<'_>) -> Result<Vec<u8
     Ok(plain)
 }
 
+/// Decompresses one frame without a dictionary, reading at most `max` bytes out of it
+/// ([`FRAME_MAX`]; its header's content size is not required: frames written before the
+/// dictionary may not all carry one).
+fn decode_plain(frame: &[u8], max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let decoder = zstd::stream::read::Decoder::new(frame).map_err(|e| e.to_string())?;
+    let mut plain = Vec::new();
+    decoder
+        .take(max.saturating_add(1))
+        .read_to_end(&mut plain)
+        .map_err(|e| e.to_string())?;
+    if plain.len() as u64 > max {
+        return Err(format!("it holds more than {max} bytes"));
+    }
+    Ok(plain)
+}
+
 /// The compressing side: zstd's context, kept between appends, and the dictionary in use or
 /// the samples to train one on.
 struct Compress {
@@ -578,8 +595,9 @@ impl ValueLog {
         drop(frames);
         let compressed = self.read_at(id, true, offset, frame_len)?;
         let plain = match zstd::zstd_safe::get_dict_id_from_frame(&compressed) {
-            None => zstd::stream::decode_all(compressed.as_slice())
-                .map_err(|e| corrupt_frame(id, offset, e))?,
+            None => {
+                decode_plain(&compressed, FRAME_MAX).map_err(|e| corrupt_frame(id, offset, e))?
+            }
             Some(dict_id) => {
                 let dict = self
                     .dicts
@@ -680,6 +698,15 @@ impl ValueLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_without_dictionary_is_read_up_to_its_limit() {
+        let frame = zstd::bulk::compress(&[b'x'; 4096], 1).unwrap();
+        assert_eq!(decode_plain(&frame, 4096).unwrap().len(), 4096);
+        let err = decode_plain(&frame, 4095).unwrap_err();
+        assert!(err.contains("more than 4095 bytes"), "{err}");
+        assert!(decode_plain(b"not zstd", FRAME_MAX).is_err());
+    }
 
     #[test]
     fn appended_items_read_back_after_reopen_in_a_new_segment() {
